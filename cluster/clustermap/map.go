@@ -1,0 +1,126 @@
+// Package clustermap defines the versioned cluster map the manager publishes
+// and every node's reconcilers consume. It is plain data: no I/O, no deps, so
+// every reconciler can take it (or a translation of it) without pulling in
+// the manager.
+package clustermap
+
+import (
+	"net/netip"
+	"sort"
+)
+
+// Map is one consistent snapshot of the cluster's desired state. Version
+// increases on every change; nodes apply only a newer map than they hold.
+type Map struct {
+	Version         uint64       `json:"version"`
+	ClusterID       string       `json:"cluster_id"`
+	Domain          string       `json:"domain"`
+	WireGuardSubnet netip.Prefix `json:"wireguard_subnet"`
+	ContainerSubnet netip.Prefix `json:"container_subnet"`
+	VIPSubnet       netip.Prefix `json:"vip_subnet"`
+	Nodes           []Node       `json:"nodes"`
+	Services        []Service    `json:"services"`
+	Tasks           []Task       `json:"tasks"`
+}
+
+// Node roles.
+const (
+	RoleManager = "manager"
+	RoleWorker  = "worker"
+)
+
+// Node statuses.
+const (
+	NodeReady = "ready"
+	NodeDown  = "down"
+)
+
+// Node is one member of the mesh.
+type Node struct {
+	ID             string            `json:"id"`
+	Name           string            `json:"name"`
+	Role           string            `json:"role"`
+	PublicKey      string            `json:"public_key"` // WireGuard, base64
+	Endpoint       netip.AddrPort    `json:"endpoint"`   // underlay advertise address:listen port
+	OverlayIP      netip.Addr        `json:"overlay_ip"`
+	ContainerBlock netip.Prefix      `json:"container_block"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	Status         string            `json:"status"`
+}
+
+// Port is one service port; Published is the host port of the routing
+// mesh, or 0 when the port is reachable only through the VIP.
+type Port struct {
+	Protocol  string `json:"protocol"` // "tcp" | "udp"
+	Target    uint16 `json:"target"`
+	Published uint16 `json:"published,omitempty"`
+}
+
+// Service is a replicated workload with a stable VIP.
+type Service struct {
+	Name        string     `json:"name"`
+	Image       string     `json:"image"`
+	Replicas    int        `json:"replicas"`
+	VIP         netip.Addr `json:"vip"`
+	Ports       []Port     `json:"ports,omitempty"`
+	Env         []string   `json:"env,omitempty"`
+	Command     []string   `json:"command,omitempty"`
+	Constraints []string   `json:"constraints,omitempty"`
+	Affinity    bool       `json:"affinity,omitempty"`
+}
+
+// Task states.
+const (
+	TaskPending  = "pending"
+	TaskStarting = "starting"
+	TaskRunning  = "running"
+	TaskFailed   = "failed"
+	TaskShutdown = "shutdown"
+)
+
+// Task is one replica of a service, placed on a node, named <service>-<slot>.
+type Task struct {
+	Name         string     `json:"name"`
+	Service      string     `json:"service"`
+	Slot         int        `json:"slot"`
+	NodeID       string     `json:"node_id"`
+	IP           netip.Addr `json:"ip"`
+	DesiredState string     `json:"desired_state"` // running | shutdown
+	State        string     `json:"state"`         // as last reported by the node
+	Error        string     `json:"error,omitempty"`
+}
+
+// Node returns the node with the given ID.
+func (m *Map) Node(id string) (Node, bool) {
+	for _, n := range m.Nodes {
+		if n.ID == id {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// TasksOn returns the tasks assigned to node id, sorted by name.
+func (m *Map) TasksOn(id string) []Task {
+	var out []Task
+	for _, t := range m.Tasks {
+		if t.NodeID == id {
+			out = append(out, t)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Endpoints returns the running tasks of service name: the backends of its
+// VIP, sorted by name so renderers are deterministic.
+func (m *Map) Endpoints(name string) []Task {
+	var out []Task
+	for _, t := range m.Tasks {
+		if t.Service == name && t.State == TaskRunning && t.DesiredState == TaskRunning && t.IP.IsValid() {
+			out = append(out, t)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
