@@ -1,0 +1,100 @@
+// Command warren-appliance runs one node of a Warren cluster (or a
+// standalone userspace WireGuard box) from one TOML file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/warren-appliance/warren/appliance"
+	"github.com/warren-appliance/warren/configs"
+	"github.com/warren-appliance/warren/internal/buildinfo"
+)
+
+// Exit codes: 2 is "your config is wrong", 1 everything else.
+const (
+	exitFailure   = 1
+	exitBadConfig = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("warren-appliance", flag.ContinueOnError)
+	configPath := fs.String("config", configs.DefaultPath, "path of the node's warren.toml")
+	check := fs.Bool("check", false, "load and validate the config, print the effective config, and exit (0 valid, 2 invalid)")
+	version := fs.Bool("version", false, "print version, commit, Go version and platform, and exit")
+	showKey := fs.Bool("show-public-key", false, "print this node's WireGuard public key (creating the private key on first use) and exit")
+	cleanup := fs.Bool("cleanup", false, "remove everything the appliance created on this host (interface, rules, task networks) and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: warren-appliance [--config PATH] [--check | --version | --show-public-key | --cleanup]\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return exitBadConfig
+	}
+	if *version {
+		fmt.Print(buildinfo.String("warren-appliance"))
+		return 0
+	}
+
+	cfg, err := loadConfig(*configPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return exitBadConfig
+	}
+	switch {
+	case *check:
+		out, err := cfg.Encode()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return exitFailure
+		}
+		os.Stdout.Write(out)
+		return 0
+	case *showKey:
+		key, err := appliance.PublicKey(cfg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return exitFailure
+		}
+		fmt.Println(key)
+		return 0
+	case *cleanup:
+		if err := appliance.Cleanup(context.Background(), cfg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return exitFailure
+		}
+		return 0
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := appliance.Run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "warren-appliance:", err)
+		return exitFailure
+	}
+	return 0
+}
+
+// loadConfig loads and validates path, with every error on its own line.
+func loadConfig(path string) (*configs.Loaded, error) {
+	cfg, err := configs.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Finish(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}

@@ -1,0 +1,29 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestCheckExitCodes(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	os.WriteFile(bad, []byte("[wireguard]\nlisten_port = 70000\n"), 0o644)
+	cases := []struct {
+		args []string
+		want int
+	}{
+		{[]string{"--check", "--config", "../../configs/examples/worker.toml"}, 0},
+		{[]string{"--check", "--config", "../../configs/examples/manager.toml"}, 0},
+		{[]string{"--check", "--config", "../../configs/examples/standalone.toml"}, 0},
+		{[]string{"--check", "--config", bad}, exitBadConfig},
+		{[]string{"--check", "--config", filepath.Join(t.TempDir(), "missing.toml")}, exitBadConfig},
+		{[]string{"--no-such-flag"}, exitBadConfig},
+		{[]string{"--version"}, 0},
+	}
+	for _, tc := range cases {
+		if got := run(tc.args); got != tc.want {
+			t.Errorf("warren-appliance %v exited %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/warren-appliance/warren/appliance"
+	"github.com/warren-appliance/warren/configs"
+)
+
+// The verbs that start a node run the same daemon as warren-appliance, in
+// the foreground; their flags override the TOML keys of the same meaning
+// (k3s style), so a first board needs no config file at all.
+func addDaemonCommands(root *cobra.Command) {
+	clusterCmd := findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"})
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create a new cluster with this node as its first manager, and run it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd, configs.RoleManager)
+		},
+	}
+	daemonFlags(initCmd)
+	initCmd.Flags().String("wireguard-subnet", "", "node overlay range (wireguard.subnet)")
+	initCmd.Flags().String("container-subnet", "", "range cut into per-node container blocks (network.container_subnet)")
+	initCmd.Flags().String("vip-subnet", "", "service VIP range (network.vip_subnet)")
+	initCmd.Flags().String("api-listen", "", "where the cluster API listens (cluster.api_listen)")
+	clusterCmd.AddCommand(initCmd)
+
+	managerCmd := findOrAdd(root, &cobra.Command{Use: "manager", Short: "Run this node as a manager"})
+	joinCmd := &cobra.Command{
+		Use:   "join --manager HOST:PORT --token TOKEN",
+		Short: "Join an existing cluster as an additional manager, and run it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd, configs.RoleManager)
+		},
+	}
+	daemonFlags(joinCmd)
+	joinFlags(joinCmd)
+	joinCmd.Flags().String("api-listen", "", "where this manager's API listens (cluster.api_listen)")
+	managerCmd.AddCommand(joinCmd)
+
+	workerCmd := findOrAdd(root, &cobra.Command{Use: "worker", Short: "Run this node as a worker"})
+	startCmd := &cobra.Command{
+		Use:   "start --manager HOST:PORT --token TOKEN",
+		Short: "Join a cluster as a worker (or rejoin with the stored identity), and run it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd, configs.RoleWorker)
+		},
+	}
+	daemonFlags(startCmd)
+	joinFlags(startCmd)
+	workerCmd.AddCommand(startCmd)
+}
+
+// findOrAdd returns root's subcommand named like c, adding c if absent, so
+// verb groups can be filled from several files.
+func findOrAdd(root *cobra.Command, c *cobra.Command) *cobra.Command {
+	for _, sub := range root.Commands() {
+		if sub.Name() == c.Name() {
+			return sub
+		}
+	}
+	root.AddCommand(c)
+	return c
+}
+
+func daemonFlags(c *cobra.Command) {
+	c.Flags().String("config", configs.DefaultPath, "node config; used if it exists, flags override its keys")
+	c.Flags().String("name", "", "node name (node.name; default: the host name)")
+	c.Flags().String("advertise-address", "", "underlay IP other nodes reach this one on (node.advertise_address)")
+	c.Flags().String("state-dir", "", "keys, certificates, cached map and store (node.state_dir)")
+	c.Flags().Int("listen-port", 0, "WireGuard UDP port (wireguard.listen_port)")
+	c.Flags().String("mode", "", "tun, netstack or auto (wireguard.mode)")
+}
+
+func joinFlags(c *cobra.Command) {
+	c.Flags().String("manager", "", "a manager's API address, host:port (cluster.manager)")
+	c.Flags().String("token", "", "join token printed by `warren cluster join-token` (cluster.token)")
+}
+
+// runDaemon builds the config from the file (if any) and the flags, and
+// runs the node in the foreground until SIGINT/SIGTERM.
+func runDaemon(cmd *cobra.Command, role string) error {
+	cfg, err := daemonConfig(cmd, role)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return appliance.Run(ctx, cfg)
+}
+
+func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
+	path, _ := cmd.Flags().GetString("config")
+	cfg, err := configs.Load(path)
+	if errors.Is(err, fs.ErrNotExist) && !cmd.Flags().Changed("config") {
+		cfg, err = configs.Parse(nil, "flags")
+	}
+	if err != nil {
+		return nil, err
+	}
+	cfg.Node.Role = role
+	var errs configs.Errors
+	set := func(flag string, apply func(string) error) {
+		f := cmd.Flags().Lookup(flag)
+		if f == nil || !f.Changed {
+			return
+		}
+		if err := apply(f.Value.String()); err != nil {
+			errs = append(errs, &configs.Error{File: "flags", Key: "--" + flag, Msg: err.Error()})
+		}
+	}
+	str := func(dst *string) func(string) error { return func(v string) error { *dst = v; return nil } }
+	set("name", str(&cfg.Node.Name))
+	set("advertise-address", str(&cfg.Node.AdvertiseAddress))
+	set("state-dir", str(&cfg.Node.StateDir))
+	set("mode", str(&cfg.WireGuard.Mode))
+	set("manager", str(&cfg.Cluster.Manager))
+	set("token", str(&cfg.Cluster.Token))
+	set("api-listen", str(&cfg.Cluster.APIListen))
+	set("listen-port", func(v string) error { _, err := fmt.Sscan(v, &cfg.WireGuard.ListenPort); return err })
+	set("wireguard-subnet", func(v string) error { return cfg.WireGuard.Subnet.Set(v) })
+	set("container-subnet", func(v string) error { return cfg.Network.ContainerSubnet.Set(v) })
+	set("vip-subnet", func(v string) error { return cfg.Network.VIPSubnet.Set(v) })
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	if err := cfg.Finish(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+

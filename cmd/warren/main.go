@@ -1,0 +1,79 @@
+// Command warren is the operator's CLI: it starts a node in the foreground
+// (cluster init, manager join, worker start) and talks to the local daemon
+// over /run/warren/warren.sock for everything else.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/warren-appliance/warren/internal/buildinfo"
+)
+
+const defaultSocket = "/run/warren/warren.sock"
+
+// exitError carries a specific exit code (2: bad input) through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	root := newRoot()
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "warren:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "warren",
+		Short:         "Operate a Warren cluster: nodes, services, the WireGuard mesh",
+		Version:       buildinfo.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetVersionTemplate(buildinfo.String("warren"))
+	root.PersistentFlags().String("socket", "", "path of the local daemon's socket (default "+defaultSocket+", or $WARREN_SOCKET)")
+	addDaemonCommands(root)
+	addNotBuilt(root, "node", "List, inspect and remove cluster nodes")
+	addNotBuilt(root, "service", "Create, scale, update and remove services")
+	addNotBuilt(root, "network", "Inspect the mesh, the VIPs and DNS")
+	return root
+}
+
+// socketPath is where the CLI finds the daemon: --socket, $WARREN_SOCKET,
+// or the default.
+func socketPath(cmd *cobra.Command) string {
+	if s, _ := cmd.Flags().GetString("socket"); s != "" {
+		return s
+	}
+	if s := os.Getenv("WARREN_SOCKET"); s != "" {
+		return s
+	}
+	return defaultSocket
+}
+
+// addNotBuilt registers a verb group that this version does not have yet,
+// so it says so plainly instead of "unknown command".
+func addNotBuilt(root *cobra.Command, name, short string) {
+	root.AddCommand(&cobra.Command{
+		Use:                name,
+		Short:              short + " (not built yet)",
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return fmt.Errorf("'warren %s' is not built yet in this version", name)
+		},
+	})
+}

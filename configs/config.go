@@ -1,0 +1,348 @@
+// Package configs is the warren.toml schema: its defaults, strict decoding
+// and validation. Every error names the key, and the line where it is known,
+// so an operator with a text editor can fix it without reading code.
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where packages install the node's config.
+const DefaultPath = "/etc/warren/warren.toml"
+
+// Roles.
+const (
+	RoleManager    = "manager"
+	RoleWorker     = "worker"
+	RoleStandalone = "standalone"
+)
+
+// Config is one node's warren.toml.
+type Config struct {
+	Node          Node          `toml:"node"`
+	Cluster       Cluster       `toml:"cluster"`
+	WireGuard     WireGuard     `toml:"wireguard"`
+	Network       Network       `toml:"network"`
+	LoadBalancing LoadBalancing `toml:"loadbalancing"`
+	Runtime       Runtime       `toml:"runtime"`
+	Log           Log           `toml:"log"`
+	// Forward entries let a netstack node (no TUN) reach mesh services
+	// through local listeners.
+	Forward []Forward `toml:"forward"`
+}
+
+// Node is [node].
+type Node struct {
+	Name             string            `toml:"name"`
+	Role             string            `toml:"role"`
+	StateDir         string            `toml:"state_dir"`
+	AdvertiseAddress string            `toml:"advertise_address"`
+	Labels           map[string]string `toml:"labels"`
+}
+
+// Cluster is [cluster].
+type Cluster struct {
+	Manager   string `toml:"manager"`
+	Token     string `toml:"token"`
+	TokenFile string `toml:"token_file"`
+	APIListen string `toml:"api_listen"`
+	// NodeDownAfter is how long a silent node stays "ready" before the
+	// manager marks it down and reschedules its tasks.
+	NodeDownAfter Duration `toml:"node_down_after"`
+}
+
+// WireGuard is [wireguard].
+type WireGuard struct {
+	Interface      string           `toml:"interface"`
+	Mode           string           `toml:"mode"`
+	ListenPort     int              `toml:"listen_port"`
+	Keepalive      Duration         `toml:"keepalive"`
+	MTU            int              `toml:"mtu"`
+	Subnet         Subnet           `toml:"subnet"`
+	Address        InterfaceAddress `toml:"address"`
+	PrivateKeyFile string           `toml:"private_key_file"`
+	Peers          []Peer           `toml:"peer"`
+}
+
+// Peer is one [[wireguard.peer]]: a static peer such as an operator laptop.
+type Peer struct {
+	PublicKey  string   `toml:"public_key"`
+	Endpoint   string   `toml:"endpoint"`
+	AllowedIPs []Subnet `toml:"allowed_ips"`
+	Keepalive  Duration `toml:"keepalive"`
+}
+
+// Network is [network].
+type Network struct {
+	ContainerSubnet Subnet `toml:"container_subnet"`
+	ContainerBlock  int    `toml:"container_block"`
+	VIPSubnet       Subnet `toml:"vip_subnet"`
+	Bridge          string `toml:"bridge"`
+	DNSDomain       string `toml:"dns_domain"`
+}
+
+// LoadBalancing is [loadbalancing].
+type LoadBalancing struct {
+	Algorithm          string   `toml:"algorithm"`
+	Persistence        bool     `toml:"persistence"`
+	PersistenceTimeout Duration `toml:"persistence_timeout"`
+}
+
+// Runtime is [runtime].
+type Runtime struct {
+	ContainerdAddress string `toml:"containerd_address"`
+	Namespace         string `toml:"namespace"`
+	ImagesDir         string `toml:"images_dir"`
+}
+
+// Log is [log].
+type Log struct {
+	Level string `toml:"level"`
+}
+
+// Forward is one [[forward]]: listen locally, dial Target through the mesh.
+type Forward struct {
+	Proto  string `toml:"proto"`
+	Listen string `toml:"listen"`
+	Target string `toml:"target"`
+}
+
+// Default returns the reference defaults (shared/warren.reference.toml).
+func Default() Config {
+	return Config{
+		Node: Node{
+			Role:     RoleWorker,
+			StateDir: "/var/lib/warren",
+			Labels:   map[string]string{},
+		},
+		Cluster: Cluster{
+			APIListen:     ":7946",
+			NodeDownAfter: Duration{Duration: 30 * time.Second},
+		},
+		WireGuard: WireGuard{
+			Interface:  "warren0",
+			Mode:       "auto",
+			ListenPort: 51820,
+			Keepalive:  Duration{Duration: 25 * time.Second},
+			MTU:        1420,
+			Subnet:     Subnet{Prefix: netip.MustParsePrefix("10.0.0.0/24")},
+		},
+		Network: Network{
+			ContainerSubnet: Subnet{Prefix: netip.MustParsePrefix("10.0.0.0/16")},
+			ContainerBlock:  24,
+			VIPSubnet:       Subnet{Prefix: netip.MustParsePrefix("10.1.0.0/16")},
+			Bridge:          "warren-br0",
+			DNSDomain:       "warren.local",
+		},
+		LoadBalancing: LoadBalancing{
+			Algorithm:          "random",
+			PersistenceTimeout: Duration{Duration: 3 * time.Hour},
+		},
+		Runtime: Runtime{
+			ContainerdAddress: "/run/containerd/containerd.sock",
+			Namespace:         "warren",
+			ImagesDir:         "/var/lib/warren/images",
+		},
+		Log: Log{Level: "info"},
+	}
+}
+
+// Error is one problem with a config, tied to the key that has it.
+type Error struct {
+	File string
+	Line int    // 0 when unknown (e.g. the key was not written: a default)
+	Key  string // dotted, e.g. "wireguard.listen_port"
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	where := e.File
+	if where == "" {
+		where = "config"
+	}
+	if e.Line > 0 {
+		where = fmt.Sprintf("%s:%d", where, e.Line)
+	}
+	if e.Key == "" {
+		return where + ": " + e.Msg
+	}
+	return fmt.Sprintf("%s: %s: %s", where, e.Key, e.Msg)
+}
+
+// Errors is every problem found, in file order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// Loaded is a decoded config plus where its keys were written, so later
+// checks (flags, host addresses) can still point at a line.
+type Loaded struct {
+	Config
+	File  string
+	lines map[string]int
+}
+
+// Line returns the line where key (dotted) was written, or 0.
+func (l *Loaded) Line(key string) int { return l.lines[key] }
+
+// Load reads and decodes path. It does not validate: call Validate after
+// applying any command-line overrides.
+func Load(path string) (*Loaded, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes TOML text strictly: unknown keys and wrong types are errors
+// naming the key and line.
+func Parse(data []byte, file string) (*Loaded, error) {
+	l := &Loaded{Config: Default(), File: file, lines: keyLines(data)}
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&l.Config)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			msg := pe.Message
+			if pe.LastKey != "" && !strings.Contains(msg, pe.LastKey) {
+				return nil, Errors{{File: file, Line: pe.Position.Line, Key: pe.LastKey, Msg: msg}}
+			}
+			return nil, Errors{{File: file, Line: pe.Position.Line, Msg: msg}}
+		}
+		return nil, Errors{{File: file, Msg: err.Error()}}
+	}
+	var errs Errors
+	for _, k := range md.Undecoded() {
+		key := k.String()
+		if strings.HasPrefix(key, "node.labels.") {
+			continue // labels is a free-form table; non-string values fail decoding above
+		}
+		errs = append(errs, &Error{File: file, Line: l.lines[key], Key: key, Msg: "unknown key" + suggest(key)})
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return l, nil
+}
+
+// suggest names the reference key a typo was probably meant to be.
+func suggest(key string) string {
+	known := knownKeys()
+	best, bestD := "", 3
+	for _, k := range known {
+		if d := editDistance(key, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf(" (did you mean %q?)", best)
+	}
+	return " (see configs/examples or warren.reference.toml for the keys)"
+}
+
+func knownKeys() []string {
+	var out []string
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		if m, ok := v.(map[string]any); ok {
+			for k, sub := range m {
+				walk(strings.TrimPrefix(prefix+"."+k, "."), sub)
+			}
+			return
+		}
+		out = append(out, prefix)
+	}
+	var m map[string]any
+	var buf bytes.Buffer
+	cfg := Default()
+	cfg.WireGuard.Peers = []Peer{{}}
+	cfg.Forward = []Forward{{}}
+	if err := toml.NewEncoder(&buf).Encode(cfg); err == nil {
+		if _, err := toml.Decode(buf.String(), &m); err == nil {
+			walk("", m)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// keyLines maps dotted keys to the line that sets them. The TOML decoder
+// keeps key positions private, so this light scan recovers them for the
+// checks that run after decoding; arrays of tables map to their first entry.
+func keyLines(data []byte) map[string]int {
+	lines := map[string]int{}
+	table := ""
+	for i, raw := range strings.Split(string(data), "\n") {
+		line := strings.TrimSpace(raw)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.HasPrefix(line, "[") {
+			name := strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t")
+			table = name
+			if _, ok := lines[table]; !ok {
+				lines[table] = i + 1
+			}
+			continue
+		}
+		eq := strings.Index(line, "=")
+		if eq <= 0 {
+			continue
+		}
+		key := strings.Trim(strings.TrimSpace(line[:eq]), `"'`)
+		if table != "" {
+			key = table + "." + key
+		}
+		if _, ok := lines[key]; !ok {
+			lines[key] = i + 1
+		}
+	}
+	return lines
+}
+
+// Encode writes the effective config as TOML, with secrets hidden.
+func (c Config) Encode() ([]byte, error) {
+	if c.Cluster.Token != "" {
+		c.Cluster.Token = "(set, hidden)"
+	}
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+		return nil, fmt.Errorf("encode config: %w", err)
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,224 @@
+package configs
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func load(t *testing.T, text string) (*Loaded, error) {
+	t.Helper()
+	l, err := Parse([]byte(text), "warren.toml")
+	if err != nil {
+		return nil, err
+	}
+	return l, l.Finish()
+}
+
+func TestDefaultsMatchReference(t *testing.T) {
+	// Every key of the reference file, with its default value, is accepted
+	// and decodes to exactly Default().
+	ref := filepath.Join("..", "..", "shared", "warren.reference.toml")
+	data, err := os.ReadFile(ref)
+	if err != nil {
+		t.Skipf("reference file not beside the repo: %v", err)
+	}
+	l, err := Parse(data, ref)
+	if err != nil {
+		t.Fatalf("reference config rejected: %v", err)
+	}
+	if !reflect.DeepEqual(l.Config, Default()) {
+		t.Fatalf("reference decodes to\n%+v\nwant defaults\n%+v", l.Config, Default())
+	}
+}
+
+func TestDefaultValues(t *testing.T) {
+	d := Default()
+	checks := map[string]bool{
+		"role worker":          d.Node.Role == "worker",
+		"listen 51820":         d.WireGuard.ListenPort == 51820,
+		"keepalive 25s":        d.WireGuard.Keepalive.Duration == 25*time.Second,
+		"mtu 1420":             d.WireGuard.MTU == 1420,
+		"wg subnet":            d.WireGuard.Subnet.Prefix == netip.MustParsePrefix("10.0.0.0/24"),
+		"container subnet":     d.Network.ContainerSubnet.Prefix == netip.MustParsePrefix("10.0.0.0/16"),
+		"vip subnet":           d.Network.VIPSubnet.Prefix == netip.MustParsePrefix("10.1.0.0/16"),
+		"block 24":             d.Network.ContainerBlock == 24,
+		"domain":               d.Network.DNSDomain == "warren.local",
+		"persistence timeout":  d.LoadBalancing.PersistenceTimeout.Duration == 3*time.Hour,
+		"containerd namespace": d.Runtime.Namespace == "warren",
+		"api listen":           d.Cluster.APIListen == ":7946",
+	}
+	for name, ok := range checks {
+		if !ok {
+			t.Errorf("default %s wrong", name)
+		}
+	}
+}
+
+func TestExamplesAreValid(t *testing.T) {
+	files, _ := filepath.Glob("examples/*.toml")
+	if len(files) != 3 {
+		t.Fatalf("want manager, worker and standalone examples, found %v", files)
+	}
+	for _, f := range files {
+		l, err := Load(f)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if err := l.Finish(); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestEffectiveConfigHidesToken(t *testing.T) {
+	l, err := load(t, "[node]\nname='w1'\n[cluster]\nmanager='192.0.2.1:7946'\ntoken='WRN-1-secret'\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := l.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "WRN-1-secret") {
+		t.Fatalf("effective config shows the token:\n%s", out)
+	}
+	// The printed config loads back to the same values (a round trip).
+	back, err := Parse(out, "printed")
+	if err != nil {
+		t.Fatalf("printed config does not load: %v\n%s", err, out)
+	}
+	if back.WireGuard.Subnet != l.WireGuard.Subnet || back.Node.Name != "w1" {
+		t.Fatalf("round trip changed values")
+	}
+}
+
+func TestTokenFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(p, []byte("WRN-1-abc\n"), 0o600)
+	l, err := load(t, "[node]\nname='w1'\n[cluster]\nmanager='192.0.2.1:7946'\ntoken_file='"+p+"'\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Cluster.Token != "WRN-1-abc" {
+		t.Fatalf("token = %q", l.Cluster.Token)
+	}
+}
+
+const validWorker = "[node]\nname = 'w1'\n[cluster]\nmanager = '192.0.2.1:7946'\ntoken = 'WRN-1-x'\n"
+
+func TestBadConfigs(t *testing.T) {
+	cases := []struct {
+		name     string
+		text     string
+		key      string // must be named
+		line     int    // 0: do not check
+		contains string
+	}{
+		{"unknown key", validWorker + "[wireguard]\nlisten_prot = 51820\n", "wireguard.listen_prot", 7, `did you mean "wireguard.listen_port"`},
+		{"unknown table", validWorker + "[wirguard]\nmtu = 1400\n", "wirguard.mtu", 7, "unknown key"},
+		{"duration as number", validWorker + "[wireguard]\nkeepalive = 25\n", "wireguard.keepalive", 7, "not a duration"},
+		{"bad duration", validWorker + "[wireguard]\nkeepalive = \"soon\"\n", "wireguard.keepalive", 7, "not a duration"},
+		{"bad cidr", validWorker + "[network]\nvip_subnet = \"10.1.0.0/33\"\n", "network.vip_subnet", 7, "not a CIDR"},
+		{"host bits", validWorker + "[network]\ncontainer_subnet = \"10.0.1.0/16\"\n", "network.container_subnet", 7, "host bits set, did you mean 10.0.0.0/16?"},
+		{"vip overlaps containers", validWorker + "[network]\nvip_subnet = \"10.0.128.0/20\"\n", "network.vip_subnet", 7, "overlaps network.container_subnet 10.0.0.0/16"},
+		{"wg overlaps vip", validWorker + "[wireguard]\nsubnet = \"10.1.0.0/24\"\n", "network.vip_subnet", 0, "overlaps wireguard.subnet 10.1.0.0/24"},
+		{"wg partially overlaps containers", validWorker + "[wireguard]\nsubnet = \"10.0.0.0/8\"\n", "wireguard.subnet", 7, "overlaps network.container_subnet"},
+		{"port too big", validWorker + "[wireguard]\nlisten_port = 70000\n", "wireguard.listen_port", 7, "not a UDP port"},
+		{"port zero", validWorker + "[wireguard]\nlisten_port = 0\n", "wireguard.listen_port", 7, "not a UDP port"},
+		{"bad api port", validWorker + "api_listen = \":99999\"\n", "cluster.api_listen", 6, "not a TCP port"},
+		{"bad role", "[node]\nname='n'\nrole = \"boss\"\n", "node.role", 3, "not a role"},
+		{"worker without manager", "[node]\nname='w'\n[cluster]\ntoken='WRN-1-x'\n", "cluster.manager", 0, "needs the manager"},
+		{"worker without token", "[node]\nname='w'\n[cluster]\nmanager='192.0.2.1:7946'\n", "cluster.token", 0, "needs a join token"},
+		{"standalone without address", "[node]\nname='g'\nrole='standalone'\n", "wireguard.address", 0, "needs its overlay address"},
+		{"bad mode", validWorker + "[wireguard]\nmode = \"kernel\"\n", "wireguard.mode", 7, "not a mode"},
+		{"bad level", validWorker + "[log]\nlevel = \"loud\"\n", "log.level", 7, "not a level"},
+		{"bad peer key", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='nope'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 6, "not a WireGuard public key"},
+		{"peer hostname endpoint", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nendpoint='peer.example:51820'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].endpoint", 6, "literal IP:port"},
+		{"bad block", validWorker + "[network]\ncontainer_block = 8\n", "network.container_block", 7, "between"},
+		{"bad node name", "[node]\nname = 'Worker_1'\n[cluster]\nmanager='192.0.2.1:7946'\ntoken='x'\n", "node.name", 2, "not a valid node name"},
+		{"relative state dir", validWorker + "state_dir = 'var/warren'\n", "cluster.state_dir", 0, "unknown key"},
+		{"bad forward", validWorker + "[[forward]]\nproto='sctp'\nlisten='127.0.0.1:1'\ntarget='10.1.0.1:80'\n", "forward[0].proto", 6, "not \"tcp\" or \"udp\""},
+		{"syntax error", validWorker + "[wireguard\n", "cluster", 7, "expected"},
+		{"token and file", validWorker + "token_file = '/etc/warren/token'\n", "cluster.token_file", 6, "not both"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(t, tc.text)
+			if err == nil {
+				t.Fatalf("config accepted:\n%s", tc.text)
+			}
+			var es Errors
+			if !errors.As(err, &es) {
+				t.Fatalf("error %T is not configs.Errors: %v", err, err)
+			}
+			found := false
+			for _, e := range es {
+				if e.Key == tc.key && strings.Contains(e.Error(), tc.contains) && (tc.line == 0 || e.Line == tc.line) {
+					found = true
+				}
+			}
+			if !found {
+				t.Fatalf("want an error naming key %q (line %d) containing %q; got:\n%v", tc.key, tc.line, tc.contains, err)
+			}
+		})
+	}
+}
+
+func TestEveryErrorReported(t *testing.T) {
+	_, err := load(t, "[node]\nname='w'\nrole='worker'\n[wireguard]\nlisten_port=0\nmtu=10\n")
+	var es Errors
+	if !errors.As(err, &es) || len(es) < 4 {
+		t.Fatalf("want at least 4 errors (manager, token, port, mtu), got %v", err)
+	}
+}
+
+func TestWireGuardInsideContainerSubnetAllowed(t *testing.T) {
+	if _, err := load(t, validWorker); err != nil {
+		t.Fatalf("default nesting of wireguard.subnet in container_subnet refused: %v", err)
+	}
+}
+
+func TestHostOverlap(t *testing.T) {
+	l, err := load(t, validWorker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = l.CheckHostOverlap([]netip.Prefix{netip.MustParsePrefix("10.1.2.3/24"), netip.MustParsePrefix("192.168.1.5/24")})
+	if err == nil || !strings.Contains(err.Error(), "network.vip_subnet: 10.1.0.0/16 overlaps 10.1.2.0/24") {
+		t.Fatalf("want vip overlap with host network, got %v", err)
+	}
+	if err := l.CheckHostOverlap([]netip.Prefix{netip.MustParsePrefix("192.168.1.5/24")}); err != nil {
+		t.Fatalf("unexpected overlap: %v", err)
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	files, _ := filepath.Glob("examples/*.toml")
+	for _, p := range files {
+		b, _ := os.ReadFile(p)
+		f.Add(b)
+	}
+	f.Add([]byte(validWorker))
+	f.Add([]byte("[[wireguard.peer]]\n[[forward]]\n[node.labels]\na=1\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		l, err := Parse(data, "fuzz.toml")
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error message")
+			}
+			return
+		}
+		if err := l.Finish(); err != nil && err.Error() == "" {
+			t.Fatal("empty validation message")
+		}
+		if _, err := l.Encode(); err != nil {
+			t.Fatalf("a config that loaded does not encode: %v", err)
+		}
+	})
+}

@@ -1,0 +1,319 @@
+package configs
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+var (
+	// A node or service name is one DNS label: it becomes a hostname and a DNS name.
+	labelRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	domainRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+)
+
+// Finish fills in defaults that depend on the machine (the node name from
+// the host name, the key path from the state dir, the token from its file)
+// and returns every validation error at once.
+func (l *Loaded) Finish() error {
+	c := &l.Config
+	var errs Errors
+	add := func(key, format string, args ...any) {
+		errs = append(errs, &Error{File: l.File, Line: l.lines[key], Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	if c.Node.Name == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Node.Name = strings.ToLower(strings.SplitN(h, ".", 2)[0])
+		}
+	}
+	if c.WireGuard.PrivateKeyFile == "" && c.Node.StateDir != "" {
+		c.WireGuard.PrivateKeyFile = filepath.Join(c.Node.StateDir, "wireguard.key")
+	}
+	if c.Cluster.TokenFile != "" {
+		if c.Cluster.Token != "" {
+			add("cluster.token_file", "set either cluster.token or cluster.token_file, not both")
+		} else if b, err := os.ReadFile(c.Cluster.TokenFile); err != nil {
+			add("cluster.token_file", "cannot read the token: %v", err)
+		} else {
+			c.Cluster.Token = strings.TrimSpace(string(b))
+		}
+	}
+
+	// Values the decoder kept as bad (see Duration, Subnet).
+	for key, bad := range map[string]error{
+		"cluster.node_down_after":           c.Cluster.NodeDownAfter.bad,
+		"wireguard.keepalive":               c.WireGuard.Keepalive.bad,
+		"wireguard.subnet":                  c.WireGuard.Subnet.bad,
+		"wireguard.address":                 c.WireGuard.Address.bad,
+		"network.container_subnet":          c.Network.ContainerSubnet.bad,
+		"network.vip_subnet":                c.Network.VIPSubnet.bad,
+		"loadbalancing.persistence_timeout": c.LoadBalancing.PersistenceTimeout.bad,
+	} {
+		if bad != nil {
+			add(key, "%v", bad)
+		}
+	}
+	for i, p := range c.WireGuard.Peers {
+		for _, a := range p.AllowedIPs {
+			if a.bad != nil {
+				errs = append(errs, &Error{File: l.File, Line: l.lines["wireguard.peer"], Key: fmt.Sprintf("wireguard.peer[%d].allowed_ips", i), Msg: a.bad.Error()})
+			}
+		}
+		if p.Keepalive.bad != nil {
+			errs = append(errs, &Error{File: l.File, Line: l.lines["wireguard.peer"], Key: fmt.Sprintf("wireguard.peer[%d].keepalive", i), Msg: p.Keepalive.bad.Error()})
+		}
+	}
+
+	// [node]
+	switch c.Node.Role {
+	case RoleManager, RoleWorker, RoleStandalone:
+	default:
+		add("node.role", "%q is not a role (want \"manager\", \"worker\" or \"standalone\")", c.Node.Role)
+	}
+	if !labelRE.MatchString(c.Node.Name) {
+		add("node.name", "%q is not a valid node name (lowercase letters, digits and '-', at most 63, as a DNS label)", c.Node.Name)
+	}
+	if !filepath.IsAbs(c.Node.StateDir) {
+		add("node.state_dir", "%q must be an absolute path", c.Node.StateDir)
+	}
+	if a := c.Node.AdvertiseAddress; a != "" {
+		if ip, err := netip.ParseAddr(a); err != nil || !ip.Is4() {
+			add("node.advertise_address", "%q is not an IPv4 address (the underlay address other nodes reach this one on)", a)
+		}
+	}
+	for k := range c.Node.Labels {
+		if k == "" || strings.ContainsAny(k, " =!\t") {
+			add("node.labels", "label key %q may not be empty or contain spaces, '=' or '!'", k)
+		}
+	}
+
+	// [cluster]
+	switch c.Node.Role {
+	case RoleWorker:
+		if c.Cluster.Manager == "" {
+			add("cluster.manager", "a worker needs the manager to join: set cluster.manager = \"host:7946\" (or --manager)")
+		}
+		if c.Cluster.Token == "" {
+			add("cluster.token", "a worker needs a join token: set cluster.token or cluster.token_file (or --token); `warren cluster join-token worker` on a manager prints it")
+		}
+	case RoleManager:
+		if c.Cluster.Manager != "" && c.Cluster.Token == "" {
+			add("cluster.token", "a manager joining %s needs a manager join token: set cluster.token or cluster.token_file", c.Cluster.Manager)
+		}
+	}
+	if c.Cluster.Manager != "" {
+		if err := checkHostPort(c.Cluster.Manager, false); err != nil {
+			add("cluster.manager", "%v", err)
+		}
+	}
+	if err := checkHostPort(c.Cluster.APIListen, true); err != nil {
+		add("cluster.api_listen", "%v", err)
+	}
+	if c.Cluster.NodeDownAfter.Duration <= 0 && c.Cluster.NodeDownAfter.bad == nil {
+		add("cluster.node_down_after", "must be a positive duration such as \"30s\"")
+	}
+
+	// [wireguard]
+	if err := checkIfName(c.WireGuard.Interface); err != nil {
+		add("wireguard.interface", "%v", err)
+	}
+	switch c.WireGuard.Mode {
+	case "tun", "netstack", "auto":
+	default:
+		add("wireguard.mode", "%q is not a mode (want \"tun\", \"netstack\" or \"auto\")", c.WireGuard.Mode)
+	}
+	if p := c.WireGuard.ListenPort; p < 1 || p > 65535 {
+		add("wireguard.listen_port", "%d is not a UDP port (1-65535)", p)
+	}
+	if m := c.WireGuard.MTU; m < 576 || m > 9000 {
+		add("wireguard.mtu", "%d is out of range (576-9000; 1420 fits a 1500-byte underlay)", m)
+	}
+	if k := c.WireGuard.Keepalive.Duration; k > 65535*1e9 {
+		add("wireguard.keepalive", "%s is longer than WireGuard allows (65535s)", k)
+	}
+	if !c.WireGuard.Subnet.IsValid() && c.WireGuard.Subnet.bad == nil {
+		add("wireguard.subnet", "must be set, e.g. \"10.0.0.0/24\"")
+	}
+	if c.Node.Role == RoleStandalone && !c.WireGuard.Address.IsValid() && c.WireGuard.Address.bad == nil {
+		add("wireguard.address", "a standalone node needs its overlay address, e.g. address = \"10.0.0.1/24\"")
+	}
+	if c.Node.Role != RoleStandalone && c.WireGuard.Address.IsValid() {
+		add("wireguard.address", "only standalone nodes set their address; in a cluster the manager assigns it")
+	}
+	for i, p := range c.WireGuard.Peers {
+		key := fmt.Sprintf("wireguard.peer[%d]", i)
+		line := l.lines["wireguard.peer"]
+		if b, err := base64.StdEncoding.DecodeString(p.PublicKey); err != nil || len(b) != 32 {
+			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is not a WireGuard public key (44 base64 characters, as `wg pubkey` prints)", p.PublicKey)})
+		}
+		if p.Endpoint != "" {
+			if _, err := netip.ParseAddrPort(p.Endpoint); err != nil {
+				errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".endpoint", Msg: fmt.Sprintf("%q must be a literal IP:port such as \"192.0.2.7:51820\"", p.Endpoint)})
+			}
+		}
+		if len(p.AllowedIPs) == 0 {
+			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".allowed_ips", Msg: "a peer needs at least one allowed IP range, e.g. [\"10.0.0.200/32\"]"})
+		}
+	}
+
+	// [network]
+	n := c.Network
+	if n.ContainerSubnet.IsValid() {
+		if b := n.ContainerBlock; b < n.ContainerSubnet.Bits() || b > 30 {
+			add("network.container_block", "%d must be between the container subnet's /%d and /30", b, n.ContainerSubnet.Bits())
+		}
+	} else if n.ContainerSubnet.bad == nil {
+		add("network.container_subnet", "must be set, e.g. \"10.0.0.0/16\"")
+	}
+	if !n.VIPSubnet.IsValid() && n.VIPSubnet.bad == nil {
+		add("network.vip_subnet", "must be set, e.g. \"10.1.0.0/16\"")
+	}
+	if err := checkIfName(n.Bridge); err != nil {
+		add("network.bridge", "%v", err)
+	}
+	if !domainRE.MatchString(n.DNSDomain) {
+		add("network.dns_domain", "%q is not a DNS domain such as \"warren.local\"", n.DNSDomain)
+	}
+	wg, ct, vip := c.WireGuard.Subnet.Prefix, n.ContainerSubnet.Prefix, n.VIPSubnet.Prefix
+	if wg.IsValid() && ct.IsValid() && wg.Overlaps(ct) && !(ct.Bits() <= wg.Bits() && ct.Contains(wg.Addr())) {
+		add("wireguard.subnet", "%s overlaps network.container_subnet %s (allowed only fully inside it, whose blocks are then skipped)", wg, ct)
+	}
+	if vip.IsValid() && ct.IsValid() && vip.Overlaps(ct) {
+		add("network.vip_subnet", "%s overlaps network.container_subnet %s", vip, ct)
+	}
+	if vip.IsValid() && wg.IsValid() && vip.Overlaps(wg) {
+		add("network.vip_subnet", "%s overlaps wireguard.subnet %s", vip, wg)
+	}
+
+	// [loadbalancing]
+	if c.LoadBalancing.Algorithm != "random" {
+		add("loadbalancing.algorithm", "%q is not supported (want \"random\")", c.LoadBalancing.Algorithm)
+	}
+	if c.LoadBalancing.PersistenceTimeout.Duration <= 0 && c.LoadBalancing.PersistenceTimeout.bad == nil {
+		add("loadbalancing.persistence_timeout", "must be a positive duration such as \"3h\"")
+	}
+
+	// [runtime]
+	if c.Runtime.ContainerdAddress == "" {
+		add("runtime.containerd_address", "must be set (containerd's socket path)")
+	}
+	if !labelRE.MatchString(c.Runtime.Namespace) {
+		add("runtime.namespace", "%q is not a containerd namespace name", c.Runtime.Namespace)
+	}
+	if !filepath.IsAbs(c.Runtime.ImagesDir) {
+		add("runtime.images_dir", "%q must be an absolute path", c.Runtime.ImagesDir)
+	}
+
+	// [log]
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "%q is not a level (want \"debug\", \"info\", \"warn\" or \"error\")", c.Log.Level)
+	}
+
+	// [[forward]]
+	for i, f := range c.Forward {
+		key := fmt.Sprintf("forward[%d]", i)
+		line := l.lines["forward"]
+		bad := func(field, msg string) {
+			errs = append(errs, &Error{File: l.File, Line: line, Key: key + "." + field, Msg: msg})
+		}
+		if f.Proto != "tcp" && f.Proto != "udp" {
+			bad("proto", fmt.Sprintf("%q is not \"tcp\" or \"udp\"", f.Proto))
+		}
+		if _, err := netip.ParseAddrPort(f.Listen); err != nil {
+			bad("listen", fmt.Sprintf("%q must be a local IP:port such as \"127.0.0.1:8080\"", f.Listen))
+		}
+		if _, err := netip.ParseAddrPort(f.Target); err != nil {
+			bad("target", fmt.Sprintf("%q must be a mesh IP:port such as \"10.1.0.1:80\"", f.Target))
+		}
+	}
+
+	if len(errs) > 0 {
+		sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
+		return errs
+	}
+	return nil
+}
+
+// CheckHostOverlap reports warren ranges that overlap networks this host is
+// already on (ignoring warren's own interfaces), naming both ranges.
+func (l *Loaded) CheckHostOverlap(hostNets []netip.Prefix) error {
+	var errs Errors
+	ranges := []struct {
+		key string
+		p   netip.Prefix
+	}{
+		{"wireguard.subnet", l.WireGuard.Subnet.Prefix},
+		{"network.container_subnet", l.Network.ContainerSubnet.Prefix},
+		{"network.vip_subnet", l.Network.VIPSubnet.Prefix},
+	}
+	for _, r := range ranges {
+		for _, h := range hostNets {
+			if r.p.IsValid() && h.Masked().Overlaps(r.p) {
+				errs = append(errs, &Error{File: l.File, Line: l.lines[r.key], Key: r.key,
+					Msg: fmt.Sprintf("%s overlaps %s, a network this host is already on; pick another range", r.p, h.Masked())})
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// HostNetworks lists the IPv4 networks of this host's interfaces, except
+// loopback and the ones warren itself creates (overlay, bridge, task veths).
+func HostNetworks(c Config) ([]netip.Prefix, error) {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	var out []netip.Prefix
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagLoopback != 0 || ifc.Name == c.WireGuard.Interface || ifc.Name == c.Network.Bridge || strings.HasPrefix(ifc.Name, "wv") {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if p, err := netip.ParsePrefix(ipn.String()); err == nil && p.Addr().Is4() {
+					out = append(out, p)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func checkHostPort(s string, listen bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (e.g. \"192.0.2.1:7946\")", s)
+	}
+	if !listen && host == "" {
+		return fmt.Errorf("%q has no host", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: %q is not a TCP port (1-65535)", s, port)
+	}
+	return nil
+}
+
+func checkIfName(s string) error {
+	if s == "" || len(s) > 15 || strings.ContainsAny(s, "/ \t:") {
+		return fmt.Errorf("%q is not a Linux interface name (1-15 characters, no '/', ':' or spaces)", s)
+	}
+	return nil
+}
