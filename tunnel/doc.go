@@ -1,0 +1,6 @@
+// Package tunnel runs this node's end of the WireGuard mesh inside the
+// process: wireguard-go on a kernel TUN interface, or on a gVisor netstack
+// when /dev/net/tun is unavailable. It owns the node key, the UAPI socket that
+// `wg` and wgctrl talk to, the peer set (applied as a diff so live sessions
+// are never disturbed), the routes towards peers, and per-peer health.
+package tunnel

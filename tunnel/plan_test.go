@@ -1,0 +1,218 @@
+package tunnel
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testKey(b byte) Key {
+	var k Key
+	for i := range k {
+		k[i] = b
+	}
+	return k
+}
+
+func pfx(s ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, x := range s {
+		out = append(out, netip.MustParsePrefix(x))
+	}
+	return out
+}
+
+func TestPlanPeers(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	a, b, c := testKey(0xaa), testKey(0xbb), testKey(0xcc)
+	ep := netip.MustParseAddrPort
+	hexA, hexB, hexC := a.hex(), b.hex(), c.hex()
+	stateA := peerState{PublicKey: a, Endpoint: ep("192.168.1.1:51820"), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24"), Keepalive: 25 * time.Second}
+	peerA := Peer{PublicKey: a, Endpoint: ep("192.168.1.1:51820"), AllowedIPs: pfx("10.0.1.0/24", "10.0.0.1/32")}
+
+	tests := []struct {
+		name    string
+		current []peerState
+		desired []Peer
+		want    string
+	}{
+		{
+			name:    "empty to empty",
+			current: nil, desired: nil, want: "",
+		},
+		{
+			name:    "add one peer with default keepalive",
+			desired: []Peer{peerA},
+			want: "public_key=" + hexA + "\nendpoint=192.168.1.1:51820\npersistent_keepalive_interval=25\n" +
+				"replace_allowed_ips=true\nallowed_ip=10.0.0.1/32\nallowed_ip=10.0.1.0/24\n",
+		},
+		{
+			name:    "unchanged peer is not mentioned",
+			current: []peerState{stateA},
+			desired: []Peer{peerA},
+			want:    "",
+		},
+		{
+			name:    "host bits and order in allowed IPs do not count as a change",
+			current: []peerState{stateA},
+			desired: []Peer{{PublicKey: a, Endpoint: ep("192.168.1.1:51820"), AllowedIPs: pfx("10.0.1.7/24", "10.0.0.1/32", "10.0.0.1/32")}},
+			want:    "",
+		},
+		{
+			name:    "add a third peer without touching the first",
+			current: []peerState{stateA},
+			desired: []Peer{peerA, {PublicKey: c, AllowedIPs: pfx("10.0.0.3/32"), Keepalive: -1}},
+			want:    "public_key=" + hexC + "\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\nallowed_ip=10.0.0.3/32\n",
+		},
+		{
+			name:    "remove a peer",
+			current: []peerState{stateA, {PublicKey: b}},
+			desired: []Peer{peerA},
+			want:    "public_key=" + hexB + "\nremove=true\n",
+		},
+		{
+			name:    "allowed IPs change replaces only that peer's list",
+			current: []peerState{stateA},
+			desired: []Peer{{PublicKey: a, Endpoint: ep("192.168.1.1:51820"), AllowedIPs: pfx("10.0.0.1/32", "10.0.2.0/24")}},
+			want:    "public_key=" + hexA + "\nupdate_only=true\nreplace_allowed_ips=true\nallowed_ip=10.0.0.1/32\nallowed_ip=10.0.2.0/24\n",
+		},
+		{
+			name:    "keepalive change",
+			current: []peerState{stateA},
+			desired: []Peer{{PublicKey: a, Endpoint: ep("192.168.1.1:51820"), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24"), Keepalive: 10 * time.Second}},
+			want:    "public_key=" + hexA + "\nupdate_only=true\npersistent_keepalive_interval=10\n",
+		},
+		{
+			name:    "new endpoint applied when the peer is not healthy",
+			current: []peerState{stateA},
+			desired: []Peer{{PublicKey: a, Endpoint: ep("192.168.1.9:51820"), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24")}},
+			want:    "public_key=" + hexA + "\nupdate_only=true\nendpoint=192.168.1.9:51820\n",
+		},
+		{
+			name: "roamed endpoint of a healthy peer is kept",
+			current: []peerState{{PublicKey: a, Endpoint: ep("203.0.113.5:40000"), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24"),
+				Keepalive: 25 * time.Second, LastHandshake: now.Add(-30 * time.Second)}},
+			desired: []Peer{peerA},
+			want:    "",
+		},
+		{
+			name: "roamed endpoint with a stale handshake is replaced by the configured one",
+			current: []peerState{{PublicKey: a, Endpoint: ep("203.0.113.5:40000"), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24"),
+				Keepalive: 25 * time.Second, LastHandshake: now.Add(-10 * time.Minute)}},
+			desired: []Peer{peerA},
+			want:    "public_key=" + hexA + "\nupdate_only=true\nendpoint=192.168.1.1:51820\n",
+		},
+		{
+			name:    "peer without configured endpoint keeps the learned one",
+			current: []peerState{stateA},
+			desired: []Peer{{PublicKey: a, AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24")}},
+			want:    "",
+		},
+		{
+			name:    "v4-mapped configured endpoint equals the plain one",
+			current: []peerState{stateA},
+			desired: []Peer{{PublicKey: a, Endpoint: ep("[::ffff:192.168.1.1]:51820"), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24")}},
+			want:    "",
+		},
+		{
+			name:    "ipv6 endpoint is bracketed",
+			desired: []Peer{{PublicKey: b, Endpoint: ep("[fd00::2]:51820"), AllowedIPs: pfx("fd10::2/128")}},
+			want:    "public_key=" + hexB + "\nendpoint=[fd00::2]:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=fd10::2/128\n",
+		},
+		{
+			name:    "peers are emitted sorted by key",
+			desired: []Peer{{PublicKey: c, Keepalive: -1}, {PublicKey: b, Keepalive: -1}},
+			want: "public_key=" + hexB + "\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\n" +
+				"public_key=" + hexC + "\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := planPeers(tt.current, tt.desired, now)
+			if got != tt.want {
+				t.Fatalf("plan:\n%s\nwant:\n%s", got, tt.want)
+			}
+			if strings.Contains(got, "replace_peers") {
+				t.Fatal("plan uses replace_peers")
+			}
+		})
+	}
+}
+
+func TestValidatePeers(t *testing.T) {
+	self := testKey(1)
+	a, b := testKey(0xaa), testKey(0xbb)
+	tests := []struct {
+		name  string
+		peers []Peer
+		err   string
+	}{
+		{"ok", []Peer{{PublicKey: a, AllowedIPs: pfx("10.0.0.1/32")}, {PublicKey: b, AllowedIPs: pfx("10.0.0.2/32")}}, ""},
+		{"zero key", []Peer{{}}, "zero public key"},
+		{"own key", []Peer{{PublicKey: self}}, "own key"},
+		{"duplicate", []Peer{{PublicKey: a}, {PublicKey: a}}, "listed twice"},
+		{"shared prefix", []Peer{{PublicKey: a, AllowedIPs: pfx("10.0.1.0/24")}, {PublicKey: b, AllowedIPs: pfx("10.0.1.5/24")}}, "claimed by peers"},
+		{"endpoint without port", []Peer{{PublicKey: a, Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0)}}, "no port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := validatePeers(tt.peers, self)
+			if tt.err == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.err)
+			}
+		})
+	}
+}
+
+func TestPlanRoutes(t *testing.T) {
+	addr := netip.MustParsePrefix("10.0.0.2/24")
+	peers := []Peer{
+		{PublicKey: testKey(1), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24")},
+		{PublicKey: testKey(2), AllowedIPs: pfx("10.0.0.3/32", "10.0.3.9/24", "0.0.0.0/0", "fd10::/64")},
+		{PublicKey: testKey(3), AllowedIPs: pfx("10.0.0.0/16")},
+	}
+	got := planRoutes(addr, peers)
+	want := pfx("10.0.0.0/16", "10.0.1.0/24", "10.0.3.0/24", "fd10::/64")
+	if len(got) != len(want) {
+		t.Fatalf("routes = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("routes = %v, want %v", got, want)
+		}
+	}
+}
+
+func TestParseUAPIGet(t *testing.T) {
+	a, b := testKey(0xaa), testKey(0xbb)
+	text := "private_key=" + testKey(1).hex() + "\nlisten_port=51820\n" +
+		"public_key=" + a.hex() + "\npreshared_key=" + Key{}.hex() + "\nprotocol_version=1\n" +
+		"endpoint=[::ffff:192.168.7.2]:51820\nlast_handshake_time_sec=1800000000\nlast_handshake_time_nsec=5\n" +
+		"tx_bytes=100\nrx_bytes=200\npersistent_keepalive_interval=25\nallowed_ip=10.0.0.1/32\nallowed_ip=10.0.1.0/24\n" +
+		"public_key=" + b.hex() + "\nlast_handshake_time_sec=0\nlast_handshake_time_nsec=0\npersistent_keepalive_interval=0\n"
+	peers, err := parseUAPIGet(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(peers) != 2 {
+		t.Fatalf("got %d peers, want 2", len(peers))
+	}
+	p := peers[0]
+	if p.PublicKey != a || p.Endpoint != netip.MustParseAddrPort("192.168.7.2:51820") || p.RxBytes != 200 || p.TxBytes != 100 ||
+		p.Keepalive != 25*time.Second || !p.LastHandshake.Equal(time.Unix(1_800_000_000, 5)) || len(p.AllowedIPs) != 2 {
+		t.Fatalf("peer a parsed as %+v", p)
+	}
+	if q := peers[1]; q.PublicKey != b || !q.LastHandshake.IsZero() || q.Endpoint.IsValid() {
+		t.Fatalf("peer b parsed as %+v", q)
+	}
+	if _, err := parseUAPIGet("public_key=zz\n"); err == nil {
+		t.Fatal("bad hex key accepted")
+	}
+}
