@@ -80,14 +80,17 @@ const (
 
 // Task is one replica of a service, placed on a node, named <service>-<slot>.
 type Task struct {
-	Name         string     `json:"name"`
-	Service      string     `json:"service"`
-	Slot         int        `json:"slot"`
-	NodeID       string     `json:"node_id"`
-	IP           netip.Addr `json:"ip"`
-	DesiredState string     `json:"desired_state"` // running | shutdown
-	State        string     `json:"state"`         // as last reported by the node
-	Error        string     `json:"error,omitempty"`
+	Name    string     `json:"name"`
+	Service string     `json:"service"`
+	Slot    int        `json:"slot"`
+	NodeID  string     `json:"node_id"`
+	IP      netip.Addr `json:"ip"`
+	// Image is what this task runs. It equals the service's image except
+	// during a rolling update, when slots move to the new image one by one.
+	Image        string `json:"image,omitempty"`
+	DesiredState string `json:"desired_state"` // running | shutdown
+	State        string `json:"state"`         // as last reported by the node
+	Error        string `json:"error,omitempty"`
 }
 
 // Node returns the node with the given ID.

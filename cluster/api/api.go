@@ -1,0 +1,180 @@
+// Package api holds the JSON shapes exchanged with the manager: the node
+// API (join, watch, status over mTLS) and the admin API (the CLI over the
+// local unix socket). Plain data, so the CLI client needs no manager code.
+package api
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/warren-appliance/warren/cluster/clustermap"
+)
+
+// Node API paths (mTLS, on the manager's api_listen).
+const (
+	PathJoin   = "/v1/join"   // POST JoinRequest -> JoinResponse; needs the token, no client cert
+	PathSelf   = "/v1/self"   // PUT SelfUpdate -> clustermap.Node; the caller's own record
+	PathRenew  = "/v1/renew"  // POST RenewRequest -> RenewResponse
+	PathWatch  = "/v1/watch"  // GET ?after=VERSION -> newline-delimited maps, pushed on change
+	PathStatus = "/v1/status" // POST NodeStatus
+)
+
+// JoinRequest is what a joining node sends once it has pinned the CA.
+type JoinRequest struct {
+	Secret    string            `json:"secret"`
+	Name      string            `json:"name"`
+	Role      string            `json:"role"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Endpoint  netip.AddrPort    `json:"endpoint"`
+	PublicKey string            `json:"public_key"` // WireGuard, base64
+	CSR       []byte            `json:"csr"`        // DER; the node's TLS key stays on the node
+}
+
+// JoinResponse carries the node's record and its signed certificate.
+type JoinResponse struct {
+	ClusterID   string          `json:"cluster_id"`
+	Node        clustermap.Node `json:"node"`
+	Certificate []byte          `json:"certificate"` // DER
+}
+
+// SelfUpdate refreshes what a node may change about itself on restart.
+type SelfUpdate struct {
+	Labels    map[string]string `json:"labels,omitempty"`
+	Endpoint  netip.AddrPort    `json:"endpoint"`
+	PublicKey string            `json:"public_key"`
+}
+
+// RenewRequest asks for a fresh certificate for the caller's key.
+type RenewRequest struct {
+	CSR []byte `json:"csr"`
+}
+
+// RenewResponse carries the renewed certificate (DER).
+type RenewResponse struct {
+	Certificate []byte `json:"certificate"`
+}
+
+// NodeStatus is a node's heartbeat: tunnel health and its tasks' states.
+type NodeStatus struct {
+	Tunnel []PeerHealth `json:"tunnel,omitempty"`
+	Tasks  []TaskStatus `json:"tasks,omitempty"`
+	Time   time.Time    `json:"time"` // the node's clock, to spot boards without RTC
+}
+
+// PeerHealth is one WireGuard peer as this node sees it.
+type PeerHealth struct {
+	PublicKey     string    `json:"public_key"`
+	LastHandshake time.Time `json:"last_handshake"`
+	RxBytes       uint64    `json:"rx_bytes"`
+	TxBytes       uint64    `json:"tx_bytes"`
+}
+
+// TaskStatus is one task's state as its node reports it.
+type TaskStatus struct {
+	Name  string `json:"name"`
+	State string `json:"state"` // clustermap.Task* states
+	Error string `json:"error,omitempty"`
+}
+
+// Error is the body of every non-2xx answer: what went wrong and what to do.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// ClusterInfo answers `warren cluster info`.
+type ClusterInfo struct {
+	ID              string       `json:"id"`
+	Domain          string       `json:"domain"`
+	CAHash          string       `json:"ca_hash"`
+	CAExpires       time.Time    `json:"ca_expires"`
+	CreatedAt       time.Time    `json:"created_at"`
+	MapVersion      uint64       `json:"map_version"`
+	WireGuardSubnet netip.Prefix `json:"wireguard_subnet"`
+	ContainerSubnet netip.Prefix `json:"container_subnet"`
+	ContainerBlock  int          `json:"container_block"`
+	VIPSubnet       netip.Prefix `json:"vip_subnet"`
+	Manager         string       `json:"manager"` // this manager's node name
+	APIListen       string       `json:"api_listen"`
+	Nodes           int          `json:"nodes"`
+	NodesReady      int          `json:"nodes_ready"`
+	Services        int          `json:"services"`
+	Tasks           int          `json:"tasks"`
+}
+
+// JoinToken answers join-token show/rotate.
+type JoinToken struct {
+	Role  string `json:"role"`
+	Token string `json:"token"`
+}
+
+// NodeView is a node as the admin API shows it.
+type NodeView struct {
+	ID             string            `json:"id"`
+	Name           string            `json:"name"`
+	Role           string            `json:"role"`
+	Status         string            `json:"status"`
+	OverlayIP      netip.Addr        `json:"overlay_ip"`
+	ContainerBlock netip.Prefix      `json:"container_block"`
+	Endpoint       netip.AddrPort    `json:"endpoint"`
+	PublicKey      string            `json:"public_key"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	JoinedAt       time.Time         `json:"joined_at"`
+	LastSeen       time.Time         `json:"last_seen,omitzero"`
+	CertExpires    time.Time         `json:"cert_expires"`
+	Tasks          int               `json:"tasks"`
+	Tunnel         []PeerHealth      `json:"tunnel,omitempty"`
+	Self           bool              `json:"self,omitempty"` // the manager answering
+}
+
+// ServiceSpec creates a service. Ports are "HOST:CONTAINER[/tcp|/udp]".
+type ServiceSpec struct {
+	Name        string   `json:"name"`
+	Image       string   `json:"image"`
+	Replicas    *int     `json:"replicas,omitempty"` // default 1
+	Env         []string `json:"env,omitempty"`
+	Constraints []string `json:"constraints,omitempty"`
+	Ports       []string `json:"ports,omitempty"`
+	Command     []string `json:"command,omitempty"`
+	Affinity    bool     `json:"affinity,omitempty"`
+}
+
+// Scale sets a service's replica count.
+type Scale struct {
+	Replicas int `json:"replicas"`
+}
+
+// ImageUpdate starts a rolling update to a new image.
+type ImageUpdate struct {
+	Image string `json:"image"`
+}
+
+// ServiceView is a service with its tasks.
+type ServiceView struct {
+	Name        string            `json:"name"`
+	Image       string            `json:"image"`
+	Replicas    int               `json:"replicas"`
+	Running     int               `json:"running"`
+	VIP         netip.Addr        `json:"vip"`
+	Ports       []clustermap.Port `json:"ports"`
+	Env         []string          `json:"env,omitempty"`
+	Command     []string          `json:"command,omitempty"`
+	Constraints []string          `json:"constraints,omitempty"`
+	Affinity    bool              `json:"affinity,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+	UpdatedAt   time.Time         `json:"updated_at"`
+	Updating    bool              `json:"updating,omitempty"` // a rolling image update is in progress
+	Unplaced    string            `json:"unplaced,omitempty"` // why some replicas have no node
+	Tasks       []TaskView        `json:"tasks"`
+}
+
+// TaskView is one task of a service.
+type TaskView struct {
+	Name         string     `json:"name"`
+	Node         string     `json:"node"`
+	NodeID       string     `json:"node_id"`
+	IP           netip.Addr `json:"ip"`
+	Image        string     `json:"image"`
+	DesiredState string     `json:"desired_state"`
+	State        string     `json:"state"`
+	Error        string     `json:"error,omitempty"`
+}
