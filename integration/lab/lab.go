@@ -1,0 +1,571 @@
+// Package lab simulates a cluster of warren nodes on one machine, as
+// DESIGN.md describes: each node is a network namespace plus a private mount
+// namespace with its own /run, /var/lib/warren, /etc/warren and
+// /var/lib/containerd, and its own containerd. All nodes hang off one bridge
+// (the LAN) that lives in a namespace of its own, next to an "outside"
+// namespace that plays the LAN router and a host that is not a node.
+//
+// Nothing is created in the host's own network namespace, and Close removes
+// every namespace, process and directory the lab made.
+package lab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// LAN addressing: the outside namespace is the router at .1, nodes from .10.
+var (
+	lanPrefix = netip.MustParsePrefix("192.168.100.0/24")
+	routerIP  = netip.MustParseAddr("192.168.100.1")
+)
+
+// namePrefix marks everything a lab creates; the pid that follows lets a
+// later lab sweep what a killed one left behind.
+const namePrefix = "wl"
+
+// Options configure a lab.
+type Options struct {
+	Dir    string // working directory (node roots, logs); created if missing
+	Logger *slog.Logger
+}
+
+// Lab is a running simulation.
+type Lab struct {
+	id      string // namePrefix + pid: unique among live labs
+	dir     string
+	log     *slog.Logger
+	lanNS   string
+	Outside *Host
+
+	mu    sync.Mutex
+	nodes []*Node
+	next  int
+}
+
+// Host is a network namespace on the LAN with a shell holder process.
+type Host struct {
+	Name   string
+	NetNS  string // name under /run/netns
+	LANIP  netip.Addr
+	lab    *Lab
+	holder *exec.Cmd
+	procs  []*exec.Cmd
+	dir    string
+}
+
+// Node is a simulated warren node: a Host with a private mount namespace.
+type Node struct {
+	Host
+	Root       string // host directory holding the node's /var/lib/warren, /etc/warren, ...
+	containerd *exec.Cmd
+	appliance  *exec.Cmd
+	applLog    string
+}
+
+// New creates the LAN and the outside namespace.
+func New(opts Options) (*Lab, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("lab: needs root (network and mount namespaces)")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	SweepStale(opts.Logger)
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	l := &Lab{id: fmt.Sprintf("%s%d", namePrefix, os.Getpid()), dir: opts.Dir, log: opts.Logger}
+	l.lanNS = l.id + "-lan"
+	if err := run("ip", "netns", "add", l.lanNS); err != nil {
+		return nil, err
+	}
+	if err := inNS(l.lanNS, func() error {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "lan0"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("add LAN bridge: %w", err)
+		}
+		lo, _ := netlink.LinkByName("lo")
+		netlink.LinkSetUp(lo)
+		return netlink.LinkSetUp(br)
+	}); err != nil {
+		l.Close()
+		return nil, err
+	}
+	out, err := l.addHost("outside", routerIP)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	l.Outside = out
+	return l, nil
+}
+
+// addHost creates a namespace with a veth into the LAN bridge.
+func (l *Lab) addHost(name string, ip netip.Addr) (*Host, error) {
+	l.mu.Lock()
+	l.next++
+	idx := l.next
+	l.mu.Unlock()
+	h := &Host{Name: name, NetNS: fmt.Sprintf("%s-%s", l.id, name), LANIP: ip, lab: l, dir: filepath.Join(l.dir, name)}
+	if err := os.MkdirAll(h.dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := run("ip", "netns", "add", h.NetNS); err != nil {
+		return nil, err
+	}
+	// veth names must fit 15 bytes: wl<pid>h<idx> / ...p
+	in := fmt.Sprintf("%sh%d", trimID(l.id), idx)
+	peer := in + "p"
+	if err := run("ip", "link", "add", in, "netns", h.NetNS, "type", "veth", "peer", "name", peer, "netns", l.lanNS); err != nil {
+		return nil, err
+	}
+	if err := runNS(l.lanNS, "ip", "link", "set", peer, "master", "lan0", "up"); err != nil {
+		return nil, err
+	}
+	pfx := netip.PrefixFrom(ip, lanPrefix.Bits()).String()
+	for _, args := range [][]string{
+		{"ip", "link", "set", "lo", "up"},
+		{"ip", "link", "set", in, "name", "eth0"},
+		{"ip", "addr", "add", pfx, "dev", "eth0"},
+		{"ip", "link", "set", "eth0", "up"},
+	} {
+		if err := runNS(h.NetNS, args...); err != nil {
+			return nil, err
+		}
+	}
+	if ip != routerIP {
+		if err := runNS(h.NetNS, "ip", "route", "add", "default", "via", routerIP.String()); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+func trimID(id string) string {
+	if len(id) > 9 {
+		return id[:2] + id[len(id)-7:]
+	}
+	return id
+}
+
+// AddNode creates a node namespace with its private mounts; containerd and
+// the appliance are started separately.
+func (l *Lab) AddNode(name string) (*Node, error) {
+	l.mu.Lock()
+	ip := lanPrefix.Addr()
+	for i := 0; i < 10+len(l.nodes); i++ {
+		ip = ip.Next()
+	}
+	l.mu.Unlock()
+	h, err := l.addHost(name, ip)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{Host: *h, Root: filepath.Join(h.dir, "root")}
+	for _, d := range []string{"lib", "etc", "containerd", "lib/images"} {
+		if err := os.MkdirAll(filepath.Join(n.Root, d), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range []string{"/var/lib/warren", "/etc/warren", "/var/lib/containerd"} {
+		if err := os.MkdirAll(d, 0o755); err != nil { // mount points only; stay empty on the host
+			return nil, err
+		}
+	}
+	script := fmt.Sprintf(`set -e
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/netns /run/warren /run/containerd
+mount --bind %[1]s/lib /var/lib/warren
+mount --bind %[1]s/etc /etc/warren
+mount --bind %[1]s/containerd /var/lib/containerd
+sysctl -qw net.ipv4.ip_forward=1
+echo ready
+exec sleep infinity`, n.Root)
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "nsenter", "--net=/run/netns/"+n.NetNS, "sh", "-c", script)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start node %s: %w", name, err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("node %s: mount setup failed: %v: %s", name, err, stderr.String())
+	}
+	n.holder = cmd
+	l.mu.Lock()
+	l.nodes = append(l.nodes, n)
+	l.mu.Unlock()
+	return n, nil
+}
+
+// Nodes returns the nodes in creation order.
+func (l *Lab) Nodes() []*Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Node(nil), l.nodes...)
+}
+
+// enter returns the argv prefix that runs a command inside the host.
+func (h *Host) enter() []string {
+	if h.holder != nil {
+		return []string{"nsenter", "-t", strconv.Itoa(h.holder.Process.Pid), "-m", "-n", "--"}
+	}
+	return []string{"nsenter", "--net=/run/netns/" + h.NetNS, "--"}
+}
+
+// Command builds a command that runs inside the host (its network and,
+// for nodes, mount namespace), as a user would type it there.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	argv := append(h.enter(), name)
+	argv = append(argv, args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	return cmd
+}
+
+// Exec runs a command inside the host and returns its combined output.
+func (h *Host) Exec(ctx context.Context, name string, args ...string) (string, error) {
+	out, err := h.Command(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %s %s: %w: %s", h.Name, name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// Sh runs a shell command line inside the host.
+func (h *Host) Sh(ctx context.Context, script string) (string, error) {
+	return h.Exec(ctx, "sh", "-c", script)
+}
+
+// Background starts a long-running command inside the host; Close kills it.
+func (h *Host) Background(logName string, name string, args ...string) (*exec.Cmd, error) {
+	cmd := h.Command(context.Background(), name, args...)
+	f, err := os.Create(filepath.Join(h.dir, logName))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: start %s: %w", h.Name, name, err)
+	}
+	go func() { cmd.Wait(); f.Close() }()
+	h.procs = append(h.procs, cmd)
+	return cmd, nil
+}
+
+// WriteConfig writes the node's /etc/warren/warren.toml.
+func (n *Node) WriteConfig(toml string) error {
+	return os.WriteFile(filepath.Join(n.Root, "etc", "warren.toml"), []byte(toml), 0o600)
+}
+
+// AddImage copies an image tarball into the node's images_dir
+// (/var/lib/warren/images), as an operator of an airgapped board would.
+func (n *Node) AddImage(tarball string) error {
+	data, err := os.ReadFile(tarball)
+	if err != nil {
+		return err
+	}
+	dst := filepath.Join(n.Root, "lib", "images", filepath.Base(tarball))
+	if err := os.WriteFile(dst+".part", data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(dst+".part", dst)
+}
+
+// StartContainerd starts the node's own containerd on the default socket
+// inside the node, and waits until it answers.
+func (n *Node) StartContainerd(ctx context.Context) error {
+	cfg := filepath.Join(n.dir, "containerd.toml")
+	// CRI is not used and slows start-up; everything else stays default.
+	if err := os.WriteFile(cfg, []byte("version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"), 0o644); err != nil {
+		return err
+	}
+	cmd, err := n.Background("containerd.log", "containerd", "--config", cfg)
+	if err != nil {
+		return err
+	}
+	n.containerd = cmd
+	return Poll(ctx, 100*time.Millisecond, func() error {
+		_, err := n.Exec(ctx, "ctr", "version")
+		return err
+	})
+}
+
+// StartAppliance starts warren-appliance (or the given binary and args,
+// e.g. `warren worker start ...`) inside the node. Logs go to appliance.log.
+func (n *Node) StartAppliance(binary string, args ...string) error {
+	if len(args) == 0 {
+		args = []string{"--config", "/etc/warren/warren.toml"}
+	}
+	n.applLog = filepath.Join(n.dir, "appliance.log")
+	f, err := os.OpenFile(n.applLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := n.Command(context.Background(), binary, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: start appliance: %w", n.Name, err)
+	}
+	n.appliance = cmd
+	go func() { cmd.Wait(); f.Close() }()
+	return nil
+}
+
+// StopAppliance sends sig (SIGTERM for a clean stop, SIGKILL for a crash)
+// and waits for the process to exit.
+func (n *Node) StopAppliance(sig syscall.Signal) error {
+	cmd := n.appliance
+	if cmd == nil || cmd.Process == nil {
+		return nil
+	}
+	n.appliance = nil
+	// nsenter execs the target, so the pid is the appliance's own.
+	cmd.Process.Signal(sig)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if cmd.ProcessState != nil || !alive(cmd.Process.Pid) {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	return fmt.Errorf("%s: appliance did not exit within 20s of %v", n.Name, sig)
+}
+
+// ApplianceLog returns what the appliance printed so far.
+func (n *Node) ApplianceLog() string {
+	if n.applLog == "" {
+		return ""
+	}
+	b, _ := os.ReadFile(n.applLog)
+	return string(b)
+}
+
+// Logs returns every log of the node, for test failure output.
+func (n *Node) Logs() string {
+	var sb strings.Builder
+	files, _ := filepath.Glob(filepath.Join(n.dir, "*.log"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		if len(b) > 64<<10 {
+			b = b[len(b)-64<<10:]
+		}
+		fmt.Fprintf(&sb, "===== %s %s\n%s\n", n.Name, filepath.Base(f), b)
+	}
+	return sb.String()
+}
+
+// Close tears everything down: the processes of every namespace (and their
+// descendants, such as containers under containerd's shims), then the
+// namespaces and the lab directory.
+func (l *Lab) Close() error {
+	nodes := l.Nodes()
+	for _, n := range nodes {
+		n.StopAppliance(syscall.SIGTERM)
+	}
+	var names []string
+	for _, n := range nodes {
+		names = append(names, n.NetNS)
+	}
+	if l.Outside != nil {
+		names = append(names, l.Outside.NetNS)
+	}
+	names = append(names, l.lanNS)
+	for _, ns := range names {
+		killNetNS(ns)
+	}
+	for _, n := range nodes {
+		if n.holder != nil {
+			n.holder.Wait()
+		}
+	}
+	var errs []error
+	for _, ns := range names {
+		if err := run("ip", "netns", "delete", ns); err != nil && !strings.Contains(err.Error(), "No such file") {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SweepStale removes what labs of dead processes left (a test killed by a
+// timeout cannot run its cleanup).
+func SweepStale(log *slog.Logger) {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, namePrefix) {
+			continue
+		}
+		pidStr := strings.SplitN(strings.TrimPrefix(name, namePrefix), "-", 2)[0]
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || alive(pid) {
+			continue
+		}
+		log.Info("lab: removing namespace left by a dead lab", "netns", name)
+		killNetNS(name)
+		run("ip", "netns", "delete", name)
+	}
+}
+
+// killNetNS kills every process in the namespace and all their descendants.
+func killNetNS(ns string) {
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		return
+	}
+	var st syscall.Stat_t
+	err = syscall.Fstat(int(h), &st)
+	h.Close()
+	if err != nil {
+		return
+	}
+	for round := 0; round < 50; round++ {
+		victims := processesIn(st.Ino)
+		if len(victims) == 0 {
+			return
+		}
+		for _, pid := range victims {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// processesIn lists the pids whose network namespace has inode ino, plus
+// all their descendants (containers live in namespaces of their own).
+func processesIn(ino uint64) []int {
+	procs, _ := os.ReadDir("/proc")
+	children := map[int][]int{}
+	var roots []int
+	self := os.Getpid()
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		if stat, err := os.ReadFile("/proc/" + p.Name() + "/stat"); err == nil {
+			// ppid is the 2nd field after the ")" that closes the command name.
+			if i := bytes.LastIndexByte(stat, ')'); i > 0 {
+				f := strings.Fields(string(stat[i+1:]))
+				if len(f) > 2 && f[0] != "Z" {
+					ppid, _ := strconv.Atoi(f[1])
+					children[ppid] = append(children[ppid], pid)
+				}
+			}
+		}
+		var st syscall.Stat_t
+		if syscall.Stat("/proc/"+p.Name()+"/ns/net", &st) == nil && st.Ino == ino {
+			roots = append(roots, pid)
+		}
+	}
+	seen := map[int]bool{}
+	var out []int
+	var walk func(int)
+	walk = func(pid int) {
+		if seen[pid] || pid == self {
+			return
+		}
+		seen[pid] = true
+		out = append(out, pid)
+		for _, c := range children[pid] {
+			walk(c)
+		}
+	}
+	for _, r := range roots {
+		walk(r)
+	}
+	return out
+}
+
+func alive(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && !strings.HasPrefix(strings.TrimSpace(string(stat[i+1:])), "Z")
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func runNS(ns string, args ...string) error {
+	return run("nsenter", append([]string{"--net=/run/netns/" + ns, "--"}, args...)...)
+}
+
+// inNS runs fn on a locked OS thread switched into the named namespace.
+func inNS(name string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is left locked on purpose: it ends with this goroutine
+		// instead of going back to the pool inside another namespace.
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(name)
+		if err != nil {
+			errc <- fmt.Errorf("netns %s: %w", name, err)
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Poll calls fn every interval until it succeeds or ctx ends, and returns
+// fn's last error on timeout.
+func Poll(ctx context.Context, interval time.Duration, fn func() error) error {
+	var last error
+	for {
+		if last = fn(); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
+		case <-time.After(interval):
+		}
+	}
+}
