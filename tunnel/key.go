@@ -39,6 +39,19 @@ func GenerateKey() (Key, error) {
 // String is the base64 form used by `wg` and the cluster map.
 func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
 
+// MarshalText encodes the key as base64, so keys read naturally in JSON.
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText parses a base64 key.
+func (k *Key) UnmarshalText(b []byte) error {
+	parsed, err := ParseKey(string(b))
+	if err != nil {
+		return err
+	}
+	*k = parsed
+	return nil
+}
+
 // hex is the form the UAPI protocol speaks.
 func (k Key) hex() string { return hex.EncodeToString(k[:]) }
 

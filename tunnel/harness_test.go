@@ -1,0 +1,482 @@
+package tunnel
+
+// Test harness: network namespaces joined by veth, and device processes
+// re-executed from this test binary inside them (nsenter --net), so every
+// side is a real separate process with its own TUN, UDP socket and UAPI.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, TUN, veth")
+	}
+}
+
+var nameSeq struct {
+	sync.Mutex
+	n int
+}
+
+// uniqueTag returns a short tag unique to this process and call, for
+// namespace and interface names (interface names are at most 15 bytes).
+func uniqueTag() string {
+	nameSeq.Lock()
+	defer nameSeq.Unlock()
+	nameSeq.n++
+	return fmt.Sprintf("%d%c", os.Getpid(), 'a'+nameSeq.n-1)
+}
+
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// inNS runs argv inside namespace ns.
+func inNSCmd(ns string, argv ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns}, argv...)...)
+}
+
+func runIn(t testing.TB, ns string, argv ...string) string {
+	t.Helper()
+	out, err := inNSCmd(ns, argv...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in %s: %s: %v\n%s", ns, strings.Join(argv, " "), err, out)
+	}
+	return string(out)
+}
+
+// topo is two namespaces, a and b, joined by a veth pair with underlay
+// addresses 192.168.77.1 and .2.
+type topo struct {
+	tag        string
+	a, b       string
+	underA     netip.Addr
+	underB     netip.Addr
+	ifA, ifB   string // WireGuard interface names (also UAPI socket names)
+}
+
+func newTopo(t testing.TB) *topo {
+	t.Helper()
+	requireRoot(t)
+	tag := uniqueTag()
+	tp := &topo{
+		tag: tag, a: "tun" + tag + "A", b: "tun" + tag + "B",
+		underA: netip.MustParseAddr("192.168.77.1"), underB: netip.MustParseAddr("192.168.77.2"),
+		ifA: "wt" + tag + "a", ifB: "wt" + tag + "b",
+	}
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "del", tp.a).Run()
+		exec.Command("ip", "netns", "del", tp.b).Run()
+		os.Remove(uapiSocketPath(tp.ifA))
+		os.Remove(uapiSocketPath(tp.ifB))
+	})
+	run(t, "ip", "netns", "add", tp.a)
+	run(t, "ip", "netns", "add", tp.b)
+	vethA, vethB := "tv"+tag+"a", "tv"+tag+"b"
+	run(t, "ip", "link", "add", vethA, "netns", tp.a, "type", "veth", "peer", "name", vethB, "netns", tp.b)
+	for _, side := range []struct{ ns, dev, addr string }{{tp.a, vethA, "192.168.77.1/24"}, {tp.b, vethB, "192.168.77.2/24"}} {
+		runIn(t, side.ns, "ip", "addr", "add", side.addr, "dev", side.dev)
+		runIn(t, side.ns, "ip", "link", "set", side.dev, "up")
+		runIn(t, side.ns, "ip", "link", "set", "lo", "up")
+	}
+	return tp
+}
+
+// withNetns runs fn on an OS thread switched into namespace ns; sockets fn
+// creates belong to ns and keep working after the thread switches back.
+func withNetns(t testing.TB, ns string, fn func() error) error {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- err
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: Go discards it with the goroutine.
+			errc <- fmt.Errorf("restore netns: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// helperConfig is what a device process is started with.
+type helperConfig struct {
+	Interface string
+	Mode      string
+	Port      int
+	Address   netip.Prefix
+	Private   Key
+	Forwards  []Forward
+	Peers     []Peer
+	Unbounded bool // benchmark: run without the memory bound
+	Debug     bool
+}
+
+type helperRequest struct {
+	Op    string
+	Peers []Peer
+}
+
+type helperReply struct {
+	Err       string
+	Mode      string
+	PublicKey Key
+	Health    []PeerHealth
+}
+
+const helperEnv = "TUNNEL_TEST_HELPER_NODE"
+
+// TestHelperNode is not a test: it is the device process the other tests
+// start inside a namespace. It reads JSON requests on stdin and answers
+// one "HELPER {json}" line each on stdout; EOF on stdin closes the device.
+func TestHelperNode(t *testing.T) {
+	raw := os.Getenv(helperEnv)
+	if raw == "" {
+		t.Skip("runs only as a re-executed device process")
+	}
+	os.Exit(helperMain(raw))
+}
+
+func helperMain(raw string) int {
+	out := bufio.NewWriter(os.Stdout)
+	reply := func(r helperReply) {
+		b, _ := json.Marshal(r)
+		fmt.Fprintf(out, "HELPER %s\n", b)
+		out.Flush()
+	}
+	var hc helperConfig
+	if err := json.Unmarshal([]byte(raw), &hc); err != nil {
+		reply(helperReply{Err: err.Error()})
+		return 2
+	}
+	level := slog.LevelInfo
+	if hc.Debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg := Config{Interface: hc.Interface, Mode: hc.Mode, ListenPort: hc.Port, Address: hc.Address,
+		PrivateKey: hc.Private, Forwards: hc.Forwards, Logger: log}
+	dev, err := Open(cfg)
+	if err != nil {
+		reply(helperReply{Err: err.Error()})
+		return 1
+	}
+	if err := dev.SetPeers(hc.Peers); err != nil {
+		reply(helperReply{Err: err.Error()})
+		dev.Close()
+		return 1
+	}
+	reply(helperReply{Mode: dev.Mode(), PublicKey: dev.PublicKey()})
+	dec := json.NewDecoder(os.Stdin)
+	for {
+		var req helperRequest
+		if err := dec.Decode(&req); err != nil {
+			break
+		}
+		var r helperReply
+		switch req.Op {
+		case "setpeers":
+			if err := dev.SetPeers(req.Peers); err != nil {
+				r.Err = err.Error()
+			}
+		case "health":
+			r.Health = dev.Health()
+		case "close":
+			if err := dev.Close(); err != nil {
+				r.Err = err.Error()
+			}
+			reply(r)
+			return 0
+		default:
+			r.Err = "unknown op " + req.Op
+		}
+		reply(r)
+	}
+	if err := dev.Close(); err != nil {
+		log.Error("close", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// node is a running device process.
+type node struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string
+	Pub    Key
+	Mode   string
+	exited chan struct{}
+}
+
+// startNode starts a device process in namespace ns and waits until its
+// device is open (or fails the test with the device's error).
+func startNode(t testing.TB, ns string, hc helperConfig) *node {
+	t.Helper()
+	n, err := tryStartNode(t, ns, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func tryStartNode(t testing.TB, ns string, hc helperConfig) (*node, error) {
+	t.Helper()
+	raw, err := json.Marshal(hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := inNSCmd(ns, os.Args[0], "-test.run=^TestHelperNode$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(raw))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logw := &testLogWriter{t: t, prefix: hc.Interface + ": "}
+	cmd.Stderr = logw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16), exited: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			if s, ok := strings.CutPrefix(sc.Text(), "HELPER "); ok {
+				n.lines <- s
+			}
+		}
+		close(n.lines)
+	}()
+	go func() { cmd.Wait(); close(n.exited) }()
+	t.Cleanup(n.stop)
+	r, err := n.read()
+	if err != nil {
+		return nil, err
+	}
+	if r.Err != "" {
+		return nil, fmt.Errorf("device process %s: %s", hc.Interface, r.Err)
+	}
+	n.Pub, n.Mode = r.PublicKey, r.Mode
+	return n, nil
+}
+
+func (n *node) read() (helperReply, error) {
+	select {
+	case line, ok := <-n.lines:
+		if !ok {
+			return helperReply{}, errors.New("device process exited")
+		}
+		var r helperReply
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return r, err
+		}
+		return r, nil
+	case <-time.After(60 * time.Second):
+		return helperReply{}, errors.New("device process did not answer within 60s")
+	}
+}
+
+func (n *node) call(req helperRequest) helperReply {
+	n.t.Helper()
+	b, _ := json.Marshal(req)
+	if _, err := n.stdin.Write(append(b, '\n')); err != nil {
+		n.t.Fatalf("send %s: %v", req.Op, err)
+	}
+	r, err := n.read()
+	if err != nil {
+		n.t.Fatalf("%s: %v", req.Op, err)
+	}
+	if r.Err != "" {
+		n.t.Fatalf("%s: %s", req.Op, r.Err)
+	}
+	return r
+}
+
+func (n *node) setPeers(peers ...Peer) { n.call(helperRequest{Op: "setpeers", Peers: peers}) }
+func (n *node) health() []PeerHealth  { return n.call(helperRequest{Op: "health"}).Health }
+
+// close asks the device to close and waits for the process to exit.
+func (n *node) close() {
+	n.t.Helper()
+	n.call(helperRequest{Op: "close"})
+	select {
+	case <-n.exited:
+	case <-time.After(30 * time.Second):
+		n.t.Fatal("device process did not exit after close")
+	}
+}
+
+func (n *node) pid() int { return n.cmd.Process.Pid }
+
+func (n *node) stop() {
+	n.stdin.Close()
+	select {
+	case <-n.exited:
+	case <-time.After(15 * time.Second):
+		n.cmd.Process.Kill()
+		<-n.exited
+	}
+}
+
+type testLogWriter struct {
+	t      testing.TB
+	prefix string
+	mu     sync.Mutex
+	buf    []byte
+	done   bool
+}
+
+func (w *testLogWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := strings.IndexByte(string(w.buf), '\n')
+		if i < 0 {
+			break
+		}
+		line := string(w.buf[:i])
+		w.buf = w.buf[i+1:]
+		func() {
+			defer func() { recover() }() // the test may have finished
+			w.t.Log(w.prefix + line)
+		}()
+	}
+	return len(p), nil
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// pairConfigs returns configs for two devices, each the other's static peer.
+func (tp *topo) pairConfigs(t testing.TB, modeA, modeB string) (helperConfig, helperConfig) {
+	t.Helper()
+	ka, _ := GenerateKey()
+	kb, _ := GenerateKey()
+	a := helperConfig{Interface: tp.ifA, Mode: modeA, Port: 51820, Address: netip.MustParsePrefix("10.0.0.1/24"), Private: ka,
+		Peers: []Peer{{PublicKey: kb.PublicKey(), Endpoint: netip.AddrPortFrom(tp.underB, 51820), AllowedIPs: pfx("10.0.0.2/32", "10.0.2.0/24")}}}
+	b := helperConfig{Interface: tp.ifB, Mode: modeB, Port: 51820, Address: netip.MustParsePrefix("10.0.0.2/24"), Private: kb,
+		Peers: []Peer{{PublicKey: ka.PublicKey(), Endpoint: netip.AddrPortFrom(tp.underA, 51820), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24")}}}
+	return a, b
+}
+
+// tcpEcho serves an echo server on addr inside namespace ns until the test ends.
+func tcpEcho(t testing.TB, ns string, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	err := withNetns(t, ns, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, ns, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return l
+}
+
+// dialIn dials addr from inside namespace ns.
+func dialIn(t testing.TB, ns, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := withNetns(t, ns, func() error {
+		var err error
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return c, err
+}
+
+// echoRoundTrip sends msg over a fresh connection to addr from ns and
+// checks it comes back.
+func echoRoundTrip(t testing.TB, ns, addr, msg string) error {
+	c, err := dialIn(t, ns, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echo returned %q, want %q", buf, msg)
+	}
+	return nil
+}
