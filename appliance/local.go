@@ -1,0 +1,143 @@
+package appliance
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/warren-appliance/warren/tunnel"
+)
+
+// localState is what the local socket reports about this node.
+type localState struct {
+	mu  sync.Mutex
+	dev *tunnel.Device
+	// extra node-local endpoints (VIPs, DNS) registered by the cluster roles.
+	extra map[string]http.HandlerFunc
+}
+
+// PeerStatus is one peer in `warren network status`.
+type PeerStatus struct {
+	PublicKey       string    `json:"public_key"`
+	Endpoint        string    `json:"endpoint,omitempty"`
+	AllowedIPs      []string  `json:"allowed_ips"`
+	LatestHandshake time.Time `json:"latest_handshake,omitempty"`
+	HandshakeAge    string    `json:"handshake_age,omitempty"`
+	RxBytes         int64     `json:"rx_bytes"`
+	TxBytes         int64     `json:"tx_bytes"`
+	Healthy         bool      `json:"healthy"`
+}
+
+// TunnelStatus is the tunnel part of `warren network status`.
+type TunnelStatus struct {
+	Interface string       `json:"interface"`
+	Mode      string       `json:"mode"`
+	PublicKey string       `json:"public_key"`
+	Peers     []PeerStatus `json:"peers"`
+}
+
+func (s *localState) tunnelStatus() TunnelStatus {
+	s.mu.Lock()
+	dev := s.dev
+	s.mu.Unlock()
+	if dev == nil {
+		return TunnelStatus{}
+	}
+	st := TunnelStatus{Interface: dev.Interface(), Mode: dev.Mode(), PublicKey: dev.PublicKey().String(), Peers: []PeerStatus{}}
+	now := time.Now()
+	for _, h := range dev.Health() {
+		p := PeerStatus{PublicKey: h.PublicKey.String(), RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
+		if h.Endpoint.IsValid() {
+			p.Endpoint = h.Endpoint.String()
+		}
+		for _, a := range h.AllowedIPs {
+			p.AllowedIPs = append(p.AllowedIPs, a.String())
+		}
+		if !h.LastHandshake.IsZero() {
+			p.LatestHandshake = h.LastHandshake
+			p.HandshakeAge = now.Sub(h.LastHandshake).Round(time.Second).String()
+		}
+		st.Peers = append(st.Peers, p)
+	}
+	return st
+}
+
+// localAPI serves the root-only unix socket the CLI talks to.
+type localAPI struct {
+	srv  *http.Server
+	path string
+}
+
+// startLocalAPI listens on path (mode 0600, in a 0700 directory) and serves
+// the node-local endpoints plus, on managers, the cluster admin API.
+func startLocalAPI(path string, st *localState, admin http.Handler, log *slog.Logger) (*localAPI, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("local socket: %w", err)
+	}
+	// A socket left by a crash would make Listen fail; only remove sockets.
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("local socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("local socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/local/network/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, st.tunnelStatus())
+	})
+	st.mu.Lock()
+	for pattern, h := range st.extra {
+		mux.HandleFunc(pattern, h)
+	}
+	st.mu.Unlock()
+	if admin != nil {
+		mux.Handle("/", admin)
+	} else {
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "this node is not a manager: run cluster commands on a manager node"})
+		})
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("local socket stopped", "err", err)
+		}
+	}()
+	return &localAPI{srv: srv, path: path}, nil
+}
+
+func (a *localAPI) Close() error {
+	err := a.srv.Close()
+	os.Remove(a.path)
+	return err
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// notifyReady tells systemd (Type=notify) the node is up; a no-op when
+// not started by systemd.
+func notifyReady(log *slog.Logger) {
+	if ok, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.Warn("sd_notify failed", "err", err)
+	} else if ok {
+		log.Debug("told systemd we are ready")
+	}
+}
