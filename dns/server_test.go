@@ -1,0 +1,272 @@
+package dns
+
+import (
+	"net/netip"
+	"os"
+	"strings"
+	"slices"
+	"testing"
+
+	miekg "github.com/miekg/dns"
+)
+
+func TestAnswersFromRecords(t *testing.T) {
+	s, addr := startServer(t, Config{})
+	s.Update(sampleRecords)
+
+	for _, network := range []string{"udp", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			cases := []struct {
+				name  string
+				qtype uint16
+				want  []string
+				ttl   uint32
+			}{
+				{"nginx.warren.local.", miekg.TypeA, []string{"10.1.0.5"}, ServiceTTL},
+				{"NgInX.WARREN.Local.", miekg.TypeA, []string{"10.1.0.5"}, ServiceTTL},
+				{"nginx-2.warren.local.", miekg.TypeA, []string{"10.0.2.2"}, TaskTTL},
+				{"tasks.nginx.warren.local.", miekg.TypeA, []string{"10.0.1.2", "10.0.2.2"}, TaskTTL},
+				{"tasks.api.warren.local.", miekg.TypeA, []string{"10.0.1.3"}, TaskTTL},
+			}
+			for _, c := range cases {
+				resp := ask(t, addr, network, c.name, c.qtype)
+				if resp.Rcode != miekg.RcodeSuccess || !resp.Authoritative {
+					t.Fatalf("%s: rcode %s aa=%v", c.name, miekg.RcodeToString[resp.Rcode], resp.Authoritative)
+				}
+				var got []string
+				for _, a := range aAddrs(resp.Answer) {
+					got = append(got, a.String())
+				}
+				slices.Sort(got)
+				if !slices.Equal(got, c.want) {
+					t.Errorf("%s: got %v, want %v", c.name, got, c.want)
+				}
+				for _, rr := range resp.Answer {
+					if rr.Header().Ttl != c.ttl {
+						t.Errorf("%s: TTL %d, want %d", c.name, rr.Header().Ttl, c.ttl)
+					}
+				}
+				if resp.Question[0].Name != c.name {
+					t.Errorf("question not echoed as asked: %q", resp.Question[0].Name)
+				}
+			}
+		})
+	}
+
+	t.Run("AAAA of a known name is NODATA", func(t *testing.T) {
+		resp := ask(t, addr, "udp", "nginx.warren.local.", miekg.TypeAAAA)
+		if resp.Rcode != miekg.RcodeSuccess || len(resp.Answer) != 0 {
+			t.Fatalf("rcode %s, %d answers; want NOERROR without data", miekg.RcodeToString[resp.Rcode], len(resp.Answer))
+		}
+		requireSOA(t, resp)
+	})
+	t.Run("MX of a known name is NODATA", func(t *testing.T) {
+		resp := ask(t, addr, "udp", "nginx-1.warren.local.", miekg.TypeMX)
+		if resp.Rcode != miekg.RcodeSuccess || len(resp.Answer) != 0 {
+			t.Fatalf("rcode %s, %d answers", miekg.RcodeToString[resp.Rcode], len(resp.Answer))
+		}
+	})
+	t.Run("unknown names are NXDOMAIN with SOA", func(t *testing.T) {
+		for _, name := range []string{"redis.warren.local.", "nginx-3.warren.local.", "tasks.redis.warren.local.", "a.b.nginx.warren.local."} {
+			resp := ask(t, addr, "udp", name, miekg.TypeA)
+			if resp.Rcode != miekg.RcodeNameError {
+				t.Errorf("%s: rcode %s, want NXDOMAIN", name, miekg.RcodeToString[resp.Rcode])
+			}
+			requireSOA(t, resp)
+		}
+	})
+	t.Run("apex is NODATA for A, answers SOA", func(t *testing.T) {
+		resp := ask(t, addr, "udp", "warren.local.", miekg.TypeA)
+		if resp.Rcode != miekg.RcodeSuccess || len(resp.Answer) != 0 {
+			t.Errorf("apex A: rcode %s, %d answers", miekg.RcodeToString[resp.Rcode], len(resp.Answer))
+		}
+		resp = ask(t, addr, "udp", "warren.local.", miekg.TypeSOA)
+		if len(resp.Answer) != 1 || resp.Answer[0].Header().Rrtype != miekg.TypeSOA {
+			t.Errorf("apex SOA: %v", resp.Answer)
+		}
+	})
+	t.Run("PTR of a VIP and a task", func(t *testing.T) {
+		for ip, want := range map[string]string{"10.1.0.5": "nginx.warren.local.", "10.0.2.2": "nginx-2.warren.local."} {
+			arpa, _ := miekg.ReverseAddr(ip)
+			resp := ask(t, addr, "udp", arpa, miekg.TypePTR)
+			if len(resp.Answer) != 1 || resp.Answer[0].(*miekg.PTR).Ptr != want {
+				t.Errorf("PTR %s: %v, want %s", ip, resp.Answer, want)
+			}
+		}
+	})
+	t.Run("non-IN class inside the domain is refused", func(t *testing.T) {
+		m := new(miekg.Msg)
+		m.SetQuestion("nginx.warren.local.", miekg.TypeA)
+		m.Question[0].Qclass = miekg.ClassCHAOS
+		if resp := exchange(t, addr, "udp", m); resp.Rcode != miekg.RcodeRefused {
+			t.Errorf("rcode %s, want REFUSED", miekg.RcodeToString[resp.Rcode])
+		}
+	})
+	t.Run("unknown EDNS version is BADVERS", func(t *testing.T) {
+		m := new(miekg.Msg)
+		m.SetQuestion("nginx.warren.local.", miekg.TypeA)
+		m.SetEdns0(1232, false)
+		m.IsEdns0().SetVersion(1)
+		if resp := exchange(t, addr, "udp", m); resp.Rcode != miekg.RcodeBadVers {
+			t.Errorf("rcode %s, want BADVERS", miekg.RcodeToString[resp.Rcode])
+		}
+	})
+	t.Run("NOTIFY is not implemented", func(t *testing.T) {
+		m := new(miekg.Msg)
+		m.SetNotify("warren.local.")
+		if resp := exchange(t, addr, "udp", m); resp.Rcode != miekg.RcodeNotImplemented {
+			t.Errorf("rcode %s, want NOTIMP", miekg.RcodeToString[resp.Rcode])
+		}
+	})
+}
+
+func requireSOA(t *testing.T, resp *miekg.Msg) {
+	t.Helper()
+	if len(resp.Ns) != 1 || resp.Ns[0].Header().Rrtype != miekg.TypeSOA {
+		t.Fatalf("authority section %v, want the zone's SOA", resp.Ns)
+	}
+	if soa := resp.Ns[0].(*miekg.SOA); soa.Minttl != NegativeTTL || soa.Hdr.Name != "warren.local." {
+		t.Fatalf("SOA %v", soa)
+	}
+}
+
+func TestUpdateSwapsRecordsAtOnce(t *testing.T) {
+	s, addr := startServer(t, Config{})
+	s.Update(sampleRecords)
+	if resp := ask(t, addr, "udp", "nginx-2.warren.local.", miekg.TypeA); len(resp.Answer) != 1 {
+		t.Fatalf("before removal: %v", resp)
+	}
+
+	next := Records{
+		Domain:   "warren.local",
+		Services: map[string]netip.Addr{"nginx": netip.MustParseAddr("10.1.0.5")},
+		Tasks:    map[string]netip.Addr{"nginx-1": netip.MustParseAddr("10.0.1.2")},
+		ServiceTasks: map[string][]netip.Addr{
+			"nginx": {netip.MustParseAddr("10.0.1.2")},
+		},
+	}
+	s.Update(next)
+	// The very next query: no polling.
+	if resp := ask(t, addr, "udp", "nginx-2.warren.local.", miekg.TypeA); resp.Rcode != miekg.RcodeNameError {
+		t.Fatalf("removed task: rcode %s, want NXDOMAIN", miekg.RcodeToString[resp.Rcode])
+	}
+	if resp := ask(t, addr, "udp", "api.warren.local.", miekg.TypeA); resp.Rcode != miekg.RcodeNameError {
+		t.Fatalf("removed service: rcode %s, want NXDOMAIN", miekg.RcodeToString[resp.Rcode])
+	}
+	if got := aAddrs(ask(t, addr, "tcp", "tasks.nginx.warren.local.", miekg.TypeA).Answer); len(got) != 1 || got[0] != netip.MustParseAddr("10.0.1.2") {
+		t.Fatalf("tasks.nginx after update: %v", got)
+	}
+
+	// A new domain takes over; the old one is no longer ours.
+	next.Domain = "Edge.Lan."
+	s.Update(next)
+	if got := aAddrs(ask(t, addr, "udp", "nginx.edge.lan.", miekg.TypeA).Answer); len(got) != 1 {
+		t.Fatalf("new domain: %v", got)
+	}
+	if resp := ask(t, addr, "udp", "nginx.warren.local.", miekg.TypeA); resp.Rcode != miekg.RcodeServerFailure {
+		// Outside the zone now, and no upstream configured.
+		t.Fatalf("old domain: rcode %s, want SERVFAIL (forwarded, no upstream)", miekg.RcodeToString[resp.Rcode])
+	}
+}
+
+func TestDomainServedBeforeFirstUpdate(t *testing.T) {
+	_, addr := startServer(t, Config{})
+	resp := ask(t, addr, "udp", "nginx.warren.local.", miekg.TypeA)
+	if resp.Rcode != miekg.RcodeNameError {
+		t.Fatalf("rcode %s, want NXDOMAIN from the empty zone (not forwarded)", miekg.RcodeToString[resp.Rcode])
+	}
+}
+
+func TestTruncatesLargeUDPAnswers(t *testing.T) {
+	s, addr := startServer(t, Config{})
+	r := Records{Domain: "warren.local", ServiceTasks: map[string][]netip.Addr{}}
+	var ips []netip.Addr
+	ip := netip.MustParseAddr("10.0.1.1")
+	for range 200 {
+		ip = ip.Next()
+		ips = append(ips, ip)
+	}
+	r.ServiceTasks["big"] = ips
+	s.Update(r)
+
+	resp := ask(t, addr, "udp", "tasks.big.warren.local.", miekg.TypeA)
+	if !resp.Truncated {
+		t.Fatalf("UDP answer with %d records not truncated", len(resp.Answer))
+	}
+	resp.Compress = true // as it went on the wire
+	if packed, _ := resp.Pack(); len(packed) > miekg.MinMsgSize {
+		t.Fatalf("UDP answer is %d bytes, over 512", len(packed))
+	}
+
+	// With EDNS the client may take more, up to our 1232 cap.
+	m := new(miekg.Msg)
+	m.SetQuestion("tasks.big.warren.local.", miekg.TypeA)
+	m.SetEdns0(4096, false)
+	resp = exchange(t, addr, "udp", m)
+	resp.Compress = true
+	if packed, _ := resp.Pack(); !resp.Truncated || len(packed) > maxUDPResponse || len(resp.Answer) <= 30 {
+		t.Fatalf("EDNS UDP answer: tc=%v, %d bytes, %d records", resp.Truncated, len(packed), len(resp.Answer))
+	}
+
+	resp = ask(t, addr, "tcp", "tasks.big.warren.local.", miekg.TypeA)
+	if resp.Truncated || len(resp.Answer) != 200 {
+		t.Fatalf("TCP answer: tc=%v, %d records, want all 200", resp.Truncated, len(resp.Answer))
+	}
+}
+
+func TestStartReportsBindErrors(t *testing.T) {
+	_, addr := startServer(t, Config{})
+	s, err := NewServer(Config{Listen: []string{addr}, Logger: quietLogger(), Upstreams: []string{"127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err == nil {
+		s.Close()
+		t.Fatal("Start on an address in use succeeded")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close after failed Start: %v", err)
+	}
+}
+
+func TestNewServerRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{},
+		{Listen: []string{"localhost:53"}},
+		{Listen: []string{"127.0.0.1"}},
+		{Listen: []string{"127.0.0.1:99999"}},
+		{Listen: []string{"127.0.0.1:0"}, Domain: "bad domain"},
+		{Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"dns.google"}},
+	} {
+		if _, err := NewServer(cfg); err == nil {
+			t.Errorf("NewServer(%+v) accepted", cfg)
+		}
+	}
+}
+
+func TestFreeBind(t *testing.T) {
+	// 192.0.2.0/24 (TEST-NET-1) is on no interface: binding needs freebind.
+	// Nothing is sent there; the test only binds.
+	if b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_nonlocal_bind"); strings.TrimSpace(string(b)) != "1" {
+		s, err := NewServer(Config{Listen: []string{"192.0.2.77:0"}, Logger: quietLogger(), Upstreams: []string{"127.0.0.1:1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(); err == nil {
+			s.Close()
+			t.Fatal("bind to a foreign address without FreeBind succeeded")
+		}
+		s.Close()
+	}
+
+	s, err := NewServer(Config{Listen: []string{"192.0.2.77:0"}, FreeBind: true, Logger: quietLogger(), Upstreams: []string{"127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start with FreeBind: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
