@@ -1,0 +1,86 @@
+package appliance
+
+import (
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/tunnel"
+)
+
+// The functions here are the pure half of the daemon: each turns the
+// cluster map into one reconciler's desired state.
+
+// meshPeers gives every other node of the map as a WireGuard peer: its
+// overlay /32 plus its container block, reached at its advertised endpoint.
+// Nodes with a key that does not parse are skipped (the manager validated
+// them; a bad one must not take the whole mesh down).
+func meshPeers(m *clustermap.Map, selfID string, keepalive time.Duration) []tunnel.Peer {
+	var out []tunnel.Peer
+	for _, n := range m.Nodes {
+		if n.ID == selfID {
+			continue
+		}
+		k, err := tunnel.ParseKey(n.PublicKey)
+		if err != nil {
+			continue
+		}
+		p := tunnel.Peer{PublicKey: k, Endpoint: n.Endpoint, Keepalive: keepalive}
+		if n.OverlayIP.IsValid() {
+			p.AllowedIPs = append(p.AllowedIPs, netip.PrefixFrom(n.OverlayIP, 32))
+		}
+		if n.ContainerBlock.IsValid() {
+			p.AllowedIPs = append(p.AllowedIPs, n.ContainerBlock)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// natServices gives each service with a VIP and its running endpoints.
+func natServices(m *clustermap.Map, selfID string) []nat.Service {
+	var out []nat.Service
+	for _, s := range m.Services {
+		if !s.VIP.IsValid() {
+			continue
+		}
+		svc := nat.Service{Name: s.Name, VIP: s.VIP, Affinity: s.Affinity}
+		for _, p := range s.Ports {
+			svc.Ports = append(svc.Ports, nat.Port{Protocol: p.Protocol, Port: p.Target, TargetPort: p.Target, Published: p.Published})
+		}
+		for _, t := range m.Endpoints(s.Name) {
+			svc.Endpoints = append(svc.Endpoints, nat.Endpoint{Name: t.Name, IP: t.IP, Local: t.NodeID == selfID})
+		}
+		out = append(out, svc)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// dnsRecords gives the names of services (their VIPs) and of tasks that
+// have an address and are meant to run.
+func dnsRecords(m *clustermap.Map) dns.Records {
+	r := dns.Records{
+		Domain:       m.Domain,
+		Services:     map[string]netip.Addr{},
+		Tasks:        map[string]netip.Addr{},
+		ServiceTasks: map[string][]netip.Addr{},
+	}
+	for _, s := range m.Services {
+		if s.VIP.IsValid() {
+			r.Services[s.Name] = s.VIP
+		}
+		for _, t := range m.Endpoints(s.Name) {
+			r.ServiceTasks[s.Name] = append(r.ServiceTasks[s.Name], t.IP)
+		}
+	}
+	for _, t := range m.Tasks {
+		if t.IP.IsValid() && t.DesiredState == clustermap.TaskRunning {
+			r.Tasks[t.Name] = t.IP
+		}
+	}
+	return r
+}

@@ -1,0 +1,85 @@
+package appliance
+
+import (
+	"net/netip"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/tunnel"
+)
+
+func testMap(t *testing.T) (*clustermap.Map, [3]tunnel.Key) {
+	var keys [3]tunnel.Key
+	for i := range keys {
+		k, err := tunnel.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = k.PublicKey()
+	}
+	a := netip.MustParseAddr
+	m := &clustermap.Map{
+		Domain: "warren.local",
+		Nodes: []clustermap.Node{
+			{ID: "m", Name: "manager-1", PublicKey: keys[0].String(), Endpoint: netip.MustParseAddrPort("192.168.100.10:51820"), OverlayIP: a("10.0.0.1"), ContainerBlock: netip.MustParsePrefix("10.0.1.0/24")},
+			{ID: "w1", Name: "worker-1", PublicKey: keys[1].String(), Endpoint: netip.MustParseAddrPort("192.168.100.11:51820"), OverlayIP: a("10.0.0.2"), ContainerBlock: netip.MustParsePrefix("10.0.2.0/24")},
+			{ID: "w2", Name: "worker-2", PublicKey: "not-a-key", OverlayIP: a("10.0.0.3")},
+		},
+		Services: []clustermap.Service{
+			{Name: "web", VIP: a("10.1.0.1"), Ports: []clustermap.Port{{Protocol: "tcp", Target: 80, Published: 8080}}},
+			{Name: "novip"},
+		},
+		Tasks: []clustermap.Task{
+			{Name: "web-1", Service: "web", NodeID: "m", IP: a("10.0.1.2"), DesiredState: "running", State: "running"},
+			{Name: "web-2", Service: "web", NodeID: "w1", IP: a("10.0.2.2"), DesiredState: "running", State: "starting"},
+			{Name: "web-3", Service: "web", NodeID: "w1", IP: a("10.0.2.3"), DesiredState: "shutdown", State: "running"},
+		},
+	}
+	return m, keys
+}
+
+func TestMeshPeersSkipsSelfAndBadKeys(t *testing.T) {
+	m, keys := testMap(t)
+	got := meshPeers(m, "m", 25*time.Second)
+	want := []tunnel.Peer{{
+		PublicKey:  keys[1],
+		Endpoint:   netip.MustParseAddrPort("192.168.100.11:51820"),
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32"), netip.MustParsePrefix("10.0.2.0/24")},
+		Keepalive:  25 * time.Second,
+	}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("peers = %+v\nwant %+v", got, want)
+	}
+}
+
+func TestNatServicesOnlyRunningEndpoints(t *testing.T) {
+	m, _ := testMap(t)
+	got := natServices(m, "m")
+	want := []nat.Service{{
+		Name: "web", VIP: netip.MustParseAddr("10.1.0.1"),
+		Ports:     []nat.Port{{Protocol: "tcp", Port: 80, TargetPort: 80, Published: 8080}},
+		Endpoints: []nat.Endpoint{{Name: "web-1", IP: netip.MustParseAddr("10.0.1.2"), Local: true}},
+	}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("services = %+v\nwant %+v", got, want)
+	}
+}
+
+func TestDNSRecords(t *testing.T) {
+	m, _ := testMap(t)
+	r := dnsRecords(m)
+	if r.Services["web"] != netip.MustParseAddr("10.1.0.1") || len(r.Services) != 1 {
+		t.Errorf("services = %v", r.Services)
+	}
+	// A starting task already has its name (it will answer soon); a task
+	// being shut down does not.
+	if len(r.Tasks) != 2 || r.Tasks["web-2"] != netip.MustParseAddr("10.0.2.2") {
+		t.Errorf("tasks = %v", r.Tasks)
+	}
+	if !reflect.DeepEqual(r.ServiceTasks["web"], []netip.Addr{netip.MustParseAddr("10.0.1.2")}) {
+		t.Errorf("service tasks = %v", r.ServiceTasks)
+	}
+}
