@@ -3,6 +3,8 @@ package tunnel
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -183,4 +185,224 @@ func startWireGuardGo(t testing.TB, bin, ns, iface string, hc helperConfig) *os.
 	runIn(t, ns, "ip", "addr", "add", hc.Address.String(), "dev", iface)
 	runIn(t, ns, "ip", "link", "set", iface, "mtu", "1420", "up")
 	return cmd.Process
+}
+
+// TestNetstackForwardReachesTUNDevice: a netstack device (no kernel
+// interface) reaches a TCP echo server on the TUN device's overlay address
+// through a Forward listening on the netstack node's loopback.
+func TestNetstackForwardReachesTUNDevice(t *testing.T) {
+	tp := newTopo(t)
+	ca, cb := tp.pairConfigs(t, ModeNetstack, ModeTUN)
+	ca.Forwards = []Forward{{Proto: "tcp", Listen: netip.MustParseAddrPort("127.0.0.1:9000"), Target: netip.MustParseAddrPort("10.0.0.2:7002")}}
+	a := startNode(t, tp.a, ca)
+	startNode(t, tp.b, cb)
+	tcpEcho(t, tp.b, "10.0.0.2:7002")
+	if a.Mode != ModeNetstack {
+		t.Fatalf("mode %s, want netstack", a.Mode)
+	}
+	// No kernel interface in netstack mode.
+	if out, err := inNSCmd(tp.a, "ip", "link", "show", tp.ifA).CombinedOutput(); err == nil {
+		t.Fatalf("netstack mode created a kernel interface:\n%s", out)
+	}
+	waitFor(t, "echo through the forward", 30*time.Second, func() error {
+		return echoRoundTrip(t, tp.a, "127.0.0.1:9000", "via gvisor netstack")
+	})
+	// A larger payload, both directions, to exercise the copy loops.
+	big := strings.Repeat("0123456789abcdef", 64<<10)
+	if err := echoRoundTrip(t, tp.a, "127.0.0.1:9000", big); err != nil {
+		t.Fatalf("1 MiB echo through the forward: %v", err)
+	}
+	// The UAPI socket works in netstack mode too.
+	show := runIn(t, tp.a, "wg", "show", tp.ifA)
+	if !strings.Contains(show, "peer: "+cb.Private.PublicKey().String()) || !strings.Contains(show, "latest handshake:") {
+		t.Fatalf("wg show in netstack mode:\n%s", show)
+	}
+}
+
+// TestAutoFallsBackToNetstack: with /dev/net/tun hidden (a private mount
+// namespace with an empty /dev/net), auto mode runs on netstack.
+func TestAutoFallsBackToNetstack(t *testing.T) {
+	tp := newTopo(t)
+	ca, _ := tp.pairConfigs(t, ModeAuto, ModeTUN)
+	raw, _ := jsonMarshal(ca)
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+		`mount -t tmpfs tmpfs /dev/net && exec nsenter --net=/run/netns/"$1" "$2" -test.run='^TestHelperNode$'`,
+		"sh", tp.a, os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"="+raw)
+	n := startNodeCmd(t, cmd, ca.Interface)
+	if n.Mode != ModeNetstack {
+		t.Fatalf("auto mode without /dev/net/tun = %s, want netstack", n.Mode)
+	}
+	if !strings.Contains(n.log.String(), "cannot open /dev/net/tun") {
+		t.Fatalf("no fallback log line; log:\n%s", n.log.String())
+	}
+	// And auto with the device present picks tun.
+	_, cb := tp.pairConfigs(t, ModeAuto, ModeAuto)
+	if b := startNode(t, tp.b, cb); b.Mode != ModeTUN {
+		t.Fatalf("auto mode with /dev/net/tun = %s, want tun", b.Mode)
+	}
+}
+
+// TestPeerChurnKeepsStream: adding and removing a third peer (and its
+// route) on both ends while a TCP stream runs does not interrupt it.
+func TestPeerChurnKeepsStream(t *testing.T) {
+	tp := newTopo(t)
+	ca, cb := tp.pairConfigs(t, ModeTUN, ModeTUN)
+	a := startNode(t, tp.a, ca)
+	b := startNode(t, tp.b, cb)
+
+	// Sink in b counting bytes; stream from a.
+	var received atomicCounter
+	sinkDone := make(chan error, 1)
+	var ln net.Listener
+	if err := withNetns(t, tp.b, func() (err error) { ln, err = net.Listen("tcp", "10.0.0.2:7003"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			sinkDone <- err
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			received.add(n)
+			if err != nil {
+				if err == io.EOF {
+					err = nil
+				}
+				sinkDone <- err
+				return
+			}
+		}
+	}()
+	var c net.Conn
+	waitFor(t, "stream connects", 30*time.Second, func() (err error) { c, err = dialIn(t, tp.a, "10.0.0.2:7003"); return err })
+	stop := make(chan struct{})
+	sendDone := make(chan error, 1)
+	var sent atomicCounter
+	go func() {
+		chunk := make([]byte, 16<<10)
+		for {
+			select {
+			case <-stop:
+				sendDone <- c.(*net.TCPConn).CloseWrite()
+				return
+			default:
+			}
+			c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			n, err := c.Write(chunk)
+			sent.add(n)
+			if err != nil {
+				sendDone <- err
+				return
+			}
+		}
+	}()
+	defer c.Close()
+
+	third, _ := GenerateKey()
+	thirdPeer := Peer{PublicKey: third.PublicKey(), Endpoint: netip.MustParseAddrPort("192.168.77.3:51820"), AllowedIPs: pfx("10.0.0.3/32", "10.0.3.0/24")}
+	progress := func(what string) {
+		before := received.get()
+		waitFor(t, "stream progresses after "+what, 30*time.Second, func() error {
+			if received.get() <= before {
+				return fmt.Errorf("received stuck at %d", before)
+			}
+			return nil
+		})
+	}
+	progress("start")
+	handshakeBefore := a.health()[0].LastHandshake
+	for round := 0; round < 3; round++ {
+		a.setPeers(append(ca.Peers, thirdPeer)...)
+		b.setPeers(append(cb.Peers, thirdPeer)...)
+		routes := runIn(t, tp.a, "ip", "route", "show", "dev", tp.ifA)
+		if !strings.Contains(routes, "10.0.3.0/24") {
+			t.Fatalf("third peer's route missing:\n%s", routes)
+		}
+		if h := a.health(); len(h) != 2 {
+			t.Fatalf("a has %d peers, want 2", len(h))
+		}
+		progress("adding the third peer")
+		a.setPeers(ca.Peers...)
+		b.setPeers(cb.Peers...)
+		routes = runIn(t, tp.a, "ip", "route", "show", "dev", tp.ifA)
+		if strings.Contains(routes, "10.0.3.0/24") {
+			t.Fatalf("third peer's route left behind:\n%s", routes)
+		}
+		progress("removing the third peer")
+	}
+	// The unchanged peer was never re-created (replace_peers would have
+	// dropped its session and forced a fresh handshake).
+	if h := a.health(); len(h) != 1 || !h[0].LastHandshake.Equal(handshakeBefore) {
+		t.Fatalf("peer b's session changed during churn: handshake %v, before %v", h, handshakeBefore)
+	}
+	// And the stream ends cleanly with every byte delivered.
+	close(stop)
+	if err := <-sendDone; err != nil {
+		t.Fatalf("stream sender: %v", err)
+	}
+	select {
+	case err := <-sinkDone:
+		if err != nil {
+			t.Fatalf("stream receiver: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("receiver did not see the end of the stream")
+	}
+	if received.get() != sent.get() {
+		t.Fatalf("sent %d bytes, received %d", sent.get(), received.get())
+	}
+	t.Logf("streamed %d bytes across 3 add/remove rounds of a third peer", sent.get())
+}
+
+// TestCloseRemovesEverythingAndStaleSocketIsReplaced.
+func TestCloseRemovesEverythingAndStaleSocketIsReplaced(t *testing.T) {
+	tp := newTopo(t)
+	ca, cb := tp.pairConfigs(t, ModeTUN, ModeTUN)
+
+	// A stale socket, as a crashed process leaves it: a socket file nobody listens on.
+	os.MkdirAll("/var/run/wireguard", 0o755)
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: uapiSocketPath(ca.Interface), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	if _, err := os.Stat(uapiSocketPath(ca.Interface)); err != nil {
+		t.Fatalf("stale socket not left behind: %v", err)
+	}
+
+	a := startNode(t, tp.a, ca)
+	startNode(t, tp.b, cb)
+	runIn(t, tp.a, "wg", "show", tp.ifA) // the replaced socket answers
+
+	// A second device with the same name must not steal the live socket.
+	other := ca
+	other.Port = 51821
+	if _, err := tryStartNode(t, tp.b, other); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second device on a live socket: err = %v, want 'in use'", err)
+	}
+	runIn(t, tp.a, "wg", "show", tp.ifA) // and the first one still answers
+
+	waitFor(t, "route installed", 10*time.Second, func() error {
+		if !strings.Contains(runIn(t, tp.a, "ip", "route", "show", "dev", tp.ifA), "10.0.2.0/24") {
+			return fmt.Errorf("no route")
+		}
+		return nil
+	})
+	a.close()
+	if out, err := inNSCmd(tp.a, "ip", "link", "show", tp.ifA).CombinedOutput(); err == nil {
+		t.Fatalf("interface still present after Close:\n%s", out)
+	}
+	if out := runIn(t, tp.a, "ip", "route", "show", "table", "all"); strings.Contains(out, "10.0.2.0/24") || strings.Contains(out, tp.ifA) {
+		t.Fatalf("routes left after Close:\n%s", out)
+	}
+	if _, err := os.Stat(uapiSocketPath(tp.ifA)); !os.IsNotExist(err) {
+		t.Fatalf("uapi socket left after Close: %v", err)
+	}
 }

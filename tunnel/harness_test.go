@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,11 +73,11 @@ func runIn(t testing.TB, ns string, argv ...string) string {
 // topo is two namespaces, a and b, joined by a veth pair with underlay
 // addresses 192.168.77.1 and .2.
 type topo struct {
-	tag        string
-	a, b       string
-	underA     netip.Addr
-	underB     netip.Addr
-	ifA, ifB   string // WireGuard interface names (also UAPI socket names)
+	tag      string
+	a, b     string
+	underA   netip.Addr
+	underB   netip.Addr
+	ifA, ifB string // WireGuard interface names (also UAPI socket names)
 }
 
 func newTopo(t testing.TB) *topo {
@@ -250,6 +251,7 @@ type node struct {
 	Pub    Key
 	Mode   string
 	exited chan struct{}
+	log    *testLogWriter
 }
 
 // startNode starts a device process in namespace ns and waits until its
@@ -265,12 +267,33 @@ func startNode(t testing.TB, ns string, hc helperConfig) *node {
 
 func tryStartNode(t testing.TB, ns string, hc helperConfig) (*node, error) {
 	t.Helper()
-	raw, err := json.Marshal(hc)
+	raw, err := jsonMarshal(hc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := inNSCmd(ns, os.Args[0], "-test.run=^TestHelperNode$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+string(raw))
+	cmd.Env = append(os.Environ(), helperEnv+"="+raw)
+	return tryStartNodeCmd(t, cmd, hc.Interface)
+}
+
+func jsonMarshal(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}
+
+// startNodeCmd starts a device process from a prepared command (which must
+// run this test binary with the helper env set).
+func startNodeCmd(t testing.TB, cmd *exec.Cmd, name string) *node {
+	t.Helper()
+	n, err := tryStartNodeCmd(t, cmd, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func tryStartNodeCmd(t testing.TB, cmd *exec.Cmd, name string) (*node, error) {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -279,12 +302,12 @@ func tryStartNode(t testing.TB, ns string, hc helperConfig) (*node, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logw := &testLogWriter{t: t, prefix: hc.Interface + ": "}
+	logw := &testLogWriter{t: t, prefix: name + ": "}
 	cmd.Stderr = logw
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	n := &node{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16), exited: make(chan struct{})}
+	n := &node{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16), exited: make(chan struct{}), log: logw}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -302,7 +325,7 @@ func tryStartNode(t testing.TB, ns string, hc helperConfig) (*node, error) {
 		return nil, err
 	}
 	if r.Err != "" {
-		return nil, fmt.Errorf("device process %s: %s", hc.Interface, r.Err)
+		return nil, fmt.Errorf("device process %s: %s", name, r.Err)
 	}
 	n.Pub, n.Mode = r.PublicKey, r.Mode
 	return n, nil
@@ -341,7 +364,7 @@ func (n *node) call(req helperRequest) helperReply {
 }
 
 func (n *node) setPeers(peers ...Peer) { n.call(helperRequest{Op: "setpeers", Peers: peers}) }
-func (n *node) health() []PeerHealth  { return n.call(helperRequest{Op: "health"}).Health }
+func (n *node) health() []PeerHealth   { return n.call(helperRequest{Op: "health"}).Health }
 
 // close asks the device to close and waits for the process to exit.
 func (n *node) close() {
@@ -371,13 +394,27 @@ type testLogWriter struct {
 	prefix string
 	mu     sync.Mutex
 	buf    []byte
-	done   bool
+	all    strings.Builder
 }
+
+// String returns everything the process logged so far.
+func (w *testLogWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.all.String()
+}
+
+// atomicCounter counts bytes moved by concurrent goroutines.
+type atomicCounter struct{ n atomic.Int64 }
+
+func (c *atomicCounter) add(n int)  { c.n.Add(int64(n)) }
+func (c *atomicCounter) get() int64 { return c.n.Load() }
 
 func (w *testLogWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.buf = append(w.buf, p...)
+	w.all.Write(p)
 	for {
 		i := strings.IndexByte(string(w.buf), '\n')
 		if i < 0 {
