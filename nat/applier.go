@@ -1,0 +1,392 @@
+package nat
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// fullSyncInterval bounds how long a chain edited behind our back (without
+// removing the canary) can stay wrong: partial syncs only rewrite chains
+// whose desired rules changed.
+const fullSyncInterval = time.Hour
+
+// lockWaitSeconds is how long one iptables call waits for the xtables lock.
+const lockWaitSeconds = 60
+
+// jump is a rule in a built-in chain that enters one of our chains. These
+// are the only rules outside WARREN-* chains, kept exactly once each.
+type jump struct {
+	table, chain string
+	spec         []string
+}
+
+var jumps = []jump{
+	{"nat", "PREROUTING", []string{"-m", "comment", "--comment", "warren service portals", "-j", chainServices}},
+	{"nat", "OUTPUT", []string{"-m", "comment", "--comment", "warren service portals", "-j", chainServices}},
+	{"nat", "POSTROUTING", []string{"-m", "comment", "--comment", "warren postrouting rules", "-j", chainPostrouting}},
+	{"filter", "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "warren published ports without endpoints", "-j", chainExternal}},
+	{"filter", "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "warren service portals", "-j", chainServices}},
+	{"filter", "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "warren published ports without endpoints", "-j", chainExternal}},
+	{"filter", "FORWARD", []string{"-m", "comment", "--comment", "warren forwarding rules", "-j", chainForward}},
+	{"filter", "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "warren service portals", "-j", chainServices}},
+}
+
+// builtinChains are the built-in chains Cleanup searches for jumps to ours.
+var builtinChains = map[string][]string{
+	"filter": {"INPUT", "FORWARD", "OUTPUT"},
+	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+}
+
+// canarySpec is the first rule of both WARREN-SERVICES chains (see plan).
+var canarySpec = []string{"-m", "comment", "--comment", "canary: gone when this chain is flushed", "-j", chainCanary}
+
+// Applier loads rendered rules into the iptables of the network namespace
+// it runs in. It is safe for concurrent use; syncs are serialized.
+type Applier struct {
+	logger  *slog.Logger
+	ipt     *iptables.IPTables
+	command string // iptables, iptables-nft or iptables-legacy
+	restore string // path of the matching iptables-restore
+	backend string // "nf_tables" or "legacy"
+
+	mu       sync.Mutex
+	applied  ruleset // what the kernel holds; nil forces a full sync
+	udp      udpBackends
+	lastFull time.Time
+}
+
+// NewApplier finds the iptables backend the host already uses (nft or
+// legacy, by which one holds more rules, as kube-proxy's iptables-wrapper
+// does; the host's default `iptables` when neither holds any).
+func NewApplier(logger *slog.Logger) (*Applier, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	command := detectCommand()
+	ipt, err := iptables.New(iptables.Path(command), iptables.Timeout(lockWaitSeconds))
+	if err != nil {
+		return nil, fmt.Errorf("set up %s: %w", command, err)
+	}
+	restore, err := exec.LookPath(command + "-restore")
+	if err != nil {
+		return nil, fmt.Errorf("find %s-restore: %w", command, err)
+	}
+	out, err := exec.Command(command, "--version").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s --version: %w", command, err)
+	}
+	backend := "legacy"
+	if strings.Contains(string(out), "nf_tables") {
+		backend = "nf_tables"
+	}
+	a := &Applier{logger: logger, ipt: ipt, command: command, restore: restore, backend: backend,
+		udp: newUDPBackends(nil)}
+	logger.Info("nat: iptables backend", "command", command, "backend", backend)
+	return a, nil
+}
+
+// detectCommand picks iptables-nft or iptables-legacy by the number of
+// rules each holds; rules in the other backend would be invisible to us.
+func detectCommand() string {
+	nft := countRules("iptables-nft-save")
+	legacy := countRules("iptables-legacy-save")
+	switch {
+	case legacy > nft:
+		return "iptables-legacy"
+	case nft > legacy:
+		return "iptables-nft"
+	default:
+		return "iptables"
+	}
+}
+
+// countRules is the number of rules save prints, or -1 when it cannot run.
+func countRules(save string) int {
+	path, err := exec.LookPath(save)
+	if err != nil {
+		return -1
+	}
+	out, err := exec.Command(path).Output()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "-A ") {
+			n++
+		}
+	}
+	return n
+}
+
+// Backend is "nf_tables" or "legacy".
+func (a *Applier) Backend() string { return a.backend }
+
+// Sync makes the kernel hold exactly the rules for services. The first
+// sync (and any after an error, a missing canary or an hour) writes every
+// chain and deletes leftover WARREN-* chains; later ones write only the
+// chains that changed. Either way it is one iptables-restore --noflush
+// transaction, so traffic never sees a half-applied state. Invalid input
+// is refused and the rules in place are kept.
+func (a *Applier) Sync(services []Service, opts Options) error {
+	if err := Validate(services, opts); err != nil {
+		return err
+	}
+	desired := plan(services, opts)
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+
+	full := a.applied == nil || time.Since(a.lastFull) > fullSyncInterval
+	applied := a.applied
+	var stale map[string][]string
+	if full {
+		applied = nil
+		var err error
+		if stale, err = a.ownedChains(); err != nil {
+			return err
+		}
+	}
+	if text := restoreText(desired, applied, stale); len(text) > 0 {
+		if err := a.runRestore(text); err != nil {
+			a.applied = nil
+			return err
+		}
+	}
+	if full {
+		if err := a.ensureJumps(); err != nil {
+			a.applied = nil
+			return err
+		}
+		a.lastFull = time.Now()
+	}
+	a.applied = desired
+
+	udp := newUDPBackends(services)
+	if full || !udp.equal(a.udp) {
+		local, err := localAddresses(opts)
+		if err != nil {
+			return fmt.Errorf("rules applied, but: %w", err)
+		}
+		n, err := deleteStaleUDPFlows(newStaleUDPFilter(a.udp, udp, local))
+		if err != nil {
+			return fmt.Errorf("rules applied, but: %w", err)
+		}
+		if n > 0 {
+			a.logger.Info("nat: deleted stale UDP conntrack entries", "count", n)
+		}
+		a.udp = udp
+	}
+	a.logger.Debug("nat: synced", "services", len(services), "full", full)
+	return nil
+}
+
+// CanaryMissing reports whether someone removed our rules behind our back:
+// a WARREN-SERVICES chain flushed or deleted, a whole table flushed, or a
+// jump from a built-in chain deleted. When it returns true the next Sync
+// rewrites everything.
+func (a *Applier) CanaryMissing() (bool, error) {
+	missing, err := a.canaryMissing()
+	if err != nil {
+		return false, err
+	}
+	if missing {
+		a.mu.Lock()
+		a.applied = nil
+		a.mu.Unlock()
+		a.logger.Warn("nat: rules were flushed by someone else; the next sync restores them")
+	}
+	return missing, nil
+}
+
+func (a *Applier) canaryMissing() (bool, error) {
+	for _, table := range tables {
+		for _, chain := range []string{chainCanary, chainServices} {
+			ok, err := a.ipt.ChainExists(table, chain)
+			if err != nil {
+				return false, fmt.Errorf("check %s chain %s: %w", table, chain, err)
+			}
+			if !ok {
+				return true, nil
+			}
+		}
+		ok, err := a.ipt.Exists(table, chainServices, canarySpec...)
+		if err != nil {
+			return false, fmt.Errorf("check %s canary rule: %w", table, err)
+		}
+		if !ok {
+			return true, nil
+		}
+	}
+	for _, j := range jumps {
+		ok, err := a.ipt.Exists(j.table, j.chain, j.spec...)
+		if err != nil {
+			return false, fmt.Errorf("check jump from %s %s: %w", j.table, j.chain, err)
+		}
+		if !ok {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Cleanup removes every rule and chain this package owns: jumps to
+// WARREN-* chains from the built-in chains, then all WARREN-* chains, in
+// the backend NewApplier chose.
+func (a *Applier) Cleanup() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.applied = nil
+	a.udp = newUDPBackends(nil)
+
+	for _, table := range tables {
+		for _, chain := range builtinChains[table] {
+			if err := a.deleteJumpsFrom(table, chain); err != nil {
+				return err
+			}
+		}
+	}
+	owned, err := a.ownedChains()
+	if err != nil {
+		return err
+	}
+	if text := restoreText(ruleset{"filter": {}, "nat": {}}, nil, owned); len(text) > 0 {
+		if err := a.runRestore(text); err != nil {
+			return fmt.Errorf("delete warren chains: %w", err)
+		}
+	}
+	a.logger.Info("nat: removed all warren rules")
+	return nil
+}
+
+// deleteJumpsFrom deletes the rules of a built-in chain that jump to a
+// WARREN-* chain, by rule number from the bottom so numbers stay valid.
+func (a *Applier) deleteJumpsFrom(table, chain string) error {
+	rules, err := a.ipt.List(table, chain)
+	if err != nil {
+		return fmt.Errorf("list %s %s: %w", table, chain, err)
+	}
+	// rules[0] is the policy line ("-P CHAIN ACCEPT"); rule i is number i.
+	for i := len(rules) - 1; i >= 1; i-- {
+		if targetsOurs(rules[i]) {
+			if err := a.ipt.DeleteById(table, chain, i); err != nil {
+				return fmt.Errorf("delete rule %d of %s %s: %w", i, table, chain, err)
+			}
+		}
+	}
+	return nil
+}
+
+func targetsOurs(rule string) bool {
+	return strings.Contains(rule, " -j "+chainPrefix) || strings.Contains(rule, " -g "+chainPrefix)
+}
+
+// ensureJumps makes each jump from a built-in chain exist exactly once,
+// inserting missing ones at the top (before host rules that might drop)
+// and deleting duplicates, never leaving a moment without one.
+func (a *Applier) ensureJumps() error {
+	for i := len(jumps) - 1; i >= 0; i-- {
+		j := jumps[i]
+		ok, err := a.ipt.Exists(j.table, j.chain, j.spec...)
+		if err != nil {
+			return fmt.Errorf("check jump from %s %s to %s: %w", j.table, j.chain, j.spec[len(j.spec)-1], err)
+		}
+		if !ok {
+			if err := a.ipt.Insert(j.table, j.chain, 1, j.spec...); err != nil {
+				return fmt.Errorf("insert jump from %s %s to %s: %w", j.table, j.chain, j.spec[len(j.spec)-1], err)
+			}
+		}
+	}
+	for _, j := range jumps {
+		n, err := a.countRule(j)
+		if err != nil {
+			return err
+		}
+		for ; n > 1; n-- {
+			if err := a.ipt.Delete(j.table, j.chain, j.spec...); err != nil {
+				return fmt.Errorf("delete duplicate jump from %s %s: %w", j.table, j.chain, err)
+			}
+		}
+	}
+	return nil
+}
+
+// countRule counts the copies of j in its chain, comparing the target and
+// comment (iptables prints matches in its own canonical form).
+func (a *Applier) countRule(j jump) (int, error) {
+	rules, err := a.ipt.List(j.table, j.chain)
+	if err != nil {
+		return 0, fmt.Errorf("list %s %s: %w", j.table, j.chain, err)
+	}
+	target := "-j " + j.spec[len(j.spec)-1]
+	comment := ""
+	for i, s := range j.spec {
+		if s == "--comment" {
+			comment = j.spec[i+1]
+		}
+	}
+	n := 0
+	for _, r := range rules {
+		if strings.HasSuffix(r, target) && strings.Contains(r, comment) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// ownedChains lists the WARREN-* chains present in each table.
+func (a *Applier) ownedChains() (map[string][]string, error) {
+	owned := map[string][]string{}
+	for _, table := range tables {
+		chains, err := a.ipt.ListChains(table)
+		if err != nil {
+			return nil, fmt.Errorf("list %s chains: %w", table, err)
+		}
+		for _, c := range chains {
+			if strings.HasPrefix(c, chainPrefix) {
+				owned[table] = append(owned[table], c)
+			}
+		}
+	}
+	return owned, nil
+}
+
+var failedLine = regexp.MustCompile(`line (\d+) failed`)
+
+// runRestore feeds text to iptables-restore --noflush: one atomic
+// transaction per table section.
+func (a *Applier) runRestore(text []byte) error {
+	cmd := exec.Command(a.restore, "--noflush", "--wait", strconv.Itoa(lockWaitSeconds))
+	cmd.Stdin = bytes.NewReader(text)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if m := failedLine.FindStringSubmatch(msg); m != nil {
+			if n, _ := strconv.Atoi(m[1]); n >= 1 {
+				if lines := strings.Split(string(text), "\n"); n <= len(lines) {
+					msg += fmt.Sprintf(" (line %d: %q)", n, lines[n-1])
+				}
+			}
+		}
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			return fmt.Errorf("%s: %s: %w", a.restore, msg, err)
+		}
+		return fmt.Errorf("run %s: %w", a.restore, err)
+	}
+	return nil
+}
