@@ -224,3 +224,5 @@ var sampleRecords = Records{
 		"api":   {netip.MustParseAddr("10.0.1.3")},
 	},
 }
+
+func itoa(p uint16) string { return strconv.Itoa(int(p)) }

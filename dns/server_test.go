@@ -3,8 +3,8 @@ package dns
 import (
 	"net/netip"
 	"os"
-	"strings"
 	"slices"
+	"strings"
 	"testing"
 
 	miekg "github.com/miekg/dns"

@@ -1,0 +1,293 @@
+package dns
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	miekg "github.com/miekg/dns"
+)
+
+func TestForwardsOutsideDomain(t *testing.T) {
+	up := startFakeUpstream(t, "", answerA("192.0.2.10"))
+	_, addr := startServer(t, Config{Upstreams: []string{up.addr}})
+
+	for _, network := range []string{"udp", "tcp"} {
+		m := new(miekg.Msg)
+		m.SetQuestion("Example.COM.", miekg.TypeA)
+		m.Id = 4242
+		resp := exchange(t, addr, network, m)
+		if resp.Id != 4242 || resp.Rcode != miekg.RcodeSuccess {
+			t.Fatalf("%s: id %d rcode %s", network, resp.Id, miekg.RcodeToString[resp.Rcode])
+		}
+		if got := aAddrs(resp.Answer); len(got) != 1 || got[0].String() != "192.0.2.10" {
+			t.Fatalf("%s: answer %v, want the upstream's 192.0.2.10", network, resp.Answer)
+		}
+		if resp.Question[0].Name != "Example.COM." {
+			t.Fatalf("%s: question %q, want the case as asked", network, resp.Question[0].Name)
+		}
+	}
+	if !up.seen("Example.COM.") {
+		t.Fatal("upstream never saw the query")
+	}
+	// Names of the domain never reach the upstream.
+	before := up.count.Load()
+	ask(t, addr, "udp", "unknown.warren.local.", miekg.TypeA)
+	if up.count.Load() != before {
+		t.Fatal("a name inside the domain was forwarded")
+	}
+}
+
+// silentUpstream reads queries over UDP and TCP and never answers.
+func silentUpstream(t *testing.T) string {
+	t.Helper()
+	pc, ln, ap, err := bindPair(t.Context(), "127.0.0.1", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close(); ln.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	return ap.String()
+}
+
+func TestForwardUpstreamDownIsServfail(t *testing.T) {
+	closed := net.JoinHostPort("127.0.0.1", itoa(freePort(t)))
+	silent := silentUpstream(t)
+	for name, upstreams := range map[string][]string{
+		"port closed":      {closed},
+		"never answers":    {silent},
+		"both unreachable": {silent, closed},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, addr := startServer(t, Config{Upstreams: upstreams, ForwardTimeout: 300 * time.Millisecond})
+			for _, network := range []string{"udp", "tcp"} {
+				// The client waits 10 s; the server must answer SERVFAIL
+				// by itself well before that.
+				resp := ask(t, addr, network, "example.com.", miekg.TypeA)
+				if resp.Rcode != miekg.RcodeServerFailure {
+					t.Fatalf("%s: rcode %s, want SERVFAIL", network, miekg.RcodeToString[resp.Rcode])
+				}
+			}
+		})
+	}
+}
+
+func TestForwardFallsBackToNextUpstream(t *testing.T) {
+	silent := silentUpstream(t)
+	refusing := startFakeUpstream(t, "", func(w miekg.ResponseWriter, r *miekg.Msg) {
+		m := new(miekg.Msg)
+		m.SetRcode(r, miekg.RcodeRefused)
+		w.WriteMsg(m)
+	})
+	good := startFakeUpstream(t, "", answerA("192.0.2.20"))
+	_, addr := startServer(t, Config{Upstreams: []string{silent, refusing.addr, good.addr}, ForwardTimeout: 3 * time.Second})
+
+	resp := ask(t, addr, "udp", "example.org.", miekg.TypeA)
+	if got := aAddrs(resp.Answer); len(got) != 1 || got[0].String() != "192.0.2.20" {
+		t.Fatalf("answer %v (rcode %s), want the third upstream's", resp.Answer, miekg.RcodeToString[resp.Rcode])
+	}
+	// The upstream that answered is asked first from now on.
+	refusedBefore := refusing.count.Load()
+	for range 5 {
+		if got := aAddrs(ask(t, addr, "udp", "example.org.", miekg.TypeA).Answer); len(got) != 1 {
+			t.Fatal("no answer from the preferred upstream")
+		}
+	}
+	if refusing.count.Load() != refusedBefore {
+		t.Fatal("later queries went to the failing upstreams first")
+	}
+}
+
+// logCounter counts log records whose message contains a substring.
+type logCounter struct {
+	slog.Handler
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func newLogCounter(t *testing.T) (*slog.Logger, *logCounter) {
+	lc := &logCounter{Handler: testLogger(t).Handler(), counts: make(map[string]int)}
+	return slog.New(lc), lc
+}
+
+func (lc *logCounter) Handle(ctx context.Context, r slog.Record) error {
+	lc.mu.Lock()
+	lc.counts[r.Message]++
+	lc.mu.Unlock()
+	return lc.Handler.Handle(ctx, r)
+}
+
+func (lc *logCounter) count(substr string) int {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	n := 0
+	for msg, c := range lc.counts {
+		if strings.Contains(msg, substr) {
+			n += c
+		}
+	}
+	return n
+}
+
+func TestLoopToOwnAddressRefused(t *testing.T) {
+	port := itoa(freePort(t))
+	log, lc := newLogCounter(t)
+	_, addr := startServer(t, Config{
+		Listen:    []string{"127.0.0.1:" + port},
+		Upstreams: []string{"127.0.0.1:" + port},
+		Logger:    log,
+	})
+	for range 3 {
+		if resp := ask(t, addr, "udp", "example.com.", miekg.TypeA); resp.Rcode != miekg.RcodeServerFailure {
+			t.Fatalf("rcode %s, want SERVFAIL", miekg.RcodeToString[resp.Rcode])
+		}
+	}
+	if n := lc.count("is this server itself"); n != 1 {
+		t.Fatalf("self-loop logged %d times, want once", n)
+	}
+	if n := lc.count("no usable upstream resolver left"); n != 1 {
+		t.Fatalf("'no upstream' logged %d times, want once", n)
+	}
+}
+
+// A stub resolver on loopback that forwards everything back to us (as
+// systemd-resolved would if the node's resolver were among its servers).
+func TestLoopThroughStubResolverRefused(t *testing.T) {
+	var target atomic.Value // our server's address, known after Start
+	stub := startFakeUpstream(t, "", func(w miekg.ResponseWriter, r *miekg.Msg) {
+		to, _ := target.Load().(string)
+		if to == "" {
+			miekg.HandleFailed(w, r)
+			return
+		}
+		resp, _, err := (&miekg.Client{Timeout: 5 * time.Second}).Exchange(r, to)
+		if err != nil {
+			miekg.HandleFailed(w, r)
+			return
+		}
+		w.WriteMsg(resp)
+	})
+	good := startFakeUpstream(t, "", answerA("192.0.2.30"))
+
+	t.Run("other upstream still used", func(t *testing.T) {
+		port := itoa(freePort(t))
+		target.Store("127.0.0.1:" + port) // before Start: the probes go out at once
+		_, addr := startServer(t, Config{Listen: []string{"127.0.0.1:" + port}, Upstreams: []string{stub.addr, good.addr}})
+		for range 5 {
+			resp := ask(t, addr, "udp", "example.net.", miekg.TypeA)
+			if got := aAddrs(resp.Answer); len(got) != 1 || got[0].String() != "192.0.2.30" {
+				t.Fatalf("answer %v rcode %s, want the good upstream's", resp.Answer, miekg.RcodeToString[resp.Rcode])
+			}
+		}
+		if stub.seen("example.net.") {
+			t.Fatal("a query was forwarded to the looping stub")
+		}
+	})
+
+	t.Run("only the looping upstream", func(t *testing.T) {
+		log, lc := newLogCounter(t)
+		port := itoa(freePort(t))
+		target.Store("127.0.0.1:" + port)
+		_, addr := startServer(t, Config{Listen: []string{"127.0.0.1:" + port}, Upstreams: []string{stub.addr}, Logger: log})
+		for range 5 {
+			if resp := ask(t, addr, "udp", "example.net.", miekg.TypeA); resp.Rcode != miekg.RcodeServerFailure {
+				t.Fatalf("rcode %s, want SERVFAIL", miekg.RcodeToString[resp.Rcode])
+			}
+		}
+		if stub.seen("example.net.") {
+			t.Fatal("a query was forwarded to the looping stub")
+		}
+		if n := lc.count("forwards back to this server"); n != 1 {
+			t.Fatalf("loop logged %d times, want once", n)
+		}
+	})
+}
+
+func TestLoopViaResolvConfRefused(t *testing.T) {
+	requireRoot(t)
+	self := uniqueLoopback(1)
+	path := t.TempDir() + "/resolv.conf"
+	if err := os.WriteFile(path, []byte("nameserver "+self+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, addr := startServer(t, Config{Listen: []string{self + ":53"}, ResolvConf: path})
+	if resp := ask(t, addr, "udp", "example.com.", miekg.TypeA); resp.Rcode != miekg.RcodeServerFailure {
+		t.Fatalf("rcode %s, want SERVFAIL", miekg.RcodeToString[resp.Rcode])
+	}
+}
+
+func TestResolvConfReread(t *testing.T) {
+	requireRoot(t)
+	first := startFakeUpstream(t, uniqueLoopback(2)+":53", answerA("192.0.2.41"))
+	second := startFakeUpstream(t, uniqueLoopback(3)+":53", answerA("192.0.2.42"))
+	path := t.TempDir() + "/resolv.conf"
+	write := func(content string) {
+		t.Helper()
+		// Replace by rename, as resolvconf and NetworkManager do.
+		if err := os.WriteFile(path+".tmp", []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("# managed\nsearch example\nnameserver " + hostOf(t, first.addr) + "\n")
+	_, addr := startServer(t, Config{ResolvConf: path, ResolvConfPoll: 20 * time.Millisecond})
+
+	answer := func() string {
+		got := aAddrs(ask(t, addr, "udp", "example.com.", miekg.TypeA).Answer)
+		if len(got) != 1 {
+			return ""
+		}
+		return got[0].String()
+	}
+	if got := answer(); got != "192.0.2.41" {
+		t.Fatalf("answer %q, want the first upstream's", got)
+	}
+
+	write("nameserver " + hostOf(t, second.addr) + "\n")
+	waitFor(t, "the new resolv.conf to be used", func() bool { return answer() == "192.0.2.42" })
+
+	// A vanished file keeps the last upstreams.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // several polls: a reload would have happened by now
+	if got := answer(); got != "192.0.2.42" {
+		t.Fatalf("after removal: %q, want the last upstream kept", got)
+	}
+}
+
+// waitFor polls cond with a generous deadline (the machine is shared).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
