@@ -47,7 +47,7 @@ func TestMain(m *testing.M) {
 // newLab starts a lab whose nodes' logs are printed if the test fails.
 func newLab(t *testing.T) *lab.Lab {
 	t.Helper()
-	l, err := lab.New(lab.Options{Dir: t.TempDir()})
+	l, err := lab.New(lab.Options{Dir: t.TempDir(), BinDir: filepath.Dir(applianceBin)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,16 +78,6 @@ func eventually(t *testing.T, timeout time.Duration, what string, fn func() erro
 	if err := lab.Poll(ctxFor(t, timeout), 200*time.Millisecond, fn); err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
-}
-
-// installBinaries puts the suite's binaries where a package would, inside
-// the node's view: the lab shares the host's /usr, so a bind-free way is to
-// call them by absolute path; this returns that path for the node.
-func bin(name string) string {
-	if name == "warren" {
-		return warrenBin
-	}
-	return applianceBin
 }
 
 func trim(s string) string { return strings.TrimSpace(s) }

@@ -29,11 +29,11 @@ func TestStandalonePairPingsAndWgShow(t *testing.T) {
 		if err := n.WriteConfig(standaloneConfig(n.Name, "10.0.0.1/24", "", nil)); err != nil {
 			t.Fatal(err)
 		}
-		k1, err := n.Exec(ctx, bin("appliance"), "--show-public-key")
+		k1, err := n.Exec(ctx, "warren-appliance", "--show-public-key")
 		if err != nil {
 			t.Fatal(err)
 		}
-		k2, _ := n.Exec(ctx, bin("appliance"), "--show-public-key")
+		k2, _ := n.Exec(ctx, "warren-appliance", "--show-public-key")
 		if trim(k1) != trim(k2) || len(trim(k1)) != 44 {
 			t.Fatalf("%s: public key not stable: %q vs %q", n.Name, k1, k2)
 		}
@@ -46,7 +46,7 @@ func TestStandalonePairPingsAndWgShow(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []*lab.Node{a, b} {
-		if err := n.StartAppliance(bin("appliance")); err != nil {
+		if err := n.StartAppliance("warren-appliance"); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -44,6 +44,9 @@ const namePrefix = "wl"
 // Options configure a lab.
 type Options struct {
 	Dir    string // working directory (node roots, logs); created if missing
+	// BinDir, if set, is mounted on /usr/local/sbin inside every node, so
+	// `warren` and `warren-appliance` can be typed there as on a real board.
+	BinDir string
 	Logger *slog.Logger
 }
 
@@ -51,6 +54,7 @@ type Options struct {
 type Lab struct {
 	id      string // namePrefix + pid: unique among live labs
 	dir     string
+	binDir  string
 	log     *slog.Logger
 	lanNS   string
 	Outside *Host
@@ -92,7 +96,7 @@ func New(opts Options) (*Lab, error) {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	l := &Lab{id: fmt.Sprintf("%s%d", namePrefix, os.Getpid()), dir: opts.Dir, log: opts.Logger}
+	l := &Lab{id: fmt.Sprintf("%s%d", namePrefix, os.Getpid()), dir: opts.Dir, binDir: opts.BinDir, log: opts.Logger}
 	l.lanNS = l.id + "-lan"
 	if err := run("ip", "netns", "add", l.lanNS); err != nil {
 		return nil, err
@@ -185,10 +189,14 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 			return nil, err
 		}
 	}
-	for _, d := range []string{"/var/lib/warren", "/etc/warren", "/var/lib/containerd"} {
+	for _, d := range []string{"/var/lib/warren", "/etc/warren", "/var/lib/containerd", "/usr/local/sbin"} {
 		if err := os.MkdirAll(d, 0o755); err != nil { // mount points only; stay empty on the host
 			return nil, err
 		}
+	}
+	binMount := ""
+	if l.binDir != "" {
+		binMount = "mount --bind " + l.binDir + " /usr/local/sbin"
 	}
 	script := fmt.Sprintf(`set -e
 mount -t tmpfs -o mode=0755 tmpfs /run
@@ -196,9 +204,10 @@ mkdir -p /run/netns /run/warren /run/containerd
 mount --bind %[1]s/lib /var/lib/warren
 mount --bind %[1]s/etc /etc/warren
 mount --bind %[1]s/containerd /var/lib/containerd
+%[2]s
 sysctl -qw net.ipv4.ip_forward=1
 echo ready
-exec sleep infinity`, n.Root)
+exec sleep infinity`, n.Root, binMount)
 	cmd := exec.Command("unshare", "-m", "--propagation", "private", "nsenter", "--net=/run/netns/"+n.NetNS, "sh", "-c", script)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
