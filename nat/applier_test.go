@@ -1,0 +1,350 @@
+package nat
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// applierIn creates an Applier inside ns.
+func applierIn(t testing.TB, ns string) *Applier {
+	t.Helper()
+	var a *Applier
+	mustInNetns(t, ns, func() (err error) {
+		a, err = NewApplier(testLogger(t))
+		return err
+	})
+	return a
+}
+
+func syncIn(t testing.TB, ns string, a *Applier, services []Service, opts Options) {
+	t.Helper()
+	mustInNetns(t, ns, func() error { return a.Sync(services, opts) })
+}
+
+// saved is iptables-save of ns without comments and counters: the exact
+// rules the kernel holds.
+func saved(t testing.TB, ns string, a *Applier) string {
+	t.Helper()
+	out := nsRun(t, ns, a.command+"-save")
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		if strings.HasPrefix(l, ":") { // ":CHAIN POLICY [packets:bytes]"
+			l = l[:strings.LastIndex(l, " ")]
+		}
+		lines = append(lines, l)
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// chainRules returns the -A lines of chain in table from saved output.
+func chainRules(save, table, chain string) []string {
+	var out []string
+	current := ""
+	for _, l := range strings.Split(save, "\n") {
+		if strings.HasPrefix(l, "*") {
+			current = l[1:]
+		}
+		if current == table && strings.HasPrefix(l, "-A "+chain+" ") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func services3x3() []Service {
+	var out []Service
+	for i := 1; i <= 3; i++ {
+		s := Service{
+			Name:  fmt.Sprintf("svc%d", i),
+			VIP:   netip.MustParseAddr(fmt.Sprintf("10.1.0.%d", i)),
+			Ports: []Port{{Protocol: "tcp", Port: 80, TargetPort: 8080}, {Protocol: "udp", Port: 53, Published: uint16(5300 + i)}},
+		}
+		for j := 1; j <= 3; j++ {
+			s.Endpoints = append(s.Endpoints, ep(fmt.Sprintf("svc%d-%d", i, j), fmt.Sprintf("10.0.%d.%d", i, j+1)))
+		}
+		out = append(out, s)
+	}
+	out = append(out, Service{Name: "empty", VIP: netip.MustParseAddr("10.1.0.99"),
+		Ports: []Port{{Protocol: "tcp", Port: 80, Published: 8099}}})
+	return out
+}
+
+// assertMatchesRender checks that every chain Render declares exists in
+// the kernel with as many rules as rendered, and that no -A line appears twice.
+func assertMatchesRender(t *testing.T, save string, services []Service, opts Options) {
+	t.Helper()
+	rs := plan(services, opts)
+	for table, chains := range rs {
+		for chain, rules := range chains {
+			if !strings.Contains(save, ":"+chain+" -") {
+				t.Errorf("%s chain %s missing in iptables-save", table, chain)
+				continue
+			}
+			if got := chainRules(save, table, chain); len(got) != len(rules) {
+				t.Errorf("%s chain %s holds %d rules, rendered %d:\n%s", table, chain, len(got), len(rules), strings.Join(got, "\n"))
+			}
+		}
+	}
+	var rules []string
+	table := ""
+	for _, l := range strings.Split(save, "\n") {
+		if strings.HasPrefix(l, "*") {
+			table = l
+		}
+		if strings.HasPrefix(l, "-A ") || strings.HasPrefix(l, ":") {
+			rules = append(rules, table+" "+l)
+		}
+	}
+	slices.Sort(rules)
+	for i := 1; i < len(rules); i++ {
+		if rules[i] == rules[i-1] && strings.Contains(rules[i], "WARREN") {
+			t.Errorf("duplicate line in iptables-save: %s", rules[i])
+		}
+	}
+}
+
+func TestApplierSyncIsIdempotent(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "idem")
+	a := applierIn(t, ns)
+	services := services3x3()
+
+	syncIn(t, ns, a, services, baseOpts)
+	first := saved(t, ns, a)
+	assertMatchesRender(t, first, services, baseOpts)
+	for _, j := range jumps {
+		if n := strings.Count(first, "-A "+j.chain+" "); n == 0 {
+			t.Errorf("no jump from %s %s", j.table, j.chain)
+		}
+	}
+	if got := chainRules(first, "filter", chainServices); len(got) != 2 || !strings.Contains(got[1], "10.1.0.99/32") || !strings.Contains(got[1], "REJECT") {
+		t.Errorf("service without endpoints is not rejected in filter WARREN-SERVICES: %q", got)
+	}
+
+	for i := range 5 {
+		syncIn(t, ns, a, services, baseOpts)
+		if got := saved(t, ns, a); got != first {
+			t.Fatalf("sync %d changed iptables-save:\n%s", i+2, diffLines(first, got))
+		}
+	}
+	// A restarted daemon (new Applier, full sync) converges to the same rules.
+	for i := range 3 {
+		b := applierIn(t, ns)
+		syncIn(t, ns, b, services, baseOpts)
+		if got := saved(t, ns, b); got != first {
+			t.Fatalf("restart %d changed iptables-save:\n%s", i+1, diffLines(first, got))
+		}
+	}
+}
+
+func TestApplierPartialChanges(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "partial")
+	a := applierIn(t, ns)
+	services := services3x3()
+	syncIn(t, ns, a, services, baseOpts)
+	before := saved(t, ns, a)
+
+	// One endpoint moves: only its chains and its service chain change.
+	changed := services3x3()
+	changed[1].Endpoints[2].IP = netip.MustParseAddr("10.0.2.200")
+	syncIn(t, ns, a, changed, baseOpts)
+	after := saved(t, ns, a)
+	assertMatchesRender(t, after, changed, baseOpts)
+	allowed := []string{"10.0.2.4", "10.0.2.200"}
+	for _, p := range changed[1].Ports {
+		allowed = append(allowed, serviceChain("svc2", p),
+			endpointChain("svc2", p, services[1].Endpoints[2]), endpointChain("svc2", p, changed[1].Endpoints[2]))
+	}
+	for _, l := range diffSet(before, after) {
+		if !slices.ContainsFunc(allowed, func(s string) bool { return strings.Contains(l, s) }) {
+			t.Errorf("unrelated line changed: %s", l)
+		}
+	}
+	if strings.Contains(after, "10.0.2.4") || !strings.Contains(after, "10.0.2.200") {
+		t.Errorf("endpoint move not applied:\n%s", after)
+	}
+
+	// Remove a service: all its chains go, nothing else is left behind.
+	removed := slices.Clone(changed[:1])
+	removed = append(removed, changed[2:]...)
+	syncIn(t, ns, a, removed, baseOpts)
+	gone := saved(t, ns, a)
+	for _, p := range changed[1].Ports {
+		for _, c := range []string{serviceChain("svc2", p), externalChain("svc2", p)} {
+			if strings.Contains(gone, c) {
+				t.Errorf("chain %s of removed service still present", c)
+			}
+		}
+		for _, e := range changed[1].Endpoints {
+			if c := endpointChain("svc2", p, e); strings.Contains(gone, c) {
+				t.Errorf("endpoint chain %s of removed service still present", c)
+			}
+		}
+	}
+	if strings.Contains(gone, "10.1.0.2/32") {
+		t.Error("removed service's VIP still matched")
+	}
+	assertMatchesRender(t, gone, removed, baseOpts)
+	if n := strings.Count(gone, "\n:WARREN-"); n != countChains(plan(removed, baseOpts)) {
+		t.Errorf("%d WARREN chains in the kernel, want %d", n, countChains(plan(removed, baseOpts)))
+	}
+
+	// Invalid input is refused and the rules stay as they were.
+	bad := append(slices.Clone(removed), Service{Name: "bad name", VIP: netip.MustParseAddr("10.1.0.50")})
+	if err := inNetns(ns, func() error { return a.Sync(bad, baseOpts) }); err == nil {
+		t.Error("invalid services accepted")
+	}
+	if got := saved(t, ns, a); got != gone {
+		t.Errorf("refused sync changed the rules:\n%s", diffLines(gone, got))
+	}
+}
+
+func countChains(rs ruleset) int {
+	n := 0
+	for _, chains := range rs {
+		n += len(chains)
+	}
+	return n
+}
+
+func TestApplierCanaryAndCleanup(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "canary")
+	a := applierIn(t, ns)
+	services := services3x3()
+	syncIn(t, ns, a, services, baseOpts)
+	want := saved(t, ns, a)
+
+	canary := func() bool {
+		t.Helper()
+		var missing bool
+		mustInNetns(t, ns, func() (err error) { missing, err = a.CanaryMissing(); return err })
+		return missing
+	}
+	if canary() {
+		t.Fatal("canary reported missing right after a sync")
+	}
+	sabotage := map[string][]string{
+		"flush nat WARREN-SERVICES":    {"-t", "nat", "-F", chainServices},
+		"flush filter WARREN-SERVICES": {"-t", "filter", "-F", chainServices},
+		"flush nat PREROUTING":         {"-t", "nat", "-F", "PREROUTING"},
+		"flush filter table":           {"-t", "filter", "-F"},
+	}
+	for _, name := range slices.Sorted(func(yield func(string) bool) {
+		for k := range sabotage {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		nsRun(t, ns, a.command, sabotage[name]...)
+		if !canary() {
+			t.Errorf("%s: canary not noticed", name)
+		}
+		syncIn(t, ns, a, services, baseOpts)
+		if got := saved(t, ns, a); got != want {
+			t.Errorf("%s: resync did not restore the rules:\n%s", name, diffLines(want, got))
+		}
+		if canary() {
+			t.Errorf("%s: canary still missing after resync", name)
+		}
+	}
+
+	// A rule of someone else must survive Cleanup.
+	nsRun(t, ns, a.command, "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "ACCEPT")
+	mustInNetns(t, ns, a.Cleanup)
+	after := saved(t, ns, a)
+	if strings.Contains(after, "WARREN") {
+		t.Errorf("Cleanup left WARREN rules:\n%s", after)
+	}
+	if !strings.Contains(after, "-A POSTROUTING -o lo -j ACCEPT") {
+		t.Errorf("Cleanup removed a foreign rule:\n%s", after)
+	}
+	// Cleanup by a fresh process (warren-appliance --cleanup) with leftovers
+	// of an earlier run, and Cleanup with nothing to do.
+	syncIn(t, ns, a, services, baseOpts)
+	fresh := applierIn(t, ns)
+	mustInNetns(t, ns, fresh.Cleanup)
+	mustInNetns(t, ns, fresh.Cleanup)
+	if got := saved(t, ns, a); strings.Contains(got, "WARREN") {
+		t.Errorf("fresh Cleanup left WARREN rules:\n%s", got)
+	}
+	if !canary() {
+		t.Error("canary not missing after Cleanup")
+	}
+}
+
+func TestApplierDeduplicatesJumps(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "dedup")
+	a := applierIn(t, ns)
+	syncIn(t, ns, a, services3x3(), baseOpts)
+	// Another copy of a jump (say, from a crashed older run) is removed
+	// by the next full sync, the original stays.
+	nsRun(t, ns, a.command, append([]string{"-t", "nat", "-A", "OUTPUT"}, jumps[1].spec...)...)
+	b := applierIn(t, ns)
+	syncIn(t, ns, b, services3x3(), baseOpts)
+	got := saved(t, ns, b)
+	if n := len(chainRules(got, "nat", "OUTPUT")); n != 1 {
+		t.Errorf("nat OUTPUT holds %d rules, want the one jump:\n%s", n, got)
+	}
+}
+
+func TestNewApplierDetectsBackend(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "backend")
+	var before *Applier
+	before = applierIn(t, ns)
+	if before.Backend() != "nf_tables" && before.Backend() != "legacy" {
+		t.Fatalf("backend %q", before.Backend())
+	}
+	// Rules only in the legacy backend make it the one to use.
+	if _, err := os.Stat("/usr/sbin/iptables-legacy"); err != nil {
+		t.Skip("iptables-legacy not installed")
+	}
+	nsRun(t, ns, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT")
+	t.Cleanup(func() { _, _ = execQuiet("nsenter", "--net=/run/netns/"+ns, "iptables-legacy", "-t", "filter", "-F") })
+	legacy := applierIn(t, ns)
+	if legacy.Backend() != "legacy" || legacy.command != "iptables-legacy" {
+		t.Errorf("with legacy rules present got %s (%s)", legacy.Backend(), legacy.command)
+	}
+}
+
+func diffSet(a, b string) []string {
+	as := strings.Split(a, "\n")
+	bs := strings.Split(b, "\n")
+	var out []string
+	for _, l := range as {
+		if !slices.Contains(bs, l) {
+			out = append(out, "-"+l)
+		}
+	}
+	for _, l := range bs {
+		if !slices.Contains(as, l) {
+			out = append(out, "+"+l)
+		}
+	}
+	return out
+}
+
+func diffLines(a, b string) string { return strings.Join(diffSet(a, b), "\n") }
