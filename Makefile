@@ -52,6 +52,11 @@ bench: deps build
 fuzz:
 	go test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./configs/
 
+# A local three-node cluster in namespaces with a 3-replica service; Ctrl-C
+# tears it down.
+demo: deps build
+	go run ./integration/demo -bin bin
+
 package: cross
 	VERSION=$(VERSION) sh packaging/build.sh
 

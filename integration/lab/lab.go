@@ -43,7 +43,7 @@ const namePrefix = "wl"
 
 // Options configure a lab.
 type Options struct {
-	Dir    string // working directory (node roots, logs); created if missing
+	Dir string // working directory (node roots, logs); created if missing
 	// BinDir, if set, is mounted on /usr/local/sbin inside every node, so
 	// `warren` and `warren-appliance` can be typed there as on a real board.
 	BinDir string
@@ -577,4 +577,9 @@ func Poll(ctx context.Context, interval time.Duration, fn func() error) error {
 		case <-time.After(interval):
 		}
 	}
+}
+
+// EnterCommand is what a person types to get a shell inside the node.
+func (h *Host) EnterCommand() string {
+	return strings.Join(h.enter()[:len(h.enter())-1], " ") + " bash"
 }
