@@ -1,0 +1,392 @@
+// Package scheduler decides where the replicas of each service run and which
+// overlay IP each one gets. It is a pure function of the cluster's nodes,
+// services and current tasks: the manager calls it on every change and
+// publishes the result in the cluster map.
+package scheduler
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/warren-appliance/warren/cluster/clustermap"
+)
+
+// Plan returns the full desired task list and, for every service that is
+// short of replicas, a human reason (service name -> reason).
+//
+//   - Existing placements that are still valid (node present and not down,
+//     constraints still met, IP inside the node's block) are kept with their
+//     reported state.
+//   - Missing replicas go to eligible ready nodes: fewest tasks of that
+//     service first, then fewest tasks overall, ties by node name.
+//   - Slots are stable: a service of N replicas has <service>-1..N; scaling
+//     down removes the highest slots.
+//   - A task to remove stays in the list with DesiredState "shutdown", and
+//     keeps its IP reserved, until its node reports it shut down or the node
+//     is down or gone. Tasks of a down or gone node are placed elsewhere.
+//   - A new task gets the lowest free IP of its node's ContainerBlock,
+//     skipping the network address, the bridge's first address, the
+//     broadcast address and every IP still held by a task in the list.
+//
+// Nodes whose status is neither ready nor down keep their tasks but get no
+// new ones.
+func Plan(nodes []clustermap.Node, services []clustermap.Service, current []clustermap.Task) (tasks []clustermap.Task, unplaced map[string]string) {
+	p := newPlanner(nodes, services)
+	p.sortCurrent(current)
+	p.keepValid()
+	p.placeMissing()
+	slices.SortFunc(p.out, compareTasks)
+	return p.out, p.unplaced
+}
+
+type slotKey struct {
+	service string
+	slot    int
+}
+
+type planner struct {
+	nodes    []clustermap.Node // sorted by name, then ID
+	nodeByID map[string]clustermap.Node
+	services []clustermap.Service // sorted by name
+	svcByNm  map[string]clustermap.Service
+
+	running  map[string][]clustermap.Task  // desired running, by service
+	retiring map[slotKey][]clustermap.Task // desired shutdown, still holding an IP
+	out      []clustermap.Task             // kept tasks (retiring ones are added last)
+	held     map[netip.Addr]bool           // IPs of every task in the result
+	missing  map[string][]int              // slots to place, by service
+	perSvc   map[string]map[string]int     // node ID -> service -> running tasks
+	total    map[string]int                // node ID -> running tasks
+	cons     map[string]constraintsOrError // by service
+	unplaced map[string]string
+}
+
+type constraintsOrError struct {
+	list []Constraint
+	err  error
+}
+
+func newPlanner(nodes []clustermap.Node, services []clustermap.Service) *planner {
+	p := &planner{
+		nodes:    slices.Clone(nodes),
+		nodeByID: make(map[string]clustermap.Node, len(nodes)),
+		services: slices.Clone(services),
+		svcByNm:  make(map[string]clustermap.Service, len(services)),
+		running:  map[string][]clustermap.Task{},
+		retiring: map[slotKey][]clustermap.Task{},
+		held:     map[netip.Addr]bool{},
+		missing:  map[string][]int{},
+		perSvc:   map[string]map[string]int{},
+		total:    map[string]int{},
+		cons:     map[string]constraintsOrError{},
+		unplaced: map[string]string{},
+	}
+	slices.SortFunc(p.nodes, func(a, b clustermap.Node) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
+	})
+	for _, n := range p.nodes {
+		p.nodeByID[n.ID] = n
+	}
+	slices.SortFunc(p.services, func(a, b clustermap.Service) int { return cmp.Compare(a.Name, b.Name) })
+	for _, s := range p.services {
+		p.svcByNm[s.Name] = s
+		list, err := parseConstraints(s.Constraints)
+		p.cons[s.Name] = constraintsOrError{list, err}
+	}
+	return p
+}
+
+// nodeLive reports whether the task's node still exists and is not down:
+// only then does the task still hold its IP there.
+func (p *planner) nodeLive(id string) (clustermap.Node, bool) {
+	n, ok := p.nodeByID[id]
+	return n, ok && n.Status != clustermap.NodeDown
+}
+
+// sortCurrent splits the current tasks into running ones (by service) and
+// retiring ones, dropping the tasks whose IP is released.
+func (p *planner) sortCurrent(current []clustermap.Task) {
+	cur := slices.Clone(current)
+	slices.SortStableFunc(cur, compareTasks)
+	for _, t := range cur {
+		_, live := p.nodeLive(t.NodeID)
+		if !live {
+			continue // node down or gone: its tasks are gone with it
+		}
+		_, serviceExists := p.svcByNm[t.Service]
+		switch {
+		case t.DesiredState == clustermap.TaskShutdown && t.State == clustermap.TaskShutdown:
+			// Shut down and reported so: IP released.
+		case t.DesiredState == clustermap.TaskShutdown || !serviceExists:
+			p.retire(t)
+		default:
+			p.running[t.Service] = append(p.running[t.Service], t)
+		}
+	}
+}
+
+func (p *planner) retire(t clustermap.Task) {
+	t.DesiredState = clustermap.TaskShutdown
+	k := slotKey{t.Service, t.Slot}
+	p.retiring[k] = append(p.retiring[k], t)
+}
+
+// keepValid keeps each service's valid placements, retires the rest and
+// records which slots still need a node. It runs for every service before
+// anything is placed, so spreading sees all kept tasks.
+func (p *planner) keepValid() {
+	// Reserve every IP still in use before any task claims a new one.
+	var keep []clustermap.Task
+	for _, s := range p.services {
+		replicas := max(s.Replicas, 0)
+		cons := p.cons[s.Name]
+		taken := map[int]bool{}
+		for _, t := range p.running[s.Name] {
+			node, _ := p.nodeLive(t.NodeID)
+			switch {
+			case t.Slot < 1 || t.Slot > replicas || taken[t.Slot]:
+				p.retire(t) // scaled down, or a duplicate of its slot
+			case cons.err == nil && !matchesAll(cons.list, node):
+				p.retire(t) // constraints changed: move it
+			default:
+				taken[t.Slot] = true
+				keep = append(keep, t)
+			}
+		}
+		for slot := 1; slot <= replicas; slot++ {
+			if !taken[slot] {
+				p.missing[s.Name] = append(p.missing[s.Name], slot)
+			}
+		}
+	}
+	for _, ts := range p.retiring {
+		for _, t := range ts {
+			if p.usableIP(t.NodeID, t.IP) {
+				p.held[t.IP] = true
+			}
+		}
+	}
+	var badIP []clustermap.Task
+	for _, t := range keep {
+		if !p.usableIP(t.NodeID, t.IP) || p.held[t.IP] {
+			badIP = append(badIP, t)
+			continue
+		}
+		p.held[t.IP] = true
+		p.accept(t)
+	}
+	// A kept task whose IP is outside its block or taken twice gets a
+	// fresh IP on the same node (or moves if that block is full).
+	for _, t := range badIP {
+		if ip, ok := p.freeIP(p.nodeByID[t.NodeID]); ok {
+			t.IP = ip
+			t.State, t.Error = clustermap.TaskPending, ""
+			p.held[ip] = true
+			p.accept(t)
+			continue
+		}
+		p.missing[t.Service] = append(p.missing[t.Service], t.Slot)
+	}
+}
+
+func (p *planner) accept(t clustermap.Task) {
+	p.out = append(p.out, t)
+	if p.perSvc[t.NodeID] == nil {
+		p.perSvc[t.NodeID] = map[string]int{}
+	}
+	p.perSvc[t.NodeID][t.Service]++
+	p.total[t.NodeID]++
+}
+
+// placeMissing places every missing slot, service by service in name order.
+func (p *planner) placeMissing() {
+	for _, s := range p.services {
+		slots := p.missing[s.Name]
+		slices.Sort(slots)
+		cons := p.cons[s.Name]
+		if cons.err != nil {
+			if len(slots) > 0 {
+				p.unplaced[s.Name] = fmt.Sprintf("%d of %d replicas unplaced: bad constraint: %v", len(slots), s.Replicas, cons.err)
+			}
+			continue
+		}
+		var failed int
+		for _, slot := range slots {
+			if p.revive(s.Name, slot, cons.list) {
+				continue
+			}
+			node, ok := p.pickNode(s.Name, cons.list)
+			if !ok {
+				failed++
+				continue
+			}
+			ip, _ := p.freeIP(node) // pickNode only returns nodes with a free IP
+			p.held[ip] = true
+			p.accept(clustermap.Task{
+				Name:         TaskName(s.Name, slot),
+				Service:      s.Name,
+				Slot:         slot,
+				NodeID:       node.ID,
+				IP:           ip,
+				DesiredState: clustermap.TaskRunning,
+				State:        clustermap.TaskPending,
+			})
+		}
+		if failed > 0 {
+			p.unplaced[s.Name] = fmt.Sprintf("%d of %d replicas unplaced: %s", failed, s.Replicas, p.whyNoNode(cons.list))
+		}
+	}
+	for _, ts := range p.retiring {
+		p.out = append(p.out, ts...)
+	}
+}
+
+// revive turns a retiring task of the same slot back into a running one
+// when its node would take it: no churn when a scale-down is undone.
+func (p *planner) revive(service string, slot int, cons []Constraint) bool {
+	k := slotKey{service, slot}
+	for i, t := range p.retiring[k] {
+		node, live := p.nodeLive(t.NodeID)
+		if !live || node.Status != clustermap.NodeReady || !matchesAll(cons, node) || !p.usableIP(t.NodeID, t.IP) {
+			continue
+		}
+		p.retiring[k] = slices.Delete(p.retiring[k], i, i+1)
+		t.DesiredState = clustermap.TaskRunning
+		p.accept(t)
+		return true
+	}
+	return false
+}
+
+// pickNode chooses the eligible node with the fewest tasks of service, then
+// the fewest tasks overall, then the smallest name (p.nodes is sorted).
+func (p *planner) pickNode(service string, cons []Constraint) (clustermap.Node, bool) {
+	var best clustermap.Node
+	found := false
+	for _, n := range p.nodes {
+		if n.Status != clustermap.NodeReady || !matchesAll(cons, n) {
+			continue
+		}
+		if _, ok := p.freeIP(n); !ok {
+			continue
+		}
+		if !found || p.perSvc[n.ID][service] < p.perSvc[best.ID][service] ||
+			(p.perSvc[n.ID][service] == p.perSvc[best.ID][service] && p.total[n.ID] < p.total[best.ID]) {
+			best, found = n, true
+		}
+	}
+	return best, found
+}
+
+// whyNoNode explains, node by node category, why no node took a replica.
+func (p *planner) whyNoNode(cons []Constraint) string {
+	if len(p.nodes) == 0 {
+		return "no nodes in the cluster"
+	}
+	var notReady, mismatch, full int
+	for _, n := range p.nodes {
+		switch {
+		case n.Status != clustermap.NodeReady:
+			notReady++
+		case !matchesAll(cons, n):
+			mismatch++
+		default:
+			if _, ok := p.freeIP(n); !ok {
+				full++
+			}
+		}
+	}
+	var parts []string
+	if notReady > 0 {
+		parts = append(parts, fmt.Sprintf("%d not ready", notReady))
+	}
+	if mismatch > 0 {
+		exprs := make([]string, len(cons))
+		for i, c := range cons {
+			exprs[i] = c.String()
+		}
+		parts = append(parts, fmt.Sprintf("%d not matching %s", mismatch, strings.Join(exprs, " && ")))
+	}
+	if full > 0 {
+		parts = append(parts, fmt.Sprintf("%d without a free IP in their container block", full))
+	}
+	return fmt.Sprintf("no eligible node (%d nodes: %s)", len(p.nodes), strings.Join(parts, ", "))
+}
+
+// usableIP reports whether ip is a task address of node id's block.
+func (p *planner) usableIP(nodeID string, ip netip.Addr) bool {
+	n, ok := p.nodeByID[nodeID]
+	if !ok || !ip.IsValid() {
+		return false
+	}
+	first, last, ok := hostRange(n.ContainerBlock)
+	return ok && ip.Compare(first) >= 0 && ip.Compare(last) <= 0
+}
+
+// freeIP returns the lowest task address of n's block not held by a task.
+func (p *planner) freeIP(n clustermap.Node) (netip.Addr, bool) {
+	first, last, ok := hostRange(n.ContainerBlock)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	for ip := first; ip.IsValid() && ip.Compare(last) <= 0; ip = ip.Next() {
+		if !p.held[ip] {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// hostRange is the range of task addresses of a block: after the network
+// address and the bridge's first address, before the broadcast address.
+func hostRange(block netip.Prefix) (first, last netip.Addr, ok bool) {
+	if !block.IsValid() {
+		return first, last, false
+	}
+	block = block.Masked()
+	network := block.Addr()
+	first = network.Next().Next()
+	last = BroadcastAddr(block).Prev()
+	if !first.IsValid() || !last.IsValid() || !block.Contains(first) || first.Compare(last) > 0 {
+		return first, last, false
+	}
+	return first, last, true
+}
+
+// BroadcastAddr returns the last address of block.
+func BroadcastAddr(block netip.Prefix) netip.Addr {
+	b := block.Masked().Addr().AsSlice()
+	hostBits := len(b)*8 - block.Bits()
+	for i := len(b) - 1; i >= 0 && hostBits > 0; i-- {
+		n := min(hostBits, 8)
+		b[i] |= byte(1<<n - 1)
+		hostBits -= n
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// TaskName is the name of slot of service: <service>-<slot>.
+func TaskName(service string, slot int) string {
+	return fmt.Sprintf("%s-%d", service, slot)
+}
+
+// compareTasks orders by service, slot, running before shutdown, node.
+func compareTasks(a, b clustermap.Task) int {
+	return cmp.Or(
+		cmp.Compare(a.Service, b.Service),
+		cmp.Compare(a.Slot, b.Slot),
+		cmp.Compare(desiredRank(a), desiredRank(b)),
+		cmp.Compare(a.NodeID, b.NodeID),
+	)
+}
+
+func desiredRank(t clustermap.Task) int {
+	if t.DesiredState == clustermap.TaskShutdown {
+		return 1
+	}
+	return 0
+}
