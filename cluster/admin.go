@@ -1,0 +1,244 @@
+package cluster
+
+import (
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+)
+
+// AdminHandler serves the admin API (JSON) that the CLI uses. Mount it only
+// on the root-only local unix socket: it has no authentication of its own.
+//
+//	GET    /v1/cluster                      cluster info
+//	GET    /v1/join-tokens/{role}           current token (worker|manager)
+//	POST   /v1/join-tokens/{role}/rotate    new secret; the old token stops working
+//	GET    /v1/nodes                        list
+//	GET    /v1/nodes/{node}                 by name or ID
+//	DELETE /v1/nodes/{node}[?force=1]       remove (force: even if ready)
+//	GET    /v1/services                     list with tasks
+//	POST   /v1/services                     create (api.ServiceSpec)
+//	GET    /v1/services/{name}              inspect / ps
+//	POST   /v1/services/{name}/scale        api.Scale
+//	POST   /v1/services/{name}/update       api.ImageUpdate (rolling)
+//	DELETE /v1/services/{name}              remove
+func (m *Manager) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Info())
+	})
+	mux.HandleFunc("GET /v1/join-tokens/{role}", func(w http.ResponseWriter, r *http.Request) {
+		role := r.PathValue("role")
+		worker, manager := m.JoinTokens()
+		switch role {
+		case clustermap.RoleWorker:
+			writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: worker})
+		case clustermap.RoleManager:
+			writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: manager})
+		default:
+			writeError(w, errorf(http.StatusBadRequest, "unknown role %q: want worker or manager", role))
+		}
+	})
+	mux.HandleFunc("POST /v1/join-tokens/{role}/rotate", func(w http.ResponseWriter, r *http.Request) {
+		role := r.PathValue("role")
+		tok, err := m.RotateJoinToken(role)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: tok})
+	})
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Nodes())
+	})
+	mux.HandleFunc("GET /v1/nodes/{node}", func(w http.ResponseWriter, r *http.Request) {
+		v, err := m.Node(r.PathValue("node"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("DELETE /v1/nodes/{node}", func(w http.ResponseWriter, r *http.Request) {
+		force := r.URL.Query().Get("force") == "1" || r.URL.Query().Get("force") == "true"
+		if err := m.RemoveNode(r.PathValue("node"), force); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Services())
+	})
+	mux.HandleFunc("POST /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		var spec api.ServiceSpec
+		if err := readJSON(r, &spec); err != nil {
+			writeError(w, err)
+			return
+		}
+		v, err := m.CreateService(spec)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, v)
+	})
+	mux.HandleFunc("GET /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		v, err := m.Service(r.PathValue("name"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("POST /v1/services/{name}/scale", func(w http.ResponseWriter, r *http.Request) {
+		var req api.Scale
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		v, err := m.ScaleService(r.PathValue("name"), req.Replicas)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("POST /v1/services/{name}/update", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ImageUpdate
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		v, err := m.UpdateServiceImage(r.PathValue("name"), req.Image)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("DELETE /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.RemoveService(r.PathValue("name")); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errorf(http.StatusNotFound, "no admin API call %s %s (is the CLI newer than the daemon?)", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// Info summarises the cluster.
+func (m *Manager) Info() api.ClusterInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mt := m.st.meta
+	info := api.ClusterInfo{
+		ID: mt.ClusterID, Domain: mt.Domain, CAHash: m.ca.Hash(), CAExpires: m.ca.Cert.NotAfter.UTC(), CreatedAt: mt.CreatedAt,
+		MapVersion: m.current.Version, WireGuardSubnet: mt.WireGuardSubnet, ContainerSubnet: mt.ContainerSubnet,
+		ContainerBlock: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet, Manager: m.st.nodes[mt.SelfID].Name,
+		APIListen: m.cfg.APIListen, Nodes: len(m.st.nodes), Services: len(m.st.services), Tasks: len(m.st.tasks),
+	}
+	for _, n := range m.st.nodes {
+		if n.Status == clustermap.NodeReady {
+			info.NodesReady++
+		}
+	}
+	return info
+}
+
+// Nodes lists the members, managers (low addresses) first.
+func (m *Manager) Nodes() []api.NodeView {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]api.NodeView, 0, len(m.st.nodes))
+	for _, n := range m.st.nodes {
+		out = append(out, m.nodeViewLocked(n))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].OverlayIP.Less(out[j].OverlayIP) })
+	return out
+}
+
+// Node shows one member, found by name or ID.
+func (m *Manager) Node(ref string) (api.NodeView, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, ok := m.findNodeLocked(ref)
+	if !ok {
+		return api.NodeView{}, errNoNode(ref)
+	}
+	return m.nodeViewLocked(n), nil
+}
+
+func (m *Manager) findNodeLocked(ref string) (nodeRecord, bool) {
+	if n, ok := m.st.nodes[ref]; ok {
+		return n, true
+	}
+	return m.st.nodeByName(ref)
+}
+
+func errNoNode(ref string) error {
+	return errorf(http.StatusNotFound, "no node named %q (list them with `warren node ls`)", ref)
+}
+
+func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
+	v := api.NodeView{
+		ID: n.ID, Name: n.Name, Role: n.Role, Status: n.Status, OverlayIP: n.OverlayIP, ContainerBlock: n.ContainerBlock,
+		Endpoint: n.Endpoint, PublicKey: n.PublicKey, Labels: n.Labels, JoinedAt: n.JoinedAt, CertExpires: n.CertNotAfter,
+		LastSeen: m.lastSeen[n.ID], Tunnel: m.health[n.ID], Self: n.ID == m.st.meta.SelfID,
+	}
+	for _, t := range m.st.tasks {
+		if t.NodeID == n.ID && t.DesiredState == clustermap.TaskRunning {
+			v.Tasks++
+		}
+	}
+	return v
+}
+
+// RemoveNode takes a member out of the cluster: it leaves the map, its
+// certificate stops being accepted, its tasks are rescheduled, and its IP
+// and block are held back until that certificate would have expired.
+// A ready node is removed only with force (it is probably still running).
+func (m *Manager) RemoveNode(ref string, force bool) error {
+	var name string
+	err := m.update(func(s *state) error {
+		n, ok := s.nodes[ref]
+		if !ok {
+			if n, ok = s.nodeByName(ref); !ok {
+				return errNoNode(ref)
+			}
+		}
+		if n.ID == s.meta.SelfID {
+			return errorf(http.StatusConflict, "node %q is this manager: a manager cannot remove itself", n.Name)
+		}
+		if n.Status == clustermap.NodeReady && !force {
+			return errorf(http.StatusConflict, "node %q is ready (it reported %s ago): stop warren-appliance on it first, or remove it anyway with --force",
+				n.Name, strings.TrimSpace(m.now().Sub(m.lastSeen[n.ID]).Round(1e9).String()))
+		}
+		until := n.CertNotAfter
+		if until.IsZero() {
+			until = m.now()
+		}
+		s.removed[n.ID] = tombstone{Name: n.Name, OverlayIP: n.OverlayIP, Block: n.ContainerBlock, Until: until}
+		delete(s.nodes, n.ID)
+		name = n.Name
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	for id := range m.lastSeen {
+		if _, ok := m.st.nodes[id]; !ok {
+			delete(m.lastSeen, id)
+			delete(m.health, id)
+		}
+	}
+	m.mu.Unlock()
+	m.log.Info("node removed", "node", name)
+	return nil
+}

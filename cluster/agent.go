@@ -1,0 +1,704 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/internal/atomicfile"
+)
+
+// Files the agent keeps in its state dir.
+const (
+	FileCA       = "cluster-ca.crt" // the pinned cluster CA
+	FileTLSKey   = "node-tls.key"   // this node's TLS key, 0600, never sent anywhere
+	FileTLSCert  = "node-tls.crt"   // signed by the CA, CN = node ID
+	FileIdentity = "node.json"      // cluster ID, manager address, own record
+	FileMap      = "map.json"       // last map received, restored at boot
+)
+
+// AgentConfig configures a non-manager node's link to the manager.
+type AgentConfig struct {
+	StateDir string
+	Manager  string // host:port of a manager's API
+	Token    string // needed only for the first join
+	Node     NodeInfo
+	Logger   *slog.Logger
+
+	now func() time.Time // tests move the clock
+}
+
+// Agent is a joined node's link to the manager.
+type Agent struct {
+	cfg    AgentConfig
+	log    *slog.Logger
+	now    func() time.Time
+	ca     *x509.Certificate
+	key    *ecdsa.PrivateKey
+	client *http.Client
+
+	mu         sync.Mutex
+	cert       tls.Certificate
+	id         identity
+	selfSynced bool
+}
+
+type identity struct {
+	ClusterID string          `json:"cluster_id"`
+	Manager   string          `json:"manager"`
+	Node      clustermap.Node `json:"node"`
+}
+
+// ErrRemoved is returned by Watch when the manager says this node was
+// removed from the cluster.
+var ErrRemoved = errors.New("this node was removed from the cluster")
+
+// Join returns a joined agent. On first start it pins the manager's CA by
+// the token's hash (before sending anything), then sends its WireGuard key,
+// endpoint, name, labels, role and a CSR, retrying with backoff while the
+// manager is unreachable. Later starts reuse the identity in StateDir and
+// need neither the token nor the manager to be up.
+func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.now == nil {
+		cfg.now = time.Now
+	}
+	if cfg.Node.Role == "" {
+		cfg.Node.Role = clustermap.RoleWorker
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("join: state dir is empty")
+	}
+	if err := validateNodeInfo(cfg.Node); err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent"), now: cfg.now}
+	found, err := a.loadIdentity()
+	if err != nil {
+		return nil, err
+	}
+	if found {
+		if cfg.Manager != "" && cfg.Manager != a.id.Manager {
+			a.log.Info("using the configured manager address instead of the stored one", "configured", cfg.Manager, "stored", a.id.Manager)
+			a.id.Manager = cfg.Manager
+		}
+		a.client = a.httpClient(pki.CertHash(a.ca.Raw))
+		a.log.Info("reusing stored identity", "node", a.id.Node.Name, "id", a.id.Node.ID, "overlay_ip", a.id.Node.OverlayIP, "manager", a.id.Manager)
+		return a, nil
+	}
+	if err := a.firstJoin(ctx); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) path(name string) string { return filepath.Join(a.cfg.StateDir, name) }
+
+// loadIdentity reads the stored identity; false if this node never joined.
+func (a *Agent) loadIdentity() (bool, error) {
+	certPEM, err := os.ReadFile(a.path(FileTLSCert))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read node certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(a.path(FileTLSKey))
+	if err != nil {
+		return false, fmt.Errorf("read node TLS key: %w", err)
+	}
+	caPEM, err := os.ReadFile(a.path(FileCA))
+	if err != nil {
+		return false, fmt.Errorf("read cluster CA: %w", err)
+	}
+	idJSON, err := os.ReadFile(a.path(FileIdentity))
+	if err != nil {
+		return false, fmt.Errorf("read node identity: %w", err)
+	}
+	if err := json.Unmarshal(idJSON, &a.id); err != nil {
+		return false, fmt.Errorf("decode %s: %w", a.path(FileIdentity), err)
+	}
+	if a.ca, err = pki.ParseCertPEM(caPEM); err != nil {
+		return false, fmt.Errorf("parse %s: %w", a.path(FileCA), err)
+	}
+	if a.key, err = pki.ParseKeyPEM(keyPEM); err != nil {
+		return false, fmt.Errorf("parse %s: %w", a.path(FileTLSKey), err)
+	}
+	if a.cert, err = tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return false, fmt.Errorf("node certificate and key do not match: %w", err)
+	}
+	return true, nil
+}
+
+func (a *Agent) firstJoin(ctx context.Context) error {
+	if a.cfg.Token == "" {
+		return fmt.Errorf("this node has not joined a cluster yet (no identity in %s): pass a join token (--token)", a.cfg.StateDir)
+	}
+	tok, err := pki.ParseToken(a.cfg.Token)
+	if err != nil {
+		return err
+	}
+	if a.cfg.Manager == "" {
+		return errors.New("no manager address to join: pass --manager HOST:PORT")
+	}
+	if a.key, err = a.loadOrCreateKey(); err != nil {
+		return err
+	}
+	csr, err := pki.NewCSR(a.key, a.cfg.Node.Name)
+	if err != nil {
+		return err
+	}
+	req := api.JoinRequest{
+		Secret: tok.Secret, Name: a.cfg.Node.Name, Role: a.cfg.Node.Role, Labels: a.cfg.Node.Labels,
+		Endpoint: a.cfg.Node.Endpoint, PublicKey: a.cfg.Node.PublicKey, CSR: csr,
+	}
+	client := a.httpClient(tok.CAHash)
+	var resp api.JoinResponse
+	var pinned *x509.Certificate
+	bo := newBackoff()
+	for attempt := 1; ; attempt++ {
+		pinned, err = a.postJoin(ctx, client, tok.CAHash, req, &resp)
+		if err == nil {
+			break
+		}
+		if isPermanent(err) || ctx.Err() != nil {
+			return fmt.Errorf("join %s: %w", a.cfg.Manager, err)
+		}
+		d := bo.next()
+		a.log.Warn("cannot reach the manager to join, retrying", "manager", a.cfg.Manager, "attempt", attempt, "retry_in", d.Round(time.Millisecond), "err", err)
+		if err := sleepCtx(ctx, d); err != nil {
+			return fmt.Errorf("join %s: gave up: %w", a.cfg.Manager, err)
+		}
+	}
+	cert, err := x509.ParseCertificate(resp.Certificate)
+	if err != nil {
+		return fmt.Errorf("join: manager sent a bad certificate: %w", err)
+	}
+	if cert.Subject.CommonName != resp.Node.ID {
+		return fmt.Errorf("join: certificate is for %q but the node record is %q", cert.Subject.CommonName, resp.Node.ID)
+	}
+	a.ca = pinned
+	a.id = identity{ClusterID: resp.ClusterID, Manager: a.cfg.Manager, Node: resp.Node}
+	if err := a.saveCert(resp.Certificate); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(a.path(FileCA), pki.EncodeCertPEM(pinned.Raw), 0o644); err != nil {
+		return fmt.Errorf("save cluster CA: %w", err)
+	}
+	if err := a.saveIdentity(); err != nil {
+		return err
+	}
+	a.client = a.httpClient(tok.CAHash)
+	a.selfSynced = true
+	a.log.Info("joined cluster", "cluster", resp.ClusterID, "node", resp.Node.Name, "id", resp.Node.ID,
+		"overlay_ip", resp.Node.OverlayIP, "block", resp.Node.ContainerBlock)
+	return nil
+}
+
+// postJoin sends the join request over a connection whose CA was pinned
+// during the handshake, and returns that CA.
+func (a *Agent) postJoin(ctx context.Context, client *http.Client, caHash string, req api.JoinRequest, out *api.JoinResponse) (*x509.Certificate, error) {
+	var pinned *x509.Certificate
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode join request: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, a.url(a.cfg.Manager, api.PathJoin, nil), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(hreq)
+	if err != nil {
+		return nil, unwrapURLError(err)
+	}
+	defer resp.Body.Close()
+	if err := decodeResponse(resp, out); err != nil {
+		return nil, err
+	}
+	for _, c := range resp.TLS.PeerCertificates {
+		if pki.CertHash(c.Raw) == caHash {
+			pinned = c
+		}
+	}
+	if pinned == nil {
+		return nil, &caMismatchError{want: caHash}
+	}
+	return pinned, nil
+}
+
+func (a *Agent) loadOrCreateKey() (*ecdsa.PrivateKey, error) {
+	if b, err := os.ReadFile(a.path(FileTLSKey)); err == nil {
+		if key, err := pki.ParseKeyPEM(b); err == nil {
+			return key, nil
+		}
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	b, err := pki.EncodeKeyPEM(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(a.path(FileTLSKey), b, 0o600); err != nil {
+		return nil, fmt.Errorf("save node TLS key: %w", err)
+	}
+	return key, nil
+}
+
+func (a *Agent) saveCert(der []byte) error {
+	keyPEM, err := pki.EncodeKeyPEM(a.key)
+	if err != nil {
+		return err
+	}
+	certPEM := pki.EncodeCertPEM(der)
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("manager's certificate does not match this node's key: %w", err)
+	}
+	if err := atomicfile.Write(a.path(FileTLSCert), certPEM, 0o644); err != nil {
+		return fmt.Errorf("save node certificate: %w", err)
+	}
+	a.mu.Lock()
+	a.cert = pair
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) saveIdentity() error {
+	a.mu.Lock()
+	id := a.id
+	a.mu.Unlock()
+	id.Node.Status = "" // liveness is not identity; spare the SD card
+	b, err := json.MarshalIndent(id, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode identity: %w", err)
+	}
+	if err := atomicfile.Write(a.path(FileIdentity), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save identity: %w", err)
+	}
+	return nil
+}
+
+// Self returns this node's record as last known (from the join, the cached
+// map or the manager).
+func (a *Agent) Self() clustermap.Node {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id.Node
+}
+
+// ClusterID returns the ID of the cluster this node joined.
+func (a *Agent) ClusterID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id.ClusterID
+}
+
+// Watch calls apply with the cached map from disk (if any), then with every
+// newer map the manager pushes, caching each atomically before applying.
+// While the manager is unreachable it retries with backoff and the node
+// keeps the last map. It returns when ctx ends, or ErrRemoved when the
+// manager says this node was removed.
+func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
+	var have uint64
+	if m, err := a.CachedMap(); err != nil {
+		a.log.Warn("ignoring unreadable cached map", "file", a.path(FileMap), "err", err)
+	} else if m != nil {
+		have = m.Version
+		a.noteSelf(m)
+		a.log.Info("restored cached map", "version", m.Version, "nodes", len(m.Nodes))
+		apply(m)
+	}
+	bo := newBackoff()
+	for {
+		delivered, err := a.watchOnce(ctx, &have, apply)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, ErrRemoved) {
+			return err
+		}
+		if delivered {
+			bo.reset()
+		}
+		d := bo.next()
+		a.log.Warn("manager unreachable, keeping the last map and retrying", "manager", a.managerAddr(), "version", have,
+			"retry_in", d.Round(time.Millisecond), "err", err)
+		if err := sleepCtx(ctx, d); err != nil {
+			return err
+		}
+	}
+}
+
+// CachedMap reads the map cached on disk; nil if there is none.
+func (a *Agent) CachedMap() (*clustermap.Map, error) {
+	b, err := os.ReadFile(a.path(FileMap))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m clustermap.Map
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*clustermap.Map)) (delivered bool, err error) {
+	if err := a.syncSelf(ctx); err != nil {
+		return false, err
+	}
+	if err := a.maybeRenew(ctx); err != nil {
+		a.log.Warn("certificate renewal failed; will retry", "err", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	q := url.Values{"after": {strconv.FormatUint(*have, 10)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url(a.managerAddr(), api.PathWatch, q), nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return false, unwrapURLError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, decodeResponse(resp, nil)
+	}
+	// The manager writes a keepalive line every watchKeepalive; silence for
+	// three of them means the connection is dead even if TCP has not noticed.
+	idle := time.AfterFunc(3*watchKeepalive, cancel)
+	defer idle.Stop()
+	r := bufio.NewReader(resp.Body)
+	first := true
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			if ctx.Err() != nil && idle.Stop() == false {
+				err = fmt.Errorf("no data from the manager for %s", 3*watchKeepalive)
+			}
+			return delivered, fmt.Errorf("map stream: %w", err)
+		}
+		idle.Reset(3 * watchKeepalive)
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		var m clustermap.Map
+		if err := json.Unmarshal(line, &m); err != nil {
+			return delivered, fmt.Errorf("decode map: %w", err)
+		}
+		// The first map of a stream replaces ours even if older: the
+		// manager's state was restored from a backup.
+		if (first && m.Version != *have) || m.Version > *have {
+			if err := atomicfile.Write(a.path(FileMap), line, 0o600); err != nil {
+				a.log.Error("cannot cache the map; applying it anyway", "err", err)
+			}
+			*have = m.Version
+			a.noteSelf(&m)
+			apply(&m)
+			delivered = true
+		}
+		first = false
+	}
+}
+
+// noteSelf refreshes this node's record from a map.
+func (a *Agent) noteSelf(m *clustermap.Map) {
+	a.mu.Lock()
+	n, ok := m.Node(a.id.Node.ID)
+	changed := ok && (n.OverlayIP != a.id.Node.OverlayIP || n.ContainerBlock != a.id.Node.ContainerBlock || n.Endpoint != a.id.Node.Endpoint)
+	if ok {
+		a.id.Node = n
+	}
+	a.mu.Unlock()
+	if changed {
+		if err := a.saveIdentity(); err != nil {
+			a.log.Error("save identity", "err", err)
+		}
+	}
+}
+
+// syncSelf tells the manager this node's current endpoint, key and labels
+// once per agent (they may have changed while the node was down).
+func (a *Agent) syncSelf(ctx context.Context) error {
+	a.mu.Lock()
+	done := a.selfSynced
+	a.mu.Unlock()
+	if done {
+		return nil
+	}
+	n := a.cfg.Node
+	var out clustermap.Node
+	if err := a.call(ctx, http.MethodPut, api.PathSelf, api.SelfUpdate{Labels: n.Labels, Endpoint: n.Endpoint, PublicKey: n.PublicKey}, &out); err != nil {
+		return fmt.Errorf("update own record: %w", err)
+	}
+	a.mu.Lock()
+	a.selfSynced = true
+	a.id.Node = out
+	a.mu.Unlock()
+	return a.saveIdentity()
+}
+
+// maybeRenew replaces the node certificate once a third of its validity is
+// left, keeping the same key.
+func (a *Agent) maybeRenew(ctx context.Context) error {
+	a.mu.Lock()
+	leaf := a.cert.Leaf
+	a.mu.Unlock()
+	if leaf == nil || leaf.NotAfter.Sub(a.now()) > pki.NodeValidity/3 {
+		return nil
+	}
+	csr, err := pki.NewCSR(a.key, a.cfg.Node.Name)
+	if err != nil {
+		return err
+	}
+	var out api.RenewResponse
+	if err := a.call(ctx, http.MethodPost, api.PathRenew, api.RenewRequest{CSR: csr}, &out); err != nil {
+		return err
+	}
+	if err := a.saveCert(out.Certificate); err != nil {
+		return err
+	}
+	a.log.Info("node certificate renewed")
+	return nil
+}
+
+// Report sends a heartbeat with tunnel health and task states. Call it
+// periodically (well under the manager's DownAfter, e.g. a third of it).
+func (a *Agent) Report(ctx context.Context, s NodeStatus) error {
+	if s.Time.IsZero() {
+		s.Time = a.now()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.call(ctx, http.MethodPost, api.PathStatus, s, nil); err != nil {
+		return fmt.Errorf("report status to %s: %w", a.managerAddr(), err)
+	}
+	return nil
+}
+
+func (a *Agent) managerAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id.Manager
+}
+
+func (a *Agent) call(ctx context.Context, method, path string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, a.url(a.managerAddr(), path, nil), bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return unwrapURLError(err)
+	}
+	defer resp.Body.Close()
+	return decodeResponse(resp, out)
+}
+
+func (a *Agent) url(host, path string, q url.Values) string {
+	u := url.URL{Scheme: "https", Host: host, Path: path}
+	if q != nil {
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+// httpClient talks to managers whose certificate chains to the CA with
+// caHash. Managers are reached by IP and their certificates cannot know
+// every address, so the pinned CA, not the host name, is what is checked.
+func (a *Agent) httpClient(caHash string) *http.Client {
+	conf := &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // replaced by VerifyPeerCertificate below: CA pinned by hash
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyPinned(raw, caHash, a.now())
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			c := a.cert // empty before the first join: the handshake sends no certificate
+			return &c, nil
+		},
+	}
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:       conf,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       90 * time.Second,
+	}}
+}
+
+// verifyPinned checks that the manager presented a CA whose hash is the
+// pinned one and a serving certificate signed by it, valid now.
+func verifyPinned(raw [][]byte, caHash string, now time.Time) error {
+	var certs []*x509.Certificate
+	for _, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return fmt.Errorf("manager sent an unparsable certificate: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return errors.New("manager sent no certificate")
+	}
+	var ca *x509.Certificate
+	for _, c := range certs {
+		if pki.CertHash(c.Raw) == caHash {
+			ca = c
+		}
+	}
+	if ca == nil {
+		got := ""
+		if len(certs) > 1 {
+			got = pki.CertHash(certs[len(certs)-1].Raw)
+		}
+		return &caMismatchError{want: caHash, got: got}
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	if err := pki.VerifyChain(ca, pool, x509.ExtKeyUsageAny, now); err != nil {
+		return err
+	}
+	return pki.VerifyChain(certs[0], pool, x509.ExtKeyUsageServerAuth, now)
+}
+
+// caMismatchError: the manager's CA is not the one the token (or the
+// stored identity) pins. Retrying cannot help.
+type caMismatchError struct{ want, got string }
+
+func (e *caMismatchError) Error() string {
+	if e.got == "" {
+		return fmt.Sprintf("the manager's CA does not match the token (token pins CA sha256 %s…): the token is for another cluster, or this is not the manager you meant", short(e.want))
+	}
+	return fmt.Sprintf("the manager's CA (sha256 %s…) does not match the token (sha256 %s…): the token is for another cluster, or this is not the manager you meant", short(e.got), short(e.want))
+}
+
+func short(h string) string { return h[:min(12, len(h))] }
+
+// httpError is a non-2xx answer, carrying the manager's explanation.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return fmt.Sprintf("manager refused (%d): %s", e.status, e.msg) }
+
+func decodeResponse(resp *http.Response, out any) error {
+	if resp.StatusCode/100 != 2 {
+		var ae api.Error
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		if json.Unmarshal(b, &ae) != nil || ae.Error == "" {
+			ae.Error = http.StatusText(resp.StatusCode)
+		}
+		herr := &httpError{status: resp.StatusCode, msg: ae.Error}
+		if resp.StatusCode == http.StatusForbidden && bytes.Contains(b, []byte("was removed")) {
+			return fmt.Errorf("%w: %w", ErrRemoved, herr)
+		}
+		return herr
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode manager answer: %w", err)
+	}
+	return nil
+}
+
+// unwrapURLError drops net/url's "Post \"https://...\":" prefix when the
+// cause is ours (pinning, clock), so the user reads the reason first.
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		var cm *caMismatchError
+		var ce *pki.ClockError
+		if errors.As(err, &cm) {
+			return cm
+		}
+		if errors.As(err, &ce) {
+			return ce
+		}
+	}
+	return err
+}
+
+func isPermanent(err error) bool {
+	var cm *caMismatchError
+	var ce *pki.ClockError
+	var he *httpError
+	if errors.As(err, &cm) || errors.As(err, &ce) {
+		return true
+	}
+	return errors.As(err, &he) && he.status >= 400 && he.status < 500
+}
+
+// backoff doubles from 200ms to 10s, with jitter so that a cluster's nodes
+// do not reconnect in lockstep after a manager restart.
+type backoff struct{ d time.Duration }
+
+func newBackoff() *backoff { return &backoff{} }
+
+func (b *backoff) reset() { b.d = 0 }
+
+func (b *backoff) next() time.Duration {
+	if b.d == 0 {
+		b.d = 200 * time.Millisecond
+	} else {
+		b.d = min(2*b.d, 10*time.Second)
+	}
+	return b.d/2 + rand.N(b.d/2+1)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,183 @@
+// Package client is the admin API client the warren CLI uses to talk to the
+// local daemon over its unix socket.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/warren-appliance/warren/cluster/api"
+)
+
+// Client calls the admin API on a unix socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// New returns a client for the daemon listening on socket.
+func New(socket string) *Client {
+	return &Client{socket: socket, http: &http.Client{
+		Timeout: 60 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "unix", socket)
+			},
+		},
+	}}
+}
+
+// NewWithHTTP returns a client that sends requests through h (tests).
+func NewWithHTTP(h *http.Client) *Client { return &Client{socket: "(test)", http: h} }
+
+// Error is an answer of the daemon other than success.
+type Error struct {
+	Status  int
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// UnreachableError says the daemon did not answer at all.
+type UnreachableError struct {
+	Socket string
+	Err    error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("cannot reach the warren daemon at %s: is warren-appliance running? (%v)", e.Socket, e.Err)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// IsNotFound reports whether err is the daemon's 404.
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == http.StatusNotFound
+}
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	u := url.URL{Scheme: "http", Host: "warren", Path: path}
+	if q != nil {
+		u.RawQuery = q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return &UnreachableError{Socket: c.socket, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		var ae api.Error
+		if json.Unmarshal(b, &ae) != nil || ae.Error == "" {
+			ae.Error = fmt.Sprintf("daemon answered %s", resp.Status)
+		}
+		return &Error{Status: resp.StatusCode, Message: ae.Error}
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode daemon answer: %w", err)
+	}
+	return nil
+}
+
+// ClusterInfo returns the cluster summary.
+func (c *Client) ClusterInfo(ctx context.Context) (api.ClusterInfo, error) {
+	var out api.ClusterInfo
+	return out, c.do(ctx, http.MethodGet, "/v1/cluster", nil, nil, &out)
+}
+
+// JoinToken returns role's join token, rotating it first when rotate is set.
+func (c *Client) JoinToken(ctx context.Context, role string, rotate bool) (api.JoinToken, error) {
+	var out api.JoinToken
+	path := "/v1/join-tokens/" + url.PathEscape(role)
+	if rotate {
+		return out, c.do(ctx, http.MethodPost, path+"/rotate", nil, nil, &out)
+	}
+	return out, c.do(ctx, http.MethodGet, path, nil, nil, &out)
+}
+
+// Nodes lists the cluster's nodes.
+func (c *Client) Nodes(ctx context.Context) ([]api.NodeView, error) {
+	var out []api.NodeView
+	return out, c.do(ctx, http.MethodGet, "/v1/nodes", nil, nil, &out)
+}
+
+// Node returns one node by name or ID.
+func (c *Client) Node(ctx context.Context, ref string) (api.NodeView, error) {
+	var out api.NodeView
+	return out, c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(ref), nil, nil, &out)
+}
+
+// RemoveNode removes a node; force removes it even if it is ready.
+func (c *Client) RemoveNode(ctx context.Context, ref string, force bool) error {
+	var q url.Values
+	if force {
+		q = url.Values{"force": {"1"}}
+	}
+	return c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(ref), q, nil, nil)
+}
+
+// Services lists the services with their tasks.
+func (c *Client) Services(ctx context.Context) ([]api.ServiceView, error) {
+	var out []api.ServiceView
+	return out, c.do(ctx, http.MethodGet, "/v1/services", nil, nil, &out)
+}
+
+// Service returns one service with its tasks.
+func (c *Client) Service(ctx context.Context, name string) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(name), nil, nil, &out)
+}
+
+// CreateService creates a service.
+func (c *Client) CreateService(ctx context.Context, spec api.ServiceSpec) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPost, "/v1/services", nil, spec, &out)
+}
+
+// ScaleService sets a service's replica count.
+func (c *Client) ScaleService(ctx context.Context, name string, replicas int) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(name)+"/scale", nil, api.Scale{Replicas: replicas}, &out)
+}
+
+// UpdateServiceImage starts a rolling update to image.
+func (c *Client) UpdateServiceImage(ctx context.Context, name, image string) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(name)+"/update", nil, api.ImageUpdate{Image: image}, &out)
+}
+
+// RemoveService removes a service and frees its VIP.
+func (c *Client) RemoveService(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/services/"+url.PathEscape(name), nil, nil, nil)
+}

@@ -1,0 +1,461 @@
+// Package cluster is the control plane: the manager (bbolt store, CA and
+// join tokens, IPAM, scheduling, the versioned map, the node and admin
+// APIs) and the agent every other node runs (pinned-token join, map watch
+// with an on-disk cache, status reports).
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/ipam"
+	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/cluster/store"
+)
+
+// NodeStatus is a node's heartbeat (tunnel health, task states).
+type NodeStatus = api.NodeStatus
+
+// Defaults for zero ManagerConfig fields.
+const (
+	DefaultAPIListen = ":7946"
+	DefaultDomain    = "warren.local"
+	DefaultDownAfter = 30 * time.Second
+)
+
+// ManagerConfig configures the manager. Subnets and domain are used when the
+// cluster is created; later starts keep the stored ones.
+type ManagerConfig struct {
+	StateDir           string
+	APIListen          string // ":7946"
+	Node               NodeInfo
+	WireGuardSubnet    netip.Prefix
+	ContainerSubnet    netip.Prefix
+	ContainerBlockBits int
+	VIPSubnet          netip.Prefix
+	Domain             string
+	DownAfter          time.Duration // a node silent this long is marked down
+	Logger             *slog.Logger
+}
+
+// NodeInfo is what a node says about itself when it joins.
+type NodeInfo struct {
+	Name      string
+	Role      string
+	Labels    map[string]string
+	Endpoint  netip.AddrPort // advertise address : WireGuard port
+	PublicKey string         // WireGuard, base64
+}
+
+// Manager owns the cluster state and publishes the map.
+type Manager struct {
+	cfg   ManagerConfig
+	log   *slog.Logger
+	store *store.Store
+	now   func() time.Time
+
+	mu       sync.Mutex
+	st       *state
+	ca       *pki.CA
+	server   tls.Certificate
+	current  *clustermap.Map
+	mapJSON  []byte
+	changed  chan struct{} // closed and replaced on every new map version
+	unplaced map[string]string
+	lastSeen map[string]time.Time
+	health   map[string][]api.PeerHealth
+}
+
+// OpenManager opens the store under cfg.StateDir, creating the cluster on
+// first start (ID, CA, tokens, this node as first manager on the first
+// overlay address with the first container block).
+func OpenManager(cfg ManagerConfig) (*Manager, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("manager: state dir is empty")
+	}
+	if cfg.APIListen == "" {
+		cfg.APIListen = DefaultAPIListen
+	}
+	if cfg.Domain == "" {
+		cfg.Domain = DefaultDomain
+	}
+	if cfg.DownAfter <= 0 {
+		cfg.DownAfter = DefaultDownAfter
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.Node.Role = clustermap.RoleManager
+	if err := validateNodeInfo(cfg.Node); err != nil {
+		return nil, fmt.Errorf("manager node: %w", err)
+	}
+	st, err := store.Open(filepath.Join(cfg.StateDir, "manager.db"))
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{
+		cfg: cfg, log: cfg.Logger.With("component", "manager"), store: st, now: time.Now,
+		changed: make(chan struct{}), lastSeen: map[string]time.Time{}, health: map[string][]api.PeerHealth{},
+	}
+	if err := m.open(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *Manager) open() error {
+	s, err := loadState(m.store)
+	if err != nil {
+		return err
+	}
+	created := false
+	if s == nil {
+		if s, err = m.createCluster(); err != nil {
+			return err
+		}
+		created = true
+	} else {
+		m.warnIfConfigDiffers(s.meta)
+	}
+	if m.ca, err = pki.LoadCA(s.meta.CACert, s.meta.CAKey); err != nil {
+		return fmt.Errorf("stored cluster CA: %w", err)
+	}
+	if m.server, err = tls.X509KeyPair(append(s.meta.ServerCert, s.meta.CACert...), s.meta.ServerKey); err != nil {
+		return fmt.Errorf("stored server certificate: %w", err)
+	}
+	// Every member gets a full DownAfter of grace after a manager restart.
+	now := m.now()
+	for id := range s.nodes {
+		m.lastSeen[id] = now
+	}
+	m.current = s.buildMap(s.meta.Version)
+	if m.mapJSON, err = json.Marshal(m.current); err != nil {
+		return fmt.Errorf("encode map: %w", err)
+	}
+	m.st = s
+	// Refresh this node's own record (endpoint or key may have changed),
+	// reschedule, and persist: on first start this writes the new cluster.
+	err = m.updateLocked(func(s *state) error {
+		self := s.nodes[s.meta.SelfID]
+		self.Endpoint, self.PublicKey, self.Labels = m.cfg.Node.Endpoint, m.cfg.Node.PublicKey, m.cfg.Node.Labels
+		self.Status = clustermap.NodeReady
+		s.nodes[self.ID] = self
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	m.log.Info("cluster open", "cluster", s.meta.ClusterID, "created", created, "version", m.current.Version,
+		"nodes", len(m.st.nodes), "services", len(m.st.services))
+	return nil
+}
+
+func (m *Manager) warnIfConfigDiffers(stored meta) {
+	differs := func(key string, cfgV, storedV any, set bool) {
+		if set && fmt.Sprint(cfgV) != fmt.Sprint(storedV) {
+			m.log.Warn("config differs from the existing cluster; keeping the cluster's value (subnets cannot change after cluster init)",
+				"key", key, "config", cfgV, "cluster", storedV)
+		}
+	}
+	differs("wireguard.subnet", m.cfg.WireGuardSubnet, stored.WireGuardSubnet, m.cfg.WireGuardSubnet.IsValid())
+	differs("network.container_subnet", m.cfg.ContainerSubnet, stored.ContainerSubnet, m.cfg.ContainerSubnet.IsValid())
+	differs("network.container_block", m.cfg.ContainerBlockBits, stored.ContainerBlockBits, m.cfg.ContainerBlockBits != 0)
+	differs("network.vip_subnet", m.cfg.VIPSubnet, stored.VIPSubnet, m.cfg.VIPSubnet.IsValid())
+	differs("network.dns_domain", m.cfg.Domain, stored.Domain, true)
+}
+
+func (m *Manager) createCluster() (*state, error) {
+	c := m.cfg
+	if !c.WireGuardSubnet.IsValid() {
+		c.WireGuardSubnet = netip.MustParsePrefix("10.0.0.0/24")
+	}
+	if !c.ContainerSubnet.IsValid() {
+		c.ContainerSubnet = netip.MustParsePrefix("10.0.0.0/16")
+	}
+	if c.ContainerBlockBits == 0 {
+		c.ContainerBlockBits = 24
+	}
+	if !c.VIPSubnet.IsValid() {
+		c.VIPSubnet = netip.MustParsePrefix("10.1.0.0/16")
+	}
+	now := m.now()
+	id := randomID()
+	ca, err := pki.NewCA(id, now)
+	if err != nil {
+		return nil, err
+	}
+	caKey, err := ca.KeyPEM()
+	if err != nil {
+		return nil, err
+	}
+	var addrs []netip.Addr
+	if c.Node.Endpoint.IsValid() {
+		addrs = append(addrs, c.Node.Endpoint.Addr())
+	}
+	srvDER, srvKey, err := ca.IssueServer("warren-manager", addrs, now)
+	if err != nil {
+		return nil, err
+	}
+	srvKeyPEM, err := pki.EncodeKeyPEM(srvKey)
+	if err != nil {
+		return nil, err
+	}
+	s := &state{
+		meta: meta{
+			ClusterID: id, CreatedAt: now.UTC(), Domain: c.Domain,
+			WireGuardSubnet: c.WireGuardSubnet.Masked(), ContainerSubnet: c.ContainerSubnet.Masked(),
+			ContainerBlockBits: c.ContainerBlockBits, VIPSubnet: c.VIPSubnet.Masked(),
+			CACert: ca.CertPEM(), CAKey: caKey, ServerCert: pki.EncodeCertPEM(srvDER), ServerKey: srvKeyPEM,
+			WorkerSecret: pki.NewSecret(), ManagerSecret: pki.NewSecret(),
+			Version: 1,
+		},
+		nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{},
+	}
+	self, err := s.admit(c.Node, randomID(), now)
+	if err != nil {
+		return nil, err
+	}
+	s.meta.SelfID = self.ID
+	return s, nil
+}
+
+// admit allocates an overlay IP and a container block and records a new
+// member.
+func (s *state) admit(info NodeInfo, id string, now time.Time) (nodeRecord, error) {
+	s.pruneTombstones(now)
+	ip, err := ipam.NextAddr(s.meta.WireGuardSubnet, s.ipTaken)
+	if err != nil {
+		return nodeRecord{}, &apiError{http.StatusConflict, fmt.Sprintf("no overlay address left: %v (%d members, %d addresses held by removed nodes until their certificates expire)", err, len(s.nodes), len(s.removed))}
+	}
+	block, err := ipam.NextBlock(s.meta.ContainerSubnet, s.meta.ContainerBlockBits, []netip.Prefix{s.meta.WireGuardSubnet}, s.blockTaken)
+	if err != nil {
+		return nodeRecord{}, &apiError{http.StatusConflict, fmt.Sprintf("no container block left: %v", err)}
+	}
+	n := nodeRecord{
+		Node: clustermap.Node{
+			ID: id, Name: info.Name, Role: info.Role, PublicKey: info.PublicKey, Endpoint: info.Endpoint,
+			OverlayIP: ip, ContainerBlock: block, Labels: info.Labels, Status: clustermap.NodeReady,
+		},
+		JoinedAt: now.UTC(),
+	}
+	s.nodes[id] = n
+	return n, nil
+}
+
+// update applies fn to a copy of the state, reschedules, and publishes and
+// persists the result; on any error nothing changes.
+func (m *Manager) update(fn func(s *state) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.updateLocked(fn)
+}
+
+func (m *Manager) updateLocked(fn func(s *state) error) error {
+	next := m.st.clone()
+	if err := fn(next); err != nil {
+		return err
+	}
+	m.unplaced = schedule(next)
+	candidate := next.buildMap(m.current.Version)
+	mapChanged := !mapsEqual(candidate, m.current)
+	if mapChanged {
+		next.meta.Version = m.current.Version + 1
+		candidate.Version = next.meta.Version
+	}
+	snap, err := next.snapshot()
+	if err != nil {
+		return err
+	}
+	// The store writes only records that differ from what it holds.
+	if err := m.store.Commit(snap); err != nil {
+		return err
+	}
+	m.st = next
+	if mapChanged {
+		b, err := json.Marshal(candidate)
+		if err != nil {
+			return fmt.Errorf("encode map: %w", err)
+		}
+		m.current, m.mapJSON = candidate, b
+		close(m.changed)
+		m.changed = make(chan struct{})
+	}
+	return nil
+}
+
+func mapsEqual(a, b *clustermap.Map) bool {
+	ac, bc := *a, *b
+	ac.Version, bc.Version = 0, 0
+	ja, err1 := json.Marshal(ac)
+	jb, err2 := json.Marshal(bc)
+	return err1 == nil && err2 == nil && string(ja) == string(jb)
+}
+
+// Close closes the store. Serve must have returned.
+func (m *Manager) Close() error { return m.store.Close() }
+
+// Self returns this manager's own node record.
+func (m *Manager) Self() clustermap.Node {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.nodes[m.st.meta.SelfID].Node
+}
+
+// ClusterID returns the cluster's ID.
+func (m *Manager) ClusterID() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.meta.ClusterID
+}
+
+// Map returns the current map. It is shared: do not modify it.
+func (m *Manager) Map() *clustermap.Map {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.current
+}
+
+// JoinTokens returns the current worker and manager join tokens.
+func (m *Manager) JoinTokens() (worker, manager string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.ca.Hash()
+	return pki.Token{CAHash: h, Secret: m.st.meta.WorkerSecret}.String(),
+		pki.Token{CAHash: h, Secret: m.st.meta.ManagerSecret}.String()
+}
+
+// RotateJoinToken replaces role's secret; the old token stops working.
+func (m *Manager) RotateJoinToken(role string) (string, error) {
+	if role != clustermap.RoleWorker && role != clustermap.RoleManager {
+		return "", &apiError{http.StatusBadRequest, fmt.Sprintf("unknown role %q: want worker or manager", role)}
+	}
+	err := m.update(func(s *state) error {
+		if role == clustermap.RoleWorker {
+			s.meta.WorkerSecret = pki.NewSecret()
+		} else {
+			s.meta.ManagerSecret = pki.NewSecret()
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	w, mg := m.JoinTokens()
+	m.log.Info("join token rotated", "role", role)
+	if role == clustermap.RoleWorker {
+		return w, nil
+	}
+	return mg, nil
+}
+
+// Watch is the in-process equivalent of Agent.Watch for the manager's own
+// node: it calls apply with the current map and then with every newer one
+// until ctx ends. Maps are shared: do not modify them.
+func (m *Manager) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
+	var seen uint64
+	for {
+		m.mu.Lock()
+		cur, ch := m.current, m.changed
+		m.mu.Unlock()
+		if cur.Version != seen {
+			seen = cur.Version
+			apply(cur)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Report records the manager node's own status, in process.
+func (m *Manager) Report(ctx context.Context, s NodeStatus) error {
+	return m.foldStatus(m.Self().ID, s)
+}
+
+// foldStatus records a heartbeat and folds task states into the tasks.
+func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.st.nodes[nodeID]; !ok {
+		return errNodeRemoved(nodeID)
+	}
+	m.lastSeen[nodeID] = m.now()
+	m.health[nodeID] = s.Tunnel
+	return m.updateLocked(func(st *state) error {
+		n := st.nodes[nodeID]
+		if n.Status != clustermap.NodeReady {
+			m.log.Info("node is back", "node", n.Name)
+			n.Status = clustermap.NodeReady
+			st.nodes[nodeID] = n
+		}
+		applyTaskStatus(st.tasks, nodeID, s.Tasks)
+		return nil
+	})
+}
+
+// markSilentNodesDown is the liveness check run by Serve.
+func (m *Manager) markSilentNodesDown() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	err := m.updateLocked(func(st *state) error {
+		for id, n := range st.nodes {
+			if id == st.meta.SelfID || n.Status == clustermap.NodeDown {
+				continue
+			}
+			if seen, ok := m.lastSeen[id]; !ok || now.Sub(seen) > m.cfg.DownAfter {
+				m.log.Warn("node silent, marking it down", "node", n.Name, "last_seen", seen, "down_after", m.cfg.DownAfter)
+				n.Status = clustermap.NodeDown
+				st.nodes[id] = n
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		m.log.Error("mark silent nodes down", "err", err)
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func validateNodeInfo(n NodeInfo) error {
+	if !nameRE.MatchString(n.Name) {
+		return fmt.Errorf("node name %q is not valid: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit", n.Name)
+	}
+	if n.Role != clustermap.RoleManager && n.Role != clustermap.RoleWorker {
+		return fmt.Errorf("node role %q is not valid: want manager or worker", n.Role)
+	}
+	if k, err := base64.StdEncoding.DecodeString(n.PublicKey); err != nil || len(k) != 32 {
+		return fmt.Errorf("WireGuard public key %q is not valid: want 32 bytes in base64 (as `wg pubkey` prints)", n.PublicKey)
+	}
+	if !n.Endpoint.IsValid() || n.Endpoint.Port() == 0 {
+		return fmt.Errorf("advertise endpoint %q is not valid: want IP:PORT of the WireGuard listener", n.Endpoint)
+	}
+	return nil
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("crypto/rand failed: %v", err))
+	}
+	return hex.EncodeToString(b)
+}

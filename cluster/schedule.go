@@ -1,0 +1,121 @@
+package cluster
+
+import (
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/scheduler"
+)
+
+// schedule recomputes the task list after any change of nodes, services or
+// task states: placement and IPs come from the scheduler; the manager adds
+// what the scheduler does not know about (per-task images, rolling updates,
+// forgetting tasks that finished shutting down).
+func schedule(s *state) (unplaced map[string]string) {
+	current := s.tasks
+	tasks, unplaced := scheduler.Plan(s.sortedNodes(), s.sortedServices(), current)
+	carryOver(tasks, current, s.services)
+	tasks = dropFinished(tasks, s.nodes)
+	rollOut(tasks, s.services)
+	s.tasks = tasks
+	return unplaced
+}
+
+type taskKey struct{ name, node string }
+
+// carryOver keeps each surviving task's image; new tasks start pending on
+// their service's current image.
+func carryOver(tasks, current []clustermap.Task, services map[string]serviceRecord) {
+	prev := make(map[taskKey]clustermap.Task, len(current))
+	for _, t := range current {
+		prev[taskKey{t.Name, t.NodeID}] = t
+	}
+	for i := range tasks {
+		t := &tasks[i]
+		if p, ok := prev[taskKey{t.Name, t.NodeID}]; ok && p.Image != "" {
+			t.Image = p.Image
+			continue
+		}
+		if svc, ok := services[t.Service]; ok && t.Image == "" {
+			t.Image = svc.Image
+		}
+		if t.State == "" {
+			t.State = clustermap.TaskPending
+		}
+	}
+}
+
+// dropFinished forgets tasks meant to stop once their node reported them
+// stopped, or once their node is down or gone (nobody will report them).
+func dropFinished(tasks []clustermap.Task, nodes map[string]nodeRecord) []clustermap.Task {
+	out := tasks[:0]
+	for _, t := range tasks {
+		if t.DesiredState == clustermap.TaskShutdown {
+			n, ok := nodes[t.NodeID]
+			if t.State == clustermap.TaskShutdown || !ok || n.Status == clustermap.NodeDown {
+				continue
+			}
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// rollOut advances rolling image updates one slot at a time: when every
+// task already on the service's image is running, the lowest slot still on
+// an old image moves to the new one. A new task that fails stops the
+// rollout (the operator fixes the image and updates again).
+func rollOut(tasks []clustermap.Task, services map[string]serviceRecord) {
+	inFlight := map[string]bool{}
+	next := map[string]int{} // service -> index of the lowest old slot
+	for i, t := range tasks {
+		svc, ok := services[t.Service]
+		if !ok || t.DesiredState != clustermap.TaskRunning {
+			continue
+		}
+		if t.Image == svc.Image {
+			if t.State != clustermap.TaskRunning {
+				inFlight[t.Service] = true
+			}
+			continue
+		}
+		if j, ok := next[t.Service]; !ok || t.Slot < tasks[j].Slot {
+			next[t.Service] = i
+		}
+	}
+	for name, i := range next {
+		if inFlight[name] {
+			continue
+		}
+		t := &tasks[i]
+		t.Image = services[name].Image
+		t.State = clustermap.TaskPending
+		t.Error = ""
+	}
+}
+
+// applyTaskStatus folds a node's report into its tasks. A report of a task
+// still running the previous image does not count for the new one.
+func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskStatus) {
+	byName := make(map[string]api.TaskStatus, len(reports))
+	for _, r := range reports {
+		byName[r.Name] = r
+	}
+	for i := range tasks {
+		t := &tasks[i]
+		if t.NodeID != nodeID {
+			continue
+		}
+		r, ok := byName[t.Name]
+		switch {
+		case ok && (r.Image == "" || r.Image == t.Image):
+			t.State, t.Error = r.State, r.Error
+		case ok:
+			// The node has not picked up the new image yet.
+			t.State, t.Error = clustermap.TaskPending, ""
+		case t.DesiredState == clustermap.TaskShutdown:
+			t.State, t.Error = clustermap.TaskShutdown, "" // gone from the node
+		case t.State == clustermap.TaskRunning || t.State == clustermap.TaskStarting:
+			t.State = clustermap.TaskPending // the node no longer has it
+		}
+	}
+}

@@ -1,0 +1,259 @@
+package cluster
+
+import (
+	"fmt"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/ipam"
+	"github.com/warren-appliance/warren/cluster/scheduler"
+)
+
+// MaxReplicas bounds a service's replica count: a typo such as 1000000
+// should be an error, not a scheduling storm.
+const MaxReplicas = 1000
+
+// Service names are DNS labels short enough that "<name>-<slot>" still is.
+var (
+	serviceNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$`)
+	envKeyRE      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// parseServiceSpec validates a create request into a service (without VIP).
+func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
+	svc := clustermap.Service{Name: spec.Name, Image: spec.Image, Replicas: 1, Env: spec.Env,
+		Command: spec.Command, Constraints: spec.Constraints, Affinity: spec.Affinity}
+	if !serviceNameRE.MatchString(spec.Name) {
+		return svc, errorf(http.StatusBadRequest, "service name %q is not valid: use 1-50 lowercase letters, digits and '-', starting and ending with a letter or digit (it becomes a DNS name)", spec.Name)
+	}
+	if err := validateImage(spec.Image); err != nil {
+		return svc, err
+	}
+	if spec.Replicas != nil {
+		if err := validateReplicas(*spec.Replicas); err != nil {
+			return svc, err
+		}
+		svc.Replicas = *spec.Replicas
+	}
+	for _, e := range spec.Env {
+		k, _, ok := strings.Cut(e, "=")
+		if !ok || !envKeyRE.MatchString(k) {
+			return svc, errorf(http.StatusBadRequest, "environment entry %q is not valid: want KEY=VALUE with KEY made of letters, digits and '_'", e)
+		}
+	}
+	for _, c := range spec.Constraints {
+		if _, err := scheduler.ParseConstraint(c); err != nil {
+			return svc, errorf(http.StatusBadRequest, "constraint %q: %v", c, err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, p := range spec.Ports {
+		port, err := ParsePort(p)
+		if err != nil {
+			return svc, errorf(http.StatusBadRequest, "%v", err)
+		}
+		key := fmt.Sprintf("%d/%s", port.Published, port.Protocol)
+		if seen[key] {
+			return svc, errorf(http.StatusBadRequest, "host port %s is published twice", key)
+		}
+		seen[key] = true
+		svc.Ports = append(svc.Ports, port)
+	}
+	return svc, nil
+}
+
+// ParsePort parses "HOST:CONTAINER[/tcp|/udp]".
+func ParsePort(s string) (clustermap.Port, error) {
+	spec, proto, hasProto := strings.Cut(s, "/")
+	if !hasProto {
+		proto = "tcp"
+	}
+	if proto != "tcp" && proto != "udp" {
+		return clustermap.Port{}, fmt.Errorf("port %q: protocol %q is not supported: want tcp or udp", s, proto)
+	}
+	host, target, ok := strings.Cut(spec, ":")
+	if !ok {
+		return clustermap.Port{}, fmt.Errorf("port %q: want HOST:CONTAINER[/udp], e.g. 8080:80", s)
+	}
+	hp, err1 := strconv.ParseUint(host, 10, 16)
+	tp, err2 := strconv.ParseUint(target, 10, 16)
+	if err1 != nil || err2 != nil || hp == 0 || tp == 0 {
+		return clustermap.Port{}, fmt.Errorf("port %q: ports must be numbers from 1 to 65535", s)
+	}
+	return clustermap.Port{Protocol: proto, Target: uint16(tp), Published: uint16(hp)}, nil
+}
+
+func validateImage(image string) error {
+	if image == "" {
+		return errorf(http.StatusBadRequest, "image is empty: pass --image, e.g. --image nginx:alpine")
+	}
+	if strings.ContainsFunc(image, unicode.IsSpace) {
+		return errorf(http.StatusBadRequest, "image %q contains white space", image)
+	}
+	return nil
+}
+
+func validateReplicas(n int) error {
+	if n < 0 || n > MaxReplicas {
+		return errorf(http.StatusBadRequest, "replicas %d is out of range: want 0 to %d", n, MaxReplicas)
+	}
+	return nil
+}
+
+// CreateService validates spec, allocates the lowest free VIP and adds the
+// service; on any error nothing is created.
+func (m *Manager) CreateService(spec api.ServiceSpec) (api.ServiceView, error) {
+	svc, err := parseServiceSpec(spec)
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	err = m.update(func(s *state) error {
+		if old, ok := s.services[svc.Name]; ok {
+			return errorf(http.StatusConflict, "service %q already exists (VIP %s, image %s): pick another name, or `warren service rm %s` first", svc.Name, old.VIP, old.Image, svc.Name)
+		}
+		for _, other := range s.services {
+			for _, op := range other.Ports {
+				for _, p := range svc.Ports {
+					if op.Published == p.Published && op.Protocol == p.Protocol {
+						return errorf(http.StatusConflict, "host port %d/%s is already published by service %q", p.Published, p.Protocol, other.Name)
+					}
+				}
+			}
+		}
+		vip, err := ipam.NextAddr(s.meta.VIPSubnet, func(a netip.Addr) bool {
+			for _, o := range s.services {
+				if o.VIP == a {
+					return true
+				}
+			}
+			return false
+		})
+		if err != nil {
+			return errorf(http.StatusConflict, "no VIP left: %v", err)
+		}
+		svc.VIP = vip
+		now := m.now().UTC()
+		s.services[svc.Name] = serviceRecord{Service: svc, CreatedAt: now, UpdatedAt: now}
+		return nil
+	})
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	m.log.Info("service created", "service", svc.Name, "image", svc.Image, "replicas", svc.Replicas, "vip", svc.VIP)
+	return m.Service(svc.Name)
+}
+
+// ScaleService sets the replica count.
+func (m *Manager) ScaleService(name string, replicas int) (api.ServiceView, error) {
+	if err := validateReplicas(replicas); err != nil {
+		return api.ServiceView{}, err
+	}
+	err := m.changeService(name, func(r *serviceRecord) { r.Replicas = replicas })
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	m.log.Info("service scaled", "service", name, "replicas", replicas)
+	return m.Service(name)
+}
+
+// UpdateServiceImage starts a rolling update: slots move to image one at a
+// time, each after the previous new task reports running.
+func (m *Manager) UpdateServiceImage(name, image string) (api.ServiceView, error) {
+	if err := validateImage(image); err != nil {
+		return api.ServiceView{}, err
+	}
+	if err := m.changeService(name, func(r *serviceRecord) { r.Image = image }); err != nil {
+		return api.ServiceView{}, err
+	}
+	m.log.Info("service image update started", "service", name, "image", image)
+	return m.Service(name)
+}
+
+func (m *Manager) changeService(name string, change func(*serviceRecord)) error {
+	return m.update(func(s *state) error {
+		r, ok := s.services[name]
+		if !ok {
+			return errNoService(name)
+		}
+		change(&r)
+		r.UpdatedAt = m.now().UTC()
+		s.services[name] = r
+		return nil
+	})
+}
+
+// RemoveService deletes the service and frees its VIP; its tasks are told
+// to shut down.
+func (m *Manager) RemoveService(name string) error {
+	err := m.update(func(s *state) error {
+		if _, ok := s.services[name]; !ok {
+			return errNoService(name)
+		}
+		delete(s.services, name)
+		return nil
+	})
+	if err == nil {
+		m.log.Info("service removed", "service", name)
+	}
+	return err
+}
+
+func errNoService(name string) error {
+	return errorf(http.StatusNotFound, "no service named %q (list them with `warren service ls`)", name)
+}
+
+// Services lists every service with its tasks.
+func (m *Manager) Services() []api.ServiceView {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := []api.ServiceView{}
+	for _, svc := range m.st.sortedServices() {
+		out = append(out, m.serviceViewLocked(svc.Name))
+	}
+	return out
+}
+
+// Service shows one service with its tasks and why replicas are unplaced.
+func (m *Manager) Service(name string) (api.ServiceView, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.st.services[name]; !ok {
+		return api.ServiceView{}, errNoService(name)
+	}
+	return m.serviceViewLocked(name), nil
+}
+
+func (m *Manager) serviceViewLocked(name string) api.ServiceView {
+	r := m.st.services[name]
+	v := api.ServiceView{
+		Name: r.Name, Image: r.Image, Replicas: r.Replicas, VIP: r.VIP, Ports: r.Ports, Env: r.Env,
+		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CreatedAt: r.CreatedAt,
+		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{},
+	}
+	if v.Ports == nil {
+		v.Ports = []clustermap.Port{}
+	}
+	for _, t := range m.current.Tasks {
+		if t.Service != name {
+			continue
+		}
+		node := m.st.nodes[t.NodeID].Name
+		v.Tasks = append(v.Tasks, api.TaskView{Name: t.Name, Node: node, NodeID: t.NodeID, IP: t.IP, Image: t.Image,
+			DesiredState: t.DesiredState, State: t.State, Error: t.Error})
+		if t.DesiredState == clustermap.TaskRunning {
+			if t.State == clustermap.TaskRunning {
+				v.Running++
+			}
+			if t.Image != r.Image {
+				v.Updating = true
+			}
+		}
+	}
+	return v
+}

@@ -1,0 +1,256 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/store"
+)
+
+// Store buckets and keys.
+const (
+	bucketMeta     = "meta"
+	bucketNodes    = "nodes"
+	bucketRemoved  = "removed"
+	bucketServices = "services"
+	bucketTasks    = "tasks"
+	keyCluster     = "cluster"
+	keyTasks       = "all"
+)
+
+// meta is the cluster's identity and secrets, created once by cluster init.
+type meta struct {
+	ClusterID          string       `json:"cluster_id"`
+	CreatedAt          time.Time    `json:"created_at"`
+	Domain             string       `json:"domain"`
+	WireGuardSubnet    netip.Prefix `json:"wireguard_subnet"`
+	ContainerSubnet    netip.Prefix `json:"container_subnet"`
+	ContainerBlockBits int          `json:"container_block_bits"`
+	VIPSubnet          netip.Prefix `json:"vip_subnet"`
+	CACert             []byte       `json:"ca_cert"` // PEM
+	CAKey              []byte       `json:"ca_key"`  // PEM
+	ServerCert         []byte       `json:"server_cert"`
+	ServerKey          []byte       `json:"server_key"`
+	WorkerSecret       string       `json:"worker_secret"`
+	ManagerSecret      string       `json:"manager_secret"`
+	SelfID             string       `json:"self_id"`
+	Version            uint64       `json:"version"`
+}
+
+// nodeRecord is a member plus what only the manager needs to know.
+type nodeRecord struct {
+	clustermap.Node
+	JoinedAt     time.Time `json:"joined_at"`
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+}
+
+// tombstone holds a removed node's addresses back until its last
+// certificate expires, so a node that comes back with a cached map can
+// never collide with a newcomer on the same IP or block.
+type tombstone struct {
+	Name      string       `json:"name"`
+	OverlayIP netip.Addr   `json:"overlay_ip"`
+	Block     netip.Prefix `json:"container_block"`
+	Until     time.Time    `json:"until"`
+}
+
+type serviceRecord struct {
+	clustermap.Service
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// state is everything the manager persists. Records are values, so a
+// shallow copy of the maps is an independent copy to mutate (nested maps
+// and slices are replaced, never modified in place).
+type state struct {
+	meta     meta
+	nodes    map[string]nodeRecord    // by node ID
+	removed  map[string]tombstone     // by node ID
+	services map[string]serviceRecord // by name
+	tasks    []clustermap.Task
+}
+
+func (s *state) clone() *state {
+	return &state{
+		meta:     s.meta,
+		nodes:    maps.Clone(s.nodes),
+		removed:  maps.Clone(s.removed),
+		services: maps.Clone(s.services),
+		tasks:    slices.Clone(s.tasks),
+	}
+}
+
+func loadState(st *store.Store) (*state, error) {
+	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}}
+	raw, ok := st.Load(bucketMeta)[keyCluster]
+	if !ok {
+		return nil, nil // no cluster yet
+	}
+	if err := json.Unmarshal(raw, &s.meta); err != nil {
+		return nil, fmt.Errorf("decode cluster identity: %w", err)
+	}
+	for k, v := range st.Load(bucketNodes) {
+		var n nodeRecord
+		if err := json.Unmarshal(v, &n); err != nil {
+			return nil, fmt.Errorf("decode node %s: %w", k, err)
+		}
+		s.nodes[k] = n
+	}
+	for k, v := range st.Load(bucketRemoved) {
+		var t tombstone
+		if err := json.Unmarshal(v, &t); err != nil {
+			return nil, fmt.Errorf("decode removed node %s: %w", k, err)
+		}
+		s.removed[k] = t
+	}
+	for k, v := range st.Load(bucketServices) {
+		var r serviceRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode service %s: %w", k, err)
+		}
+		s.services[k] = r
+	}
+	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
+		if err := json.Unmarshal(v, &s.tasks); err != nil {
+			return nil, fmt.Errorf("decode tasks: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// snapshot renders the state as store records.
+func (s *state) snapshot() (store.Snapshot, error) {
+	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}}
+	put := func(bucket, key string, v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode %s/%s: %w", bucket, key, err)
+		}
+		snap[bucket][key] = b
+		return nil
+	}
+	if err := put(bucketMeta, keyCluster, s.meta); err != nil {
+		return nil, err
+	}
+	for k, v := range s.nodes {
+		if err := put(bucketNodes, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.removed {
+		if err := put(bucketRemoved, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.services {
+		if err := put(bucketServices, k, v); err != nil {
+			return nil, err
+		}
+	}
+	tasks := s.tasks
+	if tasks == nil {
+		tasks = []clustermap.Task{}
+	}
+	if err := put(bucketTasks, keyTasks, tasks); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// sortedNodes returns the members ordered by overlay IP (managers first).
+func (s *state) sortedNodes() []clustermap.Node {
+	out := make([]clustermap.Node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, n.Node)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].OverlayIP.Less(out[j].OverlayIP) })
+	return out
+}
+
+func (s *state) sortedServices() []clustermap.Service {
+	out := make([]clustermap.Service, 0, len(s.services))
+	for _, r := range s.services {
+		out = append(out, r.Service)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// buildMap renders the published map at version v.
+func (s *state) buildMap(v uint64) *clustermap.Map {
+	tasks := slices.Clone(s.tasks)
+	sort.Slice(tasks, func(i, j int) bool {
+		if tasks[i].Name != tasks[j].Name {
+			return tasks[i].Name < tasks[j].Name
+		}
+		return tasks[i].NodeID < tasks[j].NodeID
+	})
+	if tasks == nil {
+		tasks = []clustermap.Task{}
+	}
+	return &clustermap.Map{
+		Version:         v,
+		ClusterID:       s.meta.ClusterID,
+		Domain:          s.meta.Domain,
+		WireGuardSubnet: s.meta.WireGuardSubnet,
+		ContainerSubnet: s.meta.ContainerSubnet,
+		VIPSubnet:       s.meta.VIPSubnet,
+		Nodes:           s.sortedNodes(),
+		Services:        s.sortedServices(),
+		Tasks:           tasks,
+	}
+}
+
+func (s *state) nodeByName(name string) (nodeRecord, bool) {
+	for _, n := range s.nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return nodeRecord{}, false
+}
+
+// ipTaken reports whether a is held by a member or a tombstone.
+func (s *state) ipTaken(a netip.Addr) bool {
+	for _, n := range s.nodes {
+		if n.OverlayIP == a {
+			return true
+		}
+	}
+	for _, t := range s.removed {
+		if t.OverlayIP == a {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *state) blockTaken(p netip.Prefix) bool {
+	for _, n := range s.nodes {
+		if n.ContainerBlock.Overlaps(p) {
+			return true
+		}
+	}
+	for _, t := range s.removed {
+		if t.Block.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// pruneTombstones forgets removed nodes whose certificates have expired.
+func (s *state) pruneTombstones(now time.Time) {
+	for id, t := range s.removed {
+		if now.After(t.Until) {
+			delete(s.removed, id)
+		}
+	}
+}
