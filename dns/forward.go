@@ -16,13 +16,14 @@ import (
 	miekg "github.com/miekg/dns"
 )
 
-// maxInflightForwards bounds concurrent upstream exchanges, so a flood of
-// external names cannot grow sockets and goroutines without limit on a
-// 512 MB board.
-const maxInflightForwards = 256
+// maxInflightForwards bounds concurrent upstream exchanges. Past it a
+// query fails at once (SERVFAIL) instead of queueing: a flood of external
+// names must not pile up sockets and goroutines on a 512 MB board.
+const maxInflightForwards = 512
 
 var (
 	errNoUpstream  = errors.New("no usable upstream resolver")
+	errOverloaded  = errors.New("too many forwarded queries in flight")
 	errProbing     = errors.New("loop probe of upstream still running")
 	errWrongAnswer = errors.New("upstream answered another question")
 )
@@ -162,8 +163,8 @@ func (f *forwarder) forward(ctx context.Context, req *miekg.Msg, overTCP bool) (
 	select {
 	case f.inflight <- struct{}{}:
 		defer func() { <-f.inflight }()
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for a forwarding slot: %w", ctx.Err())
+	default:
+		return nil, errOverloaded
 	}
 
 	out := req.Copy()

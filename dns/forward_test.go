@@ -291,3 +291,28 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestForwardOverloadFailsFast(t *testing.T) {
+	up := startFakeUpstream(t, "", answerA("192.0.2.80"))
+	s, addr := startServer(t, Config{Upstreams: []string{up.addr}, ForwardTimeout: 30 * time.Second})
+	// Occupy every forwarding slot, as a flood of slow external names would.
+	for range maxInflightForwards {
+		s.fwd.inflight <- struct{}{}
+	}
+	// Answered at once: the client's 10 s timeout is far below the 30 s
+	// forwarding budget a queued query would wait.
+	if resp := ask(t, addr, "udp", "example.com.", miekg.TypeA); resp.Rcode != miekg.RcodeServerFailure {
+		t.Fatalf("overloaded: rcode %s, want SERVFAIL", miekg.RcodeToString[resp.Rcode])
+	}
+	// Names of the domain do not need a slot.
+	s.Update(sampleRecords)
+	if got := aAddrs(ask(t, addr, "udp", "nginx.warren.local.", miekg.TypeA).Answer); len(got) != 1 {
+		t.Fatalf("local answer while overloaded: %v", got)
+	}
+	for range maxInflightForwards {
+		<-s.fwd.inflight
+	}
+	if got := aAddrs(ask(t, addr, "udp", "example.com.", miekg.TypeA).Answer); len(got) != 1 {
+		t.Fatalf("after the flood: %v", got)
+	}
+}

@@ -86,11 +86,18 @@ func startFakeUpstream(t testing.TB, listen string, fn func(w miekg.ResponseWrit
 		}
 		fn(w, r)
 	})
+	fu.addr = startPlainServer(t, listen, h)
+	return fu
+}
+
+// startPlainServer serves h with miekg/dns alone on UDP and TCP at listen
+// ("ip:port", port 0 for any) and returns the bound address.
+func startPlainServer(t testing.TB, listen string, h miekg.Handler) string {
+	t.Helper()
 	pc, ln, ap, err := bindPair(t.Context(), hostOf(t, listen), portOf(t, listen), false)
 	if err != nil {
-		t.Fatalf("fake upstream listen %s: %v", listen, err)
+		t.Fatalf("listen %s: %v", listen, err)
 	}
-	fu.addr = ap.String()
 	for _, srv := range []*miekg.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
@@ -98,7 +105,7 @@ func startFakeUpstream(t testing.TB, listen string, fn func(w miekg.ResponseWrit
 		<-started
 		t.Cleanup(func() { srv.Shutdown() })
 	}
-	return fu
+	return ap.String()
 }
 
 // seen reports whether the upstream received a query for name.
@@ -135,14 +142,17 @@ func portOf(t testing.TB, hp string) uint16 {
 	return uint16(n)
 }
 
-// answerA replies to every query with one A record of ip.
+// answerA replies to every query with one A record of ip (to A queries).
 func answerA(ip string) func(miekg.ResponseWriter, *miekg.Msg) {
+	addr := net.ParseIP(ip).To4()
 	return func(w miekg.ResponseWriter, r *miekg.Msg) {
 		m := new(miekg.Msg)
 		m.SetReply(r)
-		if r.Question[0].Qtype == miekg.TypeA {
-			rr, _ := miekg.NewRR(fmt.Sprintf("%s 30 IN A %s", r.Question[0].Name, ip))
-			m.Answer = append(m.Answer, rr)
+		if q := r.Question[0]; q.Qtype == miekg.TypeA {
+			m.Answer = append(m.Answer, &miekg.A{
+				Hdr: miekg.RR_Header{Name: q.Name, Rrtype: miekg.TypeA, Class: q.Qclass, Ttl: 30},
+				A:   addr,
+			})
 		}
 		w.WriteMsg(m)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	miekg "github.com/miekg/dns"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,6 +26,11 @@ const (
 	DefaultForwardTimeout = 2 * time.Second // below glibc's 5 s, so clients see our SERVFAIL, not their own timeout
 	DefaultResolvConfPoll = 2 * time.Second
 )
+
+// maxTCPConns bounds open TCP client connections (each holds a goroutine
+// and a file descriptor until its idle timeout); further ones wait in the
+// kernel's accept queue.
+const maxTCPConns = 256
 
 // udpReadBuffer is the largest UDP query read; longer datagrams are cut and
 // answered FORMERR. Kept small: one buffer per query in flight.
@@ -209,7 +215,7 @@ func (s *Server) Start() error {
 	for _, p := range pairs {
 		for _, srv := range []*miekg.Server{
 			{PacketConn: p.pc, UDPSize: udpReadBuffer},
-			{Listener: p.ln},
+			{Listener: netutil.LimitListener(p.ln, maxTCPConns)},
 		} {
 			srv.Handler = s.handler
 			started := make(chan struct{})
