@@ -1,0 +1,200 @@
+package cluster
+
+import (
+	"context"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/pki"
+)
+
+// reportAll reports every task of node as running whatever image it has.
+func reportAll(t *testing.T, m *Manager, nodeID string) {
+	t.Helper()
+	var st []api.TaskStatus
+	for _, task := range m.Map().TasksOn(nodeID) {
+		st = append(st, api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image})
+	}
+	if err := m.Report(context.Background(), NodeStatus{Tasks: st}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func imagesOf(m *clustermap.Map, service string) map[string]string {
+	out := map[string]string{}
+	for _, task := range m.Tasks {
+		if task.Service == service && task.DesiredState == clustermap.TaskRunning {
+			out[task.Name] = task.Image + "/" + task.State
+		}
+	}
+	return out
+}
+
+func TestRollingUpdateReplacesOneSlotAtATime(t *testing.T) {
+	tm := startManager(t)
+	m := tm.m
+	self := m.Self().ID
+	if _, err := m.CreateService(api.ServiceSpec{Name: "web", Image: "web:v1", Replicas: intp(3)}); err != nil {
+		t.Fatal(err)
+	}
+	reportAll(t, m, self)
+	if _, err := m.UpdateServiceImage("web", "web:v2"); err != nil {
+		t.Fatal(err)
+	}
+	want := []map[string]string{
+		{"web-1": "web:v2/pending", "web-2": "web:v1/running", "web-3": "web:v1/running"},
+		{"web-1": "web:v2/running", "web-2": "web:v2/pending", "web-3": "web:v1/running"},
+		{"web-1": "web:v2/running", "web-2": "web:v2/running", "web-3": "web:v2/pending"},
+		{"web-1": "web:v2/running", "web-2": "web:v2/running", "web-3": "web:v2/running"},
+	}
+	for step, w := range want {
+		got := imagesOf(m.Map(), "web")
+		for name, v := range w {
+			if got[name] != v {
+				t.Fatalf("step %d: tasks = %v, want %v", step, got, w)
+			}
+		}
+		// The node still runs the old image for a moment: no progress.
+		var stale []api.TaskStatus
+		for _, task := range m.Map().TasksOn(self) {
+			stale = append(stale, api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: "web:v1"})
+		}
+		if step < 3 {
+			if err := m.Report(context.Background(), NodeStatus{Tasks: stale}); err != nil {
+				t.Fatal(err)
+			}
+			if got := imagesOf(m.Map(), "web"); got["web-1"] == "web:v2/running" && step == 0 {
+				t.Fatalf("a report of the old image counted as the new one: %v", got)
+			}
+		}
+		reportAll(t, m, self)
+	}
+	if v, _ := m.Service("web"); v.Updating || v.Running != 3 {
+		t.Fatalf("after the rollout: %+v", v)
+	}
+}
+
+func TestRollingUpdateStopsOnFailure(t *testing.T) {
+	tm := startManager(t)
+	m := tm.m
+	if _, err := m.CreateService(api.ServiceSpec{Name: "web", Image: "web:v1", Replicas: intp(2)}); err != nil {
+		t.Fatal(err)
+	}
+	reportAll(t, m, m.Self().ID)
+	if _, err := m.UpdateServiceImage("web", "web:broken"); err != nil {
+		t.Fatal(err)
+	}
+	st := []api.TaskStatus{
+		{Name: "web-1", State: clustermap.TaskFailed, Error: "image not found", Image: "web:broken"},
+		{Name: "web-2", State: clustermap.TaskRunning, Image: "web:v1"},
+	}
+	if err := m.Report(context.Background(), NodeStatus{Tasks: st}); err != nil {
+		t.Fatal(err)
+	}
+	got := imagesOf(m.Map(), "web")
+	if got["web-1"] != "web:broken/failed" || got["web-2"] != "web:v1/running" {
+		t.Fatalf("a failed new task must hold the rollout: %v", got)
+	}
+	v, _ := m.Service("web")
+	if !v.Updating || v.Tasks[0].Error != "image not found" {
+		t.Fatalf("service view = %+v", v)
+	}
+}
+
+func TestSilentNodeIsMarkedDownAndItsTasksMove(t *testing.T) {
+	tm := startManager(t)
+	tm.cfg.DownAfter = 500 * time.Millisecond
+	tm.restart()
+	a := join(t, agentConfig(t, tm, "worker-1"))
+	id := a.Self().ID
+	if _, err := tm.m.CreateService(api.ServiceSpec{Name: "web", Image: "x", Replicas: intp(2)}); err != nil {
+		t.Fatal(err)
+	}
+	r := watch(t, tm.m)
+	onWorker := func(m *clustermap.Map) int { return len(m.TasksOn(id)) }
+	if onWorker(tm.m.Map()) != 1 {
+		t.Fatalf("tasks on the worker: %v", tm.m.Map().Tasks)
+	}
+	// The manager keeps reporting; the worker is silent.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				tm.m.Report(context.Background(), NodeStatus{})
+			}
+		}
+	}()
+	m := r.waitFor(t, "the worker marked down", func(m *clustermap.Map) bool {
+		n, _ := m.Node(id)
+		return n.Status == clustermap.NodeDown
+	})
+	m = r.waitFor(t, "its task moved", func(m *clustermap.Map) bool { return onWorker(m) == 0 && len(m.TasksOn(tm.m.Self().ID)) == 2 })
+	if err := a.Report(context.Background(), NodeStatus{}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(t, "the worker ready again", func(m *clustermap.Map) bool {
+		n, _ := m.Node(id)
+		return n.Status == clustermap.NodeReady
+	})
+	_ = m
+}
+
+func TestAgentRenewsCertificateNearExpiry(t *testing.T) {
+	tm := startManager(t)
+	cfg := agentConfig(t, tm, "worker-1")
+	a := join(t, cfg)
+	before := readCert(t, filepath.Join(cfg.StateDir, FileTLSCert))
+	// Restart the agent with its clock 300 days ahead: less than a third of
+	// the certificate's year is left.
+	cfg.Token = ""
+	cfg.now = func() time.Time { return time.Now().Add(300 * 24 * time.Hour) }
+	a2 := join(t, cfg)
+	r := watch(t, a2)
+	r.waitFor(t, "a map", hasNodes(2))
+	after := readCert(t, filepath.Join(cfg.StateDir, FileTLSCert))
+	if after.SerialNumber.Cmp(before.SerialNumber) == 0 || after.NotAfter.Before(before.NotAfter) {
+		t.Fatalf("certificate not renewed: %v -> %v", before.NotAfter, after.NotAfter)
+	}
+	if after.Subject.CommonName != a.Self().ID {
+		t.Fatalf("renewed certificate names %q, want %q", after.Subject.CommonName, a.Self().ID)
+	}
+}
+
+func readCert(t *testing.T, path string) *x509.Certificate {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pki.ParseCertPEM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestAgentRetriesWhileManagerUnreachable(t *testing.T) {
+	tm := startManager(t)
+	cfg := agentConfig(t, tm, "worker-1")
+	tm.stop()
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		_, err := Join(ctx, cfg)
+		done <- err
+	}()
+	time.Sleep(700 * time.Millisecond) // let it fail a few times
+	tm.start()
+	if err := <-done; err != nil {
+		t.Fatalf("join after the manager came up: %v", err)
+	}
+}
