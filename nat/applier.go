@@ -145,6 +145,7 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 	if err := Validate(services, opts); err != nil {
 		return err
 	}
+	start := time.Now()
 	desired := plan(services, opts)
 
 	a.mu.Lock()
@@ -160,7 +161,9 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 			return err
 		}
 	}
-	if text := restoreText(desired, applied, stale); len(text) > 0 {
+	text := restoreText(desired, applied, stale)
+	restoreBytes := len(text)
+	if len(text) > 0 {
 		if err := a.runRestore(text); err != nil {
 			a.applied = nil
 			return err
@@ -190,7 +193,7 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 		}
 		a.udp = udp
 	}
-	a.logger.Debug("nat: synced", "services", len(services), "full", full)
+	a.logger.Debug("nat: synced", "services", len(services), "full", full, "restore_bytes", restoreBytes, "took", time.Since(start))
 	return nil
 }
 
@@ -296,26 +299,35 @@ func targetsOurs(rule string) bool {
 
 // ensureJumps makes each jump from a built-in chain exist exactly once,
 // inserting missing ones at the top (before host rules that might drop)
-// and deleting duplicates, never leaving a moment without one.
+// and deleting duplicates, never leaving a moment without one. It lists
+// each built-in chain once: on nf_tables a check per rule costs as much.
 func (a *Applier) ensureJumps() error {
+	listed := map[[2]string][]string{}
+	for _, j := range jumps {
+		key := [2]string{j.table, j.chain}
+		if _, ok := listed[key]; ok {
+			continue
+		}
+		rules, err := a.ipt.List(j.table, j.chain)
+		if err != nil {
+			return fmt.Errorf("list %s %s: %w", j.table, j.chain, err)
+		}
+		listed[key] = rules
+	}
+	// Insert missing jumps in reverse, so each chain's jumps end up at the
+	// top in the order of the jumps table.
 	for i := len(jumps) - 1; i >= 0; i-- {
 		j := jumps[i]
-		ok, err := a.ipt.Exists(j.table, j.chain, j.spec...)
-		if err != nil {
-			return fmt.Errorf("check jump from %s %s to %s: %w", j.table, j.chain, j.spec[len(j.spec)-1], err)
+		if countJump(listed[[2]string{j.table, j.chain}], j) > 0 {
+			continue
 		}
-		if !ok {
-			if err := a.ipt.Insert(j.table, j.chain, 1, j.spec...); err != nil {
-				return fmt.Errorf("insert jump from %s %s to %s: %w", j.table, j.chain, j.spec[len(j.spec)-1], err)
-			}
+		if err := a.ipt.Insert(j.table, j.chain, 1, j.spec...); err != nil {
+			return fmt.Errorf("insert jump from %s %s to %s: %w", j.table, j.chain, j.spec[len(j.spec)-1], err)
 		}
 	}
 	for _, j := range jumps {
-		n, err := a.countRule(j)
-		if err != nil {
-			return err
-		}
-		for ; n > 1; n-- {
+		for n := countJump(listed[[2]string{j.table, j.chain}], j); n > 1; n-- {
+			// Delete removes the first copy; another stays in place.
 			if err := a.ipt.Delete(j.table, j.chain, j.spec...); err != nil {
 				return fmt.Errorf("delete duplicate jump from %s %s: %w", j.table, j.chain, err)
 			}
@@ -324,18 +336,15 @@ func (a *Applier) ensureJumps() error {
 	return nil
 }
 
-// countRule counts the copies of j in its chain, comparing the target and
-// comment (iptables prints matches in its own canonical form).
-func (a *Applier) countRule(j jump) (int, error) {
-	rules, err := a.ipt.List(j.table, j.chain)
-	if err != nil {
-		return 0, fmt.Errorf("list %s %s: %w", j.table, j.chain, err)
-	}
+// countJump counts the copies of j among rules (`iptables -S` lines),
+// comparing target and comment: iptables prints matches in its own
+// canonical form, not necessarily as given.
+func countJump(rules []string, j jump) int {
 	target := "-j " + j.spec[len(j.spec)-1]
 	comment := ""
 	for i, s := range j.spec {
 		if s == "--comment" {
-			comment = j.spec[i+1]
+			comment = `"` + j.spec[i+1] + `"`
 		}
 	}
 	n := 0
@@ -344,7 +353,7 @@ func (a *Applier) countRule(j jump) (int, error) {
 			n++
 		}
 	}
-	return n, nil
+	return n
 }
 
 // ownedChains lists the WARREN-* chains present in each table.

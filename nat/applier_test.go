@@ -348,3 +348,5 @@ func diffSet(a, b string) []string {
 }
 
 func diffLines(a, b string) string { return strings.Join(diffSet(a, b), "\n") }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -37,7 +37,7 @@ var goldenCases = map[string]struct {
 	services []Service
 	opts     Options
 }{
-	"empty": {nil, baseOpts},
+	"empty":           {nil, baseOpts},
 	"three-endpoints": {[]Service{web()}, baseOpts},
 	"no-endpoints": {[]Service{{
 		Name: "db", VIP: netip.MustParseAddr("10.1.0.6"),

@@ -261,8 +261,8 @@ func TestTraffic(t *testing.T) {
 			from string
 			to   netip.AddrPort
 		}{
-			{lab.node, netip.AddrPortFrom(labEmptyVIP, 80)},   // filter OUTPUT
-			{lab.client, netip.AddrPortFrom(labEmptyVIP, 80)}, // filter FORWARD
+			{lab.node, netip.AddrPortFrom(labEmptyVIP, 80)},    // filter OUTPUT
+			{lab.client, netip.AddrPortFrom(labEmptyVIP, 80)},  // filter FORWARD
 			{lab.client, netip.AddrPortFrom(labNodeLAN, 8082)}, // filter INPUT, published
 		} {
 			_, err := dialIn(c.from, "tcp4", c.to)
