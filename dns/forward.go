@@ -38,16 +38,20 @@ type forwarder struct {
 	// Loop probes in flight: a query for one of these names reaching our
 	// own handler proves that the upstream it was sent to forwards to us.
 	probeMu    sync.Mutex
-	probes     map[string]*upstream
+	probes     map[string]*probe
 	probeCount atomic.Int32
 	probeWG    sync.WaitGroup
+	// overloaded is signalled (without blocking) when the forwarding slots
+	// run out: a loop that appeared since the last probe looks like that.
+	overloaded chan struct{}
 }
 
 func newForwarder(log *slog.Logger) *forwarder {
 	return &forwarder{
-		log:      log,
-		inflight: make(chan struct{}, maxInflightForwards),
-		probes:   make(map[string]*upstream),
+		log:        log,
+		inflight:   make(chan struct{}, maxInflightForwards),
+		probes:     make(map[string]*probe),
+		overloaded: make(chan struct{}, 1),
 	}
 }
 
@@ -78,6 +82,7 @@ func (f *forwarder) setUpstreams(ctx context.Context, source string, addrs []net
 		f.probeWG.Add(1)
 		go func() {
 			defer f.probeWG.Done()
+			defer close(up.probed)
 			f.probe(ctx, up, probeTimeout)
 		}()
 	}
@@ -92,14 +97,38 @@ func (s *upstreamSet) addrs() []string {
 	return out
 }
 
+// probe is one loop probe in flight.
+type probe struct {
+	up     *upstream
+	caught atomic.Bool
+}
+
+// reprobe probes every upstream of the current set again: a resolver may
+// start (or stop) forwarding to us after its first probe, e.g. when it was
+// down at boot or its own configuration changed.
+func (f *forwarder) reprobe(ctx context.Context, timeout time.Duration) {
+	set := f.set.Load()
+	if set == nil {
+		return
+	}
+	for _, up := range set.upstreams {
+		f.probeWG.Add(1)
+		go func() {
+			defer f.probeWG.Done()
+			f.probe(ctx, up, timeout)
+		}()
+	}
+}
+
 // probe sends up a query for a random name outside any zone (as CoreDNS's
 // loop plugin does). If that query comes back to our handler, up forwards
-// to us and is marked looped.
+// to us and is marked looped; if up answers without it coming back, a
+// loop seen before is over.
 func (f *forwarder) probe(ctx context.Context, up *upstream, timeout time.Duration) {
-	defer close(up.probed)
 	name := randomLabel() + "." + randomLabel() + "."
+	p := &probe{up: up}
 	f.probeMu.Lock()
-	f.probes[name] = up
+	f.probes[name] = p
 	f.probeMu.Unlock()
 	f.probeCount.Add(1)
 	defer func() {
@@ -116,6 +145,10 @@ func (f *forwarder) probe(ctx context.Context, up *upstream, timeout time.Durati
 	c := &miekg.Client{Net: "udp"}
 	if _, _, err := c.ExchangeContext(ctx, m, up.addr.String()); err != nil {
 		f.log.Debug("dns: loop probe got no answer", "upstream", up.addr, "err", err)
+		return
+	}
+	if !p.caught.Load() && up.looped.CompareAndSwap(true, false) {
+		f.log.Info("dns: upstream resolver no longer forwards back to this server; using it again", "upstream", up.addr)
 	}
 }
 
@@ -126,15 +159,15 @@ func (f *forwarder) catchProbe(name string) bool {
 		return false
 	}
 	f.probeMu.Lock()
-	up := f.probes[name]
+	p := f.probes[name]
 	f.probeMu.Unlock()
-	if up == nil {
+	if p == nil {
 		return false
 	}
-	up.looped.Store(true)
-	up.logged.Do(func() {
-		f.log.Warn("dns: upstream resolver forwards back to this server (loop); skipping it", "upstream", up.addr)
-	})
+	p.caught.Store(true)
+	if p.up.looped.CompareAndSwap(false, true) {
+		f.log.Warn("dns: upstream resolver forwards back to this server (loop); skipping it", "upstream", p.up.addr)
+	}
 	return true
 }
 
@@ -164,6 +197,10 @@ func (f *forwarder) forward(ctx context.Context, req *miekg.Msg, overTCP bool) (
 	case f.inflight <- struct{}{}:
 		defer func() { <-f.inflight }()
 	default:
+		select {
+		case f.overloaded <- struct{}{}:
+		default:
+		}
 		return nil, errOverloaded
 	}
 

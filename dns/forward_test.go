@@ -316,3 +316,91 @@ func TestForwardOverloadFailsFast(t *testing.T) {
 		t.Fatalf("after the flood: %v", got)
 	}
 }
+
+// switchingStub answers by itself, or forwards every query back to target
+// (a loop) while loop is set.
+func switchingStub(t *testing.T, target *atomic.Value, loop *atomic.Bool) *fakeUpstream {
+	self := answerA("192.0.2.90")
+	return startFakeUpstream(t, "", func(w miekg.ResponseWriter, r *miekg.Msg) {
+		if !loop.Load() {
+			self(w, r)
+			return
+		}
+		resp, _, err := (&miekg.Client{Timeout: 5 * time.Second}).Exchange(r, target.Load().(string))
+		if err != nil {
+			miekg.HandleFailed(w, r)
+			return
+		}
+		w.WriteMsg(resp)
+	})
+}
+
+func TestLoopAppearingLaterIsCaught(t *testing.T) {
+	var target atomic.Value
+	var loop atomic.Bool
+	stub := switchingStub(t, &target, &loop)
+	log, lc := newLogCounter(t)
+	port := itoa(freePort(t))
+	target.Store("127.0.0.1:" + port)
+	_, addr := startServer(t, Config{
+		Listen:            []string{"127.0.0.1:" + port},
+		Upstreams:         []string{stub.addr},
+		ForwardTimeout:    500 * time.Millisecond,
+		LoopProbeInterval: 50 * time.Millisecond,
+		Logger:            log,
+	})
+	answer := func() string {
+		got := aAddrs(ask(t, addr, "udp", "example.com.", miekg.TypeA).Answer)
+		if len(got) != 1 {
+			return ""
+		}
+		return got[0].String()
+	}
+	if got := answer(); got != "192.0.2.90" {
+		t.Fatalf("before the loop: %q", got)
+	}
+
+	loop.Store(true)
+	waitFor(t, "the periodic probe to find the loop", func() bool { return lc.count("forwards back to this server") == 1 })
+	stub.seen("") // drain
+	if resp := ask(t, addr, "udp", "example.com.", miekg.TypeA); resp.Rcode != miekg.RcodeServerFailure {
+		t.Fatalf("during the loop: rcode %s, want SERVFAIL", miekg.RcodeToString[resp.Rcode])
+	}
+	if stub.seen("example.com.") {
+		t.Fatal("forwarded to the looping upstream after the loop was found")
+	}
+
+	loop.Store(false)
+	waitFor(t, "the upstream to be used again", func() bool { return answer() == "192.0.2.90" })
+	if lc.count("no longer forwards back") != 1 {
+		t.Fatal("recovery not logged")
+	}
+}
+
+// A loop that appears between periodic probes fills the forwarding slots
+// with one query bouncing between us and the stub; running out of slots
+// triggers a probe at once.
+func TestLoopStormTriggersProbe(t *testing.T) {
+	var target atomic.Value
+	var loop atomic.Bool
+	stub := switchingStub(t, &target, &loop)
+	log, lc := newLogCounter(t)
+	port := itoa(freePort(t))
+	target.Store("127.0.0.1:" + port)
+	_, addr := startServer(t, Config{
+		Listen:            []string{"127.0.0.1:" + port},
+		Upstreams:         []string{stub.addr},
+		ForwardTimeout:    5 * time.Second,
+		LoopProbeInterval: time.Hour,
+		Logger:            log,
+	})
+	if got := aAddrs(ask(t, addr, "udp", "example.com.", miekg.TypeA).Answer); len(got) != 1 {
+		t.Fatalf("before the loop: %v", got)
+	}
+	loop.Store(true)
+	resp := ask(t, addr, "udp", "storm.example.com.", miekg.TypeA)
+	if resp.Rcode != miekg.RcodeServerFailure {
+		t.Fatalf("looping query: rcode %s, want SERVFAIL", miekg.RcodeToString[resp.Rcode])
+	}
+	waitFor(t, "the overload to trigger a probe", func() bool { return lc.count("forwards back to this server") == 1 })
+}

@@ -25,12 +25,16 @@ const (
 	DefaultResolvConf     = "/etc/resolv.conf"
 	DefaultForwardTimeout = 2 * time.Second // below glibc's 5 s, so clients see our SERVFAIL, not their own timeout
 	DefaultResolvConfPoll = 2 * time.Second
+	DefaultLoopProbe      = 5 * time.Minute
 )
 
 // maxTCPConns bounds open TCP client connections (each holds a goroutine
 // and a file descriptor until its idle timeout); further ones wait in the
 // kernel's accept queue.
 const maxTCPConns = 256
+
+// loopProbeMinGap spaces probes triggered by overload.
+const loopProbeMinGap = 5 * time.Second
 
 // udpReadBuffer is the largest UDP query read; longer datagrams are cut and
 // answered FORMERR. Kept small: one buffer per query in flight.
@@ -56,6 +60,10 @@ type Config struct {
 	// ResolvConfPoll is how often ResolvConf is re-read;
 	// DefaultResolvConfPoll when 0.
 	ResolvConfPoll time.Duration
+	// LoopProbeInterval is how often every upstream is probed again for a
+	// loop back to this server (they are probed at once when loaded);
+	// DefaultLoopProbe when 0.
+	LoopProbeInterval time.Duration
 	// FreeBind sets IP_FREEBIND so Start succeeds before the listen address
 	// is configured on an interface (e.g. the bridge comes up later).
 	FreeBind bool
@@ -112,6 +120,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.ResolvConfPoll <= 0 {
 		cfg.ResolvConfPoll = DefaultResolvConfPoll
+	}
+	if cfg.LoopProbeInterval <= 0 {
+		cfg.LoopProbeInterval = DefaultLoopProbe
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -211,6 +222,12 @@ func (s *Server) Start() error {
 			s.watchResolvConf(content)
 		}()
 	}
+
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.reprobeLoops()
+	}()
 
 	for _, p := range pairs {
 		for _, srv := range []*miekg.Server{
@@ -318,6 +335,28 @@ func (s *Server) watchResolvConf(last []byte) {
 		s.mu.Lock()
 		s.loadResolvConf(content)
 		s.mu.Unlock()
+	}
+}
+
+// reprobeLoops probes the upstreams for loops every LoopProbeInterval, and
+// early when the forwarding slots run out (a new loop fills them in a
+// moment), at most once per loopProbeMinGap.
+func (s *Server) reprobeLoops() {
+	t := time.NewTicker(s.cfg.LoopProbeInterval)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		case <-s.fwd.overloaded:
+			if time.Since(last) < loopProbeMinGap {
+				continue
+			}
+		}
+		last = time.Now()
+		s.fwd.reprobe(s.ctx, s.cfg.ForwardTimeout)
 	}
 }
 

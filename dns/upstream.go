@@ -16,8 +16,7 @@ import (
 type upstream struct {
 	addr   netip.AddrPort
 	probed chan struct{} // closed once the loop probe has finished
-	looped atomic.Bool   // the probe came back to us: never forward here
-	logged sync.Once     // the loop is logged once per upstream set
+	looped atomic.Bool   // the last probe came back to us: do not forward here
 }
 
 // upstreamSet is the resolver list read from one version of resolv.conf (or
