@@ -74,7 +74,7 @@ func (f *forwarder) setUpstreams(ctx context.Context, source string, addrs []net
 		set.upstreams = append(set.upstreams, &upstream{addr: a, probed: make(chan struct{})})
 	}
 	if len(set.upstreams) == 0 {
-		f.log.Warn("dns: no usable upstream resolver; names outside the domain will answer SERVFAIL", "source", source)
+		set.warnNone(f.log)
 	} else {
 		f.log.Info("dns: upstream resolvers", "source", source, "upstreams", set.addrs())
 	}
@@ -186,9 +186,7 @@ func (f *forwarder) forward(ctx context.Context, req *miekg.Msg, overTCP bool) (
 	}
 	if len(usable) == 0 {
 		if set != nil {
-			set.noneOnce.Do(func() {
-				f.log.Warn("dns: no usable upstream resolver left (none configured, or all loop back); names outside the domain answer SERVFAIL", "source", set.source)
-			})
+			set.warnNone(f.log)
 		}
 		return nil, errNoUpstream
 	}

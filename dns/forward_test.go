@@ -167,7 +167,7 @@ func TestLoopToOwnAddressRefused(t *testing.T) {
 	if n := lc.count("is this server itself"); n != 1 {
 		t.Fatalf("self-loop logged %d times, want once", n)
 	}
-	if n := lc.count("no usable upstream resolver left"); n != 1 {
+	if n := lc.count("no usable upstream resolver"); n != 1 {
 		t.Fatalf("'no upstream' logged %d times, want once", n)
 	}
 }

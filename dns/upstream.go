@@ -3,6 +3,7 @@ package dns
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -26,6 +27,13 @@ type upstreamSet struct {
 	upstreams []*upstream // loop-free by address; probes may still mark some looped
 	preferred atomic.Int32
 	noneOnce  sync.Once // "no usable upstream" is logged once per set
+}
+
+// warnNone logs, once per set, that nothing is left to forward to.
+func (s *upstreamSet) warnNone(log *slog.Logger) {
+	s.noneOnce.Do(func() {
+		log.Warn("dns: no usable upstream resolver (none configured, or all loop back); names outside the domain answer SERVFAIL", "source", s.source)
+	})
 }
 
 // parseUpstreams turns "ip" or "ip:port" entries into addresses, port 53

@@ -1,0 +1,40 @@
+package dns
+
+import (
+	"net/netip"
+
+	"github.com/warren-appliance/warren/cluster/clustermap"
+)
+
+// RecordsFromMap translates a cluster map into the names the server
+// answers:
+//   - every service with a VIP: <service> -> VIP;
+//   - every task meant to run that has an address: <task> -> task IP, while
+//     it starts too, so a name looked up during a restart finds it;
+//   - tasks.<service> -> the IPs of the service's running tasks only (the
+//     map's endpoints), present and empty for a service without one, so
+//     it answers NODATA rather than NXDOMAIN.
+func RecordsFromMap(m *clustermap.Map) Records {
+	r := Records{
+		Domain:       m.Domain,
+		Services:     make(map[string]netip.Addr, len(m.Services)),
+		Tasks:        make(map[string]netip.Addr, len(m.Tasks)),
+		ServiceTasks: make(map[string][]netip.Addr, len(m.Services)),
+	}
+	for _, svc := range m.Services {
+		if svc.VIP.IsValid() {
+			r.Services[svc.Name] = svc.VIP
+		}
+		ips := []netip.Addr{}
+		for _, t := range m.Endpoints(svc.Name) {
+			ips = append(ips, t.IP)
+		}
+		r.ServiceTasks[svc.Name] = ips
+	}
+	for _, t := range m.Tasks {
+		if t.DesiredState == clustermap.TaskRunning && t.IP.IsValid() {
+			r.Tasks[t.Name] = t.IP
+		}
+	}
+	return r
+}
