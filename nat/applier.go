@@ -139,8 +139,9 @@ func (a *Applier) Backend() string { return a.backend }
 // sync (and any after an error, a missing canary or an hour) writes every
 // chain and deletes leftover WARREN-* chains; later ones write only the
 // chains that changed. Either way it is one iptables-restore --noflush
-// transaction, so traffic never sees a half-applied state. Invalid input
-// is refused and the rules in place are kept.
+// run in which each table (nat, then filter) commits atomically, so
+// traffic never sees a half-written chain. Invalid input is refused and
+// the rules in place are kept.
 func (a *Applier) Sync(services []Service, opts Options) error {
 	if err := Validate(services, opts); err != nil {
 		return err
@@ -373,10 +374,12 @@ func (a *Applier) ownedChains() (map[string][]string, error) {
 	return owned, nil
 }
 
-var failedLine = regexp.MustCompile(`line (\d+) failed`)
+// failedLine finds the line iptables-restore names on error: "line 5
+// failed" (legacy) or "line 5: CHAIN_DEL failed (...)" (nf_tables).
+var failedLine = regexp.MustCompile(`line (\d+)`)
 
 // runRestore feeds text to iptables-restore --noflush: one atomic
-// transaction per table section.
+// commit per table section.
 func (a *Applier) runRestore(text []byte) error {
 	cmd := exec.Command(a.restore, "--noflush", "--wait", strconv.Itoa(lockWaitSeconds))
 	cmd.Stdin = bytes.NewReader(text)

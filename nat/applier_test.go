@@ -350,3 +350,40 @@ func diffSet(a, b string) []string {
 func diffLines(a, b string) string { return strings.Join(diffSet(a, b), "\n") }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func TestApplierFailedSyncChangesNothing(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "fail")
+	a := applierIn(t, ns)
+	services := services3x3()
+	syncIn(t, ns, a, services, baseOpts)
+	before := saved(t, ns, a)
+
+	// A foreign rule pins one endpoint chain, so deleting it must fail.
+	pinned := endpointChain("svc1", services[0].Ports[0], services[0].Endpoints[0])
+	nsRun(t, ns, a.command, "-t", "nat", "-N", "OTHER")
+	nsRun(t, ns, a.command, "-t", "nat", "-A", "OTHER", "-j", pinned)
+	before = saved(t, ns, a)
+
+	changed := services3x3()
+	changed[0].Endpoints = changed[0].Endpoints[1:] // drops the pinned chain
+	changed[2].Endpoints = nil                      // and changes another service
+	err := inNetns(ns, func() error { return a.Sync(changed, baseOpts) })
+	if err == nil {
+		t.Fatal("sync deleting a referenced chain succeeded")
+	}
+	if !strings.Contains(err.Error(), "-X "+pinned) {
+		t.Errorf("error does not name the failing line: %v", err)
+	}
+	// nat is written first and failed, so iptables-restore stopped there:
+	// nothing changed in any table.
+	if got := saved(t, ns, a); got != before {
+		t.Errorf("failed transaction changed the rules:\n%s", diffLines(before, got))
+	}
+
+	// Once the reference is gone the next (full) sync converges.
+	nsRun(t, ns, a.command, "-t", "nat", "-F", "OTHER")
+	nsRun(t, ns, a.command, "-t", "nat", "-X", "OTHER")
+	syncIn(t, ns, a, changed, baseOpts)
+	assertMatchesRender(t, saved(t, ns, a), changed, baseOpts)
+}

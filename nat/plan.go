@@ -12,8 +12,11 @@ import (
 // table -> chain -> rules (the arguments after "-A CHAIN").
 type ruleset map[string]map[string][]string
 
-// tables are the iptables tables the rules use, in iptables-save order.
-var tables = []string{"filter", "nat"}
+// tables are the iptables tables the rules use. iptables-restore commits
+// each table's section on its own and stops at the first failure, so nat,
+// the table whose failure would matter most, goes first: if it fails,
+// nothing at all is changed.
+var tables = []string{"nat", "filter"}
 
 func (rs ruleset) add(table, chain string, rule ...string) {
 	rs[table][chain] = append(rs[table][chain], rule...)

@@ -6,7 +6,7 @@ import (
 	"slices"
 )
 
-// Render returns the complete iptables-restore input (filter and nat
+// Render returns the complete iptables-restore input (nat and filter
 // tables) for services: every chain this package owns, declared and
 // filled, for use with --noflush. It is deterministic: services, ports and
 // endpoints are sorted, chains are written in name order. It is the

@@ -33,6 +33,8 @@ var (
 	labVIP             = netip.MustParseAddr("10.78.0.10")
 	labEmptyVIP        = netip.MustParseAddr("10.78.0.11")
 	labUDPVIP          = netip.MustParseAddr("10.78.0.12")
+	labStickyVIP       = netip.MustParseAddr("10.78.0.13")
+	labDNSVIP          = netip.MustParseAddr("10.78.0.14")
 )
 
 func newTrafficLab(t *testing.T) *trafficLab {
@@ -133,6 +135,10 @@ func (lab *trafficLab) services() []Service {
 			Ports: []Port{{Protocol: "tcp", Port: 80, TargetPort: 8080, Published: 8081}}},
 		{Name: "empty", VIP: labEmptyVIP,
 			Ports: []Port{{Protocol: "tcp", Port: 80, TargetPort: 8080, Published: 8082}}},
+		{Name: "sticky", VIP: labStickyVIP, Endpoints: eps, Affinity: true,
+			Ports: []Port{{Protocol: "tcp", Port: 80, TargetPort: 8080}}},
+		{Name: "dns", VIP: labDNSVIP, Endpoints: eps,
+			Ports: []Port{{Protocol: "udp", Port: 53, TargetPort: 5353, Published: 5354}}},
 	}
 }
 
@@ -256,6 +262,36 @@ func TestTraffic(t *testing.T) {
 		}
 	})
 
+	t.Run("published UDP port answers on the node address", func(t *testing.T) {
+		seen := map[string]bool{}
+		for range 20 {
+			// A new socket each time: a new flow, a new draw.
+			c, err := dialIn(lab.client, "udp4", netip.AddrPortFrom(labNodeLAN, 5354))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[udpAsk(t, c)] = true
+			c.Close()
+		}
+		if len(seen) < 2 {
+			t.Errorf("published UDP answers all from %v", seen)
+		}
+	})
+
+	t.Run("affinity keeps a client on one endpoint", func(t *testing.T) {
+		seen := map[string]int{}
+		for range 30 {
+			body, err := httpGet(lab.node, netip.AddrPortFrom(labStickyVIP, 80))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[body]++
+		}
+		if len(seen) != 1 {
+			t.Errorf("affinity service spread one client over %v", seen)
+		}
+	})
+
 	t.Run("service without endpoints is refused, not timed out", func(t *testing.T) {
 		for _, c := range []struct {
 			from string
@@ -286,30 +322,18 @@ func TestTraffic(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		ask := func() string {
-			t.Helper()
-			buf := make([]byte, 64)
-			for range 20 {
-				c.Write([]byte("who"))
-				c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-				if n, err := c.Read(buf); err == nil {
-					return string(buf[:n])
-				}
-			}
-			t.Fatal("no UDP answer from the VIP")
-			return ""
-		}
+		ask := func() string { return udpAsk(t, c) }
 		if got := ask(); got != "b1" {
 			t.Fatalf("UDP answer from %q, want b1", got)
 		}
-		if n := udpFlowsTo(t, lab.node, lab.backendIPs["b1"]); n == 0 {
+		if n := udpFlowsTo(t, lab.node, labUDPVIP, lab.backendIPs["b1"]); n == 0 {
 			t.Fatal("no conntrack entry towards b1 after the first exchange")
 		}
 
 		// b1 leaves the service but keeps running: without the cleanup the
 		// flow would stay pinned to it.
 		syncIn(t, lab.node, a, udpService("b2"), lab.options())
-		if n := udpFlowsTo(t, lab.node, lab.backendIPs["b1"]); n != 0 {
+		if n := udpFlowsTo(t, lab.node, labUDPVIP, lab.backendIPs["b1"]); n != 0 {
 			t.Errorf("%d UDP conntrack entries towards removed endpoint b1 remain", n)
 		}
 		if got := ask(); got != "b2" {
@@ -318,8 +342,25 @@ func TestTraffic(t *testing.T) {
 	})
 }
 
-// udpFlowsTo counts UDP conntrack entries in ns whose reply comes from ip.
-func udpFlowsTo(t *testing.T, ns string, ip netip.Addr) int {
+// udpAsk sends datagrams on c until one is answered (UDP may drop the
+// first while ARP resolves) and returns the answer.
+func udpAsk(t *testing.T, c net.Conn) string {
+	t.Helper()
+	buf := make([]byte, 64)
+	for range 20 {
+		c.Write([]byte("who"))
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if n, err := c.Read(buf); err == nil {
+			return string(buf[:n])
+		}
+	}
+	t.Fatalf("no UDP answer from %s", c.RemoteAddr())
+	return ""
+}
+
+// udpFlowsTo counts UDP conntrack entries in ns towards vip whose reply
+// comes from ip.
+func udpFlowsTo(t *testing.T, ns string, vip, ip netip.Addr) int {
 	t.Helper()
 	var n int
 	mustInNetns(t, ns, func() error {
@@ -328,7 +369,7 @@ func udpFlowsTo(t *testing.T, ns string, ip netip.Addr) int {
 			return err
 		}
 		for _, f := range flows {
-			if f.Forward.Protocol == unix.IPPROTO_UDP && f.Reverse.SrcIP.Equal(ip.AsSlice()) {
+			if f.Forward.Protocol == unix.IPPROTO_UDP && f.Forward.DstIP.Equal(vip.AsSlice()) && f.Reverse.SrcIP.Equal(ip.AsSlice()) {
 				n++
 			}
 		}
