@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -34,9 +35,9 @@ func (m *Manager) AdminHandler() http.Handler {
 		worker, manager := m.JoinTokens()
 		switch role {
 		case clustermap.RoleWorker:
-			writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: worker})
+			writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: worker, Manager: m.joinAddress()})
 		case clustermap.RoleManager:
-			writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: manager})
+			writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: manager, Manager: m.joinAddress()})
 		default:
 			writeError(w, errorf(http.StatusBadRequest, "unknown role %q: want worker or manager", role))
 		}
@@ -48,7 +49,7 @@ func (m *Manager) AdminHandler() http.Handler {
 			writeError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: tok})
+		writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: tok, Manager: m.joinAddress()})
 	})
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Nodes())
@@ -132,8 +133,19 @@ func (m *Manager) AdminHandler() http.Handler {
 	return mux
 }
 
+// joinAddress is where other nodes reach this manager's API: its advertise
+// IP with the API port.
+func (m *Manager) joinAddress() string {
+	_, port, err := net.SplitHostPort(m.cfg.APIListen)
+	if err != nil {
+		return m.cfg.APIListen
+	}
+	return net.JoinHostPort(m.Self().Endpoint.Addr().String(), port)
+}
+
 // Info summarises the cluster.
 func (m *Manager) Info() api.ClusterInfo {
+	join := m.joinAddress()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	mt := m.st.meta
@@ -141,7 +153,7 @@ func (m *Manager) Info() api.ClusterInfo {
 		ID: mt.ClusterID, Domain: mt.Domain, CAHash: m.ca.Hash(), CAExpires: m.ca.Cert.NotAfter.UTC(), CreatedAt: mt.CreatedAt,
 		MapVersion: m.current.Version, WireGuardSubnet: mt.WireGuardSubnet, ContainerSubnet: mt.ContainerSubnet,
 		ContainerBlock: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet, Manager: m.st.nodes[mt.SelfID].Name,
-		APIListen: m.cfg.APIListen, Nodes: len(m.st.nodes), Services: len(m.st.services), Tasks: len(m.st.tasks),
+		APIListen: m.cfg.APIListen, JoinAddress: join, Nodes: len(m.st.nodes), Services: len(m.st.services), Tasks: len(m.st.tasks),
 	}
 	for _, n := range m.st.nodes {
 		if n.Status == clustermap.NodeReady {

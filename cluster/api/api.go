@@ -74,6 +74,9 @@ type TaskStatus struct {
 	Name  string `json:"name"`
 	State string `json:"state"` // clustermap.Task* states
 	Error string `json:"error,omitempty"`
+	// Image the task's container runs. During a rolling update the manager
+	// counts a slot as updated only once it reports running the new image.
+	Image string `json:"image,omitempty"`
 }
 
 // Error is the body of every non-2xx answer: what went wrong and what to do.
@@ -95,6 +98,7 @@ type ClusterInfo struct {
 	VIPSubnet       netip.Prefix `json:"vip_subnet"`
 	Manager         string       `json:"manager"` // this manager's node name
 	APIListen       string       `json:"api_listen"`
+	JoinAddress     string       `json:"join_address"` // advertise IP : API port, for --manager
 	Nodes           int          `json:"nodes"`
 	NodesReady      int          `json:"nodes_ready"`
 	Services        int          `json:"services"`
@@ -103,8 +107,9 @@ type ClusterInfo struct {
 
 // JoinToken answers join-token show/rotate.
 type JoinToken struct {
-	Role  string `json:"role"`
-	Token string `json:"token"`
+	Role    string `json:"role"`
+	Token   string `json:"token"`
+	Manager string `json:"manager"` // host:port joining nodes pass as --manager
 }
 
 // NodeView is a node as the admin API shows it.
@@ -120,7 +125,7 @@ type NodeView struct {
 	Labels         map[string]string `json:"labels,omitempty"`
 	JoinedAt       time.Time         `json:"joined_at"`
 	LastSeen       time.Time         `json:"last_seen,omitzero"`
-	CertExpires    time.Time         `json:"cert_expires"`
+	CertExpires    time.Time         `json:"cert_expires,omitzero"` // zero for the manager itself
 	Tasks          int               `json:"tasks"`
 	Tunnel         []PeerHealth      `json:"tunnel,omitempty"`
 	Self           bool              `json:"self,omitempty"` // the manager answering

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// addNodeCommands adds `warren node ls|inspect|rm`.
+func addNodeCommands(root *cobra.Command) {
+	nodeCmd := findOrAdd(root, &cobra.Command{Use: "node", Short: "List, inspect and remove cluster nodes"})
+
+	lsCmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List the cluster's nodes",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nodes, err := apiClient(cmd).Nodes(cmdContext(cmd))
+			if err != nil {
+				return err
+			}
+			if asJSON(cmd) {
+				return printJSON(cmd.OutOrStdout(), nodes)
+			}
+			tw := newTable(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "NAME\tROLE\tSTATUS\tOVERLAY IP\tCONTAINER BLOCK\tENDPOINT\tTASKS\tLAST SEEN")
+			for _, n := range nodes {
+				name := n.Name
+				if n.Self {
+					name += " *"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", name, n.Role, n.Status, n.OverlayIP,
+					n.ContainerBlock, n.Endpoint, n.Tasks, ago(n.LastSeen))
+			}
+			return tw.Flush()
+		},
+	}
+	addJSONFlag(lsCmd)
+
+	inspectCmd := &cobra.Command{
+		Use:   "inspect NODE",
+		Short: "Show one node (by name or ID)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := apiClient(cmd).Node(cmdContext(cmd), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON(cmd) {
+				return printJSON(cmd.OutOrStdout(), n)
+			}
+			tw := newTable(cmd.OutOrStdout())
+			row := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
+			row("Name", n.Name)
+			row("ID", n.ID)
+			row("Role", n.Role)
+			row("Status", n.Status)
+			row("Overlay IP", n.OverlayIP)
+			row("Container block", n.ContainerBlock)
+			row("Endpoint", n.Endpoint)
+			row("Public key", n.PublicKey)
+			row("Labels", formatLabels(n.Labels))
+			row("Tasks", n.Tasks)
+			row("Joined", n.JoinedAt.Format(time.RFC3339))
+			row("Last seen", ago(n.LastSeen))
+			if !n.CertExpires.IsZero() {
+				row("Certificate expires", n.CertExpires.Format(time.DateOnly))
+			}
+			for _, p := range n.Tunnel {
+				hs := "never"
+				if !p.LastHandshake.IsZero() {
+					hs = ago(p.LastHandshake)
+				}
+				row("Peer "+p.PublicKey, fmt.Sprintf("handshake %s, rx %d B, tx %d B", hs, p.RxBytes, p.TxBytes))
+			}
+			return tw.Flush()
+		},
+	}
+	addJSONFlag(inspectCmd)
+
+	rmCmd := &cobra.Command{
+		Use:     "rm NODE...",
+		Aliases: []string{"remove"},
+		Short:   "Remove nodes from the cluster (their tasks move, their certificates stop working)",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			force, _ := cmd.Flags().GetBool("force")
+			c := apiClient(cmd)
+			for _, ref := range args {
+				if err := c.RemoveNode(cmdContext(cmd), ref, force); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), ref)
+			}
+			return nil
+		},
+	}
+	rmCmd.Flags().BoolP("force", "f", false, "remove the node even if it is still reporting (ready)")
+
+	nodeCmd.AddCommand(lsCmd, inspectCmd, rmCmd)
+}
+
+func formatLabels(labels map[string]string) string {
+	if len(labels) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + labels[k]
+	}
+	return strings.Join(parts, ",")
+}

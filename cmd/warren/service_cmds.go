@@ -1,0 +1,256 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+)
+
+// addServiceCommands adds `warren service create|ls|inspect|scale|update|rm|ps`.
+func addServiceCommands(root *cobra.Command) {
+	svcCmd := findOrAdd(root, &cobra.Command{Use: "service", Short: "Create, scale, update and remove services"})
+
+	createCmd := &cobra.Command{
+		Use:   "create NAME --image IMAGE [flags] [-- COMMAND ARGS...]",
+		Short: "Create a replicated service with a stable VIP",
+		Example: "  warren service create web --image nginx:alpine --replicas 3 --publish 8080:80\n" +
+			"  warren service create dns --image busybox --publish 5353:53/udp -- nslookupd -f",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var command []string
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				if dash != 1 {
+					return &exitError{code: 2, err: fmt.Errorf("want exactly one service name before --, got %q", args[:dash])}
+				}
+				command = args[1:]
+			} else if len(args) > 1 {
+				return &exitError{code: 2, err: fmt.Errorf("unexpected arguments %q: put the container's command after --, e.g. `-- httpd -f -p 80`", args[1:])}
+			}
+			f := cmd.Flags()
+			image, _ := f.GetString("image")
+			replicas, _ := f.GetInt("replicas")
+			env, _ := f.GetStringArray("env")
+			constraints, _ := f.GetStringArray("constraint")
+			ports, _ := f.GetStringArray("publish")
+			affinity, _ := f.GetBool("affinity")
+			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
+				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity}
+			v, err := apiClient(cmd).CreateService(cmdContext(cmd), spec)
+			if err != nil {
+				return err
+			}
+			if asJSON(cmd) {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s created: VIP %s, %d replica(s)\n", v.Name, v.VIP, v.Replicas)
+			if v.Unplaced != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "warning: %s\n", v.Unplaced)
+			}
+			return nil
+		},
+	}
+	cf := createCmd.Flags()
+	cf.String("image", "", "container image, e.g. nginx:alpine (required)")
+	cf.Int("replicas", 1, "number of tasks (0 or more)")
+	cf.StringArrayP("env", "e", nil, "environment variable KEY=VALUE (repeatable)")
+	cf.StringArray("constraint", nil, "placement rule: node.name==X, node.id!=X, node.labels.KEY==VALUE (repeatable)")
+	cf.StringArrayP("publish", "p", nil, "publish a port on every node: HOST:CONTAINER[/udp] (repeatable)")
+	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
+	_ = createCmd.MarkFlagRequired("image")
+	addJSONFlag(createCmd)
+
+	lsCmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List services",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			list, err := apiClient(cmd).Services(cmdContext(cmd))
+			if err != nil {
+				return err
+			}
+			if asJSON(cmd) {
+				return printJSON(cmd.OutOrStdout(), list)
+			}
+			tw := newTable(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "NAME\tIMAGE\tREPLICAS\tVIP\tPORTS")
+			for _, s := range list {
+				replicas := fmt.Sprintf("%d/%d", s.Running, s.Replicas)
+				if s.Updating {
+					replicas += " (updating)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, s.Image, replicas, s.VIP, formatPorts(s.Ports))
+			}
+			return tw.Flush()
+		},
+	}
+	addJSONFlag(lsCmd)
+
+	inspectCmd := &cobra.Command{
+		Use:   "inspect NAME",
+		Short: "Show a service and its tasks",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apiClient(cmd).Service(cmdContext(cmd), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON(cmd) {
+				return printJSON(cmd.OutOrStdout(), s)
+			}
+			out := cmd.OutOrStdout()
+			tw := newTable(out)
+			row := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
+			row("Name", s.Name)
+			row("Image", s.Image)
+			row("Replicas", fmt.Sprintf("%d running of %d", s.Running, s.Replicas))
+			row("VIP", s.VIP)
+			row("Ports", formatPorts(s.Ports))
+			if len(s.Env) > 0 {
+				row("Env", strings.Join(s.Env, " "))
+			}
+			if len(s.Command) > 0 {
+				row("Command", strings.Join(s.Command, " "))
+			}
+			if len(s.Constraints) > 0 {
+				row("Constraints", strings.Join(s.Constraints, " && "))
+			}
+			row("Affinity", s.Affinity)
+			row("Created", s.CreatedAt.Format(time.RFC3339))
+			row("Updated", s.UpdatedAt.Format(time.RFC3339))
+			if s.Updating {
+				row("Rolling update", "in progress (one task at a time)")
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintln(out)
+			return printTasks(out, s)
+		},
+	}
+	addJSONFlag(inspectCmd)
+
+	psCmd := &cobra.Command{
+		Use:   "ps NAME",
+		Short: "List a service's tasks, with errors and why replicas are unplaced",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apiClient(cmd).Service(cmdContext(cmd), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON(cmd) {
+				return printJSON(cmd.OutOrStdout(), s.Tasks)
+			}
+			return printTasks(cmd.OutOrStdout(), s)
+		},
+	}
+	addJSONFlag(psCmd)
+
+	scaleCmd := &cobra.Command{
+		Use:   "scale NAME=REPLICAS...",
+		Short: "Set the number of tasks of services",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			type change struct {
+				name string
+				n    int
+			}
+			var changes []change
+			for _, a := range args {
+				name, num, ok := strings.Cut(a, "=")
+				n, err := strconv.Atoi(num)
+				if !ok || name == "" || err != nil {
+					return &exitError{code: 2, err: fmt.Errorf("%q: want NAME=REPLICAS, e.g. web=3", a)}
+				}
+				changes = append(changes, change{name, n})
+			}
+			c := apiClient(cmd)
+			for _, ch := range changes {
+				v, err := c.ScaleService(cmdContext(cmd), ch.name, ch.n)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s scaled to %d\n", v.Name, v.Replicas)
+				if v.Unplaced != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "warning: %s\n", v.Unplaced)
+				}
+			}
+			return nil
+		},
+	}
+
+	updateCmd := &cobra.Command{
+		Use:   "update NAME --image IMAGE",
+		Short: "Roll a service to a new image, one task at a time",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			image, _ := cmd.Flags().GetString("image")
+			v, err := apiClient(cmd).UpdateServiceImage(cmdContext(cmd), args[0], image)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time (each next one once the previous reports running); follow with `warren service ps %s`\n",
+				v.Name, v.Image, v.Name)
+			return nil
+		},
+	}
+	updateCmd.Flags().String("image", "", "new container image (required)")
+	_ = updateCmd.MarkFlagRequired("image")
+
+	rmCmd := &cobra.Command{
+		Use:     "rm NAME...",
+		Aliases: []string{"remove"},
+		Short:   "Remove services (their tasks stop, their VIPs are released)",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := apiClient(cmd)
+			for _, name := range args {
+				if err := c.RemoveService(cmdContext(cmd), name); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), name)
+			}
+			return nil
+		},
+	}
+
+	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd)
+}
+
+func printTasks(w io.Writer, s api.ServiceView) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "TASK\tNODE\tIP\tIMAGE\tDESIRED\tSTATE\tERROR")
+	for _, t := range s.Tasks {
+		node := t.Node
+		if node == "" {
+			node = t.NodeID + " (removed)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, t.State, t.Error)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if s.Unplaced != "" {
+		fmt.Fprintf(w, "\nunplaced: %s\n", s.Unplaced)
+	}
+	return nil
+}
+
+func formatPorts(ports []clustermap.Port) string {
+	if len(ports) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(ports))
+	for i, p := range ports {
+		parts[i] = fmt.Sprintf("%d:%d/%s", p.Published, p.Target, p.Protocol)
+	}
+	return strings.Join(parts, ",")
+}
