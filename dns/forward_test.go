@@ -404,3 +404,64 @@ func TestLoopStormTriggersProbe(t *testing.T) {
 	}
 	waitFor(t, "the overload to trigger a probe", func() bool { return lc.count("forwards back to this server") == 1 })
 }
+
+func TestForwardRejectsAnswerToAnotherQuestion(t *testing.T) {
+	liar := startFakeUpstream(t, "", func(w miekg.ResponseWriter, r *miekg.Msg) {
+		m := new(miekg.Msg)
+		m.SetReply(r)
+		m.Question[0].Name = "other.example."
+		m.Answer = append(m.Answer, &miekg.A{
+			Hdr: miekg.RR_Header{Name: "other.example.", Rrtype: miekg.TypeA, Class: miekg.ClassINET, Ttl: 30},
+			A:   []byte{192, 0, 2, 99},
+		})
+		w.WriteMsg(m)
+	})
+	_, addr := startServer(t, Config{Upstreams: []string{liar.addr}, ForwardTimeout: time.Second})
+	resp := ask(t, addr, "udp", "example.com.", miekg.TypeA)
+	if resp.Rcode != miekg.RcodeServerFailure || len(resp.Answer) != 0 {
+		t.Fatalf("rcode %s answers %v, want SERVFAIL without the unrelated answer", miekg.RcodeToString[resp.Rcode], resp.Answer)
+	}
+}
+
+func TestForwardKeepsEDNSAndTruncatesForClient(t *testing.T) {
+	// The upstream has 100 A records (1.6 kB) and, as resolvers do, cuts
+	// its UDP answer to the size asked: the client gets TC over UDP and
+	// all records over TCP, through us.
+	big := startFakeUpstream(t, "", func(w miekg.ResponseWriter, r *miekg.Msg) {
+		m := new(miekg.Msg)
+		m.SetReply(r)
+		for i := range 100 {
+			m.Answer = append(m.Answer, &miekg.A{
+				Hdr: miekg.RR_Header{Name: r.Question[0].Name, Rrtype: miekg.TypeA, Class: miekg.ClassINET, Ttl: 30},
+				A:   []byte{192, 0, 2, byte(i)},
+			})
+		}
+		size := miekg.MinMsgSize
+		if opt := r.IsEdns0(); opt != nil {
+			m.SetEdns0(opt.UDPSize(), false)
+			size = int(opt.UDPSize())
+		}
+		if _, overTCP := w.RemoteAddr().(*net.TCPAddr); overTCP {
+			size = miekg.MaxMsgSize
+		}
+		m.Truncate(size)
+		w.WriteMsg(m)
+	})
+	_, addr := startServer(t, Config{Upstreams: []string{big.addr}})
+
+	m := new(miekg.Msg)
+	m.SetQuestion("many.example.", miekg.TypeA)
+	m.SetEdns0(1232, false)
+	resp := exchange(t, addr, "udp", m)
+	resp.Compress = true
+	packed, _ := resp.Pack()
+	if resp.IsEdns0() == nil || len(packed) > 1232 {
+		t.Fatalf("UDP: OPT %v, %d bytes", resp.IsEdns0(), len(packed))
+	}
+	if !resp.Truncated || len(resp.Answer) < 50 {
+		t.Fatalf("UDP: tc=%v, %d records; want TC and as many as fit", resp.Truncated, len(resp.Answer))
+	}
+	if resp := exchange(t, addr, "tcp", m); resp.Truncated || len(resp.Answer) != 100 {
+		t.Fatalf("TCP: tc=%v, %d records, want all 100", resp.Truncated, len(resp.Answer))
+	}
+}

@@ -66,7 +66,9 @@ func (h *handler) respond(req *miekg.Msg, overTCP bool) *miekg.Msg {
 	}
 
 	if z.inZone(name) {
-		if q.Qclass != miekg.ClassINET && q.Qclass != miekg.ClassANY {
+		// Only IN data, and no zone transfers: the records come from the
+		// cluster map, not from a primary/secondary setup.
+		if (q.Qclass != miekg.ClassINET && q.Qclass != miekg.ClassANY) || q.Qtype == miekg.TypeAXFR || q.Qtype == miekg.TypeIXFR {
 			return h.finish(req, errorReply(req, miekg.RcodeRefused), overTCP)
 		}
 		resp := newReply(req)

@@ -102,6 +102,11 @@ func TestAnswersFromRecords(t *testing.T) {
 			t.Errorf("rcode %s, want REFUSED", miekg.RcodeToString[resp.Rcode])
 		}
 	})
+	t.Run("zone transfer is refused", func(t *testing.T) {
+		if resp := ask(t, addr, "tcp", "warren.local.", miekg.TypeAXFR); resp.Rcode != miekg.RcodeRefused {
+			t.Errorf("AXFR: rcode %s, want REFUSED", miekg.RcodeToString[resp.Rcode])
+		}
+	})
 	t.Run("unknown EDNS version is BADVERS", func(t *testing.T) {
 		m := new(miekg.Msg)
 		m.SetQuestion("nginx.warren.local.", miekg.TypeA)
