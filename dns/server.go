@@ -176,7 +176,8 @@ func splitListen(l string) (string, uint16, error) {
 
 // Start binds UDP and TCP on every listen address (errors such as an
 // address in use are returned here, not later), loads the upstream
-// resolvers and serves until Close.
+// resolvers and serves until Close. After a bind error Start may be
+// called again; Close must be called in any case.
 func (s *Server) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -229,6 +230,9 @@ func (s *Server) Start() error {
 		s.reprobeLoops()
 	}()
 
+	// From here on the server counts as started even if serving fails:
+	// Close releases whatever did start.
+	s.started = true
 	for _, p := range pairs {
 		for _, srv := range []*miekg.Server{
 			{PacketConn: p.pc, UDPSize: udpReadBuffer},
@@ -237,19 +241,29 @@ func (s *Server) Start() error {
 			srv.Handler = s.handler
 			started := make(chan struct{})
 			srv.NotifyStartedFunc = func() { close(started) }
+			failed := make(chan error, 1)
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
-				if err := srv.ActivateAndServe(); err != nil && s.ctx.Err() == nil {
+				err := srv.ActivateAndServe()
+				if err != nil && s.ctx.Err() == nil {
 					s.log.Error("dns: server stopped", "err", err)
 				}
+				failed <- err
 			}()
 			// Wait until miekg marks it started, so Close can shut it down.
-			<-started
-			s.servers = append(s.servers, srv)
+			select {
+			case <-started:
+				s.servers = append(s.servers, srv)
+			case err := <-failed:
+				for _, p := range pairs {
+					p.pc.Close()
+					p.ln.Close()
+				}
+				return fmt.Errorf("dns: serve: %w", err)
+			}
 		}
 	}
-	s.started = true
 	s.log.Info("dns: serving", "listen", addrs, "domain", s.zone.Load().domain)
 	return nil
 }
