@@ -194,6 +194,9 @@ func (m *Manager) createCluster() (*state, error) {
 	if !c.VIPSubnet.IsValid() {
 		c.VIPSubnet = netip.MustParsePrefix("10.1.0.0/16")
 	}
+	if err := validateSubnets(c); err != nil {
+		return nil, err
+	}
 	now := m.now()
 	id := randomID()
 	ca, err := pki.NewCA(id, now)
@@ -233,6 +236,24 @@ func (m *Manager) createCluster() (*state, error) {
 	}
 	s.meta.SelfID = self.ID
 	return s, nil
+}
+
+// validateSubnets refuses address plans the allocators cannot serve. The
+// config loader checks the same and more (host routes); this guards callers
+// that build a ManagerConfig themselves.
+func validateSubnets(c ManagerConfig) error {
+	for name, p := range map[string]netip.Prefix{"wireguard subnet": c.WireGuardSubnet, "container subnet": c.ContainerSubnet, "VIP subnet": c.VIPSubnet} {
+		if !p.Addr().Is4() || p != p.Masked() {
+			return fmt.Errorf("%s %s: want a canonical IPv4 CIDR such as 10.0.0.0/24", name, p)
+		}
+	}
+	if c.ContainerBlockBits < c.ContainerSubnet.Bits() || c.ContainerBlockBits > 30 {
+		return fmt.Errorf("container block /%d does not fit container subnet %s (want /%d to /30)", c.ContainerBlockBits, c.ContainerSubnet, c.ContainerSubnet.Bits())
+	}
+	if c.VIPSubnet.Overlaps(c.WireGuardSubnet) || c.VIPSubnet.Overlaps(c.ContainerSubnet) {
+		return fmt.Errorf("VIP subnet %s overlaps wireguard subnet %s or container subnet %s", c.VIPSubnet, c.WireGuardSubnet, c.ContainerSubnet)
+	}
+	return nil
 }
 
 // admit allocates an overlay IP and a container block and records a new

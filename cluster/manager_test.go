@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -263,4 +264,32 @@ func TestJoinRefusesClockBeforeCA(t *testing.T) {
 		t.Fatalf("join with the clock in 1970: %v", err)
 	}
 	t.Logf("refused as expected: %v", err)
+}
+
+func TestOpenManagerRefusesBadSubnets(t *testing.T) {
+	base := ManagerConfig{
+		StateDir: t.TempDir(), Logger: testLogger(t),
+		Node: NodeInfo{Name: "m", Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PublicKey: newWGKey(t)},
+	}
+	for _, c := range []struct {
+		name string
+		edit func(*ManagerConfig)
+		want string
+	}{
+		{"host bits", func(c *ManagerConfig) { c.WireGuardSubnet = netip.MustParsePrefix("10.0.0.1/24") }, "canonical"},
+		{"block too big", func(c *ManagerConfig) { c.ContainerBlockBits = 8 }, "does not fit"},
+		{"VIP overlap", func(c *ManagerConfig) { c.VIPSubnet = netip.MustParsePrefix("10.0.5.0/24") }, "overlaps"},
+	} {
+		cfg := base
+		cfg.StateDir = t.TempDir()
+		c.edit(&cfg)
+		m, err := OpenManager(cfg)
+		if err == nil {
+			m.Close()
+			t.Fatalf("%s: accepted", c.name)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%s: %v, want it to say %q", c.name, err, c.want)
+		}
+	}
 }

@@ -45,8 +45,8 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 		Handler:           m.nodeHandler(),
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ErrorLog:          nil,
 	}
 	go m.livenessLoop(ctx)
 	errc := make(chan error, 1)
