@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,9 +68,8 @@ type Applier struct {
 	lastFull time.Time
 }
 
-// NewApplier finds the iptables backend the host already uses (nft or
-// legacy, by which one holds more rules, as kube-proxy's iptables-wrapper
-// does; the host's default `iptables` when neither holds any).
+// NewApplier finds the iptables backend the host already uses (see
+// detectCommand) and the matching iptables-restore.
 func NewApplier(logger *slog.Logger) (*Applier, error) {
 	if logger == nil {
 		logger = slog.Default()
@@ -96,9 +97,25 @@ func NewApplier(logger *slog.Logger) (*Applier, error) {
 	return a, nil
 }
 
-// detectCommand picks iptables-nft or iptables-legacy by the number of
-// rules each holds; rules in the other backend would be invisible to us.
+// detectCommand picks the iptables variant to use. When our own canary
+// chain exists in exactly one backend (a restart), that one, which is
+// cheap to check. Otherwise iptables-nft or iptables-legacy by the number
+// of rules each holds, as kube-proxy's iptables-wrapper does: rules in
+// the other backend would be invisible to us. With no rules anywhere, the
+// host's default `iptables`.
 func detectCommand() string {
+	var ours []string
+	for _, c := range []string{"iptables-nft", "iptables-legacy"} {
+		if c == "iptables-legacy" && !legacyNATLoaded() {
+			continue // asking would create the legacy nat table
+		}
+		if path, err := exec.LookPath(c); err == nil && exec.Command(path, "-w", "-t", "nat", "-S", chainCanary, "1").Run() == nil {
+			ours = append(ours, c)
+		}
+	}
+	if len(ours) == 1 {
+		return ours[0]
+	}
 	nft := countRules("iptables-nft-save")
 	legacy := countRules("iptables-legacy-save")
 	switch {
@@ -109,6 +126,14 @@ func detectCommand() string {
 	default:
 		return "iptables"
 	}
+}
+
+// legacyNATLoaded reports whether this namespace has a legacy (x_tables)
+// nat table; listing it with iptables-legacy would otherwise create one.
+// thread-self, not self: the calling thread may have entered a namespace.
+func legacyNATLoaded() bool {
+	names, err := os.ReadFile("/proc/thread-self/net/ip_tables_names")
+	return err == nil && slices.Contains(strings.Fields(string(names)), "nat")
 }
 
 // countRules is the number of rules save prints, or -1 when it cannot run.

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -41,7 +42,12 @@ func syncIn(t testing.TB, ns string, a *Applier, services []Service, opts Option
 // rules the kernel holds.
 func saved(t testing.TB, ns string, a *Applier) string {
 	t.Helper()
-	out := nsRun(t, ns, a.command+"-save")
+	// stdout only: iptables-nft-save warns on stderr about legacy tables.
+	raw, err := exec.Command("nsenter", "--net=/run/netns/"+ns, a.command+"-save").Output()
+	if err != nil {
+		t.Fatalf("%s-save: %v", a.command, err)
+	}
+	out := string(raw)
 	var lines []string
 	for _, l := range strings.Split(out, "\n") {
 		if l == "" || strings.HasPrefix(l, "#") {
