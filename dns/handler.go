@@ -115,8 +115,8 @@ func (h *handler) finish(req, resp *miekg.Msg, overTCP bool) *miekg.Msg {
 		}
 		size = min(max(size, miekg.MinMsgSize), maxUDPResponse)
 	}
+	// Truncate also picks compression: only when the answer needs it to fit.
 	resp.Truncate(size)
-	resp.Compress = true
 	return resp
 }
 
