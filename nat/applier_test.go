@@ -393,3 +393,50 @@ func TestApplierFailedSyncChangesNothing(t *testing.T) {
 	syncIn(t, ns, a, changed, baseOpts)
 	assertMatchesRender(t, saved(t, ns, a), changed, baseOpts)
 }
+
+func TestApplierLegacyBackend(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("iptables-legacy"); err != nil {
+		t.Skip("iptables-legacy not installed")
+	}
+	ns := newNetns(t, "legacy")
+	// A host already on legacy iptables: its rules live there.
+	nsRun(t, ns, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT")
+	t.Cleanup(func() {
+		_, _ = execQuiet("nsenter", "--net=/run/netns/"+ns, "iptables-legacy", "-t", "filter", "-F")
+	})
+	a := applierIn(t, ns)
+	if a.command != "iptables-legacy" || a.Backend() != "legacy" {
+		t.Fatalf("picked %s (%s) on a legacy host", a.command, a.Backend())
+	}
+	services := services3x3()
+	syncIn(t, ns, a, services, baseOpts)
+	first := saved(t, ns, a)
+	assertMatchesRender(t, first, services, baseOpts)
+
+	// Someone fills nft with more rules than legacy holds: a restarted
+	// daemon still finds its own chains in legacy and stays there.
+	var many strings.Builder
+	many.WriteString("*filter\n:OTHER - [0:0]\n")
+	for i := range 300 {
+		fmt.Fprintf(&many, "-A OTHER -s 192.0.2.%d/32 -j ACCEPT\n", i%250)
+	}
+	many.WriteString("COMMIT\n")
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+ns, "iptables-nft-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(many.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("fill nft: %v: %s", err, out)
+	}
+	b := applierIn(t, ns)
+	if b.command != "iptables-legacy" {
+		t.Fatalf("restart picked %s although our chains are in legacy", b.command)
+	}
+	syncIn(t, ns, b, services, baseOpts)
+	if got := saved(t, ns, b); got != first {
+		t.Errorf("restart on legacy changed the rules:\n%s", diffLines(first, got))
+	}
+	mustInNetns(t, ns, b.Cleanup)
+	if got := saved(t, ns, b); strings.Contains(got, "WARREN") {
+		t.Errorf("Cleanup left WARREN rules in legacy:\n%s", got)
+	}
+}
