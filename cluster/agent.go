@@ -402,7 +402,9 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 	// three of them means the connection is dead even if TCP has not noticed.
 	idle := time.AfterFunc(3*watchKeepalive, cancel)
 	defer idle.Stop()
-	r := bufio.NewReader(resp.Body)
+	// Big enough to hold several maps of a large cluster, so a burst can be
+	// skipped through (newerLineBuffered).
+	r := bufio.NewReaderSize(resp.Body, 256<<10)
 	first := true
 	for {
 		line, err := r.ReadBytes('\n')
@@ -414,7 +416,10 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 		}
 		idle.Reset(3 * watchKeepalive)
 		line = bytes.TrimSpace(line)
-		if len(line) == 0 {
+		if len(line) == 0 || newerLineBuffered(r) {
+			// A burst of changes (many nodes joining) queues maps faster
+			// than a slow board applies them: skip to the newest one
+			// already received, sparing a decode, a cache write and an apply.
 			continue
 		}
 		var m clustermap.Map
@@ -434,6 +439,14 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 		}
 		first = false
 	}
+}
+
+// newerLineBuffered reports whether r already holds another complete map
+// line (the manager sends versions in increasing order).
+func newerLineBuffered(r *bufio.Reader) bool {
+	buf, _ := r.Peek(r.Buffered())
+	i := bytes.IndexByte(buf, '\n')
+	return i >= 0 && len(bytes.TrimSpace(buf[:i])) > 0
 }
 
 // noteSelf refreshes this node's record from a map.
