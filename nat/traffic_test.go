@@ -262,6 +262,31 @@ func TestTraffic(t *testing.T) {
 		}
 	})
 
+	t.Run("published port from the node itself, but not on loopback", func(t *testing.T) {
+		if _, err := httpGet(lab.node, netip.AddrPortFrom(labNodeLAN, 8081)); err != nil {
+			t.Errorf("node to its own published port: %v", err)
+		}
+		_, err := dialIn(lab.node, "tcp4", netip.MustParseAddrPort("127.0.0.1:8081"))
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("127.0.0.1:8081 got %v, want connection refused (loopback is not published)", err)
+		}
+	})
+
+	t.Run("NodeAddresses limits published ports to those addresses", func(t *testing.T) {
+		opts := lab.options()
+		opts.NodeAddresses = []netip.Addr{labNodeLAN}
+		syncIn(t, lab.node, a, lab.services(), opts)
+		defer syncIn(t, lab.node, a, lab.services(), lab.options())
+		if _, err := httpGet(lab.client, netip.AddrPortFrom(labNodeLAN, 8081)); err != nil {
+			t.Errorf("published port on a listed address: %v", err)
+		}
+		// The bridge address is local too, but not listed.
+		_, err := dialIn(lab.backends["b2"], "tcp4", netip.MustParseAddrPort("10.77.1.1:8081"))
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("unlisted node address 10.77.1.1:8081 got %v, want connection refused", err)
+		}
+	})
+
 	t.Run("published UDP port answers on the node address", func(t *testing.T) {
 		seen := map[string]bool{}
 		for range 20 {
