@@ -142,8 +142,7 @@ func (f *forwarder) probe(ctx context.Context, up *upstream, timeout time.Durati
 	defer cancel()
 	m := new(miekg.Msg)
 	m.SetQuestion(name, miekg.TypeHINFO)
-	c := &miekg.Client{Net: "udp"}
-	if _, _, err := c.ExchangeContext(ctx, m, up.addr.String()); err != nil {
+	if _, err := roundTrip(ctx, "udp", m, up.addr.String()); err != nil {
 		f.log.Debug("dns: loop probe got no answer", "upstream", up.addr, "err", err)
 		return
 	}
@@ -257,8 +256,7 @@ func (f *forwarder) exchange(ctx context.Context, up *upstream, out *miekg.Msg, 
 	if up.looped.Load() {
 		return nil, errors.New("upstream loops back to us")
 	}
-	c := &miekg.Client{Net: network, UDPSize: miekg.DefaultMsgSize}
-	resp, _, err := c.ExchangeContext(ctx, out, up.addr.String())
+	resp, err := roundTrip(ctx, network, out, up.addr.String())
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,8 @@ var ErrNotFound = errors.New("no such name")
 // AAAA records of name, taken as fully qualified: the caller appends the
 // cluster domain to short names. It retries over TCP when the UDP answer
 // is truncated. A name that exists without addresses gives no addresses
-// and no error; NXDOMAIN gives an error wrapping ErrNotFound.
+// and no error; NXDOMAIN gives an error wrapping ErrNotFound. Without a
+// deadline on ctx, each question waits at most 4 s.
 func Resolve(ctx context.Context, server string, name string) ([]netip.Addr, error) {
 	ap, err := parseHostPort(server, 53)
 	if err != nil {
@@ -78,9 +79,16 @@ func query(ctx context.Context, server, fqdn string, qtype uint16) ([]netip.Addr
 	m := new(miekg.Msg)
 	m.SetQuestion(fqdn, qtype)
 	m.SetEdns0(maxUDPResponse, false)
-	resp, _, err := (&miekg.Client{Net: "udp"}).ExchangeContext(ctx, m, server)
+	if _, ok := ctx.Deadline(); !ok {
+		// Twice the server's default forwarding budget: long enough to
+		// get its SERVFAIL rather than time out first.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultForwardTimeout*2)
+		defer cancel()
+	}
+	resp, err := roundTrip(ctx, "udp", m, server)
 	if err == nil && resp.Truncated {
-		resp, _, err = (&miekg.Client{Net: "tcp"}).ExchangeContext(ctx, m, server)
+		resp, err = roundTrip(ctx, "tcp", m, server)
 	}
 	if err != nil {
 		return nil, err

@@ -1,11 +1,14 @@
 package dns
 
 import (
+	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	miekg "github.com/miekg/dns"
 )
@@ -273,5 +276,63 @@ func TestFreeBind(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestCloseReleasesEverything(t *testing.T) {
+	silent := silentUpstream(t)
+	before := runtime.NumGoroutine()
+
+	s, err := NewServer(Config{
+		Listen:         []string{"127.0.0.1:0"},
+		Upstreams:      []string{silent},
+		ForwardTimeout: time.Minute, // still in flight when Close comes
+		Logger:         quietLogger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := s.Addrs()[0]
+
+	// A forward stuck on the silent upstream, and an idle TCP client.
+	answered := make(chan *miekg.Msg, 1)
+	go func() {
+		m := new(miekg.Msg)
+		m.SetQuestion("stuck.example.", miekg.TypeA)
+		resp, _, _ := (&miekg.Client{Timeout: 30 * time.Second}).Exchange(m, addr.String())
+		answered <- resp
+	}()
+	idle, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	time.Sleep(100 * time.Millisecond) // let the query reach the forwarder
+
+	closeStart := time.Now()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	t.Logf("Close took %v", time.Since(closeStart))
+	if resp := <-answered; resp == nil || resp.Rcode != miekg.RcodeServerFailure {
+		t.Fatalf("query in flight at Close: %v, want SERVFAIL", resp)
+	}
+	// The port is free again for both transports.
+	pc, ln, _, err := bindPair(t.Context(), "127.0.0.1", addr.Port(), false)
+	if err != nil {
+		t.Fatalf("port still held after Close: %v", err)
+	}
+	pc.Close()
+	ln.Close()
+	// No goroutine of the server survives (polling: exits are asynchronous).
+	waitFor(t, "the server's goroutines to exit", func() bool { return runtime.NumGoroutine() <= before })
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := s.Start(); err == nil {
+		t.Fatal("Start after Close succeeded")
 	}
 }
