@@ -108,7 +108,7 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 			a.log.Info("using the configured manager address instead of the stored one", "configured", cfg.Manager, "stored", a.id.Manager)
 			a.id.Manager = cfg.Manager
 		}
-		a.client = a.httpClient(pki.CertHash(a.ca.Raw))
+		a.client = a.httpClient(pki.CertHash(a.ca.Raw), pinnedByIdentity)
 		a.log.Info("reusing stored identity", "node", a.id.Node.Name, "id", a.id.Node.ID, "overlay_ip", a.id.Node.OverlayIP, "manager", a.id.Manager)
 		return a, nil
 	}
@@ -178,7 +178,7 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 		Secret: tok.Secret, Name: a.cfg.Node.Name, Role: a.cfg.Node.Role, Labels: a.cfg.Node.Labels,
 		Endpoint: a.cfg.Node.Endpoint, PublicKey: a.cfg.Node.PublicKey, CSR: csr,
 	}
-	client := a.httpClient(tok.CAHash)
+	client := a.httpClient(tok.CAHash, pinnedByToken)
 	var resp api.JoinResponse
 	var pinned *x509.Certificate
 	bo := newBackoff()
@@ -214,7 +214,7 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 	if err := a.saveIdentity(); err != nil {
 		return err
 	}
-	a.client = a.httpClient(tok.CAHash)
+	a.client = a.httpClient(pki.CertHash(pinned.Raw), pinnedByIdentity)
 	a.selfSynced = true
 	a.log.Info("joined cluster", "cluster", resp.ClusterID, "node", resp.Node.Name, "id", resp.Node.ID,
 		"overlay_ip", resp.Node.OverlayIP, "block", resp.Node.ContainerBlock)
@@ -250,7 +250,7 @@ func (a *Agent) postJoin(ctx context.Context, client *http.Client, caHash string
 		}
 	}
 	if pinned == nil {
-		return nil, &caMismatchError{want: caHash}
+		return nil, &caMismatchError{want: caHash, pinnedBy: pinnedByToken}
 	}
 	return pinned, nil
 }
@@ -352,8 +352,15 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 			bo.reset()
 		}
 		d := bo.next()
-		a.log.Warn("manager unreachable, keeping the last map and retrying", "manager", a.managerAddr(), "version", have,
-			"retry_in", d.Round(time.Millisecond), "err", err)
+		if isPermanent(err) {
+			// Not a network problem: say so louder, but keep trying, since
+			// an edge node must not give up (the clock may get fixed by NTP).
+			a.log.Error("manager refuses this node, keeping the last map and retrying", "manager", a.managerAddr(), "version", have,
+				"retry_in", d.Round(time.Millisecond), "err", err)
+		} else {
+			a.log.Warn("manager unreachable, keeping the last map and retrying", "manager", a.managerAddr(), "version", have,
+				"retry_in", d.Round(time.Millisecond), "err", err)
+		}
 		if err := sleepCtx(ctx, d); err != nil {
 			return err
 		}
@@ -559,12 +566,12 @@ func (a *Agent) url(host, path string, q url.Values) string {
 // httpClient talks to managers whose certificate chains to the CA with
 // caHash. Managers are reached by IP and their certificates cannot know
 // every address, so the pinned CA, not the host name, is what is checked.
-func (a *Agent) httpClient(caHash string) *http.Client {
+func (a *Agent) httpClient(caHash, pinnedBy string) *http.Client {
 	conf := &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // replaced by VerifyPeerCertificate below: CA pinned by hash
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyPinned(raw, caHash, a.now())
+			return verifyPinned(raw, caHash, pinnedBy, a.now())
 		},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			a.mu.Lock()
@@ -585,7 +592,7 @@ func (a *Agent) httpClient(caHash string) *http.Client {
 
 // verifyPinned checks that the manager presented a CA whose hash is the
 // pinned one and a serving certificate signed by it, valid now.
-func verifyPinned(raw [][]byte, caHash string, now time.Time) error {
+func verifyPinned(raw [][]byte, caHash, pinnedBy string, now time.Time) error {
 	var certs []*x509.Certificate
 	for _, r := range raw {
 		c, err := x509.ParseCertificate(r)
@@ -608,7 +615,7 @@ func verifyPinned(raw [][]byte, caHash string, now time.Time) error {
 		if len(certs) > 1 {
 			got = pki.CertHash(certs[len(certs)-1].Raw)
 		}
-		return &caMismatchError{want: caHash, got: got}
+		return &caMismatchError{want: caHash, got: got, pinnedBy: pinnedBy}
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
@@ -618,15 +625,26 @@ func verifyPinned(raw [][]byte, caHash string, now time.Time) error {
 	return pki.VerifyChain(certs[0], pool, x509.ExtKeyUsageServerAuth, now)
 }
 
+// What pinned the CA, for caMismatchError's message.
+const (
+	pinnedByToken    = "the token"
+	pinnedByIdentity = "this node's cluster CA (" + FileCA + ")"
+)
+
 // caMismatchError: the manager's CA is not the one the token (or the
 // stored identity) pins. Retrying cannot help.
-type caMismatchError struct{ want, got string }
+type caMismatchError struct{ want, got, pinnedBy string }
 
 func (e *caMismatchError) Error() string {
-	if e.got == "" {
-		return fmt.Sprintf("the manager's CA does not match the token (token pins CA sha256 %s…): the token is for another cluster, or this is not the manager you meant", short(e.want))
+	got := ""
+	if e.got != "" {
+		got = " (sha256 " + short(e.got) + "…)"
 	}
-	return fmt.Sprintf("the manager's CA (sha256 %s…) does not match the token (sha256 %s…): the token is for another cluster, or this is not the manager you meant", short(e.got), short(e.want))
+	advice := "the token is for another cluster, or this is not the manager you meant"
+	if e.pinnedBy == pinnedByIdentity {
+		advice = "this address now serves another cluster (was the manager re-created?); to join that cluster, clear the state dir and join with its token"
+	}
+	return fmt.Sprintf("the manager's CA%s does not match %s (sha256 %s…): %s", got, e.pinnedBy, short(e.want), advice)
 }
 
 func short(h string) string { return h[:min(12, len(h))] }

@@ -3,8 +3,11 @@ package cluster
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -196,5 +199,116 @@ func TestAgentRetriesWhileManagerUnreachable(t *testing.T) {
 	tm.start()
 	if err := <-done; err != nil {
 		t.Fatalf("join after the manager came up: %v", err)
+	}
+}
+
+// freezableProxy forwards TCP to target; freeze stalls every connection
+// open at that moment without closing it (a manager that lost power behind
+// a switch), while new connections still get through.
+type freezableProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	frozen chan struct{} // closed: connections opened before it stall
+	conns  []net.Conn
+}
+
+func startProxy(t *testing.T, target string) *freezableProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezableProxy{ln: ln, target: target, frozen: make(chan struct{})}
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, up)
+			frozen := p.frozen
+			p.mu.Unlock()
+			go p.pipe(c, up, frozen)
+			go p.pipe(up, c, frozen)
+		}
+	}()
+	return p
+}
+
+func (p *freezableProxy) pipe(dst, src net.Conn, frozen chan struct{}) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			select {
+			case <-frozen:
+				return // stall: drop the data, keep both sockets open
+			default:
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *freezableProxy) freeze() {
+	p.mu.Lock()
+	close(p.frozen)
+	p.frozen = make(chan struct{})
+	p.mu.Unlock()
+}
+
+func TestWatchReconnectsWhenStreamGoesSilent(t *testing.T) {
+	old := watchKeepalive
+	watchKeepalive = 200 * time.Millisecond
+	t.Cleanup(func() { watchKeepalive = old })
+	tm := startManager(t)
+	proxy := startProxy(t, tm.addr)
+	cfg := agentConfig(t, tm, "worker-1")
+	cfg.Manager = proxy.ln.Addr().String()
+	a := join(t, cfg)
+	r := watch(t, a)
+	r.waitFor(t, "two nodes", hasNodes(2))
+	proxy.freeze() // the open stream now carries nothing, but stays open
+	if _, err := tm.m.CreateService(api.ServiceSpec{Name: "web", Image: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(t, "the change, over a new connection", func(m *clustermap.Map) bool { return len(m.Services) == 1 })
+}
+
+func TestFirstMapOfAStreamReplacesANewerCache(t *testing.T) {
+	tm := startManager(t)
+	cfg := agentConfig(t, tm, "worker-1")
+	a := join(t, cfg)
+	// A cache from before the manager was restored from an older backup.
+	stale := tm.m.Map()
+	future := *stale
+	future.Version = stale.Version + 1000
+	b, _ := json.Marshal(future)
+	if err := os.WriteFile(filepath.Join(cfg.StateDir, FileMap), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := watch(t, a)
+	m := r.waitFor(t, "the manager's map", func(m *clustermap.Map) bool { return m.Version == tm.m.Map().Version })
+	if len(m.Nodes) != 2 {
+		t.Fatalf("map = %+v", m)
 	}
 }

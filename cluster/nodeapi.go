@@ -17,8 +17,9 @@ import (
 )
 
 // watchKeepalive is how often an idle watch stream carries an empty line,
-// so agents notice a dead manager without TCP timeouts.
-const watchKeepalive = 15 * time.Second
+// so agents notice a dead manager without TCP timeouts. A variable only so
+// tests can shorten it.
+var watchKeepalive = 15 * time.Second
 
 // Serve runs the node API (mTLS) on cfg.APIListen and the liveness check
 // that marks silent nodes down, until ctx ends.
