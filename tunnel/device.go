@@ -59,7 +59,11 @@ type Config struct {
 	// Forwards are served in both modes; in tun mode they dial through the
 	// kernel's routes into the interface.
 	Forwards []Forward
-	Logger   *slog.Logger
+	// QueuedPackets bounds how many packets wireguard-go may hold per
+	// direction (each takes a 64 KiB buffer): 0 means DefaultQueuedPackets,
+	// negative means unbounded (wireguard-go's own behaviour). See memory.go.
+	QueuedPackets int
+	Logger        *slog.Logger
 }
 
 // Device is a running WireGuard interface with its UAPI socket.
@@ -97,6 +101,9 @@ func (c *Config) applyDefaults() error {
 	}
 	if c.MTU == 0 {
 		c.MTU = DefaultMTU
+	}
+	if c.QueuedPackets == 0 {
+		c.QueuedPackets = DefaultQueuedPackets
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -157,7 +164,11 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.wg = device.NewDevice(tunDev, conn.NewDefaultBind(), wgLogger(d.log))
+	var bind conn.Bind = conn.NewDefaultBind()
+	if cfg.QueuedPackets > 0 {
+		bind, tunDev = budgetedBindAndTUN(bind, tunDev, cfg.QueuedPackets)
+	}
+	d.wg = device.NewDevice(tunDev, bind, wgLogger(d.log))
 
 	if err := d.wg.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.hex(), cfg.ListenPort)); err != nil {
 		return nil, fmt.Errorf("configure %s: %w", cfg.Interface, err)

@@ -17,6 +17,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,7 +154,10 @@ type helperConfig struct {
 	Forwards  []Forward
 	Peers     []Peer
 	Unbounded bool // benchmark: run without the memory bound
-	Debug     bool
+	// MemoryLimitMiB sets the Go runtime's soft memory limit in the device
+	// process, as GOMEMLIMIT in the daemon's environment would.
+	MemoryLimitMiB int64
+	Debug          bool
 }
 
 type helperRequest struct {
@@ -199,6 +204,15 @@ func helperMain(raw string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg := Config{Interface: hc.Interface, Mode: hc.Mode, ListenPort: hc.Port, Address: hc.Address,
 		PrivateKey: hc.Private, Forwards: hc.Forwards, Logger: log}
+	if hc.Unbounded {
+		cfg.QueuedPackets = -1
+	}
+	if n, err := strconv.Atoi(os.Getenv("TUNNEL_TEST_QUEUED_PACKETS")); err == nil && !hc.Unbounded {
+		cfg.QueuedPackets = n
+	}
+	if hc.MemoryLimitMiB > 0 {
+		debug.SetMemoryLimit(hc.MemoryLimitMiB << 20)
+	}
 	dev, err := Open(cfg)
 	if err != nil {
 		reply(helperReply{Err: err.Error()})
