@@ -16,11 +16,6 @@ import (
 // outside name forwarded upstream.
 func TestLibcResolverWithTaskResolvConf(t *testing.T) {
 	requireRoot(t)
-	for _, tool := range []string{"getent", "unshare"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
 	listen := uniqueLoopback(4)
 	up := startFakeUpstream(t, "", answerA("192.0.2.77"))
 	s, _ := startServer(t, Config{Listen: []string{listen + ":53"}, Upstreams: []string{up.addr}})
