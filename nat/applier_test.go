@@ -255,6 +255,7 @@ func TestApplierCanaryAndCleanup(t *testing.T) {
 		"flush filter WARREN-SERVICES": {"-t", "filter", "-F", chainServices},
 		"flush nat PREROUTING":         {"-t", "nat", "-F", "PREROUTING"},
 		"flush filter table":           {"-t", "filter", "-F"},
+		"delete filter OUTPUT jump":    append([]string{"-t", "filter", "-D", "OUTPUT"}, jumps[7].spec...),
 	}
 	for _, name := range slices.Sorted(func(yield func(string) bool) {
 		for k := range sabotage {
@@ -274,6 +275,17 @@ func TestApplierCanaryAndCleanup(t *testing.T) {
 		if canary() {
 			t.Errorf("%s: canary still missing after resync", name)
 		}
+	}
+
+	// The whole nat table flushed and its chains deleted.
+	nsRun(t, ns, a.command, "-t", "nat", "-F")
+	nsRun(t, ns, a.command, "-t", "nat", "-X")
+	if !canary() {
+		t.Error("nat table wiped: canary not noticed")
+	}
+	syncIn(t, ns, a, services, baseOpts)
+	if got := saved(t, ns, a); got != want {
+		t.Errorf("nat table wiped: resync did not restore the rules:\n%s", diffLines(want, got))
 	}
 
 	// A rule of someone else must survive Cleanup.

@@ -63,7 +63,7 @@ func BenchmarkSync(b *testing.B) {
 	small := benchServices(200, 3)
 	smallMoved := withOneEndpointMoved(small)
 
-	var fullBig, changeBig, restartBig, fullSmall, changeSmall, baseFull, baseChange time.Duration
+	var fullBig, changeBig, canaryBig, restartBig, fullSmall, changeSmall, baseFull, baseChange time.Duration
 	mustInNetns(b, ns, func() error {
 		a, err := NewApplier(discardLogger())
 		if err != nil {
@@ -86,6 +86,15 @@ func BenchmarkSync(b *testing.B) {
 				return err
 			}
 			if err := timed(&changeBig, func() error { return a.Sync(bigMoved, baseOpts) }); err != nil {
+				return err
+			}
+			if err := timed(&canaryBig, func() error {
+				missing, err := a.CanaryMissing()
+				if err == nil && missing {
+					err = fmt.Errorf("canary missing right after a sync")
+				}
+				return err
+			}); err != nil {
 				return err
 			}
 			// A restarted daemon: a new Applier's first (full) sync over
@@ -134,15 +143,16 @@ func BenchmarkSync(b *testing.B) {
 	b.ReportMetric(ms(fullBig), "full-1000x3-ms")
 	b.ReportMetric(ms(changeBig), "change-1000x3-ms")
 	b.ReportMetric(ms(restartBig), "restart-1000x3-ms")
+	b.ReportMetric(ms(canaryBig), "canary-check-1000x3-ms")
 	b.ReportMetric(ms(fullSmall), "full-200x3-ms")
 	b.ReportMetric(ms(changeSmall), "change-200x3-ms")
 	b.ReportMetric(ms(baseFull), "baseline-full-200x3-ms")
 	b.ReportMetric(ms(baseChange), "baseline-change-200x3-ms")
 	b.ReportMetric(float64(baseFull)/float64(fullSmall), "baseline/restore-full-200")
 	b.ReportMetric(float64(baseChange)/float64(changeSmall), "baseline/restore-change-200")
-	b.Logf("restore: full 1000x3 %.1f ms (target < 1000), one change %.1f ms (target < 100), restart over existing rules %.1f ms; "+
+	b.Logf("restore: full 1000x3 %.1f ms (target < 1000), one change %.1f ms (target < 100), restart over existing rules %.1f ms, canary check %.1f ms; "+
 		"200x3: restore full %.1f ms vs one call per rule %.1f ms (%.1fx), one change %.1f ms vs %.1f ms (%.1fx)",
-		ms(fullBig), ms(changeBig), ms(restartBig), ms(fullSmall), ms(baseFull), float64(baseFull)/float64(fullSmall),
+		ms(fullBig), ms(changeBig), ms(restartBig), ms(canaryBig), ms(fullSmall), ms(baseFull), float64(baseFull)/float64(fullSmall),
 		ms(changeSmall), ms(baseChange), float64(baseChange)/float64(changeSmall))
 }
 
