@@ -46,7 +46,8 @@ type AgentConfig struct {
 	Node     NodeInfo
 	Logger   *slog.Logger
 
-	now func() time.Time // tests move the clock
+	now       func() time.Time // tests move the clock
+	keepalive time.Duration    // the manager's watch keepalive; tests shorten it
 }
 
 // Agent is a joined node's link to the manager.
@@ -85,6 +86,9 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	}
 	if cfg.now == nil {
 		cfg.now = time.Now
+	}
+	if cfg.keepalive == 0 {
+		cfg.keepalive = watchKeepalive
 	}
 	if cfg.Node.Role == "" {
 		cfg.Node.Role = clustermap.RoleWorker
@@ -405,9 +409,9 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 	if resp.StatusCode != http.StatusOK {
 		return false, decodeResponse(resp, nil)
 	}
-	// The manager writes a keepalive line every watchKeepalive; silence for
+	// The manager writes a keepalive line every keepalive period; silence for
 	// three of them means the connection is dead even if TCP has not noticed.
-	idle := time.AfterFunc(3*watchKeepalive, cancel)
+	idle := time.AfterFunc(3*a.cfg.keepalive, cancel)
 	defer idle.Stop()
 	// Big enough to hold several maps of a large cluster, so a burst can be
 	// skipped through (newerLineBuffered).
@@ -417,11 +421,11 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 		line, err := r.ReadBytes('\n')
 		if err != nil {
 			if ctx.Err() != nil && idle.Stop() == false {
-				err = fmt.Errorf("no data from the manager for %s", 3*watchKeepalive)
+				err = fmt.Errorf("no data from the manager for %s", 3*a.cfg.keepalive)
 			}
 			return delivered, fmt.Errorf("map stream: %w", err)
 		}
-		idle.Reset(3 * watchKeepalive)
+		idle.Reset(3 * a.cfg.keepalive)
 		line = bytes.TrimSpace(line)
 		if len(line) == 0 || newerLineBuffered(r) {
 			// A burst of changes (many nodes joining) queues maps faster
@@ -441,7 +445,10 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 			}
 			*have = m.Version
 			a.noteSelf(&m)
+			// A slow apply is not a silent manager.
+			idle.Stop()
 			apply(&m)
+			idle.Reset(3 * a.cfg.keepalive)
 			delivered = true
 		}
 		first = false

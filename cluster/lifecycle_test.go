@@ -277,12 +277,12 @@ func (p *freezableProxy) freeze() {
 }
 
 func TestWatchReconnectsWhenStreamGoesSilent(t *testing.T) {
-	old := watchKeepalive
-	watchKeepalive = 200 * time.Millisecond
-	t.Cleanup(func() { watchKeepalive = old })
 	tm := startManager(t)
+	tm.cfg.keepalive = 200 * time.Millisecond
+	tm.restart()
 	proxy := startProxy(t, tm.addr)
 	cfg := agentConfig(t, tm, "worker-1")
+	cfg.keepalive = tm.cfg.keepalive
 	cfg.Manager = proxy.ln.Addr().String()
 	a := join(t, cfg)
 	r := watch(t, a)

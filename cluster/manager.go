@@ -51,6 +51,8 @@ type ManagerConfig struct {
 	Domain             string
 	DownAfter          time.Duration // a node silent this long is marked down
 	Logger             *slog.Logger
+
+	keepalive time.Duration // watch stream keepalive; tests shorten it
 }
 
 // NodeInfo is what a node says about itself when it joins.
@@ -64,10 +66,11 @@ type NodeInfo struct {
 
 // Manager owns the cluster state and publishes the map.
 type Manager struct {
-	cfg   ManagerConfig
-	log   *slog.Logger
-	store *store.Store
-	now   func() time.Time
+	cfg       ManagerConfig
+	keepalive time.Duration
+	log       *slog.Logger
+	store     *store.Store
+	now       func() time.Time
 
 	mu       sync.Mutex
 	st       *state
@@ -100,6 +103,9 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.keepalive == 0 {
+		cfg.keepalive = watchKeepalive
+	}
 	cfg.Node.Role = clustermap.RoleManager
 	if err := validateNodeInfo(cfg.Node); err != nil {
 		return nil, fmt.Errorf("manager node: %w", err)
@@ -109,7 +115,7 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{
-		cfg: cfg, log: cfg.Logger.With("component", "manager"), store: st, now: time.Now,
+		cfg: cfg, keepalive: cfg.keepalive, log: cfg.Logger.With("component", "manager"), store: st, now: time.Now,
 		changed: make(chan struct{}), lastSeen: map[string]time.Time{}, health: map[string][]api.PeerHealth{},
 	}
 	if err := m.open(); err != nil {

@@ -17,9 +17,9 @@ import (
 )
 
 // watchKeepalive is how often an idle watch stream carries an empty line,
-// so agents notice a dead manager without TCP timeouts. A variable only so
-// tests can shorten it.
-var watchKeepalive = 15 * time.Second
+// so agents notice a dead manager without TCP timeouts; agents give up on a
+// stream silent for three of them.
+const watchKeepalive = 15 * time.Second
 
 // Serve runs the node API (mTLS) on cfg.APIListen and the liveness check
 // that marks silent nodes down, until ctx ends.
@@ -296,7 +296,7 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
-	keepalive := time.NewTicker(watchKeepalive)
+	keepalive := time.NewTicker(m.keepalive)
 	defer keepalive.Stop()
 	first := true
 	for {
