@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -66,6 +67,52 @@ type Applier struct {
 	applied  ruleset // what the kernel holds; nil forces a full sync
 	udp      udpBackends
 	lastFull time.Time
+	parts    partCache
+}
+
+// partCache keeps each service's planned rules between syncs, so a sync
+// after one change plans one service instead of all of them.
+type partCache struct {
+	opts     Options
+	services map[string]plannedService
+}
+
+type plannedService struct {
+	service Service // a copy: callers may reuse their slices
+	part    ruleset
+}
+
+// plan is plan(services, opts), reusing the parts of unchanged services.
+func (c *partCache) plan(services []Service, opts Options) ruleset {
+	if c.services == nil || !reflect.DeepEqual(c.opts, opts) {
+		c.opts = opts
+		c.opts.NodeAddresses = slices.Clone(opts.NodeAddresses)
+		c.services = map[string]plannedService{}
+	}
+	ctx := newPlanContext(opts)
+	seen := make(map[string]bool, len(services))
+	rs := assemble(services, ctx, func(s Service) ruleset {
+		seen[s.Name] = true
+		if cached, ok := c.services[s.Name]; ok && sameService(cached.service, s) {
+			return cached.part
+		}
+		part := planService(s, ctx)
+		s.Ports = slices.Clone(s.Ports)
+		s.Endpoints = slices.Clone(s.Endpoints)
+		c.services[s.Name] = plannedService{service: s, part: part}
+		return part
+	})
+	for name := range c.services {
+		if !seen[name] {
+			delete(c.services, name)
+		}
+	}
+	return rs
+}
+
+func sameService(a, b Service) bool {
+	return a.Name == b.Name && a.VIP == b.VIP && a.Affinity == b.Affinity &&
+		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Endpoints, b.Endpoints)
 }
 
 // NewApplier finds the iptables backend the host already uses (see
@@ -172,10 +219,9 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 		return err
 	}
 	start := time.Now()
-	desired := plan(services, opts)
-
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	desired := a.parts.plan(services, opts)
 
 	full := a.applied == nil || time.Since(a.lastFull) > fullSyncInterval
 	applied := a.applied

@@ -33,10 +33,33 @@ func (rs ruleset) declare(table, chain string) {
 // (non-IPv4 addresses, unknown protocols) are skipped; duplicate names or
 // ports must be caught by Validate before.
 func plan(services []Service, opts Options) ruleset {
+	ctx := newPlanContext(opts)
+	return assemble(services, ctx, func(s Service) ruleset { return planService(s, ctx) })
+}
+
+// planContext holds what every service's rules derive from the options.
+type planContext struct {
+	opts            Options
+	localDst        []string
+	affinitySeconds int
+}
+
+func newPlanContext(opts Options) planContext {
+	seconds := int(opts.PersistenceTimeout.Seconds())
+	if opts.PersistenceTimeout <= 0 {
+		seconds = int(DefaultPersistenceTimeout.Seconds())
+	}
+	return planContext{opts: opts, localDst: localDestinations(opts), affinitySeconds: max(seconds, 1)}
+}
+
+// assemble builds the whole ruleset: the fixed chains, then each
+// service's part (from partOf, which the Applier may answer from a cache)
+// in name order, then the last rule of the dispatch chain.
+func assemble(services []Service, ctx planContext, partOf func(Service) ruleset) ruleset {
 	rs := ruleset{"filter": {}, "nat": {}}
 
-	// Fixed chains. The canary jump is the first rule of both
-	// WARREN-SERVICES chains, so a flush of either is noticed.
+	// The canary jump is the first rule of both WARREN-SERVICES chains, so
+	// a flush of either is noticed.
 	canary := fmt.Sprintf(`-m comment --comment %q -j %s`, "canary: gone when this chain is flushed", chainCanary)
 	for _, t := range tables {
 		rs.declare(t, chainCanary)
@@ -51,95 +74,107 @@ func plan(services []Service, opts Options) ruleset {
 		fmt.Sprintf(`-m comment --comment %q -j MASQUERADE --random-fully`, "warren service traffic requiring SNAT"))
 	rs.declare("nat", chainNodePorts)
 	rs.declare("filter", chainExternal)
-	for _, rule := range forwardRules(opts) {
+	for _, rule := range forwardRules(ctx.opts) {
 		rs.add("filter", chainForward, rule)
 	}
 
-	localDst := localDestinations(opts)
-	affinitySeconds := int(opts.PersistenceTimeout.Seconds())
-	if opts.PersistenceTimeout <= 0 {
-		affinitySeconds = int(DefaultPersistenceTimeout.Seconds())
-	}
-	if affinitySeconds < 1 {
-		affinitySeconds = 1
-	}
-
 	for _, s := range sortedServices(services) {
-		if !s.VIP.Is4() {
-			continue
-		}
-		endpoints := sortedEndpoints(s.Endpoints)
-		for _, p := range sortedPorts(s.Ports) {
-			proto := strings.ToLower(p.Protocol)
-			if proto != "tcp" && proto != "udp" {
-				continue
-			}
-			name := portKey(s.Name, p)
-			vipMatch := fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d", s.VIP, proto, proto, p.Port)
-
-			if len(endpoints) == 0 {
-				// No endpoint: refuse at once (TCP RST-like ICMP port
-				// unreachable) instead of letting clients time out.
-				rs.add("filter", chainServices, fmt.Sprintf(`%s -m comment --comment %q -j REJECT`, vipMatch, name+" has no endpoints"))
-				if p.Published != 0 {
-					for _, dst := range localDst {
-						rs.add("filter", chainExternal, fmt.Sprintf(`%s -p %s -m %s --dport %d -m comment --comment %q -j REJECT`,
-							dst, proto, proto, p.Published, name+" has no endpoints"))
-					}
-				}
-				continue
-			}
-
-			svc := serviceChain(s.Name, p)
-			rs.add("nat", chainServices, fmt.Sprintf(`%s -m comment --comment %q -j %s`, vipMatch, name+" virtual IP", svc))
-
-			// Traffic from outside the container subnet (this host, other
-			// hosts) is masqueraded so the endpoint replies through us.
-			if opts.ContainerSubnet.IsValid() && opts.ContainerSubnet.Addr().Is4() {
-				rs.add("nat", svc, fmt.Sprintf(`! -s %s -m comment --comment %q -j %s`, opts.ContainerSubnet.Masked(), name+" from outside the container subnet", chainMarkMasq))
-			} else {
-				rs.add("nat", svc, fmt.Sprintf(`-m comment --comment %q -j %s`, name+" masquerade (no container subnet set)", chainMarkMasq))
-			}
-			affinity := s.Affinity || opts.Persistence
-			if affinity {
-				for _, e := range endpoints {
-					sep := endpointChain(s.Name, p, e)
-					rs.add("nat", svc, fmt.Sprintf(`-m comment --comment %q -m recent --name %s --rcheck --seconds %d --reap -j %s`, e.Name, sep, affinitySeconds, sep))
-				}
-			}
-			for i, e := range endpoints {
-				sep := endpointChain(s.Name, p, e)
-				remaining := len(endpoints) - i
-				if remaining > 1 {
-					rs.add("nat", svc, fmt.Sprintf(`-m comment --comment %q -m statistic --mode random --probability %s -j %s`, e.Name, probability(remaining), sep))
+		for table, chains := range partOf(s) {
+			for chain, rules := range chains {
+				if _, shared := rs[table][chain]; shared {
+					rs[table][chain] = append(rs[table][chain], rules...)
 				} else {
-					rs.add("nat", svc, fmt.Sprintf(`-m comment --comment %q -j %s`, e.Name, sep))
+					// Clipped: a later append must never write into a
+					// cached part's spare capacity.
+					rs[table][chain] = slices.Clip(rules)
 				}
-
-				// Hairpin: a task that reaches its own VIP and draws itself
-				// must see the reply come from elsewhere, so masquerade it.
-				rs.add("nat", sep, fmt.Sprintf(`-s %s/32 -m comment --comment %q -j %s`, e.IP, e.Name+" hairpin", chainMarkMasq))
-				recent := ""
-				if affinity {
-					recent = " -m recent --name " + sep + " --set"
-				}
-				rs.add("nat", sep, fmt.Sprintf(`-p %s -m comment --comment %q%s -m %s -j DNAT --to-destination %s`,
-					proto, e.Name, recent, proto, netip.AddrPortFrom(e.IP, p.targetPort())))
-			}
-
-			if p.Published != 0 {
-				ext := externalChain(s.Name, p)
-				rs.add("nat", chainNodePorts, fmt.Sprintf(`-p %s -m %s --dport %d -m comment --comment %q -j %s`, proto, proto, p.Published, name+" published", ext))
-				rs.add("nat", ext,
-					fmt.Sprintf(`-m comment --comment %q -j %s`, "masquerade published traffic", chainMarkMasq),
-					"-j "+svc)
 			}
 		}
 	}
 
 	// Last rule of the dispatch chain: published ports on local addresses.
-	for _, dst := range localDst {
+	for _, dst := range ctx.localDst {
 		rs.add("nat", chainServices, fmt.Sprintf(`%s -m comment --comment %q -j %s`, dst, "published ports on this node", chainNodePorts))
+	}
+	return rs
+}
+
+// planService is the rules one service adds: its own chains, and its
+// rules in the shared chains (WARREN-SERVICES, WARREN-NODEPORTS,
+// WARREN-EXTERNAL-SERVICES), which assemble appends in service order.
+func planService(s Service, ctx planContext) ruleset {
+	rs := ruleset{"filter": {}, "nat": {}}
+	if !s.VIP.Is4() {
+		return rs
+	}
+	opts := ctx.opts
+	endpoints := sortedEndpoints(s.Endpoints)
+	for _, p := range sortedPorts(s.Ports) {
+		proto := strings.ToLower(p.Protocol)
+		if proto != "tcp" && proto != "udp" {
+			continue
+		}
+		name := portKey(s.Name, p)
+		vipMatch := fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d", s.VIP, proto, proto, p.Port)
+
+		if len(endpoints) == 0 {
+			// No endpoint: refuse at once (ICMP port unreachable, which a
+			// TCP client sees as connection refused) instead of letting
+			// clients time out.
+			rs.add("filter", chainServices, fmt.Sprintf(`%s -m comment --comment %q -j REJECT`, vipMatch, name+" has no endpoints"))
+			if p.Published != 0 {
+				for _, dst := range ctx.localDst {
+					rs.add("filter", chainExternal, fmt.Sprintf(`%s -p %s -m %s --dport %d -m comment --comment %q -j REJECT`,
+						dst, proto, proto, p.Published, name+" has no endpoints"))
+				}
+			}
+			continue
+		}
+
+		svc := serviceChain(s.Name, p)
+		rs.add("nat", chainServices, fmt.Sprintf(`%s -m comment --comment %q -j %s`, vipMatch, name+" virtual IP", svc))
+
+		// Traffic from outside the container subnet (this host, other
+		// hosts) is masqueraded so the endpoint replies through us.
+		if opts.ContainerSubnet.IsValid() && opts.ContainerSubnet.Addr().Is4() {
+			rs.add("nat", svc, fmt.Sprintf(`! -s %s -m comment --comment %q -j %s`, opts.ContainerSubnet.Masked(), name+" from outside the container subnet", chainMarkMasq))
+		} else {
+			rs.add("nat", svc, fmt.Sprintf(`-m comment --comment %q -j %s`, name+" masquerade (no container subnet set)", chainMarkMasq))
+		}
+		affinity := s.Affinity || opts.Persistence
+		if affinity {
+			for _, e := range endpoints {
+				sep := endpointChain(s.Name, p, e)
+				rs.add("nat", svc, fmt.Sprintf(`-m comment --comment %q -m recent --name %s --rcheck --seconds %d --reap -j %s`, e.Name, sep, ctx.affinitySeconds, sep))
+			}
+		}
+		for i, e := range endpoints {
+			sep := endpointChain(s.Name, p, e)
+			remaining := len(endpoints) - i
+			if remaining > 1 {
+				rs.add("nat", svc, fmt.Sprintf(`-m comment --comment %q -m statistic --mode random --probability %s -j %s`, e.Name, probability(remaining), sep))
+			} else {
+				rs.add("nat", svc, fmt.Sprintf(`-m comment --comment %q -j %s`, e.Name, sep))
+			}
+
+			// Hairpin: a task that reaches its own VIP and draws itself
+			// must see the reply come from elsewhere, so masquerade it.
+			rs.add("nat", sep, fmt.Sprintf(`-s %s/32 -m comment --comment %q -j %s`, e.IP, e.Name+" hairpin", chainMarkMasq))
+			recent := ""
+			if affinity {
+				recent = " -m recent --name " + sep + " --set"
+			}
+			rs.add("nat", sep, fmt.Sprintf(`-p %s -m comment --comment %q%s -m %s -j DNAT --to-destination %s`,
+				proto, e.Name, recent, proto, netip.AddrPortFrom(e.IP, p.targetPort())))
+		}
+
+		if p.Published != 0 {
+			ext := externalChain(s.Name, p)
+			rs.add("nat", chainNodePorts, fmt.Sprintf(`-p %s -m %s --dport %d -m comment --comment %q -j %s`, proto, proto, p.Published, name+" published", ext))
+			rs.add("nat", ext,
+				fmt.Sprintf(`-m comment --comment %q -j %s`, "masquerade published traffic", chainMarkMasq),
+				"-j "+svc)
+		}
 	}
 	return rs
 }

@@ -286,3 +286,31 @@ func TestSummary(t *testing.T) {
 		t.Errorf("summary not sorted by service:\n%s", got)
 	}
 }
+
+func TestPartCacheMatchesPlan(t *testing.T) {
+	var c partCache
+	steps := [][]Service{
+		services3x3(),
+		withOneEndpointMoved(services3x3()),
+		services3x3()[1:],
+		append(services3x3(), Service{Name: "new", VIP: netip.MustParseAddr("10.1.0.77"),
+			Ports: []Port{{Protocol: "udp", Port: 53}}, Endpoints: []Endpoint{ep("new-1", "10.0.9.9")}}),
+	}
+	for i, services := range steps {
+		for _, opts := range []Options{baseOpts, {Persistence: true}} {
+			got := restoreText(c.plan(services, opts), nil, nil)
+			want := Render(services, opts)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("step %d: cached plan differs from Render:\n%s\nwant:\n%s", i, got, want)
+			}
+		}
+	}
+	// A caller editing its slices in place after a sync must not change
+	// what the cache compares against.
+	services := services3x3()
+	c.plan(services, baseOpts)
+	services[0].Endpoints[0].IP = netip.MustParseAddr("10.0.99.99")
+	if got, want := restoreText(c.plan(services, baseOpts), nil, nil), Render(services, baseOpts); !bytes.Equal(got, want) {
+		t.Fatal("in-place edit of a service's endpoints not noticed by the cache")
+	}
+}
