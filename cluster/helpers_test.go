@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
 
@@ -188,4 +189,12 @@ func (r *mapRecorder) waitFor(t testing.TB, what string, cond func(*clustermap.M
 
 func hasNodes(n int) func(*clustermap.Map) bool {
 	return func(m *clustermap.Map) bool { return len(m.Nodes) == n }
+}
+
+func apiSpec(name string, replicas int) api.ServiceSpec {
+	return api.ServiceSpec{Name: name, Image: "img", Replicas: &replicas}
+}
+
+func taskRunning(t clustermap.Task) api.TaskStatus {
+	return api.TaskStatus{Name: t.Name, State: clustermap.TaskRunning, Image: t.Image}
 }

@@ -5,6 +5,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -299,11 +300,20 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 		return err
 	}
 	m.unplaced = schedule(next)
+	// Encode the candidate at the current version: equal bytes mean the
+	// published map did not change and keeps its version.
 	candidate := next.buildMap(m.current.Version)
-	mapChanged := !mapsEqual(candidate, m.current)
+	body, err := json.Marshal(candidate)
+	if err != nil {
+		return fmt.Errorf("encode map: %w", err)
+	}
+	mapChanged := !bytes.Equal(body, m.mapJSON)
 	if mapChanged {
 		next.meta.Version = m.current.Version + 1
 		candidate.Version = next.meta.Version
+		if body, err = json.Marshal(candidate); err != nil {
+			return fmt.Errorf("encode map: %w", err)
+		}
 	}
 	snap, err := next.snapshot()
 	if err != nil {
@@ -315,23 +325,11 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 	}
 	m.st = next
 	if mapChanged {
-		b, err := json.Marshal(candidate)
-		if err != nil {
-			return fmt.Errorf("encode map: %w", err)
-		}
-		m.current, m.mapJSON = candidate, b
+		m.current, m.mapJSON = candidate, body
 		close(m.changed)
 		m.changed = make(chan struct{})
 	}
 	return nil
-}
-
-func mapsEqual(a, b *clustermap.Map) bool {
-	ac, bc := *a, *b
-	ac.Version, bc.Version = 0, 0
-	ja, err1 := json.Marshal(ac)
-	jb, err2 := json.Marshal(bc)
-	return err1 == nil && err2 == nil && string(ja) == string(jb)
 }
 
 // Close closes the store. Serve must have returned.
@@ -426,6 +424,9 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 	}
 	m.lastSeen[nodeID] = m.now()
 	m.health[nodeID] = s.Tunnel
+	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !taskStatusChanges(m.st.tasks, nodeID, s.Tasks) {
+		return nil // a plain heartbeat: nothing to reschedule, publish or write
+	}
 	return m.updateLocked(func(st *state) error {
 		n := st.nodes[nodeID]
 		if n.Status != clustermap.NodeReady {
@@ -443,6 +444,17 @@ func (m *Manager) markSilentNodesDown() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
+	silent := func(id string, n nodeRecord) bool {
+		seen, ok := m.lastSeen[id]
+		return id != m.st.meta.SelfID && n.Status != clustermap.NodeDown && (!ok || now.Sub(seen) > m.cfg.DownAfter)
+	}
+	anySilent := false
+	for id, n := range m.st.nodes {
+		anySilent = anySilent || silent(id, n)
+	}
+	if !anySilent {
+		return
+	}
 	err := m.updateLocked(func(st *state) error {
 		for id, n := range st.nodes {
 			if id == st.meta.SelfID || n.Status == clustermap.NodeDown {

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"slices"
+
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/scheduler"
@@ -118,4 +120,18 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 			t.State = clustermap.TaskPending // the node no longer has it
 		}
 	}
+}
+
+// taskStatusChanges reports whether folding reports into the tasks of
+// nodeID would change anything.
+func taskStatusChanges(tasks []clustermap.Task, nodeID string, reports []api.TaskStatus) bool {
+	var mine []clustermap.Task
+	for _, t := range tasks {
+		if t.NodeID == nodeID {
+			mine = append(mine, t)
+		}
+	}
+	before := slices.Clone(mine)
+	applyTaskStatus(mine, nodeID, reports)
+	return !slices.Equal(before, mine)
 }
