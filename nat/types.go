@@ -9,7 +9,19 @@
 // affinity), which DNATs to the endpoint. Published ports are matched in
 // WARREN-NODEPORTS on this node's own addresses. Marked traffic is
 // masqueraded in WARREN-POSTROUTING. In the filter table, service ports
-// without endpoints are REJECTed so clients fail fast instead of timing out.
+// without endpoints are REJECTed so clients fail fast instead of timing out,
+// and forwarded traffic of DNATed connections is accepted (WARREN-FORWARD).
+//
+// Requirements on the rest of the node: VIPs must be routable (the host
+// needs a route for the VIP subnet, e.g. via the overlay or the bridge,
+// or connect() fails before the nat table is consulted); and when the
+// br_netfilter module is loaded (Docker loads it), bridge ports of tasks
+// need hairpin mode, or a task that draws itself behind its own VIP gets no
+// answer: the DNAT happens on the bridge path and the frame must leave by
+// the port it came in.
+//
+// Limits: IPv4 only. Affinity uses xt_recent, whose lists hold 100
+// clients each by default (module parameter ip_list_tot).
 package nat
 
 import (
