@@ -21,7 +21,7 @@ func addServiceCommands(root *cobra.Command) {
 		Use:   "create NAME --image IMAGE [flags] [-- COMMAND ARGS...]",
 		Short: "Create a replicated service with a stable VIP",
 		Example: "  warren service create web --image nginx:alpine --replicas 3 --publish 8080:80\n" +
-			"  warren service create dns --image busybox --publish 5353:53/udp -- nslookupd -f",
+			"  warren service create files --image busybox --env ZONE=a --constraint node.labels.zone==a -- httpd -f -p 80",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var command []string
