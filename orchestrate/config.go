@@ -1,0 +1,108 @@
+// Package orchestrate runs this node's share of the cluster's tasks on
+// containerd: one container per task, each in its own network namespace
+// with its own IP on the node's bridge. A level-triggered loop converges
+// containerd and the kernel to the desired task list, restarts exited
+// tasks with backoff, adopts the tasks it finds after a restart and
+// removes what it owns but no longer wants.
+package orchestrate
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"time"
+)
+
+// TaskSpec is one task this node must run.
+type TaskSpec struct {
+	Name    string // <service>-<slot>; container ID and hostname
+	Service string
+	Image   string // registry ref ("nginx" means docker.io/library/nginx:latest)
+	Env     []string
+	Command []string // replaces the image's entrypoint and cmd when set
+	IP      netip.Addr
+}
+
+// TaskStatus is what the node reports about one task.
+type TaskStatus struct {
+	Name     string
+	State    string // clustermap.Task* states
+	Error    string // last error, empty when healthy
+	Restarts int    // restarts after the task exited on its own
+}
+
+// Config is what the reconciler needs to know about this node.
+type Config struct {
+	ContainerdAddress string        // "/run/containerd/containerd.sock"
+	Namespace         string        // containerd namespace, "warren"
+	ImagesDir         string        // image tarballs imported at start and when new ones appear
+	Bridge            string        // "warren-br0"
+	Block             netip.Prefix  // this node's container block; the bridge takes its first address
+	ResolvConf        []byte        // every task's /etc/resolv.conf
+	StopGrace         time.Duration // SIGTERM to SIGKILL
+	StateDir          string        // netns files, per-task files, logs
+	Logger            *slog.Logger
+
+	// OverlayInterface is the WireGuard interface ("warren0"): traffic
+	// from tasks to it keeps its source address, other egress is masqueraded.
+	OverlayInterface string
+	// CgroupParent holds every task's cgroup ("/<Namespace>" when empty).
+	// Simulated nodes sharing one kernel need distinct parents.
+	CgroupParent string
+}
+
+// Defaults filled in by New.
+const (
+	DefaultContainerdAddress = "/run/containerd/containerd.sock"
+	DefaultNamespace         = "warren"
+	DefaultBridge            = "warren-br0"
+	DefaultOverlayInterface  = "warren0"
+	DefaultStopGrace         = 10 * time.Second
+)
+
+func (c *Config) setDefaults() {
+	if c.ContainerdAddress == "" {
+		c.ContainerdAddress = DefaultContainerdAddress
+	}
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if c.Bridge == "" {
+		c.Bridge = DefaultBridge
+	}
+	if c.OverlayInterface == "" {
+		c.OverlayInterface = DefaultOverlayInterface
+	}
+	if c.StopGrace <= 0 {
+		c.StopGrace = DefaultStopGrace
+	}
+	if c.CgroupParent == "" {
+		c.CgroupParent = "/" + c.Namespace
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) validate() error {
+	if c.StateDir == "" {
+		return fmt.Errorf("orchestrate: StateDir is required")
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("orchestrate: StateDir %q must be absolute", c.StateDir)
+	}
+	if !c.Block.IsValid() || !c.Block.Addr().Is4() {
+		return fmt.Errorf("orchestrate: Block %v must be an IPv4 prefix", c.Block)
+	}
+	if c.Block != c.Block.Masked() {
+		return fmt.Errorf("orchestrate: Block %v has host bits set", c.Block)
+	}
+	if c.Block.Bits() > 30 {
+		return fmt.Errorf("orchestrate: Block %v leaves no task addresses", c.Block)
+	}
+	if len(c.Bridge) > 15 {
+		return fmt.Errorf("orchestrate: bridge name %q longer than 15 bytes", c.Bridge)
+	}
+	return nil
+}

@@ -1,0 +1,193 @@
+package orchestrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Thin wrappers over containerd: create a task's container, start its
+// process, stop and delete it.
+
+// taskFiles are the per-task files bind-mounted into the container.
+type taskFiles struct {
+	dir string
+}
+
+func (f taskFiles) hosts() string      { return filepath.Join(f.dir, "hosts") }
+func (f taskFiles) resolvConf() string { return filepath.Join(f.dir, "resolv.conf") }
+func (f taskFiles) log() string        { return filepath.Join(f.dir, "log") }
+
+// write puts the files in place. They are written in place rather than
+// renamed over, so a running container's bind mount sees new content.
+func (f taskFiles) write(name string, s TaskSpec, resolvConf []byte) error {
+	if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		return fmt.Errorf("create task dir: %w", err)
+	}
+	if err := writeIfChanged(f.hosts(), hostsFile(name, s.IP)); err != nil {
+		return err
+	}
+	return writeIfChanged(f.resolvConf(), resolvConf)
+}
+
+func writeIfChanged(path string, data []byte) error {
+	if cur, err := os.ReadFile(path); err == nil && string(cur) == string(data) {
+		return nil
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// createContainer makes the container of s from img, in the network
+// namespace at nsPath, labelled as ours.
+func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client.Image, hash, nsPath string, files taskFiles) (client.Container, error) {
+	// A snapshot left by a crash between snapshot and container creation
+	// would make WithNewSnapshot fail forever.
+	if sn := r.client.SnapshotService(""); sn != nil {
+		if _, err := sn.Stat(ctx, s.Name); err == nil {
+			if err := sn.Remove(ctx, s.Name); err != nil {
+				return nil, fmt.Errorf("remove stale snapshot %s: %w", s.Name, err)
+			}
+		}
+	}
+	specOpts := []oci.SpecOpts{
+		oci.WithImageConfig(img),
+		oci.WithHostname(s.Name),
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}),
+		oci.WithMounts([]specs.Mount{
+			{Destination: "/etc/hosts", Type: "bind", Source: files.hosts(), Options: []string{"rbind", "ro"}},
+			{Destination: "/etc/resolv.conf", Type: "bind", Source: files.resolvConf(), Options: []string{"rbind", "ro"}},
+		}),
+		oci.WithCgroup(path.Join(r.cfg.CgroupParent, s.Name)),
+	}
+	if len(s.Env) > 0 {
+		specOpts = append(specOpts, oci.WithEnv(s.Env))
+	}
+	if len(s.Command) > 0 {
+		specOpts = append(specOpts, oci.WithProcessArgs(s.Command...))
+	}
+	c, err := r.client.NewContainer(ctx, s.Name,
+		client.WithImage(img),
+		client.WithNewSnapshot(s.Name, img),
+		client.WithNewSpec(specOpts...),
+		client.WithContainerLabels(map[string]string{
+			labelTask:    s.Name,
+			labelService: s.Service,
+			labelSpec:    hash,
+		}),
+	)
+	if errdefs.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("create container %s: a container of that name exists and is not managed by warren: %w", s.Name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", s.Name, err)
+	}
+	return c, nil
+}
+
+// startTask starts the container's process; its output goes to the task's
+// log file, truncated at each start so it holds the current run only.
+func (r *Reconciler) startTask(ctx context.Context, c client.Container, files taskFiles) (client.Task, <-chan client.ExitStatus, error) {
+	if err := os.WriteFile(files.log(), nil, 0o640); err != nil {
+		return nil, nil, fmt.Errorf("truncate task log: %w", err)
+	}
+	task, err := c.NewTask(ctx, cio.LogFile(files.log()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("create task %s: %w", c.ID(), err)
+	}
+	// Wait before Start, so an instant exit is not missed.
+	exitCh, err := task.Wait(r.runCtx)
+	if err != nil {
+		task.Delete(ctx, client.WithProcessKill)
+		return nil, nil, fmt.Errorf("wait on task %s: %w", c.ID(), err)
+	}
+	if err := task.Start(ctx); err != nil {
+		task.Delete(ctx, client.WithProcessKill)
+		return nil, nil, fmt.Errorf("start task %s: %w", c.ID(), err)
+	}
+	return task, exitCh, nil
+}
+
+// stopTask stops the container's process, SIGTERM first, SIGKILL after the
+// grace period, and deletes the task.
+func (r *Reconciler) stopTask(ctx context.Context, c client.Container) error {
+	task, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load task %s: %w", c.ID(), err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("task %s status: %w", c.ID(), err)
+	}
+	if st.Status == client.Running || st.Status == client.Paused {
+		exitCh, err := task.Wait(ctx)
+		if err != nil {
+			return fmt.Errorf("wait on task %s: %w", c.ID(), err)
+		}
+		if err := task.Kill(ctx, syscall.SIGTERM); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("SIGTERM task %s: %w", c.ID(), err)
+		}
+		select {
+		case <-exitCh:
+		case <-time.After(r.cfg.StopGrace):
+			if err := task.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+				return fmt.Errorf("SIGKILL task %s: %w", c.ID(), err)
+			}
+			select {
+			case <-exitCh:
+			case <-time.After(killWait):
+				return fmt.Errorf("task %s did not exit %s after SIGKILL", c.ID(), killWait)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete task %s: %w", c.ID(), err)
+	}
+	return nil
+}
+
+// killWait bounds the wait for a SIGKILLed process to be reaped.
+const killWait = 30 * time.Second
+
+// removeContainer stops and deletes the container with its snapshot, then
+// its network and files.
+func (r *Reconciler) removeContainer(ctx context.Context, c client.Container) error {
+	name := c.ID()
+	if err := r.stopTask(ctx, c); err != nil {
+		return err
+	}
+	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete container %s: %w", name, err)
+	}
+	return r.removeTaskLeftovers(name)
+}
+
+// removeTaskLeftovers deletes what a task had besides its container.
+func (r *Reconciler) removeTaskLeftovers(name string) error {
+	var errs []error
+	if err := r.net.removeTask(name); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(r.files(name).dir); err != nil {
+		errs = append(errs, fmt.Errorf("remove files of %s: %w", name, err))
+	}
+	return errors.Join(errs...)
+}

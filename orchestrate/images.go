@@ -1,0 +1,180 @@
+package orchestrate
+
+import (
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+)
+
+// pullTimeout bounds one registry pull so a dead registry cannot wedge a
+// task's convergence forever; the task is retried with backoff.
+const pullTimeout = 5 * time.Minute
+
+// normalizeRef turns a user's image ref into containerd's full form:
+// "nginx" -> "docker.io/library/nginx:latest".
+func normalizeRef(ref string) (string, error) {
+	named, err := reference.ParseDockerRef(strings.TrimSpace(ref))
+	if err != nil {
+		return "", fmt.Errorf("invalid image reference %q: %w", ref, err)
+	}
+	return named.String(), nil
+}
+
+// imageStore imports airgap tarballs and makes images ready for containers.
+type imageStore struct {
+	client *client.Client
+	dir    string
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	seen    map[string]fileStamp   // tarballs already handled, by path
+	refLock map[string]*sync.Mutex // one pull/unpack per ref at a time
+}
+
+type fileStamp struct {
+	size  int64
+	mtime time.Time
+}
+
+func newImageStore(c *client.Client, dir string, log *slog.Logger) *imageStore {
+	return &imageStore{client: c, dir: dir, log: log, seen: map[string]fileStamp{}, refLock: map[string]*sync.Mutex{}}
+}
+
+func isImageTarball(name string) bool {
+	return strings.HasSuffix(name, ".tar") || strings.HasSuffix(name, ".tar.gz") || strings.HasSuffix(name, ".tgz")
+}
+
+// importNew imports every tarball in the images dir that is new or changed
+// since the last scan and returns how many it imported. A tarball that
+// fails (e.g. still being copied) is retried once it changes.
+func (s *imageStore) importNew(ctx context.Context) (int, error) {
+	if s.dir == "" {
+		return 0, nil
+	}
+	entries, err := os.ReadDir(s.dir)
+	if os.IsNotExist(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list images dir: %w", err)
+	}
+	imported := 0
+	for _, e := range entries {
+		if e.IsDir() || !isImageTarball(e.Name()) {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue // removed while we looked
+		}
+		path := filepath.Join(s.dir, e.Name())
+		stamp := fileStamp{info.Size(), info.ModTime()}
+		s.mu.Lock()
+		done := s.seen[path] == stamp
+		s.seen[path] = stamp
+		s.mu.Unlock()
+		if done {
+			continue
+		}
+		names, err := s.importFile(ctx, path)
+		if err != nil {
+			s.log.Warn("image tarball import failed", "file", path, "err", err)
+			continue
+		}
+		imported++
+		s.log.Info("imported image tarball", "file", path, "images", names)
+	}
+	return imported, nil
+}
+
+func (s *imageStore) importFile(ctx context.Context, path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open: %w", err)
+	}
+	defer f.Close()
+	var r io.Reader = f
+	if !strings.HasSuffix(path, ".tar") {
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("gunzip: %w", err)
+		}
+		defer zr.Close()
+		r = zr
+	}
+	imgs, err := s.client.Import(ctx, r, client.WithImageRefTranslator(translateImportedName))
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	names := make([]string, 0, len(imgs))
+	for _, img := range imgs {
+		names = append(names, img.Name)
+		// Unpack now so the first task start does not pay for it.
+		if err := client.NewImage(s.client, img).Unpack(ctx, ""); err != nil {
+			return names, fmt.Errorf("unpack %s: %w", img.Name, err)
+		}
+	}
+	return names, nil
+}
+
+// translateImportedName normalises a full name found in an OCI index's
+// ref.name annotation; a bare tag ("latest") names nothing useful and
+// stays as it is.
+func translateImportedName(name string) string {
+	if !strings.ContainsAny(name, "/:") {
+		return name
+	}
+	if full, err := normalizeRef(name); err == nil {
+		return full
+	}
+	return name
+}
+
+// ensure returns ref as an unpacked image, pulling it when it is not present.
+func (s *imageStore) ensure(ctx context.Context, ref string) (client.Image, error) {
+	s.mu.Lock()
+	l := s.refLock[ref]
+	if l == nil {
+		l = &sync.Mutex{}
+		s.refLock[ref] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	defer l.Unlock()
+
+	img, err := s.client.GetImage(ctx, ref)
+	if errdefs.IsNotFound(err) {
+		pullCtx, cancel := context.WithTimeout(ctx, pullTimeout)
+		img, err = s.client.Pull(pullCtx, ref, client.WithPullUnpack)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("image %s is not present and pulling it failed: %w", ref, err)
+		}
+		s.log.Info("pulled image", "image", ref)
+		return img, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up image %s: %w", ref, err)
+	}
+	unpacked, err := img.IsUnpacked(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("check image %s: %w", ref, err)
+	}
+	if !unpacked {
+		if err := img.Unpack(ctx, ""); err != nil {
+			return nil, fmt.Errorf("unpack image %s: %w", ref, err)
+		}
+	}
+	return img, nil
+}

@@ -1,0 +1,71 @@
+package orchestrate
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// A task's network namespace lives as long as a bind mount of it exists on
+// a file (as `ip netns add` does), so it outlives the task's processes:
+// restarts keep the IP and veth, and a restarted daemon finds it again.
+
+// nsfsMagic is the statfs type of a mounted namespace file.
+const nsfsMagic = 0x6e736673
+
+// isNetnsMount reports whether path is a bind-mounted namespace.
+func isNetnsMount(path string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false
+	}
+	return st.Type == nsfsMagic
+}
+
+// createNetns makes a new network namespace pinned at path. A stale plain
+// file at path (left by a reboot) is reused.
+func createNetns(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o444)
+	if err != nil {
+		return fmt.Errorf("create netns file: %w", err)
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// The thread switches namespace and is never unlocked, so the Go
+		// runtime discards it when this goroutine ends: no other goroutine
+		// ever runs in the new namespace by accident.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare netns: %w", err)
+			return
+		}
+		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind mount netns to %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// removeNetns unpins the namespace at path and removes the file; the
+// kernel frees the namespace (and the veth end in it) once no process
+// uses it.
+func removeNetns(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove netns file: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,145 @@
+package orchestrate
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestHostVethName(t *testing.T) {
+	a, b := hostVethName("web-1"), hostVethName("web-2")
+	if a == b {
+		t.Fatal("two tasks share a veth name")
+	}
+	if len(a) > 15 || !strings.HasPrefix(a, hostVethPrefix) {
+		t.Fatalf("bad veth name %q", a)
+	}
+	if hostVethName("web-1") != a {
+		t.Fatal("veth name is not stable")
+	}
+}
+
+func TestCheckSpec(t *testing.T) {
+	block := netip.MustParsePrefix("10.0.1.0/24")
+	ok := TaskSpec{Name: "web-1", Image: "busybox", IP: netip.MustParseAddr("10.0.1.2")}
+	if err := checkSpec(ok, block); err != nil {
+		t.Fatalf("valid spec rejected: %v", err)
+	}
+	for name, mutate := range map[string]func(*TaskSpec){
+		"ip outside block": func(s *TaskSpec) { s.IP = netip.MustParseAddr("10.0.2.2") },
+		"bridge ip":        func(s *TaskSpec) { s.IP = netip.MustParseAddr("10.0.1.1") },
+		"network ip":       func(s *TaskSpec) { s.IP = netip.MustParseAddr("10.0.1.0") },
+		"broadcast ip":     func(s *TaskSpec) { s.IP = netip.MustParseAddr("10.0.1.255") },
+		"no ip":            func(s *TaskSpec) { s.IP = netip.Addr{} },
+		"no image":         func(s *TaskSpec) { s.Image = " " },
+		"bad name":         func(s *TaskSpec) { s.Name = "web 1" },
+		"path name":        func(s *TaskSpec) { s.Name = "../x" },
+	} {
+		s := ok
+		mutate(&s)
+		if err := checkSpec(s, block); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestSpecHash(t *testing.T) {
+	s := TaskSpec{Name: "web-1", Service: "web", Image: "busybox", IP: netip.MustParseAddr("10.0.1.2"), Env: []string{"A=1"}}
+	h := specHash(s, "docker.io/library/busybox:latest")
+	if specHash(s, "docker.io/library/busybox:latest") != h {
+		t.Fatal("hash not stable")
+	}
+	changed := []TaskSpec{s, s, s}
+	changed[0].IP = netip.MustParseAddr("10.0.1.3")
+	changed[1].Env = []string{"A=2"}
+	changed[2].Command = []string{"sleep", "1"}
+	for i, c := range changed {
+		if specHash(c, "docker.io/library/busybox:latest") == h {
+			t.Errorf("change %d does not change the hash", i)
+		}
+	}
+	if specHash(s, "docker.io/library/busybox:1") == h {
+		t.Error("image change does not change the hash")
+	}
+}
+
+func TestNormalizeRef(t *testing.T) {
+	for in, want := range map[string]string{
+		"nginx":                   "docker.io/library/nginx:latest",
+		"nginx:1.27":              "docker.io/library/nginx:1.27",
+		"ghcr.io/acme/app":        "ghcr.io/acme/app:latest",
+		"registry.lan:5000/a/b:c": "registry.lan:5000/a/b:c",
+	} {
+		got, err := normalizeRef(in)
+		if err != nil || got != want {
+			t.Errorf("%s: got %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := normalizeRef("Bad Ref"); err == nil {
+		t.Error("invalid ref accepted")
+	}
+}
+
+func TestChainRules(t *testing.T) {
+	rules := chainRules("warren-br0", "warren0", netip.MustParsePrefix("10.0.1.0/24"))
+	var text []string
+	for _, key := range []string{"filter/" + chainForward, "nat/" + chainPostrouting} {
+		for _, r := range rules[key] {
+			text = append(text, r.Table+" "+r.Chain+" "+strings.Join(r.Spec, " "))
+		}
+	}
+	want := []string{
+		"filter WARREN-FORWARD -i warren-br0 -j ACCEPT",
+		"filter WARREN-FORWARD -i warren0 -o warren-br0 -j ACCEPT",
+		"filter WARREN-FORWARD -o warren-br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+		"nat WARREN-POSTROUTING -o warren-br0 -j RETURN",
+		"nat WARREN-POSTROUTING -o warren0 -j RETURN",
+		"nat WARREN-POSTROUTING -s 10.0.1.0/24 -j MASQUERADE",
+	}
+	if strings.Join(text, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("rules:\n%s\nwant:\n%s", strings.Join(text, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestHostsFile(t *testing.T) {
+	got := string(hostsFile("web-1", netip.MustParseAddr("10.0.1.2")))
+	if !strings.Contains(got, "10.0.1.2\tweb-1\n") || !strings.Contains(got, "127.0.0.1\tlocalhost\n") {
+		t.Fatalf("hosts file:\n%s", got)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	want := []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
+	for i, w := range want {
+		if got := backoff(i + 1); got != w {
+			t.Errorf("backoff(%d) = %s, want %s", i+1, got, w)
+		}
+	}
+	if backoff(100) != maxBackoff {
+		t.Errorf("backoff not capped: %s", backoff(100))
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	base := Config{StateDir: "/var/lib/warren/tasks", Block: netip.MustParsePrefix("10.0.1.0/24")}
+	base.setDefaults()
+	if err := base.validate(); err != nil {
+		t.Fatalf("valid config rejected: %v", err)
+	}
+	bad := []func(*Config){
+		func(c *Config) { c.StateDir = "" },
+		func(c *Config) { c.StateDir = "relative" },
+		func(c *Config) { c.Block = netip.MustParsePrefix("10.0.1.5/24") },
+		func(c *Config) { c.Block = netip.MustParsePrefix("10.0.1.0/31") },
+		func(c *Config) { c.Block = netip.Prefix{} },
+		func(c *Config) { c.Bridge = "a-very-long-bridge-name" },
+	}
+	for i, mutate := range bad {
+		c := base
+		mutate(&c)
+		if err := c.validate(); err == nil {
+			t.Errorf("bad config %d accepted", i)
+		}
+	}
+}

@@ -1,0 +1,365 @@
+package orchestrate
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// network applies the node's container network to the kernel: the bridge,
+// forwarding, the iptables chains and one namespace + veth per task.
+type network struct {
+	bridge  string
+	overlay string
+	block   netip.Prefix
+	nsDir   string
+}
+
+const ipForwardSysctl = "/proc/sys/net/ipv4/ip_forward"
+
+// ensureHost converges the bridge, IP forwarding and our iptables chains.
+func (n *network) ensureHost() error {
+	if err := os.MkdirAll(n.nsDir, 0o755); err != nil {
+		return fmt.Errorf("create netns dir: %w", err)
+	}
+	if _, err := n.ensureBridge(); err != nil {
+		return err
+	}
+	if cur, err := os.ReadFile(ipForwardSysctl); err != nil || !bytes.Equal(bytes.TrimSpace(cur), []byte("1")) {
+		if err := os.WriteFile(ipForwardSysctl, []byte("1\n"), 0o644); err != nil {
+			return fmt.Errorf("enable ip forwarding: %w", err)
+		}
+	}
+	return n.ensureRules()
+}
+
+func (n *network) ensureBridge() (netlink.Link, error) {
+	link, err := netlink.LinkByName(n.bridge)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.bridge}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return nil, fmt.Errorf("create bridge %s: %w", n.bridge, err)
+		}
+		if link, err = netlink.LinkByName(n.bridge); err != nil {
+			return nil, fmt.Errorf("find new bridge %s: %w", n.bridge, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("find bridge %s: %w", n.bridge, err)
+	case link.Type() != "bridge":
+		return nil, fmt.Errorf("%s exists and is a %s, not a bridge", n.bridge, link.Type())
+	}
+
+	want := &net.IPNet{IP: gatewayAddr(n.block).AsSlice(), Mask: net.CIDRMask(n.block.Bits(), 32)}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list bridge addresses: %w", err)
+	}
+	have := false
+	for _, a := range addrs {
+		if a.IPNet.String() == want.String() {
+			have = true
+			continue
+		}
+		// The block changed: the old address would route the old block here.
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return nil, fmt.Errorf("remove stale bridge address %s: %w", a.IPNet, err)
+		}
+	}
+	if !have {
+		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil {
+			return nil, fmt.Errorf("add bridge address %s: %w", want, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("bring bridge up: %w", err)
+	}
+	return link, nil
+}
+
+func newIPTables() (*iptables.IPTables, error) {
+	ipt, err := iptables.New(iptables.Timeout(5))
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w", err)
+	}
+	return ipt, nil
+}
+
+// ensureRules makes our chains hold exactly chainRules and hooks them in.
+// Chains already right are left alone, so re-running changes nothing.
+func (n *network) ensureRules() error {
+	ipt, err := newIPTables()
+	if err != nil {
+		return err
+	}
+	for key, rules := range chainRules(n.bridge, n.overlay, n.block) {
+		table, chain, _ := strings.Cut(key, "/")
+		if err := syncChain(ipt, table, chain, rules); err != nil {
+			return err
+		}
+	}
+	for _, j := range jumpRules() {
+		ok, err := ipt.Exists(j.Table, j.Chain, j.Spec...)
+		if err != nil {
+			return fmt.Errorf("check %s %s jump: %w", j.Table, j.Chain, err)
+		}
+		if !ok {
+			if err := ipt.Insert(j.Table, j.Chain, 1, j.Spec...); err != nil {
+				return fmt.Errorf("hook %s into %s %s: %w", chainOf(j), j.Table, j.Chain, err)
+			}
+		}
+	}
+	return nil
+}
+
+func chainOf(j ipRule) string { return j.Spec[len(j.Spec)-1] }
+
+func syncChain(ipt *iptables.IPTables, table, chain string, rules []ipRule) error {
+	exists, err := ipt.ChainExists(table, chain)
+	if err != nil {
+		return fmt.Errorf("check chain %s/%s: %w", table, chain, err)
+	}
+	if !exists {
+		if err := ipt.NewChain(table, chain); err != nil {
+			return fmt.Errorf("create chain %s/%s: %w", table, chain, err)
+		}
+	}
+	current, err := ipt.List(table, chain)
+	if err != nil {
+		return fmt.Errorf("list chain %s/%s: %w", table, chain, err)
+	}
+	upToDate := len(current)-1 == len(rules) // List's first line is "-N chain"
+	for _, r := range rules {
+		if !upToDate {
+			break
+		}
+		ok, err := ipt.Exists(table, chain, r.Spec...)
+		if err != nil {
+			return fmt.Errorf("check rule in %s/%s: %w", table, chain, err)
+		}
+		upToDate = ok
+	}
+	if upToDate {
+		return nil
+	}
+	if err := ipt.ClearChain(table, chain); err != nil {
+		return fmt.Errorf("flush chain %s/%s: %w", table, chain, err)
+	}
+	for _, r := range rules {
+		if err := ipt.Append(table, chain, r.Spec...); err != nil {
+			return fmt.Errorf("append to %s/%s %v: %w", table, chain, r.Spec, err)
+		}
+	}
+	return nil
+}
+
+// removeHost deletes the bridge and our chains (for --cleanup).
+func (n *network) removeHost() error {
+	var errs []error
+	if ipt, err := newIPTables(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, j := range jumpRules() {
+			if err := ipt.DeleteIfExists(j.Table, j.Chain, j.Spec...); err != nil {
+				errs = append(errs, fmt.Errorf("unhook %s: %w", chainOf(j), err))
+			}
+		}
+		for key := range chainRules(n.bridge, n.overlay, n.block) {
+			table, chain, _ := strings.Cut(key, "/")
+			if ok, _ := ipt.ChainExists(table, chain); ok {
+				if err := ipt.ClearAndDeleteChain(table, chain); err != nil {
+					errs = append(errs, fmt.Errorf("delete chain %s/%s: %w", table, chain, err))
+				}
+			}
+		}
+	}
+	if link, err := netlink.LinkByName(n.bridge); err == nil {
+		if err := netlink.LinkDel(link); err != nil {
+			errs = append(errs, fmt.Errorf("delete bridge: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (n *network) netnsPath(task string) string { return filepath.Join(n.nsDir, task) }
+
+// ensureTask gives task its namespace with eth0 (a veth into the bridge),
+// ip, a default route via the bridge, and lo up; it returns the namespace
+// path. An existing, complete setup is left untouched.
+func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
+	path := n.netnsPath(task)
+	if !isNetnsMount(path) {
+		if err := createNetns(path); err != nil {
+			return "", fmt.Errorf("task %s: %w", task, err)
+		}
+	}
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		return "", fmt.Errorf("open netns of %s: %w", task, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return "", fmt.Errorf("netlink in netns of %s: %w", task, err)
+	}
+	defer h.Close()
+
+	br, err := netlink.LinkByName(n.bridge)
+	if err != nil {
+		return "", fmt.Errorf("find bridge %s: %w", n.bridge, err)
+	}
+	hostName := hostVethName(task)
+	if n.taskLinkComplete(h, br, hostName, ip) {
+		return path, nil
+	}
+
+	// Rebuild from scratch: a half-made pair from a crash, or a new IP.
+	if l, err := h.LinkByName("eth0"); err == nil {
+		if err := h.LinkDel(l); err != nil {
+			return "", fmt.Errorf("delete old eth0 of %s: %w", task, err)
+		}
+	}
+	if l, err := netlink.LinkByName(hostName); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			return "", fmt.Errorf("delete old veth %s: %w", hostName, err)
+		}
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(int(nsh)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return "", fmt.Errorf("create veth %s for %s: %w", hostName, task, err)
+	}
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return "", fmt.Errorf("find veth %s: %w", hostName, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return "", fmt.Errorf("bring %s up: %w", hostName, err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return "", fmt.Errorf("find lo of %s: %w", task, err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return "", fmt.Errorf("bring lo of %s up: %w", task, err)
+	}
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		return "", fmt.Errorf("find eth0 of %s: %w", task, err)
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(n.block.Bits(), 32)}}
+	if err := h.AddrAdd(eth0, addr); err != nil {
+		return "", fmt.Errorf("add %s to eth0 of %s: %w", addr.IPNet, task, err)
+	}
+	if err := h.LinkSetUp(eth0); err != nil {
+		return "", fmt.Errorf("bring eth0 of %s up: %w", task, err)
+	}
+	route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gatewayAddr(n.block).AsSlice()}
+	if err := h.RouteReplace(route); err != nil {
+		return "", fmt.Errorf("default route of %s: %w", task, err)
+	}
+	return path, nil
+}
+
+// taskLinkComplete reports whether task's veth is in place and configured.
+func (n *network) taskLinkComplete(h *netlink.Handle, br netlink.Link, hostName string, ip netip.Addr) bool {
+	host, err := netlink.LinkByName(hostName)
+	if err != nil || host.Attrs().MasterIndex != br.Attrs().Index || host.Attrs().Flags&net.FlagUp == 0 {
+		return false
+	}
+	eth0, err := h.LinkByName("eth0")
+	if err != nil || eth0.Attrs().Flags&net.FlagUp == 0 {
+		return false
+	}
+	addrs, err := h.AddrList(eth0, netlink.FAMILY_V4)
+	if err != nil || len(addrs) != 1 {
+		return false
+	}
+	if a, ok := netip.AddrFromSlice(addrs[0].IP); !ok || a.Unmap() != ip {
+		return false
+	}
+	if ones, _ := addrs[0].Mask.Size(); ones != n.block.Bits() {
+		return false
+	}
+	routes, err := h.RouteList(eth0, netlink.FAMILY_V4)
+	if err != nil {
+		return false
+	}
+	for _, r := range routes {
+		if r.Dst == nil && r.Gw.Equal(gatewayAddr(n.block).AsSlice()) {
+			return true
+		}
+	}
+	return false
+}
+
+// removeTask deletes task's veth and namespace.
+func (n *network) removeTask(task string) error {
+	var errs []error
+	if l, err := netlink.LinkByName(hostVethName(task)); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete veth of %s: %w", task, err))
+		}
+	}
+	if err := removeNetns(n.netnsPath(task)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// taskNamespaces lists the tasks that have a namespace file.
+func (n *network) taskNamespaces() ([]string, error) {
+	entries, err := os.ReadDir(n.nsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list netns dir: %w", err)
+	}
+	names := make([]string, 0, len(entries))
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names, nil
+}
+
+// removeStrayVeths deletes host veth ends on our bridge that belong to no
+// task in keep (their namespace is gone, e.g. after a reboot).
+func (n *network) removeStrayVeths(keep map[string]bool) error {
+	br, err := netlink.LinkByName(n.bridge)
+	if err != nil {
+		return nil // no bridge, no veths on it
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	wanted := map[string]bool{}
+	for name := range keep {
+		wanted[hostVethName(name)] = true
+	}
+	var errs []error
+	for _, l := range links {
+		a := l.Attrs()
+		if l.Type() != "veth" || a.MasterIndex != br.Attrs().Index || !strings.HasPrefix(a.Name, hostVethPrefix) || wanted[a.Name] {
+			continue
+		}
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete stray veth %s: %w", a.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

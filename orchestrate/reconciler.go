@@ -1,0 +1,597 @@
+package orchestrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+)
+
+// Loop timing.
+const (
+	imageScanInterval = 2 * time.Second  // airgap dir poll; also retries a failed pass
+	resyncInterval    = 10 * time.Second // full pass even without events
+	firstBackoff      = 500 * time.Millisecond
+	maxBackoff        = 30 * time.Second
+	healthyAfter      = 30 * time.Second // a run this long resets the backoff
+	shutdownKept      = 5 * time.Minute  // how long removed tasks stay in Status
+	parallelism       = 4                // tasks converged at once
+)
+
+// Reconciler converges containerd and the task network to the desired tasks.
+type Reconciler struct {
+	cfg    Config
+	log    *slog.Logger
+	client *client.Client
+	net    *network
+	images *imageStore
+	runCtx context.Context // Run's context: task watchers live as long as it
+
+	wake chan struct{}
+
+	mu      sync.Mutex
+	applied bool // Apply was called: until then, nothing is removed
+	desired map[string]TaskSpec
+	records map[string]*taskRecord
+}
+
+// taskRecord is what the loop knows about one task between passes.
+type taskRecord struct {
+	status      TaskStatus
+	failures    int       // consecutive failures, for the backoff
+	retryAt     time.Time // no new attempt before this
+	startedAt   time.Time
+	exitNoted   bool // the process exited; restart once retryAt passes
+	watchGen    int  // generation of the current exit watcher, 0 when none
+	nextGen     int
+	removedAt   time.Time
+	imageFailed bool
+}
+
+// New connects to containerd (lazily: the daemon may come up later) and
+// prepares the state directories. It changes nothing on the node.
+func New(ctx context.Context, cfg Config) (*Reconciler, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "netns"), filepath.Join(cfg.StateDir, "files")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("orchestrate: create state dir: %w", err)
+		}
+	}
+	c, err := client.New(cfg.ContainerdAddress, client.WithDefaultNamespace(cfg.Namespace))
+	if err != nil {
+		return nil, fmt.Errorf("orchestrate: containerd client for %s: %w", cfg.ContainerdAddress, err)
+	}
+	log := cfg.Logger.With("component", "orchestrate")
+	return &Reconciler{
+		cfg:    cfg,
+		log:    log,
+		client: c,
+		net: &network{
+			bridge: cfg.Bridge, overlay: cfg.OverlayInterface, block: cfg.Block,
+			nsDir: filepath.Join(cfg.StateDir, "netns"),
+		},
+		images:  newImageStore(c, cfg.ImagesDir, log),
+		runCtx:  namespaces.WithNamespace(ctx, cfg.Namespace),
+		wake:    make(chan struct{}, 1),
+		desired: map[string]TaskSpec{},
+		records: map[string]*taskRecord{},
+	}, nil
+}
+
+// Close releases the containerd connection.
+func (r *Reconciler) Close() error { return r.client.Close() }
+
+// Apply replaces the desired task list and wakes the loop. Tasks not in
+// the list are stopped and removed on the next pass.
+func (r *Reconciler) Apply(desired []TaskSpec) {
+	r.mu.Lock()
+	r.applied = true
+	r.desired = make(map[string]TaskSpec, len(desired))
+	for _, s := range desired {
+		r.desired[s.Name] = s
+		rec := r.records[s.Name]
+		if rec == nil || !rec.removedAt.IsZero() {
+			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending}}
+		}
+	}
+	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *Reconciler) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Status reports every desired task, and tasks removed in the last few
+// minutes as shut down, sorted by name.
+func (r *Reconciler) Status() []TaskStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]TaskStatus, 0, len(r.records))
+	for name, rec := range r.records {
+		if !rec.removedAt.IsZero() && time.Since(rec.removedAt) > shutdownKept {
+			delete(r.records, name)
+			continue
+		}
+		out = append(out, rec.status)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Run is the loop: it imports image tarballs, converges on every Apply,
+// task exit and retry deadline, and resyncs periodically. It returns when
+// ctx ends, leaving the tasks running (a restarted daemon adopts them).
+func (r *Reconciler) Run(ctx context.Context) error {
+	ctx = namespaces.WithNamespace(ctx, r.cfg.Namespace)
+	r.runCtx = ctx
+	if _, err := r.images.importNew(ctx); err != nil {
+		r.log.Warn("image import", "err", err)
+	}
+	scan := time.NewTicker(imageScanInterval)
+	defer scan.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	lastPass := time.Time{}
+	dirty := true
+	for {
+		r.mu.Lock()
+		applied := r.applied
+		r.mu.Unlock()
+		if applied && dirty {
+			if err := r.converge(ctx); err != nil {
+				r.log.Warn("converge", "err", err)
+			} else {
+				dirty = false
+			}
+			lastPass = time.Now()
+		}
+		retry.Reset(r.untilNextRetry())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.wake:
+			dirty = true
+		case <-retry.C:
+			dirty = true
+		case <-scan.C:
+			n, err := r.images.importNew(ctx)
+			if err != nil {
+				r.log.Warn("image import", "err", err)
+			}
+			if n > 0 {
+				r.retryImageFailures()
+				dirty = true
+			}
+			if time.Since(lastPass) >= resyncInterval {
+				dirty = true
+			}
+		}
+	}
+}
+
+// untilNextRetry is the time to the earliest pending retry or restart.
+func (r *Reconciler) untilNextRetry() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next := time.Hour
+	for name, rec := range r.records {
+		if _, ok := r.desired[name]; !ok || rec.retryAt.IsZero() {
+			continue
+		}
+		next = min(next, max(time.Until(rec.retryAt), time.Millisecond))
+	}
+	return next
+}
+
+// retryImageFailures lets tasks that failed on a missing image try again
+// at once: a tarball just arrived.
+func (r *Reconciler) retryImageFailures() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, rec := range r.records {
+		if rec.imageFailed {
+			rec.retryAt = time.Time{}
+		}
+	}
+}
+
+func backoff(failures int) time.Duration {
+	d := firstBackoff
+	for i := 1; i < failures && d < maxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, maxBackoff)
+}
+
+func (r *Reconciler) files(name string) taskFiles {
+	return taskFiles{dir: filepath.Join(r.cfg.StateDir, "files", name)}
+}
+
+// converge runs one pass: remove what is not desired, create, start or
+// restart what is.
+func (r *Reconciler) converge(ctx context.Context) error {
+	if err := r.net.ensureHost(); err != nil {
+		return fmt.Errorf("host network: %w", err)
+	}
+	containers, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q", labelTask))
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	existing := make(map[string]client.Container, len(containers))
+	for _, c := range containers {
+		existing[c.ID()] = c
+	}
+
+	r.mu.Lock()
+	desired := make(map[string]TaskSpec, len(r.desired))
+	for k, v := range r.desired {
+		desired[k] = v
+	}
+	r.mu.Unlock()
+
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, parallelism)
+	work := func(f func() error) {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := f(); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+
+	// Orphans and removed tasks first, so their IPs are free for new ones.
+	for name, c := range existing {
+		if _, ok := desired[name]; ok {
+			continue
+		}
+		work(func() error {
+			r.log.Info("removing task", "task", name)
+			if err := r.removeContainer(ctx, c); err != nil {
+				return err
+			}
+			r.markRemoved(name)
+			return nil
+		})
+	}
+	wg.Wait()
+
+	ipOwner := map[string]string{}
+	names := make([]string, 0, len(desired))
+	for name := range desired {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		s := desired[name]
+		if other, dup := ipOwner[s.IP.String()]; dup {
+			r.fail(name, fmt.Errorf("IP %s is also given to task %s", s.IP, other), false)
+			continue
+		}
+		ipOwner[s.IP.String()] = name
+		c := existing[name]
+		work(func() error { return r.ensureTask(ctx, s, c) })
+	}
+	wg.Wait()
+
+	// Network leftovers of tasks without a container (a crash mid-create).
+	nsNames, err := r.net.taskNamespaces()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, name := range nsNames {
+		if _, ok := desired[name]; !ok {
+			if err := r.removeTaskLeftovers(name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	keep := map[string]bool{}
+	for name := range desired {
+		keep[name] = true
+	}
+	if err := r.net.removeStrayVeths(keep); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) record(name string) *taskRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec := r.records[name]
+	if rec == nil {
+		rec = &taskRecord{status: TaskStatus{Name: name, State: clustermap.TaskPending}}
+		r.records[name] = rec
+	}
+	return rec
+}
+
+func (r *Reconciler) setState(name, state, errText string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rec := r.records[name]; rec != nil {
+		rec.status.State, rec.status.Error = state, errText
+	}
+}
+
+// fail records a failed attempt and schedules the next one.
+func (r *Reconciler) fail(name string, err error, imageFailure bool) {
+	r.mu.Lock()
+	rec := r.records[name]
+	if rec == nil {
+		r.mu.Unlock()
+		return
+	}
+	rec.failures++
+	rec.retryAt = time.Now().Add(backoff(rec.failures))
+	rec.imageFailed = imageFailure
+	rec.status.State, rec.status.Error = clustermap.TaskFailed, err.Error()
+	r.mu.Unlock()
+	r.log.Warn("task failed", "task", name, "err", err)
+}
+
+func (r *Reconciler) markRemoved(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.records[name] = &taskRecord{
+		status:    TaskStatus{Name: name, State: clustermap.TaskShutdown},
+		removedAt: time.Now(),
+	}
+}
+
+// ensureTask converges one desired task; c is its container or nil.
+func (r *Reconciler) ensureTask(ctx context.Context, s TaskSpec, c client.Container) error {
+	rec := r.record(s.Name)
+	ref, err := normalizeRef(s.Image)
+	if err == nil {
+		err = checkSpec(s, r.cfg.Block)
+	}
+	if err != nil {
+		if c != nil {
+			if rmErr := r.removeContainer(ctx, c); rmErr != nil {
+				return rmErr
+			}
+		}
+		r.fail(s.Name, err, false)
+		return nil
+	}
+	hash := specHash(s, ref)
+	files := r.files(s.Name)
+
+	if c != nil {
+		labels, err := c.Labels(ctx)
+		if err != nil {
+			return fmt.Errorf("labels of %s: %w", s.Name, err)
+		}
+		if labels[labelSpec] != hash {
+			r.log.Info("task spec changed, recreating", "task", s.Name)
+			if err := r.removeContainer(ctx, c); err != nil {
+				return err
+			}
+			c = nil
+		}
+	}
+
+	r.mu.Lock()
+	waitUntil := rec.retryAt
+	r.mu.Unlock()
+
+	if c == nil {
+		if time.Now().Before(waitUntil) {
+			return nil // backing off after a failure
+		}
+		r.setState(s.Name, clustermap.TaskStarting, "")
+		img, err := r.images.ensure(ctx, ref)
+		if err != nil {
+			r.fail(s.Name, err, true)
+			return nil
+		}
+		nsPath, err := r.net.ensureTask(s.Name, s.IP)
+		if err == nil {
+			err = files.write(s.Name, s, r.cfg.ResolvConf)
+		}
+		if err == nil {
+			c, err = r.createContainer(ctx, s, img, hash, nsPath, files)
+		}
+		if err != nil {
+			// Nothing half-made stays behind.
+			if cleanErr := r.removeTaskLeftovers(s.Name); cleanErr != nil {
+				r.log.Warn("clean up after failed create", "task", s.Name, "err", cleanErr)
+			}
+			r.fail(s.Name, err, false)
+			return nil
+		}
+		r.log.Info("created task", "task", s.Name, "ip", s.IP, "image", ref)
+	} else {
+		// Adopted or existing: repair the network and files if needed.
+		if _, err := r.net.ensureTask(s.Name, s.IP); err != nil {
+			r.fail(s.Name, err, false)
+			return nil
+		}
+		if err := files.write(s.Name, s, r.cfg.ResolvConf); err != nil {
+			r.fail(s.Name, err, false)
+			return nil
+		}
+	}
+	return r.ensureRunning(ctx, s.Name, c, files)
+}
+
+// ensureRunning starts the container's process if it has none, restarts
+// it with backoff after it exited, and watches a running one for exit.
+func (r *Reconciler) ensureRunning(ctx context.Context, name string, c client.Container, files taskFiles) error {
+	task, err := c.Task(ctx, nil)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("load task %s: %w", name, err)
+	}
+	if err == nil {
+		st, err := task.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("task %s status: %w", name, err)
+		}
+		switch st.Status {
+		case client.Running, client.Paused, client.Pausing:
+			r.noteRunning(name, task)
+			return nil
+		case client.Stopped:
+			if !r.noteExit(name, st) {
+				return nil // backing off
+			}
+		}
+		// Stopped past its backoff, or created but never started (a crash
+		// between create and start): replace the process.
+		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete old task %s: %w", name, err)
+		}
+	} else {
+		r.mu.Lock()
+		waitUntil := r.records[name].retryAt
+		r.mu.Unlock()
+		if time.Now().Before(waitUntil) {
+			return nil
+		}
+	}
+
+	r.setState(name, clustermap.TaskStarting, "")
+	task, exitCh, err := r.startTask(ctx, c, files)
+	if err != nil {
+		r.fail(name, err, false)
+		return nil
+	}
+	r.mu.Lock()
+	rec := r.records[name]
+	if rec.exitNoted {
+		rec.status.Restarts++
+		rec.exitNoted = false
+	}
+	rec.startedAt = time.Now()
+	rec.retryAt = time.Time{}
+	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""
+	gen := r.newWatch(rec)
+	r.mu.Unlock()
+	go r.watch(name, gen, exitCh)
+	r.log.Info("started task", "task", name, "pid", task.Pid())
+	return nil
+}
+
+// noteRunning records a running task and makes sure an exit watcher is on it.
+func (r *Reconciler) noteRunning(name string, task client.Task) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec := r.records[name]
+	if rec.startedAt.IsZero() {
+		rec.startedAt = time.Now() // adopted
+	}
+	if time.Since(rec.startedAt) >= healthyAfter {
+		rec.failures = 0
+	}
+	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""
+	rec.retryAt = time.Time{}
+	if rec.watchGen != 0 {
+		return
+	}
+	exitCh, err := task.Wait(r.runCtx)
+	if err != nil {
+		r.log.Warn("watch task", "task", name, "err", err)
+		return
+	}
+	go r.watch(name, r.newWatch(rec), exitCh)
+}
+
+// noteExit records that a task's process exited and reports whether its
+// restart is due.
+func (r *Reconciler) noteExit(name string, st client.Status) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec := r.records[name]
+	if !rec.exitNoted {
+		rec.exitNoted = true
+		rec.failures++
+		rec.retryAt = time.Now().Add(backoff(rec.failures))
+		rec.status.State = clustermap.TaskFailed
+		rec.status.Error = fmt.Sprintf("exited with status %d; restarting in %s", st.ExitStatus, backoff(rec.failures))
+		r.log.Warn("task exited", "task", name, "status", st.ExitStatus)
+		return false
+	}
+	return !time.Now().Before(rec.retryAt)
+}
+
+func (r *Reconciler) newWatch(rec *taskRecord) int {
+	rec.nextGen++
+	rec.watchGen = rec.nextGen
+	return rec.watchGen
+}
+
+// watch wakes the loop when the task's process exits (or the watch breaks,
+// e.g. containerd restarted): the next pass looks at it again.
+func (r *Reconciler) watch(name string, gen int, exitCh <-chan client.ExitStatus) {
+	select {
+	case <-exitCh:
+	case <-r.runCtx.Done():
+		return
+	}
+	r.mu.Lock()
+	if rec := r.records[name]; rec != nil && rec.watchGen == gen {
+		rec.watchGen = 0
+	}
+	r.mu.Unlock()
+	r.poke()
+}
+
+// Cleanup removes everything this package made on the node: our
+// containers (with their tasks and snapshots), the task namespaces and
+// veths, the bridge and the iptables chains. Containers of other
+// containerd users and unlabelled ones are left alone.
+func (r *Reconciler) Cleanup(ctx context.Context) error {
+	ctx = namespaces.WithNamespace(ctx, r.cfg.Namespace)
+	var errs []error
+	containers, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q", labelTask))
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list containers: %w", err))
+	}
+	for _, c := range containers {
+		if err := r.removeContainer(ctx, c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	names, err := r.net.taskNamespaces()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, name := range names {
+		if err := r.removeTaskLeftovers(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := r.net.removeStrayVeths(nil); err != nil {
+		errs = append(errs, err)
+	}
+	if err := r.net.removeHost(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
