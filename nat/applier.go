@@ -57,17 +57,43 @@ var canarySpec = []string{"-m", "comment", "--comment", "canary: gone when this 
 // Applier loads rendered rules into the iptables of the network namespace
 // it runs in. It is safe for concurrent use; syncs are serialized.
 type Applier struct {
-	logger  *slog.Logger
-	ipt     *iptables.IPTables
-	command string // iptables, iptables-nft or iptables-legacy
-	restore string // path of the matching iptables-restore
-	backend string // "nf_tables" or "legacy"
+	xtables
+	logger *slog.Logger
 
 	mu       sync.Mutex
 	applied  ruleset // what the kernel holds; nil forces a full sync
 	udp      udpBackends
 	lastFull time.Time
 	parts    partCache
+}
+
+// xtables is one iptables variant: the command, its library handle and
+// its restore tool.
+type xtables struct {
+	ipt     *iptables.IPTables
+	command string // iptables, iptables-nft or iptables-legacy
+	restore string // path of the matching iptables-restore
+	backend string // "nf_tables" or "legacy"
+}
+
+func newXtables(command string) (xtables, error) {
+	ipt, err := iptables.New(iptables.Path(command), iptables.Timeout(lockWaitSeconds))
+	if err != nil {
+		return xtables{}, fmt.Errorf("set up %s: %w", command, err)
+	}
+	restore, err := exec.LookPath(command + "-restore")
+	if err != nil {
+		return xtables{}, fmt.Errorf("find %s-restore: %w", command, err)
+	}
+	out, err := exec.Command(command, "--version").Output()
+	if err != nil {
+		return xtables{}, fmt.Errorf("%s --version: %w", command, err)
+	}
+	backend := "legacy"
+	if strings.Contains(string(out), "nf_tables") {
+		backend = "nf_tables"
+	}
+	return xtables{ipt: ipt, command: command, restore: restore, backend: backend}, nil
 }
 
 // partCache keeps each service's planned rules between syncs, so a sync
@@ -121,26 +147,12 @@ func NewApplier(logger *slog.Logger) (*Applier, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	command := detectCommand()
-	ipt, err := iptables.New(iptables.Path(command), iptables.Timeout(lockWaitSeconds))
+	x, err := newXtables(detectCommand())
 	if err != nil {
-		return nil, fmt.Errorf("set up %s: %w", command, err)
+		return nil, err
 	}
-	restore, err := exec.LookPath(command + "-restore")
-	if err != nil {
-		return nil, fmt.Errorf("find %s-restore: %w", command, err)
-	}
-	out, err := exec.Command(command, "--version").Output()
-	if err != nil {
-		return nil, fmt.Errorf("%s --version: %w", command, err)
-	}
-	backend := "legacy"
-	if strings.Contains(string(out), "nf_tables") {
-		backend = "nf_tables"
-	}
-	a := &Applier{logger: logger, ipt: ipt, command: command, restore: restore, backend: backend,
-		udp: newUDPBackends(nil)}
-	logger.Info("nat: iptables backend", "command", command, "backend", backend)
+	a := &Applier{xtables: x, logger: logger, udp: newUDPBackends(nil)}
+	logger.Info("nat: iptables backend", "command", x.command, "backend", x.backend)
 	return a, nil
 }
 
@@ -153,7 +165,7 @@ func NewApplier(logger *slog.Logger) (*Applier, error) {
 func detectCommand() string {
 	var ours []string
 	for _, c := range []string{"iptables-nft", "iptables-legacy"} {
-		if c == "iptables-legacy" && !legacyNATLoaded() {
+		if c == "iptables-legacy" && !slices.Contains(loadedLegacyTables(), "nat") {
 			continue // asking would create the legacy nat table
 		}
 		if path, err := exec.LookPath(c); err == nil && exec.Command(path, "-w", "-t", "nat", "-S", chainCanary, "1").Run() == nil {
@@ -175,12 +187,22 @@ func detectCommand() string {
 	}
 }
 
-// legacyNATLoaded reports whether this namespace has a legacy (x_tables)
-// nat table; listing it with iptables-legacy would otherwise create one.
-// thread-self, not self: the calling thread may have entered a namespace.
-func legacyNATLoaded() bool {
+// loadedLegacyTables are the tables of ours this namespace has in legacy
+// (x_tables) iptables; listing any other with iptables-legacy would
+// create it. thread-self, not self: the calling thread may have entered
+// a namespace.
+func loadedLegacyTables() []string {
 	names, err := os.ReadFile("/proc/thread-self/net/ip_tables_names")
-	return err == nil && slices.Contains(strings.Fields(string(names)), "nat")
+	if err != nil {
+		return nil
+	}
+	var loaded []string
+	for _, t := range tables {
+		if slices.Contains(strings.Fields(string(names)), t) {
+			loaded = append(loaded, t)
+		}
+	}
+	return loaded
 }
 
 // countRules is the number of rules save prints, or -1 when it cannot run.
@@ -229,7 +251,7 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 	if full {
 		applied = nil
 		var err error
-		if stale, err = a.ownedChains(); err != nil {
+		if stale, err = a.ownedChains(tables); err != nil {
 			return err
 		}
 	}
@@ -320,45 +342,69 @@ func (a *Applier) canaryMissing() (bool, error) {
 }
 
 // Cleanup removes every rule and chain this package owns: jumps to
-// WARREN-* chains from the built-in chains, then all WARREN-* chains, in
-// the backend NewApplier chose.
+// WARREN-* chains from the built-in chains, then all WARREN-* chains. It
+// cleans the backend NewApplier chose and then the other one, so a host
+// that switched between nft and legacy is left clean too (legacy tables
+// that were never loaded are not touched: listing would create them).
 func (a *Applier) Cleanup() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.applied = nil
 	a.udp = newUDPBackends(nil)
+	a.parts = partCache{}
 
-	for _, table := range tables {
-		for _, chain := range builtinChains[table] {
-			if err := a.deleteJumpsFrom(table, chain); err != nil {
-				return err
-			}
-		}
-	}
-	owned, err := a.ownedChains()
-	if err != nil {
+	if err := a.cleanup(tables); err != nil {
 		return err
 	}
-	if text := restoreText(ruleset{"filter": {}, "nat": {}}, nil, owned); len(text) > 0 {
-		if err := a.runRestore(text); err != nil {
-			return fmt.Errorf("delete warren chains: %w", err)
+	other, otherTables := "iptables-legacy", loadedLegacyTables()
+	if a.backend == "legacy" {
+		other, otherTables = "iptables-nft", tables
+	}
+	if _, err := exec.LookPath(other); err == nil && len(otherTables) > 0 {
+		x, err := newXtables(other)
+		if err != nil {
+			return err
+		}
+		if err := x.cleanup(otherTables); err != nil {
+			return fmt.Errorf("%s: %w", other, err)
 		}
 	}
 	a.logger.Info("nat: removed all warren rules")
 	return nil
 }
 
+// cleanup removes our jumps and chains from the given tables.
+func (x *xtables) cleanup(tables []string) error {
+	for _, table := range tables {
+		for _, chain := range builtinChains[table] {
+			if err := x.deleteJumpsFrom(table, chain); err != nil {
+				return err
+			}
+		}
+	}
+	owned, err := x.ownedChains(tables)
+	if err != nil {
+		return err
+	}
+	if text := restoreText(ruleset{"filter": {}, "nat": {}}, nil, owned); len(text) > 0 {
+		if err := x.runRestore(text); err != nil {
+			return fmt.Errorf("delete warren chains: %w", err)
+		}
+	}
+	return nil
+}
+
 // deleteJumpsFrom deletes the rules of a built-in chain that jump to a
 // WARREN-* chain, by rule number from the bottom so numbers stay valid.
-func (a *Applier) deleteJumpsFrom(table, chain string) error {
-	rules, err := a.ipt.List(table, chain)
+func (x *xtables) deleteJumpsFrom(table, chain string) error {
+	rules, err := x.ipt.List(table, chain)
 	if err != nil {
 		return fmt.Errorf("list %s %s: %w", table, chain, err)
 	}
 	// rules[0] is the policy line ("-P CHAIN ACCEPT"); rule i is number i.
 	for i := len(rules) - 1; i >= 1; i-- {
 		if targetsOurs(rules[i]) {
-			if err := a.ipt.DeleteById(table, chain, i); err != nil {
+			if err := x.ipt.DeleteById(table, chain, i); err != nil {
 				return fmt.Errorf("delete rule %d of %s %s: %w", i, table, chain, err)
 			}
 		}
@@ -439,11 +485,11 @@ func countJump(rules []string, j jump) int {
 	return n
 }
 
-// ownedChains lists the WARREN-* chains present in each table.
-func (a *Applier) ownedChains() (map[string][]string, error) {
+// ownedChains lists the WARREN-* chains present in each of tables.
+func (x *xtables) ownedChains(tables []string) (map[string][]string, error) {
 	owned := map[string][]string{}
 	for _, table := range tables {
-		chains, err := a.ipt.ListChains(table)
+		chains, err := x.ipt.ListChains(table)
 		if err != nil {
 			return nil, fmt.Errorf("list %s chains: %w", table, err)
 		}
@@ -462,8 +508,8 @@ var failedLine = regexp.MustCompile(`line (\d+)`)
 
 // runRestore feeds text to iptables-restore --noflush: one atomic
 // commit per table section.
-func (a *Applier) runRestore(text []byte) error {
-	cmd := exec.Command(a.restore, "--noflush", "--wait", strconv.Itoa(lockWaitSeconds))
+func (x *xtables) runRestore(text []byte) error {
+	cmd := exec.Command(x.restore, "--noflush", "--wait", strconv.Itoa(lockWaitSeconds))
 	cmd.Stdin = bytes.NewReader(text)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -478,9 +524,9 @@ func (a *Applier) runRestore(text []byte) error {
 		}
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) {
-			return fmt.Errorf("%s: %s: %w", a.restore, msg, err)
+			return fmt.Errorf("%s: %s: %w", x.restore, msg, err)
 		}
-		return fmt.Errorf("run %s: %w", a.restore, err)
+		return fmt.Errorf("run %s: %w", x.restore, err)
 	}
 	return nil
 }

@@ -447,8 +447,14 @@ func TestApplierLegacyBackend(t *testing.T) {
 	if got := saved(t, ns, b); got != first {
 		t.Errorf("restart on legacy changed the rules:\n%s", diffLines(first, got))
 	}
+	// Leftovers from a time this host ran on nft are cleaned up as well.
+	nsRun(t, ns, "iptables-nft", "-t", "nat", "-N", "WARREN-LEFTOVER")
+	nsRun(t, ns, "iptables-nft", "-t", "nat", "-A", "PREROUTING", "-j", "WARREN-LEFTOVER")
 	mustInNetns(t, ns, b.Cleanup)
 	if got := saved(t, ns, b); strings.Contains(got, "WARREN") {
 		t.Errorf("Cleanup left WARREN rules in legacy:\n%s", got)
+	}
+	if got, _ := exec.Command("nsenter", "--net=/run/netns/"+ns, "iptables-nft-save").Output(); strings.Contains(string(got), "WARREN") {
+		t.Errorf("Cleanup left WARREN rules in nft:\n%s", got)
 	}
 }
