@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -202,6 +203,7 @@ func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 		ID: n.ID, Name: n.Name, Role: n.Role, Status: n.Status, OverlayIP: n.OverlayIP, ContainerBlock: n.ContainerBlock,
 		Endpoint: n.Endpoint, PublicKey: n.PublicKey, Labels: n.Labels, JoinedAt: n.JoinedAt, CertExpires: n.CertNotAfter,
 		LastSeen: m.lastSeen[n.ID], Tunnel: m.health[n.ID], Self: n.ID == m.st.meta.SelfID,
+		ClockOffsetSeconds: m.skew[n.ID].Round(time.Millisecond).Seconds(),
 	}
 	for _, t := range m.st.tasks {
 		if t.NodeID == n.ID && t.DesiredState == clustermap.TaskRunning {
@@ -248,6 +250,7 @@ func (m *Manager) RemoveNode(ref string, force bool) error {
 		if _, ok := m.st.nodes[id]; !ok {
 			delete(m.lastSeen, id)
 			delete(m.health, id)
+			delete(m.skew, id)
 		}
 	}
 	m.mu.Unlock()

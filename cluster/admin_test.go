@@ -283,3 +283,18 @@ func TestJoinAsManagerNeedsManagerToken(t *testing.T) {
 		t.Fatalf("second manager = %+v", n)
 	}
 }
+
+func TestNodeViewShowsClockOffset(t *testing.T) {
+	tm := startManager(t)
+	a := join(t, agentConfig(t, tm, "worker-1"))
+	if err := a.Report(context.Background(), NodeStatus{Time: time.Now().Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := tm.m.Node("worker-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.ClockOffsetSeconds > -3590 || v.ClockOffsetSeconds < -3610 {
+		t.Fatalf("clock offset = %v s, want about -3600", v.ClockOffsetSeconds)
+	}
+}

@@ -83,6 +83,7 @@ type Manager struct {
 	unplaced map[string]string
 	lastSeen map[string]time.Time
 	health   map[string][]api.PeerHealth
+	skew     map[string]time.Duration // node clock minus manager clock, per last report
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -118,6 +119,7 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, keepalive: cfg.keepalive, log: cfg.Logger.With("component", "manager"), store: st, now: time.Now,
 		changed: make(chan struct{}), lastSeen: map[string]time.Time{}, health: map[string][]api.PeerHealth{},
+		skew: map[string]time.Duration{},
 	}
 	if err := m.open(); err != nil {
 		st.Close()
@@ -422,8 +424,12 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 	if _, ok := m.st.nodes[nodeID]; !ok {
 		return errNodeRemoved(nodeID)
 	}
-	m.lastSeen[nodeID] = m.now()
+	now := m.now()
+	m.lastSeen[nodeID] = now
 	m.health[nodeID] = s.Tunnel
+	if !s.Time.IsZero() {
+		m.noteClockSkewLocked(nodeID, s.Time.Sub(now))
+	}
 	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !taskStatusChanges(m.st.tasks, nodeID, s.Tasks) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
@@ -437,6 +443,19 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		applyTaskStatus(st.tasks, nodeID, s.Tasks)
 		return nil
 	})
+}
+
+// maxClockSkew is how far a node's clock may be off before the manager
+// warns: boards without an RTC boot in the past until NTP catches up, and
+// then reject certificates and WireGuard handshakes.
+const maxClockSkew = 30 * time.Second
+
+func (m *Manager) noteClockSkewLocked(nodeID string, skew time.Duration) {
+	was := m.skew[nodeID]
+	m.skew[nodeID] = skew
+	if skew.Abs() > maxClockSkew && was.Abs() <= maxClockSkew {
+		m.log.Warn("node clock is off (no RTC or no NTP?)", "node", m.st.nodes[nodeID].Name, "offset", skew.Round(time.Second))
+	}
 }
 
 // markSilentNodesDown is the liveness check run by Serve.

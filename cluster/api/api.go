@@ -129,6 +129,9 @@ type NodeView struct {
 	Tasks          int               `json:"tasks"`
 	Tunnel         []PeerHealth      `json:"tunnel,omitempty"`
 	Self           bool              `json:"self,omitempty"` // the manager answering
+	// ClockOffsetSeconds is the node's clock minus the manager's at its
+	// last report (boards without an RTC are far off until NTP syncs).
+	ClockOffsetSeconds float64 `json:"clock_offset_seconds"`
 }
 
 // ServiceSpec creates a service. Ports are "HOST:CONTAINER[/tcp|/udp]".

@@ -67,6 +67,9 @@ func addNodeCommands(root *cobra.Command) {
 			row("Tasks", n.Tasks)
 			row("Joined", n.JoinedAt.Format(time.RFC3339))
 			row("Last seen", ago(n.LastSeen))
+			if off := time.Duration(n.ClockOffsetSeconds * float64(time.Second)); off.Abs() >= time.Second {
+				row("Clock offset", fmt.Sprintf("%+v (the node's clock minus the manager's)", off.Round(time.Second)))
+			}
 			if !n.CertExpires.IsZero() {
 				row("Certificate expires", n.CertExpires.Format(time.DateOnly))
 			}
