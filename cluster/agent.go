@@ -112,6 +112,10 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 			a.log.Info("using the configured manager address instead of the stored one", "configured", cfg.Manager, "stored", a.id.Manager)
 			a.id.Manager = cfg.Manager
 		}
+		if n := a.id.Node; n.Name != cfg.Node.Name || n.Role != cfg.Node.Role {
+			a.log.Warn("configured name or role differs from this node's cluster record; keeping the record (to change them, `warren node rm` the node, clear the state dir and join again)",
+				"configured_name", cfg.Node.Name, "name", n.Name, "configured_role", cfg.Node.Role, "role", n.Role)
+		}
 		a.client = a.httpClient(pki.CertHash(a.ca.Raw), pinnedByIdentity)
 		a.log.Info("reusing stored identity", "node", a.id.Node.Name, "id", a.id.Node.ID, "overlay_ip", a.id.Node.OverlayIP, "manager", a.id.Manager)
 		return a, nil
