@@ -248,7 +248,17 @@ func TestRejoinWithSameKeyKeepsAddresses(t *testing.T) {
 	tm := startManager(t)
 	cfg := agentConfig(t, tm, "worker-1")
 	first := join(t, cfg).Self()
-	cfg.StateDir = t.TempDir() // state dir lost, WireGuard key kept
+	cfg.StateDir = t.TempDir() // certificate lost, WireGuard key kept
+	// While the old record is online, the name and key are not enough.
+	_, err := Join(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), `node "worker-1" is online`) {
+		t.Fatalf("rejoin of an online node: %v", err)
+	}
+	t.Logf("refused as expected: %v", err)
+	tm.m.mu.Lock()
+	tm.m.lastSeen[first.ID] = time.Now().Add(-2 * tm.cfg.DownAfter)
+	tm.m.mu.Unlock()
+	tm.m.markSilentNodesDown()
 	again := join(t, cfg).Self()
 	if again.ID != first.ID || again.OverlayIP != first.OverlayIP || again.ContainerBlock != first.ContainerBlock {
 		t.Fatalf("rejoin changed the node: %+v -> %+v", first, again)

@@ -147,8 +147,8 @@ func (m *Manager) handleJoin(w http.ResponseWriter, r *http.Request) {
 
 // join admits a node that presented a valid token secret. A node that
 // joins again with the same name and WireGuard key keeps its ID, IP and
-// block (it lost its state dir but not its key); a different key under a
-// taken name is refused.
+// block (it lost its certificate but not its key), provided the existing
+// record is not online; a different key under a taken name is refused.
 func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 	m.mu.Lock()
 	workerOK := pki.SecretEqual(req.Secret, m.st.meta.WorkerSecret)
@@ -184,6 +184,12 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 			if n.PublicKey == req.PublicKey && n.Name != req.Name {
 				return errorf(http.StatusConflict, "WireGuard key already belongs to node %q: every node needs its own key", n.Name)
 			}
+		}
+		if exists && rec.Status == clustermap.NodeReady && now.Sub(m.lastSeen[rec.ID]) < m.cfg.DownAfter {
+			// Public keys are in the map: without this, anyone holding a token
+			// could take over a live node's identity by naming it and its key.
+			return errorf(http.StatusConflict, "node %q is online (it reported %s ago): a node can join again under its own name only once it is down (silent for %s); or remove it first with `warren node rm --force %s`",
+				req.Name, now.Sub(m.lastSeen[rec.ID]).Round(time.Second), m.cfg.DownAfter, req.Name)
 		}
 		if exists {
 			rec.Endpoint, rec.Labels, rec.Role, rec.Status = req.Endpoint, req.Labels, role, clustermap.NodeReady
