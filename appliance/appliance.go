@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/configs"
+	"github.com/warren-appliance/warren/internal/buildinfo"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -36,6 +37,10 @@ func Run(ctx context.Context, cfg *configs.Loaded) error {
 	slog.SetDefault(log)
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
+	}
+	// Before the tunnel: handshakes and certificates need a sane clock.
+	if err := WaitForSaneClock(ctx, buildinfo.BuildTime(), log, time.Now, 2*time.Second); err != nil {
+		return err
 	}
 	switch cfg.Node.Role {
 	case configs.RoleStandalone:
@@ -172,14 +177,4 @@ func reload(path string) (*configs.Loaded, error) {
 		return nil, err
 	}
 	return l, nil
-}
-
-// Cleanup removes what the appliance created on this host.
-func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
-	return fmt.Errorf("--cleanup is not built yet in this version")
-}
-
-// runClusterNode runs a manager or worker.
-func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) error {
-	return fmt.Errorf("role %q: cluster roles are not built yet in this version", cfg.Node.Role)
 }

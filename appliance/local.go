@@ -7,13 +7,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -25,37 +30,17 @@ type localState struct {
 	extra map[string]http.HandlerFunc
 }
 
-// PeerStatus is one peer in `warren network status`.
-type PeerStatus struct {
-	PublicKey       string    `json:"public_key"`
-	Endpoint        string    `json:"endpoint,omitempty"`
-	AllowedIPs      []string  `json:"allowed_ips"`
-	LatestHandshake time.Time `json:"latest_handshake,omitempty"`
-	HandshakeAge    string    `json:"handshake_age,omitempty"`
-	RxBytes         int64     `json:"rx_bytes"`
-	TxBytes         int64     `json:"tx_bytes"`
-	Healthy         bool      `json:"healthy"`
-}
-
-// TunnelStatus is the tunnel part of `warren network status`.
-type TunnelStatus struct {
-	Interface string       `json:"interface"`
-	Mode      string       `json:"mode"`
-	PublicKey string       `json:"public_key"`
-	Peers     []PeerStatus `json:"peers"`
-}
-
-func (s *localState) tunnelStatus() TunnelStatus {
+func (s *localState) tunnelStatus() api.LocalTunnel {
 	s.mu.Lock()
 	dev := s.dev
 	s.mu.Unlock()
 	if dev == nil {
-		return TunnelStatus{}
+		return api.LocalTunnel{}
 	}
-	st := TunnelStatus{Interface: dev.Interface(), Mode: dev.Mode(), PublicKey: dev.PublicKey().String(), Peers: []PeerStatus{}}
+	st := api.LocalTunnel{Interface: dev.Interface(), Mode: dev.Mode(), PublicKey: dev.PublicKey().String(), Peers: []api.LocalPeer{}}
 	now := time.Now()
 	for _, h := range dev.Health() {
-		p := PeerStatus{PublicKey: h.PublicKey.String(), RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
+		p := api.LocalPeer{PublicKey: h.PublicKey.String(), RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
 		if h.Endpoint.IsValid() {
 			p.Endpoint = h.Endpoint.String()
 		}
@@ -96,7 +81,7 @@ func startLocalAPI(path string, st *localState, admin http.Handler, log *slog.Lo
 		return nil, fmt.Errorf("local socket: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/local/network/status", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathLocalNetworkStatus, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, st.tunnelStatus())
 	})
 	st.mu.Lock()
@@ -139,5 +124,55 @@ func notifyReady(log *slog.Logger) {
 		log.Warn("sd_notify failed", "err", err)
 	} else if ok {
 		log.Debug("told systemd we are ready")
+	}
+}
+
+// localHandlers are the node-local endpoints of a cluster node.
+func (n *node) localHandlers() map[string]http.HandlerFunc {
+	return map[string]http.HandlerFunc{
+		"GET " + api.PathLocalNetworkVIPs: func(w http.ResponseWriter, r *http.Request) {
+			m := n.lastMap()
+			if m == nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no cluster map yet: is the manager reachable?"})
+				return
+			}
+			svcs := natServices(m, n.self.ID)
+			v := api.LocalVIPs{MapVersion: m.Version, Summary: nat.Summary(svcs)}
+			if r.URL.Query().Get("render") != "" {
+				v.Rules = string(nat.Render(svcs, n.natOptions()))
+			}
+			writeJSON(w, http.StatusOK, v)
+		},
+		"GET " + api.PathLocalNetworkDNS: func(w http.ResponseWriter, r *http.Request) {
+			name := r.URL.Query().Get("name")
+			if name == "" {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give a name to resolve, e.g. nginx or nginx.warren.local"})
+				return
+			}
+			server := netip.AddrPortFrom(n.bridgeIP(), 53).String()
+			// As a task's resolver would with `search <domain>`: a short name
+			// is tried in the cluster domain first.
+			candidates := []string{name, name + "." + n.cfg.Network.DNSDomain}
+			if !strings.Contains(strings.TrimSuffix(name, "."), ".") {
+				candidates[0], candidates[1] = candidates[1], candidates[0]
+			}
+			var addrs []netip.Addr
+			var err error
+			for _, c := range candidates {
+				if addrs, err = dns.Resolve(r.Context(), server, c); err == nil {
+					name = c
+					break
+				}
+			}
+			if err != nil {
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+				return
+			}
+			v := api.LocalDNS{Name: name, Server: server, Addresses: []string{}}
+			for _, a := range addrs {
+				v.Addresses = append(v.Addresses, a.String())
+			}
+			writeJSON(w, http.StatusOK, v)
+		},
 	}
 }

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
-	"github.com/warren-appliance/warren/dns"
 	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -60,27 +60,23 @@ func natServices(m *clustermap.Map, selfID string) []nat.Service {
 	return out
 }
 
-// dnsRecords gives the names of services (their VIPs) and of tasks that
-// have an address and are meant to run.
-func dnsRecords(m *clustermap.Map) dns.Records {
-	r := dns.Records{
-		Domain:       m.Domain,
-		Services:     map[string]netip.Addr{},
-		Tasks:        map[string]netip.Addr{},
-		ServiceTasks: map[string][]netip.Addr{},
-	}
+// taskSpecs gives the tasks the map assigns to this node that should run.
+func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
+	images := map[string]clustermap.Service{}
 	for _, s := range m.Services {
-		if s.VIP.IsValid() {
-			r.Services[s.Name] = s.VIP
-		}
-		for _, t := range m.Endpoints(s.Name) {
-			r.ServiceTasks[s.Name] = append(r.ServiceTasks[s.Name], t.IP)
-		}
+		images[s.Name] = s
 	}
-	for _, t := range m.Tasks {
-		if t.IP.IsValid() && t.DesiredState == clustermap.TaskRunning {
-			r.Tasks[t.Name] = t.IP
+	var out []orchestrate.TaskSpec
+	for _, t := range m.TasksOn(selfID) {
+		if t.DesiredState != clustermap.TaskRunning || !t.IP.IsValid() {
+			continue
 		}
+		svc := images[t.Service]
+		image := t.Image
+		if image == "" {
+			image = svc.Image
+		}
+		out = append(out, orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP})
 	}
-	return r
+	return out
 }

@@ -67,19 +67,3 @@ func TestNatServicesOnlyRunningEndpoints(t *testing.T) {
 		t.Fatalf("services = %+v\nwant %+v", got, want)
 	}
 }
-
-func TestDNSRecords(t *testing.T) {
-	m, _ := testMap(t)
-	r := dnsRecords(m)
-	if r.Services["web"] != netip.MustParseAddr("10.1.0.1") || len(r.Services) != 1 {
-		t.Errorf("services = %v", r.Services)
-	}
-	// A starting task already has its name (it will answer soon); a task
-	// being shut down does not.
-	if len(r.Tasks) != 2 || r.Tasks["web-2"] != netip.MustParseAddr("10.0.2.2") {
-		t.Errorf("tasks = %v", r.Tasks)
-	}
-	if !reflect.DeepEqual(r.ServiceTasks["web"], []netip.Addr{netip.MustParseAddr("10.0.1.2")}) {
-		t.Errorf("service tasks = %v", r.ServiceTasks)
-	}
-}

@@ -102,6 +102,8 @@ type Runtime struct {
 	ContainerdAddress string `toml:"containerd_address"`
 	Namespace         string `toml:"namespace"`
 	ImagesDir         string `toml:"images_dir"`
+	// CgroupParent holds the tasks' cgroups; empty means "/<namespace>".
+	CgroupParent string `toml:"cgroup_parent"`
 }
 
 // Log is [log].

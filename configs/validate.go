@@ -208,6 +208,9 @@ func (l *Loaded) Finish() error {
 	if !labelRE.MatchString(c.Runtime.Namespace) {
 		add("runtime.namespace", "%q is not a containerd namespace name", c.Runtime.Namespace)
 	}
+	if p := c.Runtime.CgroupParent; p != "" && !strings.HasPrefix(p, "/") {
+		add("runtime.cgroup_parent", "%q must start with '/' (a cgroup path such as \"/warren\")", p)
+	}
 	if !filepath.IsAbs(c.Runtime.ImagesDir) {
 		add("runtime.images_dir", "%q must be an absolute path", c.Runtime.ImagesDir)
 	}

@@ -140,4 +140,3 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 	}
 	return cfg, nil
 }
-

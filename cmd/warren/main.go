@@ -47,9 +47,10 @@ func newRoot() *cobra.Command {
 	root.SetVersionTemplate(buildinfo.String("warren"))
 	root.PersistentFlags().String("socket", "", "path of the local daemon's socket (default "+defaultSocket+", or $WARREN_SOCKET)")
 	addDaemonCommands(root)
-	addNotBuilt(root, "node", "List, inspect and remove cluster nodes")
-	addNotBuilt(root, "service", "Create, scale, update and remove services")
-	addNotBuilt(root, "network", "Inspect the mesh, the VIPs and DNS")
+	addClusterCommands(root)
+	addNodeCommands(root)
+	addServiceCommands(root)
+	addNetworkCommands(root)
 	return root
 }
 
@@ -63,17 +64,4 @@ func socketPath(cmd *cobra.Command) string {
 		return s
 	}
 	return defaultSocket
-}
-
-// addNotBuilt registers a verb group that this version does not have yet,
-// so it says so plainly instead of "unknown command".
-func addNotBuilt(root *cobra.Command, name, short string) {
-	root.AddCommand(&cobra.Command{
-		Use:                name,
-		Short:              short + " (not built yet)",
-		DisableFlagParsing: true,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return fmt.Errorf("'warren %s' is not built yet in this version", name)
-		},
-	})
 }

@@ -14,7 +14,8 @@ type ClusterOptions struct {
 	// Images are tarballs dropped into every node's images_dir before start.
 	Images []string
 	// ManagerExtra and WorkerExtra are TOML appended to each node's config
-	// (whole tables, e.g. "[network]\ndns_domain = \"lab.test\"\n").
+	// (whole tables other than [node], [cluster], [wireguard] and [runtime],
+	// which the lab writes, e.g. "[network]\ndns_domain = \"lab.test\"\n").
 	ManagerExtra string
 	WorkerExtra  string
 	// ClusterExtra is appended inside every node's [cluster] table.
@@ -50,8 +51,8 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 		return nil, err
 	}
 	c.Manager = m
-	cfg := fmt.Sprintf("[node]\nname = \"manager-1\"\nrole = \"manager\"\nadvertise_address = %q\n\n[cluster]\n%s\n[wireguard]\nmode = \"tun\"\n\n%s",
-		m.LANIP, opts.ClusterExtra, opts.ManagerExtra)
+	cfg := fmt.Sprintf("[node]\nname = \"manager-1\"\nrole = \"manager\"\nadvertise_address = %q\n\n[cluster]\n%s\n[wireguard]\nmode = \"tun\"\n\n[runtime]\ncgroup_parent = %q\n\n%s",
+		m.LANIP, opts.ClusterExtra, m.CgroupParent(), opts.ManagerExtra)
 	if err := m.WriteConfig(cfg); err != nil {
 		return nil, err
 	}
@@ -72,8 +73,8 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 		if err != nil {
 			return nil, err
 		}
-		cfg := fmt.Sprintf("[node]\nname = %q\nrole = \"worker\"\nadvertise_address = %q\n\n[cluster]\nmanager = \"%s:7946\"\ntoken = %q\n%s\n[wireguard]\nmode = \"tun\"\n\n%s",
-			name, w.LANIP, m.LANIP, token, opts.ClusterExtra, opts.WorkerExtra)
+		cfg := fmt.Sprintf("[node]\nname = %q\nrole = \"worker\"\nadvertise_address = %q\n\n[cluster]\nmanager = \"%s:7946\"\ntoken = %q\n%s\n[wireguard]\nmode = \"tun\"\n\n[runtime]\ncgroup_parent = %q\n\n%s",
+			name, w.LANIP, m.LANIP, token, opts.ClusterExtra, w.CgroupParent(), opts.WorkerExtra)
 		if err := w.WriteConfig(cfg); err != nil {
 			return nil, err
 		}

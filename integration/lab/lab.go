@@ -415,6 +415,7 @@ func (l *Lab) Close() error {
 			n.holder.Wait()
 		}
 	}
+	removeCgroups(l.id)
 	var errs []error
 	for _, ns := range names {
 		if err := run("ip", "netns", "delete", ns); err != nil && !strings.Contains(err.Error(), "No such file") {
@@ -440,6 +441,7 @@ func SweepStale(log *slog.Logger) {
 		}
 		log.Info("lab: removing namespace left by a dead lab", "netns", name)
 		killNetNS(name)
+		removeCgroups(namePrefix + pidStr)
 		run("ip", "netns", "delete", name)
 	}
 }
@@ -575,6 +577,31 @@ func Poll(ctx context.Context, interval time.Duration, fn func() error) error {
 		case <-ctx.Done():
 			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
 		case <-time.After(interval):
+		}
+	}
+}
+
+// CgroupParent is the node's own cgroup parent for its tasks: simulated
+// nodes share one kernel, and a task rescheduled from one node to another
+// keeps its name, so the default "/warren" would collide.
+func (n *Node) CgroupParent() string { return "/" + n.NetNS }
+
+// removeCgroups removes the (empty, once their processes are dead) cgroup
+// directories of a lab's nodes under every cgroup v1 controller, or the
+// v2 hierarchy.
+func removeCgroups(labID string) {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + labID + "-*")
+	v2, _ := filepath.Glob("/sys/fs/cgroup/" + labID + "-*")
+	for _, root := range append(roots, v2...) {
+		var dirs []string
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- { // children first
+			os.Remove(dirs[i])
 		}
 	}
 }

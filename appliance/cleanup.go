@@ -1,0 +1,80 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/warren-appliance/warren/configs"
+	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/orchestrate"
+)
+
+// Cleanup removes what the appliance created on this host: its tasks and
+// their networks, its iptables rules, the WireGuard interface and sockets.
+// State (keys, store, cached map) stays: purging the package removes that.
+// Each part is attempted even if another fails.
+func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
+	log := NewLogger(cfg.Log.Level)
+	var errs []error
+	if _, err := os.Stat(cfg.Runtime.ContainerdAddress); err == nil {
+		orch, err := orchestrate.New(ctx, orchestrate.Config{
+			ContainerdAddress: cfg.Runtime.ContainerdAddress,
+			Namespace:         cfg.Runtime.Namespace,
+			Bridge:            cfg.Network.Bridge,
+			// Removal finds tasks by label and name; it needs no node block,
+			// but the config wants a valid one.
+			Block:            cfg.Network.ContainerSubnet.Prefix,
+			StateDir:         filepath.Join(cfg.Node.StateDir, "tasks"),
+			OverlayInterface: cfg.WireGuard.Interface,
+			CgroupParent:     cfg.Runtime.CgroupParent,
+			Logger:           log,
+		})
+		if err == nil {
+			err = orch.Cleanup(ctx)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("tasks: %w", err))
+		}
+	} else {
+		log.Info("containerd not running: no tasks to remove", "socket", cfg.Runtime.ContainerdAddress)
+	}
+	if a, err := nat.NewApplier(log); err != nil {
+		errs = append(errs, fmt.Errorf("iptables: %w", err))
+	} else if err := a.Cleanup(); err != nil {
+		errs = append(errs, fmt.Errorf("iptables: %w", err))
+	}
+	if err := removeLink(cfg.WireGuard.Interface); err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range []string{filepath.Join("/var/run/wireguard", cfg.WireGuard.Interface+".sock"), SocketPath} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		log.Info("removed everything warren created on this host", "interface", cfg.WireGuard.Interface)
+	}
+	return errors.Join(errs...)
+}
+
+func removeLink(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("interface %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("remove interface %s: %w", name, err)
+	}
+	slog.Debug("removed interface", "name", name)
+	return nil
+}

@@ -1,0 +1,362 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/warren-appliance/warren/cluster"
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/configs"
+	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/orchestrate"
+	"github.com/warren-appliance/warren/tunnel"
+)
+
+// member is this node's link to the cluster: the in-process manager on the
+// first manager, an agent talking mTLS to a manager everywhere else.
+type member interface {
+	Self() clustermap.Node
+	Watch(ctx context.Context, apply func(*clustermap.Map)) error
+	Report(ctx context.Context, s cluster.NodeStatus) error
+}
+
+// How often a node reports its status (heartbeat) and checks that nobody
+// flushed its NAT rules.
+const (
+	reportInterval = 5 * time.Second
+	canaryInterval = 10 * time.Second
+)
+
+// runClusterNode runs a manager or worker: join (or create) the cluster,
+// bring up the tunnel with the assigned address, then converge every
+// reconciler to each new map until ctx ends.
+func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) error {
+	key, err := tunnel.LoadOrCreateKey(cfg.WireGuard.PrivateKeyFile)
+	if err != nil {
+		return err
+	}
+	advertise, err := advertiseAddress(cfg)
+	if err != nil {
+		return err
+	}
+	info := cluster.NodeInfo{
+		Name:      cfg.Node.Name,
+		Role:      cfg.Node.Role,
+		Labels:    cfg.Node.Labels,
+		Endpoint:  netip.AddrPortFrom(advertise, uint16(cfg.WireGuard.ListenPort)),
+		PublicKey: key.PublicKey().String(),
+	}
+
+	var mem member
+	var admin http.Handler
+	if cfg.Node.Role == configs.RoleManager && cfg.Cluster.Manager == "" {
+		mgr, err := cluster.OpenManager(cluster.ManagerConfig{
+			StateDir:           cfg.Node.StateDir,
+			APIListen:          cfg.Cluster.APIListen,
+			Node:               info,
+			WireGuardSubnet:    cfg.WireGuard.Subnet.Prefix,
+			ContainerSubnet:    cfg.Network.ContainerSubnet.Prefix,
+			ContainerBlockBits: cfg.Network.ContainerBlock,
+			VIPSubnet:          cfg.Network.VIPSubnet.Prefix,
+			Domain:             cfg.Network.DNSDomain,
+			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
+			Logger:             log,
+		})
+		if err != nil {
+			return err
+		}
+		defer mgr.Close()
+		serveErr := make(chan error, 1)
+		go func() { serveErr <- mgr.Serve(ctx) }()
+		select {
+		case err := <-serveErr:
+			if err != nil {
+				return fmt.Errorf("cluster API on %s: %w", cfg.Cluster.APIListen, err)
+			}
+		case <-time.After(200 * time.Millisecond):
+		}
+		worker, manager := mgr.JoinTokens()
+		log.Info("manager up: join workers with `warren worker start --manager ADDR:PORT --token TOKEN`",
+			"api", cfg.Cluster.APIListen, "worker_token", worker, "manager_token", manager)
+		mem, admin = mgr, mgr.AdminHandler()
+	} else {
+		agent, err := cluster.Join(ctx, cluster.AgentConfig{
+			StateDir: cfg.Node.StateDir,
+			Manager:  cfg.Cluster.Manager,
+			Token:    cfg.Cluster.Token,
+			Node:     info,
+			Logger:   log,
+		})
+		if err != nil {
+			return err
+		}
+		mem = agent
+	}
+	self := mem.Self()
+	log.Info("cluster identity", "node", self.Name, "id", self.ID, "overlay_ip", self.OverlayIP, "container_block", self.ContainerBlock)
+
+	dev, err := openTunnel(cfg, netip.PrefixFrom(self.OverlayIP, cfg.WireGuard.Subnet.Bits()), log)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+
+	n := &node{cfg: cfg, log: log, self: self, dev: dev, static: staticPeers(cfg)}
+	// Static peers (an operator laptop) are up before the first map.
+	if err := dev.SetPeers(n.static); err != nil {
+		return fmt.Errorf("tunnel peers: %w", err)
+	}
+	if err := n.startReconcilers(ctx); err != nil {
+		n.stopReconcilers()
+		return err
+	}
+	defer n.stopReconcilers()
+
+	st := &localState{dev: dev, extra: n.localHandlers()}
+	local, err := startLocalAPI(SocketPath, st, admin, log)
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+
+	go n.reportLoop(ctx, mem)
+	go n.canaryLoop(ctx)
+	notifyReady(log)
+	err = mem.Watch(ctx, n.apply)
+	if ctx.Err() != nil {
+		log.Info("shutting down")
+		return nil
+	}
+	return fmt.Errorf("watching the cluster map: %w", err)
+}
+
+// node holds the running reconcilers of a cluster node.
+type node struct {
+	cfg    *configs.Loaded
+	log    *slog.Logger
+	self   clustermap.Node
+	dev    *tunnel.Device
+	static []tunnel.Peer
+	orch   *orchestrate.Reconciler
+	nat    *nat.Applier
+	dns    *dns.Server
+
+	mu     sync.Mutex
+	last   *clustermap.Map
+	images map[string]string // task -> image last given to the task reconciler
+}
+
+func (n *node) bridgeIP() netip.Addr { return n.self.ContainerBlock.Addr().Next() }
+
+func (n *node) startReconcilers(ctx context.Context) error {
+	cfg := n.cfg
+	orch, err := orchestrate.New(ctx, orchestrate.Config{
+		ContainerdAddress: cfg.Runtime.ContainerdAddress,
+		Namespace:         cfg.Runtime.Namespace,
+		ImagesDir:         cfg.Runtime.ImagesDir,
+		Bridge:            cfg.Network.Bridge,
+		Block:             n.self.ContainerBlock,
+		ResolvConf:        dns.ResolvConf(n.bridgeIP(), cfg.Network.DNSDomain),
+		StateDir:          filepath.Join(cfg.Node.StateDir, "tasks"),
+		OverlayInterface:  cfg.WireGuard.Interface,
+		CgroupParent:      cfg.Runtime.CgroupParent,
+		Logger:            n.log.With("component", "orchestrate"),
+	})
+	if err != nil {
+		return fmt.Errorf("containerd at %s: %w", cfg.Runtime.ContainerdAddress, err)
+	}
+	n.orch = orch
+	go func() {
+		if err := orch.Run(ctx); err != nil && ctx.Err() == nil {
+			n.log.Error("task reconciler stopped", "err", err)
+		}
+	}()
+
+	if n.nat, err = nat.NewApplier(n.log.With("component", "nat")); err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+
+	go n.startDNS(ctx)
+	return nil
+}
+
+// startDNS serves DNS on the bridge address once the task reconciler has
+// created the bridge (its first pass), retrying until then.
+func (n *node) startDNS(ctx context.Context) {
+	listen := netip.AddrPortFrom(n.bridgeIP(), 53).String()
+	for attempt := 0; ; attempt++ {
+		srv, err := dns.NewServer(dns.Config{
+			Listen: []string{listen},
+			Domain: n.cfg.Network.DNSDomain,
+			Logger: n.log.With("component", "dns"),
+		})
+		if err == nil {
+			err = srv.Start()
+			if err != nil {
+				srv.Close()
+			}
+		}
+		if err == nil {
+			n.mu.Lock()
+			n.dns = srv
+			m := n.last
+			n.mu.Unlock()
+			if m != nil {
+				srv.Update(dns.RecordsFromMap(m))
+			}
+			n.log.Info("dns up", "listen", listen, "domain", n.cfg.Network.DNSDomain)
+			return
+		}
+		if attempt == 10 {
+			n.log.Warn("dns not up yet, still trying", "listen", listen, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (n *node) stopReconcilers() {
+	n.mu.Lock()
+	srv := n.dns
+	n.mu.Unlock()
+	if srv != nil {
+		srv.Close()
+	}
+	// Tasks and NAT rules stay: running services keep serving while the
+	// appliance restarts or upgrades (KillMode=process), and the next start
+	// adopts them.
+}
+
+// apply converges every reconciler to m. Each one is level-triggered, so
+// applying the same map twice changes nothing.
+func (n *node) apply(m *clustermap.Map) {
+	n.mu.Lock()
+	n.last = m
+	n.mu.Unlock()
+	if self, ok := m.Node(n.self.ID); ok {
+		n.self = self
+	}
+	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
+	if err := n.dev.SetPeers(peers); err != nil {
+		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
+	}
+	specs := taskSpecs(m, n.self.ID)
+	images := make(map[string]string, len(specs))
+	for _, s := range specs {
+		images[s.Name] = s.Image
+	}
+	n.mu.Lock()
+	n.images = images
+	n.mu.Unlock()
+	n.orch.Apply(specs)
+	if err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions()); err != nil {
+		n.log.Error("applying service rules", "err", err, "map_version", m.Version)
+	}
+	n.mu.Lock()
+	srv := n.dns
+	n.mu.Unlock()
+	if srv != nil {
+		srv.Update(dns.RecordsFromMap(m))
+	}
+	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+}
+
+func (n *node) natOptions() nat.Options {
+	c := n.cfg
+	return nat.Options{
+		Persistence:        c.LoadBalancing.Persistence,
+		PersistenceTimeout: c.LoadBalancing.PersistenceTimeout.Duration,
+		ContainerSubnet:    c.Network.ContainerSubnet.Prefix,
+		Bridge:             c.Network.Bridge,
+		Overlay:            c.WireGuard.Interface,
+	}
+}
+
+func (n *node) lastMap() *clustermap.Map {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.last
+}
+
+// reportLoop sends the heartbeat: tunnel health and task states.
+func (n *node) reportLoop(ctx context.Context, mem member) {
+	t := time.NewTicker(reportInterval)
+	defer t.Stop()
+	for {
+		if err := mem.Report(ctx, n.status()); err != nil && ctx.Err() == nil {
+			n.log.Debug("status report not delivered", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *node) status() cluster.NodeStatus {
+	s := cluster.NodeStatus{Time: time.Now()}
+	for _, h := range n.dev.Health() {
+		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes)})
+	}
+	n.mu.Lock()
+	images := n.images
+	n.mu.Unlock()
+	for _, t := range n.orch.Status() {
+		s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: images[t.Name]})
+	}
+	return s
+}
+
+// canaryLoop re-applies the NAT rules when someone flushed them (a firewall
+// script, `iptables -F`), as kube-proxy's canary chain does.
+func (n *node) canaryLoop(ctx context.Context) {
+	t := time.NewTicker(canaryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m := n.lastMap()
+		if m == nil {
+			continue
+		}
+		if missing, err := n.nat.CanaryMissing(); err == nil && missing {
+			n.log.Warn("service rules were flushed by someone else; restoring them")
+			if err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions()); err != nil {
+				n.log.Error("restoring service rules", "err", err)
+			}
+		}
+	}
+}
+
+// advertiseAddress is node.advertise_address, or the source address of the
+// default route: what other nodes on the LAN reach this one on.
+func advertiseAddress(cfg *configs.Loaded) (netip.Addr, error) {
+	if a := cfg.Node.AdvertiseAddress; a != "" {
+		return netip.MustParseAddr(a), nil // validated by configs
+	}
+	routes, err := netlink.RouteGet(net.IPv4(192, 0, 2, 1)) // any non-local address: asks the routing table, sends nothing
+	if err != nil || len(routes) == 0 || routes[0].Src == nil {
+		return netip.Addr{}, errors.New("no default route to take the advertise address from: set node.advertise_address (or --advertise-address) to this node's LAN address")
+	}
+	a, _ := netip.AddrFromSlice(routes[0].Src.To4())
+	return a, nil
+}
