@@ -3,12 +3,14 @@ package nat
 import (
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -456,5 +458,74 @@ func TestApplierLegacyBackend(t *testing.T) {
 	}
 	if got, _ := exec.Command("nsenter", "--net=/run/netns/"+ns, "iptables-nft-save").Output(); strings.Contains(string(got), "WARREN") {
 		t.Errorf("Cleanup left WARREN rules in nft:\n%s", got)
+	}
+}
+
+// randomServices makes a valid but irregular service set: names using the
+// whole allowed alphabet, protocols in either case, published ports,
+// affinity, 0 to 5 endpoints.
+func randomServices(r *rand.Rand) []Service {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+	name := func(prefix string) string {
+		b := []byte(prefix)
+		for range r.IntN(40) {
+			b = append(b, alphabet[r.IntN(len(alphabet))])
+		}
+		return string(b)
+	}
+	var out []Service
+	published := map[string]bool{}
+	for i := range 1 + r.IntN(12) {
+		s := Service{
+			Name:     name(fmt.Sprintf("s%d", i)),
+			VIP:      netip.AddrFrom4([4]byte{10, 1, byte(i), byte(1 + r.IntN(250))}),
+			Affinity: r.IntN(3) == 0,
+		}
+		used := map[string]bool{}
+		for range 1 + r.IntN(3) {
+			p := Port{Protocol: []string{"tcp", "udp", "TCP", "Udp"}[r.IntN(4)], Port: uint16(1 + r.IntN(65535)), TargetPort: uint16(r.IntN(65536))}
+			key := fmt.Sprintf("%s/%d", strings.ToLower(p.Protocol), p.Port)
+			if used[key] {
+				continue
+			}
+			used[key] = true
+			if r.IntN(2) == 0 {
+				p.Published = uint16(1024 + r.IntN(60000))
+				pk := fmt.Sprintf("%s/%d", strings.ToLower(p.Protocol), p.Published)
+				if published[pk] {
+					p.Published = 0
+				}
+				published[pk] = true
+			}
+			s.Ports = append(s.Ports, p)
+		}
+		for j := range r.IntN(6) {
+			s.Endpoints = append(s.Endpoints, Endpoint{Name: name(fmt.Sprintf("e%d", j)),
+				IP: netip.AddrFrom4([4]byte{10, 0, byte(i), byte(j + 2)}), Local: r.IntN(2) == 0})
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestApplierRandomValidInput(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "random")
+	a := applierIn(t, ns)
+	for seed := range uint64(15) {
+		r := rand.New(rand.NewPCG(seed, 42))
+		services := randomServices(r)
+		opts := baseOpts
+		if seed%3 == 1 {
+			opts = Options{Persistence: true, PersistenceTimeout: time.Duration(1+r.IntN(100000)) * time.Second,
+				NodeAddresses: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
+		}
+		if err := Validate(services, opts); err != nil {
+			t.Fatalf("seed %d: generator made invalid input: %v", seed, err)
+		}
+		if err := inNetns(ns, func() error { return a.Sync(services, opts) }); err != nil {
+			t.Fatalf("seed %d: valid input refused by iptables: %v", seed, err)
+		}
+		assertMatchesRender(t, saved(t, ns, a), services, opts)
 	}
 }
