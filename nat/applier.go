@@ -204,6 +204,9 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 	var stale map[string][]string
 	if full {
 		applied = nil
+		if err := a.deleteOutdatedJumps(); err != nil {
+			return err
+		}
 		var err error
 		if stale, err = a.ownedChains(tables); err != nil {
 			return err
@@ -331,7 +334,7 @@ func (a *Applier) Cleanup() error {
 func (x *xtables) cleanup(tables []string) error {
 	for _, table := range tables {
 		for _, chain := range builtinChains[table] {
-			if err := x.deleteJumpsFrom(table, chain); err != nil {
+			if err := x.deleteJumpsFrom(table, chain, nil); err != nil {
 				return err
 			}
 		}
@@ -349,17 +352,40 @@ func (x *xtables) cleanup(tables []string) error {
 }
 
 // deleteJumpsFrom deletes the rules of a built-in chain that jump to a
-// WARREN-* chain, by rule number from the bottom so numbers stay valid.
-func (x *xtables) deleteJumpsFrom(table, chain string) error {
+// WARREN-* chain, except those keep accepts (keep may be nil), by rule
+// number from the bottom so numbers stay valid.
+func (x *xtables) deleteJumpsFrom(table, chain string, keep func(rule string) bool) error {
 	rules, err := x.ipt.List(table, chain)
 	if err != nil {
 		return fmt.Errorf("list %s %s: %w", table, chain, err)
 	}
 	// rules[0] is the policy line ("-P CHAIN ACCEPT"); rule i is number i.
 	for i := len(rules) - 1; i >= 1; i-- {
-		if targetsOurs(rules[i]) {
+		if targetsOurs(rules[i]) && (keep == nil || !keep(rules[i])) {
 			if err := x.ipt.DeleteById(table, chain, i); err != nil {
 				return fmt.Errorf("delete rule %d of %s %s: %w", i, table, chain, err)
+			}
+		}
+	}
+	return nil
+}
+
+// deleteOutdatedJumps removes jumps to WARREN-* chains that are not in
+// the jumps table (left by an older version): they would keep stale
+// chains from being deleted.
+func (x *xtables) deleteOutdatedJumps() error {
+	for _, table := range tables {
+		for _, chain := range builtinChains[table] {
+			current := func(rule string) bool {
+				for _, j := range jumps {
+					if j.table == table && j.chain == chain && countJump([]string{rule}, j) == 1 {
+						return true
+					}
+				}
+				return false
+			}
+			if err := x.deleteJumpsFrom(table, chain, current); err != nil {
+				return err
 			}
 		}
 	}

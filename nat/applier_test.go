@@ -529,3 +529,21 @@ func TestApplierRandomValidInput(t *testing.T) {
 		assertMatchesRender(t, saved(t, ns, a), services, opts)
 	}
 }
+
+func TestApplierRemovesOutdatedChains(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "upgrade")
+	a := applierIn(t, ns)
+	// What an older version might have left: a chain of another name,
+	// jumped to from a built-in chain, and an orphan chain.
+	nsRun(t, ns, a.command, "-t", "nat", "-N", "WARREN-OLD-SERVICES")
+	nsRun(t, ns, a.command, "-t", "nat", "-A", "WARREN-OLD-SERVICES", "-j", "RETURN")
+	nsRun(t, ns, a.command, "-t", "nat", "-A", "PREROUTING", "-j", "WARREN-OLD-SERVICES")
+	nsRun(t, ns, a.command, "-t", "filter", "-N", "WARREN-SVC-ORPHAN")
+	syncIn(t, ns, a, services3x3(), baseOpts)
+	got := saved(t, ns, a)
+	if strings.Contains(got, "WARREN-OLD-SERVICES") || strings.Contains(got, "WARREN-SVC-ORPHAN") {
+		t.Errorf("outdated chains survived a full sync:\n%s", got)
+	}
+	assertMatchesRender(t, got, services3x3(), baseOpts)
+}
