@@ -185,11 +185,11 @@ func (a *Applier) Backend() string { return a.backend }
 
 // Sync makes the kernel hold exactly the rules for services. The first
 // sync (and any after an error, a missing canary or an hour) writes every
-// chain and deletes leftover WARREN-* chains; later ones write only the
-// chains that changed. Either way it is one iptables-restore --noflush
-// run in which each table (nat, then filter) commits atomically, so
-// traffic never sees a half-written chain. Invalid input is refused and
-// the rules in place are kept.
+// chain and deletes leftover WARREN-* chains and the jumps to them; later
+// ones write only the chains that changed. Either way it is one
+// iptables-restore --noflush run in which each table (nat, then filter)
+// commits atomically, so traffic never sees a half-written chain. Invalid
+// input is refused and the rules in place are kept.
 func (a *Applier) Sync(services []Service, opts Options) error {
 	if err := Validate(services, opts); err != nil {
 		return err
