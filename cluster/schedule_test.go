@@ -20,7 +20,7 @@ func TestApplyTaskStatus(t *testing.T) {
 	applyTaskStatus(tasks, "n1", []api.TaskStatus{
 		{Name: "a-1", State: clustermap.TaskRunning, Image: "v2"},
 		{Name: "a-2", State: clustermap.TaskRunning, Image: "v1"}, // still the old container
-		{Name: "a-5", State: clustermap.TaskRunning},               // not n1's task
+		{Name: "a-5", State: clustermap.TaskRunning},              // not n1's task
 	})
 	want := map[string]string{
 		"a-1": clustermap.TaskRunning,  // reported with the task's image
