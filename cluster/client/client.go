@@ -35,9 +35,6 @@ func New(socket string) *Client {
 	}}
 }
 
-// NewWithHTTP returns a client that sends requests through h (tests).
-func NewWithHTTP(h *http.Client) *Client { return &Client{socket: "(test)", http: h} }
-
 // Error is an answer of the daemon other than success.
 type Error struct {
 	Status  int
