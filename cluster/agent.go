@@ -349,15 +349,15 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 	}
 	bo := newBackoff()
 	for {
-		delivered, err := a.watchOnce(ctx, &have, apply)
+		connected, err := a.watchOnce(ctx, &have, apply)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if errors.Is(err, ErrRemoved) {
 			return err
 		}
-		if delivered {
-			bo.reset()
+		if connected {
+			bo.reset() // the stream worked: the next failure is a new outage
 		}
 		d := bo.next()
 		if isPermanent(err) {
@@ -391,7 +391,8 @@ func (a *Agent) CachedMap() (*clustermap.Map, error) {
 	return &m, nil
 }
 
-func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*clustermap.Map)) (delivered bool, err error) {
+// watchOnce runs one stream; connected reports whether the manager accepted it.
+func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*clustermap.Map)) (connected bool, err error) {
 	if err := a.syncSelf(ctx); err != nil {
 		return false, err
 	}
@@ -413,6 +414,7 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 	if resp.StatusCode != http.StatusOK {
 		return false, decodeResponse(resp, nil)
 	}
+	connected = true
 	// The manager writes a keepalive line every keepalive period; silence for
 	// three of them means the connection is dead even if TCP has not noticed.
 	idle := time.AfterFunc(3*a.cfg.keepalive, cancel)
@@ -427,7 +429,7 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 			if ctx.Err() != nil && idle.Stop() == false {
 				err = fmt.Errorf("no data from the manager for %s", 3*a.cfg.keepalive)
 			}
-			return delivered, fmt.Errorf("map stream: %w", err)
+			return connected, fmt.Errorf("map stream: %w", err)
 		}
 		idle.Reset(3 * a.cfg.keepalive)
 		line = bytes.TrimSpace(line)
@@ -439,7 +441,7 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 		}
 		var m clustermap.Map
 		if err := json.Unmarshal(line, &m); err != nil {
-			return delivered, fmt.Errorf("decode map: %w", err)
+			return connected, fmt.Errorf("decode map: %w", err)
 		}
 		// The first map of a stream replaces ours even if older: the
 		// manager's state was restored from a backup.
@@ -453,7 +455,6 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 			idle.Stop()
 			apply(&m)
 			idle.Reset(3 * a.cfg.keepalive)
-			delivered = true
 		}
 		first = false
 	}
