@@ -72,12 +72,6 @@ export WARREN_PKG_VERSION
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# nfpm is a build tool, not a dependency of the product: install it from the
-# module proxy into the temp dir, leaving go.mod alone.
-echo "build.sh: nfpm $NFPM_VERSION"
-env GOBIN="$work/tools" GOOS= GOARCH= GOARM= GOFLAGS= CGO_ENABLED=0 \
-	go install "github.com/goreleaser/nfpm/v2/cmd/nfpm@$NFPM_VERSION"
-
 # The shipped /etc/warren/warren.toml is the commented worker example.
 export WARREN_STAGE_DIR="$work/stage"
 mkdir -p "$WARREN_STAGE_DIR/examples"
@@ -125,6 +119,12 @@ for goarch in $ARCHS; do
 		fi
 	done
 done
+
+# nfpm is a build tool, not a dependency of the product: install it from the
+# module proxy into the temp dir, leaving go.mod alone.
+echo "build.sh: nfpm $NFPM_VERSION"
+env GOBIN="$work/tools" GOOS= GOARCH= GOARM= GOFLAGS= CGO_ENABLED=0 \
+	go install "github.com/goreleaser/nfpm/v2/cmd/nfpm@$NFPM_VERSION"
 
 mkdir -p "$DIST_DIR"
 for goarch in $ARCHS; do
