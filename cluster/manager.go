@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
@@ -141,11 +142,14 @@ func (m *Manager) open() error {
 		created = true
 	} else {
 		m.warnIfConfigDiffers(s.meta)
+		if name := s.nodes[s.meta.SelfID].Name; name != m.cfg.Node.Name {
+			m.log.Warn("configured node name differs from this manager's record; keeping the record", "configured", m.cfg.Node.Name, "name", name)
+		}
 	}
 	if m.ca, err = pki.LoadCA(s.meta.CACert, s.meta.CAKey); err != nil {
 		return fmt.Errorf("stored cluster CA: %w", err)
 	}
-	if m.server, err = tls.X509KeyPair(append(s.meta.ServerCert, s.meta.CACert...), s.meta.ServerKey); err != nil {
+	if m.server, err = tls.X509KeyPair(slices.Concat(s.meta.ServerCert, s.meta.CACert), s.meta.ServerKey); err != nil {
 		return fmt.Errorf("stored server certificate: %w", err)
 	}
 	// Every member gets a full DownAfter of grace after a manager restart.
