@@ -25,75 +25,94 @@ const benchManagerEnv = "WARREN_BENCH_MANAGER_DIR"
 // BenchmarkJoin100Nodes: 100 nodes join one manager at once and watch the
 // map; it measures the time until every node holds the full map (101
 // nodes), the map's JSON size, and the manager's heap and RSS. The manager
-// runs in a child process (this test binary re-executed), so its memory is
-// measured apart from the 100 agents.
+// runs in a child process (this test binary re-executed, driving the same
+// Go API), so its memory is measured apart from the 100 agents.
 func BenchmarkJoin100Nodes(b *testing.B) {
-	const joiners = 100
 	for range b.N {
 		mgr := startManagerProcess(b)
-		cfgs := make([]AgentConfig, joiners)
-		for i := range cfgs {
-			cfgs[i] = AgentConfig{
-				StateDir: b.TempDir(), Manager: mgr.addr, Token: mgr.token, Logger: testLogger(b),
-				Node: NodeInfo{Name: fmt.Sprintf("node-%03d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(b),
-					Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 2)}), 51820)},
-			}
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		errs := make(chan error, joiners)
-		var mapBytes int
-		var applied atomic.Int64
-		var mu sync.Mutex
-		start := time.Now()
-		for _, cfg := range cfgs {
-			wg.Add(1)
-			go func() {
-				jctx, jcancel := context.WithTimeout(ctx, 60*time.Second)
-				defer jcancel()
-				a, err := Join(jctx, cfg)
-				if err != nil {
-					errs <- err
-					wg.Done()
-					return
-				}
-				var once sync.Once
-				go a.Watch(ctx, func(m *clustermap.Map) {
-					applied.Add(1)
-					if len(m.Nodes) == joiners+1 {
-						once.Do(func() {
-							if st, err := os.Stat(a.path(FileMap)); err == nil {
-								mu.Lock()
-								mapBytes = int(st.Size())
-								mu.Unlock()
-							}
-							wg.Done()
-						})
-					}
-				})
-			}()
-		}
-		full := make(chan struct{})
-		go func() { wg.Wait(); close(full) }()
-		select {
-		case <-full:
-		case err := <-errs:
-			b.Fatalf("join: %v", err)
-		case <-time.After(120 * time.Second):
-			b.Fatal("not every node got the full map within 2 minutes")
-		}
-		elapsed := time.Since(start)
-		heap, rss, hwm := mgr.memory(b)
-		b.ReportMetric(elapsed.Seconds(), "s-to-full-map")
-		b.ReportMetric(float64(mapBytes), "map-bytes")
-		b.ReportMetric(float64(applied.Load())/joiners, "maps-applied/node")
-		b.ReportMetric(heap, "mgr-heap-MiB")
-		b.ReportMetric(rss, "mgr-rss-MiB")
-		b.ReportMetric(hwm, "mgr-peak-rss-MiB")
-		b.Logf("%d nodes joined concurrently; all held the full map (%d nodes, %d bytes of JSON) after %v; manager process: heap %.1f MiB, RSS %.1f MiB (peak %.1f MiB); %.1f maps applied per node",
-			joiners, joiners+1, mapBytes, elapsed.Round(time.Millisecond), heap, rss, hwm, float64(applied.Load())/joiners)
-		cancel()
+		benchJoins(b, mgr.addr, mgr.token, func() (heap, rss, hwm float64) { return mgr.memory(b) })
 	}
+}
+
+// BenchmarkJoin100NodesOneProcess is the same with the manager and the 100
+// agents in this process: heap and RSS are then those of all of them.
+func BenchmarkJoin100NodesOneProcess(b *testing.B) {
+	for range b.N {
+		tm := startManager(b)
+		benchJoins(b, tm.addr, tm.workerToken(), func() (heap, rss, hwm float64) {
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			pid := os.Getpid()
+			return float64(ms.HeapAlloc) / (1 << 20), float64(procStatusKiB(pid, "VmRSS")) / 1024, float64(procStatusKiB(pid, "VmHWM")) / 1024
+		})
+	}
+}
+
+func benchJoins(b *testing.B, addr, token string, memory func() (heap, rss, hwm float64)) {
+	const joiners = 100
+	cfgs := make([]AgentConfig, joiners)
+	for i := range cfgs {
+		cfgs[i] = AgentConfig{
+			StateDir: b.TempDir(), Manager: addr, Token: token, Logger: testLogger(b),
+			Node: NodeInfo{Name: fmt.Sprintf("node-%03d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(b),
+				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 2)}), 51820)},
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errs := make(chan error, joiners)
+	var mapBytes int
+	var applied atomic.Int64
+	var mu sync.Mutex
+	start := time.Now()
+	for _, cfg := range cfgs {
+		wg.Add(1)
+		go func() {
+			jctx, jcancel := context.WithTimeout(ctx, 60*time.Second)
+			defer jcancel()
+			a, err := Join(jctx, cfg)
+			if err != nil {
+				errs <- err
+				wg.Done()
+				return
+			}
+			var once sync.Once
+			go a.Watch(ctx, func(m *clustermap.Map) {
+				applied.Add(1)
+				if len(m.Nodes) == joiners+1 {
+					once.Do(func() {
+						if st, err := os.Stat(a.path(FileMap)); err == nil {
+							mu.Lock()
+							mapBytes = int(st.Size())
+							mu.Unlock()
+						}
+						wg.Done()
+					})
+				}
+			})
+		}()
+	}
+	full := make(chan struct{})
+	go func() { wg.Wait(); close(full) }()
+	select {
+	case <-full:
+	case err := <-errs:
+		b.Fatalf("join: %v", err)
+	case <-time.After(120 * time.Second):
+		b.Fatal("not every node got the full map within 2 minutes")
+	}
+	elapsed := time.Since(start)
+	heap, rss, hwm := memory()
+	b.ReportMetric(elapsed.Seconds(), "s-to-full-map")
+	b.ReportMetric(float64(mapBytes), "map-bytes")
+	b.ReportMetric(float64(applied.Load())/joiners, "maps-applied/node")
+	b.ReportMetric(heap, "heap-MiB")
+	b.ReportMetric(rss, "rss-MiB")
+	b.ReportMetric(hwm, "peak-rss-MiB")
+	b.Logf("%d nodes joined concurrently; all held the full map (%d nodes, %d bytes of JSON) after %v; heap %.1f MiB, RSS %.1f MiB (peak %.1f MiB); %.1f maps applied per node",
+		joiners, joiners+1, mapBytes, elapsed.Round(time.Millisecond), heap, rss, hwm, float64(applied.Load())/joiners)
+	cancel()
 }
 
 type managerProcess struct {
