@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +21,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/internal/testimage"
 	"github.com/warren-appliance/warren/internal/testimage/testnode"
@@ -291,6 +294,20 @@ func TestReconciler(t *testing.T) {
 		}
 	})
 
+	t.Run("egress is masqueraded, overlay traffic keeps its source", func(t *testing.T) {
+		outside := serveSourceAddr(t, "orchout", "uplink0", "192.168.77.1/24", "192.168.77.2/24", "")
+		overlay := serveSourceAddr(t, "orchpeer", "warren0", "10.0.2.1/24", "10.0.2.5/24", "10.0.1.0/24 via 10.0.2.1")
+		for _, c := range []struct{ url, wantSource string }{
+			{outside, "192.168.77.1"}, // the node's uplink address
+			{overlay, "10.0.1.2"},     // the task's own address
+		} {
+			out, err := n.execIn("web-1", "timeout", "10", "wget", "-q", "-O-", c.url) // wget -T crashes busybox 1.35
+			if err != nil || strings.TrimSpace(out) != c.wantSource {
+				t.Errorf("GET %s from web-1: server saw %q (%v), want %s", c.url, out, err, c.wantSource)
+			}
+		}
+	})
+
 	t.Run("host rules", func(t *testing.T) {
 		for _, c := range []struct{ table, chain, want string }{
 			{"filter", "FORWARD", "-j WARREN-FORWARD"},
@@ -485,4 +502,64 @@ func countLines(b []byte, substr string) int {
 		}
 	}
 	return n
+}
+
+// serveSourceAddr makes a namespace behind a veth (hostIf in the node with
+// hostAddr, eth0 inside with nsAddr) running an HTTP server that answers
+// with the source address it sees; it returns the server's URL.
+func serveSourceAddr(t *testing.T, ns, hostIf, hostAddr, nsAddr, nsRoute string) string {
+	t.Helper()
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	ip("link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", hostIf).Run() })
+	ip("addr", "add", hostAddr, "dev", hostIf)
+	ip("link", "set", hostIf, "up")
+	ip("-n", ns, "addr", "add", nsAddr, "dev", "eth0")
+	ip("-n", ns, "link", "set", "eth0", "up")
+	if nsRoute != "" {
+		ip(append([]string{"-n", ns, "route", "add"}, strings.Fields(nsRoute)...)...)
+	}
+
+	// The listening socket is made inside ns; serving it needs no namespace.
+	lnc := make(chan net.Listener, 1)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		h, err := netns.GetFromName(ns)
+		if err == nil {
+			err = netns.Set(h)
+			h.Close()
+		}
+		if err != nil {
+			errc <- err
+			return
+		}
+		addr, _, _ := strings.Cut(nsAddr, "/")
+		ln, err := net.Listen("tcp", addr+":8080")
+		if err != nil {
+			errc <- err
+			return
+		}
+		lnc <- ln
+	}()
+	var ln net.Listener
+	select {
+	case ln = <-lnc:
+	case err := <-errc:
+		t.Fatalf("listen in %s: %v", ns, err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Fprintln(w, host)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/"
 }

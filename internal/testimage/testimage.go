@@ -29,7 +29,7 @@ const BusyboxPath = "/bin/busybox"
 var Applets = []string{
 	"cat", "echo", "env", "grep", "hostname", "httpd", "id", "ifconfig", "ip",
 	"kill", "ls", "mkdir", "nc", "nslookup", "ping", "ps", "rm", "sed", "sh",
-	"sleep", "test", "true", "false", "uname", "wget",
+	"sleep", "test", "timeout", "true", "false", "uname", "wget",
 }
 
 // epoch is the fixed timestamp of every entry: same input, same bytes.
