@@ -303,3 +303,29 @@ func TestOpenManagerRefusesBadSubnets(t *testing.T) {
 		}
 	}
 }
+
+func TestRemovedNodeAddressesReturnOnceItsCertificateExpired(t *testing.T) {
+	tm := startManager(t)
+	join(t, agentConfig(t, tm, "worker-1"))
+	if err := tm.m.RemoveNode("worker-1", true); err != nil {
+		t.Fatal(err)
+	}
+	// A year and a day later the removed node's certificate is dead.
+	tm.m.mu.Lock()
+	tm.m.now = func() time.Time { return time.Now().Add(pki.NodeValidity + 24*time.Hour) }
+	tm.m.mu.Unlock()
+	err := tm.m.update(func(s *state) error {
+		n, err := s.admit(NodeInfo{Name: "later", Role: clustermap.RoleWorker, PublicKey: newWGKey(t),
+			Endpoint: netip.MustParseAddrPort("192.0.2.9:51820")}, randomID(), tm.m.now())
+		if err != nil {
+			return err
+		}
+		if n.OverlayIP.String() != "10.0.0.2" || n.ContainerBlock.String() != "10.0.2.0/24" {
+			t.Errorf("after expiry the newcomer got %v %v, want the freed 10.0.0.2 and 10.0.2.0/24", n.OverlayIP, n.ContainerBlock)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
