@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -47,8 +48,10 @@ type Config struct {
 	// OverlayInterface is the WireGuard interface ("warren0"): traffic
 	// from tasks to it keeps its source address, other egress is masqueraded.
 	OverlayInterface string
-	// CgroupParent holds every task's cgroup ("/<Namespace>" when empty).
-	// Simulated nodes sharing one kernel need distinct parents.
+	// CgroupParent holds every task's cgroup. The default,
+	// /<Namespace>/<block>, e.g. /warren/10.0.1.0_24, is unique per node of
+	// a cluster, so simulated nodes sharing one kernel never share a
+	// task's cgroup when a task moves between them.
 	CgroupParent string
 }
 
@@ -78,7 +81,7 @@ func (c *Config) setDefaults() {
 		c.StopGrace = DefaultStopGrace
 	}
 	if c.CgroupParent == "" {
-		c.CgroupParent = "/" + c.Namespace
+		c.CgroupParent = "/" + c.Namespace + "/" + strings.ReplaceAll(c.Block.String(), "/", "_")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -127,6 +127,9 @@ func TestConfigValidate(t *testing.T) {
 	if err := base.validate(); err != nil {
 		t.Fatalf("valid config rejected: %v", err)
 	}
+	if base.CgroupParent != "/warren/10.0.1.0_24" || base.Bridge != "warren-br0" || base.OverlayInterface != "warren0" {
+		t.Fatalf("defaults: %+v", base)
+	}
 	bad := []func(*Config){
 		func(c *Config) { c.StateDir = "" },
 		func(c *Config) { c.StateDir = "relative" },

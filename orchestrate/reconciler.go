@@ -37,7 +37,8 @@ type Reconciler struct {
 	images *imageStore
 	runCtx context.Context // Run's context: task watchers live as long as it
 
-	wake chan struct{}
+	wake          chan struct{}
+	hostCheckedAt time.Time // last good ensureHost; only the loop touches it
 
 	mu      sync.Mutex
 	applied bool // Apply was called: until then, nothing is removed
@@ -227,8 +228,13 @@ func (r *Reconciler) files(name string) taskFiles {
 // converge runs one pass: remove what is not desired, create, start or
 // restart what is.
 func (r *Reconciler) converge(ctx context.Context) error {
-	if err := r.net.ensureHost(); err != nil {
-		return fmt.Errorf("host network: %w", err)
+	// The host part rarely changes; check it once per resync interval
+	// (iptables costs an exec per check) and whenever it last failed.
+	if time.Since(r.hostCheckedAt) >= resyncInterval {
+		if err := r.net.ensureHost(); err != nil {
+			return fmt.Errorf("host network: %w", err)
+		}
+		r.hostCheckedAt = time.Now()
 	}
 	containers, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q", labelTask))
 	if err != nil {

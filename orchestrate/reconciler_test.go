@@ -358,6 +358,7 @@ func TestReconciler(t *testing.T) {
 	outer := t
 	t.Run("a new reconciler adopts running tasks", func(t *testing.T) {
 		pids := map[string]uint32{"web-1": n.taskPID(t, "web-1"), "web-2": n.taskPID(t, "web-2")}
+		n.cfg.ResolvConf = []byte("nameserver 10.0.1.1\nsearch warren.local\n# changed\n")
 		r2, stop2 = n.start(outer) // lives on after this subtest
 		r2.Apply([]TaskSpec{web1, web2})
 		waitFor(t, "adopted", 30*time.Second, running(r2, "web-1", "web-2"))
@@ -370,6 +371,10 @@ func TestReconciler(t *testing.T) {
 			}
 		}
 		waitFor(t, "web-2 still answers", 30*time.Second, answers("10.0.1.3", "hello-web-2"))
+		// New resolver settings reach running tasks through the bind mount.
+		if out, err := n.execIn("web-1", "cat", "/etc/resolv.conf"); err != nil || out != string(n.cfg.ResolvConf) {
+			t.Fatalf("resolv.conf after the change: %q %v", out, err)
+		}
 	})
 	if r2 == nil {
 		t.FailNow()
@@ -432,6 +437,21 @@ func TestReconciler(t *testing.T) {
 		if err := n.gone("bad-1"); err != nil {
 			t.Fatal(err)
 		}
+	})
+
+	t.Run("a command that cannot start fails clearly", func(t *testing.T) {
+		broken := webTask("broken-1", "10.0.1.12")
+		broken.Command = []string{"/bin/no-such-program"}
+		r2.Apply([]TaskSpec{web1, broken})
+		waitFor(t, "broken-1 failed", 60*time.Second, func() error {
+			s, _ := statusOf(r2, "broken-1")
+			if s.State != clustermap.TaskFailed || !strings.Contains(s.Error, "no-such-program") {
+				return fmt.Errorf("%+v", s)
+			}
+			return nil
+		})
+		r2.Apply([]TaskSpec{web1})
+		waitFor(t, "broken-1 gone", 30*time.Second, func() error { return n.gone("broken-1") })
 	})
 
 	t.Run("a tarball added later is imported and its task starts", func(t *testing.T) {
