@@ -329,6 +329,16 @@ func (d *Device) SetPeers(peers []Peer) error {
 	default:
 	}
 	d.desired = clonePeers(peers)
+	if d.link != nil {
+		for _, p := range peers {
+			for _, ip := range p.AllowedIPs {
+				if ip.Bits() == 0 {
+					d.log.Warn("peer allows a default route; not routing the host's traffic into the mesh",
+						"peer", p.PublicKey.String(), "allowed_ip", ip.String())
+				}
+			}
+		}
+	}
 	return d.applyLocked(d.desired)
 }
 

@@ -406,3 +406,33 @@ func TestCloseRemovesEverythingAndStaleSocketIsReplaced(t *testing.T) {
 		t.Fatalf("uapi socket left after Close: %v", err)
 	}
 }
+
+// TestRoamedEndpointSurvivesStaleConfig: b is configured with a wrong
+// endpoint for a; a reaches b, so b learns a's real endpoint from the
+// handshake. Re-applying b's stale configuration must keep the learned one.
+func TestRoamedEndpointSurvivesStaleConfig(t *testing.T) {
+	tp := newTopo(t)
+	ca, cb := tp.pairConfigs(t, ModeTUN, ModeTUN)
+	stale := netip.AddrPortFrom(tp.underA, 51999) // nothing listens there
+	cb.Peers[0].Endpoint = stale
+	startNode(t, tp.a, ca)
+	b := startNode(t, tp.b, cb)
+
+	out := runIn(t, tp.a, "busybox", "ping", "-c", "3", "-W", "5", "10.0.0.2")
+	if !strings.Contains(out, "3 packets received") {
+		t.Fatalf("ping a->b:\n%s", out)
+	}
+	learned := netip.AddrPortFrom(tp.underA, 51820)
+	h := b.health()
+	if len(h) != 1 || h[0].Endpoint != learned || !h[0].Healthy {
+		t.Fatalf("b did not learn a's endpoint: %+v", h)
+	}
+	b.setPeers(cb.Peers...) // the stale endpoint again
+	if h := b.health(); h[0].Endpoint != learned {
+		t.Fatalf("stale configured endpoint overwrote the roamed one: %s", h[0].Endpoint)
+	}
+	out = runIn(t, tp.b, "busybox", "ping", "-c", "3", "-W", "5", "10.0.0.1")
+	if !strings.Contains(out, "3 packets received") {
+		t.Fatalf("ping b->a after re-applying config:\n%s", out)
+	}
+}
