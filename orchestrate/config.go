@@ -31,6 +31,7 @@ type TaskStatus struct {
 	State    string // clustermap.Task* states
 	Error    string // last error, empty when healthy
 	Restarts int    // restarts after the task exited on its own
+	Image    string // image of the spec this status is about, as given in TaskSpec
 }
 
 // Config is what the reconciler needs to know about this node.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"sync"
 	"time"
@@ -100,12 +101,16 @@ func (r *Reconciler) Close() error { return r.client.Close() }
 func (r *Reconciler) Apply(desired []TaskSpec) {
 	r.mu.Lock()
 	r.applied = true
+	old := r.desired
 	r.desired = make(map[string]TaskSpec, len(desired))
 	for _, s := range desired {
 		r.desired[s.Name] = s
 		rec := r.records[s.Name]
-		if rec == nil || !rec.removedAt.IsZero() {
-			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending}}
+		prev, had := old[s.Name]
+		// A new or changed spec starts over: pending, no backoff, and the
+		// status names the new image until a pass reports on it.
+		if rec == nil || !rec.removedAt.IsZero() || !had || !reflect.DeepEqual(prev, s) {
+			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image}}
 		}
 	}
 	r.mu.Unlock()
@@ -295,7 +300,7 @@ func (r *Reconciler) converge(ctx context.Context) error {
 	for _, name := range names {
 		s := desired[name]
 		if other, dup := ipOwner[s.IP.String()]; dup {
-			r.fail(name, fmt.Errorf("IP %s is also given to task %s", s.IP, other), false)
+			r.fail(s, fmt.Errorf("IP %s is also given to task %s", s.IP, other), false)
 			continue
 		}
 		ipOwner[s.IP.String()] = name
@@ -337,16 +342,19 @@ func (r *Reconciler) record(name string) *taskRecord {
 	return rec
 }
 
-func (r *Reconciler) setState(name, state, errText string) {
+// setState records the state of task s; the status names s's image, so a
+// report about a spec that Apply has since replaced says so.
+func (r *Reconciler) setState(s TaskSpec, state, errText string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if rec := r.records[name]; rec != nil {
-		rec.status.State, rec.status.Error = state, errText
+	if rec := r.records[s.Name]; rec != nil {
+		rec.status.State, rec.status.Error, rec.status.Image = state, errText, s.Image
 	}
 }
 
 // fail records a failed attempt and schedules the next one.
-func (r *Reconciler) fail(name string, err error, imageFailure bool) {
+func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
+	name := s.Name
 	r.mu.Lock()
 	rec := r.records[name]
 	if rec == nil {
@@ -356,7 +364,7 @@ func (r *Reconciler) fail(name string, err error, imageFailure bool) {
 	rec.failures++
 	rec.retryAt = time.Now().Add(backoff(rec.failures))
 	rec.imageFailed = imageFailure
-	rec.status.State, rec.status.Error = clustermap.TaskFailed, err.Error()
+	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, err.Error(), s.Image
 	r.mu.Unlock()
 	r.log.Warn("task failed", "task", name, "err", err)
 }
@@ -383,7 +391,7 @@ func (r *Reconciler) ensureTask(ctx context.Context, s TaskSpec, c client.Contai
 				return rmErr
 			}
 		}
-		r.fail(s.Name, err, false)
+		r.fail(s, err, false)
 		return nil
 	}
 	hash := specHash(s, ref)
@@ -411,10 +419,10 @@ func (r *Reconciler) ensureTask(ctx context.Context, s TaskSpec, c client.Contai
 		if time.Now().Before(waitUntil) {
 			return nil // backing off after a failure
 		}
-		r.setState(s.Name, clustermap.TaskStarting, "")
+		r.setState(s, clustermap.TaskStarting, "")
 		img, err := r.images.ensure(ctx, ref)
 		if err != nil {
-			r.fail(s.Name, err, true)
+			r.fail(s, err, true)
 			return nil
 		}
 		nsPath, err := r.net.ensureTask(s.Name, s.IP)
@@ -429,27 +437,28 @@ func (r *Reconciler) ensureTask(ctx context.Context, s TaskSpec, c client.Contai
 			if cleanErr := r.removeTaskLeftovers(s.Name); cleanErr != nil {
 				r.log.Warn("clean up after failed create", "task", s.Name, "err", cleanErr)
 			}
-			r.fail(s.Name, err, false)
+			r.fail(s, err, false)
 			return nil
 		}
 		r.log.Info("created task", "task", s.Name, "ip", s.IP, "image", ref)
 	} else {
 		// Adopted or existing: repair the network and files if needed.
 		if _, err := r.net.ensureTask(s.Name, s.IP); err != nil {
-			r.fail(s.Name, err, false)
+			r.fail(s, err, false)
 			return nil
 		}
 		if err := files.write(s.Name, s, r.cfg.ResolvConf); err != nil {
-			r.fail(s.Name, err, false)
+			r.fail(s, err, false)
 			return nil
 		}
 	}
-	return r.ensureRunning(ctx, s.Name, c, files)
+	return r.ensureRunning(ctx, s, c, files)
 }
 
 // ensureRunning starts the container's process if it has none, restarts
 // it with backoff after it exited, and watches a running one for exit.
-func (r *Reconciler) ensureRunning(ctx context.Context, name string, c client.Container, files taskFiles) error {
+func (r *Reconciler) ensureRunning(ctx context.Context, s TaskSpec, c client.Container, files taskFiles) error {
+	name := s.Name
 	task, err := c.Task(ctx, nil)
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("load task %s: %w", name, err)
@@ -461,10 +470,10 @@ func (r *Reconciler) ensureRunning(ctx context.Context, name string, c client.Co
 		}
 		switch st.Status {
 		case client.Running, client.Paused, client.Pausing:
-			r.noteRunning(name, task)
+			r.noteRunning(s, task)
 			return nil
 		case client.Stopped:
-			if !r.noteExit(name, st) {
+			if !r.noteExit(s, st) {
 				return nil // backing off
 			}
 		}
@@ -482,10 +491,10 @@ func (r *Reconciler) ensureRunning(ctx context.Context, name string, c client.Co
 		}
 	}
 
-	r.setState(name, clustermap.TaskStarting, "")
+	r.setState(s, clustermap.TaskStarting, "")
 	task, exitCh, err := r.startTask(ctx, c, files)
 	if err != nil {
-		r.fail(name, err, false)
+		r.fail(s, err, false)
 		return nil
 	}
 	r.mu.Lock()
@@ -496,7 +505,7 @@ func (r *Reconciler) ensureRunning(ctx context.Context, name string, c client.Co
 	}
 	rec.startedAt = time.Now()
 	rec.retryAt = time.Time{}
-	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""
+	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
 	gen := r.newWatch(rec)
 	r.mu.Unlock()
 	go r.watch(name, gen, exitCh)
@@ -505,7 +514,8 @@ func (r *Reconciler) ensureRunning(ctx context.Context, name string, c client.Co
 }
 
 // noteRunning records a running task and makes sure an exit watcher is on it.
-func (r *Reconciler) noteRunning(name string, task client.Task) {
+func (r *Reconciler) noteRunning(s TaskSpec, task client.Task) {
+	name := s.Name
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rec := r.records[name]
@@ -515,7 +525,7 @@ func (r *Reconciler) noteRunning(name string, task client.Task) {
 	if time.Since(rec.startedAt) >= healthyAfter {
 		rec.failures = 0
 	}
-	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""
+	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
 	rec.retryAt = time.Time{}
 	if rec.watchGen != 0 {
 		return
@@ -530,7 +540,8 @@ func (r *Reconciler) noteRunning(name string, task client.Task) {
 
 // noteExit records that a task's process exited and reports whether its
 // restart is due.
-func (r *Reconciler) noteExit(name string, st client.Status) bool {
+func (r *Reconciler) noteExit(s TaskSpec, st client.Status) bool {
+	name := s.Name
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rec := r.records[name]
@@ -538,7 +549,7 @@ func (r *Reconciler) noteExit(name string, st client.Status) bool {
 		rec.exitNoted = true
 		rec.failures++
 		rec.retryAt = time.Now().Add(backoff(rec.failures))
-		rec.status.State = clustermap.TaskFailed
+		rec.status.State, rec.status.Image = clustermap.TaskFailed, s.Image
 		rec.status.Error = fmt.Sprintf("exited with status %d; restarting in %s", st.ExitStatus, backoff(rec.failures))
 		r.log.Warn("task exited", "task", name, "status", st.ExitStatus)
 		return false

@@ -474,6 +474,9 @@ func TestReconciler(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, "late-1 running", 60*time.Second, running(r2, "late-1"))
+		if s, _ := statusOf(r2, "late-1"); s.Image != "example.org/late:v2" {
+			t.Fatalf("status names image %q", s.Image)
+		}
 		waitFor(t, "late-1 answers", 30*time.Second, answers("10.0.1.10", "hello-late-1"))
 	})
 
