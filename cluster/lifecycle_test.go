@@ -115,32 +115,39 @@ func TestSilentNodeIsMarkedDownAndItsTasksMove(t *testing.T) {
 	tm.restart()
 	a := join(t, agentConfig(t, tm, "worker-1"))
 	id := a.Self().ID
+	// heartbeat keeps a member reporting until stop is closed.
+	heartbeat := func(report func() error) (stop func()) {
+		done, exited := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(exited)
+			for {
+				report()
+				select {
+				case <-done:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+		return func() { close(done); <-exited }
+	}
+	m := tm.m
+	stopWorker := heartbeat(func() error { return a.Report(context.Background(), NodeStatus{}) })
+	stopManager := heartbeat(func() error { return m.Report(context.Background(), NodeStatus{}) })
+	defer stopManager()
 	if _, err := tm.m.CreateService(api.ServiceSpec{Name: "web", Image: "x", Replicas: intp(2)}); err != nil {
 		t.Fatal(err)
 	}
 	r := watch(t, tm.m)
 	onWorker := func(m *clustermap.Map) int { return len(m.TasksOn(id)) }
-	if onWorker(tm.m.Map()) != 1 {
-		t.Fatalf("tasks on the worker: %v", tm.m.Map().Tasks)
-	}
-	// The manager keeps reporting; the worker is silent.
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-				tm.m.Report(context.Background(), NodeStatus{})
-			}
-		}
-	}()
-	m := r.waitFor(t, "the worker marked down", func(m *clustermap.Map) bool {
+	r.waitFor(t, "one task on the worker", func(m *clustermap.Map) bool { return onWorker(m) == 1 })
+
+	stopWorker() // the worker goes silent
+	r.waitFor(t, "the worker marked down", func(m *clustermap.Map) bool {
 		n, _ := m.Node(id)
 		return n.Status == clustermap.NodeDown
 	})
-	m = r.waitFor(t, "its task moved", func(m *clustermap.Map) bool { return onWorker(m) == 0 && len(m.TasksOn(tm.m.Self().ID)) == 2 })
+	r.waitFor(t, "its task moved", func(m *clustermap.Map) bool { return onWorker(m) == 0 && len(m.TasksOn(tm.m.Self().ID)) == 2 })
 	if err := a.Report(context.Background(), NodeStatus{}); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +155,6 @@ func TestSilentNodeIsMarkedDownAndItsTasksMove(t *testing.T) {
 		n, _ := m.Node(id)
 		return n.Status == clustermap.NodeReady
 	})
-	_ = m
 }
 
 func TestAgentRenewsCertificateNearExpiry(t *testing.T) {
