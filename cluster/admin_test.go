@@ -83,7 +83,7 @@ func TestServicesCreateScaleRemoveWithVIPs(t *testing.T) {
 	_, err = c.CreateService(ctx, api.ServiceSpec{Name: "port", Image: "x", Ports: []string{"80"}})
 	wantAPIError(t, err, http.StatusBadRequest, "HOST:CONTAINER")
 	_, err = c.CreateService(ctx, api.ServiceSpec{Name: "cons", Image: "x", Constraints: []string{"node.zone==a"}})
-	wantAPIError(t, err, http.StatusBadRequest, `constraint "node.zone==a"`)
+	wantAPIError(t, err, http.StatusBadRequest, `constraint node.zone==a: unknown field`)
 	_, err = c.CreateService(ctx, api.ServiceSpec{Name: "env", Image: "x", Env: []string{"NOEQUALS"}})
 	wantAPIError(t, err, http.StatusBadRequest, "KEY=VALUE")
 	_, err = c.CreateService(ctx, api.ServiceSpec{Name: "noimage"})
