@@ -22,8 +22,8 @@ const (
 
 // Chains this package owns.
 const (
-	chainForward     = "WARREN-FORWARD"
-	chainPostrouting = "WARREN-POSTROUTING"
+	chainForward     = "WARREN-TASK-FORWARD"
+	chainPostrouting = "WARREN-TASK-EGRESS"
 )
 
 // hostVethPrefix starts the host side of every task's veth pair.

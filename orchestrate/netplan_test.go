@@ -90,12 +90,12 @@ func TestChainRules(t *testing.T) {
 		}
 	}
 	want := []string{
-		"filter WARREN-FORWARD -i warren-br0 -j ACCEPT",
-		"filter WARREN-FORWARD -i warren0 -o warren-br0 -j ACCEPT",
-		"filter WARREN-FORWARD -o warren-br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-		"nat WARREN-POSTROUTING -o warren-br0 -j RETURN",
-		"nat WARREN-POSTROUTING -o warren0 -j RETURN",
-		"nat WARREN-POSTROUTING -s 10.0.1.0/24 -j MASQUERADE",
+		"filter WARREN-TASK-FORWARD -i warren-br0 -j ACCEPT",
+		"filter WARREN-TASK-FORWARD -i warren0 -o warren-br0 -j ACCEPT",
+		"filter WARREN-TASK-FORWARD -o warren-br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+		"nat WARREN-TASK-EGRESS -o warren-br0 -j RETURN",
+		"nat WARREN-TASK-EGRESS -o warren0 -j RETURN",
+		"nat WARREN-TASK-EGRESS -s 10.0.1.0/24 -j MASQUERADE",
 	}
 	if strings.Join(text, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("rules:\n%s\nwant:\n%s", strings.Join(text, "\n"), strings.Join(want, "\n"))

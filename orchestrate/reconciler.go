@@ -141,9 +141,11 @@ func (r *Reconciler) Status() []TaskStatus {
 	return out
 }
 
-// Run is the loop: it imports image tarballs, converges on every Apply,
-// task exit and retry deadline, and resyncs periodically. It returns when
-// ctx ends, leaving the tasks running (a restarted daemon adopts them).
+// Run is the loop: it sets up the bridge and rules, imports image
+// tarballs, converges on every Apply, task exit and retry deadline, and
+// resyncs periodically. Nothing is created or removed for tasks before the
+// first Apply. It returns when ctx ends, leaving the tasks running (a
+// restarted daemon adopts them).
 func (r *Reconciler) Run(ctx context.Context) error {
 	ctx = namespaces.WithNamespace(ctx, r.cfg.Namespace)
 	r.runCtx = ctx
@@ -160,6 +162,15 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		r.mu.Lock()
 		applied := r.applied
 		r.mu.Unlock()
+		if !applied && r.hostCheckedAt.IsZero() {
+			// The bridge comes up before the first map, so services bound
+			// to its address (DNS) can start; tasks wait for Apply.
+			if err := r.net.ensureHost(); err != nil {
+				r.log.Warn("host network", "err", err)
+			} else {
+				r.hostCheckedAt = time.Now()
+			}
+		}
 		if applied && dirty {
 			if err := r.converge(ctx); err != nil {
 				r.log.Warn("converge", "err", err)

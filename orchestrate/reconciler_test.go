@@ -310,10 +310,10 @@ func TestReconciler(t *testing.T) {
 
 	t.Run("host rules", func(t *testing.T) {
 		for _, c := range []struct{ table, chain, want string }{
-			{"filter", "FORWARD", "-j WARREN-FORWARD"},
-			{"filter", "WARREN-FORWARD", "-A WARREN-FORWARD -i warren-br0 -j ACCEPT"},
-			{"nat", "POSTROUTING", "-j WARREN-POSTROUTING"},
-			{"nat", "WARREN-POSTROUTING", "-A WARREN-POSTROUTING -s 10.0.1.0/24 -j MASQUERADE"},
+			{"filter", "FORWARD", "-j WARREN-TASK-FORWARD"},
+			{"filter", "WARREN-TASK-FORWARD", "-A WARREN-TASK-FORWARD -i warren-br0 -j ACCEPT"},
+			{"nat", "POSTROUTING", "-j WARREN-TASK-EGRESS"},
+			{"nat", "WARREN-TASK-EGRESS", "-A WARREN-TASK-EGRESS -s 10.0.1.0/24 -j MASQUERADE"},
 		} {
 			out, err := exec.Command("iptables", "-w", "5", "-t", c.table, "-S", c.chain).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), c.want) {

@@ -1,0 +1,148 @@
+package orchestrate
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/warren-appliance/warren/internal/testimage"
+	"github.com/warren-appliance/warren/internal/testimage/testnode"
+)
+
+// TestImportTarballs feeds the airgap importer the formats boards get:
+// `ctr images export` output (gzipped here) and a docker-archive as
+// `docker save` writes it.
+func TestImportTarballs(t *testing.T) {
+	if !testnode.Enter(t, "orchimg") {
+		return
+	}
+	d := testnode.StartContainerd(t)
+	src := t.TempDir()
+	oci, err := testimage.BusyboxTarball(src, "busybox:latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := t.TempDir()
+
+	// ctr export of an imported image, gzipped.
+	if _, err := d.Ctr("-n", "export", "images", "import", oci); err != nil {
+		t.Fatal(err)
+	}
+	exported := filepath.Join(src, "exported.tar")
+	if _, err := d.Ctr("-n", "export", "images", "export", exported, "docker.io/library/busybox:latest"); err != nil {
+		t.Fatal(err)
+	}
+	gzipFile(t, exported, filepath.Join(images, "busybox.tar.gz"))
+	dockerArchive(t, oci, "example.org/docker-archive:v1", filepath.Join(images, "docker.tar"))
+	if err := os.WriteFile(filepath.Join(images, "notes.txt"), []byte("not an image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := client.New(d.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "warren")
+	store := newImageStore(c, images, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	n, err := store.importNew(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("importNew: %d imported, %v; want 2", n, err)
+	}
+	for _, ref := range []string{"docker.io/library/busybox:latest", "example.org/docker-archive:v1"} {
+		img, err := c.GetImage(ctx, ref)
+		if err != nil {
+			t.Fatalf("%s not imported: %v", ref, err)
+		}
+		if ok, err := img.IsUnpacked(ctx, ""); err != nil || !ok {
+			t.Fatalf("%s not unpacked: %v", ref, err)
+		}
+		if _, err := store.ensure(ctx, ref); err != nil {
+			t.Fatalf("ensure %s: %v", ref, err)
+		}
+	}
+	if n, err := store.importNew(ctx); err != nil || n != 0 {
+		t.Fatalf("second scan imported %d (%v); unchanged files must be skipped", n, err)
+	}
+}
+
+func gzipFile(t *testing.T, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(data)
+	zw.Close()
+	if err := os.WriteFile(to, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dockerArchive rewrites an OCI image tarball of one single-layer image
+// into docker-archive form: manifest.json, the config and an
+// uncompressed layer.tar.
+func dockerArchive(t *testing.T, ociPath, ref, to string) {
+	t.Helper()
+	data, err := os.ReadFile(ociPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	tr := tar.NewReader(bytes.NewReader(data))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		files[h.Name] = b
+	}
+	var index ocispec.Index
+	var manifest ocispec.Manifest
+	if err := json.Unmarshal(files["index.json"], &index); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(files["blobs/sha256/"+index.Manifests[0].Digest.Encoded()], &manifest); err != nil {
+		t.Fatal(err)
+	}
+	config := files["blobs/sha256/"+manifest.Config.Digest.Encoded()]
+	zr, err := gzip.NewReader(bytes.NewReader(files["blobs/sha256/"+manifest.Layers[0].Digest.Encoded()]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dm, _ := json.Marshal([]map[string]any{{"Config": "config.json", "RepoTags": []string{ref}, "Layers": []string{"layer/layer.tar"}}})
+
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{{"manifest.json", dm}, {"config.json", config}, {"layer/layer.tar", layer}} {
+		tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg})
+		tw.Write(f.data)
+	}
+	tw.Close()
+	if err := os.WriteFile(to, out.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
