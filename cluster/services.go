@@ -49,7 +49,7 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 	}
 	for _, c := range spec.Constraints {
 		if _, err := scheduler.ParseConstraint(c); err != nil {
-			return svc, errorf(http.StatusBadRequest, "constraint %v", err) // the error quotes the expression
+			return svc, errorf(http.StatusBadRequest, "constraint %v", err) // the error starts with the expression
 		}
 	}
 	seen := map[string]bool{}
