@@ -393,7 +393,19 @@ func (x *xtables) deleteOutdatedJumps() error {
 }
 
 func targetsOurs(rule string) bool {
-	return strings.Contains(rule, " -j "+chainPrefix) || strings.Contains(rule, " -g "+chainPrefix)
+	for _, verb := range []string{" -j ", " -g "} {
+		if i := strings.Index(rule, verb+chainPrefix); i >= 0 && ownedChain(rule[i+len(verb):]) {
+			return true
+		}
+	}
+	return false
+}
+
+// ownedChain reports whether chain (or a rule text starting with it) is
+// this package's: WARREN-*, except the WARREN-TASK-* chains that the task
+// networking (package orchestrate) owns and syncs itself.
+func ownedChain(chain string) bool {
+	return strings.HasPrefix(chain, chainPrefix) && !strings.HasPrefix(chain, taskChainPrefix)
 }
 
 // ensureJumps makes each jump from a built-in chain exist exactly once,
@@ -474,7 +486,7 @@ func (x *xtables) ownedChains(tables []string) (map[string][]string, error) {
 			return nil, fmt.Errorf("list %s chains: %w", table, err)
 		}
 		for _, c := range chains {
-			if strings.HasPrefix(c, chainPrefix) {
+			if ownedChain(c) {
 				owned[table] = append(owned[table], c)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 // that carry service or endpoint identity use a hash, as kube-proxy does.
 const (
 	chainPrefix      = "WARREN-"
+	taskChainPrefix  = "WARREN-TASK-"             // not ours: package orchestrate's task forwarding and egress
 	chainServices    = "WARREN-SERVICES"          // nat and filter: VIP dispatch
 	chainNodePorts   = "WARREN-NODEPORTS"         // nat: published ports
 	chainPostrouting = "WARREN-POSTROUTING"       // nat: masquerade marked traffic

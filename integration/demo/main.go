@@ -55,6 +55,9 @@ func run(dir, binDir string, workers int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	if err := os.MkdirAll(filepath.Join(dir, "images"), 0o755); err != nil {
+		return err
+	}
 	img, err := testimage.BusyboxTarball(filepath.Join(dir, "images"), imageRef)
 	if err != nil {
 		return err
