@@ -17,12 +17,16 @@ import (
 )
 
 // trafficLab is a node namespace holding the rules, with three backend
-// namespaces on a bridge inside it (the "containers") and a client
-// namespace on a second link (the LAN):
+// namespaces on a bridge inside it (the "containers"), a client namespace
+// on a second link (the LAN), and a remote task behind a third link that
+// stands in for the overlay (it routes only the container subnet back,
+// as WireGuard's AllowedIPs would). The node's FORWARD policy is DROP, as
+// on a host running Docker.
 //
 //	client 192.168.77.2 ── lan0 192.168.77.1 [node] br0 10.77.1.1 ── b1 .11, b2 .12, b3 .13
+//	                                          [node] ovl0 10.77.0.1 ── remote 10.77.2.21
 type trafficLab struct {
-	node, client string
+	node, client, remote string
 	backends     map[string]string // name -> namespace
 	backendIPs   map[string]netip.Addr
 }
@@ -35,6 +39,8 @@ var (
 	labUDPVIP          = netip.MustParseAddr("10.78.0.12")
 	labStickyVIP       = netip.MustParseAddr("10.78.0.13")
 	labDNSVIP          = netip.MustParseAddr("10.78.0.14")
+	labFarVIP          = netip.MustParseAddr("10.78.0.15")
+	labRemoteIP        = netip.MustParseAddr("10.77.2.21")
 )
 
 func newTrafficLab(t *testing.T) *trafficLab {
@@ -80,6 +86,26 @@ func newTrafficLab(t *testing.T) *trafficLab {
 	// with a route to the cluster would.
 	mustRun(t, "ip", "-n", lab.client, "route", "add", "10.78.0.0/16", "via", labNodeLAN.String())
 
+	// The remote task: only the container subnet is routed back to the node.
+	lab.remote = newNetns(t, "remote")
+	mustRun(t, "ip", "-n", n, "link", "add", "ovl0", "type", "veth", "peer", "name", "eth0", "netns", lab.remote)
+	mustRun(t, "ip", "-n", n, "addr", "add", "10.77.0.1/32", "dev", "ovl0")
+	mustRun(t, "ip", "-n", n, "link", "set", "ovl0", "up")
+	mustRun(t, "ip", "-n", n, "route", "add", "10.77.2.0/24", "dev", "ovl0")
+	mustRun(t, "ip", "-n", lab.remote, "addr", "add", labRemoteIP.String()+"/24", "dev", "eth0")
+	mustRun(t, "ip", "-n", lab.remote, "link", "set", "eth0", "up")
+	mustRun(t, "ip", "-n", lab.remote, "route", "add", "10.77.0.1", "dev", "eth0")
+	mustRun(t, "ip", "-n", lab.remote, "route", "add", labContainerSubnet.String(), "via", "10.77.0.1")
+	lab.backends["remote"] = lab.remote
+	lab.serveHTTP(t, "remote")
+	delete(lab.backends, "remote")
+
+	nsRun(t, n, "iptables", "-P", "FORWARD", "DROP")
+
+	waitFor(t, "remote backend", func() error {
+		_, err := httpGet(lab.node, netip.AddrPortFrom(labRemoteIP, 8080))
+		return err
+	})
 	for name, ip := range lab.backendIPs {
 		waitFor(t, fmt.Sprintf("backend %s", name), func() error {
 			_, err := httpGet(lab.node, netip.AddrPortFrom(ip, 8080))
@@ -139,11 +165,13 @@ func (lab *trafficLab) services() []Service {
 			Ports: []Port{{Protocol: "tcp", Port: 80, TargetPort: 8080}}},
 		{Name: "dns", VIP: labDNSVIP, Endpoints: eps,
 			Ports: []Port{{Protocol: "udp", Port: 53, TargetPort: 5353, Published: 5354}}},
+		{Name: "far", VIP: labFarVIP, Endpoints: []Endpoint{{Name: "remote", IP: labRemoteIP}},
+			Ports: []Port{{Protocol: "tcp", Port: 80, TargetPort: 8080, Published: 8083}}},
 	}
 }
 
 func (lab *trafficLab) options() Options {
-	return Options{ContainerSubnet: labContainerSubnet, Bridge: "br0"}
+	return Options{ContainerSubnet: labContainerSubnet, Bridge: "br0", Overlay: "ovl0"}
 }
 
 // dialIn opens a connection from inside namespace ns.
@@ -229,6 +257,26 @@ func TestTraffic(t *testing.T) {
 		}
 		if len(seen) < 2 {
 			t.Errorf("30 client requests all hit %v", seen)
+		}
+	})
+
+	t.Run("remote endpoint over the overlay, with FORWARD policy DROP", func(t *testing.T) {
+		far := netip.AddrPortFrom(labFarVIP, 80)
+		// From the LAN: forwarded, and masqueraded to the node's overlay
+		// address, since the remote side routes only the container subnet.
+		for _, c := range []struct {
+			from string
+			to   netip.AddrPort
+		}{
+			{lab.client, far},
+			{lab.client, netip.AddrPortFrom(labNodeLAN, 8083)},
+			{lab.node, far},
+			{lab.backends["b3"], far},
+		} {
+			body, err := httpGet(c.from, c.to)
+			if err != nil || body != "remote" {
+				t.Errorf("%s from %s: %q, %v", c.to, c.from, body, err)
+			}
 		}
 	})
 
