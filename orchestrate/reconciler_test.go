@@ -380,7 +380,39 @@ func TestReconciler(t *testing.T) {
 		t.FailNow()
 	}
 
+	t.Run("a containerd restart keeps tasks and their watch", func(t *testing.T) {
+		pid := n.taskPID(t, "web-2")
+		n.d.Restart(t)
+		r2.Apply([]TaskSpec{web1, web2})
+		waitFor(t, "running after containerd restart", 30*time.Second, running(r2, "web-1", "web-2"))
+		if got := n.taskPID(t, "web-2"); got != pid {
+			t.Fatalf("web-2 restarted by a containerd restart: pid %d -> %d", pid, got)
+		}
+		// The exit watch is re-established: a crash is still noticed.
+		if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "web-2 restarted", 60*time.Second, func() error {
+			s, _ := statusOf(r2, "web-2")
+			if s.Restarts < 1 || s.State != clustermap.TaskRunning || n.taskPID(t, "web-2") == pid {
+				return fmt.Errorf("%+v", s)
+			}
+			return nil
+		})
+		waitFor(t, "web-2 answers", 30*time.Second, answers("10.0.1.3", "hello-web-2"))
+	})
+
 	t.Run("orphans are removed, foreign containers kept", func(t *testing.T) {
+		// A veth on our bridge whose task is gone (its namespace died).
+		br, err := netlink.LinkByName("warren-br0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stray := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVethPrefix + "stray0", MasterIndex: br.Attrs().Index}, PeerName: "orchstrayp"}
+		if err := netlink.LinkAdd(stray); err != nil {
+			t.Fatal(err)
+		}
+
 		c, err := client.New(n.d.Address, client.WithDefaultNamespace("warren"))
 		if err != nil {
 			t.Fatal(err)
@@ -407,6 +439,12 @@ func TestReconciler(t *testing.T) {
 		})
 		r2.Apply([]TaskSpec{web1, web2}) // same list: a pass finds the orphan
 		waitFor(t, "orphan removed", 30*time.Second, func() error { return n.gone("orphan-1") })
+		waitFor(t, "stray veth removed", 30*time.Second, func() error {
+			if _, err := netlink.LinkByName(stray.Name); err == nil {
+				return fmt.Errorf("%s still exists", stray.Name)
+			}
+			return nil
+		})
 		if _, err := c.LoadContainer(ctx, "bystander"); err != nil {
 			t.Fatalf("unlabelled container was touched: %v", err)
 		}

@@ -137,6 +137,8 @@ type Containerd struct {
 	Address string // its socket
 	Dir     string // root, logs and config
 	cmd     *exec.Cmd
+	config  string
+	log     *os.File
 }
 
 // StartContainerd mounts a tmpfs on /run (shim sockets live under
@@ -184,13 +186,13 @@ disabled_plugins = [
 	if err != nil {
 		tb.Fatal(err)
 	}
-	d.cmd = exec.Command("containerd", "--config", cfgPath)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
-		tb.Fatalf("start containerd: %v", err)
+	d.config, d.log = cfgPath, logf
+	if err := d.startDaemon(); err != nil {
+		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		d.stop(tb)
+		d.killTasks(tb)
+		d.stopDaemon()
 		logf.Close()
 		if tb.Failed() {
 			if log, err := os.ReadFile(logf.Name()); err == nil {
@@ -233,9 +235,31 @@ func (d *Containerd) waitReady(timeout time.Duration) error {
 	}
 }
 
-// stop kills every task of every namespace (so no shim or container
-// process outlives the test), then stops the daemon.
-func (d *Containerd) stop(tb testing.TB) {
+func (d *Containerd) startDaemon() error {
+	d.cmd = exec.Command("containerd", "--config", d.config)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		return fmt.Errorf("start containerd: %w", err)
+	}
+	return nil
+}
+
+// Restart stops the daemon and starts it again; tasks keep running in
+// their shims meanwhile, as on a package upgrade.
+func (d *Containerd) Restart(tb testing.TB) {
+	tb.Helper()
+	d.stopDaemon()
+	if err := d.startDaemon(); err != nil {
+		tb.Fatal(err)
+	}
+	if err := d.waitReady(30 * time.Second); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// killTasks kills every task of every namespace, so no shim or container
+// process outlives the test.
+func (d *Containerd) killTasks(tb testing.TB) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if c, err := client.New(d.Address); err == nil {
@@ -254,6 +278,9 @@ func (d *Containerd) stop(tb testing.TB) {
 		}
 		c.Close()
 	}
+}
+
+func (d *Containerd) stopDaemon() {
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { d.cmd.Wait(); close(done) }()
