@@ -206,6 +206,49 @@ func TestPlan(t *testing.T) {
 			wantRunning: []string{"web-1@a=10.0.1.2", "web-2@a=10.0.1.3"},
 		},
 		{
+			name:     "fewest tasks of the service beats fewest tasks overall",
+			nodes:    []clustermap.Node{a, b},
+			services: []clustermap.Service{svc("api", 2), svc("web", 2)},
+			current: []clustermap.Task{
+				task("api-1", "api", 1, "a", "10.0.1.2", "running", "running"),
+				task("api-2", "api", 2, "a", "10.0.1.3", "running", "running"),
+			},
+			// web-1 goes to b (no tasks); web-2 to a, which has no web task
+			// although it runs more tasks overall.
+			wantRunning: []string{"api-1@a=10.0.1.2", "api-2@a=10.0.1.3", "web-1@b=10.0.2.2", "web-2@a=10.0.1.4"},
+		},
+		{
+			name: "a node neither ready nor down keeps its tasks but gets no new ones",
+			nodes: []clustermap.Node{a, func() clustermap.Node {
+				n := b
+				n.Status = "draining"
+				return n
+			}()},
+			services: []clustermap.Service{svc("web", 2)},
+			current: []clustermap.Task{
+				task("web-1", "web", 1, "b", "10.0.2.2", "running", "running"),
+			},
+			wantRunning: []string{"web-1@b=10.0.2.2", "web-2@a=10.0.1.2"},
+		},
+		{
+			name:     "a duplicate of a slot is shut down",
+			nodes:    []clustermap.Node{a, b},
+			services: []clustermap.Service{svc("web", 1)},
+			current: []clustermap.Task{
+				task("web-1", "web", 1, "a", "10.0.1.2", "running", "running"),
+				task("web-1", "web", 1, "b", "10.0.2.2", "running", "running"),
+			},
+			wantRunning:  []string{"web-1@a=10.0.1.2"},
+			wantShutdown: []string{"web-1@b=10.0.2.2"},
+		},
+		{
+			name:         "negative replicas mean none",
+			nodes:        []clustermap.Node{a},
+			services:     []clustermap.Service{svc("web", -1)},
+			current:      []clustermap.Task{task("web-1", "web", 1, "a", "10.0.1.2", "running", "running")},
+			wantShutdown: []string{"web-1@a=10.0.1.2"},
+		},
+		{
 			name:         "unplaceable: constraint matches no node",
 			nodes:        []clustermap.Node{a, downB},
 			services:     []clustermap.Service{svc("web", 2, "node.labels.zone==z")},
