@@ -299,7 +299,8 @@ func (a *Applier) canaryMissing() (bool, error) {
 }
 
 // Cleanup removes every rule and chain this package owns: jumps to
-// WARREN-* chains from the built-in chains, then all WARREN-* chains. It
+// WARREN-* chains from the built-in chains, then all WARREN-* chains,
+// except WARREN-TASK-* (package orchestrate's, see ownedChain). It
 // cleans the backend NewApplier chose and then the other one, so a host
 // that switched between nft and legacy is left clean too (legacy tables
 // that were never loaded are not touched: listing would create them).

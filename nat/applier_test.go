@@ -547,3 +547,40 @@ func TestApplierRemovesOutdatedChains(t *testing.T) {
 	}
 	assertMatchesRender(t, got, services3x3(), baseOpts)
 }
+
+func TestApplierLeavesTaskChainsAlone(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "task")
+	a := applierIn(t, ns)
+	// Package orchestrate's chains share the WARREN- prefix.
+	nsRun(t, ns, a.command, "-t", "filter", "-N", "WARREN-TASK-FORWARD")
+	nsRun(t, ns, a.command, "-t", "filter", "-A", "WARREN-TASK-FORWARD", "-i", "warren-br0", "-j", "ACCEPT")
+	nsRun(t, ns, a.command, "-t", "filter", "-A", "FORWARD", "-j", "WARREN-TASK-FORWARD")
+	nsRun(t, ns, a.command, "-t", "nat", "-N", "WARREN-TASK-EGRESS")
+	nsRun(t, ns, a.command, "-t", "nat", "-A", "POSTROUTING", "-j", "WARREN-TASK-EGRESS")
+	want := []string{
+		"-A FORWARD -j WARREN-TASK-FORWARD",
+		"-A WARREN-TASK-FORWARD -i warren-br0 -j ACCEPT",
+		"-A POSTROUTING -j WARREN-TASK-EGRESS",
+		":WARREN-TASK-EGRESS -",
+	}
+	check := func(when string) {
+		t.Helper()
+		got := saved(t, ns, a)
+		for _, w := range want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: task networking rule %q gone:\n%s", when, w, got)
+			}
+		}
+	}
+	syncIn(t, ns, a, services3x3(), baseOpts)
+	check("after a full sync")
+	fresh := applierIn(t, ns)
+	syncIn(t, ns, fresh, nil, baseOpts)
+	check("after a restart's full sync with no services")
+	mustInNetns(t, ns, fresh.Cleanup)
+	check("after Cleanup")
+	if got := saved(t, ns, a); strings.Contains(strings.ReplaceAll(got, "WARREN-TASK-", ""), "WARREN-") {
+		t.Errorf("Cleanup left service rules:\n%s", got)
+	}
+}

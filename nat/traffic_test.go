@@ -27,8 +27,8 @@ import (
 //	                                          [node] ovl0 10.77.0.1 ── remote 10.77.2.21
 type trafficLab struct {
 	node, client, remote string
-	backends     map[string]string // name -> namespace
-	backendIPs   map[string]netip.Addr
+	backends             map[string]string // name -> namespace
+	backendIPs           map[string]netip.Addr
 }
 
 var (
