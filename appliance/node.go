@@ -113,6 +113,10 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	}
 	defer dev.Close()
 
+	if err := routeVIPs(cfg, dev, self.OverlayIP); err != nil {
+		return err
+	}
+
 	n := &node{cfg: cfg, log: log, self: self, dev: dev, static: staticPeers(cfg)}
 	// Static peers (an operator laptop) are up before the first map.
 	if err := dev.SetPeers(n.static); err != nil {
@@ -359,4 +363,30 @@ func advertiseAddress(cfg *configs.Loaded) (netip.Addr, error) {
 	}
 	a, _ := netip.AddrFromSlice(routes[0].Src.To4())
 	return a, nil
+}
+
+// routeVIPs routes the VIP subnet into the overlay with the overlay source
+// address: connect() to a VIP needs a route before the nat table can DNAT
+// it (a board may have no default route), and the overlay source is one
+// every peer's AllowedIPs accepts. In netstack mode there is no kernel
+// interface to route to.
+func routeVIPs(cfg *configs.Loaded, dev *tunnel.Device, src netip.Addr) error {
+	if dev.Mode() != tunnel.ModeTUN {
+		return nil
+	}
+	link, err := netlink.LinkByName(dev.Interface())
+	if err != nil {
+		return fmt.Errorf("vip route: %w", err)
+	}
+	vip := cfg.Network.VIPSubnet.Prefix
+	r := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &net.IPNet{IP: vip.Addr().AsSlice(), Mask: net.CIDRMask(vip.Bits(), 32)},
+		Src:       src.AsSlice(),
+		Scope:     netlink.SCOPE_LINK,
+	}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("route %s dev %s src %s: %w", vip, dev.Interface(), src, err)
+	}
+	return nil
 }

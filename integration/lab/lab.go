@@ -428,21 +428,27 @@ func (l *Lab) Close() error {
 // SweepStale removes what labs of dead processes left (a test killed by a
 // timeout cannot run its cleanup).
 func SweepStale(log *slog.Logger) {
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		name := e.Name()
+	deadLab := func(name string) (string, bool) {
 		if !strings.HasPrefix(name, namePrefix) {
-			continue
+			return "", false
 		}
 		pidStr := strings.SplitN(strings.TrimPrefix(name, namePrefix), "-", 2)[0]
 		pid, err := strconv.Atoi(pidStr)
-		if err != nil || alive(pid) {
-			continue
+		return namePrefix + pidStr, err == nil && !alive(pid)
+	}
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if _, dead := deadLab(e.Name()); dead {
+			log.Info("lab: removing namespace left by a dead lab", "netns", e.Name())
+			killNetNS(e.Name())
+			run("ip", "netns", "delete", e.Name())
 		}
-		log.Info("lab: removing namespace left by a dead lab", "netns", name)
-		killNetNS(name)
-		removeCgroups(namePrefix + pidStr)
-		run("ip", "netns", "delete", name)
+	}
+	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/" + namePrefix + "*")
+	for _, dir := range cgroups {
+		if id, dead := deadLab(filepath.Base(dir)); dead {
+			removeCgroups(id)
+		}
 	}
 }
 
