@@ -28,14 +28,15 @@ type pathFigures struct {
 	afterB      int64 // KiB, receiver
 }
 
-// BenchmarkTunnelVsWireGuardGo sets up the same two-namespace topology six
-// times in one run (four setups) and pushes iperf3 TCP (10 s, a to b) and
+// BenchmarkTunnelVsWireGuardGo sets up the same two-namespace topology seven
+// times in one run (five setups) and pushes iperf3 TCP (10 s, a to b) and
 // 100 pings through each:
 //
 //	appliance            our devices as the daemon runs them: packet budget
 //	                     on, Go soft memory limit 64 MiB (GOMEMLIMIT)
 //	appliance-nolimit    packet budget on, no memory limit
 //	appliance-unbounded  budget off, no limit: wireguard-go's own behaviour
+//	appliance-limit-only budget off, 64 MiB limit: what the budget buys
 //	wireguard-go         two standalone upstream wireguard-go processes
 //
 // It reports the appliance's figures as ratios to wireguard-go's, and its
@@ -63,12 +64,13 @@ func BenchmarkTunnelVsWireGuardGo(b *testing.B) {
 		ours1 := measurePath(b, "appliance", ourPair(func(c *helperConfig) { c.MemoryLimitMiB = 64 }))
 		nolimit := measurePath(b, "appliance-nolimit", ourPair(func(c *helperConfig) {}))
 		unbounded := measurePath(b, "appliance-unbounded", ourPair(func(c *helperConfig) { c.Unbounded = true }))
+		limitOnly := measurePath(b, "appliance-limit-only", ourPair(func(c *helperConfig) { c.Unbounded, c.MemoryLimitMiB = true, 64 }))
 		ours2 := measurePath(b, "appliance", ourPair(func(c *helperConfig) { c.MemoryLimitMiB = 64 }))
 		up2 := measurePath(b, "wireguard-go", upstreamPair)
 		ours, upstream := meanFigures(ours1, ours2), meanFigures(up1, up2)
 		fmt.Printf("\nRSS is the larger of the two device processes (sender a, receiver b); MiB.\n")
 		fmt.Printf("%-26s %8s %8s %6s %6s %7s %7s %6s %7s\n", "setup", "Mbit/s", "RTT ms", "idle", "after", "settled", "peak", "retr", "a/b")
-		for _, f := range []pathFigures{up1, ours1, nolimit, unbounded, ours2, up2, ours, upstream} {
+		for _, f := range []pathFigures{up1, ours1, nolimit, unbounded, limitOnly, ours2, up2, ours, upstream} {
 			fmt.Printf("%-26s %8.0f %8.3f %6.1f %6.1f %7.1f %7.1f %6d %3.0f/%3.0f\n", f.name, f.mbps, f.rttMs,
 				mib(f.idleRSS), mib(f.afterRSS), mib(f.settledRSS), mib(f.peakRSS), f.retransmits, mib(f.afterA), mib(f.afterB))
 		}
@@ -81,6 +83,7 @@ func BenchmarkTunnelVsWireGuardGo(b *testing.B) {
 		b.ReportMetric(mib(ours.peakRSS), "peak-rss-MiB")
 		b.ReportMetric(mib(nolimit.afterRSS), "nolimit-after-rss-MiB")
 		b.ReportMetric(ours.mbps/unbounded.mbps, "bounded/unbounded-throughput")
+		b.ReportMetric(limitOnly.mbps/ours.mbps, "limit-only/appliance-throughput")
 		b.ReportMetric(ours.mbps, "Mbit/s")
 	}
 }
@@ -120,6 +123,19 @@ func measurePath(b *testing.B, name string, start func(tp *topo, ca, cb helperCo
 	f.idleRSS = max(rssKiB(b, pidA, "VmRSS"), rssKiB(b, pidB, "VmRSS"))
 	f.rttMs = pingMedian(b, tp.a, "10.0.0.2")
 
+	f.mbps, f.retransmits = iperfRun(b, tp, 10)
+	f.afterA, f.afterB = rssKiB(b, pidA, "VmRSS"), rssKiB(b, pidB, "VmRSS")
+	f.afterRSS = max(f.afterA, f.afterB)
+	f.peakRSS = max(rssKiB(b, pidA, "VmHWM"), rssKiB(b, pidB, "VmHWM"))
+	time.Sleep(3 * time.Second)
+	f.settledRSS = max(rssKiB(b, pidA, "VmRSS"), rssKiB(b, pidB, "VmRSS"))
+	return f
+}
+
+// iperfRun runs an iperf3 TCP test of the given seconds from namespace a to
+// b's overlay address and returns Mbit/s received and retransmits.
+func iperfRun(b testing.TB, tp *topo, seconds int) (mbps float64, retransmits int64) {
+	b.Helper()
 	server := inNSCmd(tp.b, "iperf3", "-s", "-B", "10.0.0.2")
 	if err := server.Start(); err != nil {
 		b.Fatal(err)
@@ -146,7 +162,7 @@ func measurePath(b *testing.B, name string, start func(tp *topo, ca, cb helperCo
 	// iperf3 -J exits 0 even when it could not connect (the server may not
 	// listen yet): the JSON's error field tells.
 	waitFor(b, "iperf3 run", 30*time.Second, func() error {
-		out, err := inNSCmd(tp.a, "iperf3", "-c", "10.0.0.2", "-t", "10", "-J").Output()
+		out, err := inNSCmd(tp.a, "iperf3", "-c", "10.0.0.2", "-t", strconv.Itoa(seconds), "-J").Output()
 		if jerr := json.Unmarshal(out, &res); jerr != nil {
 			return fmt.Errorf("iperf3: %v, json: %v", err, jerr)
 		}
@@ -158,14 +174,7 @@ func measurePath(b *testing.B, name string, start func(tp *topo, ca, cb helperCo
 		}
 		return err
 	})
-	f.mbps = res.End.SumReceived.BitsPerSecond / 1e6
-	f.retransmits = res.End.SumSent.Retransmits
-	f.afterA, f.afterB = rssKiB(b, pidA, "VmRSS"), rssKiB(b, pidB, "VmRSS")
-	f.afterRSS = max(f.afterA, f.afterB)
-	f.peakRSS = max(rssKiB(b, pidA, "VmHWM"), rssKiB(b, pidB, "VmHWM"))
-	time.Sleep(3 * time.Second)
-	f.settledRSS = max(rssKiB(b, pidA, "VmRSS"), rssKiB(b, pidB, "VmRSS"))
-	return f
+	return res.End.SumReceived.BitsPerSecond / 1e6, res.End.SumSent.Retransmits
 }
 
 var statusLine = regexp.MustCompile(`(?m)^(\w+):\s+(\d+) kB`)
