@@ -29,6 +29,22 @@ func (f taskFiles) hosts() string      { return filepath.Join(f.dir, "hosts") }
 func (f taskFiles) resolvConf() string { return filepath.Join(f.dir, "resolv.conf") }
 func (f taskFiles) log() string        { return filepath.Join(f.dir, "log") }
 
+// maxLogSize bounds a task's log file on the node's (SD card) disk.
+const maxLogSize = 4 << 20
+
+// trimLog empties the task's log once it outgrows maxLogSize. The shim
+// appends with O_APPEND, so it carries on at the new end of the file.
+func (f taskFiles) trimLog() error {
+	st, err := os.Stat(f.log())
+	if err != nil || st.Size() <= maxLogSize {
+		return nil
+	}
+	if err := os.Truncate(f.log(), 0); err != nil {
+		return fmt.Errorf("truncate %s: %w", f.log(), err)
+	}
+	return nil
+}
+
 // write puts the files in place. They are written in place rather than
 // renamed over, so a running container's bind mount sees new content.
 func (f taskFiles) write(name string, s TaskSpec, resolvConf []byte) error {

@@ -2,6 +2,7 @@ package orchestrate
 
 import (
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -144,5 +145,30 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.validate(); err == nil {
 			t.Errorf("bad config %d accepted", i)
 		}
+	}
+}
+
+func TestTrimLog(t *testing.T) {
+	f := taskFiles{dir: t.TempDir()}
+	if err := f.trimLog(); err != nil {
+		t.Fatalf("missing log: %v", err)
+	}
+	if err := os.WriteFile(f.log(), make([]byte, 100), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.trimLog(); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(f.log()); st.Size() != 100 {
+		t.Fatalf("small log trimmed to %d", st.Size())
+	}
+	if err := os.WriteFile(f.log(), make([]byte, maxLogSize+1), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.trimLog(); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(f.log()); st.Size() != 0 {
+		t.Fatalf("big log not trimmed: %d", st.Size())
 	}
 }

@@ -482,6 +482,9 @@ func (r *Reconciler) ensureRunning(ctx context.Context, s TaskSpec, c client.Con
 		switch st.Status {
 		case client.Running, client.Paused, client.Pausing:
 			r.noteRunning(s, task)
+			if err := files.trimLog(); err != nil {
+				r.log.Warn("trim task log", "task", name, "err", err)
+			}
 			return nil
 		case client.Stopped:
 			if !r.noteExit(s, st) {
