@@ -64,6 +64,10 @@ type Lab struct {
 	next  int
 }
 
+// RouterIP is the outside host's LAN address: the nodes' default gateway
+// and the nameserver in their /etc/resolv.conf.
+var RouterIP = routerIP
+
 // Host is a network namespace on the LAN with a shell holder process.
 type Host struct {
 	Name   string
@@ -189,6 +193,11 @@ func (l *Lab) AddNode(name string) (*Node, error) {
 			return nil, err
 		}
 	}
+	// The node's resolver is the outside host, where a test may run a DNS
+	// server: names outside the cluster never leave the lab.
+	if err := os.WriteFile(filepath.Join(n.Root, "resolv.conf"), []byte("nameserver "+routerIP.String()+"\n"), 0o644); err != nil {
+		return nil, err
+	}
 	for _, d := range []string{"/var/lib/warren", "/etc/warren", "/var/lib/containerd", "/usr/local/sbin"} {
 		if err := os.MkdirAll(d, 0o755); err != nil { // mount points only; stay empty on the host
 			return nil, err
@@ -204,6 +213,7 @@ mkdir -p /run/netns /run/warren /run/containerd
 mount --bind %[1]s/lib /var/lib/warren
 mount --bind %[1]s/etc /etc/warren
 mount --bind %[1]s/containerd /var/lib/containerd
+mount --bind %[1]s/resolv.conf /etc/resolv.conf
 %[2]s
 sysctl -qw net.ipv4.ip_forward=1
 echo ready
@@ -616,3 +626,7 @@ func removeCgroups(labID string) {
 func (h *Host) EnterCommand() string {
 	return strings.Join(h.enter()[:len(h.enter())-1], " ") + " bash"
 }
+
+// Do runs fn on a thread inside the host's network namespace: sockets fn
+// opens stay in that namespace, so a test can serve from its own process.
+func (h *Host) Do(fn func() error) error { return inNS(h.NetNS, fn) }

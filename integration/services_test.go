@@ -1,0 +1,147 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warren-appliance/warren/integration/lab"
+	"github.com/warren-appliance/warren/internal/testimage"
+)
+
+const testImage = "warren.test/busybox:latest"
+
+// httpdCommand serves a page naming the task (its hostname) on port 80.
+var httpdCommand = []string{"--", "sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"}
+
+// imageTarball builds the busybox image once per test.
+func imageTarball(t *testing.T) string {
+	t.Helper()
+	p, err := testimage.BusyboxTarball(t.TempDir(), testImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type serviceView struct {
+	Name     string `json:"name"`
+	Image    string `json:"image"`
+	VIP      string `json:"vip"`
+	Replicas int    `json:"replicas"`
+	Tasks    []struct {
+		Name  string `json:"name"`
+		Node  string `json:"node"`
+		IP    string `json:"ip"`
+		State string `json:"state"`
+		Error string `json:"error"`
+	} `json:"tasks"`
+}
+
+func inspect(ctx context.Context, n *lab.Node, name string) (serviceView, error) {
+	var v serviceView
+	out, err := n.Exec(ctx, "warren", "service", "inspect", name, "--json")
+	if err != nil {
+		return v, err
+	}
+	err = json.Unmarshal([]byte(out), &v)
+	return v, err
+}
+
+// waitRunning waits until the service has exactly want running tasks.
+func waitRunning(t *testing.T, c *lab.Cluster, name string, want int) serviceView {
+	t.Helper()
+	ctx := ctxFor(t, 3*time.Minute)
+	var v serviceView
+	eventually(t, 3*time.Minute, fmt.Sprintf("%d tasks of %s running", want, name), func() error {
+		var err error
+		if v, err = inspect(ctx, c.Manager, name); err != nil {
+			return err
+		}
+		running := 0
+		for _, task := range v.Tasks {
+			if task.State == "running" {
+				running++
+			}
+		}
+		if running != want || len(v.Tasks) != want {
+			return fmt.Errorf("%d running of %d tasks: %+v", running, len(v.Tasks), v.Tasks)
+		}
+		return nil
+	})
+	return v
+}
+
+func createService(t *testing.T, c *lab.Cluster, name string, args ...string) {
+	t.Helper()
+	ctx := ctxFor(t, time.Minute)
+	argv := append([]string{"service", "create", name, "--image", testImage}, args...)
+	if out, err := c.Manager.Exec(ctx, "warren", argv...); err != nil {
+		t.Fatalf("service create: %v\n%s", err, out)
+	}
+}
+
+// taskExec runs a command inside a task's container on node n.
+func taskExec(ctx context.Context, n *lab.Node, task string, args ...string) (string, error) {
+	argv := append([]string{"-n", "warren", "tasks", "exec", "--exec-id", fmt.Sprintf("t%d", time.Now().UnixNano()), task}, args...)
+	return n.Exec(ctx, "ctr", argv...)
+}
+
+func nodeByName(c *lab.Cluster, name string) *lab.Node {
+	for _, n := range c.Nodes() {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Seed "Container Networking": one task per node, each with its own IP,
+// reachable from every node and every other task through the tunnel.
+func TestServiceTasksReachEachOther(t *testing.T) {
+	l := newLab(t)
+	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, Images: []string{imageTarball(t)}})
+	createService(t, c, "web", append([]string{"--replicas", "3"}, httpdCommand...)...)
+	v := waitRunning(t, c, "web", 3)
+	ctx := ctxFor(t, 3*time.Minute)
+
+	nodes := map[string]bool{}
+	for _, task := range v.Tasks {
+		nodes[task.Node] = true
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("3 replicas should land one per node: %+v", v.Tasks)
+	}
+	for _, task := range v.Tasks {
+		n := nodeByName(c, task.Node)
+		if out, err := n.Exec(ctx, "ctr", "-n", "warren", "containers", "list"); err != nil || !strings.Contains(out, task.Name) {
+			t.Errorf("%s: ctr -n warren containers list lacks %s: %v\n%s", n.Name, task.Name, err, out)
+		}
+		// The task's page from every node (host to task, across the mesh).
+		for _, from := range c.Nodes() {
+			eventually(t, 30*time.Second, fmt.Sprintf("%s fetches %s (%s)", from.Name, task.Name, task.IP), func() error {
+				out, err := from.Exec(ctx, "curl", "-sS", "-m", "3", "http://"+task.IP+"/")
+				if err != nil {
+					return err
+				}
+				if trim(out) != task.Name {
+					return fmt.Errorf("page says %q, want %q", trim(out), task.Name)
+				}
+				return nil
+			})
+		}
+		// Task to task, across nodes, keeping the source address.
+		for _, other := range v.Tasks {
+			if other.Name == task.Name {
+				continue
+			}
+			eventually(t, 30*time.Second, fmt.Sprintf("%s pings %s", task.Name, other.Name), func() error {
+				_, err := taskExec(ctx, n, task.Name, "ping", "-c1", "-W2", other.IP)
+				return err
+			})
+		}
+	}
+}
