@@ -17,11 +17,20 @@ import (
 type udpBackends struct {
 	vips      map[netip.AddrPort]map[netip.AddrPort]bool // VIP:port -> endpoints
 	published map[uint16]map[netip.AddrPort]bool         // published port -> endpoints
+	allPorts  map[netip.Addr]map[netip.Addr]bool         // VIP of a service without ports -> endpoint addresses
 }
 
 func newUDPBackends(services []Service) udpBackends {
-	b := udpBackends{vips: map[netip.AddrPort]map[netip.AddrPort]bool{}, published: map[uint16]map[netip.AddrPort]bool{}}
+	b := udpBackends{vips: map[netip.AddrPort]map[netip.AddrPort]bool{}, published: map[uint16]map[netip.AddrPort]bool{},
+		allPorts: map[netip.Addr]map[netip.Addr]bool{}}
 	for _, s := range services {
+		if len(s.Ports) == 0 {
+			eps := map[netip.Addr]bool{}
+			for _, e := range s.Endpoints {
+				eps[e.IP] = true
+			}
+			b.allPorts[s.VIP] = eps
+		}
 		for _, p := range s.Ports {
 			if strings.ToLower(p.Protocol) != "udp" {
 				continue
@@ -41,7 +50,9 @@ func newUDPBackends(services []Service) udpBackends {
 
 func (b udpBackends) equal(o udpBackends) bool {
 	eq := func(x, y map[netip.AddrPort]bool) bool { return maps.Equal(x, y) }
-	return maps.EqualFunc(b.vips, o.vips, eq) && maps.EqualFunc(b.published, o.published, eq)
+	eqAddr := func(x, y map[netip.Addr]bool) bool { return maps.Equal(x, y) }
+	return maps.EqualFunc(b.vips, o.vips, eq) && maps.EqualFunc(b.published, o.published, eq) &&
+		maps.EqualFunc(b.allPorts, o.allPorts, eqAddr)
 }
 
 // staleUDPFilter matches UDP conntrack entries towards a service (its VIP
@@ -57,7 +68,13 @@ type staleUDPFilter struct {
 // newStaleUDPFilter covers the ports of current and, with no endpoints
 // left, the ports only previous had.
 func newStaleUDPFilter(previous, current udpBackends, local map[netip.Addr]bool) *staleUDPFilter {
-	f := &staleUDPFilter{current: udpBackends{vips: maps.Clone(current.vips), published: maps.Clone(current.published)}, local: local}
+	f := &staleUDPFilter{current: udpBackends{vips: maps.Clone(current.vips), published: maps.Clone(current.published),
+		allPorts: maps.Clone(current.allPorts)}, local: local}
+	for vip := range previous.allPorts {
+		if _, ok := f.current.allPorts[vip]; !ok {
+			f.current.allPorts[vip] = nil
+		}
+	}
 	for vip := range previous.vips {
 		if _, ok := f.current.vips[vip]; !ok {
 			f.current.vips[vip] = nil
@@ -85,6 +102,9 @@ func (f *staleUDPFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	reply := netip.AddrPortFrom(replyIP.Unmap(), flow.Reverse.SrcPort)
 	if eps, ok := f.current.vips[dst]; ok {
 		return !eps[reply]
+	}
+	if eps, ok := f.current.allPorts[dst.Addr()]; ok {
+		return !eps[reply.Addr()] // all-ports DNAT keeps the port
 	}
 	if eps, ok := f.current.published[dst.Port()]; ok && f.local[dst.Addr()] {
 		return !eps[reply]

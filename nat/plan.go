@@ -109,13 +109,18 @@ func planService(s Service, ctx planContext) ruleset {
 	}
 	opts := ctx.opts
 	endpoints := sortedEndpoints(s.Endpoints)
-	for _, p := range sortedPorts(s.Ports) {
+	for _, p := range servicePorts(s) {
 		proto := strings.ToLower(p.Protocol)
-		if proto != "tcp" && proto != "udp" {
+		var vipMatch string
+		switch proto {
+		case "tcp", "udp":
+			vipMatch = fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d", s.VIP, proto, proto, p.Port)
+		case protoAll:
+			vipMatch = fmt.Sprintf("-d %s/32", s.VIP)
+		default:
 			continue
 		}
 		name := portKey(s.Name, p)
-		vipMatch := fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d", s.VIP, proto, proto, p.Port)
 
 		if len(endpoints) == 0 {
 			// No endpoint: refuse at once (ICMP port unreachable, which a
@@ -164,8 +169,12 @@ func planService(s Service, ctx planContext) ruleset {
 			if affinity {
 				recent = " -m recent --name " + sep + " --set"
 			}
-			rs.add("nat", sep, fmt.Sprintf(`-p %s -m comment --comment %q%s -m %s -j DNAT --to-destination %s`,
-				proto, e.Name, recent, proto, netip.AddrPortFrom(e.IP, p.targetPort())))
+			if proto == protoAll {
+				rs.add("nat", sep, fmt.Sprintf(`-m comment --comment %q%s -j DNAT --to-destination %s`, e.Name, recent, e.IP))
+			} else {
+				rs.add("nat", sep, fmt.Sprintf(`-p %s -m comment --comment %q%s -m %s -j DNAT --to-destination %s`,
+					proto, e.Name, recent, proto, netip.AddrPortFrom(e.IP, p.targetPort())))
+			}
 		}
 
 		if p.Published != 0 {
@@ -231,6 +240,19 @@ func sortedServices(in []Service) []Service {
 	out := slices.Clone(in)
 	slices.SortStableFunc(out, func(a, b Service) int { return cmp.Compare(a.Name, b.Name) })
 	return out
+}
+
+// protoAll is the protocol of the one implicit port of a service that
+// declares none: every port of every protocol on its VIP.
+const protoAll = "all"
+
+// servicePorts are the ports of s to render, sorted; a service without
+// ports gets the implicit all-ports port.
+func servicePorts(s Service) []Port {
+	if len(s.Ports) == 0 {
+		return []Port{{Protocol: protoAll}}
+	}
+	return sortedPorts(s.Ports)
 }
 
 func sortedPorts(in []Port) []Port {

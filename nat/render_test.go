@@ -64,6 +64,11 @@ var goldenCases = map[string]struct {
 		NodeAddresses:   []netip.Addr{netip.MustParseAddr("192.168.1.20"), netip.MustParseAddr("10.0.0.2")},
 		ContainerSubnet: baseOpts.ContainerSubnet,
 	}},
+	"all-ports": {[]Service{{
+		Name: "web", VIP: netip.MustParseAddr("10.1.0.1"),
+		Endpoints: []Endpoint{ep("web-2", "10.0.2.2"), ep("web-1", "10.0.1.2")},
+	}}, baseOpts},
+	"all-ports-no-endpoints": {[]Service{{Name: "web", VIP: netip.MustParseAddr("10.1.0.1")}}, baseOpts},
 	"no-container-subnet": {[]Service{{
 		Name: "one", VIP: netip.MustParseAddr("10.1.0.9"),
 		Ports:     []Port{{Protocol: "tcp", Port: 443}},
@@ -92,6 +97,29 @@ func TestRenderGolden(t *testing.T) {
 				t.Errorf("Render differs from %s (run go test ./nat -run TestRenderGolden -update and review the diff)\ngot:\n%s", path, got)
 			}
 		})
+	}
+}
+
+func TestRenderAllPorts(t *testing.T) {
+	all := string(Render(goldenCases["all-ports"].services, baseOpts))
+	for _, want := range []string{
+		`-A WARREN-SERVICES -d 10.1.0.1/32 -m comment --comment "web:all/0 virtual IP" -j WARREN-SVC-`,
+		"-j DNAT --to-destination 10.0.1.2\n",
+		"--probability 0.5000000000",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("all-ports rules lack %q:\n%s", want, all)
+		}
+	}
+	if strings.Contains(all, "--dport") || strings.Contains(all, " -p ") {
+		t.Errorf("all-ports rules match a protocol or port:\n%s", all)
+	}
+	none := string(Render(goldenCases["all-ports-no-endpoints"].services, baseOpts))
+	if !strings.Contains(none, `-A WARREN-SERVICES -d 10.1.0.1/32 -m comment --comment "web:all/0 has no endpoints" -j REJECT`) {
+		t.Errorf("an all-ports service without endpoints must REJECT on its VIP:\n%s", none)
+	}
+	if err := Validate([]Service{web(), {Name: "other", VIP: web().VIP}}, baseOpts); err == nil {
+		t.Error("an all-ports service sharing a VIP was accepted")
 	}
 }
 
@@ -273,10 +301,12 @@ func TestSummary(t *testing.T) {
 	s.Endpoints[1].Local = true
 	s.Ports[0].Published = 8080
 	empty := Service{Name: "db", VIP: netip.MustParseAddr("10.1.0.6"), Ports: []Port{{Protocol: "udp", Port: 53}}}
-	got := Summary([]Service{s, empty})
+	allPorts := Service{Name: "any", VIP: netip.MustParseAddr("10.1.0.8"), Endpoints: []Endpoint{ep("any-1", "10.0.1.30")}}
+	got := Summary([]Service{s, empty, allPorts})
 	for _, want := range []string{
 		"10.1.0.5:80/tcp", ":8080/tcp", "web-1=10.0.1.5:8080(local)", "web-2=10.0.1.6:8080 ", "web-3=10.0.2.7:8080",
 		"10.1.0.6:53/udp", "none (refused)",
+		"10.1.0.8 (all ports)", "any-1=10.0.1.30\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("summary lacks %q:\n%s", want, got)

@@ -17,7 +17,7 @@ func Summary(services []Service) string {
 	fmt.Fprintln(w, "SERVICE\tVIP\tPUBLISHED\tENDPOINTS")
 	for _, s := range sortedServices(services) {
 		endpoints := sortedEndpoints(s.Endpoints)
-		for _, p := range sortedPorts(s.Ports) {
+		for _, p := range servicePorts(s) {
 			proto := strings.ToLower(p.Protocol)
 			published := "-"
 			if p.Published != 0 {
@@ -26,6 +26,9 @@ func Summary(services []Service) string {
 			var eps []string
 			for _, e := range endpoints {
 				ep := fmt.Sprintf("%s=%s", e.Name, netip.AddrPortFrom(e.IP, p.targetPort()))
+				if proto == protoAll {
+					ep = fmt.Sprintf("%s=%s", e.Name, e.IP)
+				}
 				if e.Local {
 					ep += "(local)"
 				}
@@ -39,7 +42,11 @@ func Summary(services []Service) string {
 			if s.Affinity {
 				affinity = " [affinity]"
 			}
-			fmt.Fprintf(w, "%s%s\t%s/%s\t%s\t%s\n", s.Name, affinity, netip.AddrPortFrom(s.VIP, p.Port), proto, published, list)
+			vip := fmt.Sprintf("%s/%s", netip.AddrPortFrom(s.VIP, p.Port), proto)
+			if proto == protoAll {
+				vip = s.VIP.String() + " (all ports)"
+			}
+			fmt.Fprintf(w, "%s%s\t%s\t%s\t%s\n", s.Name, affinity, vip, published, list)
 		}
 	}
 	w.Flush()

@@ -41,6 +41,8 @@ var (
 	labDNSVIP          = netip.MustParseAddr("10.78.0.14")
 	labFarVIP          = netip.MustParseAddr("10.78.0.15")
 	labRemoteIP        = netip.MustParseAddr("10.77.2.21")
+	labAnyVIP          = netip.MustParseAddr("10.78.0.16")
+	labAnyEmptyVIP     = netip.MustParseAddr("10.78.0.17")
 )
 
 func newTrafficLab(t *testing.T) *trafficLab {
@@ -165,6 +167,8 @@ func (lab *trafficLab) services() []Service {
 			Ports: []Port{{Protocol: "tcp", Port: 80, TargetPort: 8080}}},
 		{Name: "dns", VIP: labDNSVIP, Endpoints: eps,
 			Ports: []Port{{Protocol: "udp", Port: 53, TargetPort: 5353, Published: 5354}}},
+		{Name: "any", VIP: labAnyVIP, Endpoints: eps},
+		{Name: "any-empty", VIP: labAnyEmptyVIP},
 		{Name: "far", VIP: labFarVIP, Endpoints: []Endpoint{{Name: "remote", IP: labRemoteIP}},
 			Ports: []Port{{Protocol: "tcp", Port: 80, TargetPort: 8080, Published: 8083}}},
 	}
@@ -362,6 +366,26 @@ func TestTraffic(t *testing.T) {
 		}
 		if len(seen) != 1 {
 			t.Errorf("affinity service spread one client over %v", seen)
+		}
+	})
+
+	t.Run("service without ports answers on every port of its VIP", func(t *testing.T) {
+		for _, from := range []string{lab.node, lab.client} {
+			if _, err := httpGet(from, netip.AddrPortFrom(labAnyVIP, 8080)); err != nil {
+				t.Errorf("TCP 8080 on an all-ports VIP from %s: %v", from, err)
+			}
+		}
+		c, err := dialIn(lab.node, "udp4", netip.AddrPortFrom(labAnyVIP, 5353))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got := udpAsk(t, c); got != "b1" && got != "b2" && got != "b3" {
+			t.Errorf("UDP 5353 on an all-ports VIP answered %q", got)
+		}
+		_, err = dialIn(lab.node, "tcp4", netip.AddrPortFrom(labAnyEmptyVIP, 8080))
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("all-ports service without endpoints: got %v, want connection refused", err)
 		}
 	})
 

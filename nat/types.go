@@ -39,7 +39,9 @@ type Endpoint struct {
 	Local bool       // the task runs on this node
 }
 
-// Port is one port of a service.
+// Port is one port of a service. A service with no ports is reachable on
+// every port (and protocol) of its VIP, as a Docker Swarm VIP is: traffic
+// goes to the endpoints unchanged.
 type Port struct {
 	Protocol   string // "tcp" or "udp"
 	Port       uint16 // port on the VIP
@@ -99,6 +101,7 @@ func Validate(services []Service, opts Options) error {
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 
 	names := map[string]bool{}
+	vips := map[netip.Addr]string{}
 	vipPorts := map[string]string{}
 	published := map[string]string{}
 	for _, s := range services {
@@ -111,7 +114,10 @@ func Validate(services []Service, opts Options) error {
 		names[s.Name] = true
 		if !s.VIP.Is4() {
 			add("service %q: VIP %v is not an IPv4 address", s.Name, s.VIP)
+		} else if other, ok := vips[s.VIP]; ok {
+			add("service %q: VIP %v already used by %q", s.Name, s.VIP, other)
 		}
+		vips[s.VIP] = s.Name
 		ips := map[netip.Addr]bool{}
 		for _, e := range s.Endpoints {
 			if !namePattern.MatchString(e.Name) {
