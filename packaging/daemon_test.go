@@ -1,0 +1,189 @@
+package packaging_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// sandboxedDaemon is the packaged warren-appliance started the way the unit
+// starts it: NoNewPrivileges, the unit's CapabilityBoundingSet, a private
+// /run (RuntimeDirectory) and NOTIFY_SOCKET; here also in its own empty
+// network namespace, so nothing reaches the host's interfaces.
+type sandboxedDaemon struct {
+	cmd    *exec.Cmd
+	notify *net.UnixConn
+	exited chan error
+	output *syncBuffer
+}
+
+// syncBuffer collects the daemon's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startSandboxedDaemon(t *testing.T, exe string, caps []string) *sandboxedDaemon {
+	t.Helper()
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "warren.toml")
+	// mode = "tun" so a missing capability cannot hide behind the netstack fallback.
+	writeFile(t, cfg, fmt.Sprintf(`[node]
+name = "pkg-sandbox"
+role = "standalone"
+state_dir = %q
+
+[wireguard]
+mode = "tun"
+listen_port = 51820
+address = "10.77.0.1/24"
+`, state))
+
+	notifyPath := filepath.Join(dir, "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { notify.Close() })
+
+	var set []string
+	for _, c := range caps {
+		set = append(set, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+	}
+	cmd := exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-ec",
+		`mount -t tmpfs tmpfs /run; install -d -m 0755 /run/warren
+exec setpriv --no-new-privs --bounding-set "$BOUNDING" --inh-caps -all -- "$EXE" --config "$CFG"`)
+	cmd.Env = append(os.Environ(), "BOUNDING=-all,"+strings.Join(set, ","), "EXE="+exe, "CFG="+cfg,
+		"NOTIFY_SOCKET="+notifyPath)
+	d := &sandboxedDaemon{cmd: cmd, notify: notify, exited: make(chan error, 1), output: &syncBuffer{}}
+	cmd.Stdout, cmd.Stderr = d.output, d.output
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-d.exited
+	})
+	return d
+}
+
+// waitReady returns nil once the daemon sent READY=1, or why it did not.
+func (d *sandboxedDaemon) waitReady(timeout time.Duration) error {
+	got := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		d.notify.SetReadDeadline(time.Now().Add(timeout))
+		for {
+			n, err := d.notify.Read(buf)
+			if err != nil {
+				got <- fmt.Errorf("no READY=1 on NOTIFY_SOCKET: %w", err)
+				return
+			}
+			for _, line := range strings.Split(string(buf[:n]), "\n") {
+				if line == "READY=1" {
+					got <- nil
+					return
+				}
+			}
+		}
+	}()
+	select {
+	case err := <-got:
+		return err
+	case err := <-d.exited:
+		d.exited <- err
+		return fmt.Errorf("daemon exited before READY=1: %v", err)
+	}
+}
+
+func TestDaemonStartsUnderUnitSandboxAndNotifiesReady(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "setpriv", "util-linux")
+	requireTool(t, "nsenter", "util-linux")
+	needPackages(t)
+	exe := filepath.Join(extractDeb(t, targets[0].debFile()), "usr/bin/warren-appliance")
+	caps := unitCapabilities(t)
+
+	d := startSandboxedDaemon(t, exe, caps)
+	if err := d.waitReady(90 * time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, d.output)
+	}
+	pid := fmt.Sprint(d.cmd.Process.Pid)
+	if out, err := runErr("nsenter", "--target", pid, "--net", "ip", "-o", "addr", "show", "dev", "warren0"); err != nil ||
+		!strings.Contains(out, "10.77.0.1/24") {
+		t.Errorf("warren0 with 10.77.0.1/24 in the daemon's namespace: %v\n%s", err, out)
+	}
+	status := readFile(t, "/proc/"+pid+"/status")
+	if !strings.Contains(status, "NoNewPrivs:\t1") {
+		t.Errorf("daemon runs without NoNewPrivs:\n%s", status)
+	}
+
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d.exited:
+		d.exited <- err
+		if err != nil {
+			t.Errorf("daemon exit after SIGTERM: %v\n%s", err, d.output)
+		}
+	case <-time.After(60 * time.Second):
+		t.Errorf("daemon still running 60 s after SIGTERM\n%s", d.output)
+	}
+}
+
+// Without CAP_NET_ADMIN the daemon cannot make its TUN device: the sandbox
+// test above would notice a capability the unit forgot.
+func TestDaemonFailsWithoutNetAdmin(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "setpriv", "util-linux")
+	needPackages(t)
+	exe := filepath.Join(extractDeb(t, targets[0].debFile()), "usr/bin/warren-appliance")
+	var caps []string
+	for _, c := range unitCapabilities(t) {
+		if c != "CAP_NET_ADMIN" {
+			caps = append(caps, c)
+		}
+	}
+	d := startSandboxedDaemon(t, exe, caps)
+	err := d.waitReady(90 * time.Second)
+	if err == nil {
+		t.Fatalf("daemon became ready without CAP_NET_ADMIN\n%s", d.output)
+	}
+	t.Logf("without CAP_NET_ADMIN: %v\n%s", err, d.output)
+	var exitErr *exec.ExitError
+	select {
+	case werr := <-d.exited:
+		d.exited <- werr
+		if !errors.As(werr, &exitErr) {
+			t.Errorf("daemon without CAP_NET_ADMIN: %v, want a failure exit\n%s", werr, d.output)
+		}
+	case <-time.After(60 * time.Second):
+		t.Errorf("daemon without CAP_NET_ADMIN neither ready nor exited\n%s", d.output)
+	}
+}
