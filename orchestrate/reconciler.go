@@ -22,6 +22,7 @@ import (
 const (
 	imageScanInterval = 2 * time.Second  // airgap dir poll; also retries a failed pass
 	resyncInterval    = 10 * time.Second // full pass even without events
+	failedPassRetry   = time.Second      // a failed pass (containerd down) is retried after this
 	firstBackoff      = 500 * time.Millisecond
 	maxBackoff        = 30 * time.Second
 	healthyAfter      = 30 * time.Second // a run this long resets the backoff
@@ -179,7 +180,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			}
 			lastPass = time.Now()
 		}
-		retry.Reset(r.untilNextRetry())
+		wait := r.untilNextRetry()
+		if applied && dirty {
+			wait = max(wait, failedPassRetry) // the pass failed: do not spin
+		}
+		retry.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return nil
