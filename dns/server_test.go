@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -280,12 +281,24 @@ func TestFreeBind(t *testing.T) {
 }
 
 func TestCloseReleasesEverything(t *testing.T) {
-	silent := silentUpstream(t)
+	// The upstream answers the loop probe but never the test's query.
+	reached := make(chan struct{})
+	release := make(chan struct{})
+	up := startFakeUpstream(t, "", func(w miekg.ResponseWriter, r *miekg.Msg) {
+		if r.Question[0].Name == "stuck.example." {
+			close(reached)
+			<-release
+			return
+		}
+		answerA("192.0.2.1")(w, r)
+	})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock) // runs before the upstream's shutdown
 	before := runtime.NumGoroutine()
 
 	s, err := NewServer(Config{
 		Listen:         []string{"127.0.0.1:0"},
-		Upstreams:      []string{silent},
+		Upstreams:      []string{up.addr},
 		ForwardTimeout: time.Minute, // still in flight when Close comes
 		Logger:         quietLogger(),
 	})
@@ -310,7 +323,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer idle.Close()
-	time.Sleep(100 * time.Millisecond) // let the query reach the forwarder
+	<-reached // Close only once the query is out to the upstream
 
 	closeStart := time.Now()
 	if err := s.Close(); err != nil {
@@ -327,6 +340,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	}
 	pc.Close()
 	ln.Close()
+	unblock() // the upstream's own handler is not the server's to end
 	// No goroutine of the server survives (polling: exits are asynchronous).
 	waitFor(t, "the server's goroutines to exit", func() bool { return runtime.NumGoroutine() <= before })
 	if err := s.Close(); err != nil {
