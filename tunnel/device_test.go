@@ -193,7 +193,10 @@ func startWireGuardGo(t testing.TB, bin, ns, iface string, hc helperConfig) *os.
 func TestNetstackForwardReachesTUNDevice(t *testing.T) {
 	tp := newTopo(t)
 	ca, cb := tp.pairConfigs(t, ModeNetstack, ModeTUN)
-	ca.Forwards = []Forward{{Proto: "tcp", Listen: netip.MustParseAddrPort("127.0.0.1:9000"), Target: netip.MustParseAddrPort("10.0.0.2:7002")}}
+	ca.Forwards = []Forward{
+		{Proto: "tcp", Listen: netip.MustParseAddrPort("127.0.0.1:9000"), Target: netip.MustParseAddrPort("10.0.0.2:7002")},
+		{Proto: "udp", Listen: netip.MustParseAddrPort("127.0.0.1:9001"), Target: netip.MustParseAddrPort("10.0.0.2:7004")},
+	}
 	a := startNode(t, tp.a, ca)
 	startNode(t, tp.b, cb)
 	tcpEcho(t, tp.b, "10.0.0.2:7002")
@@ -212,6 +215,35 @@ func TestNetstackForwardReachesTUNDevice(t *testing.T) {
 	if err := echoRoundTrip(t, tp.a, "127.0.0.1:9000", big); err != nil {
 		t.Fatalf("1 MiB echo through the forward: %v", err)
 	}
+	// UDP: datagrams relayed per client, replies come back to the client.
+	udpEcho(t, tp.b, "10.0.0.2:7004")
+	var uc *net.UDPConn
+	if err := withNetns(t, tp.a, func() (err error) {
+		uc, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:9001")))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	for i := 0; i < 3; i++ {
+		msg := fmt.Sprintf("datagram %d", i)
+		waitFor(t, "udp echo through the forward", 30*time.Second, func() error {
+			if _, err := uc.Write([]byte(msg)); err != nil {
+				return err
+			}
+			uc.SetReadDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 64)
+			n, err := uc.Read(buf)
+			if err != nil {
+				return err
+			}
+			if string(buf[:n]) != msg {
+				return fmt.Errorf("got %q, want %q", buf[:n], msg)
+			}
+			return nil
+		})
+	}
+
 	// The UAPI socket works in netstack mode too.
 	show := runIn(t, tp.a, "wg", "show", tp.ifA)
 	if !strings.Contains(show, "peer: "+cb.Private.PublicKey().String()) || !strings.Contains(show, "latest handshake:") {

@@ -531,3 +531,23 @@ func echoRoundTrip(t testing.TB, ns, addr, msg string) error {
 	}
 	return nil
 }
+
+// udpEcho serves a UDP echo server on addr inside namespace ns until the test ends.
+func udpEcho(t testing.TB, ns, addr string) {
+	t.Helper()
+	var pc net.PacketConn
+	if err := withNetns(t, ns, func() (err error) { pc, err = net.ListenPacket("udp", addr); return err }); err != nil {
+		t.Fatalf("listen udp %s in %s: %v", addr, ns, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+}

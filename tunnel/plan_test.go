@@ -216,3 +216,22 @@ func TestParseUAPIGet(t *testing.T) {
 		t.Fatal("bad hex key accepted")
 	}
 }
+
+func TestHealthOf(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	a, b, c := testKey(0xaa), testKey(0xbb), testKey(0xcc)
+	h := healthOf([]peerState{
+		{PublicKey: c, LastHandshake: now.Add(-HealthyWithin - time.Second), Keepalive: 25 * time.Second},
+		{PublicKey: a, LastHandshake: now.Add(-2 * time.Minute), RxBytes: 10, TxBytes: 20, AllowedIPs: pfx("10.0.1.0/24", "10.0.0.1/32")},
+		{PublicKey: b}, // never handshaked
+	}, now)
+	if len(h) != 3 || h[0].PublicKey != a || h[1].PublicKey != b || h[2].PublicKey != c {
+		t.Fatalf("not sorted by key: %+v", h)
+	}
+	if !h[0].Healthy || h[1].Healthy || h[2].Healthy {
+		t.Fatalf("healthy flags = %v %v %v, want true false false", h[0].Healthy, h[1].Healthy, h[2].Healthy)
+	}
+	if h[0].RxBytes != 10 || h[0].TxBytes != 20 || h[0].AllowedIPs[0] != netip.MustParsePrefix("10.0.0.1/32") {
+		t.Fatalf("health a = %+v", h[0])
+	}
+}
