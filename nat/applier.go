@@ -202,12 +202,16 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 	full := a.applied == nil || time.Since(a.lastFull) > fullSyncInterval
 	applied := a.applied
 	var stale map[string][]string
+	var builtins chainListing
 	if full {
 		applied = nil
-		if err := a.deleteOutdatedJumps(); err != nil {
+		var err error
+		if builtins, err = a.listChains(builtinChainKeys(tables)); err != nil {
 			return err
 		}
-		var err error
+		if err := a.deleteJumps(builtins, isCurrentJump); err != nil {
+			return err
+		}
 		if stale, err = a.ownedChains(tables); err != nil {
 			return err
 		}
@@ -221,7 +225,7 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 		}
 	}
 	if full {
-		if err := a.ensureJumps(); err != nil {
+		if err := a.ensureJumps(builtins); err != nil {
 			a.applied = nil
 			return err
 		}
@@ -286,7 +290,7 @@ func (a *Applier) canaryMissing() (bool, error) {
 			return true, nil
 		}
 	}
-	listed, err := a.listJumpChains()
+	listed, err := a.listChains(jumpChainKeys())
 	if err != nil {
 		return false, err
 	}
@@ -333,12 +337,12 @@ func (a *Applier) Cleanup() error {
 
 // cleanup removes our jumps and chains from the given tables.
 func (x *xtables) cleanup(tables []string) error {
-	for _, table := range tables {
-		for _, chain := range builtinChains[table] {
-			if err := x.deleteJumpsFrom(table, chain, nil); err != nil {
-				return err
-			}
-		}
+	listed, err := x.listChains(builtinChainKeys(tables))
+	if err != nil {
+		return err
+	}
+	if err := x.deleteJumps(listed, nil); err != nil {
+		return err
 	}
 	owned, err := x.ownedChains(tables)
 	if err != nil {
@@ -352,45 +356,78 @@ func (x *xtables) cleanup(tables []string) error {
 	return nil
 }
 
-// deleteJumpsFrom deletes the rules of a built-in chain that jump to a
-// WARREN-* chain, except those keep accepts (keep may be nil), by rule
-// number from the bottom so numbers stay valid.
-func (x *xtables) deleteJumpsFrom(table, chain string, keep func(rule string) bool) error {
-	rules, err := x.ipt.List(table, chain)
-	if err != nil {
-		return fmt.Errorf("list %s %s: %w", table, chain, err)
+// chainListing is `iptables -S` of some built-in chains, keyed by table
+// and chain; line 0 of each is the policy, line i is rule number i.
+type chainListing map[[2]string][]string
+
+// listChains lists each of the given built-in chains once: on nf_tables a
+// listing costs about what a single -C check costs, so one listing serves
+// all checks of a chain.
+func (x *xtables) listChains(chains [][2]string) (chainListing, error) {
+	listed := chainListing{}
+	for _, key := range chains {
+		if _, ok := listed[key]; ok {
+			continue
+		}
+		rules, err := x.ipt.List(key[0], key[1])
+		if err != nil {
+			return nil, fmt.Errorf("list %s %s: %w", key[0], key[1], err)
+		}
+		listed[key] = rules
 	}
-	// rules[0] is the policy line ("-P CHAIN ACCEPT"); rule i is number i.
-	for i := len(rules) - 1; i >= 1; i-- {
-		if targetsOurs(rules[i]) && (keep == nil || !keep(rules[i])) {
+	return listed, nil
+}
+
+// builtinChainKeys are the built-in chains of tables, for listChains.
+func builtinChainKeys(tables []string) [][2]string {
+	var keys [][2]string
+	for _, table := range tables {
+		for _, chain := range builtinChains[table] {
+			keys = append(keys, [2]string{table, chain})
+		}
+	}
+	return keys
+}
+
+// jumpChainKeys are the built-in chains holding our jumps.
+func jumpChainKeys() [][2]string {
+	var keys [][2]string
+	for _, j := range jumps {
+		keys = append(keys, [2]string{j.table, j.chain})
+	}
+	return keys
+}
+
+// deleteJumps deletes the listed rules that jump to a chain of ours,
+// except those keep accepts (keep may be nil), by rule number from the
+// bottom so numbers stay valid, and drops them from listed.
+func (x *xtables) deleteJumps(listed chainListing, keep func(table, chain, rule string) bool) error {
+	for key, rules := range listed {
+		table, chain := key[0], key[1]
+		for i := len(rules) - 1; i >= 1; i-- {
+			if !targetsOurs(rules[i]) || (keep != nil && keep(table, chain, rules[i])) {
+				continue
+			}
 			if err := x.ipt.DeleteById(table, chain, i); err != nil {
 				return fmt.Errorf("delete rule %d of %s %s: %w", i, table, chain, err)
 			}
+			rules = slices.Delete(rules, i, i+1)
 		}
+		listed[key] = rules
 	}
 	return nil
 }
 
-// deleteOutdatedJumps removes jumps to WARREN-* chains that are not in
-// the jumps table (left by an older version): they would keep stale
-// chains from being deleted.
-func (x *xtables) deleteOutdatedJumps() error {
-	for _, table := range tables {
-		for _, chain := range builtinChains[table] {
-			current := func(rule string) bool {
-				for _, j := range jumps {
-					if j.table == table && j.chain == chain && countJump([]string{rule}, j) == 1 {
-						return true
-					}
-				}
-				return false
-			}
-			if err := x.deleteJumpsFrom(table, chain, current); err != nil {
-				return err
-			}
+// isCurrentJump reports whether rule is one of the jumps table's for its
+// chain. Jumps to chains of ours that are not (left by an older version)
+// would keep stale chains from being deleted.
+func isCurrentJump(table, chain, rule string) bool {
+	for _, j := range jumps {
+		if j.table == table && j.chain == chain && countJump([]string{rule}, j) == 1 {
+			return true
 		}
 	}
-	return nil
+	return false
 }
 
 func targetsOurs(rule string) bool {
@@ -411,13 +448,9 @@ func ownedChain(chain string) bool {
 
 // ensureJumps makes each jump from a built-in chain exist exactly once,
 // inserting missing ones at the top (before host rules that might drop)
-// and deleting duplicates, never leaving a moment without one. It lists
-// each built-in chain once: on nf_tables a check per rule costs as much.
-func (a *Applier) ensureJumps() error {
-	listed, err := a.listJumpChains()
-	if err != nil {
-		return err
-	}
+// and deleting duplicates, never leaving a moment without one. listed is
+// the current content of the built-in chains holding jumps.
+func (x *xtables) ensureJumps(listed chainListing) error {
 	// Insert missing jumps in reverse, so each chain's jumps end up at the
 	// top in the order of the jumps table.
 	for i := len(jumps) - 1; i >= 0; i-- {
@@ -425,37 +458,19 @@ func (a *Applier) ensureJumps() error {
 		if countJump(listed[[2]string{j.table, j.chain}], j) > 0 {
 			continue
 		}
-		if err := a.ipt.Insert(j.table, j.chain, 1, j.spec...); err != nil {
+		if err := x.ipt.Insert(j.table, j.chain, 1, j.spec...); err != nil {
 			return fmt.Errorf("insert jump from %s %s to %s: %w", j.table, j.chain, j.spec[len(j.spec)-1], err)
 		}
 	}
 	for _, j := range jumps {
 		for n := countJump(listed[[2]string{j.table, j.chain}], j); n > 1; n-- {
 			// Delete removes the first copy; another stays in place.
-			if err := a.ipt.Delete(j.table, j.chain, j.spec...); err != nil {
+			if err := x.ipt.Delete(j.table, j.chain, j.spec...); err != nil {
 				return fmt.Errorf("delete duplicate jump from %s %s: %w", j.table, j.chain, err)
 			}
 		}
 	}
 	return nil
-}
-
-// listJumpChains lists (iptables -S) each built-in chain holding jumps,
-// keyed by table and chain.
-func (a *Applier) listJumpChains() (map[[2]string][]string, error) {
-	listed := map[[2]string][]string{}
-	for _, j := range jumps {
-		key := [2]string{j.table, j.chain}
-		if _, ok := listed[key]; ok {
-			continue
-		}
-		rules, err := a.ipt.List(j.table, j.chain)
-		if err != nil {
-			return nil, fmt.Errorf("list %s %s: %w", j.table, j.chain, err)
-		}
-		listed[key] = rules
-	}
-	return listed, nil
 }
 
 // countJump counts the copies of j among rules (`iptables -S` lines),

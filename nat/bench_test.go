@@ -193,7 +193,11 @@ func perRuleApply(a *Applier, from, to ruleset) error {
 		}
 	}
 	if from == nil {
-		return a.ensureJumps()
+		listed, err := a.listChains(jumpChainKeys())
+		if err != nil {
+			return err
+		}
+		return a.ensureJumps(listed)
 	}
 	return nil
 }
