@@ -74,3 +74,60 @@ func FuzzHandler(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCompileZone builds zones from arbitrary service and task names: no
+// panic, valid names are served with their address, invalid ones are
+// reported, never served.
+func FuzzCompileZone(f *testing.F) {
+	f.Add("nginx", "nginx-1", byte(0), byte(5))
+	f.Add("Web", "web", byte(1), byte(1))
+	f.Add("bad.name", "ok", byte(2), byte(3))
+	f.Add("", "x\x00y", byte(255), byte(255))
+	f.Add(strings.Repeat("a", 63), strings.Repeat("b", 64), byte(9), byte(9))
+	f.Fuzz(func(t *testing.T, svc, task string, a, b byte) {
+		vip := netip.AddrFrom4([4]byte{10, 1, a, b})
+		tip := netip.AddrFrom4([4]byte{10, 0, a, b})
+		z, problems := compileZone("warren.local.", Records{
+			Services:     map[string]netip.Addr{svc: vip},
+			Tasks:        map[string]netip.Addr{task: tip},
+			ServiceTasks: map[string][]netip.Addr{svc: {tip}},
+		}, 1)
+
+		served := func(name string, want netip.Addr) {
+			t.Helper()
+			resp := new(miekg.Msg)
+			resp.SetQuestion(name, miekg.TypeA)
+			z.answer(resp, name, miekg.TypeA)
+			if got := aAddrs(resp.Answer); len(got) != 1 || got[0] != want {
+				t.Fatalf("%q: %v, want %s", name, got, want)
+			}
+			if _, err := resp.Pack(); err != nil {
+				t.Fatalf("%q: answer does not pack: %v", name, err)
+			}
+		}
+		wantProblems := 0
+		if validLabel(svc) {
+			served(strings.ToLower(svc)+".warren.local.", vip)
+			served("tasks."+strings.ToLower(svc)+".warren.local.", tip)
+		} else {
+			wantProblems += 2 // the service and its tasks name
+		}
+		switch {
+		case !validLabel(task):
+			wantProblems++
+		case validLabel(svc) && strings.EqualFold(svc, task):
+			wantProblems++ // the service keeps the name
+		default:
+			served(strings.ToLower(task)+".warren.local.", tip)
+		}
+		if len(problems) != wantProblems {
+			t.Fatalf("svc %q task %q: problems %v, want %d", svc, task, problems, wantProblems)
+		}
+		// Nothing invalid made it into the zone.
+		for name := range z.names {
+			if _, ok := miekg.IsDomainName(name); !ok || strings.ToLower(name) != name {
+				t.Fatalf("zone holds %q", name)
+			}
+		}
+	})
+}
