@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 )
@@ -141,6 +143,18 @@ func translateImportedName(name string) string {
 	return name
 }
 
+// newResolver is containerd's default registry resolver (HTTPS, anonymous
+// token auth as Docker Hub wants) except that, as Docker does, a registry
+// on localhost is spoken to in plain HTTP: a board's local mirror.
+func newResolver() remotes.Resolver {
+	return docker.NewResolver(docker.ResolverOptions{
+		Hosts: docker.ConfigureDefaultRegistries(
+			docker.WithAuthorizer(docker.NewDockerAuthorizer()),
+			docker.WithPlainHTTP(docker.MatchLocalhost),
+		),
+	})
+}
+
 // ensure returns ref as an unpacked image, pulling it when it is not present.
 func (s *imageStore) ensure(ctx context.Context, ref string) (client.Image, error) {
 	s.mu.Lock()
@@ -156,7 +170,7 @@ func (s *imageStore) ensure(ctx context.Context, ref string) (client.Image, erro
 	img, err := s.client.GetImage(ctx, ref)
 	if errdefs.IsNotFound(err) {
 		pullCtx, cancel := context.WithTimeout(ctx, pullTimeout)
-		img, err = s.client.Pull(pullCtx, ref, client.WithPullUnpack)
+		img, err = s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(newResolver()))
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("image %s is not present and pulling it failed: %w", ref, err)

@@ -7,14 +7,22 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/vishvananda/netlink"
 	"github.com/warren-appliance/warren/internal/testimage"
 	"github.com/warren-appliance/warren/internal/testimage/testnode"
 )
@@ -145,4 +153,109 @@ func dockerArchive(t *testing.T, ociPath, ref, to string) {
 	if err := os.WriteFile(to, out.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestPullFromRegistry pulls a task's image from a registry on localhost
+// (plain HTTP, as Docker allows there): the path a board with network
+// access takes for an image it has no tarball of.
+func TestPullFromRegistry(t *testing.T) {
+	if !testnode.Enter(t, "orchpull") {
+		return
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	n := newNode(t)
+	n.cfg.ImagesDir = t.TempDir() // no tarball: the image must be pulled
+	blobs, manifest := ociBlobs(t)
+	var pulls atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v2/", func(w http.ResponseWriter, r *http.Request) {
+		path := strings.TrimPrefix(r.URL.Path, "/v2/")
+		switch {
+		case path == "":
+			w.WriteHeader(http.StatusOK)
+		case strings.HasPrefix(path, "tools/busybox/manifests/"):
+			ref := strings.TrimPrefix(path, "tools/busybox/manifests/")
+			if ref != "v1" && ref != digest.FromBytes(manifest).String() {
+				http.NotFound(w, r)
+				return
+			}
+			pulls.Add(1)
+			serveBlob(w, r, ocispec.MediaTypeImageManifest, manifest)
+		case strings.HasPrefix(path, "tools/busybox/blobs/"):
+			d, err := digest.Parse(strings.TrimPrefix(path, "tools/busybox/blobs/"))
+			if b, ok := blobs[d]; err == nil && ok {
+				serveBlob(w, r, "application/octet-stream", b)
+				return
+			}
+			http.NotFound(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	r, _ := n.start(t)
+	spec := webTask("pulled-1", "10.0.1.2")
+	spec.Image = fmt.Sprintf("localhost:%d/tools/busybox:v1", ln.Addr().(*net.TCPAddr).Port)
+	r.Apply([]TaskSpec{spec})
+	waitFor(t, "pulled-1 running", 60*time.Second, running(r, "pulled-1"))
+	waitFor(t, "pulled-1 answers", 30*time.Second, answers("10.0.1.2", "hello-pulled-1"))
+	if pulls.Load() == 0 {
+		t.Fatal("the registry served no manifest")
+	}
+}
+
+func serveBlob(w http.ResponseWriter, r *http.Request, mediaType string, b []byte) {
+	w.Header().Set("Content-Type", mediaType)
+	w.Header().Set("Docker-Content-Digest", digest.FromBytes(b).String())
+	w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+	if r.Method != http.MethodHead {
+		w.Write(b)
+	}
+}
+
+// ociBlobs returns the busybox test image's blobs by digest and its
+// manifest.
+func ociBlobs(t *testing.T) (map[digest.Digest][]byte, []byte) {
+	t.Helper()
+	path, err := testimage.BusyboxTarball(t.TempDir(), "busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs := map[digest.Digest][]byte{}
+	var index ocispec.Index
+	tr := tar.NewReader(bytes.NewReader(data))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		if h.Name == "index.json" {
+			json.Unmarshal(b, &index)
+		}
+		if enc, ok := strings.CutPrefix(h.Name, "blobs/sha256/"); ok && enc != "" {
+			blobs[digest.NewDigestFromEncoded(digest.SHA256, enc)] = b
+		}
+	}
+	return blobs, blobs[index.Manifests[0].Digest]
 }

@@ -47,6 +47,15 @@ func newNode(t testing.TB) *node {
 	if _, err := testimage.BusyboxTarball(images, "busybox:latest"); err != nil {
 		t.Fatal(err)
 	}
+	state := t.TempDir()
+	// Tests that do not end with Cleanup leave pinned namespaces, which
+	// would keep the temp dir from being removed.
+	t.Cleanup(func() {
+		pinned, _ := filepath.Glob(filepath.Join(state, "netns", "*"))
+		for _, p := range pinned {
+			removeNetns(p)
+		}
+	})
 	return &node{d: d, cfg: Config{
 		ContainerdAddress: d.Address,
 		Namespace:         "warren",
@@ -55,7 +64,7 @@ func newNode(t testing.TB) *node {
 		Block:             netip.MustParsePrefix("10.0.1.0/24"),
 		ResolvConf:        []byte(testResolvConf),
 		StopGrace:         2 * time.Second,
-		StateDir:          t.TempDir(),
+		StateDir:          state,
 		CgroupParent:      cgroupParent,
 		Logger:            slog.New(slog.NewTextHandler(os.Stderr, nil)), // the parent shows it on failure
 	}}
