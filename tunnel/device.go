@@ -173,13 +173,19 @@ func Open(cfg Config) (*Device, error) {
 	if err := d.wg.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.hex(), cfg.ListenPort)); err != nil {
 		return nil, fmt.Errorf("configure %s: %w", cfg.Interface, err)
 	}
+	// Up before the link goes up: the link's up event makes wireguard-go
+	// call Up itself, and a failed bind there would be retried by ours on a
+	// random port (wireguard-go resets the port on failure).
+	if err := d.wg.Up(); err != nil {
+		return nil, fmt.Errorf("bring up %s on udp port %d: %w", cfg.Interface, cfg.ListenPort, err)
+	}
+	if err := d.checkListenPort(); err != nil {
+		return nil, err
+	}
 	if d.link != nil {
 		if err := d.link.configure(cfg.Address, cfg.MTU); err != nil {
 			return nil, err
 		}
-	}
-	if err := d.wg.Up(); err != nil {
-		return nil, fmt.Errorf("bring up %s: %w", cfg.Interface, err)
 	}
 
 	d.uapi, err = ipc.UAPIListen(cfg.Interface, uapiFile)
@@ -204,6 +210,25 @@ func Open(cfg Config) (*Device, error) {
 	d.log.Info("wireguard device up", "mode", d.mode, "address", cfg.Address, "listen_port", cfg.ListenPort,
 		"mtu", cfg.MTU, "public_key", d.pub.String())
 	return d, nil
+}
+
+// checkListenPort makes sure the device listens on the configured port and
+// not on the random one wireguard-go falls back to after a failed bind (as
+// when netstack's own up event raced ours); setting the port again returns
+// the bind's error.
+func (d *Device) checkListenPort() error {
+	text, err := d.wg.IpcGet()
+	if err != nil {
+		return fmt.Errorf("read %s: %w", d.cfg.Interface, err)
+	}
+	want := fmt.Sprintf("listen_port=%d\n", d.cfg.ListenPort)
+	if strings.Contains(text, want) {
+		return nil
+	}
+	if err := d.wg.IpcSet(want); err != nil {
+		return fmt.Errorf("bring up %s on udp port %d: %w", d.cfg.Interface, d.cfg.ListenPort, err)
+	}
+	return nil
 }
 
 // createTUN picks the mode and creates its tun.Device.
@@ -399,9 +424,9 @@ func (d *Device) teardown() error {
 		d.relay.close()
 	}
 	if d.uapi != nil {
-		if err := d.uapi.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			errs = append(errs, fmt.Errorf("close uapi socket: %w", err))
-		}
+		// Unlinks the socket. Its error is not ours to report: the listener's
+		// own inotify goroutine races its Close ("file already closed").
+		d.uapi.Close()
 	}
 	if d.wg != nil {
 		d.wg.Close() // closes the TUN, which removes the kernel interface

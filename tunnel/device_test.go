@@ -468,3 +468,25 @@ func TestRoamedEndpointSurvivesStaleConfig(t *testing.T) {
 		t.Fatalf("ping b->a after re-applying config:\n%s", out)
 	}
 }
+
+// TestOpenFailureLeavesNothingBehind: when the listen port is taken, Open
+// fails with the reason and removes the interface and socket it created.
+func TestOpenFailureLeavesNothingBehind(t *testing.T) {
+	tp := newTopo(t)
+	_, cb := tp.pairConfigs(t, ModeTUN, ModeTUN)
+	var squatter net.PacketConn
+	if err := withNetns(t, tp.b, func() (err error) { squatter, err = net.ListenPacket("udp", ":51820"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	_, err := tryStartNode(t, tp.b, cb)
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("open with the port taken: err = %v, want address already in use", err)
+	}
+	if out, err := inNSCmd(tp.b, "ip", "link", "show", tp.ifB).CombinedOutput(); err == nil {
+		t.Fatalf("interface left behind after failed Open:\n%s", out)
+	}
+	if _, err := os.Stat(uapiSocketPath(tp.ifB)); !os.IsNotExist(err) {
+		t.Fatalf("uapi socket left behind after failed Open: %v", err)
+	}
+}
