@@ -152,6 +152,7 @@ func Open(cfg Config) (*Device, error) {
 	ok := false
 	defer func() {
 		if !ok {
+			close(d.stop)
 			d.teardown()
 			uapiFile.Close()
 			if d.uapi == nil { // a listener would have unlinked it on close
