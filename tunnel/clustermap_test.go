@@ -17,7 +17,7 @@ func TestPeersFromMap(t *testing.T) {
 		{ID: "w1", PublicKey: k2.PublicKey().String(), Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"),
 			OverlayIP: netip.MustParseAddr("10.0.0.2"), ContainerBlock: netip.MustParsePrefix("10.0.2.0/24"), Status: clustermap.NodeDown},
 		{ID: "w2", PublicKey: k3.PublicKey().String(), OverlayIP: netip.MustParseAddr("10.0.0.3")}, // behind NAT, no block yet
-		{ID: "joining", OverlayIP: netip.MustParseAddr("10.0.0.4")},                                 // no key yet
+		{ID: "joining", OverlayIP: netip.MustParseAddr("10.0.0.4")},                                // no key yet
 	}}
 	peers, err := PeersFromMap(m, "self", 0)
 	if err != nil {
