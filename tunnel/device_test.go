@@ -22,6 +22,8 @@ import (
 func TestTwoDevicesPingTCPAndWgShow(t *testing.T) {
 	tp := newTopo(t)
 	ca, cb := tp.pairConfigs(t, ModeTUN, ModeTUN)
+	// Forwards also work in tun mode, dialling through the kernel route.
+	ca.Forwards = []Forward{{Proto: "tcp", Listen: netip.MustParseAddrPort("127.0.0.1:9100"), Target: netip.MustParseAddrPort("10.0.0.2:7000")}}
 	a := startNode(t, tp.a, ca)
 	b := startNode(t, tp.b, cb)
 	if a.Mode != ModeTUN || b.Mode != ModeTUN {
@@ -35,6 +37,9 @@ func TestTwoDevicesPingTCPAndWgShow(t *testing.T) {
 	tcpEcho(t, tp.b, "10.0.0.2:7000")
 	if err := echoRoundTrip(t, tp.a, "10.0.0.2:7000", "hello through wireguard"); err != nil {
 		t.Fatalf("tcp across the tunnel: %v", err)
+	}
+	if err := echoRoundTrip(t, tp.a, "127.0.0.1:9100", "through a tun-mode forward"); err != nil {
+		t.Fatalf("tcp through the forward: %v", err)
 	}
 
 	// wg show, the real wireguard-tools binary, finds the userspace socket.
