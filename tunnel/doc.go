@@ -3,4 +3,9 @@
 // when /dev/net/tun is unavailable. It owns the node key, the UAPI socket that
 // `wg` and wgctrl talk to, the peer set (applied as a diff so live sessions
 // are never disturbed), the routes towards peers, and per-peer health.
+//
+// wireguard-go's buffers are unbounded on Linux; the device bounds the
+// packets it holds per direction (Config.QueuedPackets). For the RSS figures
+// in BENCHMARKS.md the process also needs a Go memory limit: call
+// SetMemoryLimitUnlessSet(64 << 20) from main or set GOMEMLIMIT.
 package tunnel
