@@ -1,8 +1,10 @@
 package orchestrate
 
 import (
+	"context"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +172,43 @@ func TestTrimLog(t *testing.T) {
 	}
 	if st, _ := os.Stat(f.log()); st.Size() != 0 {
 		t.Fatalf("big log not trimmed: %d", st.Size())
+	}
+}
+
+// TestApplyStatus checks what Status says between Apply and the loop's
+// next pass; no containerd is needed (the client connects lazily).
+func TestApplyStatus(t *testing.T) {
+	r, err := New(context.Background(), Config{
+		ContainerdAddress: filepath.Join(t.TempDir(), "nobody.sock"),
+		StateDir:          t.TempDir(),
+		Block:             netip.MustParsePrefix("10.0.1.0/24"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	web := TaskSpec{Name: "web-1", Service: "web", Image: "nginx:1", IP: netip.MustParseAddr("10.0.1.2")}
+	r.Apply([]TaskSpec{web})
+	st := r.Status()
+	if len(st) != 1 || st[0] != (TaskStatus{Name: "web-1", State: "pending", Image: "nginx:1"}) {
+		t.Fatalf("status after Apply: %+v", st)
+	}
+
+	// Pretend a pass ran it; the same spec again keeps what is known.
+	r.setState(web, "running", "")
+	r.Apply([]TaskSpec{web})
+	if st := r.Status(); st[0].State != "running" {
+		t.Fatalf("re-Apply of the same spec lost the state: %+v", st)
+	}
+	// A new image starts over, and says which image it is about.
+	web.Image = "nginx:2"
+	r.Apply([]TaskSpec{web})
+	if st := r.Status(); st[0].State != "pending" || st[0].Image != "nginx:2" {
+		t.Fatalf("status after an image change: %+v", st)
+	}
+	r.Apply(nil)
+	if st := r.Status(); len(st) != 1 || st[0].State != "pending" {
+		// Removal is the loop's job: until it ran, the task is still there.
+		t.Fatalf("status right after removal from the list: %+v", st)
 	}
 }

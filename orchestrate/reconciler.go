@@ -306,6 +306,19 @@ func (r *Reconciler) converge(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
+	// Tasks dropped from the list that never had a container (their image
+	// never came) are shut down too. r.desired, not the snapshot: a task
+	// added by an Apply since must not be marked.
+	r.mu.Lock()
+	for name, rec := range r.records {
+		_, want := r.desired[name]
+		_, has := existing[name]
+		if !want && !has && rec.removedAt.IsZero() {
+			rec.status.State, rec.status.Error = clustermap.TaskShutdown, ""
+			rec.removedAt = time.Now()
+		}
+	}
+	r.mu.Unlock()
 
 	ipOwner := map[string]string{}
 	names := make([]string, 0, len(desired))

@@ -505,6 +505,12 @@ func TestReconciler(t *testing.T) {
 		late := webTask("late-1", "10.0.1.10")
 		late.Image = "example.org/late:v2"
 		r2.Apply([]TaskSpec{web1, late})
+		waitFor(t, "bad-1, dropped from the list, reported shut down", 30*time.Second, func() error {
+			if s, _ := statusOf(r2, "bad-1"); s.State != clustermap.TaskShutdown {
+				return fmt.Errorf("%+v", s)
+			}
+			return nil
+		})
 		waitFor(t, "late-1 waits for its image", 60*time.Second, func() error {
 			if s, _ := statusOf(r2, "late-1"); s.State != clustermap.TaskFailed {
 				return fmt.Errorf("%+v", s)
