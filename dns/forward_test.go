@@ -489,3 +489,24 @@ func TestForwardKeepsEDNSAndTruncatesForClient(t *testing.T) {
 		t.Fatalf("TCP: tc=%v, %d records, want all 100", resp.Truncated, len(resp.Answer))
 	}
 }
+
+func TestIPv6ListenAndUpstream(t *testing.T) {
+	up := startFakeUpstream(t, "[::1]:0", answerA("192.0.2.66"))
+	s, addr := startServer(t, Config{Listen: []string{"[::1]:0"}, Upstreams: []string{up.addr}})
+	s.Update(sampleRecords)
+	if !s.Addrs()[0].Addr().Is6() {
+		t.Fatalf("bound %v", s.Addrs())
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		if got := aAddrs(ask(t, addr, network, "nginx.warren.local.", miekg.TypeA).Answer); len(got) != 1 {
+			t.Fatalf("%s local answer over IPv6: %v", network, got)
+		}
+		if got := aAddrs(ask(t, addr, network, "example.com.", miekg.TypeA).Answer); len(got) != 1 || got[0].String() != "192.0.2.66" {
+			t.Fatalf("%s forwarded over IPv6: %v", network, got)
+		}
+	}
+	got, err := Resolve(t.Context(), addr, "nginx-1.warren.local")
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Resolve over IPv6: %v, %v", got, err)
+	}
+}
