@@ -401,6 +401,9 @@ func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
 func (r *Reconciler) markRemoved(name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, wanted := r.desired[name]; wanted {
+		return // an Apply during the removal wants it back: its record is fresh
+	}
 	r.records[name] = &taskRecord{
 		status:    TaskStatus{Name: name, State: clustermap.TaskShutdown},
 		removedAt: time.Now(),
