@@ -108,7 +108,19 @@ func startPlainServer(t testing.TB, listen string, h miekg.Handler) string {
 	return ap.String()
 }
 
-// seen reports whether the upstream received a query for name.
+// forget drops the record of the queries received so far.
+func (fu *fakeUpstream) forget() {
+	for {
+		select {
+		case <-fu.names:
+		default:
+			return
+		}
+	}
+}
+
+// seen reports whether the upstream received a query for name since the
+// last forget (consuming the record up to that query).
 func (fu *fakeUpstream) seen(name string) bool {
 	for {
 		select {
