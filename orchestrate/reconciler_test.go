@@ -543,6 +543,45 @@ func TestReconciler(t *testing.T) {
 		}
 	})
 
+	t.Run("after a reboot the tasks come back with their network", func(t *testing.T) {
+		stop2()
+		// What a power cut leaves: containers in containerd's store, but no
+		// processes, no veths, and netns files that are plain files.
+		for _, name := range []string{"web-1", "late-1"} {
+			if _, err := n.d.Ctr("-n", "warren", "tasks", "kill", "-s", "SIGKILL", name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, "tasks stopped", 30*time.Second, func() error {
+			out, err := n.d.Ctr("-n", "warren", "tasks", "list")
+			if err != nil || strings.Contains(out, "RUNNING") {
+				return fmt.Errorf("%v %s", err, out)
+			}
+			return nil
+		})
+		for _, name := range []string{"web-1", "late-1"} {
+			if _, err := n.d.Ctr("-n", "warren", "tasks", "delete", name); err != nil {
+				t.Fatal(err)
+			}
+			if l, err := netlink.LinkByName(hostVethName(name)); err == nil {
+				netlink.LinkDel(l)
+			}
+			if err := removeNetns(filepath.Join(n.cfg.StateDir, "netns", name)); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(n.cfg.StateDir, "netns", name), nil, 0o444); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r3, stop3 := n.start(outer)
+		moved := webTask("late-1", "10.0.1.11")
+		moved.Image = "example.org/late:v2"
+		r3.Apply([]TaskSpec{web1, moved})
+		waitFor(t, "web-1 answers after the reboot", 60*time.Second, answers("10.0.1.2", "hello-web-1"))
+		waitFor(t, "late-1 answers after the reboot", 60*time.Second, answers("10.0.1.11", "hello-late-1"))
+		stop3()
+	})
+
 	t.Run("cleanup removes everything", func(t *testing.T) {
 		stop2() // --cleanup runs with the daemon stopped, on a fresh reconciler
 		r3, err := New(context.Background(), n.cfg)
