@@ -7,8 +7,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
@@ -22,6 +25,9 @@ type network struct {
 	overlay string
 	block   netip.Prefix
 	nsDir   string
+
+	detectOnce sync.Once
+	iptCommand string // iptables variant in use, detected on first use
 }
 
 const ipForwardSysctl = "/proc/sys/net/ipv4/ip_forward"
@@ -87,18 +93,79 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 	return link, nil
 }
 
-func newIPTables() (*iptables.IPTables, error) {
-	ipt, err := iptables.New(iptables.Timeout(5))
+func (n *network) iptables() (*iptables.IPTables, error) {
+	n.detectOnce.Do(func() { n.iptCommand = detectIPTables() })
+	ipt, err := iptables.New(iptables.Path(n.iptCommand), iptables.Timeout(5))
 	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+		return nil, fmt.Errorf("%s: %w", n.iptCommand, err)
 	}
 	return ipt, nil
+}
+
+// detectIPTables finds the iptables variant the host already uses: rules
+// in the other backend would not see ours (a DROP policy there still
+// drops what we accept). The one holding our chain when exactly one does
+// (a restart), else the one with more rules, as kube-proxy's
+// iptables-wrapper and the nat package decide; with no rules anywhere,
+// the host's default `iptables`.
+func detectIPTables() string {
+	var ours []string
+	for _, c := range []string{"iptables-nft", "iptables-legacy"} {
+		if c == "iptables-legacy" && !legacyFilterLoaded() {
+			continue // asking would create the legacy filter table
+		}
+		if path, err := exec.LookPath(c); err == nil && exec.Command(path, "-w", "5", "-t", "filter", "-S", chainForward, "1").Run() == nil {
+			ours = append(ours, c)
+		}
+	}
+	return pickIPTables(ours, countRules("iptables-nft-save"), countRules("iptables-legacy-save"))
+}
+
+// pickIPTables is detectIPTables' decision: ours lists the variants that
+// hold our chain; the counts are -1 when a variant is missing.
+func pickIPTables(ours []string, nftRules, legacyRules int) string {
+	switch {
+	case len(ours) == 1:
+		return ours[0]
+	case legacyRules > nftRules:
+		return "iptables-legacy"
+	case nftRules > legacyRules:
+		return "iptables-nft"
+	default:
+		return "iptables"
+	}
+}
+
+// legacyFilterLoaded reports whether this namespace has a legacy
+// (x_tables) filter table. thread-self: the thread's own namespace.
+func legacyFilterLoaded() bool {
+	names, err := os.ReadFile("/proc/thread-self/net/ip_tables_names")
+	return err == nil && slices.Contains(strings.Fields(string(names)), "filter")
+}
+
+// countRules is the number of rules a save tool prints, -1 if it cannot run.
+func countRules(save string) int {
+	path, err := exec.LookPath(save)
+	if err != nil {
+		return -1
+	}
+	out, err := exec.Command(path).Output()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "-A ") {
+			n++
+		}
+	}
+	return n
 }
 
 // ensureRules makes our chains hold exactly chainRules and hooks them in.
 // Chains already right are left alone, so re-running changes nothing.
 func (n *network) ensureRules() error {
-	ipt, err := newIPTables()
+	ipt, err := n.iptables()
 	if err != nil {
 		return err
 	}
@@ -166,7 +233,7 @@ func syncChain(ipt *iptables.IPTables, table, chain string, rules []ipRule) erro
 // removeHost deletes the bridge and our chains (for --cleanup).
 func (n *network) removeHost() error {
 	var errs []error
-	if ipt, err := newIPTables(); err != nil {
+	if ipt, err := n.iptables(); err != nil {
 		errs = append(errs, err)
 	} else {
 		for _, j := range jumpRules() {
@@ -245,6 +312,12 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	host, err := netlink.LinkByName(hostName)
 	if err != nil {
 		return "", fmt.Errorf("find veth %s: %w", hostName, err)
+	}
+	// Hairpin: with br_netfilter loaded (Docker loads it) a task that
+	// reaches its own VIP and draws itself is DNATed on the bridge path,
+	// and the frame must leave by the port it came in on.
+	if err := netlink.LinkSetHairpin(host, true); err != nil {
+		return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return "", fmt.Errorf("bring %s up: %w", hostName, err)
