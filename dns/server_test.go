@@ -174,6 +174,12 @@ func TestUpdateSwapsRecordsAtOnce(t *testing.T) {
 		// Outside the zone now, and no upstream configured.
 		t.Fatalf("old domain: rcode %s, want SERVFAIL (forwarded, no upstream)", miekg.RcodeToString[resp.Rcode])
 	}
+
+	// Empty records (nil maps, no domain): every name goes, the domain stays.
+	s.Update(Records{})
+	if resp := ask(t, addr, "udp", "nginx.edge.lan.", miekg.TypeA); resp.Rcode != miekg.RcodeNameError {
+		t.Fatalf("after empty update: rcode %s, want NXDOMAIN in the kept domain", miekg.RcodeToString[resp.Rcode])
+	}
 }
 
 func TestDomainServedBeforeFirstUpdate(t *testing.T) {
