@@ -79,7 +79,7 @@ func TestVIPLoadBalancesFromNodesAndTasks(t *testing.T) {
 	// From inside a task on each node, with busybox wget.
 	for _, task := range v.Tasks {
 		node := nodeByName(c, task.Node)
-		out, err := taskExec(ctx, node, task.Name, "sh", "-c", fmt.Sprintf("for i in $(seq %d); do wget -qO- -T 3 %s || echo FAIL; done", n, url))
+		out, err := taskExec(ctx, node, task.Name, "sh", "-c", fmt.Sprintf("for i in $(seq %d); do wget -qO- %s || echo FAIL; done", n, url))
 		if err != nil {
 			t.Fatal(err)
 		}
