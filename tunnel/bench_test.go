@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,7 +19,8 @@ import (
 type pathFigures struct {
 	name        string
 	mbps        float64 // iperf3 TCP, a -> b, 10 s
-	rttMs       float64 // ping median
+	rttMs       float64 // ping median, idle
+	loadedRttMs float64 // ping median during the iperf3 run
 	idleRSS     int64   // KiB, after handshake, before traffic (device a / b max)
 	afterRSS    int64   // KiB, right after the iperf3 run
 	settledRSS  int64   // KiB, 3 s after the run
@@ -69,14 +71,15 @@ func BenchmarkTunnelVsWireGuardGo(b *testing.B) {
 		up2 := measurePath(b, "wireguard-go", upstreamPair)
 		ours, upstream := meanFigures(ours1, ours2), meanFigures(up1, up2)
 		fmt.Printf("\nRSS is the larger of the two device processes (sender a, receiver b); MiB.\n")
-		fmt.Printf("%-26s %8s %8s %6s %6s %7s %7s %6s %7s\n", "setup", "Mbit/s", "RTT ms", "idle", "after", "settled", "peak", "retr", "a/b")
+		fmt.Printf("%-26s %8s %8s %9s %6s %6s %7s %7s %6s %7s\n", "setup", "Mbit/s", "RTT ms", "loaded ms", "idle", "after", "settled", "peak", "retr", "a/b")
 		for _, f := range []pathFigures{up1, ours1, nolimit, unbounded, limitOnly, ours2, up2, ours, upstream} {
-			fmt.Printf("%-26s %8.0f %8.3f %6.1f %6.1f %7.1f %7.1f %6d %3.0f/%3.0f\n", f.name, f.mbps, f.rttMs,
+			fmt.Printf("%-26s %8.0f %8.3f %9.3f %6.1f %6.1f %7.1f %7.1f %6d %3.0f/%3.0f\n", f.name, f.mbps, f.rttMs, f.loadedRttMs,
 				mib(f.idleRSS), mib(f.afterRSS), mib(f.settledRSS), mib(f.peakRSS), f.retransmits, mib(f.afterA), mib(f.afterB))
 		}
 		fmt.Println()
 		b.ReportMetric(ours.mbps/upstream.mbps, "throughput-ratio")
 		b.ReportMetric(ours.rttMs/upstream.rttMs, "rtt-ratio")
+		b.ReportMetric(ours.loadedRttMs/upstream.loadedRttMs, "loaded-rtt-ratio")
 		b.ReportMetric(float64(ours.idleRSS)/float64(upstream.idleRSS), "idle-rss-ratio")
 		b.ReportMetric(float64(ours.afterRSS)/float64(upstream.afterRSS), "after-rss-ratio")
 		b.ReportMetric(mib(ours.afterRSS), "after-rss-MiB")
@@ -94,6 +97,7 @@ func meanFigures(x, y pathFigures) pathFigures {
 		name:        x.name + " (mean)",
 		mbps:        (x.mbps + y.mbps) / 2,
 		rttMs:       (x.rttMs + y.rttMs) / 2,
+		loadedRttMs: (x.loadedRttMs + y.loadedRttMs) / 2,
 		idleRSS:     (x.idleRSS + y.idleRSS) / 2,
 		afterRSS:    (x.afterRSS + y.afterRSS) / 2,
 		settledRSS:  (x.settledRSS + y.settledRSS) / 2,
@@ -123,7 +127,16 @@ func measurePath(b *testing.B, name string, start func(tp *topo, ca, cb helperCo
 	f.idleRSS = max(rssKiB(b, pidA, "VmRSS"), rssKiB(b, pidB, "VmRSS"))
 	f.rttMs = pingMedian(b, tp.a, "10.0.0.2")
 
+	// Ping alongside the stream: how much queueing the tunnel adds under load.
+	var loadedOut bytes.Buffer
+	loadedPing := inNSCmd(tp.a, "busybox", "ping", "-c", "80", "-i", "0.1", "10.0.0.2")
+	loadedPing.Stdout = &loadedOut
+	if err := loadedPing.Start(); err != nil {
+		b.Fatal(err)
+	}
 	f.mbps, f.retransmits = iperfRun(b, tp, 10)
+	loadedPing.Wait()
+	f.loadedRttMs = medianRTT(b, loadedOut.String(), 20)
 	f.afterA, f.afterB = rssKiB(b, pidA, "VmRSS"), rssKiB(b, pidB, "VmRSS")
 	f.afterRSS = max(f.afterA, f.afterB)
 	f.peakRSS = max(rssKiB(b, pidA, "VmHWM"), rssKiB(b, pidB, "VmHWM"))
@@ -202,7 +215,13 @@ var rttSample = regexp.MustCompile(`time=([\d.]+) ms`)
 // on a shared, noisy machine.
 func pingMedian(b testing.TB, ns, addr string) float64 {
 	b.Helper()
-	out := runIn(b, ns, "busybox", "ping", "-c", "100", "-i", "0.05", addr)
+	return medianRTT(b, runIn(b, ns, "busybox", "ping", "-c", "100", "-i", "0.05", addr), 50)
+}
+
+// medianRTT parses ping's per-reply lines and returns their median; fewer
+// than minReplies replies fail the benchmark.
+func medianRTT(b testing.TB, out string, minReplies int) float64 {
+	b.Helper()
 	var rtts []float64
 	for _, m := range rttSample.FindAllStringSubmatch(out, -1) {
 		v, err := strconv.ParseFloat(m[1], 64)
@@ -210,7 +229,7 @@ func pingMedian(b testing.TB, ns, addr string) float64 {
 			rtts = append(rtts, v)
 		}
 	}
-	if len(rtts) < 50 {
+	if len(rtts) < minReplies {
 		b.Fatalf("only %d ping replies:\n%s", len(rtts), out)
 	}
 	sort.Float64s(rtts)
