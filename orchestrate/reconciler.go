@@ -363,6 +363,11 @@ func (r *Reconciler) converge(ctx context.Context) error {
 func (r *Reconciler) record(name string) *taskRecord {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.recordLocked(name)
+}
+
+// recordLocked returns name's record, making one if needed; r.mu is held.
+func (r *Reconciler) recordLocked(name string) *taskRecord {
 	rec := r.records[name]
 	if rec == nil {
 		rec = &taskRecord{status: TaskStatus{Name: name, State: clustermap.TaskPending}}
@@ -385,11 +390,7 @@ func (r *Reconciler) setState(s TaskSpec, state, errText string) {
 func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
 	name := s.Name
 	r.mu.Lock()
-	rec := r.records[name]
-	if rec == nil {
-		r.mu.Unlock()
-		return
-	}
+	rec := r.recordLocked(name)
 	rec.failures++
 	rec.retryAt = time.Now().Add(backoff(rec.failures))
 	rec.imageFailed = imageFailure
@@ -519,7 +520,7 @@ func (r *Reconciler) ensureRunning(ctx context.Context, s TaskSpec, c client.Con
 		}
 	} else {
 		r.mu.Lock()
-		waitUntil := r.records[name].retryAt
+		waitUntil := r.recordLocked(name).retryAt
 		r.mu.Unlock()
 		if time.Now().Before(waitUntil) {
 			return nil
@@ -533,7 +534,7 @@ func (r *Reconciler) ensureRunning(ctx context.Context, s TaskSpec, c client.Con
 		return nil
 	}
 	r.mu.Lock()
-	rec := r.records[name]
+	rec := r.recordLocked(name)
 	if rec.exitNoted {
 		rec.status.Restarts++
 		rec.exitNoted = false
@@ -553,7 +554,7 @@ func (r *Reconciler) noteRunning(s TaskSpec, task client.Task) {
 	name := s.Name
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec := r.records[name]
+	rec := r.recordLocked(name)
 	if rec.startedAt.IsZero() {
 		rec.startedAt = time.Now() // adopted
 	}
@@ -579,7 +580,7 @@ func (r *Reconciler) noteExit(s TaskSpec, st client.Status) bool {
 	name := s.Name
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec := r.records[name]
+	rec := r.recordLocked(name)
 	if !rec.exitNoted {
 		rec.exitNoted = true
 		rec.failures++
