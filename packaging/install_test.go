@@ -53,7 +53,10 @@ func ensureChroot(t *testing.T) string {
 		os.RemoveAll(tmp)
 		t.Fatalf("debootstrap: %v\n%s", err, out)
 	}
-	run(t, "sh", "-c", "apt-get -o Dir="+tmp+" clean 2>/dev/null; rm -rf "+tmp+"/var/cache/apt/archives/*.deb")
+	debs, _ := filepath.Glob(filepath.Join(tmp, "var/cache/apt/archives/*.deb"))
+	for _, deb := range debs {
+		os.Remove(deb)
+	}
 	if err := os.Rename(tmp, root); err != nil {
 		t.Fatal(err)
 	}
@@ -82,11 +85,10 @@ func newChroot(t *testing.T) *chroot {
 		}
 	}
 	c.fakes = filepath.Join(c.share, "fake")
-	// Stand-ins that record how the maintainer scripts drive systemd and
-	// the appliance; /tmp/calls.log is in the overlay.
+	// Stand-ins that record how the maintainer scripts drive systemd;
+	// /tmp/calls.log is in the overlay.
 	for name, script := range map[string]string{
 		"deb-systemd-invoke": recordCall,
-		"warren-appliance":   recordCall,
 		// Verbs that need a running systemd are recorded; enable, disable,
 		// preset and is-enabled go to the chroot's systemctl, which works
 		// offline in a chroot.
@@ -121,8 +123,8 @@ const (
 	// image build).
 	offline stepMode = iota
 	// booted: /run/systemd/system exists, as on a running host, and
-	// systemctl, deb-systemd-invoke and warren-appliance are the recording
-	// stand-ins from /mnt/fake (systemctl passes offline verbs through).
+	// systemctl and deb-systemd-invoke are the recording stand-ins from
+	// /mnt/fake (systemctl passes offline verbs through).
 	booted
 )
 
@@ -259,14 +261,17 @@ ls /etc/warren; test -L `+unitLink+` && echo enabled; cat /var/lib/warren/wiregu
 	}
 	c.mustSh(offline, false, "systemctl enable warren-appliance.service")
 
-	// Remove: stop, clean up while the binary exists; state and config stay.
-	out = c.mustSh(booted, false, "dpkg -r warren-appliance")
-	calls = c.calls()
-	for _, want := range []string{"deb-systemd-invoke stop warren-appliance.service",
-		"warren-appliance --cleanup --config /etc/warren/warren.toml"} {
-		if !strings.Contains(calls, want) {
-			t.Errorf("dpkg -r: want %q among calls:\n%s\ndpkg:\n%s", want, calls, out)
-		}
+	// Remove: stop, and clean up while the binary exists (the real
+	// --cleanup, in the step's own network namespace, removes a warren0
+	// made there); state and config stay.
+	out = c.mustSh(booted, true, `ip tuntap add dev warren0 mode tun
+chroot "$ROOT" /usr/bin/env -i HOME=/root LC_ALL=C PATH="$CHROOT_PATH" dpkg -r warren-appliance
+ip link show warren0 >/dev/null 2>&1 && echo warren0-left || echo warren0-removed`)
+	if calls := c.calls(); !strings.Contains(calls, "deb-systemd-invoke stop warren-appliance.service") {
+		t.Errorf("dpkg -r did not stop the service; calls:\n%s\ndpkg:\n%s", calls, out)
+	}
+	if !strings.Contains(out, "warren0-removed") || strings.Contains(out, "--cleanup failed") {
+		t.Errorf("dpkg -r did not clean up warren0:\n%s", out)
 	}
 	got = c.mustSh(offline, false, "ls /usr/bin/warren-appliance 2>&1 || true; ls /var/lib/warren /etc/warren")
 	for _, want := range []string{"No such file", "wireguard.key", "warren.toml"} {
@@ -317,9 +322,15 @@ stat -c '%n %a' /var/lib/warren /etc/warren/warren.toml; warren-appliance --vers
 		t.Errorf("upgrade wrote .rpmnew beside an unchanged %%config(noreplace):\n%s", got)
 	}
 
-	// Erase: disabled, binaries gone, the edited config saved, the node's
-	// keys kept (rpm has no purge; see README).
-	c.mustSh(offline, true, rpm+"-e warren-appliance")
+	// Erase: cleaned up (a warren0 in the step's namespace is removed),
+	// disabled, binaries gone, the edited config saved, the node's keys
+	// kept (rpm has no purge; see README).
+	out := c.mustSh(offline, true, `ip tuntap add dev warren0 mode tun
+rpm --root "$ROOT" -e warren-appliance
+ip link show warren0 >/dev/null 2>&1 && echo warren0-left || echo warren0-removed`)
+	if !strings.Contains(out, "warren0-removed") || strings.Contains(out, "--cleanup failed") {
+		t.Errorf("rpm -e did not clean up warren0:\n%s", out)
+	}
 	got = c.mustSh(offline, false, `test -L `+unitLink+` && echo enabled || echo disabled
 ls /usr/bin/warren-appliance /usr/lib/systemd/system/warren-appliance.service 2>&1 || true
 ls /etc/warren; cat /var/lib/warren/wireguard.key`)
