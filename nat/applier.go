@@ -136,9 +136,14 @@ func detectCommand() string {
 		return "iptables-legacy"
 	case nft > legacy:
 		return "iptables-nft"
-	default:
-		return "iptables"
 	}
+	// No rules anywhere: the host's default, or whichever variant exists.
+	for _, c := range []string{"iptables", "iptables-nft", "iptables-legacy"} {
+		if _, err := exec.LookPath(c); err == nil {
+			return c
+		}
+	}
+	return "iptables" // NewApplier reports it missing
 }
 
 // loadedLegacyTables are the tables of ours this namespace has in legacy
