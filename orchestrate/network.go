@@ -287,6 +287,14 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	}
 	hostName := hostVethName(task)
 	if n.taskLinkComplete(h, br, hostName, ip) {
+		// Ports made before hairpin mode was set here get it now.
+		if host, err := netlink.LinkByName(hostName); err == nil {
+			if pi, err := netlink.LinkGetProtinfo(host); err == nil && !pi.Hairpin {
+				if err := netlink.LinkSetHairpin(host, true); err != nil {
+					return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
+				}
+			}
+		}
 		return path, nil
 	}
 

@@ -297,6 +297,15 @@ func TestReconciler(t *testing.T) {
 		if _, err := n.execIn("web-1", "sh", "-c", "echo x > /etc/resolv.conf"); err == nil {
 			t.Fatal("resolv.conf is writable inside the task")
 		}
+		for _, name := range []string{"web-1", "web-2"} {
+			host, err := netlink.LinkByName(hostVethName(name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pi, err := netlink.LinkGetProtinfo(host); err != nil || !pi.Hairpin {
+				t.Fatalf("bridge port of %s: hairpin off (%v)", name, err)
+			}
+		}
 		out, err = n.execIn("web-1", "ip", "route")
 		if err != nil || !strings.Contains(out, "default via 10.0.1.1 dev eth0") {
 			t.Fatalf("routes: %q %v", out, err)
