@@ -366,3 +366,29 @@ func diffLines(a, b string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// rpm runs scriptlets with its own PATH, so the install test above cannot
+// see what they do on a running system; here each one runs in the chroot
+// with systemd "booted" and the recording systemctl.
+func TestRPMScriptletsOnRunningSystem(t *testing.T) {
+	c := newChroot(t)
+	for _, s := range []string{"post", "preun", "postun"} {
+		c.put(filepath.Join(repoRoot, "packaging/scripts/rpm", s), "rpm-"+s)
+	}
+	for _, tc := range []struct {
+		script, arg string
+		want        string // the calls, in order
+	}{
+		{"post", "1", "systemctl enable warren-appliance.service\n"},
+		{"post", "2", "systemctl daemon-reload\nsystemctl try-restart warren-appliance.service\n"},
+		{"preun", "1", ""},
+		{"preun", "0", "systemctl stop warren-appliance.service\nsystemctl disable warren-appliance.service\n"},
+		{"postun", "1", ""},
+		{"postun", "0", "systemctl daemon-reload\n"},
+	} {
+		c.mustSh(booted, false, "sh /mnt/rpm-"+tc.script+" "+tc.arg)
+		if got := c.calls(); got != tc.want {
+			t.Errorf("%%%s with $1=%s called:\n%s\nwant:\n%s", tc.script, tc.arg, got, tc.want)
+		}
+	}
+}
