@@ -55,6 +55,10 @@ func TestImportTarballs(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(images, "notes.txt"), []byte("not an image"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A broken tarball (a copy cut short) is skipped, the others still load.
+	if err := os.WriteFile(filepath.Join(images, "broken.tar"), []byte("truncated"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	c, err := client.New(d.Address)
 	if err != nil {
