@@ -125,8 +125,11 @@ func planService(s Service, ctx planContext) ruleset {
 		if len(endpoints) == 0 {
 			// No endpoint: refuse at once (ICMP port unreachable, which a
 			// TCP client sees as connection refused) instead of letting
-			// clients time out.
-			rs.add("filter", chainServices, fmt.Sprintf(`%s -m comment --comment %q -j REJECT`, vipMatch, name+" has no endpoints"))
+			// clients time out. Declared ports are covered by the VIP's
+			// catch-all below.
+			if proto == protoAll {
+				rs.add("filter", chainServices, fmt.Sprintf(`%s -m comment --comment %q -j REJECT`, vipMatch, name+" has no endpoints"))
+			}
 			if p.Published != 0 {
 				for _, dst := range ctx.localDst {
 					rs.add("filter", chainExternal, fmt.Sprintf(`%s -p %s -m %s --dport %d -m comment --comment %q -j REJECT`,
@@ -184,6 +187,17 @@ func planService(s Service, ctx planContext) ruleset {
 				fmt.Sprintf(`-m comment --comment %q -j %s`, "masquerade published traffic", chainMarkMasq),
 				"-j "+svc)
 		}
+	}
+	if len(s.Ports) > 0 {
+		// Traffic to the VIP that was not DNATed (a port the service does
+		// not have, or no endpoints at all) is refused rather than routed
+		// nowhere: DNATed packets no longer carry the VIP when filter sees
+		// them.
+		why := s.Name + " has no other ports"
+		if len(endpoints) == 0 {
+			why = s.Name + " has no endpoints"
+		}
+		rs.add("filter", chainServices, fmt.Sprintf(`-d %s/32 -m comment --comment %q -j REJECT`, s.VIP, why))
 	}
 	return rs
 }

@@ -397,6 +397,8 @@ func TestTraffic(t *testing.T) {
 			{lab.node, netip.AddrPortFrom(labEmptyVIP, 80)},    // filter OUTPUT
 			{lab.client, netip.AddrPortFrom(labEmptyVIP, 80)},  // filter FORWARD
 			{lab.client, netip.AddrPortFrom(labNodeLAN, 8082)}, // filter INPUT, published
+			{lab.node, netip.AddrPortFrom(labVIP, 81)},         // a port the service does not have
+			{lab.client, netip.AddrPortFrom(labVIP, 81)},
 		} {
 			_, err := dialIn(c.from, "tcp4", c.to)
 			if !errors.Is(err, syscall.ECONNREFUSED) {
