@@ -8,9 +8,11 @@
 // that chain picks an endpoint chain WARREN-SEP-* at random (or by client
 // affinity), which DNATs to the endpoint. Published ports are matched in
 // WARREN-NODEPORTS on this node's own addresses. Marked traffic is
-// masqueraded in WARREN-POSTROUTING. In the filter table, service ports
-// without endpoints are REJECTed so clients fail fast instead of timing out,
-// and forwarded traffic of DNATed connections is accepted (WARREN-FORWARD).
+// masqueraded in WARREN-POSTROUTING. In the filter table, new connections
+// to a VIP that were not DNATed (no endpoints, or a port the service does
+// not have) and to published ports without endpoints are REJECTed, so
+// clients fail fast instead of timing out; forwarded traffic of DNATed
+// connections is accepted (WARREN-FORWARD).
 //
 // Requirements on the rest of the node: VIPs must be routable (the host
 // needs a route for the VIP subnet, e.g. via the overlay or the bridge,
