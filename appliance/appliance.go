@@ -22,6 +22,9 @@ import (
 // SocketPath is where the CLI finds the daemon.
 const SocketPath = "/run/warren/warren.sock"
 
+// memoryLimit is the daemon's default soft Go memory limit.
+const memoryLimit = 64 << 20
+
 // NewLogger returns the daemon's logger at the configured level.
 func NewLogger(level string) *slog.Logger {
 	var l slog.Level
@@ -35,6 +38,11 @@ func NewLogger(level string) *slog.Logger {
 func Run(ctx context.Context, cfg *configs.Loaded) error {
 	log := NewLogger(cfg.Log.Level)
 	slog.SetDefault(log)
+	// A soft heap limit keeps a busy tunnel within a 512 MB board's means
+	// (tunnel/BENCHMARKS.md); GOMEMLIMIT in the environment overrides it.
+	if tunnel.SetMemoryLimitUnlessSet(memoryLimit) {
+		log.Debug("go memory limit set", "bytes", memoryLimit)
+	}
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}

@@ -192,54 +192,27 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		return fmt.Errorf("iptables: %w", err)
 	}
 
-	go n.startDNS(ctx)
+	// FreeBind: the bridge address appears with the task reconciler's
+	// first pass; the resolver must not wait for it.
+	srv, err := dns.NewServer(dns.Config{
+		Listen:   []string{netip.AddrPortFrom(n.bridgeIP(), 53).String()},
+		Domain:   cfg.Network.DNSDomain,
+		FreeBind: true,
+		Logger:   n.log.With("component", "dns"),
+	})
+	if err != nil {
+		return fmt.Errorf("dns: %w", err)
+	}
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("dns on %s:53: %w", n.bridgeIP(), err)
+	}
+	n.dns = srv
 	return nil
 }
 
-// startDNS serves DNS on the bridge address once the task reconciler has
-// created the bridge (its first pass), retrying until then.
-func (n *node) startDNS(ctx context.Context) {
-	listen := netip.AddrPortFrom(n.bridgeIP(), 53).String()
-	for attempt := 0; ; attempt++ {
-		srv, err := dns.NewServer(dns.Config{
-			Listen: []string{listen},
-			Domain: n.cfg.Network.DNSDomain,
-			Logger: n.log.With("component", "dns"),
-		})
-		if err == nil {
-			err = srv.Start()
-			if err != nil {
-				srv.Close()
-			}
-		}
-		if err == nil {
-			n.mu.Lock()
-			n.dns = srv
-			m := n.last
-			n.mu.Unlock()
-			if m != nil {
-				srv.Update(dns.RecordsFromMap(m))
-			}
-			n.log.Info("dns up", "listen", listen, "domain", n.cfg.Network.DNSDomain)
-			return
-		}
-		if attempt == 10 {
-			n.log.Warn("dns not up yet, still trying", "listen", listen, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
-}
-
 func (n *node) stopReconcilers() {
-	n.mu.Lock()
-	srv := n.dns
-	n.mu.Unlock()
-	if srv != nil {
-		srv.Close()
+	if n.dns != nil {
+		n.dns.Close()
 	}
 	// Tasks and NAT rules stay: running services keep serving while the
 	// appliance restarts or upgrades (KillMode=process), and the next start
@@ -271,12 +244,7 @@ func (n *node) apply(m *clustermap.Map) {
 	if err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions()); err != nil {
 		n.log.Error("applying service rules", "err", err, "map_version", m.Version)
 	}
-	n.mu.Lock()
-	srv := n.dns
-	n.mu.Unlock()
-	if srv != nil {
-		srv.Update(dns.RecordsFromMap(m))
-	}
+	n.dns.Update(dns.RecordsFromMap(m))
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
 }
 
