@@ -3,6 +3,7 @@ package orchestrate
 import (
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -41,7 +42,10 @@ type imageStore struct {
 
 	mu      sync.Mutex
 	seen    map[string]fileStamp   // tarballs already handled, by path
-	refLock map[string]*sync.Mutex // one pull/unpack per ref at a time
+	refLock map[string]*sync.Mutex // one look-up/unpack per ref at a time
+	pulls   map[string]*pull       // background pulls, by ref
+
+	onPulled func() // called when a background pull ends
 }
 
 type fileStamp struct {
@@ -50,7 +54,7 @@ type fileStamp struct {
 }
 
 func newImageStore(c *client.Client, dir string, log *slog.Logger) *imageStore {
-	return &imageStore{client: c, dir: dir, log: log, seen: map[string]fileStamp{}, refLock: map[string]*sync.Mutex{}}
+	return &imageStore{client: c, dir: dir, log: log, seen: map[string]fileStamp{}, refLock: map[string]*sync.Mutex{}, pulls: map[string]*pull{}}
 }
 
 func isImageTarball(name string) bool {
@@ -155,7 +159,20 @@ func newResolver() remotes.Resolver {
 	})
 }
 
-// ensure returns ref as an unpacked image, pulling it when it is not present.
+// errPulling says a pull of the image is under way: the task waits for it
+// without holding up the rest of the pass.
+var errPulling = errors.New("pulling image")
+
+// pull is one background registry pull.
+type pull struct {
+	done bool
+	err  error
+}
+
+// ensure returns ref as an unpacked image. An image that is not present is
+// pulled in the background: ensure returns errPulling until the pull ends
+// (then onPulled is called), then the pull's error once, so the caller's
+// next attempt starts a fresh pull.
 func (s *imageStore) ensure(ctx context.Context, ref string) (client.Image, error) {
 	s.mu.Lock()
 	l := s.refLock[ref]
@@ -169,14 +186,7 @@ func (s *imageStore) ensure(ctx context.Context, ref string) (client.Image, erro
 
 	img, err := s.client.GetImage(ctx, ref)
 	if errdefs.IsNotFound(err) {
-		pullCtx, cancel := context.WithTimeout(ctx, pullTimeout)
-		img, err = s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(newResolver()))
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("image %s is not present and pulling it failed: %w", ref, err)
-		}
-		s.log.Info("pulled image", "image", ref)
-		return img, nil
+		return nil, s.pullInBackground(ctx, ref)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up image %s: %w", ref, err)
@@ -191,4 +201,41 @@ func (s *imageStore) ensure(ctx context.Context, ref string) (client.Image, erro
 		}
 	}
 	return img, nil
+}
+
+// pullInBackground starts or follows the pull of ref; it returns
+// errPulling while one runs and the outcome of a failed one once.
+func (s *imageStore) pullInBackground(ctx context.Context, ref string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.pulls[ref]; p != nil {
+		if !p.done {
+			return errPulling
+		}
+		delete(s.pulls, ref)
+		if p.err != nil {
+			return p.err
+		}
+		// Pulled, yet gone again (removed meanwhile): pull anew.
+	}
+	p := &pull{}
+	s.pulls[ref] = p
+	s.log.Info("pulling image", "image", ref)
+	go func() {
+		pullCtx, cancel := context.WithTimeout(ctx, pullTimeout)
+		_, err := s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(newResolver()))
+		cancel()
+		if err != nil {
+			err = fmt.Errorf("image %s is not present and pulling it failed: %w", ref, err)
+		} else {
+			s.log.Info("pulled image", "image", ref)
+		}
+		s.mu.Lock()
+		p.done, p.err = true, err
+		s.mu.Unlock()
+		if s.onPulled != nil {
+			s.onPulled()
+		}
+	}()
+	return errPulling
 }

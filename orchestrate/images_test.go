@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/vishvananda/netlink"
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/internal/testimage"
 	"github.com/warren-appliance/warren/internal/testimage/testnode"
 )
@@ -177,9 +179,22 @@ func TestPullFromRegistry(t *testing.T) {
 	n.cfg.ImagesDir = t.TempDir() // no tarball: the image must be pulled
 	blobs, manifest := ociBlobs(t)
 	var pulls atomic.Int32
+	// tools/slow serves the same image once release is closed: a pull
+	// that takes as long as the test wants.
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v2/", func(w http.ResponseWriter, r *http.Request) {
 		path := strings.TrimPrefix(r.URL.Path, "/v2/")
+		if rest, ok := strings.CutPrefix(path, "tools/slow/"); ok {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+			path = "tools/busybox/" + rest
+		}
 		switch {
 		case path == "":
 			w.WriteHeader(http.StatusOK)
@@ -211,14 +226,31 @@ func TestPullFromRegistry(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 
 	r, _ := n.start(t)
+	port := ln.Addr().(*net.TCPAddr).Port
+	slow := webTask("slow-1", "10.0.1.3")
+	slow.Image = fmt.Sprintf("localhost:%d/tools/slow:v1", port)
+	r.Apply([]TaskSpec{slow})
+	waitFor(t, "slow-1 pulling", 30*time.Second, func() error {
+		if s, _ := statusOf(r, "slow-1"); s.State != clustermap.TaskStarting {
+			return fmt.Errorf("%+v", s)
+		}
+		return nil
+	})
+
+	// While that pull hangs, other tasks still start.
 	spec := webTask("pulled-1", "10.0.1.2")
-	spec.Image = fmt.Sprintf("localhost:%d/tools/busybox:v1", ln.Addr().(*net.TCPAddr).Port)
-	r.Apply([]TaskSpec{spec})
-	waitFor(t, "pulled-1 running", 60*time.Second, running(r, "pulled-1"))
-	waitFor(t, "pulled-1 answers", 30*time.Second, answers("10.0.1.2", "hello-pulled-1"))
+	spec.Image = fmt.Sprintf("localhost:%d/tools/busybox:v1", port)
+	r.Apply([]TaskSpec{slow, spec})
+	waitFor(t, "pulled-1 answers", 60*time.Second, answers("10.0.1.2", "hello-pulled-1"))
 	if pulls.Load() == 0 {
 		t.Fatal("the registry served no manifest")
 	}
+	if s, _ := statusOf(r, "slow-1"); s.State == clustermap.TaskRunning {
+		t.Fatalf("slow-1 running before its image was served: %+v", s)
+	}
+
+	releaseOnce.Do(func() { close(release) })
+	waitFor(t, "slow-1 answers once its pull ends", 60*time.Second, answers("10.0.1.3", "hello-slow-1"))
 }
 
 func serveBlob(w http.ResponseWriter, r *http.Request, mediaType string, b []byte) {

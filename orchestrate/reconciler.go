@@ -20,7 +20,7 @@ import (
 
 // Loop timing.
 const (
-	imageScanInterval = 2 * time.Second  // airgap dir poll; also retries a failed pass
+	imageScanInterval = 2 * time.Second  // airgap dir poll
 	resyncInterval    = 10 * time.Second // full pass even without events
 	failedPassRetry   = time.Second      // a failed pass (containerd down) is retried after this
 	firstBackoff      = 500 * time.Millisecond
@@ -78,7 +78,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		return nil, fmt.Errorf("orchestrate: containerd client for %s: %w", cfg.ContainerdAddress, err)
 	}
 	log := cfg.Logger.With("component", "orchestrate")
-	return &Reconciler{
+	r := &Reconciler{
 		cfg:    cfg,
 		log:    log,
 		client: c,
@@ -91,7 +91,9 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		wake:    make(chan struct{}, 1),
 		desired: map[string]TaskSpec{},
 		records: map[string]*taskRecord{},
-	}, nil
+	}
+	r.images.onPulled = r.poke
+	return r, nil
 }
 
 // Close releases the containerd connection.
@@ -153,8 +155,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	if _, err := r.images.importNew(ctx); err != nil {
 		r.log.Warn("image import", "err", err)
 	}
-	scan := time.NewTicker(imageScanInterval)
-	defer scan.Stop()
+	// Later tarballs are imported beside the loop: a big one on a slow
+	// board must not hold up restarts.
+	go r.watchImages(ctx)
+	resync := time.NewTicker(resyncInterval)
+	defer resync.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
 	lastPass := time.Time{}
@@ -182,7 +187,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 		wait := r.untilNextRetry()
 		if applied && dirty {
-			wait = max(wait, failedPassRetry) // the pass failed: do not spin
+			wait = failedPassRetry // the pass failed (containerd down?): retry, without spinning
 		}
 		retry.Reset(wait)
 		select {
@@ -192,18 +197,32 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			dirty = true
 		case <-retry.C:
 			dirty = true
+		case <-resync.C:
+			if time.Since(lastPass) >= resyncInterval || !applied {
+				dirty = true
+			}
+		}
+	}
+}
+
+// watchImages polls the images dir for new tarballs and lets tasks waiting
+// for an image retry once one is imported.
+func (r *Reconciler) watchImages(ctx context.Context) {
+	scan := time.NewTicker(imageScanInterval)
+	defer scan.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
 		case <-scan.C:
-			n, err := r.images.importNew(ctx)
-			if err != nil {
-				r.log.Warn("image import", "err", err)
-			}
-			if n > 0 {
-				r.retryImageFailures()
-				dirty = true
-			}
-			if time.Since(lastPass) >= resyncInterval {
-				dirty = true
-			}
+		}
+		n, err := r.images.importNew(ctx)
+		if err != nil {
+			r.log.Warn("image import", "err", err)
+		}
+		if n > 0 {
+			r.retryImageFailures()
+			r.poke()
 		}
 	}
 }
@@ -454,6 +473,9 @@ func (r *Reconciler) ensureTask(ctx context.Context, s TaskSpec, c client.Contai
 		}
 		r.setState(s, clustermap.TaskStarting, "")
 		img, err := r.images.ensure(ctx, ref)
+		if errors.Is(err, errPulling) {
+			return nil // the pull's end wakes the loop
+		}
 		if err != nil {
 			r.fail(s, err, true)
 			return nil
