@@ -160,6 +160,8 @@ type node struct {
 	mu     sync.Mutex
 	last   *clustermap.Map
 	images map[string]string // task -> image last given to the task reconciler
+	// natFailed: the last rule sync failed and must be retried.
+	natFailed bool
 }
 
 func (n *node) bridgeIP() netip.Addr { return n.self.ContainerBlock.Addr().Next() }
@@ -241,11 +243,21 @@ func (n *node) apply(m *clustermap.Map) {
 	n.images = images
 	n.mu.Unlock()
 	n.orch.Apply(specs)
-	if err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions()); err != nil {
-		n.log.Error("applying service rules", "err", err, "map_version", m.Version)
-	}
+	n.syncNAT(m)
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+}
+
+// syncNAT applies m's service rules; a failure is retried by the canary
+// loop, since the next map may be long in coming.
+func (n *node) syncNAT(m *clustermap.Map) {
+	err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions())
+	if err != nil {
+		n.log.Error("applying service rules", "err", err, "map_version", m.Version)
+	}
+	n.mu.Lock()
+	n.natFailed = err != nil
+	n.mu.Unlock()
 }
 
 func (n *node) natOptions() nat.Options {
@@ -296,7 +308,8 @@ func (n *node) status() cluster.NodeStatus {
 }
 
 // canaryLoop re-applies the NAT rules when someone flushed them (a firewall
-// script, `iptables -F`), as kube-proxy's canary chain does.
+// script, `iptables -F`), as kube-proxy's canary chain does, or when the
+// last sync failed.
 func (n *node) canaryLoop(ctx context.Context) {
 	t := time.NewTicker(canaryInterval)
 	defer t.Stop()
@@ -310,11 +323,14 @@ func (n *node) canaryLoop(ctx context.Context) {
 		if m == nil {
 			continue
 		}
+		n.mu.Lock()
+		failed := n.natFailed
+		n.mu.Unlock()
 		if missing, err := n.nat.CanaryMissing(); err == nil && missing {
 			n.log.Warn("service rules were flushed by someone else; restoring them")
-			if err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions()); err != nil {
-				n.log.Error("restoring service rules", "err", err)
-			}
+			n.syncNAT(m)
+		} else if failed {
+			n.syncNAT(m)
 		}
 	}
 }

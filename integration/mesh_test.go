@@ -46,6 +46,20 @@ func TestClusterFormsFullMesh(t *testing.T) {
 			t.Errorf("node ls: %+v, want overlay %s block %s ready", n, w[0], w[1])
 		}
 	}
+	// `warren node ls` shows the manager's last handshake with each worker
+	// (reported with the heartbeat, so it may take one report interval).
+	eventually(t, 30*time.Second, "node ls shows handshakes with the workers", func() error {
+		out, err := c.Manager.Exec(ctx, "warren", "node", "ls")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "worker-") && !strings.HasSuffix(strings.TrimSpace(line), "ago") {
+				return fmt.Errorf("no handshake yet: %q", line)
+			}
+		}
+		return nil
+	})
 	overlay := map[string]string{"manager-1": "10.0.0.1", "worker-1": "10.0.0.2", "worker-2": "10.0.0.3"}
 	for _, n := range c.Nodes() {
 		for name, ip := range overlay {

@@ -26,15 +26,27 @@ func addNodeCommands(root *cobra.Command) {
 			if asJSON(cmd) {
 				return printJSON(cmd.OutOrStdout(), nodes)
 			}
-			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "NAME\tROLE\tSTATUS\tOVERLAY IP\tCONTAINER BLOCK\tENDPOINT\tTASKS\tLAST SEEN")
+			// LAST HANDSHAKE is this manager's WireGuard handshake with each
+			// node, from its own tunnel report.
+			handshakes := map[string]time.Time{}
 			for _, n := range nodes {
-				name := n.Name
 				if n.Self {
-					name += " *"
+					for _, p := range n.Tunnel {
+						handshakes[p.PublicKey] = p.LastHandshake
+					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", name, n.Role, n.Status, n.OverlayIP,
-					n.ContainerBlock, n.Endpoint, n.Tasks, ago(n.LastSeen))
+			}
+			tw := newTable(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "NAME\tROLE\tSTATUS\tOVERLAY IP\tCONTAINER BLOCK\tENDPOINT\tTASKS\tLAST SEEN\tLAST HANDSHAKE")
+			for _, n := range nodes {
+				name, hs := n.Name, "never"
+				if n.Self {
+					name, hs = name+" *", "-"
+				} else if t := handshakes[n.PublicKey]; !t.IsZero() {
+					hs = ago(t)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", name, n.Role, n.Status, n.OverlayIP,
+					n.ContainerBlock, n.Endpoint, n.Tasks, ago(n.LastSeen), hs)
 			}
 			return tw.Flush()
 		},
