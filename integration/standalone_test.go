@@ -89,6 +89,43 @@ func TestStandalonePairPingsAndWgShow(t *testing.T) {
 	if out, err := a.Exec(ctx, "ip", "link", "show", "warren0"); err != nil || !strings.Contains(out, "mtu 1420") {
 		t.Errorf("ip link show warren0: %q %v", out, err)
 	}
+	// SIGHUP re-reads the peers: a new third peer appears, and the session
+	// with b is not disturbed (same handshake time, traffic still flows).
+	third, err := a.Exec(ctx, "wg", "genkey")
+	if err != nil {
+		t.Fatal(err)
+	}
+	thirdPub, err := a.Sh(ctx, "echo "+trim(third)+" | wg pubkey")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := a.Exec(ctx, "wg", "show", "warren0", "latest-handshakes")
+	cfg := standaloneConfig("a", "10.0.0.1/24", keys[b], []string{b.LANIP.String() + ":51820", "10.0.0.2/32"}) +
+		fmt.Sprintf("\n[[wireguard.peer]]\npublic_key = %q\nallowed_ips = [\"10.0.0.3/32\"]\n", trim(thirdPub))
+	if err := a.WriteConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SignalAppliance(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "SIGHUP adds the third peer", func() error {
+		peers, err := a.Exec(ctx, "wg", "show", "warren0", "peers")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(peers, trim(thirdPub)) || !strings.Contains(peers, keys[b]) {
+			return fmt.Errorf("peers: %s", peers)
+		}
+		return nil
+	})
+	after, _ := a.Exec(ctx, "wg", "show", "warren0", "latest-handshakes")
+	if !strings.Contains(after, strings.TrimSpace(strings.Split(before, "\n")[0])) {
+		t.Errorf("the session with b was re-keyed by the reload:\nbefore %q\nafter %q", before, after)
+	}
+	if _, err := a.Exec(ctx, "ping", "-c1", "-W2", "10.0.0.2"); err != nil {
+		t.Errorf("b unreachable after SIGHUP: %v", err)
+	}
+
 	// SIGTERM removes the interface and the UAPI socket.
 	if err := a.StopAppliance(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -630,3 +630,11 @@ func (h *Host) EnterCommand() string {
 // Do runs fn on a thread inside the host's network namespace: sockets fn
 // opens stay in that namespace, so a test can serve from its own process.
 func (h *Host) Do(fn func() error) error { return inNS(h.NetNS, fn) }
+
+// SignalAppliance sends sig (e.g. SIGHUP) to the running appliance.
+func (n *Node) SignalAppliance(sig syscall.Signal) error {
+	if n.appliance == nil || n.appliance.Process == nil {
+		return fmt.Errorf("%s: appliance not running", n.Name)
+	}
+	return n.appliance.Process.Signal(sig)
+}

@@ -1,0 +1,67 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// PowerOff kills every process of the node at once, as a power cut would:
+// the appliance, containerd, the shims and the tasks under them. The node's
+// namespaces stay, so StartContainerd and StartAppliance bring it back the
+// way a board boots, with whatever its disk held.
+func (n *Node) PowerOff() error {
+	ino, err := n.netnsInode()
+	if err != nil {
+		return err
+	}
+	holder := n.holder.Process.Pid
+	for round := 0; round < 50; round++ {
+		var victims []int
+		for _, pid := range processesIn(ino) {
+			if pid != holder {
+				victims = append(victims, pid)
+			}
+		}
+		if len(victims) == 0 {
+			n.appliance, n.containerd = nil, nil
+			return nil
+		}
+		for _, pid := range victims {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: processes survive SIGKILL: %v", n.Name, processesIn(ino))
+}
+
+func (n *Node) netnsInode() (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/"+strconv.Itoa(n.holder.Process.Pid)+"/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("%s: network namespace: %w", n.Name, err)
+	}
+	return st.Ino, nil
+}
+
+// StateOnTmpfs moves the node's /var/lib/warren onto a tmpfs of sizeMiB
+// inside the node's mount namespace, keeping its contents, so a test can
+// fill the state filesystem without filling the host's disk. Stop the
+// appliance first: it must not hold files of the old directory open. The
+// tmpfs goes away with the node.
+func (n *Node) StateOnTmpfs(ctx context.Context, sizeMiB int) error {
+	if n.appliance != nil {
+		return fmt.Errorf("%s: stop the appliance before moving its state directory", n.Name)
+	}
+	script := fmt.Sprintf(`set -e
+rm -rf /run/warren-state-copy
+cp -a /var/lib/warren /run/warren-state-copy
+mount -t tmpfs -o size=%dm,mode=0700 tmpfs /var/lib/warren
+cp -a /run/warren-state-copy/. /var/lib/warren/
+rm -rf /run/warren-state-copy`, sizeMiB)
+	if _, err := n.Sh(ctx, script); err != nil {
+		return fmt.Errorf("state dir on tmpfs: %w", err)
+	}
+	return nil
+}
