@@ -92,11 +92,28 @@ func newChroot(t *testing.T) *chroot {
 		// Verbs that need a running systemd are recorded; enable, disable,
 		// preset and is-enabled go to the chroot's systemctl, which works
 		// offline in a chroot.
+		// "enable --now" is passed through as "enable"; --root=/ keeps the
+		// real systemctl off the bus it would look for on a booted system.
 		"systemctl": recordCall + `for a; do case $a in -*) ;; *) verb=$a; break ;; esac; done
 case $verb in
 start|stop|restart|try-restart|reload|reload-or-restart|daemon-reload|is-active|is-failed|status) exit 0 ;;
 esac
-exec /usr/bin/systemctl "$@"
+for a; do shift; [ "$a" = --now ] || set -- "$@" "$a"; done
+exec /usr/bin/systemctl --root=/ "$@"
+`,
+		// apt-get without a network: "install -o Dpkg::Options::=X ... FILE.deb"
+		// becomes "dpkg -i X ... FILE.deb" (dependencies are already there).
+		"apt-get": recordCall + `[ "$1" = update ] && exit 0
+opts=
+while [ $# -gt 0 ]; do
+	case $1 in
+	-o) shift; opts="$opts ${1#Dpkg::Options::=}" ;;
+	-*|install) ;;
+	*) deb=$1 ;;
+	esac
+	shift
+done
+exec dpkg -i $opts "$deb"
 `,
 	} {
 		writeFile(t, filepath.Join(c.fakes, name), script)
@@ -123,8 +140,8 @@ const (
 	// image build).
 	offline stepMode = iota
 	// booted: /run/systemd/system exists, as on a running host, and
-	// systemctl and deb-systemd-invoke are the recording stand-ins from
-	// /mnt/fake (systemctl passes offline verbs through).
+	// systemctl, deb-systemd-invoke and apt-get are the recording stand-ins
+	// from /mnt/fake (systemctl passes offline verbs through).
 	booted
 )
 

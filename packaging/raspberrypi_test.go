@@ -57,6 +57,44 @@ sys.stdout.write(f["content"])`
 	}
 }
 
+// cloud-init's steps, in order, in the chroot on a "running" system:
+// write_files writes warren.toml, then runcmd picks the package for the
+// machine's architecture from the boot partition, installs it keeping that
+// warren.toml, and enables and starts the service.
+func TestCloudInitRunCmdInstallsPackageKeepingWrittenConfig(t *testing.T) {
+	requireTool(t, "python3", "python3-yaml")
+	needPackages(t)
+	c := newChroot(t)
+	const extract = `import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+open(sys.argv[2], "w").write([f for f in doc["write_files"] if f["path"] == "/etc/warren/warren.toml"][0]["content"])
+open(sys.argv[3], "w").write("\n".join(doc["runcmd"]) + "\n")`
+	run(t, "python3", "-c", extract, filepath.Join(repoRoot, userDataPath),
+		filepath.Join(c.share, "warren.toml"), filepath.Join(c.share, "runcmd.sh"))
+	for _, tg := range targets[:3:3] {
+		c.put(tg.debFile(), filepath.Base(tg.debFile()))
+	}
+
+	out := c.mustSh(booted, false, `mkdir -p /boot/firmware && cp /mnt/*.deb /boot/firmware/
+install -d /etc/warren && install -m 0600 /mnt/warren.toml /etc/warren/warren.toml
+sh -e /mnt/runcmd.sh 2>&1
+cmp /mnt/warren.toml /etc/warren/warren.toml && echo config-kept
+stat -c '%a' /etc/warren/warren.toml
+dpkg-query -W -f '${Version} ${Architecture}\n' warren-appliance`)
+	calls := c.calls()
+	for _, want := range []string{"config-kept\n600\n" + testPkgVersion + " amd64\n"} {
+		if !strings.HasSuffix(out, want) {
+			t.Errorf("after runcmd: want output ending in %q:\n%s", want, out)
+		}
+	}
+	for _, want := range []string{"apt-get update", "/boot/firmware/warren-appliance_" + testPkgVersion + "_amd64.deb",
+		"systemctl enable --now warren-appliance.service"} {
+		if !strings.Contains(calls, want) {
+			t.Errorf("runcmd calls lack %q:\n%s", want, calls)
+		}
+	}
+}
+
 // The pi-gen stage, run the way pi-gen runs it (01-run.sh on the host with
 // $ROOTFS_DIR, 02-run-chroot.sh piped to bash -e in the chroot), installs
 // and enables the package, bakes a fleet config, and the first-boot unit
