@@ -103,6 +103,7 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 			labelTask:    s.Name,
 			labelService: s.Service,
 			labelSpec:    hash,
+			labelIP:      s.IP.String(),
 		}),
 	)
 	if errdefs.IsAlreadyExists(err) {

@@ -18,6 +18,7 @@ const (
 	labelTask    = "warren.task"
 	labelService = "warren.service"
 	labelSpec    = "warren.spec" // hash of what the container was built from
+	labelIP      = "warren.ip"   // the task's IP, held until the container is gone
 )
 
 // Chains this package owns.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -42,10 +44,13 @@ type Reconciler struct {
 	wake          chan struct{}
 	hostCheckedAt time.Time // last good ensureHost; only the loop touches it
 
-	mu      sync.Mutex
-	applied bool // Apply was called: until then, nothing is removed
-	desired map[string]TaskSpec
-	records map[string]*taskRecord
+	removeSem chan struct{} // bounds background removals
+
+	mu       sync.Mutex
+	applied  bool // Apply was called: until then, nothing is removed
+	desired  map[string]TaskSpec
+	records  map[string]*taskRecord
+	removing map[string]netip.Addr // tasks being removed, with the IP they hold
 }
 
 // taskRecord is what the loop knows about one task between passes.
@@ -86,11 +91,13 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 			bridge: cfg.Bridge, overlay: cfg.OverlayInterface, block: cfg.Block,
 			nsDir: filepath.Join(cfg.StateDir, "netns"),
 		},
-		images:  newImageStore(c, cfg.ImagesDir, log),
-		runCtx:  namespaces.WithNamespace(ctx, cfg.Namespace),
-		wake:    make(chan struct{}, 1),
-		desired: map[string]TaskSpec{},
-		records: map[string]*taskRecord{},
+		images:    newImageStore(c, cfg.ImagesDir, log),
+		runCtx:    namespaces.WithNamespace(ctx, cfg.Namespace),
+		wake:      make(chan struct{}, 1),
+		desired:   map[string]TaskSpec{},
+		records:   map[string]*taskRecord{},
+		removing:  map[string]netip.Addr{},
+		removeSem: make(chan struct{}, parallelism),
 	}
 	r.images.onPulled = r.poke
 	return r, nil
@@ -310,21 +317,16 @@ func (r *Reconciler) converge(ctx context.Context) error {
 		}()
 	}
 
-	// Orphans and removed tasks first, so their IPs are free for new ones.
+	// Orphans and tasks no longer desired are removed beside the loop: a
+	// process that ignores SIGTERM holds up nothing else for its grace.
 	for name, c := range existing {
-		if _, ok := desired[name]; ok {
-			continue
+		if _, ok := desired[name]; !ok {
+			r.startRemoval(ctx, name, c)
 		}
-		work(func() error {
-			r.log.Info("removing task", "task", name)
-			if err := r.removeContainer(ctx, c); err != nil {
-				return err
-			}
-			r.markRemoved(name)
-			return nil
-		})
 	}
-	wg.Wait()
+	r.mu.Lock()
+	removing := maps.Clone(r.removing)
+	r.mu.Unlock()
 	// Tasks dropped from the list that never had a container (their image
 	// never came) are shut down too. r.desired, not the snapshot: a task
 	// added by an Apply since must not be marked.
@@ -352,6 +354,13 @@ func (r *Reconciler) converge(ctx context.Context) error {
 			continue
 		}
 		ipOwner[s.IP.String()] = name
+		if _, busy := removing[name]; busy {
+			continue // wanted back while being removed: the removal's end wakes us
+		}
+		if other, held := ipHeldBy(removing, s.IP); held {
+			r.log.Info("waiting for the task that holds the IP to be removed", "task", name, "ip", s.IP, "holder", other)
+			continue
+		}
 		c := existing[name]
 		work(func() error { return r.ensureTask(ctx, s, c) })
 	}
@@ -363,7 +372,8 @@ func (r *Reconciler) converge(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	for _, name := range nsNames {
-		if _, ok := desired[name]; !ok {
+		_, busy := removing[name]
+		if _, ok := desired[name]; !ok && !busy {
 			if err := r.removeTaskLeftovers(name); err != nil {
 				errs = append(errs, err)
 			}
@@ -373,10 +383,57 @@ func (r *Reconciler) converge(ctx context.Context) error {
 	for name := range desired {
 		keep[name] = true
 	}
+	for name := range removing {
+		keep[name] = true
+	}
 	if err := r.net.removeStrayVeths(keep); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// startRemoval removes container c of task name in the background, unless
+// that is already under way. Its end wakes the loop; a failure is retried
+// by the next resync.
+func (r *Reconciler) startRemoval(ctx context.Context, name string, c client.Container) {
+	r.mu.Lock()
+	_, busy := r.removing[name]
+	r.mu.Unlock()
+	if busy {
+		return
+	}
+	ip := netip.Addr{}
+	if labels, err := c.Labels(ctx); err == nil {
+		ip, _ = netip.ParseAddr(labels[labelIP])
+	}
+	r.mu.Lock() // only the loop starts removals: name is still not busy
+	r.removing[name] = ip
+	r.mu.Unlock()
+	go func() {
+		r.removeSem <- struct{}{}
+		defer func() { <-r.removeSem }()
+		r.log.Info("removing task", "task", name)
+		err := r.removeContainer(ctx, c)
+		r.mu.Lock()
+		delete(r.removing, name)
+		r.mu.Unlock()
+		if err != nil {
+			r.log.Warn("remove task", "task", name, "err", err)
+			return
+		}
+		r.markRemoved(name)
+		r.poke()
+	}()
+}
+
+// ipHeldBy reports which task being removed still holds ip.
+func ipHeldBy(removing map[string]netip.Addr, ip netip.Addr) (string, bool) {
+	for name, held := range removing {
+		if held == ip {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 func (r *Reconciler) record(name string) *taskRecord {

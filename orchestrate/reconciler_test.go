@@ -616,6 +616,45 @@ func TestReconciler(t *testing.T) {
 			t.Errorf("filter chains left: %v\n%s", err, out)
 		}
 	})
+
+	t.Run("a slow removal holds up no other task", func(t *testing.T) {
+		cfg := n.cfg
+		n.cfg.StopGrace = 10 * time.Minute // stubborn-1 ignores SIGTERM: its removal waits
+		r4, stop4 := n.start(outer)
+		n.cfg = cfg
+		stubborn := webTask("stubborn-1", "10.0.1.20")
+		r4.Apply([]TaskSpec{stubborn})
+		waitFor(t, "stubborn-1 answers", 60*time.Second, answers("10.0.1.20", "hello-stubborn-1"))
+		pid := n.taskPID(t, "stubborn-1")
+
+		// reuse-1 gets stubborn-1's IP: it must wait until that is released.
+		r4.Apply([]TaskSpec{webTask("fresh-1", "10.0.1.21"), webTask("reuse-1", "10.0.1.20")})
+		waitFor(t, "fresh-1 answers during the removal", 60*time.Second, answers("10.0.1.21", "hello-fresh-1"))
+		if err := n.gone("stubborn-1"); err == nil {
+			t.Fatal("stubborn-1 gone before its grace ended: the test proves nothing")
+		}
+		if err := n.gone("reuse-1"); err != nil {
+			t.Fatalf("reuse-1 created while its IP is still held: %v", err)
+		}
+		if got, err := httpGet("10.0.1.20"); err != nil || got != "hello-stubborn-1" {
+			t.Fatalf("10.0.1.20 during the removal: %q %v", got, err)
+		}
+		// The grace period's end, early: SIGKILL, as the reconciler would.
+		if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "stubborn-1 removed", 60*time.Second, func() error { return n.gone("stubborn-1") })
+		waitFor(t, "reuse-1 answers on the released IP", 60*time.Second, answers("10.0.1.20", "hello-reuse-1"))
+		stop4()
+		r5, err := New(context.Background(), n.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r5.Close()
+		if err := r5.Cleanup(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func countLines(b []byte, substr string) int {
