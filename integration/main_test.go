@@ -41,13 +41,18 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	// Every lab tears down what it made, even after a failed test.
+	if left := lab.Leftovers(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "integration: the labs left behind: %v\n", left)
+		code = 1
+	}
 	os.Exit(code)
 }
 
 // newLab starts a lab whose nodes' logs are printed if the test fails.
 func newLab(t *testing.T) *lab.Lab {
 	t.Helper()
-	l, err := lab.New(lab.Options{Dir: t.TempDir(), BinDir: filepath.Dir(applianceBin)})
+	l, err := lab.New(lab.Options{Dir: t.TempDir(), BinDir: binDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,6 +68,9 @@ func newLab(t *testing.T) *lab.Lab {
 	})
 	return l
 }
+
+// binDir holds the suite's binaries, mounted on the nodes' PATH.
+func binDir() string { return filepath.Dir(applianceBin) }
 
 // ctxFor gives a test step a generous deadline: the machine is shared.
 func ctxFor(t *testing.T, d time.Duration) context.Context {

@@ -17,12 +17,14 @@ const testImage = "warren.test/busybox:latest"
 // httpdCommand serves a page naming the task (its hostname) on port 80.
 var httpdCommand = []string{"--", "sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"}
 
-// imageTarball builds the busybox image once per test.
-func imageTarball(t *testing.T) string {
-	t.Helper()
-	p, err := testimage.BusyboxTarball(t.TempDir(), testImage)
+// imageTarball builds the busybox image for a test.
+func imageTarball(t *testing.T) string { return imageTarballB(t) }
+
+func imageTarballB(tb testing.TB) string {
+	tb.Helper()
+	p, err := testimage.BusyboxTarball(tb.TempDir(), testImage)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return p
 }

@@ -638,3 +638,22 @@ func (n *Node) SignalAppliance(sig syscall.Signal) error {
 	}
 	return n.appliance.Process.Signal(sig)
 }
+
+// Leftovers lists what labs of this process left behind: namespaces, and
+// processes whose network namespace is gone but that still run
+// warren-appliance or containerd from a lab. Empty after every Close.
+func Leftovers() []string {
+	var out []string
+	prefix := fmt.Sprintf("%s%d-", namePrefix, os.Getpid())
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, "netns "+e.Name())
+		}
+	}
+	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/" + prefix + "*")
+	for _, c := range cgroups {
+		out = append(out, "cgroup "+c)
+	}
+	return out
+}
