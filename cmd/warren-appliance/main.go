@@ -49,6 +49,12 @@ func run(args []string) int {
 	}
 
 	cfg, err := loadConfig(*configPath)
+	if err != nil && *cleanup {
+		// Removal must work even with a broken or missing config (package
+		// purge): fall back to the default names of what to remove.
+		fmt.Fprintf(os.Stderr, "%v\nwarren-appliance: cleaning up with the default interface, bridge and namespace names\n", err)
+		cfg, err = defaultConfig()
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return exitBadConfig
@@ -97,4 +103,14 @@ func loadConfig(path string) (*configs.Loaded, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// defaultConfig is the reference defaults, as a standalone node so that no
+// cluster keys are required.
+func defaultConfig() (*configs.Loaded, error) {
+	cfg, err := configs.Parse([]byte("[node]\nname = \"cleanup\"\nrole = \"standalone\"\n[wireguard]\naddress = \"10.0.0.1/24\"\n"), "defaults")
+	if err != nil {
+		return nil, err
+	}
+	return cfg, cfg.Finish()
 }

@@ -27,3 +27,13 @@ func TestCheckExitCodes(t *testing.T) {
 		}
 	}
 }
+
+func TestDefaultConfigForCleanupIsValid(t *testing.T) {
+	cfg, err := defaultConfig()
+	if err != nil {
+		t.Fatalf("the fallback config for --cleanup does not load: %v", err)
+	}
+	if cfg.WireGuard.Interface != "warren0" || cfg.Network.Bridge != "warren-br0" || cfg.Runtime.Namespace != "warren" {
+		t.Fatalf("fallback names differ from the defaults: %+v", cfg.Config)
+	}
+}
