@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
@@ -391,4 +392,32 @@ func TestBroadcastAddr(t *testing.T) {
 			t.Errorf("%s: got %s, want %s", block, got, want)
 		}
 	}
+}
+
+// BenchmarkPlan plans 1000 tasks (200 services x 5) over 50 nodes from
+// scratch, then re-plans the result (the manager's steady state).
+func BenchmarkPlan(b *testing.B) {
+	var nodes []clustermap.Node
+	for i := 0; i < 50; i++ {
+		nodes = append(nodes, node(fmt.Sprintf("n%02d", i), fmt.Sprintf("10.0.%d.0/24", i+1)))
+	}
+	var services []clustermap.Service
+	for i := 0; i < 200; i++ {
+		services = append(services, svc(fmt.Sprintf("s%03d", i), 5))
+	}
+	first, _ := Plan(nodes, services, nil)
+	current := reported(first, clustermap.TaskRunning)
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		Plan(nodes, services, nil)
+	}
+	fresh := time.Since(start)
+	start = time.Now()
+	for i := 0; i < b.N; i++ {
+		Plan(nodes, services, current)
+	}
+	replan := time.Since(start)
+	b.ReportMetric(float64(fresh.Microseconds())/float64(b.N)/1000, "ms/plan-1000-new")
+	b.ReportMetric(float64(replan.Microseconds())/float64(b.N)/1000, "ms/replan-1000")
 }
