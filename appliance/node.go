@@ -159,7 +159,6 @@ type node struct {
 
 	mu     sync.Mutex
 	last   *clustermap.Map
-	images map[string]string // task -> image last given to the task reconciler
 	// natFailed: the last rule sync failed and must be retried.
 	natFailed bool
 }
@@ -234,15 +233,7 @@ func (n *node) apply(m *clustermap.Map) {
 	if err := n.dev.SetPeers(peers); err != nil {
 		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
 	}
-	specs := taskSpecs(m, n.self.ID)
-	images := make(map[string]string, len(specs))
-	for _, s := range specs {
-		images[s.Name] = s.Image
-	}
-	n.mu.Lock()
-	n.images = images
-	n.mu.Unlock()
-	n.orch.Apply(specs)
+	n.orch.Apply(taskSpecs(m, n.self.ID))
 	n.syncNAT(m)
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
@@ -298,11 +289,8 @@ func (n *node) status() cluster.NodeStatus {
 	for _, h := range n.dev.Health() {
 		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes)})
 	}
-	n.mu.Lock()
-	images := n.images
-	n.mu.Unlock()
 	for _, t := range n.orch.Status() {
-		s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: images[t.Name]})
+		s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image})
 	}
 	return s
 }

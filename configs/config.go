@@ -102,7 +102,8 @@ type Runtime struct {
 	ContainerdAddress string `toml:"containerd_address"`
 	Namespace         string `toml:"namespace"`
 	ImagesDir         string `toml:"images_dir"`
-	// CgroupParent holds the tasks' cgroups; empty means "/<namespace>".
+	// CgroupParent holds the tasks' cgroups; empty means
+	// "/<namespace>/<node's block>", e.g. /warren/10.0.1.0_24.
 	CgroupParent string `toml:"cgroup_parent"`
 }
 
