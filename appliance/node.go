@@ -157,8 +157,8 @@ type node struct {
 	nat    *nat.Applier
 	dns    *dns.Server
 
-	mu     sync.Mutex
-	last   *clustermap.Map
+	mu   sync.Mutex
+	last *clustermap.Map
 	// natFailed: the last rule sync failed and must be retried.
 	natFailed bool
 }
