@@ -43,16 +43,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func startSandboxedDaemon(t *testing.T, exe string, caps []string) *sandboxedDaemon {
-	t.Helper()
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cfg := filepath.Join(dir, "warren.toml")
-	// mode = "tun" so a missing capability cannot hide behind the netstack fallback.
-	writeFile(t, cfg, fmt.Sprintf(`[node]
+// standaloneConfig is a standalone node; mode = "tun" so a missing
+// capability cannot hide behind the netstack fallback.
+const standaloneConfig = `[node]
 name = "pkg-sandbox"
 role = "standalone"
 state_dir = %q
@@ -61,7 +54,36 @@ state_dir = %q
 mode = "tun"
 listen_port = 51820
 address = "10.77.0.1/24"
-`, state))
+`
+
+// managerConfig is a first manager (cluster init). Its namespace gets a
+// LAN address and default route from lanSetup; containerd is absent, which
+// the manager reports and keeps retrying.
+const managerConfig = `[node]
+name = "pkg-sandbox-manager"
+role = "manager"
+state_dir = %q
+
+[wireguard]
+mode = "tun"
+`
+
+const lanSetup = `ip link set lo up
+ip link add pkglan0 type veth peer name pkglan1
+ip addr add 192.0.2.10/24 dev pkglan0
+ip link set pkglan0 up; ip link set pkglan1 up
+ip route add default via 192.0.2.1
+`
+
+func startSandboxedDaemon(t *testing.T, exe string, caps []string, configTemplate, setup string) *sandboxedDaemon {
+	t.Helper()
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "warren.toml")
+	writeFile(t, cfg, fmt.Sprintf(configTemplate, state))
 
 	notifyPath := filepath.Join(dir, "notify.sock")
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
@@ -75,7 +97,7 @@ address = "10.77.0.1/24"
 		set = append(set, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
 	}
 	cmd := exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-ec",
-		`mount -t tmpfs tmpfs /run; install -d -m 0755 /run/warren
+		setup+`mount -t tmpfs tmpfs /run; install -d -m 0755 /run/warren
 exec setpriv --no-new-privs --bounding-set "$BOUNDING" --inh-caps -all -- "$EXE" --config "$CFG"`)
 	cmd.Env = append(os.Environ(), "BOUNDING=-all,"+strings.Join(set, ","), "EXE="+exe, "CFG="+cfg,
 		"NOTIFY_SOCKET="+notifyPath)
@@ -129,7 +151,7 @@ func TestDaemonStartsUnderUnitSandboxAndNotifiesReady(t *testing.T) {
 	exe := filepath.Join(extractDeb(t, targets[0].debFile()), "usr/bin/warren-appliance")
 	caps := unitCapabilities(t)
 
-	d := startSandboxedDaemon(t, exe, caps)
+	d := startSandboxedDaemon(t, exe, caps, standaloneConfig, "")
 	if err := d.waitReady(90 * time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, d.output)
 	}
@@ -143,6 +165,12 @@ func TestDaemonStartsUnderUnitSandboxAndNotifiesReady(t *testing.T) {
 		t.Errorf("daemon runs without NoNewPrivs:\n%s", status)
 	}
 
+	d.stop(t)
+}
+
+// stop sends SIGTERM, as systemctl stop does, and wants a clean exit.
+func (d *sandboxedDaemon) stop(t *testing.T) {
+	t.Helper()
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +183,49 @@ func TestDaemonStartsUnderUnitSandboxAndNotifiesReady(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Errorf("daemon still running 60 s after SIGTERM\n%s", d.output)
 	}
+}
+
+// A manager under the same sandbox: cluster store, API, tunnel, NAT rules
+// (iptables-restore) and DNS on port 53 all come up and it sends READY=1.
+func TestManagerStartsUnderUnitSandbox(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "setpriv", "util-linux")
+	requireTool(t, "nsenter", "util-linux")
+	needPackages(t)
+	exe := filepath.Join(extractDeb(t, targets[0].debFile()), "usr/bin/warren-appliance")
+
+	d := startSandboxedDaemon(t, exe, unitCapabilities(t), managerConfig, lanSetup)
+	if err := d.waitReady(120 * time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, d.output)
+	}
+	pid := fmt.Sprint(d.cmd.Process.Pid)
+	// READY=1 follows the start of the reconcilers; their first pass over
+	// the map (NAT rules, DNS) lands shortly after, so poll for it.
+	in := func(args ...string) string {
+		out, _ := runErr("nsenter", append([]string{"--target", pid, "--net"}, args...)...)
+		return out
+	}
+	checks := []struct {
+		what string
+		ok   func() bool
+	}{
+		{"warren0 with the first manager's overlay address 10.0.0.1", func() bool {
+			return strings.Contains(in("ip", "-o", "addr", "show", "dev", "warren0"), "10.0.0.1/")
+		}},
+		{"warren NAT chains", func() bool { return strings.Contains(strings.ToUpper(in("iptables-save", "-t", "nat")), "WARREN") }},
+		{"a DNS listener on port 53", func() bool { return strings.Contains(in("ss", "-Hlnu", "sport", "= :53"), ":53") }},
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, c := range checks {
+		for !c.ok() {
+			if time.Now().After(deadline) {
+				t.Errorf("no %s in the manager's namespace within 60 s\n%s", c.what, d.output)
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	d.stop(t)
 }
 
 // Without CAP_NET_ADMIN the daemon cannot make its TUN device: the sandbox
@@ -170,7 +241,7 @@ func TestDaemonFailsWithoutNetAdmin(t *testing.T) {
 			caps = append(caps, c)
 		}
 	}
-	d := startSandboxedDaemon(t, exe, caps)
+	d := startSandboxedDaemon(t, exe, caps, standaloneConfig, "")
 	err := d.waitReady(90 * time.Second)
 	if err == nil {
 		t.Fatalf("daemon became ready without CAP_NET_ADMIN\n%s", d.output)
