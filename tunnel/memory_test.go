@@ -33,7 +33,7 @@ func TestPacketBudgetWaitsForRoom(t *testing.T) {
 
 func TestPacketBudgetForgetsDroppedPackets(t *testing.T) {
 	b := newPacketBudget(4)
-	b.in(10) // counted packets that wireguard-go then dropped: nothing ever leaves
+	b.in(10)               // counted packets that wireguard-go then dropped: nothing ever leaves
 	b.lastOut = time.Now() // a packet left just now: the stall timer has to run out
 	done := make(chan struct{})
 	go func() { b.wait(); close(done) }()
