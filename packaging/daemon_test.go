@@ -75,15 +75,29 @@ ip link set pkglan0 up; ip link set pkglan1 up
 ip route add default via 192.0.2.1
 `
 
-func startSandboxedDaemon(t *testing.T, exe string, caps []string, configTemplate, setup string) *sandboxedDaemon {
+// startSandboxedDaemon starts exe with configTemplate (its %q is the state
+// dir) after the setup commands, in new network and mount namespaces; or,
+// with cfg set, with that config file in the caller's namespaces.
+// boundingSet turns CAP_NET_ADMIN... into setpriv's -all,+net_admin,...
+func boundingSet(caps []string) string {
+	set := []string{"-all"}
+	for _, c := range caps {
+		set = append(set, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+	}
+	return strings.Join(set, ",")
+}
+
+func startSandboxedDaemon(t *testing.T, exe string, caps []string, configTemplate, setup, cfg string) *sandboxedDaemon {
 	t.Helper()
 	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
+	if cfg == "" {
+		state := filepath.Join(dir, "state")
+		if err := os.Mkdir(state, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cfg = filepath.Join(dir, "warren.toml")
+		writeFile(t, cfg, fmt.Sprintf(configTemplate, state))
 	}
-	cfg := filepath.Join(dir, "warren.toml")
-	writeFile(t, cfg, fmt.Sprintf(configTemplate, state))
 
 	notifyPath := filepath.Join(dir, "notify.sock")
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
@@ -92,14 +106,13 @@ func startSandboxedDaemon(t *testing.T, exe string, caps []string, configTemplat
 	}
 	t.Cleanup(func() { notify.Close() })
 
-	var set []string
-	for _, c := range caps {
-		set = append(set, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+	sandbox := `exec setpriv --no-new-privs --bounding-set "$BOUNDING" --inh-caps -all -- "$EXE" --config "$CFG"`
+	cmd := exec.Command("sh", "-ec", sandbox)
+	if configTemplate != "" {
+		cmd = exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-ec",
+			setup+"mount -t tmpfs tmpfs /run; install -d -m 0755 /run/warren\n"+sandbox)
 	}
-	cmd := exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-ec",
-		setup+`mount -t tmpfs tmpfs /run; install -d -m 0755 /run/warren
-exec setpriv --no-new-privs --bounding-set "$BOUNDING" --inh-caps -all -- "$EXE" --config "$CFG"`)
-	cmd.Env = append(os.Environ(), "BOUNDING=-all,"+strings.Join(set, ","), "EXE="+exe, "CFG="+cfg,
+	cmd.Env = append(os.Environ(), "BOUNDING="+boundingSet(caps), "EXE="+exe, "CFG="+cfg,
 		"NOTIFY_SOCKET="+notifyPath)
 	d := &sandboxedDaemon{cmd: cmd, notify: notify, exited: make(chan error, 1), output: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = d.output, d.output
@@ -151,7 +164,7 @@ func TestDaemonStartsUnderUnitSandboxAndNotifiesReady(t *testing.T) {
 	exe := filepath.Join(extractDeb(t, targets[0].debFile()), "usr/bin/warren-appliance")
 	caps := unitCapabilities(t)
 
-	d := startSandboxedDaemon(t, exe, caps, standaloneConfig, "")
+	d := startSandboxedDaemon(t, exe, caps, standaloneConfig, "", "")
 	if err := d.waitReady(90 * time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, d.output)
 	}
@@ -194,7 +207,7 @@ func TestManagerStartsUnderUnitSandbox(t *testing.T) {
 	needPackages(t)
 	exe := filepath.Join(extractDeb(t, targets[0].debFile()), "usr/bin/warren-appliance")
 
-	d := startSandboxedDaemon(t, exe, unitCapabilities(t), managerConfig, lanSetup)
+	d := startSandboxedDaemon(t, exe, unitCapabilities(t), managerConfig, lanSetup, "")
 	if err := d.waitReady(120 * time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, d.output)
 	}
@@ -241,7 +254,7 @@ func TestDaemonFailsWithoutNetAdmin(t *testing.T) {
 			caps = append(caps, c)
 		}
 	}
-	d := startSandboxedDaemon(t, exe, caps, standaloneConfig, "")
+	d := startSandboxedDaemon(t, exe, caps, standaloneConfig, "", "")
 	err := d.waitReady(90 * time.Second)
 	if err == nil {
 		t.Fatalf("daemon became ready without CAP_NET_ADMIN\n%s", d.output)

@@ -142,11 +142,7 @@ conntrack -L >/dev/null 2>&1
 func runWithCapabilities(t *testing.T, ns string, caps []string) (string, error) {
 	t.Helper()
 	defer exec.Command("ip", "netns", "del", ns).Run()
-	var set []string
-	for _, c := range caps {
-		set = append(set, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
-	}
-	cmd := exec.Command("setpriv", "--no-new-privs", "--bounding-set", "-all,"+strings.Join(set, ","),
+	cmd := exec.Command("setpriv", "--no-new-privs", "--bounding-set", boundingSet(caps),
 		"--inh-caps", "-all", "--", "sh", "-c", capsScript)
 	cmd.Env = append(os.Environ(), "NS="+ns)
 	out, err := cmd.CombinedOutput()
