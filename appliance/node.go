@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -62,6 +63,8 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	var mem member
 	var admin http.Handler
 	if cfg.Node.Role == configs.RoleManager && cfg.Cluster.Manager == "" {
+		_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
+		created := errors.Is(statErr, os.ErrNotExist)
 		mgr, err := cluster.OpenManager(cluster.ManagerConfig{
 			StateDir:           cfg.Node.StateDir,
 			APIListen:          cfg.Cluster.APIListen,
@@ -78,18 +81,25 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			return err
 		}
 		defer mgr.Close()
-		serveErr := make(chan error, 1)
-		go func() { serveErr <- mgr.Serve(ctx) }()
-		select {
-		case err := <-serveErr:
-			if err != nil {
-				return fmt.Errorf("cluster API on %s: %w", cfg.Cluster.APIListen, err)
-			}
-		case <-time.After(200 * time.Millisecond):
+		// Listen here, so a taken port is an error now, not in a goroutine.
+		ln, err := net.Listen("tcp", cfg.Cluster.APIListen)
+		if err != nil {
+			return fmt.Errorf("cluster API (cluster.api_listen): %w", err)
 		}
-		worker, manager := mgr.JoinTokens()
-		log.Info("manager up: join workers with `warren worker start --manager ADDR:PORT --token TOKEN`",
-			"api", cfg.Cluster.APIListen, "worker_token", worker, "manager_token", manager)
+		go func() {
+			if err := mgr.ServeListener(ctx, ln); err != nil && ctx.Err() == nil {
+				log.Error("cluster API stopped", "err", err)
+			}
+		}()
+		if created {
+			// Once, on stdout as `cluster init` does; the secrets stay out of
+			// the logs. `warren cluster join-token` prints them again.
+			worker, manager := mgr.JoinTokens()
+			fmt.Printf("Cluster created. To add a worker, run on it:\n\n    warren worker start --manager %s:%s --token %s\n\n"+
+				"To add a manager:\n\n    warren manager join --manager %[1]s:%[2]s --token %[4]s\n\n",
+				advertise, apiPort(cfg.Cluster.APIListen), worker, manager)
+		}
+		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
 	} else {
 		agent, err := cluster.Join(ctx, cluster.AgentConfig{
@@ -321,6 +331,15 @@ func (n *node) canaryLoop(ctx context.Context) {
 			n.syncNAT(m)
 		}
 	}
+}
+
+// apiPort is the port of a listen address such as ":7946".
+func apiPort(listen string) string {
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	return port
 }
 
 // advertiseAddress is node.advertise_address, or the source address of the
