@@ -18,48 +18,34 @@ import (
 // the foreground; their flags override the TOML keys of the same meaning
 // (k3s style), so a first board needs no config file at all.
 func addDaemonCommands(root *cobra.Command) {
-	clusterCmd := findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"})
-	initCmd := &cobra.Command{
-		Use:   "init",
-		Short: "Create a new cluster with this node as its first manager, and run it",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDaemon(cmd, configs.RoleManager)
-		},
-	}
-	daemonFlags(initCmd)
+	initCmd := daemonVerb("init", "Create a new cluster with this node as its first manager, and run it", configs.RoleManager)
 	initCmd.Flags().String("wireguard-subnet", "", "node overlay range (wireguard.subnet)")
 	initCmd.Flags().String("container-subnet", "", "range cut into per-node container blocks (network.container_subnet)")
 	initCmd.Flags().String("vip-subnet", "", "service VIP range (network.vip_subnet)")
 	initCmd.Flags().String("api-listen", "", "where the cluster API listens (cluster.api_listen)")
-	clusterCmd.AddCommand(initCmd)
+	findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"}).AddCommand(initCmd)
 
-	managerCmd := findOrAdd(root, &cobra.Command{Use: "manager", Short: "Run this node as a manager"})
-	joinCmd := &cobra.Command{
-		Use:   "join --manager HOST:PORT --token TOKEN",
-		Short: "Join an existing cluster as an additional manager, and run it",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDaemon(cmd, configs.RoleManager)
-		},
-	}
-	daemonFlags(joinCmd)
+	joinCmd := daemonVerb("join --manager HOST:PORT --token TOKEN", "Join an existing cluster with a manager token, and run it", configs.RoleManager)
 	joinFlags(joinCmd)
-	joinCmd.Flags().String("api-listen", "", "where this manager's API listens (cluster.api_listen)")
-	managerCmd.AddCommand(joinCmd)
+	findOrAdd(root, &cobra.Command{Use: "manager", Short: "Run this node as a manager"}).AddCommand(joinCmd)
 
-	workerCmd := findOrAdd(root, &cobra.Command{Use: "worker", Short: "Run this node as a worker"})
-	startCmd := &cobra.Command{
-		Use:   "start --manager HOST:PORT --token TOKEN",
-		Short: "Join a cluster as a worker (or rejoin with the stored identity), and run it",
+	startCmd := daemonVerb("start --manager HOST:PORT --token TOKEN", "Join a cluster as a worker (or rejoin with the stored identity), and run it", configs.RoleWorker)
+	joinFlags(startCmd)
+	findOrAdd(root, &cobra.Command{Use: "worker", Short: "Run this node as a worker"}).AddCommand(startCmd)
+}
+
+// daemonVerb is a verb that runs the node daemon in role, in the foreground.
+func daemonVerb(use, short, role string) *cobra.Command {
+	c := &cobra.Command{
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDaemon(cmd, configs.RoleWorker)
+			return runDaemon(cmd, role)
 		},
 	}
-	daemonFlags(startCmd)
-	joinFlags(startCmd)
-	workerCmd.AddCommand(startCmd)
+	daemonFlags(c)
+	return c
 }
 
 // findOrAdd returns root's subcommand named like c, adding c if absent, so
