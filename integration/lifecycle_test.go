@@ -243,10 +243,7 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := 1; i <= 5; i++ {
-			if err := w1.StopAppliance(syscall.SIGTERM); err != nil {
-				t.Fatal(err)
-			}
-			if err := w1.StartAppliance("warren-appliance"); err != nil {
+			if err := w1.RestartAppliance(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
 			waitApplianceUp(t, w1, web.VIP)
