@@ -9,7 +9,9 @@ PKG     := github.com/warren-appliance/warren
 LDFLAGS := -s -w -X $(PKG)/internal/buildinfo.Version=$(VERSION) \
            -X $(PKG)/internal/buildinfo.Commit=$(COMMIT) \
            -X $(PKG)/internal/buildinfo.Date=$(DATE)
-GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
+# grpcnotrace: containerd's gRPC client would otherwise link golang.org/x/net/trace
+# and html/template (~370 KB) for debug pages the appliance never serves.
+GOBUILD := CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags '$(LDFLAGS)'
 BINS    := warren-appliance warren
 PLATFORMS := linux/amd64 linux/arm64 linux/arm
 
