@@ -156,8 +156,8 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, Images: []string{imageTarball(t)}})
 	ctx := ctxFor(t, 8*time.Minute)
 	w1, w2 := c.Workers[0], c.Workers[1]
-	createService(t, c, "web", append([]string{"--replicas", "3"}, httpdCommand...)...)
-	createService(t, c, "api", append([]string{"--replicas", "3"}, httpdCommand...)...)
+	createService(t, c, "web", append([]string{"--replicas", "3"}, stoppableHTTPD...)...)
+	createService(t, c, "api", append([]string{"--replicas", "3"}, stoppableHTTPD...)...)
 	web := waitRunning(t, c, "web", 3)
 	api := waitRunning(t, c, "api", 3)
 
