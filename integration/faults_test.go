@@ -341,7 +341,8 @@ func TestFaultsCrashesFullDiskPowerCut(t *testing.T) {
 	})
 
 	// Issue "integration" (seed: a node lost): a worker powered off
-	// entirely is marked down and its tasks run elsewhere with new IPs.
+	// entirely is marked down and its tasks run elsewhere with new IPs;
+	// when it boots again nothing runs twice.
 	t.Run("worker lost", func(t *testing.T) {
 		before := waitRunning(t, c, "web", 3)
 		lost := c.Workers[1]
@@ -404,5 +405,64 @@ func TestFaultsCrashesFullDiskPowerCut(t *testing.T) {
 				return onlyPages(pages, taskNames(after), true)
 			})
 		}
+
+		// The board boots again with what its disk kept: it rejoins, and
+		// every task runs exactly once in the cluster, where the manager
+		// says (the old containers on the returned board do not come back
+		// as duplicates).
+		if err := lost.ForgetVolatile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := lost.StartContainerd(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// Its disk still holds the containers of the tasks that moved away.
+		stale, err := ctrNames(ctx, lost, "containers", "list")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name := range moved {
+			if !strings.Contains(fmt.Sprint(stale), name) {
+				t.Fatalf("%s's containerd lost %s across the power cut (%v): nothing to check", lost.Name, name, stale)
+			}
+		}
+		if err := lost.StartAppliance("warren-appliance"); err != nil {
+			t.Fatal(err)
+		}
+		waitApplianceUp(t, lost, web.VIP)
+		waitNodesReady(t, c, 2*time.Minute)
+		eventually(t, 2*time.Minute, "each task of web runs once, where the manager says", func() error {
+			v, err := inspect(ctx, m, "web")
+			if err != nil {
+				return err
+			}
+			want := map[string][]string{}
+			for _, task := range v.Tasks {
+				if task.State != "running" {
+					return fmt.Errorf("task %s is %s", task.Name, task.State)
+				}
+				want[task.Node] = append(want[task.Node], task.Name)
+			}
+			for _, n := range c.Nodes() {
+				containers, err := ctrNames(ctx, n, "containers", "list")
+				if err != nil {
+					return err
+				}
+				sort.Strings(want[n.Name])
+				if fmt.Sprint(containers) != fmt.Sprint(want[n.Name]) {
+					return fmt.Errorf("%s has containers %v, the manager placed %v there", n.Name, containers, want[n.Name])
+				}
+			}
+			after = v
+			return nil
+		})
+		t.Logf("after %s came back (it had %v on disk): %+v", lost.Name, stale, after.Tasks)
+		eventually(t, time.Minute, "the returned "+lost.Name+" reaches only live tasks through the VIP", func() error {
+			pages, err := vipPages(ctx, lost, web.VIP, 30)
+			if err != nil {
+				return err
+			}
+			return onlyPages(pages, taskNames(after), true)
+		})
 	})
 }

@@ -96,3 +96,32 @@ func (n *Node) RestartAppliance(sig syscall.Signal) error {
 	}
 	return n.StartAppliance(args[0], args[1:]...)
 }
+
+// ForgetVolatile makes a powered-off node look like a board after a cold
+// boot: what lives in RAM is gone. It unmounts and empties /run's containerd
+// and warren state (task rootfs mounts, sockets), unmounts the pinned task
+// network namespaces (the files stay, as on a real disk), deletes every
+// network device but lo and eth0, and flushes iptables. Disk state
+// (/var/lib/warren, /var/lib/containerd) stays. Call it after PowerOff.
+func (n *Node) ForgetVolatile(ctx context.Context) error {
+	if n.appliance != nil || n.containerd != nil {
+		return fmt.Errorf("%s: power the node off first", n.Name)
+	}
+	script := `set -e
+for m in $(awk '$2 ~ "^(/run/containerd|/run/warren|/var/lib/warren/tasks|/var/lib/containerd)/" {print $2}' /proc/self/mounts | sort -r); do
+	umount -l "$m"
+done
+rm -rf /run/containerd /run/wireguard /run/warren
+mkdir -p /run/containerd /run/warren
+for l in $(ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print $2}'); do
+	case "$l" in lo|eth0) ;; *) ip link del "$l" 2>/dev/null || true ;; esac
+done
+for t in nat filter mangle raw; do
+	iptables -w -t $t -F
+	iptables -w -t $t -X
+done`
+	if _, err := n.Sh(ctx, script); err != nil {
+		return fmt.Errorf("forget volatile state: %w", err)
+	}
+	return nil
+}
