@@ -162,62 +162,73 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 	api := waitRunning(t, c, "api", 3)
 
 	// Issue "orchestrate": a task whose process dies is started again in
-	// place: same node, same IP.
-	t.Run("killed task restarts", func(t *testing.T) {
-		var victim = web.Tasks[0]
-		for _, task := range web.Tasks {
-			if task.Node == w1.Name {
-				victim = task
-			}
-		}
-		n := nodeByName(c, victim.Node)
-		before, err := ctrTasks(ctx, n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if out, err := n.Exec(ctx, "ctr", "-n", "warren", "tasks", "kill", "-s", "KILL", victim.Name); err != nil {
-			t.Fatalf("kill %s: %v\n%s", victim.Name, err, out)
-		}
-		eventually(t, 90*time.Second, victim.Name+" running again with a new process", func() error {
-			now, err := ctrTasks(ctx, n)
-			if err != nil {
-				return err
-			}
-			if st := now[victim.Name]; !strings.HasSuffix(st, "RUNNING") || st == before[victim.Name] {
-				return fmt.Errorf("%s: was %q, now %q", victim.Name, before[victim.Name], st)
-			}
-			v, err := inspect(ctx, c.Manager, "web")
-			if err != nil {
-				return err
-			}
-			for _, task := range v.Tasks {
-				if task.Name == victim.Name {
-					if task.State != "running" || task.IP != victim.IP || task.Node != victim.Node {
-						return fmt.Errorf("manager shows %+v, want running on %s with %s", task, victim.Node, victim.IP)
-					}
-					return nil
+	// place: same node, same IP. Killed through containerd, and behind its
+	// back (kill -9 of the pid).
+	for _, tc := range []struct {
+		service serviceView
+		node    *lab.Node
+		viaCtr  bool
+	}{{web, w1, true}, {api, w2, false}} {
+		t.Run(fmt.Sprintf("killed task restarts (ctr=%v)", tc.viaCtr), func(t *testing.T) {
+			victim := tc.service.Tasks[0]
+			for _, task := range tc.service.Tasks {
+				if task.Node == tc.node.Name {
+					victim = task
 				}
 			}
-			return fmt.Errorf("%s gone from inspect: %+v", victim.Name, v.Tasks)
-		})
-		eventually(t, 30*time.Second, "restarted "+victim.Name+" serves on its IP", func() error {
-			out, err := c.Manager.Exec(ctx, "curl", "-sS", "-m", "3", "http://"+victim.IP+"/")
-			if err == nil && trim(out) != victim.Name {
-				err = fmt.Errorf("page %q", trim(out))
+			n := nodeByName(c, victim.Node)
+			before, err := ctrTasks(ctx, n)
+			if err != nil {
+				t.Fatal(err)
 			}
-			return err
-		})
-		// The other tasks on that node were left alone.
-		after, err := ctrTasks(ctx, n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for name, st := range before {
-			if name != victim.Name && after[name] != st {
-				t.Errorf("%s: %s changed from %q to %q when only %s died", n.Name, name, st, after[name], victim.Name)
+			kill := []string{"ctr", "-n", "warren", "tasks", "kill", "-s", "KILL", victim.Name}
+			if !tc.viaCtr {
+				kill = []string{"kill", "-9", strings.Fields(before[victim.Name])[0]}
 			}
-		}
-	})
+			if out, err := n.Exec(ctx, kill[0], kill[1:]...); err != nil {
+				t.Fatalf("kill %s: %v\n%s", victim.Name, err, out)
+			}
+			eventually(t, 90*time.Second, victim.Name+" running again with a new process", func() error {
+				now, err := ctrTasks(ctx, n)
+				if err != nil {
+					return err
+				}
+				if st := now[victim.Name]; !strings.HasSuffix(st, "RUNNING") || st == before[victim.Name] {
+					return fmt.Errorf("%s: was %q, now %q", victim.Name, before[victim.Name], st)
+				}
+				v, err := inspect(ctx, c.Manager, tc.service.Name)
+				if err != nil {
+					return err
+				}
+				for _, task := range v.Tasks {
+					if task.Name == victim.Name {
+						if task.State != "running" || task.IP != victim.IP || task.Node != victim.Node {
+							return fmt.Errorf("manager shows %+v, want running on %s with %s", task, victim.Node, victim.IP)
+						}
+						return nil
+					}
+				}
+				return fmt.Errorf("%s gone from inspect: %+v", victim.Name, v.Tasks)
+			})
+			eventually(t, 30*time.Second, "restarted "+victim.Name+" serves on its IP", func() error {
+				out, err := c.Manager.Exec(ctx, "curl", "-sS", "-m", "3", "http://"+victim.IP+"/")
+				if err == nil && trim(out) != victim.Name {
+					err = fmt.Errorf("page %q", trim(out))
+				}
+				return err
+			})
+			// The other tasks on that node were left alone.
+			after, err := ctrTasks(ctx, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, st := range before {
+				if name != victim.Name && after[name] != st {
+					t.Errorf("%s: %s changed from %q to %q when only %s died", n.Name, name, st, after[name], victim.Name)
+				}
+			}
+		})
+	}
 
 	// Issue "orchestrate" and issue "nat": five clean restarts of a
 	// worker's appliance leave its tasks' processes and its rules exactly
