@@ -125,3 +125,26 @@ done`
 	}
 	return nil
 }
+
+// StopContainerd stops the node's containerd cleanly (SIGTERM) and waits
+// until it is reaped. Its shims, and so the tasks, keep running.
+func (n *Node) StopContainerd() error {
+	cmd := n.containerd
+	if cmd == nil || cmd.Process == nil {
+		return nil
+	}
+	n.containerd = nil
+	cmd.Process.Signal(syscall.SIGTERM)
+	proc := "/proc/" + strconv.Itoa(cmd.Process.Pid)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(proc); err != nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			return fmt.Errorf("%s: containerd did not exit within 20s of SIGTERM", n.Name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
