@@ -22,27 +22,24 @@ import (
 func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
 	log := NewLogger(cfg.Log.Level)
 	var errs []error
-	if _, err := os.Stat(cfg.Runtime.ContainerdAddress); err == nil {
-		orch, err := orchestrate.New(ctx, orchestrate.Config{
-			ContainerdAddress: cfg.Runtime.ContainerdAddress,
-			Namespace:         cfg.Runtime.Namespace,
-			Bridge:            cfg.Network.Bridge,
-			// Removal finds tasks by label and name; it needs no node block,
-			// but the config wants a valid one.
-			Block:            cfg.Network.ContainerSubnet.Prefix,
-			StateDir:         filepath.Join(cfg.Node.StateDir, "tasks"),
-			OverlayInterface: cfg.WireGuard.Interface,
-			CgroupParent:     cfg.Runtime.CgroupParent,
-			Logger:           log,
-		})
-		if err == nil {
-			err = orch.Cleanup(ctx)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("tasks: %w", err))
-		}
-	} else {
-		log.Info("containerd not running: no tasks to remove", "socket", cfg.Runtime.ContainerdAddress)
+	orch, err := orchestrate.New(ctx, orchestrate.Config{
+		ContainerdAddress: cfg.Runtime.ContainerdAddress,
+		Namespace:         cfg.Runtime.Namespace,
+		Bridge:            cfg.Network.Bridge,
+		// Removal finds tasks by label and name; it needs no node block,
+		// but the config wants a valid one.
+		Block:            cfg.Network.ContainerSubnet.Prefix,
+		StateDir:         filepath.Join(cfg.Node.StateDir, "tasks"),
+		OverlayInterface: cfg.WireGuard.Interface,
+		CgroupParent:     cfg.Runtime.CgroupParent,
+		Logger:           log,
+	})
+	if err == nil {
+		err = orch.Cleanup(ctx)
+		orch.Close()
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("tasks: %w", err))
 	}
 	if a, err := nat.NewApplier(log); err != nil {
 		errs = append(errs, fmt.Errorf("iptables: %w", err))

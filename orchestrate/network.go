@@ -237,6 +237,12 @@ func (n *network) removeHost() error {
 		errs = append(errs, err)
 	} else {
 		for _, j := range jumpRules() {
+			// No chain, no jump to it (iptables refuses those), and checking
+			// for a jump to a missing chain is an error: a second cleanup
+			// must find nothing to do.
+			if ok, err := ipt.ChainExists(j.Table, chainOf(j)); err != nil || !ok {
+				continue
+			}
 			if err := ipt.DeleteIfExists(j.Table, j.Chain, j.Spec...); err != nil {
 				errs = append(errs, fmt.Errorf("unhook %s: %w", chainOf(j), err))
 			}

@@ -701,9 +701,17 @@ func (r *Reconciler) watch(name string, gen int, exitCh <-chan client.ExitStatus
 func (r *Reconciler) Cleanup(ctx context.Context) error {
 	ctx = namespaces.WithNamespace(ctx, r.cfg.Namespace)
 	var errs []error
-	containers, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q", labelTask))
-	if err != nil {
-		errs = append(errs, fmt.Errorf("list containers: %w", err))
+	var containers []client.Container
+	// Without containerd there are no containers to list; the task
+	// networks, rules and bridge are still ours to remove.
+	if _, statErr := os.Stat(r.cfg.ContainerdAddress); statErr != nil {
+		r.log.Warn("containerd is not running: containers not removed, task networks are", "socket", r.cfg.ContainerdAddress)
+	} else {
+		var err error
+		containers, err = r.client.Containers(ctx, fmt.Sprintf("labels.%q", labelTask))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list containers: %w", err))
+		}
 	}
 	for _, c := range containers {
 		if err := r.removeContainer(ctx, c); err != nil {
