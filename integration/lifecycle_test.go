@@ -455,11 +455,9 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 		if err != nil {
 			t.Fatalf("--cleanup without containerd: %v\n%s", err, out)
 		}
-		// What is left, and whether all of it is the known bug: the task
-		// network (its chains and bridge) is only removed through
-		// orchestrate, which Cleanup skips when containerd is not running.
+		// Without containerd the task network (its chains and bridge) must
+		// still go.
 		var left []string
-		known := true
 		for _, table := range []string{"nat", "filter"} {
 			rules, err := w1.Exec(ctx, "iptables-save", "-t", table)
 			if err != nil {
@@ -468,7 +466,6 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 			for _, line := range strings.Split(rules, "\n") {
 				if strings.Contains(line, "WARREN") {
 					left = append(left, table+": "+line)
-					known = known && strings.Contains(line, "WARREN-TASK-")
 				}
 			}
 		}
@@ -476,18 +473,12 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(links, "warren0") {
-			left, known = append(left, "interface warren0"), false
+		for _, name := range []string{"warren0", "warren-br0"} {
+			if strings.Contains(links, name) {
+				left = append(left, "interface "+name)
+			}
 		}
-		if strings.Contains(links, "warren-br0") {
-			left = append(left, "bridge warren-br0")
-		}
-		switch {
-		case len(left) == 0:
-		case known:
-			t.Skip("known bug: with containerd stopped, --cleanup exits 0 after logging \"containerd not running: no tasks to remove\" " +
-				"but appliance.Cleanup never reaches orchestrate's removeHost, so these stay: " + strings.Join(left, "; "))
-		default:
+		if len(left) > 0 {
 			t.Errorf("after --cleanup without containerd, left behind: %s\n(--cleanup said: %s)", strings.Join(left, "; "), trim(out))
 		}
 	})
@@ -496,10 +487,6 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 	// finds nothing left and succeeds.
 	t.Run("second cleanup", func(t *testing.T) {
 		out, err := w2.Exec(ctx, "warren-appliance", "--config", "/etc/warren/warren.toml", "--cleanup")
-		if err != nil && strings.Contains(out, "unhook WARREN-TASK-FORWARD") && strings.Contains(out, "does not exist") {
-			t.Skip("known bug: orchestrate's removeHost unhooks its jump rules with DeleteIfExists, whose `iptables -C` exits 2 " +
-				"(not 1) when the target chain is already gone, so a second --cleanup fails: " + trim(out))
-		}
 		if err != nil {
 			t.Errorf("second --cleanup: %v\n%s", err, out)
 		}

@@ -122,6 +122,17 @@ func (r *Reconciler) startTask(ctx context.Context, c client.Container, files ta
 		return nil, nil, fmt.Errorf("truncate task log: %w", err)
 	}
 	task, err := c.NewTask(ctx, cio.LogFile(files.log()))
+	if errdefs.IsAlreadyExists(err) {
+		// A runtime task outlived its container (a crash while the task
+		// was being recreated): it runs nothing we want, so remove it.
+		if stale, lerr := c.Task(ctx, nil); lerr == nil {
+			if _, derr := stale.Delete(ctx, client.WithProcessKill); derr != nil {
+				return nil, nil, fmt.Errorf("remove stale task %s: %w", c.ID(), derr)
+			}
+			r.log.Warn("removed a stale runtime task left by a crash", "task", c.ID())
+			task, err = c.NewTask(ctx, cio.LogFile(files.log()))
+		}
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("create task %s: %w", c.ID(), err)
 	}

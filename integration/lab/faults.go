@@ -68,31 +68,16 @@ rm -rf /run/warren-state-copy`, sizeMiB)
 }
 
 // RestartAppliance stops the appliance with sig (SIGKILL for a crash) and
-// starts it again with the same command line. It starts the new process
-// only once the old one is reaped: StopAppliance returns as soon as the
-// main thread is a zombie, while the other threads may still hold the
-// process's files (its UAPI socket among them), and a new appliance that
-// finds that socket still answering refuses to start ("unix socket in use").
+// starts it again with the same command line, once the old process is
+// reaped (StopAppliance waits for that).
 func (n *Node) RestartAppliance(sig syscall.Signal) error {
 	cmd := n.appliance
 	if cmd == nil || cmd.Process == nil {
 		return fmt.Errorf("%s: no appliance running to restart", n.Name)
 	}
 	args := cmd.Args[len(n.enter()):]
-	if err := n.StopAppliance(sig); err != nil {
+	if err := n.StopAppliance(sig); err != nil { // returns once reaped
 		return err
-	}
-	// StartAppliance's goroutine reaps the process; /proc/PID goes away then.
-	proc := "/proc/" + strconv.Itoa(cmd.Process.Pid)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := os.Stat(proc); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: appliance (pid %d) not reaped 20s after %v", n.Name, cmd.Process.Pid, sig)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 	return n.StartAppliance(args[0], args[1:]...)
 }

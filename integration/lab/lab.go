@@ -82,10 +82,11 @@ type Host struct {
 // Node is a simulated warren node: a Host with a private mount namespace.
 type Node struct {
 	Host
-	Root       string // host directory holding the node's /var/lib/warren, /etc/warren, ...
-	containerd *exec.Cmd
-	appliance  *exec.Cmd
-	applLog    string
+	Root          string // host directory holding the node's /var/lib/warren, /etc/warren, ...
+	containerd    *exec.Cmd
+	appliance     *exec.Cmd
+	applianceDone chan struct{} // closed once the appliance is reaped
+	applLog       string
 }
 
 // New creates the LAN and the outside namespace.
@@ -353,7 +354,9 @@ func (n *Node) StartAppliance(binary string, args ...string) error {
 		return fmt.Errorf("%s: start appliance: %w", n.Name, err)
 	}
 	n.appliance = cmd
-	go func() { cmd.Wait(); f.Close() }()
+	done := make(chan struct{})
+	n.applianceDone = done
+	go func() { cmd.Wait(); f.Close(); close(done) }()
 	return nil
 }
 
@@ -365,17 +368,17 @@ func (n *Node) StopAppliance(sig syscall.Signal) error {
 		return nil
 	}
 	n.appliance = nil
-	// nsenter execs the target, so the pid is the appliance's own.
+	// nsenter execs the target, so the pid is the appliance's own. Wait
+	// until it is reaped: a zombie's main thread can go before its other
+	// threads release the sockets a restart needs.
 	cmd.Process.Signal(sig)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if cmd.ProcessState != nil || !alive(cmd.Process.Pid) {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
+	select {
+	case <-n.applianceDone:
+		return nil
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		return fmt.Errorf("%s: appliance did not exit within 20s of %v", n.Name, sig)
 	}
-	cmd.Process.Kill()
-	return fmt.Errorf("%s: appliance did not exit within 20s of %v", n.Name, sig)
 }
 
 // ApplianceLog returns what the appliance printed so far.
