@@ -1,12 +1,10 @@
 package nat
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -16,6 +14,8 @@ import (
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
+
+	"github.com/warren-appliance/warren/internal/iptbackend"
 )
 
 // fullSyncInterval bounds how long a chain edited behind our back (without
@@ -95,94 +95,20 @@ func newXtables(command string) (xtables, error) {
 	return xtables{ipt: ipt, command: command, restore: restore, backend: backend}, nil
 }
 
-// NewApplier finds the iptables backend the host already uses (see
-// detectCommand) and the matching iptables-restore.
+// NewApplier finds the iptables backend the host already uses
+// (iptbackend.Detect, keyed on our canary chain) and the matching
+// iptables-restore.
 func NewApplier(logger *slog.Logger) (*Applier, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	x, err := newXtables(detectCommand())
+	x, err := newXtables(iptbackend.Detect("nat", chainCanary))
 	if err != nil {
 		return nil, err
 	}
 	a := &Applier{xtables: x, logger: logger, udp: newUDPBackends(nil)}
 	logger.Info("nat: iptables backend", "command", x.command, "backend", x.backend)
 	return a, nil
-}
-
-// detectCommand picks the iptables variant to use. When our own canary
-// chain exists in exactly one backend (a restart), that one, which is
-// cheap to check. Otherwise iptables-nft or iptables-legacy by the number
-// of rules each holds, as kube-proxy's iptables-wrapper does: rules in
-// the other backend would be invisible to us. With no rules anywhere, the
-// host's default `iptables`.
-func detectCommand() string {
-	var ours []string
-	for _, c := range []string{"iptables-nft", "iptables-legacy"} {
-		if c == "iptables-legacy" && !slices.Contains(loadedLegacyTables(), "nat") {
-			continue // asking would create the legacy nat table
-		}
-		if path, err := exec.LookPath(c); err == nil && exec.Command(path, "-w", "-t", "nat", "-S", chainCanary, "1").Run() == nil {
-			ours = append(ours, c)
-		}
-	}
-	if len(ours) == 1 {
-		return ours[0]
-	}
-	nft := countRules("iptables-nft-save")
-	legacy := countRules("iptables-legacy-save")
-	switch {
-	case legacy > nft:
-		return "iptables-legacy"
-	case nft > legacy:
-		return "iptables-nft"
-	}
-	// No rules anywhere: the host's default, or whichever variant exists.
-	for _, c := range []string{"iptables", "iptables-nft", "iptables-legacy"} {
-		if _, err := exec.LookPath(c); err == nil {
-			return c
-		}
-	}
-	return "iptables" // NewApplier reports it missing
-}
-
-// loadedLegacyTables are the tables of ours this namespace has in legacy
-// (x_tables) iptables; listing any other with iptables-legacy would
-// create it. thread-self, not self: the calling thread may have entered
-// a namespace.
-func loadedLegacyTables() []string {
-	names, err := os.ReadFile("/proc/thread-self/net/ip_tables_names")
-	if err != nil {
-		return nil
-	}
-	var loaded []string
-	for _, t := range tables {
-		if slices.Contains(strings.Fields(string(names)), t) {
-			loaded = append(loaded, t)
-		}
-	}
-	return loaded
-}
-
-// countRules is the number of rules save prints, or -1 when it cannot run.
-func countRules(save string) int {
-	path, err := exec.LookPath(save)
-	if err != nil {
-		return -1
-	}
-	out, err := exec.Command(path).Output()
-	if err != nil {
-		return -1
-	}
-	n := 0
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "-A ") {
-			n++
-		}
-	}
-	return n
 }
 
 // Backend is "nf_tables" or "legacy".
@@ -323,7 +249,7 @@ func (a *Applier) Cleanup() error {
 	if err := a.cleanup(tables); err != nil {
 		return err
 	}
-	other, otherTables := "iptables-legacy", loadedLegacyTables()
+	other, otherTables := "iptables-legacy", iptbackend.LegacyTables()
 	if a.backend == "legacy" {
 		other, otherTables = "iptables-nft", tables
 	}

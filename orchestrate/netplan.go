@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+
+	"github.com/warren-appliance/warren/internal/netaddr"
 )
 
 // Pure helpers: names, file contents and rules derived from the config and
@@ -56,17 +58,10 @@ func checkSpec(s TaskSpec, block netip.Prefix) error {
 	if !s.IP.IsValid() || !block.Contains(s.IP) {
 		return fmt.Errorf("task %s: IP %v is not inside this node's block %v", s.Name, s.IP, block)
 	}
-	if s.IP == block.Masked().Addr() || s.IP == gatewayAddr(block) || s.IP == lastAddr(block) {
+	if s.IP == block.Masked().Addr() || s.IP == gatewayAddr(block) || s.IP == netaddr.Last(block) {
 		return fmt.Errorf("task %s: IP %v is the block's network, bridge or broadcast address", s.Name, s.IP)
 	}
 	return nil
-}
-
-func lastAddr(block netip.Prefix) netip.Addr {
-	b := block.Masked().Addr().As4()
-	host := uint32(1)<<(32-block.Bits()) - 1
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
 // specHash identifies what a container was built from: a change means

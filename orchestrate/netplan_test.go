@@ -212,23 +212,3 @@ func TestApplyStatus(t *testing.T) {
 		t.Fatalf("status right after removal from the list: %+v", st)
 	}
 }
-
-func TestPickIPTables(t *testing.T) {
-	for _, c := range []struct {
-		ours        []string
-		nft, legacy int
-		want        string
-	}{
-		{nil, 0, 0, "iptables"},
-		{nil, -1, -1, "iptables"},
-		{nil, 12, 0, "iptables-nft"},
-		{nil, 3, 40, "iptables-legacy"},
-		{nil, 5, -1, "iptables-nft"},
-		{[]string{"iptables-legacy"}, 50, 2, "iptables-legacy"}, // ours win over counts
-		{[]string{"iptables-nft", "iptables-legacy"}, 1, 9, "iptables-legacy"},
-	} {
-		if got := pickIPTables(c.ours, c.nft, c.legacy); got != c.want {
-			t.Errorf("pickIPTables(%v, %d, %d) = %s, want %s", c.ours, c.nft, c.legacy, got, c.want)
-		}
-	}
-}

@@ -7,15 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 
 	"github.com/coreos/go-iptables/iptables"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/warren-appliance/warren/internal/iptbackend"
 )
 
 // network applies the node's container network to the kernel: the bridge,
@@ -94,72 +94,12 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 }
 
 func (n *network) iptables() (*iptables.IPTables, error) {
-	n.detectOnce.Do(func() { n.iptCommand = detectIPTables() })
+	n.detectOnce.Do(func() { n.iptCommand = iptbackend.Detect("filter", chainForward) })
 	ipt, err := iptables.New(iptables.Path(n.iptCommand), iptables.Timeout(5))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", n.iptCommand, err)
 	}
 	return ipt, nil
-}
-
-// detectIPTables finds the iptables variant the host already uses: rules
-// in the other backend would not see ours (a DROP policy there still
-// drops what we accept). The one holding our chain when exactly one does
-// (a restart), else the one with more rules, as kube-proxy's
-// iptables-wrapper and the nat package decide; with no rules anywhere,
-// the host's default `iptables`.
-func detectIPTables() string {
-	var ours []string
-	for _, c := range []string{"iptables-nft", "iptables-legacy"} {
-		if c == "iptables-legacy" && !legacyFilterLoaded() {
-			continue // asking would create the legacy filter table
-		}
-		if path, err := exec.LookPath(c); err == nil && exec.Command(path, "-w", "5", "-t", "filter", "-S", chainForward, "1").Run() == nil {
-			ours = append(ours, c)
-		}
-	}
-	return pickIPTables(ours, countRules("iptables-nft-save"), countRules("iptables-legacy-save"))
-}
-
-// pickIPTables is detectIPTables' decision: ours lists the variants that
-// hold our chain; the counts are -1 when a variant is missing.
-func pickIPTables(ours []string, nftRules, legacyRules int) string {
-	switch {
-	case len(ours) == 1:
-		return ours[0]
-	case legacyRules > nftRules:
-		return "iptables-legacy"
-	case nftRules > legacyRules:
-		return "iptables-nft"
-	default:
-		return "iptables"
-	}
-}
-
-// legacyFilterLoaded reports whether this namespace has a legacy
-// (x_tables) filter table. thread-self: the thread's own namespace.
-func legacyFilterLoaded() bool {
-	names, err := os.ReadFile("/proc/thread-self/net/ip_tables_names")
-	return err == nil && slices.Contains(strings.Fields(string(names)), "filter")
-}
-
-// countRules is the number of rules a save tool prints, -1 if it cannot run.
-func countRules(save string) int {
-	path, err := exec.LookPath(save)
-	if err != nil {
-		return -1
-	}
-	out, err := exec.Command(path).Output()
-	if err != nil {
-		return -1
-	}
-	n := 0
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, "-A ") {
-			n++
-		}
-	}
-	return n
 }
 
 // ensureRules makes our chains hold exactly chainRules and hooks them in.

@@ -6,6 +6,8 @@ package ipam
 import (
 	"fmt"
 	"net/netip"
+
+	"github.com/warren-appliance/warren/internal/netaddr"
 )
 
 // NextAddr returns the lowest usable address of subnet that is not taken,
@@ -17,7 +19,7 @@ func NextAddr(subnet netip.Prefix, taken func(netip.Addr) bool) (netip.Addr, err
 	if !subnet.IsValid() {
 		return netip.Addr{}, fmt.Errorf("invalid subnet")
 	}
-	last := lastAddr(subnet)
+	last := netaddr.Last(subnet)
 	a := subnet.Addr()
 	if subnet.Bits() < subnet.Addr().BitLen()-1 {
 		a = a.Next() // skip the network address
@@ -51,20 +53,7 @@ func NextBlock(subnet netip.Prefix, bits int, avoid []netip.Prefix, taken func(n
 		if free {
 			return block, nil
 		}
-		a = lastAddr(block).Next()
+		a = netaddr.Last(block).Next()
 	}
 	return netip.Prefix{}, fmt.Errorf("container subnet %s has no free /%d block left", subnet, bits)
-}
-
-// lastAddr is the highest address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	host := len(b)*8 - p.Bits()
-	for i := len(b) - 1; i >= 0 && host > 0; i-- {
-		n := min(host, 8)
-		b[i] |= byte(1<<n - 1)
-		host -= n
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }

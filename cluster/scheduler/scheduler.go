@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/internal/netaddr"
 )
 
 // Plan returns the full desired task list and, for every service that is
@@ -349,24 +350,11 @@ func hostRange(block netip.Prefix) (first, last netip.Addr, ok bool) {
 	block = block.Masked()
 	network := block.Addr()
 	first = network.Next().Next()
-	last = BroadcastAddr(block).Prev()
+	last = netaddr.Last(block).Prev()
 	if !first.IsValid() || !last.IsValid() || !block.Contains(first) || first.Compare(last) > 0 {
 		return first, last, false
 	}
 	return first, last, true
-}
-
-// BroadcastAddr returns the last address of block.
-func BroadcastAddr(block netip.Prefix) netip.Addr {
-	b := block.Masked().Addr().AsSlice()
-	hostBits := len(b)*8 - block.Bits()
-	for i := len(b) - 1; i >= 0 && hostBits > 0; i-- {
-		n := min(hostBits, 8)
-		b[i] |= byte(1<<n - 1)
-		hostBits -= n
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 // TaskName is the name of slot of service: <service>-<slot>.

@@ -383,17 +383,6 @@ func TestConstraintMissingLabel(t *testing.T) {
 	}
 }
 
-func TestBroadcastAddr(t *testing.T) {
-	for block, want := range map[string]string{
-		"10.0.1.0/24": "10.0.1.255", "10.0.0.0/16": "10.0.255.255", "10.0.5.8/29": "10.0.5.15",
-		"fd00::/120": "fd00::ff",
-	} {
-		if got := BroadcastAddr(netip.MustParsePrefix(block)); got.String() != want {
-			t.Errorf("%s: got %s, want %s", block, got, want)
-		}
-	}
-}
-
 // BenchmarkPlan plans 1000 tasks (200 services x 5) over 50 nodes from
 // scratch, then re-plans the result (the manager's steady state).
 func BenchmarkPlan(b *testing.B) {
