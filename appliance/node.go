@@ -299,8 +299,14 @@ func (n *node) status() cluster.NodeStatus {
 	for _, h := range n.dev.Health() {
 		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes)})
 	}
-	for _, t := range n.orch.Status() {
-		s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image})
+	// Until the task reconciler has looked at the node, its states are
+	// guesses: leave Tasks nil so the manager keeps what it knows (a
+	// restarted appliance must not make its running tasks leave the VIPs).
+	if n.orch.Synced() {
+		s.Tasks = []api.TaskStatus{}
+		for _, t := range n.orch.Status() {
+			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image})
+		}
 	}
 	return s
 }

@@ -434,7 +434,8 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 	if !s.Time.IsZero() {
 		m.noteClockSkewLocked(nodeID, s.Time.Sub(now))
 	}
-	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !taskStatusChanges(m.st.tasks, nodeID, s.Tasks) {
+	known := s.Tasks != nil // nil: the node has not looked at its tasks yet
+	if m.st.nodes[nodeID].Status == clustermap.NodeReady && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
 	return m.updateLocked(func(st *state) error {
@@ -444,7 +445,9 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 			n.Status = clustermap.NodeReady
 			st.nodes[nodeID] = n
 		}
-		applyTaskStatus(st.tasks, nodeID, s.Tasks)
+		if known {
+			applyTaskStatus(st.tasks, nodeID, s.Tasks)
+		}
 		return nil
 	})
 }

@@ -48,6 +48,7 @@ type Reconciler struct {
 
 	mu       sync.Mutex
 	applied  bool // Apply was called: until then, nothing is removed
+	synced   bool // a pass after Apply completed: Status reflects the node
 	desired  map[string]TaskSpec
 	records  map[string]*taskRecord
 	removing map[string]netip.Addr // tasks being removed, with the IP they hold
@@ -134,6 +135,16 @@ func (r *Reconciler) poke() {
 	}
 }
 
+// Synced reports whether a pass over the desired tasks has completed
+// since the first Apply. Until then Status holds only what Apply assumed
+// (pending), not what runs: a restarted daemon has not adopted its
+// running tasks yet.
+func (r *Reconciler) Synced() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.synced
+}
+
 // Status reports every desired task, and tasks removed in the last few
 // minutes as shut down, sorted by name.
 func (r *Reconciler) Status() []TaskStatus {
@@ -189,6 +200,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 				r.log.Warn("converge", "err", err)
 			} else {
 				dirty = false
+				r.mu.Lock()
+				r.synced = true
+				r.mu.Unlock()
 			}
 			lastPass = time.Now()
 		}

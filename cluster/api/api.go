@@ -57,8 +57,11 @@ type RenewResponse struct {
 // NodeStatus is a node's heartbeat: tunnel health and its tasks' states.
 type NodeStatus struct {
 	Tunnel []PeerHealth `json:"tunnel,omitempty"`
-	Tasks  []TaskStatus `json:"tasks,omitempty"`
-	Time   time.Time    `json:"time"` // the node's clock, to spot boards without RTC
+	// Tasks is every task the node runs; nil (null) means the node does not
+	// know yet (its task reconciler has not looked since it started), and
+	// the manager then keeps the states it has.
+	Tasks []TaskStatus `json:"tasks"`
+	Time  time.Time    `json:"time"` // the node's clock, to spot boards without RTC
 }
 
 // PeerHealth is one WireGuard peer as this node sees it.
