@@ -59,6 +59,17 @@ func run(t testing.TB, name string, args ...string) string {
 }
 
 // inNS runs argv inside namespace ns.
+// emulated prefixes argv with $WARREN_TEST_EMULATOR (e.g. qemu-arm-static)
+// when the tests run under `go test -exec` for another architecture, so
+// the processes they start (this test binary, wireguard-go built for the
+// same GOARCH) run under the same emulator.
+func emulated(argv ...string) []string {
+	if e := os.Getenv("WARREN_TEST_EMULATOR"); e != "" {
+		return append([]string{e}, argv...)
+	}
+	return argv
+}
+
 func inNSCmd(ns string, argv ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns}, argv...)...)
 }
@@ -285,7 +296,7 @@ func tryStartNode(t testing.TB, ns string, hc helperConfig) (*node, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := inNSCmd(ns, os.Args[0], "-test.run=^TestHelperNode$")
+	cmd := inNSCmd(ns, emulated(os.Args[0], "-test.run=^TestHelperNode$")...)
 	cmd.Env = append(os.Environ(), helperEnv+"="+raw)
 	return tryStartNodeCmd(t, cmd, hc.Interface)
 }
