@@ -10,10 +10,12 @@ import (
 	"syscall"
 	"time"
 
+	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -124,14 +126,16 @@ func (r *Reconciler) startTask(ctx context.Context, c client.Container, files ta
 	task, err := c.NewTask(ctx, cio.LogFile(files.log()))
 	if errdefs.IsAlreadyExists(err) {
 		// A runtime task outlived its container (a crash while the task
-		// was being recreated): it runs nothing we want, so remove it.
-		if stale, lerr := c.Task(ctx, nil); lerr == nil {
-			if _, derr := stale.Delete(ctx, client.WithProcessKill); derr != nil {
-				return nil, nil, fmt.Errorf("remove stale task %s: %w", c.ID(), derr)
-			}
-			r.log.Warn("removed a stale runtime task left by a crash", "task", c.ID())
-			task, err = c.NewTask(ctx, cio.LogFile(files.log()))
+		// was being recreated): its shim is alive but runc has nothing, so
+		// it cannot be loaded through the container. Deleting it through
+		// the task service removes it from containerd's list and stops the
+		// shim; containerd 1.6 then reports the shim's NotFound.
+		_, derr := r.client.TaskService().Delete(ctx, &tasks.DeleteTaskRequest{ContainerID: c.ID()})
+		if derr != nil && !errdefs.IsNotFound(errgrpc.ToNative(derr)) {
+			return nil, nil, fmt.Errorf("remove stale task %s: %w", c.ID(), derr)
 		}
+		r.log.Warn("removed a stale runtime task left by a crash", "task", c.ID())
+		task, err = c.NewTask(ctx, cio.LogFile(files.log()))
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("create task %s: %w", c.ID(), err)
