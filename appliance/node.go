@@ -236,9 +236,8 @@ func (n *node) apply(m *clustermap.Map) {
 	n.mu.Lock()
 	n.last = m
 	n.mu.Unlock()
-	if self, ok := m.Node(n.self.ID); ok {
-		n.self = self
-	}
+	// n.self is not refreshed from m: its ID, overlay IP and block are
+	// fixed for the node's identity, and other goroutines read it.
 	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
 	if err := n.dev.SetPeers(peers); err != nil {
 		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
