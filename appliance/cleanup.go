@@ -46,7 +46,7 @@ func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
 	} else if err := a.Cleanup(); err != nil {
 		errs = append(errs, fmt.Errorf("iptables: %w", err))
 	}
-	if err := removeLink(cfg.WireGuard.Interface); err != nil {
+	if err := removeLink(cfg.WireGuard.Interface, log); err != nil {
 		errs = append(errs, err)
 	}
 	for _, p := range []string{filepath.Join("/var/run/wireguard", cfg.WireGuard.Interface+".sock"), SocketPath} {
@@ -60,7 +60,7 @@ func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
 	return errors.Join(errs...)
 }
 
-func removeLink(name string) error {
+func removeLink(name string, log *slog.Logger) error {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
@@ -72,6 +72,6 @@ func removeLink(name string) error {
 	if err := netlink.LinkDel(link); err != nil {
 		return fmt.Errorf("remove interface %s: %w", name, err)
 	}
-	slog.Debug("removed interface", "name", name)
+	log.Info("removed interface", "name", name)
 	return nil
 }

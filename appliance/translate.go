@@ -62,16 +62,16 @@ func natServices(m *clustermap.Map, selfID string) []nat.Service {
 
 // taskSpecs gives the tasks the map assigns to this node that should run.
 func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
-	images := map[string]clustermap.Service{}
+	services := map[string]clustermap.Service{}
 	for _, s := range m.Services {
-		images[s.Name] = s
+		services[s.Name] = s
 	}
 	var out []orchestrate.TaskSpec
 	for _, t := range m.TasksOn(selfID) {
 		if t.DesiredState != clustermap.TaskRunning || !t.IP.IsValid() {
 			continue
 		}
-		svc := images[t.Service]
+		svc := services[t.Service]
 		image := t.Image
 		if image == "" {
 			image = svc.Image

@@ -23,6 +23,19 @@ func TestStandalonePairPingsAndWgShow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A range that shadows the LAN the node is on is refused at start,
+	// naming both ranges, before anything is created.
+	if err := a.WriteConfig(standaloneConfig("a", "10.0.0.1/24", "", nil) + "\n[network]\nvip_subnet = \"192.168.100.0/24\"\n"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.Exec(ctx, "warren-appliance")
+	if err == nil || !strings.Contains(out, "network.vip_subnet: 192.168.100.0/24 overlaps 192.168.100.0/24") {
+		t.Fatalf("a VIP range over the node's LAN was not refused clearly: %v\n%s", err, out)
+	}
+	if _, err := a.Exec(ctx, "ip", "link", "show", "warren0"); err == nil {
+		t.Fatal("warren0 created although the config was refused")
+	}
+
 	keys := map[*lab.Node]string{}
 	for _, n := range []*lab.Node{a, b} {
 		// The first call creates the key; the second must print the same one.
@@ -54,7 +67,7 @@ func TestStandalonePairPingsAndWgShow(t *testing.T) {
 		_, err := a.Exec(ctx, "ping", "-c1", "-W1", "10.0.0.2")
 		return err
 	})
-	out, err := b.Exec(ctx, "ping", "-c3", "-i0.2", "-W2", "10.0.0.1")
+	out, err = b.Exec(ctx, "ping", "-c3", "-i0.2", "-W2", "10.0.0.1")
 	if err != nil {
 		t.Fatalf("b pings a: %v\n%s", err, out)
 	}

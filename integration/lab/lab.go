@@ -642,9 +642,9 @@ func (n *Node) SignalAppliance(sig syscall.Signal) error {
 	return n.appliance.Process.Signal(sig)
 }
 
-// Leftovers lists what labs of this process left behind: namespaces, and
-// processes whose network namespace is gone but that still run
-// warren-appliance or containerd from a lab. Empty after every Close.
+// Leftovers lists what labs of this process left behind: network
+// namespaces and task cgroups (Close kills the processes of a namespace
+// before deleting it). Empty after every Close.
 func Leftovers() []string {
 	var out []string
 	prefix := fmt.Sprintf("%s%d-", namePrefix, os.Getpid())
