@@ -28,6 +28,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/store"
+	"github.com/warren-appliance/warren/internal/wgkey"
 )
 
 // NodeStatus is a node's heartbeat (tunnel health, task states).
@@ -508,8 +509,13 @@ func validateNodeInfo(n NodeInfo) error {
 	if n.Role != clustermap.RoleManager && n.Role != clustermap.RoleWorker {
 		return fmt.Errorf("node role %q is not valid: want manager or worker", n.Role)
 	}
-	if k, err := base64.StdEncoding.DecodeString(n.PublicKey); err != nil || len(k) != 32 {
+	k, err := base64.StdEncoding.DecodeString(n.PublicKey)
+	if err != nil || len(k) != 32 {
 		return fmt.Errorf("WireGuard public key %q is not valid: want 32 bytes in base64 (as `wg pubkey` prints)", n.PublicKey)
+	}
+	if err := wgkey.Check(k); err != nil {
+		// Such a key gives no shared secret: WireGuard refuses the peer.
+		return fmt.Errorf("WireGuard public key %q is not usable (%v): generate one with `wg genkey | wg pubkey`", n.PublicKey, err)
 	}
 	if !n.Endpoint.IsValid() || n.Endpoint.Port() == 0 {
 		return fmt.Errorf("advertise endpoint %q is not valid: want IP:PORT of the WireGuard listener", n.Endpoint)
