@@ -75,6 +75,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			VIPSubnet:          cfg.Network.VIPSubnet.Prefix,
 			Domain:             cfg.Network.DNSDomain,
 			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
+			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
 			Logger:             log,
 		})
 		if err != nil {

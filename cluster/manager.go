@@ -39,6 +39,9 @@ const (
 	DefaultAPIListen = ":7946"
 	DefaultDomain    = "warren.local"
 	DefaultDownAfter = 30 * time.Second
+	// MinCertLifetime is the shortest cluster.cert_lifetime (for tests and
+	// labs; real clusters keep the default).
+	MinCertLifetime = time.Minute
 )
 
 // ManagerConfig configures the manager. Subnets and domain are used when the
@@ -53,7 +56,10 @@ type ManagerConfig struct {
 	VIPSubnet          netip.Prefix
 	Domain             string
 	DownAfter          time.Duration // a node silent this long is marked down
-	Logger             *slog.Logger
+	// CertLifetime is how long node certificates are valid (default
+	// pki.NodeValidity, 90 days); agents renew at about two thirds of it.
+	CertLifetime time.Duration
+	Logger       *slog.Logger
 
 	keepalive time.Duration // watch stream keepalive; tests shorten it
 }
@@ -103,6 +109,12 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	if cfg.DownAfter <= 0 {
 		cfg.DownAfter = DefaultDownAfter
+	}
+	if cfg.CertLifetime <= 0 {
+		cfg.CertLifetime = pki.NodeValidity
+	}
+	if cfg.CertLifetime < MinCertLifetime {
+		return nil, fmt.Errorf("cluster.cert_lifetime %s is too short: want at least %s", cfg.CertLifetime, MinCertLifetime)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -276,7 +288,7 @@ func (s *state) admit(info NodeInfo, id string, now time.Time) (nodeRecord, erro
 	s.pruneTombstones(now)
 	ip, err := ipam.NextAddr(s.meta.WireGuardSubnet, s.ipTaken)
 	if err != nil {
-		return nodeRecord{}, &apiError{http.StatusConflict, fmt.Sprintf("no overlay address left: %v (%d members, %d addresses held by removed nodes until their certificates expire)", err, len(s.nodes), len(s.removed))}
+		return nodeRecord{}, &apiError{http.StatusConflict, fmt.Sprintf("no overlay address left: %v (%d members): remove nodes that are gone with `warren node rm`", err, len(s.nodes))}
 	}
 	block, err := ipam.NextBlock(s.meta.ContainerSubnet, s.meta.ContainerBlockBits, []netip.Prefix{s.meta.WireGuardSubnet}, s.blockTaken)
 	if err != nil {
