@@ -139,30 +139,36 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 
 func (a *Agent) path(name string) string { return filepath.Join(a.cfg.StateDir, name) }
 
-// loadIdentity reads the stored identity; false if this node never joined.
+// loadIdentity reads the stored identity; false if this node has not
+// (completely) joined. The first join writes the certificate last, so a
+// crash at any point leaves either every file or no certificate; any file
+// missing (a crash in an older version, a lost file) also counts as not
+// joined: the node joins again, as the same node while it keeps its key.
 func (a *Agent) loadIdentity() (bool, error) {
-	certPEM, err := os.ReadFile(a.path(FileTLSCert))
-	if errors.Is(err, fs.ErrNotExist) {
+	files := map[string][]byte{}
+	var missing []string
+	for _, f := range []string{FileTLSCert, FileTLSKey, FileCA, FileIdentity} {
+		b, err := os.ReadFile(a.path(f))
+		if errors.Is(err, fs.ErrNotExist) {
+			missing = append(missing, f)
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("read %s: %w", a.path(f), err)
+		}
+		files[f] = b
+	}
+	if len(missing) > 0 {
+		if len(files) > 0 && !(len(files) == 1 && files[FileTLSKey] != nil) {
+			a.log.Warn("incomplete join in the state dir (interrupted first join?); joining again", "dir", a.cfg.StateDir, "missing", missing)
+		}
 		return false, nil
 	}
-	if err != nil {
-		return false, fmt.Errorf("read node certificate: %w", err)
-	}
-	keyPEM, err := os.ReadFile(a.path(FileTLSKey))
-	if err != nil {
-		return false, fmt.Errorf("read node TLS key: %w", err)
-	}
-	caPEM, err := os.ReadFile(a.path(FileCA))
-	if err != nil {
-		return false, fmt.Errorf("read cluster CA: %w", err)
-	}
-	idJSON, err := os.ReadFile(a.path(FileIdentity))
-	if err != nil {
-		return false, fmt.Errorf("read node identity: %w", err)
-	}
-	if err := json.Unmarshal(idJSON, &a.id); err != nil {
+	certPEM, keyPEM, caPEM := files[FileTLSCert], files[FileTLSKey], files[FileCA]
+	if err := json.Unmarshal(files[FileIdentity], &a.id); err != nil {
 		return false, fmt.Errorf("decode %s: %w", a.path(FileIdentity), err)
 	}
+	var err error
 	if a.ca, err = pki.ParseCertPEM(caPEM); err != nil {
 		return false, fmt.Errorf("parse %s: %w", a.path(FileCA), err)
 	}
@@ -224,13 +230,14 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 	}
 	a.ca = pinned
 	a.id = identity{ClusterID: resp.ClusterID, Manager: a.cfg.Manager, Node: resp.Node}
-	if err := a.saveCert(resp.Certificate); err != nil {
-		return err
-	}
+	// The certificate goes last: its file is what marks the join complete.
 	if err := atomicfile.Write(a.path(FileCA), pki.EncodeCertPEM(pinned.Raw), 0o644); err != nil {
 		return fmt.Errorf("save cluster CA: %w", err)
 	}
 	if err := a.saveIdentity(); err != nil {
+		return err
+	}
+	if err := a.saveCert(resp.Certificate); err != nil {
 		return err
 	}
 	a.client = a.httpClient(pki.CertHash(pinned.Raw), pinnedByIdentity)
