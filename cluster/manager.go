@@ -29,6 +29,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/store"
 	"github.com/warren-appliance/warren/internal/wgkey"
+	"golang.org/x/time/rate"
 )
 
 // NodeStatus is a node's heartbeat (tunnel health, task states).
@@ -92,6 +93,8 @@ type Manager struct {
 	lastSeen map[string]time.Time
 	health   map[string][]api.PeerHealth
 	skew     map[string]time.Duration // node clock minus manager clock, per last report
+	// reportLimit limits each node's state-changing reports (bounds.go).
+	reportLimit map[string]*rate.Limiter
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -451,6 +454,9 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 	if m.st.nodes[nodeID].Status == clustermap.NodeReady && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
+	if err := m.allowReportWriteLocked(nodeID, now); err != nil {
+		return err
+	}
 	return m.updateLocked(func(st *state) error {
 		n := st.nodes[nodeID]
 		if n.Status != clustermap.NodeReady {
@@ -531,6 +537,9 @@ func validateNodeInfo(n NodeInfo) error {
 	}
 	if !n.Endpoint.IsValid() || n.Endpoint.Port() == 0 {
 		return fmt.Errorf("advertise endpoint %q is not valid: want IP:PORT of the WireGuard listener", n.Endpoint)
+	}
+	if err := validateLabels(n.Labels); err != nil {
+		return fmt.Errorf("node labels: %w", err)
 	}
 	return nil
 }

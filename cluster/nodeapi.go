@@ -339,6 +339,11 @@ func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request, id string
 		writeError(w, err)
 		return
 	}
+	st, err := checkReport(st)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	if err := m.foldStatus(id, st); err != nil {
 		writeError(w, err)
 		return

@@ -201,9 +201,14 @@ func (s *state) sortedServices() []clustermap.Service {
 	return out
 }
 
-// buildMap renders the published map at version v.
+// buildMap renders the published map at version v. Task error texts stay
+// on the manager (the admin API shows them): no node acts on them, so a
+// changing error must not make a new map for every node.
 func (s *state) buildMap(v uint64) *clustermap.Map {
 	tasks := slices.Clone(s.tasks)
+	for i := range tasks {
+		tasks[i].Error = ""
+	}
 	sort.Slice(tasks, func(i, j int) bool {
 		if tasks[i].Name != tasks[j].Name {
 			return tasks[i].Name < tasks[j].Name
