@@ -63,6 +63,9 @@ type ManagerConfig struct {
 	Logger       *slog.Logger
 
 	keepalive time.Duration // watch stream keepalive; tests shorten it
+	// requestTimeout bounds reading a request (headers and body) and, with
+	// half again, writing the answer; default 20 s, tests shorten it.
+	requestTimeout time.Duration
 }
 
 // NodeInfo is what a node says about itself when it joins.
@@ -124,6 +127,9 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	if cfg.keepalive == 0 {
 		cfg.keepalive = watchKeepalive
+	}
+	if cfg.requestTimeout == 0 {
+		cfg.requestTimeout = 20 * time.Second
 	}
 	cfg.Node.Role = clustermap.RoleManager
 	if err := validateNodeInfo(cfg.Node); err != nil {

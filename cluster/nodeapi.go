@@ -42,16 +42,27 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 		// verify it themselves and answer with a clear error.
 		ClientAuth: tls.RequestClientCert,
 	}
+	// Every request has deadlines (the watch stream replaces them with a
+	// write deadline per line); the TLS handshake gets the shortest one.
+	rt := m.cfg.requestTimeout
 	srv := &http.Server{
 		Handler:           m.nodeHandler(),
 		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: min(10*time.Second, rt),
+		ReadTimeout:       rt,
+		WriteTimeout:      rt + rt/2,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnContext:       connContext,
 	}
+	limited := &limitedListener{Listener: ln, lim: &connLimiter{}, log: func(n int) {
+		m.log.Warn("refusing connections beyond the caps on unauthenticated connections", "refused", n,
+			"max", maxUnauthConns, "max_per_source", maxUnauthConnsPerSource)
+	}}
 	go m.livenessLoop(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
+	go func() { errc <- srv.Serve(tls.NewListener(limited, tlsConf)) }()
 	m.log.Info("cluster API listening", "addr", ln.Addr().String())
 	select {
 	case err := <-errc:
@@ -98,6 +109,7 @@ func (m *Manager) authed(h func(http.ResponseWriter, *http.Request, string)) htt
 			writeError(w, err)
 			return
 		}
+		markAuthenticated(r.Context())
 		h(w, r, c.id)
 	}
 }
@@ -286,6 +298,7 @@ func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	markAuthenticated(r.Context())
 	var req api.RenewRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
@@ -362,6 +375,13 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 		writeError(w, errors.New("streaming unsupported"))
 		return
 	}
+	// A stream outlives the request deadlines: no read deadline (the
+	// request has no body), and a write deadline per line so a reader that
+	// stopped reading is dropped.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	writeDeadline := func() { _ = rc.SetWriteDeadline(time.Now().Add(2 * m.keepalive)) }
+	writeDeadline()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -378,6 +398,7 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 			return // removed: the agent's next call gets the 403 that says so
 		}
 		if (first && version != after) || version > after {
+			writeDeadline()
 			// body is shared with other watchers: never append to it.
 			if _, err := w.Write(body); err != nil {
 				return
@@ -394,6 +415,7 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 			return
 		case <-ch:
 		case <-keepalive.C:
+			writeDeadline()
 			if _, err := w.Write([]byte("\n")); err != nil {
 				return
 			}
