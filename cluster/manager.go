@@ -98,6 +98,9 @@ type Manager struct {
 	skew     map[string]time.Duration // node clock minus manager clock, per last report
 	// reportLimit limits each node's state-changing reports (bounds.go).
 	reportLimit map[string]*rate.Limiter
+	// views caches the encoded per-node views of the current map (views.go).
+	views        map[string][]byte
+	viewsVersion uint64
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on

@@ -391,7 +391,8 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	first := true
 	for {
 		m.mu.Lock()
-		version, body, ch := m.current.Version, m.mapJSON, m.changed
+		version, body := m.mapViewLocked(id)
+		ch := m.changed
 		_, member := m.st.nodes[id]
 		m.mu.Unlock()
 		if !member {
