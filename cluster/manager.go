@@ -60,7 +60,11 @@ type ManagerConfig struct {
 	// CertLifetime is how long node certificates are valid (default
 	// pki.NodeValidity, 90 days); agents renew at about two thirds of it.
 	CertLifetime time.Duration
-	Logger       *slog.Logger
+	// ReservedPorts are host ports of this appliance that services may not
+	// publish, beyond DNS, the node API and the WireGuard ports, which the
+	// manager knows itself (e.g. the metrics listener).
+	ReservedPorts []ReservedPort
+	Logger        *slog.Logger
 
 	keepalive time.Duration // watch stream keepalive; tests shorten it
 	// requestTimeout bounds reading a request (headers and body) and, with
@@ -101,6 +105,7 @@ type Manager struct {
 	// views caches the encoded per-node views of the current map (views.go).
 	views        map[string][]byte
 	viewsVersion uint64
+	servingAddr  string // the node API's listener, once serving
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on

@@ -35,6 +35,9 @@ func (m *Manager) Serve(ctx context.Context) error {
 func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	m.mu.Lock()
+	m.servingAddr = ln.Addr().String()
+	m.mu.Unlock()
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{m.server},

@@ -117,6 +117,9 @@ func (m *Manager) CreateService(spec api.ServiceSpec) (api.ServiceView, error) {
 		if old, ok := s.services[svc.Name]; ok {
 			return errorf(http.StatusConflict, "service %q already exists (VIP %s, image %s): pick another name, or `warren service rm %s` first", svc.Name, old.VIP, old.Image, svc.Name)
 		}
+		if err := m.checkReservedPortsLocked(s, svc.Ports); err != nil {
+			return err
+		}
 		for _, other := range s.services {
 			for _, op := range other.Ports {
 				for _, p := range svc.Ports {
