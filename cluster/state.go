@@ -196,15 +196,20 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 		tasks = []clustermap.Task{}
 	}
 	return &clustermap.Map{
-		Version:         v,
-		ClusterID:       s.meta.ClusterID,
-		Domain:          s.meta.Domain,
-		WireGuardSubnet: s.meta.WireGuardSubnet,
-		ContainerSubnet: s.meta.ContainerSubnet,
-		VIPSubnet:       s.meta.VIPSubnet,
-		Nodes:           s.sortedNodes(),
-		Services:        s.sortedServices(),
-		Tasks:           tasks,
+		Version:   v,
+		ClusterID: s.meta.ClusterID,
+		Network:   s.meta.network(),
+		Nodes:     s.sortedNodes(),
+		Services:  s.sortedServices(),
+		Tasks:     tasks,
+	}
+}
+
+// network is the cluster-wide address plan and domain fixed at creation.
+func (mt meta) network() clustermap.Network {
+	return clustermap.Network{
+		Domain: mt.Domain, WireGuardSubnet: mt.WireGuardSubnet, ContainerSubnet: mt.ContainerSubnet,
+		ContainerBlockBits: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet,
 	}
 }
 
