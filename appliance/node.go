@@ -294,9 +294,9 @@ func (n *node) apply(m *clustermap.Map) {
 	n.mu.Lock()
 	n.last = m
 	n.mu.Unlock()
-	if m.Network.Complete() && m.Network != n.net {
+	if mn := m.Network(); mn.Complete() && mn != n.net {
 		n.log.Error("the map's cluster network differs from the one this node started with; restart the node to follow it",
-			"map", fmt.Sprintf("%+v", m.Network), "running", fmt.Sprintf("%+v", n.net))
+			"map", fmt.Sprintf("%+v", mn), "running", fmt.Sprintf("%+v", n.net))
 	}
 	n.recheckHostOverlap()
 	// n.self is not refreshed from m: its ID, overlay IP and block are

@@ -22,7 +22,7 @@ func testMap(t *testing.T) (*clustermap.Map, [3]tunnel.Key) {
 	}
 	a := netip.MustParseAddr
 	m := &clustermap.Map{
-		Network: clustermap.Network{Domain: "warren.local"},
+		Domain: "warren.local",
 		Nodes: []clustermap.Node{
 			{ID: "m", Name: "manager-1", PublicKey: keys[0].String(), Endpoint: netip.MustParseAddrPort("192.168.100.10:51820"), OverlayIP: a("10.0.0.1"), ContainerBlock: netip.MustParsePrefix("10.0.1.0/24")},
 			{ID: "w1", Name: "worker-1", PublicKey: keys[1].String(), Endpoint: netip.MustParseAddrPort("192.168.100.11:51820"), OverlayIP: a("10.0.0.2"), ContainerBlock: netip.MustParsePrefix("10.0.2.0/24")},

@@ -349,14 +349,14 @@ func (a *Agent) Network() clustermap.Network {
 // the first map the manager sends (retrying while it is unreachable).
 func (a *Agent) recoverNetwork(ctx context.Context) error {
 	m, err := a.CachedMap()
-	if err != nil || m == nil || !m.Network.Complete() {
+	if err != nil || m == nil || !m.Network().Complete() {
 		bo := newBackoff()
 		for {
-			if m, err = a.fetchMap(ctx); err == nil && m.Network.Complete() {
+			if m, err = a.fetchMap(ctx); err == nil && m.Network().Complete() {
 				break
 			}
 			if err == nil {
-				return fmt.Errorf("the manager's map has no cluster network settings (%+v): is it older than this node?", m.Network)
+				return fmt.Errorf("the manager's map has no cluster network settings (%+v): is it older than this node?", m.Network())
 			}
 			if ctx.Err() != nil {
 				return fmt.Errorf("cluster network settings: %w", err)
@@ -369,7 +369,7 @@ func (a *Agent) recoverNetwork(ctx context.Context) error {
 		}
 	}
 	a.mu.Lock()
-	a.id.Network = m.Network
+	a.id.Network = m.Network()
 	a.mu.Unlock()
 	return a.saveIdentity()
 }

@@ -195,14 +195,15 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 	if tasks == nil {
 		tasks = []clustermap.Task{}
 	}
-	return &clustermap.Map{
+	m := &clustermap.Map{
 		Version:   v,
 		ClusterID: s.meta.ClusterID,
-		Network:   s.meta.network(),
 		Nodes:     s.sortedNodes(),
 		Services:  s.sortedServices(),
 		Tasks:     tasks,
 	}
+	m.SetNetwork(s.meta.network())
+	return m
 }
 
 // network is the cluster-wide address plan and domain fixed at creation.

@@ -14,11 +14,27 @@ import (
 type Map struct {
 	Version   uint64 `json:"version"`
 	ClusterID string `json:"cluster_id"`
-	// Network is inlined: its fields are top-level keys of the map's JSON.
-	Network
-	Nodes    []Node    `json:"nodes"`
-	Services []Service `json:"services"`
-	Tasks    []Task    `json:"tasks"`
+	// The cluster-wide values, as Network() returns them.
+	Domain             string       `json:"domain"`
+	WireGuardSubnet    netip.Prefix `json:"wireguard_subnet"`
+	ContainerSubnet    netip.Prefix `json:"container_subnet"`
+	ContainerBlockBits int          `json:"container_block_bits,omitempty"`
+	VIPSubnet          netip.Prefix `json:"vip_subnet"`
+	Nodes              []Node       `json:"nodes"`
+	Services           []Service    `json:"services"`
+	Tasks              []Task       `json:"tasks"`
+}
+
+// Network returns the map's cluster-wide values.
+func (m *Map) Network() Network {
+	return Network{Domain: m.Domain, WireGuardSubnet: m.WireGuardSubnet, ContainerSubnet: m.ContainerSubnet,
+		ContainerBlockBits: m.ContainerBlockBits, VIPSubnet: m.VIPSubnet}
+}
+
+// SetNetwork sets the map's cluster-wide values.
+func (m *Map) SetNetwork(n Network) {
+	m.Domain, m.WireGuardSubnet, m.ContainerSubnet, m.ContainerBlockBits, m.VIPSubnet =
+		n.Domain, n.WireGuardSubnet, n.ContainerSubnet, n.ContainerBlockBits, n.VIPSubnet
 }
 
 // Network is the cluster-wide address plan and DNS domain. It is decided
