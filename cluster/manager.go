@@ -235,7 +235,7 @@ func (m *Manager) createCluster() (*state, error) {
 			WorkerSecret: pki.NewSecret(), ManagerSecret: pki.NewSecret(),
 			Version: 1,
 		},
-		nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{},
+		nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
 	}
 	self, err := s.admit(c.Node, randomID(), now)
 	if err != nil {

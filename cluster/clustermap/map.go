@@ -23,6 +23,8 @@ type Map struct {
 	Nodes              []Node       `json:"nodes"`
 	Services           []Service    `json:"services"`
 	Tasks              []Task       `json:"tasks"`
+	// Policies are the network policies every node enforces for its tasks.
+	Policies []Policy `json:"policies,omitempty"`
 }
 
 // Network returns the map's cluster-wide values.
@@ -98,6 +100,9 @@ type Service struct {
 	Command     []string   `json:"command,omitempty"`
 	Constraints []string   `json:"constraints,omitempty"`
 	Affinity    bool       `json:"affinity,omitempty"`
+	// Labels are carried by every task of the service; network policies
+	// select tasks by them.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Task states.
@@ -156,5 +161,15 @@ func (m *Map) Endpoints(name string) []Task {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// ServiceLabels maps each service name to its labels: a task carries the
+// labels of its service (network policies select tasks by them).
+func (m *Map) ServiceLabels() map[string]map[string]string {
+	out := make(map[string]map[string]string, len(m.Services))
+	for _, s := range m.Services {
+		out[s.Name] = s.Labels
+	}
 	return out
 }
