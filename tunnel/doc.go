@@ -2,10 +2,11 @@
 // process: wireguard-go on a kernel TUN interface, or on a gVisor netstack
 // when /dev/net/tun is unavailable. It owns the node key, the UAPI socket that
 // `wg` and wgctrl talk to, the peer set (applied as a diff so live sessions
-// are never disturbed), the routes towards peers, and per-peer health. A
-// peer the device cannot hold (zero or low-order key, its own key, a
-// duplicate, a prefix another peer claims) is skipped and logged; the others
-// are applied.
+// are never disturbed), the interface's routes (the peers' allowed ranges and
+// the extra ones handed to SetRoutes, such as the cluster's VIP range), and
+// per-peer health. Remove clears what a killed process left behind. A peer
+// the device cannot hold (zero or low-order key, its own key, a duplicate, a
+// prefix another peer claims) is skipped and logged; the others are applied.
 //
 // wireguard-go's buffers are unbounded on Linux; the device bounds the
 // packets it holds per direction (Config.QueuedPackets). For the RSS figures
