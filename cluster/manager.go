@@ -442,6 +442,10 @@ func (m *Manager) Watch(ctx context.Context, apply func(*clustermap.Map)) error 
 
 // Report records the manager node's own status, in process.
 func (m *Manager) Report(ctx context.Context, s NodeStatus) error {
+	s, err := checkReport(s) // the same bounds as a remote node's
+	if err != nil {
+		return err
+	}
 	return m.foldStatus(m.Self().ID, s)
 }
 
