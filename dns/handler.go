@@ -24,6 +24,7 @@ type handler struct {
 	forwardTimeout time.Duration
 	baseCtx        context.Context // cancelled when the server closes
 	log            *slog.Logger
+	onAnswer       func(rcode string) // may be nil
 }
 
 // ServeDNS implements miekg.Handler.
@@ -32,6 +33,9 @@ func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 	resp := h.respond(req, overTCP)
 	if resp == nil {
 		return
+	}
+	if h.onAnswer != nil {
+		h.onAnswer(rcodeName(resp.Rcode))
 	}
 	if err := w.WriteMsg(resp); err != nil {
 		h.log.Debug("dns: write response", "remote", w.RemoteAddr(), "err", err)
@@ -140,4 +144,16 @@ func errorReply(req *miekg.Msg, rcode int) *miekg.Msg {
 		resp.Question = []miekg.Question{req.Question[0]}
 	}
 	return resp
+}
+
+// rcodeName is rc in lower case, "badvers" for 16 (which miekg names
+// BADSIG, the TSIG meaning of the same number).
+func rcodeName(rc int) string {
+	if rc == miekg.RcodeBadVers {
+		return "badvers"
+	}
+	if n, ok := miekg.RcodeToString[rc]; ok {
+		return strings.ToLower(n)
+	}
+	return "other"
 }

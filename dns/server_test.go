@@ -3,6 +3,7 @@ package dns
 import (
 	"net"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"slices"
 	"sync"
@@ -325,5 +326,30 @@ func TestCloseReleasesEverything(t *testing.T) {
 	}
 	if err := s.Start(); err == nil {
 		t.Fatal("Start after Close succeeded")
+	}
+}
+
+func TestOnAnswerCountsByRcode(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]int{}
+	s, addr := startServer(t, Config{OnAnswer: func(rc string) {
+		mu.Lock()
+		got[rc]++
+		mu.Unlock()
+	}})
+	s.Update(Records{Domain: "warren.local", Services: map[string]netip.Addr{"web": netip.MustParseAddr("10.1.0.1")}})
+	ask(t, addr, "udp", "web.warren.local.", miekg.TypeA)
+	ask(t, addr, "udp", "nope.warren.local.", miekg.TypeA)
+	ask(t, addr, "tcp", "nope.warren.local.", miekg.TypeA)
+	bad := new(miekg.Msg)
+	bad.SetQuestion("web.warren.local.", miekg.TypeA)
+	bad.SetEdns0(1232, false)
+	bad.IsEdns0().SetVersion(1)
+	exchange(t, addr, "udp", bad)
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]int{"noerror": 1, "nxdomain": 2, "badvers": 1}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("answers counted %v, want %v", got, want)
 	}
 }
