@@ -26,6 +26,7 @@ import (
 //	POST   /v1/services/{name}/scale        api.Scale
 //	POST   /v1/services/{name}/update       api.ImageUpdate (rolling)
 //	DELETE /v1/services/{name}              remove
+//	GET    /v1/tasks[?service=NAME]         tasks, also of removed services until stopped
 func (m *Manager) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
@@ -70,6 +71,9 @@ func (m *Manager) AdminHandler() http.Handler {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Tasks(r.URL.Query().Get("service")))
 	})
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Services())

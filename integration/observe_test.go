@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/warren-appliance/warren/integration/lab"
+	"github.com/warren-appliance/warren/internal/testimage"
 )
 
 // Issue "observe": every node serves /metrics on its loopback (the default
@@ -164,4 +166,100 @@ func metricValue(text, series string) float64 {
 		}
 	}
 	return -1
+}
+
+// Issue "observe": service create, scale, update and rm wait until the
+// cluster has converged, printing each task's state; --detach returns at
+// once; --timeout gives up naming the stuck task.
+func TestServiceVerbsWaitForConvergence(t *testing.T) {
+	l := newLab(t)
+	v2, err := testimage.BusyboxTarball(t.TempDir(), testImageV2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, Images: []string{imageTarball(t), v2}})
+	ctx := ctxFor(t, 5*time.Minute)
+	m := c.Manager
+	// containers lists the web task containers on every node.
+	containers := func() []string {
+		var out []string
+		for _, n := range c.Nodes() {
+			list, err := n.Exec(ctx, "ctr", "-n", "warren", "containers", "list", "-q")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range strings.Fields(list) {
+				if strings.HasPrefix(id, "web-") {
+					out = append(out, n.Name+"/"+id)
+				}
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	// converged checks, right after a verb returned, that web runs exactly
+	// want tasks on image, all running.
+	converged := func(verb string, want int, image string) {
+		t.Helper()
+		v, err := inspect(ctx, m, "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		running := 0
+		for _, task := range v.Tasks {
+			if task.State == "running" {
+				running++
+			}
+		}
+		if v.Image != image || running != want || len(v.Tasks) != want {
+			t.Fatalf("right after `%s` returned: %+v, want %d tasks all running %s", verb, v, want, image)
+		}
+		if got := containers(); len(got) != want {
+			t.Fatalf("right after `%s` returned: containers %v, want %d", verb, got, want)
+		}
+	}
+
+	out, err := m.Exec(ctx, "warren", append([]string{"service", "create", "web", "--image", testImage, "--replicas", "3"}, httpdCommand...)...)
+	if err != nil {
+		t.Fatalf("service create: %v\n%s", err, out)
+	}
+	for _, want := range []string{"web created: VIP ", "web-1 on ", ": running\n", "web: 3/3 running\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("service create output lacks %q:\n%s", want, out)
+		}
+	}
+	converged("service create", 3, testImage)
+
+	if out, err := m.Exec(ctx, "warren", "service", "scale", "web=1"); err != nil || !strings.Contains(out, "web: 1/1 running") {
+		t.Fatalf("service scale: %v\n%s", err, out)
+	}
+	converged("service scale web=1", 1, testImage)
+
+	if out, err := m.Exec(ctx, "warren", "service", "update", "web", "--image", testImageV2); err != nil || !strings.Contains(out, "web: 1/1 running "+testImageV2) {
+		t.Fatalf("service update: %v\n%s", err, out)
+	}
+	converged("service update", 1, testImageV2)
+
+	if out, err := m.Exec(ctx, "warren", "service", "rm", "web"); err != nil {
+		t.Fatalf("service rm: %v\n%s", err, out)
+	}
+	if got := containers(); len(got) != 0 {
+		t.Fatalf("right after `service rm web` returned, containers remain: %v", got)
+	}
+
+	// An image no node has (and no registry to pull from): --detach
+	// returns at once, where waiting would last its 10 minutes.
+	short := ctxFor(t, time.Minute)
+	if out, err := m.Exec(short, "warren", "service", "create", "ghost", "--detach", "--timeout", "10m", "--image", "warren.test/missing:1"); err != nil {
+		t.Fatalf("service create --detach: %v\n%s", err, out)
+	}
+	// --timeout: exit non-zero, naming the task that is stuck and why.
+	out, err = m.Exec(ctx, "warren", "service", "create", "stuck", "--timeout", "15s", "--constraint", "node.name==worker-1", "--image", "warren.test/missing:1")
+	if err == nil {
+		t.Fatalf("service create of a missing image converged?\n%s", out)
+	}
+	if !strings.Contains(out, "stuck: not converged after 15s") || !strings.Contains(out, "stuck-1 on worker-1: ") {
+		t.Fatalf("timeout error does not name the stuck task:\n%s", out)
+	}
+	t.Logf("timeout error: %s", out)
 }
