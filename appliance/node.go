@@ -43,6 +43,9 @@ const (
 	// one report per reportMinGap is sent.
 	reportCoalesce = 30 * time.Millisecond
 	reportMinGap   = 200 * time.Millisecond
+	// reportRetry is how soon a report that was not delivered is sent
+	// again when reports on change are on.
+	reportRetry    = time.Second
 	canaryInterval = 10 * time.Second
 )
 
@@ -373,13 +376,22 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 	var last time.Time
 	for {
 		last = time.Now()
-		if err := mem.Report(ctx, n.status()); err != nil && ctx.Err() == nil {
+		err := mem.Report(ctx, n.status())
+		if err != nil && ctx.Err() == nil {
 			n.log.Debug("status report not delivered", "err", err)
+		}
+		var retry <-chan time.Time
+		if err != nil && changed != nil {
+			// The report may have carried a change (the manager limits
+			// how many a node sends): try again soon rather than at the
+			// next heartbeat.
+			retry = time.After(reportRetry)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-retry:
 		case <-changed:
 			// Let a burst (tasks starting together) settle into one
 			// report, and never report more often than reportMinGap.
