@@ -63,6 +63,9 @@ type Cluster struct {
 	// changes; false reports only with the heartbeat (every 5 s), as
 	// before, which benchmarks use as their baseline.
 	ReportOnChange bool `toml:"report_on_change"`
+	// CertLifetime is how long the node certificates a manager signs are
+	// valid; agents renew them at about two thirds of it.
+	CertLifetime Duration `toml:"cert_lifetime"`
 }
 
 // WireGuard is [wireguard].
@@ -147,6 +150,7 @@ func Default() Config {
 		Cluster: Cluster{
 			APIListen:      ":7946",
 			NodeDownAfter:  Duration{Duration: 30 * time.Second},
+			CertLifetime:   Duration{Duration: 90 * 24 * time.Hour},
 			ReportOnChange: true,
 		},
 		WireGuard: WireGuard{

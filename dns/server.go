@@ -64,12 +64,20 @@ type Config struct {
 	// loop back to this server (they are probed at once when loaded);
 	// DefaultLoopProbe when 0.
 	LoopProbeInterval time.Duration
+	// Allow lists the source ranges answered (e.g. loopback and the node's
+	// own addresses), besides the Clients of the last Update (the cluster's
+	// ranges). Queries from anywhere else get no answer at all (over TCP
+	// the connection is closed): a LAN neighbour that routes the container
+	// block to the node learns nothing and cannot use it as a resolver.
+	// With neither set, every source is answered.
+	Allow []netip.Prefix
 	// FreeBind sets IP_FREEBIND so Start succeeds before the listen address
 	// is configured on an interface (e.g. the bridge comes up later).
 	FreeBind bool
 	// OnAnswer, when set, is called once per answer sent with its response
-	// code in lower case ("noerror", "nxdomain", "servfail", ...), for
-	// metrics. It must not block.
+	// code in lower case ("noerror", "nxdomain", "servfail", ...), and with
+	// "ignored" for a query from outside Allow and the clients (no answer),
+	// for metrics. It must not block.
 	OnAnswer func(rcode string)
 	// Logger receives the server's logs; slog.Default() when nil.
 	Logger *slog.Logger
@@ -157,6 +165,7 @@ func NewServer(cfg Config) (*Server, error) {
 		baseCtx:        ctx,
 		log:            cfg.Logger,
 		onAnswer:       cfg.OnAnswer,
+		allow:          cfg.Allow,
 	}
 	return s, nil
 }

@@ -353,3 +353,24 @@ func TestOnAnswerCountsByRcode(t *testing.T) {
 		t.Fatalf("answers counted %v, want %v", got, want)
 	}
 }
+
+func TestOnAnswerCountsIgnoredQueries(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]int{}
+	_, addr := startServer(t, Config{Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, OnAnswer: func(rc string) {
+		mu.Lock()
+		got[rc]++
+		mu.Unlock()
+	}})
+	q := new(miekg.Msg)
+	q.SetQuestion("web.warren.local.", miekg.TypeA)
+	c := &miekg.Client{Net: "udp", Timeout: 300 * time.Millisecond}
+	if _, _, err := c.Exchange(q, addr); err == nil {
+		t.Fatal("a query from outside Allow was answered")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !reflect.DeepEqual(got, map[string]int{"ignored": 1}) {
+		t.Fatalf("counted %v, want one ignored query", got)
+	}
+}

@@ -59,9 +59,10 @@ var (
 	TaskStates   = []string{"pending", "starting", "running", "failed", "shutdown"}
 	NodeStatuses = []string{"ready", "down"}
 	NodeRoles    = []string{"manager", "worker"}
-	// DNSResults are the rcodes the resolver answers with (lowercase);
+	// DNSResults are the rcodes the resolver answers with (lowercase),
+	// "ignored" for queries from outside the allowed ranges (no answer);
 	// anything else counts as "other".
-	DNSResults  = []string{"noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "badvers", "other"}
+	DNSResults  = []string{"noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "badvers", "ignored", "other"}
 	Reconcilers = []string{"tunnel", "nat"}
 )
 
