@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -96,6 +97,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			Domain:             cfg.Network.DNSDomain,
 			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
 			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
+			ReservedPorts:      reservedPorts(&cfg.Config),
 			Logger:             log,
 		})
 		if err != nil {
@@ -481,4 +483,16 @@ func advertiseAddress(cfg *configs.Loaded) (netip.Addr, error) {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
+}
+
+// reservedPorts are this appliance's ports, beyond those the manager knows
+// (DNS, its API, the WireGuard ports), that services may not publish.
+func reservedPorts(cfg *configs.Config) []cluster.ReservedPort {
+	var out []cluster.ReservedPort
+	if _, p, err := net.SplitHostPort(cfg.Metrics.Listen); err == nil {
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
+			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "tcp", What: "the metrics listener ([metrics] listen)"})
+		}
+	}
+	return out
 }

@@ -67,6 +67,7 @@ func TestTrustShortCertificatesEnvPortsSlowClientsDNS(t *testing.T) {
 		{"51820:80/udp", "51820/udp is reserved"},
 		{"7946:80", "7946/tcp is reserved"},
 		{"53:53/udp", "53/udp is reserved"},
+		{"9586:80", "9586/tcp is reserved"}, // [metrics] listen
 	} {
 		out, err := m.Exec(ctx, "warren", "service", "create", "taken", "--image", testImage, "--publish", c.publish)
 		if err == nil || !strings.Contains(out, c.want) {
