@@ -4,6 +4,11 @@
 // containerd and the kernel to the desired task list, restarts exited
 // tasks with backoff, adopts the tasks it finds after a restart and
 // removes what it owns but no longer wants.
+//
+// Each pass observes (containerd's containers and processes, the task
+// namespaces), plans with a pure function of (desired tasks, observed
+// state, the loop's records, now) in plan.go, whose table tests need
+// neither containerd nor namespaces, and executes the plan's actions.
 package orchestrate
 
 import (
