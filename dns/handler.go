@@ -34,7 +34,7 @@ func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 		return
 	}
 	if err := w.WriteMsg(resp); err != nil {
-		h.log.Debug("dns: write response", "remote", w.RemoteAddr(), "err", err)
+		h.log.Debug("write response", "remote", w.RemoteAddr(), "err", err)
 	}
 }
 
@@ -93,7 +93,7 @@ func (h *handler) forward(req *miekg.Msg, overTCP bool) *miekg.Msg {
 	if err != nil {
 		// Debug only: a dead upstream would otherwise log once per query;
 		// the forwarder logs lasting conditions (loops, no upstream) once.
-		h.log.Debug("dns: forward failed", "name", req.Question[0].Name, "err", err)
+		h.log.Debug("forward failed", "name", req.Question[0].Name, "err", err)
 		return errorReply(req, miekg.RcodeServerFailure)
 	}
 	resp.Id = req.Id

@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/warren-appliance/warren/configs"
 )
 
 // TaskSpec is one task this node must run.
@@ -63,10 +65,10 @@ type Config struct {
 
 // Defaults filled in by New.
 const (
-	DefaultContainerdAddress = "/run/containerd/containerd.sock"
-	DefaultNamespace         = "warren"
-	DefaultBridge            = "warren-br0"
-	DefaultOverlayInterface  = "warren0"
+	DefaultContainerdAddress = configs.DefaultContainerdAddress
+	DefaultNamespace         = configs.DefaultNamespace
+	DefaultBridge            = configs.DefaultBridge
+	DefaultOverlayInterface  = configs.DefaultInterface
 	DefaultStopGrace         = 10 * time.Second
 )
 

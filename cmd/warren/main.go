@@ -11,9 +11,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/warren-appliance/warren/internal/buildinfo"
+
+	"github.com/warren-appliance/warren/cluster/api"
 )
 
-const defaultSocket = "/run/warren/warren.sock"
+const defaultSocket = api.SocketPath
 
 // exitError carries a specific exit code (2: bad input) through cobra.
 type exitError struct {
