@@ -42,7 +42,8 @@ type Reconciler struct {
 	runCtx context.Context // Run's context: task watchers live as long as it
 
 	wake          chan struct{}
-	hostCheckedAt time.Time // last good ensureHost; only the loop touches it
+	changed       chan struct{} // a task's reported status changed (buffer 1)
+	hostCheckedAt time.Time     // last good ensureHost; only the loop touches it
 
 	removeSem chan struct{} // bounds background removals
 
@@ -95,6 +96,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		images:    newImageStore(c, cfg.ImagesDir, log),
 		runCtx:    namespaces.WithNamespace(ctx, cfg.Namespace),
 		wake:      make(chan struct{}, 1),
+		changed:   make(chan struct{}, 1),
 		desired:   map[string]TaskSpec{},
 		records:   map[string]*taskRecord{},
 		removing:  map[string]netip.Addr{},
@@ -126,6 +128,18 @@ func (r *Reconciler) Apply(desired []TaskSpec) {
 	}
 	r.mu.Unlock()
 	r.poke()
+}
+
+// Changed receives a value after a task's status changed (coalesced: one
+// value may stand for many changes), so the node can report at once
+// instead of at its next heartbeat.
+func (r *Reconciler) Changed() <-chan struct{} { return r.changed }
+
+func (r *Reconciler) notify() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
 }
 
 func (r *Reconciler) poke() {
@@ -203,6 +217,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 				r.mu.Lock()
 				r.synced = true
 				r.mu.Unlock()
+				r.notify()
 			}
 			lastPass = time.Now()
 		}
@@ -544,6 +559,7 @@ func (r *Reconciler) markShutdown(name string) {
 	if rec := r.records[name]; rec != nil && rec.removedAt.IsZero() {
 		rec.status.State, rec.status.Error = clustermap.TaskShutdown, ""
 		rec.removedAt = time.Now()
+		r.notify()
 	}
 }
 
@@ -564,6 +580,7 @@ func (r *Reconciler) setState(s TaskSpec, state, errText string) {
 	defer r.mu.Unlock()
 	if rec := r.records[s.Name]; rec != nil {
 		rec.status.State, rec.status.Error, rec.status.Image = state, errText, s.Image
+		r.notify()
 	}
 }
 
@@ -577,6 +594,7 @@ func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
 	rec.imageFailed = imageFailure
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, err.Error(), s.Image
 	r.mu.Unlock()
+	r.notify()
 	r.log.Warn("task failed", "task", name, "err", err)
 }
 
@@ -590,6 +608,7 @@ func (r *Reconciler) markRemoved(name string) {
 		status:    TaskStatus{Name: name, State: clustermap.TaskShutdown},
 		removedAt: time.Now(),
 	}
+	r.notify()
 }
 
 // start starts the container's process and watches it for exit.
@@ -612,6 +631,7 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
 	gen := r.newWatch(rec)
 	r.mu.Unlock()
+	r.notify()
 	go r.watch(name, gen, exitCh)
 	r.log.Info("started task", "task", name, "pid", task.Pid())
 	return nil
@@ -624,6 +644,9 @@ func (r *Reconciler) noteRunning(a action, task client.Task) {
 	defer r.mu.Unlock()
 	rec := r.recordLocked(a.task)
 	rec.startedAt, rec.failures, rec.retryAt = a.startedAt, a.failures, time.Time{}
+	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.Error != "" {
+		r.notify()
+	}
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", a.spec.Image
 	if rec.watchGen != 0 {
 		return
@@ -644,6 +667,7 @@ func (r *Reconciler) recordExit(a action) {
 	rec.failures, rec.retryAt = a.failures, a.retryAt
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
 	r.mu.Unlock()
+	r.notify()
 	r.log.Warn("task exited", "task", a.task, "status", a.exitStatus)
 }
 
@@ -654,6 +678,7 @@ func (r *Reconciler) recordFailure(a action) {
 	rec.failures, rec.retryAt, rec.imageFailed = a.failures, a.retryAt, a.imageFailure
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
 	r.mu.Unlock()
+	r.notify()
 	r.log.Warn("task failed", "task", a.task, "err", a.err)
 }
 
