@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -46,13 +47,14 @@ func Run(ctx context.Context, cfg *configs.Loaded) error {
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	// Warren's ranges must not shadow a network this host is already on:
-	// routes into the overlay would cut the host off from it.
-	hostNets, err := configs.HostNetworks(cfg.Config)
+	// One daemon per state dir: the unit and a foreground `warren worker
+	// start` must not both drive the same node.
+	unlock, err := lockStateDir(cfg.Node.StateDir)
 	if err != nil {
 		return err
 	}
-	if err := cfg.CheckHostOverlap(hostNets); err != nil {
+	defer unlock()
+	if err := CheckHost(cfg); err != nil {
 		return err
 	}
 	// Before the tunnel: handshakes and certificates need a sane clock.
@@ -65,6 +67,33 @@ func Run(ctx context.Context, cfg *configs.Loaded) error {
 	default:
 		return runClusterNode(ctx, cfg, log)
 	}
+}
+
+// CheckHost runs the checks of the config against this host that start
+// runs before anything else, so `warren-appliance --check` runs them too:
+// warren's ranges must not shadow a network this host is already on
+// (routes into the overlay would cut the host off from it).
+func CheckHost(cfg *configs.Loaded) error {
+	hostNets, err := configs.HostNetworks(cfg.Config)
+	if err != nil {
+		return err
+	}
+	return cfg.CheckHostOverlap(hostNets)
+}
+
+// lockStateDir takes an exclusive lock on <state dir>/lock for the
+// daemon's lifetime.
+func lockStateDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state dir lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another warren-appliance (the service, or a `warren cluster init` / `warren worker start` in a terminal) is running with state dir %s: stop it first (systemctl stop warren-appliance)", dir)
+	}
+	return func() { f.Close() }, nil
 }
 
 // PublicKey returns the node's WireGuard public key, creating the private

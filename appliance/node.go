@@ -92,12 +92,10 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			}
 		}()
 		if created {
-			// Once, on stdout as `cluster init` does; the secrets stay out of
-			// the logs. `warren cluster join-token` prints them again.
-			worker, manager := mgr.JoinTokens()
-			fmt.Printf("Cluster created. To add a worker, run on it:\n\n    warren worker start --manager %s:%s --token %s\n\n"+
-				"To add a manager:\n\n    warren manager join --manager %[1]s:%[2]s --token %[4]s\n\n",
-				advertise, apiPort(cfg.Cluster.APIListen), worker, manager)
+			// The tokens stay out of stdout and the logs (the journal is
+			// readable by the adm group): say where to read them.
+			fmt.Printf("Cluster created. To add a node, run on this one:\n\n    warren cluster join-token worker     (or: manager)\n\n"+
+				"and run the command it prints on the new node. Join address: %s:%s\n\n", advertise, apiPort(cfg.Cluster.APIListen))
 		}
 		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
@@ -115,6 +113,17 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		mem = agent
 	}
 	self := mem.Self()
+	// Remember the setup, so the unit's `warren-appliance --config` resumes
+	// this node as what `cluster init` / `worker start` made it.
+	var managers []string
+	if cfg.Cluster.Manager != "" {
+		managers = []string{cfg.Cluster.Manager}
+	} else if cfg.Setup != nil {
+		managers = cfg.Setup.Managers
+	}
+	if err := configs.SaveSetup(cfg.Node.StateDir, cfg.RememberedSetup(self.Name, managers)); err != nil {
+		return err
+	}
 	log.Info("cluster identity", "node", self.Name, "id", self.ID, "overlay_ip", self.OverlayIP, "container_block", self.ContainerBlock)
 
 	dev, err := openTunnel(cfg, netip.PrefixFrom(self.OverlayIP, cfg.WireGuard.Subnet.Bits()), log)

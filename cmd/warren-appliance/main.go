@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/warren-appliance/warren/appliance"
@@ -61,10 +63,18 @@ func run(args []string) int {
 	}
 	switch {
 	case *check:
+		// What start checks before anything else, against this host.
+		if err := appliance.CheckHost(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return exitBadConfig
+		}
 		out, err := cfg.Encode()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return exitFailure
+		}
+		if keys := cfg.Remembered(); len(keys) > 0 {
+			fmt.Printf("# From %s (what the setup command remembered): %s\n", filepath.Join(cfg.Node.StateDir, configs.SetupFile), strings.Join(keys, ", "))
 		}
 		os.Stdout.Write(out)
 		return 0
