@@ -2,6 +2,8 @@ package appliance
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,13 +103,23 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
 	} else {
-		agent, err := cluster.Join(ctx, cluster.AgentConfig{
+		acfg := cluster.AgentConfig{
 			StateDir: cfg.Node.StateDir,
 			Manager:  cfg.Cluster.Manager,
 			Token:    cfg.Cluster.Token,
 			Node:     info,
 			Logger:   log,
-		})
+		}
+		agent, err := cluster.Join(ctx, acfg)
+		if err != nil && cluster.IsNameTaken(err) && cfg.NameFromHostname() {
+			// Boards often keep the OS's default host name (raspberrypi):
+			// a name nobody chose is made unique with a suffix from this
+			// node's key, the same on every retry, and remembered.
+			acfg.Node.Name = UniqueName(info.Name, info.PublicKey)
+			log.Warn("another node has this host name; joining under a unique name (set node.name or --name to choose one)",
+				"hostname", info.Name, "name", acfg.Node.Name)
+			agent, err = cluster.Join(ctx, acfg)
+		}
 		if err != nil {
 			return err
 		}
@@ -345,6 +358,17 @@ func (n *node) canaryLoop(ctx context.Context) {
 			n.syncNAT(m)
 		}
 	}
+}
+
+// UniqueName is name with a suffix derived from the node's WireGuard
+// public key: stable for the node, different for another board.
+func UniqueName(name, publicKey string) string {
+	sum := sha256.Sum256([]byte(publicKey))
+	suffix := "-" + hex.EncodeToString(sum[:2])
+	if len(name) > 63-len(suffix) {
+		name = strings.TrimRight(name[:63-len(suffix)], "-")
+	}
+	return name + suffix
 }
 
 // apiPort is the port of a listen address such as ":7946".

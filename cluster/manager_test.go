@@ -241,6 +241,9 @@ func TestJoinRefusesTakenNameWithAnotherKey(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `node name "worker-1" is already taken`) {
 		t.Fatalf("join under a taken name: %v", err)
 	}
+	if !IsNameTaken(err) {
+		t.Fatalf("IsNameTaken does not recognise %v", err)
+	}
 	t.Logf("refused as expected: %v", err)
 }
 
@@ -253,6 +256,9 @@ func TestRejoinWithSameKeyKeepsAddresses(t *testing.T) {
 	_, err := Join(context.Background(), cfg)
 	if err == nil || !strings.Contains(err.Error(), `node "worker-1" is online`) {
 		t.Fatalf("rejoin of an online node: %v", err)
+	}
+	if IsNameTaken(err) {
+		t.Fatalf("another 409 taken for a taken name: %v", err)
 	}
 	t.Logf("refused as expected: %v", err)
 	tm.m.mu.Lock()

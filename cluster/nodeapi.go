@@ -178,7 +178,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 		now := m.now()
 		rec, exists := s.nodeByName(req.Name)
 		if exists && rec.PublicKey != req.PublicKey {
-			return errorf(http.StatusConflict, "node name %q is already taken by another node (different WireGuard key, overlay IP %s): choose another name, or remove the old node with `warren node rm %s`", req.Name, rec.OverlayIP, req.Name)
+			return errorf(http.StatusConflict, "node name %q "+nameTaken+" (different WireGuard key, overlay IP %s): choose another name, or remove the old node with `warren node rm %s`", req.Name, rec.OverlayIP, req.Name)
 		}
 		for _, n := range s.nodes {
 			if n.PublicKey == req.PublicKey && n.Name != req.Name {
