@@ -5,6 +5,7 @@ package appliance
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster"
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/internal/buildinfo"
 	"github.com/warren-appliance/warren/tunnel"
@@ -54,31 +57,52 @@ func Run(ctx context.Context, cfg *configs.Loaded) error {
 		return err
 	}
 	defer unlock()
-	if err := CheckHost(cfg); err != nil {
-		return err
-	}
 	// Before the tunnel: handshakes and certificates need a sane clock.
 	if err := WaitForSaneClock(ctx, buildinfo.BuildTime(), log, time.Now, 2*time.Second); err != nil {
 		return err
 	}
 	switch cfg.Node.Role {
 	case configs.RoleStandalone:
+		// Warren's ranges must not shadow a network this host is already
+		// on: routes into the overlay would cut the host off from it. (A
+		// cluster node checks the cluster's ranges instead.)
+		hostNets, err := configs.HostNetworks(cfg.Config)
+		if err != nil {
+			return err
+		}
+		if err := cfg.CheckHostOverlap(hostNets); err != nil {
+			return err
+		}
 		return runStandalone(ctx, cfg, log)
 	default:
 		return runClusterNode(ctx, cfg, log)
 	}
 }
 
-// CheckHost runs the checks of the config against this host that start
-// runs before anything else, so `warren-appliance --check` runs them too:
-// warren's ranges must not shadow a network this host is already on
-// (routes into the overlay would cut the host off from it).
+// CheckHost runs the host checks start runs, so `warren-appliance --check`
+// runs them too: the ranges this node will route into the overlay must not
+// overlap a network the host is already on. Those are the config's ranges
+// on a standalone node and on a manager about to create its cluster, and
+// the cluster's ranges (from the cached map) on a node that joined; a node
+// that has not joined yet learns them only at join, where start checks.
 func CheckHost(cfg *configs.Loaded) error {
 	hostNets, err := configs.HostNetworks(cfg.Config)
 	if err != nil {
 		return err
 	}
-	return cfg.CheckHostOverlap(hostNets)
+	creating := cfg.Node.Role == configs.RoleManager && cfg.Cluster.Manager == "" && !cfg.Joined
+	if cfg.Node.Role == configs.RoleStandalone || creating {
+		return cfg.CheckHostOverlap(hostNets)
+	}
+	b, err := os.ReadFile(filepath.Join(cfg.Node.StateDir, cluster.FileMap))
+	if err != nil {
+		return nil // no cached map: nothing known to check yet
+	}
+	var m clustermap.Map
+	if json.Unmarshal(b, &m) != nil || !m.Network().Complete() {
+		return nil // start ignores an unreadable cache too
+	}
+	return clusterOverlapError(configs.HostOverlaps(clusterRanges(m.Network()), hostNets))
 }
 
 // lockStateDir takes an exclusive lock on <state dir>/lock for the

@@ -202,9 +202,9 @@ type Loaded struct {
 	Config
 	File  string
 	lines map[string]int
-	// defined: keys the TOML wrote; fromFlag: keys a command-line flag set.
-	defined  map[string]bool
-	fromFlag map[string]bool
+	// defined: keys the TOML wrote; flags: keys a command-line flag set.
+	defined map[string]bool
+	flags   map[string]bool
 
 	// Set by Finish from the state dir: what `cluster init`, `worker start`
 	// or `manager join` remembered (nil if nothing), and whether this node
@@ -221,6 +221,18 @@ type Loaded struct {
 
 // Line returns the line where key (dotted) was written, or 0.
 func (l *Loaded) Line(key string) int { return l.lines[key] }
+
+// SetByFlag records that a command-line flag set key (dotted).
+func (l *Loaded) SetByFlag(key string) {
+	if l.flags == nil {
+		l.flags = map[string]bool{}
+	}
+	l.flags[key] = true
+}
+
+// Written reports whether the operator set key, in the file or by a flag,
+// rather than leaving it at its default.
+func (l *Loaded) Written(key string) bool { return l.set(key) }
 
 // Load reads and decodes path. It does not validate: call Validate after
 // applying any command-line overrides.

@@ -73,16 +73,16 @@ func SaveSetup(stateDir string, s Setup) error {
 // and the keys that came from flags (the TOML keeps its own).
 func (l *Loaded) RememberedSetup(name string, managers []string) Setup {
 	s := Setup{Role: l.Node.Role, Name: name, Managers: slices.Clone(managers)}
-	if l.fromFlag["node.advertise_address"] {
+	if l.flags["node.advertise_address"] {
 		s.AdvertiseAddress = l.Node.AdvertiseAddress
 	}
-	if l.fromFlag["wireguard.listen_port"] {
+	if l.flags["wireguard.listen_port"] {
 		s.ListenPort = l.WireGuard.ListenPort
 	}
-	if l.fromFlag["wireguard.mode"] {
+	if l.flags["wireguard.mode"] {
 		s.Mode = l.WireGuard.Mode
 	}
-	if l.fromFlag["cluster.api_listen"] {
+	if l.flags["cluster.api_listen"] {
 		s.APIListen = l.Cluster.APIListen
 	}
 	// Keep what an earlier setup command remembered and no flag replaced.
@@ -103,17 +103,8 @@ func (l *Loaded) RememberedSetup(name string, managers []string) Setup {
 	return s
 }
 
-// SetByFlag records that a command-line flag set key (dotted): flags
-// override the TOML and what the state dir remembers.
-func (l *Loaded) SetByFlag(key string) {
-	if l.fromFlag == nil {
-		l.fromFlag = map[string]bool{}
-	}
-	l.fromFlag[key] = true
-}
-
 // set reports whether the TOML or a flag gave key a value.
-func (l *Loaded) set(key string) bool { return l.defined[key] || l.fromFlag[key] }
+func (l *Loaded) set(key string) bool { return l.defined[key] || l.flags[key] }
 
 // applySetup fills the keys neither the TOML nor a flag set from what the
 // state dir remembers, and notes whether this node already joined.

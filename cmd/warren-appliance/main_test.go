@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/netip"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 )
 
@@ -109,8 +111,18 @@ func TestCheckParityWithStart(t *testing.T) {
 	if !host.IsValid() {
 		t.Skip("no host network of /8 or longer")
 	}
-	overlap := write("overlap.toml", "[node]\nname='m1'\nrole='manager'\nstate_dir='"+state+"'\n[network]\nvip_subnet='"+host.String()+"'\n")
+	// A manager about to create its cluster: the config's ranges.
+	overlap := write("overlap.toml", "[node]\nname='m1'\nrole='manager'\nstate_dir='"+filepath.Join(dir, "fresh")+"'\n[network]\nvip_subnet='"+host.String()+"'\n")
 	if code, out := runCaptured(t, "--check", "--config", overlap); code != exitBadConfig || !strings.Contains(out, "a network this host is already on") {
 		t.Errorf("vip_subnet %s overlapping a host network: exit %d, want 2:\n%s", host, code, out)
+	}
+	// A node that joined: the cluster's ranges, from its cached map.
+	var m clustermap.Map
+	m.SetNetwork(clustermap.Network{Domain: "warren.local", WireGuardSubnet: netip.MustParsePrefix("10.0.0.0/24"),
+		ContainerSubnet: netip.MustParsePrefix("10.0.0.0/16"), VIPSubnet: host})
+	b, _ := json.Marshal(&m)
+	os.WriteFile(filepath.Join(state, "map.json"), b, 0o600)
+	if code, out := runCaptured(t, "--check", "--config", fresh); code != exitBadConfig || !strings.Contains(out, "the cluster's network.vip_subnet") {
+		t.Errorf("a joined node whose cluster's VIP range %s overlaps a host network: exit %d, want 2:\n%s", host, code, out)
 	}
 }

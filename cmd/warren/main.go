@@ -52,6 +52,7 @@ func newRoot() *cobra.Command {
 	addNodeCommands(root)
 	addServiceCommands(root)
 	addNetworkCommands(root)
+	addPolicyCommands(root)
 	strictGroups(root)
 	return root
 }
