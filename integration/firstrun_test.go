@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -304,3 +305,81 @@ func TestFirstRunThreeBoardsSurviveReboot(t *testing.T) {
 		}
 	}
 }
+
+// Issue "first-run": boards that kept the OS's default host name. The
+// second "raspberrypi" joins under a unique name derived from its key, and
+// keeps it when restarted into the unit's command.
+func TestDuplicateHostnamesGetUniqueStableNames(t *testing.T) {
+	l := newLab(t)
+	ctx := ctxFor(t, 5*time.Minute)
+	img := imageTarball(t)
+	var boards []*lab.Node
+	for _, name := range []string{"board-a", "board-b", "board-c"} {
+		n, err := l.AddBoard(name, "raspberrypi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.WriteConfig(fmt.Sprintf("[runtime]\ncgroup_parent = %q\n", n.CgroupParent())); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.AddImage(img); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.StartContainerd(ctx); err != nil {
+			t.Fatal(err)
+		}
+		boards = append(boards, n)
+	}
+	m := boards[0]
+	if err := m.StartAppliance("warren", "cluster", "init"); err != nil {
+		t.Fatal(err)
+	}
+	var token string
+	eventually(t, time.Minute, "join token", func() error {
+		out, err := m.Exec(ctx, "warren", "cluster", "join-token", "worker", "-q")
+		token = trim(out)
+		return err
+	})
+	for _, b := range boards[1:] {
+		if err := b.StartAppliance("warren", "worker", "start", "--manager", m.LANIP.String()+":7946", "--token", token); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var before []nodeRow
+	eventually(t, 90*time.Second, "three boards ready", func() error {
+		var err error
+		before, err = readyNodes(ctx, m, 3)
+		return err
+	})
+	names := map[string]bool{}
+	for _, r := range before {
+		names[r.Name] = true
+		if r.Name != "raspberrypi" && !regexpUnique.MatchString(r.Name) {
+			t.Errorf("node name %q: want raspberrypi or raspberrypi-<4 hex>", r.Name)
+		}
+	}
+	if len(names) != 3 || !names["raspberrypi"] {
+		t.Fatalf("names not unique: %+v", before)
+	}
+	// Restarted into the unit's command, every board keeps its name.
+	for _, b := range boards {
+		if err := b.StopAppliance(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.StartAppliance("warren-appliance", "--config", "/etc/warren/warren.toml"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 90*time.Second, "the same three names after a restart", func() error {
+		after, err := readyNodes(ctx, m, 3)
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(before, after) {
+			return fmt.Errorf("before %+v\nafter %+v", before, after)
+		}
+		return nil
+	})
+}
+
+var regexpUnique = regexp.MustCompile(`^raspberrypi-[0-9a-f]{4}$`)
