@@ -304,6 +304,53 @@ func TestFirstRunThreeBoardsSurviveReboot(t *testing.T) {
 			t.Errorf("%s keeps a join token on disk:\n%s", b.Name, out)
 		}
 	}
+
+	// Retiring pi-3 as README says: drain (its tasks move), stop, node rm,
+	// --cleanup; then nothing of ours is left on it.
+	pi3 := boards[2]
+	if out, err := pi1.Exec(ctx, "warren", "node", "drain", "pi-3"); err != nil || !strings.Contains(out, "pi-3: drain") {
+		t.Fatalf("node drain: %v\n%s", err, out)
+	}
+	eventually(t, 2*time.Minute, "pi-3's tasks moved to the other boards", func() error {
+		v, err := inspect(ctx, pi1, "web")
+		if err != nil {
+			return err
+		}
+		running := 0
+		for _, task := range v.Tasks {
+			if task.Node == "pi-3" {
+				return fmt.Errorf("task %s still on pi-3 (%s)", task.Name, task.State)
+			}
+			if task.State == "running" {
+				running++
+			}
+		}
+		if running != 3 {
+			return fmt.Errorf("%d of 3 running", running)
+		}
+		return nil
+	})
+	if tasks, err := ctrTasks(ctx, pi3); err != nil || len(tasks) != 0 {
+		t.Errorf("containerd on the drained pi-3 still has tasks %v (%v)", tasks, err)
+	}
+	for _, b := range boards[:2] {
+		if _, err := b.Exec(ctx, "curl", "-sS", "-m", "3", "http://"+v.VIP+"/"); err != nil {
+			t.Errorf("%s: VIP after the drain: %v", b.Name, err)
+		}
+	}
+	if err := pi3.StopAppliance(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := pi1.Exec(ctx, "warren", "node", "rm", "--force", "pi-3"); err != nil {
+		t.Fatalf("node rm: %v\n%s", err, out)
+	}
+	if out, err := pi3.Exec(ctx, "warren-appliance", "--cleanup"); err != nil {
+		t.Fatalf("--cleanup: %v\n%s", err, out)
+	}
+	left, err := pi3.Sh(ctx, "ctr namespaces ls -q | grep -x warren; iptables-save | grep -i warren; ip -o link | grep -E 'warren0|warren-br0'; true")
+	if err != nil || strings.TrimSpace(left) != "" {
+		t.Errorf("after --cleanup pi-3 still has (containerd namespace, rules, links):\n%s %v", left, err)
+	}
 }
 
 // Issue "first-run": boards that kept the OS's default host name. The
