@@ -21,6 +21,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/internal/mdns"
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/tunnel"
@@ -121,6 +122,21 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			Token:    cfg.Cluster.Token,
 			Node:     info,
 			Logger:   log,
+		}
+		// The static binary's resolver does not speak mDNS: a manager given
+		// as pi-1.local is looked up here, at every start (the setup
+		// remembers the name, not the address DHCP gave it).
+		if acfg.Manager, err = (mdns.Resolver{}).ResolveHostPort(ctx, cfg.Cluster.Manager); err != nil {
+			if !cfg.Joined {
+				return fmt.Errorf("cluster.manager: %w", err)
+			}
+			// A joined node keeps serving with the manager down: it uses
+			// the address it last reached the manager on.
+			log.Warn("cannot resolve the manager's .local name; using the address stored at join", "err", err)
+			acfg.Manager = ""
+		}
+		if acfg.Manager != cfg.Cluster.Manager {
+			log.Info("resolved the manager's .local name over mDNS", "manager", cfg.Cluster.Manager, "address", acfg.Manager)
 		}
 		agent, err := cluster.Join(ctx, acfg)
 		if err != nil && cluster.IsNameTaken(err) && cfg.NameFromHostname() {
