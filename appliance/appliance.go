@@ -160,23 +160,6 @@ func openTunnel(cfg *configs.Loaded, addr netip.Prefix, log *slog.Logger) (*tunn
 	return dev, nil
 }
 
-// staticPeers turns [[wireguard.peer]] into tunnel peers.
-func staticPeers(cfg *configs.Loaded) []tunnel.Peer {
-	var out []tunnel.Peer
-	for _, p := range cfg.WireGuard.Peers {
-		k, _ := tunnel.ParseKey(p.PublicKey) // validated by configs
-		peer := tunnel.Peer{PublicKey: k, Keepalive: keepalive(p.Keepalive, cfg.WireGuard.Keepalive)}
-		if p.Endpoint != "" {
-			peer.Endpoint = netip.MustParseAddrPort(p.Endpoint)
-		}
-		for _, a := range p.AllowedIPs {
-			peer.AllowedIPs = append(peer.AllowedIPs, a.Prefix)
-		}
-		out = append(out, peer)
-	}
-	return out
-}
-
 // keepalive maps the config's duration to the tunnel's: "0s" written by the
 // operator turns keepalive off, which the tunnel spells as negative.
 func keepalive(peer, global configs.Duration) time.Duration {
@@ -198,7 +181,8 @@ func runStandalone(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) e
 		return err
 	}
 	defer dev.Close()
-	if err := dev.SetPeers(staticPeers(cfg)); err != nil {
+	peers := staticPeers(ctx, cfg, lookupHost, log)
+	if err := dev.SetPeers(peers); err != nil {
 		return fmt.Errorf("tunnel peers: %w", err)
 	}
 	local, err := startLocalAPI(SocketPath, &localState{dev: dev}, nil, log)
@@ -213,22 +197,39 @@ func runStandalone(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) e
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	tick := time.NewTicker(reresolveInterval)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("shutting down")
 			return nil
+		case <-tick.C:
+			stale := staleNamedPeers(cfg.WireGuard.Peers, peers, dev.Health(), time.Now())
+			if len(stale) == 0 {
+				continue
+			}
+			next, changed := reresolve(ctx, cfg.WireGuard.Peers, peers, stale, lookupHost, log)
+			if !changed {
+				continue
+			}
+			if err := dev.SetPeers(next); err != nil {
+				log.Error("applying re-resolved peer endpoints", "err", err)
+				continue
+			}
+			peers = next
 		case <-hup:
 			reloaded, err := reload(cfg.File)
 			if err != nil {
 				log.Error("reload refused: keeping the running config", "err", err)
 				continue
 			}
-			if err := dev.SetPeers(staticPeers(reloaded)); err != nil {
+			next := staticPeers(ctx, reloaded, lookupHost, log)
+			if err := dev.SetPeers(next); err != nil {
 				log.Error("reload: applying peers", "err", err)
 				continue
 			}
-			cfg = reloaded
+			cfg, peers = reloaded, next
 			log.Info("reloaded peers", "peers", len(cfg.WireGuard.Peers))
 		}
 	}

@@ -177,7 +177,7 @@ func TestBadConfigs(t *testing.T) {
 		{"bad mode", validWorker + "[wireguard]\nmode = \"kernel\"\n", "wireguard.mode", 7, "not a mode"},
 		{"bad level", validWorker + "[log]\nlevel = \"loud\"\n", "log.level", 7, "not a level"},
 		{"bad peer key", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='nope'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 7, "not a WireGuard public key"},
-		{"peer hostname endpoint", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nendpoint='peer.example:51820'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].endpoint", 8, "literal IP:port"},
+		{"peer hostname endpoint", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nendpoint='peer.example'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].endpoint", 8, "must be IP:port or host:port"},
 		{"bad block", validWorker + "[network]\ncontainer_block = 8\n", "network.container_block", 7, "between"},
 		{"bad node name", "[node]\nname = 'Worker_1'\n[cluster]\nmanager='192.0.2.1:7946'\ntoken='x'\n", "node.name", 2, "not a valid node name"},
 		{"relative state dir", validWorker + "state_dir = 'var/warren'\n", "cluster.state_dir", 0, "unknown key"},

@@ -199,8 +199,8 @@ func (l *Loaded) Finish() error {
 			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is not a WireGuard public key (44 base64 characters, as `wg pubkey` prints)", p.PublicKey)})
 		}
 		if p.Endpoint != "" {
-			if _, err := netip.ParseAddrPort(p.Endpoint); err != nil {
-				errs = append(errs, &Error{File: l.File, Line: l.peerLine(key + ".endpoint"), Key: key + ".endpoint", Msg: fmt.Sprintf("%q must be a literal IP:port such as \"192.0.2.7:51820\"", p.Endpoint)})
+			if err := checkEndpoint(p.Endpoint); err != nil {
+				errs = append(errs, &Error{File: l.File, Line: l.peerLine(key + ".endpoint"), Key: key + ".endpoint", Msg: err.Error()})
 			}
 		}
 		if len(p.AllowedIPs) == 0 && !l.failed[key+".allowed_ips"] {
@@ -375,6 +375,23 @@ func HostNetworks(c Config) ([]netip.Prefix, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkEndpoint accepts IP:port or host:port, as wg-quick does; a name is
+// resolved at start and again when the peer's handshake goes stale.
+func checkEndpoint(s string) error {
+	if _, err := netip.ParseAddrPort(s); err == nil {
+		return nil
+	}
+	bad := fmt.Errorf("%q must be IP:port or host:port, such as \"192.0.2.7:51820\" or \"peer.example.org:51820\"", s)
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || !domainRE.MatchString(strings.ToLower(strings.TrimSuffix(host, "."))) {
+		return bad
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return bad
+	}
+	return nil
 }
 
 func checkHostPort(s string, listen bool) error {
