@@ -2,6 +2,7 @@ package configs
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -50,7 +51,7 @@ func (l *Loaded) Finish() error {
 	}
 	roleUnknown := !l.set("node.role") && !slices.Contains(l.remembered, "node.role") && c.Cluster.Manager == ""
 	if roleUnknown {
-		add("node.role", "this node is not set up yet and the config sets no role: on the first board run `warren cluster init`, "+
+		add("node.role", notSetUp+" and the config sets no role: on the first board run `warren cluster init`, "+
 			"on every other board the command `warren cluster join-token worker` prints on a manager "+
 			"(`warren worker start --manager HOST:7946 --token ...`); the service then resumes what they set up. "+
 			"Or set node.role (examples: %s)", ExamplesDir)
@@ -293,6 +294,25 @@ func (l *Loaded) Finish() error {
 		return errs
 	}
 	return nil
+}
+
+// notSetUp starts the error of a node nothing set up (IsNotSetUp).
+const notSetUp = "this node is not set up yet"
+
+// IsNotSetUp reports whether err says only that nothing set this node up
+// yet (no role in the config, nothing remembered): verbs that do not run
+// the node, such as --show-public-key, can go on.
+func IsNotSetUp(err error) bool {
+	var es Errors
+	if !errors.As(err, &es) || len(es) == 0 {
+		return false
+	}
+	for _, e := range es {
+		if e.Key != "node.role" || !strings.HasPrefix(e.Msg, notSetUp) {
+			return false
+		}
+	}
+	return true
 }
 
 // peerLine is the line of an indexed key of an array of tables, or of its

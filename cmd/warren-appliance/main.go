@@ -51,6 +51,11 @@ func run(args []string) int {
 	}
 
 	cfg, err := loadConfig(*configPath)
+	if err != nil && (*showKey || *cleanup) && configs.IsNotSetUp(err) {
+		// Neither needs to know the role: the key and what to remove are
+		// the same for every role.
+		err = nil
+	}
 	if err != nil && *cleanup {
 		// Removal must work even with a broken or missing config (package
 		// purge): fall back to the default names of what to remove.
@@ -109,10 +114,7 @@ func loadConfig(path string) (*configs.Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := cfg.Finish(); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return cfg, cfg.Finish()
 }
 
 // defaultConfig is the reference defaults, as a standalone node so that no

@@ -126,3 +126,19 @@ func TestCheckParityWithStart(t *testing.T) {
 		t.Errorf("a joined node whose cluster's VIP range %s overlaps a host network: exit %d, want 2:\n%s", host, code, out)
 	}
 }
+
+// A board nothing set up yet can still show its public key and clean up:
+// neither depends on the role.
+func TestShowKeyAndCleanupNeedNoSetup(t *testing.T) {
+	dir := t.TempDir()
+	shipped, err := os.ReadFile("../../packaging/config/warren.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "warren.toml")
+	os.WriteFile(cfg, []byte(strings.Replace(string(shipped), "[node]\n", "[node]\nstate_dir = '"+filepath.Join(dir, "state")+"'\n", 1)), 0o600)
+	code, out := runCaptured(t, "--show-public-key", "--config", cfg)
+	if code != 0 || len(strings.TrimSpace(out)) != 44 {
+		t.Fatalf("--show-public-key on a fresh board: exit %d\n%s", code, out)
+	}
+}
