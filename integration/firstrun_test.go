@@ -344,12 +344,13 @@ func TestFirstRunThreeBoardsSurviveReboot(t *testing.T) {
 	if out, err := pi1.Exec(ctx, "warren", "node", "rm", "--force", "pi-3"); err != nil {
 		t.Fatalf("node rm: %v\n%s", err, out)
 	}
-	if out, err := pi3.Exec(ctx, "warren-appliance", "--cleanup"); err != nil {
-		t.Fatalf("--cleanup: %v\n%s", err, out)
+	cleanup, err := pi3.Exec(ctx, "warren-appliance", "--cleanup")
+	if err != nil {
+		t.Fatalf("--cleanup: %v\n%s", err, cleanup)
 	}
 	left, err := pi3.Sh(ctx, "ctr namespaces ls -q | grep -x warren; iptables-save | grep -i warren; ip -o link | grep -E 'warren0|warren-br0'; true")
 	if err != nil || strings.TrimSpace(left) != "" {
-		t.Errorf("after --cleanup pi-3 still has (containerd namespace, rules, links):\n%s %v", left, err)
+		t.Errorf("after --cleanup pi-3 still has (containerd namespace, rules, links):\n%s %v\n--cleanup said:\n%s", left, err, cleanup)
 	}
 }
 

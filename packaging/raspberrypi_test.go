@@ -80,18 +80,24 @@ func TestCloudInitRunCmdInstallsPackageKeepingWrittenConfig(t *testing.T) {
 	requireTool(t, "python3", "python3-yaml")
 	needPackages(t)
 	c := newChroot(t)
-	const extract = `import sys, yaml
+	// write_files, every entry with its mode, as a script; warren.toml is
+	// also kept aside to compare.
+	const extract = `import sys, yaml, shlex
 doc = yaml.safe_load(open(sys.argv[1]))
 open(sys.argv[2], "w").write([f for f in doc["write_files"] if f["path"] == "/etc/warren/warren.toml"][0]["content"])
-open(sys.argv[3], "w").write("\n".join(doc["runcmd"]) + "\n")`
+open(sys.argv[3], "w").write("\n".join(doc["runcmd"]) + "\n")
+with open(sys.argv[4], "w") as out:
+    for f in doc["write_files"]:
+        out.write("install -d %s\nprintf '%%s' %s > %s\nchmod %s %s\n" % (shlex.quote(f["path"].rsplit("/", 1)[0]),
+            shlex.quote(f["content"]), shlex.quote(f["path"]), f["permissions"], shlex.quote(f["path"])))`
 	run(t, "python3", "-c", extract, filepath.Join(repoRoot, userDataPath),
-		filepath.Join(c.share, "warren.toml"), filepath.Join(c.share, "runcmd.sh"))
+		filepath.Join(c.share, "warren.toml"), filepath.Join(c.share, "runcmd.sh"), filepath.Join(c.share, "write_files.sh"))
 	for _, tg := range targets[:3:3] {
 		c.put(tg.debFile(), filepath.Base(tg.debFile()))
 	}
 
 	out := c.mustSh(booted, false, `mkdir -p /boot/firmware && cp /mnt/*.deb /boot/firmware/
-install -d /etc/warren && install -m 0600 /mnt/warren.toml /etc/warren/warren.toml
+sh -e /mnt/write_files.sh
 sh -e /mnt/runcmd.sh 2>&1
 cmp /mnt/warren.toml /etc/warren/warren.toml && echo config-kept
 stat -c '%a' /etc/warren/warren.toml
@@ -128,7 +134,7 @@ for f in doc["write_files"]:
 	userData := strings.ReplaceAll(readRepoFile(t, userDataPath), "REPLACE_JOIN_TOKEN", token)
 	writeFile(t, filepath.Join(c.share, "user-data"), userData)
 	c.put(targets[0].debFile(), filepath.Base(targets[0].debFile()))
-	setup := `dpkg -i /mnt/` + filepath.Base(targets[0].debFile()) + ` >/dev/null
+	setup := `dpkg -i /mnt/` + filepath.Base(targets[0].debFile()) + ` >/dev/null 2>&1
 install -m 0755 /mnt/warren-forget-token /usr/local/sbin/warren-forget-token
 install -m 0644 /mnt/warren-forget-token.path /mnt/warren-forget-token.service /etc/systemd/system/
 mkdir -p /boot/firmware /var/lib/cloud/instances/i-1 && cp /mnt/user-data /boot/firmware/user-data

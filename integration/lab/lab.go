@@ -559,8 +559,7 @@ func processesIn(ino uint64) []int {
 				}
 			}
 		}
-		var st syscall.Stat_t
-		if syscall.Stat("/proc/"+p.Name()+"/ns/net", &st) == nil && st.Ino == ino {
+		if inNetNS(p.Name(), ino) {
 			roots = append(roots, pid)
 		}
 	}
@@ -581,6 +580,23 @@ func processesIn(ino uint64) []int {
 		walk(r)
 	}
 	return out
+}
+
+// inNetNS reports whether any thread of the process is in the network
+// namespace ino: the appliance enters task namespaces on locked threads,
+// and the thread group leader itself may be one of them at that moment.
+func inNetNS(pid string, ino uint64) bool {
+	var st syscall.Stat_t
+	if syscall.Stat("/proc/"+pid+"/ns/net", &st) == nil && st.Ino == ino {
+		return true
+	}
+	tasks, _ := os.ReadDir("/proc/" + pid + "/task")
+	for _, t := range tasks {
+		if syscall.Stat("/proc/"+pid+"/task/"+t.Name()+"/ns/net", &st) == nil && st.Ino == ino {
+			return true
+		}
+	}
+	return false
 }
 
 func alive(pid int) bool {
