@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -718,10 +719,10 @@ func (r *Reconciler) Cleanup(ctx context.Context) error {
 	return r.cleanup(ctx)
 }
 
-// removeImagesAndNamespace deletes every image of our containerd namespace
-// (their content is then garbage-collected) and the namespace itself, so a
-// purged package leaves nothing in containerd. Other namespaces are not
-// touched.
+// removeImagesAndNamespace deletes every image and lease of our containerd
+// namespace (their content and snapshots are then garbage-collected) and
+// the namespace itself, so a purged package leaves nothing in containerd.
+// Other namespaces are not touched.
 func (r *Reconciler) removeImagesAndNamespace(ctx context.Context) []error {
 	if _, err := os.Stat(r.cfg.ContainerdAddress); err != nil {
 		return nil // containerd not running: said above
@@ -734,6 +735,17 @@ func (r *Reconciler) removeImagesAndNamespace(ctx context.Context) []error {
 	for _, img := range imgs {
 		if err := r.client.ImageService().Delete(ctx, img.Name, images.SynchronousDelete()); err != nil && !errdefs.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("remove image %s: %w", img.Name, err))
+		}
+	}
+	// An import or pull cut short (the daemon stopped mid-way) can leave
+	// its lease behind, holding blobs and snapshots for a day.
+	ls, err := r.client.LeasesService().List(ctx)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list leases: %w", err))
+	}
+	for _, l := range ls {
+		if err := r.client.LeasesService().Delete(ctx, l, leases.SynchronousDelete); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove lease %s: %w", l.ID, err))
 		}
 	}
 	if len(errs) > 0 {
