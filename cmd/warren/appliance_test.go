@@ -14,7 +14,7 @@ import (
 	"github.com/warren-appliance/warren/configs"
 )
 
-func TestCheckExitCodes(t *testing.T) {
+func TestApplianceCheckExitCodes(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.toml")
 	os.WriteFile(bad, []byte("[wireguard]\nlisten_port = 70000\n"), 0o644)
 	cases := []struct {
@@ -31,7 +31,7 @@ func TestCheckExitCodes(t *testing.T) {
 		{[]string{"--version"}, 0},
 	}
 	for _, tc := range cases {
-		if got := run(tc.args); got != tc.want {
+		if got := applianceMain(tc.args); got != tc.want {
 			t.Errorf("warren-appliance %v exited %d, want %d", tc.args, got, tc.want)
 		}
 	}
@@ -58,7 +58,7 @@ func runCaptured(t *testing.T, args ...string) (int, string) {
 	os.Stdout, os.Stderr = w, w
 	done := make(chan string)
 	go func() { var b bytes.Buffer; io.Copy(&b, r); done <- b.String() }()
-	code := run(args)
+	code := applianceMain(args)
 	os.Stdout, os.Stderr = oldOut, oldErr
 	w.Close()
 	return code, <-done
