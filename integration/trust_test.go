@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -38,7 +40,7 @@ func inspectNode(ctx context.Context, m *lab.Node, name string) (nodeInspect, er
 
 // Issue "hardening", done-when: with a 2-minute cluster.cert_lifetime the
 // nodes stay ready for several lifetimes; a worker switched off past its
-// certificate's expiry (its token rotated out, so the token cannot help)
+// certificate's expiry (its token rotated out and removed from its config)
 // comes back by itself with the same overlay IP; a service's env is on disk
 // only on the nodes running its tasks; the appliance's own ports are
 // refused by name; 300 slow unauthenticated connections are closed within
@@ -118,7 +120,22 @@ func TestTrustShortCertificatesEnvPortsSlowClientsDNS(t *testing.T) {
 	}
 	// Stay ready while worker-2's certificate runs out.
 	observeReady(t, c, []*lab.Node{m, w1}, time.Until(before.CertExpires)+15*time.Second)
-	t.Logf("worker-2's certificate expired at %s; booting it", before.CertExpires.Format(time.RFC3339))
+	// Its config no longer holds a token either: it proves its key.
+	cfgPath := filepath.Join(w2.Root, "etc", "warren.toml")
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), "token") {
+			kept = append(kept, line)
+		}
+	}
+	if err := w2.WriteConfig(strings.Join(kept, "\n")); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("worker-2's certificate expired at %s; booting it without a token", before.CertExpires.Format(time.RFC3339))
 	if err := w2.ForgetVolatile(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"syscall"
 	"time"
@@ -20,22 +19,6 @@ func (n *Node) PowerOff() error {
 		return err
 	}
 	holder := n.holder.Process.Pid
-	// The processes the lab started are killed by PID: a Go process whose
-	// main thread is inside a task's namespace for a moment (netlink work
-	// on a locked thread) shows that namespace in /proc/PID/ns/net, and the
-	// scan below would miss it.
-	for _, c := range []*exec.Cmd{n.appliance, n.containerd} {
-		if c != nil && c.Process != nil {
-			c.Process.Kill()
-		}
-	}
-	if n.applianceDone != nil {
-		select {
-		case <-n.applianceDone:
-		case <-time.After(10 * time.Second):
-			return fmt.Errorf("%s: the appliance survives SIGKILL", n.Name)
-		}
-	}
 	for round := 0; round < 50; round++ {
 		var victims []int
 		for _, pid := range processesIn(ino) {
