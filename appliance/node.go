@@ -12,11 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-<<<<<<< HEAD
 	"strconv"
-=======
 	"strings"
->>>>>>> main
 	"sync"
 	"time"
 
