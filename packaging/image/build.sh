@@ -66,6 +66,9 @@ if [ ! -e "$binfmt/qemu-aarch64" ]; then
 fi
 
 root=$WORK_DIR/root
+# update-initramfs is a no-op while the packages install (under emulation
+# each run takes minutes, and the kernel and several triggers would each run
+# it); customize.sh puts it back and builds the initrd once.
 # Debian packages only. raspi-firmware (non-free-firmware) is the Pi's boot
 # firmware; its kernel hook copies the kernel, initrd and the Pi device trees
 # of linux-image-arm64 to /boot/firmware and writes config.txt and
@@ -84,6 +87,8 @@ nice -n 10 mmdebstrap --arch=arm64 --variant=minbase \
 	--include="$include" \
 	--setup-hook='mkdir -p "$1/boot/firmware" "$1/etc/default"' \
 	--setup-hook='printf "%s\n" "cgroup_enable=memory cgroup_memory=1" > "$1/etc/default/raspi-extra-cmdline"' \
+	--essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs' \
+	--essential-hook='printf "#!/bin/sh\nexit 0\n" > "$1/usr/sbin/update-initramfs"; chmod 755 "$1/usr/sbin/update-initramfs"' \
 	--customize-hook="sh $here/customize.sh \"\$1\" \"$DEB\" \"$SEED\" $ROOT_LABEL $FAT_LABEL" \
 	"$SUITE" "$root" "$MIRROR"
 

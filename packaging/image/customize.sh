@@ -59,7 +59,13 @@ sed -i \
 	-e 's|^#\?CONSOLES=.*|CONSOLES="tty0 ttyS1,115200"|' \
 	"$root/etc/default/raspi-firmware"
 grep -q "^ROOTPART=\"LABEL=$root_label\"" "$root/etc/default/raspi-firmware"
-chroot "$root" env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware
+# build.sh diverted update-initramfs during the install: restore it and
+# build one initrd (MODULES=most: it boots any board), whose post-update hook runs
+# raspi-firmware's, which copies kernel, initrd and device trees.
+rm -f "$root/usr/sbin/update-initramfs"
+chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+kver=$(cd "$root/lib/modules" && ls | sort -V | tail -n 1)
+chroot "$root" update-initramfs -c -k "$kver"
 grep -q cgroup_enable=memory "$root/boot/firmware/cmdline.txt"
 
 # The documented seed, for the user to edit before first boot.

@@ -299,7 +299,7 @@ func (r *run) prepare(ctx context.Context) error {
 		"-o", "Dir::State=" + apt, "-o", "Dir::State::Lists=" + filepath.Join(apt, "lists"),
 		"-o", "Dir::State::status=/dev/null", "-o", "Dir::Cache=" + filepath.Join(apt, "cache"),
 		"-o", "Dir::Etc::SourceList=" + sources, "-o", "Dir::Etc::SourceParts=/nonexistent",
-		"-o", "Acquire::Check-Valid-Until=false", "-o", "Debug::NoLocking=1",
+		"-o", "Acquire::Check-Valid-Until=false", "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root",
 	}
 	if out, err := exec.CommandContext(ctx, "apt-get", append(opts, "update")...).CombinedOutput(); err != nil {
 		return fmt.Errorf("apt-get update (arm64 lists): %v: %s", err, out)
