@@ -59,9 +59,41 @@ sed -i \
 	-e 's|^#\?CONSOLES=.*|CONSOLES="tty0 ttyS1,115200"|' \
 	"$root/etc/default/raspi-firmware"
 grep -q "^ROOTPART=\"LABEL=$root_label\"" "$root/etc/default/raspi-firmware"
+# The initrd carries the drivers to mount the root file system on the
+# boards this image is for, not MODULES=most (under emulation that takes
+# most of an hour to build): Pi 3/4 SD card (sdhci-iproc, bcm2835 sdhost,
+# the Pi 4's 1.8 V regulator), USB mass storage (Pi 4 USB boot, Pi 3),
+# virtio (emulated boards), ext4 and vfat. Kernel upgrades on the board keep
+# the list. The rest (MMC core, Pi firmware, mailbox, DMA, clocks, pinctrl)
+# is built into Debian's arm64 kernel.
+cat >"$root/etc/initramfs-tools/conf.d/warren-image.conf" <<'EOF2'
+# Appliance image: only the modules listed in /etc/initramfs-tools/modules.
+MODULES=list
+EOF2
+cat >>"$root/etc/initramfs-tools/modules" <<'EOF2'
+# Appliance image: root on a Raspberry Pi 3/4 SD card or USB disk, or on
+# an emulated board's virtio disk.
+sdhci-iproc
+bcm2835
+gpio-regulator
+reset-raspberrypi
+xhci-pci
+dwc2
+usb-storage
+uas
+sd_mod
+virtio_pci
+virtio_mmio
+virtio_blk
+ext4
+vfat
+nls_cp437
+nls_ascii
+crc32c_generic
+EOF2
 # build.sh diverted update-initramfs during the install: restore it and
-# build one initrd (MODULES=most: it boots any board), whose post-update hook runs
-# raspi-firmware's, which copies kernel, initrd and device trees.
+# build the initrd once; its post-update hook runs raspi-firmware's, which
+# copies kernel, initrd and device trees to /boot/firmware.
 rm -f "$root/usr/sbin/update-initramfs"
 chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
 kver=$(cd "$root/lib/modules" && ls | sort -V | tail -n 1)
