@@ -432,12 +432,19 @@ func (r *run) start(ctx context.Context, b *board, token string) error {
 		"-kernel", r.kernel, "-initrd", r.initrd, "-append", r.cmdline,
 		"-drive", "if=none,id=hd0,format=raw,file=" + b.disk, "-device", "virtio-blk-pci,drive=hd0",
 		"-netdev", fmt.Sprintf("tap,id=n0,ifname=tap%d,script=no,downscript=no", idx),
-		"-device", "virtio-net-pci,netdev=n0,mac=" + b.mac,
+		// romfile=: no PXE option ROM (ipxe-qemu is not installed, not needed).
+		"-device", "virtio-net-pci,netdev=n0,romfile=,mac=" + b.mac,
 		"-device", "virtio-rng-pci",
 		"-display", "none", "-monitor", "none", "-serial", "file:" + b.console, "-no-reboot",
 	}
 	b.cmd = exec.Command("ip", args...)
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := os.Create(b.console + ".stderr")
+	if err != nil {
+		return err
+	}
+	defer stderr.Close()
+	b.cmd.Stdout, b.cmd.Stderr = stderr, stderr
 	b.started = time.Now()
 	if err := b.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", b.name, err)
@@ -624,6 +631,9 @@ func (r *run) report(vip string) {
 
 func (r *run) dumpConsoles() {
 	for _, b := range r.boards {
+		if e, err := os.ReadFile(b.console + ".stderr"); err == nil && len(e) > 0 {
+			fmt.Fprintf(os.Stderr, "---- %s emulator stderr ----\n%s\n", b.name, e)
+		}
 		data, err := os.ReadFile(b.console)
 		if err != nil {
 			continue
