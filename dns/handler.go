@@ -25,8 +25,9 @@ type handler struct {
 	forwardTimeout time.Duration
 	baseCtx        context.Context // cancelled when the server closes
 	log            *slog.Logger
-	allow          []netip.Prefix // Config.Allow
-	refused        atomic.Int64   // queries dropped by the source check
+	onAnswer       func(rcode string) // may be nil
+	allow          []netip.Prefix     // Config.Allow
+	refused        atomic.Int64       // queries dropped by the source check
 }
 
 // allowed reports whether a query from addr may be answered.
@@ -60,8 +61,11 @@ func (h *handler) allowed(addr net.Addr) bool {
 func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 	_, overTCP := w.RemoteAddr().(*net.TCPAddr)
 	if !h.allowed(w.RemoteAddr()) {
+		if h.onAnswer != nil {
+			h.onAnswer("ignored")
+		}
 		if h.refused.Add(1)%1000 == 1 {
-			h.log.Info("dns: ignoring queries from outside the node and the cluster's ranges", "remote", w.RemoteAddr(), "ignored", h.refused.Load())
+			h.log.Info("ignoring queries from outside the node and the cluster's ranges", "remote", w.RemoteAddr(), "ignored", h.refused.Load())
 		}
 		if overTCP {
 			w.Close()
@@ -72,8 +76,11 @@ func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 	if resp == nil {
 		return
 	}
+	if h.onAnswer != nil {
+		h.onAnswer(rcodeName(resp.Rcode))
+	}
 	if err := w.WriteMsg(resp); err != nil {
-		h.log.Debug("dns: write response", "remote", w.RemoteAddr(), "err", err)
+		h.log.Debug("write response", "remote", w.RemoteAddr(), "err", err)
 	}
 }
 
@@ -132,7 +139,7 @@ func (h *handler) forward(req *miekg.Msg, overTCP bool) *miekg.Msg {
 	if err != nil {
 		// Debug only: a dead upstream would otherwise log once per query;
 		// the forwarder logs lasting conditions (loops, no upstream) once.
-		h.log.Debug("dns: forward failed", "name", req.Question[0].Name, "err", err)
+		h.log.Debug("forward failed", "name", req.Question[0].Name, "err", err)
 		return errorReply(req, miekg.RcodeServerFailure)
 	}
 	resp.Id = req.Id
@@ -179,4 +186,16 @@ func errorReply(req *miekg.Msg, rcode int) *miekg.Msg {
 		resp.Question = []miekg.Question{req.Question[0]}
 	}
 	return resp
+}
+
+// rcodeName is rc in lower case, "badvers" for 16 (which miekg names
+// BADSIG, the TSIG meaning of the same number).
+func rcodeName(rc int) string {
+	if rc == miekg.RcodeBadVers {
+		return "badvers"
+	}
+	if n, ok := miekg.RcodeToString[rc]; ok {
+		return strings.ToLower(n)
+	}
+	return "other"
 }

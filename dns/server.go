@@ -74,6 +74,11 @@ type Config struct {
 	// FreeBind sets IP_FREEBIND so Start succeeds before the listen address
 	// is configured on an interface (e.g. the bridge comes up later).
 	FreeBind bool
+	// OnAnswer, when set, is called once per answer sent with its response
+	// code in lower case ("noerror", "nxdomain", "servfail", ...), and with
+	// "ignored" for a query from outside Allow and the clients (no answer),
+	// for metrics. It must not block.
+	OnAnswer func(rcode string)
 	// Logger receives the server's logs; slog.Default() when nil.
 	Logger *slog.Logger
 }
@@ -134,6 +139,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = cfg.Logger.With("component", "dns")
 	var upstreams []netip.AddrPort
 	if len(cfg.Upstreams) > 0 {
 		if upstreams, err = parseUpstreams(cfg.Upstreams); err != nil {
@@ -159,6 +165,7 @@ func NewServer(cfg Config) (*Server, error) {
 		forwardTimeout: cfg.ForwardTimeout,
 		baseCtx:        ctx,
 		log:            cfg.Logger,
+		onAnswer:       cfg.OnAnswer,
 		allow:          cfg.Allow,
 	}
 	return s, nil
@@ -222,7 +229,7 @@ func (s *Server) Start() error {
 	} else {
 		content, err := os.ReadFile(s.cfg.ResolvConf)
 		if err != nil {
-			s.log.Warn("dns: cannot read resolv.conf; forwarding disabled until it appears", "path", s.cfg.ResolvConf, "err", err)
+			s.log.Warn("cannot read resolv.conf; forwarding disabled until it appears", "path", s.cfg.ResolvConf, "err", err)
 		}
 		s.loadResolvConf(content)
 		s.wg.Add(1)
@@ -255,7 +262,7 @@ func (s *Server) Start() error {
 				defer s.wg.Done()
 				err := srv.ActivateAndServe()
 				if err != nil && s.ctx.Err() == nil {
-					s.log.Error("dns: server stopped", "err", err)
+					s.log.Error("server stopped", "err", err)
 				}
 				failed <- err
 			}()
@@ -272,7 +279,7 @@ func (s *Server) Start() error {
 			}
 		}
 	}
-	s.log.Info("dns: serving", "listen", addrs, "domain", s.zone.Load().domain)
+	s.log.Info("serving", "listen", addrs, "domain", s.zone.Load().domain)
 	return nil
 }
 
@@ -322,7 +329,7 @@ func setFreeBind(network, _ string, c syscall.RawConn) error {
 func (s *Server) loadResolvConf(content []byte) {
 	addrs, err := resolvConfUpstreams(content)
 	if err != nil {
-		s.log.Warn("dns: bad resolv.conf", "path", s.cfg.ResolvConf, "err", err)
+		s.log.Warn("bad resolv.conf", "path", s.cfg.ResolvConf, "err", err)
 	}
 	s.fwd.setUpstreams(s.ctx, s.cfg.ResolvConf, addrs, s.addrs, s.cfg.ForwardTimeout)
 }
@@ -344,7 +351,7 @@ func (s *Server) watchResolvConf(last []byte) {
 		content, err := os.ReadFile(s.cfg.ResolvConf)
 		if err != nil {
 			if !missingLogged {
-				s.log.Warn("dns: cannot read resolv.conf; keeping the last upstreams", "path", s.cfg.ResolvConf, "err", err)
+				s.log.Warn("cannot read resolv.conf; keeping the last upstreams", "path", s.cfg.ResolvConf, "err", err)
 				missingLogged = true
 			}
 			continue
@@ -400,7 +407,7 @@ func (s *Server) Update(r Records) {
 	if r.Domain != "" {
 		d, err := normalizeDomain(r.Domain)
 		if err != nil {
-			s.log.Error("dns: records name an invalid domain; keeping the current one", "domain", r.Domain, "current", domain, "err", err)
+			s.log.Error("records name an invalid domain; keeping the current one", "domain", r.Domain, "current", domain, "err", err)
 		} else {
 			domain = d
 		}
@@ -414,7 +421,7 @@ func (s *Server) Update(r Records) {
 		msg := p.Error()
 		current[msg] = true
 		if !s.problems[msg] {
-			s.log.Warn("dns: record skipped", "err", msg)
+			s.log.Warn("record skipped", "err", msg)
 		}
 	}
 	s.problems = current
