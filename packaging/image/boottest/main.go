@@ -154,13 +154,15 @@ func (r *run) main(ctx context.Context, n, mem, small int) error {
 		return fmt.Errorf("read the worker token: %w", err)
 	}
 	token = strings.TrimSpace(token)
+	// One worker at a time: TCG boards on two shared cores starve each
+	// other (systemd's device and start timeouts expire) when booted together.
 	for _, b := range r.boards[1:] {
 		if err := r.start(ctx, b, token); err != nil {
 			return err
 		}
-	}
-	if err := r.waitReady(ctx, m, r.boards[1:]); err != nil {
-		return err
+		if err := r.waitReady(ctx, m, []*board{b}); err != nil {
+			return err
+		}
 	}
 	out, _ := r.ssh(ctx, m, "warren node ls")
 	fmt.Printf("\nwarren node ls on %s:\n%s\n", m.name, out)
@@ -391,7 +393,9 @@ func (r *run) seed(b *board, token string) error {
 	}
 	// The boards have no registry: the image tarball goes into images_dir,
 	// which the appliance imports from (airgap).
-	ud += fmt.Sprintf("\nruncmd:\n  - [sh, -c, \"mkdir -p /var/lib/warren/images && cp /boot/firmware/%s /var/lib/warren/images/\"]\n", seedImage)
+	// (fstab mounts /boot/firmware with nofail: on a starved emulated board
+	// the device can time out at boot; runcmd runs later, and mounts it.)
+	ud += fmt.Sprintf("\nruncmd:\n  - [sh, -c, \"mountpoint -q /boot/firmware || mount /boot/firmware; mkdir -p /var/lib/warren/images && cp /boot/firmware/%s /var/lib/warren/images/\"]\n", seedImage)
 	meta := fmt.Sprintf("instance-id: %s\nlocal-hostname: %s\n", b.name, b.name)
 	netcfg := fmt.Sprintf(`version: 2
 ethernets:
@@ -458,7 +462,7 @@ func (r *run) ssh(ctx context.Context, b *board, command string) (string, error)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", r.netns, "ssh", "-i", r.key,
 		"-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-		"-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "root@"+b.ip, command)
+		"-o", "ConnectTimeout=30", "-o", "LogLevel=ERROR", "root@"+b.ip, command)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
