@@ -44,11 +44,14 @@ mkdir -p "$(dirname "$OUT")"
 OUT=$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")
 
 WORK_DIR=${WORK_DIR:-$(mktemp -d /var/tmp/warren-image.XXXXXX)}
-registered_binfmt=""
+registered_binfmt="" mounted_binfmt=""
 cleanup() {
 	rm -rf "$WORK_DIR"
 	if [ -n "$registered_binfmt" ]; then
 		echo -1 >/proc/sys/fs/binfmt_misc/qemu-aarch64 || true
+	fi
+	if [ -n "$mounted_binfmt" ]; then
+		umount /proc/sys/fs/binfmt_misc || true
 	fi
 }
 trap cleanup EXIT INT TERM
@@ -59,6 +62,7 @@ trap cleanup EXIT INT TERM
 binfmt=/proc/sys/fs/binfmt_misc
 if [ ! -e "$binfmt/register" ]; then
 	mount -t binfmt_misc binfmt_misc "$binfmt"
+	mounted_binfmt=yes
 fi
 if [ ! -e "$binfmt/qemu-aarch64" ]; then
 	printf '%s\n' ':qemu-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/qemu-aarch64-static:F' >"$binfmt/register"
@@ -66,9 +70,6 @@ if [ ! -e "$binfmt/qemu-aarch64" ]; then
 fi
 
 root=$WORK_DIR/root
-# update-initramfs is a no-op while the packages install (under emulation
-# each run takes minutes, and the kernel and several triggers would each run
-# it); customize.sh puts it back and builds the initrd once.
 # Debian packages only. raspi-firmware (non-free-firmware) is the Pi's boot
 # firmware; its kernel hook copies the kernel, initrd and the Pi device trees
 # of linux-image-arm64 to /boot/firmware and writes config.txt and
@@ -80,6 +81,9 @@ cloud-init cloud-guest-utils openssh-server sudo ca-certificates kmod iproute2
 e2fsprogs dosfstools fdisk procps netbase"
 include=$(echo $PACKAGES | tr ' ' ',')
 
+# update-initramfs is a no-op while the packages install (under emulation
+# each run takes minutes, and the kernel and several triggers would each run
+# it); customize.sh puts it back and builds the initrd once.
 echo "build-image: debootstrapping $SUITE arm64 (emulated; takes a while)"
 nice -n 10 mmdebstrap --arch=arm64 --variant=minbase \
 	--components=main,non-free-firmware \
