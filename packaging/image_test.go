@@ -55,7 +55,7 @@ print("net", net["version"], net["ethernets"]["wired"]["match"]["name"], net["et
 		t.Fatal(err)
 	}
 	tokenFile := filepath.Join(dir, "join-token")
-	token := strings.Replace(readFileT(t, tokenFile), "REPLACE_JOIN_TOKEN", "WRN-1-0123456789abcdef-0123456789abcdef", 1)
+	token := strings.Replace(readFileT(t, tokenFile), "REPLACE_JOIN_TOKEN", "WRN-1-"+strings.Repeat("0f", 32)+"-abcdefghijklmnopqrstuvwxyz", 1)
 	writeFile(t, tokenFile, token)
 
 	worker := strings.NewReplacer("REPLACE_MANAGER_ADDRESS", "192.0.2.10",
