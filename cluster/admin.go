@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
@@ -26,7 +28,23 @@ import (
 //	POST   /v1/services/{name}/scale        api.Scale
 //	POST   /v1/services/{name}/update       api.ImageUpdate (rolling)
 //	DELETE /v1/services/{name}              remove
+//
+// Reads are answered from this manager's copy of the state (on a follower
+// it lags the leader by the replication delay, normally milliseconds);
+// writes on a follower are forwarded to the leader over manager mTLS and
+// return the leader's answer.
 func (m *Manager) AdminHandler() http.Handler {
+	mux := m.adminMux()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !m.isLeader() {
+			m.forward(w, r, pathInternalAdmin, "")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (m *Manager) adminMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Info())
@@ -153,24 +171,30 @@ func (m *Manager) Info() api.ClusterInfo {
 	info := api.ClusterInfo{
 		ID: mt.ClusterID, Domain: mt.Domain, CAHash: m.ca.Hash(), CAExpires: m.ca.Cert.NotAfter.UTC(), CreatedAt: mt.CreatedAt,
 		MapVersion: m.current.Version, WireGuardSubnet: mt.WireGuardSubnet, ContainerSubnet: mt.ContainerSubnet,
-		ContainerBlock: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet, Manager: m.st.nodes[mt.SelfID].Name,
+		ContainerBlock: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet, Manager: m.st.nodes[m.selfID].Name,
 		APIListen: m.cfg.APIListen, JoinAddress: join, Nodes: len(m.st.nodes), Services: len(m.st.services), Tasks: len(m.st.tasks),
 	}
+	names := map[string]string{}
 	for _, n := range m.st.nodes {
+		names[n.ID] = n.Name
 		if n.Status == clustermap.NodeReady {
 			info.NodesReady++
 		}
 	}
+	m.raftInfo(&info, names)
 	return info
 }
 
 // Nodes lists the members, managers (low addresses) first.
 func (m *Manager) Nodes() []api.NodeView {
+	statuses := m.managerStatuses(m.managerAPIs())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]api.NodeView, 0, len(m.st.nodes))
 	for _, n := range m.st.nodes {
-		out = append(out, m.nodeViewLocked(n))
+		v := m.nodeViewLocked(n)
+		v.ManagerStatus = statuses[n.ID]
+		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].OverlayIP.Less(out[j].OverlayIP) })
 	return out
@@ -178,13 +202,29 @@ func (m *Manager) Nodes() []api.NodeView {
 
 // Node shows one member, found by name or ID.
 func (m *Manager) Node(ref string) (api.NodeView, error) {
+	statuses := m.managerStatuses(m.managerAPIs())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n, ok := m.findNodeLocked(ref)
 	if !ok {
 		return api.NodeView{}, errNoNode(ref)
 	}
-	return m.nodeViewLocked(n), nil
+	v := m.nodeViewLocked(n)
+	v.ManagerStatus = statuses[n.ID]
+	return v, nil
+}
+
+// managerAPIs maps every manager's ID to its API address.
+func (m *Manager) managerAPIs() map[string]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]string{}
+	for id, n := range m.st.nodes {
+		if n.Role == clustermap.RoleManager {
+			out[id] = n.API
+		}
+	}
+	return out
 }
 
 func (m *Manager) findNodeLocked(ref string) (nodeRecord, bool) {
@@ -202,7 +242,7 @@ func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 	v := api.NodeView{
 		ID: n.ID, Name: n.Name, Role: n.Role, Status: n.Status, OverlayIP: n.OverlayIP, ContainerBlock: n.ContainerBlock,
 		Endpoint: n.Endpoint, PublicKey: n.PublicKey, Labels: n.Labels, JoinedAt: n.JoinedAt, CertExpires: n.CertNotAfter,
-		LastSeen: m.lastSeen[n.ID], Tunnel: m.health[n.ID], Self: n.ID == m.st.meta.SelfID,
+		LastSeen: m.lastSeen[n.ID], Tunnel: m.health[n.ID], Self: n.ID == m.selfID,
 		ClockOffsetSeconds: m.skew[n.ID].Round(time.Millisecond).Seconds(),
 	}
 	for _, t := range m.st.tasks {
@@ -218,7 +258,8 @@ func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 // and block are held back until that certificate would have expired.
 // A ready node is removed only with force (it is probably still running).
 func (m *Manager) RemoveNode(ref string, force bool) error {
-	var name string
+	var name, id string
+	var manager bool
 	err := m.update(func(s *state) error {
 		n, ok := s.nodes[ref]
 		if !ok {
@@ -226,7 +267,7 @@ func (m *Manager) RemoveNode(ref string, force bool) error {
 				return errNoNode(ref)
 			}
 		}
-		if n.ID == s.meta.SelfID {
+		if n.ID == m.selfID {
 			return errorf(http.StatusConflict, "node %q is this manager: a manager cannot remove itself", n.Name)
 		}
 		if n.Status == clustermap.NodeReady && !force {
@@ -239,11 +280,19 @@ func (m *Manager) RemoveNode(ref string, force bool) error {
 		}
 		s.removed[n.ID] = tombstone{Name: n.Name, OverlayIP: n.OverlayIP, Block: n.ContainerBlock, Until: until}
 		delete(s.nodes, n.ID)
-		name = n.Name
+		name, id, manager = n.Name, n.ID, n.Role == clustermap.RoleManager
 		return nil
 	})
 	if err != nil {
 		return err
+	}
+	if member, _ := m.raftSuffrage(id); manager && member {
+		// A dead manager leaves the Raft configuration too, so it no
+		// longer counts towards the quorum.
+		if err := m.replica.Raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+			return m.noLeaderError(err)
+		}
+		m.log.Info("manager removed from Raft", "node", name)
 	}
 	m.mu.Lock()
 	for id := range m.lastSeen {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
@@ -30,6 +32,15 @@ func newWGKey(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return base64.StdEncoding.EncodeToString(b)
+}
+
+// fastRaft halves Raft's timeouts (the machine running the tests is
+// shared and loaded: shorter ones make leaders step down spuriously).
+func fastRaft(c *raft.Config) {
+	c.HeartbeatTimeout = time.Second
+	c.ElectionTimeout = time.Second
+	c.LeaderLeaseTimeout = time.Second
+	c.CommitTimeout = 5 * time.Millisecond
 }
 
 // testManager is a manager serving on a loopback port, restartable on the
@@ -53,6 +64,7 @@ func startManager(t testing.TB) *testManager {
 			PublicKey: newWGKey(t), Labels: map[string]string{"zone": "a"}},
 		DownAfter: time.Hour,
 		Logger:    testLogger(t),
+		raftTune:  fastRaft,
 	}
 	tm.start()
 	t.Cleanup(tm.stop)
@@ -61,11 +73,8 @@ func startManager(t testing.TB) *testManager {
 
 func (tm *testManager) start() {
 	tm.t.Helper()
-	m, err := OpenManager(tm.cfg)
-	if err != nil {
-		tm.t.Fatal(err)
-	}
 	var ln net.Listener
+	var err error
 	for i := 0; ; i++ { // the old socket may linger a moment after a restart
 		ln, err = net.Listen("tcp", tm.addr)
 		if err == nil || i > 50 {
@@ -77,6 +86,12 @@ func (tm *testManager) start() {
 		tm.t.Fatal(err)
 	}
 	tm.addr = ln.Addr().String()
+	tm.cfg.Advertise = tm.addr
+	m, err := OpenManager(tm.cfg)
+	if err != nil {
+		ln.Close()
+		tm.t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tm.m, tm.cancel, tm.done = m, cancel, make(chan struct{})
 	go func() {

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -35,23 +34,19 @@ func (m *Manager) Serve(ctx context.Context) error {
 func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tlsConf := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{m.server},
-		// Joining nodes have no certificate yet; handlers that need one
-		// verify it themselves and answer with a clear error.
-		ClientAuth: tls.RequestClientCert,
-	}
+	tlsConf := m.serverTLS()
 	srv := &http.Server{
 		Handler:           m.nodeHandler(),
-		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
+	if m.cfg.Join != nil {
+		go m.joinRaft(ctx)
+	}
 	go m.livenessLoop(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
+	go func() { errc <- srv.Serve(newMuxListener(ctx, ln, tlsConf, m)) }()
 	m.log.Info("cluster API listening", "addr", ln.Addr().String())
 	select {
 	case err := <-errc:
@@ -86,7 +81,10 @@ func (m *Manager) nodeHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathRenew, m.authed(m.handleRenew))
 	mux.HandleFunc("GET "+api.PathWatch, m.authed(m.handleWatch))
 	mux.HandleFunc("POST "+api.PathStatus, m.authed(m.handleStatus))
-	return mux
+	outer := http.NewServeMux()
+	m.internalHandlers(outer, mux)
+	outer.Handle("/", mux)
+	return outer
 }
 
 // authed verifies the client certificate and passes the caller's node ID,
@@ -103,6 +101,17 @@ func (m *Manager) authed(h func(http.ResponseWriter, *http.Request, string)) htt
 }
 
 func (m *Manager) authenticate(r *http.Request) (string, error) {
+	if id, ok := r.Context().Value(fwdNodeKey{}).(string); ok && id != "" {
+		// Forwarded by a follower that verified the node's certificate;
+		// requireManager verified the follower's.
+		m.mu.Lock()
+		_, member := m.st.nodes[id]
+		m.mu.Unlock()
+		if !member {
+			return "", errNodeRemoved(id)
+		}
+		return id, nil
+	}
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return "", errorf(http.StatusUnauthorized, "this call needs the node's client certificate: join the cluster with a token first")
 	}
@@ -112,7 +121,7 @@ func (m *Manager) authenticate(r *http.Request) (string, error) {
 		inter.AddCert(c)
 	}
 	m.mu.Lock()
-	roots := m.ca.Pool()
+	roots := m.caPool()
 	m.mu.Unlock()
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: m.now(),
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
@@ -129,6 +138,9 @@ func (m *Manager) authenticate(r *http.Request) (string, error) {
 }
 
 func (m *Manager) handleJoin(w http.ResponseWriter, r *http.Request) {
+	if m.followerForwards(w, r, "") {
+		return
+	}
 	var req api.JoinRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
@@ -199,7 +211,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 				return err
 			}
 		}
-		cert, err := m.ca.SignNode(req.CSR, rec.ID, now)
+		cert, err := m.signFor(rec.Role, req.CSR, rec.ID, now)
 		if err != nil {
 			return errorf(http.StatusBadRequest, "certificate request refused: %v", err)
 		}
@@ -212,7 +224,19 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 	return resp, err
 }
 
+// signFor signs a node's CSR; managers get a manager certificate (the only
+// kind the managers' Raft and internal API accept).
+func (m *Manager) signFor(role string, csr []byte, id string, now time.Time) (*x509.Certificate, error) {
+	if role == clustermap.RoleManager {
+		return m.ca.SignManager(csr, id, now)
+	}
+	return m.ca.SignNode(csr, id, now)
+}
+
 func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) {
+	if m.followerForwards(w, r, id) {
+		return
+	}
 	var req api.SelfUpdate
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
@@ -246,6 +270,9 @@ func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) 
 }
 
 func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request, id string) {
+	if m.followerForwards(w, r, id) {
+		return
+	}
 	var req api.RenewRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
@@ -257,7 +284,7 @@ func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request, id string)
 		if !ok {
 			return errNodeRemoved(id)
 		}
-		cert, err := m.ca.SignNode(req.CSR, id, m.now())
+		cert, err := m.signFor(rec.Role, req.CSR, id, m.now())
 		if err != nil {
 			return errorf(http.StatusBadRequest, "certificate request refused: %v", err)
 		}
@@ -275,6 +302,9 @@ func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request, id string)
 }
 
 func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request, id string) {
+	if m.followerForwards(w, r, id) {
+		return
+	}
 	var st api.NodeStatus
 	if err := readJSON(r, &st); err != nil {
 		writeError(w, err)
@@ -304,7 +334,15 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	flusher.Flush()
 	keepalive := time.NewTicker(m.keepalive)
 	defer keepalive.Stop()
-	first := true
+	if after > m.Map().Version {
+		// The node holds a newer map than this manager: a follower that
+		// lags (it catches up and then sends), or a cluster restored from
+		// an older backup, whose leader moves the version past the node's
+		// so that every node takes the restored map as newer.
+		if err := m.jumpVersion(after); err != nil && m.isLeader() {
+			m.log.Warn("cannot move the map version past a node's", "node", id, "err", err)
+		}
+	}
 	for {
 		m.mu.Lock()
 		version, body, ch := m.current.Version, m.mapJSON, m.changed
@@ -313,7 +351,7 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 		if !member {
 			return // removed: the agent's next call gets the 403 that says so
 		}
-		if (first && version != after) || version > after {
+		if version > after {
 			// body is shared with other watchers: never append to it.
 			if _, err := w.Write(body); err != nil {
 				return
@@ -324,7 +362,6 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 			flusher.Flush()
 			after = version
 		}
-		first = false
 		select {
 		case <-r.Context().Done():
 			return

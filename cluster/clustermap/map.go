@@ -46,6 +46,9 @@ type Node struct {
 	ContainerBlock netip.Prefix      `json:"container_block"`
 	Labels         map[string]string `json:"labels,omitempty"`
 	Status         string            `json:"status"`
+	// API is a manager's API address (host:port): agents watch and report
+	// to any manager listed here. Empty for workers.
+	API string `json:"api,omitempty"`
 }
 
 // Port is one service port; Published is the host port of the routing
