@@ -229,7 +229,7 @@ func TestLeaderKilledDuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 	leader := leaderOf(hs)
 	// A worker that joined through the leader and watches it.
 	wcfg := AgentConfig{StateDir: t.TempDir(), Manager: leader.addr, Token: func() string { w, _ := leader.m.JoinTokens(); return w }(),
-		Node: NodeInfo{Name: "worker-1", Role: clustermap.RoleWorker, PublicKey: newWGKey(t), Endpoint: netip.MustParseAddrPort("192.0.2.10:51820")},
+		Node:   NodeInfo{Name: "worker-1", Role: clustermap.RoleWorker, PublicKey: newWGKey(t), Endpoint: netip.MustParseAddrPort("192.0.2.10:51820")},
 		Logger: testLogger(t), keepalive: 500 * time.Millisecond}
 	worker := join(t, wcfg)
 	r := watch(t, worker)
