@@ -27,7 +27,12 @@ import (
 //	GET    /v1/services/{name}              inspect / ps
 //	POST   /v1/services/{name}/scale        api.Scale
 //	POST   /v1/services/{name}/update       api.ImageUpdate (rolling)
+//	POST   /v1/services/{name}/labels       api.LabelUpdate
 //	DELETE /v1/services/{name}              remove
+//	GET    /v1/policies                     list with matched tasks
+//	POST   /v1/policies                     api.PolicyApply (create or replace)
+//	GET    /v1/policies/{name}              inspect
+//	DELETE /v1/policies/{name}              remove
 //
 // Reads are answered from this manager's copy of the state (on a follower
 // it lags the leader by the replication delay, normally milliseconds);
@@ -138,6 +143,50 @@ func (m *Manager) adminMux() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("POST /v1/services/{name}/labels", func(w http.ResponseWriter, r *http.Request) {
+		var req api.LabelUpdate
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		v, err := m.UpdateServiceLabels(r.PathValue("name"), req.Add, req.Remove)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("GET /v1/policies", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Policies())
+	})
+	mux.HandleFunc("POST /v1/policies", func(w http.ResponseWriter, r *http.Request) {
+		var req api.PolicyApply
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		out, err := m.ApplyPolicies(req.Policies)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/policies/{name}", func(w http.ResponseWriter, r *http.Request) {
+		v, err := m.Policy(r.PathValue("name"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("DELETE /v1/policies/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.RemovePolicy(r.PathValue("name")); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("DELETE /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
 		if err := m.RemoveService(r.PathValue("name")); err != nil {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/scheduler"
+	"github.com/warren-appliance/warren/netpolicy"
 )
 
 // MaxReplicas bounds a service's replica count: a typo such as 1000000
@@ -29,6 +31,12 @@ var (
 func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 	svc := clustermap.Service{Name: spec.Name, Image: spec.Image, Replicas: 1, Env: spec.Env,
 		Command: spec.Command, Constraints: spec.Constraints, Affinity: spec.Affinity}
+	if len(spec.Labels) > 0 {
+		if err := netpolicy.CheckLabels(spec.Labels); err != nil {
+			return svc, errorf(http.StatusBadRequest, "%v", err)
+		}
+		svc.Labels = maps.Clone(spec.Labels)
+	}
 	if !serviceNameRE.MatchString(spec.Name) {
 		return svc, errorf(http.StatusBadRequest, "service name %q is not valid: use 1-50 lowercase letters, digits and '-', starting and ending with a letter or digit (it becomes a DNS name)", spec.Name)
 	}
@@ -175,6 +183,41 @@ func (m *Manager) UpdateServiceImage(name, image string) (api.ServiceView, error
 	return m.Service(name)
 }
 
+// UpdateServiceLabels sets (add) and removes (rm) labels of a service;
+// its tasks carry them in the next map, so policies follow at once.
+func (m *Manager) UpdateServiceLabels(name string, add map[string]string, rm []string) (api.ServiceView, error) {
+	if err := netpolicy.CheckLabels(add); err != nil {
+		return api.ServiceView{}, errorf(http.StatusBadRequest, "%v", err)
+	}
+	for _, k := range rm {
+		if err := netpolicy.CheckLabelKey(k); err != nil {
+			return api.ServiceView{}, errorf(http.StatusBadRequest, "%v", err)
+		}
+		if _, ok := add[k]; ok {
+			return api.ServiceView{}, errorf(http.StatusBadRequest, "label %s is both added and removed", k)
+		}
+	}
+	err := m.changeService(name, func(r *serviceRecord) {
+		labels := maps.Clone(r.Labels) // records are shared with the previous state
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		maps.Copy(labels, add)
+		for _, k := range rm {
+			delete(labels, k)
+		}
+		if len(labels) == 0 {
+			labels = nil
+		}
+		r.Labels = labels
+	})
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	m.log.Info("service labels updated", "service", name, "added", len(add), "removed", len(rm))
+	return m.Service(name)
+}
+
 func (m *Manager) changeService(name string, change func(*serviceRecord)) error {
 	return m.update(func(s *state) error {
 		r, ok := s.services[name]
@@ -234,7 +277,10 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 	v := api.ServiceView{
 		Name: r.Name, Image: r.Image, Replicas: r.Replicas, VIP: r.VIP, Ports: r.Ports, Env: r.Env,
 		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CreatedAt: r.CreatedAt,
-		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{},
+		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{}, Labels: maps.Clone(r.Labels),
+	}
+	if v.Labels == nil {
+		v.Labels = map[string]string{}
 	}
 	if v.Ports == nil {
 		v.Ports = []clustermap.Port{}
@@ -245,7 +291,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 		}
 		node := m.st.nodes[t.NodeID].Name
 		v.Tasks = append(v.Tasks, api.TaskView{Name: t.Name, Node: node, NodeID: t.NodeID, IP: t.IP, Image: t.Image,
-			DesiredState: t.DesiredState, State: t.State, Error: t.Error})
+			DesiredState: t.DesiredState, State: t.State, Error: t.Error, Labels: r.Labels})
 		if t.DesiredState == clustermap.TaskRunning {
 			if t.State == clustermap.TaskRunning {
 				v.Running++

@@ -20,6 +20,7 @@ const (
 	bucketRemoved  = "removed"
 	bucketServices = "services"
 	bucketTasks    = "tasks"
+	bucketPolicies = "policies"
 	keyCluster     = "cluster"
 	keyTasks       = "all"
 )
@@ -66,6 +67,12 @@ type serviceRecord struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+type policyRecord struct {
+	clustermap.Policy
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
 // state is everything the manager persists. Records are values, so a
 // shallow copy of the maps is an independent copy to mutate (nested maps
 // and slices are replaced, never modified in place).
@@ -75,6 +82,7 @@ type state struct {
 	removed  map[string]tombstone     // by node ID
 	services map[string]serviceRecord // by name
 	tasks    []clustermap.Task
+	policies map[string]policyRecord // by name
 }
 
 func (s *state) clone() *state {
@@ -84,6 +92,7 @@ func (s *state) clone() *state {
 		removed:  maps.Clone(s.removed),
 		services: maps.Clone(s.services),
 		tasks:    slices.Clone(s.tasks),
+		policies: maps.Clone(s.policies),
 	}
 }
 
@@ -93,7 +102,7 @@ type records interface {
 }
 
 func loadState(st records) (*state, error) {
-	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}}
+	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{}}
 	raw, ok := st.Load(bucketMeta)[keyCluster]
 	if !ok {
 		return nil, nil // no cluster yet
@@ -122,6 +131,13 @@ func loadState(st records) (*state, error) {
 		}
 		s.services[k] = r
 	}
+	for k, v := range st.Load(bucketPolicies) {
+		var r policyRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode policy %s: %w", k, err)
+		}
+		s.policies[k] = r
+	}
 	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
 		if err := json.Unmarshal(v, &s.tasks); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
@@ -132,7 +148,7 @@ func loadState(st records) (*state, error) {
 
 // snapshot renders the state as store records.
 func (s *state) snapshot() (store.Snapshot, error) {
-	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}}
+	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}, bucketPolicies: {}}
 	put := func(bucket, key string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -156,6 +172,11 @@ func (s *state) snapshot() (store.Snapshot, error) {
 	}
 	for k, v := range s.services {
 		if err := put(bucketServices, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.policies {
+		if err := put(bucketPolicies, k, v); err != nil {
 			return nil, err
 		}
 	}
@@ -200,16 +221,27 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 	if tasks == nil {
 		tasks = []clustermap.Task{}
 	}
-	return &clustermap.Map{
-		Version:         v,
-		ClusterID:       s.meta.ClusterID,
-		Domain:          s.meta.Domain,
-		WireGuardSubnet: s.meta.WireGuardSubnet,
-		ContainerSubnet: s.meta.ContainerSubnet,
-		VIPSubnet:       s.meta.VIPSubnet,
-		Nodes:           s.sortedNodes(),
-		Services:        s.sortedServices(),
-		Tasks:           tasks,
+	var policies []clustermap.Policy
+	for _, name := range slices.Sorted(maps.Keys(s.policies)) {
+		policies = append(policies, s.policies[name].Policy)
+	}
+	m := &clustermap.Map{
+		Version:   v,
+		ClusterID: s.meta.ClusterID,
+		Nodes:     s.sortedNodes(),
+		Services:  s.sortedServices(),
+		Tasks:     tasks,
+		Policies:  policies,
+	}
+	m.SetNetwork(s.meta.network())
+	return m
+}
+
+// network is the cluster-wide address plan and domain fixed at creation.
+func (mt meta) network() clustermap.Network {
+	return clustermap.Network{
+		Domain: mt.Domain, WireGuardSubnet: mt.WireGuardSubnet, ContainerSubnet: mt.ContainerSubnet,
+		ContainerBlockBits: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet,
 	}
 }
 

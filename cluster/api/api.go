@@ -30,11 +30,13 @@ type JoinRequest struct {
 	CSR       []byte            `json:"csr"`        // DER; the node's TLS key stays on the node
 }
 
-// JoinResponse carries the node's record and its signed certificate.
+// JoinResponse carries the node's record, its signed certificate and the
+// cluster-wide network settings the node must use instead of its own config.
 type JoinResponse struct {
-	ClusterID   string          `json:"cluster_id"`
-	Node        clustermap.Node `json:"node"`
-	Certificate []byte          `json:"certificate"` // DER
+	ClusterID   string             `json:"cluster_id"`
+	Node        clustermap.Node    `json:"node"`
+	Certificate []byte             `json:"certificate"` // DER
+	Network     clustermap.Network `json:"network"`
 }
 
 // SelfUpdate refreshes what a node may change about itself on restart.
@@ -159,6 +161,14 @@ type ServiceSpec struct {
 	Ports       []string `json:"ports,omitempty"`
 	Command     []string `json:"command,omitempty"`
 	Affinity    bool     `json:"affinity,omitempty"`
+	// Labels are carried by the service's tasks (policies select by them).
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// LabelUpdate adds (or overwrites) and removes labels of a service.
+type LabelUpdate struct {
+	Add    map[string]string `json:"add,omitempty"`
+	Remove []string          `json:"remove,omitempty"`
 }
 
 // Scale sets a service's replica count.
@@ -187,6 +197,7 @@ type ServiceView struct {
 	UpdatedAt   time.Time         `json:"updated_at"`
 	Updating    bool              `json:"updating,omitempty"` // a rolling image update is in progress
 	Unplaced    string            `json:"unplaced,omitempty"` // why some replicas have no node
+	Labels      map[string]string `json:"labels"`
 	Tasks       []TaskView        `json:"tasks"`
 }
 
@@ -200,4 +211,46 @@ type TaskView struct {
 	DesiredState string     `json:"desired_state"`
 	State        string     `json:"state"`
 	Error        string     `json:"error,omitempty"`
+	// Labels are the service's labels, which the task carries.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// PolicyView is a network policy with the tasks its selectors match now.
+type PolicyView struct {
+	clustermap.Policy
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	// Selected are the tasks the policy applies to (podSelector).
+	Selected []PolicyTask `json:"selected"`
+	// Peers lists, per rule peer with a podSelector, the tasks it matches.
+	Peers []PolicyPeerView `json:"peers"`
+}
+
+// PolicyTask is one task a selector matches.
+type PolicyTask struct {
+	Name    string     `json:"name"`
+	Service string     `json:"service"`
+	Node    string     `json:"node"`
+	IP      netip.Addr `json:"ip"`
+	State   string     `json:"state"`
+}
+
+// PolicyPeerView is one peer of a rule ("ingress[0].from[1]") and what it
+// stands for now.
+type PolicyPeerView struct {
+	Rule     string       `json:"rule"`
+	Selector string       `json:"selector,omitempty"`
+	IPBlock  string       `json:"ip_block,omitempty"`
+	Tasks    []PolicyTask `json:"tasks,omitempty"`
+}
+
+// PolicyApply creates or replaces policies, all or none.
+type PolicyApply struct {
+	Policies []clustermap.Policy `json:"policies"`
+}
+
+// PolicyApplied says what applying did to each policy.
+type PolicyApplied struct {
+	Name   string `json:"name"`
+	Result string `json:"result"` // created | configured | unchanged
 }

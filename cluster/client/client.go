@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
 )
 
 // Client calls the admin API on a unix socket.
@@ -177,4 +178,33 @@ func (c *Client) UpdateServiceImage(ctx context.Context, name, image string) (ap
 // RemoveService removes a service and frees its VIP.
 func (c *Client) RemoveService(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/services/"+url.PathEscape(name), nil, nil, nil)
+}
+
+// UpdateServiceLabels adds and removes labels of a service.
+func (c *Client) UpdateServiceLabels(ctx context.Context, name string, add map[string]string, remove []string) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(name)+"/labels", nil, api.LabelUpdate{Add: add, Remove: remove}, &out)
+}
+
+// ApplyPolicies creates or replaces network policies, all or none.
+func (c *Client) ApplyPolicies(ctx context.Context, policies []clustermap.Policy) ([]api.PolicyApplied, error) {
+	var out []api.PolicyApplied
+	return out, c.do(ctx, http.MethodPost, "/v1/policies", nil, api.PolicyApply{Policies: policies}, &out)
+}
+
+// Policies lists the network policies with the tasks they match.
+func (c *Client) Policies(ctx context.Context) ([]api.PolicyView, error) {
+	var out []api.PolicyView
+	return out, c.do(ctx, http.MethodGet, "/v1/policies", nil, nil, &out)
+}
+
+// Policy returns one network policy with the tasks it matches.
+func (c *Client) Policy(ctx context.Context, name string) (api.PolicyView, error) {
+	var out api.PolicyView
+	return out, c.do(ctx, http.MethodGet, "/v1/policies/"+url.PathEscape(name), nil, nil, &out)
+}
+
+// RemovePolicy removes a network policy.
+func (c *Client) RemovePolicy(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/policies/"+url.PathEscape(name), nil, nil, nil)
 }

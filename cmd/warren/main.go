@@ -51,6 +51,7 @@ func newRoot() *cobra.Command {
 	addNodeCommands(root)
 	addServiceCommands(root)
 	addNetworkCommands(root)
+	addPolicyCommands(root)
 	return root
 }
 

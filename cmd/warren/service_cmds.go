@@ -11,6 +11,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/netpolicy"
 )
 
 // addServiceCommands adds `warren service create|ls|inspect|scale|update|rm|ps`.
@@ -40,8 +41,13 @@ func addServiceCommands(root *cobra.Command) {
 			constraints, _ := f.GetStringArray("constraint")
 			ports, _ := f.GetStringArray("publish")
 			affinity, _ := f.GetBool("affinity")
+			labelArgs, _ := f.GetStringArray("label")
+			labels, err := parseLabels(labelArgs)
+			if err != nil {
+				return err
+			}
 			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
-				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity}
+				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels}
 			v, err := apiClient(cmd).CreateService(cmdContext(cmd), spec)
 			if err != nil {
 				return err
@@ -63,6 +69,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.StringArray("constraint", nil, "placement rule: node.name==X, node.id!=X, node.labels.KEY==VALUE (repeatable)")
 	cf.StringArrayP("publish", "p", nil, "publish a port on every node: HOST:CONTAINER[/udp] (repeatable)")
 	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
+	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
 
@@ -123,6 +130,7 @@ func addServiceCommands(root *cobra.Command) {
 				row("Constraints", strings.Join(s.Constraints, " && "))
 			}
 			row("Affinity", s.Affinity)
+			row("Labels", formatLabels(s.Labels))
 			row("Created", s.CreatedAt.Format(time.RFC3339))
 			row("Updated", s.UpdatedAt.Format(time.RFC3339))
 			if s.Updating {
@@ -188,22 +196,50 @@ func addServiceCommands(root *cobra.Command) {
 	}
 
 	updateCmd := &cobra.Command{
-		Use:   "update NAME --image IMAGE",
-		Short: "Roll a service to a new image, one task at a time",
-		Args:  cobra.ExactArgs(1),
+		Use:   "update NAME [--image IMAGE] [--label-add KEY=VALUE]... [--label-rm KEY]...",
+		Short: "Roll a service to a new image (one task at a time), or change its labels",
+		Example: "  warren service update web --image nginx:1.27\n" +
+			"  warren service update api --label-add tier=backend --label-rm debug",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			image, _ := cmd.Flags().GetString("image")
-			v, err := apiClient(cmd).UpdateServiceImage(cmdContext(cmd), args[0], image)
+			f := cmd.Flags()
+			image, _ := f.GetString("image")
+			addArgs, _ := f.GetStringArray("label-add")
+			rm, _ := f.GetStringArray("label-rm")
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add or --label-rm")}
+			}
+			add, err := parseLabels(addArgs)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time (each next one once the previous reports running); follow with `warren service ps %s`\n",
-				v.Name, v.Image, v.Name)
+			for _, k := range rm {
+				if err := netpolicy.CheckLabelKey(k); err != nil {
+					return &exitError{code: 2, err: fmt.Errorf("--label-rm: %w", err)}
+				}
+			}
+			c := apiClient(cmd)
+			if len(add) > 0 || len(rm) > 0 {
+				v, err := c.UpdateServiceLabels(cmdContext(cmd), args[0], add, rm)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: labels %s\n", v.Name, formatLabels(v.Labels))
+			}
+			if image != "" {
+				v, err := c.UpdateServiceImage(cmdContext(cmd), args[0], image)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time (each next one once the previous reports running); follow with `warren service ps %s`\n",
+					v.Name, v.Image, v.Name)
+			}
 			return nil
 		},
 	}
-	updateCmd.Flags().String("image", "", "new container image (required)")
-	_ = updateCmd.MarkFlagRequired("image")
+	updateCmd.Flags().String("image", "", "new container image (rolling update)")
+	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
+	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
 
 	rmCmd := &cobra.Command{
 		Use:     "rm NAME...",
@@ -242,6 +278,22 @@ func printTasks(w io.Writer, s api.ServiceView) error {
 		fmt.Fprintf(w, "\nunplaced: %s\n", s.Unplaced)
 	}
 	return nil
+}
+
+// parseLabels parses repeated KEY=VALUE flags; bad ones exit 2.
+func parseLabels(args []string) (map[string]string, error) {
+	if len(args) == 0 {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, a := range args {
+		k, v, err := netpolicy.ParseLabel(a)
+		if err != nil {
+			return nil, &exitError{code: 2, err: err}
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 func formatPorts(ports []clustermap.Port) string {
