@@ -21,7 +21,10 @@ import (
 //	POST   /v1/join-tokens/{role}/rotate    new secret; the old token stops working
 //	GET    /v1/nodes                        list
 //	GET    /v1/nodes/{node}                 by name or ID
-//	DELETE /v1/nodes/{node}[?force=1]       remove (force: even if ready)
+//	DELETE /v1/nodes/{node}[?force=1]       remove (force: even if ready; a manager also leaves Raft)
+//	POST   /v1/nodes/{node}/promote         a manager votes in Raft
+//	POST   /v1/nodes/{node}/demote          a manager keeps a copy but does not vote
+//	GET    /v1/backup                       consistent copy of the state (JSON)
 //	GET    /v1/services                     list with tasks
 //	POST   /v1/services                     create (api.ServiceSpec)
 //	GET    /v1/services/{name}              inspect / ps
@@ -93,6 +96,26 @@ func (m *Manager) adminMux() http.Handler {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/nodes/{node}/promote", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.SetManagerVoter(r.PathValue("node"), true); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/nodes/{node}/demote", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.SetManagerVoter(r.PathValue("node"), false); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/backup", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if err := m.Backup(w); err != nil {
+			m.log.Error("backup", "err", err)
+		}
 	})
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Services())

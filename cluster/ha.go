@@ -666,3 +666,20 @@ func (m *Manager) jumpVersion(v uint64) error {
 	m.changed = make(chan struct{})
 	return nil
 }
+
+// SetManagerVoter promotes (voter) or demotes a manager, by name or ID.
+func (m *Manager) SetManagerVoter(ref string, voter bool) error {
+	m.mu.Lock()
+	n, ok := m.findNodeLocked(ref)
+	m.mu.Unlock()
+	if !ok {
+		return errNoNode(ref)
+	}
+	if n.Role != clustermap.RoleManager {
+		return errorf(http.StatusConflict, "node %q is a worker: only managers (joined with `warren manager join` and a manager token) vote in Raft", n.Name)
+	}
+	if !m.isLeader() {
+		return m.noLeaderError(nil)
+	}
+	return m.setVoter(n.ID, voter)
+}

@@ -451,3 +451,67 @@ func TestUpgradeFromSingleManagerStore(t *testing.T) {
 		t.Fatalf("after restart: %+v", got.Services)
 	}
 }
+
+func TestBackupWipeRestoreBringsBackServicesAndWorkers(t *testing.T) {
+	tm := startManager(t)
+	cfg := agentConfig(t, tm, "worker-1")
+	cfg.keepalive = 500 * time.Millisecond
+	a := join(t, cfg)
+	r := watch(t, a)
+	if _, err := tm.m.CreateService(apiSpec("web", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tm.m.CreateService(apiSpec("db", 1)); err != nil {
+		t.Fatal(err)
+	}
+	before := r.waitFor(t, "the services", func(m *clustermap.Map) bool { return len(m.Services) == 2 && len(m.Tasks) == 3 })
+	// Online backup through the admin API, as `warren cluster backup` does.
+	code, body := adminDo(tm.m, http.MethodGet, "/v1/backup", nil)
+	if code != http.StatusOK {
+		t.Fatalf("backup: %d %s", code, body)
+	}
+	file := filepath.Join(t.TempDir(), "backup.json")
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A change after the backup: the restored cluster will not have it,
+	// yet the worker, which saw it, must take the restored map.
+	if _, err := tm.m.CreateService(apiSpec("late", 0)); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(t, "the late service", func(m *clustermap.Map) bool { return len(m.Services) == 3 })
+	tm.stop()
+	// The board dies: a fresh one restores on the same address.
+	tm.dir = t.TempDir()
+	tm.cfg.StateDir = tm.dir
+	if err := ForceNewCluster(tm.dir, tm.addr, file, testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ForceNewCluster(tm.dir, tm.addr, file, testLogger(t)); err == nil || !strings.Contains(err.Error(), "fresh state dir") {
+		t.Fatalf("a second restore over the state: %v", err)
+	}
+	tm.start()
+	after := r.waitFor(t, "the restored map", func(m *clustermap.Map) bool { return len(m.Services) == 2 })
+	if after.Version <= before.Version {
+		t.Fatalf("restored map version %d not above what the worker held", after.Version)
+	}
+	for _, s := range before.Services {
+		found := false
+		for _, x := range after.Services {
+			found = found || (x.Name == s.Name && x.VIP == s.VIP)
+		}
+		if !found {
+			t.Fatalf("service %s/%s not restored: %+v", s.Name, s.VIP, after.Services)
+		}
+	}
+	for _, n := range before.Nodes {
+		got, ok := after.Node(n.ID)
+		if !ok || got.OverlayIP != n.OverlayIP || got.ContainerBlock != n.ContainerBlock {
+			t.Fatalf("node %s not restored: %+v", n.Name, got)
+		}
+	}
+	// The worker reconnected by itself: its heartbeats are accepted (same CA, its certificate valid).
+	if err := a.Report(context.Background(), NodeStatus{}); err != nil {
+		t.Fatalf("worker report after restore: %v", err)
+	}
+}

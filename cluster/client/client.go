@@ -145,6 +145,25 @@ func (c *Client) RemoveNode(ctx context.Context, ref string, force bool) error {
 	return c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(ref), q, nil, nil)
 }
 
+// SetManagerVoter promotes (voter) or demotes a manager.
+func (c *Client) SetManagerVoter(ctx context.Context, ref string, voter bool) error {
+	verb := "/demote"
+	if voter {
+		verb = "/promote"
+	}
+	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(ref)+verb, nil, nil, nil)
+}
+
+// Backup streams a consistent copy of the cluster state to w.
+func (c *Client) Backup(ctx context.Context, w io.Writer) error {
+	var raw json.RawMessage
+	if err := c.do(ctx, http.MethodGet, "/v1/backup", nil, nil, &raw); err != nil {
+		return err
+	}
+	_, err := w.Write(append(raw, '\n'))
+	return err
+}
+
 // Services lists the services with their tasks.
 func (c *Client) Services(ctx context.Context) ([]api.ServiceView, error) {
 	var out []api.ServiceView

@@ -387,3 +387,31 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 }
 
 func (s *fsmSnapshot) Release() {}
+
+// Backup writes the store as it is at the last applied entry (a
+// consistent cut, taken under the FSM lock) in the snapshot format.
+func (r *Replica) Backup(w io.Writer) error {
+	r.fsm.mu.Lock()
+	all := r.fsm.st.All()
+	applied := r.fsm.applied
+	r.fsm.mu.Unlock()
+	delete(all, BucketRaft)
+	if err := json.NewEncoder(w).Encode(snapshotFile{Applied: applied, Store: all}); err != nil {
+		return fmt.Errorf("write backup: %w", err)
+	}
+	return nil
+}
+
+// LoadBackup reads a backup written by Backup into an empty store, without
+// any Raft index: the manager started on it bootstraps Raft from it.
+func LoadBackup(rd io.Reader, st *store.Store) error {
+	var s snapshotFile
+	if err := json.NewDecoder(rd).Decode(&s); err != nil {
+		return fmt.Errorf("read backup: %w", err)
+	}
+	if len(s.Store) == 0 {
+		return errors.New("read backup: it holds no state")
+	}
+	delete(s.Store, BucketRaft)
+	return st.Apply(store.Full(s.Store))
+}
