@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
 
@@ -103,9 +105,14 @@ func haConfig(t testing.TB, name string, i int) ManagerConfig {
 
 // startHA starts n managers: the first creates the cluster, the others
 // join with the manager token and become voters.
-func startHA(t testing.TB, n int) []*haManager {
+func startHA(t testing.TB, n int) []*haManager { return startHAWith(t, n, fastRaft) }
+
+// startHAWith is startHA with Raft tuned by tune (nil: the production
+// timing, for benchmarks).
+func startHAWith(t testing.TB, n int, tune func(*raft.Config)) []*haManager {
 	t.Helper()
 	first := &haManager{t: t, name: "manager-1", addr: "127.0.0.1:0", cfg: haConfig(t, "manager-1", 1)}
+	first.cfg.raftTune = tune
 	first.start()
 	out := []*haManager{first}
 	t.Cleanup(func() {
@@ -117,6 +124,7 @@ func startHA(t testing.TB, n int) []*haManager {
 	for i := 2; i <= n; i++ {
 		name := fmt.Sprintf("manager-%d", i)
 		cfg := haConfig(t, name, i)
+		cfg.raftTune = tune
 		ac := &AgentConfig{StateDir: cfg.StateDir, Manager: first.addr, Token: token, Node: cfg.Node, Logger: cfg.Logger}
 		h := &haManager{t: t, name: name, addr: "127.0.0.1:0", cfg: cfg, agent: ac}
 		h.start()
@@ -513,5 +521,22 @@ func TestBackupWipeRestoreBringsBackServicesAndWorkers(t *testing.T) {
 	// The worker reconnected by itself: its heartbeats are accepted (same CA, its certificate valid).
 	if err := a.Report(context.Background(), NodeStatus{}); err != nil {
 		t.Fatalf("worker report after restore: %v", err)
+	}
+}
+
+// A node that joins through a follower and watches it at once must not be
+// told it was removed while the follower applies its join.
+func TestNodesJoinAndWatchThroughFollowers(t *testing.T) {
+	hs := startHA(t, 3)
+	w, _ := hs[0].m.JoinTokens()
+	var rs []*mapRecorder
+	for i := range 6 {
+		cfg := AgentConfig{StateDir: t.TempDir(), Manager: hs[i%3].addr, Token: w, Logger: testLogger(t),
+			Node: NodeInfo{Name: fmt.Sprintf("node-%d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(t),
+				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 20)}), 51820)}}
+		rs = append(rs, watch(t, join(t, cfg)))
+	}
+	for _, r := range rs {
+		r.waitFor(t, "the full map", hasNodes(9))
 	}
 }

@@ -104,11 +104,8 @@ func (m *Manager) authenticate(r *http.Request) (string, error) {
 	if id, ok := r.Context().Value(fwdNodeKey{}).(string); ok && id != "" {
 		// Forwarded by a follower that verified the node's certificate;
 		// requireManager verified the follower's.
-		m.mu.Lock()
-		_, member := m.st.nodes[id]
-		m.mu.Unlock()
-		if !member {
-			return "", errNodeRemoved(id)
+		if err := m.checkMember(id); err != nil {
+			return "", err
 		}
 		return id, nil
 	}
@@ -128,13 +125,34 @@ func (m *Manager) authenticate(r *http.Request) (string, error) {
 		return "", errorf(http.StatusUnauthorized, "client certificate %q is not valid for this cluster (%v): the node belongs to another cluster or its state dir is stale; clear it and join with a token", leaf.Subject.CommonName, err)
 	}
 	id := leaf.Subject.CommonName
-	m.mu.Lock()
-	_, ok := m.st.nodes[id]
-	m.mu.Unlock()
-	if !ok {
-		return "", errNodeRemoved(id)
+	if err := m.checkMember(id); err != nil {
+		return "", err
 	}
 	return id, nil
+}
+
+// checkMember refuses a node that is not (or no longer) a member. A
+// follower may not have applied a join the leader just acknowledged: it
+// waits a moment for it, and answers 503 (retry) rather than "removed"
+// for a node it has never heard of.
+func (m *Manager) checkMember(id string) error {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		m.mu.Lock()
+		_, ok := m.st.nodes[id]
+		_, gone := m.st.removed[id]
+		leader := m.leader
+		m.mu.Unlock()
+		switch {
+		case ok:
+			return nil
+		case leader || gone:
+			return errNodeRemoved(id)
+		case time.Now().After(deadline):
+			return errorf(http.StatusServiceUnavailable, "this manager does not know node %s yet (it lags the leader); retry", id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func (m *Manager) handleJoin(w http.ResponseWriter, r *http.Request) {
