@@ -39,14 +39,17 @@ func BenchmarkJoin100Nodes(b *testing.B) {
 func BenchmarkJoin100NodesOneProcess(b *testing.B) {
 	for range b.N {
 		tm := startManager(b)
-		benchJoins(b, []string{tm.addr}, tm.workerToken(), func() (heap, rss, hwm float64) {
-			runtime.GC()
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			pid := os.Getpid()
-			return float64(ms.HeapAlloc) / (1 << 20), float64(procStatusKiB(pid, "VmRSS")) / 1024, float64(procStatusKiB(pid, "VmHWM")) / 1024
-		})
+		benchJoins(b, []string{tm.addr}, tm.workerToken(), inProcessMemory)
 	}
+}
+
+// inProcessMemory is this process's heap, RSS and peak RSS in MiB.
+func inProcessMemory() (heap, rss, hwm float64) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	pid := os.Getpid()
+	return float64(ms.HeapAlloc) / (1 << 20), float64(procStatusKiB(pid, "VmRSS")) / 1024, float64(procStatusKiB(pid, "VmHWM")) / 1024
 }
 
 func benchJoins(b *testing.B, addrs []string, token string, memory func() (heap, rss, hwm float64)) {

@@ -540,3 +540,49 @@ func TestNodesJoinAndWatchThroughFollowers(t *testing.T) {
 		r.waitFor(t, "the full map", hasNodes(9))
 	}
 }
+
+func TestPromoteDemoteAndRemoveDeadManager(t *testing.T) {
+	hs := startHA(t, 3)
+	leader := leaderOf(hs)
+	f := followersOf(hs)
+	// Through a follower's admin API, as the CLI on any manager does.
+	if code, body := adminDo(f[0].m, http.MethodPost, "/v1/nodes/"+f[1].name+"/demote", nil); code != http.StatusNoContent {
+		t.Fatalf("demote: %d %s", code, body)
+	}
+	info := leader.m.Info()
+	if len(info.Voters) != 2 || len(info.NonVoters) != 1 || info.NonVoters[0] != f[1].name {
+		t.Fatalf("after demote: voters %v non-voters %v", info.Voters, info.NonVoters)
+	}
+	if code, body := adminDo(f[0].m, http.MethodPost, "/v1/nodes/"+f[1].name+"/promote", nil); code != http.StatusNoContent {
+		t.Fatalf("promote: %d %s", code, body)
+	}
+	if info := leader.m.Info(); len(info.Voters) != 3 {
+		t.Fatalf("after promote: voters %v", info.Voters)
+	}
+	// A worker cannot be promoted.
+	wcfg := AgentConfig{StateDir: t.TempDir(), Manager: leader.addr, Token: func() string { w, _ := leader.m.JoinTokens(); return w }(),
+		Node: NodeInfo{Name: "worker-1", Role: clustermap.RoleWorker, PublicKey: newWGKey(t), Endpoint: netip.MustParseAddrPort("192.0.2.10:51820")}, Logger: testLogger(t)}
+	join(t, wcfg)
+	if code, body := adminDo(leader.m, http.MethodPost, "/v1/nodes/worker-1/promote", nil); code != http.StatusConflict || !strings.Contains(body, "worker") {
+		t.Fatalf("promote a worker: %d %s", code, body)
+	}
+	// A dead manager removed with --force leaves the Raft configuration.
+	dead := f[1]
+	dead.kill()
+	if code, body := adminDo(f[0].m, http.MethodDelete, "/v1/nodes/"+dead.name+"?force=1", nil); code != http.StatusNoContent {
+		t.Fatalf("rm --force of a dead manager: %d %s", code, body)
+	}
+	info = leader.m.Info()
+	if len(info.Voters) != 2 || slicesContains(info.Voters, dead.name) || slicesContains(info.Voters, dead.cfg.Join.ID) {
+		t.Fatalf("voters after removing %s: %v", dead.name, info.Voters)
+	}
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}

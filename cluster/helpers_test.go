@@ -34,12 +34,10 @@ func newWGKey(t testing.TB) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
-// fastRaft halves Raft's timeouts (the machine running the tests is
-// shared and loaded: shorter ones make leaders step down spuriously).
+// fastRaft is the production timing (replicate.RaftConfig) with a short
+// commit timeout. Shorter timeouts make leaders step down spuriously on
+// the shared, loaded machine the tests run on.
 func fastRaft(c *raft.Config) {
-	c.HeartbeatTimeout = time.Second
-	c.ElectionTimeout = time.Second
-	c.LeaderLeaseTimeout = time.Second
 	c.CommitTimeout = 5 * time.Millisecond
 }
 

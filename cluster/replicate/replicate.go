@@ -67,24 +67,23 @@ type Replica struct {
 	cfg   Config
 }
 
-// RaftConfig returns the raft timing used by every manager: twice
-// hashicorp's defaults (heartbeat and election 2 s, leader lease 1 s).
+// RaftConfig returns the raft timing used by every manager: hashicorp's
+// defaults (heartbeat and election 1 s), except the leader lease, doubled
+// to 1 s.
 //
-// A stalled disk (SD card) does not trigger elections even with the
-// defaults: followers answer heartbeats on a fast path that does not touch
-// the disk, and the leader sends heartbeats from per-follower goroutines
-// independent of its own log writes. What does trigger them is a busy CPU:
-// on a loaded 2-core machine we measured heartbeats answered 300-600 ms
-// late, which made leaders with the default 500 ms lease step down in a
-// loop. Doubling keeps failover (detection within 2-4 s, then one
-// election) under 5 s.
+// A stalled disk (SD card) does not trigger elections: followers answer
+// heartbeats on a fast path that does not touch the disk, and the leader
+// sends heartbeats from per-follower goroutines independent of its own log
+// writes. What does is a starved CPU: on our loaded 2-core test machine
+// heartbeats were answered 300-600 ms late, and with the default 500 ms
+// lease leaders stepped down in a loop; with 1 s they did not. Slower
+// heartbeat and election timeouts would only delay failover, which is
+// detection (1-2 s without heartbeats) plus one election.
 // Snapshots every 8192 entries or 2 minutes and 10240 trailing entries
 // (defaults) bound raft.db.
 func RaftConfig(id string) *raft.Config {
 	c := raft.DefaultConfig()
 	c.LocalID = raft.ServerID(id)
-	c.HeartbeatTimeout = 2 * time.Second
-	c.ElectionTimeout = 2 * time.Second
 	c.LeaderLeaseTimeout = time.Second
 	return c
 }
