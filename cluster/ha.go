@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,13 +31,55 @@ const (
 	pathInternalNode    = "/v1/internal/node"
 	pathInternalJoin    = "/v1/internal/raft/join"
 	pathInternalPromote = "/v1/internal/raft/promote"
-	headerNode          = "X-Warren-Node"
+	headerNodeCert      = "X-Warren-Node-Cert" // base64 DER
+	pathInternalStatus  = "/v1/internal/manager/status"
 	headerLeader        = "X-Warren-Leader"
 )
 
-// fwdNodeKey carries, on the leader, the node ID a follower authenticated
-// before forwarding a node call.
-type fwdNodeKey struct{}
+// fwdCertKey carries, on the leader, the client certificate a node
+// presented to the follower that forwarded its call. The follower's TLS
+// handshake proved the node holds its key; the leader checks the rest
+// (chain, member, serial) as if the node had called it.
+type fwdCertKey struct{}
+
+// peerCertificates is the caller's certificate chain: forwarded by a
+// follower, or from this connection's handshake.
+func peerCertificates(r *http.Request) []*x509.Certificate {
+	if c, ok := r.Context().Value(fwdCertKey{}).(*x509.Certificate); ok {
+		return []*x509.Certificate{c}
+	}
+	if r.TLS == nil {
+		return nil
+	}
+	return r.TLS.PeerCertificates
+}
+
+// member returns node id's record. A follower may not have applied a join
+// the leader just acknowledged: it waits a moment for it, and answers 503
+// (retry) rather than "removed" for a node it has never heard of.
+func (m *Manager) member(id string) (nodeRecord, error) {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		m.mu.Lock()
+		var rec nodeRecord
+		ok, gone := false, false
+		if m.st != nil { // nil: a joining manager before Raft gave it the state
+			rec, ok = m.st.nodes[id]
+			_, gone = m.st.removed[id]
+		}
+		leader := m.leader
+		m.mu.Unlock()
+		switch {
+		case ok:
+			return rec, nil
+		case leader || gone:
+			return nodeRecord{}, errNodeRemoved(id)
+		case time.Now().After(deadline):
+			return nodeRecord{}, errorf(http.StatusServiceUnavailable, "this manager does not know node %s yet (it lags the leader); retry", id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
 
 func (m *Manager) isLeader() bool {
 	m.mu.Lock()
@@ -267,8 +310,9 @@ func (m *Manager) leaderAPI() string {
 }
 
 // forward sends a write request a follower received to the leader over
-// manager mTLS and copies the leader's answer (errors included).
-func (m *Manager) forward(w http.ResponseWriter, r *http.Request, prefix, nodeID string) {
+// manager mTLS and copies the leader's answer (errors included). nodeCert
+// is the calling node's certificate (base64 DER) for node calls.
+func (m *Manager) forward(w http.ResponseWriter, r *http.Request, prefix, nodeCert string) {
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, 1<<20))
 	if err != nil {
 		writeError(w, errorf(http.StatusBadRequest, "read request: %v", err))
@@ -285,8 +329,8 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, prefix, nodeID
 		return
 	}
 	req.Header.Set("Content-Type", r.Header.Get("Content-Type"))
-	if nodeID != "" {
-		req.Header.Set(headerNode, nodeID)
+	if nodeCert != "" {
+		req.Header.Set(headerNodeCert, nodeCert)
 	}
 	resp, err := m.fwd.Do(req)
 	if err != nil {
@@ -301,44 +345,46 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, prefix, nodeID
 	_, _ = io.Copy(w, resp.Body)
 }
 
-// callLeader makes a node call on the leader on behalf of nodeID (this
-// manager's own heartbeat when it is a follower).
-func (m *Manager) callLeader(ctx context.Context, method, path, nodeID string, in, out any) error {
+// reportToLeader sends this manager's own heartbeat to the leader (it is
+// a follower); the leader takes the node ID from its manager certificate.
+func (m *Manager) reportToLeader(ctx context.Context, st NodeStatus) error {
 	leader := m.leaderAPI()
 	if leader == "" {
 		return m.noLeaderError(nil)
 	}
-	body, err := json.Marshal(in)
+	body, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "https://"+leader+path, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+leader+pathInternalStatus, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if nodeID != "" {
-		req.Header.Set(headerNode, nodeID)
-	}
 	resp, err := m.fwd.Do(req)
 	if err != nil {
 		return fmt.Errorf("leader %s: %w", leader, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
-	return decodeResponse(resp, out)
+	return decodeResponse(resp, nil)
 }
 
 // followerForwards reports whether a node call was forwarded to the
-// leader (this manager is a follower); the caller then stops.
-func (m *Manager) followerForwards(w http.ResponseWriter, r *http.Request, nodeID string) bool {
+// leader (this manager is a follower); the caller then stops. The node's
+// certificate goes along (headerNodeCert).
+func (m *Manager) followerForwards(w http.ResponseWriter, r *http.Request) bool {
 	if m.isLeader() {
 		return false
 	}
-	if _, forwarded := r.Context().Value(fwdNodeKey{}).(string); forwarded || r.Header.Get(headerNode) != "" {
+	if _, forwarded := r.Context().Value(fwdCertKey{}).(*x509.Certificate); forwarded || r.Header.Get(headerNodeCert) != "" {
 		writeError(w, m.noLeaderError(nil)) // never forward twice
 		return true
 	}
-	m.forward(w, r, pathInternalNode, nodeID)
+	cert := ""
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		cert = base64.StdEncoding.EncodeToString(r.TLS.PeerCertificates[0].Raw)
+	}
+	m.forward(w, r, pathInternalNode, cert)
 	return true
 }
 
@@ -356,8 +402,42 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			writeError(w, m.noLeaderError(nil))
 			return
 		}
-		r2 := r.Clone(context.WithValue(r.Context(), fwdNodeKey{}, r.Header.Get(headerNode)))
-		http.StripPrefix(pathInternalNode, node).ServeHTTP(w, r2)
+		ctx := r.Context()
+		if h := r.Header.Get(headerNodeCert); h != "" {
+			der, err := base64.StdEncoding.DecodeString(h)
+			if err != nil {
+				writeError(w, errorf(http.StatusBadRequest, "forwarded certificate: %v", err))
+				return
+			}
+			cert, err := x509.ParseCertificate(der)
+			if err != nil {
+				writeError(w, errorf(http.StatusBadRequest, "forwarded certificate: %v", err))
+				return
+			}
+			ctx = context.WithValue(ctx, fwdCertKey{}, cert)
+		}
+		http.StripPrefix(pathInternalNode, node).ServeHTTP(w, r.Clone(ctx))
+	}))
+	mux.HandleFunc("POST "+pathInternalStatus, m.requireManager(func(w http.ResponseWriter, r *http.Request) {
+		if !m.isLeader() {
+			writeError(w, m.noLeaderError(nil))
+			return
+		}
+		var st NodeStatus
+		if err := readJSON(r, &st); err != nil {
+			writeError(w, err)
+			return
+		}
+		id := peerID(r)
+		if _, err := m.member(id); err != nil {
+			writeError(w, err)
+			return
+		}
+		if err := m.foldStatus(id, st); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	}))
 	mux.HandleFunc("POST "+pathInternalJoin, m.requireManager(m.handleRaftJoin))
 	mux.HandleFunc("POST "+pathInternalPromote, m.requireManager(m.handleRaftPromote))

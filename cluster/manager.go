@@ -34,6 +34,8 @@ import (
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/store"
+	"github.com/warren-appliance/warren/internal/wgkey"
+	"golang.org/x/time/rate"
 )
 
 // NodeStatus is a node's heartbeat (tunnel health, task states).
@@ -44,6 +46,9 @@ const (
 	DefaultAPIListen = ":7946"
 	DefaultDomain    = "warren.local"
 	DefaultDownAfter = 30 * time.Second
+	// MinCertLifetime is the shortest cluster.cert_lifetime (for tests and
+	// labs; real clusters keep the default).
+	MinCertLifetime = time.Minute
 )
 
 // ManagerConfig configures the manager. Subnets and domain are used when the
@@ -59,7 +64,14 @@ type ManagerConfig struct {
 	VIPSubnet          netip.Prefix
 	Domain             string
 	DownAfter          time.Duration // a node silent this long is marked down
-	Logger             *slog.Logger
+	// CertLifetime is how long node certificates are valid (default
+	// pki.NodeValidity, 90 days); agents renew at about two thirds of it.
+	CertLifetime time.Duration
+	// ReservedPorts are host ports of this appliance that services may not
+	// publish, beyond DNS, the node API and the WireGuard ports, which the
+	// manager knows itself (e.g. the metrics listener).
+	ReservedPorts []ReservedPort
+	Logger        *slog.Logger
 	// Advertise is host:port where the other managers reach this one's API
 	// (and Raft, on the same port); default: the endpoint's IP with the
 	// APIListen port.
@@ -72,8 +84,11 @@ type ManagerConfig struct {
 	// upgraded single manager) it only bootstraps.
 	ForceNewCluster bool
 
-	keepalive time.Duration      // watch stream keepalive; tests shorten it
-	raftTune  func(*raft.Config) // tests shorten Raft's timeouts
+	keepalive time.Duration // watch stream keepalive; tests shorten it
+	// requestTimeout bounds reading a request (headers and body) and, with
+	// half again, writing the answer; default 20 s, tests shorten it.
+	requestTimeout time.Duration
+	raftTune       func(*raft.Config) // tests shorten Raft's commit timeout
 }
 
 // ManagerJoin is what a joining manager got from its join.
@@ -128,6 +143,12 @@ type Manager struct {
 	lastSeen map[string]time.Time
 	health   map[string][]api.PeerHealth
 	skew     map[string]time.Duration // node clock minus manager clock, per last report
+	// reportLimit limits each node's state-changing reports (bounds.go).
+	reportLimit map[string]*rate.Limiter
+	// views caches the encoded per-node views of the current map (views.go).
+	views        map[string][]byte
+	viewsVersion uint64
+	servingAddr  string // the node API's listener, once serving
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -146,11 +167,20 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.DownAfter <= 0 {
 		cfg.DownAfter = DefaultDownAfter
 	}
+	if cfg.CertLifetime <= 0 {
+		cfg.CertLifetime = pki.NodeValidity
+	}
+	if cfg.CertLifetime < MinCertLifetime {
+		return nil, fmt.Errorf("cluster.cert_lifetime %s is too short: want at least %s", cfg.CertLifetime, MinCertLifetime)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.keepalive == 0 {
 		cfg.keepalive = watchKeepalive
+	}
+	if cfg.requestTimeout == 0 {
+		cfg.requestTimeout = 20 * time.Second
 	}
 	cfg.Node.Role = clustermap.RoleManager
 	if err := validateNodeInfo(cfg.Node); err != nil {
@@ -459,7 +489,7 @@ func (s *state) admit(info NodeInfo, id string, now time.Time) (nodeRecord, erro
 	s.pruneTombstones(now)
 	ip, err := ipam.NextAddr(s.meta.WireGuardSubnet, s.ipTaken)
 	if err != nil {
-		return nodeRecord{}, &apiError{http.StatusConflict, fmt.Sprintf("no overlay address left: %v (%d members, %d addresses held by removed nodes until their certificates expire)", err, len(s.nodes), len(s.removed))}
+		return nodeRecord{}, &apiError{http.StatusConflict, fmt.Sprintf("no overlay address left: %v (%d members): remove nodes that are gone with `warren node rm`", err, len(s.nodes))}
 	}
 	block, err := ipam.NextBlock(s.meta.ContainerSubnet, s.meta.ContainerBlockBits, []netip.Prefix{s.meta.WireGuardSubnet}, s.blockTaken)
 	if err != nil {
@@ -634,7 +664,7 @@ func (m *Manager) Watch(ctx context.Context, apply func(*clustermap.Map)) error 
 // Report records the manager node's own status, in process.
 func (m *Manager) Report(ctx context.Context, s NodeStatus) error {
 	if !m.isLeader() {
-		return m.callLeader(ctx, http.MethodPost, pathInternalNode+api.PathStatus, m.selfID, s, nil)
+		return m.reportToLeader(ctx, s)
 	}
 	return m.foldStatus(m.selfID, s)
 }
@@ -655,6 +685,9 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 	known := s.Tasks != nil // nil: the node has not looked at its tasks yet
 	if m.st.nodes[nodeID].Status == clustermap.NodeReady && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
+	}
+	if err := m.allowReportWriteLocked(nodeID, now); err != nil {
+		return err
 	}
 	return m.updateLocked(func(st *state) error {
 		n := st.nodes[nodeID]
@@ -729,11 +762,19 @@ func validateNodeInfo(n NodeInfo) error {
 	if n.Role != clustermap.RoleManager && n.Role != clustermap.RoleWorker {
 		return fmt.Errorf("node role %q is not valid: want manager or worker", n.Role)
 	}
-	if k, err := base64.StdEncoding.DecodeString(n.PublicKey); err != nil || len(k) != 32 {
+	k, err := base64.StdEncoding.DecodeString(n.PublicKey)
+	if err != nil || len(k) != 32 {
 		return fmt.Errorf("WireGuard public key %q is not valid: want 32 bytes in base64 (as `wg pubkey` prints)", n.PublicKey)
+	}
+	if err := wgkey.Check(k); err != nil {
+		// Such a key gives no shared secret: WireGuard refuses the peer.
+		return fmt.Errorf("WireGuard public key %q is not usable (%v): generate one with `wg genkey | wg pubkey`", n.PublicKey, err)
 	}
 	if !n.Endpoint.IsValid() || n.Endpoint.Port() == 0 {
 		return fmt.Errorf("advertise endpoint %q is not valid: want IP:PORT of the WireGuard listener", n.Endpoint)
+	}
+	if err := validateLabels(n.Labels); err != nil {
+		return fmt.Errorf("node labels: %w", err)
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/pki"
 )
 
@@ -220,6 +221,9 @@ func (l *muxListener) handshake(ctx context.Context, c net.Conn) {
 			tc.Close()
 			return
 		}
+		if lc, ok := c.(*limitedConn); ok {
+			lc.free() // a manager: not an unauthenticated connection
+		}
 		if s := l.m.stream; s != nil {
 			s.offer(tc)
 			return
@@ -262,10 +266,24 @@ func (m *Manager) requireManager(h http.HandlerFunc) http.HandlerFunc {
 		for i, pc := range r.TLS.PeerCertificates {
 			raw[i] = pc.Raw
 		}
-		if _, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageClientAuth); err != nil {
+		id, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageClientAuth)
+		if err != nil {
 			writeError(w, errorf(http.StatusForbidden, "this call is for managers only: %v", err))
 			return
 		}
+		// A removed manager's certificate stops working here too.
+		m.mu.Lock()
+		var rec nodeRecord
+		ok := false
+		if m.st != nil {
+			rec, ok = m.st.nodes[id]
+		}
+		m.mu.Unlock()
+		if !ok || rec.Role != clustermap.RoleManager {
+			writeError(w, errorf(http.StatusForbidden, "manager %s is not a manager of this cluster (removed?)", id))
+			return
+		}
+		markAuthenticated(r.Context())
 		h(w, r)
 	}
 }

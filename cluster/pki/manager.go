@@ -18,18 +18,23 @@ const ManagerUnit = "warren-manager"
 // validity) plus the manager unit and server use, since managers also
 // accept each other's connections.
 func (ca *CA) SignManager(csrDER []byte, nodeID string, now time.Time) (*x509.Certificate, error) {
-	csr, err := x509.ParseCertificateRequest(csrDER)
-	if err != nil {
-		return nil, fmt.Errorf("parse certificate request: %w", err)
+	return ca.SignManagerFor(csrDER, nodeID, now, NodeValidity)
+}
+
+// SignManagerFor is SignManager with a given lifetime (as SignNodeFor).
+func (ca *CA) SignManagerFor(csrDER []byte, nodeID string, now time.Time, lifetime time.Duration) (*x509.Certificate, error) {
+	if lifetime <= 0 {
+		lifetime = NodeValidity
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("certificate request signature: %w", err)
+	csr, err := ParseCSR(csrDER)
+	if err != nil {
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
 		Subject:      pkix.Name{CommonName: nodeID, Organization: ca.Cert.Subject.Organization, OrganizationalUnit: []string{ManagerUnit}},
 		NotBefore:    now.Add(-Backdate),
-		NotAfter:     now.Add(NodeValidity),
+		NotAfter:     now.Add(lifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
 	}
