@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +33,7 @@ const (
 	pathInternalJoin    = "/v1/internal/raft/join"
 	pathInternalPromote = "/v1/internal/raft/promote"
 	headerNodeCert      = "X-Warren-Node-Cert" // base64 DER
+	headerIndex         = "X-Warren-Index"     // the leader's store index after a forwarded call
 	pathInternalStatus  = "/v1/internal/manager/status"
 	headerLeader        = "X-Warren-Leader"
 )
@@ -341,8 +343,52 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, prefix, nodeCe
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
 	}
+	// Read your writes: answer once this manager's copy has the leader's
+	// state after the call, so a read that follows (the CLI waiting for a
+	// service to converge) sees it.
+	if idx, err := strconv.ParseUint(resp.Header.Get(headerIndex), 10, 64); err == nil {
+		m.waitApplied(r.Context(), idx)
+	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
+}
+
+// waitApplied waits (up to 5 s) until the served state reflects store
+// index idx.
+func (m *Manager) waitApplied(ctx context.Context, idx uint64) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		m.mu.Lock()
+		done := m.applied >= idx
+		m.mu.Unlock()
+		if done {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// indexWriter adds the leader's store index to the answer of a forwarded
+// call (headerIndex).
+type indexWriter struct {
+	http.ResponseWriter
+	m           *Manager
+	wroteHeader bool
+}
+
+func (w *indexWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.wroteHeader = true
+		w.Header().Set(headerIndex, strconv.FormatUint(w.m.replica.Applied(), 10))
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *indexWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 // reportToLeader sends this manager's own heartbeat to the leader (it is
@@ -395,7 +441,7 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			writeError(w, m.noLeaderError(nil))
 			return
 		}
-		http.StripPrefix(pathInternalAdmin, m.adminMux()).ServeHTTP(w, r)
+		http.StripPrefix(pathInternalAdmin, m.adminMux()).ServeHTTP(&indexWriter{ResponseWriter: w, m: m}, r)
 	}))
 	mux.HandleFunc(pathInternalNode+"/", m.requireManager(func(w http.ResponseWriter, r *http.Request) {
 		if !m.isLeader() {
@@ -416,7 +462,7 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			}
 			ctx = context.WithValue(ctx, fwdCertKey{}, cert)
 		}
-		http.StripPrefix(pathInternalNode, node).ServeHTTP(w, r.Clone(ctx))
+		http.StripPrefix(pathInternalNode, node).ServeHTTP(&indexWriter{ResponseWriter: w, m: m}, r.Clone(ctx))
 	}))
 	mux.HandleFunc("POST "+pathInternalStatus, m.requireManager(func(w http.ResponseWriter, r *http.Request) {
 		if !m.isLeader() {

@@ -195,6 +195,10 @@ func TestManagersReplicateAndFollowersForwardWrites(t *testing.T) {
 	if code != http.StatusCreated {
 		t.Fatalf("create through a follower: %d %s", code, body)
 	}
+	// Read your writes: the follower answers once its copy has the write.
+	if _, err := f.m.Service("web"); err != nil {
+		t.Fatalf("the follower's copy right after the forwarded create: %v", err)
+	}
 	// The leader's answer, errors included, comes back through the follower.
 	code, body = adminDo(f.m, http.MethodPost, "/v1/services", apiSpec("web", 0))
 	if code != http.StatusConflict || !strings.Contains(body, "already exists") {
@@ -319,6 +323,13 @@ func TestLeaderKilledDuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 		}
 		return false
 	})
+	// The survivors hold the CA key: a new node joins through either one.
+	for i, h := range survivors {
+		cfg := AgentConfig{StateDir: t.TempDir(), Manager: h.addr, Token: wcfg.Token, Logger: testLogger(t),
+			Node: NodeInfo{Name: fmt.Sprintf("late-%d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(t),
+				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(30 + i)}), 51820)}}
+		join(t, cfg)
+	}
 	// The old leader restarts, rejoins as a follower and catches up.
 	leader.start()
 	waitUntil(t, "the old leader catches up", func() bool { return serviceNames(leader.m)["after-failover"] && !leader.m.isLeader() })
