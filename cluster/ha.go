@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"golang.org/x/sys/unix"
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -244,7 +245,9 @@ func (m *Manager) syncLocked() {
 // many are reachable.
 func (m *Manager) noLeaderError(cause error) error {
 	addr, _ := m.replica.Raft.LeaderWithID()
-	if addr != "" && !errors.Is(cause, raft.ErrLeadershipLost) && !errors.Is(cause, raft.ErrNotLeader) && cause != nil {
+	if cause != nil && !errors.Is(cause, raft.ErrLeadershipLost) && !errors.Is(cause, raft.ErrNotLeader) &&
+		!errors.Is(cause, raft.ErrEnqueueTimeout) && !errors.Is(cause, raft.ErrRaftShutdown) {
+		// Not a matter of leadership: a disk error, typically.
 		return errorf(http.StatusServiceUnavailable, "write not committed: %v", cause)
 	}
 	if addr != "" && cause == nil {
@@ -808,4 +811,25 @@ func (m *Manager) SetManagerVoter(ref string, voter bool) error {
 		return m.noLeaderError(nil)
 	}
 	return m.setVoter(n.ID, voter)
+}
+
+// minFreeBytes is the free space the state dir needs for a write: below
+// it the manager refuses writes up front, so that neither Raft's log nor
+// the store fails half-way through one (hashicorp/raft stops on a log it
+// cannot write).
+const minFreeBytes = 1 << 20
+
+// checkDiskSpace refuses a write when the state dir's filesystem is
+// (nearly) full.
+func (m *Manager) checkDiskSpace() error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(m.cfg.StateDir, &st); err != nil {
+		return nil // cannot tell: let the write say what is wrong
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	if free < minFreeBytes {
+		return errorf(http.StatusInsufficientStorage, "no space left on device: %s has %d KiB free and writes need %d KiB; free some space, then retry (nothing was written)",
+			m.cfg.StateDir, free>>10, minFreeBytes>>10)
+	}
+	return nil
 }

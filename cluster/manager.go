@@ -547,6 +547,9 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 	// Only records that differ are replicated, and each replica writes
 	// only records whose bytes differ from what it holds.
 	if change := store.Diff(m.snap, snap); !change.Empty() {
+		if err := m.checkDiskSpace(); err != nil {
+			return err
+		}
 		idx, err := m.replica.Propose(change)
 		if err != nil {
 			// The entry may still commit under a new leader: the follow

@@ -241,6 +241,7 @@ type FSM struct {
 	mu      sync.Mutex
 	st      *store.Store
 	applied uint64
+	pending []pendingEntry // committed, not yet written (disk full)
 	notify  func()
 	log     *slog.Logger
 }
@@ -271,8 +272,10 @@ func indexChange(c *store.Change, i uint64) {
 }
 
 // Apply applies one committed entry. An entry the store already holds (a
-// replay after restart) is skipped. A store that cannot be written is
-// fatal: this manager's state would silently diverge from the others'.
+// replay after restart) is skipped. An entry the store cannot write (a
+// full disk) is kept in order with the ones after it and retried with the
+// next entry; the proposer gets the error. Raft's log holds them too, so
+// a restart replays them.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
@@ -291,20 +294,52 @@ func (f *FSM) Apply(l *raft.Log) any {
 		f.mu.Unlock()
 		panic(fmt.Sprintf("replicated store: log entry %d: %v", l.Index, err))
 	}
-	if c.Replace {
-		c = store.Diff(f.st.All(), replaceTarget(c))
-	}
-	indexChange(&c, l.Index)
-	if err := f.st.Apply(c); err != nil {
-		f.mu.Unlock()
-		panic(fmt.Sprintf("replicated store: cannot apply log entry %d (disk failing?): %v", l.Index, err))
-	}
-	f.applied = l.Index
+	f.pending = append(f.pending, pendingEntry{index: l.Index, change: c})
+	before := f.applied
+	err := f.drainLocked()
+	progressed := f.applied != before
 	f.mu.Unlock()
-	if f.notify != nil {
+	if progressed && f.notify != nil {
 		f.notify()
 	}
+	if err != nil {
+		if f.log != nil {
+			f.log.Error("replicated store: cannot write an entry; it is kept and retried with the next one", "index", l.Index, "waiting", f.waiting(), "err", err)
+		}
+		return err
+	}
 	return nil
+}
+
+type pendingEntry struct {
+	index  uint64
+	change store.Change
+}
+
+// drainLocked applies the pending entries in order, stopping at the first
+// the store refuses.
+func (f *FSM) drainLocked() error {
+	for len(f.pending) > 0 {
+		e := f.pending[0]
+		c := e.change
+		if c.Replace {
+			c = store.Diff(f.st.All(), replaceTarget(c))
+		}
+		indexChange(&c, e.index)
+		if err := f.st.Apply(c); err != nil {
+			return err
+		}
+		f.applied = e.index
+		f.pending = f.pending[1:]
+	}
+	f.pending = nil
+	return nil
+}
+
+func (f *FSM) waiting() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.pending)
 }
 
 // replaceTarget is what a Replace change makes the named buckets hold.
@@ -326,6 +361,11 @@ type snapshotFile struct {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if len(f.pending) > 0 {
+		// The store is behind the log: a snapshot now would let Raft drop
+		// entries the store does not hold yet.
+		return nil, fmt.Errorf("store is %d entries behind the log (disk full?): no snapshot yet", len(f.pending))
+	}
 	all := f.st.All()
 	delete(all, BucketRaft)
 	return &fsmSnapshot{snapshotFile{Applied: f.applied, Store: all}}, nil
@@ -348,7 +388,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	indexChange(&c, s.Applied)
 	err := f.st.Apply(c)
 	if err == nil {
-		f.applied = s.Applied
+		f.applied, f.pending = s.Applied, nil
 	}
 	f.mu.Unlock()
 	if err != nil {

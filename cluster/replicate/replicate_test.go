@@ -81,3 +81,35 @@ type sink struct{ *bytes.Buffer }
 func (s *sink) ID() string    { return "test" }
 func (s *sink) Cancel() error { return nil }
 func (s *sink) Close() error  { return nil }
+
+// A store that refuses a write (full disk) does not stop the manager: the
+// proposer gets the error, the entry waits, no snapshot is taken past it,
+// and it is written, in order, with the next entry once the store works.
+func TestFSMKeepsEntriesTheStoreRefuses(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "manager.db")
+	st, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &FSM{st: st}
+	st.Close() // every write now fails
+	e1 := entry(t, 1, store.Diff(nil, store.Snapshot{"nodes": {"a": []byte(`1`)}}))
+	if err, _ := f.Apply(e1).(error); err == nil {
+		t.Fatal("a refused write reported no error")
+	}
+	if _, err := f.Snapshot(); err == nil {
+		t.Fatal("snapshot taken with an entry not in the store")
+	}
+	if st, err = store.Open(path); err != nil { // space is back
+		t.Fatal(err)
+	}
+	defer st.Close()
+	f.st = st
+	e2 := entry(t, 2, store.Diff(nil, store.Snapshot{"nodes": {"b": []byte(`2`)}}))
+	if err, _ := f.Apply(e2).(error); err != nil {
+		t.Fatal(err)
+	}
+	if n := st.Load("nodes"); string(n["a"]) != "1" || string(n["b"]) != "2" || f.applied != 2 {
+		t.Fatalf("after the store came back: %q at %d", n, f.applied)
+	}
+}
