@@ -22,6 +22,8 @@ import (
 //	GET    /v1/nodes                        list
 //	GET    /v1/nodes/{node}                 by name or ID
 //	DELETE /v1/nodes/{node}[?force=1]       remove (force: even if ready; a manager also leaves Raft)
+//	POST   /v1/nodes/{node}/drain           move its tasks away, place nothing new there
+//	POST   /v1/nodes/{node}/activate        undo a drain
 //	POST   /v1/nodes/{node}/promote         a manager votes in Raft
 //	POST   /v1/nodes/{node}/demote          a manager keeps a copy but does not vote
 //	GET    /v1/backup                       consistent copy of the state (JSON)
@@ -117,6 +119,22 @@ func (m *Manager) adminMux() http.Handler {
 		if err := m.Backup(w); err != nil {
 			m.log.Error("backup", "err", err)
 		}
+	})
+	mux.HandleFunc("POST /v1/nodes/{node}/drain", func(w http.ResponseWriter, r *http.Request) {
+		v, err := m.SetNodeAvailability(r.PathValue("node"), clustermap.NodeDrain)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("POST /v1/nodes/{node}/activate", func(w http.ResponseWriter, r *http.Request) {
+		v, err := m.SetNodeAvailability(r.PathValue("node"), "")
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
 	})
 	mux.HandleFunc("GET "+api.PathTasks, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Tasks(r.URL.Query().Get("service")))
@@ -316,7 +334,7 @@ func errNoNode(ref string) error {
 
 func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 	v := api.NodeView{
-		ID: n.ID, Name: n.Name, Role: n.Role, Status: n.Status, OverlayIP: n.OverlayIP, ContainerBlock: n.ContainerBlock,
+		ID: n.ID, Name: n.Name, Role: n.Role, Status: n.Status, Availability: availability(n.Availability), OverlayIP: n.OverlayIP, ContainerBlock: n.ContainerBlock,
 		Endpoint: n.Endpoint, PublicKey: n.PublicKey, Labels: n.Labels, JoinedAt: n.JoinedAt, CertExpires: n.CertNotAfter,
 		LastSeen: m.lastSeen[n.ID], Tunnel: m.health[n.ID], Self: n.ID == m.selfID,
 		ClockOffsetSeconds: m.skew[n.ID].Round(time.Millisecond).Seconds(),
@@ -327,6 +345,40 @@ func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 		}
 	}
 	return v
+}
+
+// availability names a node's availability for the admin API.
+func availability(a string) string {
+	if a == "" {
+		return "active"
+	}
+	return a
+}
+
+// SetNodeAvailability drains a node (its tasks move to other nodes and it
+// gets no new ones: the first step of retiring a board) or makes it active
+// again ("").
+func (m *Manager) SetNodeAvailability(ref, a string) (api.NodeView, error) {
+	var id string
+	err := m.update(func(s *state) error {
+		n, ok := s.nodes[ref]
+		if !ok {
+			if n, ok = s.nodeByName(ref); !ok {
+				return errNoNode(ref)
+			}
+		}
+		n.Availability = a
+		s.nodes[n.ID] = n
+		id = n.ID
+		return nil
+	})
+	if err != nil {
+		return api.NodeView{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.log.Info("node availability changed", "node", m.st.nodes[id].Name, "availability", availability(a))
+	return m.nodeViewLocked(m.st.nodes[id]), nil
 }
 
 // RemoveNode takes a member out of the cluster: it leaves the map, its

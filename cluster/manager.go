@@ -257,6 +257,9 @@ func (m *Manager) open() error {
 		m.log.Info("cluster created", "cluster", s.meta.ClusterID)
 	default:
 		m.selfID = s.meta.SelfID
+		if joined := joinedNodeID(m.cfg.StateDir); joined != "" {
+			m.selfID = joined // a manager that joined, started without cluster.manager
+		}
 		if !hasRaft {
 			// A store written before Raft (single manager), or a restored
 			// backup: Raft starts from it, and the full state is its first

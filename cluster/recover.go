@@ -77,12 +77,23 @@ func ForceNewCluster(stateDir, advertise, restore string, log *slog.Logger) erro
 		return nil // a single-manager store: the manager bootstraps Raft from it
 	}
 	id := s.meta.SelfID
-	if b, err := os.ReadFile(filepath.Join(stateDir, FileIdentity)); err == nil {
-		var ident identity // a manager that joined: its own ID
-		if json.Unmarshal(b, &ident) == nil && ident.Node.ID != "" {
-			id = ident.Node.ID
-		}
+	if joined := joinedNodeID(stateDir); joined != "" {
+		id = joined
 	}
 	log.Warn("forcing a new cluster: this manager becomes the only one, keeping its state", "id", id, "address", advertise)
 	return replicate.Recover(replicate.Config{Dir: raftDir, ID: id, Addr: advertise, Store: st, Logger: log})
+}
+
+// joinedNodeID is the node ID of a manager that joined (its agent
+// identity in the state dir), "" for the manager that created the cluster.
+func joinedNodeID(stateDir string) string {
+	b, err := os.ReadFile(filepath.Join(stateDir, FileIdentity))
+	if err != nil {
+		return ""
+	}
+	var ident identity
+	if json.Unmarshal(b, &ident) != nil {
+		return ""
+	}
+	return ident.Node.ID
 }
