@@ -111,7 +111,10 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 		return nil, err
 	}
 	verb := cmd.CommandPath()
-	creating := cmd.Name() == "init"
+	// --force-new-cluster restarts an existing manager (one that joined
+	// keeps its cluster.manager and identity): it creates nothing.
+	force, _ := cmd.Flags().GetBool("force-new-cluster")
+	creating := cmd.Name() == "init" && !force
 	if creating && cfg.Cluster.Manager != "" {
 		return nil, configs.Errors{{File: cfg.File, Line: cfg.Line("cluster.manager"), Key: "cluster.manager",
 			Msg: fmt.Sprintf("`%s` creates a new cluster, but the config says to join %s: remove cluster.manager (or run `warren worker start` / `warren manager join`)", verb, cfg.Cluster.Manager)}}
