@@ -77,9 +77,27 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	var mem member
 	var admin http.Handler
-	if cfg.Node.Role == configs.RoleManager && cfg.Cluster.Manager == "" {
+	if cfg.Node.Role == configs.RoleManager {
 		_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
-		created := errors.Is(statErr, os.ErrNotExist)
+		created := errors.Is(statErr, os.ErrNotExist) && cfg.Cluster.Manager == ""
+		var join *cluster.ManagerJoin
+		if cfg.Cluster.Manager != "" {
+			// `warren manager join`: join like any node (manager token,
+			// manager certificate), then run a manager that Raft fills.
+			agent, err := cluster.Join(ctx, cluster.AgentConfig{
+				StateDir: cfg.Node.StateDir,
+				Manager:  cfg.Cluster.Manager,
+				Token:    cfg.Cluster.Token,
+				Node:     info,
+				Logger:   log,
+			})
+			if err != nil {
+				return err
+			}
+			if join, err = agent.ManagerJoin(ctx); err != nil {
+				return err
+			}
+		}
 		if created {
 			// This config shapes the new cluster: its ranges must not shadow
 			// a network this host is on (checked before anything is stored).
@@ -104,6 +122,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
 			ReservedPorts:      reservedPorts(&cfg.Config),
 			Logger:             log,
+			Join:               join,
 		})
 		if err != nil {
 			return err
@@ -119,6 +138,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 				log.Error("cluster API stopped", "err", err)
 			}
 		}()
+		select {
+		case <-mgr.Ready():
+		case <-ctx.Done():
+			return nil
+		}
 		if created {
 			// The tokens stay out of stdout and the logs (the journal is
 			// readable by the adm group): say where to read them.
