@@ -521,17 +521,8 @@ func (m *Manager) notLeaderAnswer(w http.ResponseWriter) {
 // handleRaftJoin adds a joined manager to Raft as a non-voter and records
 // its API address (it is in the map from then on).
 func (m *Manager) handleRaftJoin(w http.ResponseWriter, r *http.Request) {
-	var req raftJoin
-	if err := readJSON(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	if !m.isLeader() {
-		m.notLeaderAnswer(w)
-		return
-	}
-	if req.ID != peerID(r) {
-		writeError(w, errorf(http.StatusForbidden, "a manager can only add itself"))
+	req, ok := m.readOwnRaftRequest(w, r, "a manager can only add itself")
+	if !ok {
 		return
 	}
 	if _, _, err := net.SplitHostPort(req.Addr); err != nil {
@@ -563,17 +554,8 @@ func (m *Manager) handleRaftJoin(w http.ResponseWriter, r *http.Request) {
 
 // handleRaftPromote makes a caught-up non-voter a voter.
 func (m *Manager) handleRaftPromote(w http.ResponseWriter, r *http.Request) {
-	var req raftJoin
-	if err := readJSON(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	if !m.isLeader() {
-		m.notLeaderAnswer(w)
-		return
-	}
-	if req.ID != peerID(r) {
-		writeError(w, errorf(http.StatusForbidden, "a manager can only promote itself this way; use `warren node promote`"))
+	req, ok := m.readOwnRaftRequest(w, r, "a manager can only promote itself this way; use `warren node promote`")
+	if !ok {
 		return
 	}
 	if err := m.setVoter(req.ID, true); err != nil {
@@ -581,6 +563,27 @@ func (m *Manager) handleRaftPromote(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// readOwnRaftRequest reads a manager's request about its own Raft
+// membership: only the leader changes the configuration, and only for the
+// manager whose certificate made the call (notOwn is the refusal otherwise).
+// It has answered the caller when it returns false.
+func (m *Manager) readOwnRaftRequest(w http.ResponseWriter, r *http.Request, notOwn string) (raftJoin, bool) {
+	var req raftJoin
+	if err := readJSON(r, &req); err != nil {
+		writeError(w, err)
+		return req, false
+	}
+	if !m.isLeader() {
+		m.notLeaderAnswer(w)
+		return req, false
+	}
+	if req.ID != peerID(r) {
+		writeError(w, errorf(http.StatusForbidden, "%s", notOwn))
+		return req, false
+	}
+	return req, true
 }
 
 // raftSuffrage reports whether id is in the Raft configuration and
