@@ -305,18 +305,8 @@ func TestManagersFailoverLostQuorumForceNewCluster(t *testing.T) {
 				t.Errorf("%s: %q before, %q after --force-new-cluster", k, v, after[k])
 			}
 		}
-		eventually(t, 2*time.Minute, "the worker reports to the survivor", func() error {
-			nodes, err := c.NodeListOn(ctx, survivor)
-			if err != nil {
-				return err
-			}
-			for _, n := range nodes {
-				if n.Name == worker.Name && n.Status == "ready" {
-					return nil
-				}
-			}
-			return fmt.Errorf("%+v", nodes)
-		})
+		// The worker reports to the survivor.
+		waitNodeStatus(t, ctx, 2*time.Minute, func(ctx context.Context) ([]lab.NodeView, error) { return c.NodeListOn(ctx, survivor) }, worker.Name, "ready")
 		if out, err := worker.Exec(ctx, "curl", "-sS", "-m", "5", "http://"+web.VIP+"/"); err != nil {
 			t.Fatalf("VIP after recovery: %v %s", err, out)
 		}
