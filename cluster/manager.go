@@ -29,6 +29,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/apicall"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/pki"
@@ -119,7 +120,7 @@ type Manager struct {
 	selfID    string
 	replica   *replicate.Replica
 	stream    *raftStream
-	fwd       *http.Client
+	fwd       apicall.Caller // to the other managers (forwarded calls, Raft join)
 	pool      atomic.Pointer[x509.CertPool]
 	mcert     atomic.Pointer[tls.Certificate]
 	notify    chan struct{} // an entry was applied or a snapshot restored
@@ -204,10 +205,8 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 		skew: map[string]time.Duration{}, notify: make(chan struct{}, 1), stop: make(chan struct{}),
 		ready: make(chan struct{}), initial: make(chan error, 1),
 	}
-	m.fwd = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: m.managerClientTLS(false), MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second,
-		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext, TLSHandshakeTimeout: 5 * time.Second,
-	}}
+	m.fwd = apicall.Caller{Scheme: "https", Peer: "manager", HTTP: apicall.HTTPS(m.managerClientTLS(false),
+		apicall.Deadlines{Dial: 5 * time.Second, Handshake: 5 * time.Second, Total: 15 * time.Second})}
 	if err := m.open(); err != nil {
 		m.Close()
 		return nil, err
