@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/warren-appliance/warren/cluster/api"
-	"github.com/warren-appliance/warren/cluster/apicall"
 )
 
 // apiError is an error with the HTTP status the APIs answer it with. Its
@@ -22,14 +20,6 @@ func (e *apiError) Error() string { return e.msg }
 
 func errorf(status int, format string, args ...any) error {
 	return &apiError{status, fmt.Sprintf(format, args...)}
-}
-
-// IsNameTaken reports whether a join failed because another node (with
-// another key) holds the name: a node whose name was only derived from its
-// host name can then pick a unique one.
-func IsNameTaken(err error) bool {
-	var ce *apicall.Error
-	return errors.As(err, &ce) && ce.Status == http.StatusConflict && strings.Contains(ce.Message, api.NameTaken)
 }
 
 func errNodeRemoved(id string) error {

@@ -15,11 +15,6 @@ import (
 	"github.com/warren-appliance/warren/cluster/pki"
 )
 
-// watchKeepalive is how often an idle watch stream carries an empty line,
-// so agents notice a dead manager without TCP timeouts; agents give up on a
-// stream silent for three of them.
-const watchKeepalive = 15 * time.Second
-
 // Serve runs the node API (mTLS) on cfg.APIListen and the liveness check
 // that marks silent nodes down, until ctx ends.
 func (m *Manager) Serve(ctx context.Context) error {
@@ -212,7 +207,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 		return api.JoinResponse{}, errorf(http.StatusForbidden, "this is a %s join token but the node asked to join as %s: use `warren cluster join-token %s`", role, req.Role, req.Role)
 	}
 	info := NodeInfo{Name: req.Name, Role: role, Labels: req.Labels, Endpoint: req.Endpoint, PublicKey: req.PublicKey}
-	if err := validateNodeInfo(info); err != nil {
+	if err := info.Validate(); err != nil {
 		return api.JoinResponse{}, errorf(http.StatusBadRequest, "%v", err)
 	}
 	csr, err := pki.ParseCSR(req.CSR)
@@ -283,7 +278,7 @@ func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) 
 			return errNodeRemoved(id)
 		}
 		info := NodeInfo{Name: rec.Name, Role: rec.Role, Labels: req.Labels, Endpoint: req.Endpoint, PublicKey: req.PublicKey}
-		if err := validateNodeInfo(info); err != nil {
+		if err := info.Validate(); err != nil {
 			return errorf(http.StatusBadRequest, "%v", err)
 		}
 		for oid, n := range s.nodes {
@@ -405,6 +400,7 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	writeDeadline()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set(api.HeaderKeepalive, m.keepalive.String())
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
 	keepalive := time.NewTicker(m.keepalive)

@@ -1,4 +1,8 @@
-package cluster
+// Package agent is a joined node's link to the managers: the first join
+// (pinning the CA by the token), the stored identity, the map stream,
+// heartbeats and certificate renewal, all over mTLS (cluster/apicall). The
+// manager itself is package cluster.
+package agent
 
 import (
 	"bufio"
@@ -39,16 +43,15 @@ const (
 	FileMap      = "map.json"       // last map received, restored at boot
 )
 
-// AgentConfig configures a non-manager node's link to the manager.
-type AgentConfig struct {
+// Config configures a node's link to the managers.
+type Config struct {
 	StateDir string
 	Manager  string // host:port of a manager's API
 	Token    string // needed only for the first join
-	Node     NodeInfo
+	Node     api.NodeInfo
 	Logger   *slog.Logger
 
-	now       func() time.Time // tests move the clock
-	keepalive time.Duration    // the manager's watch keepalive; tests shorten it
+	now func() time.Time // tests move the clock
 	// renewCheck is how often the renewal timer looks at the certificate
 	// at most (default a minute; tests shorten it).
 	renewCheck time.Duration
@@ -56,7 +59,7 @@ type AgentConfig struct {
 
 // Agent is a joined node's link to the manager.
 type Agent struct {
-	cfg  AgentConfig
+	cfg  Config
 	log  *slog.Logger
 	now  func() time.Time
 	ca   *x509.Certificate
@@ -93,15 +96,12 @@ var ErrRemoved = errors.New("this node was removed from the cluster")
 // endpoint, name, labels, role and a CSR, retrying with backoff while the
 // manager is unreachable. Later starts reuse the identity in StateDir and
 // need neither the token nor the manager to be up.
-func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
+func Join(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.now == nil {
 		cfg.now = time.Now
-	}
-	if cfg.keepalive == 0 {
-		cfg.keepalive = watchKeepalive
 	}
 	if cfg.renewCheck == 0 {
 		cfg.renewCheck = time.Minute
@@ -112,7 +112,7 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("join: state dir is empty")
 	}
-	if err := validateNodeInfo(cfg.Node); err != nil {
+	if err := cfg.Node.Validate(); err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
@@ -500,9 +500,14 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 	}
 	defer resp.Body.Close()
 	connected = true
-	// The manager writes a keepalive line every keepalive period; silence for
-	// three of them means the connection is dead even if TCP has not noticed.
-	idle := time.AfterFunc(3*a.cfg.keepalive, cancel)
+	// The manager writes a keepalive line every keepalive period (it says
+	// which); silence for three of them means the connection is dead even
+	// if TCP has not noticed.
+	silence := 3 * api.WatchKeepalive
+	if d, err := time.ParseDuration(resp.Header.Get(api.HeaderKeepalive)); err == nil && d > 0 {
+		silence = 3 * d
+	}
+	idle := time.AfterFunc(silence, cancel)
 	defer idle.Stop()
 	// Big enough to hold several maps of a large cluster, so a burst can be
 	// skipped through (newerLineBuffered).
@@ -511,11 +516,11 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 		line, err := r.ReadBytes('\n')
 		if err != nil {
 			if ctx.Err() != nil && idle.Stop() == false {
-				err = fmt.Errorf("no data from the manager for %s", 3*a.cfg.keepalive)
+				err = fmt.Errorf("no data from the manager for %s", silence)
 			}
 			return connected, fmt.Errorf("map stream: %w", err)
 		}
-		idle.Reset(3 * a.cfg.keepalive)
+		idle.Reset(silence)
 		line = bytes.TrimSpace(line)
 		if len(line) == 0 || newerLineBuffered(r) {
 			// A burst of changes (many nodes joining) queues maps faster
@@ -540,7 +545,7 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 			// A slow apply is not a silent manager.
 			idle.Stop()
 			apply(&m)
-			idle.Reset(3 * a.cfg.keepalive)
+			idle.Reset(silence)
 		}
 	}
 }
@@ -667,7 +672,7 @@ func (a *Agent) maybeRenew(ctx context.Context) error {
 
 // Report sends a heartbeat with tunnel health and task states. Call it
 // periodically (well under the manager's DownAfter, e.g. a third of it).
-func (a *Agent) Report(ctx context.Context, s NodeStatus) error {
+func (a *Agent) Report(ctx context.Context, s api.NodeStatus) error {
 	if s.Time.IsZero() {
 		s.Time = a.now()
 	}
@@ -737,4 +742,27 @@ func (a *Agent) peerFor(pin apicall.Pin) apicall.Caller {
 func (a *Agent) pinIdentity(caHash string) apicall.Pin {
 	return apicall.Pin{CAHash: caHash, By: "this node's cluster CA (" + FileCA + ")",
 		Advice: "this address now serves another cluster (was the manager re-created?); to join that cluster, clear the state dir and join with its token"}
+}
+
+// IsNameTaken reports whether a join failed because another node (with
+// another key) holds the name: a node whose name was only derived from its
+// host name can then pick a unique one.
+func IsNameTaken(err error) bool {
+	var ce *apicall.Error
+	return errors.As(err, &ce) && ce.Status == http.StatusConflict && strings.Contains(ce.Message, api.NameTaken)
+}
+
+// JoinedNodeID is the node ID of the identity stored in stateDir by a join,
+// "" if there is none (or it is unreadable): a manager that joined the
+// cluster runs its Manager under this ID.
+func JoinedNodeID(stateDir string) string {
+	b, err := os.ReadFile(filepath.Join(stateDir, FileIdentity))
+	if err != nil {
+		return ""
+	}
+	var id identity
+	if json.Unmarshal(b, &id) != nil {
+		return ""
+	}
+	return id.Node.ID
 }
