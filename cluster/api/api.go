@@ -1,6 +1,8 @@
 // Package api holds the JSON shapes exchanged with the manager: the node
 // API (join, watch, status over mTLS) and the admin API (the CLI over the
-// local unix socket). Plain data, so the CLI client needs no manager code.
+// local unix socket), their routes, and the bounds of what a node says
+// about itself (node.go). Plain data and checks, so the CLI client and the
+// agent need no manager code.
 package api
 
 import (
