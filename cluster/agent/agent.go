@@ -133,7 +133,7 @@ func Join(ctx context.Context, cfg Config) (*Agent, error) {
 			a.log.Warn("configured name or role differs from this node's cluster record; keeping the record (to change them, `warren node rm` the node, clear the state dir and join again)",
 				"configured_name", cfg.Node.Name, "name", n.Name, "configured_role", cfg.Node.Role, "role", n.Role)
 		}
-		a.peer = a.peerFor(a.pinIdentity(pki.CertHash(a.ca.Raw)))
+		a.peer = a.peerFor(identityPin(pki.CertHash(a.ca.Raw)))
 		a.log.Info("reusing stored identity", "node", a.id.Node.Name, "id", a.id.Node.ID, "overlay_ip", a.id.Node.OverlayIP, "manager", a.id.Manager)
 		if !a.id.Network.Complete() {
 			if err := a.recoverNetwork(ctx); err != nil {
@@ -255,7 +255,7 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 	if err := a.saveCert(resp.Certificate); err != nil {
 		return err
 	}
-	a.peer = a.peerFor(a.pinIdentity(pki.CertHash(pinned.Raw)))
+	a.peer = a.peerFor(identityPin(pki.CertHash(pinned.Raw)))
 	a.selfSynced = true
 	a.log.Info("joined cluster", "cluster", resp.ClusterID, "node", resp.Node.Name, "id", resp.Node.ID,
 		"overlay_ip", resp.Node.OverlayIP, "block", resp.Node.ContainerBlock)
@@ -708,7 +708,10 @@ func (a *Agent) openWatch(ctx context.Context, after uint64) (*http.Response, er
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		return nil, decode(a.peer, resp, nil)
+		if err := decode(a.peer, resp, nil); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("map stream: manager answered %s", resp.Status)
 	}
 	return resp, nil
 }
@@ -738,8 +741,8 @@ func (a *Agent) peerFor(pin apicall.Pin) apicall.Caller {
 	})}
 }
 
-// pinIdentity pins the CA stored at the first join.
-func (a *Agent) pinIdentity(caHash string) apicall.Pin {
+// identityPin pins the CA stored at the first join.
+func identityPin(caHash string) apicall.Pin {
 	return apicall.Pin{CAHash: caHash, By: "this node's cluster CA (" + FileCA + ")",
 		Advice: "this address now serves another cluster (was the manager re-created?); to join that cluster, clear the state dir and join with its token"}
 }
