@@ -469,6 +469,13 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			writeError(w, err)
 			return
 		}
+		// The bounds of a node's report (handleStatus) hold here too: the
+		// follower bounds its own report, the leader does not rely on it.
+		st, err := checkReport(st)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
 		id := peerID(r)
 		if _, err := m.member(id); err != nil {
 			writeError(w, err)

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/warren-appliance/warren/cluster/agent"
+	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
@@ -584,4 +585,29 @@ func slicesContains(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// A follower's own report reaches the leader on the internal status call;
+// the leader applies a node report's bounds to it as to any other (merge
+// 6f119af moved these reports off handleStatus, which checks them).
+func TestLeaderBoundsAFollowerManagersReport(t *testing.T) {
+	hs := startHA(t, 2)
+	f := followersOf(hs)[0]
+	manyPeers := make([]api.PeerHealth, maxTunnelEntries+1)
+	for i := range manyPeers {
+		manyPeers[i].PublicKey = clustertest.WGKey(t)
+	}
+	for what, st := range map[string]NodeStatus{
+		"unknown state":  {Tasks: []api.TaskStatus{{Name: "web-1", State: "exploded"}}},
+		"too many peers": {Tunnel: manyPeers},
+	} {
+		// Straight to the leader, past the follower's own check (Report).
+		err := f.m.reportToLeader(context.Background(), st)
+		if err == nil || !strings.Contains(err.Error(), "400") {
+			t.Errorf("follower's report with %s: %v, want 400 from the leader", what, err)
+		}
+	}
+	if err := f.m.reportToLeader(context.Background(), NodeStatus{}); err != nil {
+		t.Fatalf("a plain follower heartbeat: %v", err)
+	}
 }
