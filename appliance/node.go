@@ -21,6 +21,7 @@ import (
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/dns"
 	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/tunnel"
 )
@@ -165,12 +166,15 @@ type node struct {
 	static []tunnel.Peer
 	orch   *orchestrate.Reconciler
 	nat    *nat.Applier
+	pol    *netpolicy.Applier
 	dns    *dns.Server
 
 	mu   sync.Mutex
 	last *clustermap.Map
 	// natFailed: the last rule sync failed and must be retried.
 	natFailed bool
+	// polFailed: the last network policy sync failed and must be retried.
+	polFailed bool
 }
 
 func (n *node) bridgeIP() netip.Addr { return n.self.ContainerBlock.Addr().Next() }
@@ -201,6 +205,9 @@ func (n *node) startReconcilers(ctx context.Context) error {
 
 	if n.nat, err = nat.NewApplier(n.log.With("component", "nat")); err != nil {
 		return fmt.Errorf("iptables: %w", err)
+	}
+	if n.pol, err = netpolicy.NewApplier(n.log.With("component", "netpolicy")); err != nil {
+		return fmt.Errorf("network policies: %w", err)
 	}
 
 	// FreeBind: the bridge address appears with the task reconciler's
@@ -242,8 +249,11 @@ func (n *node) apply(m *clustermap.Map) {
 	if err := n.dev.SetPeers(peers); err != nil {
 		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
 	}
+	// Policies first: a new task's address is in its sets before it starts.
+	n.syncPolicies(m)
 	n.orch.Apply(taskSpecs(m, n.self.ID))
 	n.syncNAT(m)
+	n.ensurePolicyJump() // the NAT sync may have inserted its jumps before ours
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
 }
@@ -258,6 +268,32 @@ func (n *node) syncNAT(m *clustermap.Map) {
 	n.mu.Lock()
 	n.natFailed = err != nil
 	n.mu.Unlock()
+}
+
+// syncPolicies enforces m's network policies for the tasks forwarded
+// through this node; a failure is retried by the canary loop.
+func (n *node) syncPolicies(m *clustermap.Map) {
+	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet})
+	st, err := n.pol.Sync(rules)
+	if err != nil {
+		n.log.Error("applying network policies", "err", err, "map_version", m.Version)
+	} else if st.RulesWritten || st.Added+st.Removed > 0 {
+		n.log.Debug("network policies applied", "map_version", m.Version, "policies", len(m.Policies), "sets", len(rules.Sets),
+			"added", st.Added, "removed", st.Removed, "rules_written", st.RulesWritten)
+	}
+	n.mu.Lock()
+	n.polFailed = err != nil
+	n.mu.Unlock()
+}
+
+// ensurePolicyJump puts the policy jump back in first place in FORWARD
+// when something (the task or NAT rules, a firewall script) got before it.
+func (n *node) ensurePolicyJump() {
+	if first, err := n.pol.JumpFirst(); err == nil && !first {
+		if err := n.pol.EnsureJump(); err != nil {
+			n.log.Error("moving the network policy jump first in FORWARD", "err", err)
+		}
+	}
 }
 
 func (n *node) natOptions() nat.Options {
@@ -327,8 +363,15 @@ func (n *node) canaryLoop(ctx context.Context) {
 			continue
 		}
 		n.mu.Lock()
-		failed := n.natFailed
+		failed, polFailed := n.natFailed, n.polFailed
 		n.mu.Unlock()
+		// The policy jump must stay the first rule of FORWARD (the task
+		// and service rules after it accept).
+		if polFailed {
+			n.syncPolicies(m)
+		} else {
+			n.ensurePolicyJump()
+		}
 		if missing, err := n.nat.CanaryMissing(); err == nil && missing {
 			n.log.Warn("service rules were flushed by someone else; restoring them")
 			n.syncNAT(m)

@@ -90,6 +90,17 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("bring bridge up: %w", err)
 	}
+	// Task ports are isolated from each other (see ensureTask), so the
+	// host answers the tasks' ARP requests for each other's addresses and
+	// routes their traffic: every task-to-task packet then passes the
+	// host's FORWARD chain, where network policies are enforced, whether
+	// or not br_netfilter is loaded.
+	pvlan := filepath.Join("/proc/sys/net/ipv4/conf", n.bridge, "proxy_arp_pvlan")
+	if cur, err := os.ReadFile(pvlan); err != nil || !bytes.Equal(bytes.TrimSpace(cur), []byte("1")) {
+		if err := os.WriteFile(pvlan, []byte("1\n"), 0o644); err != nil {
+			return nil, fmt.Errorf("enable proxy_arp_pvlan on %s: %w", n.bridge, err)
+		}
+	}
 	return link, nil
 }
 
@@ -233,11 +244,16 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	}
 	hostName := hostVethName(task)
 	if n.taskLinkComplete(h, br, hostName, ip) {
-		// Ports made before hairpin mode was set here get it now.
+		// Ports made before hairpin mode or isolation was set here get it now.
 		if host, err := netlink.LinkByName(hostName); err == nil {
 			if pi, err := netlink.LinkGetProtinfo(host); err == nil && !pi.Hairpin {
 				if err := netlink.LinkSetHairpin(host, true); err != nil {
 					return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
+				}
+			}
+			if pi, err := netlink.LinkGetProtinfo(host); err == nil && !pi.Isolated {
+				if err := netlink.LinkSetIsolated(host, true); err != nil {
+					return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
 				}
 			}
 		}
@@ -272,6 +288,12 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	// and the frame must leave by the port it came in on.
 	if err := netlink.LinkSetHairpin(host, true); err != nil {
 		return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
+	}
+	// Isolated: frames from this port reach the host but no other task
+	// port, so task-to-task traffic is routed by the host (proxy_arp_pvlan
+	// on the bridge), through FORWARD and the network policies.
+	if err := netlink.LinkSetIsolated(host, true); err != nil {
+		return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return "", fmt.Errorf("bring %s up: %w", hostName, err)

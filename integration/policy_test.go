@@ -1,0 +1,362 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/warren-appliance/warren/integration/lab"
+	"github.com/warren-appliance/warren/netpolicy"
+)
+
+// policyLab is a manager and a worker with an api task on the manager and
+// a frontend and an "other" task on each node.
+type policyLab struct {
+	t   *testing.T
+	l   *lab.Lab
+	c   *lab.Cluster
+	ctx context.Context
+	m   *lab.Node // manager-1: api-1, front-m-1, other-m-1
+	w   *lab.Node // worker-1: front-w-1, other-w-1
+	api serviceView
+	ips map[string]string // task name -> IP
+}
+
+// apiCommand serves the task's name on 8080 and 9090.
+var apiCommand = []string{"--", "sh", "-c", "mkdir -p /www && hostname > /www/index.html && httpd -p 9090 -h /www && exec httpd -f -p 8080 -h /www"}
+
+func startPolicyLab(t *testing.T) *policyLab {
+	l := newLab(t)
+	c := startCluster(t, l, lab.ClusterOptions{Workers: 1, Images: []string{imageTarball(t)}})
+	p := &policyLab{t: t, l: l, c: c, ctx: ctxFor(t, 10*time.Minute), m: c.Manager, w: c.Workers[0], ips: map[string]string{}}
+	// Enforcement must not depend on br_netfilter: turn it off for the
+	// nodes' bridges (the sysctl is per network namespace).
+	for _, n := range c.Nodes() {
+		if out, err := n.Exec(p.ctx, "sh", "-c", "echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
+			t.Logf("%s: br_netfilter sysctl not available (%v %s): bridged traffic never sees iptables here anyway", n.Name, err, out)
+		}
+	}
+	createService(t, c, "api", append([]string{"--label", "app=api", "--label", "tier=backend", "--constraint", "node.name==manager-1", "--publish", "18080:8080"}, apiCommand...)...)
+	for _, s := range []struct{ name, app, node string }{
+		{"front-m", "frontend", "manager-1"}, {"front-w", "frontend", "worker-1"},
+		{"other-m", "other", "manager-1"}, {"other-w", "other", "worker-1"},
+	} {
+		createService(t, c, s.name, append([]string{"--label", "app=" + s.app, "--constraint", "node.name==" + s.node}, httpdCommand...)...)
+	}
+	for _, name := range []string{"api", "front-m", "front-w", "other-m", "other-w"} {
+		v := waitRunning(t, c, name, 1)
+		p.ips[v.Tasks[0].Name] = v.Tasks[0].IP
+		if name == "api" {
+			p.api = v
+		}
+	}
+	return p
+}
+
+func (p *policyLab) node(task string) *lab.Node {
+	if strings.Contains(task, "-w-") {
+		return p.w
+	}
+	return p.m
+}
+
+// get fetches url from inside task with a timeout in seconds.
+func (p *policyLab) get(task, url string, timeout int) (string, error) {
+	// busybox wget -T crashes (Debian 1.35); timeout bounds it instead.
+	out, err := taskExec(p.ctx, p.node(task), task, "timeout", fmt.Sprint(timeout), "wget", "-qO-", url)
+	if err != nil {
+		return "", fmt.Errorf("%s -> %s: %v %s", task, url, err, trim(out))
+	}
+	return trim(out), nil
+}
+
+// path is one way from a task to a target.
+type path struct{ from, url, what string }
+
+func (p *policyLab) apiPaths(from string, port int) []path {
+	api := p.api.Tasks[0].Name
+	same := "same node"
+	if p.node(from) != p.m {
+		same = "across nodes"
+	}
+	out := []path{{from, fmt.Sprintf("http://%s:%d/", p.ips[api], port), same}}
+	if port == 8080 {
+		out = append(out, path{from, fmt.Sprintf("http://%s:8080/", p.api.VIP), "through the VIP"})
+	}
+	return out
+}
+
+// wantAllowed waits until every path answers with want (policies land
+// within moments of the map).
+func (p *policyLab) wantAllowed(paths []path, want string) {
+	p.t.Helper()
+	for _, pa := range paths {
+		eventually(p.t, 20*time.Second, fmt.Sprintf("%s reaches %s (%s)", pa.from, pa.url, pa.what), func() error {
+			got, err := p.get(pa.from, pa.url, 3)
+			if err == nil && got != want {
+				err = fmt.Errorf("page %q, want %q", got, want)
+			}
+			return err
+		})
+	}
+}
+
+// wantDenied waits until every path is cut off, then checks it stays so.
+func (p *policyLab) wantDenied(paths []path) {
+	p.t.Helper()
+	for _, pa := range paths {
+		eventually(p.t, 20*time.Second, fmt.Sprintf("%s is cut off from %s (%s)", pa.from, pa.url, pa.what), func() error {
+			if got, err := p.get(pa.from, pa.url, 2); err == nil {
+				return fmt.Errorf("answered %q", got)
+			}
+			return nil
+		})
+		if got, err := p.get(pa.from, pa.url, 2); err == nil {
+			p.t.Errorf("%s reached %s (%s) again: %q", pa.from, pa.url, pa.what, got)
+		}
+	}
+}
+
+func (p *policyLab) apply(yaml string) string {
+	p.t.Helper()
+	out, err := p.m.Sh(p.ctx, "warren policy apply -f - <<'EOF'\n"+yaml+"\nEOF")
+	if err != nil {
+		p.t.Fatalf("policy apply: %v\n%s", err, out)
+	}
+	return trim(out)
+}
+
+func (p *policyLab) outsideGet(n *lab.Node, timeout int) (string, error) {
+	out, err := p.l.Outside.Exec(p.ctx, "curl", "-sS", "-m", fmt.Sprint(timeout), fmt.Sprintf("http://%s:18080/", n.LANIP))
+	return trim(out), err
+}
+
+// inSet reports whether ip is in the set of tasks sel on node n.
+func inSet(n *lab.Node, sel, ip string) (bool, error) {
+	var ok bool
+	err := n.Do(func() (err error) {
+		ok, err = netlink.IpsetTest(netpolicy.SetName("tasks "+sel), &netlink.IPSetEntry{IP: net.ParseIP(ip)})
+		return err
+	})
+	return ok, err
+}
+
+// Seed "Network Policies": the seed's policy, as written, lets app=frontend
+// tasks reach app=api tasks on TCP 8080 on the same node, across nodes and
+// through the VIP, and nothing else; ipBlock decides outside sources on a
+// published port; egress rules; scale-up is covered at once; removing the
+// policy restores access.
+func TestNetworkPolicySeedExample(t *testing.T) {
+	p := startPolicyLab(t)
+	api := p.api.Tasks[0].Name
+	var allowed, denied []path
+	for _, from := range []string{"front-m-1", "front-w-1"} {
+		allowed = append(allowed, p.apiPaths(from, 8080)...)
+	}
+	for _, from := range []string{"other-m-1", "other-w-1"} {
+		denied = append(denied, p.apiPaths(from, 8080)...)
+	}
+	port9090 := append(p.apiPaths("front-m-1", 9090), p.apiPaths("front-w-1", 9090)...)
+
+	// Without policies everything answers (so the checks below can fail).
+	p.wantAllowed(append(append(clonePaths(allowed), denied...), port9090...), api)
+	if got, err := p.outsideGet(p.m, 5); err != nil || got != api {
+		t.Fatalf("outside -> published port before any policy: %q %v", got, err)
+	}
+
+	seed, err := os.ReadFile("../netpolicy/testdata/seed.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := p.apply(string(seed)); out != "networkpolicy/api-policy created" {
+		t.Fatalf("apply said %q", out)
+	}
+	if out := p.apply(string(seed)); out != "networkpolicy/api-policy unchanged" {
+		t.Fatalf("second apply said %q", out)
+	}
+	p.wantDenied(denied)
+	p.wantAllowed(allowed, api)
+	p.wantDenied(port9090)
+	for _, n := range p.c.Nodes() {
+		if got, err := p.outsideGet(n, 2); err == nil {
+			t.Errorf("outside reached the published port on %s (no ipBlock allows it): %q", n.Name, got)
+		}
+	}
+
+	// policy inspect shows the tasks each selector matches now.
+	out, err := p.m.Exec(p.ctx, "warren", "policy", "inspect", "api-policy", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var view struct {
+		Selected []struct{ Name string } `json:"selected"`
+		Peers    []struct {
+			Tasks []struct{ Name string } `json:"tasks"`
+		} `json:"peers"`
+	}
+	if err := json.Unmarshal([]byte(out), &view); err != nil || len(view.Selected) != 1 || view.Selected[0].Name != api ||
+		len(view.Peers) != 1 || len(view.Peers[0].Tasks) != 2 {
+		t.Fatalf("policy inspect --json: %v\n%s", err, out)
+	}
+
+	// ipBlock: the LAN may reach the api's published port, except the
+	// outside host itself once the except is applied.
+	lanPolicy := `apiVersion: warren.io/v1
+kind: NetworkPolicy
+metadata:
+  name: api-from-lan
+spec:
+  podSelector:
+    matchExpressions:
+      - {key: tier, operator: In, values: [backend]}
+  ingress:
+    - from:
+        - ipBlock:
+            cidr: 192.168.100.0/24%s
+      ports:
+        - protocol: TCP
+          port: 8080`
+	p.apply(fmt.Sprintf(lanPolicy, ""))
+	for _, n := range p.c.Nodes() { // the manager hosts the task; the worker forwards to it
+		eventually(t, 20*time.Second, "outside reaches the published port on "+n.Name, func() error {
+			got, err := p.outsideGet(n, 3)
+			if err == nil && got != api {
+				err = fmt.Errorf("page %q", got)
+			}
+			return err
+		})
+	}
+	p.wantDenied(denied[:1]) // an ipBlock of the LAN does not let other tasks in
+	if out := p.apply(fmt.Sprintf(lanPolicy, "\n            except: [192.168.100.1/32]")); out != "networkpolicy/api-from-lan configured" {
+		t.Fatalf("replace said %q", out)
+	}
+	for _, n := range p.c.Nodes() {
+		eventually(t, 20*time.Second, "outside is cut off again on "+n.Name+" (except)", func() error {
+			if got, err := p.outsideGet(n, 2); err == nil {
+				return fmt.Errorf("answered %q", got)
+			}
+			return nil
+		})
+	}
+	if out, err := p.m.Exec(p.ctx, "warren", "policy", "rm", "api-from-lan"); err != nil {
+		t.Fatalf("policy rm: %v %s", err, out)
+	}
+
+	// Egress: frontends may open connections to the api on 8080 only; DNS
+	// to their node keeps working.
+	otherW := fmt.Sprintf("http://%s:80/", p.ips["other-w-1"])
+	p.wantAllowed([]path{{"front-m-1", otherW, "before the egress policy"}}, "other-w-1")
+	p.apply(`apiVersion: warren.io/v1
+kind: NetworkPolicy
+metadata:
+  name: frontend-egress
+spec:
+  podSelector:
+    matchLabels: {app: frontend}
+  egress:
+    - to:
+        - podSelector:
+            matchLabels: {app: api}
+      ports:
+        - {protocol: TCP, port: 8080}`)
+	p.wantDenied([]path{{"front-m-1", otherW, "egress not allowed"}, {"front-w-1", fmt.Sprintf("http://%s:80/", p.ips["other-m-1"]), "egress not allowed"}})
+	p.wantAllowed(allowed, api)
+	if out, err := taskExec(p.ctx, p.m, "front-m-1", "nslookup", "api.warren.local"); err != nil || !strings.Contains(out, p.api.VIP) {
+		t.Errorf("DNS from a task with an egress policy: %v\n%s", err, out)
+	}
+	if out, err := p.m.Exec(p.ctx, "warren", "policy", "rm", "frontend-egress"); err != nil {
+		t.Fatalf("policy rm: %v %s", err, out)
+	}
+	p.wantAllowed([]path{{"front-m-1", otherW, "egress policy removed"}}, "other-w-1")
+
+	// Scale-up: a new api task and a new frontend task are in their sets on
+	// both nodes within 1 s of running, and the policy holds for them.
+	for _, s := range []struct{ service, task, sel string }{{"api", "api-2", "app=api"}, {"front-w", "front-w-2", "app=frontend"}} {
+		if out, err := p.m.Exec(p.ctx, "warren", "service", "scale", s.service+"=2"); err != nil {
+			t.Fatalf("scale: %v %s", err, out)
+		}
+		var ip string
+		eventually(t, 2*time.Minute, s.task+" running", func() error {
+			v, err := inspect(p.ctx, p.m, s.service)
+			if err != nil {
+				return err
+			}
+			for _, task := range v.Tasks {
+				if task.Name == s.task && task.State == "running" {
+					ip = task.IP
+					return nil
+				}
+			}
+			return fmt.Errorf("tasks %+v", v.Tasks)
+		})
+		running := time.Now()
+		for _, n := range p.c.Nodes() {
+			deadline := running.Add(time.Second)
+			for {
+				ok, err := inSet(n, s.sel, ip)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ok {
+					t.Logf("%s (%s) in the %s set on %s %v after the test saw it running", s.task, ip, s.sel, n.Name, time.Since(running).Round(time.Millisecond))
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s (%s) not in the %s set on %s 1 s after running", s.task, ip, s.sel, n.Name)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		p.ips[s.task] = ip
+	}
+	api2 := fmt.Sprintf("http://%s:8080/", p.ips["api-2"])
+	p.wantAllowed([]path{{"front-m-1", api2, "new api task"}, {"front-w-1", api2, "new api task, across nodes"}}, "api-2")
+	p.wantDenied([]path{{"other-w-1", api2, "new api task"}, {"other-m-1", api2, "new api task"}})
+	p.wantAllowed([]path{{"front-w-2", fmt.Sprintf("http://%s:8080/", p.ips[api]), "new frontend task"}}, api)
+
+	// policy rm restores access within 3 s.
+	if out, err := p.m.Exec(p.ctx, "warren", "policy", "rm", "api-policy"); err != nil {
+		t.Fatalf("policy rm: %v %s", err, out)
+	}
+	removed := time.Now()
+	// Every path is polled at once (a dropped SYN is retried by the
+	// client after 1 s, so each attempt gets 2 s).
+	errs := make(chan error, len(denied))
+	for _, pa := range denied {
+		go func() {
+			for {
+				if got, err := p.get(pa.from, pa.url, 2); err == nil && got == api {
+					t.Logf("%s -> %s (%s) open %v after policy rm", pa.from, pa.url, pa.what, time.Since(removed).Round(time.Millisecond))
+					errs <- nil
+					return
+				}
+				if time.Since(removed) > 3*time.Second {
+					errs <- fmt.Errorf("%s still cut off from %s (%s) 3 s after policy rm", pa.from, pa.url, pa.what)
+					return
+				}
+			}
+		}()
+	}
+	for range denied {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for _, n := range p.c.Nodes() {
+		if out, _ := n.Exec(p.ctx, "iptables-save", "-t", "filter"); strings.Contains(out, "api-policy") {
+			t.Errorf("%s still has api-policy rules:\n%s", n.Name, out)
+		}
+	}
+	if got, err := p.outsideGet(p.m, 5); err != nil || got != api {
+		t.Errorf("outside -> published port after policy rm: %q %v", got, err)
+	}
+}
+
+func clonePaths(p []path) []path { return append([]path(nil), p...) }
