@@ -46,21 +46,22 @@ func Run(ctx context.Context, cfg *configs.Loaded) error {
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	// Warren's ranges must not shadow a network this host is already on:
-	// routes into the overlay would cut the host off from it.
-	hostNets, err := configs.HostNetworks(cfg.Config)
-	if err != nil {
-		return err
-	}
-	if err := cfg.CheckHostOverlap(hostNets); err != nil {
-		return err
-	}
 	// Before the tunnel: handshakes and certificates need a sane clock.
 	if err := WaitForSaneClock(ctx, buildinfo.BuildTime(), log, time.Now, 2*time.Second); err != nil {
 		return err
 	}
 	switch cfg.Node.Role {
 	case configs.RoleStandalone:
+		// Warren's ranges must not shadow a network this host is already
+		// on: routes into the overlay would cut the host off from it. (A
+		// cluster node checks the cluster's ranges instead.)
+		hostNets, err := configs.HostNetworks(cfg.Config)
+		if err != nil {
+			return err
+		}
+		if err := cfg.CheckHostOverlap(hostNets); err != nil {
+			return err
+		}
 		return runStandalone(ctx, cfg, log)
 	default:
 		return runClusterNode(ctx, cfg, log)

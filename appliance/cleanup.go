@@ -4,16 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
+	"github.com/warren-appliance/warren/tunnel"
 )
 
 // Cleanup removes what the appliance created on this host: its tasks and
@@ -52,32 +50,14 @@ func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
 	} else if err := a.Cleanup(); err != nil {
 		errs = append(errs, fmt.Errorf("iptables: %w", err))
 	}
-	if err := removeLink(cfg.WireGuard.Interface, log); err != nil {
+	if err := tunnel.Remove(cfg.WireGuard.Interface, log); err != nil {
 		errs = append(errs, err)
 	}
-	for _, p := range []string{filepath.Join("/var/run/wireguard", cfg.WireGuard.Interface+".sock"), SocketPath} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
+	if err := os.Remove(SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		log.Info("removed everything warren created on this host", "interface", cfg.WireGuard.Interface)
 	}
 	return errors.Join(errs...)
-}
-
-func removeLink(name string, log *slog.Logger) error {
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return fmt.Errorf("interface %s: %w", name, err)
-	}
-	if err := netlink.LinkDel(link); err != nil {
-		return fmt.Errorf("remove interface %s: %w", name, err)
-	}
-	log.Info("removed interface", "name", name)
-	return nil
 }

@@ -152,7 +152,7 @@ func (n *node) localHandlers() map[string]http.HandlerFunc {
 			server := netip.AddrPortFrom(n.bridgeIP(), 53).String()
 			// As a task's resolver would with `search <domain>`: a short name
 			// is tried in the cluster domain first.
-			candidates := []string{name, name + "." + n.cfg.Network.DNSDomain}
+			candidates := []string{name, name + "." + n.net.Domain}
 			if !strings.Contains(strings.TrimSuffix(name, "."), ".") {
 				candidates[0], candidates[1] = candidates[1], candidates[0]
 			}

@@ -13,8 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/warren-appliance/warren/cluster"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -30,6 +28,9 @@ import (
 // first manager, an agent talking mTLS to a manager everywhere else.
 type member interface {
 	Self() clustermap.Node
+	// Network is the cluster-wide address plan and domain: every consumer
+	// on this node uses it, never the node's own config.
+	Network() clustermap.Network
 	Watch(ctx context.Context, apply func(*clustermap.Map)) error
 	Report(ctx context.Context, s cluster.NodeStatus) error
 }
@@ -66,6 +67,17 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	if cfg.Node.Role == configs.RoleManager && cfg.Cluster.Manager == "" {
 		_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
 		created := errors.Is(statErr, os.ErrNotExist)
+		if created {
+			// This config shapes the new cluster: its ranges must not shadow
+			// a network this host is on (checked before anything is stored).
+			hostNets, err := configs.HostNetworks(cfg.Config)
+			if err != nil {
+				return err
+			}
+			if err := cfg.CheckHostOverlap(hostNets); err != nil {
+				return err
+			}
+		}
 		mgr, err := cluster.OpenManager(cluster.ManagerConfig{
 			StateDir:           cfg.Node.StateDir,
 			APIListen:          cfg.Cluster.APIListen,
@@ -116,19 +128,32 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		mem = agent
 	}
 	self := mem.Self()
-	log.Info("cluster identity", "node", self.Name, "id", self.ID, "overlay_ip", self.OverlayIP, "container_block", self.ContainerBlock)
+	clusterNet := mem.Network()
+	log.Info("cluster identity", "node", self.Name, "id", self.ID, "overlay_ip", self.OverlayIP, "container_block", self.ContainerBlock,
+		"wireguard_subnet", clusterNet.WireGuardSubnet, "container_subnet", clusterNet.ContainerSubnet, "vip_subnet", clusterNet.VIPSubnet, "dns_domain", clusterNet.Domain)
+	if ignored := ignoredClusterKeys(cfg, clusterNet); len(ignored) > 0 {
+		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
+	}
+	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(cfg)}
+	if err := n.checkHostOverlap(); err != nil {
+		return err
+	}
 
-	dev, err := openTunnel(cfg, netip.PrefixFrom(self.OverlayIP, cfg.WireGuard.Subnet.Bits()), log)
+	dev, err := openTunnel(cfg, netip.PrefixFrom(self.OverlayIP, clusterNet.WireGuardSubnet.Bits()), log)
 	if err != nil {
 		return err
 	}
 	defer dev.Close()
+	n.dev = dev
 
-	if err := routeVIPs(cfg, dev, self.OverlayIP); err != nil {
-		return err
+	// The VIP range is routed into the overlay with the overlay source
+	// address: connect() to a VIP needs a route before the nat table can
+	// DNAT it (a board may have no default route), and the overlay source
+	// is one every peer's AllowedIPs accepts. The tunnel owns the route.
+	if err := dev.SetRoutes([]netip.Prefix{clusterNet.VIPSubnet}); err != nil {
+		return fmt.Errorf("route the VIP range: %w", err)
 	}
 
-	n := &node{cfg: cfg, log: log, self: self, dev: dev, static: staticPeers(cfg)}
 	// Static peers (an operator laptop) are up before the first map.
 	if err := dev.SetPeers(n.static); err != nil {
 		return fmt.Errorf("tunnel peers: %w", err)
@@ -162,6 +187,7 @@ type node struct {
 	cfg    *configs.Loaded
 	log    *slog.Logger
 	self   clustermap.Node
+	net    clustermap.Network // fixed at cluster creation
 	dev    *tunnel.Device
 	static []tunnel.Peer
 	orch   *orchestrate.Reconciler
@@ -175,6 +201,38 @@ type node struct {
 	natFailed bool
 	// polFailed: the last network policy sync failed and must be retried.
 	polFailed bool
+	// overlap: the last host-overlap finding, logged when it changes.
+	overlap string
+}
+
+// checkHostOverlap refuses cluster ranges that overlap a network this host
+// is on: routes into the overlay would cut the host off from it.
+func (n *node) checkHostOverlap() error {
+	hostNets, err := configs.HostNetworks(n.cfg.Config)
+	if err != nil {
+		return err
+	}
+	return clusterOverlapError(configs.HostOverlaps(clusterRanges(n.net), hostNets))
+}
+
+// recheckHostOverlap runs the overlap check again when a map arrives (the
+// host may have joined a network since), logging only when the finding
+// changes: a running node cannot refuse, but must say so.
+func (n *node) recheckHostOverlap() {
+	msg := ""
+	if err := n.checkHostOverlap(); err != nil {
+		msg = err.Error()
+	}
+	n.mu.Lock()
+	changed := msg != n.overlap
+	n.overlap = msg
+	n.mu.Unlock()
+	switch {
+	case changed && msg != "":
+		n.log.Error("cluster ranges overlap a host network", "err", msg)
+	case changed:
+		n.log.Info("cluster ranges no longer overlap a host network")
+	}
 }
 
 func (n *node) bridgeIP() netip.Addr { return n.self.ContainerBlock.Addr().Next() }
@@ -187,7 +245,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		ImagesDir:         cfg.Runtime.ImagesDir,
 		Bridge:            cfg.Network.Bridge,
 		Block:             n.self.ContainerBlock,
-		ResolvConf:        dns.ResolvConf(n.bridgeIP(), cfg.Network.DNSDomain),
+		ResolvConf:        dns.ResolvConf(n.bridgeIP(), n.net.Domain),
 		StateDir:          filepath.Join(cfg.Node.StateDir, "tasks"),
 		OverlayInterface:  cfg.WireGuard.Interface,
 		CgroupParent:      cfg.Runtime.CgroupParent,
@@ -214,7 +272,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 	// first pass; the resolver must not wait for it.
 	srv, err := dns.NewServer(dns.Config{
 		Listen:   []string{netip.AddrPortFrom(n.bridgeIP(), 53).String()},
-		Domain:   cfg.Network.DNSDomain,
+		Domain:   n.net.Domain,
 		FreeBind: true,
 		Logger:   n.log.With("component", "dns"),
 	})
@@ -243,6 +301,11 @@ func (n *node) apply(m *clustermap.Map) {
 	n.mu.Lock()
 	n.last = m
 	n.mu.Unlock()
+	if mn := m.Network(); mn.Complete() && mn != n.net {
+		n.log.Error("the map's cluster network differs from the one this node started with; restart the node to follow it",
+			"map", fmt.Sprintf("%+v", mn), "running", fmt.Sprintf("%+v", n.net))
+	}
+	n.recheckHostOverlap()
 	// n.self is not refreshed from m: its ID, overlay IP and block are
 	// fixed for the node's identity, and other goroutines read it.
 	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
@@ -301,7 +364,7 @@ func (n *node) natOptions() nat.Options {
 	return nat.Options{
 		Persistence:        c.LoadBalancing.Persistence,
 		PersistenceTimeout: c.LoadBalancing.PersistenceTimeout.Duration,
-		ContainerSubnet:    c.Network.ContainerSubnet.Prefix,
+		ContainerSubnet:    n.net.ContainerSubnet,
 		Bridge:             c.Network.Bridge,
 		Overlay:            c.WireGuard.Interface,
 	}
@@ -396,36 +459,12 @@ func advertiseAddress(cfg *configs.Loaded) (netip.Addr, error) {
 	if a := cfg.Node.AdvertiseAddress; a != "" {
 		return netip.MustParseAddr(a), nil // validated by configs
 	}
-	routes, err := netlink.RouteGet(net.IPv4(192, 0, 2, 1)) // any non-local address: asks the routing table, sends nothing
-	if err != nil || len(routes) == 0 || routes[0].Src == nil {
+	// Connecting a UDP socket asks the routing table for the source
+	// address and sends nothing; any non-local address will do.
+	c, err := net.Dial("udp4", "192.0.2.1:9")
+	if err != nil {
 		return netip.Addr{}, errors.New("no default route to take the advertise address from: set node.advertise_address (or --advertise-address) to this node's LAN address")
 	}
-	a, _ := netip.AddrFromSlice(routes[0].Src.To4())
-	return a, nil
-}
-
-// routeVIPs routes the VIP subnet into the overlay with the overlay source
-// address: connect() to a VIP needs a route before the nat table can DNAT
-// it (a board may have no default route), and the overlay source is one
-// every peer's AllowedIPs accepts. In netstack mode there is no kernel
-// interface to route to.
-func routeVIPs(cfg *configs.Loaded, dev *tunnel.Device, src netip.Addr) error {
-	if dev.Mode() != tunnel.ModeTUN {
-		return nil
-	}
-	link, err := netlink.LinkByName(dev.Interface())
-	if err != nil {
-		return fmt.Errorf("vip route: %w", err)
-	}
-	vip := cfg.Network.VIPSubnet.Prefix
-	r := &netlink.Route{
-		LinkIndex: link.Attrs().Index,
-		Dst:       &net.IPNet{IP: vip.Addr().AsSlice(), Mask: net.CIDRMask(vip.Bits(), 32)},
-		Src:       src.AsSlice(),
-		Scope:     netlink.SCOPE_LINK,
-	}
-	if err := netlink.RouteReplace(r); err != nil {
-		return fmt.Errorf("route %s dev %s src %s: %w", vip, dev.Interface(), src, err)
-	}
-	return nil
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
 }

@@ -69,6 +69,9 @@ type identity struct {
 	ClusterID string          `json:"cluster_id"`
 	Manager   string          `json:"manager"`
 	Node      clustermap.Node `json:"node"`
+	// Network is the cluster's address plan and domain, from the join
+	// answer (or, for an identity stored before it was kept, the map).
+	Network clustermap.Network `json:"network"`
 }
 
 // ErrRemoved is returned by Watch when the manager says this node was
@@ -118,6 +121,11 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		}
 		a.client = a.httpClient(pki.CertHash(a.ca.Raw), pinnedByIdentity)
 		a.log.Info("reusing stored identity", "node", a.id.Node.Name, "id", a.id.Node.ID, "overlay_ip", a.id.Node.OverlayIP, "manager", a.id.Manager)
+		if !a.id.Network.Complete() {
+			if err := a.recoverNetwork(ctx); err != nil {
+				return nil, err
+			}
+		}
 		return a, nil
 	}
 	if err := a.firstJoin(ctx); err != nil {
@@ -212,7 +220,10 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 		return fmt.Errorf("join: certificate is for %q but the node record is %q", cert.Subject.CommonName, resp.Node.ID)
 	}
 	a.ca = pinned
-	a.id = identity{ClusterID: resp.ClusterID, Manager: a.cfg.Manager, Node: resp.Node}
+	if !resp.Network.Complete() {
+		return fmt.Errorf("join: the manager sent no cluster network settings (%+v): is it older than this node?", resp.Network)
+	}
+	a.id = identity{ClusterID: resp.ClusterID, Manager: a.cfg.Manager, Node: resp.Node, Network: resp.Network}
 	if err := a.saveCert(resp.Certificate); err != nil {
 		return err
 	}
@@ -323,6 +334,77 @@ func (a *Agent) Self() clustermap.Node {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.id.Node
+}
+
+// Network returns the cluster-wide address plan and domain this node must
+// use, whatever its own config says.
+func (a *Agent) Network() clustermap.Network {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id.Network
+}
+
+// recoverNetwork fills in the cluster's network settings for an identity
+// stored before they were kept in it: from the cached map, or else from
+// the first map the manager sends (retrying while it is unreachable).
+func (a *Agent) recoverNetwork(ctx context.Context) error {
+	m, err := a.CachedMap()
+	if err != nil || m == nil || !m.Network().Complete() {
+		bo := newBackoff()
+		for {
+			if m, err = a.fetchMap(ctx); err == nil && m.Network().Complete() {
+				break
+			}
+			if err == nil {
+				return fmt.Errorf("the manager's map has no cluster network settings (%+v): is it older than this node?", m.Network())
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("cluster network settings: %w", err)
+			}
+			d := bo.next()
+			a.log.Warn("need the cluster's network settings from the manager, retrying", "manager", a.managerAddr(), "retry_in", d.Round(time.Millisecond), "err", err)
+			if err := sleepCtx(ctx, d); err != nil {
+				return fmt.Errorf("cluster network settings: %w", err)
+			}
+		}
+	}
+	a.mu.Lock()
+	a.id.Network = m.Network()
+	a.mu.Unlock()
+	return a.saveIdentity()
+}
+
+// fetchMap reads the first map of a watch stream: the current one.
+func (a *Agent) fetchMap(ctx context.Context) (*clustermap.Map, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url(a.managerAddr(), api.PathWatch, url.Values{"after": {"0"}}), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return nil, unwrapURLError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, decodeResponse(resp, nil)
+	}
+	r := bufio.NewReaderSize(resp.Body, 256<<10)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return nil, fmt.Errorf("map stream: %w", err)
+		}
+		if line = bytes.TrimSpace(line); len(line) == 0 {
+			continue // keepalive
+		}
+		var m clustermap.Map
+		if err := json.Unmarshal(line, &m); err != nil {
+			return nil, fmt.Errorf("decode map: %w", err)
+		}
+		return &m, nil
+	}
 }
 
 // ClusterID returns the ID of the cluster this node joined.

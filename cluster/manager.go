@@ -41,7 +41,8 @@ const (
 )
 
 // ManagerConfig configures the manager. Subnets and domain are used when the
-// cluster is created; later starts keep the stored ones.
+// cluster is created; later starts keep the stored ones (Manager.Network),
+// and the caller tells the operator about a config that differs.
 type ManagerConfig struct {
 	StateDir           string
 	APIListen          string // ":7946"
@@ -141,7 +142,6 @@ func (m *Manager) open() error {
 		}
 		created = true
 	} else {
-		m.warnIfConfigDiffers(s.meta)
 		if name := s.nodes[s.meta.SelfID].Name; name != m.cfg.Node.Name {
 			m.log.Warn("configured node name differs from this manager's record; keeping the record", "configured", m.cfg.Node.Name, "name", name)
 		}
@@ -179,18 +179,12 @@ func (m *Manager) open() error {
 	return nil
 }
 
-func (m *Manager) warnIfConfigDiffers(stored meta) {
-	differs := func(key string, cfgV, storedV any, set bool) {
-		if set && fmt.Sprint(cfgV) != fmt.Sprint(storedV) {
-			m.log.Warn("config differs from the existing cluster; keeping the cluster's value (subnets cannot change after cluster init)",
-				"key", key, "config", cfgV, "cluster", storedV)
-		}
-	}
-	differs("wireguard.subnet", m.cfg.WireGuardSubnet, stored.WireGuardSubnet, m.cfg.WireGuardSubnet.IsValid())
-	differs("network.container_subnet", m.cfg.ContainerSubnet, stored.ContainerSubnet, m.cfg.ContainerSubnet.IsValid())
-	differs("network.container_block", m.cfg.ContainerBlockBits, stored.ContainerBlockBits, m.cfg.ContainerBlockBits != 0)
-	differs("network.vip_subnet", m.cfg.VIPSubnet, stored.VIPSubnet, m.cfg.VIPSubnet.IsValid())
-	differs("network.dns_domain", m.cfg.Domain, stored.Domain, true)
+// Network returns the cluster-wide address plan and domain, as stored when
+// the cluster was created.
+func (m *Manager) Network() clustermap.Network {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.meta.network()
 }
 
 func (m *Manager) createCluster() (*state, error) {

@@ -206,7 +206,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 		rec.CertNotAfter = cert.NotAfter
 		s.nodes[rec.ID] = rec
 		m.lastSeen[rec.ID] = now
-		resp = api.JoinResponse{ClusterID: s.meta.ClusterID, Node: rec.Node, Certificate: cert.Raw}
+		resp = api.JoinResponse{ClusterID: s.meta.ClusterID, Node: rec.Node, Certificate: cert.Raw, Network: s.meta.network()}
 		return nil
 	})
 	return resp, err

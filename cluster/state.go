@@ -220,17 +220,23 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 	for _, name := range slices.Sorted(maps.Keys(s.policies)) {
 		policies = append(policies, s.policies[name].Policy)
 	}
-	return &clustermap.Map{
-		Version:         v,
-		ClusterID:       s.meta.ClusterID,
-		Domain:          s.meta.Domain,
-		WireGuardSubnet: s.meta.WireGuardSubnet,
-		ContainerSubnet: s.meta.ContainerSubnet,
-		VIPSubnet:       s.meta.VIPSubnet,
-		Nodes:           s.sortedNodes(),
-		Services:        s.sortedServices(),
-		Tasks:           tasks,
-		Policies:        policies,
+	m := &clustermap.Map{
+		Version:   v,
+		ClusterID: s.meta.ClusterID,
+		Nodes:     s.sortedNodes(),
+		Services:  s.sortedServices(),
+		Tasks:     tasks,
+		Policies:  policies,
+	}
+	m.SetNetwork(s.meta.network())
+	return m
+}
+
+// network is the cluster-wide address plan and domain fixed at creation.
+func (mt meta) network() clustermap.Network {
+	return clustermap.Network{
+		Domain: mt.Domain, WireGuardSubnet: mt.WireGuardSubnet, ContainerSubnet: mt.ContainerSubnet,
+		ContainerBlockBits: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet,
 	}
 }
 

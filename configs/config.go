@@ -198,10 +198,23 @@ type Loaded struct {
 	Config
 	File  string
 	lines map[string]int
+	flags map[string]bool
 }
 
 // Line returns the line where key (dotted) was written, or 0.
 func (l *Loaded) Line(key string) int { return l.lines[key] }
+
+// SetByFlag records that a command-line flag set key (dotted).
+func (l *Loaded) SetByFlag(key string) {
+	if l.flags == nil {
+		l.flags = map[string]bool{}
+	}
+	l.flags[key] = true
+}
+
+// Written reports whether the operator set key, in the file or by a flag,
+// rather than leaving it at its default.
+func (l *Loaded) Written(key string) bool { return l.lines[key] > 0 || l.flags[key] }
 
 // Load reads and decodes path. It does not validate: call Validate after
 // applying any command-line overrides.

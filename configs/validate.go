@@ -250,27 +250,45 @@ func (l *Loaded) Finish() error {
 // CheckHostOverlap reports warren ranges that overlap networks this host is
 // already on (ignoring warren's own interfaces), naming both ranges.
 func (l *Loaded) CheckHostOverlap(hostNets []netip.Prefix) error {
-	var errs Errors
-	ranges := []struct {
-		key string
-		p   netip.Prefix
-	}{
+	ranges := []Range{
 		{"wireguard.subnet", l.WireGuard.Subnet.Prefix},
 		{"network.container_subnet", l.Network.ContainerSubnet.Prefix},
 		{"network.vip_subnet", l.Network.VIPSubnet.Prefix},
 	}
-	for _, r := range ranges {
-		for _, h := range hostNets {
-			if r.p.IsValid() && h.Masked().Overlaps(r.p) {
-				errs = append(errs, &Error{File: l.File, Line: l.lines[r.key], Key: r.key,
-					Msg: fmt.Sprintf("%s overlaps %s, a network this host is already on; pick another range", r.p, h.Masked())})
-			}
-		}
+	var errs Errors
+	for _, o := range HostOverlaps(ranges, hostNets) {
+		errs = append(errs, &Error{File: l.File, Line: l.lines[o.Key], Key: o.Key,
+			Msg: fmt.Sprintf("%s overlaps %s, a network this host is already on; pick another range", o.Prefix, o.Host)})
 	}
 	if len(errs) > 0 {
 		return errs
 	}
 	return nil
+}
+
+// Range is a warren range named by the config key that sets it.
+type Range struct {
+	Key    string
+	Prefix netip.Prefix
+}
+
+// Overlap is a warren range that overlaps a host network.
+type Overlap struct {
+	Range
+	Host netip.Prefix
+}
+
+// HostOverlaps lists the ranges that overlap one of hostNets.
+func HostOverlaps(ranges []Range, hostNets []netip.Prefix) []Overlap {
+	var out []Overlap
+	for _, r := range ranges {
+		for _, h := range hostNets {
+			if r.Prefix.IsValid() && h.Masked().Overlaps(r.Prefix) {
+				out = append(out, Overlap{Range: r, Host: h.Masked()})
+			}
+		}
+	}
+	return out
 }
 
 // HostNetworks lists the IPv4 networks of this host's interfaces, except

@@ -17,6 +17,8 @@ import (
 var (
 	applianceBin string
 	warrenBin    string
+	// httpgetBin goes into the test image as /bin/httpget (see testdata/httpget).
+	httpgetBin string
 )
 
 func TestMain(m *testing.M) {
@@ -31,7 +33,8 @@ func TestMain(m *testing.M) {
 	}
 	applianceBin = filepath.Join(dir, "warren-appliance")
 	warrenBin = filepath.Join(dir, "warren")
-	for bin, pkg := range map[string]string{applianceBin: "../cmd/warren-appliance", warrenBin: "../cmd/warren"} {
+	httpgetBin = filepath.Join(dir, "httpget")
+	for bin, pkg := range map[string]string{applianceBin: "../cmd/warren-appliance", warrenBin: "../cmd/warren", httpgetBin: "./testdata/httpget"} {
 		cmd := exec.Command("go", "build", "-o", bin, pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

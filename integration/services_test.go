@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,11 @@ func imageTarball(t *testing.T) string { return imageTarballB(t) }
 
 func imageTarballB(tb testing.TB) string {
 	tb.Helper()
-	p, err := testimage.BusyboxTarball(tb.TempDir(), testImage)
+	httpget, err := os.ReadFile(httpgetBin)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p, err := testimage.BusyboxTarball(tb.TempDir(), testImage, testimage.File{Path: "bin/httpget", Mode: 0o755, Data: httpget})
 	if err != nil {
 		tb.Fatal(err)
 	}

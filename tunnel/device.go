@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
@@ -79,8 +80,9 @@ type Device struct {
 	uapi  net.Listener
 	relay *relays
 
-	mu      sync.Mutex // serialises peer changes
-	desired []Peer     // last set given to SetPeers; nil before the first call
+	mu      sync.Mutex     // serialises peer and route changes
+	desired []Peer         // last set given to SetPeers; nil before the first call
+	routes  []netip.Prefix // last set given to SetRoutes
 	applied bool
 
 	stop      chan struct{}
@@ -321,6 +323,8 @@ func (d *Device) resyncLoop() {
 				if err := d.applyLocked(d.desired); err != nil {
 					d.log.Warn("re-applying peers", "error", err)
 				}
+			} else if err := d.syncRoutesLocked(nil); err != nil {
+				d.log.Warn("re-applying routes", "error", err)
 			}
 			d.mu.Unlock()
 		}
@@ -377,6 +381,22 @@ func clonePeers(in []Peer) []Peer {
 	return out
 }
 
+// SetRoutes makes prefixes (e.g. the cluster's VIP range) routed into the
+// interface with the overlay source address, besides the peers' routes;
+// the device owns them like those: re-applied periodically, replaced by the
+// next call, gone with the interface. A no-op in netstack mode.
+func (d *Device) SetRoutes(prefixes []netip.Prefix) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.stop:
+		return fmt.Errorf("set routes on %s: device closed", d.cfg.Interface)
+	default:
+	}
+	d.routes = append([]netip.Prefix(nil), prefixes...)
+	return d.syncRoutesLocked(d.desired)
+}
+
 func (d *Device) applyLocked(peers []Peer) error {
 	current, err := d.peerStates()
 	if err != nil {
@@ -388,12 +408,14 @@ func (d *Device) applyLocked(peers []Peer) error {
 			return fmt.Errorf("apply peers to %s: %w", d.cfg.Interface, err)
 		}
 	}
-	if d.link != nil {
-		if err := d.link.syncRoutes(planRoutes(d.cfg.Address, peers), d.cfg.Address.Addr()); err != nil {
-			return err
-		}
+	return d.syncRoutesLocked(peers)
+}
+
+func (d *Device) syncRoutesLocked(peers []Peer) error {
+	if d.link == nil {
+		return nil
 	}
-	return nil
+	return d.link.syncRoutes(planRoutes(d.cfg.Address, peers, d.routes), d.cfg.Address.Addr())
 }
 
 func (d *Device) peerStates() ([]peerState, error) {
@@ -416,6 +438,31 @@ func (d *Device) Close() error {
 		d.log.Info("wireguard device closed")
 	})
 	return d.closeErr
+}
+
+// Remove deletes what a device named iface left behind when its process
+// could not close it (killed, or an interface made persistent): the kernel
+// interface, with its addresses and routes, and the UAPI socket. Nothing
+// there is not an error. It is `--cleanup`'s way to the same end as Close.
+func Remove(iface string, log *slog.Logger) error {
+	var errs []error
+	l, err := netlink.LinkByName(iface)
+	var nf netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &nf):
+	case err != nil:
+		errs = append(errs, fmt.Errorf("interface %s: %w", iface, err))
+	default:
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("remove interface %s: %w", iface, err))
+		} else {
+			log.Info("removed interface", "name", iface)
+		}
+	}
+	if err := os.Remove(uapiSocketPath(iface)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove uapi socket: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 // teardown releases whatever Open got as far as creating.

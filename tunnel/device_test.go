@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -445,6 +446,51 @@ func TestCloseRemovesEverythingAndStaleSocketIsReplaced(t *testing.T) {
 	}
 	if _, err := os.Stat(uapiSocketPath(tp.ifA)); !os.IsNotExist(err) {
 		t.Fatalf("uapi socket left after Close: %v", err)
+	}
+}
+
+// TestSetRoutesAndRemove: extra routes (the cluster's VIP range) are owned
+// like the peers' ones: replaced by the next set, gone with the interface;
+// Remove deletes an interface and socket a dead process left behind.
+func TestSetRoutesAndRemove(t *testing.T) {
+	tp := newTopo(t)
+	ca, _ := tp.pairConfigs(t, ModeTUN, ModeTUN)
+	a := startNode(t, tp.a, ca)
+	a.setRoutes(pfx("172.18.0.0/16")...)
+	routes := runIn(t, tp.a, "ip", "route", "show", "dev", tp.ifA)
+	if !strings.Contains(routes, "172.18.0.0/16 proto 87 scope link src 10.0.0.1") || !strings.Contains(routes, "10.0.2.0/24") {
+		t.Fatalf("routes on %s after SetRoutes:\n%s", tp.ifA, routes)
+	}
+	// Peer changes keep the extra route; a new set replaces it.
+	a.setPeers(ca.Peers...)
+	a.setRoutes(pfx("172.19.0.0/16")...)
+	routes = runIn(t, tp.a, "ip", "route", "show", "dev", tp.ifA)
+	if strings.Contains(routes, "172.18.0.0/16") || !strings.Contains(routes, "172.19.0.0/16 proto 87") || !strings.Contains(routes, "10.0.2.0/24") {
+		t.Fatalf("routes on %s after a second SetRoutes:\n%s", tp.ifA, routes)
+	}
+	a.close()
+	if out := runIn(t, tp.a, "ip", "route", "show", "table", "all"); strings.Contains(out, "172.19.0.0/16") {
+		t.Fatalf("routes left after Close:\n%s", out)
+	}
+
+	// What a killed process with a persistent interface leaves: the
+	// interface and a socket file. Remove takes both; a second Remove
+	// finds nothing and is not an error.
+	runIn(t, tp.a, "ip", "tuntap", "add", "mode", "tun", "name", tp.ifA)
+	os.MkdirAll("/var/run/wireguard", 0o755)
+	if err := os.WriteFile(uapiSocketPath(tp.ifA), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := withNetns(t, tp.a, func() error { return Remove(tp.ifA, slog.Default()) }); err != nil {
+			t.Fatalf("Remove #%d: %v", i+1, err)
+		}
+	}
+	if out, err := inNSCmd(tp.a, "ip", "link", "show", tp.ifA).CombinedOutput(); err == nil {
+		t.Fatalf("interface still present after Remove:\n%s", out)
+	}
+	if _, err := os.Stat(uapiSocketPath(tp.ifA)); !os.IsNotExist(err) {
+		t.Fatalf("uapi socket left after Remove: %v", err)
 	}
 }
 

@@ -2,7 +2,9 @@
 // process: wireguard-go on a kernel TUN interface, or on a gVisor netstack
 // when /dev/net/tun is unavailable. It owns the node key, the UAPI socket that
 // `wg` and wgctrl talk to, the peer set (applied as a diff so live sessions
-// are never disturbed), the routes towards peers, and per-peer health.
+// are never disturbed), the interface's routes (the peers' allowed ranges and
+// the extra ones handed to SetRoutes, such as the cluster's VIP range), and
+// per-peer health. Remove clears what a killed process left behind.
 //
 // wireguard-go's buffers are unbounded on Linux; the device bounds the
 // packets it holds per direction (Config.QueuedPackets). For the RSS figures

@@ -172,8 +172,9 @@ type helperConfig struct {
 }
 
 type helperRequest struct {
-	Op    string
-	Peers []Peer
+	Op     string
+	Peers  []Peer
+	Routes []netip.Prefix
 }
 
 type helperReply struct {
@@ -245,6 +246,10 @@ func helperMain(raw string) int {
 		switch req.Op {
 		case "setpeers":
 			if err := dev.SetPeers(req.Peers); err != nil {
+				r.Err = err.Error()
+			}
+		case "setroutes":
+			if err := dev.SetRoutes(req.Routes); err != nil {
 				r.Err = err.Error()
 			}
 		case "health":
@@ -390,6 +395,9 @@ func (n *node) call(req helperRequest) helperReply {
 
 func (n *node) setPeers(peers ...Peer) { n.call(helperRequest{Op: "setpeers", Peers: peers}) }
 func (n *node) health() []PeerHealth   { return n.call(helperRequest{Op: "health"}).Health }
+func (n *node) setRoutes(routes ...netip.Prefix) {
+	n.call(helperRequest{Op: "setroutes", Routes: routes})
+}
 
 // close asks the device to close and waits for the process to exit.
 func (n *node) close() {

@@ -178,24 +178,27 @@ func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
 }
 
 // planRoutes returns the kernel routes the interface needs: every peer's
-// allowed prefix that the interface address's own subnet does not already
-// cover. Default routes are left out: sending the host's whole traffic into
-// the mesh (including the underlay packets to the peers themselves) is a
-// policy-routing decision this package does not make.
-func planRoutes(address netip.Prefix, peers []Peer) []netip.Prefix {
+// allowed prefix and every extra prefix (SetRoutes) that the interface
+// address's own subnet does not already cover. Default routes are left
+// out: sending the host's whole traffic into the mesh (including the
+// underlay packets to the peers themselves) is a policy-routing decision
+// this package does not make.
+func planRoutes(address netip.Prefix, peers []Peer, extra []netip.Prefix) []netip.Prefix {
 	subnet := address.Masked()
-	var out []netip.Prefix
+	all := append([]netip.Prefix(nil), extra...)
 	for _, p := range peers {
-		for _, ip := range p.AllowedIPs {
-			ip = ip.Masked()
-			if ip.Bits() == 0 {
-				continue
-			}
-			if ip.Addr().Is4() == subnet.Addr().Is4() && ip.Bits() >= subnet.Bits() && subnet.Contains(ip.Addr()) {
-				continue
-			}
-			out = append(out, ip)
+		all = append(all, p.AllowedIPs...)
+	}
+	var out []netip.Prefix
+	for _, ip := range all {
+		ip = ip.Masked()
+		if ip.Bits() == 0 {
+			continue
 		}
+		if ip.Addr().Is4() == subnet.Addr().Is4() && ip.Bits() >= subnet.Bits() && subnet.Contains(ip.Addr()) {
+			continue
+		}
+		out = append(out, ip)
 	}
 	return normalizePrefixes(out)
 }

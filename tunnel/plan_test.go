@@ -178,8 +178,8 @@ func TestPlanRoutes(t *testing.T) {
 		{PublicKey: testKey(2), AllowedIPs: pfx("10.0.0.3/32", "10.0.3.9/24", "0.0.0.0/0", "fd10::/64")},
 		{PublicKey: testKey(3), AllowedIPs: pfx("10.0.0.0/16")},
 	}
-	got := planRoutes(addr, peers)
-	want := pfx("10.0.0.0/16", "10.0.1.0/24", "10.0.3.0/24", "fd10::/64")
+	got := planRoutes(addr, peers, pfx("172.18.0.0/16", "10.0.0.0/16"))
+	want := pfx("10.0.0.0/16", "10.0.1.0/24", "10.0.3.0/24", "172.18.0.0/16", "fd10::/64")
 	if len(got) != len(want) {
 		t.Fatalf("routes = %v, want %v", got, want)
 	}

@@ -30,11 +30,13 @@ type JoinRequest struct {
 	CSR       []byte            `json:"csr"`        // DER; the node's TLS key stays on the node
 }
 
-// JoinResponse carries the node's record and its signed certificate.
+// JoinResponse carries the node's record, its signed certificate and the
+// cluster-wide network settings the node must use instead of its own config.
 type JoinResponse struct {
-	ClusterID   string          `json:"cluster_id"`
-	Node        clustermap.Node `json:"node"`
-	Certificate []byte          `json:"certificate"` // DER
+	ClusterID   string             `json:"cluster_id"`
+	Node        clustermap.Node    `json:"node"`
+	Certificate []byte             `json:"certificate"` // DER
+	Network     clustermap.Network `json:"network"`
 }
 
 // SelfUpdate refreshes what a node may change about itself on restart.

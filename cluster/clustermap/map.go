@@ -12,17 +12,48 @@ import (
 // Map is one consistent snapshot of the cluster's desired state. Version
 // increases on every change; nodes apply only a newer map than they hold.
 type Map struct {
-	Version         uint64       `json:"version"`
-	ClusterID       string       `json:"cluster_id"`
-	Domain          string       `json:"domain"`
-	WireGuardSubnet netip.Prefix `json:"wireguard_subnet"`
-	ContainerSubnet netip.Prefix `json:"container_subnet"`
-	VIPSubnet       netip.Prefix `json:"vip_subnet"`
-	Nodes           []Node       `json:"nodes"`
-	Services        []Service    `json:"services"`
-	Tasks           []Task       `json:"tasks"`
+	Version   uint64 `json:"version"`
+	ClusterID string `json:"cluster_id"`
+	// The cluster-wide values, as Network() returns them.
+	Domain             string       `json:"domain"`
+	WireGuardSubnet    netip.Prefix `json:"wireguard_subnet"`
+	ContainerSubnet    netip.Prefix `json:"container_subnet"`
+	ContainerBlockBits int          `json:"container_block_bits,omitempty"`
+	VIPSubnet          netip.Prefix `json:"vip_subnet"`
+	Nodes              []Node       `json:"nodes"`
+	Services           []Service    `json:"services"`
+	Tasks              []Task       `json:"tasks"`
 	// Policies are the network policies every node enforces for its tasks.
 	Policies []Policy `json:"policies,omitempty"`
+}
+
+// Network returns the map's cluster-wide values.
+func (m *Map) Network() Network {
+	return Network{Domain: m.Domain, WireGuardSubnet: m.WireGuardSubnet, ContainerSubnet: m.ContainerSubnet,
+		ContainerBlockBits: m.ContainerBlockBits, VIPSubnet: m.VIPSubnet}
+}
+
+// SetNetwork sets the map's cluster-wide values.
+func (m *Map) SetNetwork(n Network) {
+	m.Domain, m.WireGuardSubnet, m.ContainerSubnet, m.ContainerBlockBits, m.VIPSubnet =
+		n.Domain, n.WireGuardSubnet, n.ContainerSubnet, n.ContainerBlockBits, n.VIPSubnet
+}
+
+// Network is the cluster-wide address plan and DNS domain. It is decided
+// when the cluster is created and reaches every other node only through
+// the join answer and the map: a node's own config never overrides it.
+type Network struct {
+	Domain             string       `json:"domain"`
+	WireGuardSubnet    netip.Prefix `json:"wireguard_subnet"`
+	ContainerSubnet    netip.Prefix `json:"container_subnet"`
+	ContainerBlockBits int          `json:"container_block_bits,omitempty"`
+	VIPSubnet          netip.Prefix `json:"vip_subnet"`
+}
+
+// Complete reports whether every range and the domain are set (a map from
+// an older manager may lack some).
+func (n Network) Complete() bool {
+	return n.Domain != "" && n.WireGuardSubnet.IsValid() && n.ContainerSubnet.IsValid() && n.VIPSubnet.IsValid()
 }
 
 // Node roles.

@@ -27,7 +27,7 @@ func TestEndpointsOnlyRunningAndSorted(t *testing.T) {
 func TestMapJSONRoundTrip(t *testing.T) {
 	m := Map{
 		Version: 7, ClusterID: "c1", Domain: "warren.local",
-		WireGuardSubnet: netip.MustParsePrefix("10.0.0.0/24"),
+		WireGuardSubnet: netip.MustParsePrefix("10.0.0.0/24"), ContainerBlockBits: 24,
 		Nodes: []Node{{ID: "n1", Name: "m1", Role: RoleManager, OverlayIP: netip.MustParseAddr("10.0.0.1"),
 			ContainerBlock: netip.MustParsePrefix("10.0.1.0/24"), Endpoint: netip.MustParseAddrPort("192.0.2.1:51820")}},
 	}

@@ -115,9 +115,12 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 	set("token", str(&cfg.Cluster.Token))
 	set("api-listen", str(&cfg.Cluster.APIListen))
 	set("listen-port", func(v string) error { _, err := fmt.Sscan(v, &cfg.WireGuard.ListenPort); return err })
-	set("wireguard-subnet", func(v string) error { return cfg.WireGuard.Subnet.Set(v) })
-	set("container-subnet", func(v string) error { return cfg.Network.ContainerSubnet.Set(v) })
-	set("vip-subnet", func(v string) error { return cfg.Network.VIPSubnet.Set(v) })
+	set("wireguard-subnet", func(v string) error { cfg.SetByFlag("wireguard.subnet"); return cfg.WireGuard.Subnet.Set(v) })
+	set("container-subnet", func(v string) error {
+		cfg.SetByFlag("network.container_subnet")
+		return cfg.Network.ContainerSubnet.Set(v)
+	})
+	set("vip-subnet", func(v string) error { cfg.SetByFlag("network.vip_subnet"); return cfg.Network.VIPSubnet.Set(v) })
 	if len(errs) > 0 {
 		return nil, errs
 	}

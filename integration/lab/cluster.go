@@ -20,6 +20,9 @@ type ClusterOptions struct {
 	WorkerExtra  string
 	// ClusterExtra is appended inside every node's [cluster] table.
 	ClusterExtra string
+	// ManagerWireGuardExtra is appended inside the manager's [wireguard]
+	// table (e.g. "subnet = \"172.16.0.0/24\"\n").
+	ManagerWireGuardExtra string
 }
 
 // Cluster is a running lab cluster.
@@ -51,8 +54,8 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 		return nil, err
 	}
 	c.Manager = m
-	cfg := fmt.Sprintf("[node]\nname = \"manager-1\"\nrole = \"manager\"\nadvertise_address = %q\n\n[cluster]\n%s\n[wireguard]\nmode = \"tun\"\n\n[runtime]\ncgroup_parent = %q\n\n%s",
-		m.LANIP, opts.ClusterExtra, m.CgroupParent(), opts.ManagerExtra)
+	cfg := fmt.Sprintf("[node]\nname = \"manager-1\"\nrole = \"manager\"\nadvertise_address = %q\n\n[cluster]\n%s\n[wireguard]\nmode = \"tun\"\n%s\n[runtime]\ncgroup_parent = %q\n\n%s",
+		m.LANIP, opts.ClusterExtra, opts.ManagerWireGuardExtra, m.CgroupParent(), opts.ManagerExtra)
 	if err := m.WriteConfig(cfg); err != nil {
 		return nil, err
 	}

@@ -36,12 +36,19 @@ var Applets = []string{
 // epoch is the fixed timestamp of every entry: same input, same bytes.
 var epoch = time.Unix(0, 0).UTC()
 
+// File is an extra file for the image's layer, e.g. a static test tool.
+type File struct {
+	Path string // inside the image, without a leading slash: "bin/tool"
+	Mode int64
+	Data []byte
+}
+
 // BusyboxTarball writes an OCI image layout tarball named after ref into
-// dir and returns its path. ref is normalised the way docker does
+// dir and returns its path; extra files are added to the layer. ref is normalised the way docker does
 // ("busybox" -> docker.io/library/busybox:latest) and recorded in the
 // index's io.containerd.image.name annotation, so an import registers the
 // image under that name. The output is byte-for-byte deterministic.
-func BusyboxTarball(dir string, ref string) (string, error) {
+func BusyboxTarball(dir string, ref string, extra ...File) (string, error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
 		return "", fmt.Errorf("parse image ref %q: %w", ref, err)
@@ -51,7 +58,7 @@ func BusyboxTarball(dir string, ref string) (string, error) {
 		return "", fmt.Errorf("read busybox (install busybox-static): %w", err)
 	}
 
-	layerTar, err := rootfsTar(busybox)
+	layerTar, err := rootfsTar(busybox, extra)
 	if err != nil {
 		return "", err
 	}
@@ -147,7 +154,7 @@ func fileName(ref string) string {
 
 // rootfsTar is the single layer: /bin/busybox, its applet links and the
 // directories a container runtime expects to mount over.
-func rootfsTar(busybox []byte) ([]byte, error) {
+func rootfsTar(busybox []byte, extra []File) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, d := range []string{"bin/", "dev/", "etc/", "proc/", "sys/", "tmp/", "var/", "var/www/"} {
@@ -177,6 +184,11 @@ func rootfsTar(busybox []byte) ([]byte, error) {
 	}
 	if err := writeFile(tw, "etc/group", 0o644, []byte("root:x:0:\n")); err != nil {
 		return nil, err
+	}
+	for _, f := range extra {
+		if err := writeFile(tw, f.Path, f.Mode, f.Data); err != nil {
+			return nil, err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return nil, fmt.Errorf("close layer tar: %w", err)
