@@ -89,4 +89,3 @@ func nsRun(tb testing.TB, ns string, name string, args ...string) string {
 	tb.Helper()
 	return mustRun(tb, "nsenter", append([]string{"--net=/run/netns/" + ns, name}, args...)...)
 }
-
