@@ -90,18 +90,38 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("bring bridge up: %w", err)
 	}
-	// Task ports are isolated from each other (see ensureTask), so the
-	// host answers the tasks' ARP requests for each other's addresses and
-	// routes their traffic: every task-to-task packet then passes the
-	// host's FORWARD chain, where network policies are enforced, whether
-	// or not br_netfilter is loaded.
+	// Without br_netfilter, frames between two tasks' ports would be
+	// bridged past iptables. Then task ports are isolated from each other
+	// (see ensureTask) and the host answers the tasks' ARP requests for
+	// each other's addresses (proxy_arp_pvlan), so it routes their traffic
+	// through FORWARD, where network policies are enforced. With
+	// br_netfilter on, bridged frames already pass FORWARD, and isolation
+	// would block its bridged DNAT (a task reaching a task of the same
+	// node, or itself, through a VIP), so ports stay open.
+	pvlanWant := "0"
+	if isolateTaskPorts() {
+		pvlanWant = "1"
+	}
 	pvlan := filepath.Join("/proc/sys/net/ipv4/conf", n.bridge, "proxy_arp_pvlan")
-	if cur, err := os.ReadFile(pvlan); err != nil || !bytes.Equal(bytes.TrimSpace(cur), []byte("1")) {
-		if err := os.WriteFile(pvlan, []byte("1\n"), 0o644); err != nil {
-			return nil, fmt.Errorf("enable proxy_arp_pvlan on %s: %w", n.bridge, err)
+	if cur, err := os.ReadFile(pvlan); err != nil || string(bytes.TrimSpace(cur)) != pvlanWant {
+		if err := os.WriteFile(pvlan, []byte(pvlanWant+"\n"), 0o644); err != nil {
+			return nil, fmt.Errorf("set proxy_arp_pvlan on %s: %w", n.bridge, err)
 		}
 	}
 	return link, nil
+}
+
+// brNetfilterSysctl says whether bridged IPv4 frames pass iptables in
+// this network namespace (missing: br_netfilter is not loaded).
+const brNetfilterSysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+// isolateTaskPorts reports whether task ports must be isolated so that
+// task-to-task traffic is routed through the host's FORWARD chain: when
+// br_netfilter does not send bridged frames through iptables. It is read
+// on every pass, so a module loaded later (Docker loads it) is followed.
+func isolateTaskPorts() bool {
+	cur, err := os.ReadFile(brNetfilterSysctl)
+	return err != nil || string(bytes.TrimSpace(cur)) != "1"
 }
 
 func (n *network) iptables() (*iptables.IPTables, error) {
@@ -244,16 +264,18 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	}
 	hostName := hostVethName(task)
 	if n.taskLinkComplete(h, br, hostName, ip) {
-		// Ports made before hairpin mode or isolation was set here get it now.
+		// Ports get hairpin mode if made before it was set here, and follow
+		// br_netfilter being switched on or off (isolation, see ensureBridge).
 		if host, err := netlink.LinkByName(hostName); err == nil {
 			if pi, err := netlink.LinkGetProtinfo(host); err == nil && !pi.Hairpin {
 				if err := netlink.LinkSetHairpin(host, true); err != nil {
 					return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
 				}
 			}
-			if pi, err := netlink.LinkGetProtinfo(host); err == nil && !pi.Isolated {
-				if err := netlink.LinkSetIsolated(host, true); err != nil {
-					return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
+			isolate := isolateTaskPorts()
+			if pi, err := netlink.LinkGetProtinfo(host); err == nil && pi.Isolated != isolate {
+				if err := netlink.LinkSetIsolated(host, isolate); err != nil {
+					return "", fmt.Errorf("isolation of bridge port %s: %w", hostName, err)
 				}
 			}
 		}
@@ -289,11 +311,13 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	if err := netlink.LinkSetHairpin(host, true); err != nil {
 		return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
 	}
-	// Isolated: frames from this port reach the host but no other task
-	// port, so task-to-task traffic is routed by the host (proxy_arp_pvlan
-	// on the bridge), through FORWARD and the network policies.
-	if err := netlink.LinkSetIsolated(host, true); err != nil {
-		return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
+	// Isolated (without br_netfilter, see ensureBridge): frames from this
+	// port reach the host but no other task port, so task-to-task traffic
+	// is routed by the host, through FORWARD and the network policies.
+	if isolateTaskPorts() {
+		if err := netlink.LinkSetIsolated(host, true); err != nil {
+			return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
+		}
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return "", fmt.Errorf("bring %s up: %w", hostName, err)
