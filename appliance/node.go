@@ -88,6 +88,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			VIPSubnet:          cfg.Network.VIPSubnet.Prefix,
 			Domain:             cfg.Network.DNSDomain,
 			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
+			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
 			Logger:             log,
 		})
 		if err != nil {
@@ -270,9 +271,16 @@ func (n *node) startReconcilers(ctx context.Context) error {
 
 	// FreeBind: the bridge address appears with the task reconciler's
 	// first pass; the resolver must not wait for it.
+	// Answer this node (loopback, its own addresses) and, from the map,
+	// the cluster's ranges (which hold its tasks); nobody else.
+	allow := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	if ep := n.self.Endpoint.Addr(); ep.IsValid() {
+		allow = append(allow, netip.PrefixFrom(ep.Unmap(), ep.Unmap().BitLen()))
+	}
 	srv, err := dns.NewServer(dns.Config{
 		Listen:   []string{netip.AddrPortFrom(n.bridgeIP(), 53).String()},
 		Domain:   n.net.Domain,
+		Allow:    allow,
 		FreeBind: true,
 		Logger:   n.log.With("component", "dns"),
 	})

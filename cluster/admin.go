@@ -263,8 +263,9 @@ func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 }
 
 // RemoveNode takes a member out of the cluster: it leaves the map, its
-// certificate stops being accepted, its tasks are rescheduled, and its IP
-// and block are held back until that certificate would have expired.
+// certificates are revoked (the manager refuses their serials until they
+// would have expired), its tasks are rescheduled, and its IP and block are
+// free for the next node at once.
 // A ready node is removed only with force (it is probably still running).
 func (m *Manager) RemoveNode(ref string, force bool) error {
 	var name string
@@ -286,7 +287,13 @@ func (m *Manager) RemoveNode(ref string, force bool) error {
 		if until.IsZero() {
 			until = m.now()
 		}
-		s.removed[n.ID] = tombstone{Name: n.Name, OverlayIP: n.OverlayIP, Block: n.ContainerBlock, Until: until}
+		var serials []string
+		for _, sn := range []string{n.CertSerial, n.PrevSerial} {
+			if sn != "" {
+				serials = append(serials, sn)
+			}
+		}
+		s.removed[n.ID] = tombstone{Name: n.Name, OverlayIP: n.OverlayIP, Block: n.ContainerBlock, Until: until, Serials: serials}
 		delete(s.nodes, n.ID)
 		name = n.Name
 		return nil

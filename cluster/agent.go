@@ -48,6 +48,9 @@ type AgentConfig struct {
 
 	now       func() time.Time // tests move the clock
 	keepalive time.Duration    // the manager's watch keepalive; tests shorten it
+	// renewCheck is how often the renewal timer looks at the certificate
+	// at most (default a minute; tests shorten it).
+	renewCheck time.Duration
 }
 
 // Agent is a joined node's link to the manager.
@@ -63,6 +66,10 @@ type Agent struct {
 	cert       tls.Certificate
 	id         identity
 	selfSynced bool
+
+	renewMu   sync.Mutex // one renewal at a time (timer and stream start)
+	renewFrac float64    // renew at this fraction of the lifetime: 0.6..0.7, per agent
+	lastRenew time.Time  // monotonic: when the last renewal succeeded
 }
 
 type identity struct {
@@ -93,6 +100,9 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if cfg.keepalive == 0 {
 		cfg.keepalive = watchKeepalive
 	}
+	if cfg.renewCheck == 0 {
+		cfg.renewCheck = time.Minute
+	}
 	if cfg.Node.Role == "" {
 		cfg.Node.Role = clustermap.RoleWorker
 	}
@@ -105,7 +115,8 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent"), now: cfg.now}
+	// Nodes joined the same day must not all renew at the same moment.
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent"), now: cfg.now, renewFrac: 0.6 + 0.1*rand.Float64()}
 	found, err := a.loadIdentity()
 	if err != nil {
 		return nil, err
@@ -136,30 +147,36 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 
 func (a *Agent) path(name string) string { return filepath.Join(a.cfg.StateDir, name) }
 
-// loadIdentity reads the stored identity; false if this node never joined.
+// loadIdentity reads the stored identity; false if this node has not
+// (completely) joined. The first join writes the certificate last, so a
+// crash at any point leaves either every file or no certificate; any file
+// missing (a crash in an older version, a lost file) also counts as not
+// joined: the node joins again, as the same node while it keeps its key.
 func (a *Agent) loadIdentity() (bool, error) {
-	certPEM, err := os.ReadFile(a.path(FileTLSCert))
-	if errors.Is(err, fs.ErrNotExist) {
+	files := map[string][]byte{}
+	var missing []string
+	for _, f := range []string{FileTLSCert, FileTLSKey, FileCA, FileIdentity} {
+		b, err := os.ReadFile(a.path(f))
+		if errors.Is(err, fs.ErrNotExist) {
+			missing = append(missing, f)
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("read %s: %w", a.path(f), err)
+		}
+		files[f] = b
+	}
+	if len(missing) > 0 {
+		if len(files) > 0 && !(len(files) == 1 && files[FileTLSKey] != nil) {
+			a.log.Warn("incomplete join in the state dir (interrupted first join?); joining again", "dir", a.cfg.StateDir, "missing", missing)
+		}
 		return false, nil
 	}
-	if err != nil {
-		return false, fmt.Errorf("read node certificate: %w", err)
-	}
-	keyPEM, err := os.ReadFile(a.path(FileTLSKey))
-	if err != nil {
-		return false, fmt.Errorf("read node TLS key: %w", err)
-	}
-	caPEM, err := os.ReadFile(a.path(FileCA))
-	if err != nil {
-		return false, fmt.Errorf("read cluster CA: %w", err)
-	}
-	idJSON, err := os.ReadFile(a.path(FileIdentity))
-	if err != nil {
-		return false, fmt.Errorf("read node identity: %w", err)
-	}
-	if err := json.Unmarshal(idJSON, &a.id); err != nil {
+	certPEM, keyPEM, caPEM := files[FileTLSCert], files[FileTLSKey], files[FileCA]
+	if err := json.Unmarshal(files[FileIdentity], &a.id); err != nil {
 		return false, fmt.Errorf("decode %s: %w", a.path(FileIdentity), err)
 	}
+	var err error
 	if a.ca, err = pki.ParseCertPEM(caPEM); err != nil {
 		return false, fmt.Errorf("parse %s: %w", a.path(FileCA), err)
 	}
@@ -224,13 +241,14 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 		return fmt.Errorf("join: the manager sent no cluster network settings (%+v): is it older than this node?", resp.Network)
 	}
 	a.id = identity{ClusterID: resp.ClusterID, Manager: a.cfg.Manager, Node: resp.Node, Network: resp.Network}
-	if err := a.saveCert(resp.Certificate); err != nil {
-		return err
-	}
+	// The certificate goes last: its file is what marks the join complete.
 	if err := atomicfile.Write(a.path(FileCA), pki.EncodeCertPEM(pinned.Raw), 0o644); err != nil {
 		return fmt.Errorf("save cluster CA: %w", err)
 	}
 	if err := a.saveIdentity(); err != nil {
+		return err
+	}
+	if err := a.saveCert(resp.Certificate); err != nil {
 		return err
 	}
 	a.client = a.httpClient(pki.CertHash(pinned.Raw), pinnedByIdentity)
@@ -429,6 +447,7 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 		a.log.Info("restored cached map", "version", m.Version, "nodes", len(m.Nodes))
 		apply(m)
 	}
+	go a.renewLoop(ctx)
 	bo := newBackoff()
 	for {
 		connected, err := a.watchOnce(ctx, &have, apply)
@@ -475,11 +494,16 @@ func (a *Agent) CachedMap() (*clustermap.Map, error) {
 
 // watchOnce runs one stream; connected reports whether the manager accepted it.
 func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*clustermap.Map)) (connected bool, err error) {
+	// Renew first: a node switched off past its certificate's expiry can
+	// do nothing else until it has proved its key and got a new one.
+	if err := a.maybeRenew(ctx); err != nil {
+		if a.certExpired() {
+			return false, fmt.Errorf("renew the expired certificate: %w", err)
+		}
+		a.log.Warn("certificate renewal failed; will retry", "err", err)
+	}
 	if err := a.syncSelf(ctx); err != nil {
 		return false, err
-	}
-	if err := a.maybeRenew(ctx); err != nil {
-		a.log.Warn("certificate renewal failed; will retry", "err", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -587,13 +611,58 @@ func (a *Agent) syncSelf(ctx context.Context) error {
 	return a.saveIdentity()
 }
 
-// maybeRenew replaces the node certificate once a third of its validity is
-// left, keeping the same key.
-func (a *Agent) maybeRenew(ctx context.Context) error {
+// renewLoop renews the certificate on a timer at about two thirds of its
+// lifetime, whatever the watch stream does, until ctx ends.
+func (a *Agent) renewLoop(ctx context.Context) {
+	bo := newBackoff()
+	for {
+		if err := a.maybeRenew(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d := bo.next()
+			a.log.Warn("certificate renewal failed; will retry", "retry_in", d.Round(time.Millisecond), "err", err)
+			if err := sleepCtx(ctx, d); err != nil {
+				return
+			}
+			continue
+		}
+		bo.reset()
+		wait := a.cfg.renewCheck
+		if leaf := a.leaf(); leaf != nil {
+			if d := pki.RenewAt(leaf, a.renewFrac).Sub(a.now()); d > 0 && d < wait {
+				wait = d
+			}
+		}
+		if err := sleepCtx(ctx, wait); err != nil {
+			return
+		}
+	}
+}
+
+func (a *Agent) leaf() *x509.Certificate {
 	a.mu.Lock()
-	leaf := a.cert.Leaf
-	a.mu.Unlock()
-	if leaf == nil || leaf.NotAfter.Sub(a.now()) > pki.NodeValidity/3 {
+	defer a.mu.Unlock()
+	return a.cert.Leaf
+}
+
+func (a *Agent) certExpired() bool {
+	leaf := a.leaf()
+	return leaf != nil && a.now().After(leaf.NotAfter)
+}
+
+// maybeRenew replaces the node certificate, keeping the same key, once
+// about two thirds of its lifetime have passed. A renewed certificate is
+// not renewed again within a tenth of its lifetime, so a node whose clock
+// runs ahead of the manager's does not renew in a loop.
+func (a *Agent) maybeRenew(ctx context.Context) error {
+	a.renewMu.Lock()
+	defer a.renewMu.Unlock()
+	leaf := a.leaf()
+	if leaf == nil || a.now().Before(pki.RenewAt(leaf, a.renewFrac)) {
+		return nil
+	}
+	if !a.lastRenew.IsZero() && time.Since(a.lastRenew) < leaf.NotAfter.Sub(pki.IssuedAt(leaf))/10 {
 		return nil
 	}
 	csr, err := pki.NewCSR(a.key, a.cfg.Node.Name)
@@ -601,13 +670,21 @@ func (a *Agent) maybeRenew(ctx context.Context) error {
 		return err
 	}
 	var out api.RenewResponse
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	if err := a.call(ctx, http.MethodPost, api.PathRenew, api.RenewRequest{CSR: csr}, &out); err != nil {
-		return err
+		return fmt.Errorf("renew certificate: %w", err)
 	}
 	if err := a.saveCert(out.Certificate); err != nil {
 		return err
 	}
-	a.log.Info("node certificate renewed")
+	a.lastRenew = time.Now()
+	// Pooled connections authenticated with the old certificate; the next
+	// calls present the new one.
+	if tr, ok := a.client.Transport.(*http.Transport); ok {
+		tr.CloseIdleConnections()
+	}
+	a.log.Info("node certificate renewed", "expires", a.leaf().NotAfter.UTC().Format(time.RFC3339))
 	return nil
 }
 

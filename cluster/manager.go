@@ -28,6 +28,8 @@ import (
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/store"
+	"github.com/warren-appliance/warren/internal/wgkey"
+	"golang.org/x/time/rate"
 )
 
 // NodeStatus is a node's heartbeat (tunnel health, task states).
@@ -38,6 +40,9 @@ const (
 	DefaultAPIListen = ":7946"
 	DefaultDomain    = "warren.local"
 	DefaultDownAfter = 30 * time.Second
+	// MinCertLifetime is the shortest cluster.cert_lifetime (for tests and
+	// labs; real clusters keep the default).
+	MinCertLifetime = time.Minute
 )
 
 // ManagerConfig configures the manager. Subnets and domain are used when the
@@ -53,9 +58,19 @@ type ManagerConfig struct {
 	VIPSubnet          netip.Prefix
 	Domain             string
 	DownAfter          time.Duration // a node silent this long is marked down
-	Logger             *slog.Logger
+	// CertLifetime is how long node certificates are valid (default
+	// pki.NodeValidity, 90 days); agents renew at about two thirds of it.
+	CertLifetime time.Duration
+	// ReservedPorts are host ports of this appliance that services may not
+	// publish, beyond DNS, the node API and the WireGuard ports, which the
+	// manager knows itself (e.g. the metrics listener).
+	ReservedPorts []ReservedPort
+	Logger        *slog.Logger
 
 	keepalive time.Duration // watch stream keepalive; tests shorten it
+	// requestTimeout bounds reading a request (headers and body) and, with
+	// half again, writing the answer; default 20 s, tests shorten it.
+	requestTimeout time.Duration
 }
 
 // NodeInfo is what a node says about itself when it joins.
@@ -86,6 +101,12 @@ type Manager struct {
 	lastSeen map[string]time.Time
 	health   map[string][]api.PeerHealth
 	skew     map[string]time.Duration // node clock minus manager clock, per last report
+	// reportLimit limits each node's state-changing reports (bounds.go).
+	reportLimit map[string]*rate.Limiter
+	// views caches the encoded per-node views of the current map (views.go).
+	views        map[string][]byte
+	viewsVersion uint64
+	servingAddr  string // the node API's listener, once serving
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -104,11 +125,20 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.DownAfter <= 0 {
 		cfg.DownAfter = DefaultDownAfter
 	}
+	if cfg.CertLifetime <= 0 {
+		cfg.CertLifetime = pki.NodeValidity
+	}
+	if cfg.CertLifetime < MinCertLifetime {
+		return nil, fmt.Errorf("cluster.cert_lifetime %s is too short: want at least %s", cfg.CertLifetime, MinCertLifetime)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.keepalive == 0 {
 		cfg.keepalive = watchKeepalive
+	}
+	if cfg.requestTimeout == 0 {
+		cfg.requestTimeout = 20 * time.Second
 	}
 	cfg.Node.Role = clustermap.RoleManager
 	if err := validateNodeInfo(cfg.Node); err != nil {
@@ -269,7 +299,7 @@ func (s *state) admit(info NodeInfo, id string, now time.Time) (nodeRecord, erro
 	s.pruneTombstones(now)
 	ip, err := ipam.NextAddr(s.meta.WireGuardSubnet, s.ipTaken)
 	if err != nil {
-		return nodeRecord{}, &apiError{http.StatusConflict, fmt.Sprintf("no overlay address left: %v (%d members, %d addresses held by removed nodes until their certificates expire)", err, len(s.nodes), len(s.removed))}
+		return nodeRecord{}, &apiError{http.StatusConflict, fmt.Sprintf("no overlay address left: %v (%d members): remove nodes that are gone with `warren node rm`", err, len(s.nodes))}
 	}
 	block, err := ipam.NextBlock(s.meta.ContainerSubnet, s.meta.ContainerBlockBits, []netip.Prefix{s.meta.WireGuardSubnet}, s.blockTaken)
 	if err != nil {
@@ -432,6 +462,9 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 	if m.st.nodes[nodeID].Status == clustermap.NodeReady && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
+	if err := m.allowReportWriteLocked(nodeID, now); err != nil {
+		return err
+	}
 	return m.updateLocked(func(st *state) error {
 		n := st.nodes[nodeID]
 		if n.Status != clustermap.NodeReady {
@@ -502,11 +535,19 @@ func validateNodeInfo(n NodeInfo) error {
 	if n.Role != clustermap.RoleManager && n.Role != clustermap.RoleWorker {
 		return fmt.Errorf("node role %q is not valid: want manager or worker", n.Role)
 	}
-	if k, err := base64.StdEncoding.DecodeString(n.PublicKey); err != nil || len(k) != 32 {
+	k, err := base64.StdEncoding.DecodeString(n.PublicKey)
+	if err != nil || len(k) != 32 {
 		return fmt.Errorf("WireGuard public key %q is not valid: want 32 bytes in base64 (as `wg pubkey` prints)", n.PublicKey)
+	}
+	if err := wgkey.Check(k); err != nil {
+		// Such a key gives no shared secret: WireGuard refuses the peer.
+		return fmt.Errorf("WireGuard public key %q is not usable (%v): generate one with `wg genkey | wg pubkey`", n.PublicKey, err)
 	}
 	if !n.Endpoint.IsValid() || n.Endpoint.Port() == 0 {
 		return fmt.Errorf("advertise endpoint %q is not valid: want IP:PORT of the WireGuard listener", n.Endpoint)
+	}
+	if err := validateLabels(n.Labels); err != nil {
+		return fmt.Errorf("node labels: %w", err)
 	}
 	return nil
 }

@@ -35,6 +35,9 @@ func (m *Manager) Serve(ctx context.Context) error {
 func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	m.mu.Lock()
+	m.servingAddr = ln.Addr().String()
+	m.mu.Unlock()
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{m.server},
@@ -42,16 +45,27 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 		// verify it themselves and answer with a clear error.
 		ClientAuth: tls.RequestClientCert,
 	}
+	// Every request has deadlines (the watch stream replaces them with a
+	// write deadline per line); the TLS handshake gets the shortest one.
+	rt := m.cfg.requestTimeout
 	srv := &http.Server{
 		Handler:           m.nodeHandler(),
 		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: min(10*time.Second, rt),
+		ReadTimeout:       rt,
+		WriteTimeout:      rt + rt/2,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnContext:       connContext,
 	}
+	limited := &limitedListener{Listener: ln, lim: &connLimiter{}, log: func(n int) {
+		m.log.Warn("refusing connections beyond the caps on unauthenticated connections", "refused", n,
+			"max", maxUnauthConns, "max_per_source", maxUnauthConnsPerSource)
+	}}
 	go m.livenessLoop(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
+	go func() { errc <- srv.Serve(tls.NewListener(limited, tlsConf)) }()
 	m.log.Info("cluster API listening", "addr", ln.Addr().String())
 	select {
 	case err := <-errc:
@@ -83,7 +97,7 @@ func (m *Manager) nodeHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+api.PathJoin, m.handleJoin)
 	mux.HandleFunc("PUT "+api.PathSelf, m.authed(m.handleSelf))
-	mux.HandleFunc("POST "+api.PathRenew, m.authed(m.handleRenew))
+	mux.HandleFunc("POST "+api.PathRenew, m.handleRenew)
 	mux.HandleFunc("GET "+api.PathWatch, m.authed(m.handleWatch))
 	mux.HandleFunc("POST "+api.PathStatus, m.authed(m.handleStatus))
 	return mux
@@ -93,18 +107,32 @@ func (m *Manager) nodeHandler() http.Handler {
 // which comes from the certificate, never from the request.
 func (m *Manager) authed(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id, err := m.authenticate(r)
+		c, err := m.authenticate(r, false)
 		if err != nil {
 			writeError(w, err)
 			return
 		}
-		h(w, r, id)
+		markAuthenticated(r.Context())
+		h(w, r, c.id)
 	}
 }
 
-func (m *Manager) authenticate(r *http.Request) (string, error) {
+// caller is an authenticated node: its ID (the certificate's CN) and the
+// certificate it presented.
+type caller struct {
+	id      string
+	leaf    *x509.Certificate
+	expired bool
+}
+
+// authenticate checks the client certificate: signed by the cluster CA,
+// for a member (not a removed node), and one of that member's live serials
+// (a join revokes the older ones). allowExpired accepts a certificate past
+// its NotAfter (renewal only): the TLS handshake proved the caller holds
+// its key, and its serial is still the node's.
+func (m *Manager) authenticate(r *http.Request, allowExpired bool) (caller, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return "", errorf(http.StatusUnauthorized, "this call needs the node's client certificate: join the cluster with a token first")
+		return caller{}, errorf(http.StatusUnauthorized, "this call needs the node's client certificate: join the cluster with a token first")
 	}
 	leaf := r.TLS.PeerCertificates[0]
 	inter := x509.NewCertPool()
@@ -114,18 +142,30 @@ func (m *Manager) authenticate(r *http.Request) (string, error) {
 	m.mu.Lock()
 	roots := m.ca.Pool()
 	m.mu.Unlock()
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: m.now(),
+	at := m.now()
+	expired := at.After(leaf.NotAfter)
+	if expired && allowExpired {
+		at = leaf.NotAfter
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return "", errorf(http.StatusUnauthorized, "client certificate %q is not valid for this cluster (%v): the node belongs to another cluster or its state dir is stale; clear it and join with a token", leaf.Subject.CommonName, err)
+		return caller{}, errorf(http.StatusUnauthorized, "client certificate %q is not valid for this cluster (%v): the node belongs to another cluster, its certificate expired, or its state dir is stale; it renews by itself, else clear the state dir and join with a token", leaf.Subject.CommonName, err)
 	}
 	id := leaf.Subject.CommonName
+	serial := pki.Serial(leaf)
 	m.mu.Lock()
-	_, ok := m.st.nodes[id]
+	rec, ok := m.st.nodes[id]
 	m.mu.Unlock()
 	if !ok {
-		return "", errNodeRemoved(id)
+		return caller{}, errNodeRemoved(id)
 	}
-	return id, nil
+	if !rec.acceptsSerial(serial) {
+		return caller{}, errorf(http.StatusUnauthorized, "client certificate %s of node %q was superseded: the node joined again since, and certificates from before no longer work; clear this state dir and join with a token if this is that node", serial, rec.Name)
+	}
+	if expired && rec.CertSerial == "" {
+		return caller{}, errorf(http.StatusUnauthorized, "client certificate of node %q expired at %s and was issued before the manager kept serials: join again with a token", rec.Name, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return caller{id: id, leaf: leaf, expired: expired}, nil
 }
 
 func (m *Manager) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -145,10 +185,12 @@ func (m *Manager) handleJoin(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// join admits a node that presented a valid token secret. A node that
-// joins again with the same name and WireGuard key keeps its ID, IP and
-// block (it lost its certificate but not its key), provided the existing
-// record is not online; a different key under a taken name is refused.
+// join admits a node that presented a valid token secret. A name that is
+// already a member joins again as that member (same ID, IP and block) only
+// with a CSR for the member's own TLS key, which proves it is that node
+// (it lost its certificate, not its key); the new certificate revokes the
+// older ones. Anything else under a taken name needs the operator to
+// remove the old record first. A token never changes a member's role.
 func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 	m.mu.Lock()
 	workerOK := pki.SecretEqual(req.Secret, m.st.meta.WorkerSecret)
@@ -173,37 +215,41 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 	if err := validateNodeInfo(info); err != nil {
 		return api.JoinResponse{}, errorf(http.StatusBadRequest, "%v", err)
 	}
+	csr, err := pki.ParseCSR(req.CSR)
+	if err != nil {
+		return api.JoinResponse{}, errorf(http.StatusBadRequest, "certificate request refused: %v", err)
+	}
+	keyHash := pki.KeyHash(csr.PublicKey)
 	var resp api.JoinResponse
-	err := m.update(func(s *state) error {
+	err = m.update(func(s *state) error {
 		now := m.now()
 		rec, exists := s.nodeByName(req.Name)
-		if exists && rec.PublicKey != req.PublicKey {
-			return errorf(http.StatusConflict, "node name %q is already taken by another node (different WireGuard key, overlay IP %s): choose another name, or remove the old node with `warren node rm %s`", req.Name, rec.OverlayIP, req.Name)
+		if exists && (rec.TLSKey == "" || rec.TLSKey != keyHash) {
+			// Name and WireGuard key are in every map: without the node's
+			// private key, anyone holding a token could take its identity.
+			return errorf(http.StatusConflict, "node name %q is already taken (overlay IP %s): joining again as that node needs its private key (node-tls.key in its state dir); if this is a re-installed board or another node, choose another name, or remove the old record first with `warren node rm %s`", req.Name, rec.OverlayIP, req.Name)
+		}
+		if exists && rec.Role != role {
+			return errorf(http.StatusForbidden, "node %q is a %s: a %s join token cannot join as it", req.Name, rec.Role, role)
 		}
 		for _, n := range s.nodes {
-			if n.PublicKey == req.PublicKey && n.Name != req.Name {
+			if n.PublicKey == req.PublicKey && n.ID != rec.ID {
 				return errorf(http.StatusConflict, "WireGuard key already belongs to node %q: every node needs its own key", n.Name)
 			}
 		}
-		if exists && rec.Status == clustermap.NodeReady && now.Sub(m.lastSeen[rec.ID]) < m.cfg.DownAfter {
-			// Public keys are in the map: without this, anyone holding a token
-			// could take over a live node's identity by naming it and its key.
-			return errorf(http.StatusConflict, "node %q is online (it reported %s ago): a node can join again under its own name only once it is down (silent for %s); or remove it first with `warren node rm --force %s`",
-				req.Name, now.Sub(m.lastSeen[rec.ID]).Round(time.Second), m.cfg.DownAfter, req.Name)
-		}
 		if exists {
-			rec.Endpoint, rec.Labels, rec.Role, rec.Status = req.Endpoint, req.Labels, role, clustermap.NodeReady
+			rec.Endpoint, rec.Labels, rec.PublicKey, rec.Status = req.Endpoint, req.Labels, req.PublicKey, clustermap.NodeReady
 		} else {
 			var err error
 			if rec, err = s.admit(info, randomID(), now); err != nil {
 				return err
 			}
 		}
-		cert, err := m.ca.SignNode(req.CSR, rec.ID, now)
+		cert, err := m.ca.SignNodeFor(req.CSR, rec.ID, now, m.cfg.CertLifetime)
 		if err != nil {
 			return errorf(http.StatusBadRequest, "certificate request refused: %v", err)
 		}
-		rec.CertNotAfter = cert.NotAfter
+		rec.CertNotAfter, rec.CertSerial, rec.PrevSerial, rec.TLSKey = cert.NotAfter, pki.Serial(cert), "", keyHash
 		s.nodes[rec.ID] = rec
 		m.lastSeen[rec.ID] = now
 		resp = api.JoinResponse{ClusterID: s.meta.ClusterID, Node: rec.Node, Certificate: cert.Raw, Network: s.meta.network()}
@@ -245,38 +291,72 @@ func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) 
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request, id string) {
+// handleRenew signs a new certificate for the caller's key. It accepts an
+// expired certificate (a node switched off past its expiry comes back by
+// itself): the handshake proved the caller holds the key, and the serial is
+// still the node's. The presented certificate stays valid until it expires.
+func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request) {
+	c, err := m.authenticate(r, true)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	markAuthenticated(r.Context())
 	var req api.RenewRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
 		return
 	}
+	csr, err := pki.ParseCSR(req.CSR)
+	if err != nil {
+		writeError(w, errorf(http.StatusBadRequest, "certificate request refused: %v", err))
+		return
+	}
+	if pki.KeyHash(csr.PublicKey) != pki.KeyHash(c.leaf.PublicKey) {
+		writeError(w, errorf(http.StatusBadRequest, "certificate request is for another key than the certificate presented: renewal keeps the node's key"))
+		return
+	}
+	presented := pki.Serial(c.leaf)
 	var der []byte
-	err := m.update(func(s *state) error {
-		rec, ok := s.nodes[id]
+	var name string
+	var notAfter time.Time
+	err = m.update(func(s *state) error {
+		rec, ok := s.nodes[c.id]
 		if !ok {
-			return errNodeRemoved(id)
+			return errNodeRemoved(c.id)
 		}
-		cert, err := m.ca.SignNode(req.CSR, id, m.now())
+		if !rec.acceptsSerial(presented) {
+			return errorf(http.StatusUnauthorized, "client certificate %s of node %q was superseded while renewing", presented, rec.Name)
+		}
+		cert, err := m.ca.SignNodeFor(req.CSR, c.id, m.now(), m.cfg.CertLifetime)
 		if err != nil {
 			return errorf(http.StatusBadRequest, "certificate request refused: %v", err)
 		}
-		rec.CertNotAfter = cert.NotAfter
-		s.nodes[id] = rec
-		der = cert.Raw
+		rec.CertNotAfter, rec.CertSerial, rec.PrevSerial, rec.TLSKey = cert.NotAfter, pki.Serial(cert), presented, pki.KeyHash(cert.PublicKey)
+		s.nodes[c.id] = rec
+		der, name, notAfter = cert.Raw, rec.Name, cert.NotAfter
 		return nil
 	})
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	m.log.Info("node certificate renewed", "id", id)
+	if c.expired {
+		m.log.Info("node came back with an expired certificate and proved its key; renewed", "node", name, "expired", c.leaf.NotAfter, "expires", notAfter)
+	} else {
+		m.log.Info("node certificate renewed", "node", name, "expires", notAfter)
+	}
 	writeJSON(w, http.StatusOK, api.RenewResponse{Certificate: der})
 }
 
 func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request, id string) {
 	var st api.NodeStatus
 	if err := readJSON(r, &st); err != nil {
+		writeError(w, err)
+		return
+	}
+	st, err := checkReport(st)
+	if err != nil {
 		writeError(w, err)
 		return
 	}
@@ -298,6 +378,13 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 		writeError(w, errors.New("streaming unsupported"))
 		return
 	}
+	// A stream outlives the request deadlines: no read deadline (the
+	// request has no body), and a write deadline per line so a reader that
+	// stopped reading is dropped.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	writeDeadline := func() { _ = rc.SetWriteDeadline(time.Now().Add(2 * m.keepalive)) }
+	writeDeadline()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -307,13 +394,15 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	first := true
 	for {
 		m.mu.Lock()
-		version, body, ch := m.current.Version, m.mapJSON, m.changed
+		version, body := m.mapViewLocked(id)
+		ch := m.changed
 		_, member := m.st.nodes[id]
 		m.mu.Unlock()
 		if !member {
 			return // removed: the agent's next call gets the 403 that says so
 		}
 		if (first && version != after) || version > after {
+			writeDeadline()
 			// body is shared with other watchers: never append to it.
 			if _, err := w.Write(body); err != nil {
 				return
@@ -330,6 +419,7 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 			return
 		case <-ch:
 		case <-keepalive.C:
+			writeDeadline()
 			if _, err := w.Write([]byte("\n")); err != nil {
 				return
 			}

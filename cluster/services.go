@@ -125,6 +125,9 @@ func (m *Manager) CreateService(spec api.ServiceSpec) (api.ServiceView, error) {
 		if old, ok := s.services[svc.Name]; ok {
 			return errorf(http.StatusConflict, "service %q already exists (VIP %s, image %s): pick another name, or `warren service rm %s` first", svc.Name, old.VIP, old.Image, svc.Name)
 		}
+		if err := m.checkReservedPortsLocked(s, svc.Ports); err != nil {
+			return err
+		}
 		for _, other := range s.services {
 			for _, op := range other.Ports {
 				for _, p := range svc.Ports {
@@ -285,13 +288,20 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 	if v.Ports == nil {
 		v.Ports = []clustermap.Port{}
 	}
+	// Error texts are not in the published map: take them from the state.
+	errs := map[[2]string]string{}
+	for _, t := range m.st.tasks {
+		if t.Service == name && t.Error != "" {
+			errs[[2]string{t.Name, t.NodeID}] = t.Error
+		}
+	}
 	for _, t := range m.current.Tasks {
 		if t.Service != name {
 			continue
 		}
 		node := m.st.nodes[t.NodeID].Name
 		v.Tasks = append(v.Tasks, api.TaskView{Name: t.Name, Node: node, NodeID: t.NodeID, IP: t.IP, Image: t.Image,
-			DesiredState: t.DesiredState, State: t.State, Error: t.Error, Labels: r.Labels})
+			DesiredState: t.DesiredState, State: t.State, Error: errs[[2]string{t.Name, t.NodeID}], Labels: r.Labels})
 		if t.DesiredState == clustermap.TaskRunning {
 			if t.State == clustermap.TaskRunning {
 				v.Running++

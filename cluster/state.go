@@ -49,16 +49,34 @@ type nodeRecord struct {
 	clustermap.Node
 	JoinedAt     time.Time `json:"joined_at"`
 	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+	// CertSerial is the newest certificate issued to the node; PrevSerial
+	// the one it presented to renew (still accepted, so a renewal whose
+	// answer was lost locks nobody out). A join replaces both: older
+	// certificates stop working. Records from before serials were kept
+	// have neither and accept any certificate of the node's ID.
+	CertSerial string `json:"cert_serial,omitempty"`
+	PrevSerial string `json:"prev_serial,omitempty"`
+	// TLSKey is the sha256 of the node's TLS public key: proving possession
+	// of that key (a CSR signed with it) is what lets a node join again as
+	// itself, or renew a certificate that expired while it was off.
+	TLSKey string `json:"tls_key,omitempty"`
 }
 
-// tombstone holds a removed node's addresses back until its last
-// certificate expires, so a node that comes back with a cached map can
-// never collide with a newcomer on the same IP or block.
+// acceptsSerial reports whether serial is one of the node's live
+// certificates.
+func (n nodeRecord) acceptsSerial(serial string) bool {
+	return n.CertSerial == "" || serial == n.CertSerial || serial == n.PrevSerial
+}
+
+// tombstone remembers a removed node until its last certificate expires:
+// the manager refuses its serials and says it was removed. It holds no
+// addresses: those are free at once.
 type tombstone struct {
 	Name      string       `json:"name"`
 	OverlayIP netip.Addr   `json:"overlay_ip"`
 	Block     netip.Prefix `json:"container_block"`
 	Until     time.Time    `json:"until"`
+	Serials   []string     `json:"serials,omitempty"` // revoked
 }
 
 type serviceRecord struct {
@@ -204,9 +222,14 @@ func (s *state) sortedServices() []clustermap.Service {
 	return out
 }
 
-// buildMap renders the published map at version v.
+// buildMap renders the published map at version v. Task error texts stay
+// on the manager (the admin API shows them): no node acts on them, so a
+// changing error must not make a new map for every node.
 func (s *state) buildMap(v uint64) *clustermap.Map {
 	tasks := slices.Clone(s.tasks)
+	for i := range tasks {
+		tasks[i].Error = ""
+	}
 	sort.Slice(tasks, func(i, j int) bool {
 		if tasks[i].Name != tasks[j].Name {
 			return tasks[i].Name < tasks[j].Name
@@ -249,15 +272,10 @@ func (s *state) nodeByName(name string) (nodeRecord, bool) {
 	return nodeRecord{}, false
 }
 
-// ipTaken reports whether a is held by a member or a tombstone.
+// ipTaken reports whether a is held by a member.
 func (s *state) ipTaken(a netip.Addr) bool {
 	for _, n := range s.nodes {
 		if n.OverlayIP == a {
-			return true
-		}
-	}
-	for _, t := range s.removed {
-		if t.OverlayIP == a {
 			return true
 		}
 	}
@@ -267,11 +285,6 @@ func (s *state) ipTaken(a netip.Addr) bool {
 func (s *state) blockTaken(p netip.Prefix) bool {
 	for _, n := range s.nodes {
 		if n.ContainerBlock.Overlaps(p) {
-			return true
-		}
-	}
-	for _, t := range s.removed {
-		if t.Block.Overlaps(p) {
 			return true
 		}
 	}

@@ -58,6 +58,9 @@ type Cluster struct {
 	// NodeDownAfter is how long a silent node stays "ready" before the
 	// manager marks it down and reschedules its tasks.
 	NodeDownAfter Duration `toml:"node_down_after"`
+	// CertLifetime is how long the node certificates a manager signs are
+	// valid; agents renew them at about two thirds of it.
+	CertLifetime Duration `toml:"cert_lifetime"`
 }
 
 // WireGuard is [wireguard].
@@ -130,6 +133,7 @@ func Default() Config {
 		Cluster: Cluster{
 			APIListen:     ":7946",
 			NodeDownAfter: Duration{Duration: 30 * time.Second},
+			CertLifetime:  Duration{Duration: 90 * 24 * time.Hour},
 		},
 		WireGuard: WireGuard{
 			Interface:  "warren0",

@@ -52,6 +52,7 @@ func TestDefaultValues(t *testing.T) {
 		"persistence timeout":  d.LoadBalancing.PersistenceTimeout.Duration == 3*time.Hour,
 		"containerd namespace": d.Runtime.Namespace == "warren",
 		"api listen":           d.Cluster.APIListen == ":7946",
+		"cert lifetime":        d.Cluster.CertLifetime.Duration == 90*24*time.Hour,
 	}
 	for name, ok := range checks {
 		if !ok {
@@ -145,6 +146,7 @@ func TestBadConfigs(t *testing.T) {
 		{"relative state dir", validWorker + "state_dir = 'var/warren'\n", "cluster.state_dir", 0, "unknown key"},
 		{"bad forward", validWorker + "[[forward]]\nproto='sctp'\nlisten='127.0.0.1:1'\ntarget='10.1.0.1:80'\n", "forward[0].proto", 6, "not \"tcp\" or \"udp\""},
 		{"syntax error", validWorker + "[wireguard\n", "cluster", 7, "expected"},
+		{"cert lifetime too short", validWorker + "cert_lifetime = \"30s\"\n", "cluster.cert_lifetime", 0, "at least \"1m\""},
 		{"token and file", validWorker + "token_file = '/etc/warren/token'\n", "cluster.token_file", 6, "not both"},
 	}
 	for _, tc := range cases {
@@ -167,6 +169,16 @@ func TestBadConfigs(t *testing.T) {
 				t.Fatalf("want an error naming key %q (line %d) containing %q; got:\n%v", tc.key, tc.line, tc.contains, err)
 			}
 		})
+	}
+}
+
+func TestShortCertLifetimeAccepted(t *testing.T) {
+	l, err := load(t, validWorker+"cert_lifetime = \"1m\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Cluster.CertLifetime.Duration != time.Minute {
+		t.Fatalf("cert_lifetime = %v", l.Cluster.CertLifetime.Duration)
 	}
 }
 

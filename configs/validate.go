@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 var (
@@ -50,6 +51,7 @@ func (l *Loaded) Finish() error {
 	// Values the decoder kept as bad (see Duration, Subnet).
 	for key, bad := range map[string]error{
 		"cluster.node_down_after":           c.Cluster.NodeDownAfter.bad,
+		"cluster.cert_lifetime":             c.Cluster.CertLifetime.bad,
 		"wireguard.keepalive":               c.WireGuard.Keepalive.bad,
 		"wireguard.subnet":                  c.WireGuard.Subnet.bad,
 		"wireguard.address":                 c.WireGuard.Address.bad,
@@ -119,6 +121,9 @@ func (l *Loaded) Finish() error {
 	}
 	if c.Cluster.NodeDownAfter.Duration <= 0 && c.Cluster.NodeDownAfter.bad == nil {
 		add("cluster.node_down_after", "must be a positive duration such as \"30s\"")
+	}
+	if c.Cluster.CertLifetime.Duration < time.Minute && c.Cluster.CertLifetime.bad == nil {
+		add("cluster.cert_lifetime", "must be at least \"1m\" (default \"2160h\", 90 days)")
 	}
 
 	// [wireguard]

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -24,11 +25,49 @@ type handler struct {
 	forwardTimeout time.Duration
 	baseCtx        context.Context // cancelled when the server closes
 	log            *slog.Logger
+	allow          []netip.Prefix // Config.Allow
+	refused        atomic.Int64   // queries dropped by the source check
+}
+
+// allowed reports whether a query from addr may be answered.
+func (h *handler) allowed(addr net.Addr) bool {
+	clients := h.zone.Load().clients
+	if len(h.allow) == 0 && len(clients) == 0 {
+		return true
+	}
+	var ip netip.Addr
+	switch a := addr.(type) {
+	case *net.UDPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	}
+	ip = ip.Unmap()
+	for _, p := range h.allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	for _, p := range clients {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // ServeDNS implements miekg.Handler.
 func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 	_, overTCP := w.RemoteAddr().(*net.TCPAddr)
+	if !h.allowed(w.RemoteAddr()) {
+		if h.refused.Add(1)%1000 == 1 {
+			h.log.Info("dns: ignoring queries from outside the node and the cluster's ranges", "remote", w.RemoteAddr(), "ignored", h.refused.Load())
+		}
+		if overTCP {
+			w.Close()
+		}
+		return
+	}
 	resp := h.respond(req, overTCP)
 	if resp == nil {
 		return

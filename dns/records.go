@@ -13,13 +13,19 @@ import (
 //     it starts too, so a name looked up during a restart finds it;
 //   - tasks.<service> -> the IPs of the service's running tasks only (the
 //     map's endpoints), present and empty for a service without one, so
-//     it answers NODATA rather than NXDOMAIN.
+//     it answers NODATA rather than NXDOMAIN;
+//   - the WireGuard and container subnets as the client ranges answered.
 func RecordsFromMap(m *clustermap.Map) Records {
 	r := Records{
 		Domain:       m.Domain,
 		Services:     make(map[string]netip.Addr, len(m.Services)),
 		Tasks:        make(map[string]netip.Addr, len(m.Tasks)),
 		ServiceTasks: make(map[string][]netip.Addr, len(m.Services)),
+	}
+	for _, p := range []netip.Prefix{m.WireGuardSubnet, m.ContainerSubnet} {
+		if p.IsValid() {
+			r.Clients = append(r.Clients, p)
+		}
 	}
 	for _, svc := range m.Services {
 		if svc.VIP.IsValid() {

@@ -64,6 +64,13 @@ type Config struct {
 	// loop back to this server (they are probed at once when loaded);
 	// DefaultLoopProbe when 0.
 	LoopProbeInterval time.Duration
+	// Allow lists the source ranges answered (e.g. loopback and the node's
+	// own addresses), besides the Clients of the last Update (the cluster's
+	// ranges). Queries from anywhere else get no answer at all (over TCP
+	// the connection is closed): a LAN neighbour that routes the container
+	// block to the node learns nothing and cannot use it as a resolver.
+	// With neither set, every source is answered.
+	Allow []netip.Prefix
 	// FreeBind sets IP_FREEBIND so Start succeeds before the listen address
 	// is configured on an interface (e.g. the bridge comes up later).
 	FreeBind bool
@@ -152,6 +159,7 @@ func NewServer(cfg Config) (*Server, error) {
 		forwardTimeout: cfg.ForwardTimeout,
 		baseCtx:        ctx,
 		log:            cfg.Logger,
+		allow:          cfg.Allow,
 	}
 	return s, nil
 }

@@ -34,6 +34,9 @@ type Records struct {
 	Services     map[string]netip.Addr   // service name -> VIP
 	Tasks        map[string]netip.Addr   // task name (<service>-<slot>) -> task IP
 	ServiceTasks map[string][]netip.Addr // service -> running task IPs (tasks.<service>.<domain>)
+	// Clients are source ranges answered besides Config.Allow: the
+	// cluster's WireGuard and container subnets (RecordsFromMap).
+	Clients []netip.Prefix
 }
 
 // rrset is the precomputed answer for one owner name. The records are shared
@@ -51,6 +54,7 @@ type zone struct {
 	exists  map[string]struct{} // every name in the zone that exists, incl. empty non-terminals and the apex
 	reverse map[string]miekg.RR // lowercase in-addr.arpa / ip6.arpa name -> PTR
 	soa     *miekg.SOA
+	clients []netip.Prefix
 }
 
 // normalizeDomain returns domain as a lowercase FQDN, or an error if it is
@@ -95,6 +99,7 @@ func validLabel(s string) bool {
 // reported, so one bad name does not take the others down.
 func compileZone(domain string, r Records, serial uint32) (*zone, []error) {
 	z := &zone{
+		clients: r.Clients,
 		domain:  domain,
 		names:   make(map[string]*rrset),
 		exists:  map[string]struct{}{domain: {}},

@@ -47,8 +47,10 @@ func TestUnitSettings(t *testing.T) {
 		"Service.StateDirectory":     "warren",
 		"Service.StateDirectoryMode": "0700",
 		"Service.RuntimeDirectory":   "warren",
-		"Service.LimitNOFILE":        "1048576",
-		"Install.WantedBy":           "multi-user.target",
+		// The admin socket lives there: private, as the code says.
+		"Service.RuntimeDirectoryMode": "0700",
+		"Service.LimitNOFILE":          "1048576",
+		"Install.WantedBy":             "multi-user.target",
 	} {
 		if got := strings.Join(unit[key], " "); got != want {
 			t.Errorf("%s = %q, want %q", key, got, want)

@@ -345,11 +345,13 @@ func (d *Device) Interface() string { return d.cfg.Interface }
 func (d *Device) Netstack() *netstack.Net { return d.tnet }
 
 // SetPeers converges the device's peers (and, in tun mode, the routes
-// towards them) to peers, touching only what differs. The set is kept and
-// re-applied periodically until the next call.
+// towards them) to peers, touching only what differs. A peer the device
+// cannot hold (see usablePeers) is left out and logged; the others are
+// applied. The set is kept and re-applied periodically until the next call.
 func (d *Device) SetPeers(peers []Peer) error {
-	if err := validatePeers(peers, d.pub); err != nil {
-		return fmt.Errorf("set peers on %s: %w", d.cfg.Interface, err)
+	peers, skipped := usablePeers(peers, d.pub)
+	for _, err := range skipped {
+		d.log.Warn("skipping an unusable peer; applying the others", "interface", d.cfg.Interface, "err", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -285,6 +285,24 @@ func TestAutoFallsBackToNetstack(t *testing.T) {
 	}
 }
 
+// TestBadPeerDoesNotBlockTheOthers: a peer set holding an all-zero key (a
+// member that joined with a broken key) still brings up every other peer.
+func TestBadPeerDoesNotBlockTheOthers(t *testing.T) {
+	tp := newTopo(t)
+	ca, cb := tp.pairConfigs(t, ModeTUN, ModeTUN)
+	ca.Peers = append([]Peer{{AllowedIPs: pfx("10.0.0.9/32")}}, ca.Peers...)
+	startNode(t, tp.a, ca)
+	b := startNode(t, tp.b, cb)
+	out := runIn(t, tp.a, "busybox", "ping", "-c", "2", "-W", "5", "10.0.0.2")
+	if !strings.Contains(out, "2 packets received") {
+		t.Fatalf("ping across the tunnel with a bad peer in the set:\n%s", out)
+	}
+	show := runIn(t, tp.a, "wg", "show", tp.ifA, "peers")
+	if strings.TrimSpace(show) != b.Pub.String() {
+		t.Fatalf("device peers = %q, want only %s", show, b.Pub)
+	}
+}
+
 // TestPeerChurnKeepsStream: adding and removing a third peer (and its
 // route) on both ends while a TCP stream runs does not interrupt it.
 func TestPeerChurnKeepsStream(t *testing.T) {

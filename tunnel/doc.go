@@ -4,7 +4,9 @@
 // `wg` and wgctrl talk to, the peer set (applied as a diff so live sessions
 // are never disturbed), the interface's routes (the peers' allowed ranges and
 // the extra ones handed to SetRoutes, such as the cluster's VIP range), and
-// per-peer health. Remove clears what a killed process left behind.
+// per-peer health. Remove clears what a killed process left behind. A peer
+// the device cannot hold (zero or low-order key, its own key, a duplicate, a
+// prefix another peer claims) is skipped and logged; the others are applied.
 //
 // wireguard-go's buffers are unbounded on Linux; the device bounds the
 // packets it holds per direction (Config.QueuedPackets). For the RSS figures

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/warren-appliance/warren/internal/wgkey"
 )
 
 // Peer is one desired WireGuard peer.
@@ -63,35 +65,53 @@ func comparePrefix(a, b netip.Prefix) int {
 	return a.Bits() - b.Bits()
 }
 
-// validatePeers rejects a desired peer set the device cannot hold
-// consistently: missing keys, duplicates, invalid prefixes, or one prefix
-// claimed by two peers (WireGuard would silently move it to the last one).
-func validatePeers(peers []Peer, self Key) error {
+// usablePeers returns the peers the device can hold, in order, and why
+// each other one was left out: a zero or low-order key (no shared secret is
+// possible), this device's own key, a key listed twice (the first stays),
+// an endpoint without port, an invalid prefix, or a prefix another peer
+// already claims (WireGuard would silently move it to the last one). One
+// bad peer, e.g. a member that joined with a broken key, never keeps the
+// others from being applied.
+func usablePeers(peers []Peer, self Key) (ok []Peer, skipped []error) {
 	seen := make(map[Key]bool, len(peers))
 	owner := make(map[netip.Prefix]Key)
+	ok = make([]Peer, 0, len(peers))
 	for _, p := range peers {
-		if p.PublicKey.IsZero() {
-			return fmt.Errorf("peer with zero public key")
-		}
-		if p.PublicKey == self {
-			return fmt.Errorf("peer %s is this device's own key", p.PublicKey)
-		}
-		if seen[p.PublicKey] {
-			return fmt.Errorf("peer %s listed twice", p.PublicKey)
+		if err := checkPeer(p, self, seen, owner); err != nil {
+			skipped = append(skipped, err)
+			continue
 		}
 		seen[p.PublicKey] = true
-		if p.Endpoint.IsValid() && p.Endpoint.Port() == 0 {
-			return fmt.Errorf("peer %s: endpoint %s has no port", p.PublicKey, p.Endpoint)
-		}
 		for _, ip := range p.AllowedIPs {
-			if !ip.IsValid() {
-				return fmt.Errorf("peer %s: invalid allowed IP", p.PublicKey)
-			}
-			m := ip.Masked()
-			if other, ok := owner[m]; ok && other != p.PublicKey {
-				return fmt.Errorf("allowed IP %s claimed by peers %s and %s", m, other, p.PublicKey)
-			}
-			owner[m] = p.PublicKey
+			owner[ip.Masked()] = p.PublicKey
+		}
+		ok = append(ok, p)
+	}
+	return ok, skipped
+}
+
+func checkPeer(p Peer, self Key, seen map[Key]bool, owner map[netip.Prefix]Key) error {
+	if p.PublicKey.IsZero() {
+		return fmt.Errorf("peer with zero public key")
+	}
+	if err := wgkey.Check(p.PublicKey[:]); err != nil {
+		return fmt.Errorf("peer %s: %v", p.PublicKey, err)
+	}
+	if p.PublicKey == self {
+		return fmt.Errorf("peer %s is this device's own key", p.PublicKey)
+	}
+	if seen[p.PublicKey] {
+		return fmt.Errorf("peer %s listed twice", p.PublicKey)
+	}
+	if p.Endpoint.IsValid() && p.Endpoint.Port() == 0 {
+		return fmt.Errorf("peer %s: endpoint %s has no port", p.PublicKey, p.Endpoint)
+	}
+	for _, ip := range p.AllowedIPs {
+		if !ip.IsValid() {
+			return fmt.Errorf("peer %s: invalid allowed IP", p.PublicKey)
+		}
+		if other, ok := owner[ip.Masked()]; ok && other != p.PublicKey {
+			return fmt.Errorf("allowed IP %s claimed by peers %s and %s", ip.Masked(), other, p.PublicKey)
 		}
 	}
 	return nil

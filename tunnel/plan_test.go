@@ -1,7 +1,9 @@
 package tunnel
 
 import (
+	"encoding/hex"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -140,34 +142,38 @@ func TestPlanPeers(t *testing.T) {
 	}
 }
 
-func TestValidatePeers(t *testing.T) {
+func TestUsablePeersSkipsOnlyTheBadOnes(t *testing.T) {
 	self := testKey(1)
 	a, b := testKey(0xaa), testKey(0xbb)
+	good := Peer{PublicKey: b, AllowedIPs: pfx("10.0.0.2/32")}
+	var lowOrder Key
+	hex.Decode(lowOrder[:], []byte("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"))
 	tests := []struct {
 		name  string
 		peers []Peer
 		err   string
 	}{
-		{"ok", []Peer{{PublicKey: a, AllowedIPs: pfx("10.0.0.1/32")}, {PublicKey: b, AllowedIPs: pfx("10.0.0.2/32")}}, ""},
-		{"zero key", []Peer{{}}, "zero public key"},
-		{"own key", []Peer{{PublicKey: self}}, "own key"},
-		{"duplicate", []Peer{{PublicKey: a}, {PublicKey: a}}, "listed twice"},
-		{"shared prefix", []Peer{{PublicKey: a, AllowedIPs: pfx("10.0.1.0/24")}, {PublicKey: b, AllowedIPs: pfx("10.0.1.5/24")}}, "claimed by peers"},
-		{"endpoint without port", []Peer{{PublicKey: a, Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0)}}, "no port"},
+		{"zero key", []Peer{{AllowedIPs: pfx("10.0.0.9/32")}, good}, "zero public key"},
+		{"low-order key", []Peer{{PublicKey: lowOrder}, good}, "low-order"},
+		{"own key", []Peer{{PublicKey: self}, good}, "own key"},
+		{"duplicate", []Peer{good, {PublicKey: b, AllowedIPs: pfx("10.0.0.3/32")}}, "listed twice"},
+		{"shared prefix", []Peer{good, {PublicKey: a, AllowedIPs: pfx("10.0.0.2/32")}}, "claimed by peers"},
+		{"endpoint without port", []Peer{{PublicKey: a, Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 0)}, good}, "no port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := validatePeers(tt.peers, self)
-			if tt.err == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
+			ok, skipped := usablePeers(tt.peers, self)
+			if len(ok) != 1 || ok[0].PublicKey != good.PublicKey || !slices.Equal(ok[0].AllowedIPs, good.AllowedIPs) {
+				t.Fatalf("kept %+v, want only the good peer", ok)
 			}
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Fatalf("err = %v, want it to mention %q", err, tt.err)
+			if len(skipped) != 1 || !strings.Contains(skipped[0].Error(), tt.err) {
+				t.Fatalf("skipped = %v, want one mentioning %q", skipped, tt.err)
 			}
 		})
+	}
+	ok, skipped := usablePeers([]Peer{{PublicKey: a, AllowedIPs: pfx("10.0.0.1/32")}, good}, self)
+	if len(ok) != 2 || len(skipped) != 0 {
+		t.Fatalf("good set: kept %d, skipped %v", len(ok), skipped)
 	}
 }
 

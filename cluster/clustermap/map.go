@@ -126,7 +126,9 @@ type Task struct {
 	Image        string `json:"image,omitempty"`
 	DesiredState string `json:"desired_state"` // running | shutdown
 	State        string `json:"state"`         // as last reported by the node
-	Error        string `json:"error,omitempty"`
+	// Error is the node's last error text for the task, on the manager
+	// only (the admin API shows it); always empty in published maps.
+	Error string `json:"error,omitempty"`
 }
 
 // Node returns the node with the given ID.

@@ -1,6 +1,7 @@
 package clustermap
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/netip"
 	"reflect"
@@ -45,4 +46,37 @@ func TestMapJSONRoundTrip(t *testing.T) {
 	if n, ok := back.Node("n1"); !ok || n.Name != "m1" {
 		t.Fatalf("Node(n1) = %+v, %v", n, ok)
 	}
+}
+
+// FuzzMapDecode: whatever a manager (or a damaged map.json) sends, decoding
+// never panics, what decodes re-encodes stably, and the lookups nodes run
+// on it do not panic.
+func FuzzMapDecode(f *testing.F) {
+	f.Add([]byte(`{"version":3,"cluster_id":"c","domain":"warren.local","wireguard_subnet":"10.0.0.0/24","container_subnet":"10.0.0.0/16","vip_subnet":"10.1.0.0/16","nodes":[{"id":"a","name":"n","role":"worker","public_key":"k","endpoint":"192.0.2.1:51820","overlay_ip":"10.0.0.2","container_block":"10.0.2.0/24","status":"ready"}],"services":[{"name":"web","image":"i","replicas":1,"vip":"10.1.0.1","env":["A=1"]}],"tasks":[{"name":"web-1","service":"web","slot":1,"node_id":"a","ip":"10.0.2.2","desired_state":"running","state":"running"}]}`))
+	f.Add([]byte(`{"nodes":null,"tasks":[{}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m Map
+		if json.Unmarshal(b, &m) != nil {
+			return
+		}
+		enc1, err := json.Marshal(&m)
+		if err != nil {
+			t.Fatalf("decoded map does not encode: %v", err)
+		}
+		var m2 Map
+		if err := json.Unmarshal(enc1, &m2); err != nil {
+			t.Fatalf("re-encoded map does not decode: %v\n%s", err, enc1)
+		}
+		enc2, _ := json.Marshal(&m2)
+		if !bytes.Equal(enc1, enc2) {
+			t.Fatalf("encoding is not stable:\n%s\n%s", enc1, enc2)
+		}
+		for _, n := range m.Nodes {
+			m.Node(n.ID)
+			m.TasksOn(n.ID)
+		}
+		for _, s := range m.Services {
+			m.Endpoints(s.Name)
+		}
+	})
 }

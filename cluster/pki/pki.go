@@ -20,10 +20,12 @@ import (
 )
 
 // Validity periods. The CA lives long because edge boards are rarely
-// re-provisioned; node certificates are renewed by the agent before expiry.
+// re-provisioned; node certificates live NodeValidity unless the manager's
+// cluster.cert_lifetime says otherwise, and the agent renews them at about
+// two thirds of their lifetime.
 const (
 	CAValidity   = 20 * 365 * 24 * time.Hour
-	NodeValidity = 365 * 24 * time.Hour
+	NodeValidity = 90 * 24 * time.Hour
 	// Backdate absorbs small clock differences between boards.
 	Backdate = time.Hour
 )
@@ -97,21 +99,24 @@ func (ca *CA) Pool() *x509.CertPool {
 	return p
 }
 
-// SignNode signs a node's CSR into a client certificate whose CommonName is
-// nodeID: the manager trusts the CN, never the CSR's subject.
+// SignNode signs a node's CSR into a client certificate valid NodeValidity.
 func (ca *CA) SignNode(csrDER []byte, nodeID string, now time.Time) (*x509.Certificate, error) {
-	csr, err := x509.ParseCertificateRequest(csrDER)
+	return ca.SignNodeFor(csrDER, nodeID, now, NodeValidity)
+}
+
+// SignNodeFor signs a node's CSR into a client certificate whose CommonName
+// is nodeID (the manager trusts the CN, never the CSR's subject), valid for
+// lifetime from now.
+func (ca *CA) SignNodeFor(csrDER []byte, nodeID string, now time.Time, lifetime time.Duration) (*x509.Certificate, error) {
+	csr, err := ParseCSR(csrDER)
 	if err != nil {
-		return nil, fmt.Errorf("parse certificate request: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("certificate request signature: %w", err)
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
 		Subject:      pkix.Name{CommonName: nodeID, Organization: ca.Cert.Subject.Organization},
 		NotBefore:    now.Add(-Backdate),
-		NotAfter:     now.Add(NodeValidity),
+		NotAfter:     now.Add(lifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
@@ -120,6 +125,43 @@ func (ca *CA) SignNode(csrDER []byte, nodeID string, now time.Time) (*x509.Certi
 		return nil, fmt.Errorf("sign node certificate: %w", err)
 	}
 	return x509.ParseCertificate(der)
+}
+
+// ParseCSR parses a certificate request and checks its signature, which
+// proves that the sender holds the private key of the key it names.
+func ParseCSR(der []byte) (*x509.CertificateRequest, error) {
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse certificate request: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("certificate request signature: %w", err)
+	}
+	return csr, nil
+}
+
+// KeyHash is the lowercase hex sha256 of a public key's PKIX encoding: how
+// the manager remembers which TLS key a node holds.
+func KeyHash(pub any) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+// Serial is a certificate's serial number as the manager records it.
+func Serial(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
+
+// IssuedAt is when a certificate was signed (its NotBefore is backdated).
+func IssuedAt(c *x509.Certificate) time.Time { return c.NotBefore.Add(Backdate) }
+
+// RenewAt is when a holder should renew c: at frac (about 2/3) of its
+// lifetime from issue.
+func RenewAt(c *x509.Certificate, frac float64) time.Time {
+	issued := IssuedAt(c)
+	return issued.Add(time.Duration(float64(c.NotAfter.Sub(issued)) * frac))
 }
 
 // IssueServer creates the manager's TLS serving key and certificate. Nodes

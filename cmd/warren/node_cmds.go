@@ -83,7 +83,7 @@ func addNodeCommands(root *cobra.Command) {
 				row("Clock offset", fmt.Sprintf("%+v (the node's clock minus the manager's)", off.Round(time.Second)))
 			}
 			if !n.CertExpires.IsZero() {
-				row("Certificate expires", n.CertExpires.Format(time.DateOnly))
+				row("Certificate expires", n.CertExpires.UTC().Format(time.RFC3339))
 			}
 			for _, p := range n.Tunnel {
 				hs := "never"

@@ -1,0 +1,128 @@
+package cluster
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"time"
+	"unicode/utf8"
+
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"golang.org/x/time/rate"
+)
+
+// Bounds on what a node may report or declare about itself: one node must
+// not be able to grow the map, the store or every node's cached map.
+const (
+	maxLabels        = 64
+	maxLabelKey      = 63
+	maxLabelValue    = 253
+	maxTunnelEntries = 1024 // health entries per report (one per peer)
+	maxReportedTasks = 4096
+	maxTaskName      = 128
+	maxImageRef      = 1024
+	// maxErrorText is the longest task error kept; longer ones are cut.
+	maxErrorText = 512
+	// A node's reports that change something (a write, maybe a new map)
+	// are limited to reportRate per second with bursts of reportBurst;
+	// plain heartbeats cost nothing and are not limited.
+	reportBurst = 10
+	reportRate  = rate.Limit(1)
+)
+
+var reportedStates = map[string]bool{
+	clustermap.TaskPending: true, clustermap.TaskStarting: true, clustermap.TaskRunning: true,
+	clustermap.TaskFailed: true, clustermap.TaskShutdown: true,
+}
+
+func validateLabels(labels map[string]string) error {
+	if len(labels) > maxLabels {
+		return fmt.Errorf("%d labels: at most %d", len(labels), maxLabels)
+	}
+	for k, v := range labels {
+		if k == "" || len(k) > maxLabelKey || !printable(k) {
+			return fmt.Errorf("label key %.70q: want 1-%d printable characters", k, maxLabelKey)
+		}
+		if len(v) > maxLabelValue || !printable(v) {
+			return fmt.Errorf("label %q value: want at most %d printable characters", k, maxLabelValue)
+		}
+	}
+	return nil
+}
+
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// checkReport refuses a report outside the bounds (400) and cuts error
+// texts to maxErrorText. It returns the report to fold.
+func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
+	if len(s.Tunnel) > maxTunnelEntries {
+		return s, errorf(http.StatusBadRequest, "report has %d tunnel entries: at most %d", len(s.Tunnel), maxTunnelEntries)
+	}
+	for _, h := range s.Tunnel {
+		if k, err := base64.StdEncoding.DecodeString(h.PublicKey); err != nil || len(k) != 32 {
+			return s, errorf(http.StatusBadRequest, "report: tunnel entry key %.60q is not a WireGuard public key", h.PublicKey)
+		}
+	}
+	if len(s.Tasks) > maxReportedTasks {
+		return s, errorf(http.StatusBadRequest, "report has %d tasks: at most %d", len(s.Tasks), maxReportedTasks)
+	}
+	if s.Tasks != nil {
+		tasks := make([]api.TaskStatus, len(s.Tasks))
+		for i, t := range s.Tasks {
+			if t.Name == "" || len(t.Name) > maxTaskName {
+				return s, errorf(http.StatusBadRequest, "report: task name %.70q: want 1-%d characters", t.Name, maxTaskName)
+			}
+			if !reportedStates[t.State] {
+				return s, errorf(http.StatusBadRequest, "report: task %s state %.40q: want pending, starting, running, failed or shutdown", t.Name, t.State)
+			}
+			if len(t.Image) > maxImageRef {
+				return s, errorf(http.StatusBadRequest, "report: task %s image reference is %d bytes: at most %d", t.Name, len(t.Image), maxImageRef)
+			}
+			t.Error = cutText(t.Error, maxErrorText)
+			tasks[i] = t
+		}
+		s.Tasks = tasks
+	}
+	return s, nil
+}
+
+// cutText shortens s to at most n bytes on a rune boundary, marking the cut.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "…"
+	s = s[:n-len(mark)]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + mark
+}
+
+// allowReportWrite charges nodeID's limiter for a report that changes
+// something. m.mu is held.
+func (m *Manager) allowReportWriteLocked(nodeID string, now time.Time) error {
+	if m.reportLimit == nil {
+		m.reportLimit = map[string]*rate.Limiter{}
+	}
+	l, ok := m.reportLimit[nodeID]
+	if !ok {
+		l = rate.NewLimiter(reportRate, reportBurst)
+		m.reportLimit[nodeID] = l
+	}
+	if !l.AllowN(now, 1) {
+		return errorf(http.StatusTooManyRequests, "too many status changes from this node (at most %d in a burst, then %v per second): the next report carries the current state", reportBurst, float64(reportRate))
+	}
+	return nil
+}

@@ -1,0 +1,54 @@
+package cluster
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Finding 8: a crash at any point of the first join leaves either "not
+// joined" (the next start joins again, as the same node since the key is
+// kept) or "joined". Each case is the set of files a crash left behind.
+func TestFirstJoinCrashAtAnyPointJoinsAgainAsTheSameNode(t *testing.T) {
+	tm := startManager(t)
+	all := []string{FileTLSKey, FileCA, FileIdentity, FileTLSCert}
+	for _, left := range [][]string{
+		{FileTLSKey},                            // key written, nothing answered yet
+		{FileTLSKey, FileCA},                    // CA saved
+		{FileTLSKey, FileCA, FileIdentity},      // identity saved, certificate not yet
+		{FileTLSKey, FileTLSCert},               // the order before the fix: certificate, then a crash
+		{FileTLSKey, FileTLSCert, FileCA},       // ditto, one step later
+		{FileTLSKey, FileTLSCert, FileIdentity}, // a lost CA file
+	} {
+		t.Run(strings.Join(left, "+"), func(t *testing.T) {
+			cfg := agentConfig(t, tm, "worker-"+strings.ReplaceAll(strings.ReplaceAll(strings.Join(left, "-"), ".", ""), "_", ""))
+			first := join(t, cfg).Self()
+			for _, f := range all {
+				if !contains(left, f) {
+					if err := os.Remove(filepath.Join(cfg.StateDir, f)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			again := join(t, cfg).Self()
+			if again.ID != first.ID || again.OverlayIP != first.OverlayIP {
+				t.Fatalf("after the crash the node joined as %+v, was %+v", again, first)
+			}
+			for _, f := range all {
+				if _, err := os.Stat(filepath.Join(cfg.StateDir, f)); err != nil {
+					t.Fatalf("after joining again: %v", err)
+				}
+			}
+		})
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

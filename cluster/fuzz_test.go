@@ -1,0 +1,75 @@
+package cluster
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
+)
+
+// fuzzNodeAPI feeds arbitrary bodies to one node API route through the
+// real handler, as a member (the handshake's certificate) or as nobody.
+// Whatever the body, the manager answers a 2xx or a 4xx that explains,
+// never a 5xx or a panic, and its map stays encodable.
+func fuzzNodeAPI(f *testing.F, method, path string, asMember bool, seeds ...[]byte) {
+	tm := startManager(f)
+	var peer *tls.ConnectionState
+	if asMember {
+		c := agentCert(join(f, agentConfig(f, tm, "worker-1")))
+		peer = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`null`))
+	f.Add([]byte(`{"tasks": [{"name": "x", "state": "running", "error": "\u00ff"}]}`))
+	h := tm.m.nodeHandler()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest(method, path, bytes.NewReader(body))
+		r.TLS = peer
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code >= 500 {
+			t.Fatalf("%s %s answered %d: %s", method, path, w.Code, w.Body.String())
+		}
+		if w.Code >= 400 && !bytes.Contains(w.Body.Bytes(), []byte(`"error"`)) {
+			t.Fatalf("%s %s answered %d without an explanation: %s", method, path, w.Code, w.Body.String())
+		}
+		if _, err := json.Marshal(tm.m.Map()); err != nil {
+			t.Fatalf("map no longer encodes: %v", err)
+		}
+	})
+}
+
+func mustMarshal(f *testing.F, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return b
+}
+
+func FuzzJoinRequest(f *testing.F) {
+	req, _ := rawJoinRequest(f, "secret", "n1", clustermap.RoleWorker, newWGKey(f))
+	fuzzNodeAPI(f, http.MethodPost, api.PathJoin, false, mustMarshal(f, req))
+}
+
+func FuzzReportRequest(f *testing.F) {
+	fuzzNodeAPI(f, http.MethodPost, api.PathStatus, true, mustMarshal(f, NodeStatus{
+		Tunnel: []api.PeerHealth{{PublicKey: newWGKey(f)}},
+		Tasks:  []api.TaskStatus{{Name: "web-1", State: "failed", Error: "boom", Image: "img"}},
+	}))
+}
+
+func FuzzSelfRequest(f *testing.F) {
+	fuzzNodeAPI(f, http.MethodPut, api.PathSelf, true, mustMarshal(f, api.SelfUpdate{
+		Labels: map[string]string{"zone": "a"}, Endpoint: mustAddrPort("192.0.2.9:51820"), PublicKey: newWGKey(f),
+	}))
+}
