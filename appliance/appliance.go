@@ -14,8 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/internal/buildinfo"
+	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -154,6 +156,15 @@ func runStandalone(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) e
 		return err
 	}
 	defer local.Close()
+	if cfg.Metrics.Listen != "" {
+		// Peers only: a standalone box has no map, tasks or rules.
+		met := metrics.New(metrics.Sources{Peers: func() []metrics.Peer {
+			return peerMetrics(dev, func() *clustermap.Map { return nil })
+		}})
+		if err := met.Serve(ctx, cfg.Metrics.Listen, log); err != nil {
+			return err
+		}
+	}
 	log.Info("standalone node up", "interface", cfg.WireGuard.Interface, "mode", dev.Mode(),
 		"address", cfg.WireGuard.Address.Prefix, "public_key", dev.PublicKey(), "peers", len(cfg.WireGuard.Peers))
 	notifyReady(log)

@@ -26,6 +26,9 @@ import (
 type localState struct {
 	mu  sync.Mutex
 	dev *tunnel.Device
+	// peerNames maps public keys to node names (from the cluster map); nil
+	// on a standalone node.
+	peerNames func() map[string]string
 	// extra node-local endpoints (VIPs, DNS) registered by the cluster roles.
 	extra map[string]http.HandlerFunc
 }
@@ -39,8 +42,12 @@ func (s *localState) tunnelStatus() api.LocalTunnel {
 	}
 	st := api.LocalTunnel{Interface: dev.Interface(), Mode: dev.Mode(), PublicKey: dev.PublicKey().String(), Peers: []api.LocalPeer{}}
 	now := time.Now()
+	var names map[string]string
+	if s.peerNames != nil {
+		names = s.peerNames()
+	}
 	for _, h := range dev.Health() {
-		p := api.LocalPeer{PublicKey: h.PublicKey.String(), RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
+		p := api.LocalPeer{PublicKey: h.PublicKey.String(), Node: names[h.PublicKey.String()], RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
 		if h.Endpoint.IsValid() {
 			p.Endpoint = h.Endpoint.String()
 		}

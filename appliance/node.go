@@ -18,6 +18,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
@@ -39,6 +40,13 @@ type member interface {
 // flushed its NAT rules.
 const (
 	reportInterval = 5 * time.Second
+	// A task state change is reported after reportCoalesce, and at most
+	// one report per reportMinGap is sent.
+	reportCoalesce = 30 * time.Millisecond
+	reportMinGap   = 200 * time.Millisecond
+	// reportRetry is how soon a report that was not delivered is sent
+	// again when reports on change are on.
+	reportRetry    = time.Second
 	canaryInterval = 10 * time.Second
 )
 
@@ -136,6 +144,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
 	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(cfg)}
+	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
 	}
@@ -164,8 +173,13 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		return err
 	}
 	defer n.stopReconcilers()
+	if cfg.Metrics.Listen != "" {
+		if err := n.met.Serve(ctx, cfg.Metrics.Listen, log); err != nil {
+			return err
+		}
+	}
 
-	st := &localState{dev: dev, extra: n.localHandlers()}
+	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
 		return err
@@ -195,6 +209,7 @@ type node struct {
 	nat    *nat.Applier
 	pol    *netpolicy.Applier
 	dns    *dns.Server
+	met    *metrics.Metrics
 
 	mu   sync.Mutex
 	last *clustermap.Map
@@ -282,6 +297,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		Domain:   n.net.Domain,
 		Allow:    allow,
 		FreeBind: true,
+		OnAnswer: n.met.CountDNS,
 		Logger:   n.log.With("component", "dns"),
 	})
 	if err != nil {
@@ -319,6 +335,7 @@ func (n *node) apply(m *clustermap.Map) {
 	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
 	if err := n.dev.SetPeers(peers); err != nil {
 		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
+		n.met.ReconcileError("tunnel")
 	}
 	// Policies first: a new task's address is in its sets before it starts.
 	n.syncPolicies(m)
@@ -326,15 +343,19 @@ func (n *node) apply(m *clustermap.Map) {
 	n.syncNAT(m)
 	n.ensurePolicyJump() // the NAT sync may have inserted its jumps before ours
 	n.dns.Update(dns.RecordsFromMap(m))
+	n.met.SetMapVersion(m.Version)
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
 }
 
 // syncNAT applies m's service rules; a failure is retried by the canary
 // loop, since the next map may be long in coming.
 func (n *node) syncNAT(m *clustermap.Map) {
+	start := time.Now()
 	err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions())
+	n.met.ObserveNATSync(time.Since(start), err)
 	if err != nil {
 		n.log.Error("applying service rules", "err", err, "map_version", m.Version)
+		n.met.ReconcileError("nat")
 	}
 	n.mu.Lock()
 	n.natFailed = err != nil
@@ -384,18 +405,46 @@ func (n *node) lastMap() *clustermap.Map {
 	return n.last
 }
 
-// reportLoop sends the heartbeat: tunnel health and task states.
+// reportLoop sends the heartbeat: tunnel health and task states, every
+// reportInterval and, unless cluster.report_on_change is off, as soon as a
+// task's state changes: the manager puts a task behind its VIP only once
+// it hears it runs, so waiting for the next heartbeat would add up to
+// reportInterval to every service start.
 func (n *node) reportLoop(ctx context.Context, mem member) {
 	t := time.NewTicker(reportInterval)
 	defer t.Stop()
+	var changed <-chan struct{}
+	if n.cfg.Cluster.ReportOnChange {
+		changed = n.orch.Changed()
+	}
+	var last time.Time
 	for {
-		if err := mem.Report(ctx, n.status()); err != nil && ctx.Err() == nil {
+		last = time.Now()
+		err := mem.Report(ctx, n.status())
+		if err != nil && ctx.Err() == nil {
 			n.log.Debug("status report not delivered", "err", err)
+		}
+		var retry <-chan time.Time
+		if err != nil && changed != nil {
+			// The report may have carried a change (the manager limits
+			// how many a node sends): try again soon rather than at the
+			// next heartbeat.
+			retry = time.After(reportRetry)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-retry:
+		case <-changed:
+			// Let a burst (tasks starting together) settle into one
+			// report, and never report more often than reportMinGap.
+			wait := max(reportCoalesce, reportMinGap-time.Since(last))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
 		}
 	}
 }

@@ -27,6 +27,7 @@ import (
 //	POST   /v1/services/{name}/update       api.ImageUpdate (rolling)
 //	POST   /v1/services/{name}/labels       api.LabelUpdate
 //	DELETE /v1/services/{name}              remove
+//	GET    /v1/tasks[?service=NAME]         tasks, also of removed services until stopped
 //	GET    /v1/policies                     list with matched tasks
 //	POST   /v1/policies                     api.PolicyApply (create or replace)
 //	GET    /v1/policies/{name}              inspect
@@ -75,6 +76,9 @@ func (m *Manager) AdminHandler() http.Handler {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Tasks(r.URL.Query().Get("service")))
 	})
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Services())

@@ -35,6 +35,7 @@ type Config struct {
 	LoadBalancing LoadBalancing `toml:"loadbalancing"`
 	Runtime       Runtime       `toml:"runtime"`
 	Log           Log           `toml:"log"`
+	Metrics       Metrics       `toml:"metrics"`
 	// Forward entries let a netstack node (no TUN) reach mesh services
 	// through local listeners.
 	Forward []Forward `toml:"forward"`
@@ -58,6 +59,10 @@ type Cluster struct {
 	// NodeDownAfter is how long a silent node stays "ready" before the
 	// manager marks it down and reschedules its tasks.
 	NodeDownAfter Duration `toml:"node_down_after"`
+	// ReportOnChange sends a status report as soon as a task's state
+	// changes; false reports only with the heartbeat (every 5 s), as
+	// before, which benchmarks use as their baseline.
+	ReportOnChange bool `toml:"report_on_change"`
 	// CertLifetime is how long the node certificates a manager signs are
 	// valid; agents renew them at about two thirds of it.
 	CertLifetime Duration `toml:"cert_lifetime"`
@@ -115,6 +120,18 @@ type Log struct {
 	Level string `toml:"level"`
 }
 
+// Metrics is [metrics].
+type Metrics struct {
+	// Listen is where /metrics is served (Prometheus text format); ""
+	// turns it off. The default binds loopback only: the numbers name
+	// peers, services and nodes.
+	Listen string `toml:"listen"`
+}
+
+// DefaultMetricsListen is [metrics] listen's default: loopback, on the
+// WireGuard exporter's port (9586), whose metric names the peers use.
+const DefaultMetricsListen = "127.0.0.1:9586"
+
 // Forward is one [[forward]]: listen locally, dial Target through the mesh.
 type Forward struct {
 	Proto  string `toml:"proto"`
@@ -131,9 +148,10 @@ func Default() Config {
 			Labels:   map[string]string{},
 		},
 		Cluster: Cluster{
-			APIListen:     ":7946",
-			NodeDownAfter: Duration{Duration: 30 * time.Second},
-			CertLifetime:  Duration{Duration: 90 * 24 * time.Hour},
+			APIListen:      ":7946",
+			NodeDownAfter:  Duration{Duration: 30 * time.Second},
+			CertLifetime:   Duration{Duration: 90 * 24 * time.Hour},
+			ReportOnChange: true,
 		},
 		WireGuard: WireGuard{
 			Interface:  "warren0",
@@ -159,7 +177,8 @@ func Default() Config {
 			Namespace:         "warren",
 			ImagesDir:         "/var/lib/warren/images",
 		},
-		Log: Log{Level: "info"},
+		Log:     Log{Level: "info"},
+		Metrics: Metrics{Listen: DefaultMetricsListen},
 	}
 }
 

@@ -52,6 +52,7 @@ func TestDefaultValues(t *testing.T) {
 		"persistence timeout":  d.LoadBalancing.PersistenceTimeout.Duration == 3*time.Hour,
 		"containerd namespace": d.Runtime.Namespace == "warren",
 		"api listen":           d.Cluster.APIListen == ":7946",
+		"metrics loopback":     d.Metrics.Listen == "127.0.0.1:9586",
 		"cert lifetime":        d.Cluster.CertLifetime.Duration == 90*24*time.Hour,
 	}
 	for name, ok := range checks {
@@ -139,6 +140,7 @@ func TestBadConfigs(t *testing.T) {
 		{"standalone without address", "[node]\nname='g'\nrole='standalone'\n", "wireguard.address", 0, "needs its overlay address"},
 		{"bad mode", validWorker + "[wireguard]\nmode = \"kernel\"\n", "wireguard.mode", 7, "not a mode"},
 		{"bad level", validWorker + "[log]\nlevel = \"loud\"\n", "log.level", 7, "not a level"},
+		{"metrics listen without IP", validWorker + "[metrics]\nlisten = \":9586\"\n", "metrics.listen", 7, "must be an IP:port"},
 		{"bad peer key", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='nope'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 6, "not a WireGuard public key"},
 		{"peer hostname endpoint", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nendpoint='peer.example:51820'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].endpoint", 6, "literal IP:port"},
 		{"bad block", validWorker + "[network]\ncontainer_block = 8\n", "network.container_block", 7, "between"},

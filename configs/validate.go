@@ -227,6 +227,13 @@ func (l *Loaded) Finish() error {
 		add("log.level", "%q is not a level (want \"debug\", \"info\", \"warn\" or \"error\")", c.Log.Level)
 	}
 
+	// [metrics]
+	if a := c.Metrics.Listen; a != "" {
+		if ap, err := netip.ParseAddrPort(a); err != nil || ap.Port() == 0 {
+			add("metrics.listen", "%q must be an IP:port such as \"127.0.0.1:9586\" (or \"\" to turn /metrics off)", a)
+		}
+	}
+
 	// [[forward]]
 	for i, f := range c.Forward {
 		key := fmt.Sprintf("forward[%d]", i)

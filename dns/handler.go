@@ -25,8 +25,9 @@ type handler struct {
 	forwardTimeout time.Duration
 	baseCtx        context.Context // cancelled when the server closes
 	log            *slog.Logger
-	allow          []netip.Prefix // Config.Allow
-	refused        atomic.Int64   // queries dropped by the source check
+	onAnswer       func(rcode string) // may be nil
+	allow          []netip.Prefix     // Config.Allow
+	refused        atomic.Int64       // queries dropped by the source check
 }
 
 // allowed reports whether a query from addr may be answered.
@@ -60,6 +61,9 @@ func (h *handler) allowed(addr net.Addr) bool {
 func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 	_, overTCP := w.RemoteAddr().(*net.TCPAddr)
 	if !h.allowed(w.RemoteAddr()) {
+		if h.onAnswer != nil {
+			h.onAnswer("ignored")
+		}
 		if h.refused.Add(1)%1000 == 1 {
 			h.log.Info("dns: ignoring queries from outside the node and the cluster's ranges", "remote", w.RemoteAddr(), "ignored", h.refused.Load())
 		}
@@ -71,6 +75,9 @@ func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 	resp := h.respond(req, overTCP)
 	if resp == nil {
 		return
+	}
+	if h.onAnswer != nil {
+		h.onAnswer(rcodeName(resp.Rcode))
 	}
 	if err := w.WriteMsg(resp); err != nil {
 		h.log.Debug("dns: write response", "remote", w.RemoteAddr(), "err", err)
@@ -179,4 +186,16 @@ func errorReply(req *miekg.Msg, rcode int) *miekg.Msg {
 		resp.Question = []miekg.Question{req.Question[0]}
 	}
 	return resp
+}
+
+// rcodeName is rc in lower case, "badvers" for 16 (which miekg names
+// BADSIG, the TSIG meaning of the same number).
+func rcodeName(rc int) string {
+	if rc == miekg.RcodeBadVers {
+		return "badvers"
+	}
+	if n, ok := miekg.RcodeToString[rc]; ok {
+		return strings.ToLower(n)
+	}
+	return "other"
 }

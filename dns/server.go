@@ -74,6 +74,11 @@ type Config struct {
 	// FreeBind sets IP_FREEBIND so Start succeeds before the listen address
 	// is configured on an interface (e.g. the bridge comes up later).
 	FreeBind bool
+	// OnAnswer, when set, is called once per answer sent with its response
+	// code in lower case ("noerror", "nxdomain", "servfail", ...), and with
+	// "ignored" for a query from outside Allow and the clients (no answer),
+	// for metrics. It must not block.
+	OnAnswer func(rcode string)
 	// Logger receives the server's logs; slog.Default() when nil.
 	Logger *slog.Logger
 }
@@ -159,6 +164,7 @@ func NewServer(cfg Config) (*Server, error) {
 		forwardTimeout: cfg.ForwardTimeout,
 		baseCtx:        ctx,
 		log:            cfg.Logger,
+		onAnswer:       cfg.OnAnswer,
 		allow:          cfg.Allow,
 	}
 	return s, nil

@@ -3,6 +3,7 @@ package dns
 import (
 	"net"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"slices"
 	"sync"
@@ -325,5 +326,51 @@ func TestCloseReleasesEverything(t *testing.T) {
 	}
 	if err := s.Start(); err == nil {
 		t.Fatal("Start after Close succeeded")
+	}
+}
+
+func TestOnAnswerCountsByRcode(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]int{}
+	s, addr := startServer(t, Config{OnAnswer: func(rc string) {
+		mu.Lock()
+		got[rc]++
+		mu.Unlock()
+	}})
+	s.Update(Records{Domain: "warren.local", Services: map[string]netip.Addr{"web": netip.MustParseAddr("10.1.0.1")}})
+	ask(t, addr, "udp", "web.warren.local.", miekg.TypeA)
+	ask(t, addr, "udp", "nope.warren.local.", miekg.TypeA)
+	ask(t, addr, "tcp", "nope.warren.local.", miekg.TypeA)
+	bad := new(miekg.Msg)
+	bad.SetQuestion("web.warren.local.", miekg.TypeA)
+	bad.SetEdns0(1232, false)
+	bad.IsEdns0().SetVersion(1)
+	exchange(t, addr, "udp", bad)
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]int{"noerror": 1, "nxdomain": 2, "badvers": 1}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("answers counted %v, want %v", got, want)
+	}
+}
+
+func TestOnAnswerCountsIgnoredQueries(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]int{}
+	_, addr := startServer(t, Config{Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, OnAnswer: func(rc string) {
+		mu.Lock()
+		got[rc]++
+		mu.Unlock()
+	}})
+	q := new(miekg.Msg)
+	q.SetQuestion("web.warren.local.", miekg.TypeA)
+	c := &miekg.Client{Net: "udp", Timeout: 300 * time.Millisecond}
+	if _, _, err := c.Exchange(q, addr); err == nil {
+		t.Fatal("a query from outside Allow was answered")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !reflect.DeepEqual(got, map[string]int{"ignored": 1}) {
+		t.Fatalf("counted %v, want one ignored query", got)
 	}
 }

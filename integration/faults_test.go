@@ -152,7 +152,7 @@ func TestFaultsCrashesFullDiskPowerCut(t *testing.T) {
 		if err == nil || !strings.Contains(out, "bad image!") {
 			t.Errorf("update to an invalid image ref: want an error quoting it, got %v:\n%s", err, out)
 		}
-		if out, err := m.Exec(ctx, "warren", "service", "update", "web", "--image", testImageV2); err != nil {
+		if out, err := m.Exec(ctx, "warren", "service", "update", "--detach", "web", "--image", testImageV2); err != nil {
 			t.Fatalf("service update: %v\n%s", err, out)
 		}
 		// Crash once the rollout has started on some task but not finished.
@@ -230,7 +230,7 @@ func TestFaultsCrashesFullDiskPowerCut(t *testing.T) {
 					default:
 					}
 					name := fmt.Sprintf("burst-%d-%d", s, i)
-					out, err := m.Exec(ctx, "warren", "service", "create", name, "--image", testImage, "--replicas", "0")
+					out, err := m.Exec(ctx, "warren", "service", "create", name, "--detach", "--image", testImage, "--replicas", "0")
 					mu.Lock()
 					if err == nil {
 						acked[name] = true
@@ -293,7 +293,7 @@ func TestFaultsCrashesFullDiskPowerCut(t *testing.T) {
 		before := len(acked)
 		for i := 1; i <= 40 && failure == ""; i++ {
 			name := fmt.Sprintf("full-%d", i)
-			out, err := m.Exec(ctx, "warren", "service", "create", name, "--image", testImage, "--replicas", "0")
+			out, err := m.Exec(ctx, "warren", "service", "create", name, "--detach", "--image", testImage, "--replicas", "0")
 			if err != nil {
 				failure = out
 				break
@@ -338,7 +338,7 @@ func TestFaultsCrashesFullDiskPowerCut(t *testing.T) {
 			t.Errorf("nodes changed:\nbefore %+v\nafter  %+v", nodesBefore, nodesAfter)
 		}
 		// And writes work again.
-		if out, err := m.Exec(ctx, "warren", "service", "create", "after-full", "--image", testImage, "--replicas", "0"); err != nil {
+		if out, err := m.Exec(ctx, "warren", "service", "create", "after-full", "--detach", "--image", testImage, "--replicas", "0"); err != nil {
 			t.Errorf("create after freeing space: %v\n%s", err, out)
 		}
 		waitRunning(t, c, "web", 3)

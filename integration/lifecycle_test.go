@@ -296,7 +296,7 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 	// Issue "orchestrate" and issue "nat": the VIP follows scaling, and in
 	// the steady state after a scale-down no request reaches a removed task.
 	t.Run("scale follows the VIP", func(t *testing.T) {
-		if out, err := c.Manager.Exec(ctx, "warren", "service", "scale", "web=5"); err != nil {
+		if out, err := c.Manager.Exec(ctx, "warren", "service", "scale", "--detach", "web=5"); err != nil {
 			t.Fatalf("scale web=5: %v\n%s", err, out)
 		}
 		v5 := waitRunning(t, c, "web", 5)
@@ -307,7 +307,7 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 			}
 			return onlyPages(pages, taskNames(v5), true)
 		})
-		if out, err := c.Manager.Exec(ctx, "warren", "service", "scale", "web=2"); err != nil {
+		if out, err := c.Manager.Exec(ctx, "warren", "service", "scale", "--detach", "web=2"); err != nil {
 			t.Fatalf("scale web=2: %v\n%s", err, out)
 		}
 		v2 := waitRunning(t, c, "web", 2)
@@ -339,7 +339,7 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 	// Issue "orchestrate" and issue "nat": `service rm` leaves nothing of
 	// the service on any node; the other service is untouched.
 	t.Run("service rm leaves nothing", func(t *testing.T) {
-		if out, err := c.Manager.Exec(ctx, "warren", "service", "rm", "web"); err != nil {
+		if out, err := c.Manager.Exec(ctx, "warren", "service", "rm", "--detach", "web"); err != nil {
 			t.Fatalf("service rm web: %v\n%s", err, out)
 		}
 		apiOn := map[string][]string{}

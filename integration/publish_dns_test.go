@@ -118,7 +118,7 @@ func TestDNSNamesFromTasks(t *testing.T) {
 		t.Errorf("warren network dns web: %v\n%s", err, out)
 	}
 	// A removed service's name is gone within a second or so.
-	if _, err := c.Manager.Exec(ctx, "warren", "service", "rm", "web"); err != nil {
+	if _, err := c.Manager.Exec(ctx, "warren", "service", "rm", "--detach", "web"); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "web.warren.local answers NXDOMAIN after service rm", func() error {

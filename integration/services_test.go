@@ -85,7 +85,9 @@ func waitRunning(t *testing.T, c *lab.Cluster, name string, want int) serviceVie
 func createService(t *testing.T, c *lab.Cluster, name string, args ...string) {
 	t.Helper()
 	ctx := ctxFor(t, time.Minute)
-	argv := append([]string{"service", "create", name, "--image", testImage}, args...)
+	// --detach: the tests wait for what they check themselves (some
+	// services here never converge on purpose).
+	argv := append([]string{"service", "create", name, "--detach", "--image", testImage}, args...)
 	if out, err := c.Manager.Exec(ctx, "warren", argv...); err != nil {
 		t.Fatalf("service create: %v\n%s", err, out)
 	}

@@ -42,7 +42,8 @@ type Reconciler struct {
 	runCtx context.Context // Run's context: task watchers live as long as it
 
 	wake          chan struct{}
-	hostCheckedAt time.Time // last good ensureHost; only the loop touches it
+	changed       chan struct{} // a task's reported status changed (buffer 1)
+	hostCheckedAt time.Time     // last good ensureHost; only the loop touches it
 
 	removeSem chan struct{} // bounds background removals
 
@@ -95,6 +96,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		images:    newImageStore(c, cfg.ImagesDir, log),
 		runCtx:    namespaces.WithNamespace(ctx, cfg.Namespace),
 		wake:      make(chan struct{}, 1),
+		changed:   make(chan struct{}, 1),
 		desired:   map[string]TaskSpec{},
 		records:   map[string]*taskRecord{},
 		removing:  map[string]netip.Addr{},
@@ -126,6 +128,18 @@ func (r *Reconciler) Apply(desired []TaskSpec) {
 	}
 	r.mu.Unlock()
 	r.poke()
+}
+
+// Changed receives a value after a task's status changed (coalesced: one
+// value may stand for many changes), so the node can report at once
+// instead of at its next heartbeat.
+func (r *Reconciler) Changed() <-chan struct{} { return r.changed }
+
+func (r *Reconciler) notify() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
 }
 
 func (r *Reconciler) poke() {
@@ -203,6 +217,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 				r.mu.Lock()
 				r.synced = true
 				r.mu.Unlock()
+				r.notify()
 			}
 			lastPass = time.Now()
 		}
@@ -351,6 +366,7 @@ func (r *Reconciler) converge(ctx context.Context) error {
 		if !want && !has && rec.removedAt.IsZero() {
 			rec.status.State, rec.status.Error = clustermap.TaskShutdown, ""
 			rec.removedAt = time.Now()
+			r.notify()
 		}
 	}
 	r.mu.Unlock()
@@ -473,6 +489,7 @@ func (r *Reconciler) setState(s TaskSpec, state, errText string) {
 	defer r.mu.Unlock()
 	if rec := r.records[s.Name]; rec != nil {
 		rec.status.State, rec.status.Error, rec.status.Image = state, errText, s.Image
+		r.notify()
 	}
 }
 
@@ -486,6 +503,7 @@ func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
 	rec.imageFailed = imageFailure
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, err.Error(), s.Image
 	r.mu.Unlock()
+	r.notify()
 	r.log.Warn("task failed", "task", name, "err", err)
 }
 
@@ -499,6 +517,7 @@ func (r *Reconciler) markRemoved(name string) {
 		status:    TaskStatus{Name: name, State: clustermap.TaskShutdown},
 		removedAt: time.Now(),
 	}
+	r.notify()
 }
 
 // ensureTask converges one desired task; c is its container or nil.
@@ -637,6 +656,7 @@ func (r *Reconciler) ensureRunning(ctx context.Context, s TaskSpec, c client.Con
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
 	gen := r.newWatch(rec)
 	r.mu.Unlock()
+	r.notify()
 	go r.watch(name, gen, exitCh)
 	r.log.Info("started task", "task", name, "pid", task.Pid())
 	return nil
@@ -653,6 +673,9 @@ func (r *Reconciler) noteRunning(s TaskSpec, task client.Task) {
 	}
 	if time.Since(rec.startedAt) >= healthyAfter {
 		rec.failures = 0
+	}
+	if rec.status.State != clustermap.TaskRunning || rec.status.Image != s.Image || rec.status.Error != "" {
+		r.notify()
 	}
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
 	rec.retryAt = time.Time{}
@@ -680,6 +703,7 @@ func (r *Reconciler) noteExit(s TaskSpec, st client.Status) bool {
 		rec.retryAt = time.Now().Add(backoff(rec.failures))
 		rec.status.State, rec.status.Image = clustermap.TaskFailed, s.Image
 		rec.status.Error = fmt.Sprintf("exited with status %d; restarting in %s", st.ExitStatus, backoff(rec.failures))
+		r.notify()
 		r.log.Warn("task exited", "task", name, "status", st.ExitStatus)
 		return false
 	}

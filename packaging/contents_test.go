@@ -21,6 +21,7 @@ var wantFiles = []wantFile{
 	{"/etc/warren", "drwxr-xr-x"},
 	{"/etc/warren/warren.toml", "-rw-------"}, // holds the join token
 	{"/usr/share/doc/warren-appliance/examples/worker.toml", "-rw-r--r--"},
+	{"/usr/share/warren-appliance/prometheus/alerts.yml", "-rw-r--r--"},
 	{"/var/lib/warren", "drwx------"}, // keys
 }
 

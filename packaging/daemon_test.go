@@ -164,11 +164,16 @@ func TestDaemonStartsUnderUnitSandboxAndNotifiesReady(t *testing.T) {
 	exe := filepath.Join(extractDeb(t, targets[0].debFile()), "usr/bin/warren-appliance")
 	caps := unitCapabilities(t)
 
-	d := startSandboxedDaemon(t, exe, caps, standaloneConfig, "", "")
+	// Loopback up, as on any host: /metrics listens on 127.0.0.1:9586.
+	d := startSandboxedDaemon(t, exe, caps, standaloneConfig, "ip link set lo up\n", "")
 	if err := d.waitReady(90 * time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, d.output)
 	}
 	pid := fmt.Sprint(d.cmd.Process.Pid)
+	if out, err := runErr("nsenter", "--target", pid, "--net", "curl", "-sS", "-m", "5", "http://127.0.0.1:9586/metrics"); err != nil ||
+		!strings.Contains(out, "warren_map_version 0") {
+		t.Errorf("/metrics of the sandboxed daemon: %v\n%s", err, out)
+	}
 	if out, err := runErr("nsenter", "--target", pid, "--net", "ip", "-o", "addr", "show", "dev", "warren0"); err != nil ||
 		!strings.Contains(out, "10.77.0.1/24") {
 		t.Errorf("warren0 with 10.77.0.1/24 in the daemon's namespace: %v\n%s", err, out)

@@ -5,7 +5,7 @@
 # to run before every `make test`.
 set -eu
 
-PKGS="containerd runc iputils-ping curl iptables wireguard-tools iproute2 busybox-static iperf3 conntrack kmod procps util-linux rpm dpkg-dev qemu-user-static systemd debootstrap cloud-init python3-yaml"
+PKGS="containerd runc iputils-ping curl iptables wireguard-tools iproute2 busybox-static iperf3 conntrack kmod procps util-linux rpm dpkg-dev qemu-user-static systemd debootstrap cloud-init python3-yaml prometheus"
 
 missing=""
 for p in $PKGS; do

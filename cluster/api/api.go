@@ -192,6 +192,7 @@ type ServiceView struct {
 // TaskView is one task of a service.
 type TaskView struct {
 	Name         string     `json:"name"`
+	Service      string     `json:"service,omitempty"` // set by GET /v1/tasks
 	Node         string     `json:"node"`
 	NodeID       string     `json:"node_id"`
 	IP           netip.Addr `json:"ip"`

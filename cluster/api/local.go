@@ -13,6 +13,7 @@ const (
 // LocalPeer is one WireGuard peer as `warren network status` shows it.
 type LocalPeer struct {
 	PublicKey       string    `json:"public_key"`
+	Node            string    `json:"node,omitempty"` // the node holding this key in the cluster map
 	Endpoint        string    `json:"endpoint,omitempty"`
 	AllowedIPs      []string  `json:"allowed_ips"`
 	LatestHandshake time.Time `json:"latest_handshake,omitzero"`

@@ -175,6 +175,14 @@ func (c *Client) UpdateServiceImage(ctx context.Context, name, image string) (ap
 	return out, c.do(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(name)+"/update", nil, api.ImageUpdate{Image: image}, &out)
 }
 
+// Tasks lists the tasks of service, including those of a removed service
+// until their nodes report them stopped.
+func (c *Client) Tasks(ctx context.Context, service string) ([]api.TaskView, error) {
+	var out []api.TaskView
+	err := c.do(ctx, http.MethodGet, "/v1/tasks", url.Values{"service": {service}}, nil, &out)
+	return out, err
+}
+
 // RemoveService removes a service and frees its VIP.
 func (c *Client) RemoveService(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/services/"+url.PathEscape(name), nil, nil, nil)

@@ -3,8 +3,11 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/warren-appliance/warren/cluster/meshmatrix"
 )
 
 // addNetworkCommands adds `warren network`: what this node's tunnel, service
@@ -14,9 +17,12 @@ func addNetworkCommands(root *cobra.Command) {
 
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "This node's WireGuard interface and each peer's health",
+		Short: "This node's WireGuard interface and each peer's health; --cluster: every node's view of every other (on a manager)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if all, _ := cmd.Flags().GetBool("cluster"); all {
+				return clusterMeshStatus(cmd)
+			}
 			st, err := apiClient(cmd).NetworkStatus(cmdContext(cmd))
 			if err != nil {
 				return err
@@ -26,17 +32,18 @@ func addNetworkCommands(root *cobra.Command) {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "interface: %s (%s)\npublic key: %s\n\n", st.Interface, st.Mode, st.PublicKey)
 			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "PEER\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tHEALTHY")
+			fmt.Fprintln(tw, "PEER\tNODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tHEALTHY")
 			for _, p := range st.Peers {
 				age := "never"
 				if p.HandshakeAge != "" {
 					age = p.HandshakeAge + " ago"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
 			}
 			return tw.Flush()
 		},
 	}
+	status.Flags().Bool("cluster", false, "the N×N matrix of every node's handshake age with every other, from the nodes' reports (on a manager)")
 	addJSONFlag(status)
 
 	vips := &cobra.Command{
@@ -84,6 +91,55 @@ func addNetworkCommands(root *cobra.Command) {
 	}
 	addJSONFlag(dnsCmd)
 	netCmd.AddCommand(status, vips, dnsCmd)
+}
+
+// clusterMeshStatus prints the mesh matrix: row FROM, column TO, each cell
+// the age of FROM's last handshake with TO; "!" marks unhealthy links,
+// which are then listed with the reason.
+func clusterMeshStatus(cmd *cobra.Command) error {
+	nodes, err := apiClient(cmd).Nodes(cmdContext(cmd))
+	if err != nil {
+		return err
+	}
+	m := meshmatrix.Build(nodes, time.Now())
+	if asJSON(cmd) {
+		return printJSON(cmd.OutOrStdout(), m)
+	}
+	cells := map[[2]string]string{}
+	var bad []meshmatrix.Link
+	for _, l := range m.Links {
+		cells[[2]string{l.From, l.To}] = meshmatrix.Cell(l)
+		if !l.Healthy {
+			bad = append(bad, l)
+		}
+	}
+	out := cmd.OutOrStdout()
+	tw := newTable(out)
+	fmt.Fprintln(tw, "FROM \\ TO\t"+strings.Join(m.Nodes, "\t"))
+	for _, from := range m.Nodes {
+		row := []string{from}
+		for _, to := range m.Nodes {
+			c := "-"
+			if from != to {
+				c = cells[[2]string{from, to}]
+			}
+			row = append(row, c)
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\ncells: time since FROM's last handshake with TO; \"!\": unhealthy (none within %s, or no report)\n", meshmatrix.HealthyWithin)
+	if len(bad) == 0 {
+		fmt.Fprintf(out, "all %d links healthy\n", len(m.Links))
+		return nil
+	}
+	fmt.Fprintf(out, "%d of %d links unhealthy:\n", len(bad), len(m.Links))
+	for _, l := range bad {
+		fmt.Fprintf(out, "  %s -> %s: %s\n", l.From, l.To, l.Problem)
+	}
+	return nil
 }
 
 func orDash(s string) string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strconv"
@@ -48,16 +49,27 @@ func addServiceCommands(root *cobra.Command) {
 			}
 			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
 				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels}
-			v, err := apiClient(cmd).CreateService(cmdContext(cmd), spec)
+			c := apiClient(cmd)
+			v, err := c.CreateService(cmdContext(cmd), spec)
 			if err != nil {
 				return err
+			}
+			if !asJSON(cmd) {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s created: VIP %s, %d replica(s)\n", v.Name, v.VIP, v.Replicas)
+				if v.Unplaced != "" && detached(cmd) {
+					fmt.Fprintf(cmd.OutOrStdout(), "warning: %s\n", v.Unplaced)
+				}
+			}
+			if !detached(cmd) {
+				if v, err = waitService(cmd, v.Name); err != nil {
+					return err
+				}
 			}
 			if asJSON(cmd) {
 				return printJSON(cmd.OutOrStdout(), v)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s created: VIP %s, %d replica(s)\n", v.Name, v.VIP, v.Replicas)
-			if v.Unplaced != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "warning: %s\n", v.Unplaced)
+			if !detached(cmd) {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %d/%d running\n", v.Name, v.Running, v.Replicas)
 			}
 			return nil
 		},
@@ -72,6 +84,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
+	addWaitFlags(createCmd)
 
 	lsCmd := &cobra.Command{
 		Use:     "ls",
@@ -187,9 +200,19 @@ func addServiceCommands(root *cobra.Command) {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s scaled to %d\n", v.Name, v.Replicas)
-				if v.Unplaced != "" {
+				if v.Unplaced != "" && detached(cmd) {
 					fmt.Fprintf(cmd.OutOrStdout(), "warning: %s\n", v.Unplaced)
 				}
+			}
+			if detached(cmd) {
+				return nil
+			}
+			for _, ch := range changes {
+				v, err := waitService(cmd, ch.name)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %d/%d running\n", v.Name, v.Running, v.Replicas)
 			}
 			return nil
 		},
@@ -231,15 +254,29 @@ func addServiceCommands(root *cobra.Command) {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time (each next one once the previous reports running); follow with `warren service ps %s`\n",
-					v.Name, v.Image, v.Name)
+				if detached(cmd) {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time (each next one once the previous reports running); follow with `warren service ps %s`\n",
+						v.Name, v.Image, v.Name)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time\n", v.Name, v.Image)
+				}
 			}
+			if detached(cmd) {
+				return nil
+			}
+			v, err := waitService(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d/%d running %s\n", v.Name, v.Running, v.Replicas, v.Image)
 			return nil
 		},
 	}
 	updateCmd.Flags().String("image", "", "new container image (rolling update)")
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
+	addWaitFlags(updateCmd)
+	addWaitFlags(scaleCmd)
 
 	rmCmd := &cobra.Command{
 		Use:     "rm NAME...",
@@ -254,11 +291,39 @@ func addServiceCommands(root *cobra.Command) {
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), name)
 			}
+			if detached(cmd) {
+				return nil
+			}
+			for _, name := range args {
+				err := waitConverged(cmdContext(cmd), cmd, "removing "+name, func(ctx context.Context) (progress, error) {
+					tasks, err := c.Tasks(ctx, name)
+					return removalProgress(tasks), err
+				})
+				if err != nil {
+					return err
+				}
+			}
 			return nil
 		},
 	}
+	addWaitFlags(rmCmd)
 
 	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd)
+}
+
+// waitService waits until service name has converged and returns its
+// final view.
+func waitService(cmd *cobra.Command, name string) (api.ServiceView, error) {
+	c := apiClient(cmd)
+	var v api.ServiceView
+	err := waitConverged(cmdContext(cmd), cmd, name, func(ctx context.Context) (progress, error) {
+		var err error
+		if v, err = c.Service(ctx, name); err != nil {
+			return progress{}, err
+		}
+		return serviceProgress(v), nil
+	})
+	return v, err
 }
 
 func printTasks(w io.Writer, s api.ServiceView) error {
