@@ -12,7 +12,8 @@ LDFLAGS := -s -w -X $(PKG)/internal/buildinfo.Version=$(VERSION) \
 # grpcnotrace: containerd's gRPC client would otherwise link golang.org/x/net/trace
 # and html/template (~370 KB) for debug pages the appliance never serves.
 GOBUILD := CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags '$(LDFLAGS)'
-BINS    := warren-appliance warren
+# One binary: warren-appliance is a symlink to warren, which runs the
+# daemon when called by that name.
 PLATFORMS := linux/amd64 linux/arm64 linux/arm
 
 .PHONY: all deps build cross test test-arm bench lint fuzz demo package clean
@@ -24,17 +25,16 @@ deps:
 
 build:
 	@mkdir -p bin
-	$(GOBUILD) -o bin/warren-appliance ./cmd/warren-appliance
 	$(GOBUILD) -o bin/warren ./cmd/warren
+	ln -sf warren bin/warren-appliance
 
 # 32-bit ARM is built with GOARM=6 so one binary runs on every Raspberry Pi.
 cross:
 	@set -e; for p in $(PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; dir=bin/$$os-$$arch; mkdir -p $$dir; \
-		for b in $(BINS); do \
-			echo "build $$dir/$$b"; \
-			GOOS=$$os GOARCH=$$arch GOARM=6 $(GOBUILD) -o $$dir/$$b ./cmd/$$b; \
-		done; \
+		echo "build $$dir/warren"; \
+		GOOS=$$os GOARCH=$$arch GOARM=6 $(GOBUILD) -o $$dir/warren ./cmd/warren; \
+		ln -sf warren $$dir/warren-appliance; \
 	done
 
 lint:

@@ -19,10 +19,12 @@ import (
 	"github.com/warren-appliance/warren/internal/buildinfo"
 	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/tunnel"
+
+	"github.com/warren-appliance/warren/cluster/api"
 )
 
 // SocketPath is where the CLI finds the daemon.
-const SocketPath = "/run/warren/warren.sock"
+const SocketPath = api.SocketPath
 
 // memoryLimit is the daemon's default soft Go memory limit.
 const memoryLimit = 64 << 20
@@ -102,7 +104,7 @@ func openTunnel(cfg *configs.Loaded, addr netip.Prefix, log *slog.Logger) (*tunn
 		PrivateKey: key,
 		Address:    addr,
 		Forwards:   fwds,
-		Logger:     log.With("component", "tunnel"),
+		Logger:     log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)

@@ -18,6 +18,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/internal/netaddr"
 	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/netpolicy"
@@ -251,7 +252,7 @@ func (n *node) recheckHostOverlap() {
 	}
 }
 
-func (n *node) bridgeIP() netip.Addr { return n.self.ContainerBlock.Addr().Next() }
+func (n *node) bridgeIP() netip.Addr { return netaddr.Bridge(n.self.ContainerBlock) }
 
 func (n *node) startReconcilers(ctx context.Context) error {
 	cfg := n.cfg
@@ -265,7 +266,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		StateDir:          filepath.Join(cfg.Node.StateDir, "tasks"),
 		OverlayInterface:  cfg.WireGuard.Interface,
 		CgroupParent:      cfg.Runtime.CgroupParent,
-		Logger:            n.log.With("component", "orchestrate"),
+		Logger:            n.log,
 	})
 	if err != nil {
 		return fmt.Errorf("containerd at %s: %w", cfg.Runtime.ContainerdAddress, err)
@@ -277,7 +278,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		}
 	}()
 
-	if n.nat, err = nat.NewApplier(n.log.With("component", "nat")); err != nil {
+	if n.nat, err = nat.NewApplier(n.log); err != nil {
 		return fmt.Errorf("iptables: %w", err)
 	}
 	if n.pol, err = netpolicy.NewApplier(n.log.With("component", "netpolicy")); err != nil {
@@ -298,7 +299,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		Allow:    allow,
 		FreeBind: true,
 		OnAnswer: n.met.CountDNS,
-		Logger:   n.log.With("component", "dns"),
+		Logger:   n.log,
 	})
 	if err != nil {
 		return fmt.Errorf("dns: %w", err)

@@ -28,6 +28,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/store"
+	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/internal/wgkey"
 	"golang.org/x/time/rate"
 )
@@ -37,8 +38,8 @@ type NodeStatus = api.NodeStatus
 
 // Defaults for zero ManagerConfig fields.
 const (
-	DefaultAPIListen = ":7946"
-	DefaultDomain    = "warren.local"
+	DefaultAPIListen = configs.DefaultAPIListen
+	DefaultDomain    = configs.DefaultDomain
 	DefaultDownAfter = 30 * time.Second
 	// MinCertLifetime is the shortest cluster.cert_lifetime (for tests and
 	// labs; real clusters keep the default).
@@ -220,16 +221,16 @@ func (m *Manager) Network() clustermap.Network {
 func (m *Manager) createCluster() (*state, error) {
 	c := m.cfg
 	if !c.WireGuardSubnet.IsValid() {
-		c.WireGuardSubnet = netip.MustParsePrefix("10.0.0.0/24")
+		c.WireGuardSubnet = configs.DefaultWireGuardSubnet
 	}
 	if !c.ContainerSubnet.IsValid() {
-		c.ContainerSubnet = netip.MustParsePrefix("10.0.0.0/16")
+		c.ContainerSubnet = configs.DefaultContainerSubnet
 	}
 	if c.ContainerBlockBits == 0 {
-		c.ContainerBlockBits = 24
+		c.ContainerBlockBits = configs.DefaultContainerBlock
 	}
 	if !c.VIPSubnet.IsValid() {
-		c.VIPSubnet = netip.MustParsePrefix("10.1.0.0/16")
+		c.VIPSubnet = configs.DefaultVIPSubnet
 	}
 	if err := validateSubnets(c); err != nil {
 		return nil, err

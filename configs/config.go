@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"sort"
 	"strings"
@@ -144,38 +143,38 @@ func Default() Config {
 	return Config{
 		Node: Node{
 			Role:     RoleWorker,
-			StateDir: "/var/lib/warren",
+			StateDir: DefaultStateDir,
 			Labels:   map[string]string{},
 		},
 		Cluster: Cluster{
-			APIListen:      ":7946",
+			APIListen:      DefaultAPIListen,
 			NodeDownAfter:  Duration{Duration: 30 * time.Second},
 			CertLifetime:   Duration{Duration: 90 * 24 * time.Hour},
 			ReportOnChange: true,
 		},
 		WireGuard: WireGuard{
-			Interface:  "warren0",
+			Interface:  DefaultInterface,
 			Mode:       "auto",
-			ListenPort: 51820,
+			ListenPort: DefaultListenPort,
 			Keepalive:  Duration{Duration: 25 * time.Second},
-			MTU:        1420,
-			Subnet:     Subnet{Prefix: netip.MustParsePrefix("10.0.0.0/24")},
+			MTU:        DefaultMTU,
+			Subnet:     Subnet{Prefix: DefaultWireGuardSubnet},
 		},
 		Network: Network{
-			ContainerSubnet: Subnet{Prefix: netip.MustParsePrefix("10.0.0.0/16")},
-			ContainerBlock:  24,
-			VIPSubnet:       Subnet{Prefix: netip.MustParsePrefix("10.1.0.0/16")},
-			Bridge:          "warren-br0",
-			DNSDomain:       "warren.local",
+			ContainerSubnet: Subnet{Prefix: DefaultContainerSubnet},
+			ContainerBlock:  DefaultContainerBlock,
+			VIPSubnet:       Subnet{Prefix: DefaultVIPSubnet},
+			Bridge:          DefaultBridge,
+			DNSDomain:       DefaultDomain,
 		},
 		LoadBalancing: LoadBalancing{
 			Algorithm:          "random",
 			PersistenceTimeout: Duration{Duration: 3 * time.Hour},
 		},
 		Runtime: Runtime{
-			ContainerdAddress: "/run/containerd/containerd.sock",
-			Namespace:         "warren",
-			ImagesDir:         "/var/lib/warren/images",
+			ContainerdAddress: DefaultContainerdAddress,
+			Namespace:         DefaultNamespace,
+			ImagesDir:         DefaultStateDir + "/images",
 		},
 		Log:     Log{Level: "info"},
 		Metrics: Metrics{Listen: DefaultMetricsListen},

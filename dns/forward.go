@@ -68,7 +68,7 @@ func (f *forwarder) setUpstreams(ctx context.Context, source string, addrs []net
 		}
 		seen[a] = true
 		if loopsBack(a, listens, isLocal) {
-			f.log.Warn("dns: upstream resolver is this server itself; skipping it", "upstream", a, "source", source)
+			f.log.Warn("upstream resolver is this server itself; skipping it", "upstream", a, "source", source)
 			continue
 		}
 		set.upstreams = append(set.upstreams, &upstream{addr: a, probed: make(chan struct{})})
@@ -76,7 +76,7 @@ func (f *forwarder) setUpstreams(ctx context.Context, source string, addrs []net
 	if len(set.upstreams) == 0 {
 		set.warnNone(f.log)
 	} else {
-		f.log.Info("dns: upstream resolvers", "source", source, "upstreams", set.addrs())
+		f.log.Info("upstream resolvers", "source", source, "upstreams", set.addrs())
 	}
 	for _, up := range set.upstreams {
 		f.probeWG.Add(1)
@@ -143,11 +143,11 @@ func (f *forwarder) probe(ctx context.Context, up *upstream, timeout time.Durati
 	m := new(miekg.Msg)
 	m.SetQuestion(name, miekg.TypeHINFO)
 	if _, err := roundTrip(ctx, "udp", m, up.addr.String()); err != nil {
-		f.log.Debug("dns: loop probe got no answer", "upstream", up.addr, "err", err)
+		f.log.Debug("loop probe got no answer", "upstream", up.addr, "err", err)
 		return
 	}
 	if !p.caught.Load() && up.looped.CompareAndSwap(true, false) {
-		f.log.Info("dns: upstream resolver no longer forwards back to this server; using it again", "upstream", up.addr)
+		f.log.Info("upstream resolver no longer forwards back to this server; using it again", "upstream", up.addr)
 	}
 }
 
@@ -165,7 +165,7 @@ func (f *forwarder) catchProbe(name string) bool {
 	}
 	p.caught.Store(true)
 	if p.up.looped.CompareAndSwap(false, true) {
-		f.log.Warn("dns: upstream resolver forwards back to this server (loop); skipping it", "upstream", p.up.addr)
+		f.log.Warn("upstream resolver forwards back to this server (loop); skipping it", "upstream", p.up.addr)
 	}
 	return true
 }

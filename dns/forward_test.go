@@ -145,18 +145,27 @@ func TestForwardFallsBackToNextUpstream(t *testing.T) {
 // logCounter counts log records whose message contains a substring.
 type logCounter struct {
 	slog.Handler
-	mu     sync.Mutex
-	counts map[string]int
+	*counts
+}
+
+type counts struct {
+	mu sync.Mutex
+	n  map[string]int
 }
 
 func newLogCounter(t *testing.T) (*slog.Logger, *logCounter) {
-	lc := &logCounter{Handler: testLogger(t).Handler(), counts: make(map[string]int)}
+	lc := &logCounter{Handler: testLogger(t).Handler(), counts: &counts{n: make(map[string]int)}}
 	return slog.New(lc), lc
+}
+
+// WithAttrs keeps counting through the server's logger.With("component", ...).
+func (lc *logCounter) WithAttrs(as []slog.Attr) slog.Handler {
+	return &logCounter{Handler: lc.Handler.WithAttrs(as), counts: lc.counts}
 }
 
 func (lc *logCounter) Handle(ctx context.Context, r slog.Record) error {
 	lc.mu.Lock()
-	lc.counts[r.Message]++
+	lc.n[r.Message]++
 	lc.mu.Unlock()
 	return lc.Handler.Handle(ctx, r)
 }
@@ -165,7 +174,7 @@ func (lc *logCounter) count(substr string) int {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
 	n := 0
-	for msg, c := range lc.counts {
+	for msg, c := range lc.n {
 		if strings.Contains(msg, substr) {
 			n += c
 		}

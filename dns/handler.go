@@ -65,7 +65,7 @@ func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 			h.onAnswer("ignored")
 		}
 		if h.refused.Add(1)%1000 == 1 {
-			h.log.Info("dns: ignoring queries from outside the node and the cluster's ranges", "remote", w.RemoteAddr(), "ignored", h.refused.Load())
+			h.log.Info("ignoring queries from outside the node and the cluster's ranges", "remote", w.RemoteAddr(), "ignored", h.refused.Load())
 		}
 		if overTCP {
 			w.Close()
@@ -80,7 +80,7 @@ func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 		h.onAnswer(rcodeName(resp.Rcode))
 	}
 	if err := w.WriteMsg(resp); err != nil {
-		h.log.Debug("dns: write response", "remote", w.RemoteAddr(), "err", err)
+		h.log.Debug("write response", "remote", w.RemoteAddr(), "err", err)
 	}
 }
 
@@ -139,7 +139,7 @@ func (h *handler) forward(req *miekg.Msg, overTCP bool) *miekg.Msg {
 	if err != nil {
 		// Debug only: a dead upstream would otherwise log once per query;
 		// the forwarder logs lasting conditions (loops, no upstream) once.
-		h.log.Debug("dns: forward failed", "name", req.Question[0].Name, "err", err)
+		h.log.Debug("forward failed", "name", req.Question[0].Name, "err", err)
 		return errorReply(req, miekg.RcodeServerFailure)
 	}
 	resp.Id = req.Id

@@ -139,6 +139,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = cfg.Logger.With("component", "dns")
 	var upstreams []netip.AddrPort
 	if len(cfg.Upstreams) > 0 {
 		if upstreams, err = parseUpstreams(cfg.Upstreams); err != nil {
@@ -228,7 +229,7 @@ func (s *Server) Start() error {
 	} else {
 		content, err := os.ReadFile(s.cfg.ResolvConf)
 		if err != nil {
-			s.log.Warn("dns: cannot read resolv.conf; forwarding disabled until it appears", "path", s.cfg.ResolvConf, "err", err)
+			s.log.Warn("cannot read resolv.conf; forwarding disabled until it appears", "path", s.cfg.ResolvConf, "err", err)
 		}
 		s.loadResolvConf(content)
 		s.wg.Add(1)
@@ -261,7 +262,7 @@ func (s *Server) Start() error {
 				defer s.wg.Done()
 				err := srv.ActivateAndServe()
 				if err != nil && s.ctx.Err() == nil {
-					s.log.Error("dns: server stopped", "err", err)
+					s.log.Error("server stopped", "err", err)
 				}
 				failed <- err
 			}()
@@ -278,7 +279,7 @@ func (s *Server) Start() error {
 			}
 		}
 	}
-	s.log.Info("dns: serving", "listen", addrs, "domain", s.zone.Load().domain)
+	s.log.Info("serving", "listen", addrs, "domain", s.zone.Load().domain)
 	return nil
 }
 
@@ -328,7 +329,7 @@ func setFreeBind(network, _ string, c syscall.RawConn) error {
 func (s *Server) loadResolvConf(content []byte) {
 	addrs, err := resolvConfUpstreams(content)
 	if err != nil {
-		s.log.Warn("dns: bad resolv.conf", "path", s.cfg.ResolvConf, "err", err)
+		s.log.Warn("bad resolv.conf", "path", s.cfg.ResolvConf, "err", err)
 	}
 	s.fwd.setUpstreams(s.ctx, s.cfg.ResolvConf, addrs, s.addrs, s.cfg.ForwardTimeout)
 }
@@ -350,7 +351,7 @@ func (s *Server) watchResolvConf(last []byte) {
 		content, err := os.ReadFile(s.cfg.ResolvConf)
 		if err != nil {
 			if !missingLogged {
-				s.log.Warn("dns: cannot read resolv.conf; keeping the last upstreams", "path", s.cfg.ResolvConf, "err", err)
+				s.log.Warn("cannot read resolv.conf; keeping the last upstreams", "path", s.cfg.ResolvConf, "err", err)
 				missingLogged = true
 			}
 			continue
@@ -406,7 +407,7 @@ func (s *Server) Update(r Records) {
 	if r.Domain != "" {
 		d, err := normalizeDomain(r.Domain)
 		if err != nil {
-			s.log.Error("dns: records name an invalid domain; keeping the current one", "domain", r.Domain, "current", domain, "err", err)
+			s.log.Error("records name an invalid domain; keeping the current one", "domain", r.Domain, "current", domain, "err", err)
 		} else {
 			domain = d
 		}
@@ -420,7 +421,7 @@ func (s *Server) Update(r Records) {
 		msg := p.Error()
 		current[msg] = true
 		if !s.problems[msg] {
-			s.log.Warn("dns: record skipped", "err", msg)
+			s.log.Warn("record skipped", "err", msg)
 		}
 	}
 	s.problems = current

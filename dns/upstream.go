@@ -32,7 +32,7 @@ type upstreamSet struct {
 // warnNone logs, once per set, that nothing is left to forward to.
 func (s *upstreamSet) warnNone(log *slog.Logger) {
 	s.noneOnce.Do(func() {
-		log.Warn("dns: no usable upstream resolver (none configured, or all loop back); names outside the domain answer SERVFAIL", "source", s.source)
+		log.Warn("no usable upstream resolver (none configured, or all loop back); names outside the domain answer SERVFAIL", "source", s.source)
 	})
 }
 

@@ -8,10 +8,12 @@ import (
 	"strings"
 
 	miekg "github.com/miekg/dns"
+
+	"github.com/warren-appliance/warren/configs"
 )
 
 // DefaultDomain is the zone served when neither Config nor Records name one.
-const DefaultDomain = "warren.local"
+const DefaultDomain = configs.DefaultDomain
 
 // TTLs: task addresses move when tasks restart or reschedule, so resolvers
 // must come back soon; VIPs live as long as their service.

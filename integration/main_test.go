@@ -13,7 +13,8 @@ import (
 	"github.com/warren-appliance/warren/integration/lab"
 )
 
-// Binaries built once for the suite, as `make build` builds them.
+// Binaries built once for the suite, as `make build` builds them
+// (warren-appliance is a symlink to warren).
 var (
 	applianceBin string
 	warrenBin    string
@@ -34,13 +35,19 @@ func TestMain(m *testing.M) {
 	applianceBin = filepath.Join(dir, "warren-appliance")
 	warrenBin = filepath.Join(dir, "warren")
 	httpgetBin = filepath.Join(dir, "httpget")
-	for bin, pkg := range map[string]string{applianceBin: "../cmd/warren-appliance", warrenBin: "../cmd/warren", httpgetBin: "./testdata/httpget"} {
+	for bin, pkg := range map[string]string{warrenBin: "../cmd/warren", httpgetBin: "./testdata/httpget"} {
 		cmd := exec.Command("go", "build", "-o", bin, pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
 			os.Exit(1)
 		}
+	}
+	// One binary, as the packages install it: the daemon is warren called
+	// as warren-appliance.
+	if err := os.Symlink("warren", applianceBin); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -102,12 +102,13 @@ func NewApplier(logger *slog.Logger) (*Applier, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	logger = logger.With("component", "nat")
 	x, err := newXtables(iptbackend.Detect("nat", chainCanary))
 	if err != nil {
 		return nil, err
 	}
 	a := &Applier{xtables: x, logger: logger, udp: newUDPBackends(nil)}
-	logger.Info("nat: iptables backend", "command", x.command, "backend", x.backend)
+	logger.Info("iptables backend", "command", x.command, "backend", x.backend)
 	return a, nil
 }
 
@@ -175,11 +176,11 @@ func (a *Applier) Sync(services []Service, opts Options) error {
 			return fmt.Errorf("rules applied, but: %w", err)
 		}
 		if n > 0 {
-			a.logger.Info("nat: deleted stale UDP conntrack entries", "count", n)
+			a.logger.Info("deleted stale UDP conntrack entries", "count", n)
 		}
 		a.udp = udp
 	}
-	a.logger.Debug("nat: synced", "services", len(services), "full", full, "restore_bytes", restoreBytes, "took", time.Since(start))
+	a.logger.Debug("synced", "services", len(services), "full", full, "restore_bytes", restoreBytes, "took", time.Since(start))
 	return nil
 }
 
@@ -196,7 +197,7 @@ func (a *Applier) CanaryMissing() (bool, error) {
 		a.mu.Lock()
 		a.applied = nil
 		a.mu.Unlock()
-		a.logger.Warn("nat: rules were flushed by someone else; the next sync restores them")
+		a.logger.Warn("rules were flushed by someone else; the next sync restores them")
 	}
 	return missing, nil
 }
@@ -262,7 +263,7 @@ func (a *Applier) Cleanup() error {
 			return fmt.Errorf("%s: %w", other, err)
 		}
 	}
-	a.logger.Info("nat: removed all warren rules")
+	a.logger.Info("removed all warren rules")
 	return nil
 }
 

@@ -4,6 +4,11 @@
 // containerd and the kernel to the desired task list, restarts exited
 // tasks with backoff, adopts the tasks it finds after a restart and
 // removes what it owns but no longer wants.
+//
+// Each pass observes (containerd's containers and processes, the task
+// namespaces), plans with a pure function of (desired tasks, observed
+// state, the loop's records, now) in plan.go, whose table tests need
+// neither containerd nor namespaces, and executes the plan's actions.
 package orchestrate
 
 import (
@@ -13,6 +18,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/warren-appliance/warren/configs"
 )
 
 // TaskSpec is one task this node must run.
@@ -58,10 +65,10 @@ type Config struct {
 
 // Defaults filled in by New.
 const (
-	DefaultContainerdAddress = "/run/containerd/containerd.sock"
-	DefaultNamespace         = "warren"
-	DefaultBridge            = "warren-br0"
-	DefaultOverlayInterface  = "warren0"
+	DefaultContainerdAddress = configs.DefaultContainerdAddress
+	DefaultNamespace         = configs.DefaultNamespace
+	DefaultBridge            = configs.DefaultBridge
+	DefaultOverlayInterface  = configs.DefaultInterface
 	DefaultStopGrace         = 10 * time.Second
 )
 

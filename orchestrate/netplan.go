@@ -32,11 +32,6 @@ const (
 // hostVethPrefix starts the host side of every task's veth pair.
 const hostVethPrefix = "wv"
 
-// gatewayAddr is the bridge's address: the block's first address.
-func gatewayAddr(block netip.Prefix) netip.Addr {
-	return block.Masked().Addr().Next()
-}
-
 // hostVethName derives the host end's name from the task name: stable
 // across restarts (so adoption finds it) and within IFNAMSIZ.
 func hostVethName(task string) string {
@@ -58,7 +53,7 @@ func checkSpec(s TaskSpec, block netip.Prefix) error {
 	if !s.IP.IsValid() || !block.Contains(s.IP) {
 		return fmt.Errorf("task %s: IP %v is not inside this node's block %v", s.Name, s.IP, block)
 	}
-	if s.IP == block.Masked().Addr() || s.IP == gatewayAddr(block) || s.IP == netaddr.Last(block) {
+	if s.IP == block.Masked().Addr() || s.IP == netaddr.Bridge(block) || s.IP == netaddr.Last(block) {
 		return fmt.Errorf("task %s: IP %v is the block's network, bridge or broadcast address", s.Name, s.IP)
 	}
 	return nil

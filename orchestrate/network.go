@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"github.com/warren-appliance/warren/internal/iptbackend"
+
+	"github.com/warren-appliance/warren/internal/netaddr"
 )
 
 // network applies the node's container network to the kernel: the bridge,
@@ -66,7 +68,7 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 		return nil, fmt.Errorf("%s exists and is a %s, not a bridge", n.bridge, link.Type())
 	}
 
-	want := &net.IPNet{IP: gatewayAddr(n.block).AsSlice(), Mask: net.CIDRMask(n.block.Bits(), 32)}
+	want := &net.IPNet{IP: netaddr.Bridge(n.block).AsSlice(), Mask: net.CIDRMask(n.block.Bits(), 32)}
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
 		return nil, fmt.Errorf("list bridge addresses: %w", err)
@@ -340,7 +342,7 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	if err := h.LinkSetUp(eth0); err != nil {
 		return "", fmt.Errorf("bring eth0 of %s up: %w", task, err)
 	}
-	route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gatewayAddr(n.block).AsSlice()}
+	route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: netaddr.Bridge(n.block).AsSlice()}
 	if err := h.RouteReplace(route); err != nil {
 		return "", fmt.Errorf("default route of %s: %w", task, err)
 	}
@@ -372,7 +374,7 @@ func (n *network) taskLinkComplete(h *netlink.Handle, br netlink.Link, hostName 
 		return false
 	}
 	for _, r := range routes {
-		if r.Dst == nil && r.Gw.Equal(gatewayAddr(n.block).AsSlice()) {
+		if r.Dst == nil && r.Gw.Equal(netaddr.Bridge(n.block).AsSlice()) {
 			return true
 		}
 	}

@@ -289,20 +289,12 @@ func (r *Reconciler) retryImageFailures() {
 	}
 }
 
-func backoff(failures int) time.Duration {
-	d := firstBackoff
-	for i := 1; i < failures && d < maxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, maxBackoff)
-}
-
 func (r *Reconciler) files(name string) taskFiles {
 	return taskFiles{dir: filepath.Join(r.cfg.StateDir, "files", name)}
 }
 
-// converge runs one pass: remove what is not desired, create, start or
-// restart what is.
+// converge runs one pass: observe containerd and the node, plan (pure:
+// plan.go), and carry the plan out.
 func (r *Reconciler) converge(ctx context.Context) error {
 	// The host part rarely changes; check it once per resync interval
 	// (iptables costs an exec per check) and whenever it last failed.
@@ -312,131 +304,231 @@ func (r *Reconciler) converge(ctx context.Context) error {
 		}
 		r.hostCheckedAt = time.Now()
 	}
-	containers, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q", labelTask))
+	in, handles, err := r.observe(ctx)
 	if err != nil {
-		return fmt.Errorf("list containers: %w", err)
+		return err
 	}
-	existing := make(map[string]client.Container, len(containers))
-	for _, c := range containers {
-		existing[c.ID()] = c
-	}
-
-	r.mu.Lock()
-	desired := make(map[string]TaskSpec, len(r.desired))
-	for k, v := range r.desired {
-		desired[k] = v
-	}
-	r.mu.Unlock()
+	p := planPass(in)
 
 	var mu sync.Mutex
 	var errs []error
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, parallelism)
-	work := func(f func() error) {
+	for _, a := range p.actions {
+		h := handles[a.task]
+		switch a.kind {
+		case actRemove:
+			// Beside the loop: a process that ignores SIGTERM holds up
+			// nothing else for its grace.
+			r.startRemoval(ctx, a.task, a.ip, h.container)
+			continue
+		case actMarkShutdown:
+			r.markShutdown(a.task)
+			continue
+		case actWaitIP:
+			r.log.Info("waiting for the task that holds the IP to be removed", "task", a.task, "ip", a.spec.IP, "holder", a.holder)
+			continue
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := f(); err != nil {
+			if err := r.execute(ctx, a, h); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
 			}
 		}()
 	}
-
-	// Orphans and tasks no longer desired are removed beside the loop: a
-	// process that ignores SIGTERM holds up nothing else for its grace.
-	for name, c := range existing {
-		if _, ok := desired[name]; !ok {
-			r.startRemoval(ctx, name, c)
-		}
-	}
-	r.mu.Lock()
-	removing := maps.Clone(r.removing)
-	r.mu.Unlock()
-	// Tasks dropped from the list that never had a container (their image
-	// never came) are shut down too. r.desired, not the snapshot: a task
-	// added by an Apply since must not be marked.
-	r.mu.Lock()
-	for name, rec := range r.records {
-		_, want := r.desired[name]
-		_, has := existing[name]
-		if !want && !has && rec.removedAt.IsZero() {
-			rec.status.State, rec.status.Error = clustermap.TaskShutdown, ""
-			rec.removedAt = time.Now()
-			r.notify()
-		}
-	}
-	r.mu.Unlock()
-
-	ipOwner := map[string]string{}
-	names := make([]string, 0, len(desired))
-	for name := range desired {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		s := desired[name]
-		if other, dup := ipOwner[s.IP.String()]; dup {
-			r.fail(s, fmt.Errorf("IP %s is also given to task %s", s.IP, other), false)
-			continue
-		}
-		ipOwner[s.IP.String()] = name
-		if _, busy := removing[name]; busy {
-			continue // wanted back while being removed: the removal's end wakes us
-		}
-		if other, held := ipHeldBy(removing, s.IP); held {
-			r.log.Info("waiting for the task that holds the IP to be removed", "task", name, "ip", s.IP, "holder", other)
-			continue
-		}
-		c := existing[name]
-		work(func() error { return r.ensureTask(ctx, s, c) })
-	}
 	wg.Wait()
-
-	// Network leftovers of tasks without a container (a crash mid-create).
-	nsNames, err := r.net.taskNamespaces()
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, name := range nsNames {
-		_, busy := removing[name]
-		if _, ok := desired[name]; !ok && !busy {
-			if err := r.removeTaskLeftovers(name); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	keep := map[string]bool{}
-	for name := range desired {
-		keep[name] = true
-	}
-	for name := range removing {
-		keep[name] = true
-	}
-	if err := r.net.removeStrayVeths(keep); err != nil {
+	if err := r.net.removeStrayVeths(p.keepVeths); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// startRemoval removes container c of task name in the background, unless
-// that is already under way. Its end wakes the loop; a failure is retried
-// by the next resync.
-func (r *Reconciler) startRemoval(ctx context.Context, name string, c client.Container) {
+// handle is the containerd side of an observed task container.
+type handle struct {
+	container client.Container
+	task      client.Task // nil without a runtime task
+}
+
+// observe gathers a pass's input: our containers with their labels and
+// processes, the task namespaces, and copies of the loop's own state.
+func (r *Reconciler) observe(ctx context.Context) (planInput, map[string]handle, error) {
+	in := planInput{block: r.cfg.Block, observed: map[string]observed{}}
+	containers, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q", labelTask))
+	if err != nil {
+		return in, nil, fmt.Errorf("list containers: %w", err)
+	}
+	handles := make(map[string]handle, len(containers))
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, parallelism)
+	for _, c := range containers {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			o, h, err := observeContainer(ctx, c)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			in.observed[c.ID()], handles[c.ID()] = o, h
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return in, nil, err
+	}
+	if in.netns, err = r.net.taskNamespaces(); err != nil {
+		return in, nil, err
+	}
 	r.mu.Lock()
-	_, busy := r.removing[name]
+	in.desired = maps.Clone(r.desired)
+	in.removing = maps.Clone(r.removing)
+	in.records = make(map[string]taskRecord, len(r.records))
+	for name, rec := range r.records {
+		in.records[name] = *rec
+	}
 	r.mu.Unlock()
-	if busy {
+	in.now = time.Now()
+	return in, handles, nil
+}
+
+func observeContainer(ctx context.Context, c client.Container) (observed, handle, error) {
+	h := handle{container: c}
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return observed{}, h, fmt.Errorf("labels of %s: %w", c.ID(), err)
+	}
+	o := observed{specHash: labels[labelSpec]}
+	o.ip, _ = netip.ParseAddr(labels[labelIP])
+	task, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return o, h, nil
+	}
+	if err != nil {
+		return o, h, fmt.Errorf("load task %s: %w", c.ID(), err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return o, h, fmt.Errorf("task %s status: %w", c.ID(), err)
+	}
+	h.task = task
+	switch st.Status {
+	case client.Running, client.Paused, client.Pausing:
+		o.proc = procRunning
+	case client.Stopped:
+		o.proc, o.exitStatus = procStopped, st.ExitStatus
+	default:
+		o.proc = procCreated
+	}
+	return o, h, nil
+}
+
+// execute carries out one action on a desired task.
+func (r *Reconciler) execute(ctx context.Context, a action, h handle) error {
+	s := a.spec
+	files := r.files(s.Name)
+	if a.repair {
+		// Adopted or existing: repair the network and files if needed.
+		if _, err := r.net.ensureTask(s.Name, s.IP); err != nil {
+			r.fail(s, err, false)
+			return nil
+		}
+		if err := files.write(s.Name, s, r.cfg.ResolvConf); err != nil {
+			r.fail(s, err, false)
+			return nil
+		}
+	}
+	switch a.kind {
+	case actFail:
+		if a.removeFirst {
+			if err := r.removeContainer(ctx, h.container); err != nil {
+				return err
+			}
+		}
+		r.recordFailure(a)
+	case actWait:
+	case actCreate:
+		return r.create(ctx, a)
+	case actRecreate:
+		r.log.Info("task spec changed, recreating", "task", s.Name)
+		if err := r.removeContainer(ctx, h.container); err != nil {
+			return err
+		}
+		if a.create {
+			return r.create(ctx, a)
+		}
+	case actKeep:
+		r.noteRunning(a, h.task)
+		if err := files.trimLog(); err != nil {
+			r.log.Warn("trim task log", "task", s.Name, "err", err)
+		}
+	case actNoteExit:
+		r.recordExit(a)
+	case actRestart:
+		if _, err := h.task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete old task %s: %w", s.Name, err)
+		}
+		return r.start(ctx, s, h.container, files)
+	case actStart:
+		return r.start(ctx, s, h.container, files)
+	case actRemoveLeftovers:
+		return r.removeTaskLeftovers(a.task)
+	}
+	return nil
+}
+
+// create makes the task's network, files and container, then starts it.
+func (r *Reconciler) create(ctx context.Context, a action) error {
+	s := a.spec
+	files := r.files(s.Name)
+	r.setState(s, clustermap.TaskStarting, "")
+	img, err := r.images.ensure(ctx, a.ref)
+	if errors.Is(err, errPulling) {
+		return nil // the pull's end wakes the loop
+	}
+	if err != nil {
+		r.fail(s, err, true)
+		return nil
+	}
+	nsPath, err := r.net.ensureTask(s.Name, s.IP)
+	if err == nil {
+		err = files.write(s.Name, s, r.cfg.ResolvConf)
+	}
+	var c client.Container
+	if err == nil {
+		c, err = r.createContainer(ctx, s, img, a.hash, nsPath, files)
+	}
+	if err != nil {
+		// Nothing half-made stays behind.
+		if cleanErr := r.removeTaskLeftovers(s.Name); cleanErr != nil {
+			r.log.Warn("clean up after failed create", "task", s.Name, "err", cleanErr)
+		}
+		r.fail(s, err, false)
+		return nil
+	}
+	r.log.Info("created task", "task", s.Name, "ip", s.IP, "image", a.ref)
+	return r.start(ctx, s, c, files)
+}
+
+// startRemoval removes container c of task name, which holds ip, in the
+// background. Its end wakes the loop; a failure is retried by the next
+// resync.
+func (r *Reconciler) startRemoval(ctx context.Context, name string, ip netip.Addr, c client.Container) {
+	r.mu.Lock()
+	if _, busy := r.removing[name]; busy {
+		r.mu.Unlock()
 		return
 	}
-	ip := netip.Addr{}
-	if labels, err := c.Labels(ctx); err == nil {
-		ip, _ = netip.ParseAddr(labels[labelIP])
-	}
-	r.mu.Lock() // only the loop starts removals: name is still not busy
 	r.removing[name] = ip
 	r.mu.Unlock()
 	go func() {
@@ -456,20 +548,19 @@ func (r *Reconciler) startRemoval(ctx context.Context, name string, c client.Con
 	}()
 }
 
-// ipHeldBy reports which task being removed still holds ip.
-func ipHeldBy(removing map[string]netip.Addr, ip netip.Addr) (string, bool) {
-	for name, held := range removing {
-		if held == ip {
-			return name, true
-		}
-	}
-	return "", false
-}
-
-func (r *Reconciler) record(name string) *taskRecord {
+// markShutdown records a task dropped before it had a container as shut
+// down, unless an Apply since wants it again.
+func (r *Reconciler) markShutdown(name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.recordLocked(name)
+	if _, want := r.desired[name]; want {
+		return
+	}
+	if rec := r.records[name]; rec != nil && rec.removedAt.IsZero() {
+		rec.status.State, rec.status.Error = clustermap.TaskShutdown, ""
+		rec.removedAt = time.Now()
+		r.notify()
+	}
 }
 
 // recordLocked returns name's record, making one if needed; r.mu is held.
@@ -520,125 +611,9 @@ func (r *Reconciler) markRemoved(name string) {
 	r.notify()
 }
 
-// ensureTask converges one desired task; c is its container or nil.
-func (r *Reconciler) ensureTask(ctx context.Context, s TaskSpec, c client.Container) error {
-	rec := r.record(s.Name)
-	ref, err := normalizeRef(s.Image)
-	if err == nil {
-		err = checkSpec(s, r.cfg.Block)
-	}
-	if err != nil {
-		if c != nil {
-			if rmErr := r.removeContainer(ctx, c); rmErr != nil {
-				return rmErr
-			}
-		}
-		r.fail(s, err, false)
-		return nil
-	}
-	hash := specHash(s, ref)
-	files := r.files(s.Name)
-
-	if c != nil {
-		labels, err := c.Labels(ctx)
-		if err != nil {
-			return fmt.Errorf("labels of %s: %w", s.Name, err)
-		}
-		if labels[labelSpec] != hash {
-			r.log.Info("task spec changed, recreating", "task", s.Name)
-			if err := r.removeContainer(ctx, c); err != nil {
-				return err
-			}
-			c = nil
-		}
-	}
-
-	r.mu.Lock()
-	waitUntil := rec.retryAt
-	r.mu.Unlock()
-
-	if c == nil {
-		if time.Now().Before(waitUntil) {
-			return nil // backing off after a failure
-		}
-		r.setState(s, clustermap.TaskStarting, "")
-		img, err := r.images.ensure(ctx, ref)
-		if errors.Is(err, errPulling) {
-			return nil // the pull's end wakes the loop
-		}
-		if err != nil {
-			r.fail(s, err, true)
-			return nil
-		}
-		nsPath, err := r.net.ensureTask(s.Name, s.IP)
-		if err == nil {
-			err = files.write(s.Name, s, r.cfg.ResolvConf)
-		}
-		if err == nil {
-			c, err = r.createContainer(ctx, s, img, hash, nsPath, files)
-		}
-		if err != nil {
-			// Nothing half-made stays behind.
-			if cleanErr := r.removeTaskLeftovers(s.Name); cleanErr != nil {
-				r.log.Warn("clean up after failed create", "task", s.Name, "err", cleanErr)
-			}
-			r.fail(s, err, false)
-			return nil
-		}
-		r.log.Info("created task", "task", s.Name, "ip", s.IP, "image", ref)
-	} else {
-		// Adopted or existing: repair the network and files if needed.
-		if _, err := r.net.ensureTask(s.Name, s.IP); err != nil {
-			r.fail(s, err, false)
-			return nil
-		}
-		if err := files.write(s.Name, s, r.cfg.ResolvConf); err != nil {
-			r.fail(s, err, false)
-			return nil
-		}
-	}
-	return r.ensureRunning(ctx, s, c, files)
-}
-
-// ensureRunning starts the container's process if it has none, restarts
-// it with backoff after it exited, and watches a running one for exit.
-func (r *Reconciler) ensureRunning(ctx context.Context, s TaskSpec, c client.Container, files taskFiles) error {
+// start starts the container's process and watches it for exit.
+func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, files taskFiles) error {
 	name := s.Name
-	task, err := c.Task(ctx, nil)
-	if err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("load task %s: %w", name, err)
-	}
-	if err == nil {
-		st, err := task.Status(ctx)
-		if err != nil {
-			return fmt.Errorf("task %s status: %w", name, err)
-		}
-		switch st.Status {
-		case client.Running, client.Paused, client.Pausing:
-			r.noteRunning(s, task)
-			if err := files.trimLog(); err != nil {
-				r.log.Warn("trim task log", "task", name, "err", err)
-			}
-			return nil
-		case client.Stopped:
-			if !r.noteExit(s, st) {
-				return nil // backing off
-			}
-		}
-		// Stopped past its backoff, or created but never started (a crash
-		// between create and start): replace the process.
-		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("delete old task %s: %w", name, err)
-		}
-	} else {
-		r.mu.Lock()
-		waitUntil := r.recordLocked(name).retryAt
-		r.mu.Unlock()
-		if time.Now().Before(waitUntil) {
-			return nil
-		}
-	}
-
 	r.setState(s, clustermap.TaskStarting, "")
 	task, exitCh, err := r.startTask(ctx, c, files)
 	if err != nil {
@@ -662,52 +637,49 @@ func (r *Reconciler) ensureRunning(ctx context.Context, s TaskSpec, c client.Con
 	return nil
 }
 
-// noteRunning records a running task and makes sure an exit watcher is on it.
-func (r *Reconciler) noteRunning(s TaskSpec, task client.Task) {
-	name := s.Name
+// noteRunning records a running task (a.startedAt, a.failures) and makes
+// sure an exit watcher is on it.
+func (r *Reconciler) noteRunning(a action, task client.Task) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec := r.recordLocked(name)
-	if rec.startedAt.IsZero() {
-		rec.startedAt = time.Now() // adopted
-	}
-	if time.Since(rec.startedAt) >= healthyAfter {
-		rec.failures = 0
-	}
-	if rec.status.State != clustermap.TaskRunning || rec.status.Image != s.Image || rec.status.Error != "" {
+	rec := r.recordLocked(a.task)
+	rec.startedAt, rec.failures, rec.retryAt = a.startedAt, a.failures, time.Time{}
+	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.Error != "" {
 		r.notify()
 	}
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
-	rec.retryAt = time.Time{}
+	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", a.spec.Image
 	if rec.watchGen != 0 {
 		return
 	}
 	exitCh, err := task.Wait(r.runCtx)
 	if err != nil {
-		r.log.Warn("watch task", "task", name, "err", err)
+		r.log.Warn("watch task", "task", a.task, "err", err)
 		return
 	}
-	go r.watch(name, r.newWatch(rec), exitCh)
+	go r.watch(a.task, r.newWatch(rec), exitCh)
 }
 
-// noteExit records that a task's process exited and reports whether its
-// restart is due.
-func (r *Reconciler) noteExit(s TaskSpec, st client.Status) bool {
-	name := s.Name
+// recordExit records that a task's process exited, and when it restarts.
+func (r *Reconciler) recordExit(a action) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	rec := r.recordLocked(name)
-	if !rec.exitNoted {
-		rec.exitNoted = true
-		rec.failures++
-		rec.retryAt = time.Now().Add(backoff(rec.failures))
-		rec.status.State, rec.status.Image = clustermap.TaskFailed, s.Image
-		rec.status.Error = fmt.Sprintf("exited with status %d; restarting in %s", st.ExitStatus, backoff(rec.failures))
-		r.notify()
-		r.log.Warn("task exited", "task", name, "status", st.ExitStatus)
-		return false
-	}
-	return !time.Now().Before(rec.retryAt)
+	rec := r.recordLocked(a.task)
+	rec.exitNoted = true
+	rec.failures, rec.retryAt = a.failures, a.retryAt
+	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
+	r.mu.Unlock()
+	r.notify()
+	r.log.Warn("task exited", "task", a.task, "status", a.exitStatus)
+}
+
+// recordFailure records a failure the planner found, with its backoff.
+func (r *Reconciler) recordFailure(a action) {
+	r.mu.Lock()
+	rec := r.recordLocked(a.task)
+	rec.failures, rec.retryAt, rec.imageFailed = a.failures, a.retryAt, a.imageFailure
+	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
+	r.mu.Unlock()
+	r.notify()
+	r.log.Warn("task failed", "task", a.task, "err", a.err)
 }
 
 func (r *Reconciler) newWatch(rec *taskRecord) int {

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the warren-appliance .deb and .rpm for linux/amd64, linux/arm64 and
 # 32-bit ARM (GOARM=6, one armhf package for every Raspberry Pi) from the
-# binaries `make cross` wrote, into dist/.
+# binary `make cross` wrote (warren; the packages add warren-appliance as a
+# symlink to it), into dist/.
 #
 #   VERSION=1.2.3 sh packaging/build.sh          # what `make package` runs
 #   sh packaging/build.sh --print-version 1.2.3-4-gabcdef0
@@ -100,7 +101,7 @@ nfpm_arch() {
 # code in the armhf package, which must run on a Pi Zero or Pi 1 as well.
 for goarch in $ARCHS; do
 	nfpm_arch "$goarch" >/dev/null
-	for b in warren-appliance warren; do
+	for b in warren; do # warren-appliance is a link nfpm makes to it
 		bin="$BIN_DIR/linux-$goarch/$b"
 		if [ ! -x "$bin" ]; then
 			echo "build.sh: $bin is missing; run 'make cross' first" >&2

@@ -12,17 +12,19 @@ import (
 type wantFile struct {
 	path string
 	mode string // as ls -l prints it
+	link string // a symlink's target
 }
 
 var wantFiles = []wantFile{
-	{"/usr/bin/warren-appliance", "-rwxr-xr-x"},
-	{"/usr/bin/warren", "-rwxr-xr-x"},
-	{"/usr/lib/systemd/system/warren-appliance.service", "-rw-r--r--"},
-	{"/etc/warren", "drwxr-xr-x"},
-	{"/etc/warren/warren.toml", "-rw-------"}, // holds the join token
-	{"/usr/share/doc/warren-appliance/examples/worker.toml", "-rw-r--r--"},
-	{"/usr/share/warren-appliance/prometheus/alerts.yml", "-rw-r--r--"},
-	{"/var/lib/warren", "drwx------"}, // keys
+	// One binary; called as warren-appliance it is the daemon.
+	{"/usr/bin/warren-appliance", "lrwxrwxrwx", "warren"},
+	{"/usr/bin/warren", "-rwxr-xr-x", ""},
+	{"/usr/lib/systemd/system/warren-appliance.service", "-rw-r--r--", ""},
+	{"/etc/warren", "drwxr-xr-x", ""},
+	{"/etc/warren/warren.toml", "-rw-------", ""}, // holds the join token
+	{"/usr/share/doc/warren-appliance/examples/worker.toml", "-rw-r--r--", ""},
+	{"/usr/share/warren-appliance/prometheus/alerts.yml", "-rw-r--r--", ""},
+	{"/var/lib/warren", "drwx------", ""}, // keys
 }
 
 func TestDistHoldsSixPackages(t *testing.T) {
@@ -83,6 +85,10 @@ func TestDebMetadataFilesAndScripts(t *testing.T) {
 				if f[0] != w.mode || f[1] != "root/root" {
 					t.Errorf("%s: %s is %s %s, want %s root/root", filepath.Base(deb), w.path, f[0], f[1], w.mode)
 				}
+				// "lrwxrwxrwx root/root 0 2026-11-28 17:00 ./usr/bin/warren-appliance -> warren"
+				if w.link != "" && (len(f) != 8 || f[6] != "->" || f[7] != w.link) {
+					t.Errorf("%s: %s is not a link to %s: %v", filepath.Base(deb), w.path, w.link, f)
+				}
 			}
 
 			control := t.TempDir()
@@ -135,15 +141,15 @@ func TestRPMMetadataFilesAndScripts(t *testing.T) {
 				t.Errorf("recommends %v, want containerd and wireguard-tools", recommends)
 			}
 
-			type entry struct{ mode, owner, flags string }
+			type entry struct{ mode, owner, flags, link string }
 			listed := map[string]entry{}
-			out := run(t, "rpm", "-qp", "--qf", `[%{FILENAMES}|%{FILEMODES:perms}|%{FILEUSERNAME}:%{FILEGROUPNAME}|%{FILEFLAGS:fflags}\n]`, rpm)
+			out := run(t, "rpm", "-qp", "--qf", `[%{FILENAMES}|%{FILEMODES:perms}|%{FILEUSERNAME}:%{FILEGROUPNAME}|%{FILEFLAGS:fflags}|%{FILELINKTOS}\n]`, rpm)
 			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 				f := strings.Split(line, "|")
-				if len(f) != 4 {
+				if len(f) != 5 {
 					t.Fatalf("unexpected file line %q", line)
 				}
-				listed[f[0]] = entry{f[1], f[2], f[3]}
+				listed[f[0]] = entry{f[1], f[2], f[3], f[4]}
 			}
 			for _, w := range wantFiles {
 				e, ok := listed[w.path]
@@ -151,8 +157,12 @@ func TestRPMMetadataFilesAndScripts(t *testing.T) {
 					t.Errorf("%s lacks %s", filepath.Base(rpm), w.path)
 					continue
 				}
-				if e.mode != w.mode || e.owner != "root:root" {
-					t.Errorf("%s is %s %s, want %s root:root", w.path, e.mode, e.owner, w.mode)
+				mode := e.mode
+				if w.link != "" && strings.HasPrefix(mode, "l") {
+					mode = w.mode // rpm keeps no permission bits on links (nfpm writes l---------)
+				}
+				if mode != w.mode || e.owner != "root:root" || e.link != w.link {
+					t.Errorf("%s is %s %s -> %q, want %s root:root -> %q", w.path, e.mode, e.owner, e.link, w.mode, w.link)
 				}
 			}
 			// c = %config, n = noreplace: upgrades keep the admin's edits.

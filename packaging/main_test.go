@@ -107,9 +107,10 @@ func needPackages(t *testing.T) {
 	}
 }
 
-// crossBuild writes both binaries for every target into dir/linux-<goarch>/
-// with the flags the Makefile's cross target uses (its output in bin/ is
-// shared with everyone else working in the tree, so the tests build their own).
+// crossBuild writes the binary and its warren-appliance link for every
+// target into dir/linux-<goarch>/ with the flags the Makefile's cross target
+// uses (its output in bin/ is shared with everyone else working in the tree,
+// so the tests build their own).
 func crossBuild(dir, version string) error {
 	ldflags := strings.Join([]string{"-s", "-w",
 		"-X", modulePath + "/internal/buildinfo.Version=" + version,
@@ -117,14 +118,16 @@ func crossBuild(dir, version string) error {
 		"-X", modulePath + "/internal/buildinfo.Date=" + time.Now().UTC().Format(time.RFC3339),
 	}, " ")
 	for _, tg := range targets {
-		for _, b := range []string{"warren-appliance", "warren"} {
-			cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags,
-				"-o", filepath.Join(dir, "linux-"+tg.goarch, b), "./cmd/"+b)
-			cmd.Dir = repoRoot
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+tg.goarch, "GOARM=6")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return fmt.Errorf("go build %s for %s: %v\n%s", b, tg.goarch, err, out)
-			}
+		out := filepath.Join(dir, "linux-"+tg.goarch)
+		cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", ldflags,
+			"-o", filepath.Join(out, "warren"), "./cmd/warren")
+		cmd.Dir = repoRoot
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+tg.goarch, "GOARM=6")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build warren for %s: %v\n%s", tg.goarch, err, out)
+		}
+		if err := os.Symlink("warren", filepath.Join(out, "warren-appliance")); err != nil {
+			return err
 		}
 	}
 	return nil

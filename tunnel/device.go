@@ -18,6 +18,8 @@ import (
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/warren-appliance/warren/configs"
 )
 
 // Modes of Config.Mode.
@@ -27,11 +29,11 @@ const (
 	ModeAuto     = "auto"     // tun, or netstack when /dev/net/tun cannot be opened
 )
 
-// Defaults applied by Open to zero Config fields.
+// Defaults applied by Open to zero Config fields (the config's).
 const (
-	DefaultInterface  = "warren0"
-	DefaultListenPort = 51820
-	DefaultMTU        = 1420
+	DefaultInterface  = configs.DefaultInterface
+	DefaultListenPort = configs.DefaultListenPort
+	DefaultMTU        = configs.DefaultMTU
 )
 
 // resyncInterval is how often the last desired peer set is re-applied, so a
@@ -143,7 +145,7 @@ func Open(cfg Config) (*Device, error) {
 	if err := cfg.applyDefaults(); err != nil {
 		return nil, fmt.Errorf("tunnel config: %w", err)
 	}
-	d := &Device{cfg: cfg, log: cfg.Logger.With("interface", cfg.Interface), pub: cfg.PrivateKey.PublicKey(), stop: make(chan struct{})}
+	d := &Device{cfg: cfg, log: cfg.Logger.With("component", "tunnel", "interface", cfg.Interface), pub: cfg.PrivateKey.PublicKey(), stop: make(chan struct{})}
 
 	// The socket comes first: a live one means another process owns this
 	// interface, and that must fail before we touch any interface.
@@ -284,11 +286,11 @@ func wgLogger(log *slog.Logger) *device.Logger {
 	return &device.Logger{
 		Verbosef: func(format string, args ...any) {
 			if log.Enabled(context.Background(), slog.LevelDebug) {
-				log.Debug(fmt.Sprintf(format, args...), "component", "wireguard-go")
+				log.Debug(fmt.Sprintf(format, args...), "source", "wireguard-go")
 			}
 		},
 		Errorf: func(format string, args ...any) {
-			log.Error(fmt.Sprintf(format, args...), "component", "wireguard-go")
+			log.Error(fmt.Sprintf(format, args...), "source", "wireguard-go")
 		},
 	}
 }

@@ -10,6 +10,10 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
 
+// SocketPath is where the daemon serves the local API (root only) and the
+// CLI finds it.
+const SocketPath = "/run/warren/warren.sock"
+
 // Node API paths (mTLS, on the manager's api_listen).
 const (
 	PathJoin   = "/v1/join"   // POST JoinRequest -> JoinResponse; needs the token, no client cert

@@ -348,8 +348,7 @@ func hostRange(block netip.Prefix) (first, last netip.Addr, ok bool) {
 		return first, last, false
 	}
 	block = block.Masked()
-	network := block.Addr()
-	first = network.Next().Next()
+	first = netaddr.Bridge(block).Next()
 	last = netaddr.Last(block).Prev()
 	if !first.IsValid() || !last.IsValid() || !block.Contains(first) || first.Compare(last) > 0 {
 		return first, last, false

@@ -1,19 +1,24 @@
 // Command warren is the operator's CLI: it starts a node in the foreground
 // (cluster init, manager join, worker start) and talks to the local daemon
-// over /run/warren/warren.sock for everything else.
+// over /run/warren/warren.sock for everything else. Called as
+// warren-appliance (a symlink to it), it is the daemon run from one TOML
+// file, as the systemd unit starts it: one binary on the SD card, not two.
 package main
 
 import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/warren-appliance/warren/internal/buildinfo"
+
+	"github.com/warren-appliance/warren/cluster/api"
 )
 
-const defaultSocket = "/run/warren/warren.sock"
+const defaultSocket = api.SocketPath
 
 // exitError carries a specific exit code (2: bad input) through cobra.
 type exitError struct {
@@ -24,7 +29,13 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
+// applianceName is the name that makes this binary the daemon.
+const applianceName = "warren-appliance"
+
 func main() {
+	if filepath.Base(os.Args[0]) == applianceName {
+		os.Exit(applianceMain(os.Args[1:]))
+	}
 	root := newRoot()
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "warren:", err)

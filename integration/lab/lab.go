@@ -609,18 +609,26 @@ func (n *Node) CgroupParent() string { return "/" + n.NetNS }
 // directories of a lab's nodes under every cgroup v1 controller, or the
 // v2 hierarchy.
 func removeCgroups(labID string) {
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + labID + "-*")
-	v2, _ := filepath.Glob("/sys/fs/cgroup/" + labID + "-*")
-	for _, root := range append(roots, v2...) {
-		var dirs []string
-		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
+	// A killed task can take a moment to leave its cgroup (EBUSY until
+	// then): retry for a while rather than leave the cgroup behind.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + labID + "-*")
+		v2, _ := filepath.Glob("/sys/fs/cgroup/" + labID + "-*")
+		roots = append(roots, v2...)
+		if len(roots) == 0 || time.Now().After(deadline) {
+			return
+		}
+		for _, root := range roots {
+			var dirs []string
+			filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+				if err == nil && d.IsDir() {
+					dirs = append(dirs, p)
+				}
+				return nil
+			})
+			for i := len(dirs) - 1; i >= 0; i-- { // children first
+				os.Remove(dirs[i])
 			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- { // children first
-			os.Remove(dirs[i])
 		}
 	}
 }

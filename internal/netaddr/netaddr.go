@@ -1,5 +1,5 @@
 // Package netaddr holds address arithmetic that IPAM, the scheduler and the
-// task network share.
+// task network share, and the one rule for a node block's bridge address.
 package netaddr
 
 import "net/netip"
@@ -15,4 +15,11 @@ func Last(p netip.Prefix) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(b)
 	return a
+}
+
+// Bridge returns the bridge's address in a node's container block: its
+// first address, the tasks' gateway and their DNS resolver. Task addresses
+// come after it.
+func Bridge(block netip.Prefix) netip.Addr {
+	return block.Masked().Addr().Next()
 }

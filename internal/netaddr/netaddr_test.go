@@ -19,3 +19,9 @@ func TestLast(t *testing.T) {
 		}
 	}
 }
+
+func TestBridge(t *testing.T) {
+	if got := Bridge(netip.MustParsePrefix("10.0.1.0/24")); got != netip.MustParseAddr("10.0.1.1") {
+		t.Errorf("Bridge(10.0.1.0/24) = %s", got)
+	}
+}

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestCheckExitCodes(t *testing.T) {
+func TestApplianceCheckExitCodes(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.toml")
 	os.WriteFile(bad, []byte("[wireguard]\nlisten_port = 70000\n"), 0o644)
 	cases := []struct {
@@ -22,7 +22,7 @@ func TestCheckExitCodes(t *testing.T) {
 		{[]string{"--version"}, 0},
 	}
 	for _, tc := range cases {
-		if got := run(tc.args); got != tc.want {
+		if got := applianceMain(tc.args); got != tc.want {
 			t.Errorf("warren-appliance %v exited %d, want %d", tc.args, got, tc.want)
 		}
 	}

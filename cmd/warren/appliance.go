@@ -1,6 +1,8 @@
-// Command warren-appliance runs one node of a Warren cluster (or a
-// standalone userspace WireGuard box) from one TOML file.
 package main
+
+// The daemon's own command line, unchanged from when warren-appliance was a
+// binary of its own: one TOML file, and --check, --version,
+// --show-public-key, --cleanup.
 
 import (
 	"context"
@@ -22,11 +24,10 @@ const (
 	exitBadConfig = 2
 )
 
-func main() {
-	os.Exit(run(os.Args[1:]))
-}
-
-func run(args []string) int {
+// applianceMain is `warren-appliance [flags]`: the same binary as warren,
+// called by that name (the packages install a symlink), as the systemd
+// unit runs it.
+func applianceMain(args []string) int {
 	fs := flag.NewFlagSet("warren-appliance", flag.ContinueOnError)
 	configPath := fs.String("config", configs.DefaultPath, "path of the node's warren.toml")
 	check := fs.Bool("check", false, "load and validate the config, print the effective config, and exit (0 valid, 2 invalid)")

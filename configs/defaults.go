@@ -1,0 +1,26 @@
+package configs
+
+import "net/netip"
+
+// The reference defaults, each written once. Default() builds the config
+// from them, and every package with a default of its own (tunnel,
+// orchestrate, dns, the manager) takes it from here.
+const (
+	DefaultInterface         = "warren0"
+	DefaultListenPort        = 51820
+	DefaultMTU               = 1420
+	DefaultBridge            = "warren-br0"
+	DefaultDomain            = "warren.local"
+	DefaultContainerBlock    = 24
+	DefaultAPIListen         = ":7946"
+	DefaultStateDir          = "/var/lib/warren"
+	DefaultContainerdAddress = "/run/containerd/containerd.sock"
+	DefaultNamespace         = "warren"
+)
+
+// Default ranges: they do not overlap (the seed's literal ones do).
+var (
+	DefaultWireGuardSubnet = netip.MustParsePrefix("10.0.0.0/24")
+	DefaultContainerSubnet = netip.MustParsePrefix("10.0.0.0/16")
+	DefaultVIPSubnet       = netip.MustParsePrefix("10.1.0.0/16")
+)
