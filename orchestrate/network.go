@@ -374,11 +374,21 @@ func (n *network) taskLinkComplete(h *netlink.Handle, br netlink.Link, hostName 
 		return false
 	}
 	for _, r := range routes {
-		if r.Dst == nil && r.Gw.Equal(netaddr.Bridge(n.block).AsSlice()) {
+		if isDefaultRoute(r) && r.Gw.Equal(netaddr.Bridge(n.block).AsSlice()) {
 			return true
 		}
 	}
 	return false
+}
+
+// isDefaultRoute reports whether r is a default route: netlink (since
+// v1.3) lists its destination as 0.0.0.0/0, older versions as nil.
+func isDefaultRoute(r netlink.Route) bool {
+	if r.Dst == nil {
+		return true
+	}
+	ones, _ := r.Dst.Mask.Size()
+	return ones == 0 && r.Dst.IP.IsUnspecified()
 }
 
 // removeTask deletes task's veth and namespace.

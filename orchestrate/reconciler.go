@@ -130,8 +130,9 @@ func (r *Reconciler) Apply(desired []TaskSpec) {
 	r.poke()
 }
 
-// Changed receives a value after a task's status changed (coalesced: one
-// value may stand for many changes), so the node can report at once
+// Changed receives a value after a task's status changed in a way others
+// act on (running, failed, exited, shut down; not "starting"), coalesced:
+// one value may stand for many changes. The node then reports at once
 // instead of at its next heartbeat.
 func (r *Reconciler) Changed() <-chan struct{} { return r.changed }
 
@@ -215,9 +216,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			} else {
 				dirty = false
 				r.mu.Lock()
+				first := !r.synced
 				r.synced = true
 				r.mu.Unlock()
-				r.notify()
+				if first {
+					r.notify() // the node's states are known from now on
+				}
 			}
 			lastPass = time.Now()
 		}
@@ -580,7 +584,8 @@ func (r *Reconciler) setState(s TaskSpec, state, errText string) {
 	defer r.mu.Unlock()
 	if rec := r.records[s.Name]; rec != nil {
 		rec.status.State, rec.status.Error, rec.status.Image = state, errText, s.Image
-		r.notify()
+		// Not a change anyone acts on (only "starting" comes here): it
+		// waits for the next report, so a burst of starts sends fewer.
 	}
 }
 

@@ -312,6 +312,33 @@ func TestReconciler(t *testing.T) {
 		}
 	})
 
+	// A pass over running tasks (any new map wakes one) must find their
+	// network complete; rebuilding it cut every task off for a moment on
+	// every pass (netlink lists the default route as 0.0.0.0/0).
+	t.Run("a running task's network is complete, not rebuilt by the next pass", func(t *testing.T) {
+		br, err := netlink.LinkByName(n.cfg.Bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []TaskSpec{web1, web2} {
+			ns, err := netns.GetFromPath(r.net.netnsPath(s.Name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := netlink.NewHandleAt(ns)
+			if err != nil {
+				ns.Close()
+				t.Fatal(err)
+			}
+			complete := r.net.taskLinkComplete(h, br, hostVethName(s.Name), s.IP)
+			h.Close()
+			ns.Close()
+			if !complete {
+				t.Errorf("%s: its veth, address and default route are in place, but the reconciler would rebuild them", s.Name)
+			}
+		}
+	})
+
 	t.Run("egress is masqueraded, overlay traffic keeps its source", func(t *testing.T) {
 		outside := serveSourceAddr(t, "orchout", "uplink0", "192.168.77.1/24", "192.168.77.2/24", "")
 		overlay := serveSourceAddr(t, "orchpeer", "warren0", "10.0.2.1/24", "10.0.2.5/24", "10.0.1.0/24 via 10.0.2.1")
