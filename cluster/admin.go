@@ -34,10 +34,10 @@ import (
 //	DELETE /v1/policies/{name}              remove
 func (m *Manager) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathCluster, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Info())
 	})
-	mux.HandleFunc("GET /v1/join-tokens/{role}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathJoinTokens+"/{role}", func(w http.ResponseWriter, r *http.Request) {
 		role := r.PathValue("role")
 		worker, manager := m.JoinTokens()
 		switch role {
@@ -49,7 +49,7 @@ func (m *Manager) AdminHandler() http.Handler {
 			writeError(w, errorf(http.StatusBadRequest, "unknown role %q: want worker or manager", role))
 		}
 	})
-	mux.HandleFunc("POST /v1/join-tokens/{role}/rotate", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathJoinTokens+"/{role}"+api.ActionRotate, func(w http.ResponseWriter, r *http.Request) {
 		role := r.PathValue("role")
 		tok, err := m.RotateJoinToken(role)
 		if err != nil {
@@ -58,10 +58,10 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: tok, Manager: m.joinAddress()})
 	})
-	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathNodes, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Nodes())
 	})
-	mux.HandleFunc("GET /v1/nodes/{node}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathNodes+"/{node}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := m.Node(r.PathValue("node"))
 		if err != nil {
 			writeError(w, err)
@@ -69,7 +69,7 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
-	mux.HandleFunc("DELETE /v1/nodes/{node}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE "+api.PathNodes+"/{node}", func(w http.ResponseWriter, r *http.Request) {
 		force := r.URL.Query().Get("force") == "1" || r.URL.Query().Get("force") == "true"
 		if err := m.RemoveNode(r.PathValue("node"), force); err != nil {
 			writeError(w, err)
@@ -77,13 +77,13 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	mux.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathTasks, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Tasks(r.URL.Query().Get("service")))
 	})
-	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathServices, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Services())
 	})
-	mux.HandleFunc("POST /v1/services", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathServices, func(w http.ResponseWriter, r *http.Request) {
 		var spec api.ServiceSpec
 		if err := readJSON(r, &spec); err != nil {
 			writeError(w, err)
@@ -96,7 +96,7 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusCreated, v)
 	})
-	mux.HandleFunc("GET /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathServices+"/{name}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := m.Service(r.PathValue("name"))
 		if err != nil {
 			writeError(w, err)
@@ -104,7 +104,7 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
-	mux.HandleFunc("POST /v1/services/{name}/scale", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionScale, func(w http.ResponseWriter, r *http.Request) {
 		var req api.Scale
 		if err := readJSON(r, &req); err != nil {
 			writeError(w, err)
@@ -117,7 +117,7 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
-	mux.HandleFunc("POST /v1/services/{name}/update", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionUpdate, func(w http.ResponseWriter, r *http.Request) {
 		var req api.ImageUpdate
 		if err := readJSON(r, &req); err != nil {
 			writeError(w, err)
@@ -130,7 +130,7 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
-	mux.HandleFunc("POST /v1/services/{name}/labels", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionLabels, func(w http.ResponseWriter, r *http.Request) {
 		var req api.LabelUpdate
 		if err := readJSON(r, &req); err != nil {
 			writeError(w, err)
@@ -143,10 +143,10 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
-	mux.HandleFunc("GET /v1/policies", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathPolicies, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Policies())
 	})
-	mux.HandleFunc("POST /v1/policies", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathPolicies, func(w http.ResponseWriter, r *http.Request) {
 		var req api.PolicyApply
 		if err := readJSON(r, &req); err != nil {
 			writeError(w, err)
@@ -159,7 +159,7 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	mux.HandleFunc("GET /v1/policies/{name}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathPolicies+"/{name}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := m.Policy(r.PathValue("name"))
 		if err != nil {
 			writeError(w, err)
@@ -167,14 +167,14 @@ func (m *Manager) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
-	mux.HandleFunc("DELETE /v1/policies/{name}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE "+api.PathPolicies+"/{name}", func(w http.ResponseWriter, r *http.Request) {
 		if err := m.RemovePolicy(r.PathValue("name")); err != nil {
 			writeError(w, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	mux.HandleFunc("DELETE /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE "+api.PathServices+"/{name}", func(w http.ResponseWriter, r *http.Request) {
 		if err := m.RemoveService(r.PathValue("name")); err != nil {
 			writeError(w, err)
 			return

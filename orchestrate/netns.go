@@ -35,17 +35,33 @@ func createNetns(path string) error {
 	f.Close()
 	errc := make(chan error, 1)
 	go func() {
-		// The thread switches namespace and is never unlocked, so the Go
-		// runtime discards it when this goroutine ends: no other goroutine
-		// ever runs in the new namespace by accident.
+		// The thread switches namespace and back. Were it left in the new
+		// namespace and discarded (by ending this goroutine locked), the
+		// runtime could not discard the main thread: it would stay in the
+		// task's namespace for good, and with it what the kernel shows as
+		// the process's namespace (/proc/PID/ns/net), keeping the task's
+		// namespace alive after its removal.
 		runtime.LockOSThread()
+		tid := unix.Gettid()
+		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", tid))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own netns: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread() // still in its own namespace
 			errc <- fmt.Errorf("unshare netns: %w", err)
 			return
 		}
-		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind mount netns to %s: %w", path, err)
+		self := fmt.Sprintf("/proc/self/task/%d/ns/net", tid)
+		mountErr := unix.Mount(self, path, "none", unix.MS_BIND, "")
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked and the runtime discards it
+		if mountErr != nil {
+			errc <- fmt.Errorf("bind mount netns to %s: %w", path, mountErr)
 			return
 		}
 		errc <- nil

@@ -14,6 +14,22 @@ import (
 // CLI finds it.
 const SocketPath = "/run/warren/warren.sock"
 
+// Admin API paths (the CLI, over the local unix socket of a manager). Item
+// paths add "/" + the escaped name; actions add their suffix after that.
+const (
+	PathCluster    = "/v1/cluster"     // GET ClusterInfo
+	PathJoinTokens = "/v1/join-tokens" // /{role}: GET JoinToken; /{role}/rotate: POST
+	PathNodes      = "/v1/nodes"       // GET []NodeView; /{node}: GET NodeView, DELETE (?force=1)
+	PathTasks      = "/v1/tasks"       // GET ?service=NAME
+	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels: POST
+	PathPolicies   = "/v1/policies"    // GET, POST PolicyApply; /{name}: GET, DELETE
+
+	ActionRotate = "/rotate"
+	ActionScale  = "/scale"
+	ActionUpdate = "/update"
+	ActionLabels = "/labels"
+)
+
 // Node API paths (mTLS, on the manager's api_listen).
 const (
 	PathJoin   = "/v1/join"   // POST JoinRequest -> JoinResponse; needs the token, no client cert

@@ -111,15 +111,15 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 // ClusterInfo returns the cluster summary.
 func (c *Client) ClusterInfo(ctx context.Context) (api.ClusterInfo, error) {
 	var out api.ClusterInfo
-	return out, c.do(ctx, http.MethodGet, "/v1/cluster", nil, nil, &out)
+	return out, c.do(ctx, http.MethodGet, api.PathCluster, nil, nil, &out)
 }
 
 // JoinToken returns role's join token, rotating it first when rotate is set.
 func (c *Client) JoinToken(ctx context.Context, role string, rotate bool) (api.JoinToken, error) {
 	var out api.JoinToken
-	path := "/v1/join-tokens/" + url.PathEscape(role)
+	path := api.PathJoinTokens + "/" + url.PathEscape(role)
 	if rotate {
-		return out, c.do(ctx, http.MethodPost, path+"/rotate", nil, nil, &out)
+		return out, c.do(ctx, http.MethodPost, path+api.ActionRotate, nil, nil, &out)
 	}
 	return out, c.do(ctx, http.MethodGet, path, nil, nil, &out)
 }
@@ -127,13 +127,13 @@ func (c *Client) JoinToken(ctx context.Context, role string, rotate bool) (api.J
 // Nodes lists the cluster's nodes.
 func (c *Client) Nodes(ctx context.Context) ([]api.NodeView, error) {
 	var out []api.NodeView
-	return out, c.do(ctx, http.MethodGet, "/v1/nodes", nil, nil, &out)
+	return out, c.do(ctx, http.MethodGet, api.PathNodes, nil, nil, &out)
 }
 
 // Node returns one node by name or ID.
 func (c *Client) Node(ctx context.Context, ref string) (api.NodeView, error) {
 	var out api.NodeView
-	return out, c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(ref), nil, nil, &out)
+	return out, c.do(ctx, http.MethodGet, api.PathNodes+"/"+url.PathEscape(ref), nil, nil, &out)
 }
 
 // RemoveNode removes a node; force removes it even if it is ready.
@@ -142,77 +142,77 @@ func (c *Client) RemoveNode(ctx context.Context, ref string, force bool) error {
 	if force {
 		q = url.Values{"force": {"1"}}
 	}
-	return c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(ref), q, nil, nil)
+	return c.do(ctx, http.MethodDelete, api.PathNodes+"/"+url.PathEscape(ref), q, nil, nil)
 }
 
 // Services lists the services with their tasks.
 func (c *Client) Services(ctx context.Context) ([]api.ServiceView, error) {
 	var out []api.ServiceView
-	return out, c.do(ctx, http.MethodGet, "/v1/services", nil, nil, &out)
+	return out, c.do(ctx, http.MethodGet, api.PathServices, nil, nil, &out)
 }
 
 // Service returns one service with its tasks.
 func (c *Client) Service(ctx context.Context, name string) (api.ServiceView, error) {
 	var out api.ServiceView
-	return out, c.do(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(name), nil, nil, &out)
+	return out, c.do(ctx, http.MethodGet, api.PathServices+"/"+url.PathEscape(name), nil, nil, &out)
 }
 
 // CreateService creates a service.
 func (c *Client) CreateService(ctx context.Context, spec api.ServiceSpec) (api.ServiceView, error) {
 	var out api.ServiceView
-	return out, c.do(ctx, http.MethodPost, "/v1/services", nil, spec, &out)
+	return out, c.do(ctx, http.MethodPost, api.PathServices, nil, spec, &out)
 }
 
 // ScaleService sets a service's replica count.
 func (c *Client) ScaleService(ctx context.Context, name string, replicas int) (api.ServiceView, error) {
 	var out api.ServiceView
-	return out, c.do(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(name)+"/scale", nil, api.Scale{Replicas: replicas}, &out)
+	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionScale, nil, api.Scale{Replicas: replicas}, &out)
 }
 
 // UpdateServiceImage starts a rolling update to image.
 func (c *Client) UpdateServiceImage(ctx context.Context, name, image string) (api.ServiceView, error) {
 	var out api.ServiceView
-	return out, c.do(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(name)+"/update", nil, api.ImageUpdate{Image: image}, &out)
+	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionUpdate, nil, api.ImageUpdate{Image: image}, &out)
 }
 
 // Tasks lists the tasks of service, including those of a removed service
 // until their nodes report them stopped.
 func (c *Client) Tasks(ctx context.Context, service string) ([]api.TaskView, error) {
 	var out []api.TaskView
-	err := c.do(ctx, http.MethodGet, "/v1/tasks", url.Values{"service": {service}}, nil, &out)
+	err := c.do(ctx, http.MethodGet, api.PathTasks, url.Values{"service": {service}}, nil, &out)
 	return out, err
 }
 
 // RemoveService removes a service and frees its VIP.
 func (c *Client) RemoveService(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/services/"+url.PathEscape(name), nil, nil, nil)
+	return c.do(ctx, http.MethodDelete, api.PathServices+"/"+url.PathEscape(name), nil, nil, nil)
 }
 
 // UpdateServiceLabels adds and removes labels of a service.
 func (c *Client) UpdateServiceLabels(ctx context.Context, name string, add map[string]string, remove []string) (api.ServiceView, error) {
 	var out api.ServiceView
-	return out, c.do(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(name)+"/labels", nil, api.LabelUpdate{Add: add, Remove: remove}, &out)
+	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionLabels, nil, api.LabelUpdate{Add: add, Remove: remove}, &out)
 }
 
 // ApplyPolicies creates or replaces network policies, all or none.
 func (c *Client) ApplyPolicies(ctx context.Context, policies []clustermap.Policy) ([]api.PolicyApplied, error) {
 	var out []api.PolicyApplied
-	return out, c.do(ctx, http.MethodPost, "/v1/policies", nil, api.PolicyApply{Policies: policies}, &out)
+	return out, c.do(ctx, http.MethodPost, api.PathPolicies, nil, api.PolicyApply{Policies: policies}, &out)
 }
 
 // Policies lists the network policies with the tasks they match.
 func (c *Client) Policies(ctx context.Context) ([]api.PolicyView, error) {
 	var out []api.PolicyView
-	return out, c.do(ctx, http.MethodGet, "/v1/policies", nil, nil, &out)
+	return out, c.do(ctx, http.MethodGet, api.PathPolicies, nil, nil, &out)
 }
 
 // Policy returns one network policy with the tasks it matches.
 func (c *Client) Policy(ctx context.Context, name string) (api.PolicyView, error) {
 	var out api.PolicyView
-	return out, c.do(ctx, http.MethodGet, "/v1/policies/"+url.PathEscape(name), nil, nil, &out)
+	return out, c.do(ctx, http.MethodGet, api.PathPolicies+"/"+url.PathEscape(name), nil, nil, &out)
 }
 
 // RemovePolicy removes a network policy.
 func (c *Client) RemovePolicy(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/policies/"+url.PathEscape(name), nil, nil, nil)
+	return c.do(ctx, http.MethodDelete, api.PathPolicies+"/"+url.PathEscape(name), nil, nil, nil)
 }
