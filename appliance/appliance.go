@@ -5,15 +5,18 @@ package appliance
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/internal/buildinfo"
@@ -50,6 +53,13 @@ func Run(ctx context.Context, cfg *configs.Loaded) error {
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
+	// One daemon per state dir: the unit and a foreground `warren worker
+	// start` must not both drive the same node.
+	unlock, err := lockStateDir(cfg.Node.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	// Before the tunnel: handshakes and certificates need a sane clock.
 	if err := WaitForSaneClock(ctx, buildinfo.BuildTime(), log, time.Now, 2*time.Second); err != nil {
 		return err
@@ -70,6 +80,47 @@ func Run(ctx context.Context, cfg *configs.Loaded) error {
 	default:
 		return runClusterNode(ctx, cfg, log)
 	}
+}
+
+// CheckHost runs the host checks start runs, so `warren-appliance --check`
+// runs them too: the ranges this node will route into the overlay must not
+// overlap a network the host is already on. Those are the config's ranges
+// on a standalone node and on a manager about to create its cluster, and
+// the cluster's ranges (from the cached map) on a node that joined; a node
+// that has not joined yet learns them only at join, where start checks.
+func CheckHost(cfg *configs.Loaded) error {
+	hostNets, err := configs.HostNetworks(cfg.Config)
+	if err != nil {
+		return err
+	}
+	creating := cfg.Node.Role == configs.RoleManager && cfg.Cluster.Manager == "" && !cfg.Joined
+	if cfg.Node.Role == configs.RoleStandalone || creating {
+		return cfg.CheckHostOverlap(hostNets)
+	}
+	b, err := os.ReadFile(filepath.Join(cfg.Node.StateDir, cluster.FileMap))
+	if err != nil {
+		return nil // no cached map: nothing known to check yet
+	}
+	var m clustermap.Map
+	if json.Unmarshal(b, &m) != nil || !m.Network().Complete() {
+		return nil // start ignores an unreadable cache too
+	}
+	return clusterOverlapError(configs.HostOverlaps(clusterRanges(m.Network()), hostNets))
+}
+
+// lockStateDir takes an exclusive lock on <state dir>/lock for the
+// daemon's lifetime.
+func lockStateDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state dir lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another warren-appliance (the service, or a `warren cluster init` / `warren worker start` in a terminal) is running with state dir %s: stop it first (systemctl stop warren-appliance)", dir)
+	}
+	return func() { f.Close() }, nil
 }
 
 // PublicKey returns the node's WireGuard public key, creating the private
@@ -112,23 +163,6 @@ func openTunnel(cfg *configs.Loaded, addr netip.Prefix, log *slog.Logger) (*tunn
 	return dev, nil
 }
 
-// staticPeers turns [[wireguard.peer]] into tunnel peers.
-func staticPeers(cfg *configs.Loaded) []tunnel.Peer {
-	var out []tunnel.Peer
-	for _, p := range cfg.WireGuard.Peers {
-		k, _ := tunnel.ParseKey(p.PublicKey) // validated by configs
-		peer := tunnel.Peer{PublicKey: k, Keepalive: keepalive(p.Keepalive, cfg.WireGuard.Keepalive)}
-		if p.Endpoint != "" {
-			peer.Endpoint = netip.MustParseAddrPort(p.Endpoint)
-		}
-		for _, a := range p.AllowedIPs {
-			peer.AllowedIPs = append(peer.AllowedIPs, a.Prefix)
-		}
-		out = append(out, peer)
-	}
-	return out
-}
-
 // keepalive maps the config's duration to the tunnel's: "0s" written by the
 // operator turns keepalive off, which the tunnel spells as negative.
 func keepalive(peer, global configs.Duration) time.Duration {
@@ -150,7 +184,8 @@ func runStandalone(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) e
 		return err
 	}
 	defer dev.Close()
-	if err := dev.SetPeers(staticPeers(cfg)); err != nil {
+	peers := staticPeers(ctx, cfg, lookupHost, log)
+	if err := dev.SetPeers(peers); err != nil {
 		return fmt.Errorf("tunnel peers: %w", err)
 	}
 	local, err := startLocalAPI(SocketPath, &localState{dev: dev}, nil, log)
@@ -174,22 +209,39 @@ func runStandalone(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) e
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	tick := time.NewTicker(reresolveInterval)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("shutting down")
 			return nil
+		case <-tick.C:
+			stale := staleNamedPeers(cfg.WireGuard.Peers, peers, dev.Health(), time.Now())
+			if len(stale) == 0 {
+				continue
+			}
+			next, changed := reresolve(ctx, cfg.WireGuard.Peers, peers, stale, lookupHost, log)
+			if !changed {
+				continue
+			}
+			if err := dev.SetPeers(next); err != nil {
+				log.Error("applying re-resolved peer endpoints", "err", err)
+				continue
+			}
+			peers = next
 		case <-hup:
 			reloaded, err := reload(cfg.File)
 			if err != nil {
 				log.Error("reload refused: keeping the running config", "err", err)
 				continue
 			}
-			if err := dev.SetPeers(staticPeers(reloaded)); err != nil {
+			next := staticPeers(ctx, reloaded, lookupHost, log)
+			if err := dev.SetPeers(next); err != nil {
 				log.Error("reload: applying peers", "err", err)
 				continue
 			}
-			cfg = reloaded
+			cfg, peers = reloaded, next
 			log.Info("reloaded peers", "peers", len(cfg.WireGuard.Peers))
 		}
 	}

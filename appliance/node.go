@@ -2,6 +2,8 @@ package appliance
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/internal/mdns"
 	"github.com/warren-appliance/warren/internal/netaddr"
 	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/nat"
@@ -115,36 +119,70 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			}
 		}()
 		if created {
-			// Once, on stdout as `cluster init` does; the secrets stay out of
-			// the logs. `warren cluster join-token` prints them again.
-			worker, manager := mgr.JoinTokens()
-			fmt.Printf("Cluster created. To add a worker, run on it:\n\n    warren worker start --manager %s:%s --token %s\n\n"+
-				"To add a manager:\n\n    warren manager join --manager %[1]s:%[2]s --token %[4]s\n\n",
-				advertise, apiPort(cfg.Cluster.APIListen), worker, manager)
+			// The tokens stay out of stdout and the logs (the journal is
+			// readable by the adm group): say where to read them.
+			fmt.Printf("Cluster created. To add a node, run on this one:\n\n    warren cluster join-token worker     (or: manager)\n\n"+
+				"and run the command it prints on the new node. Join address: %s:%s\n\n", advertise, apiPort(cfg.Cluster.APIListen))
 		}
 		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
 	} else {
-		agent, err := cluster.Join(ctx, cluster.AgentConfig{
+		acfg := cluster.AgentConfig{
 			StateDir: cfg.Node.StateDir,
 			Manager:  cfg.Cluster.Manager,
 			Token:    cfg.Cluster.Token,
 			Node:     info,
 			Logger:   log,
-		})
+		}
+		// The static binary's resolver does not speak mDNS: a manager given
+		// as pi-1.local is looked up here, at every start (the setup
+		// remembers the name, not the address DHCP gave it).
+		if acfg.Manager, err = (mdns.Resolver{}).ResolveHostPort(ctx, cfg.Cluster.Manager); err != nil {
+			if !cfg.Joined {
+				return fmt.Errorf("cluster.manager: %w", err)
+			}
+			// A joined node keeps serving with the manager down: it uses
+			// the address it last reached the manager on.
+			log.Warn("cannot resolve the manager's .local name; using the address stored at join", "err", err)
+			acfg.Manager = ""
+		}
+		if acfg.Manager != cfg.Cluster.Manager {
+			log.Info("resolved the manager's .local name over mDNS", "manager", cfg.Cluster.Manager, "address", acfg.Manager)
+		}
+		agent, err := cluster.Join(ctx, acfg)
+		if err != nil && cluster.IsNameTaken(err) && cfg.NameFromHostname() {
+			// Boards often keep the OS's default host name (raspberrypi):
+			// a name nobody chose is made unique with a suffix from this
+			// node's key, the same on every retry, and remembered.
+			acfg.Node.Name = UniqueName(info.Name, info.PublicKey)
+			log.Warn("another node has this host name; joining under a unique name (set node.name or --name to choose one)",
+				"hostname", info.Name, "name", acfg.Node.Name)
+			agent, err = cluster.Join(ctx, acfg)
+		}
 		if err != nil {
 			return err
 		}
 		mem = agent
 	}
 	self := mem.Self()
+	// Remember the setup, so the unit's `warren-appliance --config` resumes
+	// this node as what `cluster init` / `worker start` made it.
+	var managers []string
+	if cfg.Cluster.Manager != "" {
+		managers = []string{cfg.Cluster.Manager}
+	} else if cfg.Setup != nil {
+		managers = cfg.Setup.Managers
+	}
+	if err := configs.SaveSetup(cfg.Node.StateDir, cfg.RememberedSetup(self.Name, managers)); err != nil {
+		return err
+	}
 	clusterNet := mem.Network()
 	log.Info("cluster identity", "node", self.Name, "id", self.ID, "overlay_ip", self.OverlayIP, "container_block", self.ContainerBlock,
 		"wireguard_subnet", clusterNet.WireGuardSubnet, "container_subnet", clusterNet.ContainerSubnet, "vip_subnet", clusterNet.VIPSubnet, "dns_domain", clusterNet.Domain)
 	if ignored := ignoredClusterKeys(cfg, clusterNet); len(ignored) > 0 {
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
-	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(cfg)}
+	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log)}
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -500,6 +538,17 @@ func (n *node) canaryLoop(ctx context.Context) {
 			n.syncNAT(m)
 		}
 	}
+}
+
+// UniqueName is name with a suffix derived from the node's WireGuard
+// public key: stable for the node, different for another board.
+func UniqueName(name, publicKey string) string {
+	sum := sha256.Sum256([]byte(publicKey))
+	suffix := "-" + hex.EncodeToString(sum[:2])
+	if len(name) > 63-len(suffix) {
+		name = strings.TrimRight(name[:63-len(suffix)], "-")
+	}
+	return name + suffix
 }
 
 // apiPort is the port of a listen address such as ":7946".

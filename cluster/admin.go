@@ -20,6 +20,8 @@ import (
 //	GET    /v1/nodes                        list
 //	GET    /v1/nodes/{node}                 by name or ID
 //	DELETE /v1/nodes/{node}[?force=1]       remove (force: even if ready)
+//	POST   /v1/nodes/{node}/drain           move its tasks away, place nothing new there
+//	POST   /v1/nodes/{node}/activate        undo a drain
 //	GET    /v1/services                     list with tasks
 //	POST   /v1/services                     create (api.ServiceSpec)
 //	GET    /v1/services/{name}              inspect / ps
@@ -76,6 +78,22 @@ func (m *Manager) AdminHandler() http.Handler {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/nodes/{node}/drain", func(w http.ResponseWriter, r *http.Request) {
+		v, err := m.SetNodeAvailability(r.PathValue("node"), clustermap.NodeDrain)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("POST /v1/nodes/{node}/activate", func(w http.ResponseWriter, r *http.Request) {
+		v, err := m.SetNodeAvailability(r.PathValue("node"), "")
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
 	})
 	mux.HandleFunc("GET "+api.PathTasks, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Tasks(r.URL.Query().Get("service")))
@@ -253,7 +271,7 @@ func errNoNode(ref string) error {
 
 func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 	v := api.NodeView{
-		ID: n.ID, Name: n.Name, Role: n.Role, Status: n.Status, OverlayIP: n.OverlayIP, ContainerBlock: n.ContainerBlock,
+		ID: n.ID, Name: n.Name, Role: n.Role, Status: n.Status, Availability: availability(n.Availability), OverlayIP: n.OverlayIP, ContainerBlock: n.ContainerBlock,
 		Endpoint: n.Endpoint, PublicKey: n.PublicKey, Labels: n.Labels, JoinedAt: n.JoinedAt, CertExpires: n.CertNotAfter,
 		LastSeen: m.lastSeen[n.ID], Tunnel: m.health[n.ID], Self: n.ID == m.st.meta.SelfID,
 		ClockOffsetSeconds: m.skew[n.ID].Round(time.Millisecond).Seconds(),
@@ -264,6 +282,40 @@ func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 		}
 	}
 	return v
+}
+
+// availability names a node's availability for the admin API.
+func availability(a string) string {
+	if a == "" {
+		return "active"
+	}
+	return a
+}
+
+// SetNodeAvailability drains a node (its tasks move to other nodes and it
+// gets no new ones: the first step of retiring a board) or makes it active
+// again ("").
+func (m *Manager) SetNodeAvailability(ref, a string) (api.NodeView, error) {
+	var id string
+	err := m.update(func(s *state) error {
+		n, ok := s.nodes[ref]
+		if !ok {
+			if n, ok = s.nodeByName(ref); !ok {
+				return errNoNode(ref)
+			}
+		}
+		n.Availability = a
+		s.nodes[n.ID] = n
+		id = n.ID
+		return nil
+	})
+	if err != nil {
+		return api.NodeView{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.log.Info("node availability changed", "node", m.st.nodes[id].Name, "availability", availability(a))
+	return m.nodeViewLocked(m.st.nodes[id]), nil
 }
 
 // RemoveNode takes a member out of the cluster: it leaves the map, its

@@ -298,3 +298,59 @@ func TestNodeViewShowsClockOffset(t *testing.T) {
 		t.Fatalf("clock offset = %v s, want about -3600", v.ClockOffsetSeconds)
 	}
 }
+
+// `warren node drain`: the node's tasks are placed elsewhere and it gets
+// no new ones; `activate` undoes it.
+func TestDrainNodeMovesItsTasks(t *testing.T) {
+	tm := startManager(t)
+	w := join(t, agentConfig(t, tm, "worker-1"))
+	c := adminClient(t, tm.m)
+	ctx := context.Background()
+	if _, err := c.CreateService(ctx, api.ServiceSpec{Name: "web", Image: "x", Replicas: intp(4)}); err != nil {
+		t.Fatal(err)
+	}
+	onNode := func(id string) (running, retiring int) {
+		for _, task := range tm.m.Map().Tasks {
+			if task.NodeID != id {
+				continue
+			}
+			if task.DesiredState == clustermap.TaskRunning {
+				running++
+			} else {
+				retiring++
+			}
+		}
+		return
+	}
+	wid := w.Self().ID
+	if r, _ := onNode(wid); r != 2 {
+		t.Fatalf("worker-1 runs %d of 4 tasks before the drain, want 2", r)
+	}
+	v, err := c.SetNodeAvailability(ctx, "worker-1", true)
+	if err != nil || v.Availability != "drain" {
+		t.Fatalf("drain: %+v, %v", v, err)
+	}
+	if r, s := onNode(wid); r != 0 || s != 2 {
+		t.Fatalf("after the drain worker-1 has %d running and %d retiring tasks, want 0 and 2", r, s)
+	}
+	if r, _ := onNode(tm.m.Self().ID); r != 4 {
+		t.Fatalf("the manager runs %d tasks after the drain, want all 4", r)
+	}
+	if _, err := c.CreateService(ctx, api.ServiceSpec{Name: "more", Image: "x", Replicas: intp(2)}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := onNode(wid); r != 0 {
+		t.Fatalf("a drained node got %d new tasks", r)
+	}
+	nodes, _ := c.Nodes(ctx)
+	for _, n := range nodes {
+		if want := map[bool]string{true: "drain", false: "active"}[n.Name == "worker-1"]; n.Availability != want {
+			t.Errorf("node %s availability %q, want %q", n.Name, n.Availability, want)
+		}
+	}
+	if v, err := c.SetNodeAvailability(ctx, "worker-1", false); err != nil || v.Availability != "active" {
+		t.Fatalf("activate: %+v, %v", v, err)
+	}
+	_, err = c.SetNodeAvailability(ctx, "ghost", true)
+	wantAPIError(t, err, http.StatusNotFound, `no node named "ghost"`)
+}

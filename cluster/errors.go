@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/warren-appliance/warren/cluster/api"
 )
@@ -20,6 +21,18 @@ func (e *apiError) Error() string { return e.msg }
 
 func errorf(status int, format string, args ...any) error {
 	return &apiError{status, fmt.Sprintf(format, args...)}
+}
+
+// nameTaken is in the manager's answer to a join whose name another node
+// (another key) holds; IsNameTaken recognises it on the node.
+const nameTaken = "is already taken by another node"
+
+// IsNameTaken reports whether a join failed because another node (with
+// another key) holds the name: a node whose name was only derived from its
+// host name can then pick a unique one.
+func IsNameTaken(err error) bool {
+	var he *httpError
+	return errors.As(err, &he) && he.status == http.StatusConflict && strings.Contains(he.msg, nameTaken)
 }
 
 func errNodeRemoved(id string) error {

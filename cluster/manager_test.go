@@ -236,6 +236,9 @@ func TestJoinRefusesTakenNameWithAnotherKey(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `node name "worker-1" is already taken`) {
 		t.Fatalf("join under a taken name: %v", err)
 	}
+	if !IsNameTaken(err) {
+		t.Fatalf("IsNameTaken does not recognise %v", err)
+	}
 	t.Logf("refused as expected: %v", err)
 }
 

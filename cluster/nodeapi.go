@@ -227,7 +227,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 		if exists && (rec.TLSKey == "" || rec.TLSKey != keyHash) {
 			// Name and WireGuard key are in every map: without the node's
 			// private key, anyone holding a token could take its identity.
-			return errorf(http.StatusConflict, "node name %q is already taken (overlay IP %s): joining again as that node needs its private key (node-tls.key in its state dir); if this is a re-installed board or another node, choose another name, or remove the old record first with `warren node rm %s`", req.Name, rec.OverlayIP, req.Name)
+			return errorf(http.StatusConflict, "node name %q "+nameTaken+" (overlay IP %s): joining again as that node needs its private key (node-tls.key in its state dir); if this is a re-installed board or another node, choose another name, or remove the old record first with `warren node rm %s`", req.Name, rec.OverlayIP, req.Name)
 		}
 		if exists && rec.Role != role {
 			return errorf(http.StatusForbidden, "node %q is a %s: a %s join token cannot join as it", req.Name, rec.Role, role)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -17,6 +18,9 @@ import (
 
 // DefaultPath is where packages install the node's config.
 const DefaultPath = "/etc/warren/warren.toml"
+
+// ExamplesDir is where the package installs the commented example configs.
+const ExamplesDir = "/usr/share/doc/warren-appliance/examples/"
 
 // Roles.
 const (
@@ -220,7 +224,21 @@ type Loaded struct {
 	Config
 	File  string
 	lines map[string]int
-	flags map[string]bool
+	// defined: keys the TOML wrote; flags: keys a command-line flag set.
+	defined map[string]bool
+	flags   map[string]bool
+
+	// Set by Finish from the state dir: what `cluster init`, `worker start`
+	// or `manager join` remembered (nil if nothing), and whether this node
+	// already joined (or created) a cluster, so it needs no token.
+	Setup        *Setup
+	Joined       bool
+	remembered   []string
+	nameFromHost bool
+	// parseErrs are the wrong types and unknown keys Parse found; Finish
+	// reports them with the rest; failed holds their keys.
+	parseErrs Errors
+	failed    map[string]bool
 }
 
 // Line returns the line where key (dotted) was written, or 0.
@@ -236,7 +254,7 @@ func (l *Loaded) SetByFlag(key string) {
 
 // Written reports whether the operator set key, in the file or by a flag,
 // rather than leaving it at its default.
-func (l *Loaded) Written(key string) bool { return l.lines[key] > 0 || l.flags[key] }
+func (l *Loaded) Written(key string) bool { return l.set(key) }
 
 // Load reads and decodes path. It does not validate: call Validate after
 // applying any command-line overrides.
@@ -248,11 +266,14 @@ func Load(path string) (*Loaded, error) {
 	return Parse(data, path)
 }
 
-// Parse decodes TOML text strictly: unknown keys and wrong types are errors
-// naming the key and line.
+// Parse decodes TOML text strictly. Only a syntax error stops it: a value
+// of the wrong type and an unknown key are kept, and Finish reports them
+// with every other problem of the file, each naming its key and line
+// (peers and forwards by index, e.g. wireguard.peer[1].allowed_ips).
 func Parse(data []byte, file string) (*Loaded, error) {
-	l := &Loaded{Config: Default(), File: file, lines: keyLines(data)}
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&l.Config)
+	l := &Loaded{Config: Default(), File: file, lines: keyLines(data), defined: map[string]bool{}}
+	var root map[string]toml.Primitive
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&root)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
@@ -264,18 +285,127 @@ func Parse(data []byte, file string) (*Loaded, error) {
 		}
 		return nil, Errors{{File: file, Msg: err.Error()}}
 	}
-	var errs Errors
-	for _, k := range md.Undecoded() {
-		key := k.String()
-		if strings.HasPrefix(key, "node.labels.") {
-			continue // labels is a free-form table; non-string values fail decoding above
-		}
-		errs = append(errs, &Error{File: file, Line: l.lines[key], Key: key, Msg: "unknown key" + suggest(key)})
+	for _, k := range md.Keys() {
+		l.defined[k.String()] = true
 	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
+	l.failed = map[string]bool{}
+	d := &decoder{md: md, l: l}
+	d.fields(root, reflect.ValueOf(&l.Config).Elem(), "", "")
 	return l, nil
+}
+
+// decoder decodes one key at a time, so a wrong type in one key does not
+// hide the mistakes in the keys after it.
+type decoder struct {
+	md toml.MetaData
+	l  *Loaded
+}
+
+// fields decodes the keys of one table into the struct dst. key is the
+// dotted path with indexes (for messages), plain the path without them
+// (what the TOML metadata and Undecoded use).
+func (d *decoder) fields(tbl map[string]toml.Primitive, dst reflect.Value, key, plain string) {
+	for name, prim := range tbl {
+		f := fieldByTag(dst, name)
+		k, p := join(key, name), join(plain, name)
+		if !f.IsValid() {
+			d.unknown(prim, k, p)
+			continue
+		}
+		switch {
+		case f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(Duration{}) && f.Type() != reflect.TypeOf(Subnet{}) && f.Type() != reflect.TypeOf(InterfaceAddress{}):
+			var sub map[string]toml.Primitive
+			if err := d.md.PrimitiveDecode(prim, &sub); err != nil {
+				d.bad(k, p, "want a table, e.g. ["+k+"]")
+				continue
+			}
+			d.fields(sub, f, k, p)
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct && f.Type().Elem() != reflect.TypeOf(Subnet{}):
+			var items []map[string]toml.Primitive
+			if err := d.md.PrimitiveDecode(prim, &items); err != nil {
+				d.bad(k, p, "want a list of tables, each written [["+p+"]]")
+				continue
+			}
+			out := reflect.MakeSlice(f.Type(), len(items), len(items))
+			for i, it := range items {
+				d.fields(it, out.Index(i), fmt.Sprintf("%s[%d]", k, i), p)
+			}
+			f.Set(out)
+		default:
+			if err := d.md.PrimitiveDecode(prim, f.Addr().Interface()); err != nil {
+				d.bad(k, p, "want "+describeType(f.Type()))
+			}
+		}
+	}
+}
+
+// unknown reports a key no field has; for an unknown table, each of its keys
+// (a typo in a table name then gets a suggestion per key).
+func (d *decoder) unknown(prim toml.Primitive, key, plain string) {
+	var sub map[string]toml.Primitive
+	if err := d.md.PrimitiveDecode(prim, &sub); err == nil && len(sub) > 0 {
+		for name, v := range sub {
+			d.unknown(v, join(key, name), join(plain, name))
+		}
+		return
+	}
+	line := d.l.lines[key]
+	if line == 0 {
+		line = d.l.lines[plain]
+	}
+	d.l.parseErrs = append(d.l.parseErrs, &Error{File: d.l.File, Line: line, Key: key, Msg: "unknown key" + suggest(plain)})
+}
+
+func (d *decoder) bad(key, plain, msg string) {
+	d.l.failed[key] = true
+	line := d.l.lines[key]
+	if line == 0 {
+		line = d.l.lines[plain]
+	}
+	d.l.parseErrs = append(d.l.parseErrs, &Error{File: d.l.File, Line: line, Key: key, Msg: msg})
+}
+
+func join(prefix, name string) string {
+	if prefix == "" {
+		return name
+	}
+	return prefix + "." + name
+}
+
+// fieldByTag finds the field of struct v whose toml tag is name.
+func fieldByTag(v reflect.Value, name string) reflect.Value {
+	t := v.Type()
+	for i := range t.NumField() {
+		if tag := strings.Split(t.Field(i).Tag.Get("toml"), ",")[0]; tag == name {
+			return v.Field(i)
+		}
+	}
+	return reflect.Value{}
+}
+
+// describeType says in an operator's words what a key's value must be.
+func describeType(t reflect.Type) string {
+	switch t {
+	case reflect.TypeOf(Duration{}):
+		return "a duration string such as \"25s\""
+	case reflect.TypeOf(Subnet{}):
+		return "a CIDR string such as \"10.0.0.0/24\""
+	case reflect.TypeOf(InterfaceAddress{}):
+		return "an address string such as \"10.0.0.1/24\""
+	case reflect.TypeOf([]Subnet{}):
+		return "a list of CIDRs, e.g. [\"10.0.0.2/32\"]"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string (in quotes)"
+	case reflect.Int:
+		return "a whole number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Map:
+		return "a table of strings, e.g. { zone = \"shelf-a\" }"
+	}
+	return "a value of type " + t.String()
 }
 
 // suggest names the reference key a typo was probably meant to be.
@@ -290,7 +420,7 @@ func suggest(key string) string {
 	if best != "" {
 		return fmt.Sprintf(" (did you mean %q?)", best)
 	}
-	return " (see configs/examples or warren.reference.toml for the keys)"
+	return " (every key is in the examples under " + ExamplesDir + ")"
 }
 
 func knownKeys() []string {
@@ -341,10 +471,18 @@ func editDistance(a, b string) int {
 
 // keyLines maps dotted keys to the line that sets them. The TOML decoder
 // keeps key positions private, so this light scan recovers them for the
-// checks that run after decoding; arrays of tables map to their first entry.
+// checks that run after decoding. Entries of arrays of tables are keyed
+// both with their index ("wireguard.peer[1].allowed_ips") and without it
+// (the first entry's line).
 func keyLines(data []byte) map[string]int {
 	lines := map[string]int{}
-	table := ""
+	set := func(k string, n int) {
+		if _, ok := lines[k]; !ok {
+			lines[k] = n
+		}
+	}
+	table, plain := "", ""
+	count := map[string]int{}
 	for i, raw := range strings.Split(string(data), "\n") {
 		line := strings.TrimSpace(raw)
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -352,10 +490,13 @@ func keyLines(data []byte) map[string]int {
 		}
 		if strings.HasPrefix(line, "[") {
 			name := strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t")
-			table = name
-			if _, ok := lines[table]; !ok {
-				lines[table] = i + 1
+			plain, table = name, name
+			if strings.HasPrefix(line, "[[") {
+				table = fmt.Sprintf("%s[%d]", name, count[name])
+				count[name]++
+				set(table, i+1)
 			}
+			set(plain, i+1)
 			continue
 		}
 		eq := strings.Index(line, "=")
@@ -363,12 +504,8 @@ func keyLines(data []byte) map[string]int {
 			continue
 		}
 		key := strings.Trim(strings.TrimSpace(line[:eq]), `"'`)
-		if table != "" {
-			key = table + "." + key
-		}
-		if _, ok := lines[key]; !ok {
-			lines[key] = i + 1
-		}
+		set(join(table, key), i+1)
+		set(join(plain, key), i+1)
 	}
 	return lines
 }

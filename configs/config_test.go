@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -67,10 +68,15 @@ func TestExamplesAreValid(t *testing.T) {
 	if len(files) != 3 {
 		t.Fatalf("want manager, worker and standalone examples, found %v", files)
 	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(testToken+"\n"), 0o600)
 	for _, f := range files {
 		l, err := Load(f)
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
+		}
+		if l.Cluster.TokenFile != "" {
+			l.Cluster.TokenFile = tokenFile // the example's /etc/warren/token
 		}
 		if err := l.Finish(); err != nil {
 			t.Fatalf("%s: %v", f, err)
@@ -78,8 +84,37 @@ func TestExamplesAreValid(t *testing.T) {
 	}
 }
 
+// The config the package installs as /etc/warren/warren.toml sets nothing
+// node-specific: with a fresh state dir it says which command to run, and
+// once a setup is remembered it is valid as shipped.
+func TestShippedConfig(t *testing.T) {
+	data, err := os.ReadFile("../packaging/config/warren.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	l, err := Parse(data, "warren.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Node.StateDir = dir
+	err = l.Finish()
+	if err == nil || !strings.Contains(err.Error(), "warren cluster init") || strings.Count(err.Error(), "\n") != 0 {
+		t.Fatalf("fresh board: want exactly one error naming the command to run, got %v", err)
+	}
+	SaveSetup(dir, Setup{Role: RoleManager, Name: "pi-1"})
+	l, _ = Parse(data, "warren.toml")
+	l.Node.StateDir = dir
+	if err := l.Finish(); err != nil {
+		t.Fatalf("a board set up by cluster init, with the shipped config: %v", err)
+	}
+	if l.Node.Role != RoleManager || l.Node.Name != "pi-1" {
+		t.Fatalf("remembered role/name not used: %+v", l.Node)
+	}
+}
+
 func TestEffectiveConfigHidesToken(t *testing.T) {
-	l, err := load(t, "[node]\nname='w1'\n[cluster]\nmanager='192.0.2.1:7946'\ntoken='WRN-1-secret'\n")
+	l, err := load(t, validWorker)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +122,7 @@ func TestEffectiveConfigHidesToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(string(out), "WRN-1-secret") {
+	if strings.Contains(string(out), testToken) {
 		t.Fatalf("effective config shows the token:\n%s", out)
 	}
 	// The printed config loads back to the same values (a round trip).
@@ -102,17 +137,20 @@ func TestEffectiveConfigHidesToken(t *testing.T) {
 
 func TestTokenFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(p, []byte("WRN-1-abc\n"), 0o600)
+	os.WriteFile(p, []byte(testToken+"\n"), 0o600)
 	l, err := load(t, "[node]\nname='w1'\n[cluster]\nmanager='192.0.2.1:7946'\ntoken_file='"+p+"'\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Cluster.Token != "WRN-1-abc" {
+	if l.Cluster.Token != testToken {
 		t.Fatalf("token = %q", l.Cluster.Token)
 	}
 }
 
-const validWorker = "[node]\nname = 'w1'\n[cluster]\nmanager = '192.0.2.1:7946'\ntoken = 'WRN-1-x'\n"
+// testToken has the shape of a join token (the secret is not checked here).
+var testToken = "WRN-1-" + strings.Repeat("ab", 32) + "-abcdefghijklmnopqrstuvwxyz"
+
+var validWorker = "[node]\nname = 'w1'\n[cluster]\nmanager = '192.0.2.1:7946'\ntoken = '" + testToken + "'\n"
 
 func TestBadConfigs(t *testing.T) {
 	cases := []struct {
@@ -135,21 +173,25 @@ func TestBadConfigs(t *testing.T) {
 		{"port zero", validWorker + "[wireguard]\nlisten_port = 0\n", "wireguard.listen_port", 7, "not a UDP port"},
 		{"bad api port", validWorker + "api_listen = \":99999\"\n", "cluster.api_listen", 6, "not a TCP port"},
 		{"bad role", "[node]\nname='n'\nrole = \"boss\"\n", "node.role", 3, "not a role"},
-		{"worker without manager", "[node]\nname='w'\n[cluster]\ntoken='WRN-1-x'\n", "cluster.manager", 0, "needs the manager"},
+		{"worker without manager", "[node]\nname='w'\nrole='worker'\n[cluster]\ntoken='" + testToken + "'\n", "cluster.manager", 0, "needs the manager"},
 		{"worker without token", "[node]\nname='w'\n[cluster]\nmanager='192.0.2.1:7946'\n", "cluster.token", 0, "needs a join token"},
 		{"standalone without address", "[node]\nname='g'\nrole='standalone'\n", "wireguard.address", 0, "needs its overlay address"},
 		{"bad mode", validWorker + "[wireguard]\nmode = \"kernel\"\n", "wireguard.mode", 7, "not a mode"},
 		{"bad level", validWorker + "[log]\nlevel = \"loud\"\n", "log.level", 7, "not a level"},
 		{"metrics listen without IP", validWorker + "[metrics]\nlisten = \":9586\"\n", "metrics.listen", 7, "must be an IP:port"},
-		{"bad peer key", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='nope'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 6, "not a WireGuard public key"},
-		{"peer hostname endpoint", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nendpoint='peer.example:51820'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].endpoint", 6, "literal IP:port"},
+		{"bad peer key", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='nope'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 7, "not a WireGuard public key"},
+		{"peer hostname endpoint", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nendpoint='peer.example'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].endpoint", 8, "must be IP:port or host:port"},
 		{"bad block", validWorker + "[network]\ncontainer_block = 8\n", "network.container_block", 7, "between"},
 		{"bad node name", "[node]\nname = 'Worker_1'\n[cluster]\nmanager='192.0.2.1:7946'\ntoken='x'\n", "node.name", 2, "not a valid node name"},
 		{"relative state dir", validWorker + "state_dir = 'var/warren'\n", "cluster.state_dir", 0, "unknown key"},
-		{"bad forward", validWorker + "[[forward]]\nproto='sctp'\nlisten='127.0.0.1:1'\ntarget='10.1.0.1:80'\n", "forward[0].proto", 6, "not \"tcp\" or \"udp\""},
+		{"bad forward", validWorker + "[[forward]]\nproto='sctp'\nlisten='127.0.0.1:1'\ntarget='10.1.0.1:80'\n", "forward[0].proto", 7, "not \"tcp\" or \"udp\""},
 		{"syntax error", validWorker + "[wireguard\n", "cluster", 7, "expected"},
 		{"cert lifetime too short", validWorker + "cert_lifetime = \"30s\"\n", "cluster.cert_lifetime", 0, "at least \"1m\""},
 		{"token and file", validWorker + "token_file = '/etc/warren/token'\n", "cluster.token_file", 6, "not both"},
+		{"placeholder token", "[node]\nname='w'\n[cluster]\nmanager='192.0.2.1:7946'\ntoken='WRN-1-replace-with-the-token-the-manager-printed'\n", "cluster.token", 5, "join token is malformed"},
+		{"not set up", "[node]\nname='w'\n", "node.role", 0, "run `warren cluster init`"},
+		{"peer allowed_ips not a list", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nallowed_ips=['10.0.0.2/32']\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nallowed_ips='10.0.0.3/32'\n", "wireguard.peer[1].allowed_ips", 11, "want a list of CIDRs"},
+		{"wrong type", validWorker + "[wireguard]\nlisten_port = '51820'\n", "wireguard.listen_port", 7, "want a whole number"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -235,4 +277,93 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("a config that loaded does not encode: %v", err)
 		}
 	})
+}
+
+// Every mistake of a file is reported in one run: wrong types, unknown keys
+// and bad values, in different tables and in different peers.
+func TestAllErrorsInOneRun(t *testing.T) {
+	text := "[node]\nname='g'\nrole='standalone'\nlabelz={}\n" +
+		"[wireguard]\naddress='10.0.0.1/24'\nmtu='big'\nlisten_port=0\n" +
+		"[[wireguard.peer]]\npublic_key='nope'\nallowed_ips=['10.0.0.2/32']\n" +
+		"[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nallowed_ips='10.0.0.3/32'\nkeepalive=5\n" +
+		"[log]\nlevel='loud'\n"
+	_, err := load(t, text)
+	var es Errors
+	if !errors.As(err, &es) {
+		t.Fatalf("want configs.Errors, got %v", err)
+	}
+	want := map[string]int{ // key -> line
+		"node.labelz":                   4,
+		"wireguard.mtu":                 7,
+		"wireguard.listen_port":         8,
+		"wireguard.peer[0].public_key":  10,
+		"wireguard.peer[1].allowed_ips": 14,
+		"wireguard.peer[1].keepalive":   15,
+		"log.level":                     17,
+	}
+	for _, e := range es {
+		if line, ok := want[e.Key]; ok && (line == e.Line) {
+			delete(want, e.Key)
+		}
+	}
+	if len(want) > 0 {
+		t.Fatalf("missing errors (key: line) %v in:\n%v", want, err)
+	}
+	if !strings.Contains(err.Error(), "warren.toml:14: wireguard.peer[1].allowed_ips: want a list of CIDRs") {
+		t.Errorf("peer error not in the issue's words:\n%v", err)
+	}
+	if !strings.Contains(err.Error(), ExamplesDir) {
+		t.Errorf("the unknown key's hint does not name %s:\n%v", ExamplesDir, err)
+	}
+}
+
+// What `cluster init` / `worker start` remembered in the state dir fills
+// the keys the TOML leaves out; a key the TOML sets wins; a joined node
+// needs no token (its token file may be gone).
+func TestRememberedSetup(t *testing.T) {
+	dir := t.TempDir()
+	shipped := "[node]\nstate_dir = '" + dir + "'\n"
+	if _, err := load(t, shipped); err == nil || !strings.Contains(err.Error(), "warren worker start") {
+		t.Fatalf("a node set up by nothing must say which command to run, got %v", err)
+	}
+	if err := SaveSetup(dir, Setup{Role: RoleWorker, Name: "pi-2", Managers: []string{"192.0.2.1:7946"}, AdvertiseAddress: "192.0.2.9", Mode: "tun"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := load(t, shipped)
+	if err != nil {
+		t.Fatalf("a set-up node with the shipped config: %v", err)
+	}
+	if l.Node.Role != RoleWorker || l.Node.Name != "pi-2" || l.Cluster.Manager != "192.0.2.1:7946" || l.Node.AdvertiseAddress != "192.0.2.9" || l.WireGuard.Mode != "tun" || !l.Joined {
+		t.Fatalf("remembered setup not applied: %+v", l.Config)
+	}
+	// The TOML overrides; a token file that is gone does not matter any more.
+	l, err = load(t, shipped+"name = 'other'\n[wireguard]\nmode = 'auto'\n[cluster]\ntoken_file = '/nonexistent/token'\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Node.Name != "other" || l.WireGuard.Mode != "auto" || l.Node.AdvertiseAddress != "192.0.2.9" {
+		t.Fatalf("TOML keys must override the remembered ones: %+v", l.Config)
+	}
+	if got := l.Remembered(); !slices.Contains(got, "node.advertise_address") || slices.Contains(got, "node.name") {
+		t.Fatalf("Remembered() = %v", got)
+	}
+	// A damaged record is an error that says what to do.
+	os.WriteFile(filepath.Join(dir, SetupFile), []byte("{"), 0o600)
+	if _, err := load(t, shipped); err == nil || !strings.Contains(err.Error(), "is damaged") {
+		t.Fatalf("damaged setup.json: %v", err)
+	}
+}
+
+// A node that joined before setup.json existed (node.json in the state
+// dir) needs no token either.
+func TestJoinedNodeNeedsNoToken(t *testing.T) {
+	dir := t.TempDir()
+	text := "[node]\nname='w'\nstate_dir='" + dir + "'\n[cluster]\nmanager='192.0.2.1:7946'\n"
+	if _, err := load(t, text); err == nil || !strings.Contains(err.Error(), "cluster.token") {
+		t.Fatalf("a node that never joined needs a token: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "node.json"), []byte("{}"), 0o600)
+	if _, err := load(t, text); err != nil {
+		t.Fatalf("a joined node must start without a token: %v", err)
+	}
 }

@@ -2,16 +2,20 @@ package configs
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/warren-appliance/warren/cluster/pki"
 )
 
 var (
@@ -30,15 +34,33 @@ func (l *Loaded) Finish() error {
 		errs = append(errs, &Error{File: l.File, Line: l.lines[key], Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
 
+	errs = append(errs, l.parseErrs...)
+
+	// What the state dir remembers fills the keys neither the TOML nor a
+	// flag set; then the name falls back to the host name.
+	if filepath.IsAbs(c.Node.StateDir) {
+		if err := l.applySetup(); err != nil {
+			add("node.state_dir", "%v", err)
+		}
+	}
 	if c.Node.Name == "" {
 		if h, err := os.Hostname(); err == nil {
 			c.Node.Name = strings.ToLower(strings.SplitN(h, ".", 2)[0])
+			l.nameFromHost = true
 		}
+	}
+	roleUnknown := !l.set("node.role") && !slices.Contains(l.remembered, "node.role") && c.Cluster.Manager == ""
+	if roleUnknown {
+		add("node.role", notSetUp+" and the config sets no role: on the first board run `warren cluster init`, "+
+			"on every other board the command `warren cluster join-token worker` prints on a manager "+
+			"(`warren worker start --manager HOST:7946 --token ...`); the service then resumes what they set up. "+
+			"Or set node.role (examples: %s)", ExamplesDir)
 	}
 	if c.WireGuard.PrivateKeyFile == "" && c.Node.StateDir != "" {
 		c.WireGuard.PrivateKeyFile = filepath.Join(c.Node.StateDir, "wireguard.key")
 	}
-	if c.Cluster.TokenFile != "" {
+	// A node that joined needs no token: it may be gone from the disk.
+	if c.Cluster.TokenFile != "" && !l.Joined {
 		if c.Cluster.Token != "" {
 			add("cluster.token_file", "set either cluster.token or cluster.token_file, not both")
 		} else if b, err := os.ReadFile(c.Cluster.TokenFile); err != nil {
@@ -66,11 +88,13 @@ func (l *Loaded) Finish() error {
 	for i, p := range c.WireGuard.Peers {
 		for _, a := range p.AllowedIPs {
 			if a.bad != nil {
-				errs = append(errs, &Error{File: l.File, Line: l.lines["wireguard.peer"], Key: fmt.Sprintf("wireguard.peer[%d].allowed_ips", i), Msg: a.bad.Error()})
+				key := fmt.Sprintf("wireguard.peer[%d].allowed_ips", i)
+				errs = append(errs, &Error{File: l.File, Line: l.peerLine(key), Key: key, Msg: a.bad.Error()})
 			}
 		}
 		if p.Keepalive.bad != nil {
-			errs = append(errs, &Error{File: l.File, Line: l.lines["wireguard.peer"], Key: fmt.Sprintf("wireguard.peer[%d].keepalive", i), Msg: p.Keepalive.bad.Error()})
+			key := fmt.Sprintf("wireguard.peer[%d].keepalive", i)
+			errs = append(errs, &Error{File: l.File, Line: l.peerLine(key), Key: key, Msg: p.Keepalive.bad.Error()})
 		}
 	}
 
@@ -97,18 +121,39 @@ func (l *Loaded) Finish() error {
 		}
 	}
 
-	// [cluster]
-	switch c.Node.Role {
+	// [cluster]: a node that has not joined yet needs a manager and a
+	// token of the right shape; a joined node needs neither.
+	needToken := false
+	role := c.Node.Role
+	if roleUnknown {
+		role = "" // said above: run a setup command
+	}
+	switch role {
 	case RoleWorker:
-		if c.Cluster.Manager == "" {
+		if c.Cluster.Manager == "" && !l.Joined {
 			add("cluster.manager", "a worker needs the manager to join: set cluster.manager = \"host:7946\" (or --manager)")
 		}
-		if c.Cluster.Token == "" {
-			add("cluster.token", "a worker needs a join token: set cluster.token or cluster.token_file (or --token); `warren cluster join-token worker` on a manager prints it")
+		if !l.Joined {
+			needToken = true
+			if c.Cluster.Token == "" {
+				add("cluster.token", "a worker needs a join token to join: set cluster.token_file (a 0600 file holding it; or --token-file), or cluster.token; `warren cluster join-token worker` on a manager prints it")
+			}
 		}
 	case RoleManager:
-		if c.Cluster.Manager != "" && c.Cluster.Token == "" {
-			add("cluster.token", "a manager joining %s needs a manager join token: set cluster.token or cluster.token_file", c.Cluster.Manager)
+		if c.Cluster.Manager != "" && !l.Joined {
+			needToken = true
+			if c.Cluster.Token == "" {
+				add("cluster.token", "a manager joining %s needs a manager join token: set cluster.token_file or cluster.token (or --token-file)", c.Cluster.Manager)
+			}
+		}
+	}
+	if needToken && c.Cluster.Token != "" {
+		if _, err := pki.ParseToken(c.Cluster.Token); err != nil {
+			key := "cluster.token"
+			if c.Cluster.TokenFile != "" {
+				key = "cluster.token_file"
+			}
+			add(key, "%v (paste the token `warren cluster join-token worker -q` prints on a manager)", err)
 		}
 	}
 	if c.Cluster.Manager != "" {
@@ -155,17 +200,17 @@ func (l *Loaded) Finish() error {
 	}
 	for i, p := range c.WireGuard.Peers {
 		key := fmt.Sprintf("wireguard.peer[%d]", i)
-		line := l.lines["wireguard.peer"]
+		line := l.peerLine(key + ".public_key")
 		if b, err := base64.StdEncoding.DecodeString(p.PublicKey); err != nil || len(b) != 32 {
 			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is not a WireGuard public key (44 base64 characters, as `wg pubkey` prints)", p.PublicKey)})
 		}
 		if p.Endpoint != "" {
-			if _, err := netip.ParseAddrPort(p.Endpoint); err != nil {
-				errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".endpoint", Msg: fmt.Sprintf("%q must be a literal IP:port such as \"192.0.2.7:51820\"", p.Endpoint)})
+			if err := checkEndpoint(p.Endpoint); err != nil {
+				errs = append(errs, &Error{File: l.File, Line: l.peerLine(key + ".endpoint"), Key: key + ".endpoint", Msg: err.Error()})
 			}
 		}
-		if len(p.AllowedIPs) == 0 {
-			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".allowed_ips", Msg: "a peer needs at least one allowed IP range, e.g. [\"10.0.0.200/32\"]"})
+		if len(p.AllowedIPs) == 0 && !l.failed[key+".allowed_ips"] {
+			errs = append(errs, &Error{File: l.File, Line: l.peerLine(key), Key: key + ".allowed_ips", Msg: "a peer needs at least one allowed IP range, e.g. [\"10.0.0.200/32\"]"})
 		}
 	}
 
@@ -237,9 +282,8 @@ func (l *Loaded) Finish() error {
 	// [[forward]]
 	for i, f := range c.Forward {
 		key := fmt.Sprintf("forward[%d]", i)
-		line := l.lines["forward"]
 		bad := func(field, msg string) {
-			errs = append(errs, &Error{File: l.File, Line: line, Key: key + "." + field, Msg: msg})
+			errs = append(errs, &Error{File: l.File, Line: l.peerLine(key + "." + field), Key: key + "." + field, Msg: msg})
 		}
 		if f.Proto != "tcp" && f.Proto != "udp" {
 			bad("proto", fmt.Sprintf("%q is not \"tcp\" or \"udp\"", f.Proto))
@@ -257,6 +301,41 @@ func (l *Loaded) Finish() error {
 		return errs
 	}
 	return nil
+}
+
+// notSetUp starts the error of a node nothing set up (IsNotSetUp).
+const notSetUp = "this node is not set up yet"
+
+// IsNotSetUp reports whether err says only that nothing set this node up
+// yet (no role in the config, nothing remembered): verbs that do not run
+// the node, such as --show-public-key, can go on.
+func IsNotSetUp(err error) bool {
+	var es Errors
+	if !errors.As(err, &es) || len(es) == 0 {
+		return false
+	}
+	for _, e := range es {
+		if e.Key != "node.role" || !strings.HasPrefix(e.Msg, notSetUp) {
+			return false
+		}
+	}
+	return true
+}
+
+// peerLine is the line of an indexed key of an array of tables, or of its
+// entry's header, or of the first entry.
+func (l *Loaded) peerLine(key string) int {
+	for k := key; k != ""; {
+		if n := l.lines[k]; n > 0 {
+			return n
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return 0
 }
 
 // CheckHostOverlap reports warren ranges that overlap networks this host is
@@ -328,6 +407,23 @@ func HostNetworks(c Config) ([]netip.Prefix, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkEndpoint accepts IP:port or host:port, as wg-quick does; a name is
+// resolved at start and again when the peer's handshake goes stale.
+func checkEndpoint(s string) error {
+	if _, err := netip.ParseAddrPort(s); err == nil {
+		return nil
+	}
+	bad := fmt.Errorf("%q must be IP:port or host:port, such as \"192.0.2.7:51820\" or \"peer.example.org:51820\"", s)
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || !domainRE.MatchString(strings.ToLower(strings.TrimSuffix(host, "."))) {
+		return bad
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return bad
+	}
+	return nil
 }
 
 func checkHostPort(s string, listen bool) error {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ func TestMetricsAndMeshMatrix(t *testing.T) {
 		t.Fatal("promtool not found: run tools/install-deps.sh (Debian package prometheus)")
 	}
 	l := newLab(t)
-	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, Images: []string{imageTarball(t)}})
+	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, Images: []string{imageTarball(t)}, ClusterExtra: "node_down_after = \"10s\"\n"})
 	ctx := ctxFor(t, 3*time.Minute)
 	createService(t, c, "web", append([]string{"--replicas", "3"}, httpdCommand...)...)
 	waitRunning(t, c, "web", 3)
@@ -152,6 +153,38 @@ func TestMetricsAndMeshMatrix(t *testing.T) {
 	out, err := c.Manager.Exec(ctx, "warren", "network", "status", "--cluster")
 	if err != nil || !strings.Contains(out, "all 6 links healthy") || !strings.Contains(out, "worker-2") {
 		t.Errorf("network status --cluster: %v\n%s", err, out)
+	}
+	t.Logf("warren network status --cluster:\n%s", out)
+
+	// worker-2 dies: once the manager marks it down, the four links from
+	// and to it are unhealthy and the manager's metrics count it down.
+	if err := c.Workers[1].StopAppliance(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the matrix marks worker-2's links unhealthy", func() error {
+		out, err := c.Manager.Exec(ctx, "warren", "network", "status", "--cluster", "--json")
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal([]byte(out), &matrix); err != nil {
+			return err
+		}
+		for _, l := range matrix.Links {
+			involved := l.From == "worker-2" || l.To == "worker-2"
+			if l.Healthy == involved || (involved && l.Problem != "worker-2 is down") {
+				return fmt.Errorf("link %+v", l)
+			}
+		}
+		return nil
+	})
+	out, err = c.Manager.Exec(ctx, "warren", "network", "status", "--cluster")
+	if err != nil || !strings.Contains(out, "4 of 6 links unhealthy") || !strings.Contains(out, "worker-1 -> worker-2: worker-2 is down") {
+		t.Errorf("network status --cluster with worker-2 down: %v\n%s", err, out)
+	}
+	t.Logf("warren network status --cluster, worker-2 down:\n%s", out)
+	text, err := c.Manager.Exec(ctx, "curl", "-sS", "-m", "5", "http://127.0.0.1:9586/metrics")
+	if err != nil || !strings.Contains(text, `warren_nodes{role="worker",status="down"} 1`+"\n") {
+		t.Errorf("manager /metrics does not count worker-2 down: %v", err)
 	}
 }
 

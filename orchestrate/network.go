@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/warren-appliance/warren/internal/atomicfile"
 	"github.com/warren-appliance/warren/internal/iptbackend"
 
 	"github.com/warren-appliance/warren/internal/netaddr"
@@ -27,6 +29,9 @@ type network struct {
 	overlay string
 	block   netip.Prefix
 	nsDir   string
+	// forwardOrig remembers ip_forward's value before we turned it on, so
+	// that --cleanup (and so a package purge) puts it back.
+	forwardOrig string
 
 	detectOnce sync.Once
 	iptCommand string // iptables variant in use, detected on first use
@@ -42,12 +47,49 @@ func (n *network) ensureHost() error {
 	if _, err := n.ensureBridge(); err != nil {
 		return err
 	}
-	if cur, err := os.ReadFile(ipForwardSysctl); err != nil || !bytes.Equal(bytes.TrimSpace(cur), []byte("1")) {
-		if err := os.WriteFile(ipForwardSysctl, []byte("1\n"), 0o644); err != nil {
-			return fmt.Errorf("enable ip forwarding: %w", err)
-		}
+	if err := enableForwarding(ipForwardSysctl, n.forwardOrig); err != nil {
+		return err
 	}
 	return n.ensureRules()
+}
+
+// enableForwarding turns the sysctl at path on; the first time it changes
+// it, the previous value is saved in orig for restoreForwarding.
+func enableForwarding(path, orig string) error {
+	cur, err := os.ReadFile(path)
+	if err == nil && bytes.Equal(bytes.TrimSpace(cur), []byte("1")) {
+		return nil
+	}
+	if err == nil && orig != "" {
+		if _, statErr := os.Stat(orig); errors.Is(statErr, os.ErrNotExist) {
+			if err := atomicfile.Write(orig, cur, 0o600); err != nil {
+				return fmt.Errorf("remember ip forwarding: %w", err)
+			}
+		}
+	}
+	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enable ip forwarding: %w", err)
+	}
+	return nil
+}
+
+// restoreForwarding puts back the value enableForwarding saved, if it
+// changed the sysctl; nothing otherwise.
+func restoreForwarding(path, orig string) error {
+	if orig == "" {
+		return nil
+	}
+	old, err := os.ReadFile(orig)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read saved ip forwarding: %w", err)
+	}
+	if err := os.WriteFile(path, old, 0o644); err != nil {
+		return fmt.Errorf("restore ip forwarding: %w", err)
+	}
+	return os.Remove(orig)
 }
 
 func (n *network) ensureBridge() (netlink.Link, error) {
@@ -233,6 +275,9 @@ func (n *network) removeHost() error {
 		if err := netlink.LinkDel(link); err != nil {
 			errs = append(errs, fmt.Errorf("delete bridge: %w", err))
 		}
+	}
+	if err := restoreForwarding(ipForwardSysctl, n.forwardOrig); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -91,7 +93,8 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		client: c,
 		net: &network{
 			bridge: cfg.Bridge, overlay: cfg.OverlayInterface, block: cfg.Block,
-			nsDir: filepath.Join(cfg.StateDir, "netns"),
+			nsDir:       filepath.Join(cfg.StateDir, "netns"),
+			forwardOrig: filepath.Join(cfg.StateDir, "ip_forward.orig"),
 		},
 		images:    newImageStore(c, cfg.ImagesDir, log),
 		runCtx:    namespaces.WithNamespace(ctx, cfg.Namespace),
@@ -714,6 +717,52 @@ func (r *Reconciler) watch(name string, gen int, exitCh <-chan client.ExitStatus
 // veths, the bridge and the iptables chains. Containers of other
 // containerd users and unlabelled ones are left alone.
 func (r *Reconciler) Cleanup(ctx context.Context) error {
+	return r.cleanup(ctx)
+}
+
+// removeImagesAndNamespace deletes every image and lease of our containerd
+// namespace (their content and snapshots are then garbage-collected) and
+// the namespace itself, so a purged package leaves nothing in containerd.
+// Other namespaces are not touched.
+func (r *Reconciler) removeImagesAndNamespace(ctx context.Context) []error {
+	if _, err := os.Stat(r.cfg.ContainerdAddress); err != nil {
+		return nil // containerd not running: said above
+	}
+	var errs []error
+	imgs, err := r.client.ImageService().List(ctx)
+	if err != nil {
+		return []error{fmt.Errorf("list images: %w", err)}
+	}
+	for _, img := range imgs {
+		if err := r.client.ImageService().Delete(ctx, img.Name, images.SynchronousDelete()); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove image %s: %w", img.Name, err))
+		}
+	}
+	// An import or pull cut short (the daemon stopped mid-way) can leave
+	// its lease behind, holding blobs and snapshots for a day.
+	ls, err := r.client.LeasesService().List(ctx)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list leases: %w", err))
+	}
+	for _, l := range ls {
+		if err := r.client.LeasesService().Delete(ctx, l, leases.SynchronousDelete); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove lease %s: %w", l.ID, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	if err := r.client.NamespaceService().Delete(ctx, r.cfg.Namespace); err != nil && !errdefs.IsNotFound(err) {
+		// Content still referenced by a lease (a pull cut short) keeps the
+		// namespace; containerd's GC frees it later.
+		r.log.Warn("containerd namespace not removed", "namespace", r.cfg.Namespace, "err", err)
+	} else if err == nil {
+		r.log.Info("removed containerd namespace and its images", "namespace", r.cfg.Namespace, "images", len(imgs))
+	}
+	return nil
+}
+
+func (r *Reconciler) cleanup(ctx context.Context) error {
 	ctx = namespaces.WithNamespace(ctx, r.cfg.Namespace)
 	var errs []error
 	var containers []client.Container
@@ -733,6 +782,7 @@ func (r *Reconciler) Cleanup(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, r.removeImagesAndNamespace(ctx)...)
 	names, err := r.net.taskNamespaces()
 	if err != nil {
 		errs = append(errs, err)

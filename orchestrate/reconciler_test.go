@@ -628,6 +628,13 @@ func TestReconciler(t *testing.T) {
 		if err := r3.Cleanup(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+		// No image of ours is left in containerd. (The namespace itself
+		// stays here: it holds the foreign container an earlier step made,
+		// which cleanup must not touch.)
+		imgs, err := r3.client.ImageService().List(namespaces.WithNamespace(context.Background(), n.cfg.Namespace))
+		if err != nil || len(imgs) != 0 {
+			t.Errorf("images left after cleanup: %d (%v)", len(imgs), err)
+		}
 		for _, name := range []string{"web-1", "late-1"} {
 			if err := n.gone(name); err != nil {
 				t.Error(err)

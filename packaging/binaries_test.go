@@ -5,7 +5,6 @@ import (
 	"debug/elf"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -120,11 +119,28 @@ func TestPackagedBinariesRunVersionAndCheck(t *testing.T) {
 					}
 				}
 			}
-			configs := append(slices.Clone(examples), filepath.Join(root, "etc/warren/warren.toml"))
+			// The worker example's token_file is /etc/warren/token: point it
+			// at a file that exists here.
+			dir := t.TempDir()
+			token := filepath.Join(dir, "token")
+			writeFile(t, token, "WRN-1-"+strings.Repeat("0f", 32)+"-abcdefghijklmnopqrstuvwxyz\n")
+			var configs []string
+			for _, ex := range examples {
+				cfg := filepath.Join(dir, filepath.Base(ex))
+				writeFile(t, cfg, strings.ReplaceAll(readFile(t, ex), "/etc/warren/token", token))
+				configs = append(configs, cfg)
+			}
 			for _, cfg := range configs {
 				if out, err := exe("warren-appliance", "--check", "--config", cfg); err != nil {
 					t.Errorf("warren-appliance --check --config %s: %v\n%s", cfg, err, out)
 				}
+			}
+			// The shipped config on a board nothing set up yet: --check
+			// says which command to run, as start does.
+			shipped := filepath.Join(dir, "shipped.toml")
+			writeFile(t, shipped, strings.Replace(readFile(t, filepath.Join(root, "etc/warren/warren.toml")), "[node]\n", "[node]\nstate_dir = \""+filepath.Join(dir, "state")+"\"\n", 1))
+			if out, err := exe("warren-appliance", "--check", "--config", shipped); err == nil || !strings.Contains(out, "warren cluster init") {
+				t.Errorf("--check of the shipped config on a fresh board: want exit 2 naming `warren cluster init`, got %v\n%s", err, out)
 			}
 		})
 	}

@@ -73,16 +73,13 @@ export WARREN_PKG_VERSION
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The shipped /etc/warren/warren.toml is the commented worker example.
+# The shipped /etc/warren/warren.toml sets nothing node-specific (setup
+# commands remember role, name and managers in the state dir); the examples
+# of every role go to /usr/share/doc/warren-appliance/examples/.
 export WARREN_STAGE_DIR="$work/stage"
 mkdir -p "$WARREN_STAGE_DIR/examples"
-if [ -f configs/examples/worker.toml ]; then
-	cp configs/examples/worker.toml "$WARREN_STAGE_DIR/warren.toml"
-	cp configs/examples/*.toml "$WARREN_STAGE_DIR/examples/"
-else
-	cp packaging/config/worker.toml "$WARREN_STAGE_DIR/warren.toml"
-	cp packaging/config/worker.toml "$WARREN_STAGE_DIR/examples/worker.toml"
-fi
+cp packaging/config/warren.toml "$WARREN_STAGE_DIR/warren.toml"
+cp configs/examples/*.toml "$WARREN_STAGE_DIR/examples/"
 
 # nfpm_arch maps GOARCH to nfpm's name, which nfpm turns into deb
 # amd64/arm64/armhf and rpm x86_64/aarch64/armv6hl.

@@ -197,12 +197,7 @@ func readRepoFile(t *testing.T, rel string) string {
 }
 
 // shippedConfigSource is the file build.sh installs as /etc/warren/warren.toml.
-func shippedConfigSource() string {
-	if _, err := os.Stat(filepath.Join(repoRoot, "configs/examples/worker.toml")); err == nil {
-		return "configs/examples/worker.toml"
-	}
-	return "packaging/config/worker.toml"
-}
+func shippedConfigSource() string { return "packaging/config/warren.toml" }
 
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()

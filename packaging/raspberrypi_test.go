@@ -1,6 +1,7 @@
 package packaging_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,14 +40,28 @@ sys.stdout.write(f["content"])`
 	if header != "0600 root:root" {
 		t.Errorf("warren.toml written as %q, want 0600 root:root", header)
 	}
-	for _, placeholder := range []string{"REPLACE_MANAGER_ADDRESS", "REPLACE_JOIN_TOKEN"} {
+	for _, placeholder := range []string{"REPLACE_MANAGER_ADDRESS"} {
 		if !strings.Contains(content, placeholder) {
 			t.Errorf("warren.toml lacks the placeholder %s", placeholder)
 		}
 	}
-	filled := strings.NewReplacer("REPLACE_MANAGER_ADDRESS", "192.0.2.10",
-		"REPLACE_JOIN_TOKEN", "WRN-1-0123456789abcdef-0123456789abcdef").Replace(content)
-	cfg := filepath.Join(t.TempDir(), "warren.toml")
+	if !strings.Contains(content, `token_file = "/etc/warren/token"`) || strings.Contains(content, "REPLACE_JOIN_TOKEN") {
+		t.Errorf("warren.toml must read the token from /etc/warren/token, not hold it:\n%s", content)
+	}
+	const extractToken = `import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+f = [f for f in doc["write_files"] if f["path"] == "/etc/warren/token"][0]
+print(f["permissions"], f["owner"])
+sys.stdout.write(f["content"])`
+	tokHeader, tokContent, _ := strings.Cut(run(t, "python3", "-c", extractToken, filepath.Join(repoRoot, userDataPath)), "\n")
+	if tokHeader != "0600 root:root" || strings.TrimSpace(tokContent) != "REPLACE_JOIN_TOKEN" {
+		t.Errorf("/etc/warren/token written as %q with %q, want 0600 root:root holding REPLACE_JOIN_TOKEN", tokHeader, tokContent)
+	}
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	writeFile(t, tokenFile, strings.Replace(tokContent, "REPLACE_JOIN_TOKEN", "WRN-1-"+strings.Repeat("0f", 32)+"-abcdefghijklmnopqrstuvwxyz", 1))
+	filled := strings.NewReplacer("REPLACE_MANAGER_ADDRESS", "192.0.2.10", "/etc/warren/token", tokenFile).Replace(content)
+	cfg := filepath.Join(dir, "warren.toml")
 	writeFile(t, cfg, filled)
 	exe := filepath.Join(extractDeb(t, targets[0].debFile()), "usr/bin/warren-appliance")
 	got := run(t, exe, "--check", "--config", cfg)
@@ -65,18 +80,24 @@ func TestCloudInitRunCmdInstallsPackageKeepingWrittenConfig(t *testing.T) {
 	requireTool(t, "python3", "python3-yaml")
 	needPackages(t)
 	c := newChroot(t)
-	const extract = `import sys, yaml
+	// write_files, every entry with its mode, as a script; warren.toml is
+	// also kept aside to compare.
+	const extract = `import sys, yaml, shlex
 doc = yaml.safe_load(open(sys.argv[1]))
 open(sys.argv[2], "w").write([f for f in doc["write_files"] if f["path"] == "/etc/warren/warren.toml"][0]["content"])
-open(sys.argv[3], "w").write("\n".join(doc["runcmd"]) + "\n")`
+open(sys.argv[3], "w").write("\n".join(doc["runcmd"]) + "\n")
+with open(sys.argv[4], "w") as out:
+    for f in doc["write_files"]:
+        out.write("install -d %s\nprintf '%%s' %s > %s\nchmod %s %s\n" % (shlex.quote(f["path"].rsplit("/", 1)[0]),
+            shlex.quote(f["content"]), shlex.quote(f["path"]), f["permissions"], shlex.quote(f["path"])))`
 	run(t, "python3", "-c", extract, filepath.Join(repoRoot, userDataPath),
-		filepath.Join(c.share, "warren.toml"), filepath.Join(c.share, "runcmd.sh"))
+		filepath.Join(c.share, "warren.toml"), filepath.Join(c.share, "runcmd.sh"), filepath.Join(c.share, "write_files.sh"))
 	for _, tg := range targets[:3:3] {
 		c.put(tg.debFile(), filepath.Base(tg.debFile()))
 	}
 
 	out := c.mustSh(booted, false, `mkdir -p /boot/firmware && cp /mnt/*.deb /boot/firmware/
-install -d /etc/warren && install -m 0600 /mnt/warren.toml /etc/warren/warren.toml
+sh -e /mnt/write_files.sh
 sh -e /mnt/runcmd.sh 2>&1
 cmp /mnt/warren.toml /etc/warren/warren.toml && echo config-kept
 stat -c '%a' /etc/warren/warren.toml
@@ -88,10 +109,55 @@ dpkg-query -W -f '${Version} ${Architecture}\n' warren-appliance`)
 		}
 	}
 	for _, want := range []string{"apt-get update", "/boot/firmware/warren-appliance_" + testPkgVersion + "_amd64.deb",
-		"systemctl enable --now warren-appliance.service"} {
+		"systemctl enable --now warren-forget-token.path", "systemctl enable --now warren-appliance.service"} {
 		if !strings.Contains(calls, want) {
 			t.Errorf("runcmd calls lack %q:\n%s", want, calls)
 		}
+	}
+}
+
+// Once the node joined, warren-forget-token deletes /etc/warren/token and
+// overwrites the token on the boot partition's user-data and in
+// cloud-init's copies; before that it changes nothing. Its units pass
+// systemd-analyze verify.
+func TestCloudInitForgetsTokenOnceJoined(t *testing.T) {
+	requireTool(t, "python3", "python3-yaml")
+	needPackages(t)
+	c := newChroot(t)
+	const extract = `import sys, os, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for f in doc["write_files"]:
+    if "forget-token" in f["path"]:
+        open(os.path.join(sys.argv[2], os.path.basename(f["path"])), "w").write(f["content"])`
+	run(t, "python3", "-c", extract, filepath.Join(repoRoot, userDataPath), c.share)
+	token := "WRN-1-" + strings.Repeat("0f", 32) + "-abcdefghijklmnopqrstuvwxyz"
+	userData := strings.ReplaceAll(readRepoFile(t, userDataPath), "REPLACE_JOIN_TOKEN", token)
+	writeFile(t, filepath.Join(c.share, "user-data"), userData)
+	c.put(targets[0].debFile(), filepath.Base(targets[0].debFile()))
+	setup := `dpkg -i /mnt/` + filepath.Base(targets[0].debFile()) + ` >/dev/null 2>&1
+install -m 0755 /mnt/warren-forget-token /usr/local/sbin/warren-forget-token
+install -m 0644 /mnt/warren-forget-token.path /mnt/warren-forget-token.service /etc/systemd/system/
+mkdir -p /boot/firmware /var/lib/cloud/instances/i-1 && cp /mnt/user-data /boot/firmware/user-data
+cp /mnt/user-data /var/lib/cloud/instances/i-1/user-data.txt
+printf '%s\n' '` + token + `' > /etc/warren/token
+/usr/local/sbin/warren-forget-token
+grep -c '` + token + `' /boot/firmware/user-data /var/lib/cloud/instances/i-1/user-data.txt /etc/warren/token
+systemd-analyze verify warren-forget-token.path warren-forget-token.service 2>&1`
+	// Not joined yet: the token stays where the join needs it.
+	if got, want := c.mustSh(offline, false, setup), "/boot/firmware/user-data:1\n/var/lib/cloud/instances/i-1/user-data.txt:1\n/etc/warren/token:1\n"; got != want {
+		t.Fatalf("before the join:\n got %q\nwant %q", got, want)
+	}
+	got := c.mustSh(offline, false, `echo '{"role":"worker"}' > /var/lib/warren/setup.json
+/usr/local/sbin/warren-forget-token
+test -e /etc/warren/token && echo token-file-left || true
+grep -c '`+token+`' /boot/firmware/user-data /var/lib/cloud/instances/i-1/user-data.txt || true
+wc -c < /boot/firmware/user-data
+grep -c 'REPLACE_MANAGER_ADDRESS' /boot/firmware/user-data`)
+	want := fmt.Sprintf("warren-forget-token: removed the join token from /boot/firmware/user-data\n"+
+		"warren-forget-token: removed the join token from /var/lib/cloud/instances/i-1/user-data.txt\n"+
+		"/boot/firmware/user-data:0\n/var/lib/cloud/instances/i-1/user-data.txt:0\n%d\n1\n", len(userData))
+	if got != want {
+		t.Errorf("after the join:\n got %q\nwant %q", got, want)
 	}
 }
 

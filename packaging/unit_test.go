@@ -39,14 +39,16 @@ func parseUnit(t *testing.T, text string) map[string][]string {
 func TestUnitSettings(t *testing.T) {
 	unit := parseUnit(t, readRepoFile(t, unitPath))
 	for key, want := range map[string]string{
-		"Unit.Wants":                 "network-online.target",
-		"Service.Type":               "notify", // READY=1 once tunnel and reconcilers are up
-		"Service.ExecStart":          "/usr/bin/warren-appliance --config /etc/warren/warren.toml",
-		"Service.Restart":            "always",
-		"Service.KillMode":           "process", // tasks survive restarts and upgrades
-		"Service.StateDirectory":     "warren",
-		"Service.StateDirectoryMode": "0700",
-		"Service.RuntimeDirectory":   "warren",
+		"Unit.Wants":        "network-online.target",
+		"Service.Type":      "notify", // READY=1 once tunnel and reconcilers are up
+		"Service.ExecStart": "/usr/bin/warren-appliance --config /etc/warren/warren.toml",
+		"Service.Restart":   "always",
+		// A refused config (exit 2) is not retried in a loop.
+		"Service.RestartPreventExitStatus": "2",
+		"Service.KillMode":                 "process", // tasks survive restarts and upgrades
+		"Service.StateDirectory":           "warren",
+		"Service.StateDirectoryMode":       "0700",
+		"Service.RuntimeDirectory":         "warren",
 		// The admin socket lives there: private, as the code says.
 		"Service.RuntimeDirectoryMode": "0700",
 		"Service.LimitNOFILE":          "1048576",

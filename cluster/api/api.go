@@ -143,6 +143,7 @@ type NodeView struct {
 	Name           string            `json:"name"`
 	Role           string            `json:"role"`
 	Status         string            `json:"status"`
+	Availability   string            `json:"availability"` // "active" or "drain"
 	OverlayIP      netip.Addr        `json:"overlay_ip"`
 	ContainerBlock netip.Prefix      `json:"container_block"`
 	Endpoint       netip.AddrPort    `json:"endpoint"`

@@ -145,6 +145,16 @@ func (c *Client) RemoveNode(ctx context.Context, ref string, force bool) error {
 	return c.do(ctx, http.MethodDelete, api.PathNodes+"/"+url.PathEscape(ref), q, nil, nil)
 }
 
+// SetNodeAvailability drains a node (drain true) or makes it active again.
+func (c *Client) SetNodeAvailability(ctx context.Context, ref string, drain bool) (api.NodeView, error) {
+	verb := "activate"
+	if drain {
+		verb = "drain"
+	}
+	var out api.NodeView
+	return out, c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(ref)+"/"+verb, nil, nil, &out)
+}
+
 // Services lists the services with their tasks.
 func (c *Client) Services(ctx context.Context) ([]api.ServiceView, error) {
 	var out []api.ServiceView

@@ -66,6 +66,9 @@ const (
 const (
 	NodeReady = "ready"
 	NodeDown  = "down"
+
+	// NodeDrain is the Availability of a node being retired.
+	NodeDrain = "drain"
 )
 
 // Node is one member of the mesh.
@@ -79,6 +82,9 @@ type Node struct {
 	ContainerBlock netip.Prefix      `json:"container_block"`
 	Labels         map[string]string `json:"labels,omitempty"`
 	Status         string            `json:"status"`
+	// Availability is "" (active) or "drain": a drained node's tasks move
+	// away and the scheduler places nothing new there.
+	Availability string `json:"availability,omitempty"`
 }
 
 // Port is one service port; Published is the host port of the routing

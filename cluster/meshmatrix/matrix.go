@@ -62,6 +62,8 @@ func Build(nodes []api.NodeView, now time.Time) Matrix {
 			switch {
 			case from.Status != "ready":
 				l.Problem = fmt.Sprintf("%s is %s", from.Name, from.Status)
+			case to.Status != "ready":
+				l.Problem = fmt.Sprintf("%s is %s", to.Name, to.Status)
 			case from.LastSeen.IsZero():
 				l.Problem = fmt.Sprintf("%s has not reported yet", from.Name)
 			case !ok:

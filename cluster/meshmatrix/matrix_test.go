@@ -40,9 +40,9 @@ func TestBuild(t *testing.T) {
 		problem string
 	}{
 		{"manager-1", "worker-1"}: {20, true, ""},
-		{"manager-1", "worker-2"}: {-1, false, "no handshake yet"},
+		{"manager-1", "worker-2"}: {-1, false, "worker-2 is down"},
 		{"worker-1", "manager-1"}: {10, true, ""},
-		{"worker-1", "worker-2"}:  {400, false, "last handshake 6m40s ago"},
+		{"worker-1", "worker-2"}:  {400, false, "worker-2 is down"},
 		{"worker-2", "manager-1"}: {3600, false, "worker-2 is down"},
 		{"worker-2", "worker-1"}:  {-1, false, "worker-2 is down"},
 	}
@@ -65,6 +65,21 @@ func TestBuild(t *testing.T) {
 	}
 	if c := Cell(m.Links[1]); c != "never!" {
 		t.Errorf("cell of a link without handshake %q, want never!", c)
+	}
+
+	// With worker-2 back: the stale and the missing handshakes show.
+	nodes[2].Status, nodes[2].LastSeen = "ready", seen
+	for _, l := range Build(nodes, now).Links {
+		switch l.From + ">" + l.To {
+		case "manager-1>worker-2":
+			if l.Problem != "no handshake yet" || l.Healthy {
+				t.Errorf("%+v", l)
+			}
+		case "worker-1>worker-2":
+			if l.Problem != "last handshake 6m40s ago" || l.Healthy || Cell(l) != "6m40s!" {
+				t.Errorf("%+v", l)
+			}
+		}
 	}
 }
 

@@ -33,7 +33,8 @@ import (
 //     broadcast address and every IP still held by a task in the list.
 //
 // Nodes whose status is neither ready nor down keep their tasks but get no
-// new ones.
+// new ones. A drained node (Availability "drain") gets no new tasks and its
+// tasks are retired and placed elsewhere.
 func Plan(nodes []clustermap.Node, services []clustermap.Service, current []clustermap.Task) (tasks []clustermap.Task, unplaced map[string]string) {
 	p := newPlanner(nodes, services)
 	p.sortCurrent(current)
@@ -152,6 +153,8 @@ func (p *planner) keepValid() {
 				p.retire(t) // scaled down, or a duplicate of its slot
 			case cons.err == nil && !matchesAll(cons.list, node):
 				p.retire(t) // constraints changed: move it
+			case node.Availability == clustermap.NodeDrain:
+				p.retire(t) // the node is being drained: move it
 			default:
 				taken[t.Slot] = true
 				keep = append(keep, t)
@@ -251,7 +254,7 @@ func (p *planner) revive(service string, slot int, cons []Constraint) bool {
 	k := slotKey{service, slot}
 	for i, t := range p.retiring[k] {
 		node, live := p.nodeLive(t.NodeID)
-		if !live || node.Status != clustermap.NodeReady || !matchesAll(cons, node) || !p.usableIP(t.NodeID, t.IP) {
+		if !live || !placeable(node) || !matchesAll(cons, node) || !p.usableIP(t.NodeID, t.IP) {
 			continue
 		}
 		p.retiring[k] = slices.Delete(p.retiring[k], i, i+1)
@@ -262,13 +265,18 @@ func (p *planner) revive(service string, slot int, cons []Constraint) bool {
 	return false
 }
 
+// placeable reports whether new tasks may go to n: ready and not drained.
+func placeable(n clustermap.Node) bool {
+	return n.Status == clustermap.NodeReady && n.Availability != clustermap.NodeDrain
+}
+
 // pickNode chooses the eligible node with the fewest tasks of service, then
 // the fewest tasks overall, then the smallest name (p.nodes is sorted).
 func (p *planner) pickNode(service string, cons []Constraint) (clustermap.Node, bool) {
 	var best clustermap.Node
 	found := false
 	for _, n := range p.nodes {
-		if n.Status != clustermap.NodeReady || !matchesAll(cons, n) {
+		if !placeable(n) || !matchesAll(cons, n) {
 			continue
 		}
 		if _, ok := p.freeIP(n); !ok {
@@ -287,11 +295,13 @@ func (p *planner) whyNoNode(cons []Constraint) string {
 	if len(p.nodes) == 0 {
 		return "no nodes in the cluster"
 	}
-	var notReady, mismatch, full int
+	var notReady, drained, mismatch, full int
 	for _, n := range p.nodes {
 		switch {
 		case n.Status != clustermap.NodeReady:
 			notReady++
+		case n.Availability == clustermap.NodeDrain:
+			drained++
 		case !matchesAll(cons, n):
 			mismatch++
 		default:
@@ -303,6 +313,9 @@ func (p *planner) whyNoNode(cons []Constraint) string {
 	var parts []string
 	if notReady > 0 {
 		parts = append(parts, fmt.Sprintf("%d not ready", notReady))
+	}
+	if drained > 0 {
+		parts = append(parts, fmt.Sprintf("%d drained", drained))
 	}
 	if mismatch > 0 {
 		exprs := make([]string, len(cons))

@@ -410,3 +410,29 @@ func BenchmarkPlan(b *testing.B) {
 	b.ReportMetric(float64(fresh.Microseconds())/float64(b.N)/1000, "ms/plan-1000-new")
 	b.ReportMetric(float64(replan.Microseconds())/float64(b.N)/1000, "ms/replan-1000")
 }
+
+// A drained node's tasks are retired and placed on the other nodes, and it
+// gets no new task; activating it again lets new tasks go there.
+func TestPlanDrainMovesTasksAway(t *testing.T) {
+	a, b := node("a", "10.0.1.0/24"), node("b", "10.0.2.0/24")
+	services := []clustermap.Service{svc("web", 2)}
+	tasks, _ := Plan([]clustermap.Node{a, b}, services, nil)
+	tasks = reported(tasks, clustermap.TaskRunning)
+	equal(t, "before the drain", running(tasks), []string{"web-1@a=10.0.1.2", "web-2@b=10.0.2.2"})
+
+	b.Availability = clustermap.NodeDrain
+	tasks, unplaced := Plan([]clustermap.Node{a, b}, services, tasks)
+	equal(t, "running after draining b", running(tasks), []string{"web-1@a=10.0.1.2", "web-2@a=10.0.1.3"})
+	equal(t, "retiring on b", shutdown(tasks), []string{"web-2@b=10.0.2.2"})
+	if len(unplaced) != 0 {
+		t.Errorf("unplaced: %v", unplaced)
+	}
+	// Nothing new goes to a drained node, and the reason says so.
+	tasks, unplaced = Plan([]clustermap.Node{b}, []clustermap.Service{svc("solo", 1)}, nil)
+	if len(running(tasks)) != 0 || !strings.Contains(unplaced["solo"], "1 drained") {
+		t.Errorf("a drained node took a new task: %v %v", running(tasks), unplaced)
+	}
+	b.Availability = ""
+	tasks, _ = Plan([]clustermap.Node{b}, []clustermap.Service{svc("solo", 1)}, nil)
+	equal(t, "after activate", running(tasks), []string{"solo-1@b=10.0.2.2"})
+}

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/warren-appliance/warren/appliance"
@@ -50,6 +52,11 @@ func applianceMain(args []string) int {
 	}
 
 	cfg, err := loadConfig(*configPath)
+	if err != nil && (*showKey || *cleanup) && configs.IsNotSetUp(err) {
+		// Neither needs to know the role: the key and what to remove are
+		// the same for every role.
+		err = nil
+	}
 	if err != nil && *cleanup {
 		// Removal must work even with a broken or missing config (package
 		// purge): fall back to the default names of what to remove.
@@ -62,10 +69,18 @@ func applianceMain(args []string) int {
 	}
 	switch {
 	case *check:
+		// What start checks before anything else, against this host.
+		if err := appliance.CheckHost(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return exitBadConfig
+		}
 		out, err := cfg.Encode()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return exitFailure
+		}
+		if keys := cfg.Remembered(); len(keys) > 0 {
+			fmt.Printf("# From %s (what the setup command remembered): %s\n", filepath.Join(cfg.Node.StateDir, configs.SetupFile), strings.Join(keys, ", "))
 		}
 		os.Stdout.Write(out)
 		return 0
@@ -100,10 +115,7 @@ func loadConfig(path string) (*configs.Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := cfg.Finish(); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return cfg, cfg.Finish()
 }
 
 // defaultConfig is the reference defaults, as a standalone node so that no

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -70,8 +71,9 @@ func daemonFlags(c *cobra.Command) {
 }
 
 func joinFlags(c *cobra.Command) {
-	c.Flags().String("manager", "", "a manager's API address, host:port (cluster.manager)")
-	c.Flags().String("token", "", "join token printed by `warren cluster join-token` (cluster.token)")
+	c.Flags().String("manager", "", "a manager's API address, host:port (cluster.manager; remembered)")
+	c.Flags().String("token", "", "join token printed by `warren cluster join-token` (cluster.token; needed only for the first start; it shows in ps, prefer --token-file)")
+	c.Flags().String("token-file", "", "file holding the join token (cluster.token_file; needed only for the first start)")
 }
 
 // runDaemon builds the config from the file (if any) and the flags, and
@@ -95,37 +97,71 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
+	verb := cmd.CommandPath()
+	creating := cmd.Name() == "init"
+	if creating && cfg.Cluster.Manager != "" {
+		return nil, configs.Errors{{File: cfg.File, Line: cfg.Line("cluster.manager"), Key: "cluster.manager",
+			Msg: fmt.Sprintf("`%s` creates a new cluster, but the config says to join %s: remove cluster.manager (or run `warren worker start` / `warren manager join`)", verb, cfg.Cluster.Manager)}}
+	}
 	cfg.Node.Role = role
+	cfg.SetByFlag("node.role")
+	if creating {
+		cfg.SetByFlag("cluster.manager") // none: what a joined node remembered must not apply
+	}
 	var errs configs.Errors
-	set := func(flag string, apply func(string) error) {
+	set := func(flag, key string, apply func(string) error) {
 		f := cmd.Flags().Lookup(flag)
 		if f == nil || !f.Changed {
 			return
 		}
 		if err := apply(f.Value.String()); err != nil {
 			errs = append(errs, &configs.Error{File: "flags", Key: "--" + flag, Msg: err.Error()})
+			return
 		}
+		cfg.SetByFlag(key)
 	}
 	str := func(dst *string) func(string) error { return func(v string) error { *dst = v; return nil } }
-	set("name", str(&cfg.Node.Name))
-	set("advertise-address", str(&cfg.Node.AdvertiseAddress))
-	set("state-dir", str(&cfg.Node.StateDir))
-	set("mode", str(&cfg.WireGuard.Mode))
-	set("manager", str(&cfg.Cluster.Manager))
-	set("token", str(&cfg.Cluster.Token))
-	set("api-listen", str(&cfg.Cluster.APIListen))
-	set("listen-port", func(v string) error { _, err := fmt.Sscan(v, &cfg.WireGuard.ListenPort); return err })
-	set("wireguard-subnet", func(v string) error { cfg.SetByFlag("wireguard.subnet"); return cfg.WireGuard.Subnet.Set(v) })
-	set("container-subnet", func(v string) error {
-		cfg.SetByFlag("network.container_subnet")
-		return cfg.Network.ContainerSubnet.Set(v)
-	})
-	set("vip-subnet", func(v string) error { cfg.SetByFlag("network.vip_subnet"); return cfg.Network.VIPSubnet.Set(v) })
+	set("name", "node.name", str(&cfg.Node.Name))
+	set("advertise-address", "node.advertise_address", str(&cfg.Node.AdvertiseAddress))
+	set("state-dir", "node.state_dir", str(&cfg.Node.StateDir))
+	set("mode", "wireguard.mode", str(&cfg.WireGuard.Mode))
+	set("manager", "cluster.manager", str(&cfg.Cluster.Manager))
+	// A flag's token replaces the TOML's token or token file, and vice versa.
+	set("token", "cluster.token", func(v string) error { cfg.Cluster.Token, cfg.Cluster.TokenFile = v, ""; return nil })
+	set("token-file", "cluster.token_file", func(v string) error { cfg.Cluster.Token, cfg.Cluster.TokenFile = "", v; return nil })
+	set("api-listen", "cluster.api_listen", str(&cfg.Cluster.APIListen))
+	set("listen-port", "wireguard.listen_port", func(v string) error { _, err := fmt.Sscan(v, &cfg.WireGuard.ListenPort); return err })
+	set("wireguard-subnet", "wireguard.subnet", func(v string) error { return cfg.WireGuard.Subnet.Set(v) })
+	set("container-subnet", "network.container_subnet", func(v string) error { return cfg.Network.ContainerSubnet.Set(v) })
+	set("vip-subnet", "network.vip_subnet", func(v string) error { return cfg.Network.VIPSubnet.Set(v) })
 	if len(errs) > 0 {
 		return nil, errs
 	}
 	if err := cfg.Finish(); err != nil {
 		return nil, err
 	}
+	// A node set up in one role is not silently turned into another.
+	if s := cfg.Setup; s != nil {
+		was := setupCommand(s)
+		switch {
+		case s.Role != role:
+			return nil, fmt.Errorf("this node was set up as a %s (%s; remembered in %s): to give it another role, remove it from the cluster (`warren node rm %s` on a manager), stop warren-appliance, delete %s and run `%s` again",
+				s.Role, was, filepath.Join(cfg.Node.StateDir, configs.SetupFile), s.Name, cfg.Node.StateDir, verb)
+		case creating && len(s.Managers) > 0:
+			return nil, fmt.Errorf("this node joined the cluster of %s as a manager; `%s` would create another cluster: run `warren-appliance --config %s` (or `warren manager join`) to resume it", s.Managers[0], verb, configs.DefaultPath)
+		}
+	}
 	return cfg, nil
+}
+
+// setupCommand names the command that set a node up, for messages.
+func setupCommand(s *configs.Setup) string {
+	switch {
+	case s.Role == configs.RoleWorker:
+		return "by `warren worker start`"
+	case len(s.Managers) > 0:
+		return "by `warren manager join`"
+	default:
+		return "by `warren cluster init`"
+	}
 }

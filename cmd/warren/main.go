@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -63,7 +64,34 @@ func newRoot() *cobra.Command {
 	addServiceCommands(root)
 	addNetworkCommands(root)
 	addPolicyCommands(root)
+	strictGroups(root)
 	return root
+}
+
+// strictGroups makes every verb group (warren cluster, warren service, ...)
+// refuse an unknown verb with exit 2, as the top level does, instead of
+// printing its help and exiting 0: a script's typo must not pass silently.
+func strictGroups(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		strictGroups(sub)
+	}
+	if !c.HasParent() || !c.HasSubCommands() || c.Runnable() {
+		return
+	}
+	if c.SuggestionsMinimumDistance <= 0 {
+		c.SuggestionsMinimumDistance = 2 // cobra's default at the top level
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t")
+		}
+		return &exitError{code: 2, err: fmt.Errorf("%s\n\nRun '%s --help' for usage", msg, cmd.CommandPath())}
+	}
 }
 
 // socketPath is where the CLI finds the daemon: --socket, $WARREN_SOCKET,

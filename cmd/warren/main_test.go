@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/warren-appliance/warren/configs"
 )
 
 func execute(args ...string) (string, error) {
@@ -105,5 +107,115 @@ func TestPolicyApplyAndLabelsRejectBadInputWithExit2(t *testing.T) {
 		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("warren %v: got %v, want exit 2 containing %q", c.args, err, c.want)
 		}
+	}
+}
+
+// An unknown verb under any group exits 2 naming the group, with a
+// suggestion, as the top level does; the bare group still prints help.
+func TestUnknownVerbInEveryGroupExits2(t *testing.T) {
+	groups := 0
+	for _, c := range newRoot().Commands() {
+		if !c.HasSubCommands() || c.Name() == "help" || c.Name() == "completion" {
+			continue
+		}
+		groups++
+		sub := c.Commands()[0].Name()
+		typo := sub[:len(sub)-1] + "x" + sub[len(sub)-1:] // one letter off: a suggestion is due
+		_, err := execute(c.Name(), typo)
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 2 {
+			t.Errorf("warren %s %s: want exit 2, got %v", c.Name(), typo, err)
+			continue
+		}
+		want := `unknown command "` + typo + `" for "warren ` + c.Name() + `"`
+		if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "Did you mean this?\n\t"+sub) {
+			t.Errorf("warren %s %s: want %q and a suggestion of %q, got:\n%v", c.Name(), typo, want, sub, err)
+		}
+		if out, err := execute(c.Name()); err != nil || !strings.Contains(out, "Available Commands:") {
+			t.Errorf("warren %s alone: want its help, got %v\n%s", c.Name(), err, out)
+		}
+	}
+	if groups < 5 {
+		t.Fatalf("only %d groups found (cluster, manager, worker, node, service, network)", groups)
+	}
+	_, err := execute("service", "lss")
+	if err == nil || !strings.Contains(err.Error(), `unknown command "lss" for "warren service"`) || !strings.Contains(err.Error(), "\tls") {
+		t.Errorf("warren service lss: %v", err)
+	}
+}
+
+// daemonConfigFor builds the config `warren <verb...> <flags>` would run.
+func daemonConfigFor(t *testing.T, role string, args ...string) (*configs.Loaded, error) {
+	t.Helper()
+	root := newRoot()
+	var verb []string
+	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		verb, args = append(verb, args[0]), args[1:]
+	}
+	cmd, _, err := root.Find(verb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatal(err)
+	}
+	return daemonConfig(cmd, role)
+}
+
+// The shipped config works as shipped for every setup verb; what the verb
+// set up is what the state dir remembers; a node set up in one role is not
+// silently turned into another.
+func TestSetupVerbsWithShippedConfig(t *testing.T) {
+	dir := t.TempDir()
+	shipped, err := os.ReadFile("../../packaging/config/warren.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "warren.toml")
+	os.WriteFile(cfgPath, shipped, 0o600)
+	tokenFile := filepath.Join(dir, "token")
+	token := "WRN-1-" + strings.Repeat("0f", 32) + "-abcdefghijklmnopqrstuvwxyz"
+	os.WriteFile(tokenFile, []byte(token+"\n"), 0o600)
+
+	// cluster init: a manager creating the cluster.
+	mstate := filepath.Join(dir, "m")
+	cfg, err := daemonConfigFor(t, configs.RoleManager, "cluster", "init", "--config", cfgPath, "--state-dir", mstate, "--advertise-address", "192.0.2.10")
+	if err != nil {
+		t.Fatalf("cluster init with the shipped config: %v", err)
+	}
+	if cfg.Node.Role != configs.RoleManager || cfg.Cluster.Manager != "" {
+		t.Fatalf("cluster init would not create a cluster: %+v", cfg.Cluster)
+	}
+	if s := cfg.RememberedSetup("pi-1", nil); s.AdvertiseAddress != "192.0.2.10" || s.Role != configs.RoleManager {
+		t.Fatalf("cluster init's flags not remembered: %+v", s)
+	}
+
+	// worker start with --token-file.
+	wstate := filepath.Join(dir, "w")
+	cfg, err = daemonConfigFor(t, configs.RoleWorker, "worker", "start", "--config", cfgPath, "--state-dir", wstate, "--manager", "192.0.2.10:7946", "--token-file", tokenFile)
+	if err != nil {
+		t.Fatalf("worker start with the shipped config: %v", err)
+	}
+	if cfg.Cluster.Token != token || cfg.Node.Role != configs.RoleWorker {
+		t.Fatalf("token file not read: %+v", cfg.Cluster)
+	}
+	if err := configs.SaveSetup(wstate, cfg.RememberedSetup("pi-2", []string{cfg.Cluster.Manager})); err != nil {
+		t.Fatal(err)
+	}
+	// Later: no manager, no token needed; cluster init refuses.
+	if _, err := daemonConfigFor(t, configs.RoleWorker, "worker", "start", "--config", cfgPath, "--state-dir", wstate); err != nil {
+		t.Fatalf("worker start again on a joined worker: %v", err)
+	}
+	if _, err := daemonConfigFor(t, configs.RoleManager, "cluster", "init", "--config", cfgPath, "--state-dir", wstate); err == nil || !strings.Contains(err.Error(), "was set up as a worker (by `warren worker start`") {
+		t.Fatalf("cluster init on a worker: %v", err)
+	}
+
+	// cluster init with a config that joins is refused, naming the key.
+	joining := filepath.Join(dir, "joining.toml")
+	os.WriteFile(joining, []byte("[cluster]\nmanager = '192.0.2.10:7946'\n"), 0o600)
+	_, err = execute("cluster", "init", "--config", joining, "--state-dir", filepath.Join(dir, "x"))
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "joining.toml:2: cluster.manager") {
+		t.Fatalf("cluster init with cluster.manager set: %v", err)
 	}
 }

@@ -130,7 +130,7 @@ func clusterMeshStatus(cmd *cobra.Command) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\ncells: time since FROM's last handshake with TO; \"!\": unhealthy (none within %s, or no report)\n", meshmatrix.HealthyWithin)
+	fmt.Fprintf(out, "\ncells: time since FROM's last handshake with TO; \"!\": unhealthy (no handshake within %s, either node down, or no report)\n", meshmatrix.HealthyWithin)
 	if len(bad) == 0 {
 		fmt.Fprintf(out, "all %d links healthy\n", len(m.Links))
 		return nil

@@ -45,7 +45,7 @@ func addNodeCommands(root *cobra.Command) {
 				} else if t := handshakes[n.PublicKey]; !t.IsZero() {
 					hs = ago(t)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", name, n.Role, n.Status, n.OverlayIP,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", name, n.Role, statusText(n.Status, n.Availability), n.OverlayIP,
 					n.ContainerBlock, n.Endpoint, n.Tasks, ago(n.LastSeen), hs)
 			}
 			return tw.Flush()
@@ -71,6 +71,7 @@ func addNodeCommands(root *cobra.Command) {
 			row("ID", n.ID)
 			row("Role", n.Role)
 			row("Status", n.Status)
+			row("Availability", n.Availability)
 			row("Overlay IP", n.OverlayIP)
 			row("Container block", n.ContainerBlock)
 			row("Endpoint", n.Endpoint)
@@ -116,7 +117,43 @@ func addNodeCommands(root *cobra.Command) {
 	}
 	rmCmd.Flags().BoolP("force", "f", false, "remove the node even if it is still reporting (ready)")
 
-	nodeCmd.AddCommand(lsCmd, inspectCmd, rmCmd)
+	drainCmd := &cobra.Command{
+		Use:   "drain NODE...",
+		Short: "Move a node's tasks to other nodes and place nothing new there (before retiring it)",
+		Long: "Drain nodes: their tasks are shut down and placed on other nodes, and the scheduler places nothing\n" +
+			"new on them. Once `warren service ps` shows no task on a node, it can be stopped and removed\n" +
+			"(`warren node rm`). `warren node activate` undoes a drain.",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return setAvailability(cmd, args, true) },
+	}
+	activateCmd := &cobra.Command{
+		Use:   "activate NODE...",
+		Short: "Let the scheduler place tasks on a drained node again",
+		Args:  cobra.MinimumNArgs(1),
+		RunE:  func(cmd *cobra.Command, args []string) error { return setAvailability(cmd, args, false) },
+	}
+
+	nodeCmd.AddCommand(lsCmd, inspectCmd, rmCmd, drainCmd, activateCmd)
+}
+
+func setAvailability(cmd *cobra.Command, refs []string, drain bool) error {
+	c := apiClient(cmd)
+	for _, ref := range refs {
+		v, err := c.SetNodeAvailability(cmdContext(cmd), ref, drain)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", v.Name, v.Availability)
+	}
+	return nil
+}
+
+// statusText is a node's status, with its availability when drained.
+func statusText(status, availability string) string {
+	if availability == "drain" {
+		return status + ", drained"
+	}
+	return status
 }
 
 func formatLabels(labels map[string]string) string {

@@ -178,6 +178,12 @@ func trimID(id string) string {
 // AddNode creates a node namespace with its private mounts; containerd and
 // the appliance are started separately.
 func (l *Lab) AddNode(name string) (*Node, error) {
+	return l.AddBoard(name, name)
+}
+
+// AddBoard is AddNode with a host name other than the node's lab name (two
+// boards may both be called "raspberrypi").
+func (l *Lab) AddBoard(name, hostname string) (*Node, error) {
 	l.mu.Lock()
 	ip := lanPrefix.Addr()
 	for i := 0; i < 10+len(l.nodes); i++ {
@@ -219,7 +225,9 @@ mount --bind %[1]s/resolv.conf /etc/resolv.conf
 sysctl -qw net.ipv4.ip_forward=1
 echo ready
 exec sleep infinity`, n.Root, binMount)
-	cmd := exec.Command("unshare", "-m", "--propagation", "private", "nsenter", "--net=/run/netns/"+n.NetNS, "sh", "-c", script)
+	// Its own UTS namespace too: a node's host name is its name, as on a
+	// board (the default node name comes from it).
+	cmd := exec.Command("unshare", "-m", "-u", "--propagation", "private", "nsenter", "--net=/run/netns/"+n.NetNS, "sh", "-c", "hostname "+hostname+"\n"+script)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -252,7 +260,7 @@ func (l *Lab) Nodes() []*Node {
 // enter returns the argv prefix that runs a command inside the host.
 func (h *Host) enter() []string {
 	if h.holder != nil {
-		return []string{"nsenter", "-t", strconv.Itoa(h.holder.Process.Pid), "-m", "-n", "--"}
+		return []string{"nsenter", "-t", strconv.Itoa(h.holder.Process.Pid), "-m", "-n", "-u", "--"}
 	}
 	return []string{"nsenter", "--net=/run/netns/" + h.NetNS, "--"}
 }
@@ -301,6 +309,46 @@ func (h *Host) Background(logName string, name string, args ...string) (*exec.Cm
 // WriteConfig writes the node's /etc/warren/warren.toml.
 func (n *Node) WriteConfig(toml string) error {
 	return os.WriteFile(filepath.Join(n.Root, "etc", "warren.toml"), []byte(toml), 0o600)
+}
+
+// InstallPackage puts the files of an extracted package (`dpkg-deb -x`)
+// where the package puts them, as far as a simulated node has its own
+// directories: the binaries on the node's PATH (/usr/local/sbin, over the
+// lab's) and /etc/warren/* with their modes. A test starts the unit's
+// command itself (the lab has no systemd).
+func (n *Node) InstallPackage(ctx context.Context, pkgRoot string) error {
+	if _, err := n.Exec(ctx, "mount", "--bind", filepath.Join(pkgRoot, "usr/bin"), "/usr/local/sbin"); err != nil {
+		return err
+	}
+	files, err := filepath.Glob(filepath.Join(pkgRoot, "etc/warren/*"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			return err
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(n.Root, "etc", filepath.Base(f)), data, st.Mode().Perm()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AppendConfig appends TOML to the node's /etc/warren/warren.toml.
+func (n *Node) AppendConfig(toml string) error {
+	f, err := os.OpenFile(filepath.Join(n.Root, "etc", "warren.toml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.WriteString(toml)
+	return err
 }
 
 // AddImage copies an image tarball into the node's images_dir
@@ -511,8 +559,7 @@ func processesIn(ino uint64) []int {
 				}
 			}
 		}
-		var st syscall.Stat_t
-		if syscall.Stat("/proc/"+p.Name()+"/ns/net", &st) == nil && st.Ino == ino {
+		if inNetNS(p.Name(), ino) {
 			roots = append(roots, pid)
 		}
 	}
@@ -533,6 +580,23 @@ func processesIn(ino uint64) []int {
 		walk(r)
 	}
 	return out
+}
+
+// inNetNS reports whether any thread of the process is in the network
+// namespace ino: the appliance enters task namespaces on locked threads,
+// and the thread group leader itself may be one of them at that moment.
+func inNetNS(pid string, ino uint64) bool {
+	var st syscall.Stat_t
+	if syscall.Stat("/proc/"+pid+"/ns/net", &st) == nil && st.Ino == ino {
+		return true
+	}
+	tasks, _ := os.ReadDir("/proc/" + pid + "/task")
+	for _, t := range tasks {
+		if syscall.Stat("/proc/"+pid+"/task/"+t.Name()+"/ns/net", &st) == nil && st.Ino == ino {
+			return true
+		}
+	}
+	return false
 }
 
 func alive(pid int) bool {
