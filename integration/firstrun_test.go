@@ -224,6 +224,17 @@ func TestFirstRunThreeBoardsSurviveReboot(t *testing.T) {
 		before, err = readyNodes(ctx, pi1, 3)
 		return err
 	})
+	// The token given with --token is not in the running command line,
+	// which every user of the board can read (ps, /proc/PID/cmdline).
+	for _, b := range boards[1:] {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", b.AppliancePID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if args := strings.ReplaceAll(string(cmdline), "\x00", " "); strings.Contains(args, token) || !strings.Contains(args, "worker start") {
+			t.Errorf("%s runs %q: the token must not be on its command line", b.Name, args)
+		}
+	}
 	for i, r := range before {
 		if r.Name != boards[i].Name {
 			t.Errorf("node %d is named %q, want its host name %q", i, r.Name, boards[i].Name)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -72,7 +73,7 @@ func daemonFlags(c *cobra.Command) {
 
 func joinFlags(c *cobra.Command) {
 	c.Flags().String("manager", "", "a manager's API address, host:port (cluster.manager; remembered)")
-	c.Flags().String("token", "", "join token printed by `warren cluster join-token` (cluster.token; needed only for the first start; it shows in ps, prefer --token-file)")
+	c.Flags().String("token", "", "join token printed by `warren cluster join-token` (cluster.token; needed only for the first start; moved from the command line to $"+tokenEnv+" at once, or use --token-file)")
 	c.Flags().String("token-file", "", "file holding the join token (cluster.token_file; needed only for the first start)")
 }
 
@@ -129,6 +130,12 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 	// A flag's token replaces the TOML's token or token file, and vice versa.
 	set("token", "cluster.token", func(v string) error { cfg.Cluster.Token, cfg.Cluster.TokenFile = v, ""; return nil })
 	set("token-file", "cluster.token_file", func(v string) error { cfg.Cluster.Token, cfg.Cluster.TokenFile = "", v; return nil })
+	// --token, moved out of the command line by hideTokenFromCmdline (or
+	// the variable set by the operator).
+	if tok := os.Getenv(tokenEnv); tok != "" && cmd.Flags().Lookup("token") != nil && !cmd.Flags().Changed("token") && !cmd.Flags().Changed("token-file") {
+		cfg.Cluster.Token, cfg.Cluster.TokenFile = tok, ""
+		cfg.SetByFlag("cluster.token")
+	}
 	set("api-listen", "cluster.api_listen", str(&cfg.Cluster.APIListen))
 	set("listen-port", "wireguard.listen_port", func(v string) error { _, err := fmt.Sscan(v, &cfg.WireGuard.ListenPort); return err })
 	set("wireguard-subnet", "wireguard.subnet", func(v string) error { return cfg.WireGuard.Subnet.Set(v) })

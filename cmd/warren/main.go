@@ -37,6 +37,7 @@ func main() {
 	if filepath.Base(os.Args[0]) == applianceName {
 		os.Exit(applianceMain(os.Args[1:]))
 	}
+	hideTokenFromCmdline()
 	root := newRoot()
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "warren:", err)

@@ -706,6 +706,15 @@ func (h *Host) EnterCommand() string {
 // opens stay in that namespace, so a test can serve from its own process.
 func (h *Host) Do(fn func() error) error { return inNS(h.NetNS, fn) }
 
+// AppliancePID is the running appliance's process ID (0 if none): the
+// same process as the command started inside the node (nsenter execs it).
+func (n *Node) AppliancePID() int {
+	if n.appliance == nil || n.appliance.Process == nil {
+		return 0
+	}
+	return n.appliance.Process.Pid
+}
+
 // SignalAppliance sends sig (e.g. SIGHUP) to the running appliance.
 func (n *Node) SignalAppliance(sig syscall.Signal) error {
 	if n.appliance == nil || n.appliance.Process == nil {
