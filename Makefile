@@ -16,7 +16,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags '$(LDFLAG
 # daemon when called by that name.
 PLATFORMS := linux/amd64 linux/arm64 linux/arm
 
-.PHONY: all deps build cross test test-arm bench lint fuzz demo package clean
+.PHONY: all deps build cross test test-arm bench lint fuzz demo package image test-boot clean
 
 all: build
 
@@ -73,6 +73,24 @@ demo: deps build
 
 package: cross
 	VERSION=$(VERSION) sh packaging/build.sh
+
+# The Raspberry Pi appliance image (arm64): Debian packages plus the arm64
+# .deb, built under qemu-user (packaging/README.md, "The appliance image").
+PKG_VERSION = $(shell sh packaging/build.sh --print-version $(VERSION))
+IMAGE ?= dist/warren-appliance-$(PKG_VERSION)-arm64.img
+
+image:
+	@./tools/install-image-deps.sh
+	$(MAKE) cross PLATFORMS=linux/arm64
+	VERSION=$(VERSION) ARCHS=arm64 PACKAGERS=deb sh packaging/build.sh
+	VERSION=$(PKG_VERSION) OUT=$(IMAGE) sh packaging/image/build.sh
+
+# Boots copies of the image as emulated arm64 boards (slow: TCG); not part
+# of `make test` (packaging/README.md says why). BOOT_ARGS=-boards=2 etc.
+test-boot:
+	@./tools/install-image-deps.sh
+	@test -f $(IMAGE) || $(MAKE) image
+	go run ./packaging/image/boottest -image $(IMAGE) $(BOOT_ARGS)
 
 clean:
 	rm -rf bin dist

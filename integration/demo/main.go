@@ -123,6 +123,9 @@ Then try, inside a node:
   curl http://%s/          # the VIP: each request may land on another task
   iptables -t nat -L -n -v | grep %s
   ctr -n warren containers list
+  warren network status --cluster             # on manager-1: every node's handshake age with every other
+  curl -s http://127.0.0.1:9586/metrics | grep -E '^(wireguard|warren)_'
+  warren service scale web=5                  # waits until 5 replicas run, showing each task
 
 Press Ctrl-C to stop the demo and remove everything it created.
 `, vip, vip)

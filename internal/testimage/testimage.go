@@ -49,11 +49,17 @@ type File struct {
 // index's io.containerd.image.name annotation, so an import registers the
 // image under that name. The output is byte-for-byte deterministic.
 func BusyboxTarball(dir string, ref string, extra ...File) (string, error) {
+	return BusyboxTarballFor(dir, ref, BusyboxPath, runtime.GOARCH, extra...)
+}
+
+// BusyboxTarballFor is BusyboxTarball around another static busybox binary
+// built for goarch (e.g. an arm64 one for emulated boards).
+func BusyboxTarballFor(dir, ref, busyboxPath, goarch string, extra ...File) (string, error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
 		return "", fmt.Errorf("parse image ref %q: %w", ref, err)
 	}
-	busybox, err := os.ReadFile(BusyboxPath)
+	busybox, err := os.ReadFile(busyboxPath)
 	if err != nil {
 		return "", fmt.Errorf("read busybox (install busybox-static): %w", err)
 	}
@@ -68,7 +74,7 @@ func BusyboxTarball(dir string, ref string, extra ...File) (string, error) {
 	}
 
 	config := ocispec.Image{
-		Platform: ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"},
+		Platform: ocispec.Platform{Architecture: goarch, OS: "linux"},
 		Config: ocispec.ImageConfig{
 			Env: []string{"PATH=/bin"},
 			Cmd: []string{"sh"},

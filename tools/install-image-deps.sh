@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs what `make image` and `make test-boot` need on a Debian machine,
+# beyond tools/install-deps.sh: mmdebstrap and qemu-user-static (an arm64
+# Debian root file system built under emulation), mtools, dosfstools,
+# e2fsprogs and fdisk (the disk image, without loop devices), and
+# qemu-system-arm (its qemu-system-aarch64 boots the emulated boards) with
+# openssh-client (the boot test logs in to the boards). Kept apart from
+# install-deps.sh so `make test` does not download them.
+set -eu
+
+PKGS="mmdebstrap arch-test qemu-user-static qemu-system-arm mtools dosfstools e2fsprogs fdisk openssh-client dpkg-dev iproute2 procps"
+
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "install-image-deps: missing Debian packages:$missing (run as root to install them)" >&2
+		exit 1
+	fi
+	echo "install-image-deps: installing$missing"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# shellcheck disable=SC2086
+	apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
