@@ -93,8 +93,9 @@ func (n *node) taskCounts() map[string]int {
 }
 
 // newNodeMetrics builds the metrics of a cluster node; managers also
-// export the cluster's node and service counts from their map.
-func (n *node) newNodeMetrics(manager bool) *metrics.Metrics {
+// export the cluster's node and service counts from their map, and their
+// Raft state (raft, nil on workers).
+func (n *node) newNodeMetrics(manager bool, raft func() metrics.Raft) *metrics.Metrics {
 	src := metrics.Sources{
 		Peers: func() []metrics.Peer { return peerMetrics(n.dev, n.lastMap) },
 		Tasks: n.taskCounts,
@@ -102,6 +103,7 @@ func (n *node) newNodeMetrics(manager bool) *metrics.Metrics {
 	if manager {
 		src.Nodes = func() map[metrics.NodeKey]int { return nodeCounts(n.lastMap()) }
 		src.Services = func() []metrics.Service { return serviceCounts(n.lastMap()) }
+		src.Raft = raft
 	}
 	return metrics.New(src)
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -77,9 +78,28 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	var mem member
 	var admin http.Handler
-	if cfg.Node.Role == configs.RoleManager && cfg.Cluster.Manager == "" {
+	var raftStatus func() metrics.Raft // managers: for /metrics
+	if cfg.Node.Role == configs.RoleManager {
 		_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
-		created := errors.Is(statErr, os.ErrNotExist)
+		created := errors.Is(statErr, os.ErrNotExist) && cfg.Cluster.Manager == ""
+		var join *cluster.ManagerJoin
+		if cfg.Cluster.Manager != "" {
+			// `warren manager join`: join like any node (manager token,
+			// manager certificate), then run a manager that Raft fills.
+			agent, err := cluster.Join(ctx, cluster.AgentConfig{
+				StateDir: cfg.Node.StateDir,
+				Manager:  cfg.Cluster.Manager,
+				Token:    cfg.Cluster.Token,
+				Node:     info,
+				Logger:   log,
+			})
+			if err != nil {
+				return err
+			}
+			if join, err = agent.ManagerJoin(ctx); err != nil {
+				return err
+			}
+		}
 		if created {
 			// This config shapes the new cluster: its ranges must not shadow
 			// a network this host is on (checked before anything is stored).
@@ -102,7 +122,9 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			Domain:             cfg.Network.DNSDomain,
 			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
 			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
+			ReservedPorts:      reservedPorts(&cfg.Config),
 			Logger:             log,
+			Join:               join,
 		})
 		if err != nil {
 			return err
@@ -118,6 +140,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 				log.Error("cluster API stopped", "err", err)
 			}
 		}()
+		select {
+		case <-mgr.Ready():
+		case <-ctx.Done():
+			return nil
+		}
 		if created {
 			// The tokens stay out of stdout and the logs (the journal is
 			// readable by the adm group): say where to read them.
@@ -126,6 +153,10 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
+		raftStatus = func() metrics.Raft {
+			i := mgr.Info()
+			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
+		}
 	} else {
 		acfg := cluster.AgentConfig{
 			StateDir: cfg.Node.StateDir,
@@ -183,7 +214,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
 	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log)}
-	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager)
+	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
 	}
@@ -574,4 +605,16 @@ func advertiseAddress(cfg *configs.Loaded) (netip.Addr, error) {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
+}
+
+// reservedPorts are this appliance's ports, beyond those the manager knows
+// (DNS, its API, the WireGuard ports), that services may not publish.
+func reservedPorts(cfg *configs.Config) []cluster.ReservedPort {
+	var out []cluster.ReservedPort
+	if _, p, err := net.SplitHostPort(cfg.Metrics.Listen); err == nil {
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
+			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "tcp", What: "the metrics listener ([metrics] listen)"})
+		}
+	}
+	return out
 }

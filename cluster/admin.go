@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
@@ -19,9 +21,12 @@ import (
 //	POST   /v1/join-tokens/{role}/rotate    new secret; the old token stops working
 //	GET    /v1/nodes                        list
 //	GET    /v1/nodes/{node}                 by name or ID
-//	DELETE /v1/nodes/{node}[?force=1]       remove (force: even if ready)
+//	DELETE /v1/nodes/{node}[?force=1]       remove (force: even if ready; a manager also leaves Raft)
 //	POST   /v1/nodes/{node}/drain           move its tasks away, place nothing new there
 //	POST   /v1/nodes/{node}/activate        undo a drain
+//	POST   /v1/nodes/{node}/promote         a manager votes in Raft
+//	POST   /v1/nodes/{node}/demote          a manager keeps a copy but does not vote
+//	GET    /v1/backup                       consistent copy of the state (JSON)
 //	GET    /v1/services                     list with tasks
 //	POST   /v1/services                     create (api.ServiceSpec)
 //	GET    /v1/services/{name}              inspect / ps
@@ -34,7 +39,23 @@ import (
 //	POST   /v1/policies                     api.PolicyApply (create or replace)
 //	GET    /v1/policies/{name}              inspect
 //	DELETE /v1/policies/{name}              remove
+//
+// Reads are answered from this manager's copy of the state (on a follower
+// it lags the leader by the replication delay, normally milliseconds);
+// writes on a follower are forwarded to the leader over manager mTLS and
+// return the leader's answer.
 func (m *Manager) AdminHandler() http.Handler {
+	mux := m.adminMux()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !m.isLeader() {
+			m.forward(w, r, pathInternalAdmin, "")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (m *Manager) adminMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.PathCluster, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Info())
@@ -78,6 +99,26 @@ func (m *Manager) AdminHandler() http.Handler {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionPromote, func(w http.ResponseWriter, r *http.Request) {
+		if err := m.SetManagerVoter(r.PathValue("node"), true); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionDemote, func(w http.ResponseWriter, r *http.Request) {
+		if err := m.SetManagerVoter(r.PathValue("node"), false); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET "+api.PathBackup, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if err := m.Backup(w); err != nil {
+			m.log.Error("backup", "err", err)
+		}
 	})
 	mux.HandleFunc("POST /v1/nodes/{node}/drain", func(w http.ResponseWriter, r *http.Request) {
 		v, err := m.SetNodeAvailability(r.PathValue("node"), clustermap.NodeDrain)
@@ -224,24 +265,30 @@ func (m *Manager) Info() api.ClusterInfo {
 	info := api.ClusterInfo{
 		ID: mt.ClusterID, Domain: mt.Domain, CAHash: m.ca.Hash(), CAExpires: m.ca.Cert.NotAfter.UTC(), CreatedAt: mt.CreatedAt,
 		MapVersion: m.current.Version, WireGuardSubnet: mt.WireGuardSubnet, ContainerSubnet: mt.ContainerSubnet,
-		ContainerBlock: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet, Manager: m.st.nodes[mt.SelfID].Name,
+		ContainerBlock: mt.ContainerBlockBits, VIPSubnet: mt.VIPSubnet, Manager: m.st.nodes[m.selfID].Name,
 		APIListen: m.cfg.APIListen, JoinAddress: join, Nodes: len(m.st.nodes), Services: len(m.st.services), Tasks: len(m.st.tasks),
 	}
+	names := map[string]string{}
 	for _, n := range m.st.nodes {
+		names[n.ID] = n.Name
 		if n.Status == clustermap.NodeReady {
 			info.NodesReady++
 		}
 	}
+	m.raftInfo(&info, names)
 	return info
 }
 
 // Nodes lists the members, managers (low addresses) first.
 func (m *Manager) Nodes() []api.NodeView {
+	statuses := m.managerStatuses(m.managerAPIs())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]api.NodeView, 0, len(m.st.nodes))
 	for _, n := range m.st.nodes {
-		out = append(out, m.nodeViewLocked(n))
+		v := m.nodeViewLocked(n)
+		v.ManagerStatus = statuses[n.ID]
+		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].OverlayIP.Less(out[j].OverlayIP) })
 	return out
@@ -249,13 +296,29 @@ func (m *Manager) Nodes() []api.NodeView {
 
 // Node shows one member, found by name or ID.
 func (m *Manager) Node(ref string) (api.NodeView, error) {
+	statuses := m.managerStatuses(m.managerAPIs())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n, ok := m.findNodeLocked(ref)
 	if !ok {
 		return api.NodeView{}, errNoNode(ref)
 	}
-	return m.nodeViewLocked(n), nil
+	v := m.nodeViewLocked(n)
+	v.ManagerStatus = statuses[n.ID]
+	return v, nil
+}
+
+// managerAPIs maps every manager's ID to its API address.
+func (m *Manager) managerAPIs() map[string]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]string{}
+	for id, n := range m.st.nodes {
+		if n.Role == clustermap.RoleManager {
+			out[id] = n.API
+		}
+	}
+	return out
 }
 
 func (m *Manager) findNodeLocked(ref string) (nodeRecord, bool) {
@@ -273,7 +336,7 @@ func (m *Manager) nodeViewLocked(n nodeRecord) api.NodeView {
 	v := api.NodeView{
 		ID: n.ID, Name: n.Name, Role: n.Role, Status: n.Status, Availability: availability(n.Availability), OverlayIP: n.OverlayIP, ContainerBlock: n.ContainerBlock,
 		Endpoint: n.Endpoint, PublicKey: n.PublicKey, Labels: n.Labels, JoinedAt: n.JoinedAt, CertExpires: n.CertNotAfter,
-		LastSeen: m.lastSeen[n.ID], Tunnel: m.health[n.ID], Self: n.ID == m.st.meta.SelfID,
+		LastSeen: m.lastSeen[n.ID], Tunnel: m.health[n.ID], Self: n.ID == m.selfID,
 		ClockOffsetSeconds: m.skew[n.ID].Round(time.Millisecond).Seconds(),
 	}
 	for _, t := range m.st.tasks {
@@ -324,7 +387,8 @@ func (m *Manager) SetNodeAvailability(ref, a string) (api.NodeView, error) {
 // free for the next node at once.
 // A ready node is removed only with force (it is probably still running).
 func (m *Manager) RemoveNode(ref string, force bool) error {
-	var name string
+	var name, id string
+	var manager bool
 	err := m.update(func(s *state) error {
 		n, ok := s.nodes[ref]
 		if !ok {
@@ -332,7 +396,7 @@ func (m *Manager) RemoveNode(ref string, force bool) error {
 				return errNoNode(ref)
 			}
 		}
-		if n.ID == s.meta.SelfID {
+		if n.ID == m.selfID {
 			return errorf(http.StatusConflict, "node %q is this manager: a manager cannot remove itself", n.Name)
 		}
 		if n.Status == clustermap.NodeReady && !force {
@@ -351,11 +415,19 @@ func (m *Manager) RemoveNode(ref string, force bool) error {
 		}
 		s.removed[n.ID] = tombstone{Name: n.Name, OverlayIP: n.OverlayIP, Block: n.ContainerBlock, Until: until, Serials: serials}
 		delete(s.nodes, n.ID)
-		name = n.Name
+		name, id, manager = n.Name, n.ID, n.Role == clustermap.RoleManager
 		return nil
 	})
 	if err != nil {
 		return err
+	}
+	if member, _ := m.raftSuffrage(id); manager && member {
+		// A dead manager leaves the Raft configuration too, so it no
+		// longer counts towards the quorum.
+		if err := m.replica.Raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+			return m.noLeaderError(err)
+		}
+		m.log.Info("manager removed from Raft", "node", name)
 	}
 	m.mu.Lock()
 	for id := range m.lastSeen {

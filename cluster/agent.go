@@ -66,6 +66,8 @@ type Agent struct {
 	cert       tls.Certificate
 	id         identity
 	selfSynced bool
+	managers   []string // API addresses of every manager, from the last map
+	home       string   // the configured (or stored) manager address
 
 	renewMu   sync.Mutex // one renewal at a time (timer and stream start)
 	renewFrac float64    // renew at this fraction of the lifetime: 0.6..0.7, per agent
@@ -444,6 +446,7 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 	} else if m != nil {
 		have = m.Version
 		a.noteSelf(m)
+		a.noteManagers(m)
 		a.log.Info("restored cached map", "version", m.Version, "nodes", len(m.Nodes))
 		apply(m)
 	}
@@ -459,6 +462,9 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 		}
 		if connected {
 			bo.reset() // the stream worked: the next failure is a new outage
+		}
+		if !isPermanent(err) {
+			a.nextManager() // that manager is down: try another one of the map
 		}
 		d := bo.next()
 		if isPermanent(err) {
@@ -528,7 +534,6 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 	// Big enough to hold several maps of a large cluster, so a burst can be
 	// skipped through (newerLineBuffered).
 	r := bufio.NewReaderSize(resp.Body, 256<<10)
-	first := true
 	for {
 		line, err := r.ReadBytes('\n')
 		if err != nil {
@@ -549,20 +554,21 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 		if err := json.Unmarshal(line, &m); err != nil {
 			return connected, fmt.Errorf("decode map: %w", err)
 		}
-		// The first map of a stream replaces ours even if older: the
-		// manager's state was restored from a backup.
-		if (first && m.Version != *have) || m.Version > *have {
+		// Only newer maps: versions increase across leader changes, and a
+		// manager restored from an older backup first moves its version
+		// past ours (it sees `after`).
+		if m.Version > *have {
 			if err := atomicfile.Write(a.path(FileMap), line, 0o600); err != nil {
 				a.log.Error("cannot cache the map; applying it anyway", "err", err)
 			}
 			*have = m.Version
 			a.noteSelf(&m)
+			a.noteManagers(&m)
 			// A slow apply is not a silent manager.
 			idle.Stop()
 			apply(&m)
 			idle.Reset(3 * a.cfg.keepalive)
 		}
-		first = false
 	}
 }
 

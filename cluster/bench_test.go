@@ -30,7 +30,7 @@ const benchManagerEnv = "WARREN_BENCH_MANAGER_DIR"
 func BenchmarkJoin100Nodes(b *testing.B) {
 	for range b.N {
 		mgr := startManagerProcess(b)
-		benchJoins(b, mgr.addr, mgr.token, func() (heap, rss, hwm float64) { return mgr.memory(b) })
+		benchJoins(b, []string{mgr.addr}, mgr.token, func() (heap, rss, hwm float64) { return mgr.memory(b) })
 	}
 }
 
@@ -39,22 +39,25 @@ func BenchmarkJoin100Nodes(b *testing.B) {
 func BenchmarkJoin100NodesOneProcess(b *testing.B) {
 	for range b.N {
 		tm := startManager(b)
-		benchJoins(b, tm.addr, tm.workerToken(), func() (heap, rss, hwm float64) {
-			runtime.GC()
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			pid := os.Getpid()
-			return float64(ms.HeapAlloc) / (1 << 20), float64(procStatusKiB(pid, "VmRSS")) / 1024, float64(procStatusKiB(pid, "VmHWM")) / 1024
-		})
+		benchJoins(b, []string{tm.addr}, tm.workerToken(), inProcessMemory)
 	}
 }
 
-func benchJoins(b *testing.B, addr, token string, memory func() (heap, rss, hwm float64)) {
+// inProcessMemory is this process's heap, RSS and peak RSS in MiB.
+func inProcessMemory() (heap, rss, hwm float64) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	pid := os.Getpid()
+	return float64(ms.HeapAlloc) / (1 << 20), float64(procStatusKiB(pid, "VmRSS")) / 1024, float64(procStatusKiB(pid, "VmHWM")) / 1024
+}
+
+func benchJoins(b *testing.B, addrs []string, token string, memory func() (heap, rss, hwm float64)) {
 	const joiners = 100
 	cfgs := make([]AgentConfig, joiners)
 	for i := range cfgs {
 		cfgs[i] = AgentConfig{
-			StateDir: b.TempDir(), Manager: addr, Token: token, Logger: testLogger(b),
+			StateDir: b.TempDir(), Manager: addrs[i%len(addrs)], Token: token, Logger: testLogger(b),
 			Node: NodeInfo{Name: fmt.Sprintf("node-%03d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(b),
 				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 2)}), 51820)},
 		}
@@ -80,7 +83,7 @@ func benchJoins(b *testing.B, addr, token string, memory func() (heap, rss, hwm 
 			var once sync.Once
 			go a.Watch(ctx, func(m *clustermap.Map) {
 				applied.Add(1)
-				if len(m.Nodes) == joiners+1 {
+				if len(m.Nodes) == joiners+len(addrs) { // each address is a manager node
 					once.Do(func() {
 						if st, err := os.Stat(a.path(FileMap)); err == nil {
 							mu.Lock()
@@ -111,7 +114,7 @@ func benchJoins(b *testing.B, addr, token string, memory func() (heap, rss, hwm 
 	b.ReportMetric(rss, "rss-MiB")
 	b.ReportMetric(hwm, "peak-rss-MiB")
 	b.Logf("%d nodes joined concurrently; all held the full map (%d nodes, %d bytes of JSON) after %v; heap %.1f MiB, RSS %.1f MiB (peak %.1f MiB); %.1f maps applied per node",
-		joiners, joiners+1, mapBytes, elapsed.Round(time.Millisecond), heap, rss, hwm, float64(applied.Load())/joiners)
+		joiners, joiners+len(addrs), mapBytes, elapsed.Round(time.Millisecond), heap, rss, hwm, float64(applied.Load())/joiners)
 	cancel()
 }
 

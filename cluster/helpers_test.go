@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
@@ -30,6 +32,13 @@ func newWGKey(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return base64.StdEncoding.EncodeToString(b)
+}
+
+// fastRaft is the production timing (replicate.RaftConfig) with a short
+// commit timeout. Shorter timeouts make leaders step down spuriously on
+// the shared, loaded machine the tests run on.
+func fastRaft(c *raft.Config) {
+	c.CommitTimeout = 5 * time.Millisecond
 }
 
 // testManager is a manager serving on a loopback port, restartable on the
@@ -53,6 +62,7 @@ func startManager(t testing.TB) *testManager {
 			PublicKey: newWGKey(t), Labels: map[string]string{"zone": "a"}},
 		DownAfter: time.Hour,
 		Logger:    testLogger(t),
+		raftTune:  fastRaft,
 	}
 	tm.start()
 	t.Cleanup(tm.stop)
@@ -61,11 +71,8 @@ func startManager(t testing.TB) *testManager {
 
 func (tm *testManager) start() {
 	tm.t.Helper()
-	m, err := OpenManager(tm.cfg)
-	if err != nil {
-		tm.t.Fatal(err)
-	}
 	var ln net.Listener
+	var err error
 	for i := 0; ; i++ { // the old socket may linger a moment after a restart
 		ln, err = net.Listen("tcp", tm.addr)
 		if err == nil || i > 50 {
@@ -77,6 +84,12 @@ func (tm *testManager) start() {
 		tm.t.Fatal(err)
 	}
 	tm.addr = ln.Addr().String()
+	tm.cfg.Advertise = tm.addr
+	m, err := OpenManager(tm.cfg)
+	if err != nil {
+		ln.Close()
+		tm.t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tm.m, tm.cancel, tm.done = m, cancel, make(chan struct{})
 	go func() {

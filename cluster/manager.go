@@ -9,24 +9,30 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/store"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/internal/wgkey"
@@ -67,11 +73,31 @@ type ManagerConfig struct {
 	// manager knows itself (e.g. the metrics listener).
 	ReservedPorts []ReservedPort
 	Logger        *slog.Logger
+	// Advertise is host:port where the other managers reach this one's API
+	// (and Raft, on the same port); default: the endpoint's IP with the
+	// APIListen port.
+	Advertise string
+	// Join is set on a manager that joined an existing cluster (`warren
+	// manager join`): it has no state of its own until Raft replicates it.
+	Join *ManagerJoin
+	// ForceNewCluster restarts this manager's state as a one-manager
+	// cluster (lost quorum); with no Raft state (a restored backup, an
+	// upgraded single manager) it only bootstraps.
+	ForceNewCluster bool
 
 	keepalive time.Duration // watch stream keepalive; tests shorten it
 	// requestTimeout bounds reading a request (headers and body) and, with
 	// half again, writing the answer; default 20 s, tests shorten it.
 	requestTimeout time.Duration
+	raftTune       func(*raft.Config) // tests shorten Raft's commit timeout
+}
+
+// ManagerJoin is what a joining manager got from its join.
+type ManagerJoin struct {
+	ID     string          // its node ID
+	Cert   tls.Certificate // its manager certificate (chain to the CA)
+	CACert []byte          // the cluster CA, PEM
+	Leader string          // host:port of the manager it joined through
 }
 
 // NodeInfo is what a node says about itself when it joins.
@@ -90,9 +116,25 @@ type Manager struct {
 	log       *slog.Logger
 	store     *store.Store
 	now       func() time.Time
+	selfID    string
+	replica   *replicate.Replica
+	stream    *raftStream
+	fwd       *http.Client
+	pool      atomic.Pointer[x509.CertPool]
+	mcert     atomic.Pointer[tls.Certificate]
+	notify    chan struct{} // an entry was applied or a snapshot restored
+	stop      chan struct{}
+	loops     sync.WaitGroup
+	ready     chan struct{} // closed once this manager holds the state
+	readyOnce sync.Once
+	initial   chan error // the full state proposed on bootstrap: its result
 
 	mu       sync.Mutex
 	st       *state
+	snap     store.Snapshot // st as store records (what the replicas hold)
+	applied  uint64         // the raft index st reflects
+	leader   bool           // this manager leads and st is current
+	pending  store.Snapshot // full state to propose once leader (bootstrap)
 	ca       *pki.CA
 	server   tls.Certificate
 	current  *clustermap.Map
@@ -145,6 +187,13 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	if err := validateNodeInfo(cfg.Node); err != nil {
 		return nil, fmt.Errorf("manager node: %w", err)
 	}
+	if cfg.Advertise == "" {
+		_, port, err := net.SplitHostPort(cfg.APIListen)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.api_listen %q: %w", cfg.APIListen, err)
+		}
+		cfg.Advertise = net.JoinHostPort(cfg.Node.Endpoint.Addr().String(), port)
+	}
 	st, err := store.Open(filepath.Join(cfg.StateDir, "manager.db"))
 	if err != nil {
 		return nil, err
@@ -152,61 +201,205 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, keepalive: cfg.keepalive, log: cfg.Logger.With("component", "manager"), store: st, now: time.Now,
 		changed: make(chan struct{}), lastSeen: map[string]time.Time{}, health: map[string][]api.PeerHealth{},
-		skew: map[string]time.Duration{},
+		skew: map[string]time.Duration{}, notify: make(chan struct{}, 1), stop: make(chan struct{}),
+		ready: make(chan struct{}), initial: make(chan error, 1),
 	}
+	m.fwd = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: m.managerClientTLS(false), MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second,
+		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext, TLSHandshakeTimeout: 5 * time.Second,
+	}}
 	if err := m.open(); err != nil {
-		st.Close()
+		m.Close()
 		return nil, err
 	}
 	return m, nil
 }
 
 func (m *Manager) open() error {
-	s, err := loadState(m.store)
+	raftDir := filepath.Join(m.cfg.StateDir, "raft")
+	hasRaft, err := replicate.HasState(raftDir)
 	if err != nil {
 		return err
 	}
-	created := false
-	if s == nil {
+	s, err := loadState(m.store.All())
+	if err != nil {
+		return err
+	}
+	bootstrap := false
+	switch {
+	case m.cfg.Join != nil:
+		m.selfID = m.cfg.Join.ID
+		ca, err := pki.ParseCertPEM(m.cfg.Join.CACert)
+		if err != nil {
+			return fmt.Errorf("cluster CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		pool.AddCert(ca)
+		m.pool.Store(pool)
+		cert := m.cfg.Join.Cert
+		m.mcert.Store(&cert)
+		if !hasRaft {
+			s = nil // whatever is there is replaced by what Raft replicates
+			m.log.Info("joining the managers: waiting to be added to Raft", "via", m.cfg.Join.Leader)
+		}
+	case s == nil:
+		if hasRaft {
+			return fmt.Errorf("%s holds Raft state but %s no cluster: restore a backup with `warren cluster init --force-new-cluster --restore FILE`, or clear the state dir", raftDir, filepath.Join(m.cfg.StateDir, "manager.db"))
+		}
 		if s, err = m.createCluster(); err != nil {
 			return err
 		}
-		created = true
-	} else {
-		if name := s.nodes[s.meta.SelfID].Name; name != m.cfg.Node.Name {
+		if m.pending, err = s.snapshot(); err != nil {
+			return err
+		}
+		m.selfID = s.meta.SelfID
+		bootstrap = true
+		m.log.Info("cluster created", "cluster", s.meta.ClusterID)
+	default:
+		m.selfID = s.meta.SelfID
+		if joined := joinedNodeID(m.cfg.StateDir); joined != "" {
+			m.selfID = joined // a manager that joined, started without cluster.manager
+		}
+		if !hasRaft {
+			// A store written before Raft (single manager), or a restored
+			// backup: Raft starts from it, and the full state is its first
+			// entry so every manager added later receives it.
+			m.pending = m.store.All()
+			delete(m.pending, replicate.BucketRaft)
+			bootstrap = true
+			m.log.Info("starting Raft from the existing store (upgrade or restore)", "nodes", len(s.nodes), "services", len(s.services))
+		}
+	}
+	rcfg := replicate.Config{
+		Dir: raftDir, ID: m.selfID, Addr: m.cfg.Advertise, Store: m.store, Logger: m.cfg.Logger, Tune: m.cfg.raftTune,
+		OnApply: func() {
+			select {
+			case m.notify <- struct{}{}:
+			default:
+			}
+		},
+	}
+	if m.cfg.ForceNewCluster && hasRaft {
+		m.log.Warn("forcing a new cluster: this manager becomes the only one, keeping its state")
+		if err := replicate.Recover(rcfg); err != nil {
+			return err
+		}
+	}
+	if s != nil {
+		if err := m.setStateLocked(s); err != nil {
+			return err
+		}
+		if name := s.nodes[m.selfID].Name; s.nodes[m.selfID].ID != "" && name != m.cfg.Node.Name && m.cfg.Join == nil {
 			m.log.Warn("configured node name differs from this manager's record; keeping the record", "configured", m.cfg.Node.Name, "name", name)
 		}
 	}
-	if m.ca, err = pki.LoadCA(s.meta.CACert, s.meta.CAKey); err != nil {
-		return fmt.Errorf("stored cluster CA: %w", err)
+	m.stream = newRaftStream(m, m.cfg.Advertise)
+	rcfg.Stream = m.stream
+	if m.replica, err = replicate.Open(rcfg); err != nil {
+		return err
 	}
-	if m.server, err = tls.X509KeyPair(slices.Concat(s.meta.ServerCert, s.meta.CACert), s.meta.ServerKey); err != nil {
-		return fmt.Errorf("stored server certificate: %w", err)
+	if bootstrap {
+		if err := m.replica.Bootstrap(); err != nil {
+			return err
+		}
+	} else {
+		close(m.initial)
 	}
-	// Every member gets a full DownAfter of grace after a manager restart.
-	now := m.now()
-	for id := range s.nodes {
-		m.lastSeen[id] = now
+	m.loops.Add(2)
+	go m.leadershipLoop()
+	go m.followLoop()
+	if !bootstrap && m.soleVoter() {
+		// A restarted one-manager cluster: writes work once OpenManager
+		// returns, as before Raft.
+		deadline := time.Now().Add(60 * time.Second)
+		for !m.isLeader() {
+			if time.Now().After(deadline) {
+				return errors.New("raft: this manager did not become leader of its own one-manager cluster within 60s")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
-	m.current = s.buildMap(s.meta.Version)
-	if m.mapJSON, err = json.Marshal(m.current); err != nil {
-		return fmt.Errorf("encode map: %w", err)
+	if bootstrap {
+		// A one-manager cluster elects itself within Raft's timeouts.
+		select {
+		case err := <-m.initial:
+			if err != nil {
+				return err
+			}
+		case <-time.After(60 * time.Second):
+			return errors.New("raft: this manager did not become leader of its own one-manager cluster within 60s")
+		}
 	}
-	m.st = s
-	// Refresh this node's own record (endpoint or key may have changed),
-	// reschedule, and persist: on first start this writes the new cluster.
-	err = m.updateLocked(func(s *state) error {
-		self := s.nodes[s.meta.SelfID]
-		self.Endpoint, self.PublicKey, self.Labels = m.cfg.Node.Endpoint, m.cfg.Node.PublicKey, m.cfg.Node.Labels
-		self.Status = clustermap.NodeReady
-		s.nodes[self.ID] = self
-		return nil
-	})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.st != nil {
+		m.log.Info("cluster open", "cluster", m.st.meta.ClusterID, "version", m.current.Version,
+			"nodes", len(m.st.nodes), "services", len(m.st.services), "raft_index", m.applied)
+	}
+	return nil
+}
+
+// soleVoter reports whether this manager is the only voter in its Raft
+// configuration (it then always elects itself).
+func (m *Manager) soleVoter() bool {
+	f := m.replica.Raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	voters := 0
+	self := false
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+			self = self || string(s.ID) == m.selfID
+		}
+	}
+	return voters == 1 && self
+}
+
+// setStateLocked makes s the state this manager serves: CA, serving
+// certificate and map follow it.
+func (m *Manager) setStateLocked(s *state) error {
+	if m.ca == nil {
+		ca, err := pki.LoadCA(s.meta.CACert, s.meta.CAKey)
+		if err != nil {
+			return fmt.Errorf("stored cluster CA: %w", err)
+		}
+		server, err := tls.X509KeyPair(slices.Concat(s.meta.ServerCert, s.meta.CACert), s.meta.ServerKey)
+		if err != nil {
+			return fmt.Errorf("stored server certificate: %w", err)
+		}
+		m.ca, m.server = ca, server
+		m.pool.Store(ca.Pool())
+		if err := m.issueManagerCert(); err != nil {
+			return err
+		}
+	}
+	snap, err := s.snapshot()
 	if err != nil {
 		return err
 	}
-	m.log.Info("cluster open", "cluster", s.meta.ClusterID, "created", created, "version", m.current.Version,
-		"nodes", len(m.st.nodes), "services", len(m.st.services))
+	if m.current == nil || m.current.Version != s.meta.Version {
+		cur := s.buildMap(s.meta.Version)
+		body, err := json.Marshal(cur)
+		if err != nil {
+			return fmt.Errorf("encode map: %w", err)
+		}
+		m.current, m.mapJSON = cur, body
+		close(m.changed)
+		m.changed = make(chan struct{})
+	}
+	now := m.now()
+	for id := range s.nodes {
+		if _, ok := m.lastSeen[id]; !ok {
+			m.lastSeen[id] = now // a full DownAfter of grace for nodes this manager has not heard yet
+		}
+	}
+	m.unplaced = schedule(s.clone())
+	m.st, m.snap = s, snap
+	if _, ok := s.nodes[m.selfID]; ok {
+		m.readyOnce.Do(func() { close(m.ready) })
+	}
 	return nil
 }
 
@@ -317,8 +510,9 @@ func (s *state) admit(info NodeInfo, id string, now time.Time) (nodeRecord, erro
 	return n, nil
 }
 
-// update applies fn to a copy of the state, reschedules, and publishes and
-// persists the result; on any error nothing changes.
+// update applies fn to a copy of the state, reschedules, and replicates
+// and publishes the result; on any error nothing changes. Only the leader
+// writes: followers forward write requests (see forward.go).
 func (m *Manager) update(fn func(s *state) error) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -326,11 +520,14 @@ func (m *Manager) update(fn func(s *state) error) error {
 }
 
 func (m *Manager) updateLocked(fn func(s *state) error) error {
+	if !m.leader || m.st == nil {
+		return m.noLeaderError(nil)
+	}
 	next := m.st.clone()
 	if err := fn(next); err != nil {
 		return err
 	}
-	m.unplaced = schedule(next)
+	unplaced := schedule(next)
 	// Encode the candidate at the current version: equal bytes mean the
 	// published map did not change and keeps its version.
 	candidate := next.buildMap(m.current.Version)
@@ -350,11 +547,21 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 	if err != nil {
 		return err
 	}
-	// The store writes only records that differ from what it holds.
-	if err := m.store.Commit(snap); err != nil {
-		return err
+	// Only records that differ are replicated, and each replica writes
+	// only records whose bytes differ from what it holds.
+	if change := store.Diff(m.snap, snap); !change.Empty() {
+		if err := m.checkDiskSpace(); err != nil {
+			return err
+		}
+		idx, err := m.replica.Propose(change)
+		if err != nil {
+			// The entry may still commit under a new leader: the follow
+			// loop then brings st up to date from the store.
+			return m.noLeaderError(err)
+		}
+		m.applied = idx
 	}
-	m.st = next
+	m.st, m.snap, m.unplaced = next, snap, unplaced
 	if mapChanged {
 		m.current, m.mapJSON = candidate, body
 		close(m.changed)
@@ -363,14 +570,34 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 	return nil
 }
 
-// Close closes the store. Serve must have returned.
-func (m *Manager) Close() error { return m.store.Close() }
+// Close stops Raft and closes the store. Serve must have returned.
+func (m *Manager) Close() error {
+	select {
+	case <-m.stop:
+		return nil
+	default:
+	}
+	close(m.stop)
+	var err error
+	if m.replica != nil {
+		err = m.replica.Close()
+	}
+	if m.stream != nil {
+		m.stream.Close()
+	}
+	m.loops.Wait()
+	return errors.Join(err, m.store.Close())
+}
+
+// Ready is closed once this manager holds the cluster state (at once,
+// except on a manager that is joining and waits for Raft to replicate).
+func (m *Manager) Ready() <-chan struct{} { return m.ready }
 
 // Self returns this manager's own node record.
 func (m *Manager) Self() clustermap.Node {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.st.nodes[m.st.meta.SelfID].Node
+	return m.st.nodes[m.selfID].Node
 }
 
 // ClusterID returns the cluster's ID.
@@ -443,7 +670,14 @@ func (m *Manager) Watch(ctx context.Context, apply func(*clustermap.Map)) error 
 
 // Report records the manager node's own status, in process.
 func (m *Manager) Report(ctx context.Context, s NodeStatus) error {
-	return m.foldStatus(m.Self().ID, s)
+	s, err := checkReport(s) // the same bounds as a remote node's
+	if err != nil {
+		return err
+	}
+	if !m.isLeader() {
+		return m.reportToLeader(ctx, s)
+	}
+	return m.foldStatus(m.selfID, s)
 }
 
 // foldStatus records a heartbeat and folds task states into the tasks.
@@ -497,10 +731,13 @@ func (m *Manager) noteClockSkewLocked(nodeID string, skew time.Duration) {
 func (m *Manager) markSilentNodesDown() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.leader {
+		return // the leader's job; followers do not hear every node
+	}
 	now := m.now()
 	silent := func(id string, n nodeRecord) bool {
 		seen, ok := m.lastSeen[id]
-		return id != m.st.meta.SelfID && n.Status != clustermap.NodeDown && (!ok || now.Sub(seen) > m.cfg.DownAfter)
+		return id != m.selfID && n.Status != clustermap.NodeDown && (!ok || now.Sub(seen) > m.cfg.DownAfter)
 	}
 	anySilent := false
 	for id, n := range m.st.nodes {
@@ -511,7 +748,7 @@ func (m *Manager) markSilentNodesDown() {
 	}
 	err := m.updateLocked(func(st *state) error {
 		for id, n := range st.nodes {
-			if id == st.meta.SelfID || n.Status == clustermap.NodeDown {
+			if id == m.selfID || n.Status == clustermap.NodeDown {
 				continue
 			}
 			if seen, ok := m.lastSeen[id]; !ok || now.Sub(seen) > m.cfg.DownAfter {

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -38,19 +37,14 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 	m.mu.Lock()
 	m.servingAddr = ln.Addr().String()
 	m.mu.Unlock()
-	tlsConf := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{m.server},
-		// Joining nodes have no certificate yet; handlers that need one
-		// verify it themselves and answer with a clear error.
-		ClientAuth: tls.RequestClientCert,
-	}
+	// The cluster's serving certificate for the node API, this manager's
+	// own for Raft on the same port (raftnet.go).
+	tlsConf := m.serverTLS()
 	// Every request has deadlines (the watch stream replaces them with a
 	// write deadline per line); the TLS handshake gets the shortest one.
 	rt := m.cfg.requestTimeout
 	srv := &http.Server{
 		Handler:           m.nodeHandler(),
-		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: min(10*time.Second, rt),
 		ReadTimeout:       rt,
 		WriteTimeout:      rt + rt/2,
@@ -63,9 +57,12 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 		m.log.Warn("refusing connections beyond the caps on unauthenticated connections", "refused", n,
 			"max", maxUnauthConns, "max_per_source", maxUnauthConnsPerSource)
 	}}
+	if m.cfg.Join != nil {
+		go m.joinRaft(ctx)
+	}
 	go m.livenessLoop(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(limited, tlsConf)) }()
+	go func() { errc <- srv.Serve(newMuxListener(ctx, limited, tlsConf, m)) }()
 	m.log.Info("cluster API listening", "addr", ln.Addr().String())
 	select {
 	case err := <-errc:
@@ -100,7 +97,10 @@ func (m *Manager) nodeHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathRenew, m.handleRenew)
 	mux.HandleFunc("GET "+api.PathWatch, m.authed(m.handleWatch))
 	mux.HandleFunc("POST "+api.PathStatus, m.authed(m.handleStatus))
-	return mux
+	outer := http.NewServeMux()
+	m.internalHandlers(outer, mux)
+	outer.Handle("/", mux)
+	return outer
 }
 
 // authed verifies the client certificate and passes the caller's node ID,
@@ -131,17 +131,16 @@ type caller struct {
 // its NotAfter (renewal only): the TLS handshake proved the caller holds
 // its key, and its serial is still the node's.
 func (m *Manager) authenticate(r *http.Request, allowExpired bool) (caller, error) {
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+	peer := peerCertificates(r)
+	if len(peer) == 0 {
 		return caller{}, errorf(http.StatusUnauthorized, "this call needs the node's client certificate: join the cluster with a token first")
 	}
-	leaf := r.TLS.PeerCertificates[0]
+	leaf := peer[0]
 	inter := x509.NewCertPool()
-	for _, c := range r.TLS.PeerCertificates[1:] {
+	for _, c := range peer[1:] {
 		inter.AddCert(c)
 	}
-	m.mu.Lock()
-	roots := m.ca.Pool()
-	m.mu.Unlock()
+	roots := m.caPool()
 	at := m.now()
 	expired := at.After(leaf.NotAfter)
 	if expired && allowExpired {
@@ -153,11 +152,9 @@ func (m *Manager) authenticate(r *http.Request, allowExpired bool) (caller, erro
 	}
 	id := leaf.Subject.CommonName
 	serial := pki.Serial(leaf)
-	m.mu.Lock()
-	rec, ok := m.st.nodes[id]
-	m.mu.Unlock()
-	if !ok {
-		return caller{}, errNodeRemoved(id)
+	rec, err := m.member(id)
+	if err != nil {
+		return caller{}, err
 	}
 	if !rec.acceptsSerial(serial) {
 		return caller{}, errorf(http.StatusUnauthorized, "client certificate %s of node %q was superseded: the node joined again since, and certificates from before no longer work; clear this state dir and join with a token if this is that node", serial, rec.Name)
@@ -169,6 +166,9 @@ func (m *Manager) authenticate(r *http.Request, allowExpired bool) (caller, erro
 }
 
 func (m *Manager) handleJoin(w http.ResponseWriter, r *http.Request) {
+	if m.followerForwards(w, r) {
+		return
+	}
 	var req api.JoinRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
@@ -245,7 +245,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 				return err
 			}
 		}
-		cert, err := m.ca.SignNodeFor(req.CSR, rec.ID, now, m.cfg.CertLifetime)
+		cert, err := m.signFor(rec.Role, req.CSR, rec.ID, now)
 		if err != nil {
 			return errorf(http.StatusBadRequest, "certificate request refused: %v", err)
 		}
@@ -258,7 +258,19 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 	return resp, err
 }
 
+// signFor signs a node's CSR; managers get a manager certificate (the only
+// kind the managers' Raft and internal API accept).
+func (m *Manager) signFor(role string, csr []byte, id string, now time.Time) (*x509.Certificate, error) {
+	if role == clustermap.RoleManager {
+		return m.ca.SignManagerFor(csr, id, now, m.cfg.CertLifetime)
+	}
+	return m.ca.SignNodeFor(csr, id, now, m.cfg.CertLifetime)
+}
+
 func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) {
+	if m.followerForwards(w, r) {
+		return
+	}
 	var req api.SelfUpdate
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
@@ -296,6 +308,9 @@ func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) 
 // itself): the handshake proved the caller holds the key, and the serial is
 // still the node's. The presented certificate stays valid until it expires.
 func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request) {
+	if m.followerForwards(w, r) {
+		return
+	}
 	c, err := m.authenticate(r, true)
 	if err != nil {
 		writeError(w, err)
@@ -328,7 +343,7 @@ func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request) {
 		if !rec.acceptsSerial(presented) {
 			return errorf(http.StatusUnauthorized, "client certificate %s of node %q was superseded while renewing", presented, rec.Name)
 		}
-		cert, err := m.ca.SignNodeFor(req.CSR, c.id, m.now(), m.cfg.CertLifetime)
+		cert, err := m.signFor(rec.Role, req.CSR, c.id, m.now())
 		if err != nil {
 			return errorf(http.StatusBadRequest, "certificate request refused: %v", err)
 		}
@@ -350,6 +365,9 @@ func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request, id string) {
+	if m.followerForwards(w, r) {
+		return
+	}
 	var st api.NodeStatus
 	if err := readJSON(r, &st); err != nil {
 		writeError(w, err)
@@ -369,8 +387,8 @@ func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request, id string
 
 // handleWatch streams the map: one JSON document per line, sent whenever
 // the version changes. A slow reader skips intermediate versions and gets
-// the newest. The first line is the current map unless the caller already
-// holds exactly that version.
+// the newest. The first line is the current map if it is newer than what
+// the caller holds (versions only grow: see jumpVersion).
 func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string) {
 	after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
 	flusher, ok := w.(http.Flusher)
@@ -391,7 +409,15 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	flusher.Flush()
 	keepalive := time.NewTicker(m.keepalive)
 	defer keepalive.Stop()
-	first := true
+	if after > m.Map().Version {
+		// The node holds a newer map than this manager: a follower that
+		// lags (it catches up and then sends), or a cluster restored from
+		// an older backup, whose leader moves the version past the node's
+		// so that every node takes the restored map as newer.
+		if err := m.jumpVersion(after); err != nil && m.isLeader() {
+			m.log.Warn("cannot move the map version past a node's", "node", id, "err", err)
+		}
+	}
 	for {
 		m.mu.Lock()
 		version, body := m.mapViewLocked(id)
@@ -401,7 +427,7 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 		if !member {
 			return // removed: the agent's next call gets the 403 that says so
 		}
-		if (first && version != after) || version > after {
+		if version > after {
 			writeDeadline()
 			// body is shared with other watchers: never append to it.
 			if _, err := w.Write(body); err != nil {
@@ -413,7 +439,6 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 			flusher.Flush()
 			after = version
 		}
-		first = false
 		select {
 		case <-r.Context().Done():
 			return

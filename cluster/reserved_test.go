@@ -14,6 +14,8 @@ import (
 // port; DNS). They are refused, naming the port and what uses it.
 func TestPublishRefusesTheAppliancesOwnPorts(t *testing.T) {
 	tm := startManager(t)
+	tm.cfg.ReservedPorts = []ReservedPort{{Port: 9586, Protocol: "tcp", What: "the metrics listener"}}
+	tm.restart()
 	join(t, agentConfig(t, tm, "worker-1")) // WireGuard on 51820 too
 	apiPort := tm.addr[strings.LastIndex(tm.addr, ":")+1:]
 	for _, c := range []struct{ publish, want string }{
@@ -22,6 +24,7 @@ func TestPublishRefusesTheAppliancesOwnPorts(t *testing.T) {
 		{"53:53/udp", "53/udp"},
 		{"53:53", "53/tcp"},
 		{"7946:80", "7946/tcp"}, // the configured api_listen port
+		{"9586:80", "9586/tcp"}, // added by the integrator
 	} {
 		spec := api.ServiceSpec{Name: "web", Image: "img", Ports: []string{c.publish}}
 		_, err := adminClient(t, tm.m).CreateService(context.Background(), spec)

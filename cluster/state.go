@@ -40,7 +40,7 @@ type meta struct {
 	ServerKey          []byte       `json:"server_key"`
 	WorkerSecret       string       `json:"worker_secret"`
 	ManagerSecret      string       `json:"manager_secret"`
-	SelfID             string       `json:"self_id"`
+	SelfID             string       `json:"self_id"` // the manager that created the cluster
 	Version            uint64       `json:"version"`
 }
 
@@ -114,7 +114,12 @@ func (s *state) clone() *state {
 	}
 }
 
-func loadState(st *store.Store) (*state, error) {
+// records is what loadState reads: a store or a snapshot of one.
+type records interface {
+	Load(bucket string) map[string][]byte
+}
+
+func loadState(st records) (*state, error) {
 	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{}}
 	raw, ok := st.Load(bucketMeta)[keyCluster]
 	if !ok {

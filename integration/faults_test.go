@@ -363,18 +363,7 @@ func TestFaultsCrashesFullDiskPowerCut(t *testing.T) {
 		if err := lost.PowerOff(); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 2*time.Minute, lost.Name+" marked down", func() error {
-			nodes, err := c.NodeList(ctx)
-			if err != nil {
-				return err
-			}
-			for _, n := range nodes {
-				if n.Name == lost.Name && n.Status == "down" {
-					return nil
-				}
-			}
-			return fmt.Errorf("%+v", nodes)
-		})
+		waitNodeStatus(t, ctx, 2*time.Minute, c.NodeList, lost.Name, "down")
 		t.Logf("%s marked down %s after the power cut", lost.Name, time.Since(start).Round(time.Second))
 		var after serviceView
 		eventually(t, 2*time.Minute, "web's tasks running off "+lost.Name+" with new IPs", func() error {

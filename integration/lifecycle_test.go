@@ -127,6 +127,24 @@ func waitApplianceUp(t *testing.T, n *lab.Node, vip string) {
 	})
 }
 
+// waitNodeStatus waits until the manager behind list shows the named node
+// with the given status.
+func waitNodeStatus(t *testing.T, ctx context.Context, timeout time.Duration, list func(context.Context) ([]lab.NodeView, error), name, status string) {
+	t.Helper()
+	eventually(t, timeout, name+" "+status, func() error {
+		nodes, err := list(ctx)
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if n.Name == name && n.Status == status {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", nodes)
+	})
+}
+
 // waitNodesReady waits until the manager lists every node ready.
 func waitNodesReady(t *testing.T, c *lab.Cluster, timeout time.Duration) {
 	t.Helper()

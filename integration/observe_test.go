@@ -87,6 +87,7 @@ func TestMetricsAndMeshMatrix(t *testing.T) {
 		}
 		manager := n == c.Manager
 		for _, want := range []string{`warren_nodes{role="worker",status="ready"} 2`, `warren_nodes{role="manager",status="ready"} 1`,
+			`warren_raft_state{state="leader"} 1`, `warren_raft_has_leader 1`, `warren_raft_voters 1`,
 			`warren_service_replicas_desired{service="web"} 3`, `warren_service_replicas_running{service="web"} 3`} {
 			if got := strings.Contains(text, want+"\n"); got != manager {
 				t.Errorf("%s (manager %v): has %q: %v", n.Name, manager, want, got)

@@ -40,6 +40,16 @@ type Sources struct {
 	Nodes func() map[NodeKey]int
 	// Services gives each service's desired and running replicas; managers only.
 	Services func() []Service
+	// Raft gives this manager's Raft role and what it knows of the leader;
+	// managers only.
+	Raft func() Raft
+}
+
+// Raft is a manager's view of the Raft cluster.
+type Raft struct {
+	State     string // leader | follower | candidate | shutdown (lower case)
+	HasLeader bool   // a leader is known: writes can be committed
+	Voters    int    // voting managers in the configuration
 }
 
 // NodeKey is a node's role and status.
@@ -59,6 +69,7 @@ var (
 	TaskStates   = []string{"pending", "starting", "running", "failed", "shutdown"}
 	NodeStatuses = []string{"ready", "down"}
 	NodeRoles    = []string{"manager", "worker"}
+	RaftStates   = []string{"leader", "follower", "candidate", "shutdown"}
 	// DNSResults are the rcodes the resolver answers with (lowercase),
 	// "ignored" for queries from outside the allowed ranges (no answer);
 	// anything else counts as "other".
@@ -187,6 +198,12 @@ var (
 		"Replicas of a service reported running, as this manager sees them.", []string{"service"}, nil)
 	descUpdating = prometheus.NewDesc("warren_service_updating",
 		"1 while a rolling image update of the service is in progress.", []string{"service"}, nil)
+	descRaftState = prometheus.NewDesc("warren_raft_state",
+		"1 for this manager's current Raft role, 0 for the others.", []string{"state"}, nil)
+	descRaftLeader = prometheus.NewDesc("warren_raft_has_leader",
+		"1 when this manager knows a Raft leader (the managers have quorum), else 0.", nil, nil)
+	descRaftVoters = prometheus.NewDesc("warren_raft_voters",
+		"Voting managers in the Raft configuration, as this manager knows it.", nil, nil)
 )
 
 // peerLabels are the WireGuard exporter's (friendly_name is the peer's
@@ -197,7 +214,7 @@ var peerLabels = []string{"interface", "public_key", "allowed_ips", "friendly_na
 type sourceCollector struct{ src Sources }
 
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSent, descReceived, descHandshake, descTasks, descNodes, descDesired, descRunning, descUpdating} {
+	for _, d := range []*prometheus.Desc{descSent, descReceived, descHandshake, descTasks, descNodes, descDesired, descRunning, descUpdating, descRaftState, descRaftLeader, descRaftVoters} {
 		ch <- d
 	}
 }
@@ -234,6 +251,14 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+	if c.src.Raft != nil {
+		r := c.src.Raft()
+		for _, st := range RaftStates {
+			ch <- prometheus.MustNewConstMetric(descRaftState, prometheus.GaugeValue, boolValue(r.State == st), st)
+		}
+		ch <- prometheus.MustNewConstMetric(descRaftLeader, prometheus.GaugeValue, boolValue(r.HasLeader))
+		ch <- prometheus.MustNewConstMetric(descRaftVoters, prometheus.GaugeValue, float64(r.Voters))
+	}
 	if c.src.Services != nil {
 		for _, s := range c.src.Services() {
 			ch <- prometheus.MustNewConstMetric(descDesired, prometheus.GaugeValue, float64(s.Desired), s.Name)
@@ -245,6 +270,13 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descUpdating, prometheus.GaugeValue, up, s.Name)
 		}
 	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // gaugesByLabel exports counts with every known label value, zero or not,

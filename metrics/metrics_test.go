@@ -58,6 +58,7 @@ func TestExposition(t *testing.T) {
 			return map[NodeKey]int{{"manager", "ready"}: 1, {"worker", "ready"}: 1, {"worker", "down"}: 1}
 		},
 		Services: func() []Service { return []Service{{Name: "web", Desired: 3, Running: 2}} },
+		Raft:     func() Raft { return Raft{State: "follower", HasLeader: true, Voters: 3} },
 	})
 	m.SetMapVersion(42)
 	m.ObserveNATSync(3*time.Millisecond, nil)
@@ -88,6 +89,10 @@ func TestExposition(t *testing.T) {
 		`warren_dns_queries_total{result="servfail"} 0`,
 		`warren_reconcile_errors_total{reconciler="tunnel"} 1`,
 		`warren_reconcile_errors_total{reconciler="nat"} 0`,
+		`warren_raft_state{state="follower"} 1`,
+		`warren_raft_state{state="leader"} 0`,
+		`warren_raft_has_leader 1`,
+		`warren_raft_voters 3`,
 	} {
 		if !strings.Contains(text, want+"\n") {
 			t.Errorf("missing %s", want)
@@ -102,7 +107,7 @@ func TestExposition(t *testing.T) {
 func TestWorkerHasNoManagerMetrics(t *testing.T) {
 	m := New(Sources{Tasks: func() map[string]int { return nil }})
 	text := scrape(t, m)
-	for _, absent := range []string{"warren_nodes", "warren_service_replicas_desired", "wireguard_sent_bytes_total{"} {
+	for _, absent := range []string{"warren_nodes", "warren_service_replicas_desired", "wireguard_sent_bytes_total{", "warren_raft_"} {
 		if strings.Contains(text, absent) {
 			t.Errorf("a worker without peers exports %s", absent)
 		}

@@ -20,6 +20,10 @@ var wantFiles = []wantFile{
 	{"/usr/bin/warren-appliance", "lrwxrwxrwx", "warren"},
 	{"/usr/bin/warren", "-rwxr-xr-x", ""},
 	{"/usr/lib/systemd/system/warren-appliance.service", "-rw-r--r--", ""},
+	// Deletes the join token once joined; the cloud-init seeds enable the path unit.
+	{"/usr/sbin/warren-forget-token", "-rwxr-xr-x", ""},
+	{"/usr/lib/systemd/system/warren-forget-token.path", "-rw-r--r--", ""},
+	{"/usr/lib/systemd/system/warren-forget-token.service", "-rw-r--r--", ""},
 	{"/etc/warren", "drwxr-xr-x", ""},
 	{"/etc/warren/warren.toml", "-rw-------", ""}, // holds the join token
 	{"/usr/share/doc/warren-appliance/examples/worker.toml", "-rw-r--r--", ""},
@@ -113,6 +117,15 @@ func TestDebMetadataFilesAndScripts(t *testing.T) {
 			if got, want := readFile(t, filepath.Join(root, "usr/lib/systemd/system/warren-appliance.service")),
 				readRepoFile(t, "packaging/systemd/warren-appliance.service"); got != want {
 				t.Error("packaged unit differs from packaging/systemd/warren-appliance.service")
+			}
+			for pkg, repo := range map[string]string{
+				"usr/sbin/warren-forget-token":                       "packaging/scripts/warren-forget-token",
+				"usr/lib/systemd/system/warren-forget-token.path":    "packaging/systemd/warren-forget-token.path",
+				"usr/lib/systemd/system/warren-forget-token.service": "packaging/systemd/warren-forget-token.service",
+			} {
+				if got, want := readFile(t, filepath.Join(root, pkg)), readRepoFile(t, repo); got != want {
+					t.Errorf("packaged /%s differs from %s", pkg, repo)
+				}
 			}
 			if got, want := readFile(t, filepath.Join(root, "etc/warren/warren.toml")), readRepoFile(t, shippedConfigSource()); got != want {
 				t.Errorf("packaged /etc/warren/warren.toml differs from %s", shippedConfigSource())

@@ -27,8 +27,10 @@ func TestImageSeedUserDataIsValid(t *testing.T) {
 }
 
 // The seed's files, as written by cloud-init: warren.toml and the join token
-// 0600 root; filled in as the comments say, the worker config (token from
-// token_file) and the manager config pass warren-appliance --check.
+// (/etc/warren/token, as in the Raspberry Pi OS seed) 0600 root; its runcmd
+// enables the token's removal once joined; filled in as the comments say,
+// the worker config (token from token_file) and the manager config pass
+// warren-appliance --check.
 func TestImageSeedWritesValidConfigs(t *testing.T) {
 	requireTool(t, "python3", "python3-yaml")
 	needPackages(t)
@@ -41,11 +43,14 @@ for f in doc["write_files"]:
 meta = yaml.safe_load(open(sys.argv[3]))
 print("meta", meta["instance-id"], meta["local-hostname"])
 net = yaml.safe_load(open(sys.argv[4]))
-print("net", net["version"], net["ethernets"]["wired"]["match"]["name"], net["ethernets"]["wired"]["dhcp4"])`
+print("net", net["version"], net["ethernets"]["wired"]["match"]["name"], net["ethernets"]["wired"]["dhcp4"])
+print("runcmd", doc["runcmd"])`
 	out := run(t, "python3", "-c", extract, filepath.Join(repoRoot, imageSeed, "user-data"), dir,
 		filepath.Join(repoRoot, imageSeed, "meta-data"), filepath.Join(repoRoot, imageSeed, "network-config"))
-	want := "/etc/warren/warren.toml 0600 root:root\n/etc/warren/join-token 0600 root:root\n" +
-		"meta warren-node-1 warren-node-1\nnet 2 e* True\n"
+	want := "/etc/warren/warren.toml 0600 root:root\n/etc/warren/token 0600 root:root\n" +
+		"meta warren-node-1 warren-node-1\nnet 2 e* True\n" +
+		// The package ships warren-forget-token.path disabled; the seed enables it.
+		"runcmd [['systemctl', 'enable', '--now', 'warren-forget-token.path']]\n"
 	if out != want {
 		t.Fatalf("seed files:\n%s\nwant:\n%s", out, want)
 	}
@@ -54,12 +59,12 @@ print("net", net["version"], net["ethernets"]["wired"]["match"]["name"], net["et
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokenFile := filepath.Join(dir, "join-token")
+	tokenFile := filepath.Join(dir, "token")
 	token := strings.Replace(readFileT(t, tokenFile), "REPLACE_JOIN_TOKEN", "WRN-1-"+strings.Repeat("0f", 32)+"-abcdefghijklmnopqrstuvwxyz", 1)
 	writeFile(t, tokenFile, token)
 
 	worker := strings.NewReplacer("REPLACE_MANAGER_ADDRESS", "192.0.2.10",
-		"/etc/warren/join-token", tokenFile).Replace(string(toml))
+		"/etc/warren/token", tokenFile).Replace(string(toml))
 	writeFile(t, filepath.Join(dir, "worker.toml"), worker)
 	got := run(t, exe, "--check", "--config", filepath.Join(dir, "worker.toml"))
 	for _, w := range []string{`role = "worker"`, `manager = "192.0.2.10:7946"`, `token = "(set, hidden)"`} {

@@ -250,6 +250,10 @@ stat -c '%n %a %U' /var/lib/warren /etc/warren/warren.toml /usr/bin/warren; echo
 		t.Errorf("systemd-analyze verify in the chroot:\n%s", got)
 	}
 
+	// A cloud-init seed enables the packaged token remover; removal must
+	// take that enablement away too, or purge leaves a dangling link.
+	c.mustSh(offline, false, "systemctl enable warren-forget-token.path")
+
 	// Upgrade with an edited config and a key in the state dir: the edit
 	// stays, and the service is restarted only if it was running.
 	c.mustSh(offline, false, "echo '# edited by the admin' >> /etc/warren/warren.toml; echo secret > /var/lib/warren/wireguard.key")
@@ -400,7 +404,7 @@ func TestRPMScriptletsOnRunningSystem(t *testing.T) {
 		{"post", "1", "systemctl enable warren-appliance.service\n"},
 		{"post", "2", "systemctl daemon-reload\nsystemctl try-restart warren-appliance.service\n"},
 		{"preun", "1", ""},
-		{"preun", "0", "systemctl stop warren-appliance.service\nsystemctl disable warren-appliance.service\n"},
+		{"preun", "0", "systemctl stop warren-appliance.service\nsystemctl disable warren-appliance.service\nsystemctl disable warren-forget-token.path\n"},
 		{"postun", "1", ""},
 		{"postun", "0", "systemctl daemon-reload\n"},
 	} {

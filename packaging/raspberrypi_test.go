@@ -116,48 +116,55 @@ dpkg-query -W -f '${Version} ${Architecture}\n' warren-appliance`)
 	}
 }
 
-// Once the node joined, warren-forget-token deletes /etc/warren/token and
-// overwrites the token on the boot partition's user-data and in
-// cloud-init's copies; before that it changes nothing. Its units pass
-// systemd-analyze verify.
+// Once the node joined, the packaged warren-forget-token deletes
+// /etc/warren/token and overwrites the token on the boot partition's
+// user-data and in cloud-init's copies; before that it changes nothing. The
+// package installs its units disabled (the seeds enable the path unit) and
+// they pass systemd-analyze verify. Both seeds (Raspberry Pi OS and the
+// appliance image) write the token where the script looks for it.
 func TestCloudInitForgetsTokenOnceJoined(t *testing.T) {
 	requireTool(t, "python3", "python3-yaml")
 	needPackages(t)
-	c := newChroot(t)
-	const extract = `import sys, os, yaml
+	for _, seed := range []string{userDataPath, imageSeed + "/user-data"} {
+		t.Run(filepath.Base(filepath.Dir(seed)), func(t *testing.T) {
+			c := newChroot(t)
+			const tokenPath = `import sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))
-for f in doc["write_files"]:
-    if "forget-token" in f["path"]:
-        open(os.path.join(sys.argv[2], os.path.basename(f["path"])), "w").write(f["content"])`
-	run(t, "python3", "-c", extract, filepath.Join(repoRoot, userDataPath), c.share)
-	token := "WRN-1-" + strings.Repeat("0f", 32) + "-abcdefghijklmnopqrstuvwxyz"
-	userData := strings.ReplaceAll(readRepoFile(t, userDataPath), "REPLACE_JOIN_TOKEN", token)
-	writeFile(t, filepath.Join(c.share, "user-data"), userData)
-	c.put(targets[0].debFile(), filepath.Base(targets[0].debFile()))
-	setup := `dpkg -i /mnt/` + filepath.Base(targets[0].debFile()) + ` >/dev/null 2>&1
-install -m 0755 /mnt/warren-forget-token /usr/local/sbin/warren-forget-token
-install -m 0644 /mnt/warren-forget-token.path /mnt/warren-forget-token.service /etc/systemd/system/
+print([f["path"] for f in doc["write_files"] if "REPLACE_JOIN_TOKEN" in f["content"]][0])
+print([c for c in doc["runcmd"] if "warren-forget-token.path" in str(c)] != [])`
+			if got := run(t, "python3", "-c", tokenPath, filepath.Join(repoRoot, seed)); got != "/etc/warren/token\nTrue\n" {
+				t.Fatalf("%s: token path and runcmd enabling warren-forget-token.path: %q, want /etc/warren/token and True", seed, got)
+			}
+			token := "WRN-1-" + strings.Repeat("0f", 32) + "-abcdefghijklmnopqrstuvwxyz"
+			userData := strings.ReplaceAll(readRepoFile(t, seed), "REPLACE_JOIN_TOKEN", token)
+			writeFile(t, filepath.Join(c.share, "user-data"), userData)
+			c.put(targets[0].debFile(), filepath.Base(targets[0].debFile()))
+			setup := `dpkg -i /mnt/` + filepath.Base(targets[0].debFile()) + ` >/dev/null 2>&1
+systemctl is-enabled warren-forget-token.path || true
 mkdir -p /boot/firmware /var/lib/cloud/instances/i-1 && cp /mnt/user-data /boot/firmware/user-data
 cp /mnt/user-data /var/lib/cloud/instances/i-1/user-data.txt
 printf '%s\n' '` + token + `' > /etc/warren/token
-/usr/local/sbin/warren-forget-token
+warren-forget-token
 grep -c '` + token + `' /boot/firmware/user-data /var/lib/cloud/instances/i-1/user-data.txt /etc/warren/token
 systemd-analyze verify warren-forget-token.path warren-forget-token.service 2>&1`
-	// Not joined yet: the token stays where the join needs it.
-	if got, want := c.mustSh(offline, false, setup), "/boot/firmware/user-data:1\n/var/lib/cloud/instances/i-1/user-data.txt:1\n/etc/warren/token:1\n"; got != want {
-		t.Fatalf("before the join:\n got %q\nwant %q", got, want)
-	}
-	got := c.mustSh(offline, false, `echo '{"role":"worker"}' > /var/lib/warren/setup.json
-/usr/local/sbin/warren-forget-token
+			// Not joined yet: the token stays where the join needs it.
+			if got, want := c.mustSh(offline, false, setup), "disabled\n/boot/firmware/user-data:1\n/var/lib/cloud/instances/i-1/user-data.txt:1\n/etc/warren/token:1\n"; got != want {
+				t.Fatalf("before the join:\n got %q\nwant %q", got, want)
+			}
+			got := c.mustSh(offline, false, `echo '{"role":"worker"}' > /var/lib/warren/setup.json
+systemctl enable warren-forget-token.path >/dev/null 2>&1; systemctl is-enabled warren-forget-token.path
+/usr/sbin/warren-forget-token
 test -e /etc/warren/token && echo token-file-left || true
 grep -c '`+token+`' /boot/firmware/user-data /var/lib/cloud/instances/i-1/user-data.txt || true
 wc -c < /boot/firmware/user-data
 grep -c 'REPLACE_MANAGER_ADDRESS' /boot/firmware/user-data`)
-	want := fmt.Sprintf("warren-forget-token: removed the join token from /boot/firmware/user-data\n"+
-		"warren-forget-token: removed the join token from /var/lib/cloud/instances/i-1/user-data.txt\n"+
-		"/boot/firmware/user-data:0\n/var/lib/cloud/instances/i-1/user-data.txt:0\n%d\n1\n", len(userData))
-	if got != want {
-		t.Errorf("after the join:\n got %q\nwant %q", got, want)
+			want := fmt.Sprintf("enabled\nwarren-forget-token: removed the join token from /boot/firmware/user-data\n"+
+				"warren-forget-token: removed the join token from /var/lib/cloud/instances/i-1/user-data.txt\n"+
+				"/boot/firmware/user-data:0\n/var/lib/cloud/instances/i-1/user-data.txt:0\n%d\n1\n", len(userData))
+			if got != want {
+				t.Errorf("after the join:\n got %q\nwant %q", got, want)
+			}
+		})
 	}
 }
 

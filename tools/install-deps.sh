@@ -7,21 +7,7 @@ set -eu
 
 PKGS="containerd runc iputils-ping curl iptables wireguard-tools iproute2 busybox-static iperf3 conntrack kmod procps util-linux rpm dpkg-dev qemu-user-static systemd debootstrap cloud-init python3-yaml prometheus"
 
-missing=""
-for p in $PKGS; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-	if [ "$(id -u)" != 0 ]; then
-		echo "install-deps: missing Debian packages:$missing (run as root to install them)" >&2
-		exit 1
-	fi
-	echo "install-deps: installing$missing"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	# shellcheck disable=SC2086
-	apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+"$(dirname "$0")/apt-missing.sh" install-deps $PKGS
 
 if ! command -v go >/dev/null 2>&1; then
 	if [ -x /usr/local/go/bin/go ]; then

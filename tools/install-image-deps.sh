@@ -10,18 +10,4 @@ set -eu
 
 PKGS="mmdebstrap arch-test qemu-user-static qemu-system-arm mtools dosfstools e2fsprogs fdisk openssh-client dpkg-dev iproute2 procps"
 
-missing=""
-for p in $PKGS; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-	if [ "$(id -u)" != 0 ]; then
-		echo "install-image-deps: missing Debian packages:$missing (run as root to install them)" >&2
-		exit 1
-	fi
-	echo "install-image-deps: installing$missing"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	# shellcheck disable=SC2086
-	apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+"$(dirname "$0")/apt-missing.sh" install-image-deps $PKGS

@@ -23,11 +23,15 @@ const (
 	PathTasks      = "/v1/tasks"       // GET ?service=NAME
 	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels: POST
 	PathPolicies   = "/v1/policies"    // GET, POST PolicyApply; /{name}: GET, DELETE
+	PathBackup     = "/v1/backup"      // GET: the state at one applied index (JSON; holds the CA key)
 
 	ActionRotate = "/rotate"
 	ActionScale  = "/scale"
 	ActionUpdate = "/update"
 	ActionLabels = "/labels"
+	// On PathNodes/{node}: POST, a manager votes in Raft / stops voting.
+	ActionPromote = "/promote"
+	ActionDemote  = "/demote"
 )
 
 // Node API paths (mTLS, on the manager's api_listen).
@@ -128,6 +132,15 @@ type ClusterInfo struct {
 	NodesReady      int          `json:"nodes_ready"`
 	Services        int          `json:"services"`
 	Tasks           int          `json:"tasks"`
+	// Raft: the leader's name, term, last log index, this manager's
+	// applied index and role, and the managers that vote or only follow.
+	Leader        string   `json:"leader"`
+	RaftTerm      uint64   `json:"raft_term"`
+	RaftLastIndex uint64   `json:"raft_last_index"`
+	RaftApplied   uint64   `json:"raft_applied"`
+	RaftState     string   `json:"raft_state"` // leader | follower | candidate
+	Voters        []string `json:"voters"`
+	NonVoters     []string `json:"non_voters"`
 }
 
 // JoinToken answers join-token show/rotate.
@@ -155,6 +168,9 @@ type NodeView struct {
 	Tasks          int               `json:"tasks"`
 	Tunnel         []PeerHealth      `json:"tunnel,omitempty"`
 	Self           bool              `json:"self,omitempty"` // the manager answering
+	// ManagerStatus is leader | reachable | unreachable for managers, ""
+	// for workers, as seen by the manager answering.
+	ManagerStatus string `json:"manager_status"`
 	// ClockOffsetSeconds is the node's clock minus the manager's at its
 	// last report (boards without an RTC are far off until NTP syncs).
 	ClockOffsetSeconds float64 `json:"clock_offset_seconds"`

@@ -145,6 +145,25 @@ func (c *Client) RemoveNode(ctx context.Context, ref string, force bool) error {
 	return c.do(ctx, http.MethodDelete, api.PathNodes+"/"+url.PathEscape(ref), q, nil, nil)
 }
 
+// SetManagerVoter promotes (voter) or demotes a manager.
+func (c *Client) SetManagerVoter(ctx context.Context, ref string, voter bool) error {
+	verb := api.ActionDemote
+	if voter {
+		verb = api.ActionPromote
+	}
+	return c.do(ctx, http.MethodPost, api.PathNodes+"/"+url.PathEscape(ref)+verb, nil, nil, nil)
+}
+
+// Backup streams a consistent copy of the cluster state to w.
+func (c *Client) Backup(ctx context.Context, w io.Writer) error {
+	var raw json.RawMessage
+	if err := c.do(ctx, http.MethodGet, api.PathBackup, nil, nil, &raw); err != nil {
+		return err
+	}
+	_, err := w.Write(append(raw, '\n'))
+	return err
+}
+
 // SetNodeAvailability drains a node (drain true) or makes it active again.
 func (c *Client) SetNodeAvailability(ctx context.Context, ref string, drain bool) (api.NodeView, error) {
 	verb := "activate"

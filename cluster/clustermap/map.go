@@ -85,6 +85,9 @@ type Node struct {
 	// Availability is "" (active) or "drain": a drained node's tasks move
 	// away and the scheduler places nothing new there.
 	Availability string `json:"availability,omitempty"`
+	// API is a manager's API address (host:port): agents watch and report
+	// to any manager listed here. Empty for workers.
+	API string `json:"api,omitempty"`
 }
 
 // Port is one service port; Published is the host port of the routing

@@ -43,3 +43,37 @@ func TestCommitWritesOnlyOnChangeAndSurvivesReopen(t *testing.T) {
 		t.Fatalf("an untouched bucket was lost: %q", s.Load("meta"))
 	}
 }
+
+func TestChangesReplayAndReplace(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "manager.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c1 := Diff(nil, Snapshot{"nodes": {"a": []byte(`1`), "b": []byte(`2`)}})
+	c2 := Diff(Snapshot{"nodes": {"a": []byte(`1`), "b": []byte(`2`)}}, Snapshot{"nodes": {"a": []byte(`3`)}})
+	for _, c := range []Change{c1, c2, c1, c2} { // a log replayed over a store that already holds it
+		if err := s.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.Load("nodes"); len(n) != 1 || string(n["a"]) != "3" {
+		t.Fatalf("after replay nodes = %q, want only a=3", n)
+	}
+	w := s.Writes()
+	if err := s.Apply(c2); err != nil {
+		t.Fatal(err)
+	}
+	if s.Writes() != w {
+		t.Fatal("a change that changes nothing wrote")
+	}
+	if err := s.Apply(Full(Snapshot{"nodes": {"z": []byte(`9`)}, "meta": {}})); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Load("nodes"); len(n) != 1 || string(n["z"]) != "9" {
+		t.Fatalf("after replace nodes = %q, want only z=9", n)
+	}
+	if err := s.Apply(Full(s.All())); err != nil || s.Writes() != w+1 {
+		t.Fatalf("replacing with the same state wrote (%d writes, want %d) or failed: %v", s.Writes(), w+1, err)
+	}
+}

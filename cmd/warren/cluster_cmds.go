@@ -1,17 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/warren-appliance/warren/cluster/client"
+	"github.com/warren-appliance/warren/internal/atomicfile"
 )
 
 // addClusterCommands adds the operator verbs of `warren cluster` (the
@@ -80,6 +83,17 @@ func addClusterCommands(root *cobra.Command) {
 			row("CA expires", info.CAExpires.Format(time.DateOnly))
 			row("Created", info.CreatedAt.Format(time.RFC3339))
 			row("Map version", info.MapVersion)
+			leader := info.Leader
+			if leader == "" {
+				leader = "none (no quorum?)"
+			}
+			row("Raft leader", leader)
+			row("Raft term", info.RaftTerm)
+			row("Raft last index", fmt.Sprintf("%d (applied here: %d, this manager is %s)", info.RaftLastIndex, info.RaftApplied, info.RaftState))
+			row("Voters", strings.Join(info.Voters, ", "))
+			if len(info.NonVoters) > 0 {
+				row("Non-voters", strings.Join(info.NonVoters, ", "))
+			}
 			row("Nodes", fmt.Sprintf("%d (%d ready)", info.Nodes, info.NodesReady))
 			row("Services", info.Services)
 			row("Tasks", info.Tasks)
@@ -92,6 +106,27 @@ func addClusterCommands(root *cobra.Command) {
 	}
 	addJSONFlag(infoCmd)
 	clusterCmd.AddCommand(infoCmd)
+
+	backupCmd := &cobra.Command{
+		Use:   "backup FILE",
+		Short: "Write a consistent copy of the cluster state to FILE (0600; it holds the CA key)",
+		Long: "Write the cluster state (nodes, addresses, services, VIPs, the CA and its key, join secrets) as this\n" +
+			"manager holds it, while it runs. Keep FILE as secret as the state dir. Restore it on a fresh board with\n" +
+			"`warren cluster init --force-new-cluster --restore FILE`.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var buf bytes.Buffer
+			if err := apiClient(cmd).Backup(cmdContext(cmd), &buf); err != nil {
+				return err
+			}
+			if err := atomicfile.Write(args[0], buf.Bytes(), 0o600); err != nil {
+				return fmt.Errorf("write backup: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Backup written to %s (%d bytes, mode 0600).\n", args[0], buf.Len())
+			return nil
+		},
+	}
+	clusterCmd.AddCommand(backupCmd)
 }
 
 // Helpers shared by the operator verbs in this file, node_cmds.go and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -25,6 +26,8 @@ func addDaemonCommands(root *cobra.Command) {
 	initCmd.Flags().String("container-subnet", "", "range cut into per-node container blocks (network.container_subnet)")
 	initCmd.Flags().String("vip-subnet", "", "service VIP range (network.vip_subnet)")
 	initCmd.Flags().String("api-listen", "", "where the cluster API listens (cluster.api_listen)")
+	initCmd.Flags().Bool("force-new-cluster", false, "restart this manager's state as a one-manager cluster (after the managers lost their quorum)")
+	initCmd.Flags().String("restore", "", "with --force-new-cluster: start from a FILE written by warren cluster backup (on a fresh state dir)")
 	findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"}).AddCommand(initCmd)
 
 	joinCmd := daemonVerb("join --manager HOST:PORT --token TOKEN", "Join an existing cluster with a manager token, and run it", configs.RoleManager)
@@ -84,6 +87,16 @@ func runDaemon(cmd *cobra.Command, role string) error {
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	force, _ := cmd.Flags().GetBool("force-new-cluster")
+	restore, _ := cmd.Flags().GetString("restore")
+	if restore != "" && !force {
+		return &exitError{code: 2, err: errors.New("--restore needs --force-new-cluster: restoring replaces the cluster's managers with this one")}
+	}
+	if force {
+		if err := appliance.ForceNewCluster(cfg, restore, slog.Default()); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return appliance.Run(ctx, cfg)
@@ -99,7 +112,10 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 		return nil, err
 	}
 	verb := cmd.CommandPath()
-	creating := cmd.Name() == "init"
+	// --force-new-cluster restarts an existing manager (one that joined
+	// keeps its cluster.manager and identity): it creates nothing.
+	force, _ := cmd.Flags().GetBool("force-new-cluster")
+	creating := cmd.Name() == "init" && !force
 	if creating && cfg.Cluster.Manager != "" {
 		return nil, configs.Errors{{File: cfg.File, Line: cfg.Line("cluster.manager"), Key: "cluster.manager",
 			Msg: fmt.Sprintf("`%s` creates a new cluster, but the config says to join %s: remove cluster.manager (or run `warren worker start` / `warren manager join`)", verb, cfg.Cluster.Manager)}}

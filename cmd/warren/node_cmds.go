@@ -37,7 +37,7 @@ func addNodeCommands(root *cobra.Command) {
 				}
 			}
 			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "NAME\tROLE\tSTATUS\tOVERLAY IP\tCONTAINER BLOCK\tENDPOINT\tTASKS\tLAST SEEN\tLAST HANDSHAKE")
+			fmt.Fprintln(tw, "NAME\tROLE\tSTATUS\tMANAGER STATUS\tOVERLAY IP\tCONTAINER BLOCK\tENDPOINT\tTASKS\tLAST SEEN\tLAST HANDSHAKE")
 			for _, n := range nodes {
 				name, hs := n.Name, "never"
 				if n.Self {
@@ -45,7 +45,7 @@ func addNodeCommands(root *cobra.Command) {
 				} else if t := handshakes[n.PublicKey]; !t.IsZero() {
 					hs = ago(t)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", name, n.Role, statusText(n.Status, n.Availability), n.OverlayIP,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", name, n.Role, statusText(n.Status, n.Availability), n.ManagerStatus, n.OverlayIP,
 					n.ContainerBlock, n.Endpoint, n.Tasks, ago(n.LastSeen), hs)
 			}
 			return tw.Flush()
@@ -72,6 +72,9 @@ func addNodeCommands(root *cobra.Command) {
 			row("Role", n.Role)
 			row("Status", n.Status)
 			row("Availability", n.Availability)
+			if n.ManagerStatus != "" {
+				row("Manager status", n.ManagerStatus)
+			}
 			row("Overlay IP", n.OverlayIP)
 			row("Container block", n.ContainerBlock)
 			row("Endpoint", n.Endpoint)
@@ -115,7 +118,7 @@ func addNodeCommands(root *cobra.Command) {
 			return nil
 		},
 	}
-	rmCmd.Flags().BoolP("force", "f", false, "remove the node even if it is still reporting (ready)")
+	rmCmd.Flags().BoolP("force", "f", false, "remove the node even if it is still reporting (ready); a dead manager also leaves the Raft configuration")
 
 	drainCmd := &cobra.Command{
 		Use:   "drain NODE...",
@@ -133,7 +136,27 @@ func addNodeCommands(root *cobra.Command) {
 		RunE:  func(cmd *cobra.Command, args []string) error { return setAvailability(cmd, args, false) },
 	}
 
-	nodeCmd.AddCommand(lsCmd, inspectCmd, rmCmd, drainCmd, activateCmd)
+	voterCmd := func(use, short string, voter bool) *cobra.Command {
+		return &cobra.Command{
+			Use:   use + " NODE...",
+			Short: short,
+			Args:  cobra.MinimumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c := apiClient(cmd)
+				for _, ref := range args {
+					if err := c.SetManagerVoter(cmdContext(cmd), ref, voter); err != nil {
+						return err
+					}
+					fmt.Fprintln(cmd.OutOrStdout(), ref)
+				}
+				return nil
+			},
+		}
+	}
+	promoteCmd := voterCmd("promote", "Make managers vote in Raft (managers that joined vote once caught up)", true)
+	demoteCmd := voterCmd("demote", "Make managers stop voting in Raft (they keep a copy of the state and can be promoted again)", false)
+
+	nodeCmd.AddCommand(lsCmd, inspectCmd, rmCmd, drainCmd, activateCmd, promoteCmd, demoteCmd)
 }
 
 func setAvailability(cmd *cobra.Command, refs []string, drain bool) error {

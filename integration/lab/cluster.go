@@ -11,6 +11,9 @@ import (
 // ClusterOptions shape a lab cluster of one manager and some workers.
 type ClusterOptions struct {
 	Workers int
+	// Managers is the number of managers joined (`role = "manager"` with
+	// the manager token) after manager-1 creates the cluster.
+	Managers int
 	// Images are tarballs dropped into every node's images_dir before start.
 	Images []string
 	// ManagerExtra and WorkerExtra are TOML appended to each node's config
@@ -27,18 +30,22 @@ type ClusterOptions struct {
 
 // Cluster is a running lab cluster.
 type Cluster struct {
-	Manager *Node
-	Workers []*Node
+	Manager  *Node   // manager-1, which created the cluster
+	Managers []*Node // the managers that joined it
+	Workers  []*Node
 }
 
-// Nodes returns the manager then the workers.
-func (c *Cluster) Nodes() []*Node { return append([]*Node{c.Manager}, c.Workers...) }
+// Nodes returns the managers then the workers.
+func (c *Cluster) Nodes() []*Node {
+	return append(append([]*Node{c.Manager}, c.Managers...), c.Workers...)
+}
 
 // NodeView is the part of `warren node ls --json` the lab waits on.
 type NodeView struct {
 	Name           string `json:"name"`
 	Role           string `json:"role"`
 	Status         string `json:"status"`
+	ManagerStatus  string `json:"manager_status"`
 	OverlayIP      string `json:"overlay_ip"`
 	ContainerBlock string `json:"container_block"`
 }
@@ -70,6 +77,32 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 	}); err != nil {
 		return nil, fmt.Errorf("manager never answered join-token: %w", err)
 	}
+	if opts.Managers > 0 {
+		var mtoken string
+		if err := Poll(ctx, 200*time.Millisecond, func() error {
+			out, err := m.Exec(ctx, "warren", "cluster", "join-token", "manager", "-q")
+			mtoken = strings.TrimSpace(out)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("manager never answered join-token manager: %w", err)
+		}
+		for i := 2; i <= opts.Managers+1; i++ {
+			name := fmt.Sprintf("manager-%d", i)
+			n, err := l.addClusterNode(ctx, name, opts.Images)
+			if err != nil {
+				return nil, err
+			}
+			cfg := fmt.Sprintf("[node]\nname = %q\nrole = \"manager\"\nadvertise_address = %q\n\n[cluster]\nmanager = \"%s:7946\"\ntoken = %q\n%s\n[wireguard]\nmode = \"tun\"\n\n[runtime]\ncgroup_parent = %q\n\n%s",
+				name, n.LANIP, m.LANIP, mtoken, opts.ClusterExtra, n.CgroupParent(), opts.ManagerExtra)
+			if err := n.WriteConfig(cfg); err != nil {
+				return nil, err
+			}
+			if err := n.StartAppliance("warren-appliance"); err != nil {
+				return nil, err
+			}
+			c.Managers = append(c.Managers, n)
+		}
+	}
 	for i := 1; i <= opts.Workers; i++ {
 		name := fmt.Sprintf("worker-%d", i)
 		w, err := l.addClusterNode(ctx, name, opts.Images)
@@ -97,8 +130,8 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 				ready++
 			}
 		}
-		if ready != 1+opts.Workers {
-			return fmt.Errorf("%d of %d nodes ready: %+v", ready, 1+opts.Workers, nodes)
+		if want := 1 + opts.Managers + opts.Workers; ready != want {
+			return fmt.Errorf("%d of %d nodes ready: %+v", ready, want, nodes)
 		}
 		return nil
 	}); err != nil {
@@ -109,7 +142,12 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 
 // NodeList runs `warren node ls --json` on the manager.
 func (c *Cluster) NodeList(ctx context.Context) ([]NodeView, error) {
-	out, err := c.Manager.Exec(ctx, "warren", "node", "ls", "--json")
+	return c.NodeListOn(ctx, c.Manager)
+}
+
+// NodeListOn runs `warren node ls --json` on node n (a manager).
+func (c *Cluster) NodeListOn(ctx context.Context, n *Node) ([]NodeView, error) {
+	out, err := n.Exec(ctx, "warren", "node", "ls", "--json")
 	if err != nil {
 		return nil, err
 	}

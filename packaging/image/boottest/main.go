@@ -395,7 +395,12 @@ func (r *run) seed(b *board, token string) error {
 	// which the appliance imports from (airgap).
 	// (fstab mounts /boot/firmware with nofail: on a starved emulated board
 	// the device can time out at boot; runcmd runs later, and mounts it.)
-	ud += fmt.Sprintf("\nruncmd:\n  - [sh, -c, \"mountpoint -q /boot/firmware || mount /boot/firmware; mkdir -p /var/lib/warren/images && cp /boot/firmware/%s /var/lib/warren/images/\"]\n", seedImage)
+	// The seed has a runcmd list already (it enables warren-forget-token.path):
+	// the copy joins it.
+	if !strings.Contains(ud, "\nruncmd:\n") {
+		return fmt.Errorf("the image's user-data has no runcmd list; the test cannot add its step:\n%s", ud)
+	}
+	ud = strings.Replace(ud, "\nruncmd:\n", fmt.Sprintf("\nruncmd:\n  - [sh, -c, \"mountpoint -q /boot/firmware || mount /boot/firmware; mkdir -p /var/lib/warren/images && cp /boot/firmware/%s /var/lib/warren/images/\"]\n", seedImage), 1)
 	meta := fmt.Sprintf("instance-id: %s\nlocal-hostname: %s\n", b.name, b.name)
 	netcfg := fmt.Sprintf(`version: 2
 ethernets:

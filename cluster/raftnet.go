@@ -1,0 +1,289 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/pki"
+)
+
+// alpnRaft is the TLS application protocol of Raft traffic between
+// managers. It shares the API port with the node API: after the TLS
+// handshake a connection that negotiated it goes to Raft, every other one
+// to the HTTP server. Both ends must present a manager certificate.
+const alpnRaft = "warren-raft/1"
+
+// raftStream is Raft's StreamLayer on the API port: Accept returns the
+// connections the API listener handed over, Dial opens mTLS with this
+// manager's certificate.
+type raftStream struct {
+	m      *Manager
+	addr   net.Addr
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newRaftStream(m *Manager, advertise string) *raftStream {
+	a, err := net.ResolveTCPAddr("tcp", advertise)
+	if err != nil {
+		a = &net.TCPAddr{}
+	}
+	return &raftStream{m: m, addr: a, conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (s *raftStream) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.conns:
+		return c, nil
+	case <-s.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (s *raftStream) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return nil
+}
+
+func (s *raftStream) Addr() net.Addr { return s.addr }
+
+func (s *raftStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	d := &net.Dialer{Timeout: timeout}
+	conf := s.m.managerClientTLS(true)
+	conf.NextProtos = []string{alpnRaft}
+	c, err := tls.DialWithDialer(d, "tcp", string(address), conf)
+	if err != nil {
+		return nil, err
+	}
+	if c.ConnectionState().NegotiatedProtocol != alpnRaft {
+		c.Close()
+		return nil, fmt.Errorf("%s does not speak the managers' raft protocol (not a manager of this version?)", address)
+	}
+	return c, nil
+}
+
+// offer hands a raft connection to Accept, or closes it if raft is gone.
+func (s *raftStream) offer(c net.Conn) {
+	select {
+	case s.conns <- c:
+	case <-s.closed:
+		c.Close()
+	}
+}
+
+// managerClientTLS is the client side of manager-to-manager mTLS: this
+// manager's certificate, and a peer that must be a manager of this CA.
+// Managers are dialled by IP: the CA and the manager unit are checked, not
+// host names.
+//
+// The HTTP side of the API port serves the cluster's serving certificate,
+// which only managers hold (it is part of the replicated state): for
+// forwarded calls (raft=false) a chain to the CA is what is checked.
+func (m *Manager) managerClientTLS(raft bool) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // replaced by VerifyPeerCertificate: CA (+ manager unit for Raft)
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if !raft {
+				return m.verifyServerPeer(raw)
+			}
+			_, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageServerAuth)
+			return err
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return m.managerCert(), nil
+		},
+	}
+}
+
+func (m *Manager) verifyServerPeer(raw [][]byte) error {
+	if len(raw) == 0 {
+		return errors.New("the manager sent no certificate")
+	}
+	leaf, err := x509.ParseCertificate(raw[0])
+	if err != nil {
+		return err
+	}
+	return pki.VerifyChain(leaf, m.caPool(), x509.ExtKeyUsageServerAuth, m.now())
+}
+
+func (m *Manager) verifyManagerPeer(raw [][]byte, usage x509.ExtKeyUsage) (string, error) {
+	if len(raw) == 0 {
+		return "", errors.New("no certificate: only managers may connect here")
+	}
+	leaf, err := x509.ParseCertificate(raw[0])
+	if err != nil {
+		return "", err
+	}
+	return pki.VerifyManager(leaf, m.caPool(), usage, m.now())
+}
+
+// serverTLS is the API port's TLS: the cluster's serving certificate for
+// the node API, this manager's own certificate for Raft.
+func (m *Manager) serverTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{alpnRaft, "http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if slices.Contains(hello.SupportedProtos, alpnRaft) {
+				return m.managerCert(), nil
+			}
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if m.server.Certificate == nil {
+				// A joining manager before the state reached it.
+				return m.managerCertLocked(), nil
+			}
+			c := m.server
+			return &c, nil
+		},
+		// Joining nodes have no certificate yet; handlers that need one
+		// verify it themselves and answer with a clear error.
+		ClientAuth: tls.RequestClientCert,
+		// Raft is for managers only: anything else fails the handshake.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.NegotiatedProtocol != alpnRaft {
+				return nil
+			}
+			raw := make([][]byte, len(cs.PeerCertificates))
+			for i, pc := range cs.PeerCertificates {
+				raw[i] = pc.Raw
+			}
+			_, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageClientAuth)
+			return err
+		},
+	}
+}
+
+// muxListener splits the API port: TLS handshakes happen here, Raft
+// connections (from verified managers only) go to the raft stream, the
+// rest are returned by Accept for the HTTP server.
+type muxListener struct {
+	net.Listener
+	conf   *tls.Config
+	m      *Manager
+	http   chan net.Conn
+	errc   chan error
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newMuxListener(ctx context.Context, ln net.Listener, conf *tls.Config, m *Manager) *muxListener {
+	l := &muxListener{Listener: ln, conf: conf, m: m, http: make(chan net.Conn), errc: make(chan error, 1), closed: make(chan struct{})}
+	go l.loop(ctx)
+	return l
+}
+
+func (l *muxListener) loop(ctx context.Context) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			l.errc <- err
+			return
+		}
+		go l.handshake(ctx, c)
+	}
+}
+
+func (l *muxListener) handshake(ctx context.Context, c net.Conn) {
+	tc := tls.Server(c, l.conf)
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.Close()
+		return
+	}
+	st := tc.ConnectionState()
+	if st.NegotiatedProtocol == alpnRaft {
+		raw := make([][]byte, len(st.PeerCertificates))
+		for i, pc := range st.PeerCertificates {
+			raw[i] = pc.Raw
+		}
+		if _, err := l.m.verifyManagerPeer(raw, x509.ExtKeyUsageClientAuth); err != nil {
+			l.m.log.Warn("refused a raft connection", "remote", c.RemoteAddr().String(), "err", err)
+			tc.Close()
+			return
+		}
+		if lc, ok := c.(*limitedConn); ok {
+			lc.free() // a manager: not an unauthenticated connection
+		}
+		if s := l.m.stream; s != nil {
+			s.offer(tc)
+			return
+		}
+		tc.Close()
+		return
+	}
+	select {
+	case l.http <- tc:
+	case <-l.closed:
+		tc.Close()
+	}
+}
+
+func (l *muxListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.http:
+		return c, nil
+	case err := <-l.errc:
+		return nil, err
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *muxListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// requireManager wraps handlers of the managers' internal API: the caller
+// must present a manager certificate of this cluster.
+func (m *Manager) requireManager(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil {
+			writeError(w, errorf(http.StatusUnauthorized, "managers only"))
+			return
+		}
+		raw := make([][]byte, len(r.TLS.PeerCertificates))
+		for i, pc := range r.TLS.PeerCertificates {
+			raw[i] = pc.Raw
+		}
+		id, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageClientAuth)
+		if err != nil {
+			writeError(w, errorf(http.StatusForbidden, "this call is for managers only: %v", err))
+			return
+		}
+		// A removed manager's certificate stops working here too.
+		m.mu.Lock()
+		var rec nodeRecord
+		ok := false
+		if m.st != nil {
+			rec, ok = m.st.nodes[id]
+		}
+		m.mu.Unlock()
+		if !ok || rec.Role != clustermap.RoleManager {
+			writeError(w, errorf(http.StatusForbidden, "manager %s is not a manager of this cluster (removed?)", id))
+			return
+		}
+		markAuthenticated(r.Context())
+		h(w, r)
+	}
+}

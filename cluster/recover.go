@@ -1,0 +1,99 @@
+package cluster
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/warren-appliance/warren/cluster/replicate"
+	"github.com/warren-appliance/warren/cluster/store"
+)
+
+// Backup writes a consistent copy of the cluster state (every node, IP,
+// block, service, VIP, the CA with its key, the join secrets) as this
+// manager's replicated store holds it. The caller writes it 0600.
+func (m *Manager) Backup(w io.Writer) error { return m.replica.Backup(w) }
+
+// ForceNewCluster prepares stateDir, offline, to start as a one-manager
+// cluster keeping its state (`warren cluster init --force-new-cluster`):
+// with restore != "", stateDir must hold no cluster and the backup becomes
+// its store; otherwise its Raft configuration is rewritten to this manager
+// alone (hashicorp's RecoverCluster). advertise is this manager's API
+// address as the other managers will reach it.
+func ForceNewCluster(stateDir, advertise, restore string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
+	dbPath := filepath.Join(stateDir, "manager.db")
+	raftDir := filepath.Join(stateDir, "raft")
+	if restore != "" {
+		for _, p := range []string{dbPath, raftDir} {
+			if _, err := os.Stat(p); err == nil {
+				return fmt.Errorf("--restore needs a fresh state dir, but %s exists: move it away first (it is this board's own state)", p)
+			}
+		}
+		f, err := os.Open(restore)
+		if err != nil {
+			return fmt.Errorf("--restore: %w", err)
+		}
+		defer f.Close()
+		st, err := store.Open(dbPath)
+		if err != nil {
+			return err
+		}
+		err = replicate.LoadBackup(f, st)
+		st.Close()
+		if err != nil {
+			os.Remove(dbPath)
+			return fmt.Errorf("--restore %s: %w", restore, err)
+		}
+		log.Info("state restored from backup; the manager starts from it as a one-manager cluster", "file", restore)
+		return nil
+	}
+	if _, err := os.Stat(dbPath); err != nil {
+		return fmt.Errorf("--force-new-cluster needs this manager's existing state (%s): %w", dbPath, err)
+	}
+	hasRaft, err := replicate.HasState(raftDir)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(dbPath)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	s, err := loadState(st)
+	if err != nil {
+		return err
+	}
+	if s == nil {
+		return errors.New("--force-new-cluster: this state dir holds no cluster")
+	}
+	if !hasRaft {
+		return nil // a single-manager store: the manager bootstraps Raft from it
+	}
+	id := s.meta.SelfID
+	if joined := joinedNodeID(stateDir); joined != "" {
+		id = joined
+	}
+	log.Warn("forcing a new cluster: this manager becomes the only one, keeping its state", "id", id, "address", advertise)
+	return replicate.Recover(replicate.Config{Dir: raftDir, ID: id, Addr: advertise, Store: st, Logger: log})
+}
+
+// joinedNodeID is the node ID of a manager that joined (its agent
+// identity in the state dir), "" for the manager that created the cluster.
+func joinedNodeID(stateDir string) string {
+	b, err := os.ReadFile(filepath.Join(stateDir, FileIdentity))
+	if err != nil {
+		return ""
+	}
+	var ident identity
+	if json.Unmarshal(b, &ident) != nil {
+		return ""
+	}
+	return ident.Node.ID
+}
