@@ -16,6 +16,7 @@ import (
 // not be able to grow the map, the store or every node's cached map.
 const (
 	maxLabels        = 64
+	maxServiceLabels = 64 // labels of one service (its tasks carry them)
 	maxLabelKey      = 63
 	maxLabelValue    = 253
 	maxTunnelEntries = 1024 // health entries per report (one per peer)
