@@ -107,3 +107,38 @@ func TestApplierSetsRulesChurnCleanup(t *testing.T) {
 		return err
 	})
 }
+
+// The benchmark's input (200 policies over 1000 tasks, make bench times
+// it) loads completely, and one task moving changes one set member out
+// and one in, with no iptables run.
+func TestSync200Policies1000Tasks(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "big")
+	var a *Applier
+	mustInNetns(t, ns, func() (err error) { a, err = NewApplier(nil); return err })
+	in := benchInput()
+	r := Render(in)
+	if st := syncIn(t, ns, a, r); !st.RulesWritten || st.SetsCreated != len(r.Sets) {
+		t.Fatalf("full sync: %+v", st)
+	}
+	if got := strings.Count(nsRun(t, ns, a.command+"-save", "-t", "filter"), "\n-A WARREN-POL"); got != strings.Count(string(r.Restore), "\n-A WARREN-POL") {
+		t.Fatalf("%d policy rules in the kernel, %d rendered", got, strings.Count(string(r.Restore), "\n-A WARREN-POL"))
+	}
+	have := kernelMembers(t, ns)
+	for _, s := range r.Sets {
+		if len(have[s.Name]) != len(s.Members) {
+			t.Fatalf("set %s (%s): %d members in the kernel, %d rendered", s.Name, s.Comment, len(have[s.Name]), len(s.Members))
+		}
+	}
+	moved := in
+	moved.Tasks = append([]Task(nil), in.Tasks...)
+	old := moved.Tasks[500].IP
+	moved.Tasks[500].IP = netip.MustParseAddr("10.0.9.9")
+	if st := syncIn(t, ns, a, Render(moved)); st.RulesWritten || st.Added != 1 || st.Removed != 1 {
+		t.Fatalf("one task moved: %+v, want one member in and one out and no rules written", st)
+	}
+	m := kernelMembers(t, ns)[SetName("tasks app="+moved.Tasks[500].Labels["app"])]
+	if !m[netip.MustParsePrefix("10.0.9.9/32")] || m[netip.PrefixFrom(old, 32)] {
+		t.Fatalf("set of the moved task: %v", m)
+	}
+}
