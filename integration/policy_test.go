@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -305,29 +306,85 @@ spec:
 	}
 	p.wantAllowed([]path{{"front-m-1", otherW, "egress policy removed"}}, "other-w-1")
 
-	// Scale-up: a new api task and a new frontend task are in their sets on
-	// both nodes within 1 s of running, and the policy holds for them.
-	for _, s := range []struct{ service, task, sel string }{{"api", "api-2", "app=api"}, {"front-w", "front-w-2", "app=frontend"}} {
-		if out, err := p.m.Exec(p.ctx, "warren", "service", "scale", s.service+"=2"); err != nil {
+	// Scale-up: a new api task and a new frontend task are covered within
+	// 1 s of running. From the moment the new task has an address until
+	// 2 s after it runs, the tasks the policy does not allow try it and
+	// must never get through; within 1 s of the test seeing it running it
+	// is in its set on both nodes, and the tasks the policy allows reach
+	// it (a new api task) or through it (a new frontend task) on a
+	// connection begun within that second (a bounded poll: 1 s attempts
+	// while the second lasts).
+	api1 := fmt.Sprintf("http://%s:8080/", p.ips[api])
+	for _, s := range []struct {
+		service, task, sel, page string
+		reach                    func(ip string) []path // must answer with page within 1 s of running
+		never                    func(ip string) []path // must never answer
+	}{
+		{"api", "api-2", "app=api", "api-2",
+			func(ip string) []path {
+				u := fmt.Sprintf("http://%s:8080/", ip)
+				return []path{{"front-m-1", u, "new api task, same node"}, {"front-w-1", u, "new api task, across nodes"}}
+			},
+			func(ip string) []path {
+				u := fmt.Sprintf("http://%s:8080/", ip)
+				return []path{{"other-m-1", u, "new api task, same node"}, {"other-w-1", u, "new api task, across nodes"},
+					{"front-w-1", fmt.Sprintf("http://%s:9090/", ip), "new api task, port 9090"}}
+			}},
+		{"front-w", "front-w-2", "app=frontend", api,
+			func(string) []path { return []path{{"front-w-2", api1, "new frontend task, across nodes"}} },
+			func(string) []path {
+				return []path{{"front-w-2", fmt.Sprintf("http://%s:9090/", p.ips[api]), "new frontend task, port 9090"}}
+			}},
+	} {
+		if out, err := p.m.Exec(p.ctx, "warren", "service", "scale", s.service+"=2", "--detach"); err != nil {
 			t.Fatalf("scale: %v %s", err, out)
 		}
-		var ip string
-		eventually(t, 2*time.Minute, s.task+" running", func() error {
+		var ip, state string
+		poll := func() error {
 			v, err := inspect(p.ctx, p.m, s.service)
 			if err != nil {
 				return err
 			}
 			for _, task := range v.Tasks {
-				if task.Name == s.task && task.State == "running" {
-					ip = task.IP
+				if task.Name == s.task && task.IP != "" {
+					ip, state = task.IP, task.State
 					return nil
 				}
 			}
 			return fmt.Errorf("tasks %+v", v.Tasks)
+		}
+		eventually(t, time.Minute, s.task+" has an address", poll)
+		stop := make(chan struct{})
+		leaks := make(chan string, 100)
+		done := make(chan struct{})
+		never := s.never(ip)
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for _, pa := range never {
+					if got, err := p.get(pa.from, pa.url, 1); err == nil {
+						leaks <- fmt.Sprintf("%s reached %s (%s): %q", pa.from, pa.url, pa.what, got)
+					}
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+		eventually(t, 2*time.Minute, s.task+" running", func() error {
+			if err := poll(); err != nil {
+				return err
+			}
+			if state != "running" {
+				return fmt.Errorf("%s is %s", s.task, state)
+			}
+			return nil
 		})
 		running := time.Now()
 		for _, n := range p.c.Nodes() {
-			deadline := running.Add(time.Second)
 			for {
 				ok, err := inSet(n, s.sel, ip)
 				if err != nil {
@@ -337,18 +394,50 @@ spec:
 					t.Logf("%s (%s) in the %s set on %s %v after the test saw it running", s.task, ip, s.sel, n.Name, time.Since(running).Round(time.Millisecond))
 					break
 				}
-				if time.Now().After(deadline) {
+				if time.Since(running) > time.Second {
 					t.Fatalf("%s (%s) not in the %s set on %s 1 s after running", s.task, ip, s.sel, n.Name)
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
 		}
+		reach := s.reach(ip)
+		errs := make(chan error, len(reach))
+		for _, pa := range reach {
+			go func() {
+				var last error
+				for time.Since(running) < time.Second {
+					got, err := p.get(pa.from, pa.url, 1)
+					if err == nil && got == s.page {
+						t.Logf("%s -> %s (%s) answered %v after the test saw %s running", pa.from, pa.url, pa.what, time.Since(running).Round(time.Millisecond), s.task)
+						errs <- nil
+						return
+					}
+					if err == nil {
+						err = fmt.Errorf("page %q, want %q", got, s.page)
+					}
+					last = err
+				}
+				errs <- fmt.Errorf("%s -> %s (%s): no answer on a connection begun within 1 s of %s running: %v", pa.from, pa.url, pa.what, s.task, last)
+			}()
+		}
+		for range reach {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		for time.Since(running) < 2*time.Second {
+			time.Sleep(50 * time.Millisecond)
+		}
+		close(stop)
+		<-done
+		close(leaks)
+		for leak := range leaks {
+			t.Errorf("%s before or while being covered: %s", s.task, leak)
+		}
 		p.ips[s.task] = ip
 	}
 	api2 := fmt.Sprintf("http://%s:8080/", p.ips["api-2"])
-	p.wantAllowed([]path{{"front-m-1", api2, "new api task"}, {"front-w-1", api2, "new api task, across nodes"}}, "api-2")
 	p.wantDenied([]path{{"other-w-1", api2, "new api task"}, {"other-m-1", api2, "new api task"}})
-	p.wantAllowed([]path{{"front-w-2", fmt.Sprintf("http://%s:8080/", p.ips[api]), "new frontend task"}}, api)
 
 	// policy rm restores access within 3 s.
 	if out, err := p.m.Exec(p.ctx, "warren", "policy", "rm", "api-policy"); err != nil {
@@ -385,6 +474,34 @@ spec:
 	}
 	if got, err := p.outsideGet(p.m, 5); err != nil || (got != api && got != "api-2") {
 		t.Errorf("outside -> published port after policy rm: %q %v", got, err)
+	}
+
+	// `warren-appliance --cleanup` on a stopped node with policies removes
+	// the policy chains, the jump and the ipsets.
+	p.apply(string(seed))
+	eventually(t, 20*time.Second, "the seed policy's sets on worker-1 again", func() error {
+		if ok, err := inSet(p.w, "app=api", p.ips["api-w-1"]); err != nil || !ok {
+			return fmt.Errorf("api-w-1 in the app=api set: %v %v", ok, err)
+		}
+		return nil
+	})
+	if err := p.w.StopAppliance(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := p.w.Exec(p.ctx, "warren-appliance", "--config", "/etc/warren/warren.toml", "--cleanup"); err != nil {
+		t.Fatalf("--cleanup: %v\n%s", err, out)
+	}
+	if out, err := p.w.Exec(p.ctx, "iptables-save", "-t", "filter"); err != nil || strings.Contains(out, "WARREN-POL") {
+		t.Errorf("after --cleanup: %v\n%s", err, out)
+	}
+	if err := p.w.Do(func() error {
+		sets, err := netlink.IpsetListAll()
+		for _, s := range sets {
+			t.Errorf("after --cleanup, ipset %s is left", s.SetName)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
