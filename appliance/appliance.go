@@ -238,7 +238,7 @@ func runStandalone(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) e
 			}
 			next := staticPeers(ctx, reloaded, lookupHost, log)
 			if err := dev.SetPeers(next); err != nil {
-				log.Error("reload: applying peers", "err", err)
+				log.Error("reload refused: applying the new peers failed", "err", err)
 				continue
 			}
 			cfg, peers = reloaded, next

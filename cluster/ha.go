@@ -160,7 +160,7 @@ func (m *Manager) becomeLeader() {
 	if m.pending != nil {
 		_, err := m.replica.Propose(store.Full(m.pending))
 		if err != nil {
-			m.log.Error("raft: could not replicate the initial state", "err", err)
+			m.log.Error("could not replicate the initial state through raft", "err", err)
 			select {
 			case m.initial <- fmt.Errorf("replicate the initial state: %w", err):
 			default:

@@ -110,7 +110,7 @@ func (r *relays) relayTCP(client *net.TCPConn, target netip.AddrPort, dial dialF
 	upstream, err := dial(ctx, "tcp", target)
 	cancel()
 	if err != nil {
-		log.Warn("forward: dial through the mesh failed", "client", client.RemoteAddr(), "error", err)
+		log.Warn("dial through the mesh failed", "client", client.RemoteAddr(), "error", err)
 		return
 	}
 	defer upstream.Close()
@@ -175,7 +175,7 @@ func (r *relays) serveUDP(l *net.UDPConn, target netip.AddrPort, dial dialFunc, 
 			up, err := dial(ctx, "udp", target)
 			cancel()
 			if err != nil {
-				log.Warn("forward: dial through the mesh failed", "client", client, "error", err)
+				log.Warn("dial through the mesh failed", "client", client, "error", err)
 				continue
 			}
 			s = &udpSession{upstream: up, last: time.Now()}
@@ -196,7 +196,7 @@ func (r *relays) serveUDP(l *net.UDPConn, target netip.AddrPort, dial dialFunc, 
 		s.last = time.Now()
 		s.mu.Unlock()
 		if _, err := s.upstream.Write(buf[:n]); err != nil {
-			log.Debug("forward: write through the mesh", "client", client, "error", err)
+			log.Debug("write through the mesh failed", "client", client, "error", err)
 		}
 	}
 }

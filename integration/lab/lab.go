@@ -500,7 +500,7 @@ func SweepStale(log *slog.Logger) {
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
 		if _, dead := deadLab(e.Name()); dead {
-			log.Info("lab: removing namespace left by a dead lab", "netns", e.Name())
+			log.Info("removing a namespace left by a dead lab", "netns", e.Name())
 			killNetNS(e.Name())
 			run("ip", "netns", "delete", e.Name())
 		}
