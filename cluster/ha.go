@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -269,28 +270,26 @@ func (m *Manager) reachableManagers() (up, total int) {
 		return 1, 1
 	}
 	var wg sync.WaitGroup
-	var mu sync.Mutex
+	var reached atomic.Int32 // this manager and the probes, concurrently
 	for _, srv := range f.Configuration().Servers {
 		if srv.Suffrage != raft.Voter {
 			continue
 		}
 		total++
 		if string(srv.ID) == m.selfID {
-			up++
+			reached.Add(1)
 			continue
 		}
 		wg.Add(1)
 		go func(addr string) {
 			defer wg.Done()
 			if m.probe(addr) {
-				mu.Lock()
-				up++
-				mu.Unlock()
+				reached.Add(1)
 			}
 		}(string(srv.Address))
 	}
 	wg.Wait()
-	return up, total
+	return int(reached.Load()), total
 }
 
 func (m *Manager) probe(addr string) bool {
@@ -743,13 +742,14 @@ func (m *Manager) managerStatuses(managers map[string]string) map[string]string 
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for id, addr := range managers {
+		var st string
 		switch {
 		case id == string(lid):
-			out[id] = "leader"
+			st = "leader"
 		case id == m.selfID:
-			out[id] = "reachable"
+			st = "reachable"
 		case addr == "":
-			out[id] = "unreachable"
+			st = "unreachable"
 		default:
 			wg.Add(1)
 			go func() {
@@ -762,7 +762,12 @@ func (m *Manager) managerStatuses(managers map[string]string) map[string]string 
 				out[id] = st
 				mu.Unlock()
 			}()
+			continue
 		}
+		// Probes started for earlier IDs write out meanwhile.
+		mu.Lock()
+		out[id] = st
+		mu.Unlock()
 	}
 	wg.Wait()
 	return out

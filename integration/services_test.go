@@ -94,9 +94,24 @@ func createService(t *testing.T, c *lab.Cluster, name string, args ...string) {
 }
 
 // taskExec runs a command inside a task's container on node n.
+//
+// The output comes through a file in the node's /run (--log-uri), not
+// ctr's FIFOs: with containerd 1.6's runc shim a FIFO exec now and then
+// delivers nothing although the command ran and exited 0 (orchestrate's
+// execIn has the figures).
 func taskExec(ctx context.Context, n *lab.Node, task string, args ...string) (string, error) {
-	argv := append([]string{"-n", "warren", "tasks", "exec", "--exec-id", fmt.Sprintf("t%d", time.Now().UnixNano()), task}, args...)
-	return n.Exec(ctx, "ctr", argv...)
+	id := fmt.Sprintf("t%d", time.Now().UnixNano())
+	logPath := "/run/warren-test-exec/" + id + ".log"
+	argv := append([]string{"-n", "warren", "tasks", "exec", "--log-uri", "file://" + logPath, "--exec-id", id, task}, args...)
+	_, err := n.Exec(ctx, "ctr", argv...)
+	printed, readErr := n.Exec(ctx, "sh", "-c", `cat "$1" && rm -f "$1"`, "sh", logPath)
+	if err != nil {
+		return printed, fmt.Errorf("%w (the command printed %q)", err, printed)
+	}
+	if readErr != nil {
+		return "", readErr
+	}
+	return printed, nil
 }
 
 func nodeByName(c *lab.Cluster, name string) *lab.Node {

@@ -280,7 +280,7 @@ type node struct {
 	lines  chan string
 	Pub    Key
 	Mode   string
-	exited chan struct{}
+	exited chan struct{} // closed once the process is reaped: log is then complete
 	log    *testLogWriter
 }
 
@@ -338,6 +338,10 @@ func tryStartNodeCmd(t testing.TB, cmd *exec.Cmd, name string) (*node, error) {
 		t.Fatal(err)
 	}
 	n := &node{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16), exited: make(chan struct{}), log: logw}
+	// One goroutine reads stdout to its end and only then waits for the
+	// process: Wait closes the pipe once the process exits, so waiting
+	// concurrently could drop the last reply (the one to "close") unread.
+	// Wait also returns only after stderr is copied into the log.
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -346,9 +350,11 @@ func tryStartNodeCmd(t testing.TB, cmd *exec.Cmd, name string) (*node, error) {
 				n.lines <- s
 			}
 		}
+		io.Copy(io.Discard, stdout) // an over-long line: keep the pipe drained
 		close(n.lines)
+		cmd.Wait()
+		close(n.exited)
 	}()
-	go func() { cmd.Wait(); close(n.exited) }()
 	t.Cleanup(n.stop)
 	r, err := n.read()
 	if err != nil {
@@ -430,7 +436,8 @@ type testLogWriter struct {
 	all    strings.Builder
 }
 
-// String returns everything the process logged so far.
+// String returns everything the process logged so far (all of it once
+// the node's exited channel is closed).
 func (w *testLogWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()

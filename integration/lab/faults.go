@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"syscall"
 	"time"
@@ -19,6 +20,23 @@ func (n *Node) PowerOff() error {
 		return err
 	}
 	holder := n.holder.Process.Pid
+	// The processes the lab started are killed by PID first, and the
+	// appliance is reaped before the scan: whatever namespace its threads
+	// are in at that moment (netlink work on locked threads inside task
+	// namespaces), a powered-off node's appliance must not report again.
+	// The scan below then takes the shims and the tasks.
+	for _, c := range []*exec.Cmd{n.appliance, n.containerd} {
+		if c != nil && c.Process != nil {
+			c.Process.Kill()
+		}
+	}
+	if n.applianceDone != nil {
+		select {
+		case <-n.applianceDone:
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("%s: the appliance survives SIGKILL", n.Name)
+		}
+	}
 	for round := 0; round < 50; round++ {
 		var victims []int
 		for _, pid := range processesIn(ino) {
