@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/warren-appliance/warren/cluster"
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/internal/buildinfo"
@@ -97,7 +97,7 @@ func CheckHost(cfg *configs.Loaded) error {
 	if cfg.Node.Role == configs.RoleStandalone || creating {
 		return cfg.CheckHostOverlap(hostNets)
 	}
-	b, err := os.ReadFile(filepath.Join(cfg.Node.StateDir, cluster.FileMap))
+	b, err := os.ReadFile(filepath.Join(cfg.Node.StateDir, agent.FileMap))
 	if err != nil {
 		return nil // no cached map: nothing known to check yet
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster"
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
@@ -86,7 +87,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		if cfg.Cluster.Manager != "" {
 			// `warren manager join`: join like any node (manager token,
 			// manager certificate), then run a manager that Raft fills.
-			agent, err := cluster.Join(ctx, cluster.AgentConfig{
+			a, err := agent.Join(ctx, agent.Config{
 				StateDir: cfg.Node.StateDir,
 				Manager:  cfg.Cluster.Manager,
 				Token:    cfg.Cluster.Token,
@@ -96,7 +97,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			if err != nil {
 				return err
 			}
-			if join, err = agent.ManagerJoin(ctx); err != nil {
+			if join, err = a.ManagerJoin(ctx); err != nil {
 				return err
 			}
 		}
@@ -125,6 +126,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			ReservedPorts:      reservedPorts(&cfg.Config),
 			Logger:             log,
 			Join:               join,
+			JoinedID:           agent.JoinedNodeID(cfg.Node.StateDir),
 		})
 		if err != nil {
 			return err
@@ -158,7 +160,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
 		}
 	} else {
-		acfg := cluster.AgentConfig{
+		acfg := agent.Config{
 			StateDir: cfg.Node.StateDir,
 			Manager:  cfg.Cluster.Manager,
 			Token:    cfg.Cluster.Token,
@@ -180,20 +182,20 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		if acfg.Manager != cfg.Cluster.Manager {
 			log.Info("resolved the manager's .local name over mDNS", "manager", cfg.Cluster.Manager, "address", acfg.Manager)
 		}
-		agent, err := cluster.Join(ctx, acfg)
-		if err != nil && cluster.IsNameTaken(err) && cfg.NameFromHostname() {
+		a, err := agent.Join(ctx, acfg)
+		if err != nil && agent.IsNameTaken(err) && cfg.NameFromHostname() {
 			// Boards often keep the OS's default host name (raspberrypi):
 			// a name nobody chose is made unique with a suffix from this
 			// node's key, the same on every retry, and remembered.
 			acfg.Node.Name = UniqueName(info.Name, info.PublicKey)
 			log.Warn("another node has this host name; joining under a unique name (set node.name or --name to choose one)",
 				"hostname", info.Name, "name", acfg.Node.Name)
-			agent, err = cluster.Join(ctx, acfg)
+			a, err = agent.Join(ctx, acfg)
 		}
 		if err != nil {
 			return err
 		}
-		mem = agent
+		mem = a
 	}
 	self := mem.Self()
 	// Remember the setup, so the unit's `warren-appliance --config` resumes

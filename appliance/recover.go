@@ -5,6 +5,7 @@ import (
 	"net"
 
 	"github.com/warren-appliance/warren/cluster"
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/configs"
 )
 
@@ -18,5 +19,5 @@ func ForceNewCluster(cfg *configs.Loaded, restore string, log *slog.Logger) erro
 		return err
 	}
 	addr := net.JoinHostPort(advertise.String(), apiPort(cfg.Cluster.APIListen))
-	return cluster.ForceNewCluster(cfg.Node.StateDir, addr, restore, log)
+	return cluster.ForceNewCluster(cfg.Node.StateDir, addr, restore, agent.JoinedNodeID(cfg.Node.StateDir), log)
 }

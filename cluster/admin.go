@@ -120,7 +120,7 @@ func (m *Manager) adminMux() http.Handler {
 			m.log.Error("backup", "err", err)
 		}
 	})
-	mux.HandleFunc("POST /v1/nodes/{node}/drain", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionDrain, func(w http.ResponseWriter, r *http.Request) {
 		v, err := m.SetNodeAvailability(r.PathValue("node"), clustermap.NodeDrain)
 		if err != nil {
 			writeError(w, err)
@@ -128,7 +128,7 @@ func (m *Manager) adminMux() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
-	mux.HandleFunc("POST /v1/nodes/{node}/activate", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionActivate, func(w http.ResponseWriter, r *http.Request) {
 		v, err := m.SetNodeAvailability(r.PathValue("node"), "")
 		if err != nil {
 			writeError(w, err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/client"
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -274,7 +275,7 @@ func TestJoinAsManagerNeedsManagerToken(t *testing.T) {
 	tm := startManager(t)
 	cfg := agentConfig(t, tm, "manager-2")
 	cfg.Node.Role = clustermap.RoleManager
-	_, err := Join(context.Background(), cfg)
+	_, err := agent.Join(context.Background(), cfg)
 	if err == nil || !strings.Contains(err.Error(), "this is a worker join token but the node asked to join as manager") {
 		t.Fatalf("manager join with a worker token: %v", err)
 	}

@@ -16,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 	"github.com/warren-appliance/warren/cluster/pki"
 )
 
@@ -58,7 +60,7 @@ func authzStatus(t *testing.T, addr, method, path string, body any, id authzIden
 
 func agentKey(t *testing.T, dir string) *ecdsa.PrivateKey {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, FileTLSKey))
+	b, err := os.ReadFile(filepath.Join(dir, agent.FileTLSKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +76,7 @@ func agentKey(t *testing.T, dir string) *ecdsa.PrivateKey {
 func TestAuthorizationMatrix(t *testing.T) {
 	tm := startManager(t)
 	m := tm.m
-	mkAgent := func(name, role string) (*Agent, AgentConfig) {
+	mkAgent := func(name, role string) (*agent.Agent, agent.Config) {
 		cfg := agentConfig(t, tm, name)
 		cfg.Node.Role = role
 		if role == clustermap.RoleManager {
@@ -82,21 +84,21 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 		return join(t, cfg), cfg
 	}
-	idOf := func(name string, a *Agent, cfg AgentConfig) authzIdentity {
-		c := agentCert(a)
+	idOf := func(name string, cfg agent.Config) authzIdentity {
+		c := agentCert(t, cfg.StateDir)
 		return authzIdentity{name: name, cert: &c, key: agentKey(t, cfg.StateDir)}
 	}
 	w, wcfg := mkAgent("worker-1", clustermap.RoleWorker)
-	mg, mcfg := mkAgent("manager-2", clustermap.RoleManager)
-	gone, gcfg := mkAgent("gone", clustermap.RoleWorker)
-	removed := idOf("removed node", gone, gcfg)
+	_, mcfg := mkAgent("manager-2", clustermap.RoleManager)
+	_, gcfg := mkAgent("gone", clustermap.RoleWorker)
+	removed := idOf("removed node", gcfg)
 	if err := m.RemoveNode("gone", true); err != nil {
 		t.Fatal(err)
 	}
 	// Superseded: a certificate from before the node joined again.
-	old, ocfg := mkAgent("rejoined", clustermap.RoleWorker)
-	superseded := idOf("superseded certificate", old, ocfg)
-	os.Remove(filepath.Join(ocfg.StateDir, FileTLSCert))
+	_, ocfg := mkAgent("rejoined", clustermap.RoleWorker)
+	superseded := idOf("superseded certificate", ocfg)
+	os.Remove(filepath.Join(ocfg.StateDir, agent.FileTLSCert))
 	join(t, ocfg)
 	// Expired: the node's current certificate, past its NotAfter.
 	sl, scfg := mkAgent("sleeper", clustermap.RoleWorker)
@@ -124,15 +126,16 @@ func TestAuthorizationMatrix(t *testing.T) {
 	forged := authzIdentity{name: "forged certificate of another node", cert: &tls.Certificate{Certificate: [][]byte{fder}, PrivateKey: fkey}, key: fkey}
 	// Wrong cluster: a real member of another cluster.
 	other := startManager(t)
-	oa := join(t, agentConfig(t, other, "worker-1"))
-	okey := agentKey(t, oa.cfg.StateDir)
-	oc := agentCert(oa)
+	ocfg2 := agentConfig(t, other, "worker-1")
+	join(t, ocfg2)
+	okey := agentKey(t, ocfg2.StateDir)
+	oc := agentCert(t, ocfg2.StateDir)
 	wrong := authzIdentity{name: "member of another cluster", cert: &oc, key: okey}
 
 	ids := []authzIdentity{
 		{name: "no certificate"},
-		idOf("worker", w, wcfg),
-		idOf("manager", mg, mcfg),
+		idOf("worker", wcfg),
+		idOf("manager", mcfg),
 		removed, expired, superseded, forged, wrong,
 	}
 	type route struct {
@@ -141,7 +144,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		want         map[string]int // by identity name
 	}
 	self := func(id authzIdentity) any {
-		return api.SelfUpdate{Endpoint: mustAddrPort("192.0.2.77:51820"), PublicKey: newWGKey(t)}
+		return api.SelfUpdate{Endpoint: mustAddrPort("192.0.2.77:51820"), PublicKey: clustertest.WGKey(t)}
 	}
 	renew := func(id authzIdentity) any {
 		key := id.key
@@ -153,7 +156,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 	status := func(id authzIdentity) any { return NodeStatus{} }
 	badJoin := func(id authzIdentity) any {
-		req, _ := rawJoinRequest(t, "not-the-secret", "newcomer", clustermap.RoleWorker, newWGKey(t))
+		req, _ := rawJoinRequest(t, "not-the-secret", "newcomer", clustermap.RoleWorker, clustertest.WGKey(t))
 		return req
 	}
 	std := func(ok int) map[string]int {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -17,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 const benchManagerEnv = "WARREN_BENCH_MANAGER_DIR"
@@ -54,11 +57,11 @@ func inProcessMemory() (heap, rss, hwm float64) {
 
 func benchJoins(b *testing.B, addrs []string, token string, memory func() (heap, rss, hwm float64)) {
 	const joiners = 100
-	cfgs := make([]AgentConfig, joiners)
+	cfgs := make([]agent.Config, joiners)
 	for i := range cfgs {
-		cfgs[i] = AgentConfig{
-			StateDir: b.TempDir(), Manager: addrs[i%len(addrs)], Token: token, Logger: testLogger(b),
-			Node: NodeInfo{Name: fmt.Sprintf("node-%03d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(b),
+		cfgs[i] = agent.Config{
+			StateDir: b.TempDir(), Manager: addrs[i%len(addrs)], Token: token, Logger: clustertest.Logger(b),
+			Node: NodeInfo{Name: fmt.Sprintf("node-%03d", i), Role: clustermap.RoleWorker, PublicKey: clustertest.WGKey(b),
 				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 2)}), 51820)},
 		}
 	}
@@ -74,7 +77,7 @@ func benchJoins(b *testing.B, addrs []string, token string, memory func() (heap,
 		go func() {
 			jctx, jcancel := context.WithTimeout(ctx, 60*time.Second)
 			defer jcancel()
-			a, err := Join(jctx, cfg)
+			a, err := agent.Join(jctx, cfg)
 			if err != nil {
 				errs <- err
 				wg.Done()
@@ -85,7 +88,7 @@ func benchJoins(b *testing.B, addrs []string, token string, memory func() (heap,
 				applied.Add(1)
 				if len(m.Nodes) == joiners+len(addrs) { // each address is a manager node
 					once.Do(func() {
-						if st, err := os.Stat(a.path(FileMap)); err == nil {
+						if st, err := os.Stat(filepath.Join(cfg.StateDir, agent.FileMap)); err == nil {
 							mu.Lock()
 							mapBytes = int(st.Size())
 							mu.Unlock()
@@ -182,8 +185,8 @@ func TestHelperManagerProcess(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process of BenchmarkJoin100Nodes")
 	}
-	m, err := OpenManager(ManagerConfig{StateDir: dir, Logger: testLogger(t), DownAfter: time.Hour,
-		Node: NodeInfo{Name: "manager-1", Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PublicKey: newWGKey(t)}})
+	m, err := OpenManager(ManagerConfig{StateDir: dir, Logger: clustertest.Logger(t), DownAfter: time.Hour,
+		Node: NodeInfo{Name: "manager-1", Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PublicKey: clustertest.WGKey(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +238,7 @@ func BenchmarkHeartbeats(b *testing.B) {
 	var ids []string
 	err := m.update(func(s *state) error {
 		for i := range 100 {
-			n, err := s.admit(NodeInfo{Name: fmt.Sprintf("node-%03d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(b),
+			n, err := s.admit(NodeInfo{Name: fmt.Sprintf("node-%03d", i), Role: clustermap.RoleWorker, PublicKey: clustertest.WGKey(b),
 				Endpoint: netip.MustParseAddrPort("192.0.2.2:51820")}, randomID(), time.Now())
 			if err != nil {
 				return err

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"encoding/base64"
-	"fmt"
 	"net/http"
 	"time"
 	"unicode/utf8"
@@ -12,13 +11,11 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Bounds on what a node may report or declare about itself: one node must
-// not be able to grow the map, the store or every node's cached map.
+// Bounds on what a node may report about itself (its labels: api.MaxLabels
+// and the rest): one node must not be able to grow the map, the store or
+// every node's cached map.
 const (
-	maxLabels        = 64
-	maxServiceLabels = 64 // labels of one service (its tasks carry them)
-	maxLabelKey      = 63
-	maxLabelValue    = 253
+	maxServiceLabels = 64   // labels of one service (its tasks carry them)
 	maxTunnelEntries = 1024 // health entries per report (one per peer)
 	maxReportedTasks = 4096
 	maxTaskName      = 128
@@ -35,33 +32,6 @@ const (
 var reportedStates = map[string]bool{
 	clustermap.TaskPending: true, clustermap.TaskStarting: true, clustermap.TaskRunning: true,
 	clustermap.TaskFailed: true, clustermap.TaskShutdown: true,
-}
-
-func validateLabels(labels map[string]string) error {
-	if len(labels) > maxLabels {
-		return fmt.Errorf("%d labels: at most %d", len(labels), maxLabels)
-	}
-	for k, v := range labels {
-		if k == "" || len(k) > maxLabelKey || !printable(k) {
-			return fmt.Errorf("label key %.70q: want 1-%d printable characters", k, maxLabelKey)
-		}
-		if len(v) > maxLabelValue || !printable(v) {
-			return fmt.Errorf("label %q value: want at most %d printable characters", k, maxLabelValue)
-		}
-	}
-	return nil
-}
-
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return false
-		}
-	}
-	return true
 }
 
 // checkReport refuses a report outside the bounds (400) and cuts error

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"github.com/warren-appliance/warren/cluster/agent"
+
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,14 +14,14 @@ import (
 // kept) or "joined". Each case is the set of files a crash left behind.
 func TestFirstJoinCrashAtAnyPointJoinsAgainAsTheSameNode(t *testing.T) {
 	tm := startManager(t)
-	all := []string{FileTLSKey, FileCA, FileIdentity, FileTLSCert}
+	all := []string{agent.FileTLSKey, agent.FileCA, agent.FileIdentity, agent.FileTLSCert}
 	for _, left := range [][]string{
-		{FileTLSKey},                            // key written, nothing answered yet
-		{FileTLSKey, FileCA},                    // CA saved
-		{FileTLSKey, FileCA, FileIdentity},      // identity saved, certificate not yet
-		{FileTLSKey, FileTLSCert},               // the order before the fix: certificate, then a crash
-		{FileTLSKey, FileTLSCert, FileCA},       // ditto, one step later
-		{FileTLSKey, FileTLSCert, FileIdentity}, // a lost CA file
+		{agent.FileTLSKey},                                        // key written, nothing answered yet
+		{agent.FileTLSKey, agent.FileCA},                          // CA saved
+		{agent.FileTLSKey, agent.FileCA, agent.FileIdentity},      // identity saved, certificate not yet
+		{agent.FileTLSKey, agent.FileTLSCert},                     // the order before the fix: certificate, then a crash
+		{agent.FileTLSKey, agent.FileTLSCert, agent.FileCA},       // ditto, one step later
+		{agent.FileTLSKey, agent.FileTLSCert, agent.FileIdentity}, // a lost CA file
 	} {
 		t.Run(strings.Join(left, "+"), func(t *testing.T) {
 			cfg := agentConfig(t, tm, "worker-"+strings.ReplaceAll(strings.ReplaceAll(strings.Join(left, "-"), ".", ""), "_", ""))

@@ -7,8 +7,10 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 // Finding 6: a service's env (a secret, often) reached every node's map and
@@ -18,7 +20,7 @@ func TestServiceEnvReachesOnlyNodesRunningItsTasks(t *testing.T) {
 	tm := startManager(t)
 	c1, c2 := agentConfig(t, tm, "worker-1"), agentConfig(t, tm, "worker-2")
 	a1, a2 := join(t, c1), join(t, c2)
-	r1, r2 := watch(t, a1), watch(t, a2)
+	r1, r2 := clustertest.Watch(t, a1), clustertest.Watch(t, a2)
 	const secret = "DB_PASSWORD=s3cr3t-value-42"
 	spec := api.ServiceSpec{Name: "db", Image: "img", Replicas: intp(1), Env: []string{secret},
 		Constraints: []string{"node.name==worker-1"}}
@@ -41,8 +43,8 @@ func TestServiceEnvReachesOnlyNodesRunningItsTasks(t *testing.T) {
 		}
 		return nil
 	}
-	m1 := r1.waitFor(t, "the db service", hasDB)
-	m2 := r2.waitFor(t, "the db service", hasDB)
+	m1 := r1.WaitFor(t, "the db service", hasDB)
+	m2 := r2.WaitFor(t, "the db service", hasDB)
 	if !slices.Equal(envOf(m1), []string{secret}) {
 		t.Fatalf("worker-1 runs db but got env %q", envOf(m1))
 	}
@@ -50,7 +52,7 @@ func TestServiceEnvReachesOnlyNodesRunningItsTasks(t *testing.T) {
 		t.Fatalf("worker-2 runs no db task but got env %q", env)
 	}
 	for dir, want := range map[string]bool{c1.StateDir: true, c2.StateDir: false} {
-		b, err := os.ReadFile(filepath.Join(dir, FileMap))
+		b, err := os.ReadFile(filepath.Join(dir, agent.FileMap))
 		if err != nil {
 			t.Fatal(err)
 		}

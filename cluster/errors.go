@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/warren-appliance/warren/cluster/api"
 )
@@ -23,20 +22,8 @@ func errorf(status int, format string, args ...any) error {
 	return &apiError{status, fmt.Sprintf(format, args...)}
 }
 
-// nameTaken is in the manager's answer to a join whose name another node
-// (another key) holds; IsNameTaken recognises it on the node.
-const nameTaken = "is already taken by another node"
-
-// IsNameTaken reports whether a join failed because another node (with
-// another key) holds the name: a node whose name was only derived from its
-// host name can then pick a unique one.
-func IsNameTaken(err error) bool {
-	var he *httpError
-	return errors.As(err, &he) && he.status == http.StatusConflict && strings.Contains(he.msg, nameTaken)
-}
-
 func errNodeRemoved(id string) error {
-	return errorf(http.StatusForbidden, "node %s was removed from the cluster: clear its state dir and join again with a token", id)
+	return errorf(http.StatusForbidden, "node %s "+api.NodeRemoved+": clear its state dir and join again with a token", id)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

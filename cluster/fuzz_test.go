@@ -11,6 +11,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 // fuzzNodeAPI feeds arbitrary bodies to one node API route through the
@@ -21,7 +22,9 @@ func fuzzNodeAPI(f *testing.F, method, path string, asMember bool, seeds ...[]by
 	tm := startManager(f)
 	var peer *tls.ConnectionState
 	if asMember {
-		c := agentCert(join(f, agentConfig(f, tm, "worker-1")))
+		cfg := agentConfig(f, tm, "worker-1")
+		join(f, cfg)
+		c := agentCert(f, cfg.StateDir)
 		peer = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}
 	}
 	for _, s := range seeds {
@@ -57,19 +60,19 @@ func mustMarshal(f *testing.F, v any) []byte {
 }
 
 func FuzzJoinRequest(f *testing.F) {
-	req, _ := rawJoinRequest(f, "secret", "n1", clustermap.RoleWorker, newWGKey(f))
+	req, _ := rawJoinRequest(f, "secret", "n1", clustermap.RoleWorker, clustertest.WGKey(f))
 	fuzzNodeAPI(f, http.MethodPost, api.PathJoin, false, mustMarshal(f, req))
 }
 
 func FuzzReportRequest(f *testing.F) {
 	fuzzNodeAPI(f, http.MethodPost, api.PathStatus, true, mustMarshal(f, NodeStatus{
-		Tunnel: []api.PeerHealth{{PublicKey: newWGKey(f)}},
+		Tunnel: []api.PeerHealth{{PublicKey: clustertest.WGKey(f)}},
 		Tasks:  []api.TaskStatus{{Name: "web-1", State: "failed", Error: "boom", Image: "img"}},
 	}))
 }
 
 func FuzzSelfRequest(f *testing.F) {
 	fuzzNodeAPI(f, http.MethodPut, api.PathSelf, true, mustMarshal(f, api.SelfUpdate{
-		Labels: map[string]string{"zone": "a"}, Endpoint: mustAddrPort("192.0.2.9:51820"), PublicKey: newWGKey(f),
+		Labels: map[string]string{"zone": "a"}, Endpoint: mustAddrPort("192.0.2.9:51820"), PublicKey: clustertest.WGKey(f),
 	}))
 }

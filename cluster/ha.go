@@ -23,9 +23,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/apicall"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/store"
+	"github.com/warren-appliance/warren/internal/backoff"
 )
 
 // Paths of the managers' internal API (manager certificates only).
@@ -336,9 +338,9 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, prefix, nodeCe
 	if nodeCert != "" {
 		req.Header.Set(headerNodeCert, nodeCert)
 	}
-	resp, err := m.fwd.Do(req)
+	resp, err := m.fwd.HTTP.Do(req)
 	if err != nil {
-		writeError(w, errorf(http.StatusServiceUnavailable, "cannot reach the leader %s to forward the write: %v", leader, unwrapURLError(err)))
+		writeError(w, errorf(http.StatusServiceUnavailable, "cannot reach the leader %s to forward the write: %v", leader, apicall.Reason(err)))
 		return
 	}
 	defer resp.Body.Close()
@@ -400,21 +402,12 @@ func (m *Manager) reportToLeader(ctx context.Context, st NodeStatus) error {
 	if leader == "" {
 		return m.noLeaderError(nil)
 	}
-	body, err := json.Marshal(st)
+	resp, err := m.fwd.Send(ctx, http.MethodPost, leader, pathInternalStatus, nil, st)
 	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+leader+pathInternalStatus, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := m.fwd.Do(req)
-	if err != nil {
-		return fmt.Errorf("leader %s: %w", leader, unwrapURLError(err))
+		return fmt.Errorf("leader %s: %w", leader, err)
 	}
 	defer resp.Body.Close()
-	return decodeResponse(resp, nil)
+	return m.fwd.Decode(resp, nil)
 }
 
 // followerForwards reports whether a node call was forwarded to the
@@ -644,24 +637,18 @@ func (m *Manager) setVoter(id string, voter bool) error {
 func (m *Manager) joinRaft(ctx context.Context) {
 	target := m.cfg.Join.Leader
 	var joined raftJoined
-	bo := newBackoff()
+	var bo backoff.Backoff
 	call := func(path string, out any) error {
-		body, _ := json.Marshal(raftJoin{ID: m.selfID, Addr: m.cfg.Advertise})
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+target+path, bytes.NewReader(body))
+		resp, err := m.fwd.Send(ctx, http.MethodPost, target, path, nil, raftJoin{ID: m.selfID, Addr: m.cfg.Advertise})
 		if err != nil {
 			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := m.fwd.Do(req)
-		if err != nil {
-			return unwrapURLError(err)
 		}
 		defer resp.Body.Close()
 		if l := resp.Header.Get(headerLeader); l != "" && resp.StatusCode == http.StatusMisdirectedRequest {
 			target = l
 			return fmt.Errorf("redirected to the leader %s", l)
 		}
-		return decodeResponse(resp, out)
+		return m.fwd.Decode(resp, out)
 	}
 	step := "join"
 	for ctx.Err() == nil {
@@ -686,7 +673,7 @@ func (m *Manager) joinRaft(ctx context.Context) {
 				}
 			}
 			err = fmt.Errorf("applied %d of %d", m.replica.Raft.AppliedIndex(), joined.Index)
-			if sleepCtx(ctx, 100*time.Millisecond) != nil {
+			if backoff.Sleep(ctx, 100*time.Millisecond) != nil {
 				return
 			}
 			continue
@@ -696,9 +683,9 @@ func (m *Manager) joinRaft(ctx context.Context) {
 				return
 			}
 		}
-		d := bo.next()
+		d := bo.Next()
 		m.log.Warn("joining Raft, retrying", "step", step, "via", target, "retry_in", d.Round(time.Millisecond), "err", err)
-		if sleepCtx(ctx, d) != nil {
+		if backoff.Sleep(ctx, d) != nil {
 			return
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -19,7 +18,9 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 // haManager is one manager of a multi-manager test cluster, restartable
@@ -29,7 +30,7 @@ type haManager struct {
 	name   string
 	addr   string
 	cfg    ManagerConfig
-	agent  *AgentConfig // joined managers join like any node first
+	agent  *agent.Config // joined managers join like any node first
 	m      *Manager
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -37,18 +38,7 @@ type haManager struct {
 
 func (h *haManager) start() {
 	h.t.Helper()
-	var ln net.Listener
-	var err error
-	for i := 0; ; i++ {
-		ln, err = net.Listen("tcp", h.addr)
-		if err == nil || i > 50 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	ln := clustertest.Listen(h.t, h.addr)
 	h.addr = ln.Addr().String()
 	h.cfg.Advertise = h.addr
 	ctx, cancel := context.WithCancel(context.Background())
@@ -95,10 +85,10 @@ func (h *haManager) kill() {
 func haConfig(t testing.TB, name string, i int) ManagerConfig {
 	return ManagerConfig{
 		StateDir: t.TempDir(),
-		Node: NodeInfo{Name: name, Role: clustermap.RoleManager, PublicKey: newWGKey(t),
+		Node: NodeInfo{Name: name, Role: clustermap.RoleManager, PublicKey: clustertest.WGKey(t),
 			Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 51820)},
 		DownAfter: time.Hour,
-		Logger:    testLogger(t),
+		Logger:    clustertest.Logger(t),
 		raftTune:  fastRaft,
 	}
 }
@@ -125,7 +115,7 @@ func startHAWith(t testing.TB, n int, tune func(*raft.Config)) []*haManager {
 		name := fmt.Sprintf("manager-%d", i)
 		cfg := haConfig(t, name, i)
 		cfg.raftTune = tune
-		ac := &AgentConfig{StateDir: cfg.StateDir, Manager: first.addr, Token: token, Node: cfg.Node, Logger: cfg.Logger}
+		ac := &agent.Config{StateDir: cfg.StateDir, Manager: first.addr, Token: token, Node: cfg.Node, Logger: cfg.Logger}
 		h := &haManager{t: t, name: name, addr: "127.0.0.1:0", cfg: cfg, agent: ac}
 		h.start()
 		out = append(out, h)
@@ -240,12 +230,12 @@ func TestLeaderKilledDuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 	hs := startHA(t, 3)
 	leader := leaderOf(hs)
 	// A worker that joined through the leader and watches it.
-	wcfg := AgentConfig{StateDir: t.TempDir(), Manager: leader.addr, Token: func() string { w, _ := leader.m.JoinTokens(); return w }(),
-		Node:   NodeInfo{Name: "worker-1", Role: clustermap.RoleWorker, PublicKey: newWGKey(t), Endpoint: netip.MustParseAddrPort("192.0.2.10:51820")},
-		Logger: testLogger(t), keepalive: 500 * time.Millisecond}
+	wcfg := agent.Config{StateDir: t.TempDir(), Manager: leader.addr, Token: func() string { w, _ := leader.m.JoinTokens(); return w }(),
+		Node:   NodeInfo{Name: "worker-1", Role: clustermap.RoleWorker, PublicKey: clustertest.WGKey(t), Endpoint: netip.MustParseAddrPort("192.0.2.10:51820")},
+		Logger: clustertest.Logger(t)}
 	worker := join(t, wcfg)
-	r := watch(t, worker)
-	r.waitFor(t, "the worker's first map", hasNodes(4))
+	r := clustertest.Watch(t, worker)
+	r.WaitFor(t, "the worker's first map", clustertest.HasNodes(4))
 
 	survivors := followersOf(hs)
 	var mu sync.Mutex
@@ -315,7 +305,7 @@ func TestLeaderKilledDuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 	if code, body := adminDo(newLeader.m, http.MethodPost, "/v1/services", apiSpec("after-failover", 0)); code != http.StatusCreated {
 		t.Fatalf("write on the new leader: %d %s", code, body)
 	}
-	r.waitFor(t, "the worker gets maps from a surviving manager", func(m *clustermap.Map) bool {
+	r.WaitFor(t, "the worker gets maps from a surviving manager", func(m *clustermap.Map) bool {
 		for _, s := range m.Services {
 			if s.Name == "after-failover" {
 				return true
@@ -325,8 +315,8 @@ func TestLeaderKilledDuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 	})
 	// The survivors hold the CA key: a new node joins through either one.
 	for i, h := range survivors {
-		cfg := AgentConfig{StateDir: t.TempDir(), Manager: h.addr, Token: wcfg.Token, Logger: testLogger(t),
-			Node: NodeInfo{Name: fmt.Sprintf("late-%d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(t),
+		cfg := agent.Config{StateDir: t.TempDir(), Manager: h.addr, Token: wcfg.Token, Logger: clustertest.Logger(t),
+			Node: NodeInfo{Name: fmt.Sprintf("late-%d", i), Role: clustermap.RoleWorker, PublicKey: clustertest.WGKey(t),
 				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(30 + i)}), 51820)}}
 		join(t, cfg)
 	}
@@ -407,10 +397,9 @@ func TestLostQuorumRefusesWritesAndForceNewClusterKeepsAllocations(t *testing.T)
 
 func TestRaftAndInternalAPIRefuseWorkerCertificates(t *testing.T) {
 	tm := startManager(t)
-	a := join(t, agentConfig(t, tm, "worker-1"))
-	a.mu.Lock()
-	cert := a.cert
-	a.mu.Unlock()
+	cfg := agentConfig(t, tm, "worker-1")
+	join(t, cfg)
+	cert := agentCert(t, cfg.StateDir)
 	conf := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}, NextProtos: []string{alpnRaft}}
 	c, err := tls.Dial("tcp", tm.addr, conf)
 	if err == nil {
@@ -455,7 +444,7 @@ func TestUpgradeFromSingleManagerStore(t *testing.T) {
 	_, token := first.m.JoinTokens()
 	cfg := haConfig(t, "manager-2", 2)
 	second := &haManager{t: t, name: "manager-2", addr: "127.0.0.1:0", cfg: cfg,
-		agent: &AgentConfig{StateDir: cfg.StateDir, Manager: first.addr, Token: token, Node: cfg.Node, Logger: cfg.Logger}}
+		agent: &agent.Config{StateDir: cfg.StateDir, Manager: first.addr, Token: token, Node: cfg.Node, Logger: cfg.Logger}}
 	second.start()
 	t.Cleanup(second.kill)
 	got := second.m.Map()
@@ -474,16 +463,15 @@ func TestUpgradeFromSingleManagerStore(t *testing.T) {
 func TestBackupWipeRestoreBringsBackServicesAndWorkers(t *testing.T) {
 	tm := startManager(t)
 	cfg := agentConfig(t, tm, "worker-1")
-	cfg.keepalive = 500 * time.Millisecond
 	a := join(t, cfg)
-	r := watch(t, a)
+	r := clustertest.Watch(t, a)
 	if _, err := tm.m.CreateService(apiSpec("web", 2)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tm.m.CreateService(apiSpec("db", 1)); err != nil {
 		t.Fatal(err)
 	}
-	before := r.waitFor(t, "the services", func(m *clustermap.Map) bool { return len(m.Services) == 2 && len(m.Tasks) == 3 })
+	before := r.WaitFor(t, "the services", func(m *clustermap.Map) bool { return len(m.Services) == 2 && len(m.Tasks) == 3 })
 	// Online backup through the admin API, as `warren cluster backup` does.
 	code, body := adminDo(tm.m, http.MethodGet, "/v1/backup", nil)
 	if code != http.StatusOK {
@@ -498,19 +486,19 @@ func TestBackupWipeRestoreBringsBackServicesAndWorkers(t *testing.T) {
 	if _, err := tm.m.CreateService(apiSpec("late", 0)); err != nil {
 		t.Fatal(err)
 	}
-	r.waitFor(t, "the late service", func(m *clustermap.Map) bool { return len(m.Services) == 3 })
+	r.WaitFor(t, "the late service", func(m *clustermap.Map) bool { return len(m.Services) == 3 })
 	tm.stop()
 	// The board dies: a fresh one restores on the same address.
 	tm.dir = t.TempDir()
 	tm.cfg.StateDir = tm.dir
-	if err := ForceNewCluster(tm.dir, tm.addr, file, testLogger(t)); err != nil {
+	if err := ForceNewCluster(tm.dir, tm.addr, file, "", clustertest.Logger(t)); err != nil {
 		t.Fatal(err)
 	}
-	if err := ForceNewCluster(tm.dir, tm.addr, file, testLogger(t)); err == nil || !strings.Contains(err.Error(), "fresh state dir") {
+	if err := ForceNewCluster(tm.dir, tm.addr, file, "", clustertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "fresh state dir") {
 		t.Fatalf("a second restore over the state: %v", err)
 	}
 	tm.start()
-	after := r.waitFor(t, "the restored map", func(m *clustermap.Map) bool { return len(m.Services) == 2 })
+	after := r.WaitFor(t, "the restored map", func(m *clustermap.Map) bool { return len(m.Services) == 2 })
 	if after.Version <= before.Version {
 		t.Fatalf("restored map version %d not above what the worker held", after.Version)
 	}
@@ -540,15 +528,15 @@ func TestBackupWipeRestoreBringsBackServicesAndWorkers(t *testing.T) {
 func TestNodesJoinAndWatchThroughFollowers(t *testing.T) {
 	hs := startHA(t, 3)
 	w, _ := hs[0].m.JoinTokens()
-	var rs []*mapRecorder
+	var rs []*clustertest.MapRecorder
 	for i := range 6 {
-		cfg := AgentConfig{StateDir: t.TempDir(), Manager: hs[i%3].addr, Token: w, Logger: testLogger(t),
-			Node: NodeInfo{Name: fmt.Sprintf("node-%d", i), Role: clustermap.RoleWorker, PublicKey: newWGKey(t),
+		cfg := agent.Config{StateDir: t.TempDir(), Manager: hs[i%3].addr, Token: w, Logger: clustertest.Logger(t),
+			Node: NodeInfo{Name: fmt.Sprintf("node-%d", i), Role: clustermap.RoleWorker, PublicKey: clustertest.WGKey(t),
 				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 20)}), 51820)}}
-		rs = append(rs, watch(t, join(t, cfg)))
+		rs = append(rs, clustertest.Watch(t, join(t, cfg)))
 	}
 	for _, r := range rs {
-		r.waitFor(t, "the full map", hasNodes(9))
+		r.WaitFor(t, "the full map", clustertest.HasNodes(9))
 	}
 }
 
@@ -571,8 +559,8 @@ func TestPromoteDemoteAndRemoveDeadManager(t *testing.T) {
 		t.Fatalf("after promote: voters %v", info.Voters)
 	}
 	// A worker cannot be promoted.
-	wcfg := AgentConfig{StateDir: t.TempDir(), Manager: leader.addr, Token: func() string { w, _ := leader.m.JoinTokens(); return w }(),
-		Node: NodeInfo{Name: "worker-1", Role: clustermap.RoleWorker, PublicKey: newWGKey(t), Endpoint: netip.MustParseAddrPort("192.0.2.10:51820")}, Logger: testLogger(t)}
+	wcfg := agent.Config{StateDir: t.TempDir(), Manager: leader.addr, Token: func() string { w, _ := leader.m.JoinTokens(); return w }(),
+		Node: NodeInfo{Name: "worker-1", Role: clustermap.RoleWorker, PublicKey: clustertest.WGKey(t), Endpoint: netip.MustParseAddrPort("192.0.2.10:51820")}, Logger: clustertest.Logger(t)}
 	join(t, wcfg)
 	if code, body := adminDo(leader.m, http.MethodPost, "/v1/nodes/worker-1/promote", nil); code != http.StatusConflict || !strings.Contains(body, "worker") {
 		t.Fatalf("promote a worker: %d %s", code, body)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
@@ -45,7 +46,7 @@ func TestJoinRefusesZeroAndLowOrderWireGuardKeys(t *testing.T) {
 func TestSelfUpdateRefusesZeroAndLowOrderWireGuardKeys(t *testing.T) {
 	tm := startManager(t)
 	secret := tokenSecret(t, tm.workerToken())
-	req, key := rawJoinRequest(t, secret, "worker-1", clustermap.RoleWorker, newWGKey(t))
+	req, key := rawJoinRequest(t, secret, "worker-1", clustermap.RoleWorker, clustertest.WGKey(t))
 	var resp api.JoinResponse
 	status, body := nodeAPICall(t, tm.addr, http.MethodPost, api.PathJoin, req, nil)
 	if status != http.StatusOK {

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"net"
 	"os"
@@ -11,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
-	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 // reportAll reports every task of node as running whatever image it has.
@@ -138,56 +138,23 @@ func TestSilentNodeIsMarkedDownAndItsTasksMove(t *testing.T) {
 	if _, err := tm.m.CreateService(api.ServiceSpec{Name: "web", Image: "x", Replicas: intp(2)}); err != nil {
 		t.Fatal(err)
 	}
-	r := watch(t, tm.m)
+	r := clustertest.Watch(t, tm.m)
 	onWorker := func(m *clustermap.Map) int { return len(m.TasksOn(id)) }
-	r.waitFor(t, "one task on the worker", func(m *clustermap.Map) bool { return onWorker(m) == 1 })
+	r.WaitFor(t, "one task on the worker", func(m *clustermap.Map) bool { return onWorker(m) == 1 })
 
 	stopWorker() // the worker goes silent
-	r.waitFor(t, "the worker marked down", func(m *clustermap.Map) bool {
+	r.WaitFor(t, "the worker marked down", func(m *clustermap.Map) bool {
 		n, _ := m.Node(id)
 		return n.Status == clustermap.NodeDown
 	})
-	r.waitFor(t, "its task moved", func(m *clustermap.Map) bool { return onWorker(m) == 0 && len(m.TasksOn(tm.m.Self().ID)) == 2 })
+	r.WaitFor(t, "its task moved", func(m *clustermap.Map) bool { return onWorker(m) == 0 && len(m.TasksOn(tm.m.Self().ID)) == 2 })
 	if err := a.Report(context.Background(), NodeStatus{}); err != nil {
 		t.Fatal(err)
 	}
-	r.waitFor(t, "the worker ready again", func(m *clustermap.Map) bool {
+	r.WaitFor(t, "the worker ready again", func(m *clustermap.Map) bool {
 		n, _ := m.Node(id)
 		return n.Status == clustermap.NodeReady
 	})
-}
-
-func TestAgentRenewsCertificateNearExpiry(t *testing.T) {
-	tm := startManager(t)
-	cfg := agentConfig(t, tm, "worker-1")
-	a := join(t, cfg)
-	before := readCert(t, filepath.Join(cfg.StateDir, FileTLSCert))
-	// Restart the agent with its clock 300 days ahead: less than a third of
-	// the certificate's year is left.
-	cfg.Token = ""
-	cfg.now = func() time.Time { return time.Now().Add(300 * 24 * time.Hour) }
-	a2 := join(t, cfg)
-	r := watch(t, a2)
-	r.waitFor(t, "a map", hasNodes(2))
-	after := readCert(t, filepath.Join(cfg.StateDir, FileTLSCert))
-	if after.SerialNumber.Cmp(before.SerialNumber) == 0 || after.NotAfter.Before(before.NotAfter) {
-		t.Fatalf("certificate not renewed: %v -> %v", before.NotAfter, after.NotAfter)
-	}
-	if after.Subject.CommonName != a.Self().ID {
-		t.Fatalf("renewed certificate names %q, want %q", after.Subject.CommonName, a.Self().ID)
-	}
-}
-
-func readCert(t *testing.T, path string) *x509.Certificate {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := pki.ParseCertPEM(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 func TestAgentRetriesWhileManagerUnreachable(t *testing.T) {
@@ -198,7 +165,7 @@ func TestAgentRetriesWhileManagerUnreachable(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		_, err := Join(ctx, cfg)
+		_, err := agent.Join(ctx, cfg)
 		done <- err
 	}()
 	time.Sleep(700 * time.Millisecond) // let it fail a few times
@@ -288,16 +255,15 @@ func TestWatchReconnectsWhenStreamGoesSilent(t *testing.T) {
 	tm.restart()
 	proxy := startProxy(t, tm.addr)
 	cfg := agentConfig(t, tm, "worker-1")
-	cfg.keepalive = tm.cfg.keepalive
 	cfg.Manager = proxy.ln.Addr().String()
 	a := join(t, cfg)
-	r := watch(t, a)
-	r.waitFor(t, "two nodes", hasNodes(2))
+	r := clustertest.Watch(t, a)
+	r.WaitFor(t, "two nodes", clustertest.HasNodes(2))
 	proxy.freeze() // the open stream now carries nothing, but stays open
 	if _, err := tm.m.CreateService(api.ServiceSpec{Name: "web", Image: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	r.waitFor(t, "the change, over a new connection", func(m *clustermap.Map) bool { return len(m.Services) == 1 })
+	r.WaitFor(t, "the change, over a new connection", func(m *clustermap.Map) bool { return len(m.Services) == 1 })
 }
 
 func TestManagerMovesItsVersionPastANewerCache(t *testing.T) {
@@ -309,12 +275,12 @@ func TestManagerMovesItsVersionPastANewerCache(t *testing.T) {
 	future := *stale
 	future.Version = stale.Version + 1000
 	b, _ := json.Marshal(future)
-	if err := os.WriteFile(filepath.Join(cfg.StateDir, FileMap), b, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(cfg.StateDir, agent.FileMap), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := watch(t, a)
+	r := clustertest.Watch(t, a)
 	// The node never applies an older map: the manager moves past it.
-	m := r.waitFor(t, "the manager's map, newer than the cache", func(m *clustermap.Map) bool { return m.Version > future.Version })
+	m := r.WaitFor(t, "the manager's map, newer than the cache", func(m *clustermap.Map) bool { return m.Version > future.Version })
 	if len(m.Nodes) != 2 || tm.m.Map().Version != m.Version {
 		t.Fatalf("map = %+v, manager at version %d", m, tm.m.Map().Version)
 	}

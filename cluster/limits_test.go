@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 // slowJoin opens a TLS connection from src and sends the headers and part
@@ -43,8 +45,8 @@ func TestSlowUnauthenticatedConnectionsAreDropped(t *testing.T) {
 	tm := &testManager{t: t, dir: t.TempDir(), addr: "127.0.0.1:0"}
 	tm.cfg = ManagerConfig{
 		StateDir:  tm.dir,
-		Node:      NodeInfo{Name: "manager-1", Endpoint: mustAddrPort("192.0.2.1:51820"), PublicKey: newWGKey(t)},
-		DownAfter: time.Hour, Logger: testLogger(t),
+		Node:      NodeInfo{Name: "manager-1", Endpoint: mustAddrPort("192.0.2.1:51820"), PublicKey: clustertest.WGKey(t)},
+		DownAfter: time.Hour, Logger: clustertest.Logger(t),
 		requestTimeout: 2 * time.Second,
 	}
 	tm.start()
@@ -71,7 +73,7 @@ func TestSlowUnauthenticatedConnectionsAreDropped(t *testing.T) {
 		defer cancel()
 		// Join retries by itself; a heartbeat refused while the source's
 		// slots are full is sent again, as the node's next heartbeat would.
-		a, err := Join(ctx, cfg)
+		a, err := agent.Join(ctx, cfg)
 		for err == nil {
 			if err = a.Report(ctx, NodeStatus{}); err == nil || ctx.Err() != nil {
 				break

@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -20,7 +19,6 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,13 +27,13 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/apicall"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/store"
 	"github.com/warren-appliance/warren/configs"
-	"github.com/warren-appliance/warren/internal/wgkey"
 	"golang.org/x/time/rate"
 )
 
@@ -80,6 +78,10 @@ type ManagerConfig struct {
 	// Join is set on a manager that joined an existing cluster (`warren
 	// manager join`): it has no state of its own until Raft replicates it.
 	Join *ManagerJoin
+	// JoinedID is the node ID of a manager that joined the cluster once
+	// (the agent's JoinedNodeID of the state dir), for a start without
+	// Join; "" on the manager that created the cluster.
+	JoinedID string
 	// ForceNewCluster restarts this manager's state as a one-manager
 	// cluster (lost quorum); with no Raft state (a restored backup, an
 	// upgraded single manager) it only bootstraps.
@@ -93,21 +95,10 @@ type ManagerConfig struct {
 }
 
 // ManagerJoin is what a joining manager got from its join.
-type ManagerJoin struct {
-	ID     string          // its node ID
-	Cert   tls.Certificate // its manager certificate (chain to the CA)
-	CACert []byte          // the cluster CA, PEM
-	Leader string          // host:port of the manager it joined through
-}
+type ManagerJoin = api.ManagerJoin
 
 // NodeInfo is what a node says about itself when it joins.
-type NodeInfo struct {
-	Name      string
-	Role      string
-	Labels    map[string]string
-	Endpoint  netip.AddrPort // advertise address : WireGuard port
-	PublicKey string         // WireGuard, base64
-}
+type NodeInfo = api.NodeInfo
 
 // Manager owns the cluster state and publishes the map.
 type Manager struct {
@@ -119,7 +110,7 @@ type Manager struct {
 	selfID    string
 	replica   *replicate.Replica
 	stream    *raftStream
-	fwd       *http.Client
+	fwd       apicall.Caller // to the other managers (forwarded calls, Raft join)
 	pool      atomic.Pointer[x509.CertPool]
 	mcert     atomic.Pointer[tls.Certificate]
 	notify    chan struct{} // an entry was applied or a snapshot restored
@@ -178,13 +169,13 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.keepalive == 0 {
-		cfg.keepalive = watchKeepalive
+		cfg.keepalive = api.WatchKeepalive
 	}
 	if cfg.requestTimeout == 0 {
 		cfg.requestTimeout = 20 * time.Second
 	}
 	cfg.Node.Role = clustermap.RoleManager
-	if err := validateNodeInfo(cfg.Node); err != nil {
+	if err := cfg.Node.Validate(); err != nil {
 		return nil, fmt.Errorf("manager node: %w", err)
 	}
 	if cfg.Advertise == "" {
@@ -204,10 +195,8 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 		skew: map[string]time.Duration{}, notify: make(chan struct{}, 1), stop: make(chan struct{}),
 		ready: make(chan struct{}), initial: make(chan error, 1),
 	}
-	m.fwd = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: m.managerClientTLS(false), MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second,
-		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext, TLSHandshakeTimeout: 5 * time.Second,
-	}}
+	m.fwd = apicall.Caller{Scheme: "https", Peer: "manager", HTTP: apicall.HTTPS(m.managerClientTLS(false),
+		apicall.Deadlines{Dial: 5 * time.Second, Handshake: 5 * time.Second, Total: 15 * time.Second})}
 	if err := m.open(); err != nil {
 		m.Close()
 		return nil, err
@@ -257,8 +246,8 @@ func (m *Manager) open() error {
 		m.log.Info("cluster created", "cluster", s.meta.ClusterID)
 	default:
 		m.selfID = s.meta.SelfID
-		if joined := joinedNodeID(m.cfg.StateDir); joined != "" {
-			m.selfID = joined // a manager that joined, started without cluster.manager
+		if m.cfg.JoinedID != "" {
+			m.selfID = m.cfg.JoinedID // a manager that joined, started without cluster.manager
 		}
 		if !hasRaft {
 			// A store written before Raft (single manager), or a restored
@@ -762,32 +751,6 @@ func (m *Manager) markSilentNodesDown() {
 	if err != nil {
 		m.log.Error("mark silent nodes down", "err", err)
 	}
-}
-
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-func validateNodeInfo(n NodeInfo) error {
-	if !nameRE.MatchString(n.Name) {
-		return fmt.Errorf("node name %q is not valid: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit", n.Name)
-	}
-	if n.Role != clustermap.RoleManager && n.Role != clustermap.RoleWorker {
-		return fmt.Errorf("node role %q is not valid: want manager or worker", n.Role)
-	}
-	k, err := base64.StdEncoding.DecodeString(n.PublicKey)
-	if err != nil || len(k) != 32 {
-		return fmt.Errorf("WireGuard public key %q is not valid: want 32 bytes in base64 (as `wg pubkey` prints)", n.PublicKey)
-	}
-	if err := wgkey.Check(k); err != nil {
-		// Such a key gives no shared secret: WireGuard refuses the peer.
-		return fmt.Errorf("WireGuard public key %q is not usable (%v): generate one with `wg genkey | wg pubkey`", n.PublicKey, err)
-	}
-	if !n.Endpoint.IsValid() || n.Endpoint.Port() == 0 {
-		return fmt.Errorf("advertise endpoint %q is not valid: want IP:PORT of the WireGuard listener", n.Endpoint)
-	}
-	if err := validateLabels(n.Labels); err != nil {
-		return fmt.Errorf("node labels: %w", err)
-	}
-	return nil
 }
 
 func randomID() string {

@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 	"github.com/warren-appliance/warren/cluster/pki"
 )
 
@@ -31,10 +33,11 @@ func TestCreateClusterAndJoinTwoWorkers(t *testing.T) {
 		t.Fatal("worker and manager tokens must differ")
 	}
 
-	a1 := join(t, agentConfig(t, tm, "worker-1"))
+	cfg1 := agentConfig(t, tm, "worker-1")
+	a1 := join(t, cfg1)
 	a2 := join(t, agentConfig(t, tm, "worker-2"))
 	for i, c := range []struct {
-		a         *Agent
+		a         *agent.Agent
 		ip, block string
 	}{{a1, "10.0.0.2", "10.0.2.0/24"}, {a2, "10.0.0.3", "10.0.3.0/24"}} {
 		n := c.a.Self()
@@ -43,16 +46,16 @@ func TestCreateClusterAndJoinTwoWorkers(t *testing.T) {
 		}
 	}
 	// The TLS key is private to the node.
-	st, err := os.Stat(filepath.Join(a1.cfg.StateDir, FileTLSKey))
+	st, err := os.Stat(filepath.Join(cfg1.StateDir, agent.FileTLSKey))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Mode().Perm() != 0o600 {
-		t.Fatalf("%s has mode %v, want 0600", FileTLSKey, st.Mode().Perm())
+		t.Fatalf("%s has mode %v, want 0600", agent.FileTLSKey, st.Mode().Perm())
 	}
 
-	r := watch(t, a1)
-	m := r.waitFor(t, "three nodes", hasNodes(3))
+	r := clustertest.Watch(t, a1)
+	m := r.WaitFor(t, "three nodes", clustertest.HasNodes(3))
 	if m.ClusterID != tm.m.ClusterID() || m.Nodes[0].Name != "manager-1" {
 		t.Fatalf("map = %+v", m)
 	}
@@ -61,24 +64,24 @@ func TestCreateClusterAndJoinTwoWorkers(t *testing.T) {
 		t.Fatalf("cached map = %+v, %v; want version %d", cached, err, m.Version)
 	}
 	// The manager's in-process watch sees the same map.
-	mr := watch(t, tm.m)
-	mr.waitFor(t, "the manager's own map", func(got *clustermap.Map) bool { return got.Version >= m.Version && len(got.Nodes) == 3 })
+	mr := clustertest.Watch(t, tm.m)
+	mr.WaitFor(t, "the manager's own map", func(got *clustermap.Map) bool { return got.Version >= m.Version && len(got.Nodes) == 3 })
 }
 
 func TestWatchPushesChangesWithoutPolling(t *testing.T) {
 	tm := startManager(t)
 	a := join(t, agentConfig(t, tm, "worker-1"))
-	r := watch(t, a)
-	before := r.waitFor(t, "first map", hasNodes(2))
+	r := clustertest.Watch(t, a)
+	before := r.WaitFor(t, "first map", clustertest.HasNodes(2))
 	start := time.Now()
 	if _, err := tm.m.CreateService(api.ServiceSpec{Name: "web", Image: "busybox"}); err != nil {
 		t.Fatal(err)
 	}
-	// The stream's keepalive is watchKeepalive (15 s): a map that arrives
+	// The stream's keepalive is api.WatchKeepalive (15 s): a map that arrives
 	// well before that was pushed, not picked up by a periodic poll.
 	done := make(chan *clustermap.Map, 1)
 	go func() {
-		done <- r.waitFor(t, "the map with the service", func(m *clustermap.Map) bool { return len(m.Services) == 1 })
+		done <- r.WaitFor(t, "the map with the service", func(m *clustermap.Map) bool { return len(m.Services) == 1 })
 	}()
 	select {
 	case m := <-done:
@@ -86,7 +89,7 @@ func TestWatchPushesChangesWithoutPolling(t *testing.T) {
 			t.Fatalf("version did not increase: %d -> %d", before.Version, m.Version)
 		}
 		t.Logf("change reached the agent in %v (version %d -> %d)", time.Since(start), before.Version, m.Version)
-	case <-time.After(watchKeepalive - 2*time.Second):
+	case <-time.After(api.WatchKeepalive - 2*time.Second):
 		t.Fatal("the change did not reach the agent before the keepalive interval: the map is not pushed")
 	}
 }
@@ -94,8 +97,8 @@ func TestWatchPushesChangesWithoutPolling(t *testing.T) {
 func TestManagerRestartKeepsIdentityAndWatchResumes(t *testing.T) {
 	tm := startManager(t)
 	a := join(t, agentConfig(t, tm, "worker-1"))
-	r := watch(t, a)
-	r.waitFor(t, "two nodes", hasNodes(2))
+	r := clustertest.Watch(t, a)
+	r.WaitFor(t, "two nodes", clustertest.HasNodes(2))
 	nodesBefore := tm.m.Map().Nodes
 	caBefore := tm.m.Info().CAHash
 	worker, manager := tm.m.JoinTokens()
@@ -122,7 +125,7 @@ func TestManagerRestartKeepsIdentityAndWatchResumes(t *testing.T) {
 	if _, err := tm.m.CreateService(api.ServiceSpec{Name: "after-restart", Image: "busybox"}); err != nil {
 		t.Fatal(err)
 	}
-	r.waitFor(t, "the map made after the restart", func(m *clustermap.Map) bool { return len(m.Services) == 1 })
+	r.WaitFor(t, "the map made after the restart", func(m *clustermap.Map) bool { return len(m.Services) == 1 })
 	if n := a.Self(); n.OverlayIP.String() != "10.0.0.2" {
 		t.Fatalf("worker address changed: %v", n.OverlayIP)
 	}
@@ -132,9 +135,9 @@ func TestWorkerRestartWithManagerDownUsesCachedMap(t *testing.T) {
 	tm := startManager(t)
 	cfg := agentConfig(t, tm, "worker-1")
 	a := join(t, cfg)
-	r := watch(t, a)
-	want := r.waitFor(t, "two nodes", hasNodes(2))
-	r.cancel()
+	r := clustertest.Watch(t, a)
+	want := r.WaitFor(t, "two nodes", clustertest.HasNodes(2))
+	r.Stop()
 	tm.stop()
 
 	// A rebooted node: new agent, same state dir, no token, manager down.
@@ -143,8 +146,8 @@ func TestWorkerRestartWithManagerDownUsesCachedMap(t *testing.T) {
 	if a2.Self().ID != a.Self().ID {
 		t.Fatalf("identity changed: %s -> %s", a.Self().ID, a2.Self().ID)
 	}
-	r2 := watch(t, a2)
-	got := r2.waitFor(t, "the cached map", func(m *clustermap.Map) bool { return true })
+	r2 := clustertest.Watch(t, a2)
+	got := r2.WaitFor(t, "the cached map", func(m *clustermap.Map) bool { return true })
 	if got.Version != want.Version || len(got.Nodes) != 2 {
 		t.Fatalf("cached map = version %d with %d nodes, want version %d with 2", got.Version, len(got.Nodes), want.Version)
 	}
@@ -154,8 +157,8 @@ func TestNodeRemoveDropsItFromMap(t *testing.T) {
 	tm := startManager(t)
 	cfg := agentConfig(t, tm, "worker-1")
 	a := join(t, cfg)
-	r := watch(t, a)
-	r.waitFor(t, "two nodes", hasNodes(2))
+	r := clustertest.Watch(t, a)
+	r.WaitFor(t, "two nodes", clustertest.HasNodes(2))
 
 	err := tm.m.RemoveNode("worker-1", false)
 	if err == nil || !strings.Contains(err.Error(), "--force") {
@@ -171,9 +174,9 @@ func TestNodeRemoveDropsItFromMap(t *testing.T) {
 		t.Fatalf("map still has %d nodes", len(tm.m.Map().Nodes))
 	}
 	select {
-	case err := <-r.err:
-		if !errors.Is(err, ErrRemoved) {
-			t.Fatalf("watch of a removed node ended with %v, want ErrRemoved", err)
+	case err := <-r.Err():
+		if !errors.Is(err, agent.ErrRemoved) {
+			t.Fatalf("watch of a removed node ended with %v, want agent.ErrRemoved", err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the removed node's watch did not end")
@@ -189,7 +192,7 @@ func TestJoinRefusesBadSecret(t *testing.T) {
 	tok, _ := pki.ParseToken(cfg.Token)
 	tok.Secret = pki.NewSecret()
 	cfg.Token = tok.String()
-	_, err := Join(context.Background(), cfg)
+	_, err := agent.Join(context.Background(), cfg)
 	if err == nil || !strings.Contains(err.Error(), "secret is not valid") {
 		t.Fatalf("join with a wrong secret: %v", err)
 	}
@@ -203,7 +206,7 @@ func TestJoinRefusesRotatedToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Join(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "secret is not valid") {
+	if _, err := agent.Join(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "secret is not valid") {
 		t.Fatalf("join with the rotated-out token: %v", err)
 	}
 	cfg.Token = fresh
@@ -218,7 +221,7 @@ func TestJoinRefusesTokenOfAnotherCluster(t *testing.T) {
 	cfg.Token = tok.String()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := Join(ctx, cfg)
+	_, err := agent.Join(ctx, cfg)
 	if err == nil || !strings.Contains(err.Error(), "does not match the token") || ctx.Err() != nil {
 		t.Fatalf("join with a tampered CA hash: %v (must fail at once, not retry)", err)
 	}
@@ -232,31 +235,20 @@ func TestJoinRefusesTakenNameWithAnotherKey(t *testing.T) {
 	tm := startManager(t)
 	join(t, agentConfig(t, tm, "worker-1"))
 	cfg := agentConfig(t, tm, "worker-1") // same name, new key
-	_, err := Join(context.Background(), cfg)
+	_, err := agent.Join(context.Background(), cfg)
 	if err == nil || !strings.Contains(err.Error(), `node name "worker-1" is already taken`) {
 		t.Fatalf("join under a taken name: %v", err)
 	}
-	if !IsNameTaken(err) {
-		t.Fatalf("IsNameTaken does not recognise %v", err)
-	}
-	t.Logf("refused as expected: %v", err)
-}
-
-func TestJoinRefusesClockBeforeCA(t *testing.T) {
-	tm := startManager(t)
-	cfg := agentConfig(t, tm, "worker-1")
-	cfg.now = func() time.Time { return time.Date(1970, 1, 1, 0, 0, 42, 0, time.UTC) }
-	_, err := Join(context.Background(), cfg)
-	if err == nil || !strings.Contains(err.Error(), "clock is wrong") {
-		t.Fatalf("join with the clock in 1970: %v", err)
+	if !agent.IsNameTaken(err) {
+		t.Fatalf("agent.IsNameTaken does not recognise %v", err)
 	}
 	t.Logf("refused as expected: %v", err)
 }
 
 func TestOpenManagerRefusesBadSubnets(t *testing.T) {
 	base := ManagerConfig{
-		StateDir: t.TempDir(), Logger: testLogger(t),
-		Node: NodeInfo{Name: "m", Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PublicKey: newWGKey(t)},
+		StateDir: t.TempDir(), Logger: clustertest.Logger(t),
+		Node: NodeInfo{Name: "m", Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PublicKey: clustertest.WGKey(t)},
 	}
 	for _, c := range []struct {
 		name string

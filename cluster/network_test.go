@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 // The cluster-wide values are decided at creation and reach a joining
@@ -18,10 +20,10 @@ func TestNetworkReachesNodesFromTheCluster(t *testing.T) {
 	tm.cfg = ManagerConfig{
 		StateDir: tm.dir,
 		Node: NodeInfo{Name: "manager-1", Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"),
-			PublicKey: newWGKey(t)},
+			PublicKey: clustertest.WGKey(t)},
 		WireGuardSubnet: netip.MustParsePrefix("172.16.0.0/24"), ContainerSubnet: netip.MustParsePrefix("172.17.0.0/16"),
 		ContainerBlockBits: 25, VIPSubnet: netip.MustParsePrefix("172.18.0.0/16"), Domain: "edge.lan",
-		Logger: testLogger(t),
+		Logger: clustertest.Logger(t),
 	}
 	tm.start()
 	t.Cleanup(tm.stop)
@@ -43,14 +45,14 @@ func TestNetworkReachesNodesFromTheCluster(t *testing.T) {
 	if got := a.Network(); got != want {
 		t.Fatalf("agent network from the join = %+v, want %+v", got, want)
 	}
-	m := watch(t, a).waitFor(t, "a map", hasNodes(2))
+	m := clustertest.Watch(t, a).WaitFor(t, "a map", clustertest.HasNodes(2))
 	if got := m.Network(); got != want {
 		t.Fatalf("map network = %+v, want %+v", got, want)
 	}
 
 	// An identity stored without the network, and no cached map: the next
 	// start asks the manager.
-	idPath := filepath.Join(cfg.StateDir, FileIdentity)
+	idPath := filepath.Join(cfg.StateDir, agent.FileIdentity)
 	var id map[string]any
 	b, err := os.ReadFile(idPath)
 	if err != nil {
@@ -64,12 +66,12 @@ func TestNetworkReachesNodesFromTheCluster(t *testing.T) {
 	if err := os.WriteFile(idPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(cfg.StateDir, FileMap))
+	os.Remove(filepath.Join(cfg.StateDir, agent.FileMap))
 	if got := join(t, cfg).Network(); got != want {
 		t.Fatalf("agent network recovered from the manager = %+v, want %+v", got, want)
 	}
 	b, _ = os.ReadFile(idPath)
 	if err := json.Unmarshal(b, &id); err != nil || id["network"] == nil {
-		t.Fatalf("recovered network not saved in %s: %s", FileIdentity, b)
+		t.Fatalf("recovered network not saved in %s: %s", agent.FileIdentity, b)
 	}
 }

@@ -15,11 +15,6 @@ import (
 	"github.com/warren-appliance/warren/cluster/pki"
 )
 
-// watchKeepalive is how often an idle watch stream carries an empty line,
-// so agents notice a dead manager without TCP timeouts; agents give up on a
-// stream silent for three of them.
-const watchKeepalive = 15 * time.Second
-
 // Serve runs the node API (mTLS) on cfg.APIListen and the liveness check
 // that marks silent nodes down, until ctx ends.
 func (m *Manager) Serve(ctx context.Context) error {
@@ -212,7 +207,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 		return api.JoinResponse{}, errorf(http.StatusForbidden, "this is a %s join token but the node asked to join as %s: use `warren cluster join-token %s`", role, req.Role, req.Role)
 	}
 	info := NodeInfo{Name: req.Name, Role: role, Labels: req.Labels, Endpoint: req.Endpoint, PublicKey: req.PublicKey}
-	if err := validateNodeInfo(info); err != nil {
+	if err := info.Validate(); err != nil {
 		return api.JoinResponse{}, errorf(http.StatusBadRequest, "%v", err)
 	}
 	csr, err := pki.ParseCSR(req.CSR)
@@ -227,7 +222,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 		if exists && (rec.TLSKey == "" || rec.TLSKey != keyHash) {
 			// Name and WireGuard key are in every map: without the node's
 			// private key, anyone holding a token could take its identity.
-			return errorf(http.StatusConflict, "node name %q "+nameTaken+" (overlay IP %s): joining again as that node needs its private key (node-tls.key in its state dir); if this is a re-installed board or another node, choose another name, or remove the old record first with `warren node rm %s`", req.Name, rec.OverlayIP, req.Name)
+			return errorf(http.StatusConflict, "node name %q "+api.NameTaken+" (overlay IP %s): joining again as that node needs its private key (node-tls.key in its state dir); if this is a re-installed board or another node, choose another name, or remove the old record first with `warren node rm %s`", req.Name, rec.OverlayIP, req.Name)
 		}
 		if exists && rec.Role != role {
 			return errorf(http.StatusForbidden, "node %q is a %s: a %s join token cannot join as it", req.Name, rec.Role, role)
@@ -283,7 +278,7 @@ func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) 
 			return errNodeRemoved(id)
 		}
 		info := NodeInfo{Name: rec.Name, Role: rec.Role, Labels: req.Labels, Endpoint: req.Endpoint, PublicKey: req.PublicKey}
-		if err := validateNodeInfo(info); err != nil {
+		if err := info.Validate(); err != nil {
 			return errorf(http.StatusBadRequest, "%v", err)
 		}
 		for oid, n := range s.nodes {
@@ -405,6 +400,7 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	writeDeadline()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set(api.HeaderKeepalive, m.keepalive.String())
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
 	keepalive := time.NewTicker(m.keepalive)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/warren-appliance/warren/cluster/apicall"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/pki"
 )
@@ -92,20 +93,13 @@ func (s *raftStream) offer(c net.Conn) {
 // which only managers hold (it is part of the replicated state): for
 // forwarded calls (raft=false) a chain to the CA is what is checked.
 func (m *Manager) managerClientTLS(raft bool) *tls.Config {
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, // replaced by VerifyPeerCertificate: CA (+ manager unit for Raft)
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if !raft {
-				return m.verifyServerPeer(raw)
-			}
-			_, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageServerAuth)
-			return err
-		},
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return m.managerCert(), nil
-		},
-	}
+	return apicall.MTLS(func(raw [][]byte) error {
+		if !raft {
+			return m.verifyServerPeer(raw)
+		}
+		_, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageServerAuth)
+		return err
+	}, m.managerCert)
 }
 
 func (m *Manager) verifyServerPeer(raw [][]byte) error {

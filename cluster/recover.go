@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +22,9 @@ func (m *Manager) Backup(w io.Writer) error { return m.replica.Backup(w) }
 // with restore != "", stateDir must hold no cluster and the backup becomes
 // its store; otherwise its Raft configuration is rewritten to this manager
 // alone (hashicorp's RecoverCluster). advertise is this manager's API
-// address as the other managers will reach it.
-func ForceNewCluster(stateDir, advertise, restore string, log *slog.Logger) error {
+// address as the other managers will reach it; joinedID is its node ID if
+// it joined the cluster (ManagerConfig.JoinedID).
+func ForceNewCluster(stateDir, advertise, restore, joinedID string, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -77,23 +77,9 @@ func ForceNewCluster(stateDir, advertise, restore string, log *slog.Logger) erro
 		return nil // a single-manager store: the manager bootstraps Raft from it
 	}
 	id := s.meta.SelfID
-	if joined := joinedNodeID(stateDir); joined != "" {
-		id = joined
+	if joinedID != "" {
+		id = joinedID
 	}
 	log.Warn("forcing a new cluster: this manager becomes the only one, keeping its state", "id", id, "address", advertise)
 	return replicate.Recover(replicate.Config{Dir: raftDir, ID: id, Addr: advertise, Store: st, Logger: log})
-}
-
-// joinedNodeID is the node ID of a manager that joined (its agent
-// identity in the state dir), "" for the manager that created the cluster.
-func joinedNodeID(stateDir string) string {
-	b, err := os.ReadFile(filepath.Join(stateDir, FileIdentity))
-	if err != nil {
-		return ""
-	}
-	var ident identity
-	if json.Unmarshal(b, &ident) != nil {
-		return ""
-	}
-	return ident.Node.ID
 }

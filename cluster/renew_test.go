@@ -1,23 +1,18 @@
 package cluster
 
 import (
-	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"net/http"
-	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
+	"github.com/warren-appliance/warren/cluster/pki"
 )
-
-// offsetClock is a clock a test moves forward while agents run.
-type offsetClock struct{ off atomic.Int64 }
-
-func (c *offsetClock) now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *offsetClock) advance(d time.Duration) { c.off.Add(int64(d)) }
 
 func startManagerWithLifetime(t *testing.T, lifetime time.Duration) *testManager {
 	t.Helper()
@@ -25,77 +20,25 @@ func startManagerWithLifetime(t *testing.T, lifetime time.Duration) *testManager
 	tm.cfg = ManagerConfig{
 		StateDir: tm.dir,
 		Node: NodeInfo{Name: "manager-1", Endpoint: mustAddrPort("192.0.2.1:51820"),
-			PublicKey: newWGKey(t)},
+			PublicKey: clustertest.WGKey(t)},
 		DownAfter:    time.Hour,
 		CertLifetime: lifetime,
-		Logger:       testLogger(t),
+		Logger:       clustertest.Logger(t),
 	}
 	tm.start()
 	t.Cleanup(tm.stop)
 	return tm
 }
 
-// waitCertChange waits until the agent's certificate file holds another
-// serial than before.
-func waitCertChange(t *testing.T, dir, before string) string {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c := readCert(t, filepath.Join(dir, FileTLSCert)); c.SerialNumber.Text(16) != before {
-			return c.SerialNumber.Text(16)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("certificate in %s still has serial %s after 30 s", dir, before)
-	return ""
-}
-
-// Finding 1: with a stream that stays up, the certificate was never
-// renewed; now a timer renews it at about two thirds of its lifetime.
-func TestCertificateRenewsOnATimerWhileTheStreamStaysUp(t *testing.T) {
-	tm := startManagerWithLifetime(t, time.Minute)
-	clock := &offsetClock{}
-	cfg := agentConfig(t, tm, "worker-1")
-	cfg.now, cfg.renewCheck = clock.now, 20*time.Millisecond
-	a := join(t, cfg)
-	first := readCert(t, filepath.Join(cfg.StateDir, FileTLSCert))
-	if life := first.NotAfter.Sub(first.NotBefore); life > time.Minute+time.Hour+time.Second {
-		t.Fatalf("certificate lives %s, want cluster.cert_lifetime 1m (+1h backdate)", life)
-	}
-	r := watch(t, a)
-	r.waitFor(t, "the map", hasNodes(2))
-	clock.advance(45 * time.Second) // past 0.7 of the minute
-	second := waitCertChange(t, cfg.StateDir, first.SerialNumber.Text(16))
-	if err := a.Report(context.Background(), NodeStatus{}); err != nil {
-		t.Fatalf("report with the renewed certificate: %v", err)
-	}
-	v, err := tm.m.Node("worker-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur := readCert(t, filepath.Join(cfg.StateDir, FileTLSCert))
-	if cur.SerialNumber.Text(16) != second || !v.CertExpires.Equal(cur.NotAfter) {
-		t.Fatalf("node view cert_expires %v, want the renewed certificate's %v", v.CertExpires, cur.NotAfter)
-	}
-	raw, _ := json.Marshal(v)
-	var fields map[string]any
-	json.Unmarshal(raw, &fields)
-	if s, _ := fields["cert_expires"].(string); s == "" {
-		t.Fatalf("node JSON lacks cert_expires: %s", raw)
-	} else if _, err := time.Parse(time.RFC3339, s); err != nil {
-		t.Fatalf("cert_expires %q is not RFC 3339: %v", s, err)
-	}
-}
-
-// A node switched off past its certificate's expiry comes back by itself,
-// without a token, with its ID, IP and block, by proving its key.
-func TestExpiredNodeComesBackByProvingItsKey(t *testing.T) {
+// A node switched off past its certificate's expiry comes back by proving
+// its key: /v1/renew alone accepts its expired certificate (the agent's
+// side, renewing first when it starts, is in cluster/agent).
+func TestRenewAcceptsAMembersExpiredCertificate(t *testing.T) {
 	tm := startManagerWithLifetime(t, time.Minute)
 	cfg := agentConfig(t, tm, "worker-1")
 	a := join(t, cfg)
-	self := a.Self()
-	old := agentCert(a)
-	// Switched off for five minutes: both clocks move past the expiry.
+	old := agentCert(t, cfg.StateDir)
+	// Switched off for five minutes: the manager's clock is past the expiry.
 	later := func() time.Time { return time.Now().Add(5 * time.Minute) }
 	tm.m.mu.Lock()
 	tm.m.now = later
@@ -104,20 +47,29 @@ func TestExpiredNodeComesBackByProvingItsKey(t *testing.T) {
 	if status != http.StatusUnauthorized || !strings.Contains(msg, "expired") {
 		t.Fatalf("report with the expired certificate: %d %q, want 401", status, msg)
 	}
-	cfg.Token, cfg.now, cfg.renewCheck = "", later, 20*time.Millisecond
-	back := join(t, cfg)
-	r := watch(t, back)
-	m := r.waitFor(t, "the map", hasNodes(2))
-	n, _ := m.Node(self.ID)
-	if n.OverlayIP != self.OverlayIP || n.ContainerBlock != self.ContainerBlock || back.Self().ID != self.ID {
-		t.Fatalf("came back as %+v, was %+v", n, self)
+	key := agentKey(t, cfg.StateDir)
+	csr, err := pki.NewCSR(key, "worker-1")
+	if err != nil {
+		t.Fatal(err)
 	}
-	cur := readCert(t, filepath.Join(cfg.StateDir, FileTLSCert))
-	if !cur.NotAfter.After(later()) {
-		t.Fatalf("certificate not renewed: expires %v", cur.NotAfter)
+	status, body := nodeAPICall(t, tm.addr, http.MethodPost, api.PathRenew, api.RenewRequest{CSR: csr}, certs(old))
+	if status != http.StatusOK {
+		t.Fatalf("renew with the expired certificate: %d %q, want 200", status, body)
 	}
-	if err := back.Report(context.Background(), NodeStatus{}); err != nil {
-		t.Fatalf("report after coming back: %v", err)
+	var out api.RenewResponse
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := x509.ParseCertificate(out.Certificate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if renewed.Subject.CommonName != a.Self().ID || !renewed.NotAfter.After(later()) {
+		t.Fatalf("renewed certificate for %q expires %v, want %q after %v", renewed.Subject.CommonName, renewed.NotAfter, a.Self().ID, later())
+	}
+	fresh := tls.Certificate{Certificate: [][]byte{renewed.Raw}, PrivateKey: key}
+	if status, msg := nodeAPICall(t, tm.addr, http.MethodPost, api.PathStatus, NodeStatus{}, certs(fresh)); status != http.StatusNoContent {
+		t.Fatalf("report with the renewed certificate: %d %q", status, msg)
 	}
 }
 
@@ -125,8 +77,8 @@ func TestExpiredNodeComesBackByProvingItsKey(t *testing.T) {
 func TestRemovedNodeCannotRenew(t *testing.T) {
 	tm := startManagerWithLifetime(t, time.Minute)
 	cfg := agentConfig(t, tm, "worker-1")
-	a := join(t, cfg)
-	old := agentCert(a)
+	join(t, cfg)
+	old := agentCert(t, cfg.StateDir)
 	if err := tm.m.RemoveNode("worker-1", true); err != nil {
 		t.Fatal(err)
 	}

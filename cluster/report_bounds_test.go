@@ -10,6 +10,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
 // Finding 5: 30 reports with a 900 KB error text made 30 commits and 30
@@ -76,7 +77,7 @@ func TestReportAndJoinFieldsAreBounded(t *testing.T) {
 	tm := startManager(t)
 	secret := tokenSecret(t, tm.workerToken())
 	manyLabels := map[string]string{}
-	for i := range maxLabels + 1 {
+	for i := range api.MaxLabels + 1 {
 		manyLabels[fmt.Sprintf("k%d", i)] = "v"
 	}
 	for what, labels := range map[string]map[string]string{
@@ -84,7 +85,7 @@ func TestReportAndJoinFieldsAreBounded(t *testing.T) {
 		"long label key":   {strings.Repeat("k", 64): "v"},
 		"long label value": {"k": strings.Repeat("v", 254)},
 	} {
-		req, _ := rawJoinRequest(t, secret, "n1", clustermap.RoleWorker, newWGKey(t))
+		req, _ := rawJoinRequest(t, secret, "n1", clustermap.RoleWorker, clustertest.WGKey(t))
 		req.Labels = labels
 		if status, msg := nodeAPICall(t, tm.addr, http.MethodPost, api.PathJoin, req, nil); status != http.StatusBadRequest || !strings.Contains(msg, "label") {
 			t.Errorf("join with %s: %d %q, want 400 naming labels", what, status, msg)
@@ -93,7 +94,7 @@ func TestReportAndJoinFieldsAreBounded(t *testing.T) {
 	a := join(t, agentConfig(t, tm, "worker-1"))
 	manyPeers := make([]api.PeerHealth, maxTunnelEntries+1)
 	for i := range manyPeers {
-		manyPeers[i].PublicKey = newWGKey(t)
+		manyPeers[i].PublicKey = clustertest.WGKey(t)
 	}
 	for what, st := range map[string]NodeStatus{
 		"unknown state":  {Tasks: []api.TaskStatus{{Name: "web-1", State: "exploded"}}},

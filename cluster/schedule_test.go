@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bufio"
 	"strings"
 	"testing"
 
@@ -57,22 +56,5 @@ func TestDropFinished(t *testing.T) {
 	}
 	if strings.Join(names, ",") != "stopping,running" {
 		t.Fatalf("kept %v, want stopping,running", names)
-	}
-}
-
-func TestNewerLineBuffered(t *testing.T) {
-	for in, want := range map[string]bool{
-		"{\"v\":1}\n{\"v\":2}\n": true,  // a whole newer map is waiting
-		"{\"v\":1}\n{\"v\":2":    false, // the next one is incomplete
-		"{\"v\":1}\n\n":          false, // only a keepalive follows
-		"{\"v\":1}\n":            false,
-	} {
-		r := bufio.NewReaderSize(strings.NewReader(in), 1024)
-		if _, err := r.ReadBytes('\n'); err != nil {
-			t.Fatal(err)
-		}
-		if got := newerLineBuffered(r); got != want {
-			t.Errorf("%q: newerLineBuffered = %v, want %v", in, got, want)
-		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/pki"
@@ -24,11 +25,15 @@ func markDown(tm *testManager, id string) {
 	tm.m.markSilentNodesDown()
 }
 
-// agentCert is the client certificate an agent holds now.
-func agentCert(a *Agent) tls.Certificate {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.cert
+// agentCert is the client certificate an agent holds now: the files in
+// its state dir, which it writes before it uses a certificate.
+func agentCert(t testing.TB, dir string) tls.Certificate {
+	t.Helper()
+	c, err := tls.LoadX509KeyPair(filepath.Join(dir, agent.FileTLSCert), filepath.Join(dir, agent.FileTLSKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // Finding 3: name and WireGuard key are in every map, so with a token
@@ -58,7 +63,7 @@ func TestWorkerTokenNeverYieldsAManager(t *testing.T) {
 	mgr := join(t, cfg).Self()
 	markDown(tm, mgr.ID)
 	// Even holding the manager's own TLS key, a worker token is not enough.
-	keyPEM, err := os.ReadFile(filepath.Join(cfg.StateDir, FileTLSKey))
+	keyPEM, err := os.ReadFile(filepath.Join(cfg.StateDir, agent.FileTLSKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,8 +89,8 @@ func TestRejoinWithOwnKeyKeepsAddressesAndRevokesOldCertificates(t *testing.T) {
 	cfg := agentConfig(t, tm, "worker-1")
 	a := join(t, cfg)
 	first := a.Self()
-	old := agentCert(a)
-	if err := os.Remove(filepath.Join(cfg.StateDir, FileTLSCert)); err != nil {
+	old := agentCert(t, cfg.StateDir)
+	if err := os.Remove(filepath.Join(cfg.StateDir, agent.FileTLSCert)); err != nil {
 		t.Fatal(err)
 	}
 	// Online or not: the key proves it is the same node.
@@ -104,7 +109,7 @@ func TestRejoinWithOwnKeyKeepsAddressesAndRevokesOldCertificates(t *testing.T) {
 	// operator: `warren node rm` first.
 	cfg2 := cfg
 	cfg2.StateDir = t.TempDir()
-	_, err := Join(context.Background(), cfg2)
+	_, err := agent.Join(context.Background(), cfg2)
 	if err == nil || !strings.Contains(err.Error(), "warren node rm") {
 		t.Fatalf("rejoin with another TLS key: %v, want a refusal naming `warren node rm`", err)
 	}
@@ -114,9 +119,10 @@ func TestRejoinWithOwnKeyKeepsAddressesAndRevokesOldCertificates(t *testing.T) {
 // addresses for the next node.
 func TestNodeRemoveRevokesCertificatesAndFreesAddresses(t *testing.T) {
 	tm := startManager(t)
-	a := join(t, agentConfig(t, tm, "worker-1"))
+	cfg := agentConfig(t, tm, "worker-1")
+	a := join(t, cfg)
 	gone := a.Self()
-	old := agentCert(a)
+	old := agentCert(t, cfg.StateDir)
 	if err := tm.m.RemoveNode("worker-1", true); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 // Package api holds the JSON shapes exchanged with the manager: the node
 // API (join, watch, status over mTLS) and the admin API (the CLI over the
-// local unix socket). Plain data, so the CLI client needs no manager code.
+// local unix socket), their routes, and the bounds of what a node says
+// about itself (node.go). Plain data and checks, so the CLI client and the
+// agent need no manager code.
 package api
 
 import (
@@ -19,7 +21,7 @@ const SocketPath = "/run/warren/warren.sock"
 const (
 	PathCluster    = "/v1/cluster"     // GET ClusterInfo
 	PathJoinTokens = "/v1/join-tokens" // /{role}: GET JoinToken; /{role}/rotate: POST
-	PathNodes      = "/v1/nodes"       // GET []NodeView; /{node}: GET NodeView, DELETE (?force=1)
+	PathNodes      = "/v1/nodes"       // GET []NodeView; /{node}: GET NodeView, DELETE (?force=1); /{node}/promote|demote|drain|activate: POST
 	PathTasks      = "/v1/tasks"       // GET ?service=NAME
 	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels: POST
 	PathPolicies   = "/v1/policies"    // GET, POST PolicyApply; /{name}: GET, DELETE
@@ -32,6 +34,10 @@ const (
 	// On PathNodes/{node}: POST, a manager votes in Raft / stops voting.
 	ActionPromote = "/promote"
 	ActionDemote  = "/demote"
+	// On PathNodes/{node}: POST, move its tasks away and place nothing
+	// there / undo it.
+	ActionDrain    = "/drain"
+	ActionActivate = "/activate"
 )
 
 // Node API paths (mTLS, on the manager's api_listen).
@@ -42,6 +48,14 @@ const (
 	PathWatch  = "/v1/watch"  // GET ?after=VERSION -> newline-delimited maps, pushed on change
 	PathStatus = "/v1/status" // POST NodeStatus
 )
+
+// NodeRemoved is in the manager's refusal (403) of a removed node's calls;
+// the agent recognises it (its ErrRemoved).
+const NodeRemoved = "was removed from the cluster"
+
+// NameTaken is in the manager's refusal (409) of a join under a name
+// another node (another key) holds; the node then may pick a unique name.
+const NameTaken = "is already taken by another node"
 
 // JoinRequest is what a joining node sends once it has pinned the CA.
 type JoinRequest struct {

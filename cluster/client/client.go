@@ -3,46 +3,36 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/apicall"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
 
 // Client calls the admin API on a unix socket.
 type Client struct {
 	socket string
-	http   *http.Client
+	call   apicall.Caller
 }
 
 // New returns a client for the daemon listening on socket.
 func New(socket string) *Client {
-	return &Client{socket: socket, http: &http.Client{
-		Timeout: 60 * time.Second,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "unix", socket)
-			},
-		},
+	return &Client{socket: socket, call: apicall.Caller{
+		HTTP:   apicall.Unix(socket, apicall.Deadlines{Dial: 5 * time.Second, Total: 60 * time.Second}),
+		Scheme: "http", Peer: "daemon", Verbatim: true,
 	}}
 }
 
 // Error is an answer of the daemon other than success.
-type Error struct {
-	Status  int
-	Message string
-}
-
-func (e *Error) Error() string { return e.Message }
+type Error = apicall.Error
 
 // UnreachableError says the daemon did not answer at all.
 type UnreachableError struct {
@@ -57,55 +47,15 @@ func (e *UnreachableError) Error() string {
 func (e *UnreachableError) Unwrap() error { return e.Err }
 
 // IsNotFound reports whether err is the daemon's 404.
-func IsNotFound(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Status == http.StatusNotFound
-}
+func IsNotFound(err error) bool { return apicall.StatusOf(err) == http.StatusNotFound }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
+	err := c.call.Do(ctx, method, "warren", path, q, in, out)
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return &UnreachableError{Socket: c.socket, Err: ue.Err}
 	}
-	u := url.URL{Scheme: "http", Host: "warren", Path: path}
-	if q != nil {
-		u.RawQuery = q.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return &UnreachableError{Socket: c.socket, Err: err}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-		var ae api.Error
-		if json.Unmarshal(b, &ae) != nil || ae.Error == "" {
-			ae.Error = fmt.Sprintf("daemon answered %s", resp.Status)
-		}
-		return &Error{Status: resp.StatusCode, Message: ae.Error}
-	}
-	if out == nil || resp.StatusCode == http.StatusNoContent {
-		return nil
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("decode daemon answer: %w", err)
-	}
-	return nil
+	return err
 }
 
 // ClusterInfo returns the cluster summary.
@@ -166,12 +116,12 @@ func (c *Client) Backup(ctx context.Context, w io.Writer) error {
 
 // SetNodeAvailability drains a node (drain true) or makes it active again.
 func (c *Client) SetNodeAvailability(ctx context.Context, ref string, drain bool) (api.NodeView, error) {
-	verb := "activate"
+	verb := api.ActionActivate
 	if drain {
-		verb = "drain"
+		verb = api.ActionDrain
 	}
 	var out api.NodeView
-	return out, c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(ref)+"/"+verb, nil, nil, &out)
+	return out, c.do(ctx, http.MethodPost, api.PathNodes+"/"+url.PathEscape(ref)+verb, nil, nil, &out)
 }
 
 // Services lists the services with their tasks.

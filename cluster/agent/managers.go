@@ -1,4 +1,4 @@
-package cluster
+package agent
 
 import (
 	"context"
@@ -12,10 +12,10 @@ import (
 )
 
 // ManagerJoin returns what a node that joined with a manager token needs
-// to run its own Manager (ManagerConfig.Join): its ID, its manager
+// to run its own Manager (cluster.ManagerConfig.Join): its ID, its manager
 // certificate and the pinned CA. A certificate issued before managers were
 // replicated (no manager unit) is renewed first, which needs a manager.
-func (a *Agent) ManagerJoin(ctx context.Context) (*ManagerJoin, error) {
+func (a *Agent) ManagerJoin(ctx context.Context) (*api.ManagerJoin, error) {
 	a.mu.Lock()
 	role, leaf := a.id.Node.Role, a.cert.Leaf
 	a.mu.Unlock()
@@ -40,7 +40,7 @@ func (a *Agent) ManagerJoin(ctx context.Context) (*ManagerJoin, error) {
 	defer a.mu.Unlock()
 	cert := a.cert
 	cert.Certificate = append(slices.Clone(cert.Certificate[:1]), a.ca.Raw)
-	return &ManagerJoin{ID: a.id.Node.ID, Cert: cert, CACert: pki.EncodeCertPEM(a.ca.Raw), Leader: a.id.Manager}, nil
+	return &api.ManagerJoin{ID: a.id.Node.ID, Cert: cert, CACert: pki.EncodeCertPEM(a.ca.Raw), Leader: a.id.Manager}, nil
 }
 
 // noteManagers remembers the managers' API addresses from a map: when the

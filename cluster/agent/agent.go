@@ -1,4 +1,8 @@
-package cluster
+// Package agent is a joined node's link to the managers: the first join
+// (pinning the CA by the token), the stored identity, the map stream,
+// heartbeats and certificate renewal, all over mTLS (cluster/apicall). The
+// manager itself is package cluster.
+package agent
 
 import (
 	"bufio"
@@ -10,23 +14,24 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/apicall"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/internal/atomicfile"
+	"github.com/warren-appliance/warren/internal/backoff"
 )
 
 // Files the agent keeps in its state dir.
@@ -38,16 +43,15 @@ const (
 	FileMap      = "map.json"       // last map received, restored at boot
 )
 
-// AgentConfig configures a non-manager node's link to the manager.
-type AgentConfig struct {
+// Config configures a node's link to the managers.
+type Config struct {
 	StateDir string
 	Manager  string // host:port of a manager's API
 	Token    string // needed only for the first join
-	Node     NodeInfo
+	Node     api.NodeInfo
 	Logger   *slog.Logger
 
-	now       func() time.Time // tests move the clock
-	keepalive time.Duration    // the manager's watch keepalive; tests shorten it
+	now func() time.Time // tests move the clock
 	// renewCheck is how often the renewal timer looks at the certificate
 	// at most (default a minute; tests shorten it).
 	renewCheck time.Duration
@@ -55,12 +59,12 @@ type AgentConfig struct {
 
 // Agent is a joined node's link to the manager.
 type Agent struct {
-	cfg    AgentConfig
-	log    *slog.Logger
-	now    func() time.Time
-	ca     *x509.Certificate
-	key    *ecdsa.PrivateKey
-	client *http.Client
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	ca   *x509.Certificate
+	key  *ecdsa.PrivateKey
+	peer apicall.Caller // to the managers, once the CA is pinned
 
 	mu         sync.Mutex
 	cert       tls.Certificate
@@ -92,15 +96,12 @@ var ErrRemoved = errors.New("this node was removed from the cluster")
 // endpoint, name, labels, role and a CSR, retrying with backoff while the
 // manager is unreachable. Later starts reuse the identity in StateDir and
 // need neither the token nor the manager to be up.
-func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
+func Join(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.now == nil {
 		cfg.now = time.Now
-	}
-	if cfg.keepalive == 0 {
-		cfg.keepalive = watchKeepalive
 	}
 	if cfg.renewCheck == 0 {
 		cfg.renewCheck = time.Minute
@@ -111,7 +112,7 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("join: state dir is empty")
 	}
-	if err := validateNodeInfo(cfg.Node); err != nil {
+	if err := cfg.Node.Validate(); err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
@@ -132,7 +133,7 @@ func Join(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 			a.log.Warn("configured name or role differs from this node's cluster record; keeping the record (to change them, `warren node rm` the node, clear the state dir and join again)",
 				"configured_name", cfg.Node.Name, "name", n.Name, "configured_role", cfg.Node.Role, "role", n.Role)
 		}
-		a.client = a.httpClient(pki.CertHash(a.ca.Raw), pinnedByIdentity)
+		a.peer = a.peerFor(identityPin(pki.CertHash(a.ca.Raw)))
 		a.log.Info("reusing stored identity", "node", a.id.Node.Name, "id", a.id.Node.ID, "overlay_ip", a.id.Node.OverlayIP, "manager", a.id.Manager)
 		if !a.id.Network.Complete() {
 			if err := a.recoverNetwork(ctx); err != nil {
@@ -213,21 +214,22 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 		Secret: tok.Secret, Name: a.cfg.Node.Name, Role: a.cfg.Node.Role, Labels: a.cfg.Node.Labels,
 		Endpoint: a.cfg.Node.Endpoint, PublicKey: a.cfg.Node.PublicKey, CSR: csr,
 	}
-	client := a.httpClient(tok.CAHash, pinnedByToken)
+	pin := apicall.Pin{CAHash: tok.CAHash, By: "the token", Advice: "the token is for another cluster, or this is not the manager you meant"}
+	call := a.peerFor(pin)
 	var resp api.JoinResponse
 	var pinned *x509.Certificate
-	bo := newBackoff()
+	var bo backoff.Backoff
 	for attempt := 1; ; attempt++ {
-		pinned, err = a.postJoin(ctx, client, tok.CAHash, req, &resp)
+		pinned, err = a.postJoin(ctx, call, pin, req, &resp)
 		if err == nil {
 			break
 		}
-		if isPermanent(err) || ctx.Err() != nil {
+		if apicall.Permanent(err) || ctx.Err() != nil {
 			return fmt.Errorf("join %s: %w", a.cfg.Manager, err)
 		}
-		d := bo.next()
+		d := bo.Next()
 		a.log.Warn("cannot reach the manager to join, retrying", "manager", a.cfg.Manager, "attempt", attempt, "retry_in", d.Round(time.Millisecond), "err", err)
-		if err := sleepCtx(ctx, d); err != nil {
+		if err := backoff.Sleep(ctx, d); err != nil {
 			return fmt.Errorf("join %s: gave up: %w", a.cfg.Manager, err)
 		}
 	}
@@ -253,7 +255,7 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 	if err := a.saveCert(resp.Certificate); err != nil {
 		return err
 	}
-	a.client = a.httpClient(pki.CertHash(pinned.Raw), pinnedByIdentity)
+	a.peer = a.peerFor(identityPin(pki.CertHash(pinned.Raw)))
 	a.selfSynced = true
 	a.log.Info("joined cluster", "cluster", resp.ClusterID, "node", resp.Node.Name, "id", resp.Node.ID,
 		"overlay_ip", resp.Node.OverlayIP, "block", resp.Node.ContainerBlock)
@@ -262,34 +264,20 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 
 // postJoin sends the join request over a connection whose CA was pinned
 // during the handshake, and returns that CA.
-func (a *Agent) postJoin(ctx context.Context, client *http.Client, caHash string, req api.JoinRequest, out *api.JoinResponse) (*x509.Certificate, error) {
-	var pinned *x509.Certificate
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("encode join request: %w", err)
-	}
+func (a *Agent) postJoin(ctx context.Context, call apicall.Caller, pin apicall.Pin, req api.JoinRequest, out *api.JoinResponse) (*x509.Certificate, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, a.url(a.cfg.Manager, api.PathJoin, nil), bytes.NewReader(body))
+	resp, err := call.Send(ctx, http.MethodPost, a.cfg.Manager, api.PathJoin, nil, req)
 	if err != nil {
 		return nil, err
-	}
-	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(hreq)
-	if err != nil {
-		return nil, unwrapURLError(err)
 	}
 	defer resp.Body.Close()
-	if err := decodeResponse(resp, out); err != nil {
+	if err := decode(call, resp, out); err != nil {
 		return nil, err
 	}
-	for _, c := range resp.TLS.PeerCertificates {
-		if pki.CertHash(c.Raw) == caHash {
-			pinned = c
-		}
-	}
+	pinned := pin.Find(resp.TLS.PeerCertificates)
 	if pinned == nil {
-		return nil, &caMismatchError{want: caHash, pinnedBy: pinnedByToken}
+		return nil, &apicall.CAMismatchError{Pin: pin}
 	}
 	return pinned, nil
 }
@@ -370,7 +358,7 @@ func (a *Agent) Network() clustermap.Network {
 func (a *Agent) recoverNetwork(ctx context.Context) error {
 	m, err := a.CachedMap()
 	if err != nil || m == nil || !m.Network().Complete() {
-		bo := newBackoff()
+		var bo backoff.Backoff
 		for {
 			if m, err = a.fetchMap(ctx); err == nil && m.Network().Complete() {
 				break
@@ -381,9 +369,9 @@ func (a *Agent) recoverNetwork(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return fmt.Errorf("cluster network settings: %w", err)
 			}
-			d := bo.next()
+			d := bo.Next()
 			a.log.Warn("need the cluster's network settings from the manager, retrying", "manager", a.managerAddr(), "retry_in", d.Round(time.Millisecond), "err", err)
-			if err := sleepCtx(ctx, d); err != nil {
+			if err := backoff.Sleep(ctx, d); err != nil {
 				return fmt.Errorf("cluster network settings: %w", err)
 			}
 		}
@@ -398,18 +386,11 @@ func (a *Agent) recoverNetwork(ctx context.Context) error {
 func (a *Agent) fetchMap(ctx context.Context) (*clustermap.Map, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url(a.managerAddr(), api.PathWatch, url.Values{"after": {"0"}}), nil)
+	resp, err := a.openWatch(ctx, 0)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return nil, unwrapURLError(err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, decodeResponse(resp, nil)
-	}
 	r := bufio.NewReaderSize(resp.Body, 256<<10)
 	for {
 		line, err := r.ReadBytes('\n')
@@ -451,7 +432,7 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 		apply(m)
 	}
 	go a.renewLoop(ctx)
-	bo := newBackoff()
+	var bo backoff.Backoff
 	for {
 		connected, err := a.watchOnce(ctx, &have, apply)
 		if ctx.Err() != nil {
@@ -461,13 +442,13 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 			return err
 		}
 		if connected {
-			bo.reset() // the stream worked: the next failure is a new outage
+			bo.Reset() // the stream worked: the next failure is a new outage
 		}
-		if !isPermanent(err) {
+		if !apicall.Permanent(err) {
 			a.nextManager() // that manager is down: try another one of the map
 		}
-		d := bo.next()
-		if isPermanent(err) {
+		d := bo.Next()
+		if apicall.Permanent(err) {
 			// Not a network problem: say so louder, but keep trying, since
 			// an edge node must not give up (the clock may get fixed by NTP).
 			a.log.Error("manager refuses this node, keeping the last map and retrying", "manager", a.managerAddr(), "version", have,
@@ -476,7 +457,7 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 			a.log.Warn("manager unreachable, keeping the last map and retrying", "manager", a.managerAddr(), "version", have,
 				"retry_in", d.Round(time.Millisecond), "err", err)
 		}
-		if err := sleepCtx(ctx, d); err != nil {
+		if err := backoff.Sleep(ctx, d); err != nil {
 			return err
 		}
 	}
@@ -513,23 +494,20 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	q := url.Values{"after": {strconv.FormatUint(*have, 10)}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url(a.managerAddr(), api.PathWatch, q), nil)
+	resp, err := a.openWatch(ctx, *have)
 	if err != nil {
 		return false, err
 	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return false, unwrapURLError(err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return false, decodeResponse(resp, nil)
-	}
 	connected = true
-	// The manager writes a keepalive line every keepalive period; silence for
-	// three of them means the connection is dead even if TCP has not noticed.
-	idle := time.AfterFunc(3*a.cfg.keepalive, cancel)
+	// The manager writes a keepalive line every keepalive period (it says
+	// which); silence for three of them means the connection is dead even
+	// if TCP has not noticed.
+	silence := 3 * api.WatchKeepalive
+	if d, err := time.ParseDuration(resp.Header.Get(api.HeaderKeepalive)); err == nil && d > 0 {
+		silence = 3 * d
+	}
+	idle := time.AfterFunc(silence, cancel)
 	defer idle.Stop()
 	// Big enough to hold several maps of a large cluster, so a burst can be
 	// skipped through (newerLineBuffered).
@@ -538,11 +516,11 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 		line, err := r.ReadBytes('\n')
 		if err != nil {
 			if ctx.Err() != nil && idle.Stop() == false {
-				err = fmt.Errorf("no data from the manager for %s", 3*a.cfg.keepalive)
+				err = fmt.Errorf("no data from the manager for %s", silence)
 			}
 			return connected, fmt.Errorf("map stream: %w", err)
 		}
-		idle.Reset(3 * a.cfg.keepalive)
+		idle.Reset(silence)
 		line = bytes.TrimSpace(line)
 		if len(line) == 0 || newerLineBuffered(r) {
 			// A burst of changes (many nodes joining) queues maps faster
@@ -567,7 +545,7 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 			// A slow apply is not a silent manager.
 			idle.Stop()
 			apply(&m)
-			idle.Reset(3 * a.cfg.keepalive)
+			idle.Reset(silence)
 		}
 	}
 }
@@ -620,27 +598,27 @@ func (a *Agent) syncSelf(ctx context.Context) error {
 // renewLoop renews the certificate on a timer at about two thirds of its
 // lifetime, whatever the watch stream does, until ctx ends.
 func (a *Agent) renewLoop(ctx context.Context) {
-	bo := newBackoff()
+	var bo backoff.Backoff
 	for {
 		if err := a.maybeRenew(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			d := bo.next()
+			d := bo.Next()
 			a.log.Warn("certificate renewal failed; will retry", "retry_in", d.Round(time.Millisecond), "err", err)
-			if err := sleepCtx(ctx, d); err != nil {
+			if err := backoff.Sleep(ctx, d); err != nil {
 				return
 			}
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		wait := a.cfg.renewCheck
 		if leaf := a.leaf(); leaf != nil {
 			if d := pki.RenewAt(leaf, a.renewFrac).Sub(a.now()); d > 0 && d < wait {
 				wait = d
 			}
 		}
-		if err := sleepCtx(ctx, wait); err != nil {
+		if err := backoff.Sleep(ctx, wait); err != nil {
 			return
 		}
 	}
@@ -687,16 +665,14 @@ func (a *Agent) maybeRenew(ctx context.Context) error {
 	a.lastRenew = time.Now()
 	// Pooled connections authenticated with the old certificate; the next
 	// calls present the new one.
-	if tr, ok := a.client.Transport.(*http.Transport); ok {
-		tr.CloseIdleConnections()
-	}
+	a.peer.HTTP.CloseIdleConnections()
 	a.log.Info("node certificate renewed", "expires", a.leaf().NotAfter.UTC().Format(time.RFC3339))
 	return nil
 }
 
 // Report sends a heartbeat with tunnel health and task states. Call it
 // periodically (well under the manager's DownAfter, e.g. a third of it).
-func (a *Agent) Report(ctx context.Context, s NodeStatus) error {
+func (a *Agent) Report(ctx context.Context, s api.NodeStatus) error {
 	if s.Time.IsZero() {
 		s.Time = a.now()
 	}
@@ -715,198 +691,81 @@ func (a *Agent) managerAddr() string {
 }
 
 func (a *Agent) call(ctx context.Context, method, path string, in, out any) error {
-	body, err := json.Marshal(in)
+	resp, err := a.peer.Send(ctx, method, a.managerAddr(), path, nil, in)
 	if err != nil {
 		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, method, a.url(a.managerAddr(), path, nil), bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return unwrapURLError(err)
 	}
 	defer resp.Body.Close()
-	return decodeResponse(resp, out)
+	return decode(a.peer, resp, out)
 }
 
-func (a *Agent) url(host, path string, q url.Values) string {
-	u := url.URL{Scheme: "https", Host: host, Path: path}
-	if q != nil {
-		u.RawQuery = q.Encode()
+// openWatch opens the map stream for maps newer than after.
+func (a *Agent) openWatch(ctx context.Context, after uint64) (*http.Response, error) {
+	q := url.Values{"after": {strconv.FormatUint(after, 10)}}
+	resp, err := a.peer.Send(ctx, http.MethodGet, a.managerAddr(), api.PathWatch, q, nil)
+	if err != nil {
+		return nil, err
 	}
-	return u.String()
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		if err := decode(a.peer, resp, nil); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("map stream: manager answered %s", resp.Status)
+	}
+	return resp, nil
 }
 
-// httpClient talks to managers whose certificate chains to the CA with
-// caHash. Managers are reached by IP and their certificates cannot know
-// every address, so the pinned CA, not the host name, is what is checked.
-func (a *Agent) httpClient(caHash, pinnedBy string) *http.Client {
-	conf := &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, // replaced by VerifyPeerCertificate below: CA pinned by hash
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyPinned(raw, caHash, pinnedBy, a.now())
-		},
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			c := a.cert // empty before the first join: the handshake sends no certificate
-			return &c, nil
-		},
-	}
-	return &http.Client{Transport: &http.Transport{
-		TLSClientConfig:       conf,
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 30 * time.Second,
-		MaxIdleConnsPerHost:   2,
-		IdleConnTimeout:       90 * time.Second,
-	}}
-}
-
-// verifyPinned checks that the manager presented a CA whose hash is the
-// pinned one and a serving certificate signed by it, valid now.
-func verifyPinned(raw [][]byte, caHash, pinnedBy string, now time.Time) error {
-	var certs []*x509.Certificate
-	for _, r := range raw {
-		c, err := x509.ParseCertificate(r)
-		if err != nil {
-			return fmt.Errorf("manager sent an unparsable certificate: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return errors.New("manager sent no certificate")
-	}
-	var ca *x509.Certificate
-	for _, c := range certs {
-		if pki.CertHash(c.Raw) == caHash {
-			ca = c
-		}
-	}
-	if ca == nil {
-		got := ""
-		if len(certs) > 1 {
-			got = pki.CertHash(certs[len(certs)-1].Raw)
-		}
-		return &caMismatchError{want: caHash, got: got, pinnedBy: pinnedBy}
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	if err := pki.VerifyChain(ca, pool, x509.ExtKeyUsageAny, now); err != nil {
-		return err
-	}
-	return pki.VerifyChain(certs[0], pool, x509.ExtKeyUsageServerAuth, now)
-}
-
-// What pinned the CA, for caMismatchError's message.
-const (
-	pinnedByToken    = "the token"
-	pinnedByIdentity = "this node's cluster CA (" + FileCA + ")"
-)
-
-// caMismatchError: the manager's CA is not the one the token (or the
-// stored identity) pins. Retrying cannot help.
-type caMismatchError struct{ want, got, pinnedBy string }
-
-func (e *caMismatchError) Error() string {
-	got := ""
-	if e.got != "" {
-		got = " (sha256 " + short(e.got) + "…)"
-	}
-	advice := "the token is for another cluster, or this is not the manager you meant"
-	if e.pinnedBy == pinnedByIdentity {
-		advice = "this address now serves another cluster (was the manager re-created?); to join that cluster, clear the state dir and join with its token"
-	}
-	return fmt.Sprintf("the manager's CA%s does not match %s (sha256 %s…): %s", got, e.pinnedBy, short(e.want), advice)
-}
-
-func short(h string) string { return h[:min(12, len(h))] }
-
-// httpError is a non-2xx answer, carrying the manager's explanation.
-type httpError struct {
-	status int
-	msg    string
-}
-
-func (e *httpError) Error() string { return fmt.Sprintf("manager refused (%d): %s", e.status, e.msg) }
-
-func decodeResponse(resp *http.Response, out any) error {
-	if resp.StatusCode/100 != 2 {
-		var ae api.Error
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-		if json.Unmarshal(b, &ae) != nil || ae.Error == "" {
-			ae.Error = http.StatusText(resp.StatusCode)
-		}
-		herr := &httpError{status: resp.StatusCode, msg: ae.Error}
-		if resp.StatusCode == http.StatusForbidden && bytes.Contains(b, []byte("was removed")) {
-			return fmt.Errorf("%w: %w", ErrRemoved, herr)
-		}
-		return herr
-	}
-	if out == nil || resp.StatusCode == http.StatusNoContent {
-		return nil
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("decode manager answer: %w", err)
-	}
-	return nil
-}
-
-// unwrapURLError drops net/url's "Post \"https://...\":" prefix when the
-// cause is ours (pinning, clock), so the user reads the reason first.
-func unwrapURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		var cm *caMismatchError
-		var ce *pki.ClockError
-		if errors.As(err, &cm) {
-			return cm
-		}
-		if errors.As(err, &ce) {
-			return ce
-		}
+// decode reads the manager's answer; a refusal that says this node was
+// removed is also ErrRemoved.
+func decode(call apicall.Caller, resp *http.Response, out any) error {
+	err := call.Decode(resp, out)
+	var ce *apicall.Error
+	if errors.As(err, &ce) && ce.Status == http.StatusForbidden && strings.Contains(ce.Message, api.NodeRemoved) {
+		return fmt.Errorf("%w: %w", ErrRemoved, err)
 	}
 	return err
 }
 
-func isPermanent(err error) bool {
-	var cm *caMismatchError
-	var ce *pki.ClockError
-	var he *httpError
-	if errors.As(err, &cm) || errors.As(err, &ce) {
-		return true
-	}
-	return errors.As(err, &he) && he.status >= 400 && he.status < 500
+// peerFor talks to managers whose certificate chains to the CA pinned by
+// pin, presenting this node's certificate.
+func (a *Agent) peerFor(pin apicall.Pin) apicall.Caller {
+	conf := apicall.MTLS(pin.Verify(a.now), func() *tls.Certificate {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		c := a.cert // empty before the first join: the handshake sends no certificate
+		return &c
+	})
+	return apicall.Caller{Scheme: "https", Peer: "manager", HTTP: apicall.HTTPS(conf, apicall.Deadlines{
+		Dial: 10 * time.Second, KeepAlive: 15 * time.Second, Handshake: 10 * time.Second, ResponseHeader: 30 * time.Second,
+	})}
 }
 
-// backoff doubles from 200ms to 10s, with jitter so that a cluster's nodes
-// do not reconnect in lockstep after a manager restart.
-type backoff struct{ d time.Duration }
-
-func newBackoff() *backoff { return &backoff{} }
-
-func (b *backoff) reset() { b.d = 0 }
-
-func (b *backoff) next() time.Duration {
-	if b.d == 0 {
-		b.d = 200 * time.Millisecond
-	} else {
-		b.d = min(2*b.d, 10*time.Second)
-	}
-	return b.d/2 + rand.N(b.d/2+1)
+// identityPin pins the CA stored at the first join.
+func identityPin(caHash string) apicall.Pin {
+	return apicall.Pin{CAHash: caHash, By: "this node's cluster CA (" + FileCA + ")",
+		Advice: "this address now serves another cluster (was the manager re-created?); to join that cluster, clear the state dir and join with its token"}
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+// IsNameTaken reports whether a join failed because another node (with
+// another key) holds the name: a node whose name was only derived from its
+// host name can then pick a unique one.
+func IsNameTaken(err error) bool {
+	var ce *apicall.Error
+	return errors.As(err, &ce) && ce.Status == http.StatusConflict && strings.Contains(ce.Message, api.NameTaken)
+}
+
+// JoinedNodeID is the node ID of the identity stored in stateDir by a join,
+// "" if there is none (or it is unreadable): a manager that joined the
+// cluster runs its Manager under this ID.
+func JoinedNodeID(stateDir string) string {
+	b, err := os.ReadFile(filepath.Join(stateDir, FileIdentity))
+	if err != nil {
+		return ""
 	}
+	var id identity
+	if json.Unmarshal(b, &id) != nil {
+		return ""
+	}
+	return id.Node.ID
 }
