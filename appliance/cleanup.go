@@ -9,6 +9,7 @@ import (
 
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/tunnel"
 )
@@ -38,6 +39,11 @@ func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
 	}
 	if err != nil {
 		errs = append(errs, fmt.Errorf("tasks: %w", err))
+	}
+	if a, err := netpolicy.NewApplier(log); err != nil {
+		errs = append(errs, fmt.Errorf("network policies: %w", err))
+	} else if err := a.Cleanup(); err != nil {
+		errs = append(errs, fmt.Errorf("network policies: %w", err))
 	}
 	if a, err := nat.NewApplier(log); err != nil {
 		errs = append(errs, fmt.Errorf("iptables: %w", err))

@@ -27,6 +27,7 @@ import (
 	"github.com/warren-appliance/warren/internal/netaddr"
 	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/tunnel"
 )
@@ -278,6 +279,7 @@ type node struct {
 	static []tunnel.Peer
 	orch   *orchestrate.Reconciler
 	nat    *nat.Applier
+	pol    *netpolicy.Applier
 	dns    *dns.Server
 	met    *metrics.Metrics
 
@@ -285,6 +287,8 @@ type node struct {
 	last *clustermap.Map
 	// natFailed: the last rule sync failed and must be retried.
 	natFailed bool
+	// polFailed: the last network policy sync failed and must be retried.
+	polFailed bool
 	// overlap: the last host-overlap finding, logged when it changes.
 	overlap string
 }
@@ -348,6 +352,9 @@ func (n *node) startReconcilers(ctx context.Context) error {
 	if n.nat, err = nat.NewApplier(n.log); err != nil {
 		return fmt.Errorf("iptables: %w", err)
 	}
+	if n.pol, err = netpolicy.NewApplier(n.log.With("component", "netpolicy")); err != nil {
+		return fmt.Errorf("network policies: %w", err)
+	}
 
 	// FreeBind: the bridge address appears with the task reconciler's
 	// first pass; the resolver must not wait for it.
@@ -402,8 +409,11 @@ func (n *node) apply(m *clustermap.Map) {
 		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
 		n.met.ReconcileError("tunnel")
 	}
+	// Policies first: a new task's address is in its sets before it starts.
+	n.syncPolicies(m)
 	n.orch.Apply(taskSpecs(m, n.self.ID))
 	n.syncNAT(m)
+	n.ensurePolicyJump() // the NAT sync may have inserted its jumps before ours
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.met.SetMapVersion(m.Version)
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
@@ -422,6 +432,32 @@ func (n *node) syncNAT(m *clustermap.Map) {
 	n.mu.Lock()
 	n.natFailed = err != nil
 	n.mu.Unlock()
+}
+
+// syncPolicies enforces m's network policies for the tasks forwarded
+// through this node; a failure is retried by the canary loop.
+func (n *node) syncPolicies(m *clustermap.Map) {
+	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet})
+	st, err := n.pol.Sync(rules)
+	if err != nil {
+		n.log.Error("applying network policies", "err", err, "map_version", m.Version)
+	} else if st.RulesWritten || st.Added+st.Removed > 0 {
+		n.log.Debug("network policies applied", "map_version", m.Version, "policies", len(m.Policies), "sets", len(rules.Sets),
+			"added", st.Added, "removed", st.Removed, "rules_written", st.RulesWritten)
+	}
+	n.mu.Lock()
+	n.polFailed = err != nil
+	n.mu.Unlock()
+}
+
+// ensurePolicyJump puts the policy jump back in first place in FORWARD
+// when something (the task or NAT rules, a firewall script) got before it.
+func (n *node) ensurePolicyJump() {
+	if first, err := n.pol.JumpFirst(); err == nil && !first {
+		if err := n.pol.EnsureJump(); err != nil {
+			n.log.Error("moving the network policy jump first in FORWARD", "err", err)
+		}
+	}
 }
 
 func (n *node) natOptions() nat.Options {
@@ -519,8 +555,15 @@ func (n *node) canaryLoop(ctx context.Context) {
 			continue
 		}
 		n.mu.Lock()
-		failed := n.natFailed
+		failed, polFailed := n.natFailed, n.polFailed
 		n.mu.Unlock()
+		// The policy jump must stay the first rule of FORWARD (the task
+		// and service rules after it accept).
+		if polFailed {
+			n.syncPolicies(m)
+		} else {
+			n.ensurePolicyJump()
+		}
 		if missing, err := n.nat.CanaryMissing(); err == nil && missing {
 			n.log.Warn("service rules were flushed by someone else; restoring them")
 			n.syncNAT(m)

@@ -15,6 +15,7 @@ import (
 // and the rest): one node must not be able to grow the map, the store or
 // every node's cached map.
 const (
+	maxServiceLabels = 64   // labels of one service (its tasks carry them)
 	maxTunnelEntries = 1024 // health entries per report (one per peer)
 	maxReportedTasks = 4096
 	maxTaskName      = 128

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"reflect"
@@ -43,6 +44,31 @@ func TestServiceLabelsReachTasksAndMap(t *testing.T) {
 	spec.Labels = map[string]string{"app": "-x"}
 	_, err = c.CreateService(ctx, spec)
 	wantAPIError(t, err, http.StatusBadRequest, `label value "-x"`)
+
+	// At most 64 labels per service: on create, and after an update's
+	// additions (which then change nothing).
+	many := map[string]string{}
+	for i := range maxServiceLabels + 1 {
+		many[fmt.Sprintf("k%02d", i)] = "v"
+	}
+	spec = apiSpec("many", 1)
+	spec.Labels = many
+	_, err = c.CreateService(ctx, spec)
+	wantAPIError(t, err, http.StatusBadRequest, "service many would have 65 labels: at most 64 labels per service")
+	delete(many, "k64")
+	spec.Labels = many
+	if _, err := c.CreateService(ctx, spec); err != nil {
+		t.Fatalf("64 labels refused: %v", err)
+	}
+	before := tm.m.Map().Version
+	_, err = c.UpdateServiceLabels(ctx, "many", map[string]string{"one": "more"}, nil)
+	wantAPIError(t, err, http.StatusBadRequest, "service many would have 65 labels: at most 64 labels per service")
+	if v, err := c.Service(ctx, "many"); err != nil || len(v.Labels) != 64 || tm.m.Map().Version != before {
+		t.Fatalf("after a refused update: %d labels, map v%d (was v%d), %v", len(v.Labels), tm.m.Map().Version, before, err)
+	}
+	if v, err := c.UpdateServiceLabels(ctx, "many", map[string]string{"one": "more"}, []string{"k00"}); err != nil || len(v.Labels) != 64 {
+		t.Fatalf("replacing one of 64 labels: %v %v", v.Labels, err)
+	}
 
 	// Labels survive a manager restart (they are in the store).
 	tm.restart()

@@ -35,6 +35,9 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 		if err := netpolicy.CheckLabels(spec.Labels); err != nil {
 			return svc, errorf(http.StatusBadRequest, "%v", err)
 		}
+		if err := checkServiceLabelCount(spec.Name, len(spec.Labels)); err != nil {
+			return svc, err
+		}
 		svc.Labels = maps.Clone(spec.Labels)
 	}
 	if !serviceNameRE.MatchString(spec.Name) {
@@ -165,7 +168,7 @@ func (m *Manager) ScaleService(name string, replicas int) (api.ServiceView, erro
 	if err := validateReplicas(replicas); err != nil {
 		return api.ServiceView{}, err
 	}
-	err := m.changeService(name, func(r *serviceRecord) { r.Replicas = replicas })
+	err := m.changeService(name, func(r *serviceRecord) error { r.Replicas = replicas; return nil })
 	if err != nil {
 		return api.ServiceView{}, err
 	}
@@ -179,7 +182,7 @@ func (m *Manager) UpdateServiceImage(name, image string) (api.ServiceView, error
 	if err := validateImage(image); err != nil {
 		return api.ServiceView{}, err
 	}
-	if err := m.changeService(name, func(r *serviceRecord) { r.Image = image }); err != nil {
+	if err := m.changeService(name, func(r *serviceRecord) error { r.Image = image; return nil }); err != nil {
 		return api.ServiceView{}, err
 	}
 	m.log.Info("service image update started", "service", name, "image", image)
@@ -200,7 +203,7 @@ func (m *Manager) UpdateServiceLabels(name string, add map[string]string, rm []s
 			return api.ServiceView{}, errorf(http.StatusBadRequest, "label %s is both added and removed", k)
 		}
 	}
-	err := m.changeService(name, func(r *serviceRecord) {
+	err := m.changeService(name, func(r *serviceRecord) error {
 		labels := maps.Clone(r.Labels) // records are shared with the previous state
 		if labels == nil {
 			labels = map[string]string{}
@@ -209,10 +212,14 @@ func (m *Manager) UpdateServiceLabels(name string, add map[string]string, rm []s
 		for _, k := range rm {
 			delete(labels, k)
 		}
+		if err := checkServiceLabelCount(name, len(labels)); err != nil {
+			return err
+		}
 		if len(labels) == 0 {
 			labels = nil
 		}
 		r.Labels = labels
+		return nil
 	})
 	if err != nil {
 		return api.ServiceView{}, err
@@ -221,13 +228,15 @@ func (m *Manager) UpdateServiceLabels(name string, add map[string]string, rm []s
 	return m.Service(name)
 }
 
-func (m *Manager) changeService(name string, change func(*serviceRecord)) error {
+func (m *Manager) changeService(name string, change func(*serviceRecord) error) error {
 	return m.update(func(s *state) error {
 		r, ok := s.services[name]
 		if !ok {
 			return errNoService(name)
 		}
-		change(&r)
+		if err := change(&r); err != nil {
+			return err
+		}
 		r.UpdatedAt = m.now().UTC()
 		s.services[name] = r
 		return nil
@@ -312,4 +321,14 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 		}
 	}
 	return v
+}
+
+// checkServiceLabelCount refuses a service with more than
+// maxServiceLabels labels (every label is carried by each of its tasks in
+// the map every node holds).
+func checkServiceLabelCount(service string, n int) error {
+	if n > maxServiceLabels {
+		return errorf(http.StatusBadRequest, "service %s would have %d labels: at most %d labels per service", service, n, maxServiceLabels)
+	}
+	return nil
 }

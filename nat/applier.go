@@ -373,9 +373,11 @@ func targetsOurs(rule string) bool {
 
 // ownedChain reports whether chain (or a rule text starting with it) is
 // this package's: WARREN-*, except the WARREN-TASK-* chains that the task
-// networking (package orchestrate) owns and syncs itself.
+// networking (package orchestrate) owns and the WARREN-POL* chains of the
+// network policies (package netpolicy), which sync themselves.
 func ownedChain(chain string) bool {
-	return strings.HasPrefix(chain, chainPrefix) && !strings.HasPrefix(chain, taskChainPrefix)
+	return strings.HasPrefix(chain, chainPrefix) && !strings.HasPrefix(chain, taskChainPrefix) &&
+		!strings.HasPrefix(chain, policyChainPrefix)
 }
 
 // ensureJumps makes each jump from a built-in chain exist exactly once,

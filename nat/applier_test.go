@@ -560,7 +560,14 @@ func TestApplierLeavesTaskChainsAlone(t *testing.T) {
 	nsRun(t, ns, a.command, "-t", "filter", "-A", "FORWARD", "-j", "WARREN-TASK-FORWARD")
 	nsRun(t, ns, a.command, "-t", "nat", "-N", "WARREN-TASK-EGRESS")
 	nsRun(t, ns, a.command, "-t", "nat", "-A", "POSTROUTING", "-j", "WARREN-TASK-EGRESS")
+	// So do package netpolicy's.
+	nsRun(t, ns, a.command, "-t", "filter", "-N", "WARREN-POL-INGRESS")
+	nsRun(t, ns, a.command, "-t", "filter", "-N", "WARREN-POLICY")
+	nsRun(t, ns, a.command, "-t", "filter", "-A", "WARREN-POLICY", "-j", "WARREN-POL-INGRESS")
+	nsRun(t, ns, a.command, "-t", "filter", "-I", "FORWARD", "-j", "WARREN-POLICY")
 	want := []string{
+		"-A FORWARD -j WARREN-POLICY",
+		"-A WARREN-POLICY -j WARREN-POL-INGRESS",
 		"-A FORWARD -j WARREN-TASK-FORWARD",
 		"-A WARREN-TASK-FORWARD -i warren-br0 -j ACCEPT",
 		"-A POSTROUTING -j WARREN-TASK-EGRESS",
@@ -582,7 +589,7 @@ func TestApplierLeavesTaskChainsAlone(t *testing.T) {
 	check("after a restart's full sync with no services")
 	mustInNetns(t, ns, fresh.Cleanup)
 	check("after Cleanup")
-	if got := saved(t, ns, a); strings.Contains(strings.ReplaceAll(got, "WARREN-TASK-", ""), "WARREN-") {
+	if got := saved(t, ns, a); strings.Contains(strings.NewReplacer("WARREN-TASK-", "", "WARREN-POL", "").Replace(got), "WARREN-") {
 		t.Errorf("Cleanup left service rules:\n%s", got)
 	}
 }

@@ -2,6 +2,7 @@ package orchestrate
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/coreos/go-iptables/iptables"
 
@@ -35,6 +37,8 @@ type network struct {
 
 	detectOnce sync.Once
 	iptCommand string // iptables variant in use, detected on first use
+
+	isolationMu sync.Mutex // syncIsolation: tasks are set up in parallel
 }
 
 const ipForwardSysctl = "/proc/sys/net/ipv4/ip_forward"
@@ -97,7 +101,7 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 	var notFound netlink.LinkNotFoundError
 	switch {
 	case errors.As(err, &notFound):
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.bridge}}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.bridge, HardwareAddr: bridgeMAC(n.block)}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return nil, fmt.Errorf("create bridge %s: %w", n.bridge, err)
 		}
@@ -108,6 +112,18 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 		return nil, fmt.Errorf("find bridge %s: %w", n.bridge, err)
 	case link.Type() != "bridge":
 		return nil, fmt.Errorf("%s exists and is a %s, not a bridge", n.bridge, link.Type())
+	}
+
+	// A bridge whose MAC was not set takes the lowest MAC of its ports,
+	// so a new task's port could change it under the running tasks,
+	// whose neighbour entries for their gateway (and, on an isolated
+	// bridge, for every other task) would keep the old MAC: their frames
+	// would be dropped until those entries time out (about 20 s, seen as
+	// a new task unreachable across nodes). A MAC set here stays.
+	if mac := bridgeMAC(n.block); !bytes.Equal(link.Attrs().HardwareAddr, mac) {
+		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+			return nil, fmt.Errorf("set the MAC of bridge %s: %w", n.bridge, err)
+		}
 	}
 
 	want := &net.IPNet{IP: netaddr.Bridge(n.block).AsSlice(), Mask: net.CIDRMask(n.block.Bits(), 32)}
@@ -134,7 +150,79 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("bring bridge up: %w", err)
 	}
+	if _, err := n.syncIsolation(); err != nil {
+		return nil, err
+	}
 	return link, nil
+}
+
+// bridgeMAC is the bridge's own MAC: locally administered, unicast, and
+// derived from the node's block, so it is the same after a restart.
+func bridgeMAC(block netip.Prefix) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("warren bridge " + block.Masked().String()))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
+}
+
+// brNetfilterSysctl says whether bridged IPv4 frames pass iptables in
+// this network namespace (missing: br_netfilter is not loaded).
+const brNetfilterSysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+// isolateTaskPorts reports whether task ports must be isolated so that
+// task-to-task traffic is routed through the host's FORWARD chain: when
+// br_netfilter does not send bridged frames through iptables.
+func isolateTaskPorts() bool {
+	cur, err := os.ReadFile(brNetfilterSysctl)
+	return err != nil || string(bytes.TrimSpace(cur)) != "1"
+}
+
+// syncIsolation decides whether task ports are isolated and makes the
+// bridge's proxy_arp_pvlan agree, in one step: ensureTask calls it before
+// it isolates (or opens) a port, so a port is never isolated while the
+// host does not answer ARP for the other tasks (isolated tasks could not
+// resolve each other at all), whenever br_netfilter was switched.
+//
+// Without br_netfilter, frames between two tasks' ports would be bridged
+// past iptables. Then task ports are isolated from each other and the
+// host answers the tasks' ARP requests for each other's addresses
+// (proxy_arp_pvlan), so it routes their traffic through FORWARD, where
+// network policies are enforced. With br_netfilter on, bridged frames
+// already pass FORWARD, and isolation would block its bridged DNAT (a
+// task reaching a task of the same node, or itself, through a VIP), so
+// ports stay open. The sysctl is read on every call, so a module loaded
+// later (Docker loads it) is followed.
+func (n *network) syncIsolation() (bool, error) {
+	n.isolationMu.Lock()
+	defer n.isolationMu.Unlock()
+	isolate := isolateTaskPorts()
+	want := "0"
+	if isolate {
+		want = "1"
+	}
+	if err := setSysctl(filepath.Join("/proc/sys/net/ipv4/conf", n.bridge, "proxy_arp_pvlan"), want); err != nil {
+		return false, err
+	}
+	if isolate {
+		// An isolated port cannot hear another task answer, so the host
+		// answers at once instead of after a random delay of up to
+		// proxy_delay (0.8 s by default) left for the real owner.
+		if err := setSysctl(filepath.Join("/proc/sys/net/ipv4/neigh", n.bridge, "proxy_delay"), "0"); err != nil {
+			return false, err
+		}
+	}
+	return isolate, nil
+}
+
+// setSysctl writes value to the sysctl file path unless it holds it.
+func setSysctl(path, value string) error {
+	if cur, err := os.ReadFile(path); err == nil && string(bytes.TrimSpace(cur)) == value {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(value+"\n"), 0o644); err != nil {
+		return fmt.Errorf("set %s to %s: %w", path, value, err)
+	}
+	return nil
 }
 
 func (n *network) iptables() (*iptables.IPTables, error) {
@@ -278,13 +366,35 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("find bridge %s: %w", n.bridge, err)
 	}
+	isolate, err := n.syncIsolation()
+	if err != nil {
+		return "", err
+	}
 	hostName := hostVethName(task)
 	if n.taskLinkComplete(h, br, hostName, ip) {
-		// Ports made before hairpin mode was set here get it now.
+		// Ports get hairpin mode if made before it was set here, and follow
+		// br_netfilter being switched on or off (see syncIsolation).
 		if host, err := netlink.LinkByName(hostName); err == nil {
 			if pi, err := netlink.LinkGetProtinfo(host); err == nil && !pi.Hairpin {
 				if err := netlink.LinkSetHairpin(host, true); err != nil {
 					return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
+				}
+			}
+			if pi, err := netlink.LinkGetProtinfo(host); err == nil && pi.Isolated != isolate {
+				if err := netlink.LinkSetIsolated(host, isolate); err != nil {
+					return "", fmt.Errorf("isolation of bridge port %s: %w", hostName, err)
+				}
+				// The task's neighbours were resolved the other way (the
+				// other tasks' own MACs, which an isolated port cannot
+				// reach, or the host's): resolve them again now rather
+				// than when the entries time out.
+				if err := flushNeighbours(h); err != nil {
+					return "", fmt.Errorf("task %s: %w", task, err)
+				}
+			} else if stale, err := staleNeighbours(h, br.Attrs().HardwareAddr, netaddr.Bridge(n.block), isolate); err == nil && stale {
+				// The bridge's MAC changed (see ensureBridge): resolve again.
+				if err := flushNeighbours(h); err != nil {
+					return "", fmt.Errorf("task %s: %w", task, err)
 				}
 			}
 		}
@@ -320,6 +430,14 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	if err := netlink.LinkSetHairpin(host, true); err != nil {
 		return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
 	}
+	// Isolated (without br_netfilter, see syncIsolation): frames from
+	// this port reach the host but no other task port, so task-to-task
+	// traffic is routed by the host, through FORWARD and the policies.
+	if isolate {
+		if err := netlink.LinkSetIsolated(host, true); err != nil {
+			return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
+		}
+	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return "", fmt.Errorf("bring %s up: %w", hostName, err)
 	}
@@ -346,6 +464,49 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 		return "", fmt.Errorf("default route of %s: %w", task, err)
 	}
 	return path, nil
+}
+
+// flushNeighbours deletes the IPv4 neighbour entries of eth0 in a task's
+// namespace (h).
+func flushNeighbours(h *netlink.Handle) error {
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("find eth0: %w", err)
+	}
+	neighs, err := h.NeighList(eth0.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list neighbours: %w", err)
+	}
+	for _, nb := range neighs {
+		if err := h.NeighDel(&nb); err != nil && !errors.Is(err, syscall.ENOENT) {
+			return fmt.Errorf("delete neighbour %s: %w", nb.IP, err)
+		}
+	}
+	return nil
+}
+
+// staleNeighbours reports whether a task's neighbour entries (in h) point
+// at a MAC the host no longer has: its entry for the gateway (the bridge
+// address), or, on an isolated port, where the host answers for every
+// other task, any entry.
+func staleNeighbours(h *netlink.Handle, bridgeMAC net.HardwareAddr, gateway netip.Addr, isolated bool) (bool, error) {
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		return false, err
+	}
+	neighs, err := h.NeighList(eth0.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return false, err
+	}
+	for _, nb := range neighs {
+		if len(nb.HardwareAddr) == 0 || bytes.Equal(nb.HardwareAddr, bridgeMAC) {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(nb.IP); isolated || (ok && ip.Unmap() == gateway) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // taskLinkComplete reports whether task's veth is in place and configured.

@@ -83,6 +83,33 @@ func TestDaemonVerbsRejectBadFlagsWithExit2(t *testing.T) {
 	}
 }
 
+// Bad policy files and labels are refused before the daemon is asked
+// (exit 2), naming the file and line.
+func TestPolicyApplyAndLabelsRejectBadInputWithExit2(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(file, []byte("apiVersion: warren.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\nspec:\n  podSelector: {}\n  ingres: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "none.sock")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"policy", "apply", "-f", file}, file + `: line 7: unknown field "ingres" in spec`},
+		{[]string{"policy", "apply", "-f", filepath.Join(dir, "missing.yaml")}, "no such file"},
+		{[]string{"service", "create", "web", "--image", "x", "--label", "app"}, `label "app": want KEY=VALUE`},
+		{[]string{"service", "update", "web", "--label-rm", "bad key"}, `label key "bad key"`},
+		{[]string{"service", "update", "web"}, "nothing to update"},
+	} {
+		_, err := execute(append(c.args, "--socket", sock)...)
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("warren %v: got %v, want exit 2 containing %q", c.args, err, c.want)
+		}
+	}
+}
+
 // An unknown verb under any group exits 2 naming the group, with a
 // suggestion, as the top level does; the bare group still prints help.
 func TestUnknownVerbInEveryGroupExits2(t *testing.T) {
