@@ -345,7 +345,9 @@ func TestNewApplierDetectsBackend(t *testing.T) {
 		t.Skip("iptables-legacy not installed")
 	}
 	nsRun(t, ns, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT")
-	t.Cleanup(func() { _, _ = execQuiet("nsenter", "--net=/run/netns/"+ns, "iptables-legacy", "-t", "filter", "-F") })
+	t.Cleanup(func() {
+		_ = exec.Command("nsenter", "--net=/run/netns/"+ns, "iptables-legacy", "-t", "filter", "-F").Run()
+	})
 	legacy := applierIn(t, ns)
 	if legacy.Backend() != "legacy" || legacy.command != "iptables-legacy" {
 		t.Errorf("with legacy rules present got %s (%s)", legacy.Backend(), legacy.command)
@@ -419,7 +421,7 @@ func TestApplierLegacyBackend(t *testing.T) {
 	// A host already on legacy iptables: its rules live there.
 	nsRun(t, ns, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT")
 	t.Cleanup(func() {
-		_, _ = execQuiet("nsenter", "--net=/run/netns/"+ns, "iptables-legacy", "-t", "filter", "-F")
+		_ = exec.Command("nsenter", "--net=/run/netns/"+ns, "iptables-legacy", "-t", "filter", "-F").Run()
 	})
 	a := applierIn(t, ns)
 	if a.command != "iptables-legacy" || a.Backend() != "legacy" {

@@ -5,7 +5,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 )
@@ -200,25 +199,4 @@ func perRuleApply(a *Applier, from, to ruleset) error {
 		return a.ensureJumps(listed)
 	}
 	return nil
-}
-
-// splitRule splits rendered rule text into arguments; quotes only appear
-// around comments, which hold no escapes.
-func splitRule(rule string) []string {
-	var args []string
-	for rule != "" {
-		rule = strings.TrimLeft(rule, " ")
-		if strings.HasPrefix(rule, `"`) {
-			end := strings.Index(rule[1:], `"`) + 1
-			args = append(args, rule[1:end])
-			rule = rule[end+1:]
-			continue
-		}
-		word, rest, _ := strings.Cut(rule, " ")
-		if word != "" {
-			args = append(args, word)
-		}
-		rule = rest
-	}
-	return args
 }

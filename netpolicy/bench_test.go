@@ -156,27 +156,6 @@ func perRuleApply(a *Applier, r Rules) error {
 	return a.ensureJump()
 }
 
-// splitRule splits a rendered rule into arguments; quoted ones (comments)
-// are unquoted.
-func splitRule(rule string) []string {
-	var args []string
-	for rule != "" {
-		rule = strings.TrimLeft(rule, " ")
-		if strings.HasPrefix(rule, `"`) {
-			end := strings.Index(rule[1:], `"`) + 1
-			args = append(args, rule[1:end])
-			rule = rule[end+1:]
-			continue
-		}
-		word, rest, _ := strings.Cut(rule, " ")
-		if word != "" {
-			args = append(args, word)
-		}
-		rule = rest
-	}
-	return args
-}
-
 // BenchmarkTCPThroughputWithPolicy runs iperf3 between two tasks on one
 // node (the lab's task network: a bridge with isolated ports, routed by
 // the host) without policies and with a policy selecting the server, in
