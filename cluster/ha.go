@@ -464,14 +464,9 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			writeError(w, m.noLeaderError(nil))
 			return
 		}
-		var st NodeStatus
-		if err := readJSON(r, &st); err != nil {
-			writeError(w, err)
-			return
-		}
 		// The bounds of a node's report (handleStatus) hold here too: the
 		// follower bounds its own report, the leader does not rely on it.
-		st, err := checkReport(st)
+		st, err := readReport(r)
 		if err != nil {
 			writeError(w, err)
 			return

@@ -359,16 +359,20 @@ func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.RenewResponse{Certificate: der})
 }
 
+// readReport reads a node's report and holds it to the report bounds.
+func readReport(r *http.Request) (api.NodeStatus, error) {
+	var st api.NodeStatus
+	if err := readJSON(r, &st); err != nil {
+		return st, err
+	}
+	return checkReport(st)
+}
+
 func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request, id string) {
 	if m.followerForwards(w, r) {
 		return
 	}
-	var st api.NodeStatus
-	if err := readJSON(r, &st); err != nil {
-		writeError(w, err)
-		return
-	}
-	st, err := checkReport(st)
+	st, err := readReport(r)
 	if err != nil {
 		writeError(w, err)
 		return
