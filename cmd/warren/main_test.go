@@ -98,6 +98,7 @@ func TestPolicyApplyAndLabelsRejectBadInputWithExit2(t *testing.T) {
 	}{
 		{[]string{"policy", "apply", "-f", file}, file + `: line 7: unknown field "ingres" in spec`},
 		{[]string{"policy", "apply", "-f", filepath.Join(dir, "missing.yaml")}, "no such file"},
+		{[]string{"policy", "apply", "-f", "../../netpolicy/testdata/recipes/05-allow-traffic-from-all-namespaces.yaml"}, "line 13: spec.ingress[0].from[0].namespaceSelector cannot be honoured: Warren has no namespaces"},
 		{[]string{"service", "create", "web", "--image", "x", "--label", "app"}, `label "app": want KEY=VALUE`},
 		{[]string{"service", "update", "web", "--label-rm", "bad key"}, `label key "bad key"`},
 		{[]string{"service", "update", "web"}, "nothing to update"},
@@ -279,5 +280,15 @@ func TestJoinFlagsValueNames(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("help lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// A Kubernetes NetworkPolicy (apiVersion networking.k8s.io/v1, namespace
+// default) passes the CLI's checks unchanged and goes to the daemon.
+func TestPolicyApplyTakesKubernetesYAML(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	_, err := execute("policy", "apply", "-f", "../../netpolicy/testdata/recipes/02a-allow-all-traffic-to-an-application.yaml", "--socket", sock)
+	if err == nil || !strings.Contains(err.Error(), "cannot reach the warren daemon at "+sock) {
+		t.Fatalf("policy apply of a Kubernetes recipe: %v, want it sent to the daemon", err)
 	}
 }
