@@ -2,10 +2,10 @@ package dns
 
 import (
 	"net/netip"
-
-	miekg "github.com/miekg/dns"
 	"reflect"
 	"testing"
+
+	miekg "github.com/miekg/dns"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
