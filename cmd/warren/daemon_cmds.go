@@ -27,6 +27,7 @@ func addDaemonCommands(root *cobra.Command) {
 	initCmd.Flags().String("vip-subnet", "", "service VIP range (network.vip_subnet)")
 	initCmd.Flags().String("api-listen", "", "where the cluster API listens (cluster.api_listen)")
 	initCmd.Flags().Bool("force-new-cluster", false, "restart this manager's state as a one-manager cluster (after the managers lost their quorum)")
+	initCmd.Flags().Bool("enable-mtls", false, "accepted for the seed's command line: mTLS between nodes is always on (every API call after join; Raft between managers)")
 	initCmd.Flags().String("restore", "", "with --force-new-cluster: start from a FILE written by warren cluster backup (on a fresh state dir)")
 	findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"}).AddCommand(initCmd)
 
@@ -112,6 +113,9 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 		return nil, err
 	}
 	verb := cmd.CommandPath()
+	if on, _ := cmd.Flags().GetBool("enable-mtls"); on {
+		fmt.Fprintln(cmd.ErrOrStderr(), "warren: --enable-mtls: mTLS is always on in Warren (every API call after join, and Raft between managers); the flag changes nothing")
+	}
 	// --force-new-cluster restarts an existing manager (one that joined
 	// keeps its cluster.manager and identity): it creates nothing.
 	force, _ := cmd.Flags().GetBool("force-new-cluster")

@@ -292,3 +292,25 @@ func TestPolicyApplyTakesKubernetesYAML(t *testing.T) {
 		t.Fatalf("policy apply of a Kubernetes recipe: %v, want it sent to the daemon", err)
 	}
 }
+
+// The seed's `warren cluster init --enable-mtls` is accepted and says that
+// mTLS is always on.
+func TestClusterInitEnableMTLS(t *testing.T) {
+	root := newRoot()
+	cmd, _, err := root.Find([]string{"cluster", "init"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.SetErr(&stderr)
+	if err := cmd.ParseFlags([]string{"--enable-mtls", "--name", "m1", "--state-dir", t.TempDir(), "--config", filepath.Join(t.TempDir(), "none.toml")}); err != nil {
+		t.Fatalf("--enable-mtls: %v", err)
+	}
+	cmd.Flags().Lookup("config").Changed = false // a missing default config is fine
+	if _, err := daemonConfig(cmd, configs.RoleManager); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr.String(), "mTLS is always on") {
+		t.Fatalf("no note that mTLS is always on: %q", stderr.String())
+	}
+}
