@@ -58,7 +58,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetVersionTemplate(buildinfo.String("warren"))
-	root.PersistentFlags().String("socket", "", "path of the local daemon's socket (default "+defaultSocket+", or $WARREN_SOCKET)")
+	root.PersistentFlags().String("socket", "", "where this CLI connects to the daemon (default $WARREN_SOCKET, else "+defaultSocket+", where the daemon always listens)")
 	addDaemonCommands(root)
 	addClusterCommands(root)
 	addNodeCommands(root)

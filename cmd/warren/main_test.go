@@ -276,7 +276,7 @@ func TestJoinFlagsValueNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"--token TOKEN ", "--manager HOST[:PORT] ", "--token-file FILE "} {
+	for _, want := range []string{"--token TOKEN ", "--manager HOST[:PORT] ", "--token-file FILE ", "where the daemon always listens"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("help lacks %q:\n%s", want, out)
 		}
