@@ -269,6 +269,13 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	return fmt.Errorf("watching the cluster map: %w", err)
 }
 
+// policySyncer is what a node needs of netpolicy.Applier.
+type policySyncer interface {
+	Sync(netpolicy.Rules) (netpolicy.SyncStats, error)
+	JumpFirst() (bool, error)
+	EnsureJump() error
+}
+
 // node holds the running reconcilers of a cluster node.
 type node struct {
 	cfg    *configs.Loaded
@@ -279,7 +286,7 @@ type node struct {
 	static []tunnel.Peer
 	orch   *orchestrate.Reconciler
 	nat    *nat.Applier
-	pol    *netpolicy.Applier
+	pol    policySyncer
 	dns    *dns.Server
 	met    *metrics.Metrics
 
@@ -441,6 +448,7 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	st, err := n.pol.Sync(rules)
 	if err != nil {
 		n.log.Error("applying network policies", "err", err, "map_version", m.Version)
+		n.met.ReconcileError("policy")
 	} else if st.RulesWritten || st.Added+st.Removed > 0 {
 		n.log.Debug("network policies applied", "map_version", m.Version, "policies", len(m.Policies), "sets", len(rules.Sets),
 			"added", st.Added, "removed", st.Removed, "rules_written", st.RulesWritten)

@@ -79,6 +79,29 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 	return svc, nil
 }
 
+// checkNodeIDs refuses a node.id constraint naming an ID no node has (it
+// could never match: IDs are random hex), suggesting node.name when a node
+// has that name, as the seed's `node.id==worker-1` means.
+func checkNodeIDs(s *state, exprs []string) error {
+	for _, e := range exprs {
+		c, err := scheduler.ParseConstraint(e)
+		if err != nil || c.Field != "node.id" {
+			continue
+		}
+		if _, ok := s.nodes[c.Value]; ok {
+			continue
+		}
+		for _, n := range s.nodes {
+			if n.Name == c.Value {
+				op := strings.TrimPrefix(c.String(), "node.id")
+				return errorf(http.StatusBadRequest, "constraint %s: no node has the ID %q, but node %s is named so (ID %s): did you mean node.name%s?", e, c.Value, n.Name, n.ID, op)
+			}
+		}
+		return errorf(http.StatusBadRequest, "constraint %s: no node has the ID %q (`warren node ls` lists IDs and names; node.name== matches a name)", e, c.Value)
+	}
+	return nil
+}
+
 // ParsePort parses "HOST:CONTAINER[/tcp|/udp]".
 func ParsePort(s string) (clustermap.Port, error) {
 	spec, proto, hasProto := strings.Cut(s, "/")
@@ -129,6 +152,9 @@ func (m *Manager) CreateService(spec api.ServiceSpec) (api.ServiceView, error) {
 			return errorf(http.StatusConflict, "service %q already exists (VIP %s, image %s): pick another name, or `warren service rm %s` first", svc.Name, old.VIP, old.Image, svc.Name)
 		}
 		if err := m.checkReservedPortsLocked(s, svc.Ports); err != nil {
+			return err
+		}
+		if err := checkNodeIDs(s, svc.Constraints); err != nil {
 			return err
 		}
 		for _, other := range s.services {

@@ -208,7 +208,8 @@ func (s *state) snapshot() (store.Snapshot, error) {
 	return snap, nil
 }
 
-// sortedNodes returns the members ordered by overlay IP (managers first).
+// sortedNodes returns the members ordered by overlay IP (join order, the
+// lowest free address each: the node that created the cluster first).
 func (s *state) sortedNodes() []clustermap.Node {
 	out := make([]clustermap.Node, 0, len(s.nodes))
 	for _, n := range s.nodes {
