@@ -19,6 +19,12 @@ import (
 // Whatever the body, the manager answers a 2xx or a 4xx that explains,
 // never a 5xx or a panic, and its map stays encodable.
 func fuzzNodeAPI(f *testing.F, method, path string, asMember bool, seeds ...[]byte) {
+	fuzzNodeAPIWith(f, method, path, asMember, nil, seeds...)
+}
+
+// fuzzNodeAPIWith is fuzzNodeAPI with a setup of the manager's state
+// after the member (worker-1) joined.
+func fuzzNodeAPIWith(f *testing.F, method, path string, asMember bool, setup func(*Manager), seeds ...[]byte) {
 	tm := startManager(f)
 	var peer *tls.ConnectionState
 	if asMember {
@@ -26,6 +32,9 @@ func fuzzNodeAPI(f *testing.F, method, path string, asMember bool, seeds ...[]by
 		join(f, cfg)
 		c := agentCert(f, cfg.StateDir)
 		peer = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.Leaf}}
+	}
+	if setup != nil {
+		setup(tm.m)
 	}
 	for _, s := range seeds {
 		f.Add(s)
@@ -75,4 +84,25 @@ func FuzzSelfRequest(f *testing.F) {
 	fuzzNodeAPI(f, http.MethodPut, api.PathSelf, true, mustMarshal(f, api.SelfUpdate{
 		Labels: map[string]string{"zone": "a"}, Endpoint: mustAddrPort("192.0.2.9:51820"), PublicKey: clustertest.WGKey(f),
 	}))
+}
+
+// FuzzValuesRequest: the decoder of a node's request for secret values, as
+// a member that runs a task using one.
+func FuzzValuesRequest(f *testing.F) {
+	setup := func(m *Manager) {
+		for kind, name := range map[string]string{api.KindSecret: "dbpass", api.KindConfig: "app.conf"} {
+			if _, err := m.CreateObject(kind, api.ObjectSpec{Name: name, Data: []byte("v")}); err != nil {
+				f.Fatal(err)
+			}
+		}
+		spec := api.ServiceSpec{Name: "db", Image: "img", Replicas: intp(1), Constraints: []string{"node.name==worker-1"},
+			Secrets: []string{"dbpass"}, Configs: []string{"app.conf"}}
+		if _, err := m.CreateService(spec); err != nil {
+			f.Fatal(err)
+		}
+	}
+	fuzzNodeAPIWith(f, http.MethodPost, api.PathValues, true, setup,
+		mustMarshal(f, api.ValuesRequest{Refs: []api.ValueRef{{Kind: api.KindSecret, Name: "dbpass"}, {Kind: api.KindConfig, Name: "app.conf"}}}),
+		[]byte(`{"refs":[{"kind":"secret","name":"../x"}]}`),
+		[]byte(`{"refs":null}`))
 }

@@ -30,6 +30,20 @@ type TaskSpec struct {
 	Env     []string
 	Command []string // replaces the image's entrypoint and cmd when set
 	IP      netip.Addr
+
+	// SecretMounts are the task's secrets directory and config files,
+	// kept on a tmpfs outside the state dir (package secretfs) and
+	// bind-mounted read-only; their content changes in place.
+	SecretMounts []FileMount
+	// Revision, when set, is part of the spec: a new one recreates the
+	// container (a service with --secret-rotation restart).
+	Revision string
+}
+
+// FileMount is a host file or directory bind-mounted read-only at Target.
+type FileMount struct {
+	Source string
+	Target string
 }
 
 // TaskStatus is what the node reports about one task.

@@ -202,6 +202,12 @@ type ServiceSpec struct {
 	Affinity    bool     `json:"affinity,omitempty"`
 	// Labels are carried by the service's tasks (policies select by them).
 	Labels map[string]string `json:"labels,omitempty"`
+
+	// Secrets and configs, in Docker's --secret / --config syntax
+	// (NAME or source=NAME,target=...,uid=,gid=,mode=0400).
+	Secrets        []string `json:"secrets,omitempty"`
+	Configs        []string `json:"configs,omitempty"`
+	SecretRotation string   `json:"secret_rotation,omitempty"` // "" or "restart"
 }
 
 // LabelUpdate adds (or overwrites) and removes labels of a service.
@@ -238,6 +244,10 @@ type ServiceView struct {
 	Unplaced    string            `json:"unplaced,omitempty"` // why some replicas have no node
 	Labels      map[string]string `json:"labels"`
 	Tasks       []TaskView        `json:"tasks"`
+	// Secrets and configs the tasks see (references, never values).
+	Secrets        []clustermap.FileRef `json:"secrets,omitempty"`
+	Configs        []clustermap.FileRef `json:"configs,omitempty"`
+	SecretRotation string               `json:"secret_rotation,omitempty"`
 }
 
 // TaskView is one task of a service.
