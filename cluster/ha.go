@@ -36,8 +36,9 @@ const (
 	pathInternalNode    = "/v1/internal/node"
 	pathInternalJoin    = "/v1/internal/raft/join"
 	pathInternalPromote = "/v1/internal/raft/promote"
-	headerNodeCert      = "X-Warren-Node-Cert" // base64 DER
-	headerIndex         = "X-Warren-Index"     // the leader's store index after a forwarded call
+	pathInternalDataKey = "/v1/internal/data-key" // GET api.DataKey
+	headerNodeCert      = "X-Warren-Node-Cert"    // base64 DER
+	headerIndex         = "X-Warren-Index"        // the leader's store index after a forwarded call
 	pathInternalStatus  = "/v1/internal/manager/status"
 	headerLeader        = "X-Warren-Leader"
 )
@@ -481,6 +482,14 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	}))
+	mux.HandleFunc("GET "+pathInternalDataKey, m.requireManager(func(w http.ResponseWriter, r *http.Request) {
+		k := m.DataKey()
+		if k == nil {
+			writeError(w, errorf(http.StatusNotFound, "this manager has no data key"))
+			return
+		}
+		writeJSON(w, http.StatusOK, api.DataKey{Key: k})
 	}))
 	mux.HandleFunc("POST "+pathInternalJoin, m.requireManager(m.handleRaftJoin))
 	mux.HandleFunc("POST "+pathInternalPromote, m.requireManager(m.handleRaftPromote))

@@ -309,9 +309,10 @@ func (m *Manager) open() error {
 	} else {
 		close(m.initial)
 	}
-	m.loops.Add(2)
+	m.loops.Add(3)
 	go m.leadershipLoop()
 	go m.followLoop()
+	go m.dataKeyLoop()
 	if !bootstrap && m.soleVoter() {
 		// A restarted one-manager cluster: writes work once OpenManager
 		// returns, as before Raft.

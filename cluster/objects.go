@@ -585,3 +585,39 @@ func (m *Manager) takeDataKey(k secretbox.Key) error {
 func (m *Manager) FetchValues(_ context.Context, refs []api.ValueRef) ([]api.Value, error) {
 	return m.Values(m.selfID, refs)
 }
+
+// dataKeyLoop gets the data key from another manager when this one has
+// none while the state holds sealed values (a cluster whose key was made
+// by its leader after this manager joined): every few seconds, from the
+// leader, over manager mTLS.
+func (m *Manager) dataKeyLoop() {
+	defer m.loops.Done()
+	t := time.NewTicker(3 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		m.mu.Lock()
+		need := m.dataKey == nil && m.st != nil && (len(m.st.secrets) > 0 || len(m.st.configs) > 0)
+		m.mu.Unlock()
+		leader := m.leaderAPI()
+		if !need || leader == "" {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var out api.DataKey
+		err := m.fwd.Do(ctx, http.MethodGet, leader, pathInternalDataKey, nil, nil, &out)
+		cancel()
+		if err == nil {
+			err = m.takeDataKey(out.Key)
+		}
+		if err != nil {
+			m.log.Warn("cannot get the cluster's data key from the leader; retrying", "leader", leader, "err", err)
+			continue
+		}
+		m.log.Info("got the cluster's data key from the leader", "file", m.dataKeyPath())
+	}
+}

@@ -309,3 +309,43 @@ func TestParseFileRef(t *testing.T) {
 		}
 	}
 }
+
+// Every manager holds the same data key (a joining manager gets it with
+// its Raft join; one without gets it from the leader), none holds a value
+// in plaintext, and a new leader opens the values the old one sealed.
+func TestManagersShareTheDataKeyNotThePlaintext(t *testing.T) {
+	hs := startHA(t, 3)
+	leader, f := leaderOf(hs), followersOf(hs)[0]
+	marker := "marker-" + randomID()
+	code, body := adminDo(f.m, http.MethodPost, api.PathConfigs, api.ObjectSpec{Name: "app.conf", Data: []byte(marker)})
+	if code != http.StatusCreated {
+		t.Fatalf("create through a follower: %d %s", code, body)
+	}
+	want := leader.m.DataKey()
+	for _, h := range hs {
+		if k := h.m.DataKey(); !bytes.Equal(k, want) {
+			t.Fatalf("%s has another data key", h.name)
+		}
+		waitUntil(t, h.name+" has the config", func() bool { _, err := h.m.Object(api.KindConfig, "app.conf", false); return err == nil })
+		if files := filesHolding(t, h.cfg.StateDir, []byte(marker)); len(files) > 0 {
+			t.Fatalf("%s: plaintext in %v", h.name, files)
+		}
+	}
+	// A manager that lost its key gets it back from the leader.
+	os.Remove(filepath.Join(f.cfg.StateDir, secretbox.KeyFile))
+	f.m.mu.Lock()
+	f.m.dataKey = nil
+	f.m.mu.Unlock()
+	waitUntil(t, "the follower gets the key back", func() bool { return bytes.Equal(f.m.DataKey(), want) })
+	if k, err := secretbox.Load(f.cfg.StateDir); err != nil || !bytes.Equal(k, want) {
+		t.Fatalf("the key file is not back: %v", err)
+	}
+	// The leader goes; the new one opens the value.
+	leader.kill()
+	var next *haManager
+	waitUntil(t, "a new leader", func() bool { next = leaderOf(hs); return next != nil })
+	v, err := next.m.Object(api.KindConfig, "app.conf", true)
+	if err != nil || v.Data == nil || *v.Data != marker {
+		t.Fatalf("the new leader opens the config: %+v, %v", v, err)
+	}
+}
