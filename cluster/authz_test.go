@@ -187,6 +187,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 	valuesWant := std(200)
 	valuesWant["manager"] = 403 // a manager's certificate reads only the values of its own tasks too
+	dataKeyWant := all(403)
+	dataKeyWant["manager"] = 200
 	routes := []route{
 		{"POST", api.PathJoin, badJoin, all(401)}, // join looks at the token only
 		{"GET", api.PathJoin, nil, all(405)},
@@ -196,6 +198,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", api.PathStatus, status, std(204)},
 		{"POST", api.PathValues, values, valuesWant},
 		{"GET", api.PathValues, nil, all(405)},
+		// The data key goes to managers only, as the Raft log does.
+		{"GET", pathInternalDataKey, nil, dataKeyWant},
 		{"GET", "/v1/nodes", nil, all(404)}, // the admin API is not on this port
 	}
 	for _, r := range routes {
