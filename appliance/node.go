@@ -573,7 +573,7 @@ func (n *node) status() cluster.NodeStatus {
 	if n.orch.Synced() {
 		s.Tasks = []api.TaskStatus{}
 		for _, t := range n.orch.Status() {
-			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image})
+			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, Revision: t.Revision})
 		}
 	}
 	return s

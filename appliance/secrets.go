@@ -2,7 +2,6 @@ package appliance
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"maps"
 	"os"
@@ -93,22 +92,6 @@ func taskFiles(svc clustermap.Service, vals map[api.ValueRef]api.Value) (t secre
 
 func fsMode(m uint32) os.FileMode { return os.FileMode(m & 0o777) }
 
-// revision is what restarts a --secret-rotation restart task: the
-// versions of its service's secrets and configs (pure).
-func revision(svc clustermap.Service) string {
-	if svc.SecretRotation != clustermap.RotationRestart {
-		return ""
-	}
-	var parts []string
-	for _, f := range svc.Secrets {
-		parts = append(parts, fmt.Sprintf("secret:%s@%d", f.Source, f.Version))
-	}
-	for _, f := range svc.Configs {
-		parts = append(parts, fmt.Sprintf("config:%s@%d", f.Source, f.Version))
-	}
-	return strings.Join(parts, ",")
-}
-
 // prepare fetches what is missing, writes the tasks' files and returns the
 // specs with their mounts. A task whose values cannot be had (manager
 // unreachable) keeps the files it has from before, if any; otherwise it
@@ -165,7 +148,6 @@ func (ts *taskSecrets) prepare(ctx context.Context, m *clustermap.Map, specs []o
 			continue
 		}
 		s.SecretMounts = taskMounts(ts.fs, s.Name, svc)
-		s.Revision = revision(svc)
 		out = append(out, s)
 	}
 	if err := ts.fs.Sync(want, keep); err != nil {

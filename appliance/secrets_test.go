@@ -98,12 +98,13 @@ func TestPrepareFetchesOnlyThisNodesValuesAndMountsThem(t *testing.T) {
 	if !slices.Equal(specs2[0].SecretMounts, db.SecretMounts) {
 		t.Fatal("the mounts changed with the version: the task would be recreated")
 	}
-	// --secret-rotation restart: the versions are part of the spec.
+	// --secret-rotation restart: the task's revision (from the manager) is
+	// part of the spec, the mounts stay.
 	m3 := secretsMap(2)
-	m3.Services[0].SecretRotation = clustermap.RotationRestart
+	m3.Tasks[0].Revision = "abc"
 	specs3, _ := ts.prepare(context.Background(), m3, taskSpecs(m3, "self"))
-	if specs3[0].Revision != "secret:dbpass@2,config:app.conf@1" {
-		t.Fatalf("revision %q", specs3[0].Revision)
+	if specs3[0].Revision != "abc" || !slices.Equal(specs3[0].SecretMounts, db.SecretMounts) {
+		t.Fatalf("revision %q mounts %+v", specs3[0].Revision, specs3[0].SecretMounts)
 	}
 	// The task leaves the node: its values leave memory and its tmpfs goes.
 	m4 := secretsMap(2)

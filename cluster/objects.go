@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -619,5 +621,67 @@ func (m *Manager) dataKeyLoop() {
 			continue
 		}
 		m.log.Info("got the cluster's data key from the leader", "file", m.dataKeyPath())
+	}
+}
+
+// serviceRevision is the revision a --secret-rotation restart service's
+// tasks must run: a digest of its secrets' and configs' versions ("" for
+// in-place rotation, or a service without any).
+func (s *state) serviceRevision(svc clustermap.Service) string {
+	if svc.SecretRotation != clustermap.RotationRestart || len(svc.Secrets)+len(svc.Configs) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, set := range []struct {
+		kind string
+		refs []clustermap.FileRef
+	}{{api.KindSecret, svc.Secrets}, {api.KindConfig, svc.Configs}} {
+		for _, f := range set.refs {
+			fmt.Fprintf(h, "%s %s %d\n", set.kind, f.Source, s.objects(set.kind)[f.Source].Version)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// rollRevisions moves the tasks of --secret-rotation restart services to
+// their service's current revision one at a time, as rollOut does for
+// images: the lowest slot on another revision moves once every task
+// already on it runs (reported by its node with that revision). New tasks
+// start on the current revision; in-place services have none.
+func rollRevisions(tasks []clustermap.Task, s *state) {
+	want := map[string]string{}
+	for name, r := range s.services {
+		want[name] = s.serviceRevision(r.Service)
+	}
+	inFlight := map[string]bool{}
+	next := map[string]int{}
+	for i := range tasks {
+		t := &tasks[i]
+		rev, ok := want[t.Service]
+		if !ok || t.DesiredState != clustermap.TaskRunning {
+			continue
+		}
+		switch {
+		case rev == "" || t.State == clustermap.TaskPending && t.Revision == "":
+			t.Revision = rev // in place, or a new task: no restart to stagger
+			continue
+		case t.Revision == rev:
+			if t.State != clustermap.TaskRunning {
+				inFlight[t.Service] = true
+			}
+			continue
+		}
+		if j, ok := next[t.Service]; !ok || t.Slot < tasks[j].Slot {
+			next[t.Service] = i
+		}
+	}
+	for name, i := range next {
+		if inFlight[name] {
+			continue
+		}
+		t := &tasks[i]
+		t.Revision = want[name]
+		t.State = clustermap.TaskPending
+		t.Error = ""
 	}
 }

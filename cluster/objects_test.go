@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"os"
@@ -347,5 +348,93 @@ func TestManagersShareTheDataKeyNotThePlaintext(t *testing.T) {
 	v, err := next.m.Object(api.KindConfig, "app.conf", true)
 	if err != nil || v.Data == nil || *v.Data != marker {
 		t.Fatalf("the new leader opens the config: %+v, %v", v, err)
+	}
+}
+
+// --secret-rotation restart: a new version moves the tasks to a new
+// revision (which restarts them on their node) one at a time, each once
+// the previous one reports running with it; in-place services keep none.
+func TestSecretRotationRestartMovesOneTaskAtATime(t *testing.T) {
+	tm := startManager(t)
+	m := tm.m
+	self := m.Self().ID
+	if _, err := m.CreateObject(api.KindSecret, api.ObjectSpec{Name: "dbpass", Data: []byte("v1")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"web", "calm"} {
+		spec := apiSpec(name, 3)
+		spec.Secrets = []string{"dbpass"}
+		if name == "web" {
+			spec.SecretRotation = clustermap.RotationRestart
+		}
+		if _, err := m.CreateService(spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report := func(rev func(clustermap.Task) string) {
+		t.Helper()
+		var st []api.TaskStatus
+		for _, task := range m.Map().TasksOn(self) {
+			st = append(st, api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image, Revision: rev(task)})
+		}
+		if err := m.Report(context.Background(), NodeStatus{Tasks: st}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	current := func(task clustermap.Task) string { return task.Revision }
+	revs := func() map[string]string {
+		out := map[string]string{}
+		for _, task := range m.Map().Tasks {
+			out[task.Name] = task.Revision + "/" + task.State
+		}
+		return out
+	}
+	report(current)
+	r1 := revs()["web-1"]
+	if !strings.HasSuffix(r1, "/running") || r1 == "/running" {
+		t.Fatalf("web-1 before the update: %q (want a revision, running)", r1)
+	}
+	rev1 := strings.TrimSuffix(r1, "/running")
+	if _, err := m.UpdateObject(api.KindSecret, "dbpass", []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	var rev2 string
+	for step := 0; step < 3; step++ {
+		got := revs()
+		moved := 0
+		for _, name := range []string{"web-1", "web-2", "web-3"} {
+			rev, state, _ := strings.Cut(got[name], "/")
+			if rev != rev1 {
+				moved++
+				if rev2 == "" {
+					rev2 = rev
+				}
+				if rev != rev2 {
+					t.Fatalf("step %d: %s on a third revision: %v", step, name, got)
+				}
+			}
+			if rev == rev1 && state != clustermap.TaskRunning {
+				t.Fatalf("step %d: %s left running: %v", step, name, got)
+			}
+		}
+		if moved != step+1 || got[fmt.Sprintf("web-%d", step+1)] != rev2+"/pending" {
+			t.Fatalf("step %d: %d tasks moved, want %d (the lowest slot pending): %v", step, moved, step+1, got)
+		}
+		for _, name := range []string{"calm-1", "calm-2", "calm-3"} {
+			if got[name] != "/running" {
+				t.Fatalf("in-place service task %s: %q", name, got[name])
+			}
+		}
+		// The node still runs the old revision: no progress.
+		report(func(clustermap.Task) string { return rev1 })
+		if again := revs(); again[fmt.Sprintf("web-%d", step+2)] != rev1+"/running" && step < 2 {
+			t.Fatalf("step %d: a report of the old revision let the next task move: %v", step, again)
+		}
+		report(current)
+	}
+	for name, v := range revs() {
+		if strings.HasPrefix(name, "web") && v != rev2+"/running" {
+			t.Fatalf("after the rotation %s is %q", name, v)
+		}
 	}
 }

@@ -53,6 +53,7 @@ type TaskStatus struct {
 	Error    string // last error, empty when healthy
 	Restarts int    // restarts after the task exited on its own
 	Image    string // image of the spec this status is about, as given in TaskSpec
+	Revision string // revision of that spec, as given in TaskSpec
 }
 
 // Config is what the reconciler needs to know about this node.

@@ -120,6 +120,9 @@ type TaskStatus struct {
 	// Image the task's container runs. During a rolling update the manager
 	// counts a slot as updated only once it reports running the new image.
 	Image string `json:"image,omitempty"`
+	// Revision of the task's secrets and configs the container runs with
+	// (--secret-rotation restart), as the map gave it.
+	Revision string `json:"revision,omitempty"`
 }
 
 // Error is the body of every non-2xx answer: what went wrong and what to do.

@@ -164,6 +164,11 @@ type Task struct {
 	Image        string `json:"image,omitempty"`
 	DesiredState string `json:"desired_state"` // running | shutdown
 	State        string `json:"state"`         // as last reported by the node
+	// Revision is set for a service with --secret-rotation restart: a digest
+	// of the versions of its secrets and configs the task runs with. A new
+	// one recreates the task; the manager moves tasks to a new revision one
+	// at a time.
+	Revision string `json:"revision,omitempty"`
 	// Error is the node's last error text for the task, on the manager
 	// only (the admin API shows it); always empty in published maps.
 	Error string `json:"error,omitempty"`
