@@ -201,3 +201,48 @@ func filesWith(t *testing.T, dir string, marker []byte) []string {
 	}
 	return out
 }
+
+// --secret-rotation restart: a new version restarts the service's tasks
+// (one at a time, each once the previous runs again), and each restarted
+// task reads the new value.
+func TestSecretRotationRestartRestartsTasks(t *testing.T) {
+	l := newLab(t)
+	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, Images: []string{imageTarball(t)}})
+	ctx := ctxFor(t, 5*time.Minute)
+	m := c.Manager
+	if out, err := m.Sh(ctx, "printf %s v1 | warren secret create token -f -"); err != nil {
+		t.Fatalf("secret create: %v\n%s", err, out)
+	}
+	createService(t, c, "app", "--replicas", "2", "--constraint", "node.name!=manager-1",
+		"--secret", "token", "--secret-rotation", "restart", "--", "sleep", "100000")
+	v := waitRunning(t, c, "app", 2)
+	started := map[string]string{}
+	for _, task := range v.Tasks {
+		out, err := taskExec(ctx, nodeByName(c, task.Node), task.Name, "cat", "/proc/1/stat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		started[task.Name] = trim(out)
+	}
+	if out, err := m.Sh(ctx, "printf %s v2 | warren secret update token -f -"); err != nil {
+		t.Fatalf("secret update: %v\n%s", err, out)
+	}
+	for _, task := range v.Tasks {
+		n := nodeByName(c, task.Node)
+		eventually(t, 2*time.Minute, task.Name+" restarted with the new value", func() error {
+			stat, err := taskExec(ctx, n, task.Name, "cat", "/proc/1/stat")
+			if err != nil {
+				return err
+			}
+			if trim(stat) == started[task.Name] {
+				return fmt.Errorf("not restarted yet")
+			}
+			val, err := taskExec(ctx, n, task.Name, "cat", "/run/secrets/token")
+			if err != nil || trim(val) != "v2" {
+				return fmt.Errorf("reads %q, %v", val, err)
+			}
+			return nil
+		})
+	}
+	waitRunning(t, c, "app", 2)
+}
