@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/apicall"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 	"github.com/warren-appliance/warren/cluster/secretbox"
 )
 
@@ -331,6 +334,31 @@ func TestManagersShareTheDataKeyNotThePlaintext(t *testing.T) {
 		if files := filesHolding(t, h.cfg.StateDir, []byte(marker)); len(files) > 0 {
 			t.Fatalf("%s: plaintext in %v", h.name, files)
 		}
+	}
+	// A worker talking to a follower gets its task's value (the follower
+	// forwards the call with the worker's certificate to the leader, which
+	// authorizes it); another worker through the same follower does not.
+	w, _ := leader.m.JoinTokens()
+	workerVia := func(name string, i int) *agent.Agent {
+		return join(t, agent.Config{StateDir: t.TempDir(), Manager: f.addr, Token: w, Logger: clustertest.Logger(t),
+			Node: NodeInfo{Name: name, Role: clustermap.RoleWorker, PublicKey: clustertest.WGKey(t),
+				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 51820)}})
+	}
+	a1, a2 := workerVia("worker-1", 31), workerVia("worker-2", 32)
+	spec := apiSpec("app", 1)
+	spec.Constraints = []string{"node.name==worker-1"}
+	spec.Configs = []string{"app.conf"}
+	if code, body := adminDo(f.m, http.MethodPost, api.PathServices, spec); code != http.StatusCreated {
+		t.Fatalf("create service: %d %s", code, body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ref := []api.ValueRef{{Kind: api.KindConfig, Name: "app.conf"}}
+	if vals, err := a1.FetchValues(ctx, ref); err != nil || len(vals) != 1 || string(vals[0].Data) != marker {
+		t.Fatalf("worker-1 through a follower: %+v, %v", vals, err)
+	}
+	if _, err := a2.FetchValues(ctx, ref); apicall.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("worker-2 through a follower: %v, want 403", err)
 	}
 	// A manager that lost its key gets it back from the leader.
 	os.Remove(filepath.Join(f.cfg.StateDir, secretbox.KeyFile))

@@ -46,17 +46,32 @@ func readValue(cmd *cobra.Command, kind, file string) ([]byte, error) {
 	return data, nil
 }
 
+// valueFile is -f FILE, or Docker's positional FILE after the name.
+func valueFile(cmd *cobra.Command, args []string) (string, error) {
+	file, _ := cmd.Flags().GetString("file")
+	if len(args) == 2 {
+		if file != "" {
+			return "", &exitError{code: 2, err: fmt.Errorf("give the value once: -f %s or %s, not both", file, args[1])}
+		}
+		file = args[1]
+	}
+	return file, nil
+}
+
 func addObjectKind(root *cobra.Command, kind string) {
 	parent := findOrAdd(root, &cobra.Command{Use: kind, Short: "Create, list, inspect, update and remove " + kind + "s"})
 
 	createCmd := &cobra.Command{
-		Use:   "create NAME -f FILE|-",
+		Use:   "create NAME -f FILE|- (or: create NAME FILE|-)",
 		Short: "Create a " + kind + " from a file or stdin (at most 500 KiB)",
 		Example: fmt.Sprintf("  printf %%s \"$PASS\" | warren %s create dbpass -f -\n  warren %s create app.conf -f ./app.conf --label env=prod",
 			kind, kind),
-		Args: cobra.ExactArgs(1),
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			file, _ := cmd.Flags().GetString("file")
+			file, err := valueFile(cmd, args)
+			if err != nil {
+				return err
+			}
 			data, err := readValue(cmd, kind, file)
 			if err != nil {
 				return err
@@ -82,11 +97,14 @@ func addObjectKind(root *cobra.Command, kind string) {
 	addJSONFlag(createCmd)
 
 	updateCmd := &cobra.Command{
-		Use:   "update NAME -f FILE|-",
+		Use:   "update NAME -f FILE|- (or: update NAME FILE|-)",
 		Short: "Give a " + kind + " a new value: running tasks see it in place within seconds",
-		Args:  cobra.ExactArgs(1),
+		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			file, _ := cmd.Flags().GetString("file")
+			file, err := valueFile(cmd, args)
+			if err != nil {
+				return err
+			}
 			data, err := readValue(cmd, kind, file)
 			if err != nil {
 				return err
