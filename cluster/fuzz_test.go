@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"path"
+	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -105,4 +108,32 @@ func FuzzValuesRequest(f *testing.F) {
 		mustMarshal(f, api.ValuesRequest{Refs: []api.ValueRef{{Kind: api.KindSecret, Name: "dbpass"}, {Kind: api.KindConfig, Name: "app.conf"}}}),
 		[]byte(`{"refs":[{"kind":"secret","name":"../x"}]}`),
 		[]byte(`{"refs":null}`))
+}
+
+// FuzzParseFileRef: whatever --secret / --config value comes in, the parser
+// does not panic, and what it accepts keeps the task's files in their
+// place: a secret's target is a plain file name under /run/secrets, a
+// config's a clean absolute path outside it.
+func FuzzParseFileRef(f *testing.F) {
+	for _, s := range []string{"dbpass", "source=dbpass,target=pw,uid=70,gid=70,mode=0400", "src=c,target=/etc/app.conf,mode=0444",
+		"source=x,target=../../etc/passwd", "source=x,target=/run/secrets/../../x", "a,b=c", "source=,target="} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, kind := range []string{api.KindSecret, api.KindConfig} {
+			ref, err := ParseFileRef(kind, s)
+			if err != nil {
+				continue
+			}
+			if !objectNameRE.MatchString(ref.Source) || ref.Mode > 0o777 || strings.ContainsFunc(ref.Target, unicode.IsControl) {
+				t.Fatalf("%s %q accepted as %+v", kind, s, ref)
+			}
+			if kind == api.KindSecret && (strings.Contains(ref.Target, "/") || strings.HasPrefix(ref.Target, "..") || ref.Target == "") {
+				t.Fatalf("secret %q: target %q escapes /run/secrets", s, ref.Target)
+			}
+			if kind == api.KindConfig && (!path.IsAbs(ref.Target) || path.Clean(ref.Target) != ref.Target || strings.HasPrefix(ref.Target, SecretsDir+"/") || ref.Target == SecretsDir) {
+				t.Fatalf("config %q: target %q", s, ref.Target)
+			}
+		}
+	})
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -379,6 +380,9 @@ func ParseFileRef(kind, s string) (clustermap.FileRef, error) {
 		if n, err := strconv.ParseUint(id.v, 10, 32); err != nil || n > 1<<31 {
 			return ref, fmt.Errorf("--%s %q: %s %q is not a numeric ID", kind, s, id.name, id.v)
 		}
+	}
+	if strings.ContainsFunc(ref.Target, unicode.IsControl) {
+		return ref, fmt.Errorf("--%s %q: target %q holds a control character", kind, s, ref.Target)
 	}
 	if kind == api.KindSecret {
 		if ref.Target == "" {

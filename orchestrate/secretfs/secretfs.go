@@ -214,6 +214,11 @@ func (s *Store) write(task string, t Task) error {
 
 // writeSecrets writes a new generation and swaps ..data to it.
 func writeSecrets(dir string, files []File) error {
+	for _, f := range files {
+		if f.Name == "" || strings.ContainsAny(f.Name, "/\x00") || strings.HasPrefix(f.Name, "..") {
+			return fmt.Errorf("secret target %q is not a plain file name", f.Name)
+		}
+	}
 	gen := filepath.Join(dir, fmt.Sprintf("..%d", time.Now().UnixNano()))
 	if err := os.Mkdir(gen, 0o755); err != nil {
 		return err

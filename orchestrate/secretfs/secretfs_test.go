@@ -125,11 +125,24 @@ func TestSyncWritesSwapsAndWipes(t *testing.T) {
 	}
 }
 
-func TestSyncRefusesTaskNamesThatEscape(t *testing.T) {
+func TestSyncRefusesNamesThatEscape(t *testing.T) {
 	s := New(t.TempDir())
 	for _, name := range []string{"..", "a/b", ""} {
 		if err := s.Sync(map[string]Task{name: {}}, nil); err == nil {
 			t.Errorf("task name %q accepted", name)
 		}
+	}
+	needRoot(t)
+	root := filepath.Join(t.TempDir(), "tasks")
+	s = New(root)
+	t.Cleanup(func() { s.Sync(nil, nil) })
+	for _, name := range []string{"../../etc/x", "..data", "a/b"} {
+		err := s.Sync(map[string]Task{"t-1": {Secrets: []File{{Name: name, Data: []byte("x"), Mode: 0o400}}}}, nil)
+		if err == nil {
+			t.Errorf("secret target %q accepted", name)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "..", "etc")); !os.IsNotExist(err) {
+		t.Fatalf("a file was written outside the task's tmpfs: %v", err)
 	}
 }
