@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -87,9 +88,32 @@ func TestSecretsAndConfigsReachTheirTaskOnly(t *testing.T) {
 		t.Fatalf("worker-2 holds task files: %q %v", out, err)
 	}
 
-	// Rotation in place: the running task (same container) reads the new
-	// value within 15 s.
 	before := in("cat", "/proc/1/stat")
+	// The worker's daemon restarts (SIGKILL, as a crash): the task keeps
+	// running with its files, the daemon adopts it and rewrites them.
+	if err := w1.RestartAppliance(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "worker-1's daemon back and the task untouched", func() error {
+		if _, err := w1.Exec(ctx, "warren", "network", "status"); err != nil {
+			return err
+		}
+		after, err := taskExec(ctx, w1, task, "cat", "/proc/1/stat")
+		if err != nil {
+			return err
+		}
+		if trim(after) != before {
+			t.Fatal("the task was recreated by the daemon's restart")
+		}
+		got, err := taskExec(ctx, w1, task, "cat", "/run/secrets/dbpass")
+		if err != nil || trim(got) != pass1 {
+			return fmt.Errorf("after the restart the task reads %q (%v)", got, err)
+		}
+		return nil
+	})
+
+	// Rotation in place (by the restarted daemon, on the tmpfs it found):
+	// the running task (same container) reads the new value within 15 s.
 	start := time.Now()
 	if out, err := m.Sh(ctx, fmt.Sprintf("printf %%s '%s' | warren secret update dbpass -f -", pass2)); err != nil {
 		t.Fatalf("secret update: %v\n%s", err, out)
