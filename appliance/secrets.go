@@ -35,6 +35,10 @@ type taskSecrets struct {
 	cache map[api.ValueRef]api.Value
 }
 
+// valuesBatch bounds the values asked in one call (the answer is at most
+// valuesBatch × 500 KiB).
+const valuesBatch = 16
+
 func newTaskSecrets(src valueSource, root string, log *slog.Logger) *taskSecrets {
 	return &taskSecrets{fs: secretfs.New(root), src: src, log: log, cache: map[api.ValueRef]api.Value{}}
 }
@@ -114,12 +118,14 @@ func (ts *taskSecrets) prepare(ctx context.Context, m *clustermap.Map, specs []o
 	}
 	slices.SortFunc(missing, func(a, b api.ValueRef) int { return strings.Compare(a.Kind+"/"+a.Name, b.Kind+"/"+b.Name) })
 	var fetchErr error
-	if len(missing) > 0 {
-		vals, err := ts.src.FetchValues(ctx, missing)
+	// In batches: an answer holds at most valuesBatch values of 500 KiB.
+	for batch := range slices.Chunk(missing, valuesBatch) {
+		vals, err := ts.src.FetchValues(ctx, batch)
 		if err != nil {
 			fetchErr = err
 			retry = true
 			ts.log.Warn("cannot fetch secret and config values; tasks using them wait (or keep the files they have)", "count", len(missing), "err", err)
+			break
 		}
 		for _, v := range vals {
 			ts.cache[api.ValueRef{Kind: v.Kind, Name: v.Name}] = v

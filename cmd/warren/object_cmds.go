@@ -187,6 +187,10 @@ func addObjectKind(root *cobra.Command, kind string) {
 	}
 	if kind == api.KindConfig {
 		inspectCmd.Flags().Bool("pretty", false, "human-readable, with the config's value")
+	} else {
+		// Docker's flag; the output is human-readable anyway and never
+		// holds the secret's value.
+		inspectCmd.Flags().Bool("pretty", false, "human-readable (the default; a secret's value is never shown)")
 	}
 	addJSONFlag(inspectCmd)
 
