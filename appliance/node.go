@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -574,6 +575,13 @@ func (n *node) status() cluster.NodeStatus {
 		s.Tasks = []api.TaskStatus{}
 		for _, t := range n.orch.Status() {
 			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, Revision: t.Revision})
+		}
+		// Tasks waiting for their secrets' values are not in the
+		// reconciler's hands yet: say why they wait.
+		for _, t := range n.secrets.waitingTasks() {
+			if !slices.ContainsFunc(s.Tasks, func(r api.TaskStatus) bool { return r.Name == t.Name }) {
+				s.Tasks = append(s.Tasks, t)
+			}
 		}
 	}
 	return s

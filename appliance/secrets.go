@@ -33,6 +33,9 @@ type taskSecrets struct {
 	log   *slog.Logger
 	mu    sync.Mutex
 	cache map[api.ValueRef]api.Value
+	// waiting are the tasks left out for want of values, as the node
+	// reports them (pending, with the reason).
+	waiting map[string]api.TaskStatus
 }
 
 // valuesBatch bounds the values asked in one call (the answer is at most
@@ -132,6 +135,11 @@ func (ts *taskSecrets) prepare(ctx context.Context, m *clustermap.Map, specs []o
 		}
 	}
 	svcs := servicesByName(m)
+	ts.waiting = map[string]api.TaskStatus{}
+	wait := func(s orchestrate.TaskSpec, why string) {
+		ts.waiting[s.Name] = api.TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, Revision: s.Revision,
+			Error: "waiting for its secrets and configs: " + why}
+	}
 	want := map[string]secretfs.Task{}
 	var keep []string
 	for _, s := range specs {
@@ -147,10 +155,14 @@ func (ts *taskSecrets) prepare(ctx context.Context, m *clustermap.Map, specs []o
 		case ts.fs.Has(s.Name):
 			keep = append(keep, s.Name) // the files of before, until the values come
 		default:
-			if fetchErr == nil {
+			why := "a value is missing"
+			if fetchErr != nil {
+				why = fetchErr.Error()
+			} else {
 				ts.log.Warn("a task's secret or config value is missing; it waits", "task", s.Name)
 				retry = true
 			}
+			wait(s, why)
 			continue
 		}
 		s.SecretMounts = taskMounts(ts.fs, s.Name, svc)
@@ -161,7 +173,11 @@ func (ts *taskSecrets) prepare(ctx context.Context, m *clustermap.Map, specs []o
 		retry = true
 		// Tasks whose files failed are left out (their mount would be empty).
 		out = slices.DeleteFunc(out, func(s orchestrate.TaskSpec) bool {
-			return len(s.SecretMounts) > 0 && !ts.fs.Has(s.Name)
+			if len(s.SecretMounts) > 0 && !ts.fs.Has(s.Name) {
+				wait(s, "its files could not be written: "+err.Error())
+				return true
+			}
+			return false
 		})
 	}
 	return out, retry
@@ -175,6 +191,16 @@ func taskMounts(fs *secretfs.Store, task string, svc clustermap.Service) []orche
 	for i, f := range svc.Configs {
 		out = append(out, orchestrate.FileMount{Source: fs.ConfigPath(task, i), Target: f.Target})
 	}
+	return out
+}
+
+// waitingTasks returns the tasks left out for want of values, with the
+// reason (for the node's status report).
+func (ts *taskSecrets) waitingTasks() []api.TaskStatus {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	out := slices.Collect(maps.Values(ts.waiting))
+	slices.SortFunc(out, func(a, b api.TaskStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/warren-appliance/warren/cluster/api"
@@ -121,5 +122,13 @@ func TestPrepareFetchesOnlyThisNodesValuesAndMountsThem(t *testing.T) {
 	specs5, retry := ts.prepare(context.Background(), m, taskSpecs(m, "self"))
 	if !retry || len(specs5) != 1 || specs5[0].Name != "plain-1" {
 		t.Fatalf("manager down: retry %v specs %+v", retry, specs5)
+	}
+	if w := ts.waitingTasks(); len(w) != 1 || w[0].Name != "db-1" || w[0].State != clustermap.TaskPending || !strings.Contains(w[0].Error, "manager unreachable") {
+		t.Fatalf("waiting tasks reported as %+v", w)
+	}
+	src.down = false
+	ts.prepare(context.Background(), m, taskSpecs(m, "self"))
+	if w := ts.waitingTasks(); len(w) != 0 {
+		t.Fatalf("still waiting once the manager is back: %+v", w)
 	}
 }
