@@ -86,7 +86,7 @@ func (m *Manager) dataKeyLocked(s *state) (secretbox.Key, error) {
 		return m.dataKey, nil
 	}
 	if len(s.secrets) > 0 || len(s.configs) > 0 {
-		return nil, errorf(http.StatusServiceUnavailable, "this manager has no data key (%s): copy it from another manager of the cluster (same path, mode 0600) and restart this one",
+		return nil, errorf(http.StatusServiceUnavailable, "this manager has no data key (%s) yet: it asks the other managers for it every few seconds, retry; if none has it, restore it from a backup's FILE.key (same path, mode 0600)",
 			m.dataKeyPath())
 	}
 	k, err := secretbox.NewKey()
@@ -286,7 +286,7 @@ func (m *Manager) Object(kind, name string, pretty bool) (api.ObjectView, error)
 	v := objectView(m.st, kind, rec)
 	if pretty && kind == api.KindConfig {
 		if m.dataKey == nil {
-			return api.ObjectView{}, errorf(http.StatusServiceUnavailable, "this manager has no data key (%s) to open the config with", m.dataKeyPath())
+			return api.ObjectView{}, errorf(http.StatusServiceUnavailable, "this manager has no data key (%s) to open the config with yet: it asks the other managers for it; retry", m.dataKeyPath())
 		}
 		data, err := m.dataKey.Open(kind, name, rec.Version, rec.Sealed)
 		if err != nil {
@@ -545,7 +545,7 @@ func (m *Manager) Values(nodeID string, refs []api.ValueRef) ([]api.Value, error
 			return nil, errNoObject(ref.Kind, ref.Name)
 		}
 		if m.dataKey == nil {
-			return nil, errorf(http.StatusServiceUnavailable, "this manager has no data key (%s)", m.dataKeyPath())
+			return nil, errorf(http.StatusServiceUnavailable, "this manager has no data key (%s) yet: it asks the other managers for it; retry", m.dataKeyPath())
 		}
 		data, err := m.dataKey.Open(ref.Kind, ref.Name, rec.Version, rec.Sealed)
 		if err != nil {
@@ -593,9 +593,10 @@ func (m *Manager) FetchValues(_ context.Context, refs []api.ValueRef) ([]api.Val
 }
 
 // dataKeyLoop gets the data key from another manager when this one has
-// none while the state holds sealed values (a cluster whose key was made
-// by its leader after this manager joined): every few seconds, from the
-// leader, over manager mTLS.
+// none, or one that does not open the sealed values of the state (a
+// cluster whose key its leader made after this manager joined, a key file
+// lost or replaced): every few seconds it asks the other managers in turn,
+// over manager mTLS, and keeps the first key that opens them.
 func (m *Manager) dataKeyLoop() {
 	defer m.loops.Done()
 	t := time.NewTicker(3 * time.Second)
@@ -607,25 +608,74 @@ func (m *Manager) dataKeyLoop() {
 		case <-t.C:
 		}
 		m.mu.Lock()
-		need := m.dataKey == nil && m.st != nil && (len(m.st.secrets) > 0 || len(m.st.configs) > 0)
+		need := m.st != nil && !keyOpensState(m.dataKey, m.st)
 		m.mu.Unlock()
-		leader := m.leaderAPI()
-		if !need || leader == "" {
+		if !need {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		var out api.DataKey
-		err := m.fwd.Do(ctx, http.MethodGet, leader, pathInternalDataKey, nil, nil, &out)
-		cancel()
-		if err == nil {
-			err = m.takeDataKey(out.Key)
+		var errs []error
+		for id, addr := range m.managerAPIs() {
+			if id == m.selfID || addr == "" {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			var out api.DataKey
+			err := m.fwd.Do(ctx, http.MethodGet, addr, pathInternalDataKey, nil, nil, &out)
+			cancel()
+			if err == nil {
+				err = m.replaceDataKey(out.Key)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+				continue
+			}
+			m.log.Info("got the cluster's data key from another manager", "from", addr, "file", m.dataKeyPath())
+			errs = nil
+			break
 		}
-		if err != nil {
-			m.log.Warn("cannot get the cluster's data key from the leader; retrying", "leader", leader, "err", err)
-			continue
+		if len(errs) > 0 {
+			m.log.Warn("this manager's data key does not open the cluster's secrets and configs, and no other manager gave one that does; retrying", "err", errors.Join(errs...))
 		}
-		m.log.Info("got the cluster's data key from the leader", "file", m.dataKeyPath())
 	}
+}
+
+// keyOpensState reports whether k opens the state's sealed values (true
+// when there are none). Every value is sealed with the one data key: the
+// smallest one is tried (this runs every few seconds on boards).
+func keyOpensState(k secretbox.Key, s *state) bool {
+	kind, name, rec, found := "", "", objectRecord{}, false
+	for kd, objs := range map[string]map[string]objectRecord{api.KindSecret: s.secrets, api.KindConfig: s.configs} {
+		for n, r := range objs {
+			if !found || r.Size < rec.Size {
+				kind, name, rec, found = kd, n, r, true
+			}
+		}
+	}
+	if !found {
+		return true
+	}
+	if k == nil {
+		return false
+	}
+	_, err := k.Open(kind, name, rec.Version, rec.Sealed)
+	return err == nil
+}
+
+// replaceDataKey keeps k if it opens the state's sealed values.
+func (m *Manager) replaceDataKey(k secretbox.Key) error {
+	if err := k.Check(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.st != nil && !keyOpensState(k, m.st) {
+		return errors.New("its data key does not open this cluster's secrets and configs either")
+	}
+	if err := secretbox.Save(m.cfg.StateDir, k); err != nil {
+		return err
+	}
+	m.dataKey = slices.Clone(k)
+	return nil
 }
 
 // serviceRevision is the revision a --secret-rotation restart service's

@@ -369,6 +369,13 @@ func TestManagersShareTheDataKeyNotThePlaintext(t *testing.T) {
 	if k, err := secretbox.Load(f.cfg.StateDir); err != nil || !bytes.Equal(k, want) {
 		t.Fatalf("the key file is not back: %v", err)
 	}
+	// A manager with a wrong key (another cluster's) replaces it with the
+	// cluster's.
+	wrong, _ := secretbox.NewKey()
+	f.m.mu.Lock()
+	f.m.dataKey = wrong
+	f.m.mu.Unlock()
+	waitUntil(t, "the follower replaces a wrong key", func() bool { return bytes.Equal(f.m.DataKey(), want) })
 	// The leader goes; the new one opens the value.
 	leader.kill()
 	var next *haManager
