@@ -93,19 +93,22 @@ func ForceNewCluster(stateDir, advertise, restore, joinedID string, log *slog.Lo
 // writes beside FILE: FILE.key.
 const BackupKeySuffix = ".key"
 
-// restoreDataKey installs the data key kept beside a backup (FILE.key)
-// when the backup holds secrets or configs: without it their values
-// cannot be opened. The key must open them.
+// restoreDataKey installs the data key kept beside a backup (FILE.key).
+// It is required when the backup holds secrets or configs (without it
+// their values cannot be opened) and must open them.
 func restoreDataKey(stateDir, backup string, st *store.Store) error {
 	s, err := loadState(st)
 	if err != nil || s == nil {
 		return err
 	}
-	if len(s.secrets) == 0 && len(s.configs) == 0 {
-		return nil
-	}
 	keyPath := backup + BackupKeySuffix
 	k, err := secretbox.LoadFile(keyPath)
+	if len(s.secrets) == 0 && len(s.configs) == 0 {
+		if err != nil {
+			return nil // nothing sealed: a new key is made with the first secret
+		}
+		return secretbox.Save(stateDir, k) // the same key as before
+	}
 	if err != nil {
 		return fmt.Errorf("the backup holds %d secret(s) and %d config(s), sealed with the cluster's data key, and their key is needed: put the key file written with the backup at %s (%w)",
 			len(s.secrets), len(s.configs), keyPath, err)
