@@ -63,12 +63,15 @@ bench: deps build
 	go test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
 
 # The fuzzers: the config loader (60 s), the node API's request decoders
-# (join, report, self) and the cluster map decoder (30 s each).
+# (join, report, self, secret values), the --secret/--config parser and the
+# cluster map decoder (30 s each).
 fuzz:
 	go test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./configs/
 	go test -run '^$$' -fuzz '^FuzzJoinRequest$$' -fuzztime 30s ./cluster/
 	go test -run '^$$' -fuzz '^FuzzReportRequest$$' -fuzztime 30s ./cluster/
 	go test -run '^$$' -fuzz '^FuzzSelfRequest$$' -fuzztime 30s ./cluster/
+	go test -run '^$$' -fuzz '^FuzzValuesRequest$$' -fuzztime 30s ./cluster/
+	go test -run '^$$' -fuzz '^FuzzParseFileRef$$' -fuzztime 30s ./cluster/
 	go test -run '^$$' -fuzz '^FuzzMapDecode$$' -fuzztime 30s ./cluster/clustermap/
 
 # A local three-node cluster in namespaces with a 3-replica service; Ctrl-C

@@ -40,6 +40,10 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 		}
 		svc.Labels = maps.Clone(spec.Labels)
 	}
+	if err := checkRotation(spec.SecretRotation); err != nil {
+		return svc, err
+	}
+	svc.SecretRotation = spec.SecretRotation
 	if !serviceNameRE.MatchString(spec.Name) {
 		return svc, errorf(http.StatusBadRequest, "service name %q is not valid: use 1-50 lowercase letters, digits and '-', starting and ending with a letter or digit (it becomes a DNS name)", spec.Name)
 	}
@@ -155,6 +159,13 @@ func (m *Manager) CreateService(spec api.ServiceSpec) (api.ServiceView, error) {
 			return err
 		}
 		if err := checkNodeIDs(s, svc.Constraints); err != nil {
+			return err
+		}
+		var err error
+		if svc.Secrets, err = parseFileRefs(s, api.KindSecret, spec.Secrets); err != nil {
+			return err
+		}
+		if svc.Configs, err = parseFileRefs(s, api.KindConfig, spec.Configs); err != nil {
 			return err
 		}
 		for _, other := range s.services {
@@ -320,6 +331,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
 	}
+	v.Secrets, v.Configs, v.SecretRotation = r.Secrets, r.Configs, r.SecretRotation
 	if v.Ports == nil {
 		v.Ports = []clustermap.Port{}
 	}

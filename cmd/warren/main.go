@@ -65,6 +65,7 @@ func newRoot() *cobra.Command {
 	addServiceCommands(root)
 	addNetworkCommands(root)
 	addPolicyCommands(root)
+	addObjectCommands(root)
 	strictGroups(root)
 	return root
 }
