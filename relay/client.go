@@ -307,6 +307,7 @@ func (c *Client) dial(ctx context.Context, r Relay) (*clientConn, error) {
 		tc.Close()
 		return nil, fmt.Errorf("relay UDP socket: %w", err)
 	}
+	bigBuffers(uc)
 	return &clientConn{relay: r, tls: tc, udp: uc, key: k, done: make(chan struct{})}, nil
 }
 
@@ -508,6 +509,7 @@ func (c *Client) proxy(peer tunnel.Key) (*proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relay proxy socket: %w", err)
 	}
+	bigBuffers(uc)
 	p := &proxy{peer: peer, conn: uc, addr: uc.LocalAddr().(*net.UDPAddr).AddrPort()}
 	c.proxies[peer] = p
 	go c.readProxy(p)
@@ -531,4 +533,14 @@ func (c *Client) readProxy(p *proxy) {
 		}
 		c.send(p.peer, buf[:n])
 	}
+}
+
+// socketBuffer is the relay sockets' buffer size, as wireguard-go's own:
+// bursts of a TCP flow through the relay must not overflow the default
+// (about 200 KiB), or the flow backs off at every burst.
+const socketBuffer = 4 << 20
+
+func bigBuffers(c *net.UDPConn) {
+	c.SetReadBuffer(socketBuffer) // the kernel caps it at net.core.rmem_max
+	c.SetWriteBuffer(socketBuffer)
 }

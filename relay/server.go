@@ -222,6 +222,7 @@ func (s *Server) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	}
 	s.udp = pc
 	s.mu.Unlock()
+	bigBuffers(pc)
 	stop := context.AfterFunc(ctx, func() { pc.Close() })
 	defer stop()
 	buf := make([]byte, maxDatagram+1)
