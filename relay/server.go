@@ -24,12 +24,13 @@ import (
 	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/replay"
 
+	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
 // ALPN is the TLS application protocol of the relay's TLS leg: on a
 // manager it shares the API port with the node API and Raft.
-const ALPN = "warren-relay/1"
+const ALPN = api.ALPNRelay
 
 // Defaults of ServerConfig.
 const (
