@@ -29,6 +29,10 @@ type localState struct {
 	// peerNames maps public keys to node names (from the cluster map); nil
 	// on a standalone node.
 	peerNames func() map[string]string
+	// relayVia says whether a WireGuard endpoint is a relay's, and which
+	// relay (node name, address) and transport it goes through; nil on a
+	// standalone node.
+	relayVia func(ep netip.AddrPort) (name, addr, transport string, ok bool)
 	// extra node-local endpoints (VIPs, DNS) registered by the cluster roles.
 	extra map[string]http.HandlerFunc
 }
@@ -50,6 +54,12 @@ func (s *localState) tunnelStatus() api.LocalTunnel {
 		p := api.LocalPeer{PublicKey: h.PublicKey.String(), Node: names[h.PublicKey.String()], RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
 		if h.Endpoint.IsValid() {
 			p.Endpoint = h.Endpoint.String()
+		}
+		if s.relayVia != nil {
+			p.Path = "direct"
+			if name, addr, transport, ok := s.relayVia(h.Endpoint); ok {
+				p.Path, p.Relay, p.RelayTransport, p.Endpoint = "relay", name, transport, addr
+			}
 		}
 		for _, a := range h.AllowedIPs {
 			p.AllowedIPs = append(p.AllowedIPs, a.String())

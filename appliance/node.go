@@ -3,6 +3,8 @@ package appliance
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -29,6 +31,7 @@ import (
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
+	"github.com/warren-appliance/warren/relay"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -55,6 +58,8 @@ const (
 	// again when reports on change are on.
 	reportRetry    = time.Second
 	canaryInterval = 10 * time.Second
+	// pathInterval: how often the peers' paths are checked again.
+	pathInterval = 5 * time.Second
 )
 
 // runClusterNode runs a manager or worker: join (or create) the cluster,
@@ -75,7 +80,16 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		Labels:    cfg.Node.Labels,
 		Endpoint:  netip.AddrPortFrom(advertise, uint16(cfg.WireGuard.ListenPort)),
 		PublicKey: key.PublicKey().String(),
+		Relay:     relayAddress(cfg, advertise),
 	}
+	// Every manager relays by default, other nodes with [relay] enable.
+	var relaySrv *relay.Server
+	if cfg.RelayEnabled() {
+		relaySrv = newRelayServer(cfg, log)
+	}
+	// This node's certificate and the cluster's CA, for the relay's mTLS.
+	var nodeCert func() *tls.Certificate
+	var caPool func() *x509.CertPool
 
 	var mem member
 	var admin http.Handler
@@ -123,7 +137,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			Domain:             cfg.Network.DNSDomain,
 			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
 			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
-			ReservedPorts:      reservedPorts(&cfg.Config),
+			ReservedPorts:      reservedPorts(&cfg.Config, cfg.RelayEnabled()),
 			Logger:             log,
 			Join:               join,
 			JoinedID:           agent.JoinedNodeID(cfg.Node.StateDir),
@@ -155,6 +169,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
+		nodeCert, caPool = mgr.NodeCertificate, mgr.CAPool
+		if relaySrv != nil {
+			if err := serveManagerRelay(ctx, relaySrv, mgr, cfg.Cluster.APIListen, log); err != nil {
+				return err
+			}
+		}
 		raftStatus = func() metrics.Raft {
 			i := mgr.Info()
 			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
@@ -196,6 +216,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			return err
 		}
 		mem = a
+		nodeCert, caPool = a.Certificate, a.CAPool
+		if relaySrv != nil {
+			if err := serveRelay(ctx, relaySrv, cfg.Relay.Port, a.Certificate, a.CAPool, log); err != nil {
+				return err
+			}
+		}
 	}
 	self := mem.Self()
 	// Remember the setup, so the unit's `warren-appliance --config` resumes
@@ -215,7 +241,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	if ignored := ignoredClusterKeys(cfg, clusterNet); len(ignored) > 0 {
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
-	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log)}
+	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log), relaySrv: relaySrv}
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -227,6 +253,10 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	}
 	defer dev.Close()
 	n.dev = dev
+	// The relay client: every cluster node keeps a session with one relay,
+	// for the peers it cannot reach directly.
+	n.relayCli = relay.NewClient(relay.ClientConfig{Cert: nodeCert, CAPool: caPool, WireGuardPort: cfg.WireGuard.ListenPort, Logger: log})
+	go n.relayCli.Run(ctx)
 
 	// The VIP range is routed into the overlay with the overlay source
 	// address: connect() to a VIP needs a route before the nat table can
@@ -251,7 +281,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 	}
 
-	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames}
+	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, relayVia: n.relayVia}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
 		return err
@@ -260,6 +290,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	go n.reportLoop(ctx, mem)
 	go n.canaryLoop(ctx)
+	go n.pathLoop(ctx)
 	notifyReady(log)
 	err = mem.Watch(ctx, n.apply)
 	if ctx.Err() != nil {
@@ -282,6 +313,11 @@ type node struct {
 	pol    *netpolicy.Applier
 	dns    *dns.Server
 	met    *metrics.Metrics
+	// relaySrv is this node's relay (nil: it does not relay); relayCli
+	// its relay client and paths the choice of relayed peers.
+	relaySrv *relay.Server
+	relayCli *relay.Client
+	paths    relayPolicy
 
 	mu   sync.Mutex
 	last *clustermap.Map
@@ -402,13 +438,11 @@ func (n *node) apply(m *clustermap.Map) {
 			"map", fmt.Sprintf("%+v", mn), "running", fmt.Sprintf("%+v", n.net))
 	}
 	n.recheckHostOverlap()
-	// n.self is not refreshed from m: its ID, overlay IP and block are
-	// fixed for the node's identity, and other goroutines read it.
-	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
-	if err := n.dev.SetPeers(peers); err != nil {
-		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
-		n.met.ReconcileError("tunnel")
+	if n.relaySrv != nil {
+		n.relaySrv.SetMembers(relayMembers(m))
 	}
+	n.relayCli.SetRelays(relaysOf(m))
+	peers := n.syncPeers(m)
 	// Policies first: a new task's address is in its sets before it starts.
 	n.syncPolicies(m)
 	n.orch.Apply(taskSpecs(m, n.self.ID))
@@ -417,6 +451,44 @@ func (n *node) apply(m *clustermap.Map) {
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.met.SetMapVersion(m.Version)
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+}
+
+// syncPeers converges the tunnel's peers to m's mesh (each through the
+// relay when its direct endpoint does not work: relayPolicy) plus the
+// static peers, and returns them.
+func (n *node) syncPeers(m *clustermap.Map) []tunnel.Peer {
+	// n.self is not refreshed from m: its ID, overlay IP and block are
+	// fixed for the node's identity, and other goroutines read it.
+	mesh := meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive))
+	mesh = n.paths.apply(mesh, n.dev.Health(), time.Now(), n.relayCli)
+	peers := append(mesh, n.static...)
+	if err := n.dev.SetPeers(peers); err != nil {
+		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
+		n.met.ReconcileError("tunnel")
+	}
+	return peers
+}
+
+// relayVia says whether ep is one of the relay client's endpoints.
+func (n *node) relayVia(ep netip.AddrPort) (name, addr, transport string, ok bool) {
+	r, transport, ok := n.relayCli.Via(ep)
+	return r.Name, r.Addr, transport, ok
+}
+
+// pathLoop re-checks the peers' paths (direct or relayed) between maps.
+func (n *node) pathLoop(ctx context.Context) {
+	t := time.NewTicker(pathInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if m := n.lastMap(); m != nil {
+			n.syncPeers(m)
+		}
+	}
 }
 
 // syncNAT applies m's service rules; a failure is retried by the canary
@@ -611,8 +683,13 @@ func advertiseAddress(cfg *configs.Loaded) (netip.Addr, error) {
 
 // reservedPorts are this appliance's ports, beyond those the manager knows
 // (DNS, its API, the WireGuard ports), that services may not publish.
-func reservedPorts(cfg *configs.Config) []cluster.ReservedPort {
+func reservedPorts(cfg *configs.Config, relays bool) []cluster.ReservedPort {
 	var out []cluster.ReservedPort
+	if _, p, err := net.SplitHostPort(cfg.Cluster.APIListen); err == nil && relays {
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
+			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "udp", What: "the relay on the API port ([relay])"})
+		}
+	}
 	if _, p, err := net.SplitHostPort(cfg.Metrics.Listen); err == nil {
 		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
 			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "tcp", What: "the metrics listener ([metrics] listen)"})

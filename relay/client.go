@@ -138,6 +138,23 @@ func (c *Client) Endpoint(peer tunnel.Key) (ep netip.AddrPort, via string, ok bo
 	return p.addr, cur.relay.Name, true
 }
 
+// Via reports whether ep is one of the client's relay endpoints, and then
+// through which relay and transport it goes now (for status: a peer whose
+// WireGuard endpoint is ep is relayed).
+func (c *Client) Via(ep netip.AddrPort) (relay Relay, transport string, ok bool) {
+	c.mu.Lock()
+	cur := c.cur
+	found := false
+	for _, p := range c.proxies {
+		found = found || p.addr == ep
+	}
+	c.mu.Unlock()
+	if !found || cur == nil {
+		return Relay{}, "", found
+	}
+	return cur.relay, cur.transport(), true
+}
+
 // Status says which relay the client uses and over which transport.
 func (c *Client) Status() Status {
 	c.mu.Lock()

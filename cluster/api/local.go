@@ -21,6 +21,12 @@ type LocalPeer struct {
 	RxBytes         int64     `json:"rx_bytes"`
 	TxBytes         int64     `json:"tx_bytes"`
 	Healthy         bool      `json:"healthy"`
+	// Path is "direct" or "relay"; a relayed peer's Relay is the relay's
+	// node name, RelayTransport "udp" or "tls", and Endpoint the relay's
+	// address.
+	Path           string `json:"path,omitempty"`
+	Relay          string `json:"relay,omitempty"`
+	RelayTransport string `json:"relay_transport,omitempty"`
 }
 
 // LocalTunnel answers `warren network status`.

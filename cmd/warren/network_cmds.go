@@ -32,13 +32,17 @@ func addNetworkCommands(root *cobra.Command) {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "interface: %s (%s)\npublic key: %s\n\n", st.Interface, st.Mode, st.PublicKey)
 			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "PEER\tNODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tHEALTHY")
+			fmt.Fprintln(tw, "PEER\tNODE\tPATH\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tHEALTHY")
 			for _, p := range st.Peers {
 				age := "never"
 				if p.HandshakeAge != "" {
 					age = p.HandshakeAge + " ago"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
+				path := orDash(p.Path)
+				if p.Path == "relay" {
+					path = fmt.Sprintf("relay via %s (%s)", p.Relay, p.RelayTransport)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), path, orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
 			}
 			return tw.Flush()
 		},
