@@ -79,4 +79,6 @@ func TestProbeRefusesTamperingAndOtherKeys(t *testing.T) {
 }
 
 // isWGLike mirrors tunnel's check: type 1-4, then three zero bytes.
-func isWGLike(b []byte) bool { return len(b) >= 4 && b[0] >= 1 && b[0] <= 4 && b[1] == 0 && b[2] == 0 && b[3] == 0 }
+func isWGLike(b []byte) bool {
+	return len(b) >= 4 && b[0] >= 1 && b[0] <= 4 && b[1] == 0 && b[2] == 0 && b[3] == 0
+}
