@@ -102,6 +102,9 @@ type NodeStatus struct {
 	// the manager then keeps the states it has.
 	Tasks []TaskStatus `json:"tasks"`
 	Time  time.Time    `json:"time"` // the node's clock, to spot boards without RTC
+	// Candidates are the node's path candidates (see clustermap.Node); nil
+	// means not known yet and keeps what the manager has.
+	Candidates []netip.AddrPort `json:"candidates,omitempty"`
 }
 
 // PeerHealth is one WireGuard peer as this node sees it.
