@@ -30,6 +30,7 @@ import (
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/tunnel/paths"
 )
 
 // member is this node's link to the cluster: the in-process manager on the
@@ -215,7 +216,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	if ignored := ignoredClusterKeys(cfg, clusterNet); len(ignored) > 0 {
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
-	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log)}
+	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log), candidatesChanged: make(chan struct{}, 1)}
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -236,6 +237,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		return fmt.Errorf("route the VIP range: %w", err)
 	}
 
+	// The relay half is wired in when it exists; until then a pair
+	// without a direct path keeps probing.
+	if err := n.startPaths(ctx, nil); err != nil {
+		return fmt.Errorf("path discovery: %w", err)
+	}
+
 	// Static peers (an operator laptop) are up before the first map.
 	if err := dev.SetPeers(n.static); err != nil {
 		return fmt.Errorf("tunnel peers: %w", err)
@@ -251,7 +258,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 	}
 
-	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames}
+	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
 		return err
@@ -282,6 +289,10 @@ type node struct {
 	pol    *netpolicy.Applier
 	dns    *dns.Server
 	met    *metrics.Metrics
+	// paths finds each peer's underlay path (direct or relayed);
+	// candidatesChanged is poked when this node's candidates change.
+	paths             *paths.Engine
+	candidatesChanged chan struct{}
 
 	mu   sync.Mutex
 	last *clustermap.Map
@@ -409,6 +420,7 @@ func (n *node) apply(m *clustermap.Map) {
 		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
 		n.met.ReconcileError("tunnel")
 	}
+	n.paths.SetPeers(pathPeers(m, n.self.ID))
 	// Policies first: a new task's address is in its sets before it starts.
 	n.syncPolicies(m)
 	n.orch.Apply(taskSpecs(m, n.self.ID))
@@ -508,6 +520,9 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 			return
 		case <-t.C:
 		case <-retry:
+		case <-n.candidatesChanged:
+			// New candidates: the sooner the map carries them, the sooner
+			// peers probe them.
 		case <-changed:
 			// Let a burst (tasks starting together) settle into one
 			// report, and never report more often than reportMinGap.
@@ -523,8 +538,12 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 
 func (n *node) status() cluster.NodeStatus {
 	s := cluster.NodeStatus{Time: time.Now()}
+	if c := n.paths.Candidates(); len(c) > 0 {
+		s.Candidates = c
+	}
 	for _, h := range n.dev.Health() {
-		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes)})
+		path, _ := peerPath(h.Endpoint, nil)
+		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes), Path: path})
 	}
 	// Until the task reconciler has looked at the node, its states are
 	// guesses: leave Tasks nil so the manager keeps what it knows (a

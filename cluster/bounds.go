@@ -45,6 +45,9 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 		if k, err := base64.StdEncoding.DecodeString(h.PublicKey); err != nil || len(k) != 32 {
 			return s, errorf(http.StatusBadRequest, "report: tunnel entry key %.60q is not a WireGuard public key", h.PublicKey)
 		}
+		if h.Path != "" && h.Path != "direct" && h.Path != "relay" {
+			return s, errorf(http.StatusBadRequest, "report: tunnel entry path %.20q: want direct, relay or empty", h.Path)
+		}
 	}
 	if len(s.Candidates) > maxCandidates {
 		return s, errorf(http.StatusBadRequest, "report has %d path candidates: at most %d", len(s.Candidates), maxCandidates)

@@ -113,6 +113,9 @@ type PeerHealth struct {
 	LastHandshake time.Time `json:"last_handshake"`
 	RxBytes       uint64    `json:"rx_bytes"`
 	TxBytes       uint64    `json:"tx_bytes"`
+	// Path is "direct", "relay" (the endpoint is a relay's local proxy) or
+	// "" (no endpoint).
+	Path string `json:"path,omitempty"`
 }
 
 // TaskStatus is one task's state as its node reports it.

@@ -21,6 +21,10 @@ type LocalPeer struct {
 	RxBytes         int64     `json:"rx_bytes"`
 	TxBytes         int64     `json:"tx_bytes"`
 	Healthy         bool      `json:"healthy"`
+	// Path is "direct" or "relay" ("" while the peer has no endpoint);
+	// Relay names the relay node of a relayed peer.
+	Path  string `json:"path"`
+	Relay string `json:"relay,omitempty"`
 }
 
 // LocalTunnel answers `warren network status`.
