@@ -32,7 +32,8 @@ func peerMetrics(dev *tunnel.Device, m func() *clustermap.Map) []metrics.Peer {
 			ips[i] = a.String()
 		}
 		key := h.PublicKey.String()
-		out = append(out, metrics.Peer{
+		path, _ := peerPath(h.Endpoint, nil)
+		out = append(out, metrics.Peer{Path: path,
 			Interface: dev.Interface(), PublicKey: key, AllowedIPs: strings.Join(ips, ","), Name: names[key],
 			SentBytes: h.TxBytes, ReceivedBytes: h.RxBytes, LatestHandshake: h.LastHandshake,
 		})

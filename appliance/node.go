@@ -33,6 +33,7 @@ import (
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/relay"
 	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/tunnel/paths"
 )
 
 // member is this node's link to the cluster: the in-process manager on the
@@ -58,8 +59,6 @@ const (
 	// again when reports on change are on.
 	reportRetry    = time.Second
 	canaryInterval = 10 * time.Second
-	// pathInterval: how often the peers' paths are checked again.
-	pathInterval = 5 * time.Second
 )
 
 // runClusterNode runs a manager or worker: join (or create) the cluster,
@@ -241,7 +240,8 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	if ignored := ignoredClusterKeys(cfg, clusterNet); len(ignored) > 0 {
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
-	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log), relaySrv: relaySrv}
+	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log),
+		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -266,6 +266,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		return fmt.Errorf("route the VIP range: %w", err)
 	}
 
+	// The relay client is the path machine's fallback for pairs without
+	// a direct path.
+	if err := n.startPaths(ctx, n.relayCli); err != nil {
+		return fmt.Errorf("path discovery: %w", err)
+	}
+
 	// Static peers (an operator laptop) are up before the first map.
 	if err := dev.SetPeers(n.static); err != nil {
 		return fmt.Errorf("tunnel peers: %w", err)
@@ -281,7 +287,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 	}
 
-	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, relayVia: n.relayVia}
+	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
 		return err
@@ -290,7 +296,6 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	go n.reportLoop(ctx, mem)
 	go n.canaryLoop(ctx)
-	go n.pathLoop(ctx)
 	notifyReady(log)
 	err = mem.Watch(ctx, n.apply)
 	if ctx.Err() != nil {
@@ -313,11 +318,14 @@ type node struct {
 	pol    *netpolicy.Applier
 	dns    *dns.Server
 	met    *metrics.Metrics
+	// paths finds each peer's underlay path (direct or relayed);
+	// candidatesChanged is poked when this node's candidates change.
+	paths             *paths.Engine
+	candidatesChanged chan struct{}
 	// relaySrv is this node's relay (nil: it does not relay); relayCli
-	// its relay client and paths the choice of relayed peers.
+	// its relay client, the path machine's fallback.
 	relaySrv *relay.Server
 	relayCli *relay.Client
-	paths    relayPolicy
 
 	mu   sync.Mutex
 	last *clustermap.Map
@@ -443,6 +451,7 @@ func (n *node) apply(m *clustermap.Map) {
 	}
 	n.relayCli.SetRelays(relaysOf(m))
 	peers := n.syncPeers(m)
+	n.paths.SetPeers(pathPeers(m, n.self.ID))
 	// Policies first: a new task's address is in its sets before it starts.
 	n.syncPolicies(m)
 	n.orch.Apply(taskSpecs(m, n.self.ID))
@@ -453,42 +462,18 @@ func (n *node) apply(m *clustermap.Map) {
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
 }
 
-// syncPeers converges the tunnel's peers to m's mesh (each through the
-// relay when its direct endpoint does not work: relayPolicy) plus the
-// static peers, and returns them.
+// syncPeers converges the tunnel's peers to m's mesh plus the static
+// peers, and returns them; the path machine sets the endpoints it chose
+// (direct or relayed) on top (tunnel.Device.SetEndpoint).
 func (n *node) syncPeers(m *clustermap.Map) []tunnel.Peer {
 	// n.self is not refreshed from m: its ID, overlay IP and block are
 	// fixed for the node's identity, and other goroutines read it.
-	mesh := meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive))
-	mesh = n.paths.apply(mesh, n.dev.Health(), time.Now(), n.relayCli)
-	peers := append(mesh, n.static...)
+	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
 	if err := n.dev.SetPeers(peers); err != nil {
 		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
 		n.met.ReconcileError("tunnel")
 	}
 	return peers
-}
-
-// relayVia says whether ep is one of the relay client's endpoints.
-func (n *node) relayVia(ep netip.AddrPort) (name, addr, transport string, ok bool) {
-	r, transport, ok := n.relayCli.Via(ep)
-	return r.Name, r.Addr, transport, ok
-}
-
-// pathLoop re-checks the peers' paths (direct or relayed) between maps.
-func (n *node) pathLoop(ctx context.Context) {
-	t := time.NewTicker(pathInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if m := n.lastMap(); m != nil {
-			n.syncPeers(m)
-		}
-	}
 }
 
 // syncNAT applies m's service rules; a failure is retried by the canary
@@ -580,6 +565,9 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 			return
 		case <-t.C:
 		case <-retry:
+		case <-n.candidatesChanged:
+			// New candidates: the sooner the map carries them, the sooner
+			// peers probe them.
 		case <-changed:
 			// Let a burst (tasks starting together) settle into one
 			// report, and never report more often than reportMinGap.
@@ -595,8 +583,12 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 
 func (n *node) status() cluster.NodeStatus {
 	s := cluster.NodeStatus{Time: time.Now()}
+	if c := n.paths.Candidates(); len(c) > 0 {
+		s.Candidates = c
+	}
 	for _, h := range n.dev.Health() {
-		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes)})
+		path, _ := peerPath(h.Endpoint, nil)
+		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes), Path: path})
 	}
 	// Until the task reconciler has looked at the node, its states are
 	// guesses: leave Tasks nil so the manager keeps what it knows (a

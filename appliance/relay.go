@@ -13,9 +13,9 @@ import (
 	"github.com/warren-appliance/warren/cluster"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
+	"github.com/warren-appliance/warren/internal/wgkey"
 	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/relay"
-	"github.com/warren-appliance/warren/tunnel"
 )
 
 // relayAddress is where this node relays ("" if it does not): a manager on
@@ -99,7 +99,7 @@ func serveRelay(ctx context.Context, srv *relay.Server, port int, cert func() *t
 func relayMembers(m *clustermap.Map) []relay.Member {
 	var out []relay.Member
 	for _, n := range m.Nodes {
-		k, err := tunnel.ParseKey(n.PublicKey)
+		k, err := wgkey.Parse(n.PublicKey)
 		if err != nil {
 			continue
 		}

@@ -684,7 +684,8 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		m.noteClockSkewLocked(nodeID, s.Time.Sub(now))
 	}
 	known := s.Tasks != nil // nil: the node has not looked at its tasks yet
-	if m.st.nodes[nodeID].Status == clustermap.NodeReady && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
+	moved := s.Candidates != nil && !slices.Equal(s.Candidates, m.st.nodes[nodeID].Candidates)
+	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !moved && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
 	if err := m.allowReportWriteLocked(nodeID, now); err != nil {
@@ -695,6 +696,13 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		if n.Status != clustermap.NodeReady {
 			m.log.Info("node is back", "node", n.Name)
 			n.Status = clustermap.NodeReady
+			st.nodes[nodeID] = n
+		}
+		if moved {
+			// New candidates make a new map: every peer probes the node's
+			// new addresses at once, while the node probes theirs.
+			n := st.nodes[nodeID]
+			n.Candidates = slices.Clone(s.Candidates)
 			st.nodes[nodeID] = n
 		}
 		if known {

@@ -82,7 +82,11 @@ type WireGuard struct {
 	Subnet         Subnet           `toml:"subnet"`
 	Address        InterfaceAddress `toml:"address"`
 	PrivateKeyFile string           `toml:"private_key_file"`
-	Peers          []Peer           `toml:"peer"`
+	// PublicEndpoint is "host:port" where this node's WireGuard port is
+	// reachable from other sites (a port forward on the site's router); it
+	// becomes a path candidate beside the discovered ones. Empty: discover.
+	PublicEndpoint string `toml:"public_endpoint"`
+	Peers          []Peer `toml:"peer"`
 }
 
 // Peer is one [[wireguard.peer]]: a static peer such as an operator laptop.

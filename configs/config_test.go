@@ -172,6 +172,8 @@ func TestBadConfigs(t *testing.T) {
 		{"wg partially overlaps containers", validWorker + "[wireguard]\nsubnet = \"10.0.0.0/8\"\n", "wireguard.subnet", 7, "overlaps network.container_subnet"},
 		{"port too big", validWorker + "[wireguard]\nlisten_port = 70000\n", "wireguard.listen_port", 7, "not a UDP port"},
 		{"port zero", validWorker + "[wireguard]\nlisten_port = 0\n", "wireguard.listen_port", 7, "not a UDP port"},
+		{"public endpoint without port", validWorker + "[wireguard]\npublic_endpoint = \"203.0.113.7\"\n", "wireguard.public_endpoint", 7, "must be IP:port or host:port"},
+		{"public endpoint bad port", validWorker + "[wireguard]\npublic_endpoint = \"shop.example.org:0\"\n", "wireguard.public_endpoint", 7, "port forward"},
 		{"bad api port", validWorker + "api_listen = \":99999\"\n", "cluster.api_listen", 6, "not a TCP port"},
 		{"bad role", "[node]\nname='n'\nrole = \"boss\"\n", "node.role", 3, "not a role"},
 		{"worker without manager", "[node]\nname='w'\nrole='worker'\n[cluster]\ntoken='" + testToken + "'\n", "cluster.manager", 0, "needs the manager"},

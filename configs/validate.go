@@ -183,6 +183,13 @@ func (l *Loaded) Finish() error {
 	if p := c.WireGuard.ListenPort; p < 1 || p > 65535 {
 		add("wireguard.listen_port", "%d is not a UDP port (1-65535)", p)
 	}
+	if e := c.WireGuard.PublicEndpoint; e != "" {
+		if c.Node.Role == RoleStandalone {
+			add("wireguard.public_endpoint", "only cluster nodes use it (peers of a standalone node take its endpoint from their own config)")
+		} else if err := checkEndpoint(e); err != nil {
+			add("wireguard.public_endpoint", "%v: the address and port other sites reach this node's WireGuard port on (a port forward)", err)
+		}
+	}
 	if m := c.WireGuard.MTU; m < 576 || m > 9000 {
 		add("wireguard.mtu", "%d is out of range (576-9000; 1420 fits a 1500-byte underlay)", m)
 	}

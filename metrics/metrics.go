@@ -29,7 +29,12 @@ type Peer struct {
 	SentBytes       int64
 	ReceivedBytes   int64
 	LatestHandshake time.Time // zero: never
+	// Path is "direct", "relay" or "" (no endpoint yet).
+	Path string
 }
+
+// Paths are the values of warren_peer_path's path label.
+var Paths = []string{"direct", "relay"}
 
 // Sources are read at every scrape; a nil func exports nothing for it.
 type Sources struct {
@@ -202,6 +207,9 @@ var (
 		"Bytes received from the peer.", peerLabels, nil)
 	descHandshake = prometheus.NewDesc("wireguard_latest_handshake_seconds",
 		"UNIX time of the latest handshake with the peer (0: never).", peerLabels, nil)
+	descPeerPath = prometheus.NewDesc("warren_peer_path",
+		"1 for the path this node's traffic to the peer takes now (direct, or through a relay), 0 for the other; both 0 while the peer has no endpoint.",
+		[]string{"interface", "public_key", "friendly_name", "path"}, nil)
 	descTasks = prometheus.NewDesc("warren_tasks",
 		"Tasks this node runs, by state.", []string{"state"}, nil)
 	descNodes = prometheus.NewDesc("warren_nodes",
@@ -236,7 +244,7 @@ var peerLabels = []string{"interface", "public_key", "allowed_ips", "friendly_na
 type sourceCollector struct{ src Sources }
 
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSent, descReceived, descHandshake, descTasks, descNodes, descDesired, descRunning, descUpdating, descRaftState, descRaftLeader, descRaftVoters,
+	for _, d := range []*prometheus.Desc{descSent, descReceived, descHandshake, descPeerPath, descTasks, descNodes, descDesired, descRunning, descUpdating, descRaftState, descRaftLeader, descRaftVoters,
 		descRelaySessions, descRelayBytes, descRelayPackets, descRelayDropped} {
 		ch <- d
 	}
@@ -253,6 +261,9 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 				hs = float64(p.LatestHandshake.Unix())
 			}
 			ch <- prometheus.MustNewConstMetric(descHandshake, prometheus.GaugeValue, hs, l...)
+			for _, path := range Paths {
+				ch <- prometheus.MustNewConstMetric(descPeerPath, prometheus.GaugeValue, boolValue(p.Path == path), p.Interface, p.PublicKey, p.Name, path)
+			}
 		}
 	}
 	if c.src.Tasks != nil {

@@ -49,7 +49,7 @@ func TestExposition(t *testing.T) {
 	m := New(Sources{
 		Peers: func() []Peer {
 			return []Peer{
-				{Interface: "warren0", PublicKey: "k1=", AllowedIPs: "10.0.0.2/32,10.0.2.0/24", Name: "worker-1", SentBytes: 10, ReceivedBytes: 20, LatestHandshake: hs},
+				{Interface: "warren0", PublicKey: "k1=", AllowedIPs: "10.0.0.2/32,10.0.2.0/24", Name: "worker-1", SentBytes: 10, ReceivedBytes: 20, LatestHandshake: hs, Path: "relay"},
 				{Interface: "warren0", PublicKey: "k2=", AllowedIPs: "10.0.0.3/32", Name: "worker-2"},
 			}
 		},
@@ -76,6 +76,9 @@ func TestExposition(t *testing.T) {
 		`wireguard_received_bytes_total{allowed_ips="10.0.0.2/32,10.0.2.0/24",friendly_name="worker-1",interface="warren0",public_key="k1="} 20`,
 		`wireguard_latest_handshake_seconds{allowed_ips="10.0.0.2/32,10.0.2.0/24",friendly_name="worker-1",interface="warren0",public_key="k1="} 1.7e+09`,
 		`wireguard_latest_handshake_seconds{allowed_ips="10.0.0.3/32",friendly_name="worker-2",interface="warren0",public_key="k2="} 0`,
+		`warren_peer_path{friendly_name="worker-1",interface="warren0",path="relay",public_key="k1="} 1`,
+		`warren_peer_path{friendly_name="worker-1",interface="warren0",path="direct",public_key="k1="} 0`,
+		`warren_peer_path{friendly_name="worker-2",interface="warren0",path="direct",public_key="k2="} 0`,
 		`warren_map_version 42`,
 		`warren_tasks{state="running"} 3`,
 		`warren_tasks{state="failed"} 1`,

@@ -19,7 +19,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/internal/backoff"
-	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/internal/wgkey"
 )
 
 // Transports, as Client.Status names them.
@@ -75,7 +75,7 @@ type Client struct {
 	relays  []Relay
 	changed chan struct{}
 	cur     *clientConn
-	proxies map[tunnel.Key]*proxy
+	proxies map[wgkey.Key]*proxy
 	closed  bool
 }
 
@@ -86,7 +86,7 @@ func NewClient(cfg ClientConfig) *Client {
 	}
 	return &Client{cfg: cfg, log: cfg.Logger.With("component", "relay-client"),
 		wg:      netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(cfg.WireGuardPort)),
-		changed: make(chan struct{}, 1), proxies: map[tunnel.Key]*proxy{}}
+		changed: make(chan struct{}, 1), proxies: map[wgkey.Key]*proxy{}}
 }
 
 // SortRelays orders relays by preference: managers first, then by node
@@ -123,7 +123,7 @@ func (c *Client) SetRelays(rs []Relay) {
 // Endpoint returns the local WireGuard endpoint whose packets reach peer
 // through the relay, and that relay's name; ok is false while no relay
 // session is up.
-func (c *Client) Endpoint(peer tunnel.Key) (ep netip.AddrPort, via string, ok bool) {
+func (c *Client) Endpoint(peer wgkey.Key) (ep netip.AddrPort, via string, ok bool) {
 	c.mu.Lock()
 	cur := c.cur
 	c.mu.Unlock()
@@ -213,7 +213,7 @@ func (c *Client) close() {
 	c.mu.Lock()
 	c.closed = true
 	ps := c.proxies
-	c.proxies = map[tunnel.Key]*proxy{}
+	c.proxies = map[wgkey.Key]*proxy{}
 	c.mu.Unlock()
 	for _, p := range ps {
 		p.conn.Close()
@@ -471,7 +471,7 @@ func (c *Client) readUDP(cc *clientConn) {
 }
 
 // send carries a packet from the local WireGuard to peer.
-func (c *Client) send(peer tunnel.Key, pkt []byte) {
+func (c *Client) send(peer wgkey.Key, pkt []byte) {
 	c.mu.Lock()
 	cc := c.cur
 	c.mu.Unlock()
@@ -495,7 +495,7 @@ func (c *Client) send(peer tunnel.Key, pkt []byte) {
 // deliver hands a relayed packet from peer src to the local WireGuard,
 // from src's proxy socket (WireGuard then answers there: its roaming keeps
 // this side on the relay too).
-func (c *Client) deliver(src tunnel.Key, pkt []byte) {
+func (c *Client) deliver(src wgkey.Key, pkt []byte) {
 	p, err := c.proxy(src)
 	if err != nil {
 		return
@@ -505,12 +505,12 @@ func (c *Client) deliver(src tunnel.Key, pkt []byte) {
 
 // proxy is one relayed peer's local endpoint.
 type proxy struct {
-	peer tunnel.Key
+	peer wgkey.Key
 	conn *net.UDPConn
 	addr netip.AddrPort
 }
 
-func (c *Client) proxy(peer tunnel.Key) (*proxy, error) {
+func (c *Client) proxy(peer wgkey.Key) (*proxy, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p := c.proxies[peer]; p != nil {

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/crypto/chacha20poly1305"
 
-	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/internal/wgkey"
 )
 
 // The relay speaks two framings of the same messages.
@@ -96,7 +96,7 @@ func writeFrame(w io.Writer, typ byte, parts ...[]byte) error {
 }
 
 // encodeFrame is writeFrame into a new buffer (for queues).
-func encodeFrame(typ byte, key tunnel.Key, payload []byte) ([]byte, error) {
+func encodeFrame(typ byte, key wgkey.Key, payload []byte) ([]byte, error) {
 	n := 1 + keyLen + len(payload)
 	if n > 0xffff {
 		return nil, errLong
@@ -154,8 +154,8 @@ func checkBody(typ byte, body []byte) error {
 }
 
 // splitData splits a data body into the peer key and the packet.
-func splitData(body []byte) (tunnel.Key, []byte) {
-	return tunnel.Key(body[:keyLen]), body[keyLen:]
+func splitData(body []byte) (wgkey.Key, []byte) {
+	return wgkey.Key(body[:keyLen]), body[keyLen:]
 }
 
 // udpKey is one session's UDP authentication.

@@ -8,7 +8,7 @@ import (
 	"io"
 	"testing"
 
-	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/internal/wgkey"
 )
 
 func testKey(t testing.TB) *udpKey {
@@ -25,7 +25,7 @@ func testKey(t testing.TB) *udpKey {
 }
 
 func TestStreamFrameRoundTrip(t *testing.T) {
-	var peer tunnel.Key
+	var peer wgkey.Key
 	rand.Read(peer[:])
 	pkt := bytes.Repeat([]byte{0xab}, 1452)
 	var buf bytes.Buffer
@@ -80,7 +80,7 @@ func TestStreamFrameRefusesMalformed(t *testing.T) {
 
 func TestDatagramSealOpen(t *testing.T) {
 	k := testKey(t)
-	var peer tunnel.Key
+	var peer wgkey.Key
 	rand.Read(peer[:])
 	pkt := []byte("wireguard ciphertext")
 	dg := k.seal(nil, dirToServer, typeData, 7, peer[:], pkt)
@@ -146,7 +146,7 @@ func TestDatagramRefusesMalformed(t *testing.T) {
 // FuzzReadFrame: the stream decoder never panics, reads no more than the
 // frame's length, and what it accepts has a body valid for its type.
 func FuzzReadFrame(f *testing.F) {
-	var peer tunnel.Key
+	var peer wgkey.Key
 	f.Add([]byte{0, 2, typePing, 0})
 	d, _ := encodeFrame(typeData, peer, []byte("x"))
 	f.Add(d)
@@ -176,7 +176,7 @@ func FuzzParseUDP(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	var peer tunnel.Key
+	var peer wgkey.Key
 	f.Add(k.seal(nil, dirToServer, typeData, 3, peer[:], []byte("pkt")))
 	f.Add(k.seal(nil, dirToServer, typePing, 1, []byte{1}))
 	f.Add([]byte{udpVersion, typeData})

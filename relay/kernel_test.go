@@ -25,6 +25,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/internal/netnstest"
+	"github.com/warren-appliance/warren/internal/wgkey"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -100,7 +101,7 @@ func newKernelTopo(t testing.TB, forward bool, cfg ServerConfig) *kernelTopo {
 	if kt.keyB, err = tunnel.GenerateKey(); err != nil {
 		t.Fatal(err)
 	}
-	kt.idA.wg, kt.idB.wg = kt.keyA.PublicKey(), kt.keyB.PublicKey()
+	kt.idA.wg, kt.idB.wg = wgkey.Key(kt.keyA.PublicKey()), wgkey.Key(kt.keyB.PublicKey())
 
 	// The relay: this process, its sockets in r.
 	cfg.Logger = testLogger(t)
@@ -129,7 +130,7 @@ type kernelHelperConfig struct {
 	Interface string
 	Private   tunnel.Key
 	Address   netip.Prefix
-	Peer      tunnel.Key
+	Peer      wgkey.Key
 	Allowed   []netip.Prefix
 	// Direct, when set, is the peer's endpoint: no relay.
 	Direct netip.AddrPort
@@ -202,7 +203,7 @@ func kernelHelperMain(raw string) int {
 		return fail(err)
 	}
 	defer dev.Close()
-	peer := tunnel.Peer{PublicKey: hc.Peer, AllowedIPs: hc.Allowed, Endpoint: hc.Direct}
+	peer := tunnel.Peer{PublicKey: tunnel.Key(hc.Peer), AllowedIPs: hc.Allowed, Endpoint: hc.Direct}
 	var client *Client
 	if !hc.Direct.IsValid() {
 		cert, err := tls.X509KeyPair(hc.Cert, hc.Key)

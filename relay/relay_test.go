@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/internal/wgkey"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -38,7 +39,7 @@ func (tc *testCluster) pool() *x509.CertPool { return tc.ca.Pool() }
 type identity struct {
 	id   string
 	cert tls.Certificate
-	wg   tunnel.Key
+	wg   wgkey.Key
 }
 
 func (tc *testCluster) node(t testing.TB, id string) identity {
@@ -59,7 +60,7 @@ func (tc *testCluster) node(t testing.TB, id string) identity {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return identity{id: id, cert: tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: key, Leaf: c}, wg: priv.PublicKey()}
+	return identity{id: id, cert: tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: key, Leaf: c}, wg: wgkey.Key(priv.PublicKey())}
 }
 
 func (i identity) member() Member { return Member{ID: i.id, Name: "name-" + i.id, Key: i.wg} }
@@ -167,7 +168,7 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() error
 	}
 }
 
-func waitEndpoint(t testing.TB, c *Client, peer tunnel.Key) netip.AddrPort {
+func waitEndpoint(t testing.TB, c *Client, peer wgkey.Key) netip.AddrPort {
 	t.Helper()
 	var ep netip.AddrPort
 	waitFor(t, "relay endpoint", 10*time.Second, func() error {
@@ -373,7 +374,7 @@ func TestRelayDropsForgedAndReplayedDatagrams(t *testing.T) {
 	send(tampered)
 	expectNothing("a tampered datagram")
 
-	var nobody tunnel.Key
+	var nobody wgkey.Key
 	nobody[0] = 1
 	send(cc.key.seal(nil, dirToServer, typeData, 103, nobody[:], []byte("to a stranger")))
 	st := tr.srv.Stats()

@@ -25,7 +25,7 @@ import (
 	"golang.zx2c4.com/wireguard/replay"
 
 	"github.com/warren-appliance/warren/cluster/api"
-	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/internal/wgkey"
 )
 
 // ALPN is the TLS application protocol of the relay's TLS leg: on a
@@ -64,7 +64,7 @@ const (
 type Member struct {
 	ID   string
 	Name string
-	Key  tunnel.Key
+	Key  wgkey.Key
 }
 
 // ServerConfig bounds a relay. Zero fields take the defaults.
@@ -99,9 +99,9 @@ type Server struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	members  map[string]Member     // by node ID
-	byKey    map[tunnel.Key]string // WireGuard key -> node ID
-	sessions map[string]*session   // by node ID
+	members  map[string]Member    // by node ID
+	byKey    map[wgkey.Key]string // WireGuard key -> node ID
+	sessions map[string]*session  // by node ID
 	byID     map[[sessionIDLen]byte]*session
 	udp      *net.UDPConn
 
@@ -137,7 +137,7 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	return &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "relay-server"),
-		members: map[string]Member{}, byKey: map[tunnel.Key]string{},
+		members: map[string]Member{}, byKey: map[wgkey.Key]string{},
 		sessions: map[string]*session{}, byID: map[[sessionIDLen]byte]*session{},
 		bytes: map[string]uint64{}, packets: map[string]uint64{}, dropped: map[string]uint64{},
 	}
@@ -147,7 +147,7 @@ func NewServer(cfg ServerConfig) *Server {
 // map's nodes). Sessions of nodes no longer in it are closed.
 func (s *Server) SetMembers(ms []Member) {
 	members := make(map[string]Member, len(ms))
-	byKey := make(map[tunnel.Key]string, len(ms))
+	byKey := make(map[wgkey.Key]string, len(ms))
 	for _, m := range ms {
 		members[m.ID] = m
 		byKey[m.Key] = m.ID
@@ -299,7 +299,7 @@ func (s *Server) sendUDP(ss *session, to netip.AddrPort, typ byte, parts ...[]by
 
 // forward relays pkt from session src to the member whose WireGuard key
 // is dst, if it is connected.
-func (s *Server) forward(src *session, dst tunnel.Key, pkt []byte) {
+func (s *Server) forward(src *session, dst wgkey.Key, pkt []byte) {
 	if !src.limiter.Allow(len(pkt)) {
 		s.drop("rate")
 		return
@@ -499,7 +499,7 @@ func (s *Server) remove(ss *session) {
 type session struct {
 	srv     *Server
 	node    string
-	key     tunnel.Key
+	key     wgkey.Key
 	conn    net.Conn
 	udpKey  *udpKey
 	secret  []byte

@@ -18,10 +18,6 @@ type Peer struct {
 	// its roamed endpoint.
 	Endpoint   netip.AddrPort
 	AllowedIPs []netip.Prefix
-	// PinEndpoint makes Endpoint win over a healthy session on another
-	// endpoint: it is a path choice (the relay's local endpoint), not a
-	// configured address that roaming may supersede.
-	PinEndpoint bool
 	// Keepalive is the persistent keepalive interval: 0 means the default
 	// (25 s, which keeps NAT mappings open and health meaningful), a
 	// negative value turns it off.
@@ -158,7 +154,7 @@ func planPeers(current []peerState, desired []Peer, now time.Time) string {
 		if ep := unmapAddrPort(p.Endpoint); ep.IsValid() && ep != cur.Endpoint {
 			// A healthy session on another endpoint means the peer roamed
 			// there; the configured one is older news.
-			if p.PinEndpoint || !(cur.Endpoint.IsValid() && cur.healthy(now)) {
+			if !(cur.Endpoint.IsValid() && cur.healthy(now)) {
 				lines = append(lines, fmt.Sprintf("endpoint=%s", ep))
 			}
 		}

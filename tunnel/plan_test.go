@@ -99,13 +99,6 @@ func TestPlanPeers(t *testing.T) {
 			want:    "",
 		},
 		{
-			name: "a pinned endpoint (a relay path) replaces even a healthy session's",
-			current: []peerState{{PublicKey: a, Endpoint: ep("203.0.113.5:40000"), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24"),
-				Keepalive: 25 * time.Second, LastHandshake: now.Add(-30 * time.Second)}},
-			desired: []Peer{{PublicKey: a, Endpoint: ep("127.0.0.1:40001"), PinEndpoint: true, AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24")}},
-			want:    "public_key=" + hexA + "\nupdate_only=true\nendpoint=127.0.0.1:40001\n",
-		},
-		{
 			name: "roamed endpoint with a stale handshake is replaced by the configured one",
 			current: []peerState{{PublicKey: a, Endpoint: ep("203.0.113.5:40000"), AllowedIPs: pfx("10.0.0.1/32", "10.0.1.0/24"),
 				Keepalive: 25 * time.Second, LastHandshake: now.Add(-10 * time.Minute)}},

@@ -110,6 +110,9 @@ type NodeStatus struct {
 	// the manager then keeps the states it has.
 	Tasks []TaskStatus `json:"tasks"`
 	Time  time.Time    `json:"time"` // the node's clock, to spot boards without RTC
+	// Candidates are the node's path candidates (see clustermap.Node); nil
+	// means not known yet and keeps what the manager has.
+	Candidates []netip.AddrPort `json:"candidates,omitempty"`
 }
 
 // PeerHealth is one WireGuard peer as this node sees it.
@@ -118,6 +121,9 @@ type PeerHealth struct {
 	LastHandshake time.Time `json:"last_handshake"`
 	RxBytes       uint64    `json:"rx_bytes"`
 	TxBytes       uint64    `json:"tx_bytes"`
+	// Path is "direct", "relay" (the endpoint is a relay's local proxy) or
+	// "" (no endpoint).
+	Path string `json:"path,omitempty"`
 }
 
 // TaskStatus is one task's state as its node reports it.

@@ -21,12 +21,10 @@ type LocalPeer struct {
 	RxBytes         int64     `json:"rx_bytes"`
 	TxBytes         int64     `json:"tx_bytes"`
 	Healthy         bool      `json:"healthy"`
-	// Path is "direct" or "relay"; a relayed peer's Relay is the relay's
-	// node name, RelayTransport "udp" or "tls", and Endpoint the relay's
-	// address.
-	Path           string `json:"path,omitempty"`
-	Relay          string `json:"relay,omitempty"`
-	RelayTransport string `json:"relay_transport,omitempty"`
+	// Path is "direct" or "relay" ("" while the peer has no endpoint);
+	// Relay names the relay node of a relayed peer.
+	Path  string `json:"path"`
+	Relay string `json:"relay,omitempty"`
 }
 
 // LocalTunnel answers `warren network status`.

@@ -38,11 +38,7 @@ func addNetworkCommands(root *cobra.Command) {
 				if p.HandshakeAge != "" {
 					age = p.HandshakeAge + " ago"
 				}
-				path := orDash(p.Path)
-				if p.Path == "relay" {
-					path = fmt.Sprintf("relay via %s (%s)", p.Relay, p.RelayTransport)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), path, orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), pathText(p.Path, p.Relay), orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
 			}
 			return tw.Flush()
 		},
@@ -134,7 +130,7 @@ func clusterMeshStatus(cmd *cobra.Command) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\ncells: time since FROM's last handshake with TO; \"!\": unhealthy (no handshake within %s, either node down, or no report)\n", meshmatrix.HealthyWithin)
+	fmt.Fprintf(out, "\ncells: time since FROM's last handshake with TO; \"(relay)\": FROM reaches TO through a relay; \"!\": unhealthy (no handshake within %s, either node down, or no report)\n", meshmatrix.HealthyWithin)
 	if len(bad) == 0 {
 		fmt.Fprintf(out, "all %d links healthy\n", len(m.Links))
 		return nil
@@ -151,4 +147,16 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// pathText is a peer's PATH column: "direct", "relay via NODE", "relay"
+// when the relay node is not known, "-" without an endpoint.
+func pathText(path, relay string) string {
+	switch {
+	case path == "relay" && relay != "":
+		return "relay via " + relay
+	case path == "":
+		return "-"
+	}
+	return path
 }
