@@ -586,8 +586,9 @@ func (n *node) status() cluster.NodeStatus {
 	if c := n.paths.Candidates(); len(c) > 0 {
 		s.Candidates = c
 	}
+	known := pathsByKey(n.paths)
 	for _, h := range n.dev.Health() {
-		path, _ := peerPath(h.Endpoint, nil)
+		path, _ := peerPath(h.Endpoint, known[h.PublicKey])
 		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes), Path: path})
 	}
 	// Until the task reconciler has looked at the node, its states are

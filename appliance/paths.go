@@ -112,9 +112,10 @@ func pathPeers(m *clustermap.Map, selfID string) ([]paths.Peer, []netip.AddrPort
 	return peers, servers
 }
 
-// peerPath is how status names a peer's path: the endpoint WireGuard uses
-// decides (an endpoint on 127.0.0.0/8 is a relay's local proxy), the path
-// engine names the relay.
+// peerPath is how status names a peer's path: an endpoint on 127.0.0.0/8
+// is a relay's local proxy; otherwise the path engine's finding ("direct",
+// or "" while it has found none) for the peers it knows (p non-nil), and
+// "direct" for a static peer with an endpoint.
 func peerPath(ep netip.AddrPort, p *paths.PeerPath) (path, via string) {
 	switch {
 	case ep.IsValid() && ep.Addr().Unmap().IsLoopback():
@@ -122,8 +123,25 @@ func peerPath(ep netip.AddrPort, p *paths.PeerPath) (path, via string) {
 			via = p.Via
 		}
 		return paths.PathRelay, via
+	case p != nil:
+		if p.Path == paths.PathDirect && ep.IsValid() {
+			return paths.PathDirect, ""
+		}
+		return "", ""
 	case ep.IsValid():
 		return paths.PathDirect, ""
 	}
 	return "", ""
+}
+
+// pathsByKey indexes the path engine's peers by key (nil engine: empty).
+func pathsByKey(e *paths.Engine) map[tunnel.Key]*paths.PeerPath {
+	out := map[tunnel.Key]*paths.PeerPath{}
+	if e == nil {
+		return out
+	}
+	for _, p := range e.Paths() {
+		out[tunnel.Key(p.Key)] = &p
+	}
+	return out
 }

@@ -47,7 +47,10 @@ func TestPeerPathTreatsLoopbackEndpointsAsRelay(t *testing.T) {
 	}{
 		{"127.0.0.1:40001", relayed, "relay", "manager-1"},
 		{"127.0.0.1:40001", nil, "relay", ""},
-		{"192.0.2.50:51820", nil, "direct", ""},
+		{"192.0.2.50:51820", nil, "direct", ""}, // a static peer
+		{"192.0.2.50:51820", &paths.PeerPath{Path: paths.PathDirect}, "direct", ""},
+		// A map endpoint no probe confirmed is no path yet.
+		{"192.0.2.50:51820", &paths.PeerPath{}, "", ""},
 		{"", nil, "", ""},
 	} {
 		var ep netip.AddrPort

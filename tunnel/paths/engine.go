@@ -270,6 +270,7 @@ func (e *Engine) step() {
 	for _, p := range e.peers {
 		in := Input{Candidates: p.allCandidates(now), Pongs: p.pongs, LastHandshake: hs[p.Key], Relay: relay[p.Key], Reprobe: p.reprobe}
 		var d Decision
+		searching := p.st.Searching
 		p.st, d = Decide(p.st, in, now)
 		p.reprobe = false
 		for _, c := range d.Ping {
@@ -283,7 +284,13 @@ func (e *Engine) step() {
 			if d.Endpoint.IsValid() || p.applied.IsValid() {
 				changes = append(changes, endpointChange{p.Key, d.Endpoint})
 				if d.Path != "" {
-					e.log.Info("peer path", "peer", p.Name, "path", d.Path, "endpoint", d.Endpoint, "via", d.Via)
+					// searched: from this search's first probe (for a new
+					// peer, the pair's first packet from this side) to now.
+					var searched time.Duration
+					if !searching.IsZero() {
+						searched = now.Sub(searching)
+					}
+					e.log.Info("peer path", "peer", p.Name, "path", d.Path, "endpoint", d.Endpoint, "via", d.Via, "searched", searched)
 				}
 			}
 			p.applied = d.Endpoint
