@@ -287,7 +287,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 	}
 
-	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths}
+	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths,
+		relayTransport: func(ep netip.AddrPort) (string, bool) {
+			_, transport, ok := n.relayCli.Via(ep)
+			return transport, ok
+		}}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
 		return err
