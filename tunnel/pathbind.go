@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -134,17 +135,44 @@ func (d *Device) SetEndpoint(peer Key, ep netip.AddrPort) error {
 	}
 	ep = unmapAddrPort(ep)
 	d.chosen[peer] = ep
-	known := false
-	for _, p := range d.desired {
-		known = known || p.PublicKey == peer
+	var want *Peer
+	for i := range d.desired {
+		if d.desired[i].PublicKey == peer {
+			want = &d.desired[i]
+		}
 	}
-	if !known {
+	if want == nil {
 		return nil
 	}
-	if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\n", peer.hex(), ep)); err != nil {
+	set := fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\n", peer.hex(), ep)
+	if fresh, err := d.neverHandshaked(peer); err == nil && fresh {
+		// wireguard-go sends a handshake initiation at most every 5 s, and
+		// the last one went to the old endpoint: a peer that never
+		// completed one (nothing to lose) is created anew, whose first
+		// keepalive starts a handshake on the new endpoint at once.
+		p := *want
+		p.Endpoint = ep
+		set = fmt.Sprintf("public_key=%s\nremove=true\n", peer.hex()) + planPeers(nil, []Peer{p}, time.Now())
+	}
+	if err := d.wg.IpcSet(set); err != nil {
 		return fmt.Errorf("set endpoint of peer %s to %s: %w", peer, ep, err)
 	}
 	return nil
+}
+
+// neverHandshaked reports whether the device holds peer and has never
+// completed a handshake with it.
+func (d *Device) neverHandshaked(peer Key) (bool, error) {
+	states, err := d.peerStates()
+	if err != nil {
+		return false, err
+	}
+	for _, s := range states {
+		if s.PublicKey == peer {
+			return s.LastHandshake.IsZero(), nil
+		}
+	}
+	return false, nil
 }
 
 // withChosen returns peers with the path machine's endpoints in place of

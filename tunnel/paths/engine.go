@@ -113,6 +113,9 @@ type peer struct {
 	applied netip.AddrPort
 	path    string
 	rtt     time.Duration
+	// pingedBack is when we last answered a ping of this peer with a ping
+	// of ours (see handleProbe).
+	pingedBack time.Time
 }
 
 type stunTx struct {
@@ -414,7 +417,7 @@ func (e *Engine) handleProbe(b []byte, from netip.AddrPort) {
 		e.mu.Unlock()
 		return
 	}
-	var reply []byte
+	var reply, back []byte
 	switch msg.kind {
 	case probePing:
 		_, had := p.learned[from]
@@ -422,6 +425,15 @@ func (e *Engine) handleProbe(b []byte, from netip.AddrPort) {
 			p.learned[from] = now
 		}
 		reply, _ = sealProbe(key, probe{kind: probePong, sender: e.pub, tx: msg.tx, observed: from})
+		// Without a direct path, ping back at once: the peer's ping came
+		// through our NAT's mapping, so ours goes out through it now rather
+		// than at our next probe round, and both sides learn the path
+		// within one round trip.
+		if p.st.State != StateDirect && now.Sub(p.pingedBack) >= ProbeInterval/4 {
+			if b, err := e.pingLocked(sender, from, now); err == nil {
+				back, p.pingedBack = b, now
+			}
+		}
 	case probePong:
 		tx, ok := e.pings[msg.tx]
 		if ok && tx.peer == sender {
@@ -431,9 +443,12 @@ func (e *Engine) handleProbe(b []byte, from netip.AddrPort) {
 		}
 	}
 	e.mu.Unlock()
-	if reply != nil {
-		if err := e.cfg.Device.SendPacket(reply, from); err != nil {
-			e.log.Debug("sending a pong", "to", from, "err", err)
+	for _, b := range [][]byte{reply, back} {
+		if b == nil {
+			continue
+		}
+		if err := e.cfg.Device.SendPacket(b, from); err != nil {
+			e.log.Debug("answering a ping", "to", from, "err", err)
 		}
 	}
 }

@@ -151,3 +151,27 @@ func TestEngineIgnoresProbesFromStrangers(t *testing.T) {
 		return b.e.Paths()[0].Path == PathDirect
 	})
 }
+
+// A ping from a peer we have no path to is answered with a pong and a ping
+// of ours to where it came from: the side that did not probe yet learns the
+// path from the other's probe alone, at its first decision.
+func TestEnginePingsBackWithoutAPath(t *testing.T) {
+	a, b := newNode(t), newNode(t)
+	a.e.SetPeers([]Peer{{Key: b.pub, Name: "b", Candidates: []netip.AddrPort{b.dev.addr()}}}, nil)
+	b.e.SetPeers([]Peer{{Key: a.pub, Name: "a", Candidates: []netip.AddrPort{a.dev.addr()}}}, nil)
+	// Only b probes; a never runs a round of its own.
+	waitFor(t, "b direct", func() bool {
+		b.e.step()
+		return b.e.Paths()[0].Path == PathDirect
+	})
+	waitFor(t, "a's ping back answered", func() bool {
+		a.e.mu.Lock()
+		defer a.e.mu.Unlock()
+		_, ok := a.e.peers[b.pub].pongs[b.dev.addr()]
+		return ok
+	})
+	a.e.step()
+	if p := a.e.Paths()[0]; p.Path != PathDirect || p.Endpoint != b.dev.addr() {
+		t.Fatalf("a after its first decision: %+v, want direct to %v", p, b.dev.addr())
+	}
+}
