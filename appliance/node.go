@@ -136,7 +136,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			Domain:             cfg.Network.DNSDomain,
 			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
 			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
-			ReservedPorts:      reservedPorts(&cfg.Config, cfg.RelayEnabled()),
+			ReservedPorts:      reservedPorts(&cfg.Config),
 			Logger:             log,
 			Join:               join,
 			JoinedID:           agent.JoinedNodeID(cfg.Node.StateDir),
@@ -680,13 +680,8 @@ func advertiseAddress(cfg *configs.Loaded) (netip.Addr, error) {
 
 // reservedPorts are this appliance's ports, beyond those the manager knows
 // (DNS, its API, the WireGuard ports), that services may not publish.
-func reservedPorts(cfg *configs.Config, relays bool) []cluster.ReservedPort {
+func reservedPorts(cfg *configs.Config) []cluster.ReservedPort {
 	var out []cluster.ReservedPort
-	if _, p, err := net.SplitHostPort(cfg.Cluster.APIListen); err == nil && relays {
-		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
-			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "udp", What: "the relay on the API port ([relay])"})
-		}
-	}
 	if _, p, err := net.SplitHostPort(cfg.Metrics.Listen); err == nil {
 		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
 			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "tcp", What: "the metrics listener ([metrics] listen)"})
