@@ -33,6 +33,10 @@ type localState struct {
 	// paths reports the path engine's view of each peer; nil on a
 	// standalone node.
 	paths func() []paths.PeerPath
+	// relayTransport says whether a WireGuard endpoint is the relay
+	// client's, and then its transport ("udp", "tls"); nil on a standalone
+	// node.
+	relayTransport func(ep netip.AddrPort) (string, bool)
 	// extra node-local endpoints (VIPs, DNS) registered by the cluster roles.
 	extra map[string]http.HandlerFunc
 }
@@ -61,6 +65,9 @@ func (s *localState) tunnelStatus() api.LocalTunnel {
 		p := api.LocalPeer{Path: path, Relay: via, PublicKey: h.PublicKey.String(), Node: names[h.PublicKey.String()], RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
 		if h.Endpoint.IsValid() {
 			p.Endpoint = h.Endpoint.String()
+		}
+		if s.relayTransport != nil && path == paths.PathRelay {
+			p.RelayTransport, _ = s.relayTransport(h.Endpoint)
 		}
 		for _, a := range h.AllowedIPs {
 			p.AllowedIPs = append(p.AllowedIPs, a.String())

@@ -108,5 +108,8 @@ func (n *node) newNodeMetrics(manager bool, raft func() metrics.Raft) *metrics.M
 		src.Services = func() []metrics.Service { return serviceCounts(n.lastMap()) }
 		src.Raft = raft
 	}
+	if n.relaySrv != nil {
+		src.Relay = relayMetrics(n.relaySrv)
+	}
 	return metrics.New(src)
 }

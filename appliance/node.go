@@ -3,6 +3,8 @@ package appliance
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -29,6 +31,7 @@ import (
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
+	"github.com/warren-appliance/warren/relay"
 	"github.com/warren-appliance/warren/tunnel"
 	"github.com/warren-appliance/warren/tunnel/paths"
 )
@@ -76,7 +79,16 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		Labels:    cfg.Node.Labels,
 		Endpoint:  netip.AddrPortFrom(advertise, uint16(cfg.WireGuard.ListenPort)),
 		PublicKey: key.PublicKey().String(),
+		Relay:     relayAddress(cfg, advertise),
 	}
+	// Every manager relays by default, other nodes with [relay] enable.
+	var relaySrv *relay.Server
+	if cfg.RelayEnabled() {
+		relaySrv = newRelayServer(cfg, log)
+	}
+	// This node's certificate and the cluster's CA, for the relay's mTLS.
+	var nodeCert func() *tls.Certificate
+	var caPool func() *x509.CertPool
 
 	var mem member
 	var admin http.Handler
@@ -124,7 +136,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			Domain:             cfg.Network.DNSDomain,
 			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
 			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
-			ReservedPorts:      reservedPorts(&cfg.Config),
+			ReservedPorts:      reservedPorts(&cfg.Config, cfg.RelayEnabled()),
 			Logger:             log,
 			Join:               join,
 			JoinedID:           agent.JoinedNodeID(cfg.Node.StateDir),
@@ -156,6 +168,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
+		nodeCert, caPool = mgr.NodeCertificate, mgr.CAPool
+		if relaySrv != nil {
+			if err := serveManagerRelay(ctx, relaySrv, mgr, cfg.Cluster.APIListen, log); err != nil {
+				return err
+			}
+		}
 		raftStatus = func() metrics.Raft {
 			i := mgr.Info()
 			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
@@ -197,6 +215,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			return err
 		}
 		mem = a
+		nodeCert, caPool = a.Certificate, a.CAPool
+		if relaySrv != nil {
+			if err := serveRelay(ctx, relaySrv, cfg.Relay.Port, a.Certificate, a.CAPool, log); err != nil {
+				return err
+			}
+		}
 	}
 	self := mem.Self()
 	// Remember the setup, so the unit's `warren-appliance --config` resumes
@@ -216,7 +240,8 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	if ignored := ignoredClusterKeys(cfg, clusterNet); len(ignored) > 0 {
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
-	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log), candidatesChanged: make(chan struct{}, 1)}
+	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log),
+		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -228,6 +253,10 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	}
 	defer dev.Close()
 	n.dev = dev
+	// The relay client: every cluster node keeps a session with one relay,
+	// for the peers it cannot reach directly.
+	n.relayCli = relay.NewClient(relay.ClientConfig{Cert: nodeCert, CAPool: caPool, WireGuardPort: cfg.WireGuard.ListenPort, Logger: log})
+	go n.relayCli.Run(ctx)
 
 	// The VIP range is routed into the overlay with the overlay source
 	// address: connect() to a VIP needs a route before the nat table can
@@ -237,9 +266,9 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		return fmt.Errorf("route the VIP range: %w", err)
 	}
 
-	// The relay half is wired in when it exists; until then a pair
-	// without a direct path keeps probing.
-	if err := n.startPaths(ctx, nil); err != nil {
+	// The relay client is the path machine's fallback for pairs without
+	// a direct path.
+	if err := n.startPaths(ctx, n.relayCli); err != nil {
 		return fmt.Errorf("path discovery: %w", err)
 	}
 
@@ -258,7 +287,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 	}
 
-	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths}
+	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths,
+		relayTransport: func(ep netip.AddrPort) (string, bool) {
+			_, transport, ok := n.relayCli.Via(ep)
+			return transport, ok
+		}}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
 		return err
@@ -293,6 +326,10 @@ type node struct {
 	// candidatesChanged is poked when this node's candidates change.
 	paths             *paths.Engine
 	candidatesChanged chan struct{}
+	// relaySrv is this node's relay (nil: it does not relay); relayCli
+	// its relay client, the path machine's fallback.
+	relaySrv *relay.Server
+	relayCli *relay.Client
 
 	mu   sync.Mutex
 	last *clustermap.Map
@@ -413,13 +450,11 @@ func (n *node) apply(m *clustermap.Map) {
 			"map", fmt.Sprintf("%+v", mn), "running", fmt.Sprintf("%+v", n.net))
 	}
 	n.recheckHostOverlap()
-	// n.self is not refreshed from m: its ID, overlay IP and block are
-	// fixed for the node's identity, and other goroutines read it.
-	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
-	if err := n.dev.SetPeers(peers); err != nil {
-		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
-		n.met.ReconcileError("tunnel")
+	if n.relaySrv != nil {
+		n.relaySrv.SetMembers(relayMembers(m))
 	}
+	n.relayCli.SetRelays(relaysOf(m))
+	peers := n.syncPeers(m)
 	n.paths.SetPeers(pathPeers(m, n.self.ID))
 	// Policies first: a new task's address is in its sets before it starts.
 	n.syncPolicies(m)
@@ -429,6 +464,20 @@ func (n *node) apply(m *clustermap.Map) {
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.met.SetMapVersion(m.Version)
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+}
+
+// syncPeers converges the tunnel's peers to m's mesh plus the static
+// peers, and returns them; the path machine sets the endpoints it chose
+// (direct or relayed) on top (tunnel.Device.SetEndpoint).
+func (n *node) syncPeers(m *clustermap.Map) []tunnel.Peer {
+	// n.self is not refreshed from m: its ID, overlay IP and block are
+	// fixed for the node's identity, and other goroutines read it.
+	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
+	if err := n.dev.SetPeers(peers); err != nil {
+		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
+		n.met.ReconcileError("tunnel")
+	}
+	return peers
 }
 
 // syncNAT applies m's service rules; a failure is retried by the canary
@@ -631,8 +680,13 @@ func advertiseAddress(cfg *configs.Loaded) (netip.Addr, error) {
 
 // reservedPorts are this appliance's ports, beyond those the manager knows
 // (DNS, its API, the WireGuard ports), that services may not publish.
-func reservedPorts(cfg *configs.Config) []cluster.ReservedPort {
+func reservedPorts(cfg *configs.Config, relays bool) []cluster.ReservedPort {
 	var out []cluster.ReservedPort
+	if _, p, err := net.SplitHostPort(cfg.Cluster.APIListen); err == nil && relays {
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
+			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "udp", What: "the relay on the API port ([relay])"})
+		}
+	}
 	if _, p, err := net.SplitHostPort(cfg.Metrics.Listen); err == nil {
 		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
 			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "tcp", What: "the metrics listener ([metrics] listen)"})

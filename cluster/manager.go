@@ -113,7 +113,8 @@ type Manager struct {
 	fwd       apicall.Caller // to the other managers (forwarded calls, Raft join)
 	pool      atomic.Pointer[x509.CertPool]
 	mcert     atomic.Pointer[tls.Certificate]
-	notify    chan struct{} // an entry was applied or a snapshot restored
+	relay     atomic.Pointer[RelayHandler] // relay connections on the API port
+	notify    chan struct{}                // an entry was applied or a snapshot restored
 	stop      chan struct{}
 	loops     sync.WaitGroup
 	ready     chan struct{} // closed once this manager holds the state
@@ -491,7 +492,7 @@ func (s *state) admit(info NodeInfo, id string, now time.Time) (nodeRecord, erro
 	n := nodeRecord{
 		Node: clustermap.Node{
 			ID: id, Name: info.Name, Role: info.Role, PublicKey: info.PublicKey, Endpoint: info.Endpoint,
-			OverlayIP: ip, ContainerBlock: block, Labels: info.Labels, Status: clustermap.NodeReady,
+			OverlayIP: ip, ContainerBlock: block, Labels: info.Labels, Status: clustermap.NodeReady, Relay: info.Relay,
 		},
 		JoinedAt: now.UTC(),
 	}

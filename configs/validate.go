@@ -286,6 +286,22 @@ func (l *Loaded) Finish() error {
 		}
 	}
 
+	// [relay]
+	if p := c.Relay.Port; p < 1 || p > 65535 {
+		add("relay.port", "%d is not a port (1-65535)", p)
+	} else if l.RelayEnabled() && c.Node.Role != RoleManager && p == c.WireGuard.ListenPort {
+		add("relay.port", "%d is wireguard.listen_port: the relay's UDP needs a port of its own", p)
+	}
+	if n := c.Relay.MaxSessions; n < 1 || n > 65535 {
+		add("relay.max_sessions", "%d: want 1-65535 members at once", n)
+	}
+	if r := c.Relay.PeerRateMbps; r < 1 || r > 100000 {
+		add("relay.peer_rate_mbps", "%d: want 1-100000 Mbit/s per member", r)
+	}
+	if c.Relay.Enable && c.Node.Role == RoleStandalone {
+		add("relay.enable", "a standalone node has no cluster to relay for (role = \"manager\" or \"worker\")")
+	}
+
 	// [[forward]]
 	for i, f := range c.Forward {
 		key := fmt.Sprintf("forward[%d]", i)

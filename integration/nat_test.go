@@ -20,6 +20,8 @@ type localPeer struct {
 	Healthy  bool   `json:"healthy"`
 	Path     string `json:"path"`
 	Relay    string `json:"relay"`
+	// RelayTransport is "udp" or "tls" for a relayed peer.
+	RelayTransport string `json:"relay_transport"`
 }
 
 // peerOf returns node n's view of its peer node `to` from `warren network
@@ -78,8 +80,12 @@ func waitDirect(t *testing.T, from, to *lab.Node, via netip.Addr, timeout time.D
 //  1. port-keeping NATs: the workers' WireGuard traffic goes router to
 //     router, tasks at both sites reach each other, a 3-replica VIP
 //     answers from every task on every node;
-//  2. and 3. (relayed over UDP and over TCP) and 4. (back to direct) come
-//     with the relay half: see the placeholders below.
+//  2. both routers switched to symmetric NAT, conntrack flushed: the
+//     workers reach each other again within 90 s, relayed (over UDP) by
+//     the manager;
+//  3. one site drops its outgoing UDP: it reaches the manager and the
+//     other site again within 90 s, relayed over TCP (TLS);
+//  4. (back to direct) is the path machine's: see the placeholder below.
 func TestNATTraversalAcrossTwoSites(t *testing.T) {
 	l := newLab(t)
 	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, WorkersBehindNAT: true, Images: []string{imageTarball(t)}})
@@ -170,12 +176,91 @@ func TestNATTraversalAcrossTwoSites(t *testing.T) {
 		}
 	})
 
-	// Scenario 2 (both routers symmetric, conntrack flushed: relayed within
-	// 90 s), scenario 3 (one site drops outgoing UDP: relayed over TCP
-	// within 90 s) and scenario 4 (routers back to port-keeping: direct
-	// again by itself) need the relay half ([relay], issue 24): they are
-	// subtests of this cluster using r.SetNAT(ctx, lab.NATSymmetric),
-	// r.BlockUDP(ctx, true) and waitDirect.
+	m := c.Manager
+	t.Run("symmetric NATs, conntrack flushed: relayed over UDP within 90 s", func(t *testing.T) {
+		for _, r := range []*lab.Router{r1, r2} {
+			if err := r.SetNAT(ctx, lab.NATSymmetric); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := time.Now()
+		waitRelayed(t, w1, w2, m.Name, "udp", 90*time.Second)
+		waitRelayed(t, w2, w1, m.Name, "udp", 30*time.Second)
+		t.Logf("relayed after %s", time.Since(start).Round(time.Second))
+		pingOverlay(t, ctx, w1, "10.0.0.3", 30*time.Second)
+		pingOverlay(t, ctx, w2, "10.0.0.2", 30*time.Second)
+		if n := relayedBytes(t, ctx, m, "udp"); n == 0 {
+			t.Fatal("the manager's relay counts no bytes relayed over UDP")
+		}
+	})
+
+	t.Run("one site drops outgoing UDP: relayed over TCP within 90 s", func(t *testing.T) {
+		if err := r1.BlockUDP(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r1.BlockUDP(context.Background(), false) })
+		before := relayedBytes(t, ctx, m, "tls")
+		start := time.Now()
+		waitRelayed(t, w1, m, m.Name, "tls", 90*time.Second)
+		waitRelayed(t, w1, w2, m.Name, "tls", 90*time.Second)
+		t.Logf("relayed over TCP after %s", time.Since(start).Round(time.Second))
+		pingOverlay(t, ctx, w1, "10.0.0.1", 30*time.Second)
+		pingOverlay(t, ctx, w1, "10.0.0.3", 30*time.Second)
+		pingOverlay(t, ctx, w2, "10.0.0.2", 30*time.Second)
+		if after := relayedBytes(t, ctx, m, "tls"); after <= before {
+			t.Fatalf("the manager's relay counts no new bytes relayed over TLS (%.0f, then %.0f)", before, after)
+		}
+	})
+
+	// Scenario 4 (routers back to port-keeping: direct again by itself)
+	// is the path machine's: r.SetNAT(ctx, lab.NATPortKeeping), waitDirect.
+}
+
+// waitRelayed waits until node from reaches node to through relay node
+// via over transport ("udp" or "tls"), with a fresh handshake.
+func waitRelayed(t *testing.T, from, to *lab.Node, via, transport string, timeout time.Duration) {
+	t.Helper()
+	ctx := ctxFor(t, timeout+30*time.Second)
+	eventually(t, timeout, fmt.Sprintf("%s reaches %s through relay %s over %s", from.Name, to.Name, via, transport), func() error {
+		p, err := peerOf(ctx, from, to.Name)
+		if err != nil {
+			return err
+		}
+		if p.Path != "relay" || p.Relay != via || p.RelayTransport != transport || !p.Healthy {
+			return fmt.Errorf("peer %s: %+v", to.Name, p)
+		}
+		return nil
+	})
+}
+
+// pingOverlay waits until n pings overlay address ip.
+func pingOverlay(t *testing.T, ctx context.Context, n *lab.Node, ip string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, n.Name+" pings "+ip, func() error {
+		_, err := n.Exec(ctx, "ping", "-c1", "-W1", ip)
+		return err
+	})
+}
+
+// relayedBytes reads warren_relay_bytes_total{transport} from n's /metrics.
+func relayedBytes(t *testing.T, ctx context.Context, n *lab.Node, transport string) float64 {
+	t.Helper()
+	out, err := n.Exec(ctx, "curl", "-sS", "-m", "5", "http://127.0.0.1:9586/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := `warren_relay_bytes_total{transport="` + transport + `"} `
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s's /metrics has no %s", n.Name, strings.TrimSpace(prefix))
+	return 0
 }
 
 // countLines counts each distinct trimmed line of out.

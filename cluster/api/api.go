@@ -40,6 +40,10 @@ const (
 	ActionActivate = "/activate"
 )
 
+// ALPNRelay is the TLS application protocol of the relay's TLS leg (package
+// relay): on a manager it shares the API port with the node API and Raft.
+const ALPNRelay = "warren-relay/1"
+
 // Node API paths (mTLS, on the manager's api_listen).
 const (
 	PathJoin   = "/v1/join"   // POST JoinRequest -> JoinResponse; needs the token, no client cert
@@ -66,6 +70,7 @@ type JoinRequest struct {
 	Endpoint  netip.AddrPort    `json:"endpoint"`
 	PublicKey string            `json:"public_key"` // WireGuard, base64
 	CSR       []byte            `json:"csr"`        // DER; the node's TLS key stays on the node
+	Relay     string            `json:"relay,omitempty"`
 }
 
 // JoinResponse carries the node's record, its signed certificate and the
@@ -82,6 +87,9 @@ type SelfUpdate struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Endpoint  netip.AddrPort    `json:"endpoint"`
 	PublicKey string            `json:"public_key"`
+	// Relay is where the node relays ("" if it does not): it may change
+	// with its config.
+	Relay string `json:"relay,omitempty"`
 }
 
 // RenewRequest asks for a fresh certificate for the caller's key.

@@ -25,6 +25,9 @@ type LocalPeer struct {
 	// Relay names the relay node of a relayed peer.
 	Path  string `json:"path"`
 	Relay string `json:"relay,omitempty"`
+	// RelayTransport is how a relayed peer's packets reach the relay now:
+	// "udp", or "tls" (TCP) when UDP to the relay gets no answer.
+	RelayTransport string `json:"relay_transport,omitempty"`
 }
 
 // LocalTunnel answers `warren network status`.

@@ -93,6 +93,10 @@ type Node struct {
 	// API is a manager's API address (host:port): agents watch and report
 	// to any manager listed here. Empty for workers.
 	API string `json:"api,omitempty"`
+	// Relay is set on nodes that relay WireGuard packets for members that
+	// cannot reach each other directly (package relay): IP:port of its TLS
+	// leg (TCP) and its UDP leg, one port number for both.
+	Relay string `json:"relay,omitempty"`
 }
 
 // Port is one service port; Published is the host port of the routing

@@ -38,7 +38,7 @@ func addNetworkCommands(root *cobra.Command) {
 				if p.HandshakeAge != "" {
 					age = p.HandshakeAge + " ago"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), pathText(p.Path, p.Relay), orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), pathText(p.Path, p.Relay, p.RelayTransport), orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
 			}
 			return tw.Flush()
 		},
@@ -149,12 +149,15 @@ func orDash(s string) string {
 	return s
 }
 
-// pathText is a peer's PATH column: "direct", "relay via NODE", "relay"
+// pathText is a peer's PATH column: "direct", "relay via NODE (udp|tls)", "relay"
 // when the relay node is not known, "-" without an endpoint.
-func pathText(path, relay string) string {
+func pathText(path, relay, transport string) string {
+	if transport != "" {
+		transport = " (" + transport + ")"
+	}
 	switch {
 	case path == "relay" && relay != "":
-		return "relay via " + relay
+		return "relay via " + relay + transport
 	case path == "":
 		return "-"
 	}
