@@ -150,6 +150,9 @@ func (r *Router) UDPFlows(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !strings.Contains(out, "flow entries have been shown") {
+		return nil, fmt.Errorf("%s: conntrack -L printed no summary: %q", r.Name, out)
+	}
 	var flows []string
 	for _, line := range strings.Split(out, "\n") {
 		if strings.HasPrefix(line, "udp") {

@@ -175,3 +175,52 @@ func TestEnginePingsBackWithoutAPath(t *testing.T) {
 		t.Fatalf("a after its first decision: %+v, want direct to %v", p, b.dev.addr())
 	}
 }
+
+type fakeRelay struct{ ep netip.AddrPort }
+
+func (r fakeRelay) Endpoint(wgkey.Key) (netip.AddrPort, string, bool) { return r.ep, "manager-1", true }
+
+// The relay hook: a peer none of whose candidates answers is given the
+// relay's endpoint after RelayAfter; the relayed pair keeps probing and
+// goes direct, with WireGuard's endpoint moved back, once a candidate
+// answers.
+func TestEngineFallsBackToTheRelayAndBack(t *testing.T) {
+	a, b := newNode(t), newNode(t)
+	clock := time.Now()
+	var mu sync.Mutex
+	a.e.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
+	relayEP := netip.MustParseAddrPort("127.0.0.1:9") // WireGuard's side of the relay proxy
+	a.e.cfg.Relay = fakeRelay{relayEP}
+
+	dead, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.LocalAddr().(*net.UDPAddr).AddrPort()
+	dead.Close() // nothing answers there
+	b.e.SetPeers([]Peer{{Key: a.pub, Name: "a"}}, nil)
+	a.e.SetPeers([]Peer{{Key: b.pub, Name: "b", Candidates: []netip.AddrPort{deadAddr}}}, nil)
+	a.e.step()
+	advance(RelayAfter - time.Second)
+	a.e.step()
+	if p := a.e.Paths()[0]; p.Path != PathNone {
+		t.Fatalf("before RelayAfter: %+v", p)
+	}
+	advance(2 * time.Second)
+	a.e.step()
+	if p := a.e.Paths()[0]; p.Path != PathRelay || p.Via != "manager-1" || a.dev.endpoint(b.pub) != relayEP {
+		t.Fatalf("after RelayAfter: %+v, WireGuard endpoint %v; want relay via manager-1 at %v", p, a.dev.endpoint(b.pub), relayEP)
+	}
+	// b becomes reachable (a NAT opened): the next relayed probe round
+	// finds it.
+	a.e.SetPeers([]Peer{{Key: b.pub, Name: "b", Candidates: []netip.AddrPort{deadAddr, b.dev.addr()}}}, nil)
+	waitFor(t, "direct again", func() bool {
+		advance(RelayProbeInterval)
+		a.e.step()
+		return a.e.Paths()[0].Path == PathDirect
+	})
+	if got := a.dev.endpoint(b.pub); got != b.dev.addr() {
+		t.Fatalf("WireGuard endpoint %v after going direct, want %v", got, b.dev.addr())
+	}
+}
