@@ -175,7 +175,7 @@ func (m *Manager) verifyManagerPeer(raw [][]byte, usage x509.ExtKeyUsage) (strin
 // serverTLS is the API port's TLS: the cluster's serving certificate for
 // the node API, this manager's own certificate for Raft.
 func (m *Manager) serverTLS() *tls.Config {
-	return &tls.Config{
+	conf := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{alpnRaft, alpnRelay, "http/1.1"},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -213,6 +213,17 @@ func (m *Manager) serverTLS() *tls.Config {
 			return err
 		},
 	}
+	// A manager that does not relay ([relay] enable = false) does not
+	// offer the relay's protocol: a relay client's handshake fails at once.
+	noRelay := conf.Clone()
+	noRelay.NextProtos = slices.DeleteFunc(slices.Clone(conf.NextProtos), func(p string) bool { return p == alpnRelay })
+	conf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if m.relay.Load() == nil && slices.Contains(hello.SupportedProtos, alpnRelay) {
+			return noRelay, nil
+		}
+		return nil, nil
+	}
+	return conf
 }
 
 // muxListener splits the API port: TLS handshakes happen here, Raft

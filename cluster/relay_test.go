@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,10 +90,18 @@ func TestRelayLegOnTheAPIPort(t *testing.T) {
 		t.Fatalf("a removed node reached the relay: %q", out)
 	}
 
-	// No handler (relay.enable = false): refused.
+	// No handler (relay.enable = false): the protocol is not offered.
 	tm.m.SetRelayHandler(nil)
-	if out, _ := relayDial(t, tm.addr, *tm.m.NodeCertificate()); out != "" {
-		t.Fatalf("a manager without relay handler served: %q", out)
+	conf := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*tm.m.NodeCertificate()}, NextProtos: []string{api.ALPNRelay}}
+	if c, err := tls.Dial("tcp", tm.addr, conf); err == nil || !strings.Contains(err.Error(), "no application protocol") {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("a manager without relay handler: %v, want the handshake to fail with no application protocol", err)
+	}
+	// Other clients (the node API) still work.
+	if _, err := tls.Dial("tcp", tm.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}); err != nil {
+		t.Fatalf("the node API's TLS after the relay was turned off: %v", err)
 	}
 	if n := len(got); n != 2 {
 		t.Fatalf("handler called %d times, want 2", n)
