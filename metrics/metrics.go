@@ -93,7 +93,7 @@ var (
 	Reconcilers = []string{"tunnel", "nat"}
 	// RelayTransports and RelayDrops are the relay's label values.
 	RelayTransports = []string{"udp", "tls"}
-	RelayDrops      = []string{"no_session", "not_member", "rate", "queue", "auth"}
+	RelayDrops      = []string{"no_session", "not_member", "rate", "queue", "auth", "handshakes"}
 )
 
 // Metrics holds the registry and the event counters.
@@ -233,7 +233,7 @@ var (
 	descRelayPackets = prometheus.NewDesc("warren_relay_packets_total",
 		"WireGuard packets this relay delivered, by the transport they left on (udp, tls).", []string{"transport"}, nil)
 	descRelayDropped = prometheus.NewDesc("warren_relay_dropped_total",
-		"Packets this relay did not deliver, by reason: no_session (destination not connected), not_member, rate (sender over relay.peer_rate_mbps), queue (destination's queue full), auth (a datagram failed authentication or was a replay).", []string{"reason"}, nil)
+		"Packets this relay did not deliver, by reason: no_session (destination not connected), not_member, rate (sender over relay.peer_rate_mbps), queue (destination's queue full), auth (a datagram failed authentication or was a replay), handshakes (a TLS connection closed beyond the concurrent handshakes).", []string{"reason"}, nil)
 )
 
 // peerLabels are the WireGuard exporter's (friendly_name is the peer's

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -494,4 +495,47 @@ func TestClientFailsOverToTheNextRelay(t *testing.T) {
 		t.Fatalf("endpoint changed from %s to %s on failover: WireGuard's endpoint would go stale", epB, ep)
 	}
 	exchange(t, a, b, ca, cb, wa, wb)
+}
+
+// TestRelayBoundsUnauthenticatedHandshakes: connections that never finish
+// their TLS handshake hold at most MaxHandshakes slots; the next one is
+// closed at once, and a member still gets in once the slots free up.
+func TestRelayBoundsUnauthenticatedHandshakes(t *testing.T) {
+	tc := newTestCluster(t)
+	r, a := tc.node(t, "relay1"), tc.node(t, "node-a")
+	tr := startRelay(t, tc, r, ServerConfig{MaxHandshakes: 3}, false, a)
+	var idle []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", tr.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	waitFor(t, "a fourth unauthenticated connection closed at once", 5*time.Second, func() error {
+		c, err := net.Dial("tcp", tr.addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			return fmt.Errorf("the fourth connection stayed open (%v)", err)
+		}
+		return nil
+	})
+	if st := tr.srv.Stats(); st.Dropped["handshakes"] == 0 {
+		t.Fatalf("dropped %v: want the refused handshakes counted", st.Dropped)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	ca := startClient(t, tc, a, newFakeWG(t), tr.relay)
+	waitEndpoint(t, ca, r.wg)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

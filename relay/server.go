@@ -43,6 +43,9 @@ const (
 	// the TLS leg; DefaultQueueBytes bounds them for all members together.
 	DefaultQueueFrames = 256
 	DefaultQueueBytes  = 16 << 20
+	// DefaultMaxHandshakes bounds the TLS handshakes ServeTLS runs at once
+	// (connections nobody authenticated yet); more are closed at once.
+	DefaultMaxHandshakes = 64
 )
 
 // Timing of both ends.
@@ -74,7 +77,9 @@ type ServerConfig struct {
 	PeerBurst   int
 	QueueFrames int
 	QueueBytes  int64
-	Logger      *slog.Logger
+	// MaxHandshakes: see DefaultMaxHandshakes.
+	MaxHandshakes int
+	Logger        *slog.Logger
 }
 
 // Stats are a relay's counters since it started.
@@ -89,7 +94,8 @@ type Stats struct {
 	// destination is not connected to this relay), "not_member" (the
 	// destination is no member), "rate" (the sender exceeded its rate),
 	// "queue" (the destination's queue was full), "auth" (a datagram
-	// failed authentication or was a replay).
+	// failed authentication or was a replay); and "handshakes" counts TLS
+	// connections closed unanswered beyond MaxHandshakes.
 	Dropped map[string]uint64
 }
 
@@ -131,6 +137,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.QueueBytes <= 0 {
 		cfg.QueueBytes = DefaultQueueBytes
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -354,6 +363,7 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, cert func() *tls
 	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	handshakes := make(chan struct{}, s.cfg.MaxHandshakes)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -367,11 +377,19 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, cert func() *tls
 			}
 			return fmt.Errorf("relay TLS: %w", err)
 		}
+		select {
+		case handshakes <- struct{}{}:
+		default:
+			s.drop("handshakes")
+			c.Close()
+			continue
+		}
 		go func() {
 			tc := tls.Server(c, conf)
 			hctx, cancel := context.WithTimeout(ctx, writeTimeout)
 			err := tc.HandshakeContext(hctx)
 			cancel()
+			<-handshakes
 			if err != nil {
 				s.log.Debug("relay TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 				c.Close()
