@@ -539,3 +539,39 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestProxyTakesOnlyTheLocalWireGuard: a relayed peer's local endpoint
+// relays only what comes from the local WireGuard port; Via recognises the
+// endpoint (status: the peer is relayed, and how).
+func TestProxyTakesOnlyTheLocalWireGuard(t *testing.T) {
+	tc := newTestCluster(t)
+	r, a, b := tc.node(t, "relay1"), tc.node(t, "node-a"), tc.node(t, "node-b")
+	tr := startRelay(t, tc, r, ServerConfig{}, false, a, b)
+	wa, wb := newFakeWG(t), newFakeWG(t)
+	ca := startClient(t, tc, a, wa, tr.relay)
+	startClient(t, tc, b, wb, tr.relay)
+	waitTransport(t, ca, TransportUDP)
+	ep := waitEndpoint(t, ca, b.wg)
+
+	other := newFakeWG(t) // another local program
+	if _, err := other.conn.WriteToUDPAddrPort([]byte("not from wireguard"), ep); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := wb.recv(t, time.Second); err == nil {
+		t.Fatalf("a packet from another local port was relayed: %q", got)
+	}
+	if _, err := wa.conn.WriteToUDPAddrPort([]byte("from wireguard"), ep); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := wb.recv(t, 5*time.Second); err != nil || string(got) != "from wireguard" {
+		t.Fatalf("the local WireGuard's packet: %q, %v", got, err)
+	}
+
+	rl, transport, ok := ca.Via(ep)
+	if !ok || rl.ID != "relay1" || transport != TransportUDP {
+		t.Fatalf("Via(%s) = %+v, %q, %v: want relay1 over udp", ep, rl, transport, ok)
+	}
+	if _, _, ok := ca.Via(netip.MustParseAddrPort("127.0.0.1:1")); ok {
+		t.Fatal("Via recognised an endpoint that is not the client's")
+	}
+}
