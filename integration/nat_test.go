@@ -85,7 +85,9 @@ func waitDirect(t *testing.T, from, to *lab.Node, via netip.Addr, timeout time.D
 //     the manager;
 //  3. one site drops its outgoing UDP: it reaches the manager and the
 //     other site again within 90 s, relayed over TCP (TLS);
-//  4. (back to direct) is the path machine's: see the placeholder below.
+//  4. the routers go back to port-keeping NAT (conntrack flushed): the
+//     relayed pair goes direct again by itself (it kept probing), router
+//     to router, without anyone touching the nodes.
 func TestNATTraversalAcrossTwoSites(t *testing.T) {
 	l := newLab(t)
 	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, WorkersBehindNAT: true, Images: []string{imageTarball(t)}})
@@ -212,8 +214,22 @@ func TestNATTraversalAcrossTwoSites(t *testing.T) {
 		}
 	})
 
-	// Scenario 4 (routers back to port-keeping: direct again by itself)
-	// is the path machine's: r.SetNAT(ctx, lab.NATPortKeeping), waitDirect.
+	t.Run("routers back to port-keeping: direct again by itself", func(t *testing.T) {
+		// Scenario 3's cleanup let the site's UDP out again; the pair is
+		// relayed (scenario 2's symmetric NATs) until the NATs keep ports.
+		waitRelayed(t, w1, w2, m.Name, "udp", 90*time.Second)
+		for _, r := range []*lab.Router{r1, r2} {
+			if err := r.SetNAT(ctx, lab.NATPortKeeping); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := time.Now()
+		waitDirect(t, w1, w2, r2.LANIP, 2*time.Minute)
+		waitDirect(t, w2, w1, r1.LANIP, time.Minute)
+		t.Logf("direct again after %s", time.Since(start).Round(time.Second))
+		pingOverlay(t, ctx, w1, "10.0.0.3", 30*time.Second)
+		pingOverlay(t, ctx, w2, "10.0.0.2", 30*time.Second)
+	})
 }
 
 // waitRelayed waits until node from reaches node to through relay node
