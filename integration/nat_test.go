@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -85,7 +86,9 @@ func waitDirect(t *testing.T, from, to *lab.Node, via netip.Addr, timeout time.D
 //     the manager;
 //  3. one site drops its outgoing UDP: it reaches the manager and the
 //     other site again within 90 s, relayed over TCP (TLS);
-//  4. (back to direct) is the path machine's: see the placeholder below.
+//  4. the routers go back to port-keeping NAT (conntrack flushed): the
+//     relayed pair goes direct again by itself (it kept probing), router
+//     to router, without anyone touching the nodes.
 func TestNATTraversalAcrossTwoSites(t *testing.T) {
 	l := newLab(t)
 	c := startCluster(t, l, lab.ClusterOptions{Workers: 2, WorkersBehindNAT: true, Images: []string{imageTarball(t)}})
@@ -99,6 +102,9 @@ func TestNATTraversalAcrossTwoSites(t *testing.T) {
 		// address and not the manager.
 		p12 := waitDirect(t, w1, w2, r2.LANIP, 2*time.Minute)
 		p21 := waitDirect(t, w2, w1, r1.LANIP, time.Minute)
+		if got := metricPath(t, ctx, w1, w2.Name); got != "direct" {
+			t.Errorf("worker-1 /metrics: warren_peer_path for worker-2 is %q, want direct", got)
+		}
 		// The routers' conntrack tables hold the UDP flow between the two
 		// routers' mappings, answered in both directions.
 		for _, c := range []struct {
@@ -192,6 +198,25 @@ func TestNATTraversalAcrossTwoSites(t *testing.T) {
 		if n := relayedBytes(t, ctx, m, "udp"); n == 0 {
 			t.Fatal("the manager's relay counts no bytes relayed over UDP")
 		}
+		// Visible: /metrics, the PATH column, and the manager's matrix.
+		if got := metricPath(t, ctx, w1, w2.Name); got != "relay" {
+			t.Errorf("worker-1 /metrics: warren_peer_path for worker-2 is %q, want relay", got)
+		}
+		if out, err := w1.Exec(ctx, "warren", "network", "status"); err != nil || !strings.Contains(out, "relay via "+m.Name) {
+			t.Errorf("worker-1 network status has no \"relay via %s\": %v\n%s", m.Name, err, out)
+		}
+		eventually(t, 30*time.Second, "network status --cluster marks worker-1 -> worker-2 relayed", func() error {
+			out, err := m.Exec(ctx, "warren", "network", "status", "--cluster")
+			if err != nil {
+				return err
+			}
+			for _, line := range strings.Split(out, "\n") {
+				if strings.HasPrefix(line, "worker-1 ") && strings.Contains(line, "(relay)") {
+					return nil
+				}
+			}
+			return fmt.Errorf("no relayed cell in worker-1's row:\n%s", out)
+		})
 	})
 
 	t.Run("one site drops outgoing UDP: relayed over TCP within 90 s", func(t *testing.T) {
@@ -212,8 +237,22 @@ func TestNATTraversalAcrossTwoSites(t *testing.T) {
 		}
 	})
 
-	// Scenario 4 (routers back to port-keeping: direct again by itself)
-	// is the path machine's: r.SetNAT(ctx, lab.NATPortKeeping), waitDirect.
+	t.Run("routers back to port-keeping: direct again by itself", func(t *testing.T) {
+		// Scenario 3's cleanup let the site's UDP out again; the pair is
+		// relayed (scenario 2's symmetric NATs) until the NATs keep ports.
+		waitRelayed(t, w1, w2, m.Name, "udp", 90*time.Second)
+		for _, r := range []*lab.Router{r1, r2} {
+			if err := r.SetNAT(ctx, lab.NATPortKeeping); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := time.Now()
+		waitDirect(t, w1, w2, r2.LANIP, 2*time.Minute)
+		waitDirect(t, w2, w1, r1.LANIP, time.Minute)
+		t.Logf("direct again after %s", time.Since(start).Round(time.Second))
+		pingOverlay(t, ctx, w1, "10.0.0.3", 30*time.Second)
+		pingOverlay(t, ctx, w2, "10.0.0.2", 30*time.Second)
+	})
 }
 
 // waitRelayed waits until node from reaches node to through relay node
@@ -261,6 +300,25 @@ func relayedBytes(t *testing.T, ctx context.Context, n *lab.Node, transport stri
 	}
 	t.Fatalf("%s's /metrics has no %s", n.Name, strings.TrimSpace(prefix))
 	return 0
+}
+
+// metricPath returns the path label of node n's warren_peer_path series
+// for peer that is 1 ("" if none is).
+func metricPath(t *testing.T, ctx context.Context, n *lab.Node, peer string) string {
+	t.Helper()
+	out, err := n.Exec(ctx, "curl", "-sS", "-m", "5", "http://127.0.0.1:9586/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`(?m)^warren_peer_path\{(.*)\} 1$`)
+	for _, m := range re.FindAllStringSubmatch(out, -1) {
+		if strings.Contains(m[1], `friendly_name="`+peer+`"`) {
+			if p := regexp.MustCompile(`path="([^"]*)"`).FindStringSubmatch(m[1]); p != nil {
+				return p[1]
+			}
+		}
+	}
+	return ""
 }
 
 // countLines counts each distinct trimmed line of out.

@@ -19,7 +19,9 @@ type PacketHandler func(b []byte, from netip.AddrPort)
 // receives and sends kept) with the datagrams that are not WireGuard taken
 // out of each received batch and handed to the packet handler, so path
 // probes and STUN share the socket, and with it the NAT mapping, that
-// WireGuard uses.
+// WireGuard uses. Like the packet budget's wrapper (memory.go), it makes
+// wireguard-go skip its sticky-socket route listener, which it runs only
+// for a bare *conn.StdNetBind.
 type muxBind struct {
 	conn.Bind
 	handler atomic.Pointer[PacketHandler]
