@@ -63,8 +63,9 @@ bench: deps build
 	go test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
 
 # The fuzzers: the config loader (60 s), the node API's request decoders
-# (join, report, self, secret values), the --secret/--config parser and the
-# cluster map decoder (30 s each).
+# (join, report, self, secret values), the --secret/--config parser, the
+# cluster map decoder and the relay's frame and
+# datagram decoders (30 s each).
 fuzz:
 	go test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./configs/
 	go test -run '^$$' -fuzz '^FuzzJoinRequest$$' -fuzztime 30s ./cluster/
@@ -73,6 +74,8 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzValuesRequest$$' -fuzztime 30s ./cluster/
 	go test -run '^$$' -fuzz '^FuzzParseFileRef$$' -fuzztime 30s ./cluster/
 	go test -run '^$$' -fuzz '^FuzzMapDecode$$' -fuzztime 30s ./cluster/clustermap/
+	go test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 30s ./relay/
+	go test -run '^$$' -fuzz '^FuzzParseUDP$$' -fuzztime 30s ./relay/
 
 # A local three-node cluster in namespaces with a 3-replica service; Ctrl-C
 # tears it down and exits 0. The demo is built and run as a binary: `go run`

@@ -3,6 +3,8 @@ package appliance
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -31,7 +33,9 @@ import (
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/orchestrate/secretfs"
+	"github.com/warren-appliance/warren/relay"
 	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/tunnel/paths"
 )
 
 // member is this node's link to the cluster: the in-process manager on the
@@ -78,7 +82,16 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		Labels:    cfg.Node.Labels,
 		Endpoint:  netip.AddrPortFrom(advertise, uint16(cfg.WireGuard.ListenPort)),
 		PublicKey: key.PublicKey().String(),
+		Relay:     relayAddress(cfg, advertise),
 	}
+	// Every manager relays by default, other nodes with [relay] enable.
+	var relaySrv *relay.Server
+	if cfg.RelayEnabled() {
+		relaySrv = newRelayServer(cfg, log)
+	}
+	// This node's certificate and the cluster's CA, for the relay's mTLS.
+	var nodeCert func() *tls.Certificate
+	var caPool func() *x509.CertPool
 
 	var mem member
 	var admin http.Handler
@@ -158,6 +171,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
+		nodeCert, caPool = mgr.NodeCertificate, mgr.CAPool
+		if relaySrv != nil {
+			if err := serveManagerRelay(ctx, relaySrv, mgr, cfg.Cluster.APIListen, log); err != nil {
+				return err
+			}
+		}
 		raftStatus = func() metrics.Raft {
 			i := mgr.Info()
 			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
@@ -199,6 +218,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			return err
 		}
 		mem = a
+		nodeCert, caPool = a.Certificate, a.CAPool
+		if relaySrv != nil {
+			if err := serveRelay(ctx, relaySrv, cfg.Relay.Port, a.Certificate, a.CAPool, log); err != nil {
+				return err
+			}
+		}
 	}
 	self := mem.Self()
 	// Remember the setup, so the unit's `warren-appliance --config` resumes
@@ -218,7 +243,8 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	if ignored := ignoredClusterKeys(cfg, clusterNet); len(ignored) > 0 {
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
-	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log)}
+	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log),
+		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
 	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
@@ -231,6 +257,10 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	}
 	defer dev.Close()
 	n.dev = dev
+	// The relay client: every cluster node keeps a session with one relay,
+	// for the peers it cannot reach directly.
+	n.relayCli = relay.NewClient(relay.ClientConfig{Cert: nodeCert, CAPool: caPool, WireGuardPort: cfg.WireGuard.ListenPort, Logger: log})
+	go n.relayCli.Run(ctx)
 
 	// The VIP range is routed into the overlay with the overlay source
 	// address: connect() to a VIP needs a route before the nat table can
@@ -238,6 +268,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	// is one every peer's AllowedIPs accepts. The tunnel owns the route.
 	if err := dev.SetRoutes([]netip.Prefix{clusterNet.VIPSubnet}); err != nil {
 		return fmt.Errorf("route the VIP range: %w", err)
+	}
+
+	// The relay client is the path machine's fallback for pairs without
+	// a direct path.
+	if err := n.startPaths(ctx, n.relayCli); err != nil {
+		return fmt.Errorf("path discovery: %w", err)
 	}
 
 	// Static peers (an operator laptop) are up before the first map.
@@ -255,7 +291,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 	}
 
-	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames}
+	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths,
+		relayTransport: func(ep netip.AddrPort) (string, bool) {
+			_, transport, ok := n.relayCli.Via(ep)
+			return transport, ok
+		}}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
 		return err
@@ -293,6 +333,14 @@ type node struct {
 	pol    policySyncer
 	dns    *dns.Server
 	met    *metrics.Metrics
+	// paths finds each peer's underlay path (direct or relayed);
+	// candidatesChanged is poked when this node's candidates change.
+	paths             *paths.Engine
+	candidatesChanged chan struct{}
+	// relaySrv is this node's relay (nil: it does not relay); relayCli
+	// its relay client, the path machine's fallback.
+	relaySrv *relay.Server
+	relayCli *relay.Client
 
 	// secrets gives tasks their secrets and configs (secrets.go).
 	secrets *taskSecrets
@@ -422,13 +470,12 @@ func (n *node) apply(m *clustermap.Map) {
 			"map", fmt.Sprintf("%+v", mn), "running", fmt.Sprintf("%+v", n.net))
 	}
 	n.recheckHostOverlap()
-	// n.self is not refreshed from m: its ID, overlay IP and block are
-	// fixed for the node's identity, and other goroutines read it.
-	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
-	if err := n.dev.SetPeers(peers); err != nil {
-		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
-		n.met.ReconcileError("tunnel")
+	if n.relaySrv != nil {
+		n.relaySrv.SetMembers(relayMembers(m))
 	}
+	n.relayCli.SetRelays(relaysOf(m))
+	peers := n.syncPeers(m)
+	n.paths.SetPeers(pathPeers(m, n.self.ID))
 	// Policies first: a new task's address is in its sets before it starts.
 	n.syncPolicies(m)
 	ctx, cancel := context.WithTimeout(context.Background(), valuesTimeout)
@@ -466,6 +513,20 @@ func (n *node) retryApplyLocked() {
 			n.apply(m)
 		}
 	})
+}
+
+// syncPeers converges the tunnel's peers to m's mesh plus the static
+// peers, and returns them; the path machine sets the endpoints it chose
+// (direct or relayed) on top (tunnel.Device.SetEndpoint).
+func (n *node) syncPeers(m *clustermap.Map) []tunnel.Peer {
+	// n.self is not refreshed from m: its ID, overlay IP and block are
+	// fixed for the node's identity, and other goroutines read it.
+	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
+	if err := n.dev.SetPeers(peers); err != nil {
+		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
+		n.met.ReconcileError("tunnel")
+	}
+	return peers
 }
 
 // syncNAT applies m's service rules; a failure is retried by the canary
@@ -558,6 +619,9 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 			return
 		case <-t.C:
 		case <-retry:
+		case <-n.candidatesChanged:
+			// New candidates: the sooner the map carries them, the sooner
+			// peers probe them.
 		case <-changed:
 			// Let a burst (tasks starting together) settle into one
 			// report, and never report more often than reportMinGap.
@@ -573,8 +637,13 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 
 func (n *node) status() cluster.NodeStatus {
 	s := cluster.NodeStatus{Time: time.Now()}
+	if c := n.paths.Candidates(); len(c) > 0 {
+		s.Candidates = c
+	}
+	known := pathsByKey(n.paths)
 	for _, h := range n.dev.Health() {
-		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes)})
+		path, _ := peerPath(h.Endpoint, known[h.PublicKey])
+		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes), Path: path})
 	}
 	// Until the task reconciler has looked at the node, its states are
 	// guesses: leave Tasks nil so the manager keeps what it knows (a

@@ -17,6 +17,7 @@ import (
 const (
 	maxServiceLabels = 64   // labels of one service (its tasks carry them)
 	maxTunnelEntries = 1024 // health entries per report (one per peer)
+	maxCandidates    = 16   // path candidates per node (tunnel/paths.MaxCandidates)
 	maxReportedTasks = 4096
 	maxTaskName      = 128
 	maxImageRef      = 1024
@@ -44,6 +45,17 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 	for _, h := range s.Tunnel {
 		if k, err := base64.StdEncoding.DecodeString(h.PublicKey); err != nil || len(k) != 32 {
 			return s, errorf(http.StatusBadRequest, "report: tunnel entry key %.60q is not a WireGuard public key", h.PublicKey)
+		}
+		if h.Path != "" && h.Path != "direct" && h.Path != "relay" {
+			return s, errorf(http.StatusBadRequest, "report: tunnel entry path %.20q: want direct, relay or empty", h.Path)
+		}
+	}
+	if len(s.Candidates) > maxCandidates {
+		return s, errorf(http.StatusBadRequest, "report has %d path candidates: at most %d", len(s.Candidates), maxCandidates)
+	}
+	for _, c := range s.Candidates {
+		if !c.IsValid() || c.Port() == 0 || c.Addr().IsUnspecified() || c.Addr().IsMulticast() {
+			return s, errorf(http.StatusBadRequest, "report: path candidate %s is not an address:port a peer can send to", c)
 		}
 	}
 	if len(s.Tasks) > maxReportedTasks {

@@ -192,7 +192,7 @@ func (m *Manager) becomeLeader() {
 		if !ok {
 			return nil
 		}
-		self.Endpoint, self.PublicKey, self.Labels = m.cfg.Node.Endpoint, m.cfg.Node.PublicKey, m.cfg.Node.Labels
+		self.Endpoint, self.PublicKey, self.Labels, self.Relay = m.cfg.Node.Endpoint, m.cfg.Node.PublicKey, m.cfg.Node.Labels, m.cfg.Node.Relay
 		self.API, self.Status = m.cfg.Advertise, clustermap.NodeReady
 		s.nodes[self.ID] = self
 		return nil

@@ -114,7 +114,8 @@ type Manager struct {
 	fwd       apicall.Caller // to the other managers (forwarded calls, Raft join)
 	pool      atomic.Pointer[x509.CertPool]
 	mcert     atomic.Pointer[tls.Certificate]
-	notify    chan struct{} // an entry was applied or a snapshot restored
+	relay     atomic.Pointer[RelayHandler] // relay connections on the API port
+	notify    chan struct{}                // an entry was applied or a snapshot restored
 	stop      chan struct{}
 	loops     sync.WaitGroup
 	ready     chan struct{} // closed once this manager holds the state
@@ -508,7 +509,7 @@ func (s *state) admit(info NodeInfo, id string, now time.Time) (nodeRecord, erro
 	n := nodeRecord{
 		Node: clustermap.Node{
 			ID: id, Name: info.Name, Role: info.Role, PublicKey: info.PublicKey, Endpoint: info.Endpoint,
-			OverlayIP: ip, ContainerBlock: block, Labels: info.Labels, Status: clustermap.NodeReady,
+			OverlayIP: ip, ContainerBlock: block, Labels: info.Labels, Status: clustermap.NodeReady, Relay: info.Relay,
 		},
 		JoinedAt: now.UTC(),
 	}
@@ -700,7 +701,8 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		m.noteClockSkewLocked(nodeID, s.Time.Sub(now))
 	}
 	known := s.Tasks != nil // nil: the node has not looked at its tasks yet
-	if m.st.nodes[nodeID].Status == clustermap.NodeReady && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
+	moved := s.Candidates != nil && !slices.Equal(s.Candidates, m.st.nodes[nodeID].Candidates)
+	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !moved && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
 	if err := m.allowReportWriteLocked(nodeID, now); err != nil {
@@ -711,6 +713,13 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		if n.Status != clustermap.NodeReady {
 			m.log.Info("node is back", "node", n.Name)
 			n.Status = clustermap.NodeReady
+			st.nodes[nodeID] = n
+		}
+		if moved {
+			// New candidates make a new map: every peer probes the node's
+			// new addresses at once, while the node probes theirs.
+			n := st.nodes[nodeID]
+			n.Candidates = slices.Clone(s.Candidates)
 			st.nodes[nodeID] = n
 		}
 		if known {

@@ -39,6 +39,7 @@ type Config struct {
 	Runtime       Runtime       `toml:"runtime"`
 	Log           Log           `toml:"log"`
 	Metrics       Metrics       `toml:"metrics"`
+	Relay         Relay         `toml:"relay"`
 	// Forward entries let a netstack node (no TUN) reach mesh services
 	// through local listeners.
 	Forward []Forward `toml:"forward"`
@@ -81,7 +82,11 @@ type WireGuard struct {
 	Subnet         Subnet           `toml:"subnet"`
 	Address        InterfaceAddress `toml:"address"`
 	PrivateKeyFile string           `toml:"private_key_file"`
-	Peers          []Peer           `toml:"peer"`
+	// PublicEndpoint is "host:port" where this node's WireGuard port is
+	// reachable from other sites (a port forward on the site's router); it
+	// becomes a path candidate beside the discovered ones. Empty: discover.
+	PublicEndpoint string `toml:"public_endpoint"`
+	Peers          []Peer `toml:"peer"`
 }
 
 // Peer is one [[wireguard.peer]]: a static peer such as an operator laptop.
@@ -135,6 +140,37 @@ type Metrics struct {
 // WireGuard exporter's port (9586), whose metric names the peers use.
 const DefaultMetricsListen = "127.0.0.1:9586"
 
+// Relay is [relay]: whether this node relays WireGuard packets for members
+// that cannot reach each other directly (see RelayEnabled), and its bounds.
+type Relay struct {
+	// Enable: unset, managers relay and other nodes do not.
+	Enable bool `toml:"enable"`
+	// Port is where a relay that is not a manager serves, TLS over TCP and
+	// UDP on the same number; a manager relays on its API port
+	// (cluster.api_listen), TCP and UDP.
+	Port int `toml:"port"`
+	// MaxSessions bounds the members connected at once.
+	MaxSessions int `toml:"max_sessions"`
+	// PeerRateMbps bounds what one member may send through the relay.
+	PeerRateMbps int `toml:"peer_rate_mbps"`
+}
+
+// Relay defaults.
+const (
+	DefaultRelayPort         = 7946
+	DefaultRelayMaxSessions  = 256
+	DefaultRelayPeerRateMbps = 100
+)
+
+// RelayEnabled reports whether this node relays: relay.enable when it is
+// written, else whether the node is a manager.
+func (l *Loaded) RelayEnabled() bool {
+	if l.set("relay.enable") {
+		return l.Relay.Enable
+	}
+	return l.Node.Role == RoleManager
+}
+
 // Forward is one [[forward]]: listen locally, dial Target through the mesh.
 type Forward struct {
 	Proto  string `toml:"proto"`
@@ -182,6 +218,7 @@ func Default() Config {
 		},
 		Log:     Log{Level: "info"},
 		Metrics: Metrics{Listen: DefaultMetricsListen},
+		Relay:   Relay{Port: DefaultRelayPort, MaxSessions: DefaultRelayMaxSessions, PeerRateMbps: DefaultRelayPeerRateMbps},
 	}
 }
 

@@ -54,6 +54,7 @@ func TestDefaultValues(t *testing.T) {
 		"containerd namespace": d.Runtime.Namespace == "warren",
 		"api listen":           d.Cluster.APIListen == ":7946",
 		"metrics loopback":     d.Metrics.Listen == "127.0.0.1:9586",
+		"relay port":           d.Relay.Port == 7946 && !d.Relay.Enable,
 		"cert lifetime":        d.Cluster.CertLifetime.Duration == 90*24*time.Hour,
 	}
 	for name, ok := range checks {
@@ -171,6 +172,8 @@ func TestBadConfigs(t *testing.T) {
 		{"wg partially overlaps containers", validWorker + "[wireguard]\nsubnet = \"10.0.0.0/8\"\n", "wireguard.subnet", 7, "overlaps network.container_subnet"},
 		{"port too big", validWorker + "[wireguard]\nlisten_port = 70000\n", "wireguard.listen_port", 7, "not a UDP port"},
 		{"port zero", validWorker + "[wireguard]\nlisten_port = 0\n", "wireguard.listen_port", 7, "not a UDP port"},
+		{"public endpoint without port", validWorker + "[wireguard]\npublic_endpoint = \"203.0.113.7\"\n", "wireguard.public_endpoint", 7, "must be IP:port or host:port"},
+		{"public endpoint bad port", validWorker + "[wireguard]\npublic_endpoint = \"shop.example.org:0\"\n", "wireguard.public_endpoint", 7, "port forward"},
 		{"bad api port", validWorker + "api_listen = \":99999\"\n", "cluster.api_listen", 6, "not a TCP port"},
 		{"bad role", "[node]\nname='n'\nrole = \"boss\"\n", "node.role", 3, "not a role"},
 		{"worker without manager", "[node]\nname='w'\nrole='worker'\n[cluster]\ntoken='" + testToken + "'\n", "cluster.manager", 0, "needs the manager"},
@@ -178,6 +181,11 @@ func TestBadConfigs(t *testing.T) {
 		{"standalone without address", "[node]\nname='g'\nrole='standalone'\n", "wireguard.address", 0, "needs its overlay address"},
 		{"bad mode", validWorker + "[wireguard]\nmode = \"kernel\"\n", "wireguard.mode", 7, "not a mode"},
 		{"bad level", validWorker + "[log]\nlevel = \"loud\"\n", "log.level", 7, "not a level"},
+		{"relay port zero", validWorker + "[relay]\nport = 0\n", "relay.port", 7, "not a port"},
+		{"relay on the wireguard port", validWorker + "[relay]\nenable = true\nport = 51820\n", "relay.port", 8, "is wireguard.listen_port"},
+		{"relay sessions", validWorker + "[relay]\nmax_sessions = 0\n", "relay.max_sessions", 7, "want 1-65535"},
+		{"relay rate", validWorker + "[relay]\npeer_rate_mbps = -1\n", "relay.peer_rate_mbps", 7, "Mbit/s per member"},
+		{"standalone relay", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[relay]\nenable = true\n", "relay.enable", 7, "no cluster to relay for"},
 		{"metrics listen without IP", validWorker + "[metrics]\nlisten = \":9586\"\n", "metrics.listen", 7, "must be an IP:port"},
 		{"bad peer key", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='nope'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 7, "not a WireGuard public key"},
 		{"peer hostname endpoint", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nendpoint='peer.example'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].endpoint", 8, "must be IP:port or host:port"},
@@ -410,5 +418,30 @@ func TestJoinedNodeNeedsNoToken(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "node.json"), []byte("{}"), 0o600)
 	if _, err := load(t, text); err != nil {
 		t.Fatalf("a joined node must start without a token: %v", err)
+	}
+}
+
+// TestRelayEnabledByRole: managers relay unless relay.enable = false;
+// workers only with relay.enable = true.
+func TestRelayEnabledByRole(t *testing.T) {
+	manager := "[node]\nname='m1'\nrole='manager'\n"
+	for _, tc := range []struct {
+		name, text string
+		want       bool
+	}{
+		{"manager by default", manager, true},
+		{"manager turned off", manager + "[relay]\nenable = false\n", false},
+		{"worker by default", validWorker, false},
+		{"worker turned on", validWorker + "[relay]\nenable = true\nport = 7947\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := load(t, tc.text)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := l.RelayEnabled(); got != tc.want {
+				t.Fatalf("RelayEnabled() = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

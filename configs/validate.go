@@ -189,6 +189,13 @@ func (l *Loaded) Finish() error {
 	if p := c.WireGuard.ListenPort; p < 1 || p > 65535 {
 		add("wireguard.listen_port", "%d is not a UDP port (1-65535)", p)
 	}
+	if e := c.WireGuard.PublicEndpoint; e != "" {
+		if c.Node.Role == RoleStandalone {
+			add("wireguard.public_endpoint", "only cluster nodes use it (peers of a standalone node take its endpoint from their own config)")
+		} else if err := checkEndpoint(e); err != nil {
+			add("wireguard.public_endpoint", "%v: the address and port other sites reach this node's WireGuard port on (a port forward)", err)
+		}
+	}
 	if m := c.WireGuard.MTU; m < 576 || m > 9000 {
 		add("wireguard.mtu", "%d is out of range (576-9000; 1420 fits a 1500-byte underlay)", m)
 	}
@@ -313,6 +320,22 @@ func (l *Loaded) Finish() error {
 		if ap, err := netip.ParseAddrPort(a); err != nil || ap.Port() == 0 {
 			add("metrics.listen", "%q must be an IP:port such as \"127.0.0.1:9586\" (or \"\" to turn /metrics off)", a)
 		}
+	}
+
+	// [relay]
+	if p := c.Relay.Port; p < 1 || p > 65535 {
+		add("relay.port", "%d is not a port (1-65535)", p)
+	} else if l.RelayEnabled() && c.Node.Role != RoleManager && p == c.WireGuard.ListenPort {
+		add("relay.port", "%d is wireguard.listen_port: the relay's UDP needs a port of its own", p)
+	}
+	if n := c.Relay.MaxSessions; n < 1 || n > 65535 {
+		add("relay.max_sessions", "%d: want 1-65535 members at once", n)
+	}
+	if r := c.Relay.PeerRateMbps; r < 1 || r > 100000 {
+		add("relay.peer_rate_mbps", "%d: want 1-100000 Mbit/s per member", r)
+	}
+	if c.Relay.Enable && c.Node.Role == RoleStandalone {
+		add("relay.enable", "a standalone node has no cluster to relay for (role = \"manager\" or \"worker\")")
 	}
 
 	// [[forward]]

@@ -212,7 +212,7 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 	}
 	req := api.JoinRequest{
 		Secret: tok.Secret, Name: a.cfg.Node.Name, Role: a.cfg.Node.Role, Labels: a.cfg.Node.Labels,
-		Endpoint: a.cfg.Node.Endpoint, PublicKey: a.cfg.Node.PublicKey, CSR: csr,
+		Endpoint: a.cfg.Node.Endpoint, PublicKey: a.cfg.Node.PublicKey, CSR: csr, Relay: a.cfg.Node.Relay,
 	}
 	pin := apicall.Pin{CAHash: tok.CAHash, By: "the token", Advice: "the token is for another cluster, or this is not the manager you meant"}
 	call := a.peerFor(pin)
@@ -585,7 +585,7 @@ func (a *Agent) syncSelf(ctx context.Context) error {
 	}
 	n := a.cfg.Node
 	var out clustermap.Node
-	if err := a.call(ctx, http.MethodPut, api.PathSelf, api.SelfUpdate{Labels: n.Labels, Endpoint: n.Endpoint, PublicKey: n.PublicKey}, &out); err != nil {
+	if err := a.call(ctx, http.MethodPut, api.PathSelf, api.SelfUpdate{Labels: n.Labels, Endpoint: n.Endpoint, PublicKey: n.PublicKey, Relay: n.Relay}, &out); err != nil {
 		return fmt.Errorf("update own record: %w", err)
 	}
 	a.mu.Lock()
@@ -725,6 +725,22 @@ func decode(call apicall.Caller, resp *http.Response, out any) error {
 		return fmt.Errorf("%w: %w", ErrRemoved, err)
 	}
 	return err
+}
+
+// Certificate returns this node's current client certificate (renewals
+// replace it), for other mTLS legs such as the relay's.
+func (a *Agent) Certificate() *tls.Certificate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cert
+	return &c
+}
+
+// CAPool returns a pool holding the cluster's CA.
+func (a *Agent) CAPool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(a.ca)
+	return p
 }
 
 // peerFor talks to managers whose certificate chains to the CA pinned by

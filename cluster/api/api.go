@@ -40,6 +40,10 @@ const (
 	ActionActivate = "/activate"
 )
 
+// ALPNRelay is the TLS application protocol of the relay's TLS leg (package
+// relay): on a manager it shares the API port with the node API and Raft.
+const ALPNRelay = "warren-relay/1"
+
 // Node API paths (mTLS, on the manager's api_listen).
 const (
 	PathJoin   = "/v1/join"   // POST JoinRequest -> JoinResponse; needs the token, no client cert
@@ -66,6 +70,7 @@ type JoinRequest struct {
 	Endpoint  netip.AddrPort    `json:"endpoint"`
 	PublicKey string            `json:"public_key"` // WireGuard, base64
 	CSR       []byte            `json:"csr"`        // DER; the node's TLS key stays on the node
+	Relay     string            `json:"relay,omitempty"`
 }
 
 // JoinResponse carries the node's record, its signed certificate and the
@@ -82,6 +87,9 @@ type SelfUpdate struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Endpoint  netip.AddrPort    `json:"endpoint"`
 	PublicKey string            `json:"public_key"`
+	// Relay is where the node relays ("" if it does not): it may change
+	// with its config.
+	Relay string `json:"relay,omitempty"`
 }
 
 // RenewRequest asks for a fresh certificate for the caller's key.
@@ -102,6 +110,9 @@ type NodeStatus struct {
 	// the manager then keeps the states it has.
 	Tasks []TaskStatus `json:"tasks"`
 	Time  time.Time    `json:"time"` // the node's clock, to spot boards without RTC
+	// Candidates are the node's path candidates (see clustermap.Node); nil
+	// means not known yet and keeps what the manager has.
+	Candidates []netip.AddrPort `json:"candidates,omitempty"`
 }
 
 // PeerHealth is one WireGuard peer as this node sees it.
@@ -110,6 +121,9 @@ type PeerHealth struct {
 	LastHandshake time.Time `json:"last_handshake"`
 	RxBytes       uint64    `json:"rx_bytes"`
 	TxBytes       uint64    `json:"tx_bytes"`
+	// Path is "direct", "relay" (the endpoint is a relay's local proxy) or
+	// "" (no endpoint).
+	Path string `json:"path,omitempty"`
 }
 
 // TaskStatus is one task's state as its node reports it.

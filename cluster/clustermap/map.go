@@ -73,11 +73,16 @@ const (
 
 // Node is one member of the mesh.
 type Node struct {
-	ID             string            `json:"id"`
-	Name           string            `json:"name"`
-	Role           string            `json:"role"`
-	PublicKey      string            `json:"public_key"` // WireGuard, base64
-	Endpoint       netip.AddrPort    `json:"endpoint"`   // underlay advertise address:listen port
+	ID        string         `json:"id"`
+	Name      string         `json:"name"`
+	Role      string         `json:"role"`
+	PublicKey string         `json:"public_key"` // WireGuard, base64
+	Endpoint  netip.AddrPort `json:"endpoint"`   // underlay advertise address:listen port
+	// Candidates are the underlay addresses the node's WireGuard socket may
+	// be reached on, most preferred first (its LAN addresses, a configured
+	// public endpoint, what STUN saw through its NAT): peers probe them to
+	// find a direct path (tunnel/paths).
+	Candidates     []netip.AddrPort  `json:"candidates,omitempty"`
 	OverlayIP      netip.Addr        `json:"overlay_ip"`
 	ContainerBlock netip.Prefix      `json:"container_block"`
 	Labels         map[string]string `json:"labels,omitempty"`
@@ -88,6 +93,10 @@ type Node struct {
 	// API is a manager's API address (host:port): agents watch and report
 	// to any manager listed here. Empty for workers.
 	API string `json:"api,omitempty"`
+	// Relay is set on nodes that relay WireGuard packets for members that
+	// cannot reach each other directly (package relay): IP:port of its TLS
+	// leg (TCP) and its UDP leg, one port number for both.
+	Relay string `json:"relay,omitempty"`
 }
 
 // Port is one service port; Published is the host port of the routing
