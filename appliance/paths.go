@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/internal/wgkey"
@@ -22,10 +21,10 @@ func (p pathDevice) SetEndpoint(k wgkey.Key, ep netip.AddrPort) error {
 	return p.dev.SetEndpoint(tunnel.Key(k), ep)
 }
 
-func (p pathDevice) Handshakes() map[wgkey.Key]time.Time {
-	out := map[wgkey.Key]time.Time{}
+func (p pathDevice) PeerStats() map[wgkey.Key]paths.PeerStats {
+	out := map[wgkey.Key]paths.PeerStats{}
 	for _, h := range p.dev.Health() {
-		out[wgkey.Key(h.PublicKey)] = h.LastHandshake
+		out[wgkey.Key(h.PublicKey)] = paths.PeerStats{LastHandshake: h.LastHandshake, RxBytes: h.RxBytes}
 	}
 	return out
 }

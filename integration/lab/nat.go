@@ -125,7 +125,7 @@ func (r *Router) SetNAT(ctx context.Context, mode string) error {
 		return fmt.Errorf("router %s: NAT mode %q: want %s or %s", r.Name, mode, NATPortKeeping, NATSymmetric)
 	}
 	script := "iptables -w -t nat -F POSTROUTING && iptables -w -t nat -A POSTROUTING -o eth0 -j MASQUERADE" + flags +
-		" && (conntrack -F 2>/dev/null || true)"
+		" && conntrack -F"
 	_, err := r.Sh(ctx, script)
 	return err
 }

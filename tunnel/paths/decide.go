@@ -40,6 +40,12 @@ const (
 	// RelayAfter is how long a pair looks for a direct path before it takes
 	// a relay (when one is up).
 	RelayAfter = 15 * time.Second
+	// HeardFor is how long WireGuard having received from a peer counts as
+	// proof that its endpoint works, for a peer that never answered a probe
+	// (a node of an older version during an upgrade): longer than the 25 s
+	// keepalive an idle peer sends. For a peer that answers probes only
+	// they count: receiving proves nothing about the way back.
+	HeardFor = 40 * time.Second
 	// StaleHandshake is how old WireGuard's last handshake may get on a
 	// direct path before every candidate is probed again: WireGuard
 	// rehandshakes every 2 minutes while keepalives flow.
@@ -76,6 +82,11 @@ type Input struct {
 	Pongs map[netip.AddrPort]time.Time
 	// LastHandshake is WireGuard's last handshake with the peer (zero: none).
 	LastHandshake time.Time
+	// LastReceive is when WireGuard last received from the peer, on
+	// whatever endpoint it uses (zero: never).
+	LastReceive time.Time
+	// Answers is whether the peer ever answered a probe of ours.
+	Answers bool
 	// Relay is the relay half's offer for the peer.
 	Relay RelayOffer
 	// Reprobe asks for every candidate to be pinged now (the candidates
@@ -111,7 +122,8 @@ func alive(in Input, now time.Time) (netip.AddrPort, bool) {
 // offer.
 //
 //	probing --a candidate answers--> direct
-//	probing --RelayAfter without answer, relay up--> relay
+//	probing --RelayAfter without answer, relay up--> relay (a peer that never
+//	          answered a probe: once WireGuard heard nothing for HeardFor)
 //	direct  --its candidate stops answering--> direct on another one, or probing
 //	direct  --handshake older than StaleHandshake--> pings every candidate again
 //	relay   --a candidate answers (pinged every RelayProbeInterval)--> direct
@@ -155,7 +167,10 @@ func Decide(st PeerState, in Input, now time.Time) (PeerState, Decision) {
 		if st.Searching.IsZero() {
 			st.Searching = now
 		}
-		if in.Relay.OK && now.Sub(st.Searching) >= RelayAfter {
+		// A peer that never answered a probe but that WireGuard hears
+		// from is reachable on the endpoint in use: no reason to relay it.
+		heard := !in.Answers && !in.LastReceive.IsZero() && now.Sub(in.LastReceive) < HeardFor
+		if in.Relay.OK && !heard && now.Sub(st.Searching) >= RelayAfter {
 			st.State, st.Endpoint, st.Via = StateRelay, in.Relay.Endpoint, in.Relay.Via
 			st.LastFull = now // keep probing at the relayed pace from here
 		} else if full(ProbeInterval) {

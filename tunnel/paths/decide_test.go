@@ -172,3 +172,33 @@ func TestUsableLocal(t *testing.T) {
 		}
 	}
 }
+
+// A peer that never answered a probe but that WireGuard hears from (a node
+// of an older version during an upgrade) keeps its endpoint: it is not
+// relayed until WireGuard stops hearing from it. A peer that answers probes
+// is relayed when they stop, whatever WireGuard receives (a site whose
+// outgoing UDP is cut still receives).
+func TestDecideDoesNotRelayAPeerWireGuardHears(t *testing.T) {
+	in := Input{Candidates: []netip.AddrPort{publicB}, Relay: offer(), LastReceive: t0}
+	st, _ := Decide(PeerState{}, in, t0)
+	for at := t0; at.Before(t0.Add(3 * RelayAfter)); at = at.Add(ProbeInterval) {
+		in.LastReceive = at // WireGuard receives all along
+		if st, _ = Decide(st, in, at); st.State == StateRelay {
+			t.Fatalf("relayed at +%s although WireGuard hears the peer", at.Sub(t0))
+		}
+	}
+	last := t0.Add(3 * RelayAfter)
+	st, d := Decide(st, in, last.Add(HeardFor))
+	if d.Path != PathRelay {
+		t.Fatalf("WireGuard silent for %s: path %q, want relay", HeardFor, d.Path)
+	}
+}
+
+func TestDecideRelaysAPeerThatAnsweredProbesEvenIfWireGuardHearsIt(t *testing.T) {
+	in := Input{Candidates: []netip.AddrPort{publicB}, Relay: offer(), LastReceive: t0, Answers: true}
+	st, _ := Decide(PeerState{}, in, t0)
+	in.LastReceive = t0.Add(RelayAfter)
+	if _, d := Decide(st, in, t0.Add(RelayAfter)); d.Path != PathRelay {
+		t.Fatalf("path %q, want relay: a peer that speaks probes is judged by them", d.Path)
+	}
+}

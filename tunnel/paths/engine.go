@@ -31,8 +31,14 @@ type Device interface {
 	SendPacket(b []byte, to netip.AddrPort) error
 	// SetEndpoint makes ep the peer's WireGuard endpoint (zero: the map's).
 	SetEndpoint(peer wgkey.Key, ep netip.AddrPort) error
-	// Handshakes returns WireGuard's last handshake per peer.
-	Handshakes() map[wgkey.Key]time.Time
+	// PeerStats returns what WireGuard knows of each peer.
+	PeerStats() map[wgkey.Key]PeerStats
+}
+
+// PeerStats is WireGuard's view of a peer.
+type PeerStats struct {
+	LastHandshake time.Time // zero: never
+	RxBytes       int64     // received from the peer so far
 }
 
 // Peer is one other node, from the map.
@@ -116,6 +122,12 @@ type peer struct {
 	// pingedBack is when we last answered a ping of this peer with a ping
 	// of ours (see handleProbe).
 	pingedBack time.Time
+	// rx is WireGuard's received byte count at the last step, heard when
+	// it last grew.
+	rx    int64
+	heard time.Time
+	// answers: the peer answered a probe of ours at least once.
+	answers bool
 }
 
 type stunTx struct {
@@ -262,7 +274,7 @@ func (e *Engine) step() {
 			relay[k] = RelayOffer{Endpoint: ep, Via: via, OK: ok && ep.IsValid()}
 		}
 	}
-	hs := e.cfg.Device.Handshakes()
+	stats := e.cfg.Device.PeerStats()
 	local := e.localCandidates()
 
 	e.mu.Lock()
@@ -271,7 +283,13 @@ func (e *Engine) step() {
 	cands, changed := e.updateCandidatesLocked(local, now)
 	var changes []endpointChange
 	for _, p := range e.peers {
-		in := Input{Candidates: p.allCandidates(now), Pongs: p.pongs, LastHandshake: hs[p.Key], Relay: relay[p.Key], Reprobe: p.reprobe}
+		ws := stats[p.Key]
+		if ws.RxBytes > p.rx {
+			p.heard = now
+		}
+		p.rx = ws.RxBytes
+		in := Input{Candidates: p.allCandidates(now), Pongs: p.pongs, LastHandshake: ws.LastHandshake, LastReceive: p.heard, Answers: p.answers,
+			Relay: relay[p.Key], Reprobe: p.reprobe}
 		var d Decision
 		searching := p.st.Searching
 		p.st, d = Decide(p.st, in, now)
@@ -440,6 +458,7 @@ func (e *Engine) handleProbe(b []byte, from netip.AddrPort) {
 			delete(e.pings, msg.tx)
 			p.pongs[tx.to] = now
 			p.rtt = now.Sub(tx.sent)
+			p.answers = true
 		}
 	}
 	e.mu.Unlock()

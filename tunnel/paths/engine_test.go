@@ -38,7 +38,7 @@ func (d *udpDevice) endpoint(k wgkey.Key) netip.AddrPort {
 	return d.set[k]
 }
 
-func (d *udpDevice) Handshakes() map[wgkey.Key]time.Time { return nil }
+func (d *udpDevice) PeerStats() map[wgkey.Key]PeerStats { return nil }
 
 func (d *udpDevice) addr() netip.AddrPort { return d.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
 
