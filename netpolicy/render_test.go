@@ -104,9 +104,9 @@ func goldenText(r Rules) []byte {
 func TestRenderGolden(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.0.0.0/24")
 	cases := map[string]Input{
-		"none":                      {Tasks: labTasks, NodeSubnet: subnet},
-		"seed":                      {Policies: []clustermap.Policy{seedPolicy(t)}, Tasks: labTasks, NodeSubnet: subnet},
-		"egress-blocks-expressions": {Policies: mustParse(t, egressYAML), Tasks: labTasks, NodeSubnet: subnet},
+		"none":                      {Tasks: labTasks, NodeSubnet: subnet, Overlay: "warren0"},
+		"seed":                      {Policies: []clustermap.Policy{seedPolicy(t)}, Tasks: labTasks, NodeSubnet: subnet, Overlay: "warren0"},
+		"egress-blocks-expressions": {Policies: mustParse(t, egressYAML), Tasks: labTasks, NodeSubnet: subnet, Overlay: "warren0"},
 	}
 	for name, in := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -56,6 +56,10 @@ type Config struct {
 	// OverlayInterface is the WireGuard interface ("warren0"): traffic
 	// from tasks to it keeps its source address, other egress is masqueraded.
 	OverlayInterface string
+	// ContainerSubnet is the cluster's container range: tasks of other
+	// nodes (these sources on the overlay) reach no port of this node.
+	// Unset: that rule is left out.
+	ContainerSubnet netip.Prefix
 	// CgroupParent holds every task's cgroup. The default,
 	// /<Namespace>/<block>, e.g. /warren/10.0.1.0_24, is unique per node of
 	// a cluster, so simulated nodes sharing one kernel never share a
