@@ -30,6 +30,9 @@ type TaskSpec struct {
 	Env     []string
 	Command []string // replaces the image's entrypoint and cmd when set
 	IP      netip.Addr
+	// CapAdd and CapDrop change the container's capabilities from the
+	// default set (containerd's, without CAP_NET_RAW): CAP_* names or ALL.
+	CapAdd, CapDrop []string
 }
 
 // TaskStatus is what the node reports about one task.

@@ -68,16 +68,50 @@ func checkSpec(s TaskSpec, block netip.Prefix) error {
 }
 
 // specHash identifies what a container was built from: a change means
-// the container must be recreated.
+// the container must be recreated. Caps holds the capabilities the
+// container gets changed from containerd's default set (capabilities),
+// so containers made before NET_RAW was dropped by default are recreated
+// without it.
 func specHash(s TaskSpec, imageRef string) string {
+	add, drop := capabilities(s)
 	b, _ := json.Marshal(struct {
 		Service, Image string
 		Env, Command   []string
 		IP             netip.Addr
-	}{s.Service, imageRef, s.Env, s.Command, s.IP})
+		Caps           [2][]string
+	}{s.Service, imageRef, s.Env, s.Command, s.IP, [2][]string{add, drop}})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }
+
+// defaultDroppedCaps leave containerd's default capability set: with
+// CAP_NET_RAW a task can send packets with any source address (and sniff
+// its interface); `--cap-add NET_RAW` gives it back.
+var defaultDroppedCaps = []string{"CAP_NET_RAW"}
+
+// capAll is Docker's "every capability" in --cap-add/--cap-drop.
+const capAll = "ALL"
+
+// capabilities are the capabilities to add to containerd's default set
+// and to drop from it for s: s.CapAdd; the default drops that s.CapAdd
+// does not give back (by name or ALL), and s.CapDrop. Both sorted.
+func capabilities(s TaskSpec) (add, drop []string) {
+	for _, c := range defaultDroppedCaps {
+		if !slices.Contains(s.CapAdd, c) && !slices.Contains(s.CapAdd, capAll) {
+			drop = append(drop, c)
+		}
+	}
+	drop = append(drop, s.CapDrop...)
+	add = slices.Clone(s.CapAdd)
+	slices.Sort(add)
+	slices.Sort(drop)
+	return slices.Compact(add), slices.Compact(drop)
+}
+
+// pingGroupRange lets every group open ICMP echo ("ping") sockets, which
+// need no CAP_NET_RAW, in a task's namespace, so ping works without it
+// (Docker sets the same).
+const pingGroupRange = "0 2147483647"
 
 // hostsFile is a task's /etc/hosts.
 func hostsFile(name string, ip netip.Addr) []byte {

@@ -146,6 +146,33 @@ COMMIT
 	}
 }
 
+// NET_RAW is dropped unless added back; ALL as Docker has it; a change of
+// capabilities changes the spec hash (the container is recreated).
+func TestCapabilities(t *testing.T) {
+	for _, c := range []struct {
+		add, drop         []string
+		wantAdd, wantDrop string
+	}{
+		{nil, nil, "", "CAP_NET_RAW"},
+		{[]string{"CAP_NET_RAW"}, nil, "CAP_NET_RAW", ""},
+		{[]string{"ALL"}, nil, "ALL", ""},
+		{[]string{"ALL"}, []string{"CAP_SYS_ADMIN"}, "ALL", "CAP_SYS_ADMIN"},
+		{nil, []string{"CAP_CHOWN", "CAP_NET_RAW"}, "", "CAP_CHOWN,CAP_NET_RAW"},
+		{[]string{"CAP_NET_ADMIN"}, []string{"ALL"}, "CAP_NET_ADMIN", "ALL,CAP_NET_RAW"},
+	} {
+		add, drop := capabilities(TaskSpec{CapAdd: c.add, CapDrop: c.drop})
+		if strings.Join(add, ",") != c.wantAdd || strings.Join(drop, ",") != c.wantDrop {
+			t.Errorf("add %v drop %v: got add %v drop %v, want add %s drop %s", c.add, c.drop, add, drop, c.wantAdd, c.wantDrop)
+		}
+	}
+	s := TaskSpec{Name: "a-1", Service: "a", IP: netip.MustParseAddr("10.0.1.2")}
+	raw := s
+	raw.CapAdd = []string{"CAP_NET_RAW"}
+	if specHash(s, "busybox") == specHash(raw, "busybox") {
+		t.Error("adding NET_RAW does not change the spec hash")
+	}
+}
+
 func TestHostsFile(t *testing.T) {
 	got := string(hostsFile("web-1", netip.MustParseAddr("10.0.1.2")))
 	if !strings.Contains(got, "10.0.1.2\tweb-1\n") || !strings.Contains(got, "127.0.0.1\tlocalhost\n") {
