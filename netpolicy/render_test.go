@@ -149,3 +149,17 @@ func TestTaskChurnChangesOnlySets(t *testing.T) {
 		t.Fatal("render depends on the order of the policies")
 	}
 }
+
+// The node exemption names the overlay interface; without one there is
+// no exemption (a source address alone proves nothing: tasks can forge).
+func TestNodeExemptionNeedsTheOverlay(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.0.0.0/24")
+	with := string(Render(Input{Tasks: labTasks, NodeSubnet: subnet, Overlay: "warren0"}).Restore)
+	if !bytes.Contains([]byte(with), []byte("-A WARREN-POL-INGRESS -i warren0 -s 10.0.0.0/24 ")) {
+		t.Fatalf("no exemption tied to warren0:\n%s", with)
+	}
+	without := string(Render(Input{Tasks: labTasks, NodeSubnet: subnet}).Restore)
+	if bytes.Contains([]byte(without), []byte("10.0.0.0/24")) {
+		t.Fatalf("an exemption without an interface:\n%s", without)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -175,6 +176,56 @@ func TestTaskCannotForgeItsSource(t *testing.T) {
 				t.Errorf("task cannot ping its gateway: %v\n%s", err, out)
 			}
 		})
+	}
+}
+
+// A restarted daemon (a new network with nothing in memory) that sets up
+// one task keeps the other running tasks' ports open: it reads their
+// addresses from their namespaces first. Cleanup removes the chain and its
+// jumps, and a second cleanup finds nothing to do.
+func TestPortSourcesSurviveRestartAndCleanup(t *testing.T) {
+	if !testnode.Enter(t, "ospfr") {
+		return
+	}
+	block := netip.MustParsePrefix("10.0.1.0/24")
+	mk := func() *network {
+		return &network{bridge: "warren-br0", overlay: "warren0", block: block, nsDir: "/run/warren-test-netns"}
+	}
+	n := mk()
+	t.Cleanup(func() {
+		for _, task := range []string{"a", "b"} {
+			n.removeTask(task)
+		}
+		n.removeHost()
+	})
+	if err := n.ensureHost(); err != nil {
+		t.Fatal(err)
+	}
+	for task, ip := range map[string]string{"a": "10.0.1.2", "b": "10.0.1.3"} {
+		if _, err := n.ensureTask(task, netip.MustParseAddr(ip)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restarted := mk()
+	if _, err := restarted.ensureTask("a", netip.MustParseAddr("10.0.1.2")); err != nil {
+		t.Fatal(err)
+	}
+	rules := listPortRules(t)
+	for _, want := range []string{"-i " + hostVethName("a") + " --ip-src 10.0.1.2", "-i " + hostVethName("b") + " --ip-src 10.0.1.3", "-i wv+ -j DROP"} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("after a restart and one task set up, the chain lacks %q:\n%s", want, rules)
+		}
+	}
+	if out, err := exec.Command("nsenter", "--net="+n.netnsPath("b"), "ping", "-c", "1", "-W", "3", "10.0.1.2").CombinedOutput(); err != nil {
+		t.Errorf("b cannot reach a after the restart: %v\n%s", err, out)
+	}
+	for range 2 {
+		if err := restarted.removeHost(); err != nil {
+			t.Fatalf("cleanup: %v", err)
+		}
+	}
+	if out, _ := exec.Command("ebtables-nft", "-t", "filter", "-L").CombinedOutput(); strings.Contains(string(out), chainTaskSource) {
+		t.Fatalf("cleanup left the bridge chain or its jumps:\n%s", out)
 	}
 }
 
