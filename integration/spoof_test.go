@@ -146,6 +146,20 @@ EOF`); err != nil {
 		}
 	}
 
+	// Without NET_RAW (the default; here dropped again with `service
+	// update --cap-drop`, which recreates the task) there is no raw socket.
+	if out, err := m.Exec(ctx, "warren", "service", "update", "forger-w", "--cap-drop", "NET_RAW"); err != nil {
+		t.Fatalf("service update --cap-drop: %v\n%s", err, out)
+	}
+	waitRunning(t, c, "forger-w", 1)
+	eventually(t, 30*time.Second, "forger-w has no raw socket", func() error {
+		out, err := taskExec(ctx, w, "forger-w-1", "netprobe", "send", "10.0.0.1", ip["victim-w"]+":9999", "no-raw")
+		if err == nil || !strings.Contains(out, "operation not permitted") {
+			return fmt.Errorf("raw send: %v %q", err, out)
+		}
+		return nil
+	})
+
 	// Node ports: DNS on the node's bridge address answers; the API port
 	// (7946) on the node's own bridge and overlay addresses and on the
 	// other node's overlay address does not.

@@ -467,8 +467,8 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 			return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
 		}
 	}
-	// The port's source check before the port is up: until then the
-	// catch-all rule of every task port drops its frames.
+	// The port's source check is written before the port comes up; a
+	// port without one is closed by the chain's catch-all rule.
 	if err := n.setPort(task, h, ip); err != nil {
 		return "", err
 	}
