@@ -17,8 +17,9 @@ import (
 // traffic: both nodes' overlay IPs) and from the friend's address (which
 // the policy allows). None arrives, on the same node or across nodes,
 // with br_netfilter on (worker) or off (manager), while the friend's own
-// datagrams do. Tasks reach DNS on their node but not the API port of
-// any node's address (bridge or overlay).
+// datagrams do. `service update --cap-drop NET_RAW` takes the raw socket
+// away again. Tasks reach DNS on their node but not the API port of any
+// node's address (bridge or overlay).
 func TestTaskCannotForgeItsWayPastAPolicy(t *testing.T) {
 	l := newLab(t)
 	c := startCluster(t, l, lab.ClusterOptions{Workers: 1, Images: []string{imageTarball(t)}})
