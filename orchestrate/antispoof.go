@@ -26,7 +26,7 @@ import (
 // br_netfilter), so one check covers both modes. iptables' physdev match
 // needs br_netfilter; tc filters need the gact action (or flower), which
 // kernels such as this project's test VMs leave out, while the bridge
-// family of nf_tables is in Debian's and Raspberry Pi OS's kernels.
+// family of nf_tables (CONFIG_NF_TABLES_BRIDGE) is in Debian's kernels.
 // ebtables-nft ships with Debian's iptables package, which the appliance
 // depends on already, and ebtables-restore writes the chain in one
 // transaction.
