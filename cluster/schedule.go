@@ -18,6 +18,7 @@ func schedule(s *state) (unplaced map[string]string) {
 	carryOver(tasks, current, s.services)
 	tasks = dropFinished(tasks, s.nodes)
 	rollOut(tasks, s.services)
+	rollRevisions(tasks, s)
 	s.tasks = tasks
 	return unplaced
 }
@@ -34,7 +35,7 @@ func carryOver(tasks, current []clustermap.Task, services map[string]serviceReco
 	for i := range tasks {
 		t := &tasks[i]
 		if p, ok := prev[taskKey{t.Name, t.NodeID}]; ok && p.Image != "" {
-			t.Image = p.Image
+			t.Image, t.Revision = p.Image, p.Revision
 			continue
 		}
 		if svc, ok := services[t.Service]; ok && t.Image == "" {
@@ -109,10 +110,10 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 		}
 		r, ok := byName[t.Name]
 		switch {
-		case ok && (r.Image == "" || r.Image == t.Image):
+		case ok && (r.Image == "" || r.Image == t.Image) && (t.Revision == "" || r.Revision == t.Revision):
 			t.State, t.Error = r.State, r.Error
 		case ok:
-			// The node has not picked up the new image yet.
+			// The node has not picked up the new image (or revision) yet.
 			t.State, t.Error = clustermap.TaskPending, ""
 		case t.DesiredState == clustermap.TaskShutdown:
 			t.State, t.Error = clustermap.TaskShutdown, "" // gone from the node

@@ -33,6 +33,20 @@ type TaskSpec struct {
 	// CapAdd and CapDrop change the container's capabilities from the
 	// default set (containerd's, without CAP_NET_RAW): CAP_* names or ALL.
 	CapAdd, CapDrop []string
+
+	// SecretMounts are the task's secrets directory and config files,
+	// kept on a tmpfs outside the state dir (package secretfs) and
+	// bind-mounted read-only; their content changes in place.
+	SecretMounts []FileMount
+	// Revision, when set, is part of the spec: a new one recreates the
+	// container (a service with --secret-rotation restart).
+	Revision string
+}
+
+// FileMount is a host file or directory bind-mounted read-only at Target.
+type FileMount struct {
+	Source string
+	Target string
 }
 
 // TaskStatus is what the node reports about one task.
@@ -42,6 +56,7 @@ type TaskStatus struct {
 	Error    string // last error, empty when healthy
 	Restarts int    // restarts after the task exited on its own
 	Image    string // image of the spec this status is about, as given in TaskSpec
+	Revision string // revision of that spec, as given in TaskSpec
 }
 
 // Config is what the reconciler needs to know about this node.

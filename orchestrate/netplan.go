@@ -74,12 +74,26 @@ func checkSpec(s TaskSpec, block netip.Prefix) error {
 // without it.
 func specHash(s TaskSpec, imageRef string) string {
 	add, drop := capabilities(s)
-	b, _ := json.Marshal(struct {
+	caps := [2][]string{add, drop}
+	v := any(struct {
 		Service, Image string
 		Env, Command   []string
 		IP             netip.Addr
 		Caps           [2][]string
-	}{s.Service, imageRef, s.Env, s.Command, s.IP, [2][]string{add, drop}})
+	}{s.Service, imageRef, s.Env, s.Command, s.IP, caps})
+	if len(s.SecretMounts) > 0 || s.Revision != "" {
+		// Only specs with secrets or configs hash these, so containers
+		// made before they existed keep their hash.
+		v = struct {
+			Service, Image string
+			Env, Command   []string
+			IP             netip.Addr
+			Caps           [2][]string
+			SecretMounts   []FileMount
+			Revision       string
+		}{s.Service, imageRef, s.Env, s.Command, s.IP, caps, s.SecretMounts, s.Revision}
+	}
+	b, _ := json.Marshal(v)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }

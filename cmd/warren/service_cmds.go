@@ -55,6 +55,9 @@ func addServiceCommands(root *cobra.Command) {
 			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
 				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels,
 				CapAdd: capAdd, CapDrop: capDrop}
+			if err := secretFlags(cmd, &spec); err != nil {
+				return err
+			}
 			c := apiClient(cmd)
 			v, err := c.CreateService(cmdContext(cmd), spec)
 			if err != nil {
@@ -89,6 +92,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
 	addCapabilityFlags(createCmd)
+	addSecretFlags(createCmd)
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
 	addWaitFlags(createCmd)
@@ -154,6 +158,11 @@ func addServiceCommands(root *cobra.Command) {
 				row("Capabilities", fmt.Sprintf("added %s, dropped %s", formatCaps(s.CapAdd), formatCaps(s.CapDrop)))
 			}
 			row("Labels", formatLabels(s.Labels))
+			if len(s.Secrets) > 0 || len(s.Configs) > 0 {
+				row("Secrets", formatRefs(s.Secrets))
+				row("Configs", formatRefs(s.Configs))
+				row("Secret rotation", map[bool]string{true: "restart (one task at a time)", false: "in place"}[s.SecretRotation == "restart"])
+			}
 			row("Created", s.CreatedAt.Format(time.RFC3339))
 			row("Updated", s.UpdatedAt.Format(time.RFC3339))
 			if s.Updating {
@@ -244,8 +253,9 @@ func addServiceCommands(root *cobra.Command) {
 			if err != nil {
 				return err
 			}
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 && len(capAdd) == 0 && len(capDrop) == 0 {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --cap-add or --cap-drop")}
+			refs, hasRefs := refsUpdate(cmd)
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !hasRefs && len(capAdd) == 0 && len(capDrop) == 0 {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --cap-add or --cap-drop")}
 			}
 			add, err := parseLabels(addArgs)
 			if err != nil {
@@ -271,6 +281,13 @@ func addServiceCommands(root *cobra.Command) {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: capabilities added %s, dropped %s (besides the default drop of NET_RAW); its tasks are recreated\n",
 					v.Name, formatCaps(v.CapAdd), formatCaps(v.CapDrop))
+			}
+			if hasRefs {
+				v, err := c.UpdateServiceRefs(cmdContext(cmd), args[0], refs)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: secrets %s, configs %s\n", v.Name, formatRefs(v.Secrets), formatRefs(v.Configs))
 			}
 			if image != "" {
 				v, err := c.UpdateServiceImage(cmdContext(cmd), args[0], image)
@@ -299,6 +316,7 @@ func addServiceCommands(root *cobra.Command) {
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
 	addCapabilityFlags(updateCmd)
+	addSecretUpdateFlags(updateCmd)
 	addWaitFlags(updateCmd)
 	addWaitFlags(scaleCmd)
 
