@@ -487,7 +487,13 @@ func (n *node) syncNAT(m *clustermap.Map) {
 // syncPolicies enforces m's network policies for the tasks forwarded
 // through this node; a failure is retried by the canary loop.
 func (n *node) syncPolicies(m *clustermap.Map) {
-	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: n.cfg.WireGuard.Interface})
+	// Other nodes' traffic is exempt from ingress policies only on the
+	// overlay interface; without a config there is none, and no exemption.
+	var overlay string
+	if n.cfg != nil {
+		overlay = n.cfg.WireGuard.Interface
+	}
+	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: overlay})
 	st, err := n.pol.Sync(rules)
 	if err != nil {
 		n.log.Error("applying network policies", "err", err, "map_version", m.Version)
