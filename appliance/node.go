@@ -402,6 +402,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		ResolvConf:        dns.ResolvConf(n.bridgeIP(), n.net.Domain),
 		StateDir:          filepath.Join(cfg.Node.StateDir, "tasks"),
 		OverlayInterface:  cfg.WireGuard.Interface,
+		ContainerSubnet:   n.net.ContainerSubnet,
 		CgroupParent:      cfg.Runtime.CgroupParent,
 		Logger:            n.log,
 	})
@@ -547,7 +548,13 @@ func (n *node) syncNAT(m *clustermap.Map) {
 // syncPolicies enforces m's network policies for the tasks forwarded
 // through this node; a failure is retried by the canary loop.
 func (n *node) syncPolicies(m *clustermap.Map) {
-	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet})
+	// Other nodes' traffic is exempt from ingress policies only on the
+	// overlay interface; without a config there is none, and no exemption.
+	var overlay string
+	if n.cfg != nil {
+		overlay = n.cfg.WireGuard.Interface
+	}
+	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: overlay})
 	st, err := n.pol.Sync(rules)
 	if err != nil {
 		n.log.Error("applying network policies", "err", err, "map_version", m.Version)

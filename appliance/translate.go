@@ -76,7 +76,8 @@ func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
 		if image == "" {
 			image = svc.Image
 		}
-		out = append(out, orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP, Revision: t.Revision})
+		out = append(out, orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP, Revision: t.Revision,
+			CapAdd: svc.CapAdd, CapDrop: svc.CapDrop})
 	}
 	return out
 }

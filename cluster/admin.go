@@ -33,6 +33,7 @@ import (
 //	POST   /v1/services/{name}/scale        api.Scale
 //	POST   /v1/services/{name}/update       api.ImageUpdate (rolling)
 //	POST   /v1/services/{name}/labels       api.LabelUpdate
+//	POST   /v1/services/{name}/capabilities api.CapabilityUpdate
 //	DELETE /v1/services/{name}              remove
 //	GET    /v1/tasks[?service=NAME]         tasks, also of removed services until stopped
 //	GET    /v1/policies                     list with matched tasks
@@ -203,6 +204,19 @@ func (m *Manager) adminMux() http.Handler {
 			return
 		}
 		v, err := m.UpdateServiceLabels(r.PathValue("name"), req.Add, req.Remove)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionCapabilities, func(w http.ResponseWriter, r *http.Request) {
+		var req api.CapabilityUpdate
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		v, err := m.UpdateServiceCapabilities(r.PathValue("name"), req.Add, req.Drop)
 		if err != nil {
 			writeError(w, err)
 			return

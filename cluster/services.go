@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -39,6 +40,16 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 			return svc, err
 		}
 		svc.Labels = maps.Clone(spec.Labels)
+	}
+	var err error
+	if svc.CapAdd, err = api.NormalizeCapabilities("cap_add", spec.CapAdd); err != nil {
+		return svc, errorf(http.StatusBadRequest, "%v", err)
+	}
+	if svc.CapDrop, err = api.NormalizeCapabilities("cap_drop", spec.CapDrop); err != nil {
+		return svc, errorf(http.StatusBadRequest, "%v", err)
+	}
+	if c := firstCommon(svc.CapAdd, svc.CapDrop); c != "" {
+		return svc, errorf(http.StatusBadRequest, "capability %s is both added and dropped", c)
 	}
 	if err := checkRotation(spec.SecretRotation); err != nil {
 		return svc, err
@@ -265,6 +276,44 @@ func (m *Manager) UpdateServiceLabels(name string, add map[string]string, rm []s
 	return m.Service(name)
 }
 
+// UpdateServiceCapabilities adds and drops capabilities of a service
+// (Docker's `service update --cap-add/--cap-drop`); its tasks are
+// recreated with them.
+func (m *Manager) UpdateServiceCapabilities(name string, add, drop []string) (api.ServiceView, error) {
+	add, err := api.NormalizeCapabilities("add", add)
+	if err != nil {
+		return api.ServiceView{}, errorf(http.StatusBadRequest, "%v", err)
+	}
+	if drop, err = api.NormalizeCapabilities("drop", drop); err != nil {
+		return api.ServiceView{}, errorf(http.StatusBadRequest, "%v", err)
+	}
+	if c := firstCommon(add, drop); c != "" {
+		return api.ServiceView{}, errorf(http.StatusBadRequest, "capability %s is both added and dropped", c)
+	}
+	if len(add) == 0 && len(drop) == 0 {
+		return api.ServiceView{}, errorf(http.StatusBadRequest, "no capability to add or drop")
+	}
+	err = m.changeService(name, func(r *serviceRecord) error {
+		r.CapAdd, r.CapDrop = api.UpdateCapabilities(r.CapAdd, r.CapDrop, add, drop)
+		return nil
+	})
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	m.log.Info("service capabilities updated", "service", name, "added", add, "dropped", drop)
+	return m.Service(name)
+}
+
+// firstCommon returns the first name in both sorted lists, or "".
+func firstCommon(a, b []string) string {
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			return x
+		}
+	}
+	return ""
+}
+
 func (m *Manager) changeService(name string, change func(*serviceRecord) error) error {
 	return m.update(func(s *state) error {
 		r, ok := s.services[name]
@@ -325,7 +374,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 	r := m.st.services[name]
 	v := api.ServiceView{
 		Name: r.Name, Image: r.Image, Replicas: r.Replicas, VIP: r.VIP, Ports: r.Ports, Env: r.Env,
-		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CreatedAt: r.CreatedAt,
+		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CapAdd: r.CapAdd, CapDrop: r.CapDrop, CreatedAt: r.CreatedAt,
 		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{}, Labels: maps.Clone(r.Labels),
 	}
 	if v.Labels == nil {

@@ -92,8 +92,9 @@ func TestCLIInitJoinCustomSubnetsAndConstraints(t *testing.T) {
 	}
 	// Same worker: the two tasks talk over the bridge.
 	w1 := nodes[1]
-	if _, err := taskExec(ctx, w1, v.Tasks[0].Name, "ping", "-c1", "-W2", v.Tasks[1].IP); err != nil {
-		t.Errorf("tasks on the same node cannot reach each other over the bridge: %v", err)
+	// (wget, not ping: tasks lack NET_RAW, which busybox's ping needs.)
+	if out, err := taskExec(ctx, w1, v.Tasks[0].Name, "timeout", "5", "wget", "-qO-", "http://"+v.Tasks[1].IP+"/"); err != nil || trim(out) != v.Tasks[1].Name {
+		t.Errorf("tasks on the same node cannot reach each other over the bridge: %v %q", err, out)
 	}
 	// From the manager, the VIP reaches worker-1's tasks across the mesh.
 	eventually(t, 30*time.Second, "manager reaches the custom VIP", func() error {

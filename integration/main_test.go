@@ -20,6 +20,8 @@ var (
 	warrenBin    string
 	// httpgetBin goes into the test image as /bin/httpget (see testdata/httpget).
 	httpgetBin string
+	// netprobeBin goes into the test image as /bin/netprobe (see testdata/netprobe).
+	netprobeBin string
 )
 
 func TestMain(m *testing.M) {
@@ -35,7 +37,8 @@ func TestMain(m *testing.M) {
 	applianceBin = filepath.Join(dir, "warren-appliance")
 	warrenBin = filepath.Join(dir, "warren")
 	httpgetBin = filepath.Join(dir, "httpget")
-	for bin, pkg := range map[string]string{warrenBin: "../cmd/warren", httpgetBin: "./testdata/httpget"} {
+	netprobeBin = filepath.Join(dir, "netprobe")
+	for bin, pkg := range map[string]string{warrenBin: "../cmd/warren", httpgetBin: "./testdata/httpget", netprobeBin: "./testdata/netprobe"} {
 		cmd := exec.Command("go", "build", "-o", bin, pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -27,7 +27,12 @@ func imageTarballB(tb testing.TB) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p, err := testimage.BusyboxTarball(tb.TempDir(), testImage, testimage.File{Path: "bin/httpget", Mode: 0o755, Data: httpget})
+	netprobe, err := os.ReadFile(netprobeBin)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p, err := testimage.BusyboxTarball(tb.TempDir(), testImage, testimage.File{Path: "bin/httpget", Mode: 0o755, Data: httpget},
+		testimage.File{Path: "bin/netprobe", Mode: 0o755, Data: netprobe})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -162,8 +167,12 @@ func TestServiceTasksReachEachOther(t *testing.T) {
 			if other.Name == task.Name {
 				continue
 			}
-			eventually(t, 30*time.Second, fmt.Sprintf("%s pings %s", task.Name, other.Name), func() error {
-				_, err := taskExec(ctx, n, task.Name, "ping", "-c1", "-W2", other.IP)
+			// (wget, not ping: tasks lack NET_RAW, which busybox's ping needs.)
+			eventually(t, 30*time.Second, fmt.Sprintf("%s fetches %s", task.Name, other.Name), func() error {
+				out, err := taskExec(ctx, n, task.Name, "timeout", "5", "wget", "-qO-", "http://"+other.IP+"/")
+				if err == nil && trim(out) != other.Name {
+					err = fmt.Errorf("page says %q, want %q", trim(out), other.Name)
+				}
 				return err
 			})
 		}

@@ -31,7 +31,7 @@ func TestApplierSetsRulesChurnCleanup(t *testing.T) {
 	nsRun(t, ns, a.command, "-A", "FORWARD", "-i", "x0", "-j", "ACCEPT")
 
 	pols := append(mustParse(t, egressYAML), seedPolicy(t))
-	in := Input{Policies: pols, Tasks: labTasks, NodeSubnet: netip.MustParsePrefix("10.0.0.0/24")}
+	in := Input{Policies: pols, Tasks: labTasks, NodeSubnet: netip.MustParsePrefix("10.0.0.0/24"), Overlay: "warren0"}
 	r := Render(in)
 	st := syncIn(t, ns, a, r)
 	if !st.Full || !st.RulesWritten || st.SetsCreated != len(r.Sets) {

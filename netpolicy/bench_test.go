@@ -45,6 +45,7 @@ func benchInput() Input {
 		in.Policies = append(in.Policies, p)
 	}
 	in.NodeSubnet = netip.MustParsePrefix("10.0.0.0/24")
+	in.Overlay = "warren0"
 	return in
 }
 

@@ -39,10 +39,17 @@ type Input struct {
 	Policies []clustermap.Policy
 	Tasks    []Task
 	// NodeSubnet holds the nodes' own (overlay) addresses. New connections
-	// from them are not subject to ingress policies: they are the nodes
-	// themselves, or published-port traffic that a node masqueraded after
-	// checking it against its original source.
+	// from them that arrive on Overlay are not subject to ingress
+	// policies: they are the other nodes themselves, or published-port
+	// traffic that a node masqueraded after checking it against its
+	// original source. (This node's own traffic to its tasks leaves
+	// through OUTPUT and never passes FORWARD.)
 	NodeSubnet netip.Prefix
+	// Overlay is the WireGuard interface (warren0), the only way traffic
+	// of other nodes comes in: the exemption is tied to it, so a packet
+	// with a node's address arriving from the bridge (a task forging its
+	// source) gets no exemption. Empty: no exemption at all.
+	Overlay string
 }
 
 // Set is one ipset: its members are task addresses (/32) or blocks.
@@ -98,8 +105,8 @@ func (r *renderer) render() Rules {
 	add(ChainPolicy, `-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "replies and known connections" -j RETURN`)
 	add(ChainPolicy, "-j "+ChainIngress)
 	add(ChainPolicy, "-j "+ChainEgress)
-	if r.in.NodeSubnet.IsValid() && r.in.NodeSubnet.Addr().Is4() {
-		add(ChainIngress, fmt.Sprintf(`-s %s -m comment --comment "from nodes (published ports are checked where they enter)" -j RETURN`, r.in.NodeSubnet.Masked()))
+	if r.in.NodeSubnet.IsValid() && r.in.NodeSubnet.Addr().Is4() && r.in.Overlay != "" {
+		add(ChainIngress, fmt.Sprintf(`-i %s -s %s -m comment --comment "from nodes (published ports are checked where they enter)" -j RETURN`, r.in.Overlay, r.in.NodeSubnet.Masked()))
 	}
 
 	for _, d := range []struct {

@@ -104,9 +104,9 @@ func goldenText(r Rules) []byte {
 func TestRenderGolden(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.0.0.0/24")
 	cases := map[string]Input{
-		"none":                      {Tasks: labTasks, NodeSubnet: subnet},
-		"seed":                      {Policies: []clustermap.Policy{seedPolicy(t)}, Tasks: labTasks, NodeSubnet: subnet},
-		"egress-blocks-expressions": {Policies: mustParse(t, egressYAML), Tasks: labTasks, NodeSubnet: subnet},
+		"none":                      {Tasks: labTasks, NodeSubnet: subnet, Overlay: "warren0"},
+		"seed":                      {Policies: []clustermap.Policy{seedPolicy(t)}, Tasks: labTasks, NodeSubnet: subnet, Overlay: "warren0"},
+		"egress-blocks-expressions": {Policies: mustParse(t, egressYAML), Tasks: labTasks, NodeSubnet: subnet, Overlay: "warren0"},
 	}
 	for name, in := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -147,5 +147,19 @@ func TestTaskChurnChangesOnlySets(t *testing.T) {
 	}
 	if !bytes.Equal(goldenText(Render(Input{Policies: rev, Tasks: labTasks})), goldenText(before)) {
 		t.Fatal("render depends on the order of the policies")
+	}
+}
+
+// The node exemption names the overlay interface; without one there is
+// no exemption (a source address alone proves nothing: tasks can forge).
+func TestNodeExemptionNeedsTheOverlay(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.0.0.0/24")
+	with := string(Render(Input{Tasks: labTasks, NodeSubnet: subnet, Overlay: "warren0"}).Restore)
+	if !bytes.Contains([]byte(with), []byte("-A WARREN-POL-INGRESS -i warren0 -s 10.0.0.0/24 ")) {
+		t.Fatalf("no exemption tied to warren0:\n%s", with)
+	}
+	without := string(Render(Input{Tasks: labTasks, NodeSubnet: subnet}).Restore)
+	if bytes.Contains([]byte(without), []byte("10.0.0.0/24")) {
+		t.Fatalf("an exemption without an interface:\n%s", without)
 	}
 }

@@ -30,6 +30,9 @@ type TaskSpec struct {
 	Env     []string
 	Command []string // replaces the image's entrypoint and cmd when set
 	IP      netip.Addr
+	// CapAdd and CapDrop change the container's capabilities from the
+	// default set (containerd's, without CAP_NET_RAW): CAP_* names or ALL.
+	CapAdd, CapDrop []string
 
 	// SecretMounts are the task's secrets directory and config files,
 	// kept on a tmpfs outside the state dir (package secretfs) and
@@ -71,6 +74,10 @@ type Config struct {
 	// OverlayInterface is the WireGuard interface ("warren0"): traffic
 	// from tasks to it keeps its source address, other egress is masqueraded.
 	OverlayInterface string
+	// ContainerSubnet is the cluster's container range: tasks of other
+	// nodes (these sources on the overlay) reach no port of this node.
+	// Unset: that rule is left out.
+	ContainerSubnet netip.Prefix
 	// CgroupParent holds every task's cgroup. The default,
 	// /<Namespace>/<block>, e.g. /warren/10.0.1.0_24, is unique per node of
 	// a cluster, so simulated nodes sharing one kernel never share a

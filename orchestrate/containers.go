@@ -7,11 +7,13 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
 	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
@@ -90,7 +92,9 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 			{Destination: "/etc/resolv.conf", Type: "bind", Source: files.resolvConf(), Options: []string{"rbind", "ro"}},
 		}),
 		oci.WithCgroup(path.Join(r.cfg.CgroupParent, s.Name)),
+		withSysctl("net.ipv4.ping_group_range", pingGroupRange),
 	}
+	specOpts = append(specOpts, capabilityOpts(s)...)
 	if len(s.SecretMounts) > 0 {
 		var mounts []specs.Mount
 		for _, fm := range s.SecretMounts {
@@ -123,6 +127,37 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 		return nil, fmt.Errorf("create container %s: %w", s.Name, err)
 	}
 	return c, nil
+}
+
+// capabilityOpts change containerd's default capability set as s asks:
+// without CAP_NET_RAW unless added back (see capabilities). As Docker's
+// ALL: dropping ALL keeps only what is added; adding ALL gives every
+// known capability but those dropped by name.
+func capabilityOpts(s TaskSpec) []oci.SpecOpts {
+	add, drop := capabilities(s)
+	switch {
+	case slices.Contains(drop, capAll):
+		return []oci.SpecOpts{oci.WithCapabilities(add)}
+	case slices.Contains(add, capAll):
+		return []oci.SpecOpts{oci.WithAllKnownCapabilities, oci.WithDroppedCapabilities(drop)}
+	default:
+		return []oci.SpecOpts{oci.WithDroppedCapabilities(drop), oci.WithAddedCapabilities(add)}
+	}
+}
+
+// withSysctl sets a sysctl of the container's namespaces (runc writes it
+// in the task's network namespace, not the host's).
+func withSysctl(key, value string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		if s.Linux.Sysctl == nil {
+			s.Linux.Sysctl = map[string]string{}
+		}
+		s.Linux.Sysctl[key] = value
+		return nil
+	}
 }
 
 // startTask starts the container's process; its output goes to the task's

@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/warren-appliance/warren/internal/netaddr"
@@ -27,6 +29,12 @@ const (
 const (
 	chainForward     = "WARREN-TASK-FORWARD"
 	chainPostrouting = "WARREN-TASK-EGRESS"
+	// chainInput is what tasks may reach on this node itself: DNS on the
+	// bridge address, ping, and replies; nothing else.
+	chainInput = "WARREN-TASK-INPUT"
+	// chainTaskSource (ebtables, bridge filter table) lets each task port
+	// send only from its task's own addresses.
+	chainTaskSource = "WARREN-TASK-SRC"
 )
 
 // hostVethPrefix starts the host side of every task's veth pair.
@@ -60,13 +68,19 @@ func checkSpec(s TaskSpec, block netip.Prefix) error {
 }
 
 // specHash identifies what a container was built from: a change means
-// the container must be recreated.
+// the container must be recreated. Caps holds the capabilities the
+// container gets changed from containerd's default set (capabilities),
+// so containers made before NET_RAW was dropped by default are recreated
+// without it.
 func specHash(s TaskSpec, imageRef string) string {
+	add, drop := capabilities(s)
+	caps := [2][]string{add, drop}
 	v := any(struct {
 		Service, Image string
 		Env, Command   []string
 		IP             netip.Addr
-	}{s.Service, imageRef, s.Env, s.Command, s.IP})
+		Caps           [2][]string
+	}{s.Service, imageRef, s.Env, s.Command, s.IP, caps})
 	if len(s.SecretMounts) > 0 || s.Revision != "" {
 		// Only specs with secrets or configs hash these, so containers
 		// made before they existed keep their hash.
@@ -74,14 +88,44 @@ func specHash(s TaskSpec, imageRef string) string {
 			Service, Image string
 			Env, Command   []string
 			IP             netip.Addr
+			Caps           [2][]string
 			SecretMounts   []FileMount
 			Revision       string
-		}{s.Service, imageRef, s.Env, s.Command, s.IP, s.SecretMounts, s.Revision}
+		}{s.Service, imageRef, s.Env, s.Command, s.IP, caps, s.SecretMounts, s.Revision}
 	}
 	b, _ := json.Marshal(v)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }
+
+// defaultDroppedCaps leave containerd's default capability set: with
+// CAP_NET_RAW a task can send packets with any source address (and sniff
+// its interface); `--cap-add NET_RAW` gives it back.
+var defaultDroppedCaps = []string{"CAP_NET_RAW"}
+
+// capAll is Docker's "every capability" in --cap-add/--cap-drop.
+const capAll = "ALL"
+
+// capabilities are the capabilities to add to containerd's default set
+// and to drop from it for s: s.CapAdd; the default drops that s.CapAdd
+// does not give back (by name or ALL), and s.CapDrop. Both sorted.
+func capabilities(s TaskSpec) (add, drop []string) {
+	for _, c := range defaultDroppedCaps {
+		if !slices.Contains(s.CapAdd, c) && !slices.Contains(s.CapAdd, capAll) {
+			drop = append(drop, c)
+		}
+	}
+	drop = append(drop, s.CapDrop...)
+	add = slices.Clone(s.CapAdd)
+	slices.Sort(add)
+	slices.Sort(drop)
+	return slices.Compact(add), slices.Compact(drop)
+}
+
+// pingGroupRange lets every group open ICMP echo ("ping") sockets, which
+// need no CAP_NET_RAW, in a task's namespace, so ping works without it
+// (Docker sets the same).
+const pingGroupRange = "0 2147483647"
 
 // hostsFile is a task's /etc/hosts.
 func hostsFile(name string, ip netip.Addr) []byte {
@@ -99,6 +143,7 @@ func jumpRules() []ipRule {
 	return []ipRule{
 		{"filter", "FORWARD", []string{"-m", "comment", "--comment", "warren task forwarding", "-j", chainForward}},
 		{"nat", "POSTROUTING", []string{"-m", "comment", "--comment", "warren task egress", "-j", chainPostrouting}},
+		{"filter", "INPUT", []string{"-m", "comment", "--comment", "warren tasks reach only DNS on the node", "-j", chainInput}},
 	}
 }
 
@@ -107,7 +152,15 @@ func jumpRules() []ipRule {
 // anything but the bridge or the overlay is masqueraded, so tasks reach
 // the outside world while task-to-task traffic across the mesh keeps its
 // source address.
-func chainRules(bridge, overlay string, block netip.Prefix) map[string][]ipRule {
+//
+// Tasks reach the node itself only for DNS (udp and tcp 53 on the bridge
+// address, where the node's resolver listens) and ping: not the API,
+// Raft, sshd or metrics ports on any of the node's addresses, unless
+// published (published ports are DNATed to a task before INPUT, so they
+// pass FORWARD instead). Tasks of other nodes (sources in the container
+// subnet, arriving on the overlay) reach no port of this node either.
+// Replies to the node's own connections to tasks pass.
+func chainRules(bridge, overlay string, block, containerSubnet netip.Prefix) map[string][]ipRule {
 	fwd := []ipRule{
 		{"filter", chainForward, []string{"-i", bridge, "-j", "ACCEPT"}},
 		{"filter", chainForward, []string{"-i", overlay, "-o", bridge, "-j", "ACCEPT"}},
@@ -118,5 +171,80 @@ func chainRules(bridge, overlay string, block netip.Prefix) map[string][]ipRule 
 		{"nat", chainPostrouting, []string{"-o", overlay, "-j", "RETURN"}},
 		{"nat", chainPostrouting, []string{"-s", block.String(), "-j", "MASQUERADE"}},
 	}
-	return map[string][]ipRule{"filter/" + chainForward: fwd, "nat/" + chainPostrouting: nat}
+	bridgeIP := netaddr.Bridge(block).String() + "/32"
+	in := []ipRule{
+		{"filter", chainInput, []string{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"}},
+		{"filter", chainInput, []string{"-i", bridge, "-d", bridgeIP, "-p", "udp", "-m", "udp", "--dport", "53", "-j", "RETURN"}},
+		{"filter", chainInput, []string{"-i", bridge, "-d", bridgeIP, "-p", "tcp", "-m", "tcp", "--dport", "53", "-j", "RETURN"}},
+		{"filter", chainInput, []string{"-i", bridge, "-p", "icmp", "-m", "icmp", "--icmp-type", "echo-request", "-j", "RETURN"}},
+		{"filter", chainInput, []string{"-i", bridge, "-m", "comment", "--comment", "tasks reach only DNS on their node", "-j", "DROP"}},
+	}
+	if containerSubnet.IsValid() && containerSubnet.Addr().Is4() {
+		in = append(in, ipRule{"filter", chainInput, []string{"-i", overlay, "-s", containerSubnet.Masked().String(),
+			"-m", "comment", "--comment", "tasks of other nodes reach no node port", "-j", "DROP"}})
+	}
+	return map[string][]ipRule{"filter/" + chainForward: fwd, "nat/" + chainPostrouting: nat, "filter/" + chainInput: in}
+}
+
+// taskPort is what a task's bridge port may send: frames from its eth0's
+// MAC carrying its own IPv4 address, as IPv4 or ARP.
+type taskPort struct {
+	Veth string           // host end of the task's veth (the bridge port)
+	IP   netip.Addr       // the task's address
+	MAC  net.HardwareAddr // the task's eth0 MAC; nil: not checked
+}
+
+// ebRule is one ebtables rule (bridge family, filter table).
+type ebRule struct {
+	Chain string
+	Spec  []string
+}
+
+// portSourceRules are the contents of chainTaskSource: per task port, its
+// IPv4 frames from its own address and its ARP frames that claim its own
+// address RETURN (the frame goes on); every other frame from a task port
+// (another source address, another MAC, IPv6, anything else) is dropped.
+// The chain is jumped to from the bridge's INPUT (frames for the host,
+// routed by it) and FORWARD (frames bridged to another port), so it sees
+// every frame a task sends, whether br_netfilter is on or off. Ports are
+// sorted, so the rules are deterministic.
+func portSourceRules(ports []taskPort) []ebRule {
+	ports = slices.Clone(ports)
+	slices.SortFunc(ports, func(a, b taskPort) int { return strings.Compare(a.Veth, b.Veth) })
+	var out []ebRule
+	for _, p := range ports {
+		if !p.IP.Is4() || p.Veth == "" {
+			continue
+		}
+		var mac, arpMAC []string
+		if len(p.MAC) == 6 {
+			mac = []string{"-s", p.MAC.String()}
+			arpMAC = []string{"--arp-mac-src", p.MAC.String()}
+		}
+		ipv4 := append(append([]string{"-p", "IPv4", "-i", p.Veth}, mac...), "--ip-src", p.IP.String(), "-j", "RETURN")
+		arp := append(append(append([]string{"-p", "ARP", "-i", p.Veth}, mac...), "--arp-ip-src", p.IP.String()), append(arpMAC, "-j", "RETURN")...)
+		out = append(out, ebRule{chainTaskSource, ipv4}, ebRule{chainTaskSource, arp})
+	}
+	// Every task port, including one whose rules are not written yet: a
+	// new port is closed until its task's addresses are known.
+	out = append(out, ebRule{chainTaskSource, []string{"-i", hostVethPrefix + "+", "-j", "DROP"}})
+	return out
+}
+
+// portSourceRestore is the ebtables-restore --noflush input that makes
+// chainTaskSource hold exactly rules in one transaction (declaring the
+// chain creates or flushes it).
+func portSourceRestore(rules []ebRule) []byte {
+	var b strings.Builder
+	b.WriteString("*filter\n:" + chainTaskSource + " RETURN\n")
+	for _, r := range rules {
+		b.WriteString("-A " + r.Chain + " " + strings.Join(r.Spec, " ") + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return []byte(b.String())
+}
+
+// portSourceJumps hook chainTaskSource into the bridge's filter chains.
+func portSourceJumps() []ebRule {
+	return []ebRule{{"INPUT", []string{"-j", chainTaskSource}}, {"FORWARD", []string{"-j", chainTaskSource}}}
 }

@@ -2,6 +2,7 @@ package orchestrate
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -85,9 +86,9 @@ func TestNormalizeRef(t *testing.T) {
 }
 
 func TestChainRules(t *testing.T) {
-	rules := chainRules("warren-br0", "warren0", netip.MustParsePrefix("10.0.1.0/24"))
+	rules := chainRules("warren-br0", "warren0", netip.MustParsePrefix("10.0.1.0/24"), netip.MustParsePrefix("10.0.0.0/16"))
 	var text []string
-	for _, key := range []string{"filter/" + chainForward, "nat/" + chainPostrouting} {
+	for _, key := range []string{"filter/" + chainForward, "nat/" + chainPostrouting, "filter/" + chainInput} {
 		for _, r := range rules[key] {
 			text = append(text, r.Table+" "+r.Chain+" "+strings.Join(r.Spec, " "))
 		}
@@ -99,9 +100,76 @@ func TestChainRules(t *testing.T) {
 		"nat WARREN-TASK-EGRESS -o warren-br0 -j RETURN",
 		"nat WARREN-TASK-EGRESS -o warren0 -j RETURN",
 		"nat WARREN-TASK-EGRESS -s 10.0.1.0/24 -j MASQUERADE",
+		"filter WARREN-TASK-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+		"filter WARREN-TASK-INPUT -i warren-br0 -d 10.0.1.1/32 -p udp -m udp --dport 53 -j RETURN",
+		"filter WARREN-TASK-INPUT -i warren-br0 -d 10.0.1.1/32 -p tcp -m tcp --dport 53 -j RETURN",
+		"filter WARREN-TASK-INPUT -i warren-br0 -p icmp -m icmp --icmp-type echo-request -j RETURN",
+		"filter WARREN-TASK-INPUT -i warren-br0 -m comment --comment tasks reach only DNS on their node -j DROP",
+		"filter WARREN-TASK-INPUT -i warren0 -s 10.0.0.0/16 -m comment --comment tasks of other nodes reach no node port -j DROP",
 	}
 	if strings.Join(text, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("rules:\n%s\nwant:\n%s", strings.Join(text, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Each task port may send IPv4 from its own address and MAC, and ARP
+// claiming them; every other frame of every task port is dropped. The
+// rules are sorted by port, whatever order the ports come in.
+func TestPortSourceRules(t *testing.T) {
+	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	ports := []taskPort{
+		{Veth: "wvbbb", IP: netip.MustParseAddr("10.0.1.3"), MAC: mac("02:00:00:00:00:03")},
+		{Veth: "wvaaa", IP: netip.MustParseAddr("10.0.1.2"), MAC: mac("02:00:00:00:00:02")},
+		{Veth: "wvccc", IP: netip.MustParseAddr("10.0.1.4")}, // MAC unknown: address only
+		{Veth: "wvddd"}, // no address: only the catch-all applies
+	}
+	got := string(portSourceRestore(portSourceRules(ports)))
+	want := `*filter
+:WARREN-TASK-SRC RETURN
+-A WARREN-TASK-SRC -p IPv4 -i wvaaa -s 02:00:00:00:00:02 --ip-src 10.0.1.2 -j RETURN
+-A WARREN-TASK-SRC -p ARP -i wvaaa -s 02:00:00:00:00:02 --arp-ip-src 10.0.1.2 --arp-mac-src 02:00:00:00:00:02 -j RETURN
+-A WARREN-TASK-SRC -p IPv4 -i wvbbb -s 02:00:00:00:00:03 --ip-src 10.0.1.3 -j RETURN
+-A WARREN-TASK-SRC -p ARP -i wvbbb -s 02:00:00:00:00:03 --arp-ip-src 10.0.1.3 --arp-mac-src 02:00:00:00:00:03 -j RETURN
+-A WARREN-TASK-SRC -p IPv4 -i wvccc --ip-src 10.0.1.4 -j RETURN
+-A WARREN-TASK-SRC -p ARP -i wvccc --arp-ip-src 10.0.1.4 -j RETURN
+-A WARREN-TASK-SRC -i wv+ -j DROP
+COMMIT
+`
+	if got != want {
+		t.Fatalf("rules:\n%s\nwant:\n%s", got, want)
+	}
+	if again := string(portSourceRestore(portSourceRules([]taskPort{ports[2], ports[0], ports[3], ports[1]}))); again != got {
+		t.Errorf("order of ports changes the rules:\n%s", again)
+	}
+	if none := string(portSourceRestore(portSourceRules(nil))); none != "*filter\n:WARREN-TASK-SRC RETURN\n-A WARREN-TASK-SRC -i wv+ -j DROP\nCOMMIT\n" {
+		t.Errorf("no ports:\n%s", none)
+	}
+}
+
+// NET_RAW is dropped unless added back; ALL as Docker has it; a change of
+// capabilities changes the spec hash (the container is recreated).
+func TestCapabilities(t *testing.T) {
+	for _, c := range []struct {
+		add, drop         []string
+		wantAdd, wantDrop string
+	}{
+		{nil, nil, "", "CAP_NET_RAW"},
+		{[]string{"CAP_NET_RAW"}, nil, "CAP_NET_RAW", ""},
+		{[]string{"ALL"}, nil, "ALL", ""},
+		{[]string{"ALL"}, []string{"CAP_SYS_ADMIN"}, "ALL", "CAP_SYS_ADMIN"},
+		{nil, []string{"CAP_CHOWN", "CAP_NET_RAW"}, "", "CAP_CHOWN,CAP_NET_RAW"},
+		{[]string{"CAP_NET_ADMIN"}, []string{"ALL"}, "CAP_NET_ADMIN", "ALL,CAP_NET_RAW"},
+	} {
+		add, drop := capabilities(TaskSpec{CapAdd: c.add, CapDrop: c.drop})
+		if strings.Join(add, ",") != c.wantAdd || strings.Join(drop, ",") != c.wantDrop {
+			t.Errorf("add %v drop %v: got add %v drop %v, want add %s drop %s", c.add, c.drop, add, drop, c.wantAdd, c.wantDrop)
+		}
+	}
+	s := TaskSpec{Name: "a-1", Service: "a", IP: netip.MustParseAddr("10.0.1.2")}
+	raw := s
+	raw.CapAdd = []string{"CAP_NET_RAW"}
+	if specHash(s, "busybox") == specHash(raw, "busybox") {
+		t.Error("adding NET_RAW does not change the spec hash")
 	}
 }
 

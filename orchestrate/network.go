@@ -30,7 +30,10 @@ type network struct {
 	bridge  string
 	overlay string
 	block   netip.Prefix
-	nsDir   string
+	// containerSubnet is the cluster's container range (every node's
+	// block): tasks of other nodes, which reach no port of this node.
+	containerSubnet netip.Prefix
+	nsDir           string
 	// forwardOrig remembers ip_forward's value before we turned it on, so
 	// that --cleanup (and so a package purge) puts it back.
 	forwardOrig string
@@ -39,6 +42,10 @@ type network struct {
 	iptCommand string // iptables variant in use, detected on first use
 
 	isolationMu sync.Mutex // syncIsolation: tasks are set up in parallel
+
+	portsMu      sync.Mutex          // tasks are set up in parallel
+	ports        map[string]taskPort // task -> its port; nil: not read from the namespaces yet
+	appliedPorts []byte              // ebtables text last written; nil: write at the next sync
 }
 
 const ipForwardSysctl = "/proc/sys/net/ipv4/ip_forward"
@@ -54,7 +61,15 @@ func (n *network) ensureHost() error {
 	if err := enableForwarding(ipForwardSysctl, n.forwardOrig); err != nil {
 		return err
 	}
-	return n.ensureRules()
+	if err := n.ensureRules(); err != nil {
+		return err
+	}
+	// Written again at each host check: a flush by someone else is undone
+	// within one resync interval.
+	if err := n.syncPortSources(true); err != nil {
+		return err
+	}
+	return n.ensurePortSourceJumps()
 }
 
 // enableForwarding turns the sysctl at path on; the first time it changes
@@ -150,6 +165,14 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("bring bridge up: %w", err)
 	}
+	// Strict reverse-path filtering on the bridge: a routed packet from a
+	// task whose source is not reached through the bridge (a WireGuard
+	// subnet address, another node's block) is dropped. A second layer
+	// under the per-port source check (ebtables), which also covers
+	// bridged frames and addresses of the node's own block.
+	if err := setSysctl(filepath.Join("/proc/sys/net/ipv4/conf", n.bridge, "rp_filter"), "1"); err != nil {
+		return nil, err
+	}
 	if _, err := n.syncIsolation(); err != nil {
 		return nil, err
 	}
@@ -241,7 +264,7 @@ func (n *network) ensureRules() error {
 	if err != nil {
 		return err
 	}
-	for key, rules := range chainRules(n.bridge, n.overlay, n.block) {
+	for key, rules := range chainRules(n.bridge, n.overlay, n.block, n.containerSubnet) {
 		table, chain, _ := strings.Cut(key, "/")
 		if err := syncChain(ipt, table, chain, rules); err != nil {
 			return err
@@ -319,7 +342,7 @@ func (n *network) removeHost() error {
 				errs = append(errs, fmt.Errorf("unhook %s: %w", chainOf(j), err))
 			}
 		}
-		for key := range chainRules(n.bridge, n.overlay, n.block) {
+		for key := range chainRules(n.bridge, n.overlay, n.block, n.containerSubnet) {
 			table, chain, _ := strings.Cut(key, "/")
 			if ok, _ := ipt.ChainExists(table, chain); ok {
 				if err := ipt.ClearAndDeleteChain(table, chain); err != nil {
@@ -327,6 +350,9 @@ func (n *network) removeHost() error {
 				}
 			}
 		}
+	}
+	if err := n.removePortSources(); err != nil {
+		errs = append(errs, err)
 	}
 	if link, err := netlink.LinkByName(n.bridge); err == nil {
 		if err := netlink.LinkDel(link); err != nil {
@@ -398,6 +424,9 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 				}
 			}
 		}
+		if err := n.setPort(task, h, ip); err != nil {
+			return "", err
+		}
 		return path, nil
 	}
 
@@ -437,6 +466,11 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 		if err := netlink.LinkSetIsolated(host, true); err != nil {
 			return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
 		}
+	}
+	// The port's source check is written before the port comes up; a
+	// port without one is closed by the chain's catch-all rule.
+	if err := n.setPort(task, h, ip); err != nil {
+		return "", err
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return "", fmt.Errorf("bring %s up: %w", hostName, err)
@@ -554,6 +588,9 @@ func isDefaultRoute(r netlink.Route) bool {
 // removeTask deletes task's veth and namespace.
 func (n *network) removeTask(task string) error {
 	var errs []error
+	if err := n.dropPort(task); err != nil {
+		errs = append(errs, err)
+	}
 	if l, err := netlink.LinkByName(hostVethName(task)); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
 			errs = append(errs, fmt.Errorf("delete veth of %s: %w", task, err))

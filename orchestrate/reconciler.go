@@ -93,8 +93,9 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		client: c,
 		net: &network{
 			bridge: cfg.Bridge, overlay: cfg.OverlayInterface, block: cfg.Block,
-			nsDir:       filepath.Join(cfg.StateDir, "netns"),
-			forwardOrig: filepath.Join(cfg.StateDir, "ip_forward.orig"),
+			containerSubnet: cfg.ContainerSubnet,
+			nsDir:           filepath.Join(cfg.StateDir, "netns"),
+			forwardOrig:     filepath.Join(cfg.StateDir, "ip_forward.orig"),
 		},
 		images:    newImageStore(c, cfg.ImagesDir, log),
 		runCtx:    namespaces.WithNamespace(ctx, cfg.Namespace),

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -277,6 +278,10 @@ func TestReconciler(t *testing.T) {
 	n := newNode(t)
 	r, stop := n.start(t)
 	web1, web2 := webTask("web-1", "10.0.1.2"), webTask("web-2", "10.0.1.3")
+	// busybox 1.35's ping needs a raw socket (it opens an ICMP socket
+	// without CAP_NET_RAW but then discards the replies): web-1, which
+	// pings, gets NET_RAW back; web-2 keeps the default.
+	web1.CapAdd = []string{"CAP_NET_RAW"}
 	r.Apply([]TaskSpec{web1, web2})
 
 	t.Run("tasks run and answer", func(t *testing.T) {
@@ -296,8 +301,28 @@ func TestReconciler(t *testing.T) {
 		} else if !strings.Contains(out, "1 packets received") {
 			t.Fatalf("web-1 -> web-2: %s", out)
 		}
-		if out, err := n.execIn("web-2", "ping", "-c", "1", "-W", "5", "10.0.1.2"); err != nil || !strings.Contains(out, "1 packets received") {
+		if out, err := n.execIn("web-2", "timeout", "10", "wget", "-q", "-O-", "http://10.0.1.2/"); err != nil || !strings.Contains(out, "hello-web-1") {
 			t.Fatalf("web-2 -> web-1: %v %s", err, out)
+		}
+		// CAP_NET_RAW is dropped by default (web-2); CapAdd gives it back
+		// (web-1). ICMP sockets are open to every group, so a ping that
+		// uses them (iputils') works without it.
+		for task, want := range map[string]bool{"web-1": true, "web-2": false} {
+			out, err := n.execIn(task, "grep", "CapEff", "/proc/1/status")
+			if err != nil {
+				t.Fatalf("%s: %v %s", task, err, out)
+			}
+			eff, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(out), "CapEff:")), 16, 64)
+			if err != nil {
+				t.Fatalf("%s: CapEff %q: %v", task, out, err)
+			}
+			const netRaw = 1 << 13
+			if has := eff&netRaw != 0; has != want || eff&(1<<0) == 0 /* CHOWN stays */ {
+				t.Errorf("%s: CapEff %#x: NET_RAW %v, want %v", task, eff, has, want)
+			}
+		}
+		if out, err := n.execIn("web-2", "cat", "/proc/sys/net/ipv4/ping_group_range"); err != nil || strings.Join(strings.Fields(out), " ") != pingGroupRange {
+			t.Errorf("web-2: ping_group_range %q (%v), want %q", out, err, pingGroupRange)
 		}
 		if out, err := n.execIn("web-1", "hostname"); err != nil || strings.TrimSpace(out) != "web-1" {
 			t.Fatalf("hostname: %q %v", out, err)

@@ -23,7 +23,7 @@ const (
 	PathJoinTokens = "/v1/join-tokens" // /{role}: GET JoinToken; /{role}/rotate: POST
 	PathNodes      = "/v1/nodes"       // GET []NodeView; /{node}: GET NodeView, DELETE (?force=1); /{node}/promote|demote|drain|activate: POST
 	PathTasks      = "/v1/tasks"       // GET ?service=NAME
-	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels: POST
+	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels|capabilities: POST
 	PathPolicies   = "/v1/policies"    // GET, POST PolicyApply; /{name}: GET, DELETE
 	PathBackup     = "/v1/backup"      // GET: the state at one applied index (JSON; holds the CA key)
 
@@ -31,6 +31,8 @@ const (
 	ActionScale  = "/scale"
 	ActionUpdate = "/update"
 	ActionLabels = "/labels"
+	// ActionCapabilities updates a service's added and dropped capabilities.
+	ActionCapabilities = "/capabilities"
 	// On PathNodes/{node}: POST, a manager votes in Raft / stops voting.
 	ActionPromote = "/promote"
 	ActionDemote  = "/demote"
@@ -225,6 +227,16 @@ type ServiceSpec struct {
 	Secrets        []string `json:"secrets,omitempty"`
 	Configs        []string `json:"configs,omitempty"`
 	SecretRotation string   `json:"secret_rotation,omitempty"` // "" or "restart"
+	// CapAdd and CapDrop change the tasks' Linux capabilities from the
+	// default set, which lacks NET_RAW (Docker's --cap-add/--cap-drop).
+	CapAdd  []string `json:"cap_add,omitempty"`
+	CapDrop []string `json:"cap_drop,omitempty"`
+}
+
+// CapabilityUpdate adds and drops capabilities of a service.
+type CapabilityUpdate struct {
+	Add  []string `json:"add,omitempty"`
+	Drop []string `json:"drop,omitempty"`
 }
 
 // LabelUpdate adds (or overwrites) and removes labels of a service.
@@ -255,6 +267,8 @@ type ServiceView struct {
 	Command     []string          `json:"command,omitempty"`
 	Constraints []string          `json:"constraints,omitempty"`
 	Affinity    bool              `json:"affinity,omitempty"`
+	CapAdd      []string          `json:"cap_add,omitempty"`
+	CapDrop     []string          `json:"cap_drop,omitempty"`
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	Updating    bool              `json:"updating,omitempty"` // a rolling image update is in progress

@@ -173,6 +173,12 @@ func (c *Client) UpdateServiceLabels(ctx context.Context, name string, add map[s
 	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionLabels, nil, api.LabelUpdate{Add: add, Remove: remove}, &out)
 }
 
+// UpdateServiceCapabilities adds and drops capabilities of a service.
+func (c *Client) UpdateServiceCapabilities(ctx context.Context, name string, add, drop []string) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionCapabilities, nil, api.CapabilityUpdate{Add: add, Drop: drop}, &out)
+}
+
 // ApplyPolicies creates or replaces network policies, all or none.
 func (c *Client) ApplyPolicies(ctx context.Context, policies []clustermap.Policy) ([]api.PolicyApplied, error) {
 	var out []api.PolicyApplied

@@ -121,6 +121,10 @@ type Service struct {
 	// Labels are carried by every task of the service; network policies
 	// select tasks by them.
 	Labels map[string]string `json:"labels,omitempty"`
+	// CapAdd and CapDrop change the tasks' capabilities from the default
+	// set (containerd's, without CAP_NET_RAW): CAP_* names or ALL.
+	CapAdd  []string `json:"cap_add,omitempty"`
+	CapDrop []string `json:"cap_drop,omitempty"`
 
 	// Secrets and configs the service's tasks get as files: references
 	// with the version each task must see, never a value (nodes fetch

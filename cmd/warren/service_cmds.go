@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,8 +48,13 @@ func addServiceCommands(root *cobra.Command) {
 			if err != nil {
 				return err
 			}
+			capAdd, capDrop, err := capabilityFlags(cmd)
+			if err != nil {
+				return err
+			}
 			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
-				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels}
+				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels,
+				CapAdd: capAdd, CapDrop: capDrop}
 			if err := secretFlags(cmd, &spec); err != nil {
 				return err
 			}
@@ -85,6 +91,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.StringArrayP("publish", "p", nil, "publish a port on every node: HOST:CONTAINER[/udp] (repeatable)")
 	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
+	addCapabilityFlags(createCmd)
 	addSecretFlags(createCmd)
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
@@ -147,6 +154,9 @@ func addServiceCommands(root *cobra.Command) {
 				row("Constraints", strings.Join(s.Constraints, " && "))
 			}
 			row("Affinity", s.Affinity)
+			if len(s.CapAdd) > 0 || len(s.CapDrop) > 0 {
+				row("Capabilities", fmt.Sprintf("added %s, dropped %s", formatCaps(s.CapAdd), formatCaps(s.CapDrop)))
+			}
 			row("Labels", formatLabels(s.Labels))
 			if len(s.Secrets) > 0 || len(s.Configs) > 0 {
 				row("Secrets", formatRefs(s.Secrets))
@@ -228,19 +238,24 @@ func addServiceCommands(root *cobra.Command) {
 	}
 
 	updateCmd := &cobra.Command{
-		Use:   "update NAME [--image IMAGE] [--label-add KEY=VALUE]... [--label-rm KEY]...",
-		Short: "Roll a service to a new image (one task at a time), or change its labels",
+		Use:   "update NAME [--image IMAGE] [--label-add KEY=VALUE]... [--label-rm KEY]... [--cap-add CAP]... [--cap-drop CAP]...",
+		Short: "Roll a service to a new image (one task at a time), or change its labels or capabilities",
 		Example: "  warren service update web --image nginx:1.27\n" +
-			"  warren service update api --label-add tier=backend --label-rm debug",
+			"  warren service update api --label-add tier=backend --label-rm debug\n" +
+			"  warren service update probe --cap-add NET_RAW",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f := cmd.Flags()
 			image, _ := f.GetString("image")
 			addArgs, _ := f.GetStringArray("label-add")
 			rm, _ := f.GetStringArray("label-rm")
+			capAdd, capDrop, err := capabilityFlags(cmd)
+			if err != nil {
+				return err
+			}
 			refs, hasRefs := refsUpdate(cmd)
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !hasRefs {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm or --secret-rotation")}
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !hasRefs && len(capAdd) == 0 && len(capDrop) == 0 {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --cap-add or --cap-drop")}
 			}
 			add, err := parseLabels(addArgs)
 			if err != nil {
@@ -258,6 +273,14 @@ func addServiceCommands(root *cobra.Command) {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: labels %s\n", v.Name, formatLabels(v.Labels))
+			}
+			if len(capAdd) > 0 || len(capDrop) > 0 {
+				v, err := c.UpdateServiceCapabilities(cmdContext(cmd), args[0], capAdd, capDrop)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: capabilities added %s, dropped %s (besides the default drop of NET_RAW); its tasks are recreated\n",
+					v.Name, formatCaps(v.CapAdd), formatCaps(v.CapDrop))
 			}
 			if hasRefs {
 				v, err := c.UpdateServiceRefs(cmdContext(cmd), args[0], refs)
@@ -292,6 +315,7 @@ func addServiceCommands(root *cobra.Command) {
 	updateCmd.Flags().String("image", "", "new container image (rolling update)")
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
+	addCapabilityFlags(updateCmd)
 	addSecretUpdateFlags(updateCmd)
 	addWaitFlags(updateCmd)
 	addWaitFlags(scaleCmd)
@@ -388,4 +412,35 @@ func formatPorts(ports []clustermap.Port) string {
 		parts[i] = fmt.Sprintf("%d:%d/%s", p.Published, p.Target, p.Protocol)
 	}
 	return strings.Join(parts, ",")
+}
+
+// addCapabilityFlags adds Docker's --cap-add and --cap-drop to c.
+func addCapabilityFlags(c *cobra.Command) {
+	c.Flags().StringSlice("cap-add", nil, "add a Linux capability to the tasks, e.g. NET_RAW (dropped by default: raw sockets can forge packets) (repeatable, or comma-separated)")
+	c.Flags().StringSlice("cap-drop", nil, "drop a Linux capability from the tasks, e.g. CHOWN, or ALL (repeatable, or comma-separated)")
+}
+
+// capabilityFlags reads --cap-add and --cap-drop, normalized (CAP_NET_RAW).
+func capabilityFlags(cmd *cobra.Command) (add, drop []string, err error) {
+	addArgs, _ := cmd.Flags().GetStringSlice("cap-add")
+	dropArgs, _ := cmd.Flags().GetStringSlice("cap-drop")
+	if add, err = api.NormalizeCapabilities("--cap-add", addArgs); err != nil {
+		return nil, nil, &exitError{code: 2, err: err}
+	}
+	if drop, err = api.NormalizeCapabilities("--cap-drop", dropArgs); err != nil {
+		return nil, nil, &exitError{code: 2, err: err}
+	}
+	for _, c := range add {
+		if slices.Contains(drop, c) {
+			return nil, nil, &exitError{code: 2, err: fmt.Errorf("capability %s is given to both --cap-add and --cap-drop", c)}
+		}
+	}
+	return add, drop, nil
+}
+
+func formatCaps(caps []string) string {
+	if len(caps) == 0 {
+		return "none"
+	}
+	return strings.Join(caps, ",")
 }
