@@ -33,10 +33,10 @@ type localState struct {
 	// paths reports the path engine's view of each peer; nil on a
 	// standalone node.
 	paths func() []paths.PeerPath
-	// relayTransport says whether a WireGuard endpoint is the relay
-	// client's, and then its transport ("udp", "tls"); nil on a standalone
-	// node.
-	relayTransport func(ep netip.AddrPort) (string, bool)
+	// relayVia says whether a WireGuard endpoint is one of the relay
+	// client's proxies, and then the relay's node name and the transport
+	// ("udp", "tls"); nil on a standalone node.
+	relayVia func(ep netip.AddrPort) (relay, transport string, ok bool)
 	// extra node-local endpoints (VIPs, DNS) registered by the cluster roles.
 	extra map[string]http.HandlerFunc
 }
@@ -66,8 +66,15 @@ func (s *localState) tunnelStatus() api.LocalTunnel {
 		if h.Endpoint.IsValid() {
 			p.Endpoint = h.Endpoint.String()
 		}
-		if s.relayTransport != nil && path == paths.PathRelay {
-			p.RelayTransport, _ = s.relayTransport(h.Endpoint)
+		if s.relayVia != nil && path == paths.PathRelay {
+			// The endpoint may be a relay proxy the far side's choice put
+			// there (WireGuard roamed to it) before this side's path machine
+			// chose the relay itself: the proxy knows its relay either way.
+			name, transport, _ := s.relayVia(h.Endpoint)
+			p.RelayTransport = transport
+			if p.Relay == "" {
+				p.Relay = name
+			}
 		}
 		for _, a := range h.AllowedIPs {
 			p.AllowedIPs = append(p.AllowedIPs, a.String())

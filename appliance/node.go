@@ -292,9 +292,9 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	}
 
 	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths,
-		relayTransport: func(ep netip.AddrPort) (string, bool) {
-			_, transport, ok := n.relayCli.Via(ep)
-			return transport, ok
+		relayVia: func(ep netip.AddrPort) (string, string, bool) {
+			r, transport, ok := n.relayCli.Via(ep)
+			return r.Name, transport, ok
 		}}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
@@ -403,6 +403,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		StateDir:          filepath.Join(cfg.Node.StateDir, "tasks"),
 		OverlayInterface:  cfg.WireGuard.Interface,
 		ContainerSubnet:   n.net.ContainerSubnet,
+		NodeSubnet:        n.net.WireGuardSubnet,
 		CgroupParent:      cfg.Runtime.CgroupParent,
 		Logger:            n.log,
 	})

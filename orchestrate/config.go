@@ -78,6 +78,10 @@ type Config struct {
 	// nodes (these sources on the overlay) reach no port of this node.
 	// Unset: that rule is left out.
 	ContainerSubnet netip.Prefix
+	// NodeSubnet is the cluster's WireGuard range, the nodes' own overlay
+	// addresses: it lies inside ContainerSubnet (blocks skip it), and
+	// nodes, unlike tasks, may reach this node's ports over the overlay.
+	NodeSubnet netip.Prefix
 	// CgroupParent holds every task's cgroup. The default,
 	// /<Namespace>/<block>, e.g. /warren/10.0.1.0_24, is unique per node of
 	// a cluster, so simulated nodes sharing one kernel never share a

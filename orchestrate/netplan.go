@@ -158,9 +158,11 @@ func jumpRules() []ipRule {
 // Raft, sshd or metrics ports on any of the node's addresses, unless
 // published (published ports are DNATed to a task before INPUT, so they
 // pass FORWARD instead). Tasks of other nodes (sources in the container
-// subnet, arriving on the overlay) reach no port of this node either.
-// Replies to the node's own connections to tasks pass.
-func chainRules(bridge, overlay string, block, containerSubnet netip.Prefix) map[string][]ipRule {
+// subnet, arriving on the overlay) reach no port of this node either;
+// other nodes (their overlay addresses, nodeSubnet, which lies inside the
+// container subnet) still do. Replies to the node's own connections to
+// tasks pass.
+func chainRules(bridge, overlay string, block, containerSubnet, nodeSubnet netip.Prefix) map[string][]ipRule {
 	fwd := []ipRule{
 		{"filter", chainForward, []string{"-i", bridge, "-j", "ACCEPT"}},
 		{"filter", chainForward, []string{"-i", overlay, "-o", bridge, "-j", "ACCEPT"}},
@@ -180,6 +182,10 @@ func chainRules(bridge, overlay string, block, containerSubnet netip.Prefix) map
 		{"filter", chainInput, []string{"-i", bridge, "-m", "comment", "--comment", "tasks reach only DNS on their node", "-j", "DROP"}},
 	}
 	if containerSubnet.IsValid() && containerSubnet.Addr().Is4() {
+		if nodeSubnet.IsValid() && nodeSubnet.Addr().Is4() {
+			in = append(in, ipRule{"filter", chainInput, []string{"-i", overlay, "-s", nodeSubnet.Masked().String(),
+				"-m", "comment", "--comment", "other nodes reach this node over the overlay", "-j", "RETURN"}})
+		}
 		in = append(in, ipRule{"filter", chainInput, []string{"-i", overlay, "-s", containerSubnet.Masked().String(),
 			"-m", "comment", "--comment", "tasks of other nodes reach no node port", "-j", "DROP"}})
 	}

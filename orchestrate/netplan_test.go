@@ -86,7 +86,7 @@ func TestNormalizeRef(t *testing.T) {
 }
 
 func TestChainRules(t *testing.T) {
-	rules := chainRules("warren-br0", "warren0", netip.MustParsePrefix("10.0.1.0/24"), netip.MustParsePrefix("10.0.0.0/16"))
+	rules := chainRules("warren-br0", "warren0", netip.MustParsePrefix("10.0.1.0/24"), netip.MustParsePrefix("10.0.0.0/16"), netip.MustParsePrefix("10.0.0.0/24"))
 	var text []string
 	for _, key := range []string{"filter/" + chainForward, "nat/" + chainPostrouting, "filter/" + chainInput} {
 		for _, r := range rules[key] {
@@ -105,6 +105,7 @@ func TestChainRules(t *testing.T) {
 		"filter WARREN-TASK-INPUT -i warren-br0 -d 10.0.1.1/32 -p tcp -m tcp --dport 53 -j RETURN",
 		"filter WARREN-TASK-INPUT -i warren-br0 -p icmp -m icmp --icmp-type echo-request -j RETURN",
 		"filter WARREN-TASK-INPUT -i warren-br0 -m comment --comment tasks reach only DNS on their node -j DROP",
+		"filter WARREN-TASK-INPUT -i warren0 -s 10.0.0.0/24 -m comment --comment other nodes reach this node over the overlay -j RETURN",
 		"filter WARREN-TASK-INPUT -i warren0 -s 10.0.0.0/16 -m comment --comment tasks of other nodes reach no node port -j DROP",
 	}
 	if strings.Join(text, "\n") != strings.Join(want, "\n") {

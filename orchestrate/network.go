@@ -33,7 +33,10 @@ type network struct {
 	// containerSubnet is the cluster's container range (every node's
 	// block): tasks of other nodes, which reach no port of this node.
 	containerSubnet netip.Prefix
-	nsDir           string
+	// nodeSubnet holds the nodes' overlay addresses (inside
+	// containerSubnet): they keep reaching this node.
+	nodeSubnet netip.Prefix
+	nsDir      string
 	// forwardOrig remembers ip_forward's value before we turned it on, so
 	// that --cleanup (and so a package purge) puts it back.
 	forwardOrig string
@@ -264,7 +267,7 @@ func (n *network) ensureRules() error {
 	if err != nil {
 		return err
 	}
-	for key, rules := range chainRules(n.bridge, n.overlay, n.block, n.containerSubnet) {
+	for key, rules := range chainRules(n.bridge, n.overlay, n.block, n.containerSubnet, n.nodeSubnet) {
 		table, chain, _ := strings.Cut(key, "/")
 		if err := syncChain(ipt, table, chain, rules); err != nil {
 			return err
@@ -342,7 +345,7 @@ func (n *network) removeHost() error {
 				errs = append(errs, fmt.Errorf("unhook %s: %w", chainOf(j), err))
 			}
 		}
-		for key := range chainRules(n.bridge, n.overlay, n.block, n.containerSubnet) {
+		for key := range chainRules(n.bridge, n.overlay, n.block, n.containerSubnet, n.nodeSubnet) {
 			table, chain, _ := strings.Cut(key, "/")
 			if ok, _ := ipt.ChainExists(table, chain); ok {
 				if err := ipt.ClearAndDeleteChain(table, chain); err != nil {

@@ -94,6 +94,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		net: &network{
 			bridge: cfg.Bridge, overlay: cfg.OverlayInterface, block: cfg.Block,
 			containerSubnet: cfg.ContainerSubnet,
+			nodeSubnet:      cfg.NodeSubnet,
 			nsDir:           filepath.Join(cfg.StateDir, "netns"),
 			forwardOrig:     filepath.Join(cfg.StateDir, "ip_forward.orig"),
 		},
