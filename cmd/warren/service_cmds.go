@@ -49,6 +49,9 @@ func addServiceCommands(root *cobra.Command) {
 			}
 			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
 				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels}
+			if spec.HealthSpec, err = healthSpecFromFlags(cmd, api.HealthSpec{}); err != nil {
+				return err
+			}
 			c := apiClient(cmd)
 			v, err := c.CreateService(cmdContext(cmd), spec)
 			if err != nil {
@@ -82,6 +85,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.StringArrayP("publish", "p", nil, "publish a port on every node: HOST:CONTAINER[/udp] (repeatable)")
 	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
+	addHealthFlags(createCmd)
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
 	addWaitFlags(createCmd)
@@ -143,11 +147,12 @@ func addServiceCommands(root *cobra.Command) {
 				row("Constraints", strings.Join(s.Constraints, " && "))
 			}
 			row("Affinity", s.Affinity)
+			printHealthSettings(row, s)
 			row("Labels", formatLabels(s.Labels))
 			row("Created", s.CreatedAt.Format(time.RFC3339))
 			row("Updated", s.UpdatedAt.Format(time.RFC3339))
 			if s.Updating {
-				row("Rolling update", "in progress (one task at a time)")
+				row("Rolling update", "in progress")
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -229,8 +234,8 @@ func addServiceCommands(root *cobra.Command) {
 			image, _ := f.GetString("image")
 			addArgs, _ := f.GetStringArray("label-add")
 			rm, _ := f.GetStringArray("label-rm")
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add or --label-rm")}
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !healthFlagsChanged(cmd) {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --health-*, --update-* or --rollback-*")}
 			}
 			add, err := parseLabels(addArgs)
 			if err != nil {
@@ -249,22 +254,43 @@ func addServiceCommands(root *cobra.Command) {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: labels %s\n", v.Name, formatLabels(v.Labels))
 			}
-			if image != "" {
-				v, err := c.UpdateServiceImage(cmdContext(cmd), args[0], image)
+			var started time.Time // the rolling update this command started
+			if image != "" || healthFlagsChanged(cmd) {
+				req := api.ImageUpdate{Image: image}
+				if healthFlagsChanged(cmd) {
+					cur, err := c.Service(cmdContext(cmd), args[0])
+					if err != nil {
+						return err
+					}
+					if req.HealthSpec, err = healthSpecFromFlags(cmd, cur.HealthSpec); err != nil {
+						return err
+					}
+					if image == cur.Image {
+						req.Image = "" // nothing to roll
+					}
+				}
+				v, err := c.UpdateService(cmdContext(cmd), args[0], req)
 				if err != nil {
 					return err
 				}
-				if detached(cmd) {
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time (each next one once the previous reports running); follow with `warren service ps %s`\n",
-						v.Name, v.Image, v.Name)
-				} else {
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time\n", v.Name, v.Image)
+				if req.Image != "" && v.UpdateStatus != nil {
+					started = v.UpdateStatus.StartedAt
+					how := "one task at a time, each next one once the previous serves (running and healthy)"
+					if detached(cmd) {
+						how += "; follow with `warren service inspect " + v.Name + "`"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, %s\n", v.Name, v.Image, how)
 				}
 			}
 			if detached(cmd) {
 				return nil
 			}
-			v, err := waitService(cmd, args[0])
+			var v api.ServiceView
+			if !started.IsZero() {
+				v, err = waitUpdate(cmd, args[0], started, false)
+			} else {
+				v, err = waitService(cmd, args[0])
+			}
 			if err != nil {
 				return err
 			}
@@ -275,6 +301,7 @@ func addServiceCommands(root *cobra.Command) {
 	updateCmd.Flags().String("image", "", "new container image (rolling update)")
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
+	addHealthFlags(updateCmd)
 	addWaitFlags(updateCmd)
 	addWaitFlags(scaleCmd)
 
@@ -309,6 +336,7 @@ func addServiceCommands(root *cobra.Command) {
 	addWaitFlags(rmCmd)
 
 	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd)
+	addRollbackCommand(svcCmd)
 }
 
 // waitService waits until service name has converged and returns its
@@ -334,7 +362,7 @@ func printTasks(w io.Writer, s api.ServiceView) error {
 		if node == "" {
 			node = t.NodeID + " (removed)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, t.State, t.Error)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, taskStateText(t), taskErrorText(t))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
