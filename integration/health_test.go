@@ -119,10 +119,14 @@ type vipAnswer struct {
 }
 
 func pollVIP(ctx context.Context, n *lab.Node, vip string) *vipPoller {
+	return pollVIPEvery(ctx, n, vip, 200*time.Millisecond)
+}
+
+func pollVIPEvery(ctx context.Context, n *lab.Node, vip string, every time.Duration) *vipPoller {
 	p := &vipPoller{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		tick := time.NewTicker(200 * time.Millisecond)
+		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
 			select {
@@ -180,7 +184,7 @@ func TestHealthChecksGateTrafficAndRollBack(t *testing.T) {
 
 	// 1. A task whose check starts failing leaves the VIP within 6 s
 	//    (1 s interval, 2 retries) and is replaced.
-	createService(t, c, "hc", append([]string{"--replicas", "2", "--health-cmd", "test ! -f /tmp/sick",
+	createService(t, c, "hc", append([]string{"--replicas", "2", "--health-cmd", "test ! -f /tmp/sick || (echo sick; exit 1)",
 		"--health-interval", "1s", "--health-timeout", "1s", "--health-retries", "2"}, healthServe...)...)
 	v := waitHealthy(t, c, "hc", 2)
 	sick := v.Tasks[0]
@@ -195,7 +199,7 @@ func TestHealthChecksGateTrafficAndRollBack(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := taskExec(ctx, nodeByName(c, sick.Node), sick.Name, "touch", "/tmp/sick"); err != nil {
+	if _, err := taskExec(ctx, nodeByName(c, sick.Node), sick.Name, "sh", "-c", ": > /tmp/sick"); err != nil {
 		t.Fatal(err)
 	}
 	sickAt := time.Now()
@@ -223,7 +227,7 @@ func TestHealthChecksGateTrafficAndRollBack(t *testing.T) {
 		return fmt.Errorf("no answer from %s yet", sick.Name)
 	})
 	logs := nodeByName(c, sick.Node).ApplianceLog()
-	if !strings.Contains(logs, "task health changed") || !strings.Contains(logs, "stopped as unhealthy") {
+	if !strings.Contains(logs, "task="+sick.Name+" from=healthy to=unhealthy output=sick") {
 		t.Errorf("the appliance log does not show %s turning unhealthy and being replaced", sick.Name)
 	}
 	poll.Stop()
@@ -231,8 +235,8 @@ func TestHealthChecksGateTrafficAndRollBack(t *testing.T) {
 	// 2. A new task whose check passes only 10 s after start gets no
 	//    traffic before that.
 	createService(t, c, "slow", append([]string{"--replicas", "1", "--health-cmd", "test -f /tmp/ready",
-		"--health-interval", "1s", "--health-retries", "3"},
-		"--", "sh", "-c", "(sleep 10; touch /tmp/ready) & mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www")...)
+		"--health-interval", "1s", "--health-retries", "3", "--health-start-period", "15s"},
+		"--", "sh", "-c", "(sleep 10; : > /tmp/ready) & mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www")...)
 	sv := waitHealthy(t, c, "slow", 1)
 	poll = pollVIP(ctx, m, sv.VIP)
 	if out, err := m.Exec(ctx, "warren", "service", "scale", "slow=2", "--detach"); err != nil {
