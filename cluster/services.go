@@ -388,6 +388,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 	if r.Update != nil {
 		us := r.Update.UpdateStatus
 		v.UpdateStatus = &us
+		v.Updating = r.Update.Active()
 	}
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
