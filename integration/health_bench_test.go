@@ -40,10 +40,12 @@ func BenchmarkRollingUpdateFailedRequests(b *testing.B) {
 	}
 	m := c.Manager
 	type result struct {
-		order          string
-		failed, total  int
-		took           time.Duration
-		updateExitedOK bool
+		order              string
+		failed, total      int
+		quietFailed, quiet int      // the same client for 10 s before the update: the noise floor
+		failedAt           []string // offsets of the failed requests from the update's start
+		took               time.Duration
+		updateExitedOK     bool
 	}
 	var results []result
 	b.ResetTimer()
@@ -66,7 +68,7 @@ func BenchmarkRollingUpdateFailedRequests(b *testing.B) {
 			b.Fatal(err)
 		}
 		poll := pollVIPEvery(ctx, m, v.VIP, 100*time.Millisecond)
-		time.Sleep(2 * time.Second) // the client runs steadily before the update
+		time.Sleep(10 * time.Second) // the client runs steadily before the update
 		start := time.Now()
 		out, err := m.Exec(ctx, "warren", "service", "update", name, "--image", nextImage, "--timeout", "5m")
 		took := time.Since(start)
@@ -74,9 +76,17 @@ func BenchmarkRollingUpdateFailedRequests(b *testing.B) {
 		answers := poll.Stop()
 		r := result{order: order, took: took, updateExitedOK: err == nil}
 		for _, a := range answers {
+			if a.at.Before(start) {
+				r.quiet++
+				if a.page == "" {
+					r.quietFailed++
+				}
+				continue
+			}
 			r.total++
 			if a.page == "" {
 				r.failed++
+				r.failedAt = append(r.failedAt, fmt.Sprintf("%.1fs", a.at.Sub(start).Seconds()))
 			}
 		}
 		if err != nil {
@@ -87,7 +97,7 @@ func BenchmarkRollingUpdateFailedRequests(b *testing.B) {
 	b.StopTimer()
 	for _, r := range results {
 		b.ReportMetric(float64(r.failed), "failed-requests/"+r.order)
-		fmt.Fprintf(os.Stderr, "rolling update of 3 healthy replicas, %s: %d of %d requests of a 10/s client failed; update took %.1fs (exit ok: %v)\n",
-			r.order, r.failed, r.total, r.took.Seconds(), r.updateExitedOK)
+		fmt.Fprintf(os.Stderr, "rolling update of 3 healthy replicas, %s: %d of %d requests of a 10/s client failed (at %v); update took %.1fs (exit ok: %v); before the update %d of %d failed\n",
+			r.order, r.failed, r.total, r.failedAt, r.took.Seconds(), r.updateExitedOK, r.quietFailed, r.quiet)
 	}
 }

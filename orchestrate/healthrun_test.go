@@ -74,6 +74,11 @@ func TestHealthProbes(t *testing.T) {
 		return nil
 	})
 
+	// The task's MAC follows its IP, so a task recreated on the same IP
+	// is reached at once (the host's neighbour entry stays right).
+	if out, err := n.execIn("hc-1", "cat", "/sys/class/net/eth0/address"); err != nil || strings.TrimSpace(out) != "02:42:0a:00:01:02" {
+		t.Fatalf("eth0 MAC of hc-1 (10.0.1.2) = %q %v, want 02:42:0a:00:01:02", out, err)
+	}
 	pid := n.taskPID(t, "hc-1")
 	if _, err := n.execIn("hc-1", "sh", "-c", ": > /tmp/sick"); err != nil {
 		t.Fatal(err)
