@@ -32,7 +32,6 @@ func TestCheckTaskHealthBounds(t *testing.T) {
 func TestReportedHealthGatesEndpoints(t *testing.T) {
 	tm := startManager(t)
 	m := tm.m
-	self := m.Self().ID
 	if _, err := m.CreateService(api.ServiceSpec{Name: "web", Image: "img", Replicas: intp(1),
 		HealthSpec: api.HealthSpec{HealthCheck: &clustermap.HealthCheck{Test: []string{"CMD-SHELL", "true"}}}}); err != nil {
 		t.Fatal(err)
@@ -66,5 +65,4 @@ func TestReportedHealthGatesEndpoints(t *testing.T) {
 	if v.HealthCheck == nil || v.HealthCheck.Test[1] != "true" {
 		t.Fatalf("view health check: %+v", v.HealthCheck)
 	}
-	_ = self
 }
