@@ -64,9 +64,11 @@ func (r *Reconciler) taskHealthConfig(ctx context.Context, s TaskSpec, c client.
 
 // startHealth sets the health of a task whose process (watch generation
 // gen) just started or was adopted, and starts its prober. It returns
-// the health to report with the running state, nil without a check, so
-// the task never shows as running without its health. adopted tasks
-// (running before this appliance started) are probed at once.
+// the health to report with the running state (nil without a check), so
+// a new task never shows as running without its health. adopted tasks
+// (running before this appliance started) are probed at once and report
+// no health until that probe: a restarted appliance must not take its
+// healthy tasks out of their endpoints.
 func (r *Reconciler) startHealth(ctx context.Context, s TaskSpec, c client.Container, task client.Task, startedAt time.Time, adopted bool) (*health.State, func(gen int)) {
 	cfg, ok, err := r.taskHealthConfig(ctx, s, c)
 	if err != nil {
@@ -78,7 +80,11 @@ func (r *Reconciler) startHealth(ctx context.Context, s TaskSpec, c client.Conta
 		return nil, func(int) {}
 	}
 	st := health.Start()
-	return &st, func(gen int) {
+	initial := &st
+	if adopted {
+		initial = nil
+	}
+	return initial, func(gen int) {
 		go r.probeLoop(s, cfg, c, task, gen, startedAt, adopted)
 	}
 }
@@ -107,12 +113,15 @@ func (r *Reconciler) probeLoop(s TaskSpec, cfg health.Config, c client.Container
 		res := r.probe(ctx, s.Name, cfg, task)
 		r.mu.Lock()
 		rec := r.records[s.Name]
-		if rec == nil || rec.watchGen != gen || rec.status.Health == nil {
+		if rec == nil || rec.watchGen != gen {
 			r.mu.Unlock()
 			return
 		}
-		prev := rec.status.Health.Status
-		next := health.Next(*rec.status.Health, cfg, startedAt, res)
+		prev, cur := "", health.Start()
+		if rec.status.Health != nil {
+			prev, cur = rec.status.Health.Status, *rec.status.Health
+		}
+		next := health.Next(cur, cfg, startedAt, res)
 		rec.status.Health = &next
 		if next.Status == clustermap.HealthUnhealthy {
 			rec.unhealthy = next.LastFailure()

@@ -31,7 +31,7 @@ func TestHealthProbes(t *testing.T) {
 		Test: []string{"CMD-SHELL", "test -f /var/www/index.html"}, Interval: 200 * time.Millisecond, Retries: 2}); err != nil {
 		t.Fatal(err)
 	}
-	r, _ := n.start(t)
+	r, stop := n.start(t)
 	fast := func(test string) *clustermap.HealthCheck {
 		return &clustermap.HealthCheck{Test: []string{"CMD-SHELL", test}, Interval: 200 * time.Millisecond, Timeout: time.Second, Retries: 2}
 	}
@@ -100,4 +100,21 @@ func TestHealthProbes(t *testing.T) {
 	if n.taskPID(t, "hc-1") == pid {
 		t.Fatal("hc-1 runs the same process after turning unhealthy")
 	}
+
+	// A restarted appliance adopts hc-1 and probes it at once; until then
+	// it reports no health rather than "starting", so a healthy task does
+	// not leave its endpoints across the restart.
+	stop()
+	r2, _ := n.start(t)
+	r2.Apply([]TaskSpec{hc, img, off, slow})
+	waitFor(t, "hc-1 adopted and healthy", 30*time.Second, func() error {
+		s, h := healthOf(r2, "hc-1")
+		if s.State == clustermap.TaskRunning && h == clustermap.HealthStarting {
+			t.Fatalf("adopted hc-1 reported starting: %+v", s.Health)
+		}
+		if s.State != clustermap.TaskRunning || h != clustermap.HealthHealthy {
+			return fmt.Errorf("state %s health %s", s.State, h)
+		}
+		return nil
+	})
 }
