@@ -338,8 +338,12 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 	// at the replica count or more; stop-first takes them as they come.
 	slices.SortFunc(oldServing, func(a, b int) int { return out[a].Slot - out[b].Slot })
 	spare := servingLive - svc.Replicas
+	// A failure that the update carries on past (continue, or under the
+	// ratio) may be a surge task that never serves: then start-first
+	// would wait forever for spare capacity, so it goes on stop-first.
+	keepCapacity := cfg.Order == clustermap.OrderStartFirst && len(next.Failures) == 0
 	for _, i := range oldServing {
-		if free == 0 || (cfg.Order == clustermap.OrderStartFirst && spare <= 0) {
+		if free == 0 || (keepCapacity && spare <= 0) {
 			break
 		}
 		t := &out[i]

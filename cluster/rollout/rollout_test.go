@@ -212,6 +212,16 @@ func TestContinueIgnoresFailures(t *testing.T) {
 	}
 }
 
+func TestContinueStartFirstDoesNotWaitForAFailedSurge(t *testing.T) {
+	s := newSim(t, 2, &clustermap.UpdateConfig{FailureAction: clustermap.ActionContinue}, "app:1")
+	s.bad["app:bad"] = true
+	s.update("app:bad")
+	s.run(200)
+	if s.st.State != api.UpdateCompleted || s.images() != "web-1:app:bad web-2:app:bad" {
+		t.Fatalf("state %s tasks %s", s.st.State, s.images())
+	}
+}
+
 func TestMaxFailureRatio(t *testing.T) {
 	s := newSim(t, 4, &clustermap.UpdateConfig{FailureAction: clustermap.ActionPause, MaxFailureRatio: 0.5, Order: clustermap.OrderStopFirst}, "app:1")
 	s.bad["app:bad"] = true
