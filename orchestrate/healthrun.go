@@ -111,6 +111,9 @@ func (r *Reconciler) probeLoop(s TaskSpec, cfg health.Config, c client.Container
 			return
 		}
 		res := r.probe(ctx, s.Name, cfg, task)
+		if ctx.Err() != nil {
+			return // the appliance is stopping: not the task's failure
+		}
 		r.mu.Lock()
 		rec := r.records[s.Name]
 		if rec == nil || rec.watchGen != gen {
