@@ -269,6 +269,9 @@ func TestHealthChecksGateTrafficAndRollBack(t *testing.T) {
 	if h := iv.Tasks[0].Health; h == nil || len(h.Log) == 0 || h.Log[len(h.Log)-1].ExitCode != 0 {
 		t.Errorf("img-1 health = %+v, want passing probes of the image's HEALTHCHECK", h)
 	}
+	if out, err := m.Exec(ctx, "warren", "service", "ps", "img"); err != nil || !strings.Contains(out, "running (healthy)") {
+		t.Errorf("service ps img: %v\n%s", err, out)
+	}
 
 	// 4. An update to tasks that never turn healthy rolls back by itself
 	//    while a client polling the VIP sees >= 98 % answered, and
@@ -318,5 +321,19 @@ func TestHealthChecksGateTrafficAndRollBack(t *testing.T) {
 		if task.DesiredState == "running" && task.Image != testImage {
 			t.Errorf("%s still on %s after the rollback", task.Name, task.Image)
 		}
+	}
+
+	// 5. `service rollback` goes back to the previous image, here the
+	//    broken one: the rollback pauses (--rollback-failure-action pause
+	//    by default) and the verb exits non-zero saying so.
+	out, err = m.Exec(ctx, "warren", "service", "rollback", "web", "--timeout", "2m")
+	if err == nil || !strings.Contains(out, "rollback paused") || !strings.Contains(out, "web-") {
+		t.Errorf("service rollback to a never-healthy image: %v\n%s", err, out)
+	}
+	if fv, err = inspectHealth(ctx, m, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if fv.UpdateStatus == nil || fv.UpdateStatus.State != "rollback_paused" {
+		t.Errorf("after rolling back to the broken image: %+v", fv.UpdateStatus)
 	}
 }
