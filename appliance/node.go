@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,7 @@ import (
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/orchestrate/health"
+	"github.com/warren-appliance/warren/orchestrate/secretfs"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -42,6 +44,7 @@ type member interface {
 	Network() clustermap.Network
 	Watch(ctx context.Context, apply func(*clustermap.Map)) error
 	Report(ctx context.Context, s cluster.NodeStatus) error
+	valueSource
 }
 
 // How often a node reports its status (heartbeat) and checks that nobody
@@ -217,6 +220,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
 	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log)}
+	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -270,6 +274,13 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	return fmt.Errorf("watching the cluster map: %w", err)
 }
 
+// policySyncer is what a node needs of netpolicy.Applier.
+type policySyncer interface {
+	Sync(netpolicy.Rules) (netpolicy.SyncStats, error)
+	JumpFirst() (bool, error)
+	EnsureJump() error
+}
+
 // node holds the running reconcilers of a cluster node.
 type node struct {
 	cfg    *configs.Loaded
@@ -280,9 +291,16 @@ type node struct {
 	static []tunnel.Peer
 	orch   *orchestrate.Reconciler
 	nat    *nat.Applier
-	pol    *netpolicy.Applier
+	pol    policySyncer
 	dns    *dns.Server
 	met    *metrics.Metrics
+
+	// secrets gives tasks their secrets and configs (secrets.go).
+	secrets *taskSecrets
+	// applyMu serialises apply: the map watch and the retry of values
+	// that could not be fetched both call it.
+	applyMu    sync.Mutex
+	retryTimer *time.Timer
 
 	mu   sync.Mutex
 	last *clustermap.Map
@@ -395,6 +413,8 @@ func (n *node) stopReconcilers() {
 // apply converges every reconciler to m. Each one is level-triggered, so
 // applying the same map twice changes nothing.
 func (n *node) apply(m *clustermap.Map) {
+	n.applyMu.Lock()
+	defer n.applyMu.Unlock()
 	n.mu.Lock()
 	n.last = m
 	n.mu.Unlock()
@@ -412,12 +432,41 @@ func (n *node) apply(m *clustermap.Map) {
 	}
 	// Policies first: a new task's address is in its sets before it starts.
 	n.syncPolicies(m)
-	n.orch.Apply(taskSpecs(m, n.self.ID))
+	ctx, cancel := context.WithTimeout(context.Background(), valuesTimeout)
+	specs, retry := n.secrets.prepare(ctx, m, taskSpecs(m, n.self.ID))
+	cancel()
+	if retry {
+		n.retryApplyLocked()
+	}
+	n.orch.Apply(specs)
 	n.syncNAT(m)
 	n.ensurePolicyJump() // the NAT sync may have inserted its jumps before ours
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.met.SetMapVersion(m.Version)
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+}
+
+// valuesTimeout bounds fetching secret and config values in apply; the
+// tasks that wait for them are retried every valuesRetry.
+const (
+	valuesTimeout = 5 * time.Second
+	valuesRetry   = 3 * time.Second
+)
+
+// retryApplyLocked applies the newest map again shortly (values that
+// could not be fetched). applyMu is held.
+func (n *node) retryApplyLocked() {
+	if n.retryTimer != nil {
+		return
+	}
+	n.retryTimer = time.AfterFunc(valuesRetry, func() {
+		n.applyMu.Lock()
+		n.retryTimer = nil
+		n.applyMu.Unlock()
+		if m := n.lastMap(); m != nil {
+			n.apply(m)
+		}
+	})
 }
 
 // syncNAT applies m's service rules; a failure is retried by the canary
@@ -442,6 +491,7 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	st, err := n.pol.Sync(rules)
 	if err != nil {
 		n.log.Error("applying network policies", "err", err, "map_version", m.Version)
+		n.met.ReconcileError("policy")
 	} else if st.RulesWritten || st.Added+st.Removed > 0 {
 		n.log.Debug("network policies applied", "map_version", m.Version, "policies", len(m.Policies), "sets", len(rules.Sets),
 			"added", st.Added, "removed", st.Removed, "rules_written", st.RulesWritten)
@@ -533,7 +583,14 @@ func (n *node) status() cluster.NodeStatus {
 	if n.orch.Synced() {
 		s.Tasks = []api.TaskStatus{}
 		for _, t := range n.orch.Status() {
-			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, Health: reportHealth(t.Health)})
+			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, Revision: t.Revision, Health: reportHealth(t.Health)})
+		}
+		// Tasks waiting for their secrets' values are not in the
+		// reconciler's hands yet: say why they wait.
+		for _, t := range n.secrets.waitingTasks() {
+			if !slices.ContainsFunc(s.Tasks, func(r api.TaskStatus) bool { return r.Name == t.Name }) {
+				s.Tasks = append(s.Tasks, t)
+			}
 		}
 	}
 	return s

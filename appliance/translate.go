@@ -76,7 +76,7 @@ func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
 		if image == "" {
 			image = svc.Image
 		}
-		out = append(out, orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP, Health: svc.HealthCheck})
+		out = append(out, orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP, Revision: t.Revision, Health: svc.HealthCheck})
 	}
 	return out
 }

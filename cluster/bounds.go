@@ -20,6 +20,7 @@ const (
 	maxReportedTasks = 4096
 	maxTaskName      = 128
 	maxImageRef      = 1024
+	maxRevision      = 64 // a hex digest (objects.go: serviceRevision)
 	// maxErrorText is the longest task error kept; longer ones are cut.
 	maxErrorText = 512
 	// A node's reports that change something (a write, maybe a new map)
@@ -59,6 +60,9 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 			}
 			if len(t.Image) > maxImageRef {
 				return s, errorf(http.StatusBadRequest, "report: task %s image reference is %d bytes: at most %d", t.Name, len(t.Image), maxImageRef)
+			}
+			if len(t.Revision) > maxRevision {
+				return s, errorf(http.StatusBadRequest, "report: task %s revision is %d bytes: at most %d", t.Name, len(t.Revision), maxRevision)
 			}
 			t.Error = cutText(t.Error, maxErrorText)
 			if t.Health != nil {

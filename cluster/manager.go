@@ -32,6 +32,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/replicate"
+	"github.com/warren-appliance/warren/cluster/secretbox"
 	"github.com/warren-appliance/warren/cluster/store"
 	"github.com/warren-appliance/warren/configs"
 	"golang.org/x/time/rate"
@@ -144,6 +145,9 @@ type Manager struct {
 	views        map[string][]byte
 	viewsVersion uint64
 	servingAddr  string // the node API's listener, once serving
+	// dataKey seals secrets' and configs' values (objects.go); nil until
+	// this manager has one.
+	dataKey secretbox.Key
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -217,6 +221,9 @@ func (m *Manager) open() error {
 	if err != nil {
 		return err
 	}
+	if err := m.loadDataKey(); err != nil {
+		return err
+	}
 	bootstrap := false
 	switch {
 	case m.cfg.Join != nil:
@@ -240,6 +247,14 @@ func (m *Manager) open() error {
 		}
 		if s, err = m.createCluster(); err != nil {
 			return err
+		}
+		if m.dataKey == nil {
+			if m.dataKey, err = secretbox.NewKey(); err != nil {
+				return err
+			}
+			if err := secretbox.Save(m.cfg.StateDir, m.dataKey); err != nil {
+				return err
+			}
 		}
 		if m.pending, err = s.snapshot(); err != nil {
 			return err
@@ -297,9 +312,10 @@ func (m *Manager) open() error {
 	} else {
 		close(m.initial)
 	}
-	m.loops.Add(2)
+	m.loops.Add(3)
 	go m.leadershipLoop()
 	go m.followLoop()
+	go m.dataKeyLoop()
 	if !bootstrap && m.soleVoter() {
 		// A restarted one-manager cluster: writes work once OpenManager
 		// returns, as before Raft.
@@ -452,6 +468,7 @@ func (m *Manager) createCluster() (*state, error) {
 			Version: 1,
 		},
 		nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
+		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{},
 	}
 	self, err := s.admit(c.Node, randomID(), now)
 	if err != nil {

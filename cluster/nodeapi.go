@@ -109,6 +109,7 @@ func (m *Manager) nodeHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathRenew, m.handleRenew)
 	mux.HandleFunc("GET "+api.PathWatch, m.authed(m.handleWatch))
 	mux.HandleFunc("POST "+api.PathStatus, m.authed(m.handleStatus))
+	mux.HandleFunc("POST "+api.PathValues, m.authed(m.handleValues))
 	outer := http.NewServeMux()
 	m.internalHandlers(outer, mux)
 	outer.Handle("/", mux)

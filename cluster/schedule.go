@@ -32,7 +32,9 @@ func schedule(s *state, now time.Time) (unplaced map[string]string) {
 		tasks, unplaced = scheduler.Plan(s.sortedNodes(), services, current)
 		carryOver(tasks, current, s.services)
 		tasks = dropFinished(tasks, s.nodes)
-		s.tasks = rollOut(s, tasks, now)
+		tasks = rollOut(s, tasks, now)
+		rollRevisions(tasks, s)
+		s.tasks = tasks
 		same := true
 		for name, r := range s.services {
 			same = same && rollout.Surge(r.Service, r.Update) == surge[name]
@@ -56,7 +58,7 @@ func carryOver(tasks, current []clustermap.Task, services map[string]serviceReco
 	for i := range tasks {
 		t := &tasks[i]
 		if p, ok := prev[taskKey{t.Name, t.NodeID}]; ok && p.Image != "" {
-			t.Image = p.Image
+			t.Image, t.Revision = p.Image, p.Revision
 			continue
 		}
 		if svc, ok := services[t.Service]; ok && t.Image == "" {
@@ -132,13 +134,13 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 		}
 		r, ok := byName[t.Name]
 		switch {
-		case ok && (r.Image == "" || r.Image == t.Image):
+		case ok && (r.Image == "" || r.Image == t.Image) && (t.Revision == "" || r.Revision == t.Revision):
 			t.State, t.Error, t.Health = r.State, r.Error, ""
 			if r.Health != nil {
 				t.Health = r.Health.Status
 			}
 		case ok:
-			// The node has not picked up the new image yet.
+			// The node has not picked up the new image (or revision) yet.
 			t.State, t.Error, t.Health = clustermap.TaskPending, "", ""
 		case t.DesiredState == clustermap.TaskShutdown:
 			t.State, t.Error = clustermap.TaskShutdown, "" // gone from the node

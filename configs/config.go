@@ -231,8 +231,11 @@ type Loaded struct {
 	// Set by Finish from the state dir: what `cluster init`, `worker start`
 	// or `manager join` remembered (nil if nothing), and whether this node
 	// already joined (or created) a cluster, so it needs no token.
-	Setup        *Setup
-	Joined       bool
+	Setup  *Setup
+	Joined bool
+	// JoinVerb is set by a command that only joins (`warren manager
+	// join`): the config must then name a manager to join, never create.
+	JoinVerb     string
 	remembered   []string
 	nameFromHost bool
 	// parseErrs are the wrong types and unknown keys Parse found; Finish

@@ -192,6 +192,14 @@ func TestBadConfigs(t *testing.T) {
 		{"not set up", "[node]\nname='w'\n", "node.role", 0, "run `warren cluster init`"},
 		{"peer allowed_ips not a list", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nallowed_ips=['10.0.0.2/32']\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nallowed_ips='10.0.0.3/32'\n", "wireguard.peer[1].allowed_ips", 11, "want a list of CIDRs"},
 		{"wrong type", validWorker + "[wireguard]\nlisten_port = '51820'\n", "wireguard.listen_port", 7, "want a whole number"},
+		// What start skipped with a log line (issue 25): refused by --check, naming key, index and line.
+		{"duplicate peer key", standalone + peerA + "[[wireguard.peer]]\npublic_key='" + keyA + "'\nallowed_ips=['10.0.0.3/32']\n", "wireguard.peer[1].public_key", 10, "also the key of wireguard.peer[0] (line 7)"},
+		{"same allowed_ips in two peers", standalone + peerA + "[[wireguard.peer]]\npublic_key='" + keyB + "'\nallowed_ips=['10.0.0.9/32', '10.0.0.2/32']\n", "wireguard.peer[1].allowed_ips", 11, "10.0.0.2/32 is also claimed by wireguard.peer[0] (line 8)"},
+		{"all-zero peer key", standalone + "[[wireguard.peer]]\npublic_key='" + strings.Repeat("A", 43) + "='\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 7, "all-zero key"},
+		{"low-order peer key", standalone + "[[wireguard.peer]]\npublic_key='4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA='\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 7, "low-order"},
+		{"wg subnet equals containers", validWorker + "[wireguard]\nsubnet = \"10.0.0.0/16\"\n", "wireguard.subnet", 7, "leaves no /24 block of network.container_subnet 10.0.0.0/16"},
+		{"wg subnet covers the only block", validWorker + "[wireguard]\nsubnet = \"10.0.0.0/24\"\n[network]\ncontainer_subnet = \"10.0.0.0/24\"\n", "wireguard.subnet", 7, "leaves no /24 block"},
+		{"manager address not host:port", "[node]\nname='w'\n[cluster]\nmanager='192.0.2.1:x'\ntoken='" + testToken + "'\n", "cluster.manager", 4, "not a TCP port"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -213,6 +221,43 @@ func TestBadConfigs(t *testing.T) {
 				t.Fatalf("want an error naming key %q (line %d) containing %q; got:\n%v", tc.key, tc.line, tc.contains, err)
 			}
 		})
+	}
+}
+
+// Static peers for the cases above: a standalone node, peer[0] at lines 6-8.
+const (
+	keyA       = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+	keyB       = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="
+	standalone = "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n"
+	peerA      = "[[wireguard.peer]]\npublic_key='" + keyA + "'\nallowed_ips=['10.0.0.2/32']\n"
+)
+
+// Distinct peers with distinct ranges pass; a peer without keepalive shows
+// the interval the daemon uses (wireguard.keepalive), not "0s".
+func TestStaticPeersValid(t *testing.T) {
+	l, err := load(t, standalone+peerA+"[[wireguard.peer]]\npublic_key='"+keyB+"'\nallowed_ips=['10.0.0.3/32']\nkeepalive='10s'\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := l.WireGuard.Peers[0].Keepalive.Duration; k != 25*time.Second {
+		t.Errorf("peer[0] keepalive = %v, want the global 25s", k)
+	}
+	if k := l.WireGuard.Peers[1].Keepalive.Duration; k != 10*time.Second {
+		t.Errorf("peer[1] keepalive = %v, want its own 10s", k)
+	}
+	out, err := l.Encode()
+	if err != nil || strings.Contains(string(out), `keepalive = "0s"`) {
+		t.Errorf("--check output shows a keepalive of 0s: %v\n%s", err, out)
+	}
+}
+
+// The seed's `--manager <ip>` (no port) joins the API port, 7946.
+func TestManagerWithoutPort(t *testing.T) {
+	for in, want := range map[string]string{"192.0.2.1": "192.0.2.1:7946", "mgr.example": "mgr.example:7946", "192.0.2.1:8000": "192.0.2.1:8000"} {
+		l, err := load(t, "[node]\nname='w'\n[cluster]\nmanager='"+in+"'\ntoken='"+testToken+"'\n")
+		if err != nil || l.Cluster.Manager != want {
+			t.Errorf("manager %q: %v, got %q want %q", in, err, l.Cluster.Manager, want)
+		}
 	}
 }
 

@@ -74,7 +74,7 @@ var (
 	// "ignored" for queries from outside the allowed ranges (no answer);
 	// anything else counts as "other".
 	DNSResults  = []string{"noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "badvers", "ignored", "other"}
-	Reconcilers = []string{"tunnel", "nat"}
+	Reconcilers = []string{"tunnel", "nat", "policy"}
 )
 
 // Metrics holds the registry and the event counters.

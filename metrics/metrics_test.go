@@ -89,6 +89,7 @@ func TestExposition(t *testing.T) {
 		`warren_dns_queries_total{result="servfail"} 0`,
 		`warren_reconcile_errors_total{reconciler="tunnel"} 1`,
 		`warren_reconcile_errors_total{reconciler="nat"} 0`,
+		`warren_reconcile_errors_total{reconciler="policy"} 0`,
 		`warren_raft_state{state="follower"} 1`,
 		`warren_raft_state{state="leader"} 0`,
 		`warren_raft_has_leader 1`,

@@ -35,6 +35,20 @@ type TaskSpec struct {
 	// Health is the service's health check (nil: the image's HEALTHCHECK,
 	// if any). A change does not recreate the container.
 	Health *clustermap.HealthCheck
+
+	// SecretMounts are the task's secrets directory and config files,
+	// kept on a tmpfs outside the state dir (package secretfs) and
+	// bind-mounted read-only; their content changes in place.
+	SecretMounts []FileMount
+	// Revision, when set, is part of the spec: a new one recreates the
+	// container (a service with --secret-rotation restart).
+	Revision string
+}
+
+// FileMount is a host file or directory bind-mounted read-only at Target.
+type FileMount struct {
+	Source string
+	Target string
 }
 
 // TaskStatus is what the node reports about one task.
@@ -44,6 +58,7 @@ type TaskStatus struct {
 	Error    string        // last error, empty when healthy
 	Restarts int           // restarts after the task exited on its own
 	Image    string        // image of the spec this status is about, as given in TaskSpec
+	Revision string        // revision of that spec, as given in TaskSpec
 	Health   *health.State // nil when the task has no health check
 }
 

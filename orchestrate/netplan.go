@@ -62,11 +62,23 @@ func checkSpec(s TaskSpec, block netip.Prefix) error {
 // specHash identifies what a container was built from: a change means
 // the container must be recreated.
 func specHash(s TaskSpec, imageRef string) string {
-	b, _ := json.Marshal(struct {
+	v := any(struct {
 		Service, Image string
 		Env, Command   []string
 		IP             netip.Addr
 	}{s.Service, imageRef, s.Env, s.Command, s.IP})
+	if len(s.SecretMounts) > 0 || s.Revision != "" {
+		// Only specs with secrets or configs hash these, so containers
+		// made before they existed keep their hash.
+		v = struct {
+			Service, Image string
+			Env, Command   []string
+			IP             netip.Addr
+			SecretMounts   []FileMount
+			Revision       string
+		}{s.Service, imageRef, s.Env, s.Command, s.IP, s.SecretMounts, s.Revision}
+	}
+	b, _ := json.Marshal(v)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }

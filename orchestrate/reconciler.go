@@ -130,7 +130,7 @@ func (r *Reconciler) Apply(desired []TaskSpec) {
 		// A new or changed spec starts over: pending, no backoff, and the
 		// status names the new image until a pass reports on it.
 		if rec == nil || !rec.removedAt.IsZero() || !had || !reflect.DeepEqual(prev, s) {
-			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image}}
+			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, Revision: s.Revision}}
 		}
 	}
 	r.mu.Unlock()
@@ -591,6 +591,7 @@ func (r *Reconciler) setState(s TaskSpec, state, errText string) {
 	defer r.mu.Unlock()
 	if rec := r.records[s.Name]; rec != nil {
 		rec.status.State, rec.status.Error, rec.status.Image = state, errText, s.Image
+		rec.status.Revision = s.Revision
 		// Not a change anyone acts on (only "starting" comes here): it
 		// waits for the next report, so a burst of starts sends fewer.
 	}
@@ -605,6 +606,7 @@ func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
 	rec.retryAt = time.Now().Add(backoff(rec.failures))
 	rec.imageFailed = imageFailure
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, err.Error(), s.Image
+	rec.status.Revision = s.Revision
 	r.mu.Unlock()
 	r.notify()
 	r.log.Warn("task failed", "task", name, "err", err)
@@ -650,6 +652,7 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 	rec.unhealthy = ""
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
 	rec.status.Health = hs
+	rec.status.Revision = s.Revision
 	gen := r.newWatch(rec)
 	r.mu.Unlock()
 	r.notify()
@@ -677,10 +680,11 @@ func (r *Reconciler) noteRunning(ctx context.Context, a action, h handle) {
 	defer r.mu.Unlock()
 	rec := r.recordLocked(a.task)
 	rec.startedAt, rec.failures, rec.retryAt = a.startedAt, a.failures, time.Time{}
-	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.Error != "" || needWatch {
+	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.Revision != a.spec.Revision || rec.status.Error != "" || needWatch {
 		r.notify()
 	}
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", a.spec.Image
+	rec.status.Revision = a.spec.Revision
 	if rec.watchGen != 0 {
 		return
 	}
@@ -703,6 +707,7 @@ func (r *Reconciler) recordExit(a action) {
 	rec.unhealthy = ""
 	rec.failures, rec.retryAt = a.failures, a.retryAt
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
+	rec.status.Revision = a.spec.Revision
 	r.mu.Unlock()
 	r.notify()
 	r.log.Warn("task exited", "task", a.task, "status", a.exitStatus)
@@ -714,6 +719,7 @@ func (r *Reconciler) recordFailure(a action) {
 	rec := r.recordLocked(a.task)
 	rec.failures, rec.retryAt, rec.imageFailed = a.failures, a.retryAt, a.imageFailure
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
+	rec.status.Revision = a.spec.Revision
 	r.mu.Unlock()
 	r.notify()
 	r.log.Warn("task failed", "task", a.task, "err", a.err)

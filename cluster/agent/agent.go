@@ -769,3 +769,16 @@ func JoinedNodeID(stateDir string) string {
 	}
 	return id.Node.ID
 }
+
+// FetchValues asks the manager for the current values of this node's
+// tasks' secrets and configs (mTLS; only those of tasks assigned to this
+// node are given). They are never written to the state dir.
+func (a *Agent) FetchValues(ctx context.Context, refs []api.ValueRef) ([]api.Value, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var out api.ValuesResponse
+	if err := a.call(ctx, http.MethodPost, api.PathValues, api.ValuesRequest{Refs: refs}, &out); err != nil {
+		return nil, fmt.Errorf("fetch secret and config values from %s: %w", a.managerAddr(), err)
+	}
+	return out.Values, nil
+}

@@ -123,6 +123,9 @@ type TaskStatus struct {
 	// Image the task's container runs. During a rolling update the manager
 	// counts a slot as updated only once it reports running the new image.
 	Image string `json:"image,omitempty"`
+	// Revision of the task's secrets and configs the container runs with
+	// (--secret-rotation restart), as the map gave it.
+	Revision string `json:"revision,omitempty"`
 	// Health is the task's health check state; nil without a check.
 	Health *TaskHealth `json:"health,omitempty"`
 }
@@ -230,6 +233,12 @@ type ServiceSpec struct {
 	Affinity    bool     `json:"affinity,omitempty"`
 	// Labels are carried by the service's tasks (policies select by them).
 	Labels map[string]string `json:"labels,omitempty"`
+
+	// Secrets and configs, in Docker's --secret / --config syntax
+	// (NAME or source=NAME,target=...,uid=,gid=,mode=0400).
+	Secrets        []string `json:"secrets,omitempty"`
+	Configs        []string `json:"configs,omitempty"`
+	SecretRotation string   `json:"secret_rotation,omitempty"` // "" or "restart"
 	HealthSpec
 }
 
@@ -285,6 +294,10 @@ type ServiceView struct {
 	Unplaced     string            `json:"unplaced,omitempty"` // why some replicas have no node
 	Labels       map[string]string `json:"labels"`
 	Tasks        []TaskView        `json:"tasks"`
+	// Secrets and configs the tasks see (references, never values).
+	Secrets        []clustermap.FileRef `json:"secrets,omitempty"`
+	Configs        []clustermap.FileRef `json:"configs,omitempty"`
+	SecretRotation string               `json:"secret_rotation,omitempty"`
 }
 
 // TaskView is one task of a service.

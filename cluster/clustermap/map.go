@@ -118,7 +118,36 @@ type Service struct {
 	// image and back (nil: the defaults).
 	UpdateConfig   *UpdateConfig `json:"update_config,omitempty"`
 	RollbackConfig *UpdateConfig `json:"rollback_config,omitempty"`
+
+	// Secrets and configs the service's tasks get as files: references
+	// with the version each task must see, never a value (nodes fetch
+	// values from a manager while they run a task that uses them).
+	Secrets []FileRef `json:"secrets,omitempty"`
+	Configs []FileRef `json:"configs,omitempty"`
+	// SecretRotation is "" (a new version replaces the files in place) or
+	// "restart" (tasks are restarted one at a time instead).
+	SecretRotation string `json:"secret_rotation,omitempty"`
 }
+
+// FileRef is one secret or config a service's tasks see as a file:
+// Docker's --secret / --config fields. Target is a file name under
+// /run/secrets for a secret, an absolute path for a config.
+type FileRef struct {
+	Source string `json:"source"`
+	Target string `json:"target"`
+	UID    string `json:"uid,omitempty"`
+	GID    string `json:"gid,omitempty"`
+	Mode   uint32 `json:"mode"`
+	// Version is the object's current version, filled in by the manager
+	// in the published map (0 in the service's stored spec).
+	Version uint64 `json:"version,omitempty"`
+}
+
+// Secret rotation modes.
+const (
+	RotationInPlace = ""
+	RotationRestart = "restart"
+)
 
 // Task states.
 const (
@@ -141,6 +170,11 @@ type Task struct {
 	Image        string `json:"image,omitempty"`
 	DesiredState string `json:"desired_state"` // running | shutdown
 	State        string `json:"state"`         // as last reported by the node
+	// Revision is set for a service with --secret-rotation restart: a digest
+	// of the versions of its secrets and configs the task runs with. A new
+	// one recreates the task; the manager moves tasks to a new revision one
+	// at a time.
+	Revision string `json:"revision,omitempty"`
 	// Error is the node's last error text for the task, on the manager
 	// only (the admin API shows it); always empty in published maps.
 	Error string `json:"error,omitempty"`

@@ -49,6 +49,9 @@ func addServiceCommands(root *cobra.Command) {
 			}
 			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
 				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels}
+			if err := secretFlags(cmd, &spec); err != nil {
+				return err
+			}
 			if spec.HealthSpec, err = healthSpecFromFlags(cmd, api.HealthSpec{}); err != nil {
 				return err
 			}
@@ -85,6 +88,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.StringArrayP("publish", "p", nil, "publish a port on every node: HOST:CONTAINER[/udp] (repeatable)")
 	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
+	addSecretFlags(createCmd)
 	addHealthFlags(createCmd)
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
@@ -149,6 +153,11 @@ func addServiceCommands(root *cobra.Command) {
 			row("Affinity", s.Affinity)
 			printHealthSettings(row, s)
 			row("Labels", formatLabels(s.Labels))
+			if len(s.Secrets) > 0 || len(s.Configs) > 0 {
+				row("Secrets", formatRefs(s.Secrets))
+				row("Configs", formatRefs(s.Configs))
+				row("Secret rotation", map[bool]string{true: "restart (one task at a time)", false: "in place"}[s.SecretRotation == "restart"])
+			}
 			row("Created", s.CreatedAt.Format(time.RFC3339))
 			row("Updated", s.UpdatedAt.Format(time.RFC3339))
 			if s.Updating {
@@ -234,8 +243,9 @@ func addServiceCommands(root *cobra.Command) {
 			image, _ := f.GetString("image")
 			addArgs, _ := f.GetStringArray("label-add")
 			rm, _ := f.GetStringArray("label-rm")
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !healthFlagsChanged(cmd) {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --health-*, --update-* or --rollback-*")}
+			refs, hasRefs := refsUpdate(cmd)
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !hasRefs && !healthFlagsChanged(cmd) {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --health-*, --update-* or --rollback-*")}
 			}
 			add, err := parseLabels(addArgs)
 			if err != nil {
@@ -253,6 +263,13 @@ func addServiceCommands(root *cobra.Command) {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: labels %s\n", v.Name, formatLabels(v.Labels))
+			}
+			if hasRefs {
+				v, err := c.UpdateServiceRefs(cmdContext(cmd), args[0], refs)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: secrets %s, configs %s\n", v.Name, formatRefs(v.Secrets), formatRefs(v.Configs))
 			}
 			var started time.Time // the rolling update this command started
 			if image != "" || healthFlagsChanged(cmd) {
@@ -301,6 +318,7 @@ func addServiceCommands(root *cobra.Command) {
 	updateCmd.Flags().String("image", "", "new container image (rolling update)")
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
+	addSecretUpdateFlags(updateCmd)
 	addHealthFlags(updateCmd)
 	addWaitFlags(updateCmd)
 	addWaitFlags(scaleCmd)

@@ -228,6 +228,10 @@ exec sleep infinity`, n.Root, binMount)
 	// Its own UTS namespace too: a node's host name is its name, as on a
 	// board (the default node name comes from it).
 	cmd := exec.Command("unshare", "-m", "-u", "--propagation", "private", "nsenter", "--net=/run/netns/"+n.NetNS, "sh", "-c", "hostname "+hostname+"\n"+script)
+	// A process group of its own: Ctrl-C in the terminal (make demo) goes
+	// to the program that owns the lab, whose Close stops the nodes in
+	// order, not to every node process at once.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -297,6 +301,7 @@ func (h *Host) Background(logName string, name string, args ...string) (*exec.Cm
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // as the node's holder
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: start %s: %w", h.Name, name, err)
@@ -397,6 +402,7 @@ func (n *Node) StartAppliance(binary string, args ...string) error {
 	}
 	cmd := n.Command(context.Background(), binary, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // as the node's holder
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return fmt.Errorf("%s: start appliance: %w", n.Name, err)
