@@ -32,6 +32,7 @@ import (
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
+	"github.com/warren-appliance/warren/orchestrate/health"
 	"github.com/warren-appliance/warren/orchestrate/secretfs"
 	"github.com/warren-appliance/warren/relay"
 	"github.com/warren-appliance/warren/tunnel"
@@ -659,7 +660,7 @@ func (n *node) status() cluster.NodeStatus {
 	if n.orch.Synced() {
 		s.Tasks = []api.TaskStatus{}
 		for _, t := range n.orch.Status() {
-			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, Revision: t.Revision})
+			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, Revision: t.Revision, Health: reportHealth(t.Health)})
 		}
 		// Tasks waiting for their secrets' values are not in the
 		// reconciler's hands yet: say why they wait.
@@ -751,6 +752,23 @@ func reservedPorts(cfg *configs.Config) []cluster.ReservedPort {
 		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n != 0 {
 			out = append(out, cluster.ReservedPort{Port: uint16(n), Protocol: "tcp", What: "the metrics listener ([metrics] listen)"})
 		}
+	}
+	return out
+}
+
+// reportHealth is a task's health as reported: the last probes, each
+// output cut to what the manager keeps.
+func reportHealth(h *health.State) *api.TaskHealth {
+	if h == nil {
+		return nil
+	}
+	out := &api.TaskHealth{Status: h.Status, FailingStreak: h.FailingStreak}
+	for _, r := range h.Log {
+		o := r.Output
+		if len(o) > api.MaxHealthOutput {
+			o = o[:api.MaxHealthOutput]
+		}
+		out.Log = append(out.Log, api.HealthResult{Start: r.Start, End: r.End, ExitCode: r.ExitCode, Output: o})
 	}
 	return out
 }

@@ -77,7 +77,7 @@ func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
 			image = svc.Image
 		}
 		out = append(out, orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP, Revision: t.Revision,
-			CapAdd: svc.CapAdd, CapDrop: svc.CapDrop})
+			CapAdd: svc.CapAdd, CapDrop: svc.CapDrop, Health: svc.HealthCheck})
 	}
 	return out
 }

@@ -67,3 +67,26 @@ func TestNatServicesOnlyRunningEndpoints(t *testing.T) {
 		t.Fatalf("services = %+v\nwant %+v", got, want)
 	}
 }
+
+// Issue 26: the VIP, its published ports (and with them the UDP
+// conntrack cleanup, which follows the endpoint set) and the DNS names
+// take only serving tasks: running and healthy, or without a check.
+func TestNatServicesOnlyHealthyEndpoints(t *testing.T) {
+	m, _ := testMap(t)
+	a := netip.MustParseAddr
+	m.Tasks = []clustermap.Task{
+		{Name: "web-1", Service: "web", NodeID: "m", IP: a("10.0.1.2"), DesiredState: "running", State: "running", Health: clustermap.HealthHealthy},
+		{Name: "web-2", Service: "web", NodeID: "m", IP: a("10.0.1.3"), DesiredState: "running", State: "running", Health: clustermap.HealthStarting},
+		{Name: "web-3", Service: "web", NodeID: "w1", IP: a("10.0.2.2"), DesiredState: "running", State: "running", Health: clustermap.HealthUnhealthy},
+		{Name: "web-4", Service: "web", NodeID: "w1", IP: a("10.0.2.3"), DesiredState: "running", State: "running", Health: clustermap.HealthHealthy, Draining: true},
+	}
+	got := natServices(m, "m")
+	if len(got) != 1 || len(got[0].Endpoints) != 1 || got[0].Endpoints[0].Name != "web-1" {
+		t.Fatalf("endpoints = %+v, want web-1 alone", got)
+	}
+	// Task specs still include every task meant to run: health decides
+	// traffic, not whether the node runs the task.
+	if specs := taskSpecs(m, "m"); len(specs) != 2 {
+		t.Fatalf("task specs on m = %+v", specs)
+	}
+}

@@ -190,7 +190,15 @@ func (m *Manager) adminMux() http.Handler {
 			writeError(w, err)
 			return
 		}
-		v, err := m.UpdateServiceImage(r.PathValue("name"), req.Image)
+		v, err := m.UpdateService(r.PathValue("name"), req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionRollback, func(w http.ResponseWriter, r *http.Request) {
+		v, err := m.RollbackService(r.PathValue("name"))
 		if err != nil {
 			writeError(w, err)
 			return

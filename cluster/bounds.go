@@ -77,6 +77,13 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 				return s, errorf(http.StatusBadRequest, "report: task %s revision is %d bytes: at most %d", t.Name, len(t.Revision), maxRevision)
 			}
 			t.Error = cutText(t.Error, maxErrorText)
+			if t.Health != nil {
+				h, err := checkTaskHealth(t.Name, *t.Health)
+				if err != nil {
+					return s, err
+				}
+				t.Health = &h
+			}
 			tasks[i] = t
 		}
 		s.Tasks = tasks
@@ -112,4 +119,24 @@ func (m *Manager) allowReportWriteLocked(nodeID string, now time.Time) error {
 		return errorf(http.StatusTooManyRequests, "too many status changes from this node (at most %d in a burst, then %v per second): the next report carries the current state", reportBurst, float64(reportRate))
 	}
 	return nil
+}
+
+var reportedHealth = map[string]bool{clustermap.HealthStarting: true, clustermap.HealthHealthy: true, clustermap.HealthUnhealthy: true}
+
+// checkTaskHealth refuses an unknown health status and keeps the last
+// api.MaxHealthLog probes with outputs cut to api.MaxHealthOutput.
+func checkTaskHealth(task string, h api.TaskHealth) (api.TaskHealth, error) {
+	if !reportedHealth[h.Status] {
+		return h, errorf(http.StatusBadRequest, "report: task %s health %.40q: want starting, healthy or unhealthy", task, h.Status)
+	}
+	if len(h.Log) > api.MaxHealthLog {
+		h.Log = h.Log[len(h.Log)-api.MaxHealthLog:]
+	}
+	log := make([]api.HealthResult, len(h.Log))
+	for i, r := range h.Log {
+		r.Output = cutText(r.Output, api.MaxHealthOutput)
+		log[i] = r
+	}
+	h.Log = log
+	return h, nil
 }

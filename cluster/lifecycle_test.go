@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -39,53 +40,114 @@ func imagesOf(m *clustermap.Map, service string) map[string]string {
 	return out
 }
 
-func TestRollingUpdateReplacesOneSlotAtATime(t *testing.T) {
+// fakeClock drives a manager's time in steps.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// reportWith reports every task of nodeID: a task on image bad failed,
+// others running (and healthy).
+func reportWith(t *testing.T, m *Manager, nodeID, bad string) {
+	t.Helper()
+	var st []api.TaskStatus
+	for _, task := range m.Map().TasksOn(nodeID) {
+		if task.DesiredState != clustermap.TaskRunning {
+			continue
+		}
+		s := api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image}
+		if task.Image == bad {
+			s.State, s.Error = clustermap.TaskFailed, "exited with status 1"
+		}
+		st = append(st, s)
+	}
+	if err := m.Report(context.Background(), NodeStatus{Tasks: st}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// driveUpdate plays the node and the clock until the update of service
+// stops moving; it returns the final status and the fewest endpoints seen.
+func driveUpdate(t *testing.T, m *Manager, clock *fakeClock, service, bad string) (api.UpdateStatus, int) {
+	t.Helper()
+	self := m.Self().ID
+	fewest := 1 << 30
+	for range 200 {
+		reportWith(t, m, self, bad)
+		fewest = min(fewest, len(m.Map().Endpoints(service)))
+		v, err := m.Service(service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := v.UpdateStatus; st != nil && st.State != api.UpdateUpdating && st.State != api.UpdateRollbackStarted {
+			reportWith(t, m, self, bad) // surge tasks reported stopped
+			return *st, fewest
+		}
+		clock.Add(500 * time.Millisecond)
+		m.advanceUpdates()
+	}
+	t.Fatalf("update of %s did not finish", service)
+	return api.UpdateStatus{}, 0
+}
+
+func TestRollingUpdateStartFirstKeepsEveryReplica(t *testing.T) {
 	tm := startManager(t)
 	m := tm.m
+	clock := &fakeClock{now: time.Now()}
+	m.mu.Lock()
+	m.now = clock.Now
+	m.mu.Unlock()
 	self := m.Self().ID
 	if _, err := m.CreateService(api.ServiceSpec{Name: "web", Image: "web:v1", Replicas: intp(3)}); err != nil {
 		t.Fatal(err)
 	}
 	reportAll(t, m, self)
-	if _, err := m.UpdateServiceImage("web", "web:v2"); err != nil {
+	v, err := m.UpdateServiceImage("web", "web:v2")
+	if err != nil {
 		t.Fatal(err)
 	}
-	want := []map[string]string{
-		{"web-1": "web:v2/pending", "web-2": "web:v1/running", "web-3": "web:v1/running"},
-		{"web-1": "web:v2/running", "web-2": "web:v2/pending", "web-3": "web:v1/running"},
-		{"web-1": "web:v2/running", "web-2": "web:v2/running", "web-3": "web:v2/pending"},
-		{"web-1": "web:v2/running", "web-2": "web:v2/running", "web-3": "web:v2/running"},
+	if v.UpdateStatus == nil || v.UpdateStatus.State != api.UpdateUpdating || v.UpdateStatus.Previous != "web:v1" {
+		t.Fatalf("update status = %+v", v.UpdateStatus)
 	}
-	for step, w := range want {
-		got := imagesOf(m.Map(), "web")
-		for name, v := range w {
-			if got[name] != v {
-				t.Fatalf("step %d: tasks = %v, want %v", step, got, w)
-			}
-		}
-		// The node still runs the old image for a moment: no progress.
-		var stale []api.TaskStatus
-		for _, task := range m.Map().TasksOn(self) {
-			stale = append(stale, api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: "web:v1"})
-		}
-		if step < 3 {
-			if err := m.Report(context.Background(), NodeStatus{Tasks: stale}); err != nil {
-				t.Fatal(err)
-			}
-			if got := imagesOf(m.Map(), "web"); got["web-1"] == "web:v2/running" && step == 0 {
-				t.Fatalf("a report of the old image counted as the new one: %v", got)
-			}
-		}
-		reportAll(t, m, self)
+	// start-first: a surge task on the new image comes first.
+	if got := imagesOf(m.Map(), "web"); got["web-4"] != "web:v2/pending" || got["web-1"] != "web:v1/running" {
+		t.Fatalf("first step: %v", got)
+	}
+	st, fewest := driveUpdate(t, m, clock, "web", "")
+	if st.State != api.UpdateCompleted {
+		t.Fatalf("update ended %s: %s", st.State, st.Message)
+	}
+	if fewest < 3 {
+		t.Fatalf("endpoints fell to %d of 3 during a start-first update", fewest)
+	}
+	got := imagesOf(m.Map(), "web")
+	if len(got) != 3 || got["web-1"] != "web:v2/running" || got["web-2"] != "web:v2/running" || got["web-3"] != "web:v2/running" {
+		t.Fatalf("after the update: %v", got)
 	}
 	if v, _ := m.Service("web"); v.Updating || v.Running != 3 {
 		t.Fatalf("after the rollout: %+v", v)
 	}
 }
 
-func TestRollingUpdateStopsOnFailure(t *testing.T) {
+func TestRollingUpdateRollsBackByItselfOnFailure(t *testing.T) {
 	tm := startManager(t)
 	m := tm.m
+	clock := &fakeClock{now: time.Now()}
+	m.mu.Lock()
+	m.now = clock.Now
+	m.mu.Unlock()
 	if _, err := m.CreateService(api.ServiceSpec{Name: "web", Image: "web:v1", Replicas: intp(2)}); err != nil {
 		t.Fatal(err)
 	}
@@ -93,20 +155,46 @@ func TestRollingUpdateStopsOnFailure(t *testing.T) {
 	if _, err := m.UpdateServiceImage("web", "web:broken"); err != nil {
 		t.Fatal(err)
 	}
-	st := []api.TaskStatus{
-		{Name: "web-1", State: clustermap.TaskFailed, Error: "image not found", Image: "web:broken"},
-		{Name: "web-2", State: clustermap.TaskRunning, Image: "web:v1"},
+	st, fewest := driveUpdate(t, m, clock, "web", "web:broken")
+	if st.State != api.UpdateRollbackCompleted || !strings.Contains(st.Message, "failed: exited with status 1") {
+		t.Fatalf("update ended %s: %q", st.State, st.Message)
 	}
-	if err := m.Report(context.Background(), NodeStatus{Tasks: st}); err != nil {
-		t.Fatal(err)
-	}
-	got := imagesOf(m.Map(), "web")
-	if got["web-1"] != "web:broken/failed" || got["web-2"] != "web:v1/running" {
-		t.Fatalf("a failed new task must hold the rollout: %v", got)
+	if fewest < 2 {
+		t.Fatalf("endpoints fell to %d of 2", fewest)
 	}
 	v, _ := m.Service("web")
-	if !v.Updating || v.Tasks[0].Error != "image not found" {
-		t.Fatalf("service view = %+v", v)
+	if v.Image != "web:v1" || v.Running != 2 {
+		t.Fatalf("after the rollback: image %s, %d running", v.Image, v.Running)
+	}
+	// A manual rollback now goes back to the broken image: nothing to
+	// roll back to is refused only before any update.
+	if _, err := m.RollbackService("web"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.CreateService(api.ServiceSpec{Name: "db", Image: "db:v1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.RollbackService("db"); err == nil || !strings.Contains(err.Error(), "never updated") {
+		t.Fatalf("rollback of a never-updated service: %v", err)
+	}
+}
+
+func TestUpdateServiceRefusesBadSettings(t *testing.T) {
+	tm := startManager(t)
+	m := tm.m
+	if _, err := m.CreateService(api.ServiceSpec{Name: "web", Image: "web:v1"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.UpdateService("web", api.ImageUpdate{Image: "web:v2", HealthSpec: api.HealthSpec{UpdateConfig: &clustermap.UpdateConfig{Order: "sideways"}}})
+	if err == nil || !strings.Contains(err.Error(), "--update-order") {
+		t.Fatalf("bad order: %v", err)
+	}
+	if v, _ := m.Service("web"); v.Image != "web:v1" || v.UpdateStatus != nil {
+		t.Fatalf("a refused update changed the service: %+v", v)
+	}
+	_, err = m.CreateService(api.ServiceSpec{Name: "x", Image: "x", HealthSpec: api.HealthSpec{HealthCheck: &clustermap.HealthCheck{Test: []string{"CMD-SHELL", ""}}}})
+	if err == nil || !strings.Contains(err.Error(), "--health-cmd") {
+		t.Fatalf("empty health command: %v", err)
 	}
 }
 

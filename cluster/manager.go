@@ -136,7 +136,10 @@ type Manager struct {
 	unplaced map[string]string
 	lastSeen map[string]time.Time
 	health   map[string][]api.PeerHealth
-	skew     map[string]time.Duration // node clock minus manager clock, per last report
+	// taskHealth is each task's last reported health check detail (the
+	// map carries only its status), from the reports this manager folded.
+	taskHealth map[taskKey]api.TaskHealth
+	skew       map[string]time.Duration // node clock minus manager clock, per last report
 	// reportLimit limits each node's state-changing reports (bounds.go).
 	reportLimit map[string]*rate.Limiter
 	// views caches the encoded per-node views of the current map (views.go).
@@ -401,7 +404,7 @@ func (m *Manager) setStateLocked(s *state) error {
 			m.lastSeen[id] = now // a full DownAfter of grace for nodes this manager has not heard yet
 		}
 	}
-	m.unplaced = schedule(s.clone())
+	m.unplaced = schedule(s.clone(), m.now())
 	m.st, m.snap = s, snap
 	if _, ok := s.nodes[m.selfID]; ok {
 		m.readyOnce.Do(func() { close(m.ready) })
@@ -534,7 +537,7 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 	if err := fn(next); err != nil {
 		return err
 	}
-	unplaced := schedule(next)
+	unplaced := schedule(next, m.now())
 	// Encode the candidate at the current version: equal bytes mean the
 	// published map did not change and keeps its version.
 	candidate := next.buildMap(m.current.Version)
@@ -697,6 +700,7 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 	now := m.now()
 	m.lastSeen[nodeID] = now
 	m.health[nodeID] = s.Tunnel
+	m.noteTaskHealthLocked(nodeID, s.Tasks)
 	if !s.Time.IsZero() {
 		m.noteClockSkewLocked(nodeID, s.Time.Sub(now))
 	}
@@ -785,4 +789,24 @@ func randomID() string {
 		panic(fmt.Sprintf("crypto/rand failed: %v", err))
 	}
 	return hex.EncodeToString(b)
+}
+
+// noteTaskHealthLocked keeps the health detail of nodeID's reported tasks.
+func (m *Manager) noteTaskHealthLocked(nodeID string, tasks []api.TaskStatus) {
+	if tasks == nil {
+		return
+	}
+	if m.taskHealth == nil {
+		m.taskHealth = map[taskKey]api.TaskHealth{}
+	}
+	for k := range m.taskHealth {
+		if k.node == nodeID {
+			delete(m.taskHealth, k)
+		}
+	}
+	for _, t := range tasks {
+		if t.Health != nil {
+			m.taskHealth[taskKey{t.Name, nodeID}] = *t.Health
+		}
+	}
 }

@@ -56,6 +56,7 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 		go m.joinRaft(ctx)
 	}
 	go m.livenessLoop(ctx)
+	go m.updateLoop(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(newMuxListener(ctx, limited, tlsConf, m)) }()
 	m.log.Info("cluster API listening", "addr", ln.Addr().String())
@@ -81,6 +82,22 @@ func (m *Manager) livenessLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			m.markSilentNodesDown()
+		}
+	}
+}
+
+// updateTick is how often a rolling update waiting on time is replanned.
+const updateTick = 500 * time.Millisecond
+
+func (m *Manager) updateLoop(ctx context.Context) {
+	t := time.NewTicker(updateTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.advanceUpdates()
 		}
 	}
 }

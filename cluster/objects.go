@@ -700,7 +700,8 @@ func (s *state) serviceRevision(svc clustermap.Service) string {
 // rollRevisions moves the tasks of --secret-rotation restart services to
 // their service's current revision one at a time, as rollOut does for
 // images: the lowest slot on another revision moves once every task
-// already on it runs (reported by its node with that revision). New tasks
+// already on it serves (runs, reported by its node with that revision,
+// and is healthy when it has a health check). New tasks
 // start on the current revision; in-place services have none.
 func rollRevisions(tasks []clustermap.Task, s *state) {
 	want := map[string]string{}
@@ -720,7 +721,7 @@ func rollRevisions(tasks []clustermap.Task, s *state) {
 			t.Revision = rev // in place, or a new task: no restart to stagger
 			continue
 		case t.Revision == rev:
-			if t.State != clustermap.TaskRunning {
+			if !t.Serves() { // running and healthy (issue 26)
 				inFlight[t.Service] = true
 			}
 			continue

@@ -1,10 +1,13 @@
 package cluster
 
 import (
+	"maps"
 	"slices"
+	"time"
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/rollout"
 	"github.com/warren-appliance/warren/cluster/scheduler"
 )
 
@@ -12,14 +15,34 @@ import (
 // task states: placement and IPs come from the scheduler; the manager adds
 // what the scheduler does not know about (per-task images, rolling updates,
 // forgetting tasks that finished shutting down).
-func schedule(s *state) (unplaced map[string]string) {
-	current := s.tasks
-	tasks, unplaced := scheduler.Plan(s.sortedNodes(), s.sortedServices(), current)
-	carryOver(tasks, current, s.services)
-	tasks = dropFinished(tasks, s.nodes)
-	rollOut(tasks, s.services)
-	rollRevisions(tasks, s)
-	s.tasks = tasks
+func schedule(s *state, now time.Time) (unplaced map[string]string) {
+	// An update that starts, ends or rolls back changes its surge: place
+	// again with the new count (twice at most: a plan ends an update or
+	// starts a rollback, whose first step adds no surge task).
+	for range 2 {
+		current := s.tasks
+		// A start-first update runs surge tasks after the last slot.
+		services := s.sortedServices()
+		surge := map[string]int{}
+		for i := range services {
+			surge[services[i].Name] = rollout.Surge(services[i], s.services[services[i].Name].Update)
+			services[i].Replicas += surge[services[i].Name]
+		}
+		var tasks []clustermap.Task
+		tasks, unplaced = scheduler.Plan(s.sortedNodes(), services, current)
+		carryOver(tasks, current, s.services)
+		tasks = dropFinished(tasks, s.nodes)
+		tasks = rollOut(s, tasks, now)
+		rollRevisions(tasks, s)
+		s.tasks = tasks
+		same := true
+		for name, r := range s.services {
+			same = same && rollout.Surge(r.Service, r.Update) == surge[name]
+		}
+		if same {
+			break
+		}
+	}
 	return unplaced
 }
 
@@ -63,37 +86,38 @@ func dropFinished(tasks []clustermap.Task, nodes map[string]nodeRecord) []cluste
 	return out
 }
 
-// rollOut advances rolling image updates one slot at a time: when every
-// task already on the service's image is running, the lowest slot still on
-// an old image moves to the new one. A new task that fails stops the
-// rollout (the operator fixes the image and updates again).
-func rollOut(tasks []clustermap.Task, services map[string]serviceRecord) {
-	inFlight := map[string]bool{}
-	next := map[string]int{} // service -> index of the lowest old slot
+// rollOut advances each service's rolling update (rollout.Plan) and
+// starts the rollback of an update that failed with failure action
+// rollback. It updates the services' records in s.
+func rollOut(s *state, tasks []clustermap.Task, now time.Time) []clustermap.Task {
+	byService := map[string][]int{}
 	for i, t := range tasks {
-		svc, ok := services[t.Service]
-		if !ok || t.DesiredState != clustermap.TaskRunning {
+		byService[t.Service] = append(byService[t.Service], i)
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.services)) {
+		r := s.services[name]
+		if !r.Update.Active() {
 			continue
 		}
-		if t.Image == svc.Image {
-			if t.State != clustermap.TaskRunning {
-				inFlight[t.Service] = true
-			}
-			continue
+		idx := byService[name]
+		mine := make([]clustermap.Task, len(idx))
+		for k, i := range idx {
+			mine[k] = tasks[i]
 		}
-		if j, ok := next[t.Service]; !ok || t.Slot < tasks[j].Slot {
-			next[t.Service] = i
+		out, st, outcome := rollout.Plan(r.Service, r.Update, mine, now)
+		if outcome == rollout.RollBack {
+			cur := r.HealthCheck
+			r.Image, r.HealthCheck = st.Previous, st.PreviousHealth
+			st = rollout.StartRollback(st, cur, st.Message, now)
+			out, st, _ = rollout.Plan(r.Service, st, mine, now)
+		}
+		r.Update = st
+		s.services[name] = r
+		for k, i := range idx {
+			tasks[i] = out[k]
 		}
 	}
-	for name, i := range next {
-		if inFlight[name] {
-			continue
-		}
-		t := &tasks[i]
-		t.Image = services[name].Image
-		t.State = clustermap.TaskPending
-		t.Error = ""
-	}
+	return tasks
 }
 
 // applyTaskStatus folds a node's report into its tasks. A report of a task
@@ -111,10 +135,13 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 		r, ok := byName[t.Name]
 		switch {
 		case ok && (r.Image == "" || r.Image == t.Image) && (t.Revision == "" || r.Revision == t.Revision):
-			t.State, t.Error = r.State, r.Error
+			t.State, t.Error, t.Health = r.State, r.Error, ""
+			if r.Health != nil {
+				t.Health = r.Health.Status
+			}
 		case ok:
 			// The node has not picked up the new image (or revision) yet.
-			t.State, t.Error = clustermap.TaskPending, ""
+			t.State, t.Error, t.Health = clustermap.TaskPending, "", ""
 		case t.DesiredState == clustermap.TaskShutdown:
 			t.State, t.Error = clustermap.TaskShutdown, "" // gone from the node
 		case t.State == clustermap.TaskRunning || t.State == clustermap.TaskStarting:

@@ -14,8 +14,10 @@ import (
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/ipam"
+	"github.com/warren-appliance/warren/cluster/rollout"
 	"github.com/warren-appliance/warren/cluster/scheduler"
 	"github.com/warren-appliance/warren/netpolicy"
+	"github.com/warren-appliance/warren/orchestrate/health"
 )
 
 // MaxReplicas bounds a service's replica count: a typo such as 1000000
@@ -73,6 +75,10 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 			return svc, errorf(http.StatusBadRequest, "environment entry %q is not valid: want KEY=VALUE with KEY made of letters, digits and '_'", e)
 		}
 	}
+	if err := checkHealthSpec(spec.HealthSpec); err != nil {
+		return svc, err
+	}
+	svc.HealthCheck, svc.UpdateConfig, svc.RollbackConfig = spec.HealthCheck, spec.UpdateConfig, spec.RollbackConfig
 	for _, c := range spec.Constraints {
 		if _, err := scheduler.ParseConstraint(c); err != nil {
 			return svc, errorf(http.StatusBadRequest, "constraint %v", err) // the error starts with the expression
@@ -224,17 +230,104 @@ func (m *Manager) ScaleService(name string, replicas int) (api.ServiceView, erro
 	return m.Service(name)
 }
 
-// UpdateServiceImage starts a rolling update: slots move to image one at a
-// time, each after the previous new task reports running.
+// UpdateServiceImage starts a rolling update to image (UpdateService).
 func (m *Manager) UpdateServiceImage(name, image string) (api.ServiceView, error) {
-	if err := validateImage(image); err != nil {
+	return m.UpdateService(name, api.ImageUpdate{Image: image})
+}
+
+// UpdateService sets the health check and update settings given in req
+// and, when req names another image, starts a rolling update to it
+// (rollout.Plan moves the slots). On any error nothing changes.
+func (m *Manager) UpdateService(name string, req api.ImageUpdate) (api.ServiceView, error) {
+	if req.Image != "" {
+		if err := validateImage(req.Image); err != nil {
+			return api.ServiceView{}, err
+		}
+	}
+	if err := checkHealthSpec(req.HealthSpec); err != nil {
 		return api.ServiceView{}, err
 	}
-	if err := m.changeService(name, func(r *serviceRecord) error { r.Image = image; return nil }); err != nil {
+	started := false
+	err := m.changeService(name, func(r *serviceRecord) error {
+		prevImage, prevHealth := r.Image, r.HealthCheck
+		if req.HealthCheck != nil {
+			r.HealthCheck = req.HealthCheck
+		}
+		if req.UpdateConfig != nil {
+			r.UpdateConfig = req.UpdateConfig
+		}
+		if req.RollbackConfig != nil {
+			r.RollbackConfig = req.RollbackConfig
+		}
+		if req.Image != "" && req.Image != prevImage {
+			r.Image = req.Image
+			r.Update = rollout.Begin(r.Service, prevImage, prevHealth, m.now().UTC())
+			started = true
+		}
+		return nil
+	})
+	if err != nil {
 		return api.ServiceView{}, err
 	}
-	m.log.Info("service image update started", "service", name, "image", image)
+	if started {
+		m.log.Info("service image update started", "service", name, "image", req.Image)
+	}
 	return m.Service(name)
+}
+
+// RollbackService rolls a service back to the image and health check it
+// had before its last update (Docker's `service rollback`), with its
+// rollback settings.
+func (m *Manager) RollbackService(name string) (api.ServiceView, error) {
+	err := m.changeService(name, func(r *serviceRecord) error {
+		if r.Update == nil || r.Update.Previous == "" {
+			return errorf(http.StatusConflict, "service %s has no previous image to roll back to (it was never updated)", name)
+		}
+		cur := r.HealthCheck
+		st := r.Update
+		r.Image, r.HealthCheck = st.Previous, st.PreviousHealth
+		r.Update = rollout.StartRollback(st, cur, "manual rollback", m.now().UTC())
+		return nil
+	})
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	m.log.Info("service rollback started", "service", name)
+	return m.Service(name)
+}
+
+// checkHealthSpec validates the health check and update settings.
+func checkHealthSpec(h api.HealthSpec) error {
+	if err := health.Validate(h.HealthCheck); err != nil {
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
+	if err := rollout.Validate(h.UpdateConfig, "update"); err != nil {
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
+	if err := rollout.Validate(h.RollbackConfig, "rollback"); err != nil {
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
+	return nil
+}
+
+// advanceUpdates replans while a rolling update waits on time (drain,
+// delay, monitor window); reports move it otherwise.
+func (m *Manager) advanceUpdates() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.leader || m.st == nil {
+		return
+	}
+	active := false
+	for _, r := range m.st.services {
+		active = active || r.Update.Active()
+	}
+	if !active {
+		return
+	}
+	if err := m.updateLocked(func(*state) error { return nil }); err != nil {
+		m.log.Warn("advance rolling updates", "err", err)
+	}
 }
 
 // UpdateServiceLabels sets (add) and removes (rm) labels of a service;
@@ -376,6 +469,12 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 		Name: r.Name, Image: r.Image, Replicas: r.Replicas, VIP: r.VIP, Ports: r.Ports, Env: r.Env,
 		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CapAdd: r.CapAdd, CapDrop: r.CapDrop, CreatedAt: r.CreatedAt,
 		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{}, Labels: maps.Clone(r.Labels),
+		HealthSpec: api.HealthSpec{HealthCheck: r.HealthCheck, UpdateConfig: r.UpdateConfig, RollbackConfig: r.RollbackConfig},
+	}
+	if r.Update != nil {
+		us := r.Update.UpdateStatus
+		v.UpdateStatus = &us
+		v.Updating = r.Update.Active()
 	}
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
@@ -396,10 +495,16 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 			continue
 		}
 		node := m.st.nodes[t.NodeID].Name
-		v.Tasks = append(v.Tasks, api.TaskView{Name: t.Name, Node: node, NodeID: t.NodeID, IP: t.IP, Image: t.Image,
-			DesiredState: t.DesiredState, State: t.State, Error: errs[[2]string{t.Name, t.NodeID}], Labels: r.Labels})
-		if t.DesiredState == clustermap.TaskRunning {
-			if t.State == clustermap.TaskRunning {
+		tv := api.TaskView{Name: t.Name, Node: node, NodeID: t.NodeID, IP: t.IP, Image: t.Image,
+			DesiredState: t.DesiredState, State: t.State, Error: errs[[2]string{t.Name, t.NodeID}], Labels: r.Labels}
+		if t.Health != "" {
+			h := m.taskHealth[taskKey{t.Name, t.NodeID}]
+			h.Status = t.Health // the map's is the one endpoints follow
+			tv.Health = &h
+		}
+		v.Tasks = append(v.Tasks, tv)
+		if t.DesiredState == clustermap.TaskRunning && t.Slot <= r.Replicas {
+			if t.Serves() {
 				v.Running++
 			}
 			if t.Image != r.Image {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/rollout"
 	"github.com/warren-appliance/warren/cluster/store"
 )
 
@@ -85,6 +86,8 @@ type serviceRecord struct {
 	clustermap.Service
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Update is the last rolling update (nil before the first).
+	Update *rollout.Status `json:"update,omitempty"`
 }
 
 type policyRecord struct {

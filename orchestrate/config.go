@@ -19,7 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
+	"github.com/warren-appliance/warren/orchestrate/health"
 )
 
 // TaskSpec is one task this node must run.
@@ -33,6 +35,9 @@ type TaskSpec struct {
 	// CapAdd and CapDrop change the container's capabilities from the
 	// default set (containerd's, without CAP_NET_RAW): CAP_* names or ALL.
 	CapAdd, CapDrop []string
+	// Health is the service's health check (nil: the image's HEALTHCHECK,
+	// if any). A change does not recreate the container.
+	Health *clustermap.HealthCheck
 
 	// SecretMounts are the task's secrets directory and config files,
 	// kept on a tmpfs outside the state dir (package secretfs) and
@@ -52,11 +57,12 @@ type FileMount struct {
 // TaskStatus is what the node reports about one task.
 type TaskStatus struct {
 	Name     string
-	State    string // clustermap.Task* states
-	Error    string // last error, empty when healthy
-	Restarts int    // restarts after the task exited on its own
-	Image    string // image of the spec this status is about, as given in TaskSpec
-	Revision string // revision of that spec, as given in TaskSpec
+	State    string        // clustermap.Task* states
+	Error    string        // last error, empty when healthy
+	Restarts int           // restarts after the task exited on its own
+	Image    string        // image of the spec this status is about, as given in TaskSpec
+	Revision string        // revision of that spec, as given in TaskSpec
+	Health   *health.State // nil when the task has no health check
 }
 
 // Config is what the reconciler needs to know about this node.

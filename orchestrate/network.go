@@ -182,6 +182,13 @@ func (n *network) ensureBridge() (netlink.Link, error) {
 	return link, nil
 }
 
+// taskMAC is a task's eth0 MAC, derived from its IP: 02:42 (locally
+// administered, unicast) then the four address bytes.
+func taskMAC(ip netip.Addr) net.HardwareAddr {
+	a := ip.As4()
+	return net.HardwareAddr{0x02, 0x42, a[0], a[1], a[2], a[3]}
+}
+
 // bridgeMAC is the bridge's own MAC: locally administered, unicast, and
 // derived from the node's block, so it is the same after a restart.
 func bridgeMAC(block netip.Prefix) net.HardwareAddr {
@@ -448,6 +455,11 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 		LinkAttrs:     netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index},
 		PeerName:      "eth0",
 		PeerNamespace: netlink.NsFd(int(nsh)),
+		// The MAC follows the IP (as Docker's 02:42:<ip>): a task
+		// recreated on the same IP (a rolling update) is reached at once,
+		// where a new random MAC would leave the host's neighbour entry
+		// pointing at the old one for seconds.
+		PeerHardwareAddr: taskMAC(ip),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return "", fmt.Errorf("create veth %s for %s: %w", hostName, task, err)

@@ -221,6 +221,9 @@ func (in planInput) planTask(s TaskSpec) action {
 			a.retryAt = in.now.Add(backoff(a.failures))
 			a.exitStatus = c.exitStatus
 			a.err = fmt.Sprintf("exited with status %d; restarting in %s", c.exitStatus, backoff(a.failures))
+			if rec.unhealthy != "" {
+				a.err = fmt.Sprintf("stopped as unhealthy (last check: %q); restarting in %s", rec.unhealthy, backoff(a.failures))
+			}
 		case backingOff:
 			a.kind = actWait
 		default:

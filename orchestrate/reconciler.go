@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/orchestrate/health"
 )
 
 // Loop timing.
@@ -48,6 +49,7 @@ type Reconciler struct {
 	hostCheckedAt time.Time     // last good ensureHost; only the loop touches it
 
 	removeSem chan struct{} // bounds background removals
+	probeSem  chan struct{} // bounds health probes running at once
 
 	mu       sync.Mutex
 	applied  bool // Apply was called: until then, nothing is removed
@@ -68,6 +70,7 @@ type taskRecord struct {
 	nextGen     int
 	removedAt   time.Time
 	imageFailed bool
+	unhealthy   string // the run was stopped as unhealthy: the last probe's output
 }
 
 // New connects to containerd (lazily: the daemon may come up later) and
@@ -106,6 +109,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		records:   map[string]*taskRecord{},
 		removing:  map[string]netip.Addr{},
 		removeSem: make(chan struct{}, parallelism),
+		probeSem:  make(chan struct{}, healthConcurrency),
 	}
 	r.images.onPulled = r.poke
 	return r, nil
@@ -477,7 +481,7 @@ func (r *Reconciler) execute(ctx context.Context, a action, h handle) error {
 			return r.create(ctx, a)
 		}
 	case actKeep:
-		r.noteRunning(a, h.task)
+		r.noteRunning(ctx, a, h)
 		if err := files.trimLog(); err != nil {
 			r.log.Warn("trim task log", "task", s.Name, "err", err)
 		}
@@ -638,26 +642,47 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 		rec.status.Restarts++
 		rec.exitNoted = false
 	}
-	rec.startedAt = time.Now()
+	r.mu.Unlock()
+	startedAt := time.Now()
+	// The health goes with the running state in one report: a task with a
+	// check enters its endpoints only once a probe passes.
+	hs, probe := r.startHealth(ctx, s, c, task, startedAt, false)
+	r.mu.Lock()
+	rec = r.recordLocked(name)
+	rec.startedAt = startedAt
 	rec.retryAt = time.Time{}
+	rec.unhealthy = ""
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
+	rec.status.Health = hs
 	rec.status.Revision = s.Revision
 	gen := r.newWatch(rec)
 	r.mu.Unlock()
 	r.notify()
 	go r.watch(name, gen, exitCh)
+	probe(gen)
 	r.log.Info("started task", "task", name, "pid", task.Pid())
 	return nil
 }
 
 // noteRunning records a running task (a.startedAt, a.failures) and makes
 // sure an exit watcher is on it.
-func (r *Reconciler) noteRunning(a action, task client.Task) {
+func (r *Reconciler) noteRunning(ctx context.Context, a action, h handle) {
+	task := h.task
+	r.mu.Lock()
+	needWatch := r.recordLocked(a.task).watchGen == 0
+	r.mu.Unlock()
+	var hs *health.State
+	probe := func(int) {}
+	if needWatch {
+		// Adopted, or its watch broke: probe at once, so a restarted
+		// appliance puts its healthy tasks back without a full interval.
+		hs, probe = r.startHealth(ctx, a.spec, h.container, task, a.startedAt, true)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rec := r.recordLocked(a.task)
 	rec.startedAt, rec.failures, rec.retryAt = a.startedAt, a.failures, time.Time{}
-	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.Revision != a.spec.Revision || rec.status.Error != "" {
+	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.Revision != a.spec.Revision || rec.status.Error != "" || needWatch {
 		r.notify()
 	}
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", a.spec.Image
@@ -665,12 +690,15 @@ func (r *Reconciler) noteRunning(a action, task client.Task) {
 	if rec.watchGen != 0 {
 		return
 	}
+	rec.status.Health = hs
 	exitCh, err := task.Wait(r.runCtx)
 	if err != nil {
 		r.log.Warn("watch task", "task", a.task, "err", err)
 		return
 	}
-	go r.watch(a.task, r.newWatch(rec), exitCh)
+	gen := r.newWatch(rec)
+	go r.watch(a.task, gen, exitCh)
+	probe(gen)
 }
 
 // recordExit records that a task's process exited, and when it restarts.
@@ -678,6 +706,7 @@ func (r *Reconciler) recordExit(a action) {
 	r.mu.Lock()
 	rec := r.recordLocked(a.task)
 	rec.exitNoted = true
+	rec.unhealthy = ""
 	rec.failures, rec.retryAt = a.failures, a.retryAt
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
 	rec.status.Revision = a.spec.Revision

@@ -23,7 +23,7 @@ const (
 	PathJoinTokens = "/v1/join-tokens" // /{role}: GET JoinToken; /{role}/rotate: POST
 	PathNodes      = "/v1/nodes"       // GET []NodeView; /{node}: GET NodeView, DELETE (?force=1); /{node}/promote|demote|drain|activate: POST
 	PathTasks      = "/v1/tasks"       // GET ?service=NAME
-	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels|capabilities: POST
+	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels|capabilities|rollback: POST
 	PathPolicies   = "/v1/policies"    // GET, POST PolicyApply; /{name}: GET, DELETE
 	PathBackup     = "/v1/backup"      // GET: the state at one applied index (JSON; holds the CA key)
 
@@ -33,6 +33,9 @@ const (
 	ActionLabels = "/labels"
 	// ActionCapabilities updates a service's added and dropped capabilities.
 	ActionCapabilities = "/capabilities"
+	// ActionRollback on PathServices/{name}: POST, roll back to the image
+	// and health check before the last update.
+	ActionRollback = "/rollback"
 	// On PathNodes/{node}: POST, a manager votes in Raft / stops voting.
 	ActionPromote = "/promote"
 	ActionDemote  = "/demote"
@@ -139,7 +142,32 @@ type TaskStatus struct {
 	// Revision of the task's secrets and configs the container runs with
 	// (--secret-rotation restart), as the map gave it.
 	Revision string `json:"revision,omitempty"`
+	// Health is the task's health check state; nil without a check.
+	Health *TaskHealth `json:"health,omitempty"`
 }
+
+// TaskHealth is a task's health (Docker's State.Health): its status
+// (starting, healthy, unhealthy), consecutive failed probes and the last
+// probes (at most MaxHealthLog, outputs cut at MaxHealthOutput bytes).
+type TaskHealth struct {
+	Status        string         `json:"status"`
+	FailingStreak int            `json:"failing_streak"`
+	Log           []HealthResult `json:"log,omitempty"`
+}
+
+// HealthResult is one probe of a task's health check.
+type HealthResult struct {
+	Start    time.Time `json:"start"`
+	End      time.Time `json:"end"`
+	ExitCode int       `json:"exit_code"` // -1: did not run, or timed out
+	Output   string    `json:"output"`
+}
+
+// Bounds of a reported TaskHealth.
+const (
+	MaxHealthLog    = 5
+	MaxHealthOutput = 512
+)
 
 // Error is the body of every non-2xx answer: what went wrong and what to do.
 type Error struct {
@@ -231,12 +259,23 @@ type ServiceSpec struct {
 	// default set, which lacks NET_RAW (Docker's --cap-add/--cap-drop).
 	CapAdd  []string `json:"cap_add,omitempty"`
 	CapDrop []string `json:"cap_drop,omitempty"`
+	HealthSpec
 }
 
 // CapabilityUpdate adds and drops capabilities of a service.
 type CapabilityUpdate struct {
 	Add  []string `json:"add,omitempty"`
 	Drop []string `json:"drop,omitempty"`
+}
+
+// HealthSpec is the health check and rolling-update part of a service's
+// spec (Docker's --health-*, --update-* and --rollback-* flags). nil
+// fields keep what the service has (update) or take the defaults
+// (create).
+type HealthSpec struct {
+	HealthCheck    *clustermap.HealthCheck  `json:"health_check,omitempty"`
+	UpdateConfig   *clustermap.UpdateConfig `json:"update_config,omitempty"`
+	RollbackConfig *clustermap.UpdateConfig `json:"rollback_config,omitempty"`
 }
 
 // LabelUpdate adds (or overwrites) and removes labels of a service.
@@ -250,9 +289,11 @@ type Scale struct {
 	Replicas int `json:"replicas"`
 }
 
-// ImageUpdate starts a rolling update to a new image.
+// ImageUpdate starts a rolling update to a new image (Image empty: keep
+// the image) and sets the health check and update settings given.
 type ImageUpdate struct {
 	Image string `json:"image"`
+	HealthSpec
 }
 
 // ServiceView is a service with its tasks.
@@ -272,9 +313,15 @@ type ServiceView struct {
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	Updating    bool              `json:"updating,omitempty"` // a rolling image update is in progress
-	Unplaced    string            `json:"unplaced,omitempty"` // why some replicas have no node
-	Labels      map[string]string `json:"labels"`
-	Tasks       []TaskView        `json:"tasks"`
+	// HealthCheck, UpdateConfig and RollbackConfig as set on the service
+	// (nil: the image's check; the defaults).
+	HealthSpec
+	// UpdateStatus is the last rolling update (Docker's UpdateStatus);
+	// nil before the first.
+	UpdateStatus *UpdateStatus     `json:"update_status,omitempty"`
+	Unplaced     string            `json:"unplaced,omitempty"` // why some replicas have no node
+	Labels       map[string]string `json:"labels"`
+	Tasks        []TaskView        `json:"tasks"`
 	// Secrets and configs the tasks see (references, never values).
 	Secrets        []clustermap.FileRef `json:"secrets,omitempty"`
 	Configs        []clustermap.FileRef `json:"configs,omitempty"`
@@ -292,6 +339,8 @@ type TaskView struct {
 	DesiredState string     `json:"desired_state"`
 	State        string     `json:"state"`
 	Error        string     `json:"error,omitempty"`
+	// Health is the task's health check state, nil without a check.
+	Health *TaskHealth `json:"health,omitempty"`
 	// Labels are the service's labels, which the task carries.
 	Labels map[string]string `json:"labels,omitempty"`
 }
@@ -334,4 +383,27 @@ type PolicyApply struct {
 type PolicyApplied struct {
 	Name   string `json:"name"`
 	Result string `json:"result"` // created | configured | unchanged
+}
+
+// Rolling update states (Docker's UpdateStatus.State).
+const (
+	UpdateUpdating          = "updating"
+	UpdatePaused            = "paused"
+	UpdateCompleted         = "completed"
+	UpdateRollbackStarted   = "rollback_started"
+	UpdateRollbackPaused    = "rollback_paused"
+	UpdateRollbackCompleted = "rollback_completed"
+)
+
+// UpdateStatus is where a service's rolling update stands.
+type UpdateStatus struct {
+	State       string    `json:"state"`
+	Message     string    `json:"message,omitempty"` // the reason, e.g. the failing task
+	StartedAt   time.Time `json:"started_at"`
+	CompletedAt time.Time `json:"completed_at,omitzero"`
+	// Target is the image being rolled to; Previous the one before.
+	Target   string `json:"target"`
+	Previous string `json:"previous,omitempty"`
+	// Failures names the tasks that failed during the update.
+	Failures []string `json:"failures,omitempty"`
 }

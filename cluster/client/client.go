@@ -154,6 +154,19 @@ func (c *Client) UpdateServiceImage(ctx context.Context, name, image string) (ap
 	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionUpdate, nil, api.ImageUpdate{Image: image}, &out)
 }
 
+// UpdateService sets a service's health check and update settings and,
+// when req.Image is set, starts a rolling update to it.
+func (c *Client) UpdateService(ctx context.Context, name string, req api.ImageUpdate) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionUpdate, nil, req, &out)
+}
+
+// RollbackService rolls a service back to its image before the last update.
+func (c *Client) RollbackService(ctx context.Context, name string) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionRollback, nil, nil, &out)
+}
+
 // Tasks lists the tasks of service, including those of a removed service
 // until their nodes report them stopped.
 func (c *Client) Tasks(ctx context.Context, service string) ([]api.TaskView, error) {

@@ -125,6 +125,12 @@ type Service struct {
 	// set (containerd's, without CAP_NET_RAW): CAP_* names or ALL.
 	CapAdd  []string `json:"cap_add,omitempty"`
 	CapDrop []string `json:"cap_drop,omitempty"`
+	// HealthCheck overrides the image's HEALTHCHECK (nil: the image's).
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
+	// UpdateConfig and RollbackConfig say how the service rolls to a new
+	// image and back (nil: the defaults).
+	UpdateConfig   *UpdateConfig `json:"update_config,omitempty"`
+	RollbackConfig *UpdateConfig `json:"rollback_config,omitempty"`
 
 	// Secrets and configs the service's tasks get as files: references
 	// with the version each task must see, never a value (nodes fetch
@@ -185,6 +191,12 @@ type Task struct {
 	// Error is the node's last error text for the task, on the manager
 	// only (the admin API shows it); always empty in published maps.
 	Error string `json:"error,omitempty"`
+	// Health is the task's health as its node reports it: "" (no health
+	// check), starting, healthy or unhealthy.
+	Health string `json:"health,omitempty"`
+	// Draining: the task is taken out of its service's endpoints before
+	// it stops (a rolling update replaces it next).
+	Draining bool `json:"draining,omitempty"`
 }
 
 // Node returns the node with the given ID.
@@ -209,12 +221,14 @@ func (m *Map) TasksOn(id string) []Task {
 	return out
 }
 
-// Endpoints returns the running tasks of service name: the backends of its
-// VIP, sorted by name so renderers are deterministic.
+// Endpoints returns the tasks of service name that serve (Task.Serves:
+// running and healthy, or running without a health check, and not
+// draining): the backends of its VIP, published ports and DNS name,
+// sorted by name so renderers are deterministic.
 func (m *Map) Endpoints(name string) []Task {
 	var out []Task
 	for _, t := range m.Tasks {
-		if t.Service == name && t.State == TaskRunning && t.DesiredState == TaskRunning && t.IP.IsValid() {
+		if t.Service == name && t.Serves() {
 			out = append(out, t)
 		}
 	}

@@ -80,3 +80,21 @@ func FuzzMapDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestEndpointsOnlyHealthyAndNotDraining(t *testing.T) {
+	ip := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	m := Map{Tasks: []Task{
+		{Name: "web-1", Service: "web", IP: ip("10.0.1.2"), DesiredState: TaskRunning, State: TaskRunning},
+		{Name: "web-2", Service: "web", IP: ip("10.0.1.3"), DesiredState: TaskRunning, State: TaskRunning, Health: HealthHealthy},
+		{Name: "web-3", Service: "web", IP: ip("10.0.1.4"), DesiredState: TaskRunning, State: TaskRunning, Health: HealthStarting},
+		{Name: "web-4", Service: "web", IP: ip("10.0.1.5"), DesiredState: TaskRunning, State: TaskRunning, Health: HealthUnhealthy},
+		{Name: "web-5", Service: "web", IP: ip("10.0.1.6"), DesiredState: TaskRunning, State: TaskRunning, Health: HealthHealthy, Draining: true},
+	}}
+	var names []string
+	for _, e := range m.Endpoints("web") {
+		names = append(names, e.Name)
+	}
+	if want := []string{"web-1", "web-2"}; !reflect.DeepEqual(names, want) {
+		t.Fatalf("endpoints = %v, want %v", names, want)
+	}
+}

@@ -58,6 +58,9 @@ func addServiceCommands(root *cobra.Command) {
 			if err := secretFlags(cmd, &spec); err != nil {
 				return err
 			}
+			if spec.HealthSpec, err = healthSpecFromFlags(cmd, api.HealthSpec{}); err != nil {
+				return err
+			}
 			c := apiClient(cmd)
 			v, err := c.CreateService(cmdContext(cmd), spec)
 			if err != nil {
@@ -93,6 +96,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
 	addCapabilityFlags(createCmd)
 	addSecretFlags(createCmd)
+	addHealthFlags(createCmd)
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
 	addWaitFlags(createCmd)
@@ -157,6 +161,7 @@ func addServiceCommands(root *cobra.Command) {
 			if len(s.CapAdd) > 0 || len(s.CapDrop) > 0 {
 				row("Capabilities", fmt.Sprintf("added %s, dropped %s", formatCaps(s.CapAdd), formatCaps(s.CapDrop)))
 			}
+			printHealthSettings(row, s)
 			row("Labels", formatLabels(s.Labels))
 			if len(s.Secrets) > 0 || len(s.Configs) > 0 {
 				row("Secrets", formatRefs(s.Secrets))
@@ -166,7 +171,7 @@ func addServiceCommands(root *cobra.Command) {
 			row("Created", s.CreatedAt.Format(time.RFC3339))
 			row("Updated", s.UpdatedAt.Format(time.RFC3339))
 			if s.Updating {
-				row("Rolling update", "in progress (one task at a time)")
+				row("Rolling update", "in progress")
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -254,8 +259,8 @@ func addServiceCommands(root *cobra.Command) {
 				return err
 			}
 			refs, hasRefs := refsUpdate(cmd)
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !hasRefs && len(capAdd) == 0 && len(capDrop) == 0 {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --cap-add or --cap-drop")}
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !hasRefs && len(capAdd) == 0 && len(capDrop) == 0 && !healthFlagsChanged(cmd) {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --cap-add, --cap-drop, --health-*, --update-* or --rollback-*")}
 			}
 			add, err := parseLabels(addArgs)
 			if err != nil {
@@ -289,22 +294,43 @@ func addServiceCommands(root *cobra.Command) {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: secrets %s, configs %s\n", v.Name, formatRefs(v.Secrets), formatRefs(v.Configs))
 			}
-			if image != "" {
-				v, err := c.UpdateServiceImage(cmdContext(cmd), args[0], image)
+			var started time.Time // the rolling update this command started
+			if image != "" || healthFlagsChanged(cmd) {
+				req := api.ImageUpdate{Image: image}
+				if healthFlagsChanged(cmd) {
+					cur, err := c.Service(cmdContext(cmd), args[0])
+					if err != nil {
+						return err
+					}
+					if req.HealthSpec, err = healthSpecFromFlags(cmd, cur.HealthSpec); err != nil {
+						return err
+					}
+					if image == cur.Image {
+						req.Image = "" // nothing to roll
+					}
+				}
+				v, err := c.UpdateService(cmdContext(cmd), args[0], req)
 				if err != nil {
 					return err
 				}
-				if detached(cmd) {
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time (each next one once the previous reports running); follow with `warren service ps %s`\n",
-						v.Name, v.Image, v.Name)
-				} else {
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, one task at a time\n", v.Name, v.Image)
+				if req.Image != "" && v.UpdateStatus != nil {
+					started = v.UpdateStatus.StartedAt
+					how := "one task at a time, each next one once the previous serves (running and healthy)"
+					if detached(cmd) {
+						how += "; follow with `warren service inspect " + v.Name + "`"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, %s\n", v.Name, v.Image, how)
 				}
 			}
 			if detached(cmd) {
 				return nil
 			}
-			v, err := waitService(cmd, args[0])
+			var v api.ServiceView
+			if !started.IsZero() {
+				v, err = waitUpdate(cmd, args[0], started, false)
+			} else {
+				v, err = waitService(cmd, args[0])
+			}
 			if err != nil {
 				return err
 			}
@@ -317,6 +343,7 @@ func addServiceCommands(root *cobra.Command) {
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
 	addCapabilityFlags(updateCmd)
 	addSecretUpdateFlags(updateCmd)
+	addHealthFlags(updateCmd)
 	addWaitFlags(updateCmd)
 	addWaitFlags(scaleCmd)
 
@@ -351,6 +378,7 @@ func addServiceCommands(root *cobra.Command) {
 	addWaitFlags(rmCmd)
 
 	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd)
+	addRollbackCommand(svcCmd)
 }
 
 // waitService waits until service name has converged and returns its
@@ -376,7 +404,7 @@ func printTasks(w io.Writer, s api.ServiceView) error {
 		if node == "" {
 			node = t.NodeID + " (removed)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, t.State, t.Error)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, taskStateText(t), taskErrorText(t))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -52,6 +52,9 @@ func taskLine(t api.TaskView, image string) string {
 		node = t.NodeID
 	}
 	state := t.State
+	if t.Health != nil {
+		state += " (" + t.Health.Status + ")"
+	}
 	if t.DesiredState == clustermap.TaskShutdown && t.State != clustermap.TaskShutdown {
 		state = "stopping (" + t.State + ")"
 	}
@@ -76,7 +79,7 @@ func serviceProgress(v api.ServiceView) progress {
 		switch {
 		case t.DesiredState == clustermap.TaskRunning:
 			active++
-			if t.State == clustermap.TaskRunning && t.Image == v.Image {
+			if t.State == clustermap.TaskRunning && t.Image == v.Image && (t.Health == nil || t.Health.Status == clustermap.HealthHealthy) {
 				p.running++
 				continue
 			}

@@ -55,6 +55,26 @@ func BusyboxTarball(dir string, ref string, extra ...File) (string, error) {
 // BusyboxTarballFor is BusyboxTarball around another static busybox binary
 // built for goarch (e.g. an arm64 one for emulated boards).
 func BusyboxTarballFor(dir, ref, busyboxPath, goarch string, extra ...File) (string, error) {
+	return build(dir, ref, busyboxPath, goarch, nil, extra)
+}
+
+// Healthcheck is a Docker image config's HEALTHCHECK (config.Healthcheck;
+// OCI's image spec has no field for it, Docker's builders write it).
+type Healthcheck struct {
+	Test        []string      `json:"Test"`
+	Interval    time.Duration `json:"Interval,omitempty"`
+	Timeout     time.Duration `json:"Timeout,omitempty"`
+	StartPeriod time.Duration `json:"StartPeriod,omitempty"`
+	Retries     int           `json:"Retries,omitempty"`
+}
+
+// BusyboxTarballWithHealthcheck is BusyboxTarball with a HEALTHCHECK in
+// the image config.
+func BusyboxTarballWithHealthcheck(dir, ref string, hc Healthcheck, extra ...File) (string, error) {
+	return build(dir, ref, BusyboxPath, runtime.GOARCH, &hc, extra)
+}
+
+func build(dir, ref, busyboxPath, goarch string, hc *Healthcheck, extra []File) (string, error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
 		return "", fmt.Errorf("parse image ref %q: %w", ref, err)
@@ -84,6 +104,11 @@ func BusyboxTarballFor(dir, ref, busyboxPath, goarch string, extra ...File) (str
 	configJSON, err := json.Marshal(config)
 	if err != nil {
 		return "", fmt.Errorf("marshal image config: %w", err)
+	}
+	if hc != nil {
+		if configJSON, err = withHealthcheck(configJSON, *hc); err != nil {
+			return "", err
+		}
 	}
 
 	manifest := ocispec.Manifest{
@@ -240,4 +265,27 @@ func gzipDeterministic(data []byte) ([]byte, error) {
 
 func descriptor(mediaType string, data []byte) ocispec.Descriptor {
 	return ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(data), Size: int64(len(data))}
+}
+
+// withHealthcheck adds config.Healthcheck to an image config.
+func withHealthcheck(configJSON []byte, hc Healthcheck) ([]byte, error) {
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(configJSON, &doc); err != nil {
+		return nil, fmt.Errorf("decode image config: %w", err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(doc["config"], &cfg); err != nil {
+		return nil, fmt.Errorf("decode image config: %w", err)
+	}
+	cfg["Healthcheck"] = hc
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encode image config: %w", err)
+	}
+	doc["config"] = raw
+	out, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("encode image config: %w", err)
+	}
+	return out, nil
 }

@@ -135,3 +135,39 @@ func TestBusyboxTarballRejectsBadRef(t *testing.T) {
 		t.Fatal("want an error for an invalid reference")
 	}
 }
+
+func TestBusyboxTarballWithHealthcheck(t *testing.T) {
+	if _, err := os.Stat(BusyboxPath); err != nil {
+		t.Skipf("busybox-static not installed: %v", err)
+	}
+	path, err := BusyboxTarballWithHealthcheck(t.TempDir(), "checked:v1", Healthcheck{Test: []string{"CMD-SHELL", "test -f /tmp/ok"}, Interval: 1e9, Retries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	files := readTar(t, data)
+	var idx ocispec.Index
+	if err := json.Unmarshal(files[ocispec.ImageIndexFile], &idx); err != nil {
+		t.Fatal(err)
+	}
+	var man ocispec.Manifest
+	if err := json.Unmarshal(files["blobs/sha256/"+idx.Manifests[0].Digest.Encoded()], &man); err != nil {
+		t.Fatal(err)
+	}
+	raw := files["blobs/sha256/"+man.Config.Digest.Encoded()]
+	var cfg struct {
+		Config struct {
+			Cmd         []string
+			Healthcheck *Healthcheck
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if hc := cfg.Config.Healthcheck; hc == nil || hc.Test[1] != "test -f /tmp/ok" || hc.Retries != 2 || len(cfg.Config.Cmd) != 1 {
+		t.Fatalf("config = %s", raw)
+	}
+	if digest.FromBytes(raw) != man.Config.Digest {
+		t.Fatal("config digest does not match")
+	}
+}
