@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -762,35 +761,32 @@ func (m *Manager) managerStatuses(managers map[string]string) map[string]string 
 	return out
 }
 
-// jumpVersion makes the map's version greater than v (leader only): a
-// restored cluster must never publish versions nodes already hold.
-func (m *Manager) jumpVersion(v uint64) error {
+// noteNodeAhead logs, at most once a minute per node, that a node holds a
+// map version above this manager's. It never writes: a node's `after` is
+// any number a member chooses. Only the leader's view counts (a follower
+// that lags is normal).
+func (m *Manager) noteNodeAhead(id string, after uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.leader || m.current.Version > v {
-		return nil
+	if !m.leader || after <= m.current.Version {
+		return
 	}
-	next := m.st.clone()
-	next.meta.Version = v + 1
-	snap, err := next.snapshot()
-	if err != nil {
-		return err
+	now := m.now()
+	if last, ok := m.aheadLogged[id]; ok && now.Sub(last) < time.Minute {
+		return
 	}
-	idx, err := m.replica.Propose(store.Diff(m.snap, snap))
-	if err != nil {
-		return m.noLeaderError(err)
+	if m.aheadLogged == nil {
+		m.aheadLogged = map[string]time.Time{}
 	}
-	cur := next.buildMap(next.meta.Version)
-	body, err := json.Marshal(cur)
-	if err != nil {
-		return err
+	m.aheadLogged[id] = now
+	name := m.st.nodes[id].Name
+	if after > clustermap.MaxVersion {
+		m.log.Warn("node claims an absurd map version; ignored (the node forgets such a version itself)", "node", name, "version", after, "bound", clustermap.MaxVersion)
+		return
 	}
-	m.log.Info("map version moved past a node's (restored state)", "from", m.current.Version, "to", cur.Version)
-	m.st, m.snap, m.applied = next, snap, idx
-	m.current, m.mapJSON = cur, body
-	close(m.changed)
-	m.changed = make(chan struct{})
-	return nil
+	m.log.Warn("node holds a newer map version than this cluster: it keeps its map until the cluster's version passes it. "+
+		"If this cluster was restored from a backup, restore again with a larger `--version-bump`",
+		"node", name, "node_version", after, "cluster_version", m.current.Version, "gap", after-m.current.Version)
 }
 
 // SetManagerVoter promotes (voter) or demotes a manager, by name or ID.

@@ -140,6 +140,7 @@ type Manager struct {
 	// views caches the encoded per-node views of the current map (views.go).
 	views        map[string][]byte
 	viewsVersion uint64
+	aheadLogged  map[string]time.Time // noteNodeAhead's last warning per node
 	servingAddr  string // the node API's listener, once serving
 }
 
@@ -525,8 +526,16 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 		return fmt.Errorf("encode map: %w", err)
 	}
 	mapChanged := !bytes.Equal(body, m.mapJSON)
-	if mapChanged {
+	absurd := m.current.Version >= clustermap.MaxVersion
+	if mapChanged || absurd {
+		mapChanged = true
 		next.meta.Version = m.current.Version + 1
+		if absurd {
+			// Nodes refuse versions above MaxVersion and forget cached
+			// ones: start again low rather than wrap.
+			m.log.Warn("map version above the bound: starting again from 1", "version", m.current.Version, "bound", clustermap.MaxVersion)
+			next.meta.Version = 1
+		}
 		candidate.Version = next.meta.Version
 		if body, err = json.Marshal(candidate); err != nil {
 			return fmt.Errorf("encode map: %w", err)

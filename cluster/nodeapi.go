@@ -387,7 +387,7 @@ func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request, id string
 // handleWatch streams the map: one JSON document per line, sent whenever
 // the version changes. A slow reader skips intermediate versions and gets
 // the newest. The first line is the current map if it is newer than what
-// the caller holds (versions only grow: see jumpVersion).
+// the caller holds (versions only grow, by one per change).
 func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string) {
 	after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
 	flusher, ok := w.(http.Flusher)
@@ -412,11 +412,10 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	if after > m.Map().Version {
 		// The node holds a newer map than this manager: a follower that
 		// lags (it catches up and then sends), or a cluster restored from
-		// an older backup, whose leader moves the version past the node's
-		// so that every node takes the restored map as newer.
-		if err := m.jumpVersion(after); err != nil && m.isLeader() {
-			m.log.Warn("cannot move the map version past a node's", "node", id, "err", err)
-		}
+		// an older backup without a large enough --version-bump. A node's
+		// `after` is never a reason to write (any member could send any
+		// number): say so, and let the operator act.
+		m.noteNodeAhead(id, after)
 	}
 	for {
 		m.mu.Lock()
