@@ -141,7 +141,7 @@ type Manager struct {
 	views        map[string][]byte
 	viewsVersion uint64
 	aheadLogged  map[string]time.Time // noteNodeAhead's last warning per node
-	servingAddr  string // the node API's listener, once serving
+	servingAddr  string               // the node API's listener, once serving
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
