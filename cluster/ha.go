@@ -108,11 +108,12 @@ func (m *Manager) managerCertLocked() *tls.Certificate {
 	return &tls.Certificate{}
 }
 
-// issueManagerCert gives this manager a fresh manager certificate for Raft
-// and forwarding, signed with the CA it holds (in memory only: it is
-// re-issued at every start).
+// issueManagerCert gives this manager a fresh session certificate for Raft
+// and forwarding, signed with the CA it holds, for its node TLS key (in
+// memory only: it is re-issued at every start; the other managers accept
+// it for the key recorded in this manager's node record).
 func (m *Manager) issueManagerCert() error {
-	key, err := pki.NewKey()
+	key, err := m.nodeKey()
 	if err != nil {
 		return err
 	}
@@ -120,7 +121,7 @@ func (m *Manager) issueManagerCert() error {
 	if err != nil {
 		return err
 	}
-	cert, err := m.ca.SignManager(csr, m.selfID, m.now())
+	cert, err := m.ca.SignManagerSession(csr, m.selfID, m.now())
 	if err != nil {
 		return err
 	}
@@ -192,6 +193,14 @@ func (m *Manager) becomeLeader() {
 		}
 		self.Endpoint, self.PublicKey, self.Labels = m.cfg.Node.Endpoint, m.cfg.Node.PublicKey, m.cfg.Node.Labels
 		self.API, self.Status = m.cfg.Advertise, clustermap.NodeReady
+		if self.TLSKey == "" {
+			// A record from before keys were recorded (the manager that
+			// created the cluster): from now on only its key's session
+			// certificates are accepted.
+			if c := m.managerCertLocked(); c.Leaf != nil {
+				self.TLSKey = pki.KeyHash(c.Leaf.PublicKey)
+			}
+		}
 		s.nodes[self.ID] = self
 		return nil
 	})

@@ -112,6 +112,7 @@ type Manager struct {
 	stream    *raftStream
 	fwd       apicall.Caller // to the other managers (forwarded calls, Raft join)
 	pool      atomic.Pointer[x509.CertPool]
+	creds     atomic.Pointer[map[string]managerCred] // liveManager's view; nil before any state
 	mcert     atomic.Pointer[tls.Certificate]
 	notify    chan struct{} // an entry was applied or a snapshot restored
 	stop      chan struct{}
@@ -261,7 +262,7 @@ func (m *Manager) open() error {
 		}
 	}
 	rcfg := replicate.Config{
-		Dir: raftDir, ID: m.selfID, Addr: m.cfg.Advertise, Store: m.store, Logger: m.cfg.Logger, Tune: m.cfg.raftTune,
+		Dir: raftDir, ID: m.selfID, Addr: m.cfg.Advertise, Store: m.store, Logger: m.cfg.Logger, Tune: m.cfg.raftTune, Check: checkChange,
 		OnApply: func() {
 			select {
 			case m.notify <- struct{}{}:
@@ -387,6 +388,7 @@ func (m *Manager) setStateLocked(s *state) error {
 	}
 	m.unplaced = schedule(s.clone())
 	m.st, m.snap = s, snap
+	m.publishCredsLocked()
 	if _, ok := s.nodes[m.selfID]; ok {
 		m.readyOnce.Do(func() { close(m.ready) })
 	}
@@ -455,6 +457,12 @@ func (m *Manager) createCluster() (*state, error) {
 	if err != nil {
 		return nil, err
 	}
+	key, err := m.nodeKey()
+	if err != nil {
+		return nil, err
+	}
+	self.TLSKey = pki.KeyHash(key.Public())
+	s.nodes[self.ID] = self
 	s.meta.SelfID = self.ID
 	return s, nil
 }
@@ -560,6 +568,7 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 		m.applied = idx
 	}
 	m.st, m.snap, m.unplaced = next, snap, unplaced
+	m.publishCredsLocked()
 	if mapChanged {
 		m.current, m.mapJSON = candidate, body
 		close(m.changed)

@@ -54,6 +54,10 @@ type Config struct {
 	OnApply func()
 	// Tune adjusts the raft config (tests shorten the timeouts).
 	Tune func(*raft.Config)
+	// Check refuses a committed change the caller cannot load (records
+	// that do not decode, unknown buckets): such an entry is logged and
+	// applied as no change, on every manager alike.
+	Check func(store.Change) error
 }
 
 // Replica is one manager's raft node with its FSM.
@@ -138,7 +142,7 @@ func openStores(cfg Config) (*Replica, error) {
 	} else {
 		_, trans = raft.NewInmemTransport(raft.ServerAddress(cfg.Addr)) // offline recovery
 	}
-	fsm := &FSM{st: cfg.Store, notify: cfg.OnApply, log: cfg.Logger}
+	fsm := &FSM{st: cfg.Store, notify: cfg.OnApply, log: cfg.Logger, check: cfg.Check}
 	fsm.applied = fsm.storedIndex()
 	return &Replica{fsm: fsm, logs: logs, snaps: snaps, trans: trans, conf: conf, cfg: cfg}, nil
 }
@@ -244,6 +248,7 @@ type FSM struct {
 	pending []pendingEntry // committed, not yet written (disk full)
 	notify  func()
 	log     *slog.Logger
+	check   func(store.Change) error // Config.Check
 }
 
 func (f *FSM) index() uint64 {
@@ -285,14 +290,16 @@ func (f *FSM) Apply(l *raft.Log) any {
 		f.mu.Unlock()
 		return nil
 	}
-	if len(l.Data) == 0 || l.Data[0] != entryChange {
-		f.mu.Unlock()
-		panic(fmt.Sprintf("replicated store: log entry %d has unknown type (written by a newer version?)", l.Index))
-	}
-	var c store.Change
-	if err := json.Unmarshal(l.Data[1:], &c); err != nil {
-		f.mu.Unlock()
-		panic(fmt.Sprintf("replicated store: log entry %d: %v", l.Index, err))
+	c, bad := f.decode(l)
+	if bad != nil {
+		// Refused: an entry no manager can apply must not stop them all
+		// (a panic here repeats at every restart, since the log replays
+		// it). It is counted as applied, with no change, so a replay skips
+		// it and the entries after it apply.
+		c = store.Change{}
+		if f.log != nil {
+			f.log.Error("replicated store: refused a log entry; it changes nothing", "index", l.Index, "err", bad)
+		}
 	}
 	f.pending = append(f.pending, pendingEntry{index: l.Index, change: c})
 	before := f.applied
@@ -308,7 +315,24 @@ func (f *FSM) Apply(l *raft.Log) any {
 		}
 		return err
 	}
-	return nil
+	return bad
+}
+
+// decode reads an entry's change and checks it (Config.Check).
+func (f *FSM) decode(l *raft.Log) (store.Change, error) {
+	var c store.Change
+	if len(l.Data) == 0 || l.Data[0] != entryChange {
+		return c, fmt.Errorf("log entry %d has unknown type (written by a newer version?)", l.Index)
+	}
+	if err := json.Unmarshal(l.Data[1:], &c); err != nil {
+		return c, fmt.Errorf("log entry %d: %w", l.Index, err)
+	}
+	if f.check != nil {
+		if err := f.check(c); err != nil {
+			return c, fmt.Errorf("log entry %d: %w", l.Index, err)
+		}
+	}
+	return c, nil
 }
 
 type pendingEntry struct {
