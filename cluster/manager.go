@@ -113,6 +113,8 @@ type Manager struct {
 	fwd       apicall.Caller // to the other managers (forwarded calls, Raft join)
 	pool      atomic.Pointer[x509.CertPool]
 	creds     atomic.Pointer[map[string]managerCred] // liveManager's view; nil before any state
+	known     atomic.Pointer[map[netip.Addr]bool]    // members' addresses (connlimit's kept slots)
+	slots     nodeSlots                              // per-node caps (nodecaps.go)
 	mcert     atomic.Pointer[tls.Certificate]
 	notify    chan struct{} // an entry was applied or a snapshot restored
 	stop      chan struct{}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -23,7 +24,7 @@ type managerCred struct {
 }
 
 // publishCredsLocked makes the current state's managers the ones
-// liveManager accepts. It is read without m.mu: Raft connections check it
+// liveManager accepts, and its members' addresses the ones knownAddr knows. It is read without m.mu: Raft connections check it
 // on every read, while m.mu may be held waiting for a Raft commit.
 func (m *Manager) publishCredsLocked() {
 	c := map[string]managerCred{}
@@ -33,6 +34,22 @@ func (m *Manager) publishCredsLocked() {
 		}
 	}
 	m.creds.Store(&c)
+	known := map[netip.Addr]bool{}
+	for _, n := range m.st.nodes {
+		if n.Endpoint.IsValid() {
+			known[n.Endpoint.Addr().Unmap()] = true
+		}
+		if ap, err := netip.ParseAddrPort(n.API); err == nil {
+			known[ap.Addr().Unmap()] = true
+		}
+	}
+	m.known.Store(&known)
+}
+
+// knownAddr reports whether a is a member's endpoint or API address.
+func (m *Manager) knownAddr(a netip.Addr) bool {
+	p := m.known.Load()
+	return p != nil && (*p)[a]
 }
 
 // liveManager checks a manager certificate whose chain was verified

@@ -48,9 +48,9 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ConnContext:       connContext,
 	}
-	limited := &limitedListener{Listener: ln, lim: &connLimiter{}, log: func(n int) {
+	limited := &limitedListener{Listener: ln, lim: &connLimiter{known: m.knownAddr}, log: func(n int) {
 		m.log.Warn("refusing connections beyond the caps on unauthenticated connections", "refused", n,
-			"max", maxUnauthConns, "max_per_source", maxUnauthConnsPerSource)
+			"max", maxUnauthConns, "max_per_bucket", maxUnauthConnsPerBucket, "kept_for_members", keptForKnown)
 	}}
 	if m.cfg.Join != nil {
 		go m.joinRaft(ctx)
@@ -108,7 +108,7 @@ func (m *Manager) authed(h func(http.ResponseWriter, *http.Request, string)) htt
 			return
 		}
 		markAuthenticated(r.Context())
-		h(w, r, c.id)
+		m.withNodeSlot(w, r, c.id, func() { h(w, r, c.id) })
 	}
 }
 

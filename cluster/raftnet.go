@@ -202,9 +202,10 @@ func (l *muxListener) loop(ctx context.Context) {
 
 func (l *muxListener) handshake(ctx context.Context, c net.Conn) {
 	tc := tls.Server(c, l.conf)
-	// The handshake gets the shorter of 10 s and the request timeout, so
-	// a client that stalls it holds a connection slot no longer than that.
-	hctx, cancel := context.WithTimeout(ctx, min(10*time.Second, l.m.cfg.requestTimeout))
+	// The handshake gets the shorter of handshakeTimeout and the request
+	// timeout, so a client that stalls it holds a connection slot no
+	// longer than that.
+	hctx, cancel := context.WithTimeout(ctx, min(handshakeTimeout, l.m.cfg.requestTimeout))
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Close()
