@@ -42,7 +42,8 @@ const (
 )
 
 // fwdCertKey carries, on the leader, the client certificate a node
-// presented to the follower that forwarded its call. The follower's TLS
+// presented to the follower that forwarded its call (a nil
+// *x509.Certificate when it presented none). The follower's TLS
 // handshake proved the node holds its key; the leader checks the rest
 // (chain, member, serial) as if the node had called it.
 type fwdCertKey struct{}
@@ -51,6 +52,9 @@ type fwdCertKey struct{}
 // follower, or from this connection's handshake.
 func peerCertificates(r *http.Request) []*x509.Certificate {
 	if c, ok := r.Context().Value(fwdCertKey{}).(*x509.Certificate); ok {
+		if c == nil {
+			return nil // forwarded for a caller without a certificate
+		}
 		return []*x509.Certificate{c}
 	}
 	if r.TLS == nil {
@@ -451,7 +455,9 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			writeError(w, m.noLeaderError(nil))
 			return
 		}
-		ctx := r.Context()
+		// The node's certificate, as the follower saw it; without one the
+		// call is anonymous: never the forwarding manager's own identity.
+		ctx := context.WithValue(r.Context(), fwdCertKey{}, (*x509.Certificate)(nil))
 		if h := r.Header.Get(headerNodeCert); h != "" {
 			der, err := base64.StdEncoding.DecodeString(h)
 			if err != nil {

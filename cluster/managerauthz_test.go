@@ -207,3 +207,24 @@ func TestNodeKeyFileIsTheAgents(t *testing.T) {
 		t.Fatalf("nodeKeyFile %q, agent.FileTLSKey %q", nodeKeyFile, agent.FileTLSKey)
 	}
 }
+
+// A node call a follower forwards without a client certificate (a join,
+// or a caller that sent none) must not run as the follower itself: the
+// leader saw the follower's manager certificate on the connection.
+func TestForwardedCallWithoutNodeCertificateIsAnonymous(t *testing.T) {
+	tm := startManager(t)
+	mcert := tm.m.managerCert()
+	for _, path := range []string{api.PathStatus, api.PathSelf} {
+		method := http.MethodPost
+		body := `{}`
+		if path == api.PathSelf {
+			method, body = http.MethodPut, `{"endpoint":"192.0.2.99:51820"}`
+		}
+		if got := internalCall(t, tm.addr, method, pathInternalNode+path, body, nil, mcert); got != http.StatusUnauthorized {
+			t.Errorf("%s %s forwarded without a node certificate: %d, want 401", method, path, got)
+		}
+	}
+	if ep := tm.m.Self().Endpoint.String(); ep == "192.0.2.99:51820" {
+		t.Errorf("the forwarded call changed the manager's own endpoint")
+	}
+}
