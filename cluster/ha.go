@@ -566,6 +566,13 @@ func (m *Manager) handleRaftPromote(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	m.mu.Lock()
+	rec := m.st.nodes[req.ID]
+	m.mu.Unlock()
+	if rec.Demoted {
+		writeError(w, errorf(http.StatusConflict, "manager %s was demoted by the operator: it votes again only after `warren node promote %s`", rec.Name, rec.Name))
+		return
+	}
 	if err := m.setVoter(req.ID, true); err != nil {
 		writeError(w, err)
 		return
@@ -651,6 +658,7 @@ func (m *Manager) setVoter(id string, voter bool) error {
 // (as a non-voter), waits until it has caught up, then asks to vote.
 // It returns once this manager votes, or when ctx ends.
 func (m *Manager) joinRaft(ctx context.Context) {
+	defer close(m.joinDone)
 	target := m.cfg.Join.Leader
 	var joined raftJoined
 	var bo backoff.Backoff
@@ -696,6 +704,10 @@ func (m *Manager) joinRaft(ctx context.Context) {
 		case "promote":
 			if err = call(pathInternalPromote, nil); err == nil {
 				m.log.Info("caught up: this manager now votes in Raft")
+				return
+			}
+			if apicall.StatusOf(err) == http.StatusConflict {
+				m.log.Info("staying a non-voter", "reason", err)
 				return
 			}
 		}
@@ -818,7 +830,18 @@ func (m *Manager) SetManagerVoter(ref string, voter bool) error {
 	if !m.isLeader() {
 		return m.noLeaderError(nil)
 	}
-	return m.setVoter(n.ID, voter)
+	if err := m.setVoter(n.ID, voter); err != nil {
+		return err
+	}
+	// Remember the operator's choice: a demoted manager's own promote
+	// requests (joinRaft, at every start) are refused.
+	return m.update(func(s *state) error {
+		if rec, ok := s.nodes[n.ID]; ok {
+			rec.Demoted = !voter
+			s.nodes[n.ID] = rec
+		}
+		return nil
+	})
 }
 
 // minFreeBytes is the free space the state dir needs for a write: below

@@ -122,6 +122,7 @@ type Manager struct {
 	ready     chan struct{} // closed once this manager holds the state
 	readyOnce sync.Once
 	initial   chan error // the full state proposed on bootstrap: its result
+	joinDone  chan struct{} // closed when joinRaft has returned (tests)
 
 	mu       sync.Mutex
 	st       *state
@@ -197,7 +198,7 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 		cfg: cfg, keepalive: cfg.keepalive, log: cfg.Logger.With("component", "manager"), store: st, now: time.Now,
 		changed: make(chan struct{}), lastSeen: map[string]time.Time{}, health: map[string][]api.PeerHealth{},
 		skew: map[string]time.Duration{}, notify: make(chan struct{}, 1), stop: make(chan struct{}),
-		ready: make(chan struct{}), initial: make(chan error, 1),
+		ready: make(chan struct{}), initial: make(chan error, 1), joinDone: make(chan struct{}),
 	}
 	m.fwd = apicall.Caller{Scheme: "https", Peer: "manager", HTTP: apicall.HTTPS(m.managerClientTLS(false),
 		apicall.Deadlines{Dial: 5 * time.Second, Handshake: 5 * time.Second, Total: 15 * time.Second})}

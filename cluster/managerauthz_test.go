@@ -228,3 +228,36 @@ func TestForwardedCallWithoutNodeCertificateIsAnonymous(t *testing.T) {
 		t.Errorf("the forwarded call changed the manager's own endpoint")
 	}
 }
+
+// A manager the operator demoted must stay a non-voter: it may not promote
+// itself through /v1/internal/raft/promote, nor again when it restarts
+// (its joinRaft used to ask for a vote at every start).
+func TestDemotedManagerDoesNotPromoteItself(t *testing.T) {
+	hs := startHA(t, 3)
+	leader := leaderOf(hs)
+	f := followersOf(hs)[0]
+	if code, body := adminDo(leader.m, http.MethodPost, "/v1/nodes/"+f.name+"/demote", nil); code != http.StatusNoContent {
+		t.Fatalf("demote: %d %s", code, body)
+	}
+	self := `{"id":"` + f.m.selfID + `","addr":"` + f.addr + `"}`
+	if got := internalCall(t, leader.addr, http.MethodPost, pathInternalPromote, self, nil, f.m.managerCert()); got != http.StatusConflict {
+		t.Errorf("self-promotion of a demoted manager: %d, want 409", got)
+	}
+	f.kill()
+	f.start()
+	select {
+	case <-f.m.joinDone:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the restarted manager's Raft join did not finish")
+	}
+	if _, voter := leader.m.raftSuffrage(f.m.selfID); voter {
+		t.Fatalf("the demoted manager votes again after a restart")
+	}
+	// The operator's promote still works, and lifts the demotion.
+	if code, body := adminDo(leader.m, http.MethodPost, "/v1/nodes/"+f.name+"/promote", nil); code != http.StatusNoContent {
+		t.Fatalf("promote: %d %s", code, body)
+	}
+	if _, voter := leader.m.raftSuffrage(f.m.selfID); !voter {
+		t.Fatal("not a voter after the operator's promote")
+	}
+}

@@ -62,6 +62,9 @@ type nodeRecord struct {
 	// of that key (a CSR signed with it) is what lets a node join again as
 	// itself, or renew a certificate that expired while it was off.
 	TLSKey string `json:"tls_key,omitempty"`
+	// Demoted: the operator made this manager a non-voter (`warren node
+	// demote`); it may not promote itself back (only `node promote` does).
+	Demoted bool `json:"demoted,omitempty"`
 }
 
 // acceptsSerial reports whether serial is one of the node's live
