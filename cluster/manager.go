@@ -121,7 +121,7 @@ type Manager struct {
 	loops     sync.WaitGroup
 	ready     chan struct{} // closed once this manager holds the state
 	readyOnce sync.Once
-	initial   chan error // the full state proposed on bootstrap: its result
+	initial   chan error    // the full state proposed on bootstrap: its result
 	joinDone  chan struct{} // closed when joinRaft has returned (tests)
 
 	mu       sync.Mutex
