@@ -492,10 +492,10 @@ func TestBackupWipeRestoreBringsBackServicesAndWorkers(t *testing.T) {
 	// The board dies: a fresh one restores on the same address.
 	tm.dir = t.TempDir()
 	tm.cfg.StateDir = tm.dir
-	if err := ForceNewCluster(tm.dir, tm.addr, file, "", 0, clustertest.Logger(t)); err != nil {
+	if err := ForceNewCluster(tm.dir, tm.addr, "", Restore{File: file}, clustertest.Logger(t)); err != nil {
 		t.Fatal(err)
 	}
-	if err := ForceNewCluster(tm.dir, tm.addr, file, "", 0, clustertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "fresh state dir") {
+	if err := ForceNewCluster(tm.dir, tm.addr, "", Restore{File: file}, clustertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "fresh state dir") {
 		t.Fatalf("a second restore over the state: %v", err)
 	}
 	tm.start()

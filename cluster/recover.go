@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -30,46 +31,59 @@ const (
 	MaxVersionBump uint64 = 1 << 32
 )
 
+// Restore is a backup to restore (`--restore`).
+type Restore struct {
+	File string // "": no restore, only --force-new-cluster
+	// Passphrase decrypts an encrypted backup (nil: the file must not be
+	// encrypted).
+	Passphrase []byte
+	// VersionBump (0: DefaultVersionBump, at most MaxVersionBump) is added
+	// to the backup's map version.
+	VersionBump uint64
+}
+
 // ForceNewCluster prepares stateDir, offline, to start as a one-manager
 // cluster keeping its state (`warren cluster init --force-new-cluster`):
-// with restore != "", stateDir must hold no cluster and the backup becomes
+// with restore.File != "", stateDir must hold no cluster and the backup becomes
 // its store; otherwise its Raft configuration is rewritten to this manager
 // alone (hashicorp's RecoverCluster). advertise is this manager's API
 // address as the other managers will reach it; joinedID is its node ID if
-// it joined the cluster (ManagerConfig.JoinedID). bump (0: DefaultVersionBump,
-// at most MaxVersionBump) is added to a restored backup's map version.
-func ForceNewCluster(stateDir, advertise, restore, joinedID string, bump uint64, log *slog.Logger) error {
+// it joined the cluster (ManagerConfig.JoinedID).
+func ForceNewCluster(stateDir, advertise, joinedID string, restore Restore, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
 	}
 	dbPath := filepath.Join(stateDir, "manager.db")
 	raftDir := filepath.Join(stateDir, "raft")
-	if restore != "" {
+	if restore.File != "" {
 		for _, p := range []string{dbPath, raftDir} {
 			if _, err := os.Stat(p); err == nil {
 				return fmt.Errorf("--restore needs a fresh state dir, but %s exists: move it away first (it is this board's own state)", p)
 			}
 		}
-		f, err := os.Open(restore)
+		data, err := os.ReadFile(restore.File)
 		if err != nil {
 			return fmt.Errorf("--restore: %w", err)
 		}
-		defer f.Close()
+		plain, err := OpenBackup(data, restore.Passphrase)
+		if err != nil {
+			return fmt.Errorf("--restore %s: %w", restore.File, err)
+		}
 		st, err := store.Open(dbPath)
 		if err != nil {
 			return err
 		}
-		err = replicate.LoadBackup(f, st)
+		err = replicate.LoadBackup(bytes.NewReader(plain), st)
 		var from, to uint64
 		if err == nil {
-			from, to, err = bumpVersion(st, bump)
+			from, to, err = bumpVersion(st, restore.VersionBump)
 		}
 		st.Close()
 		if err != nil {
 			os.Remove(dbPath)
-			return fmt.Errorf("--restore %s: %w", restore, err)
+			return fmt.Errorf("--restore %s: %w", restore.File, err)
 		}
-		log.Info("state restored from backup; the manager starts from it as a one-manager cluster", "file", restore,
+		log.Info("state restored from backup; the manager starts from it as a one-manager cluster", "file", restore.File,
 			"map_version", to, "backup_version", from)
 		return nil
 	}

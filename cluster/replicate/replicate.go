@@ -10,6 +10,8 @@
 package replicate
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -451,25 +453,63 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 
 func (s *fsmSnapshot) Release() {}
 
+// backupFormat names the backup envelope: the state document and the
+// SHA-256 of its exact bytes, so that a restore refuses a file damaged or
+// edited since it was written. (It is a checksum, not a signature: an
+// encrypted backup, `--passphrase-file`, is also authenticated.)
+const backupFormat = "warren-backup/2"
+
+type backupEnvelope struct {
+	Format string          `json:"format"`
+	SHA256 string          `json:"sha256"`
+	State  json.RawMessage `json:"state"` // a snapshotFile
+}
+
 // Backup writes the store as it is at the last applied entry (a
-// consistent cut, taken under the FSM lock) in the snapshot format.
+// consistent cut, taken under the FSM lock) as a backup envelope.
 func (r *Replica) Backup(w io.Writer) error {
 	r.fsm.mu.Lock()
 	all := r.fsm.st.All()
 	applied := r.fsm.applied
 	r.fsm.mu.Unlock()
 	delete(all, BucketRaft)
-	if err := json.NewEncoder(w).Encode(snapshotFile{Applied: applied, Store: all}); err != nil {
+	state, err := json.Marshal(snapshotFile{Applied: applied, Store: all})
+	if err != nil {
+		return fmt.Errorf("write backup: %w", err)
+	}
+	sum := sha256.Sum256(state)
+	if err := json.NewEncoder(w).Encode(backupEnvelope{Format: backupFormat, SHA256: hex.EncodeToString(sum[:]), State: state}); err != nil {
 		return fmt.Errorf("write backup: %w", err)
 	}
 	return nil
 }
 
 // LoadBackup reads a backup written by Backup into an empty store, without
-// any Raft index: the manager started on it bootstraps Raft from it.
+// any Raft index: the manager started on it bootstraps Raft from it. The
+// content's SHA-256 must match; backups from before it was written (no
+// envelope) are read as they are.
 func LoadBackup(rd io.Reader, st *store.Store) error {
+	data, err := io.ReadAll(rd)
+	if err != nil {
+		return fmt.Errorf("read backup: %w", err)
+	}
+	var env backupEnvelope
+	if err := json.Unmarshal(data, &env); err != nil {
+		return fmt.Errorf("read backup: not a backup written by `warren cluster backup`: %w", err)
+	}
+	state := data
+	if env.Format != "" {
+		if env.Format != backupFormat {
+			return fmt.Errorf("read backup: format %q is not %q (written by a newer version?)", env.Format, backupFormat)
+		}
+		sum := sha256.Sum256(env.State)
+		if got := hex.EncodeToString(sum[:]); got != env.SHA256 {
+			return fmt.Errorf("read backup: its content does not match its SHA-256 (recorded %s, content %s): the file was damaged or changed after it was written; use another copy", env.SHA256, got)
+		}
+		state = env.State
+	}
 	var s snapshotFile
-	if err := json.NewDecoder(rd).Decode(&s); err != nil {
+	if err := json.Unmarshal(state, &s); err != nil {
 		return fmt.Errorf("read backup: %w", err)
 	}
 	if len(s.Store) == 0 {

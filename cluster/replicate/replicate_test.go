@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -155,5 +156,43 @@ func TestFSMRefusesBadEntriesWithoutPanicking(t *testing.T) {
 	}
 	if string(st.Load("nodes")["a"]) != "1" || st.Load("forbidden") != nil || f.storedIndex() != 5 {
 		t.Fatalf("store: %q %q index %d", st.Load("nodes"), st.Load("forbidden"), f.storedIndex())
+	}
+}
+
+// Backups carry a SHA-256 of their content, checked on restore: a file
+// changed after it was written (one byte of a record) is refused.
+func TestBackupIntegrityIsCheckedOnRestore(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Apply(store.Full(store.Snapshot{"nodes": {"n1": []byte(`{"name":"worker-1","overlay_ip":"10.0.0.2"}`)}})); err != nil {
+		t.Fatal(err)
+	}
+	r := &Replica{fsm: &FSM{st: st, applied: 7}}
+	var buf bytes.Buffer
+	if err := r.Backup(&buf); err != nil {
+		t.Fatal(err)
+	}
+	restore := func(data []byte) error {
+		other, err := store.Open(filepath.Join(t.TempDir(), "b.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		return LoadBackup(bytes.NewReader(data), other)
+	}
+	if err := restore(buf.Bytes()); err != nil {
+		t.Fatalf("intact backup: %v", err)
+	}
+	// "10.0.0.2" base64-encoded is in the file; change one of its bytes.
+	tampered := bytes.Replace(buf.Bytes(), []byte("MTAuMC4wLj"), []byte("MTAuMC4xLj"), 1)
+	if bytes.Equal(tampered, buf.Bytes()) {
+		t.Fatalf("test did not change the backup: %s", buf.Bytes())
+	}
+	if err := restore(tampered); err == nil || !strings.Contains(err.Error(), "SHA-256") {
+		t.Fatalf("tampered backup: %v, want a SHA-256 mismatch", err)
 	}
 }

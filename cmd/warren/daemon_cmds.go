@@ -29,6 +29,7 @@ func addDaemonCommands(root *cobra.Command) {
 	initCmd.Flags().String("api-listen", "", "where the cluster API listens (cluster.api_listen)")
 	initCmd.Flags().Bool("force-new-cluster", false, "restart this manager's state as a one-manager cluster (after the managers lost their quorum)")
 	initCmd.Flags().String("restore", "", "with --force-new-cluster: start from a FILE written by warren cluster backup (on a fresh state dir)")
+	initCmd.Flags().String("passphrase-file", "", "with --restore: the passphrase (first line of the file) the backup was encrypted with")
 	initCmd.Flags().Uint64("version-bump", cluster.DefaultVersionBump, fmt.Sprintf("with --restore: move the map version up by N (at most %d) so that nodes holding maps newer than the backup take the restored one", cluster.MaxVersionBump))
 	findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"}).AddCommand(initCmd)
 
@@ -104,8 +105,17 @@ func runDaemon(cmd *cobra.Command, role string) error {
 			return &exitError{code: 2, err: fmt.Errorf("--version-bump %d: want 1 to %d", bump, cluster.MaxVersionBump)}
 		}
 	}
+	var pass []byte
+	if f := cmd.Flags().Lookup("passphrase-file"); f != nil && f.Value.String() != "" {
+		if restore == "" {
+			return &exitError{code: 2, err: errors.New("--passphrase-file needs --restore")}
+		}
+		if pass, err = cluster.ReadPassphraseFile(f.Value.String()); err != nil {
+			return &exitError{code: 2, err: err}
+		}
+	}
 	if force {
-		if err := appliance.ForceNewCluster(cfg, restore, bump, slog.Default()); err != nil {
+		if err := appliance.ForceNewCluster(cfg, cluster.Restore{File: restore, Passphrase: pass, VersionBump: bump}, slog.Default()); err != nil {
 			return err
 		}
 	}
