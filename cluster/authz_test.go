@@ -124,6 +124,20 @@ func TestAuthorizationMatrix(t *testing.T) {
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
 	fder, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &fkey.PublicKey, fkey)
 	forged := authzIdentity{name: "forged certificate of another node", cert: &tls.Certificate{Certificate: [][]byte{fder}, PrivateKey: fkey}, key: fkey}
+	// Forged with a copy of the CA key (a retired manager board's): worker-1's
+	// ID and recorded serial, another key.
+	m.mu.Lock()
+	wserial, _ := new(big.Int).SetString(m.st.nodes[w.Self().ID].CertSerial, 16)
+	m.mu.Unlock()
+	ckey, _ := pki.NewKey()
+	ctmpl := &x509.Certificate{SerialNumber: wserial, Subject: pkix.Name{CommonName: w.Self().ID},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	cder, err := x509.CreateCertificate(rand.Reader, ctmpl, m.ca.Cert, &ckey.PublicKey, m.ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caForged := authzIdentity{name: "CA-key forgery of worker-1", cert: &tls.Certificate{Certificate: [][]byte{cder}, PrivateKey: ckey}, key: ckey}
 	// Wrong cluster: a real member of another cluster.
 	other := startManager(t)
 	ocfg2 := agentConfig(t, other, "worker-1")
@@ -136,7 +150,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{name: "no certificate"},
 		idOf("worker", wcfg),
 		idOf("manager", mcfg),
-		removed, expired, superseded, forged, wrong,
+		removed, expired, superseded, forged, caForged, wrong,
 	}
 	type route struct {
 		method, path string
@@ -163,6 +177,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		return map[string]int{
 			"no certificate": 401, "worker": ok, "manager": ok, "removed node": 403, "expired certificate": 401,
 			"superseded certificate": 401, "forged certificate of another node": 401, "member of another cluster": 401,
+			"CA-key forgery of worker-1": 401,
 		}
 	}
 	renewWant := std(200)

@@ -54,8 +54,8 @@ func (m *Manager) knownAddr(a netip.Addr) bool {
 
 // liveManager checks a manager certificate whose chain was verified
 // against the current state: its ID must be a manager member, and the
-// certificate either its node certificate (recorded serial) or a session
-// certificate for its recorded TLS key. A manager without state yet (a
+// certificate either its node certificate (recorded serial and TLS key) or
+// a session certificate for its recorded TLS key. A manager without state yet (a
 // joining one) accepts any chain-verified manager: it cannot tell.
 func (m *Manager) liveManager(leaf *x509.Certificate) (string, error) {
 	id := leaf.Subject.CommonName
@@ -75,6 +75,11 @@ func (m *Manager) liveManager(leaf *x509.Certificate) (string, error) {
 	}
 	if s := pki.Serial(leaf); c.serial != "" && s != c.serial && s != c.prev {
 		return "", fmt.Errorf("manager %s: certificate serial %s is superseded by a newer one", id, s)
+	}
+	// Serials are in every manager's copy of the state: one signed with a
+	// copy of the CA key must also hold the member's own key.
+	if c.key != "" && pki.KeyHash(leaf.PublicKey) != c.key {
+		return "", fmt.Errorf("manager %s: certificate for a TLS key the member does not hold", id)
 	}
 	return id, nil
 }

@@ -3,9 +3,13 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -104,6 +108,22 @@ func TestManagerAuthorizationMatrix(t *testing.T) {
 		t.Errorf("raft connection opened by manager-4 before `node rm` still works after it")
 	}
 
+	// Forged with a copy of the CA key (what a retired manager board
+	// holds): the current manager's ID and recorded serial, another key.
+	forge := func(unit []string) *tls.Certificate {
+		key, _ := pki.NewKey()
+		m.mu.Lock()
+		serial, _ := new(big.Int).SetString(m.st.nodes[cur.Self().ID].CertSerial, 16)
+		m.mu.Unlock()
+		tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cur.Self().ID, OrganizationalUnit: unit},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, m.ca.Cert, &key.PublicKey, m.ca.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	}
 	type ident struct {
 		name string
 		cert *tls.Certificate
@@ -117,6 +137,8 @@ func TestManagerAuthorizationMatrix(t *testing.T) {
 		{"superseded manager certificate", superseded, false},
 		{"removed manager (node certificate)", goneNode, false},
 		{"removed manager (session certificate)", goneSession, false},
+		{"CA-key forgery of the current manager's node certificate", forge([]string{pki.ManagerUnit}), false},
+		{"CA-key forgery of the current manager's session certificate", forge([]string{pki.ManagerUnit, pki.SessionUnit}), false},
 	}
 	fwdWorker := base64.StdEncoding.EncodeToString(worker.Certificate[0])
 	type route struct {

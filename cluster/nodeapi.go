@@ -154,6 +154,11 @@ func (m *Manager) authenticate(r *http.Request, allowExpired bool) (caller, erro
 	if !rec.acceptsSerial(serial) {
 		return caller{}, errorf(http.StatusUnauthorized, "client certificate %s of node %q was superseded: the node joined again since, and certificates from before no longer work; clear this state dir and join with a token if this is that node", serial, rec.Name)
 	}
+	if rec.TLSKey != "" && pki.KeyHash(leaf.PublicKey) != rec.TLSKey {
+		// The serial matches but not the key: a certificate signed with a
+		// copy of the CA key (a retired manager's) for this node's serial.
+		return caller{}, errorf(http.StatusUnauthorized, "client certificate %s of node %q is not for the node's own TLS key", serial, rec.Name)
+	}
 	if expired && rec.CertSerial == "" {
 		return caller{}, errorf(http.StatusUnauthorized, "client certificate of node %q expired at %s and was issued before the manager kept serials: join again with a token", rec.Name, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
