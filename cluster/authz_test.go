@@ -277,7 +277,19 @@ func TestManagerAuthorizationMatrix(t *testing.T) {
 	join(t, wcfg)
 	worker := ptr(agentCert(t, wcfg.StateDir))
 	cur, ccfg := mkManager("manager-2")
-	curNode := ptr(agentCert(t, ccfg.StateDir))
+	// Renewed: the certificate from before the renewal stays valid on the
+	// node API (its serial is kept, in case the answer was lost), never on
+	// the managers' routes.
+	renewedFrom := ptr(agentCert(t, ccfg.StateDir))
+	ckey := agentKey(t, ccfg.StateDir)
+	rcsr, _ := pki.NewCSR(ckey, "manager-2")
+	code, rbody := nodeAPICall(t, tm.addr, http.MethodPost, api.PathRenew, api.RenewRequest{CSR: rcsr}, certs(*renewedFrom))
+	if code != http.StatusOK {
+		t.Fatalf("renew manager-2: %d %s", code, rbody)
+	}
+	var renewed api.RenewResponse
+	mustJSON(t, rbody, &renewed)
+	curNode := &tls.Certificate{Certificate: [][]byte{renewed.Certificate}, PrivateKey: ckey}
 	curSession := session(ccfg, cur.Self().ID)
 	// Superseded: manager-3's certificate from before it joined again.
 	_, scfg := mkManager("manager-3")
@@ -327,6 +339,7 @@ func TestManagerAuthorizationMatrix(t *testing.T) {
 		{"no certificate", nil, false},
 		{"worker", worker, false},
 		{"superseded manager certificate", superseded, false},
+		{"manager certificate from before a renewal", renewedFrom, false},
 		{"removed manager (node certificate)", goneNode, false},
 		{"removed manager (session certificate)", goneSession, false},
 		{"CA-key forgery of the current manager's node certificate", forge([]string{pki.ManagerUnit}), false},

@@ -16,11 +16,11 @@ import (
 	"github.com/warren-appliance/warren/internal/atomicfile"
 )
 
-// managerCred is what the managers accept from one manager: its node
-// certificate's serials (join or renewal) and its TLS key, for which its
-// session certificate (pki.SessionUnit) is issued.
+// managerCred is what the managers accept from one manager: its newest
+// node certificate's serial (join or renewal) and its TLS key, for which
+// its session certificate (pki.SessionUnit) is issued.
 type managerCred struct {
-	serial, prev, key string
+	serial, key string
 }
 
 // publishCredsLocked makes the current state's managers the ones
@@ -30,7 +30,7 @@ func (m *Manager) publishCredsLocked() {
 	c := map[string]managerCred{}
 	for id, n := range m.st.nodes {
 		if n.Role == clustermap.RoleManager {
-			c[id] = managerCred{serial: n.CertSerial, prev: n.PrevSerial, key: n.TLSKey}
+			c[id] = managerCred{serial: n.CertSerial, key: n.TLSKey}
 		}
 	}
 	m.creds.Store(&c)
@@ -54,7 +54,7 @@ func (m *Manager) knownAddr(a netip.Addr) bool {
 
 // liveManager checks a manager certificate whose chain was verified
 // against the current state: its ID must be a manager member, and the
-// certificate either its node certificate (recorded serial and TLS key) or
+// certificate either its newest node certificate (recorded serial and TLS key) or
 // a session certificate for its recorded TLS key. A manager without state yet (a
 // joining one) accepts any chain-verified manager: it cannot tell.
 func (m *Manager) liveManager(leaf *x509.Certificate) (string, error) {
@@ -73,7 +73,10 @@ func (m *Manager) liveManager(leaf *x509.Certificate) (string, error) {
 		}
 		return id, nil
 	}
-	if s := pki.Serial(leaf); c.serial != "" && s != c.serial && s != c.prev {
+	// Only the newest: the one a renewal replaced (kept on the node API in
+	// case the renewal's answer was lost) is no use here, where managers
+	// present their session certificates.
+	if s := pki.Serial(leaf); c.serial != "" && s != c.serial {
 		return "", fmt.Errorf("manager %s: certificate serial %s is superseded by a newer one", id, s)
 	}
 	// Serials are in every manager's copy of the state: one signed with a
