@@ -10,11 +10,11 @@ import (
 )
 
 // askUDPFrom sends one query from the source address src.
-func askUDPFrom(src, server, name string) (*miekg.Msg, error) {
+func askUDPFrom(src, server, name string, timeout time.Duration) (*miekg.Msg, error) {
 	m := new(miekg.Msg)
 	m.SetQuestion(name, miekg.TypeA)
-	c := &miekg.Client{Net: "udp", Timeout: 10 * time.Second,
-		Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}}
+	c := &miekg.Client{Net: "udp", Timeout: timeout,
+		Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(src)}, Timeout: timeout}}
 	resp, _, err := c.Exchange(m, server)
 	return resp, err
 }
@@ -41,18 +41,20 @@ func TestOneSourceCannotTakeEveryForwardSlot(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			askUDPFrom(hog, addr, "slow.example.") // times out: the upstream holds it
+			// The client gives up at once; the server's forward holds the
+			// slot until the upstream answers (never, here) or 30 s pass.
+			askUDPFrom(hog, addr, "slow.example.", time.Second)
 		}()
 	}
 	waitFor(t, "the hog's queries to hold their slots", func() bool { return len(s.fwd.inflight) == maxInflightPerSource })
 	// The hog's next external query fails at once (within the client's
 	// 10 s, far below the 30 s forward budget it would otherwise wait).
-	resp, err := askUDPFrom(hog, addr, "slow.example.")
+	resp, err := askUDPFrom(hog, addr, "slow.example.", 10*time.Second)
 	if err != nil || resp.Rcode != miekg.RcodeServerFailure {
 		t.Fatalf("the hog's query beyond its slots: %v %v, want SERVFAIL at once", resp, err)
 	}
 	// Another task still resolves external names.
-	resp, err = askUDPFrom("127.0.0.2", addr, "fast.example.")
+	resp, err = askUDPFrom("127.0.0.2", addr, "fast.example.", 10*time.Second)
 	if err != nil || len(aAddrs(resp.Answer)) != 1 {
 		t.Fatalf("another source's query: %v %v", resp, err)
 	}
