@@ -12,12 +12,12 @@ import (
 // ForceNewCluster prepares this manager's state dir, before the daemon
 // starts, to run as a one-manager cluster that keeps every node, address,
 // service, VIP and certificate: from its own state after the managers lost
-// their quorum, or from a backup file on a fresh board (restore != "").
-func ForceNewCluster(cfg *configs.Loaded, restore string, log *slog.Logger) error {
+// their quorum, or from a backup file on a fresh board (restore.File != "").
+func ForceNewCluster(cfg *configs.Loaded, restore cluster.Restore, log *slog.Logger) error {
 	advertise, err := advertiseAddress(cfg)
 	if err != nil {
 		return err
 	}
 	addr := net.JoinHostPort(advertise.String(), apiPort(cfg.Cluster.APIListen))
-	return cluster.ForceNewCluster(cfg.Node.StateDir, addr, restore, agent.JoinedNodeID(cfg.Node.StateDir), log)
+	return cluster.ForceNewCluster(cfg.Node.StateDir, addr, agent.JoinedNodeID(cfg.Node.StateDir), restore, log)
 }

@@ -8,13 +8,19 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
+	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
@@ -124,6 +130,20 @@ func TestAuthorizationMatrix(t *testing.T) {
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
 	fder, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &fkey.PublicKey, fkey)
 	forged := authzIdentity{name: "forged certificate of another node", cert: &tls.Certificate{Certificate: [][]byte{fder}, PrivateKey: fkey}, key: fkey}
+	// Forged with a copy of the CA key (a retired manager board's): worker-1's
+	// ID and recorded serial, another key.
+	m.mu.Lock()
+	wserial, _ := new(big.Int).SetString(m.st.nodes[w.Self().ID].CertSerial, 16)
+	m.mu.Unlock()
+	ckey, _ := pki.NewKey()
+	ctmpl := &x509.Certificate{SerialNumber: wserial, Subject: pkix.Name{CommonName: w.Self().ID},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	cder, err := x509.CreateCertificate(rand.Reader, ctmpl, m.ca.Cert, &ckey.PublicKey, m.ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caForged := authzIdentity{name: "CA-key forgery of worker-1", cert: &tls.Certificate{Certificate: [][]byte{cder}, PrivateKey: ckey}, key: ckey}
 	// Wrong cluster: a real member of another cluster.
 	other := startManager(t)
 	ocfg2 := agentConfig(t, other, "worker-1")
@@ -136,7 +156,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{name: "no certificate"},
 		idOf("worker", wcfg),
 		idOf("manager", mcfg),
-		removed, expired, superseded, forged, wrong,
+		removed, expired, superseded, forged, caForged, wrong,
 	}
 	type route struct {
 		method, path string
@@ -163,6 +183,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		return map[string]int{
 			"no certificate": 401, "worker": ok, "manager": ok, "removed node": 403, "expired certificate": 401,
 			"superseded certificate": 401, "forged certificate of another node": 401, "member of another cluster": 401,
+			"CA-key forgery of worker-1": 401,
 		}
 	}
 	renewWant := std(200)
@@ -214,4 +235,190 @@ func TestAuthorizationMatrix(t *testing.T) {
 			}
 		}
 	}
+}
+
+// raftClient speaks hashicorp's Raft protocol to a manager with one
+// client certificate, over the API port's ALPN, as a removed or stolen
+// manager board would.
+type raftClient struct {
+	conf  *tls.Config
+	trans *raft.NetworkTransport
+}
+
+func (c *raftClient) Accept() (net.Conn, error) { select {} }
+func (c *raftClient) Close() error              { return nil }
+func (c *raftClient) Addr() net.Addr            { return &net.TCPAddr{} }
+func (c *raftClient) Dial(a raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", string(a), c.conf)
+}
+
+func newRaftClient(t *testing.T, cert *tls.Certificate) *raftClient {
+	c := &raftClient{conf: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{alpnRaft}}}
+	if cert != nil {
+		c.conf.Certificates = []tls.Certificate{*cert}
+	}
+	c.trans = raft.NewNetworkTransport(c, 1, 5*time.Second, io.Discard)
+	t.Cleanup(func() { c.trans.Close() })
+	return c
+}
+
+// heartbeat sends an AppendEntries of term 0: a live manager answers it
+// (refusing the stale term), which proves the connection was accepted.
+func (c *raftClient) heartbeat(addr string) error {
+	var resp raft.AppendEntriesResponse
+	return c.trans.AppendEntries("manager-1", raft.ServerAddress(addr),
+		&raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("x"), Addr: []byte("x")}}, &resp)
+}
+
+// The managers' side of the authorization matrix (finding 2 of
+// hardening-2): the internal routes and Raft, for current, removed and
+// superseded manager certificates (node certificates from join, and the
+// session certificates managers issue themselves for Raft).
+func TestManagerAuthorizationMatrix(t *testing.T) {
+	tm := startManager(t)
+	m := tm.m
+	_, mtoken := m.JoinTokens()
+	mkManager := func(name string) (*agent.Agent, agent.Config) {
+		cfg := agentConfig(t, tm, name)
+		cfg.Node.Role, cfg.Token = clustermap.RoleManager, mtoken
+		return join(t, cfg), cfg
+	}
+	session := func(cfg agent.Config, id string) *tls.Certificate {
+		key := agentKey(t, cfg.StateDir)
+		csr, _ := pki.NewCSR(key, id)
+		cert, err := m.ca.SignManagerSession(csr, id, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
+	}
+	wcfg := agentConfig(t, tm, "worker-1")
+	join(t, wcfg)
+	worker := ptr(agentCert(t, wcfg.StateDir))
+	cur, ccfg := mkManager("manager-2")
+	// Renewed: the certificate from before the renewal stays valid on the
+	// node API (its serial is kept, in case the answer was lost), never on
+	// the managers' routes.
+	renewedFrom := ptr(agentCert(t, ccfg.StateDir))
+	ckey := agentKey(t, ccfg.StateDir)
+	rcsr, _ := pki.NewCSR(ckey, "manager-2")
+	code, rbody := nodeAPICall(t, tm.addr, http.MethodPost, api.PathRenew, api.RenewRequest{CSR: rcsr}, certs(*renewedFrom))
+	if code != http.StatusOK {
+		t.Fatalf("renew manager-2: %d %s", code, rbody)
+	}
+	var renewed api.RenewResponse
+	mustJSON(t, rbody, &renewed)
+	curNode := &tls.Certificate{Certificate: [][]byte{renewed.Certificate}, PrivateKey: ckey}
+	curSession := session(ccfg, cur.Self().ID)
+	// Superseded: manager-3's certificate from before it joined again.
+	_, scfg := mkManager("manager-3")
+	superseded := ptr(agentCert(t, scfg.StateDir))
+	os.Remove(filepath.Join(scfg.StateDir, agent.FileTLSCert))
+	join(t, scfg)
+	// Removed: manager-4, with its node and a session certificate; one
+	// Raft connection it opened before the removal stays open.
+	gone, gcfg := mkManager("manager-4")
+	goneNode := ptr(agentCert(t, gcfg.StateDir))
+	goneSession := session(gcfg, gone.Self().ID)
+	held := newRaftClient(t, goneSession)
+	if err := held.heartbeat(tm.addr); err != nil {
+		t.Fatalf("raft as manager-4 before its removal: %v", err)
+	}
+	if err := m.RemoveNode("manager-4", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := held.heartbeat(tm.addr); err == nil {
+		t.Errorf("raft connection opened by manager-4 before `node rm` still works after it")
+	}
+
+	// Forged with a copy of the CA key (what a retired manager board
+	// holds): the current manager's ID and recorded serial, another key.
+	forge := func(unit []string) *tls.Certificate {
+		key, _ := pki.NewKey()
+		m.mu.Lock()
+		serial, _ := new(big.Int).SetString(m.st.nodes[cur.Self().ID].CertSerial, 16)
+		m.mu.Unlock()
+		tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cur.Self().ID, OrganizationalUnit: unit},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, m.ca.Cert, &key.PublicKey, m.ca.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	}
+	type ident struct {
+		name string
+		cert *tls.Certificate
+		ok   bool
+	}
+	ids := []ident{
+		{"current manager (node certificate)", curNode, true},
+		{"current manager (session certificate)", curSession, true},
+		{"no certificate", nil, false},
+		{"worker", worker, false},
+		{"superseded manager certificate", superseded, false},
+		{"manager certificate from before a renewal", renewedFrom, false},
+		{"removed manager (node certificate)", goneNode, false},
+		{"removed manager (session certificate)", goneSession, false},
+		{"CA-key forgery of the current manager's node certificate", forge([]string{pki.ManagerUnit}), false},
+		{"CA-key forgery of the current manager's session certificate", forge([]string{pki.ManagerUnit, pki.SessionUnit}), false},
+	}
+	fwdWorker := base64.StdEncoding.EncodeToString(worker.Certificate[0])
+	type route struct {
+		method, path, body string
+		header             map[string]string
+		ok                 int
+	}
+	routes := []route{
+		{"GET", pathInternalAdmin + "/v1/nodes", "", nil, 200},
+		{"POST", pathInternalStatus, `{}`, nil, 204},
+		{"POST", pathInternalNode + api.PathStatus, `{}`, map[string]string{headerNodeCert: fwdWorker}, 204},
+		{"POST", pathInternalJoin, "not json", nil, 400},
+		{"POST", pathInternalPromote, "not json", nil, 400},
+	}
+	for _, id := range ids {
+		for _, r := range routes {
+			got := internalCall(t, tm.addr, r.method, r.path, r.body, r.header, id.cert)
+			switch {
+			case id.ok && got != r.ok:
+				t.Errorf("%s %s as %s: %d, want %d", r.method, r.path, id.name, got, r.ok)
+			case !id.ok && got != http.StatusUnauthorized && got != http.StatusForbidden:
+				t.Errorf("%s %s as %s: %d, want 401 or 403", r.method, r.path, id.name, got)
+			}
+		}
+		err := newRaftClient(t, id.cert).heartbeat(tm.addr)
+		switch {
+		case id.ok && err != nil:
+			t.Errorf("raft as %s: %v", id.name, err)
+		case !id.ok && err == nil:
+			t.Errorf("raft as %s: accepted", id.name)
+		}
+	}
+}
+
+func internalCall(t *testing.T, addr, method, path, body string, header map[string]string, cert *tls.Certificate) int {
+	t.Helper()
+	conf := &tls.Config{InsecureSkipVerify: true}
+	if cert != nil {
+		conf.Certificates = []tls.Certificate{*cert}
+	}
+	tr := &http.Transport{TLSClientConfig: conf}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var rd io.Reader = bytes.NewReader(nil)
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, _ := http.NewRequestWithContext(ctx, method, "https://"+addr+path, rd)
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

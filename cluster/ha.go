@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -44,7 +43,8 @@ const (
 )
 
 // fwdCertKey carries, on the leader, the client certificate a node
-// presented to the follower that forwarded its call. The follower's TLS
+// presented to the follower that forwarded its call (a nil
+// *x509.Certificate when it presented none). The follower's TLS
 // handshake proved the node holds its key; the leader checks the rest
 // (chain, member, serial) as if the node had called it.
 type fwdCertKey struct{}
@@ -53,6 +53,9 @@ type fwdCertKey struct{}
 // follower, or from this connection's handshake.
 func peerCertificates(r *http.Request) []*x509.Certificate {
 	if c, ok := r.Context().Value(fwdCertKey{}).(*x509.Certificate); ok {
+		if c == nil {
+			return nil // forwarded for a caller without a certificate
+		}
 		return []*x509.Certificate{c}
 	}
 	if r.TLS == nil {
@@ -110,11 +113,12 @@ func (m *Manager) managerCertLocked() *tls.Certificate {
 	return &tls.Certificate{}
 }
 
-// issueManagerCert gives this manager a fresh manager certificate for Raft
-// and forwarding, signed with the CA it holds (in memory only: it is
-// re-issued at every start).
+// issueManagerCert gives this manager a fresh session certificate for Raft
+// and forwarding, signed with the CA it holds, for its node TLS key (in
+// memory only: it is re-issued at every start; the other managers accept
+// it for the key recorded in this manager's node record).
 func (m *Manager) issueManagerCert() error {
-	key, err := pki.NewKey()
+	key, err := m.nodeKey()
 	if err != nil {
 		return err
 	}
@@ -122,7 +126,7 @@ func (m *Manager) issueManagerCert() error {
 	if err != nil {
 		return err
 	}
-	cert, err := m.ca.SignManager(csr, m.selfID, m.now())
+	cert, err := m.ca.SignManagerSession(csr, m.selfID, m.now())
 	if err != nil {
 		return err
 	}
@@ -194,6 +198,14 @@ func (m *Manager) becomeLeader() {
 		}
 		self.Endpoint, self.PublicKey, self.Labels, self.Relay = m.cfg.Node.Endpoint, m.cfg.Node.PublicKey, m.cfg.Node.Labels, m.cfg.Node.Relay
 		self.API, self.Status = m.cfg.Advertise, clustermap.NodeReady
+		if self.TLSKey == "" {
+			// A record from before keys were recorded (the manager that
+			// created the cluster): from now on only its key's session
+			// certificates are accepted.
+			if c := m.managerCertLocked(); c.Leaf != nil {
+				self.TLSKey = pki.KeyHash(c.Leaf.PublicKey)
+			}
+		}
 		s.nodes[self.ID] = self
 		return nil
 	})
@@ -444,7 +456,9 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			writeError(w, m.noLeaderError(nil))
 			return
 		}
-		ctx := r.Context()
+		// The node's certificate, as the follower saw it; without one the
+		// call is anonymous: never the forwarding manager's own identity.
+		ctx := context.WithValue(r.Context(), fwdCertKey{}, (*x509.Certificate)(nil))
 		if h := r.Header.Get(headerNodeCert); h != "" {
 			der, err := base64.StdEncoding.DecodeString(h)
 			if err != nil {
@@ -565,6 +579,13 @@ func (m *Manager) handleRaftPromote(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	m.mu.Lock()
+	rec := m.st.nodes[req.ID]
+	m.mu.Unlock()
+	if rec.Demoted {
+		writeError(w, errorf(http.StatusConflict, "manager %s was demoted by the operator: it votes again only after `warren node promote %s`", rec.Name, rec.Name))
+		return
+	}
 	if err := m.setVoter(req.ID, true); err != nil {
 		writeError(w, err)
 		return
@@ -650,6 +671,7 @@ func (m *Manager) setVoter(id string, voter bool) error {
 // (as a non-voter), waits until it has caught up, then asks to vote.
 // It returns once this manager votes, or when ctx ends.
 func (m *Manager) joinRaft(ctx context.Context) {
+	defer close(m.joinDone)
 	target := m.cfg.Join.Leader
 	var joined raftJoined
 	var bo backoff.Backoff
@@ -698,6 +720,10 @@ func (m *Manager) joinRaft(ctx context.Context) {
 		case "promote":
 			if err = call(pathInternalPromote, nil); err == nil {
 				m.log.Info("caught up: this manager now votes in Raft")
+				return
+			}
+			if apicall.StatusOf(err) == http.StatusConflict {
+				m.log.Info("staying a non-voter", "reason", err)
 				return
 			}
 		}
@@ -778,35 +804,32 @@ func (m *Manager) managerStatuses(managers map[string]string) map[string]string 
 	return out
 }
 
-// jumpVersion makes the map's version greater than v (leader only): a
-// restored cluster must never publish versions nodes already hold.
-func (m *Manager) jumpVersion(v uint64) error {
+// noteNodeAhead logs, at most once a minute per node, that a node holds a
+// map version above this manager's. It never writes: a node's `after` is
+// any number a member chooses. Only the leader's view counts (a follower
+// that lags is normal).
+func (m *Manager) noteNodeAhead(id string, after uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.leader || m.current.Version > v {
-		return nil
+	if !m.leader || after <= m.current.Version {
+		return
 	}
-	next := m.st.clone()
-	next.meta.Version = v + 1
-	snap, err := next.snapshot()
-	if err != nil {
-		return err
+	now := m.now()
+	if last, ok := m.aheadLogged[id]; ok && now.Sub(last) < time.Minute {
+		return
 	}
-	idx, err := m.replica.Propose(store.Diff(m.snap, snap))
-	if err != nil {
-		return m.noLeaderError(err)
+	if m.aheadLogged == nil {
+		m.aheadLogged = map[string]time.Time{}
 	}
-	cur := next.buildMap(next.meta.Version)
-	body, err := json.Marshal(cur)
-	if err != nil {
-		return err
+	m.aheadLogged[id] = now
+	name := m.st.nodes[id].Name
+	if after > clustermap.MaxVersion {
+		m.log.Warn("node claims an absurd map version; ignored (the node forgets such a version itself)", "node", name, "version", after, "bound", clustermap.MaxVersion)
+		return
 	}
-	m.log.Info("map version moved past a node's (restored state)", "from", m.current.Version, "to", cur.Version)
-	m.st, m.snap, m.applied = next, snap, idx
-	m.current, m.mapJSON = cur, body
-	close(m.changed)
-	m.changed = make(chan struct{})
-	return nil
+	m.log.Warn("node holds a newer map version than this cluster: it keeps its map until the cluster's version passes it. "+
+		"If this cluster was restored from a backup, restore again with a larger `--version-bump`",
+		"node", name, "node_version", after, "cluster_version", m.current.Version, "gap", after-m.current.Version)
 }
 
 // SetManagerVoter promotes (voter) or demotes a manager, by name or ID.
@@ -823,7 +846,18 @@ func (m *Manager) SetManagerVoter(ref string, voter bool) error {
 	if !m.isLeader() {
 		return m.noLeaderError(nil)
 	}
-	return m.setVoter(n.ID, voter)
+	if err := m.setVoter(n.ID, voter); err != nil {
+		return err
+	}
+	// Remember the operator's choice: a demoted manager's own promote
+	// requests (joinRaft, at every start) are refused.
+	return m.update(func(s *state) error {
+		if rec, ok := s.nodes[n.ID]; ok {
+			rec.Demoted = !voter
+			s.nodes[n.ID] = rec
+		}
+		return nil
+	})
 }
 
 // minFreeBytes is the free space the state dir needs for a write: below

@@ -492,16 +492,16 @@ func TestBackupWipeRestoreBringsBackServicesAndWorkers(t *testing.T) {
 	// The board dies: a fresh one restores on the same address.
 	tm.dir = t.TempDir()
 	tm.cfg.StateDir = tm.dir
-	if err := ForceNewCluster(tm.dir, tm.addr, file, "", clustertest.Logger(t)); err != nil {
+	if err := ForceNewCluster(tm.dir, tm.addr, "", Restore{File: file}, clustertest.Logger(t)); err != nil {
 		t.Fatal(err)
 	}
-	if err := ForceNewCluster(tm.dir, tm.addr, file, "", clustertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "fresh state dir") {
+	if err := ForceNewCluster(tm.dir, tm.addr, "", Restore{File: file}, clustertest.Logger(t)); err == nil || !strings.Contains(err.Error(), "fresh state dir") {
 		t.Fatalf("a second restore over the state: %v", err)
 	}
 	tm.start()
 	after := r.WaitFor(t, "the restored map", func(m *clustermap.Map) bool { return len(m.Services) == 2 })
-	if after.Version <= before.Version {
-		t.Fatalf("restored map version %d not above what the worker held", after.Version)
+	if after.Version <= before.Version || after.Version > before.Version+DefaultVersionBump {
+		t.Fatalf("restored map version %d not above what the worker held (%d) by at most the bump", after.Version, before.Version)
 	}
 	for _, s := range before.Services {
 		found := false

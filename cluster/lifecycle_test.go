@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -403,22 +404,33 @@ func TestWatchReconnectsWhenStreamGoesSilent(t *testing.T) {
 	r.WaitFor(t, "the change, over a new connection", func(m *clustermap.Map) bool { return len(m.Services) == 1 })
 }
 
-func TestManagerMovesItsVersionPastANewerCache(t *testing.T) {
+// A node holding a newer map than the manager (restored from a backup with
+// too small a --version-bump) keeps its map: the manager does not move its
+// version for it (a node's claim is no reason to write), and the node takes
+// the first map past its own, one change later.
+func TestNodeAheadOfTheManagerKeepsItsMapUntilPassed(t *testing.T) {
 	tm := startManager(t)
 	cfg := agentConfig(t, tm, "worker-1")
 	a := join(t, cfg)
-	// A cache from before the manager was restored from an older backup.
 	stale := tm.m.Map()
 	future := *stale
-	future.Version = stale.Version + 1000
+	future.Version = stale.Version + 3
 	b, _ := json.Marshal(future)
 	if err := os.WriteFile(filepath.Join(cfg.StateDir, agent.FileMap), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	r := clustertest.Watch(t, a)
-	// The node never applies an older map: the manager moves past it.
-	m := r.WaitFor(t, "the manager's map, newer than the cache", func(m *clustermap.Map) bool { return m.Version > future.Version })
-	if len(m.Nodes) != 2 || tm.m.Map().Version != m.Version {
-		t.Fatalf("map = %+v, manager at version %d", m, tm.m.Map().Version)
+	r.WaitFor(t, "the cached map", func(m *clustermap.Map) bool { return m.Version == future.Version })
+	for i := range 4 {
+		if _, err := tm.m.CreateService(api.ServiceSpec{Name: fmt.Sprintf("s%d", i), Image: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := r.WaitFor(t, "the first map past the cache", func(m *clustermap.Map) bool { return m.Version > future.Version })
+	if m.Version != stale.Version+4 || len(m.Services) != 4 {
+		t.Fatalf("map version %d with %d services, want version %d with 4", m.Version, len(m.Services), stale.Version+4)
+	}
+	if maps := r.Maps(); len(maps) != 2 {
+		t.Fatalf("the node applied %d maps, want the cache then the first newer one", len(maps))
 	}
 }

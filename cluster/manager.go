@@ -113,6 +113,9 @@ type Manager struct {
 	stream    *raftStream
 	fwd       apicall.Caller // to the other managers (forwarded calls, Raft join)
 	pool      atomic.Pointer[x509.CertPool]
+	creds     atomic.Pointer[map[string]managerCred] // liveManager's view; nil before any state
+	known     atomic.Pointer[map[netip.Addr]bool]    // members' addresses (connlimit's kept slots)
+	slots     nodeSlots                              // per-node caps (nodecaps.go)
 	mcert     atomic.Pointer[tls.Certificate]
 	relay     atomic.Pointer[RelayHandler] // relay connections on the API port
 	notify    chan struct{}                // an entry was applied or a snapshot restored
@@ -120,7 +123,8 @@ type Manager struct {
 	loops     sync.WaitGroup
 	ready     chan struct{} // closed once this manager holds the state
 	readyOnce sync.Once
-	initial   chan error // the full state proposed on bootstrap: its result
+	initial   chan error    // the full state proposed on bootstrap: its result
+	joinDone  chan struct{} // closed when joinRaft has returned (tests)
 
 	mu       sync.Mutex
 	st       *state
@@ -145,7 +149,8 @@ type Manager struct {
 	// views caches the encoded per-node views of the current map (views.go).
 	views        map[string][]byte
 	viewsVersion uint64
-	servingAddr  string // the node API's listener, once serving
+	aheadLogged  map[string]time.Time // noteNodeAhead's last warning per node
+	servingAddr  string               // the node API's listener, once serving
 	// dataKey seals secrets' and configs' values (objects.go); nil until
 	// this manager has one.
 	dataKey secretbox.Key
@@ -201,7 +206,7 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 		cfg: cfg, keepalive: cfg.keepalive, log: cfg.Logger.With("component", "manager"), store: st, now: time.Now,
 		changed: make(chan struct{}), lastSeen: map[string]time.Time{}, health: map[string][]api.PeerHealth{},
 		skew: map[string]time.Duration{}, notify: make(chan struct{}, 1), stop: make(chan struct{}),
-		ready: make(chan struct{}), initial: make(chan error, 1),
+		ready: make(chan struct{}), initial: make(chan error, 1), joinDone: make(chan struct{}),
 	}
 	m.fwd = apicall.Caller{Scheme: "https", Peer: "manager", HTTP: apicall.HTTPS(m.managerClientTLS(false),
 		apicall.Deadlines{Dial: 5 * time.Second, Handshake: 5 * time.Second, Total: 15 * time.Second})}
@@ -279,7 +284,7 @@ func (m *Manager) open() error {
 		}
 	}
 	rcfg := replicate.Config{
-		Dir: raftDir, ID: m.selfID, Addr: m.cfg.Advertise, Store: m.store, Logger: m.cfg.Logger, Tune: m.cfg.raftTune,
+		Dir: raftDir, ID: m.selfID, Addr: m.cfg.Advertise, Store: m.store, Logger: m.cfg.Logger, Tune: m.cfg.raftTune, Check: checkChange,
 		OnApply: func() {
 			select {
 			case m.notify <- struct{}{}:
@@ -406,6 +411,7 @@ func (m *Manager) setStateLocked(s *state) error {
 	}
 	m.unplaced = schedule(s.clone(), m.now())
 	m.st, m.snap = s, snap
+	m.publishCredsLocked()
 	if _, ok := s.nodes[m.selfID]; ok {
 		m.readyOnce.Do(func() { close(m.ready) })
 	}
@@ -475,6 +481,12 @@ func (m *Manager) createCluster() (*state, error) {
 	if err != nil {
 		return nil, err
 	}
+	key, err := m.nodeKey()
+	if err != nil {
+		return nil, err
+	}
+	self.TLSKey = pki.KeyHash(key.Public())
+	s.nodes[self.ID] = self
 	s.meta.SelfID = self.ID
 	return s, nil
 }
@@ -546,8 +558,16 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 		return fmt.Errorf("encode map: %w", err)
 	}
 	mapChanged := !bytes.Equal(body, m.mapJSON)
-	if mapChanged {
+	absurd := m.current.Version >= clustermap.MaxVersion
+	if mapChanged || absurd {
+		mapChanged = true
 		next.meta.Version = m.current.Version + 1
+		if absurd {
+			// Nodes refuse versions above MaxVersion and forget cached
+			// ones: start again low rather than wrap.
+			m.log.Warn("map version above the bound: starting again from 1", "version", m.current.Version, "bound", clustermap.MaxVersion)
+			next.meta.Version = 1
+		}
 		candidate.Version = next.meta.Version
 		if body, err = json.Marshal(candidate); err != nil {
 			return fmt.Errorf("encode map: %w", err)
@@ -572,6 +592,7 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 		m.applied = idx
 	}
 	m.st, m.snap, m.unplaced = next, snap, unplaced
+	m.publishCredsLocked()
 	if mapChanged {
 		m.current, m.mapJSON = candidate, body
 		close(m.changed)

@@ -48,9 +48,9 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ConnContext:       connContext,
 	}
-	limited := &limitedListener{Listener: ln, lim: &connLimiter{}, log: func(n int) {
+	limited := &limitedListener{Listener: ln, lim: &connLimiter{known: m.knownAddr}, log: func(n int) {
 		m.log.Warn("refusing connections beyond the caps on unauthenticated connections", "refused", n,
-			"max", maxUnauthConns, "max_per_source", maxUnauthConnsPerSource)
+			"max", maxUnauthConns, "max_per_bucket", maxUnauthConnsPerBucket, "kept_for_members", keptForKnown)
 	}}
 	if m.cfg.Join != nil {
 		go m.joinRaft(ctx)
@@ -126,7 +126,7 @@ func (m *Manager) authed(h func(http.ResponseWriter, *http.Request, string)) htt
 			return
 		}
 		markAuthenticated(r.Context())
-		h(w, r, c.id)
+		m.withNodeSlot(w, r, c.id, func() { h(w, r, c.id) })
 	}
 }
 
@@ -175,6 +175,11 @@ func (m *Manager) authenticateCerts(peer []*x509.Certificate, allowExpired bool)
 	}
 	if !rec.acceptsSerial(serial) {
 		return caller{}, errorf(http.StatusUnauthorized, "client certificate %s of node %q was superseded: the node joined again since, and certificates from before no longer work; clear this state dir and join with a token if this is that node", serial, rec.Name)
+	}
+	if rec.TLSKey != "" && pki.KeyHash(leaf.PublicKey) != rec.TLSKey {
+		// The serial matches but not the key: a certificate signed with a
+		// copy of the CA key (a retired manager's) for this node's serial.
+		return caller{}, errorf(http.StatusUnauthorized, "client certificate %s of node %q is not for the node's own TLS key", serial, rec.Name)
 	}
 	if expired && rec.CertSerial == "" {
 		return caller{}, errorf(http.StatusUnauthorized, "client certificate of node %q expired at %s and was issued before the manager kept serials: join again with a token", rec.Name, leaf.NotAfter.UTC().Format(time.RFC3339))
@@ -410,7 +415,7 @@ func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request, id string
 // handleWatch streams the map: one JSON document per line, sent whenever
 // the version changes. A slow reader skips intermediate versions and gets
 // the newest. The first line is the current map if it is newer than what
-// the caller holds (versions only grow: see jumpVersion).
+// the caller holds (versions only grow, by one per change).
 func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string) {
 	after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
 	flusher, ok := w.(http.Flusher)
@@ -435,11 +440,10 @@ func (m *Manager) handleWatch(w http.ResponseWriter, r *http.Request, id string)
 	if after > m.Map().Version {
 		// The node holds a newer map than this manager: a follower that
 		// lags (it catches up and then sends), or a cluster restored from
-		// an older backup, whose leader moves the version past the node's
-		// so that every node takes the restored map as newer.
-		if err := m.jumpVersion(after); err != nil && m.isLeader() {
-			m.log.Warn("cannot move the map version past a node's", "node", id, "err", err)
-		}
+		// an older backup without a large enough --version-bump. A node's
+		// `after` is never a reason to write (any member could send any
+		// number): say so, and let the operator act.
+		m.noteNodeAhead(id, after)
 	}
 	for {
 		m.mu.Lock()

@@ -145,17 +145,17 @@ func TestRestoreNeedsTheBackupsDataKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := t.TempDir()
-	err := ForceNewCluster(fresh, tm.addr, file, "", nil)
+	err := ForceNewCluster(fresh, tm.addr, "", Restore{File: file}, nil)
 	if err == nil || !strings.Contains(err.Error(), file+BackupKeySuffix) {
 		t.Fatalf("restore without the key: %v", err)
 	}
 	other, _ := secretbox.NewKey()
 	os.WriteFile(file+BackupKeySuffix, other, 0o600)
-	if err := ForceNewCluster(fresh, tm.addr, file, "", nil); err == nil || !strings.Contains(err.Error(), "another cluster's key") {
+	if err := ForceNewCluster(fresh, tm.addr, "", Restore{File: file}, nil); err == nil || !strings.Contains(err.Error(), "another cluster's key") {
 		t.Fatalf("restore with a wrong key: %v", err)
 	}
 	os.WriteFile(file+BackupKeySuffix, tm.m.DataKey(), 0o600)
-	if err := ForceNewCluster(fresh, tm.addr, file, "", nil); err != nil {
+	if err := ForceNewCluster(fresh, tm.addr, "", Restore{File: file}, nil); err != nil {
 		t.Fatalf("restore with the key: %v", err)
 	}
 	k, err := secretbox.Load(fresh)

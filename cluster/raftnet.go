@@ -116,11 +116,12 @@ func (s *raftStream) Dial(address raft.ServerAddress, timeout time.Duration) (ne
 	if err != nil {
 		return nil, err
 	}
-	if c.ConnectionState().NegotiatedProtocol != alpnRaft {
+	st := c.ConnectionState()
+	if st.NegotiatedProtocol != alpnRaft || len(st.PeerCertificates) == 0 {
 		c.Close()
 		return nil, fmt.Errorf("%s does not speak the managers' raft protocol (not a manager of this version?)", address)
 	}
-	return c, nil
+	return &raftConn{Conn: c, m: s.m, leaf: st.PeerCertificates[0]}, nil
 }
 
 // offer hands a raft connection to Accept, or closes it if raft is gone.
@@ -169,7 +170,10 @@ func (m *Manager) verifyManagerPeer(raw [][]byte, usage x509.ExtKeyUsage) (strin
 	if err != nil {
 		return "", err
 	}
-	return pki.VerifyManager(leaf, m.caPool(), usage, m.now())
+	if _, err := pki.VerifyManager(leaf, m.caPool(), usage, m.now()); err != nil {
+		return "", err
+	}
+	return m.liveManager(leaf)
 }
 
 // serverTLS is the API port's TLS: the cluster's serving certificate for
@@ -263,9 +267,10 @@ func (l *muxListener) loop(ctx context.Context) {
 
 func (l *muxListener) handshake(ctx context.Context, c net.Conn) {
 	tc := tls.Server(c, l.conf)
-	// The handshake gets the shorter of 10 s and the request timeout, so
-	// a client that stalls it holds a connection slot no longer than that.
-	hctx, cancel := context.WithTimeout(ctx, min(10*time.Second, l.m.cfg.requestTimeout))
+	// The handshake gets the shorter of handshakeTimeout and the request
+	// timeout, so a client that stalls it holds a connection slot no
+	// longer than that.
+	hctx, cancel := context.WithTimeout(ctx, min(handshakeTimeout, l.m.cfg.requestTimeout))
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Close()
@@ -303,7 +308,7 @@ func (l *muxListener) handshake(ctx context.Context, c net.Conn) {
 			lc.free() // a manager: not an unauthenticated connection
 		}
 		if s := l.m.stream; s != nil {
-			s.offer(tc)
+			s.offer(&raftConn{Conn: tc, m: l.m, leaf: st.PeerCertificates[0]})
 			return
 		}
 		tc.Close()

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/secretbox"
 	"github.com/warren-appliance/warren/cluster/store"
@@ -19,44 +21,75 @@ import (
 // manager's replicated store holds it. The caller writes it 0600.
 func (m *Manager) Backup(w io.Writer) error { return m.replica.Backup(w) }
 
+// Restored clusters move their map version up so that nodes, which may
+// hold maps newer than the backup, take the restored map as newer. The bump
+// is the operator's (`--version-bump`), bounded: nodes' own claims never
+// move the version (any member can claim any number).
+const (
+	// DefaultVersionBump covers about a million changes made after the
+	// backup was taken.
+	DefaultVersionBump uint64 = 1 << 20
+	// MaxVersionBump is the largest --version-bump.
+	MaxVersionBump uint64 = 1 << 32
+)
+
+// Restore is a backup to restore (`--restore`).
+type Restore struct {
+	File string // "": no restore, only --force-new-cluster
+	// Passphrase decrypts an encrypted backup (nil: the file must not be
+	// encrypted).
+	Passphrase []byte
+	// VersionBump (0: DefaultVersionBump, at most MaxVersionBump) is added
+	// to the backup's map version.
+	VersionBump uint64
+}
+
 // ForceNewCluster prepares stateDir, offline, to start as a one-manager
 // cluster keeping its state (`warren cluster init --force-new-cluster`):
-// with restore != "", stateDir must hold no cluster and the backup becomes
+// with restore.File != "", stateDir must hold no cluster and the backup becomes
 // its store; otherwise its Raft configuration is rewritten to this manager
 // alone (hashicorp's RecoverCluster). advertise is this manager's API
 // address as the other managers will reach it; joinedID is its node ID if
 // it joined the cluster (ManagerConfig.JoinedID).
-func ForceNewCluster(stateDir, advertise, restore, joinedID string, log *slog.Logger) error {
+func ForceNewCluster(stateDir, advertise, joinedID string, restore Restore, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
 	}
 	dbPath := filepath.Join(stateDir, "manager.db")
 	raftDir := filepath.Join(stateDir, "raft")
-	if restore != "" {
+	if restore.File != "" {
 		for _, p := range []string{dbPath, raftDir} {
 			if _, err := os.Stat(p); err == nil {
 				return fmt.Errorf("--restore needs a fresh state dir, but %s exists: move it away first (it is this board's own state)", p)
 			}
 		}
-		f, err := os.Open(restore)
+		data, err := os.ReadFile(restore.File)
 		if err != nil {
 			return fmt.Errorf("--restore: %w", err)
 		}
-		defer f.Close()
+		plain, err := OpenBackup(data, restore.Passphrase)
+		if err != nil {
+			return fmt.Errorf("--restore %s: %w", restore.File, err)
+		}
 		st, err := store.Open(dbPath)
 		if err != nil {
 			return err
 		}
-		err = replicate.LoadBackup(f, st)
+		err = replicate.LoadBackup(bytes.NewReader(plain), st)
+		var from, to uint64
 		if err == nil {
-			err = restoreDataKey(stateDir, restore, st)
+			err = restoreDataKey(stateDir, restore.File, st)
+		}
+		if err == nil {
+			from, to, err = bumpVersion(st, restore.VersionBump)
 		}
 		st.Close()
 		if err != nil {
 			os.Remove(dbPath)
-			return fmt.Errorf("--restore %s: %w", restore, err)
+			return fmt.Errorf("--restore %s: %w", restore.File, err)
 		}
-		log.Info("state restored from backup; the manager starts from it as a one-manager cluster", "file", restore)
+		log.Info("state restored from backup; the manager starts from it as a one-manager cluster", "file", restore.File,
+			"map_version", to, "backup_version", from)
 		return nil
 	}
 	if _, err := os.Stat(dbPath); err != nil {
@@ -121,4 +154,34 @@ func restoreDataKey(stateDir, backup string, st *store.Store) error {
 		}
 	}
 	return secretbox.Save(stateDir, k)
+}
+
+// bumpVersion adds bump (0: DefaultVersionBump) to the stored map version.
+func bumpVersion(st *store.Store, bump uint64) (from, to uint64, err error) {
+	if bump == 0 {
+		bump = DefaultVersionBump
+	}
+	if bump > MaxVersionBump {
+		return 0, 0, fmt.Errorf("--version-bump %d is too large: at most %d", bump, MaxVersionBump)
+	}
+	s, err := loadState(st)
+	if err != nil {
+		return 0, 0, err
+	}
+	if s == nil {
+		return 0, 0, errors.New("the backup holds no cluster")
+	}
+	from = s.meta.Version
+	if from > clustermap.MaxVersion-bump {
+		return 0, 0, fmt.Errorf("the backup's map version %d plus --version-bump %d passes the bound %d", from, bump, clustermap.MaxVersion)
+	}
+	s.meta.Version = from + bump
+	snap, err := s.snapshot()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := st.Commit(store.Snapshot{bucketMeta: snap[bucketMeta]}); err != nil {
+		return 0, 0, fmt.Errorf("write the bumped version: %w", err)
+	}
+	return from, s.meta.Version, nil
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/rollout"
 	"github.com/warren-appliance/warren/cluster/store"
 )
@@ -63,6 +65,9 @@ type nodeRecord struct {
 	// of that key (a CSR signed with it) is what lets a node join again as
 	// itself, or renew a certificate that expired while it was off.
 	TLSKey string `json:"tls_key,omitempty"`
+	// Demoted: the operator made this manager a non-voter (`warren node
+	// demote`); it may not promote itself back (only `node promote` does).
+	Demoted bool `json:"demoted,omitempty"`
 }
 
 // acceptsSerial reports whether serial is one of the node's live
@@ -335,4 +340,46 @@ func (s *state) pruneTombstones(now time.Time) {
 			delete(s.removed, id)
 		}
 	}
+}
+
+// checkChange is the replicas' check of a committed change
+// (replicate.Config.Check): every record put must decode as its bucket's
+// type, and nothing may touch the replica's own bookkeeping. A change that
+// fails is applied as no change on every manager, instead of leaving state
+// no manager can load.
+func checkChange(c store.Change) error {
+	for bucket, recs := range c.Put {
+		for key, v := range recs {
+			var err error
+			switch bucket {
+			case bucketMeta:
+				var x meta
+				err = json.Unmarshal(v, &x)
+			case bucketNodes:
+				var x nodeRecord
+				err = json.Unmarshal(v, &x)
+			case bucketRemoved:
+				var x tombstone
+				err = json.Unmarshal(v, &x)
+			case bucketServices:
+				var x serviceRecord
+				err = json.Unmarshal(v, &x)
+			case bucketPolicies:
+				var x policyRecord
+				err = json.Unmarshal(v, &x)
+			case bucketTasks:
+				var x []clustermap.Task
+				err = json.Unmarshal(v, &x)
+			case replicate.BucketRaft:
+				err = errors.New("the replica's own bucket is not replicated")
+			}
+			if err != nil {
+				return fmt.Errorf("record %s/%s: %w", bucket, key, err)
+			}
+		}
+	}
+	if _, ok := c.Delete[replicate.BucketRaft]; ok {
+		return errors.New("the replica's own bucket is not replicated")
+	}
+	return nil
 }

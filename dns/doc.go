@@ -20,7 +20,9 @@
 // addresses is skipped; one that forwards back to us (a stub resolver on
 // 127.0.0.x configured with this server) is found by probing it with a
 // random name and watching for that name to come back, at load, every few
-// minutes and when the forwarding slots run out.
+// minutes and when the forwarding slots run out. At most 512 queries are
+// forwarded at once, at most 64 of them from one client address, so one
+// task flooding slow external names fails its own queries, not everyone's.
 //
 // ResolvConf renders the resolv.conf of a task and Resolve is the client
 // side, for the CLI.

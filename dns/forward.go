@@ -21,6 +21,10 @@ import (
 // names must not pile up sockets and goroutines on a 512 MB board.
 const maxInflightForwards = 512
 
+// maxInflightPerSource bounds one client's share of those slots: one task
+// that floods slow external names fails its own queries, not everyone's.
+const maxInflightPerSource = 64
+
 var (
 	errNoUpstream  = errors.New("no usable upstream resolver")
 	errOverloaded  = errors.New("too many forwarded queries in flight")
@@ -34,6 +38,9 @@ type forwarder struct {
 	log      *slog.Logger
 	set      atomic.Pointer[upstreamSet]
 	inflight chan struct{}
+	// perSource counts each client's queries in flight (maxInflightPerSource).
+	sourceMu  sync.Mutex
+	perSource map[netip.Addr]int
 
 	// Loop probes in flight: a query for one of these names reaching our
 	// own handler proves that the upstream it was sent to forwards to us.
@@ -50,6 +57,7 @@ func newForwarder(log *slog.Logger) *forwarder {
 	return &forwarder{
 		log:        log,
 		inflight:   make(chan struct{}, maxInflightForwards),
+		perSource:  make(map[netip.Addr]int),
 		probes:     make(map[string]*probe),
 		overloaded: make(chan struct{}, 1),
 	}
@@ -173,7 +181,8 @@ func (f *forwarder) catchProbe(name string) bool {
 // forward sends req to the upstreams in turn, starting with the one that
 // answered last, splitting what is left of ctx's deadline evenly among the
 // remaining ones. SERVFAIL/REFUSED from one upstream moves on to the next.
-func (f *forwarder) forward(ctx context.Context, req *miekg.Msg, overTCP bool) (*miekg.Msg, error) {
+// src is the client: it holds at most maxInflightPerSource slots.
+func (f *forwarder) forward(ctx context.Context, req *miekg.Msg, overTCP bool, src netip.Addr) (*miekg.Msg, error) {
 	set := f.set.Load()
 	var usable []int
 	if set != nil {
@@ -190,6 +199,16 @@ func (f *forwarder) forward(ctx context.Context, req *miekg.Msg, overTCP bool) (
 		return nil, errNoUpstream
 	}
 
+	if !f.takeSource(src) {
+		// A loop looks like this too: one query bouncing between us and
+		// an upstream comes back from that upstream's address each time.
+		select {
+		case f.overloaded <- struct{}{}:
+		default:
+		}
+		return nil, errOverloaded
+	}
+	defer f.releaseSource(src)
 	select {
 	case f.inflight <- struct{}{}:
 		defer func() { <-f.inflight }()
@@ -245,6 +264,25 @@ func (f *forwarder) forward(ctx context.Context, req *miekg.Msg, overTCP bool) (
 		return fallback, nil
 	}
 	return nil, errors.Join(errs...)
+}
+
+// takeSource takes one of src's slots, if it has one left.
+func (f *forwarder) takeSource(src netip.Addr) bool {
+	f.sourceMu.Lock()
+	defer f.sourceMu.Unlock()
+	if f.perSource[src] >= maxInflightPerSource {
+		return false
+	}
+	f.perSource[src]++
+	return true
+}
+
+func (f *forwarder) releaseSource(src netip.Addr) {
+	f.sourceMu.Lock()
+	defer f.sourceMu.Unlock()
+	if f.perSource[src]--; f.perSource[src] <= 0 {
+		delete(f.perSource, src)
+	}
 }
 
 func (f *forwarder) exchange(ctx context.Context, up *upstream, out *miekg.Msg, network string) (*miekg.Msg, error) {

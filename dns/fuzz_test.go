@@ -28,7 +28,7 @@ func FuzzHandler(f *testing.F) {
 		if err := req.Unpack(data[1:]); err != nil {
 			return // the server answers FORMERR before the handler sees it
 		}
-		resp := s.handler.respond(req, overTCP)
+		resp := s.handler.respond(req, overTCP, netip.Addr{})
 		if req.Response {
 			if resp != nil {
 				t.Fatal("answered a response")

@@ -30,12 +30,8 @@ type handler struct {
 	refused        atomic.Int64       // queries dropped by the source check
 }
 
-// allowed reports whether a query from addr may be answered.
-func (h *handler) allowed(addr net.Addr) bool {
-	clients := h.zone.Load().clients
-	if len(h.allow) == 0 && len(clients) == 0 {
-		return true
-	}
+// sourceIP is a client's address (zero if it has none).
+func sourceIP(addr net.Addr) netip.Addr {
 	var ip netip.Addr
 	switch a := addr.(type) {
 	case *net.UDPAddr:
@@ -43,7 +39,16 @@ func (h *handler) allowed(addr net.Addr) bool {
 	case *net.TCPAddr:
 		ip, _ = netip.AddrFromSlice(a.IP)
 	}
-	ip = ip.Unmap()
+	return ip.Unmap()
+}
+
+// allowed reports whether a query from addr may be answered.
+func (h *handler) allowed(addr net.Addr) bool {
+	clients := h.zone.Load().clients
+	if len(h.allow) == 0 && len(clients) == 0 {
+		return true
+	}
+	ip := sourceIP(addr)
 	for _, p := range h.allow {
 		if p.Contains(ip) {
 			return true
@@ -72,7 +77,7 @@ func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 		}
 		return
 	}
-	resp := h.respond(req, overTCP)
+	resp := h.respond(req, overTCP, sourceIP(w.RemoteAddr()))
 	if resp == nil {
 		return
 	}
@@ -86,7 +91,7 @@ func (h *handler) ServeDNS(w miekg.ResponseWriter, req *miekg.Msg) {
 
 // respond builds the reply to req, or nil when nothing must be sent (req is
 // itself a response: answering could feed a reflection loop).
-func (h *handler) respond(req *miekg.Msg, overTCP bool) *miekg.Msg {
+func (h *handler) respond(req *miekg.Msg, overTCP bool, src netip.Addr) *miekg.Msg {
 	if req.Response {
 		return nil
 	}
@@ -129,13 +134,13 @@ func (h *handler) respond(req *miekg.Msg, overTCP bool) *miekg.Msg {
 			return h.finish(req, resp, overTCP)
 		}
 	}
-	return h.finish(req, h.forward(req, overTCP), overTCP)
+	return h.finish(req, h.forward(req, overTCP, src), overTCP)
 }
 
-func (h *handler) forward(req *miekg.Msg, overTCP bool) *miekg.Msg {
+func (h *handler) forward(req *miekg.Msg, overTCP bool, src netip.Addr) *miekg.Msg {
 	ctx, cancel := context.WithTimeout(h.baseCtx, h.forwardTimeout)
 	defer cancel()
-	resp, err := h.fwd.forward(ctx, req, overTCP)
+	resp, err := h.fwd.forward(ctx, req, overTCP, src)
 	if err != nil {
 		// Debug only: a dead upstream would otherwise log once per query;
 		// the forwarder logs lasting conditions (loops, no upstream) once.

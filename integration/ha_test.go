@@ -334,6 +334,11 @@ func TestBackupWipeRestore(t *testing.T) {
 	if out, err := m.Exec(ctx, "stat", "-c", "%a", file); err != nil || trim(out) != "600" {
 		t.Fatalf("backup file mode: %q %v", out, err)
 	}
+	// hardening-2: an encrypted copy too (age, passphrase from a file).
+	const enc, pass = "/etc/warren/backup.age", "/etc/warren/backup-pass"
+	if out, err := m.Sh(ctx, "echo 'a passphrase for the lab backup' > "+pass+" && warren cluster backup --passphrase-file "+pass+" "+enc); err != nil || !strings.Contains(out, "encrypted") {
+		t.Fatalf("encrypted backup: %v\n%s", err, out)
+	}
 	// The board dies; a fresh one (empty state dir) takes its place.
 	if err := m.StopAppliance(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -341,7 +346,11 @@ func TestBackupWipeRestore(t *testing.T) {
 	if out, err := m.Sh(ctx, "rm -rf /var/lib/warren/* && ls -A /var/lib/warren | wc -l"); err != nil || trim(out) != "0" {
 		t.Fatalf("wipe: %v %s", err, out)
 	}
-	if err := m.StartAppliance("warren", "cluster", "init", "--force-new-cluster", "--restore", file, "--config", "/etc/warren/warren.toml"); err != nil {
+	// Without the passphrase the encrypted copy is refused, writing nothing.
+	if out, err := m.Sh(ctx, "warren cluster init --force-new-cluster --restore "+enc+" --config /etc/warren/warren.toml; ls -A /var/lib/warren | grep -c manager.db"); err == nil || !strings.Contains(out, "give its passphrase") {
+		t.Fatalf("restore of the encrypted backup without its passphrase: %v\n%s", err, out)
+	}
+	if err := m.StartAppliance("warren", "cluster", "init", "--force-new-cluster", "--restore", enc, "--passphrase-file", pass, "--config", "/etc/warren/warren.toml"); err != nil {
 		t.Fatal(err)
 	}
 	waitNodesReady(t, c, 2*time.Minute)

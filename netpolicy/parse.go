@@ -33,6 +33,9 @@ const (
 // policyTypes filled in; one bad document fails the whole file, so a file
 // is applied all or none.
 func Parse(file string, data []byte) ([]clustermap.Policy, error) {
+	if len(data) > MaxFileBytes {
+		return nil, fmt.Errorf("%s: %d bytes: a policy file holds at most %d bytes (MaxFileBytes); split it", file, len(data), MaxFileBytes)
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var out []clustermap.Policy
 	seen := map[string]int{}
@@ -47,6 +50,12 @@ func Parse(file string, data []byte) ([]clustermap.Policy, error) {
 		}
 		if len(root.Content) == 0 || (root.Content[0].Kind == yaml.ScalarNode && root.Content[0].Tag == "!!null") {
 			continue // an empty document
+		}
+		// Before anything follows an alias: each UnmarshalYAML starts a
+		// fresh decoder, so yaml.v3's own alias budget never sees the
+		// whole document, and a few KB of aliases expand without end.
+		if err := noAliases(&root); err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
 		}
 		doc := root.Content[0]
 		if err := strict(doc, reflect.TypeOf(yDoc{}), ""); err != nil {
@@ -70,6 +79,23 @@ func Parse(file string, data []byte) ([]clustermap.Policy, error) {
 		return nil, fmt.Errorf("%s: no NetworkPolicy document in it", file)
 	}
 	return out, nil
+}
+
+// MaxFileBytes bounds a policy file.
+const MaxFileBytes = 1 << 20
+
+// noAliases refuses a document holding any alias (*name), walking its
+// node tree once without following them.
+func noAliases(n *yaml.Node) error {
+	if n.Kind == yaml.AliasNode {
+		return fmt.Errorf("line %d: YAML alias *%s: aliases are not supported in policies; write the value out", n.Line, n.Value)
+	}
+	for _, c := range n.Content {
+		if err := noAliases(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // lv is a scalar (or a plain map) with the line it was written on.

@@ -1,7 +1,9 @@
 package netpolicy
 
 import (
+	"cmp"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -12,6 +14,17 @@ import (
 
 // Policy names are DNS labels (they appear in rule comments and the CLI).
 var policyNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Bounds of one policy, so that no policy makes the manager or the nodes
+// render and apply without end (one 1 MiB policy used to render about two
+// million rules on every node).
+const (
+	MaxRules         = 100  // ingress plus egress rules
+	MaxPeers         = 100  // peers of one rule
+	MaxPorts         = 100  // ports of one rule
+	MaxExcept        = 1024 // except entries of one ipBlock
+	MaxRenderedRules = 2000 // iptables rules the policy renders (peers x ports, summed over its rules)
+)
 
 // CheckName reports why name is not a valid policy name.
 func CheckName(name string) error {
@@ -48,6 +61,9 @@ func Validate(p *clustermap.Policy) error {
 	}
 	if len(p.Ingress) > 0 && !slices.Contains(p.PolicyTypes, clustermap.PolicyIngress) {
 		return fmt.Errorf("policy %s: has ingress rules but policyTypes %v leaves out Ingress", p.Name, p.PolicyTypes)
+	}
+	if err := checkBounds(p); err != nil {
+		return err
 	}
 	for dir, rules := range map[string][]clustermap.PolicyRule{"ingress": p.Ingress, "egress": p.Egress} {
 		for i, r := range rules {
@@ -144,7 +160,7 @@ func BlockPrefixes(b clustermap.IPBlock) ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipBlock cidr: %w", err)
 	}
-	out := []netip.Prefix{cidr}
+	excepts := make([]netip.Prefix, 0, len(b.Except))
 	for _, e := range b.Except {
 		ex, err := parseCanonical(e)
 		if err != nil {
@@ -153,14 +169,50 @@ func BlockPrefixes(b clustermap.IPBlock) ([]netip.Prefix, error) {
 		if !cidr.Contains(ex.Addr()) || ex.Bits() < cidr.Bits() {
 			return nil, fmt.Errorf("ipBlock except %s is not inside cidr %s", ex, cidr)
 		}
-		var next []netip.Prefix
-		for _, p := range out {
-			next = append(next, subtract(p, ex)...)
-		}
-		out = next
+		excepts = append(excepts, ex)
 	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-	return out, nil
+	// Sorted by address, wider first: an except inside an earlier one
+	// follows it, and the rest are disjoint and in order, so one walk
+	// yields the gaps between them (O(n log n); it was O(n^2)).
+	slices.SortFunc(excepts, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	var out []netip.Prefix
+	next := v4(cidr.Addr()) // first address not yet covered or excepted
+	var covered netip.Prefix
+	for _, ex := range excepts {
+		if covered.IsValid() && covered.Contains(ex.Addr()) {
+			continue // inside an except already taken out
+		}
+		covered = ex
+		out = appendRange(out, next, v4(ex.Addr()))
+		next = v4(ex.Addr()) + 1<<(32-ex.Bits())
+	}
+	return appendRange(out, next, v4(cidr.Addr())+1<<(32-cidr.Bits())), nil
+}
+
+// v4 is an IPv4 address as a number (uint64, so that the end of the
+// address space, 2^32, fits).
+func v4(a netip.Addr) uint64 {
+	b := a.As4()
+	return uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])
+}
+
+// appendRange appends the fewest prefixes covering [from, to), in order.
+func appendRange(out []netip.Prefix, from, to uint64) []netip.Prefix {
+	for from < to {
+		size := uint64(1) << 32
+		if from != 0 {
+			size = from & -from // the largest block aligned at from
+		}
+		for size > to-from {
+			size >>= 1
+		}
+		n := 32 - (bits.Len64(size) - 1)
+		out = append(out, netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(from >> 24), byte(from >> 16), byte(from >> 8), byte(from)}), n))
+		from += size
+	}
+	return out
 }
 
 func parseCanonical(s string) (netip.Prefix, error) {
@@ -177,19 +229,30 @@ func parseCanonical(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// subtract returns p minus ex as disjoint prefixes.
-func subtract(p, ex netip.Prefix) []netip.Prefix {
-	if !p.Overlaps(ex) {
-		return []netip.Prefix{p}
+// checkBounds refuses a policy beyond the Max* bounds, naming the bound.
+func checkBounds(p *clustermap.Policy) error {
+	if n := len(p.Ingress) + len(p.Egress); n > MaxRules {
+		return fmt.Errorf("policy %s: %d rules: a policy holds at most %d rules (ingress plus egress); split it into several policies", p.Name, n, MaxRules)
 	}
-	if ex.Bits() <= p.Bits() {
-		return nil // ex covers p
+	rendered := 0
+	for dir, rules := range map[string][]clustermap.PolicyRule{"ingress": p.Ingress, "egress": p.Egress} {
+		for i, r := range rules {
+			if len(r.Peers) > MaxPeers {
+				return fmt.Errorf("policy %s: %s[%d]: %d peers: a rule holds at most %d peers", p.Name, dir, i, len(r.Peers), MaxPeers)
+			}
+			if len(r.Ports) > MaxPorts {
+				return fmt.Errorf("policy %s: %s[%d]: %d ports: a rule holds at most %d ports (use endPort for ranges)", p.Name, dir, i, len(r.Ports), MaxPorts)
+			}
+			for j, peer := range r.Peers {
+				if peer.IPBlock != nil && len(peer.IPBlock.Except) > MaxExcept {
+					return fmt.Errorf("policy %s: %s[%d] peer %d: %d except entries: an ipBlock holds at most %d except entries", p.Name, dir, i, j, len(peer.IPBlock.Except), MaxExcept)
+				}
+			}
+			rendered += max(len(r.Peers), 1) * max(len(r.Ports), 1)
+		}
 	}
-	// Split p in halves and keep the half without ex whole.
-	lo := netip.PrefixFrom(p.Addr(), p.Bits()+1)
-	hiAddr := p.Addr().As4()
-	bit := p.Bits()
-	hiAddr[bit/8] |= 0x80 >> (bit % 8)
-	hi := netip.PrefixFrom(netip.AddrFrom4(hiAddr), p.Bits()+1)
-	return append(subtract(lo, ex), subtract(hi, ex)...)
+	if rendered > MaxRenderedRules {
+		return fmt.Errorf("policy %s: renders %d rules (peers x ports of each rule): a policy renders at most %d rendered rules; use fewer peers or ports per rule, or port ranges", p.Name, rendered, MaxRenderedRules)
+	}
+	return nil
 }

@@ -426,6 +426,14 @@ func (a *Agent) Watch(ctx context.Context, apply func(*clustermap.Map)) error {
 		a.log.Warn("ignoring unreadable cached map", "file", a.path(FileMap), "err", err)
 	} else if m != nil {
 		have = m.Version
+		if have > clustermap.MaxVersion {
+			// Written while a manager could be made to publish any
+			// version: keep the map's content, forget its version, so the
+			// manager's next map is taken.
+			a.log.Warn("cached map has an absurd version: taking the manager's next map whatever its version",
+				"version", have, "bound", clustermap.MaxVersion)
+			have = 0
+		}
 		a.noteSelf(m)
 		a.noteManagers(m)
 		a.log.Info("restored cached map", "version", m.Version, "nodes", len(m.Nodes))
@@ -532,9 +540,14 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 		if err := json.Unmarshal(line, &m); err != nil {
 			return connected, fmt.Errorf("decode map: %w", err)
 		}
-		// Only newer maps: versions increase across leader changes, and a
-		// manager restored from an older backup first moves its version
-		// past ours (it sees `after`).
+		// Only newer maps: versions increase by one per change across
+		// leader changes, and a manager restored from a backup moves its
+		// version up by a bounded bump (--version-bump). A version above
+		// MaxVersion is never applied, so never cached.
+		if m.Version > clustermap.MaxVersion {
+			a.log.Warn("manager sent a map with an absurd version; ignored", "version", m.Version, "bound", clustermap.MaxVersion)
+			continue
+		}
 		if m.Version > *have {
 			if err := atomicfile.Write(a.path(FileMap), line, 0o600); err != nil {
 				a.log.Error("cannot cache the map; applying it anyway", "err", err)

@@ -9,8 +9,17 @@ import (
 	"sort"
 )
 
+// MaxVersion bounds map versions. The manager moves the version by one per
+// change (2^48 changes is thousands of years at one change per
+// millisecond), so a version above it is absurd: written by a bug or an
+// attack, never by a change. A node never applies such a map and treats a
+// cached one as holding no version at all; a manager whose version is
+// above it starts again from 1 on its next change.
+const MaxVersion uint64 = 1 << 48
+
 // Map is one consistent snapshot of the cluster's desired state. Version
-// increases on every change; nodes apply only a newer map than they hold.
+// increases by one on every change; nodes apply only a newer map than they
+// hold.
 type Map struct {
 	Version   uint64 `json:"version"`
 	ClusterID string `json:"cluster_id"`

@@ -14,6 +14,24 @@ import (
 // protocol. Worker certificates never carry it.
 const ManagerUnit = "warren-manager"
 
+// SessionUnit marks the certificate a manager issues itself at every start
+// for Raft and forwarded calls (beside ManagerUnit). Its serial is not
+// recorded anywhere: the managers accept it for the member's recorded TLS
+// key only, while a manager's node certificate (from join or renewal) is
+// accepted for its recorded serials only.
+const SessionUnit = "warren-manager-session"
+
+// IsSession reports whether cert is a manager's session certificate.
+func IsSession(cert *x509.Certificate) bool {
+	return slices.Contains(cert.Subject.OrganizationalUnit, SessionUnit)
+}
+
+// SignManagerSession signs a manager's own session certificate (CSR signed
+// with its node TLS key), valid for NodeValidity.
+func (ca *CA) SignManagerSession(csrDER []byte, nodeID string, now time.Time) (*x509.Certificate, error) {
+	return ca.signManager(csrDER, nodeID, now, NodeValidity, []string{ManagerUnit, SessionUnit})
+}
+
 // SignManager signs a manager's CSR: like SignNode (CN = node ID, same
 // validity) plus the manager unit and server use, since managers also
 // accept each other's connections.
@@ -23,6 +41,10 @@ func (ca *CA) SignManager(csrDER []byte, nodeID string, now time.Time) (*x509.Ce
 
 // SignManagerFor is SignManager with a given lifetime (as SignNodeFor).
 func (ca *CA) SignManagerFor(csrDER []byte, nodeID string, now time.Time, lifetime time.Duration) (*x509.Certificate, error) {
+	return ca.signManager(csrDER, nodeID, now, lifetime, []string{ManagerUnit})
+}
+
+func (ca *CA) signManager(csrDER []byte, nodeID string, now time.Time, lifetime time.Duration, units []string) (*x509.Certificate, error) {
 	if lifetime <= 0 {
 		lifetime = NodeValidity
 	}
@@ -32,7 +54,7 @@ func (ca *CA) SignManagerFor(csrDER []byte, nodeID string, now time.Time, lifeti
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: nodeID, Organization: ca.Cert.Subject.Organization, OrganizationalUnit: []string{ManagerUnit}},
+		Subject:      pkix.Name{CommonName: nodeID, Organization: ca.Cert.Subject.Organization, OrganizationalUnit: units},
 		NotBefore:    now.Add(-Backdate),
 		NotAfter:     now.Add(lifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

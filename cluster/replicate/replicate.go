@@ -10,6 +10,8 @@
 package replicate
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,6 +56,10 @@ type Config struct {
 	OnApply func()
 	// Tune adjusts the raft config (tests shorten the timeouts).
 	Tune func(*raft.Config)
+	// Check refuses a committed change the caller cannot load (records
+	// that do not decode, unknown buckets): such an entry is logged and
+	// applied as no change, on every manager alike.
+	Check func(store.Change) error
 }
 
 // Replica is one manager's raft node with its FSM.
@@ -138,7 +144,7 @@ func openStores(cfg Config) (*Replica, error) {
 	} else {
 		_, trans = raft.NewInmemTransport(raft.ServerAddress(cfg.Addr)) // offline recovery
 	}
-	fsm := &FSM{st: cfg.Store, notify: cfg.OnApply, log: cfg.Logger}
+	fsm := &FSM{st: cfg.Store, notify: cfg.OnApply, log: cfg.Logger, check: cfg.Check}
 	fsm.applied = fsm.storedIndex()
 	return &Replica{fsm: fsm, logs: logs, snaps: snaps, trans: trans, conf: conf, cfg: cfg}, nil
 }
@@ -244,6 +250,7 @@ type FSM struct {
 	pending []pendingEntry // committed, not yet written (disk full)
 	notify  func()
 	log     *slog.Logger
+	check   func(store.Change) error // Config.Check
 }
 
 func (f *FSM) index() uint64 {
@@ -285,14 +292,16 @@ func (f *FSM) Apply(l *raft.Log) any {
 		f.mu.Unlock()
 		return nil
 	}
-	if len(l.Data) == 0 || l.Data[0] != entryChange {
-		f.mu.Unlock()
-		panic(fmt.Sprintf("replicated store: log entry %d has unknown type (written by a newer version?)", l.Index))
-	}
-	var c store.Change
-	if err := json.Unmarshal(l.Data[1:], &c); err != nil {
-		f.mu.Unlock()
-		panic(fmt.Sprintf("replicated store: log entry %d: %v", l.Index, err))
+	c, bad := f.decode(l)
+	if bad != nil {
+		// Refused: an entry no manager can apply must not stop them all
+		// (a panic here repeats at every restart, since the log replays
+		// it). It is counted as applied, with no change, so a replay skips
+		// it and the entries after it apply.
+		c = store.Change{}
+		if f.log != nil {
+			f.log.Error("replicated store: refused a log entry; it changes nothing", "index", l.Index, "err", bad)
+		}
 	}
 	f.pending = append(f.pending, pendingEntry{index: l.Index, change: c})
 	before := f.applied
@@ -308,7 +317,24 @@ func (f *FSM) Apply(l *raft.Log) any {
 		}
 		return err
 	}
-	return nil
+	return bad
+}
+
+// decode reads an entry's change and checks it (Config.Check).
+func (f *FSM) decode(l *raft.Log) (store.Change, error) {
+	var c store.Change
+	if len(l.Data) == 0 || l.Data[0] != entryChange {
+		return c, fmt.Errorf("log entry %d has unknown type (written by a newer version?)", l.Index)
+	}
+	if err := json.Unmarshal(l.Data[1:], &c); err != nil {
+		return c, fmt.Errorf("log entry %d: %w", l.Index, err)
+	}
+	if f.check != nil {
+		if err := f.check(c); err != nil {
+			return c, fmt.Errorf("log entry %d: %w", l.Index, err)
+		}
+	}
+	return c, nil
 }
 
 type pendingEntry struct {
@@ -427,25 +453,63 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 
 func (s *fsmSnapshot) Release() {}
 
+// backupFormat names the backup envelope: the state document and the
+// SHA-256 of its exact bytes, so that a restore refuses a file damaged or
+// edited since it was written. (It is a checksum, not a signature: an
+// encrypted backup, `--passphrase-file`, is also authenticated.)
+const backupFormat = "warren-backup/2"
+
+type backupEnvelope struct {
+	Format string          `json:"format"`
+	SHA256 string          `json:"sha256"`
+	State  json.RawMessage `json:"state"` // a snapshotFile
+}
+
 // Backup writes the store as it is at the last applied entry (a
-// consistent cut, taken under the FSM lock) in the snapshot format.
+// consistent cut, taken under the FSM lock) as a backup envelope.
 func (r *Replica) Backup(w io.Writer) error {
 	r.fsm.mu.Lock()
 	all := r.fsm.st.All()
 	applied := r.fsm.applied
 	r.fsm.mu.Unlock()
 	delete(all, BucketRaft)
-	if err := json.NewEncoder(w).Encode(snapshotFile{Applied: applied, Store: all}); err != nil {
+	state, err := json.Marshal(snapshotFile{Applied: applied, Store: all})
+	if err != nil {
+		return fmt.Errorf("write backup: %w", err)
+	}
+	sum := sha256.Sum256(state)
+	if err := json.NewEncoder(w).Encode(backupEnvelope{Format: backupFormat, SHA256: hex.EncodeToString(sum[:]), State: state}); err != nil {
 		return fmt.Errorf("write backup: %w", err)
 	}
 	return nil
 }
 
 // LoadBackup reads a backup written by Backup into an empty store, without
-// any Raft index: the manager started on it bootstraps Raft from it.
+// any Raft index: the manager started on it bootstraps Raft from it. The
+// content's SHA-256 must match; backups from before it was written (no
+// envelope) are read as they are.
 func LoadBackup(rd io.Reader, st *store.Store) error {
+	data, err := io.ReadAll(rd)
+	if err != nil {
+		return fmt.Errorf("read backup: %w", err)
+	}
+	var env backupEnvelope
+	if err := json.Unmarshal(data, &env); err != nil {
+		return fmt.Errorf("read backup: not a backup written by `warren cluster backup`: %w", err)
+	}
+	state := data
+	if env.Format != "" {
+		if env.Format != backupFormat {
+			return fmt.Errorf("read backup: format %q is not %q (written by a newer version?)", env.Format, backupFormat)
+		}
+		sum := sha256.Sum256(env.State)
+		if got := hex.EncodeToString(sum[:]); got != env.SHA256 {
+			return fmt.Errorf("read backup: its content does not match its SHA-256 (recorded %s, content %s): the file was damaged or changed after it was written; use another copy", env.SHA256, got)
+		}
+		state = env.State
+	}
 	var s snapshotFile
-	if err := json.NewDecoder(rd).Decode(&s); err != nil {
+	if err := json.Unmarshal(state, &s); err != nil {
 		return fmt.Errorf("read backup: %w", err)
 	}
 	if len(s.Store) == 0 {

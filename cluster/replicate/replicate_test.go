@@ -3,8 +3,10 @@ package replicate
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -111,5 +113,86 @@ func TestFSMKeepsEntriesTheStoreRefuses(t *testing.T) {
 	}
 	if n := st.Load("nodes"); string(n["a"]) != "1" || string(n["b"]) != "2" || f.applied != 2 {
 		t.Fatalf("after the store came back: %q at %d", n, f.applied)
+	}
+}
+
+// Finding 2 of hardening-2: one undecodable entry (appended by anyone who
+// speaks Raft) panicked every manager on apply, restarts included. A bad
+// entry is refused and logged, counted as applied (a replay skips it), and
+// the entries after it apply.
+func TestFSMRefusesBadEntriesWithoutPanicking(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "manager.db")
+	st, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &FSM{st: st, check: func(c store.Change) error {
+		if _, ok := c.Put["forbidden"]; ok {
+			return errors.New("unknown bucket forbidden")
+		}
+		return nil
+	}}
+	bad := []*raft.Log{
+		{Index: 1, Type: raft.LogCommand, Data: []byte{entryChange, '{', 'x'}},
+		{Index: 2, Type: raft.LogCommand, Data: []byte{0x7f, 1, 2}},
+		{Index: 3, Type: raft.LogCommand, Data: nil},
+		entry(t, 4, store.Change{Put: map[string]map[string][]byte{"forbidden": {"a": []byte(`1`)}}}),
+	}
+	for _, l := range bad {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Fatalf("entry %d panicked: %v", l.Index, r)
+				}
+			}()
+			if res := f.Apply(l); res == nil {
+				t.Errorf("entry %d: no error for the proposer", l.Index)
+			}
+		}()
+	}
+	good := entry(t, 5, store.Diff(nil, store.Snapshot{"nodes": {"a": []byte(`1`)}}))
+	if res := f.Apply(good); res != nil {
+		t.Fatalf("good entry after bad ones: %v", res)
+	}
+	if string(st.Load("nodes")["a"]) != "1" || st.Load("forbidden") != nil || f.storedIndex() != 5 {
+		t.Fatalf("store: %q %q index %d", st.Load("nodes"), st.Load("forbidden"), f.storedIndex())
+	}
+}
+
+// Backups carry a SHA-256 of their content, checked on restore: a file
+// changed after it was written (one byte of a record) is refused.
+func TestBackupIntegrityIsCheckedOnRestore(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Apply(store.Full(store.Snapshot{"nodes": {"n1": []byte(`{"name":"worker-1","overlay_ip":"10.0.0.2"}`)}})); err != nil {
+		t.Fatal(err)
+	}
+	r := &Replica{fsm: &FSM{st: st, applied: 7}}
+	var buf bytes.Buffer
+	if err := r.Backup(&buf); err != nil {
+		t.Fatal(err)
+	}
+	restore := func(data []byte) error {
+		other, err := store.Open(filepath.Join(t.TempDir(), "b.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		return LoadBackup(bytes.NewReader(data), other)
+	}
+	if err := restore(buf.Bytes()); err != nil {
+		t.Fatalf("intact backup: %v", err)
+	}
+	// "10.0.0.2" base64-encoded is in the file; change one of its bytes.
+	tampered := bytes.Replace(buf.Bytes(), []byte("MTAuMC4wLj"), []byte("MTAuMC4xLj"), 1)
+	if bytes.Equal(tampered, buf.Bytes()) {
+		t.Fatalf("test did not change the backup: %s", buf.Bytes())
+	}
+	if err := restore(tampered); err == nil || !strings.Contains(err.Error(), "SHA-256") {
+		t.Fatalf("tampered backup: %v, want a SHA-256 mismatch", err)
 	}
 }

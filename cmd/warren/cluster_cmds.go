@@ -113,18 +113,34 @@ func addClusterCommands(root *cobra.Command) {
 		Short: "Write a consistent copy of the cluster state to FILE (0600; it holds the CA key)",
 		Long: "Write the cluster state (nodes, addresses, services, VIPs, the CA and its key, join secrets) as this\n" +
 			"manager holds it, while it runs. Keep FILE as secret as the state dir. Restore it on a fresh board with\n" +
-			"`warren cluster init --force-new-cluster --restore FILE`. Secrets and configs in FILE are sealed with the\n" +
-			"cluster's data key, written to FILE.key: a restore needs FILE.key beside FILE.",
+			"`warren cluster init --force-new-cluster --restore FILE` (add --passphrase-file for an encrypted one).\n" +
+			"Secrets and configs in FILE are sealed with the cluster's data key, written to FILE.key:\n" +
+			"a restore needs FILE.key beside FILE.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var pass []byte
+			if p, _ := cmd.Flags().GetString("passphrase-file"); p != "" {
+				var err error
+				if pass, err = cluster.ReadPassphraseFile(p); err != nil {
+					return &exitError{code: 2, err: err}
+				}
+			}
 			var buf bytes.Buffer
 			if err := apiClient(cmd).Backup(cmdContext(cmd), &buf); err != nil {
 				return err
 			}
-			if err := atomicfile.Write(args[0], buf.Bytes(), 0o600); err != nil {
+			out, what := buf.Bytes(), "with a SHA-256 of its content"
+			if pass != nil {
+				var err error
+				if out, err = cluster.EncryptBackup(out, pass); err != nil {
+					return err
+				}
+				what = "encrypted and authenticated with the passphrase (age)"
+			}
+			if err := atomicfile.Write(args[0], out, 0o600); err != nil {
 				return fmt.Errorf("write backup: %w", err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Backup written to %s (%d bytes, mode 0600).\n", args[0], buf.Len())
+			fmt.Fprintf(cmd.OutOrStdout(), "Backup written to %s (%d bytes, mode 0600, %s).\n", args[0], len(out), what)
 			key, err := apiClient(cmd).DataKey(cmdContext(cmd))
 			switch {
 			case client.IsNotFound(err):
@@ -141,6 +157,7 @@ func addClusterCommands(root *cobra.Command) {
 			return nil
 		},
 	}
+	backupCmd.Flags().String("passphrase-file", "", "encrypt the backup with the passphrase on the first line of this file (age, scrypt); restore with --passphrase-file too")
 	clusterCmd.AddCommand(backupCmd)
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/warren-appliance/warren/appliance"
+	"github.com/warren-appliance/warren/cluster"
 	"github.com/warren-appliance/warren/configs"
 )
 
@@ -29,6 +30,8 @@ func addDaemonCommands(root *cobra.Command) {
 	initCmd.Flags().Bool("force-new-cluster", false, "restart this manager's state as a one-manager cluster (after the managers lost their quorum)")
 	initCmd.Flags().Bool("enable-mtls", false, "accepted for the seed's command line: mTLS between nodes is always on (every API call after join; Raft between managers)")
 	initCmd.Flags().String("restore", "", "with --force-new-cluster: start from a FILE written by warren cluster backup (on a fresh state dir)")
+	initCmd.Flags().String("passphrase-file", "", "with --restore: the passphrase (first line of the file) the backup was encrypted with")
+	initCmd.Flags().Uint64("version-bump", cluster.DefaultVersionBump, fmt.Sprintf("with --restore: move the map version up by N (at most %d) so that nodes holding maps newer than the backup take the restored one", cluster.MaxVersionBump))
 	findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"}).AddCommand(initCmd)
 
 	joinCmd := daemonVerb("join --manager HOST[:PORT] --token TOKEN", "Join an existing cluster with a manager token, and run it", configs.RoleManager)
@@ -93,8 +96,27 @@ func runDaemon(cmd *cobra.Command, role string) error {
 	if restore != "" && !force {
 		return &exitError{code: 2, err: errors.New("--restore needs --force-new-cluster: restoring replaces the cluster's managers with this one")}
 	}
+	bump := cluster.DefaultVersionBump
+	if cmd.Flags().Lookup("version-bump") != nil {
+		bump, _ = cmd.Flags().GetUint64("version-bump")
+		if cmd.Flags().Changed("version-bump") && restore == "" {
+			return &exitError{code: 2, err: errors.New("--version-bump needs --restore: only a restored cluster moves its map version")}
+		}
+		if bump == 0 || bump > cluster.MaxVersionBump {
+			return &exitError{code: 2, err: fmt.Errorf("--version-bump %d: want 1 to %d", bump, cluster.MaxVersionBump)}
+		}
+	}
+	var pass []byte
+	if f := cmd.Flags().Lookup("passphrase-file"); f != nil && f.Value.String() != "" {
+		if restore == "" {
+			return &exitError{code: 2, err: errors.New("--passphrase-file needs --restore")}
+		}
+		if pass, err = cluster.ReadPassphraseFile(f.Value.String()); err != nil {
+			return &exitError{code: 2, err: err}
+		}
+	}
 	if force {
-		if err := appliance.ForceNewCluster(cfg, restore, slog.Default()); err != nil {
+		if err := appliance.ForceNewCluster(cfg, cluster.Restore{File: restore, Passphrase: pass, VersionBump: bump}, slog.Default()); err != nil {
 			return err
 		}
 	}

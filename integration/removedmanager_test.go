@@ -1,0 +1,120 @@
+package integration
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/warren-appliance/warren/integration/lab"
+)
+
+// hardening-2, finding 2: a manager removed with `node rm` kept writing
+// through Raft with its certificate. Here a manager board is taken (its
+// state dir copied, then it is switched off), the operator removes it and
+// rotates both join tokens, and the copy's certificates and key are tried
+// on every door of the leader: the node API (read), the internal admin
+// API (write), Raft, and a join with the tokens the copy holds. Then the
+// copy is started as the board was, and stays out.
+func TestRemovedManagerBoardCopyIsCutOff(t *testing.T) {
+	l := newLab(t)
+	c := startCluster(t, l, lab.ClusterOptions{Managers: 2})
+	ctx := ctxFor(t, 10*time.Minute)
+	var leader *lab.Node
+	eventually(t, time.Minute, "a leader and two reachable managers", func() error {
+		nodes, err := c.NodeList(ctx)
+		if err != nil {
+			return err
+		}
+		st := map[string]int{}
+		for _, n := range nodes {
+			st[n.ManagerStatus]++
+		}
+		if st["leader"] != 1 || st["reachable"] != 2 {
+			return fmt.Errorf("manager statuses: %+v", nodes)
+		}
+		leader, err = leaderIn(ctx, c, c.Manager)
+		return err
+	})
+	victim := c.Managers[1]
+	if victim == leader {
+		victim = c.Managers[0]
+	}
+	tokens := map[string]string{}
+	for _, role := range []string{"worker", "manager"} {
+		out, err := leader.Exec(ctx, "warren", "cluster", "join-token", role, "-q")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[role] = trim(out)
+	}
+	const stolen = "/etc/warren/stolen"
+	if err := victim.StopAppliance(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := victim.Sh(ctx, "cp -a /var/lib/warren "+stolen+" && ls "+stolen); err != nil || !strings.Contains(out, "node-tls.key") {
+		t.Fatalf("copy the state dir: %v\n%s", err, out)
+	}
+	api := leader.LANIP.String() + ":7946"
+	// What the copy can do before the operator acts: proves each probe
+	// below reaches the door it tests.
+	curl := func(method, path, body string) string {
+		out, _ := victim.Sh(ctx, fmt.Sprintf("curl -sk -m 5 -o /dev/null -w '%%{http_code}' --cert %s/node-tls.crt --key %s/node-tls.key -X %s -H 'Content-Type: application/json' --data '%s' https://%s%s",
+			stolen, stolen, method, body, api, path))
+		return trim(out)
+	}
+	if got := curl("GET", "/v1/internal/admin/v1/nodes", ""); got != "200" {
+		t.Fatalf("the manager's own certificate on the internal admin API before its removal: %s", got)
+	}
+	if out, err := leader.Exec(ctx, "warren", "node", "rm", victim.Name, "--force"); err != nil {
+		t.Fatalf("node rm: %v\n%s", err, out)
+	}
+	for _, role := range []string{"worker", "manager"} {
+		if out, err := leader.Exec(ctx, "warren", "cluster", "join-token", role, "--rotate", "-q"); err != nil {
+			t.Fatalf("rotate the %s token: %v\n%s", role, err, out)
+		}
+	}
+	// Read: the map.
+	if got := curl("GET", "/v1/watch", ""); got != "403" {
+		t.Errorf("watch with the removed manager's certificate: %s, want 403", got)
+	}
+	// Write: a service through the internal admin API.
+	if got := curl("POST", "/v1/internal/admin/v1/services", `{"name":"evil","image":"x"}`); got != "403" {
+		t.Errorf("service create through the internal admin API: %s, want 403", got)
+	}
+	// Raft: the handshake is refused.
+	out, _ := victim.Sh(ctx, fmt.Sprintf("(sleep 2; echo) | openssl s_client -connect %s -alpn warren-raft/1 -cert %s/node-tls.crt -key %s/node-tls.key 2>&1; echo", api, stolen, stolen))
+	if !strings.Contains(out, "alert") {
+		t.Errorf("raft handshake with the removed manager's certificate was not refused:\n%s", out)
+	}
+	// Join with the tokens the copy holds (their secrets are in its state).
+	for role, tok := range tokens {
+		secret := tok[strings.LastIndex(tok, "-")+1:]
+		got, _ := victim.Sh(ctx, fmt.Sprintf(`curl -sk -m 5 -o /dev/null -w '%%{http_code}' -X POST -H 'Content-Type: application/json' --data '{"secret":"%s","name":"thief","role":"%s"}' https://%s/v1/join`, secret, role, api))
+		if trim(got) != "401" {
+			t.Errorf("join with the old %s token: %s, want 401", role, trim(got))
+		}
+	}
+	// The board comes back as it was: it stays out.
+	if err := victim.StartAppliance("warren-appliance"); err != nil {
+		t.Fatal(err)
+	}
+	// It keeps retrying (an edge node never gives up), and gets nowhere.
+	time.Sleep(20 * time.Second)
+	if victim.AppliancePID() == 0 {
+		t.Fatal("the copy's appliance did not start")
+	}
+	nodes, err := c.NodeListOn(ctx, leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.Name == victim.Name || n.Name == "thief" || n.Name == "evil" {
+			t.Errorf("node list after the removal: %+v", nodes)
+		}
+	}
+	if out, err := leader.Exec(ctx, "warren", "service", "ls"); err != nil || strings.Contains(out, "evil") {
+		t.Errorf("services: %v\n%s", err, out)
+	}
+}
