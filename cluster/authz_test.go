@@ -213,14 +213,16 @@ func TestAuthorizationMatrix(t *testing.T) {
 	routes := []route{
 		{"POST", api.PathJoin, badJoin, all(401)}, // join looks at the token only
 		{"GET", api.PathJoin, nil, all(405)},
+		// The data key goes to managers only, as the Raft log does. Before
+		// renew: a renewal supersedes the manager's certificate, and manager
+		// routes take only a member's newest one.
+		{"GET", pathInternalDataKey, nil, dataKeyWant},
 		{"PUT", api.PathSelf, self, std(200)},
 		{"POST", api.PathRenew, renew, renewWant},
 		{"GET", api.PathWatch, nil, std(200)},
 		{"POST", api.PathStatus, status, std(204)},
 		{"POST", api.PathValues, values, valuesWant},
 		{"GET", api.PathValues, nil, all(405)},
-		// The data key goes to managers only, as the Raft log does.
-		{"GET", pathInternalDataKey, nil, dataKeyWant},
 		{"GET", "/v1/nodes", nil, all(404)}, // the admin API is not on this port
 	}
 	for _, r := range routes {
