@@ -337,6 +337,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		StateDir:          filepath.Join(cfg.Node.StateDir, "tasks"),
 		OverlayInterface:  cfg.WireGuard.Interface,
 		CgroupParent:      cfg.Runtime.CgroupParent,
+		RestartBackoffMax: cfg.Runtime.RestartBackoffMax.Duration,
 		Logger:            n.log,
 	})
 	if err != nil {
@@ -532,7 +533,8 @@ func (n *node) status() cluster.NodeStatus {
 	if n.orch.Synced() {
 		s.Tasks = []api.TaskStatus{}
 		for _, t := range n.orch.Status() {
-			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image})
+			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image,
+				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled}})
 		}
 	}
 	return s

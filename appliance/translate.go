@@ -76,7 +76,18 @@ func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
 		if image == "" {
 			image = svc.Image
 		}
-		out = append(out, orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP})
+		spec := orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP,
+			Mounts: svc.Mounts}
+		if svc.Restart != nil {
+			spec.Restart = *svc.Restart
+		}
+		if svc.Resources != nil {
+			spec.Limits = svc.Resources.Limits
+		}
+		if svc.Process != nil {
+			spec.Process = *svc.Process
+		}
+		out = append(out, spec)
 	}
 	return out
 }

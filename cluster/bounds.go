@@ -31,7 +31,7 @@ const (
 
 var reportedStates = map[string]bool{
 	clustermap.TaskPending: true, clustermap.TaskStarting: true, clustermap.TaskRunning: true,
-	clustermap.TaskFailed: true, clustermap.TaskShutdown: true,
+	clustermap.TaskFailed: true, clustermap.TaskShutdown: true, clustermap.TaskComplete: true,
 }
 
 // checkReport refuses a report outside the bounds (400) and cuts error
@@ -55,12 +55,15 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 				return s, errorf(http.StatusBadRequest, "report: task name %.70q: want 1-%d characters", t.Name, maxTaskName)
 			}
 			if !reportedStates[t.State] {
-				return s, errorf(http.StatusBadRequest, "report: task %s state %.40q: want pending, starting, running, failed or shutdown", t.Name, t.State)
+				return s, errorf(http.StatusBadRequest, "report: task %s state %.40q: want pending, starting, running, failed, complete or shutdown", t.Name, t.State)
 			}
 			if len(t.Image) > maxImageRef {
 				return s, errorf(http.StatusBadRequest, "report: task %s image reference is %d bytes: at most %d", t.Name, len(t.Image), maxImageRef)
 			}
 			t.Error = cutText(t.Error, maxErrorText)
+			// Comparable to what is stored (no monotonic reading, UTC), so
+			// an unchanged report is seen as such.
+			t.Run.NextRestart = t.Run.NextRestart.UTC().Round(0)
 			tasks[i] = t
 		}
 		s.Tasks = tasks

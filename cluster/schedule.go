@@ -75,7 +75,8 @@ func rollOut(tasks []clustermap.Task, services map[string]serviceRecord) {
 			continue
 		}
 		if t.Image == svc.Image {
-			if t.State != clustermap.TaskRunning {
+			// A task that completed (exit 0, not restarted) is settled too.
+			if t.State != clustermap.TaskRunning && t.State != clustermap.TaskComplete {
 				inFlight[t.Service] = true
 			}
 			continue
@@ -92,6 +93,7 @@ func rollOut(tasks []clustermap.Task, services map[string]serviceRecord) {
 		t.Image = services[name].Image
 		t.State = clustermap.TaskPending
 		t.Error = ""
+		t.Run = clustermap.TaskRun{}
 	}
 }
 
@@ -110,12 +112,12 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 		r, ok := byName[t.Name]
 		switch {
 		case ok && (r.Image == "" || r.Image == t.Image):
-			t.State, t.Error = r.State, r.Error
+			t.State, t.Error, t.Run = r.State, r.Error, r.Run
 		case ok:
 			// The node has not picked up the new image yet.
-			t.State, t.Error = clustermap.TaskPending, ""
+			t.State, t.Error, t.Run = clustermap.TaskPending, "", clustermap.TaskRun{}
 		case t.DesiredState == clustermap.TaskShutdown:
-			t.State, t.Error = clustermap.TaskShutdown, "" // gone from the node
+			t.State, t.Error, t.Run = clustermap.TaskShutdown, "", clustermap.TaskRun{} // gone from the node
 		case t.State == clustermap.TaskRunning || t.State == clustermap.TaskStarting:
 			t.State = clustermap.TaskPending // the node no longer has it
 		}

@@ -30,7 +30,7 @@ var (
 // parseServiceSpec validates a create request into a service (without VIP).
 func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 	svc := clustermap.Service{Name: spec.Name, Image: spec.Image, Replicas: 1, Env: spec.Env,
-		Command: spec.Command, Constraints: spec.Constraints, Affinity: spec.Affinity}
+		Command: spec.Command, Constraints: spec.Constraints, Affinity: spec.Affinity, Workload: spec.Workload}
 	if len(spec.Labels) > 0 {
 		if err := netpolicy.CheckLabels(spec.Labels); err != nil {
 			return svc, errorf(http.StatusBadRequest, "%v", err)
@@ -45,6 +45,12 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 	}
 	if err := validateImage(spec.Image); err != nil {
 		return svc, err
+	}
+	if err := checkWorkload(spec.Workload, spec.Replicas != nil); err != nil {
+		return svc, err
+	}
+	if spec.Workload.IsGlobal() {
+		svc.Replicas = 0 // the scheduler runs one task per eligible node
 	}
 	if spec.Replicas != nil {
 		if err := validateReplicas(*spec.Replicas); err != nil {
@@ -290,6 +296,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 		Name: r.Name, Image: r.Image, Replicas: r.Replicas, VIP: r.VIP, Ports: r.Ports, Env: r.Env,
 		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CreatedAt: r.CreatedAt,
 		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{}, Labels: maps.Clone(r.Labels),
+		Workload: r.Workload,
 	}
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
@@ -297,11 +304,12 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 	if v.Ports == nil {
 		v.Ports = []clustermap.Port{}
 	}
-	// Error texts are not in the published map: take them from the state.
-	errs := map[[2]string]string{}
+	// Error texts and process facts are not in the published map: take
+	// them from the state.
+	errs := map[[2]string]clustermap.Task{}
 	for _, t := range m.st.tasks {
-		if t.Service == name && t.Error != "" {
-			errs[[2]string{t.Name, t.NodeID}] = t.Error
+		if t.Service == name {
+			errs[[2]string{t.Name, t.NodeID}] = t
 		}
 	}
 	for _, t := range m.current.Tasks {
@@ -309,9 +317,12 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 			continue
 		}
 		node := m.st.nodes[t.NodeID].Name
-		v.Tasks = append(v.Tasks, api.TaskView{Name: t.Name, Node: node, NodeID: t.NodeID, IP: t.IP, Image: t.Image,
-			DesiredState: t.DesiredState, State: t.State, Error: errs[[2]string{t.Name, t.NodeID}], Labels: r.Labels})
+		st := errs[[2]string{t.Name, t.NodeID}]
+		v.Tasks = append(v.Tasks, taskView(t, st, node, r.Labels))
 		if t.DesiredState == clustermap.TaskRunning {
+			if r.IsGlobal() {
+				v.Replicas++ // one per eligible node
+			}
 			if t.State == clustermap.TaskRunning {
 				v.Running++
 			}

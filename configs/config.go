@@ -116,6 +116,9 @@ type Runtime struct {
 	// CgroupParent holds the tasks' cgroups; empty means
 	// "/<namespace>/<node's block>", e.g. /warren/10.0.1.0_24.
 	CgroupParent string `toml:"cgroup_parent"`
+	// RestartBackoffMax caps the back-off between a failing task's
+	// restarts (0.5 s doubling up to it).
+	RestartBackoffMax Duration `toml:"restart_backoff_max"`
 }
 
 // Log is [log].
@@ -179,6 +182,7 @@ func Default() Config {
 			ContainerdAddress: DefaultContainerdAddress,
 			Namespace:         DefaultNamespace,
 			ImagesDir:         DefaultStateDir + "/images",
+			RestartBackoffMax: Duration{Duration: DefaultRestartBackoffMax},
 		},
 		Log:     Log{Level: "info"},
 		Metrics: Metrics{Listen: DefaultMetricsListen},

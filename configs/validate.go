@@ -74,6 +74,7 @@ func (l *Loaded) Finish() error {
 	for key, bad := range map[string]error{
 		"cluster.node_down_after":           c.Cluster.NodeDownAfter.bad,
 		"cluster.cert_lifetime":             c.Cluster.CertLifetime.bad,
+		"runtime.restart_backoff_max":       c.Runtime.RestartBackoffMax.bad,
 		"wireguard.keepalive":               c.WireGuard.Keepalive.bad,
 		"wireguard.subnet":                  c.WireGuard.Subnet.bad,
 		"wireguard.address":                 c.WireGuard.Address.bad,
@@ -260,6 +261,9 @@ func (l *Loaded) Finish() error {
 	}
 	if p := c.Runtime.CgroupParent; p != "" && !strings.HasPrefix(p, "/") {
 		add("runtime.cgroup_parent", "%q must start with '/' (a cgroup path such as \"/warren\")", p)
+	}
+	if d := c.Runtime.RestartBackoffMax; d.bad == nil && (d.Duration < time.Second || d.Duration > 24*time.Hour) {
+		add("runtime.restart_backoff_max", "%s: want 1s to 24h, e.g. \"5m\"", d.Duration)
 	}
 	if !filepath.IsAbs(c.Runtime.ImagesDir) {
 		add("runtime.images_dir", "%q must be an absolute path", c.Runtime.ImagesDir)

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 )
 
@@ -30,6 +31,12 @@ type TaskSpec struct {
 	Env     []string
 	Command []string // replaces the image's entrypoint and cmd when set
 	IP      netip.Addr
+
+	// Workload settings of the service (clustermap.Workload).
+	Restart clustermap.RestartPolicy // restart policy; not part of the container
+	Limits  clustermap.ResourceAmounts
+	Mounts  []clustermap.Mount
+	Process clustermap.Process
 }
 
 // TaskStatus is what the node reports about one task.
@@ -39,6 +46,12 @@ type TaskStatus struct {
 	Error    string // last error, empty when healthy
 	Restarts int    // restarts after the task exited on its own
 	Image    string // image of the spec this status is about, as given in TaskSpec
+
+	// The last exit of the task's process, while it is not running again.
+	Exited      bool
+	ExitCode    int
+	OOMKilled   bool
+	NextRestart time.Time // zero: no restart planned
 }
 
 // Config is what the reconciler needs to know about this node.
@@ -61,6 +74,9 @@ type Config struct {
 	// a cluster, so simulated nodes sharing one kernel never share a
 	// task's cgroup when a task moves between them.
 	CgroupParent string
+	// RestartBackoffMax caps the back-off between consecutive failed
+	// attempts at a task (DefaultRestartBackoffMax when 0).
+	RestartBackoffMax time.Duration
 }
 
 // Defaults filled in by New.
@@ -70,6 +86,7 @@ const (
 	DefaultBridge            = configs.DefaultBridge
 	DefaultOverlayInterface  = configs.DefaultInterface
 	DefaultStopGrace         = 10 * time.Second
+	DefaultRestartBackoffMax = configs.DefaultRestartBackoffMax
 )
 
 func (c *Config) setDefaults() {
@@ -90,6 +107,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CgroupParent == "" {
 		c.CgroupParent = "/" + c.Namespace + "/" + strings.ReplaceAll(c.Block.String(), "/", "_")
+	}
+	if c.RestartBackoffMax <= 0 {
+		c.RestartBackoffMax = DefaultRestartBackoffMax
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -115,12 +115,15 @@ func TestHostsFile(t *testing.T) {
 func TestBackoff(t *testing.T) {
 	want := []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
 	for i, w := range want {
-		if got := backoff(i + 1); got != w {
+		if got := backoff(i+1, time.Minute); got != w {
 			t.Errorf("backoff(%d) = %s, want %s", i+1, got, w)
 		}
 	}
-	if backoff(100) != maxBackoff {
-		t.Errorf("backoff not capped: %s", backoff(100))
+	if backoff(100, time.Minute) != time.Minute {
+		t.Errorf("backoff not capped: %s", backoff(100, time.Minute))
+	}
+	if backoff(100, 0) != DefaultRestartBackoffMax {
+		t.Errorf("backoff without a cap: %s, want the default %s", backoff(100, 0), DefaultRestartBackoffMax)
 	}
 }
 

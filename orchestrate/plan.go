@@ -28,6 +28,7 @@ type observed struct {
 	ip         netip.Addr // labelIP
 	proc       procState
 	exitStatus uint32 // procStopped only
+	oomKilled  bool   // procStopped only: the task's cgroup counted an OOM kill
 }
 
 // planInput is everything a pass decides on. Maps are the planner's own
@@ -40,6 +41,8 @@ type planInput struct {
 	records  map[string]taskRecord // the loop's memory, by task name
 	removing map[string]netip.Addr // removals under way, with the IP each holds
 	now      time.Time
+	// backoffCap bounds the wait between consecutive failed attempts.
+	backoffCap time.Duration
 }
 
 type actionKind int
@@ -65,7 +68,8 @@ const (
 	// actKeep: running as wanted (adopted after an appliance restart, or
 	// ours); make sure an exit watcher is on it.
 	actKeep
-	// actNoteExit records a process exit and schedules its restart.
+	// actNoteExit records a process exit and, as the restart policy says,
+	// schedules its restart or leaves it stopped.
 	actNoteExit
 	// actRestart replaces an exited (or never started) process.
 	actRestart
@@ -104,6 +108,9 @@ type action struct {
 	imageFailure bool
 	removeFirst  bool       // fail: the container goes first
 	exitStatus   uint32     // note-exit
+	oomKilled    bool       // note-exit
+	noRestart    bool       // note-exit: the restart policy leaves it stopped
+	state        string     // note-exit: the reported state (failed, complete)
 	holder       string     // wait-ip: the task being removed that holds the IP
 	ip           netip.Addr // remove: the IP the container held
 }
@@ -218,9 +225,12 @@ func (in planInput) planTask(s TaskSpec) action {
 		case !rec.exitNoted:
 			a.kind = actNoteExit
 			a.failures = rec.failures + 1
-			a.retryAt = in.now.Add(backoff(a.failures))
-			a.exitStatus = c.exitStatus
-			a.err = fmt.Sprintf("exited with status %d; restarting in %s", c.exitStatus, backoff(a.failures))
+			a.exitStatus, a.oomKilled = c.exitStatus, c.oomKilled
+			d := decideRestart(s.Restart, exitInfo{status: c.exitStatus, oomKilled: c.oomKilled, memoryLimit: s.Limits.MemoryBytes},
+				a.failures, rec.restarts, in.now, in.backoffCap)
+			a.retryAt, a.noRestart, a.state, a.err = d.at, !d.restart, d.state, d.err
+		case rec.noRestart:
+			a.kind = actWait // its restart policy leaves it stopped
 		case backingOff:
 			a.kind = actWait
 		default:
@@ -242,7 +252,7 @@ func (in planInput) planTask(s TaskSpec) action {
 func (in planInput) fail(s TaskSpec, msg string, imageFailure bool) action {
 	failures := in.records[s.Name].failures + 1
 	return action{kind: actFail, task: s.Name, spec: s, err: msg, imageFailure: imageFailure,
-		failures: failures, retryAt: in.now.Add(backoff(failures))}
+		failures: failures, retryAt: in.now.Add(backoff(failures, in.backoffCap))}
 }
 
 // ipHeldBy reports which task being removed still holds ip.
@@ -263,12 +273,4 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func backoff(failures int) time.Duration {
-	d := firstBackoff
-	for i := 1; i < failures && d < maxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, maxBackoff)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -28,7 +29,6 @@ const (
 	resyncInterval    = 10 * time.Second // full pass even without events
 	failedPassRetry   = time.Second      // a failed pass (containerd down) is retried after this
 	firstBackoff      = 500 * time.Millisecond
-	maxBackoff        = 30 * time.Second
 	healthyAfter      = 30 * time.Second // a run this long resets the backoff
 	shutdownKept      = 5 * time.Minute  // how long removed tasks stay in Status
 	parallelism       = 4                // tasks converged at once
@@ -63,8 +63,10 @@ type taskRecord struct {
 	failures    int       // consecutive failures, for the backoff
 	retryAt     time.Time // no new attempt before this
 	startedAt   time.Time
-	exitNoted   bool // the process exited; restart once retryAt passes
-	watchGen    int  // generation of the current exit watcher, 0 when none
+	exitNoted   bool        // the process exited; restart once retryAt passes
+	noRestart   bool        // exitNoted, and the restart policy leaves it stopped
+	restarts    []time.Time // when the task was restarted after exits (restart policy)
+	watchGen    int         // generation of the current exit watcher, 0 when none
 	nextGen     int
 	removedAt   time.Time
 	imageFailed bool
@@ -406,6 +408,13 @@ func (r *Reconciler) observe(ctx context.Context) (planInput, map[string]handle,
 	}
 	r.mu.Unlock()
 	in.now = time.Now()
+	in.backoffCap = r.cfg.RestartBackoffMax
+	for name, o := range in.observed {
+		if o.proc == procStopped {
+			o.oomKilled = r.oomKilled(name)
+			in.observed[name] = o
+		}
+	}
 	return in, handles, nil
 }
 
@@ -598,7 +607,7 @@ func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
 	r.mu.Lock()
 	rec := r.recordLocked(name)
 	rec.failures++
-	rec.retryAt = time.Now().Add(backoff(rec.failures))
+	rec.retryAt = time.Now().Add(backoff(rec.failures, r.cfg.RestartBackoffMax))
 	rec.imageFailed = imageFailure
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, err.Error(), s.Image
 	r.mu.Unlock()
@@ -632,8 +641,16 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 	rec := r.recordLocked(name)
 	if rec.exitNoted {
 		rec.status.Restarts++
-		rec.exitNoted = false
+		// Only the last MaxAttempts restarts can matter to the policy.
+		if keep := s.Restart.MaxAttempts; keep > 0 {
+			rec.restarts = append(rec.restarts, time.Now())
+			if len(rec.restarts) > keep {
+				rec.restarts = slices.Clone(rec.restarts[len(rec.restarts)-keep:])
+			}
+		}
+		rec.exitNoted, rec.noRestart = false, false
 	}
+	rec.status.ExitCode, rec.status.Exited, rec.status.OOMKilled, rec.status.NextRestart = 0, false, false, time.Time{}
 	rec.startedAt = time.Now()
 	rec.retryAt = time.Time{}
 	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
@@ -671,12 +688,14 @@ func (r *Reconciler) noteRunning(a action, task client.Task) {
 func (r *Reconciler) recordExit(a action) {
 	r.mu.Lock()
 	rec := r.recordLocked(a.task)
-	rec.exitNoted = true
+	rec.exitNoted, rec.noRestart = true, a.noRestart
 	rec.failures, rec.retryAt = a.failures, a.retryAt
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
+	rec.status.State, rec.status.Error, rec.status.Image = a.state, a.err, a.spec.Image
+	rec.status.Exited, rec.status.ExitCode, rec.status.OOMKilled = true, int(a.exitStatus), a.oomKilled
+	rec.status.NextRestart = a.retryAt
 	r.mu.Unlock()
 	r.notify()
-	r.log.Warn("task exited", "task", a.task, "status", a.exitStatus)
+	r.log.Warn("task exited", "task", a.task, "status", a.exitStatus, "oom_killed", a.oomKilled, "restart", !a.noRestart)
 }
 
 // recordFailure records a failure the planner found, with its backoff.

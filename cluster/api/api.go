@@ -120,6 +120,8 @@ type TaskStatus struct {
 	// Image the task's container runs. During a rolling update the manager
 	// counts a slot as updated only once it reports running the new image.
 	Image string `json:"image,omitempty"`
+	// Run: exit code, restarts, next restart, OOM.
+	Run clustermap.TaskRun `json:"run,omitzero"`
 }
 
 // Error is the body of every non-2xx answer: what went wrong and what to do.
@@ -202,6 +204,10 @@ type ServiceSpec struct {
 	Affinity    bool     `json:"affinity,omitempty"`
 	// Labels are carried by the service's tasks (policies select by them).
 	Labels map[string]string `json:"labels,omitempty"`
+
+	// Workload: --mode, --restart-*, --limit-*/--reserve-*, --mount and
+	// the process settings (clustermap.Workload).
+	clustermap.Workload
 }
 
 // LabelUpdate adds (or overwrites) and removes labels of a service.
@@ -238,6 +244,9 @@ type ServiceView struct {
 	Unplaced    string            `json:"unplaced,omitempty"` // why some replicas have no node
 	Labels      map[string]string `json:"labels"`
 	Tasks       []TaskView        `json:"tasks"`
+
+	// Workload: mode, restart policy, resources, mounts, process settings.
+	clustermap.Workload
 }
 
 // TaskView is one task of a service.
@@ -251,6 +260,12 @@ type TaskView struct {
 	DesiredState string     `json:"desired_state"`
 	State        string     `json:"state"`
 	Error        string     `json:"error,omitempty"`
+	// ExitCode of the task's last process exit; absent while it has not
+	// exited.
+	ExitCode    *int      `json:"exit_code,omitempty"`
+	Restarts    int       `json:"restarts"`
+	NextRestart time.Time `json:"next_restart,omitzero"`
+	OOMKilled   bool      `json:"oom_killed"`
 	// Labels are the service's labels, which the task carries.
 	Labels map[string]string `json:"labels,omitempty"`
 }

@@ -112,6 +112,9 @@ type Service struct {
 	// Labels are carried by every task of the service; network policies
 	// select tasks by them.
 	Labels map[string]string `json:"labels,omitempty"`
+
+	// Workload: restart policy, resources, mounts, mode, process settings.
+	Workload
 }
 
 // Task states.
@@ -120,6 +123,9 @@ const (
 	TaskStarting = "starting"
 	TaskRunning  = "running"
 	TaskFailed   = "failed"
+	// TaskComplete: the process exited with status 0 and its restart
+	// policy does not start it again.
+	TaskComplete = "complete"
 	TaskShutdown = "shutdown"
 )
 
@@ -138,6 +144,9 @@ type Task struct {
 	// Error is the node's last error text for the task, on the manager
 	// only (the admin API shows it); always empty in published maps.
 	Error string `json:"error,omitempty"`
+	// Run is what the node reports of the task's process (exit code,
+	// restarts, next restart, OOM); on the manager only, like Error.
+	Run TaskRun `json:"run,omitzero"`
 }
 
 // Node returns the node with the given ID.

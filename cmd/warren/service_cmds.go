@@ -12,6 +12,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/internal/dockerflags"
 	"github.com/warren-appliance/warren/netpolicy"
 )
 
@@ -47,8 +48,22 @@ func addServiceCommands(root *cobra.Command) {
 			if err != nil {
 				return err
 			}
+			envFiles, _ := f.GetStringArray("env-file")
+			fileEnv, err := readEnvFiles(envFiles)
+			if err != nil {
+				return err
+			}
+			env = append(fileEnv, env...) // as Docker: --env wins over --env-file
+			workload, err := workloadFromFlags(f)
+			if err != nil {
+				return err
+			}
 			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
-				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels}
+				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels,
+				Workload: workload}
+			if workload.IsGlobal() && !f.Changed("replicas") {
+				spec.Replicas = nil
+			}
 			c := apiClient(cmd)
 			v, err := c.CreateService(cmdContext(cmd), spec)
 			if err != nil {
@@ -82,6 +97,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.StringArrayP("publish", "p", nil, "publish a port on every node: HOST:CONTAINER[/udp] (repeatable)")
 	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
+	addWorkloadFlags(cf)
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
 	addWaitFlags(createCmd)
@@ -143,6 +159,30 @@ func addServiceCommands(root *cobra.Command) {
 				row("Constraints", strings.Join(s.Constraints, " && "))
 			}
 			row("Affinity", s.Affinity)
+			if s.IsGlobal() {
+				row("Mode", "global (one task on every eligible node)")
+			}
+			row("Restart policy", formatRestart(s.Restart))
+			limits, reservations := formatResources(s.Resources)
+			row("Limits", limits)
+			row("Reservations", reservations)
+			for _, m := range s.Mounts {
+				row("Mount", dockerflags.FormatMount(m))
+			}
+			if p := s.Process; p != nil {
+				for _, kv := range [][2]string{{"User", p.User}, {"Workdir", p.Workdir}, {"Entrypoint", strings.Join(p.Entrypoint, " ")},
+					{"Hostname", p.Hostname}, {"Stop signal", p.StopSignal}} {
+					if kv[1] != "" {
+						row(kv[0], kv[1])
+					}
+				}
+				if p.StopGracePeriod > 0 {
+					row("Stop grace period", p.StopGracePeriod.D())
+				}
+				if p.ReadOnly {
+					row("Read-only root", true)
+				}
+			}
 			row("Labels", formatLabels(s.Labels))
 			row("Created", s.CreatedAt.Format(time.RFC3339))
 			row("Updated", s.UpdatedAt.Format(time.RFC3339))
@@ -328,13 +368,23 @@ func waitService(cmd *cobra.Command, name string) (api.ServiceView, error) {
 
 func printTasks(w io.Writer, s api.ServiceView) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "TASK\tNODE\tIP\tIMAGE\tDESIRED\tSTATE\tERROR")
+	fmt.Fprintln(tw, "TASK\tNODE\tIP\tIMAGE\tDESIRED\tSTATE\tEXIT\tRESTARTS\tNEXT RESTART\tERROR")
+	now := time.Now()
 	for _, t := range s.Tasks {
 		node := t.Node
 		if node == "" {
 			node = t.NodeID + " (removed)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, t.State, t.Error)
+		exit := "-"
+		if t.ExitCode != nil {
+			exit = strconv.Itoa(*t.ExitCode)
+		}
+		next := untilText(t.NextRestart, now)
+		if next == "" {
+			next = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, t.State,
+			exit, t.Restarts, next, t.Error)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
