@@ -338,6 +338,8 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		OverlayInterface:  cfg.WireGuard.Interface,
 		CgroupParent:      cfg.Runtime.CgroupParent,
 		RestartBackoffMax: cfg.Runtime.RestartBackoffMax.Duration,
+		VolumesDir:        filepath.Join(cfg.Node.StateDir, "volumes"),
+		NodeName:          n.self.Name,
 		Logger:            n.log,
 	})
 	if err != nil {

@@ -74,6 +74,10 @@ type Config struct {
 	// a cluster, so simulated nodes sharing one kernel never share a
 	// task's cgroup when a task moves between them.
 	CgroupParent string
+	// VolumesDir holds the named volumes, one directory each
+	// (<state_dir>/volumes); NodeName names this node in errors.
+	VolumesDir string
+	NodeName   string
 	// RestartBackoffMax caps the back-off between consecutive failed
 	// attempts at a task (DefaultRestartBackoffMax when 0).
 	RestartBackoffMax time.Duration
@@ -107,6 +111,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CgroupParent == "" {
 		c.CgroupParent = "/" + c.Namespace + "/" + strings.ReplaceAll(c.Block.String(), "/", "_")
+	}
+	if c.VolumesDir == "" {
+		c.VolumesDir = filepath.Join(filepath.Dir(c.StateDir), "volumes")
 	}
 	if c.RestartBackoffMax <= 0 {
 		c.RestartBackoffMax = DefaultRestartBackoffMax

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -81,9 +82,13 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 			}
 		}
 	}
+	workload, err := workloadSpecOpts(s, r.cfg.VolumesDir, r.cfg.NodeName)
+	if err != nil {
+		return nil, err
+	}
 	specOpts := []oci.SpecOpts{
 		oci.WithImageConfig(img),
-		oci.WithHostname(s.Name),
+		oci.WithHostname(hostname(s)),
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}),
 		oci.WithMounts([]specs.Mount{
 			{Destination: "/etc/hosts", Type: "bind", Source: files.hosts(), Options: []string{"rbind", "ro"}},
@@ -94,19 +99,22 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 	if len(s.Env) > 0 {
 		specOpts = append(specOpts, oci.WithEnv(s.Env))
 	}
-	if len(s.Command) > 0 {
-		specOpts = append(specOpts, oci.WithProcessArgs(s.Command...))
+	if args := processArgs(s); len(args) > 0 {
+		specOpts = append(specOpts, oci.WithProcessArgs(args...))
 	}
+	specOpts = append(specOpts, workload...)
+	labels := map[string]string{
+		labelTask:    s.Name,
+		labelService: s.Service,
+		labelSpec:    hash,
+		labelIP:      s.IP.String(),
+	}
+	maps.Copy(labels, stopLabels(s))
 	c, err := r.client.NewContainer(ctx, s.Name,
 		client.WithImage(img),
 		client.WithNewSnapshot(s.Name, img),
 		client.WithNewSpec(specOpts...),
-		client.WithContainerLabels(map[string]string{
-			labelTask:    s.Name,
-			labelService: s.Service,
-			labelSpec:    hash,
-			labelIP:      s.IP.String(),
-		}),
+		client.WithContainerLabels(labels),
 	)
 	if errdefs.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("create container %s: a container of that name exists and is not managed by warren: %w", s.Name, err)
@@ -168,16 +176,18 @@ func (r *Reconciler) stopTask(ctx context.Context, c client.Container) error {
 		return fmt.Errorf("task %s status: %w", c.ID(), err)
 	}
 	if st.Status == client.Running || st.Status == client.Paused {
+		labels, _ := c.Labels(ctx) // without them: SIGTERM and the node's grace
+		sig, grace := stopSettings(labels, r.cfg.StopGrace)
 		exitCh, err := task.Wait(ctx)
 		if err != nil {
 			return fmt.Errorf("wait on task %s: %w", c.ID(), err)
 		}
-		if err := task.Kill(ctx, syscall.SIGTERM); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("SIGTERM task %s: %w", c.ID(), err)
+		if err := task.Kill(ctx, sig); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("signal %s to task %s: %w", sig, c.ID(), err)
 		}
 		select {
 		case <-exitCh:
-		case <-time.After(r.cfg.StopGrace):
+		case <-time.After(grace):
 			if err := task.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 				return fmt.Errorf("SIGKILL task %s: %w", c.ID(), err)
 			}

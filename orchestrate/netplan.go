@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"strings"
 
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/internal/netaddr"
 )
 
@@ -62,11 +64,31 @@ func checkSpec(s TaskSpec, block netip.Prefix) error {
 // specHash identifies what a container was built from: a change means
 // the container must be recreated.
 func specHash(s TaskSpec, imageRef string) string {
+	// The workload's container settings join the hash only when set, so
+	// the containers of services without them keep their hash.
+	type container struct {
+		Limits  *clustermap.ResourceAmounts `json:",omitempty"`
+		Mounts  []clustermap.Mount          `json:",omitempty"`
+		Process *clustermap.Process         `json:",omitempty"`
+	}
+	var w container
+	if s.Limits != (clustermap.ResourceAmounts{}) {
+		w.Limits = &s.Limits
+	}
+	w.Mounts = s.Mounts
+	if !reflect.DeepEqual(s.Process, clustermap.Process{}) {
+		w.Process = &s.Process
+	}
+	var wp *container
+	if w.Limits != nil || w.Mounts != nil || w.Process != nil {
+		wp = &w
+	}
 	b, _ := json.Marshal(struct {
 		Service, Image string
 		Env, Command   []string
 		IP             netip.Addr
-	}{s.Service, imageRef, s.Env, s.Command, s.IP})
+		Workload       *container `json:",omitempty"`
+	}{s.Service, imageRef, s.Env, s.Command, s.IP, wp})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }
