@@ -526,6 +526,11 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 
 func (n *node) status() cluster.NodeStatus {
 	s := cluster.NodeStatus{Time: time.Now()}
+	if c, err := orchestrate.Capacity(); err == nil {
+		s.Capacity = &c
+	} else {
+		n.log.Debug("node capacity", "err", err)
+	}
 	for _, h := range n.dev.Health() {
 		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes)})
 	}

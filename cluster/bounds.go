@@ -45,6 +45,9 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 			return s, errorf(http.StatusBadRequest, "report: tunnel entry key %.60q is not a WireGuard public key", h.PublicKey)
 		}
 	}
+	if c := s.Capacity; c != nil && (c.MemoryBytes < 0 || c.NanoCPUs < 0) {
+		return s, errorf(http.StatusBadRequest, "report: capacity must not be negative")
+	}
 	if len(s.Tasks) > maxReportedTasks {
 		return s, errorf(http.StatusBadRequest, "report has %d tasks: at most %d", len(s.Tasks), maxReportedTasks)
 	}

@@ -683,7 +683,8 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		m.noteClockSkewLocked(nodeID, s.Time.Sub(now))
 	}
 	known := s.Tasks != nil // nil: the node has not looked at its tasks yet
-	if m.st.nodes[nodeID].Status == clustermap.NodeReady && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
+	capChanged := s.Capacity != nil && *s.Capacity != m.st.nodes[nodeID].Capacity
+	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !capChanged && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
 	if err := m.allowReportWriteLocked(nodeID, now); err != nil {
@@ -694,6 +695,10 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		if n.Status != clustermap.NodeReady {
 			m.log.Info("node is back", "node", n.Name)
 			n.Status = clustermap.NodeReady
+			st.nodes[nodeID] = n
+		}
+		if capChanged {
+			n.Capacity = *s.Capacity
 			st.nodes[nodeID] = n
 		}
 		if known {

@@ -174,7 +174,13 @@ func (m *Manager) ScaleService(name string, replicas int) (api.ServiceView, erro
 	if err := validateReplicas(replicas); err != nil {
 		return api.ServiceView{}, err
 	}
-	err := m.changeService(name, func(r *serviceRecord) error { r.Replicas = replicas; return nil })
+	err := m.changeService(name, func(r *serviceRecord) error {
+		if r.IsGlobal() {
+			return errorf(http.StatusBadRequest, "service %s is global (one task on every eligible node): it cannot be scaled; choose its nodes with constraints, or recreate it with --mode replicated", name)
+		}
+		r.Replicas = replicas
+		return nil
+	})
 	if err != nil {
 		return api.ServiceView{}, err
 	}

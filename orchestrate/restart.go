@@ -114,16 +114,16 @@ func (r *Reconciler) oomKilled(name string) bool {
 // cgroupRoot is where the cgroup file systems are mounted.
 const cgroupRoot = "/sys/fs/cgroup"
 
-// readCounter reads "key N" out of a cgroup flat-keyed file.
+// readCounter reads "key N" out of a flat-keyed file (cgroup, /proc/meminfo).
 func readCounter(file, key string) (int64, bool) {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return 0, false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, " ")
-		if ok && k == key {
-			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == key {
+			n, err := strconv.ParseInt(f[1], 10, 64)
 			return n, err == nil
 		}
 	}

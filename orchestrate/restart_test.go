@@ -1,6 +1,7 @@
 package orchestrate
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -129,5 +130,23 @@ func TestPlanRestartPolicy(t *testing.T) {
 	p = planPass(planInput{block: planBlock, now: planNow, desired: desiredOf(limited), observed: map[string]observed{"web-1": o}, backoffCap: time.Minute})
 	if a := find(t, p, "web-1"); a.kind != actNoteExit || !a.oomKilled || a.noRestart || !strings.HasPrefix(a.err, "OOM killed (limit 32 MiB); restarting in") {
 		t.Errorf("OOM exit = %v oom %v noRestart %v err %q", a.kind, a.oomKilled, a.noRestart, a.err)
+	}
+}
+
+func TestReadCounter(t *testing.T) {
+	dir := t.TempDir()
+	f := dir + "/memory.events"
+	if err := os.WriteFile(f, []byte("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := readCounter(f, "oom_kill"); !ok || n != 1 {
+		t.Errorf("oom_kill = %d, %v", n, ok)
+	}
+	if _, ok := readCounter(f, "nope"); ok {
+		t.Error("missing key found")
+	}
+	c, err := Capacity()
+	if err != nil || c.MemoryBytes <= 0 || c.NanoCPUs < 1e9 {
+		t.Errorf("Capacity() = %+v, %v", c, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -127,4 +128,14 @@ func stopSettings(labels map[string]string, defGrace time.Duration) (syscall.Sig
 		}
 	}
 	return sig, grace
+}
+
+// Capacity is what this node offers tasks: its memory (MemTotal) and its
+// CPUs, in the units of reservations.
+func Capacity() (clustermap.ResourceAmounts, error) {
+	mem, ok := readCounter("/proc/meminfo", "MemTotal:")
+	if !ok {
+		return clustermap.ResourceAmounts{}, fmt.Errorf("no MemTotal in /proc/meminfo")
+	}
+	return clustermap.ResourceAmounts{MemoryBytes: mem * 1024, NanoCPUs: int64(runtime.NumCPU()) * 1e9}, nil
 }

@@ -102,6 +102,9 @@ type NodeStatus struct {
 	// the manager then keeps the states it has.
 	Tasks []TaskStatus `json:"tasks"`
 	Time  time.Time    `json:"time"` // the node's clock, to spot boards without RTC
+	// Capacity is the memory and CPU the node offers tasks (the
+	// scheduler fits reservations into it); nil: not said.
+	Capacity *clustermap.ResourceAmounts `json:"capacity,omitempty"`
 }
 
 // PeerHealth is one WireGuard peer as this node sees it.

@@ -88,6 +88,9 @@ type Node struct {
 	// API is a manager's API address (host:port): agents watch and report
 	// to any manager listed here. Empty for workers.
 	API string `json:"api,omitempty"`
+	// Capacity is the memory and CPU the node offers tasks, as it last
+	// reported them (zero: not reported; no reservation check).
+	Capacity ResourceAmounts `json:"capacity,omitzero"`
 }
 
 // Port is one service port; Published is the host port of the routing
