@@ -3,6 +3,8 @@ package appliance
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -41,6 +43,9 @@ type member interface {
 	Network() clustermap.Network
 	Watch(ctx context.Context, apply func(*clustermap.Map)) error
 	Report(ctx context.Context, s cluster.NodeStatus) error
+	// TLSIdentity: the certificate this node's log server shows, and the
+	// CA its callers' (managers') certificates must chain to.
+	TLSIdentity() (*tls.Certificate, *x509.CertPool)
 }
 
 // How often a node reports its status (heartbeat) and checks that nobody
@@ -260,6 +265,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	go n.reportLoop(ctx, mem)
 	go n.canaryLoop(ctx)
+	go func() {
+		if err := serveTaskLogs(ctx, self.OverlayIP, mem.TLSIdentity, n.orch.TaskLogDir, log); err != nil {
+			log.Warn("task logs cannot be read from managers", "err", err)
+		}
+	}()
 	notifyReady(log)
 	err = mem.Watch(ctx, n.apply)
 	if ctx.Err() != nil {
@@ -338,6 +348,9 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		OverlayInterface:  cfg.WireGuard.Interface,
 		CgroupParent:      cfg.Runtime.CgroupParent,
 		RestartBackoffMax: cfg.Runtime.RestartBackoffMax.Duration,
+		LoggerBinary:      taskLogger(filepath.Join(cfg.Node.StateDir, "tasks"), n.log),
+		LogMaxSize:        cfg.Logs.MaxSize.Bytes,
+		LogMaxFiles:       cfg.Logs.MaxFiles,
 		VolumesDir:        filepath.Join(cfg.Node.StateDir, "volumes"),
 		NodeName:          n.self.Name,
 		Logger:            n.log,

@@ -57,6 +57,7 @@ func (m *Manager) AdminHandler() http.Handler {
 
 func (m *Manager) adminMux() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathLogs, m.handleLogs)
 	mux.HandleFunc("GET "+api.PathCluster, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Info())
 	})

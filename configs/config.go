@@ -39,6 +39,7 @@ type Config struct {
 	Runtime       Runtime       `toml:"runtime"`
 	Log           Log           `toml:"log"`
 	Metrics       Metrics       `toml:"metrics"`
+	Logs          Logs          `toml:"logs"`
 	// Forward entries let a netstack node (no TUN) reach mesh services
 	// through local listeners.
 	Forward []Forward `toml:"forward"`
@@ -121,6 +122,13 @@ type Runtime struct {
 	RestartBackoffMax Duration `toml:"restart_backoff_max"`
 }
 
+// Logs is [logs]: how much of each task's output the node keeps (files
+// rotated at MaxSize, MaxFiles of them, written without fsync).
+type Logs struct {
+	MaxSize  Size `toml:"max_size"`
+	MaxFiles int  `toml:"max_files"`
+}
+
 // Log is [log].
 type Log struct {
 	Level string `toml:"level"`
@@ -185,6 +193,7 @@ func Default() Config {
 			RestartBackoffMax: Duration{Duration: DefaultRestartBackoffMax},
 		},
 		Log:     Log{Level: "info"},
+		Logs:    Logs{MaxSize: Size{Bytes: DefaultLogMaxSize}, MaxFiles: DefaultLogMaxFiles},
 		Metrics: Metrics{Listen: DefaultMetricsListen},
 	}
 }
@@ -317,7 +326,7 @@ func (d *decoder) fields(tbl map[string]toml.Primitive, dst reflect.Value, key, 
 			continue
 		}
 		switch {
-		case f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(Duration{}) && f.Type() != reflect.TypeOf(Subnet{}) && f.Type() != reflect.TypeOf(InterfaceAddress{}):
+		case f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(Duration{}) && f.Type() != reflect.TypeOf(Size{}) && f.Type() != reflect.TypeOf(Subnet{}) && f.Type() != reflect.TypeOf(InterfaceAddress{}):
 			var sub map[string]toml.Primitive
 			if err := d.md.PrimitiveDecode(prim, &sub); err != nil {
 				d.bad(k, p, "want a table, e.g. ["+k+"]")

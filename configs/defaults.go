@@ -23,6 +23,9 @@ const (
 	// task failing for good restarts about 300 times a day rather than
 	// 2,880 at a 30 s cap (each start writes to the board's SD card).
 	DefaultRestartBackoffMax = 5 * time.Minute
+	// A task's output is kept in at most 3 files of 1 MiB (SD cards).
+	DefaultLogMaxSize  = 1 << 20
+	DefaultLogMaxFiles = 3
 )
 
 // Default ranges: they do not overlap (the seed's literal ones do).

@@ -78,6 +78,13 @@ type Config struct {
 	// (<state_dir>/volumes); NodeName names this node in errors.
 	VolumesDir string
 	NodeName   string
+	// LoggerBinary is the warren binary under tasklog.LoggerName, run by
+	// containerd's shim as each task's logger (rotated files of at most
+	// LogMaxSize bytes, LogMaxFiles of them). Empty: one plain file per
+	// task, truncated at each start.
+	LoggerBinary string
+	LogMaxSize   int64
+	LogMaxFiles  int
 	// RestartBackoffMax caps the back-off between consecutive failed
 	// attempts at a task (DefaultRestartBackoffMax when 0).
 	RestartBackoffMax time.Duration

@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/warren-appliance/warren/orchestrate/tasklog"
 )
 
 // Thin wrappers over containerd: create a task's container, start its
@@ -31,6 +33,9 @@ type taskFiles struct {
 func (f taskFiles) hosts() string      { return filepath.Join(f.dir, "hosts") }
 func (f taskFiles) resolvConf() string { return filepath.Join(f.dir, "resolv.conf") }
 func (f taskFiles) log() string        { return filepath.Join(f.dir, "log") }
+
+// LogDir is where a task's rotated log files are (removed with the task).
+func (f taskFiles) logDir() string { return filepath.Join(f.dir, "logs") }
 
 // maxLogSize bounds a task's log file on the node's (SD card) disk.
 const maxLogSize = 4 << 20
@@ -125,13 +130,27 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 	return c, nil
 }
 
-// startTask starts the container's process; its output goes to the task's
-// log file, truncated at each start so it holds the current run only.
-func (r *Reconciler) startTask(ctx context.Context, c client.Container, files taskFiles) (client.Task, <-chan client.ExitStatus, error) {
-	if err := os.WriteFile(files.log(), nil, 0o640); err != nil {
-		return nil, nil, fmt.Errorf("truncate task log: %w", err)
+// taskIO is where a task's output goes: with a logger binary, to its
+// rotated log files (kept across restarts of the task and of the daemon);
+// without, to one file truncated at each start.
+func (r *Reconciler) taskIO(files taskFiles) (cio.Creator, error) {
+	if r.cfg.LoggerBinary != "" {
+		return cio.BinaryIO(r.cfg.LoggerBinary, tasklog.LoggerArgs(files.logDir(), r.cfg.LogMaxSize, r.cfg.LogMaxFiles)), nil
 	}
-	task, err := c.NewTask(ctx, cio.LogFile(files.log()))
+	if err := os.WriteFile(files.log(), nil, 0o640); err != nil {
+		return nil, fmt.Errorf("truncate task log: %w", err)
+	}
+	return cio.LogFile(files.log()), nil
+}
+
+// startTask starts the container's process with its output going where
+// taskIO says.
+func (r *Reconciler) startTask(ctx context.Context, c client.Container, files taskFiles) (client.Task, <-chan client.ExitStatus, error) {
+	ioc, err := r.taskIO(files)
+	if err != nil {
+		return nil, nil, err
+	}
+	task, err := c.NewTask(ctx, ioc)
 	if errdefs.IsAlreadyExists(err) {
 		// A runtime task outlived its container (a crash while the task
 		// was being recreated): its shim is alive but runc has nothing, so
@@ -143,7 +162,7 @@ func (r *Reconciler) startTask(ctx context.Context, c client.Container, files ta
 			return nil, nil, fmt.Errorf("remove stale task %s: %w", c.ID(), derr)
 		}
 		r.log.Warn("removed a stale runtime task left by a crash", "task", c.ID())
-		task, err = c.NewTask(ctx, cio.LogFile(files.log()))
+		task, err = c.NewTask(ctx, ioc)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("create task %s: %w", c.ID(), err)

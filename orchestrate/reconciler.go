@@ -485,8 +485,10 @@ func (r *Reconciler) execute(ctx context.Context, a action, h handle) error {
 		}
 	case actKeep:
 		r.noteRunning(a, h.task)
-		if err := files.trimLog(); err != nil {
-			r.log.Warn("trim task log", "task", s.Name, "err", err)
+		if r.cfg.LoggerBinary == "" { // the logger bounds its own files
+			if err := files.trimLog(); err != nil {
+				r.log.Warn("trim task log", "task", s.Name, "err", err)
+			}
 		}
 	case actNoteExit:
 		r.recordExit(a)

@@ -139,3 +139,12 @@ func Capacity() (clustermap.ResourceAmounts, error) {
 	}
 	return clustermap.ResourceAmounts{MemoryBytes: mem * 1024, NanoCPUs: int64(runtime.NumCPU()) * 1e9}, nil
 }
+
+// TaskLogDir is the directory of task's rotated log files; false when
+// task is not a task name.
+func (r *Reconciler) TaskLogDir(task string) (string, bool) {
+	if !validTaskName.MatchString(task) || len(task) > 63 {
+		return "", false
+	}
+	return r.files(task).logDir(), true
+}

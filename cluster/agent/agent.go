@@ -769,3 +769,16 @@ func JoinedNodeID(stateDir string) string {
 	}
 	return id.Node.ID
 }
+
+// TLSIdentity is this node's certificate and the cluster CA: the node's
+// log server shows the one and checks managers against the other.
+func (a *Agent) TLSIdentity() (*tls.Certificate, *x509.CertPool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cert
+	pool := x509.NewCertPool()
+	if a.ca != nil {
+		pool.AddCert(a.ca)
+	}
+	return &c, pool
+}

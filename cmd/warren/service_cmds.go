@@ -348,7 +348,7 @@ func addServiceCommands(root *cobra.Command) {
 	}
 	addWaitFlags(rmCmd)
 
-	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd)
+	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd, newServiceLogsCmd())
 }
 
 // waitService waits until service name has converged and returns its
