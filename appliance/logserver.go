@@ -17,13 +17,15 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/orchestrate/tasklog"
 )
 
-// serveTaskLogs runs the node's log server on its overlay address: managers
-// (their certificate says so, chained to the cluster CA) read and follow
-// the tasks' log files for `warren service logs`. It is not on the LAN.
-func serveTaskLogs(ctx context.Context, overlay netip.Addr, ident func() (*tls.Certificate, *x509.CertPool), dirOf func(string) (string, bool), log *slog.Logger) error {
+// serveTaskLogs runs the node's server for managers on its overlay address:
+// managers (their certificate says so, chained to the cluster CA) read and
+// follow the tasks' log files for `warren service logs`, and list and
+// remove the node's volumes. It is not on the LAN.
+func serveTaskLogs(ctx context.Context, overlay netip.Addr, ident func() (*tls.Certificate, *x509.CertPool), orch *orchestrate.Reconciler, log *slog.Logger) error {
 	addr := net.JoinHostPort(overlay.String(), strconv.Itoa(api.NodeLogsPort))
 	var ln net.Listener
 	var err error
@@ -62,7 +64,30 @@ func serveTaskLogs(ctx context.Context, overlay netip.Addr, ident func() (*tls.C
 		},
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET "+api.PathNodeLogs, tasklog.Handler(dirOf))
+	mux.Handle("GET "+api.PathNodeLogs, tasklog.Handler(orch.TaskLogDir))
+	mux.HandleFunc("GET "+api.PathNodeVolumes, func(w http.ResponseWriter, r *http.Request) {
+		vols, err := orch.Volumes()
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, api.Error{Error: err.Error()})
+			return
+		}
+		out := make([]api.VolumeView, len(vols))
+		for i, v := range vols {
+			out[i] = api.VolumeView{Name: v.Name, SizeBytes: v.SizeBytes}
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("DELETE "+api.PathNodeVolumes+"/{name}", func(w http.ResponseWriter, r *http.Request) {
+		err := orch.RemoveVolume(r.PathValue("name"))
+		switch {
+		case errors.Is(err, orchestrate.ErrVolumeInUse):
+			writeJSON(w, http.StatusConflict, api.Error{Error: err.Error()})
+		case err != nil:
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error()})
+		default:
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	go func() {

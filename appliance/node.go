@@ -266,7 +266,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	go n.reportLoop(ctx, mem)
 	go n.canaryLoop(ctx)
 	go func() {
-		if err := serveTaskLogs(ctx, self.OverlayIP, mem.TLSIdentity, n.orch.TaskLogDir, log); err != nil {
+		if err := serveTaskLogs(ctx, self.OverlayIP, mem.TLSIdentity, n.orch, log); err != nil {
 			log.Warn("task logs cannot be read from managers", "err", err)
 		}
 	}()
@@ -351,6 +351,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		LoggerBinary:      taskLogger(filepath.Join(cfg.Node.StateDir, "tasks"), n.log),
 		LogMaxSize:        cfg.Logs.MaxSize.Bytes,
 		LogMaxFiles:       cfg.Logs.MaxFiles,
+		TasksMemoryMax:    cfg.Runtime.TasksMemoryMax.Bytes,
 		VolumesDir:        filepath.Join(cfg.Node.StateDir, "volumes"),
 		NodeName:          n.self.Name,
 		Logger:            n.log,
@@ -553,7 +554,7 @@ func (n *node) status() cluster.NodeStatus {
 	if n.orch.Synced() {
 		s.Tasks = []api.TaskStatus{}
 		for _, t := range n.orch.Status() {
-			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image,
+			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, SpecVersion: t.SpecVersion,
 				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled}})
 		}
 	}

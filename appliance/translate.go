@@ -76,16 +76,17 @@ func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
 		if image == "" {
 			image = svc.Image
 		}
-		spec := orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP,
-			Mounts: svc.Mounts}
-		if svc.Restart != nil {
-			spec.Restart = *svc.Restart
+		env, command, w := svc.TaskSpecOf(t.SpecVersion)
+		spec := orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: env, Command: command, IP: t.IP,
+			SpecVersion: t.SpecVersion, Mounts: w.Mounts}
+		if w.Restart != nil {
+			spec.Restart = *w.Restart
 		}
-		if svc.Resources != nil {
-			spec.Limits = svc.Resources.Limits
+		if w.Resources != nil {
+			spec.Limits = w.Resources.Limits
 		}
-		if svc.Process != nil {
-			spec.Process = *svc.Process
+		if w.Process != nil {
+			spec.Process = *w.Process
 		}
 		out = append(out, spec)
 	}

@@ -21,7 +21,7 @@ func reportAll(t *testing.T, m *Manager, nodeID string) {
 	t.Helper()
 	var st []api.TaskStatus
 	for _, task := range m.Map().TasksOn(nodeID) {
-		st = append(st, api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image})
+		st = append(st, api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image, SpecVersion: task.SpecVersion})
 	}
 	if err := m.Report(context.Background(), NodeStatus{Tasks: st}); err != nil {
 		t.Fatal(err)

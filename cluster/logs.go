@@ -82,8 +82,6 @@ func (m *Manager) Logs(ctx context.Context, target string, opts LogOptions, send
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	client := apicall.HTTPS(apicall.MTLS(func(raw [][]byte) error { return nil }, m.managerCert),
-		apicall.Deadlines{Dial: 10 * time.Second, Handshake: 10 * time.Second, ResponseHeader: 30 * time.Second})
 	type stream struct {
 		stored []api.LogEntry
 		synced chan struct{}
@@ -99,7 +97,7 @@ func (m *Manager) Logs(ctx context.Context, target string, opts LogOptions, send
 			defer wg.Done()
 			syncedOnce := sync.OnceFunc(func() { close(st.synced) })
 			defer syncedOnce()
-			err := m.readNodeLogs(ctx, client, src, opts, func(e api.LogEntry) {
+			err := m.readNodeLogs(ctx, src, opts, func(e api.LogEntry) {
 				e.Node = src.node
 				select {
 				case <-st.synced:
@@ -160,7 +158,7 @@ func (m *Manager) Logs(ctx context.Context, target string, opts LogOptions, send
 }
 
 // readNodeLogs streams the log entries of src's tasks from its node.
-func (m *Manager) readNodeLogs(ctx context.Context, client *http.Client, src logSource, opts LogOptions, got func(api.LogEntry)) error {
+func (m *Manager) readNodeLogs(ctx context.Context, src logSource, opts LogOptions, got func(api.LogEntry)) error {
 	q := url.Values{"task": src.tasks}
 	if opts.Follow {
 		q.Set("follow", "1")
@@ -171,27 +169,8 @@ func (m *Manager) readNodeLogs(ctx context.Context, client *http.Client, src log
 	if !opts.Since.IsZero() {
 		q.Set("since", opts.Since.UTC().Format(time.RFC3339Nano))
 	}
-	// The node must show its own node certificate: chained to the CA and
-	// issued for the node ID the map gives that address.
-	tr := client.Transport.(*http.Transport).Clone()
-	tr.TLSClientConfig = apicall.MTLS(func(raw [][]byte) error {
-		if len(raw) == 0 {
-			return errors.New("the node sent no certificate")
-		}
-		leaf, err := x509.ParseCertificate(raw[0])
-		if err != nil {
-			return err
-		}
-		if err := pki.VerifyChain(leaf, m.caPool(), x509.ExtKeyUsageClientAuth, m.now()); err != nil {
-			return err
-		}
-		if leaf.Subject.CommonName != src.nodeID {
-			return fmt.Errorf("the certificate at %s is node %s's, want node %s's", src.addr, leaf.Subject.CommonName, src.nodeID)
-		}
-		return nil
-	}, m.managerCert)
-	c := &http.Client{Transport: tr}
-	defer tr.CloseIdleConnections()
+	c := m.nodeClient(src.nodeID, src.addr, 0)
+	defer c.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+src.addr+api.PathNodeLogs+"?"+q.Encode(), nil)
 	if err != nil {
 		return err
@@ -261,4 +240,28 @@ func (m *Manager) handleLogs(w http.ResponseWriter, r *http.Request) {
 		}
 		return nil
 	})
+}
+
+// nodeClient calls the server of node nodeID at addr (its overlay IP and
+// api.NodeLogsPort) with this manager's certificate; the node must show
+// its own node certificate, chained to the CA and issued for nodeID.
+// total bounds each call (0: only the context does).
+func (m *Manager) nodeClient(nodeID, addr string, total time.Duration) *http.Client {
+	conf := apicall.MTLS(func(raw [][]byte) error {
+		if len(raw) == 0 {
+			return errors.New("the node sent no certificate")
+		}
+		leaf, err := x509.ParseCertificate(raw[0])
+		if err != nil {
+			return err
+		}
+		if err := pki.VerifyChain(leaf, m.caPool(), x509.ExtKeyUsageClientAuth, m.now()); err != nil {
+			return err
+		}
+		if leaf.Subject.CommonName != nodeID {
+			return fmt.Errorf("the certificate at %s is node %s's, want node %s's", addr, leaf.Subject.CommonName, nodeID)
+		}
+		return nil
+	}, m.managerCert)
+	return apicall.HTTPS(conf, apicall.Deadlines{Dial: 10 * time.Second, Handshake: 10 * time.Second, ResponseHeader: 30 * time.Second, Total: total})
 }

@@ -34,11 +34,11 @@ func carryOver(tasks, current []clustermap.Task, services map[string]serviceReco
 	for i := range tasks {
 		t := &tasks[i]
 		if p, ok := prev[taskKey{t.Name, t.NodeID}]; ok && p.Image != "" {
-			t.Image = p.Image
+			t.Image, t.SpecVersion = p.Image, p.SpecVersion
 			continue
 		}
 		if svc, ok := services[t.Service]; ok && t.Image == "" {
-			t.Image = svc.Image
+			t.Image, t.SpecVersion = svc.Image, svc.SpecVersion
 		}
 		if t.State == "" {
 			t.State = clustermap.TaskPending
@@ -74,7 +74,7 @@ func rollOut(tasks []clustermap.Task, services map[string]serviceRecord) {
 		if !ok || t.DesiredState != clustermap.TaskRunning {
 			continue
 		}
-		if t.Image == svc.Image {
+		if t.Image == svc.Image && t.SpecVersion == svc.SpecVersion {
 			// A task that completed (exit 0, not restarted) is settled too.
 			if t.State != clustermap.TaskRunning && t.State != clustermap.TaskComplete {
 				inFlight[t.Service] = true
@@ -90,7 +90,7 @@ func rollOut(tasks []clustermap.Task, services map[string]serviceRecord) {
 			continue
 		}
 		t := &tasks[i]
-		t.Image = services[name].Image
+		t.Image, t.SpecVersion = services[name].Image, services[name].SpecVersion
 		t.State = clustermap.TaskPending
 		t.Error = ""
 		t.Run = clustermap.TaskRun{}
@@ -111,10 +111,10 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 		}
 		r, ok := byName[t.Name]
 		switch {
-		case ok && (r.Image == "" || r.Image == t.Image):
+		case ok && (r.Image == "" || r.Image == t.Image) && r.SpecVersion == t.SpecVersion:
 			t.State, t.Error, t.Run = r.State, r.Error, r.Run
 		case ok:
-			// The node has not picked up the new image yet.
+			// The node has not picked up the new image or spec yet.
 			t.State, t.Error, t.Run = clustermap.TaskPending, "", clustermap.TaskRun{}
 		case t.DesiredState == clustermap.TaskShutdown:
 			t.State, t.Error, t.Run = clustermap.TaskShutdown, "", clustermap.TaskRun{} // gone from the node

@@ -5,7 +5,9 @@ import (
 	"maps"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -332,7 +334,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 			if t.State == clustermap.TaskRunning {
 				v.Running++
 			}
-			if t.Image != r.Image {
+			if t.Image != r.Image || t.SpecVersion != r.SpecVersion {
 				v.Updating = true
 			}
 		}
@@ -348,4 +350,71 @@ func checkServiceLabelCount(service string, n int) error {
 		return errorf(http.StatusBadRequest, "service %s would have %d labels: at most %d labels per service", service, n, maxServiceLabels)
 	}
 	return nil
+}
+
+// UpdateService replaces what service name runs with spec (every field of
+// a create but the name and mode). Image, env, command and workload
+// changes roll out one task at a time, each after the previous one runs
+// (as an image update); constraints, ports, labels and replicas apply at
+// once. On any error nothing changes.
+func (m *Manager) UpdateService(name string, spec api.ServiceSpec) (api.ServiceView, error) {
+	if spec.Name == "" {
+		spec.Name = name
+	}
+	if spec.Name != name {
+		return api.ServiceView{}, errorf(http.StatusBadRequest, "a service cannot be renamed (%s to %s): create the new one and remove the old", name, spec.Name)
+	}
+	next, err := parseServiceSpec(spec)
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	err = m.update(func(s *state) error {
+		r, ok := s.services[name]
+		if !ok {
+			return errNoService(name)
+		}
+		if r.IsGlobal() != next.IsGlobal() {
+			return errorf(http.StatusBadRequest, "the mode of service %s cannot change (%s): create a new service", name, modeName(r.Workload))
+		}
+		if err := m.checkReservedPortsLocked(s, next.Ports); err != nil {
+			return err
+		}
+		for _, other := range s.services {
+			if other.Name == name {
+				continue
+			}
+			for _, op := range other.Ports {
+				for _, p := range next.Ports {
+					if op.Published == p.Published && op.Protocol == p.Protocol {
+						return errorf(http.StatusConflict, "host port %d/%s is already published by service %q", p.Published, p.Protocol, other.Name)
+					}
+				}
+			}
+		}
+		if spec.Replicas == nil {
+			next.Replicas = r.Replicas
+		}
+		next.VIP = r.VIP
+		next.SpecVersion, next.Previous = r.SpecVersion, r.Previous
+		if !slices.Equal(r.Env, next.Env) || !slices.Equal(r.Command, next.Command) || !reflect.DeepEqual(r.Workload, next.Workload) {
+			next.SpecVersion++
+			next.Previous = &clustermap.PreviousSpec{Env: r.Env, Command: r.Command, Workload: r.Workload}
+		}
+		r.Service = next
+		r.UpdatedAt = m.now().UTC()
+		s.services[name] = r
+		return nil
+	})
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	m.log.Info("service updated", "service", name, "image", next.Image, "spec_version", next.SpecVersion)
+	return m.Service(name)
+}
+
+func modeName(w clustermap.Workload) string {
+	if w.IsGlobal() {
+		return clustermap.ModeGlobal
+	}
+	return clustermap.ModeReplicated
 }

@@ -120,6 +120,9 @@ type Runtime struct {
 	// RestartBackoffMax caps the back-off between a failing task's
 	// restarts (0.5 s doubling up to it).
 	RestartBackoffMax Duration `toml:"restart_backoff_max"`
+	// TasksMemoryMax is the memory ceiling of the tasks' parent cgroup
+	// (unset: the node's memory less 256 MiB, at least half of it).
+	TasksMemoryMax Size `toml:"tasks_memory_max"`
 }
 
 // Logs is [logs]: how much of each task's output the node keeps (files

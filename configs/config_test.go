@@ -194,6 +194,7 @@ func TestBadConfigs(t *testing.T) {
 		{"wrong type", validWorker + "[wireguard]\nlisten_port = '51820'\n", "wireguard.listen_port", 7, "want a whole number"},
 		{"bad log size", validWorker + "[logs]\nmax_size = \"lots\"\n", "logs.max_size", 7, "not a size"},
 		{"tiny log size", validWorker + "[logs]\nmax_size = \"1k\"\n", "logs.max_size", 0, "want 4k to 1G"},
+		{"tiny tasks memory", validWorker + "[runtime]\ntasks_memory_max = \"1M\"\n", "runtime.tasks_memory_max", 0, "at least 64M"},
 		{"no log files", validWorker + "[logs]\nmax_files = 0\n", "logs.max_files", 0, "want 1 to 20"},
 		{"restart backoff too short", validWorker + "[runtime]\nrestart_backoff_max = \"10ms\"\n", "runtime.restart_backoff_max", 0, "want 1s to 24h"},
 	}

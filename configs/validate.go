@@ -76,6 +76,7 @@ func (l *Loaded) Finish() error {
 		"cluster.cert_lifetime":             c.Cluster.CertLifetime.bad,
 		"runtime.restart_backoff_max":       c.Runtime.RestartBackoffMax.bad,
 		"logs.max_size":                     c.Logs.MaxSize.bad,
+		"runtime.tasks_memory_max":          c.Runtime.TasksMemoryMax.bad,
 		"wireguard.keepalive":               c.WireGuard.Keepalive.bad,
 		"wireguard.subnet":                  c.WireGuard.Subnet.bad,
 		"wireguard.address":                 c.WireGuard.Address.bad,
@@ -265,6 +266,9 @@ func (l *Loaded) Finish() error {
 	}
 	if d := c.Runtime.RestartBackoffMax; d.bad == nil && (d.Duration < time.Second || d.Duration > 24*time.Hour) {
 		add("runtime.restart_backoff_max", "%s: want 1s to 24h, e.g. \"5m\"", d.Duration)
+	}
+	if m := c.Runtime.TasksMemoryMax; m.bad == nil && m.Bytes != 0 && m.Bytes < 64<<20 {
+		add("runtime.tasks_memory_max", "%d bytes: want at least 64M", m.Bytes)
 	}
 	if c.Logs.MaxFiles < 1 || c.Logs.MaxFiles > 20 {
 		add("logs.max_files", "%d: want 1 to 20 files per task", c.Logs.MaxFiles)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -153,6 +155,23 @@ func TestWorkloadsRestartLimitsMountsGlobal(t *testing.T) {
 		t.Errorf("cgroup memory limit = %q, %v; want 33554432", cg, err)
 	}
 
+	// The tasks' parent cgroup has a memory ceiling that leaves room for
+	// the daemon, containerd and the system (default: memory - 256 MiB).
+	meminfo, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var totalKB int64
+	fmt.Sscanf(strings.TrimPrefix(strings.SplitN(string(meminfo), "\n", 2)[0], "MemTotal:"), "%d", &totalKB)
+	wantCeiling := max(totalKB*1024-256<<20, totalKB*1024/2)
+	parent, err := w1.Exec(ctx, "sh", "-c", "cat /sys/fs/cgroup"+w1.CgroupParent()+"/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory"+w1.CgroupParent()+"/memory.limit_in_bytes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := strconv.ParseInt(trim(parent), 10, 64); got > wantCeiling || wantCeiling-got >= 4096 {
+		t.Errorf("tasks' parent cgroup memory ceiling = %d, want %d (page-rounded)", got, wantCeiling)
+	}
+
 	createService(t, c, "hog", "--limit-memory", "16M", "--constraint", "node.name==worker-1", "--",
 		"sh", "-c", "sleep 1; exec dd if=/dev/zero of=/dev/null bs=67108864 count=1")
 	hog := oneTask(t, c, "hog", 2*time.Minute, "OOM killed and restarted", func(task psTask) error {
@@ -239,10 +258,11 @@ func TestWorkloadsRestartLimitsMountsGlobal(t *testing.T) {
 	if err := w2.AddImage(tar2); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := c.Manager.Exec(ctx, "warren", "service", "update", "db", "--image", v2, "--detach"); err != nil {
+	// Every spec flag of create goes through update: image, env, limits.
+	if out, err := c.Manager.Exec(ctx, "warren", "service", "update", "db", "--image", v2, "--env-add", "MODE=2", "--limit-memory", "48M", "--detach"); err != nil {
 		t.Fatalf("service update: %v\n%s", err, out)
 	}
-	eventually(t, 2*time.Minute, "db updated to v2", func() error {
+	eventually(t, 2*time.Minute, "db updated to v2 with its new env and limit", func() error {
 		v, err := inspect(ctx, c.Manager, "db")
 		if err != nil {
 			return err
@@ -251,8 +271,8 @@ func TestWorkloadsRestartLimitsMountsGlobal(t *testing.T) {
 			return fmt.Errorf("%+v", v)
 		}
 		out, err := w2.Exec(ctx, "ctr", "-n", "warren", "containers", "info", "db-1")
-		if err != nil || !strings.Contains(out, v2) {
-			return fmt.Errorf("container not on v2 yet")
+		if err != nil || !strings.Contains(out, v2) || !strings.Contains(out, "MODE=2") || !strings.Contains(out, `"limit": 50331648`) {
+			return fmt.Errorf("container not on the new spec yet")
 		}
 		return nil
 	})

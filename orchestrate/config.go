@@ -31,6 +31,9 @@ type TaskSpec struct {
 	Env     []string
 	Command []string // replaces the image's entrypoint and cmd when set
 	IP      netip.Addr
+	// SpecVersion is the service spec's version this task runs (reported
+	// back, so the manager knows when an update reached it).
+	SpecVersion uint64
 
 	// Workload settings of the service (clustermap.Workload).
 	Restart clustermap.RestartPolicy // restart policy; not part of the container
@@ -46,6 +49,9 @@ type TaskStatus struct {
 	Error    string // last error, empty when healthy
 	Restarts int    // restarts after the task exited on its own
 	Image    string // image of the spec this status is about, as given in TaskSpec
+	// SpecVersion of the spec this status is about (service updates roll
+	// out one task at a time by it).
+	SpecVersion uint64
 
 	// The last exit of the task's process, while it is not running again.
 	Exited      bool
@@ -85,6 +91,9 @@ type Config struct {
 	LoggerBinary string
 	LogMaxSize   int64
 	LogMaxFiles  int
+	// TasksMemoryMax is the memory ceiling of the tasks' parent cgroup
+	// (0: the node's memory less DefaultSystemReserve, at least half).
+	TasksMemoryMax int64
 	// RestartBackoffMax caps the back-off between consecutive failed
 	// attempts at a task (DefaultRestartBackoffMax when 0).
 	RestartBackoffMax time.Duration
@@ -151,3 +160,6 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// about makes st name the spec s it is about.
+func (st *TaskStatus) about(s TaskSpec) { st.Image, st.SpecVersion = s.Image, s.SpecVersion }

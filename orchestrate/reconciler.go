@@ -128,7 +128,7 @@ func (r *Reconciler) Apply(desired []TaskSpec) {
 		// A new or changed spec starts over: pending, no backoff, and the
 		// status names the new image until a pass reports on it.
 		if rec == nil || !rec.removedAt.IsZero() || !had || !reflect.DeepEqual(prev, s) {
-			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image}}
+			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, SpecVersion: s.SpecVersion}}
 		}
 	}
 	r.mu.Unlock()
@@ -190,6 +190,16 @@ func (r *Reconciler) Status() []TaskStatus {
 func (r *Reconciler) Run(ctx context.Context) error {
 	ctx = namespaces.WithNamespace(ctx, r.cfg.Namespace)
 	r.runCtx = ctx
+	if c, err := Capacity(); err != nil {
+		r.log.Warn("tasks' memory ceiling not set", "err", err)
+	} else {
+		limit := tasksMemoryMax(r.cfg.TasksMemoryMax, c.MemoryBytes)
+		if err := applyParentMemoryMax(cgroupRoot, r.cfg.CgroupParent, limit); err != nil {
+			r.log.Warn("tasks' memory ceiling not set", "cgroup", r.cfg.CgroupParent, "err", err)
+		} else {
+			r.log.Info("tasks' memory ceiling", "cgroup", r.cfg.CgroupParent, "bytes", limit)
+		}
+	}
 	if _, err := r.images.importNew(ctx); err != nil {
 		r.log.Warn("image import", "err", err)
 	}
@@ -597,7 +607,8 @@ func (r *Reconciler) setState(s TaskSpec, state, errText string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if rec := r.records[s.Name]; rec != nil {
-		rec.status.State, rec.status.Error, rec.status.Image = state, errText, s.Image
+		rec.status.State, rec.status.Error = state, errText
+		rec.status.about(s)
 		// Not a change anyone acts on (only "starting" comes here): it
 		// waits for the next report, so a burst of starts sends fewer.
 	}
@@ -611,7 +622,8 @@ func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
 	rec.failures++
 	rec.retryAt = time.Now().Add(backoff(rec.failures, r.cfg.RestartBackoffMax))
 	rec.imageFailed = imageFailure
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, err.Error(), s.Image
+	rec.status.State, rec.status.Error = clustermap.TaskFailed, err.Error()
+	rec.status.about(s)
 	r.mu.Unlock()
 	r.notify()
 	r.log.Warn("task failed", "task", name, "err", err)
@@ -655,7 +667,8 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 	rec.status.ExitCode, rec.status.Exited, rec.status.OOMKilled, rec.status.NextRestart = 0, false, false, time.Time{}
 	rec.startedAt = time.Now()
 	rec.retryAt = time.Time{}
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
+	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""
+	rec.status.about(s)
 	gen := r.newWatch(rec)
 	r.mu.Unlock()
 	r.notify()
@@ -671,10 +684,11 @@ func (r *Reconciler) noteRunning(a action, task client.Task) {
 	defer r.mu.Unlock()
 	rec := r.recordLocked(a.task)
 	rec.startedAt, rec.failures, rec.retryAt = a.startedAt, a.failures, time.Time{}
-	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.Error != "" {
+	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.SpecVersion != a.spec.SpecVersion || rec.status.Error != "" {
 		r.notify()
 	}
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", a.spec.Image
+	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""
+	rec.status.about(a.spec)
 	if rec.watchGen != 0 {
 		return
 	}
@@ -692,7 +706,8 @@ func (r *Reconciler) recordExit(a action) {
 	rec := r.recordLocked(a.task)
 	rec.exitNoted, rec.noRestart = true, a.noRestart
 	rec.failures, rec.retryAt = a.failures, a.retryAt
-	rec.status.State, rec.status.Error, rec.status.Image = a.state, a.err, a.spec.Image
+	rec.status.State, rec.status.Error = a.state, a.err
+	rec.status.about(a.spec)
 	rec.status.Exited, rec.status.ExitCode, rec.status.OOMKilled = true, int(a.exitStatus), a.oomKilled
 	rec.status.NextRestart = a.retryAt
 	r.mu.Unlock()
@@ -705,7 +720,8 @@ func (r *Reconciler) recordFailure(a action) {
 	r.mu.Lock()
 	rec := r.recordLocked(a.task)
 	rec.failures, rec.retryAt, rec.imageFailed = a.failures, a.retryAt, a.imageFailure
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
+	rec.status.State, rec.status.Error = clustermap.TaskFailed, a.err
+	rec.status.about(a.spec)
 	r.mu.Unlock()
 	r.notify()
 	r.log.Warn("task failed", "task", a.task, "err", a.err)

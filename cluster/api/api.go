@@ -23,7 +23,7 @@ const (
 	PathJoinTokens = "/v1/join-tokens" // /{role}: GET JoinToken; /{role}/rotate: POST
 	PathNodes      = "/v1/nodes"       // GET []NodeView; /{node}: GET NodeView, DELETE (?force=1); /{node}/promote|demote|drain|activate: POST
 	PathTasks      = "/v1/tasks"       // GET ?service=NAME
-	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels: POST
+	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, PUT ServiceSpec (update), DELETE; /{name}/scale|update|labels: POST
 	PathPolicies   = "/v1/policies"    // GET, POST PolicyApply; /{name}: GET, DELETE
 	PathBackup     = "/v1/backup"      // GET: the state at one applied index (JSON; holds the CA key)
 
@@ -123,6 +123,8 @@ type TaskStatus struct {
 	// Image the task's container runs. During a rolling update the manager
 	// counts a slot as updated only once it reports running the new image.
 	Image string `json:"image,omitempty"`
+	// SpecVersion of the service spec the status is about (as Image).
+	SpecVersion uint64 `json:"spec_version,omitempty"`
 	// Run: exit code, restarts, next restart, OOM.
 	Run clustermap.TaskRun `json:"run,omitzero"`
 }

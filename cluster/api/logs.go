@@ -32,3 +32,27 @@ type LogEntry struct {
 	// Error says a node's lines could not be read (Task and Node say whose).
 	Error string `json:"error,omitempty"`
 }
+
+// Volumes: `warren volume ls|rm` ask a manager (PathVolumes), which asks
+// the nodes' servers (PathNodeVolumes, as for logs).
+const (
+	// PathVolumes on the admin API: GET []VolumeView; /{name}: DELETE (?node=NAME).
+	PathVolumes = "/v1/volumes"
+	// PathNodeVolumes on a node's server: GET []VolumeView (Name, SizeBytes);
+	// /{name}: DELETE (409 when a task of the node mounts it).
+	PathNodeVolumes = "/v1/node-volumes"
+)
+
+// VolumeView is one named volume on one node.
+type VolumeView struct {
+	Node      string   `json:"node"`
+	Name      string   `json:"name"`
+	SizeBytes int64    `json:"size_bytes"`
+	Services  []string `json:"services"` // services with a task on that node mounting it
+}
+
+// VolumeRemoved says where a volume was removed.
+type VolumeRemoved struct {
+	Name  string   `json:"name"`
+	Nodes []string `json:"nodes"`
+}

@@ -154,6 +154,13 @@ func (c *Client) UpdateServiceImage(ctx context.Context, name, image string) (ap
 	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionUpdate, nil, api.ImageUpdate{Image: image}, &out)
 }
 
+// UpdateService replaces what a service runs with spec (rolling, one
+// task at a time, for image, env, command and workload changes).
+func (c *Client) UpdateService(ctx context.Context, name string, spec api.ServiceSpec) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPut, api.PathServices+"/"+url.PathEscape(name), nil, spec, &out)
+}
+
 // Tasks lists the tasks of service, including those of a removed service
 // until their nodes report them stopped.
 func (c *Client) Tasks(ctx context.Context, service string) ([]api.TaskView, error) {

@@ -64,3 +64,29 @@ func (c *Client) Logs(ctx context.Context, target string, opts LogOptions, got f
 	}
 	return nil
 }
+
+// Volumes lists the named volumes of every node; unreachable names the
+// nodes that did not answer.
+func (c *Client) Volumes(ctx context.Context) (vols []api.VolumeView, unreachable string, err error) {
+	resp, err := c.call.Send(ctx, http.MethodGet, "warren", api.PathVolumes, nil, nil)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return nil, "", &UnreachableError{Socket: c.socket, Err: ue.Err}
+		}
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	err = c.call.Decode(resp, &vols)
+	return vols, resp.Header.Get("X-Warren-Unreachable"), err
+}
+
+// RemoveVolume deletes a volume on node (every node when empty).
+func (c *Client) RemoveVolume(ctx context.Context, name, node string) (api.VolumeRemoved, error) {
+	var out api.VolumeRemoved
+	var q url.Values
+	if node != "" {
+		q = url.Values{"node": {node}}
+	}
+	return out, c.do(ctx, http.MethodDelete, api.PathVolumes+"/"+url.PathEscape(name), q, nil, &out)
+}

@@ -118,6 +118,11 @@ type Service struct {
 
 	// Workload: restart policy, resources, mounts, mode, process settings.
 	Workload
+	// SpecVersion counts updates of what runs in a task (env, command,
+	// workload); tasks move to a new version one at a time, and those not
+	// yet moved run Previous.
+	SpecVersion uint64        `json:"spec_version,omitempty"`
+	Previous    *PreviousSpec `json:"previous,omitempty"`
 }
 
 // Task states.
@@ -141,7 +146,10 @@ type Task struct {
 	IP      netip.Addr `json:"ip"`
 	// Image is what this task runs. It equals the service's image except
 	// during a rolling update, when slots move to the new image one by one.
-	Image        string `json:"image,omitempty"`
+	Image string `json:"image,omitempty"`
+	// SpecVersion is the service spec version the task runs (see
+	// Service.SpecVersion).
+	SpecVersion  uint64 `json:"spec_version,omitempty"`
 	DesiredState string `json:"desired_state"` // running | shutdown
 	State        string `json:"state"`         // as last reported by the node
 	// Error is the node's last error text for the task, on the manager

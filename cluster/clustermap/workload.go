@@ -95,6 +95,24 @@ type Process struct {
 	ReadOnly        bool     `json:"read_only,omitempty"` // --read-only root filesystem
 }
 
+// PreviousSpec is what a service's tasks ran before its last update of
+// env, command or workload: the tasks not yet rolled to the new version
+// keep running it.
+type PreviousSpec struct {
+	Env     []string `json:"env,omitempty"`
+	Command []string `json:"command,omitempty"`
+	Workload
+}
+
+// TaskSpecOf gives the env, command and workload a task at specVersion
+// runs: the service's own, or Previous for a task not yet rolled.
+func (s Service) TaskSpecOf(specVersion uint64) (env, command []string, w Workload) {
+	if specVersion != s.SpecVersion && s.Previous != nil {
+		return s.Previous.Env, s.Previous.Command, s.Previous.Workload
+	}
+	return s.Env, s.Command, s.Workload
+}
+
 // Duration is a time.Duration written as Go text in JSON ("5s", "1m30s"),
 // so `service inspect --json` reads like the flags that set it.
 type Duration time.Duration

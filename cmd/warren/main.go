@@ -67,6 +67,7 @@ func newRoot() *cobra.Command {
 	addClusterCommands(root)
 	addNodeCommands(root)
 	addServiceCommands(root)
+	addVolumeCommands(root)
 	addNetworkCommands(root)
 	addPolicyCommands(root)
 	strictGroups(root)

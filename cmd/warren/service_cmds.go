@@ -259,18 +259,32 @@ func addServiceCommands(root *cobra.Command) {
 	}
 
 	updateCmd := &cobra.Command{
-		Use:   "update NAME [--image IMAGE] [--label-add KEY=VALUE]... [--label-rm KEY]...",
-		Short: "Roll a service to a new image (one task at a time), or change its labels",
+		Use:   "update NAME [--image IMAGE] [SPEC FLAGS] [--label-add KEY=VALUE]... [--label-rm KEY]... [-- COMMAND ARGS...]",
+		Short: "Change a service: image, env, mounts, limits, restart policy, ports, command... rolled out one task at a time",
 		Example: "  warren service update web --image nginx:1.27\n" +
+			"  warren service update db --env-add LOG_LEVEL=debug --limit-memory 256M --mount-add type=volume,source=db2,target=/backup\n" +
 			"  warren service update api --label-add tier=backend --label-rm debug",
-		Args: cobra.ExactArgs(1),
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var command []string
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				if dash != 1 {
+					return &exitError{code: 2, err: fmt.Errorf("want exactly one service name before --, got %q", args[:dash])}
+				}
+				command = args[1:]
+				if len(command) == 0 {
+					return &exitError{code: 2, err: fmt.Errorf("no command after --")}
+				}
+			} else if len(args) > 1 {
+				return &exitError{code: 2, err: fmt.Errorf("unexpected arguments %q: put a new command after --", args[1:])}
+			}
 			f := cmd.Flags()
 			image, _ := f.GetString("image")
 			addArgs, _ := f.GetStringArray("label-add")
 			rm, _ := f.GetStringArray("label-rm")
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add or --label-rm")}
+			specChange := specFlagsChanged(f) || command != nil
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !specChange {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, a spec flag (see --help), --label-add or --label-rm")}
 			}
 			add, err := parseLabels(addArgs)
 			if err != nil {
@@ -289,7 +303,25 @@ func addServiceCommands(root *cobra.Command) {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: labels %s\n", v.Name, formatLabels(v.Labels))
 			}
-			if image != "" {
+			if specChange {
+				cur, err := c.Service(cmdContext(cmd), args[0])
+				if err != nil {
+					return err
+				}
+				spec, err := updatedSpec(f, cur, command)
+				if err != nil {
+					return err
+				}
+				v, err := c.UpdateService(cmdContext(cmd), args[0], spec)
+				if err != nil {
+					return err
+				}
+				if v.Updating {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: updated; tasks move to the new spec one at a time\n", v.Name)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: updated\n", v.Name)
+				}
+			} else if image != "" {
 				v, err := c.UpdateServiceImage(cmdContext(cmd), args[0], image)
 				if err != nil {
 					return err
@@ -315,6 +347,7 @@ func addServiceCommands(root *cobra.Command) {
 	updateCmd.Flags().String("image", "", "new container image (rolling update)")
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
+	addUpdateFlags(updateCmd.Flags())
 	addWaitFlags(updateCmd)
 	addWaitFlags(scaleCmd)
 
