@@ -111,7 +111,9 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 		}
 		r, ok := byName[t.Name]
 		switch {
-		case ok && (r.Image == "" || r.Image == t.Image) && r.SpecVersion == t.SpecVersion:
+		case ok && (r.Image == "" || (r.Image == t.Image && r.SpecVersion == t.SpecVersion)):
+			// A report without image (a task removed on the node) is about
+			// whatever spec the task had.
 			t.State, t.Error, t.Run = r.State, r.Error, r.Run
 		case ok:
 			// The node has not picked up the new image or spec yet.

@@ -90,6 +90,25 @@ func TestSpecUpdateRollsOneTaskAtATime(t *testing.T) {
 	if m.Map().Services[0].SpecVersion != 1 || v.Replicas != 2 || v.Ports[0].Published != 6432 {
 		t.Fatalf("port/replica update: %+v", v)
 	}
+	// Removing the updated service: the node's report of the removed task
+	// (no image: the task is gone) lets the manager forget it.
+	if err := m.RemoveService("db"); err != nil {
+		t.Fatal(err)
+	}
+	var gone []api.TaskStatus
+	for _, task := range m.Map().TasksOn(self) {
+		gone = append(gone, api.TaskStatus{Name: task.Name, State: clustermap.TaskShutdown})
+	}
+	if err := m.Report(context.Background(), NodeStatus{Tasks: gone}); err != nil {
+		t.Fatal(err)
+	}
+	if left := m.Tasks("db"); len(left) != 0 {
+		t.Fatalf("tasks of the removed service after their shutdown report: %+v", left)
+	}
+	if _, err := m.CreateService(api.ServiceSpec{Name: "db", Image: "db:1", Replicas: intp(3), Env: []string{"A=1"}, Ports: []string{"5432:5432"}}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Refusals change nothing.
 	_, err = m.UpdateService("db", api.ServiceSpec{Image: "db:1", Workload: clustermap.Workload{Mode: "global"}})
 	if err == nil || err.(*apiError).status != http.StatusBadRequest {

@@ -281,6 +281,56 @@ func TestWorkloadsRestartLimitsMountsGlobal(t *testing.T) {
 		t.Errorf("volume on the node: %q, %v", got, err)
 	}
 
+	// Volumes are listed per node with their size and users; removing one
+	// in use is refused naming the service; once the service is gone it
+	// can be removed.
+	var vols []struct {
+		Node      string   `json:"node"`
+		Name      string   `json:"name"`
+		SizeBytes int64    `json:"size_bytes"`
+		Services  []string `json:"services"`
+	}
+	out, err = c.Manager.Exec(ctx, "warren", "volume", "ls", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(out), &vols); err != nil {
+		t.Fatalf("volume ls --json: %v\n%s", err, out)
+	}
+	if len(vols) != 1 || vols[0].Node != "worker-2" || vols[0].Name != "dbdata" || vols[0].SizeBytes < 5 || len(vols[0].Services) != 1 || vols[0].Services[0] != "db" {
+		t.Errorf("volume ls = %+v", vols)
+	}
+	if out, err := c.Manager.Exec(ctx, "warren", "volume", "rm", "dbdata"); err == nil || !strings.Contains(out, "in use on node worker-2 by service db") {
+		t.Errorf("volume rm of a volume in use: %v\n%s", err, out)
+	}
+	if out, err := c.Manager.Exec(ctx, "warren", "service", "rm", "db"); err != nil {
+		t.Fatalf("service rm db: %v\n%s", err, out)
+	}
+	if out, err := c.Manager.Exec(ctx, "warren", "volume", "rm", "dbdata", "--node", "worker-2"); err != nil || !strings.Contains(out, "dbdata removed from worker-2") {
+		t.Errorf("volume rm: %v\n%s", err, out)
+	}
+	if _, err := w2.Exec(ctx, "test", "-e", "/var/lib/warren/volumes/dbdata"); err == nil {
+		t.Error("volume dir still on worker-2 after volume rm")
+	}
+
+	// Process settings: user, workdir, hostname, entrypoint, read-only
+	// root, stop signal and grace.
+	createService(t, c, "proc", "--constraint", "node.name==worker-2", "--user", "1000:1000", "--workdir", "/tmp", "--hostname", "broker",
+		"--read-only", "--entrypoint", "sh -c", "--stop-signal", "SIGINT", "--stop-grace-period", "3s", "--", `trap "exit 0" INT; sleep 3600 & wait`)
+	waitRunning(t, c, "proc", 1)
+	for cmdline, want := range map[string]string{"id -u": "1000", "pwd": "/tmp", "hostname": "broker"} {
+		if got, err := taskExec(ctx, w2, "proc-1", "sh", "-c", cmdline); err != nil || trim(got) != want {
+			t.Errorf("proc %s = %q, %v; want %q", cmdline, got, err, want)
+		}
+	}
+	if got, err := taskExec(ctx, w2, "proc-1", "sh", "-c", "touch /rootfs-write"); err == nil {
+		t.Errorf("wrote to a read-only root: %q", got)
+	}
+	info, err = w2.Exec(ctx, "ctr", "-n", "warren", "containers", "info", "proc-1")
+	if err != nil || !strings.Contains(info, `"warren.stop-signal": "SIGINT"`) || !strings.Contains(info, `"warren.stop-grace": "3s"`) {
+		t.Errorf("proc stop settings not recorded: %v\n%s", err, info)
+	}
+
 	createService(t, c, "nobind", "--constraint", "node.name==worker-2", "--mount", "type=bind,source=/run/nope,target=/x", "--", "sleep", "3600")
 	oneTask(t, c, "nobind", 2*time.Minute, "fails naming the path and node", func(task psTask) error {
 		if task.State != "failed" || !strings.Contains(task.Error, "/run/nope does not exist on node worker-2") {
