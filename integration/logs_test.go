@@ -138,6 +138,20 @@ func TestServiceLogsFromTwoNodes(t *testing.T) {
 	}
 	t.Logf("log files of talker-1:\n%s", sizes)
 
+	// A task on the manager itself: its own server answers too.
+	createService(t, c, "local", "--constraint", "node.name==manager-1", "--", "sh", "-c", "echo on the manager; exec sleep 3600")
+	waitRunning(t, c, "local", 1)
+	eventually(t, time.Minute, "logs of a task on the manager", func() error {
+		out, err := c.Manager.Exec(ctx, "warren", "service", "logs", "local")
+		if err != nil {
+			return err
+		}
+		if trim(out) != "local-1@manager-1 | on the manager" {
+			return fmt.Errorf("%q", out)
+		}
+		return nil
+	})
+
 	// Bad input is named.
 	if out, err := c.Manager.Exec(ctx, "warren", "service", "logs", "nope"); err == nil || !strings.Contains(out, `no service or task named "nope"`) {
 		t.Errorf("logs of an unknown name: %v\n%s", err, out)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -98,5 +99,24 @@ func TestUpdatedSpec(t *testing.T) {
 	f.Parse([]string{"--mount-rm", "/nope"})
 	if _, err := updatedSpec(f, cur, nil); err == nil || !strings.Contains(err.Error(), "no mount at that target") {
 		t.Errorf("--mount-rm of a missing target: %v", err)
+	}
+}
+
+func TestReadEnvFiles(t *testing.T) {
+	dir := t.TempDir()
+	p := dir + "/app.env"
+	if err := os.WriteFile(p, []byte("# comment\n\nA=1\n  B=two words\nFROM_SHELL\nUNSET_ONE\nC=x=y\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FROM_SHELL", "shell")
+	env, err := readEnvFiles([]string{p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"A=1", "B=two words", "FROM_SHELL=shell", "C=x=y"}; !reflect.DeepEqual(env, want) {
+		t.Errorf("env = %q, want %q", env, want)
+	}
+	if _, err := readEnvFiles([]string{dir + "/missing.env"}); err == nil || !strings.Contains(err.Error(), "--env-file") {
+		t.Errorf("missing file: %v", err)
 	}
 }

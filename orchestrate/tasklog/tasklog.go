@@ -120,22 +120,26 @@ func (w *Writer) Close() error {
 	return w.f.Close()
 }
 
-// Copy stores every line of r as stream until r ends.
+// Copy stores every line of r as stream until r ends. A line that cannot
+// be stored (a full disk) is dropped, and reading goes on: a task must
+// never block on its output because the node's disk is full. It returns
+// the first write error, once r ended.
 func (w *Writer) Copy(stream string, r io.Reader) error {
 	br := bufio.NewReaderSize(r, MaxLine)
+	var werr error
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
-			if werr := w.Line(stream, strings.TrimRight(string(line), "\r\n")); werr != nil {
-				return werr
+			if e := w.Line(stream, strings.TrimRight(string(line), "\r\n")); e != nil && werr == nil {
+				werr = e
 			}
 		}
 		switch {
 		case err == nil, errors.Is(err, bufio.ErrBufferFull):
 		case errors.Is(err, io.EOF):
-			return nil
+			return werr
 		default:
-			return err
+			return errors.Join(err, werr)
 		}
 	}
 }

@@ -98,3 +98,20 @@ func TestCopySplitsLongLinesAndFollowSeesNewLines(t *testing.T) {
 	}
 	w.Close()
 }
+
+// A write error (full disk) drops lines but keeps reading, so the task
+// never blocks on a full pipe.
+func TestCopyDrainsWhenWritesFail(t *testing.T) {
+	w, err := NewWriter(t.TempDir(), 1<<20, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.f.Close() // every write now fails
+	r := strings.NewReader(strings.Repeat("a line of output\n", 10000))
+	if err := w.Copy("stdout", r); err == nil {
+		t.Error("write errors not reported")
+	}
+	if r.Len() != 0 {
+		t.Errorf("%d bytes left unread after write errors", r.Len())
+	}
+}
