@@ -16,12 +16,17 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags '$(LDFLAG
 # daemon when called by that name.
 PLATFORMS := linux/amd64 linux/arm64 linux/arm
 
-.PHONY: all deps build cross test test-arm bench lint fuzz demo package image test-boot clean
+.PHONY: all deps demo-deps build cross test test-arm bench lint fuzz demo package image test-boot clean
 
 all: build
 
+# What the tests need (tools/install-deps.sh says what and why); the demo
+# needs less, the image more (tools/install-image-deps.sh).
 deps:
-	@./tools/install-deps.sh
+	@./tools/install-deps.sh test
+
+demo-deps:
+	@./tools/install-deps.sh demo
 
 build:
 	@mkdir -p bin
@@ -58,18 +63,26 @@ bench: deps build
 	go test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
 
 # The fuzzers: the config loader (60 s), the node API's request decoders
-# (join, report, self) and the cluster map decoder (30 s each).
+# (join, report, self, secret values), the --secret/--config parser, the
+# cluster map decoder and the relay's frame and
+# datagram decoders (30 s each).
 fuzz:
 	go test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./configs/
 	go test -run '^$$' -fuzz '^FuzzJoinRequest$$' -fuzztime 30s ./cluster/
 	go test -run '^$$' -fuzz '^FuzzReportRequest$$' -fuzztime 30s ./cluster/
 	go test -run '^$$' -fuzz '^FuzzSelfRequest$$' -fuzztime 30s ./cluster/
+	go test -run '^$$' -fuzz '^FuzzValuesRequest$$' -fuzztime 30s ./cluster/
+	go test -run '^$$' -fuzz '^FuzzParseFileRef$$' -fuzztime 30s ./cluster/
 	go test -run '^$$' -fuzz '^FuzzMapDecode$$' -fuzztime 30s ./cluster/clustermap/
+	go test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 30s ./relay/
+	go test -run '^$$' -fuzz '^FuzzParseUDP$$' -fuzztime 30s ./relay/
 
 # A local three-node cluster in namespaces with a 3-replica service; Ctrl-C
-# tears it down.
-demo: deps build
-	go run ./integration/demo -bin bin
+# tears it down and exits 0. The demo is built and run as a binary: `go run`
+# would exit 1 on Ctrl-C whatever the program does.
+demo: demo-deps build
+	$(GOBUILD) -o bin/warren-demo ./integration/demo
+	./bin/warren-demo -bin bin
 
 package: cross
 	VERSION=$(VERSION) sh packaging/build.sh

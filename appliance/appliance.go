@@ -196,7 +196,7 @@ func runStandalone(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) e
 	if cfg.Metrics.Listen != "" {
 		// Peers only: a standalone box has no map, tasks or rules.
 		met := metrics.New(metrics.Sources{Peers: func() []metrics.Peer {
-			return peerMetrics(dev, func() *clustermap.Map { return nil })
+			return peerMetrics(dev, func() *clustermap.Map { return nil }, nil)
 		}})
 		if err := met.Serve(ctx, cfg.Metrics.Listen, log); err != nil {
 			return err

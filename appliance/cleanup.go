@@ -11,6 +11,7 @@ import (
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
+	"github.com/warren-appliance/warren/orchestrate/secretfs"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
@@ -39,6 +40,10 @@ func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
 	}
 	if err != nil {
 		errs = append(errs, fmt.Errorf("tasks: %w", err))
+	}
+	// The tasks' secrets and configs: every task tmpfs unmounted.
+	if err := secretfs.New(secretfs.DefaultRoot).Sync(nil, nil); err != nil {
+		errs = append(errs, fmt.Errorf("task secrets: %w", err))
 	}
 	if a, err := netpolicy.NewApplier(log); err != nil {
 		errs = append(errs, fmt.Errorf("network policies: %w", err))

@@ -20,6 +20,7 @@ import (
 	"github.com/warren-appliance/warren/dns"
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/tunnel/paths"
 )
 
 // localState is what the local socket reports about this node.
@@ -29,6 +30,13 @@ type localState struct {
 	// peerNames maps public keys to node names (from the cluster map); nil
 	// on a standalone node.
 	peerNames func() map[string]string
+	// paths reports the path engine's view of each peer; nil on a
+	// standalone node.
+	paths func() []paths.PeerPath
+	// relayTransport says whether a WireGuard endpoint is the relay
+	// client's, and then its transport ("udp", "tls"); nil on a standalone
+	// node.
+	relayTransport func(ep netip.AddrPort) (string, bool)
 	// extra node-local endpoints (VIPs, DNS) registered by the cluster roles.
 	extra map[string]http.HandlerFunc
 }
@@ -46,10 +54,20 @@ func (s *localState) tunnelStatus() api.LocalTunnel {
 	if s.peerNames != nil {
 		names = s.peerNames()
 	}
+	byKey := map[tunnel.Key]*paths.PeerPath{}
+	if s.paths != nil {
+		for _, p := range s.paths() {
+			byKey[tunnel.Key(p.Key)] = &p
+		}
+	}
 	for _, h := range dev.Health() {
-		p := api.LocalPeer{PublicKey: h.PublicKey.String(), Node: names[h.PublicKey.String()], RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
+		path, via := peerPath(h.Endpoint, byKey[h.PublicKey])
+		p := api.LocalPeer{Path: path, Relay: via, PublicKey: h.PublicKey.String(), Node: names[h.PublicKey.String()], RxBytes: h.RxBytes, TxBytes: h.TxBytes, Healthy: h.Healthy, AllowedIPs: []string{}}
 		if h.Endpoint.IsValid() {
 			p.Endpoint = h.Endpoint.String()
+		}
+		if s.relayTransport != nil && path == paths.PathRelay {
+			p.RelayTransport, _ = s.relayTransport(h.Endpoint)
 		}
 		for _, a := range h.AllowedIPs {
 			p.AllowedIPs = append(p.AllowedIPs, a.String())

@@ -6,6 +6,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/tunnel/paths"
 )
 
 // keyNames maps m's nodes' public keys to their names.
@@ -23,8 +24,9 @@ func (n *node) peerNames() map[string]string { return keyNames(n.lastMap()) }
 
 // peerMetrics reads the tunnel's peers for a scrape, naming each by the
 // node that holds its key in m (nil or unknown: no name).
-func peerMetrics(dev *tunnel.Device, m func() *clustermap.Map) []metrics.Peer {
+func peerMetrics(dev *tunnel.Device, m func() *clustermap.Map, e *paths.Engine) []metrics.Peer {
 	names := keyNames(m())
+	known := pathsByKey(e)
 	var out []metrics.Peer
 	for _, h := range dev.Health() {
 		ips := make([]string, len(h.AllowedIPs))
@@ -32,7 +34,8 @@ func peerMetrics(dev *tunnel.Device, m func() *clustermap.Map) []metrics.Peer {
 			ips[i] = a.String()
 		}
 		key := h.PublicKey.String()
-		out = append(out, metrics.Peer{
+		path, _ := peerPath(h.Endpoint, known[h.PublicKey])
+		out = append(out, metrics.Peer{Path: path,
 			Interface: dev.Interface(), PublicKey: key, AllowedIPs: strings.Join(ips, ","), Name: names[key],
 			SentBytes: h.TxBytes, ReceivedBytes: h.RxBytes, LatestHandshake: h.LastHandshake,
 		})
@@ -97,13 +100,16 @@ func (n *node) taskCounts() map[string]int {
 // Raft state (raft, nil on workers).
 func (n *node) newNodeMetrics(manager bool, raft func() metrics.Raft) *metrics.Metrics {
 	src := metrics.Sources{
-		Peers: func() []metrics.Peer { return peerMetrics(n.dev, n.lastMap) },
+		Peers: func() []metrics.Peer { return peerMetrics(n.dev, n.lastMap, n.paths) },
 		Tasks: n.taskCounts,
 	}
 	if manager {
 		src.Nodes = func() map[metrics.NodeKey]int { return nodeCounts(n.lastMap()) }
 		src.Services = func() []metrics.Service { return serviceCounts(n.lastMap()) }
 		src.Raft = raft
+	}
+	if n.relaySrv != nil {
+		src.Relay = relayMetrics(n.relaySrv)
 	}
 	return metrics.New(src)
 }

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +32,10 @@ import (
 	"github.com/warren-appliance/warren/nat"
 	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
+	"github.com/warren-appliance/warren/orchestrate/secretfs"
+	"github.com/warren-appliance/warren/relay"
 	"github.com/warren-appliance/warren/tunnel"
+	"github.com/warren-appliance/warren/tunnel/paths"
 )
 
 // member is this node's link to the cluster: the in-process manager on the
@@ -46,6 +50,7 @@ type member interface {
 	// TLSIdentity: the certificate this node's log server shows, and the
 	// CA its callers' (managers') certificates must chain to.
 	TLSIdentity() (*tls.Certificate, *x509.CertPool)
+	valueSource
 }
 
 // How often a node reports its status (heartbeat) and checks that nobody
@@ -80,7 +85,16 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		Labels:    cfg.Node.Labels,
 		Endpoint:  netip.AddrPortFrom(advertise, uint16(cfg.WireGuard.ListenPort)),
 		PublicKey: key.PublicKey().String(),
+		Relay:     relayAddress(cfg, advertise),
 	}
+	// Every manager relays by default, other nodes with [relay] enable.
+	var relaySrv *relay.Server
+	if cfg.RelayEnabled() {
+		relaySrv = newRelayServer(cfg, log)
+	}
+	// This node's certificate and the cluster's CA, for the relay's mTLS.
+	var nodeCert func() *tls.Certificate
+	var caPool func() *x509.CertPool
 
 	var mem member
 	var admin http.Handler
@@ -160,6 +174,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
 		mem, admin = mgr, mgr.AdminHandler()
+		nodeCert, caPool = mgr.NodeCertificate, mgr.CAPool
+		if relaySrv != nil {
+			if err := serveManagerRelay(ctx, relaySrv, mgr, cfg.Cluster.APIListen, log); err != nil {
+				return err
+			}
+		}
 		raftStatus = func() metrics.Raft {
 			i := mgr.Info()
 			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
@@ -201,6 +221,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			return err
 		}
 		mem = a
+		nodeCert, caPool = a.Certificate, a.CAPool
+		if relaySrv != nil {
+			if err := serveRelay(ctx, relaySrv, cfg.Relay.Port, a.Certificate, a.CAPool, log); err != nil {
+				return err
+			}
+		}
 	}
 	self := mem.Self()
 	// Remember the setup, so the unit's `warren-appliance --config` resumes
@@ -220,7 +246,9 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	if ignored := ignoredClusterKeys(cfg, clusterNet); len(ignored) > 0 {
 		log.Warn("ignoring cluster-wide keys of this node's config: the cluster's values were fixed when it was created", "keys", ignored)
 	}
-	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log)}
+	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log),
+		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
+	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -232,6 +260,10 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	}
 	defer dev.Close()
 	n.dev = dev
+	// The relay client: every cluster node keeps a session with one relay,
+	// for the peers it cannot reach directly.
+	n.relayCli = relay.NewClient(relay.ClientConfig{Cert: nodeCert, CAPool: caPool, WireGuardPort: cfg.WireGuard.ListenPort, Logger: log})
+	go n.relayCli.Run(ctx)
 
 	// The VIP range is routed into the overlay with the overlay source
 	// address: connect() to a VIP needs a route before the nat table can
@@ -239,6 +271,12 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	// is one every peer's AllowedIPs accepts. The tunnel owns the route.
 	if err := dev.SetRoutes([]netip.Prefix{clusterNet.VIPSubnet}); err != nil {
 		return fmt.Errorf("route the VIP range: %w", err)
+	}
+
+	// The relay client is the path machine's fallback for pairs without
+	// a direct path.
+	if err := n.startPaths(ctx, n.relayCli); err != nil {
+		return fmt.Errorf("path discovery: %w", err)
 	}
 
 	// Static peers (an operator laptop) are up before the first map.
@@ -256,7 +294,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 	}
 
-	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames}
+	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths,
+		relayTransport: func(ep netip.AddrPort) (string, bool) {
+			_, transport, ok := n.relayCli.Via(ep)
+			return transport, ok
+		}}
 	local, err := startLocalAPI(SocketPath, st, admin, log)
 	if err != nil {
 		return err
@@ -279,6 +321,13 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	return fmt.Errorf("watching the cluster map: %w", err)
 }
 
+// policySyncer is what a node needs of netpolicy.Applier.
+type policySyncer interface {
+	Sync(netpolicy.Rules) (netpolicy.SyncStats, error)
+	JumpFirst() (bool, error)
+	EnsureJump() error
+}
+
 // node holds the running reconcilers of a cluster node.
 type node struct {
 	cfg    *configs.Loaded
@@ -289,9 +338,24 @@ type node struct {
 	static []tunnel.Peer
 	orch   *orchestrate.Reconciler
 	nat    *nat.Applier
-	pol    *netpolicy.Applier
+	pol    policySyncer
 	dns    *dns.Server
 	met    *metrics.Metrics
+	// paths finds each peer's underlay path (direct or relayed);
+	// candidatesChanged is poked when this node's candidates change.
+	paths             *paths.Engine
+	candidatesChanged chan struct{}
+	// relaySrv is this node's relay (nil: it does not relay); relayCli
+	// its relay client, the path machine's fallback.
+	relaySrv *relay.Server
+	relayCli *relay.Client
+
+	// secrets gives tasks their secrets and configs (secrets.go).
+	secrets *taskSecrets
+	// applyMu serialises apply: the map watch and the retry of values
+	// that could not be fetched both call it.
+	applyMu    sync.Mutex
+	retryTimer *time.Timer
 
 	mu   sync.Mutex
 	last *clustermap.Map
@@ -411,6 +475,8 @@ func (n *node) stopReconcilers() {
 // apply converges every reconciler to m. Each one is level-triggered, so
 // applying the same map twice changes nothing.
 func (n *node) apply(m *clustermap.Map) {
+	n.applyMu.Lock()
+	defer n.applyMu.Unlock()
 	n.mu.Lock()
 	n.last = m
 	n.mu.Unlock()
@@ -419,6 +485,55 @@ func (n *node) apply(m *clustermap.Map) {
 			"map", fmt.Sprintf("%+v", mn), "running", fmt.Sprintf("%+v", n.net))
 	}
 	n.recheckHostOverlap()
+	if n.relaySrv != nil {
+		n.relaySrv.SetMembers(relayMembers(m))
+	}
+	n.relayCli.SetRelays(relaysOf(m))
+	peers := n.syncPeers(m)
+	n.paths.SetPeers(pathPeers(m, n.self.ID))
+	// Policies first: a new task's address is in its sets before it starts.
+	n.syncPolicies(m)
+	ctx, cancel := context.WithTimeout(context.Background(), valuesTimeout)
+	specs, retry := n.secrets.prepare(ctx, m, taskSpecs(m, n.self.ID))
+	cancel()
+	if retry {
+		n.retryApplyLocked()
+	}
+	n.orch.Apply(specs)
+	n.syncNAT(m)
+	n.ensurePolicyJump() // the NAT sync may have inserted its jumps before ours
+	n.dns.Update(dns.RecordsFromMap(m))
+	n.met.SetMapVersion(m.Version)
+	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+}
+
+// valuesTimeout bounds fetching secret and config values in apply; the
+// tasks that wait for them are retried every valuesRetry.
+const (
+	valuesTimeout = 5 * time.Second
+	valuesRetry   = 3 * time.Second
+)
+
+// retryApplyLocked applies the newest map again shortly (values that
+// could not be fetched). applyMu is held.
+func (n *node) retryApplyLocked() {
+	if n.retryTimer != nil {
+		return
+	}
+	n.retryTimer = time.AfterFunc(valuesRetry, func() {
+		n.applyMu.Lock()
+		n.retryTimer = nil
+		n.applyMu.Unlock()
+		if m := n.lastMap(); m != nil {
+			n.apply(m)
+		}
+	})
+}
+
+// syncPeers converges the tunnel's peers to m's mesh plus the static
+// peers, and returns them; the path machine sets the endpoints it chose
+// (direct or relayed) on top (tunnel.Device.SetEndpoint).
+func (n *node) syncPeers(m *clustermap.Map) []tunnel.Peer {
 	// n.self is not refreshed from m: its ID, overlay IP and block are
 	// fixed for the node's identity, and other goroutines read it.
 	peers := append(meshPeers(m, n.self.ID, keepalive(configs.Duration{}, n.cfg.WireGuard.Keepalive)), n.static...)
@@ -426,14 +541,7 @@ func (n *node) apply(m *clustermap.Map) {
 		n.log.Error("applying mesh peers", "err", err, "map_version", m.Version)
 		n.met.ReconcileError("tunnel")
 	}
-	// Policies first: a new task's address is in its sets before it starts.
-	n.syncPolicies(m)
-	n.orch.Apply(taskSpecs(m, n.self.ID))
-	n.syncNAT(m)
-	n.ensurePolicyJump() // the NAT sync may have inserted its jumps before ours
-	n.dns.Update(dns.RecordsFromMap(m))
-	n.met.SetMapVersion(m.Version)
-	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+	return peers
 }
 
 // syncNAT applies m's service rules; a failure is retried by the canary
@@ -458,6 +566,7 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	st, err := n.pol.Sync(rules)
 	if err != nil {
 		n.log.Error("applying network policies", "err", err, "map_version", m.Version)
+		n.met.ReconcileError("policy")
 	} else if st.RulesWritten || st.Added+st.Removed > 0 {
 		n.log.Debug("network policies applied", "map_version", m.Version, "policies", len(m.Policies), "sets", len(rules.Sets),
 			"added", st.Added, "removed", st.Removed, "rules_written", st.RulesWritten)
@@ -525,6 +634,9 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 			return
 		case <-t.C:
 		case <-retry:
+		case <-n.candidatesChanged:
+			// New candidates: the sooner the map carries them, the sooner
+			// peers probe them.
 		case <-changed:
 			// Let a burst (tasks starting together) settle into one
 			// report, and never report more often than reportMinGap.
@@ -545,8 +657,13 @@ func (n *node) status() cluster.NodeStatus {
 	} else {
 		n.log.Debug("node capacity", "err", err)
 	}
+	if c := n.paths.Candidates(); len(c) > 0 {
+		s.Candidates = c
+	}
+	known := pathsByKey(n.paths)
 	for _, h := range n.dev.Health() {
-		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes)})
+		path, _ := peerPath(h.Endpoint, known[h.PublicKey])
+		s.Tunnel = append(s.Tunnel, api.PeerHealth{PublicKey: h.PublicKey.String(), LastHandshake: h.LastHandshake, RxBytes: uint64(h.RxBytes), TxBytes: uint64(h.TxBytes), Path: path})
 	}
 	// Until the task reconciler has looked at the node, its states are
 	// guesses: leave Tasks nil so the manager keeps what it knows (a
@@ -555,7 +672,15 @@ func (n *node) status() cluster.NodeStatus {
 		s.Tasks = []api.TaskStatus{}
 		for _, t := range n.orch.Status() {
 			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, SpecVersion: t.SpecVersion,
-				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled}})
+				Revision: t.Revision,
+				Run:      clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled}})
+		}
+		// Tasks waiting for their secrets' values are not in the
+		// reconciler's hands yet: say why they wait.
+		for _, t := range n.secrets.waitingTasks() {
+			if !slices.ContainsFunc(s.Tasks, func(r api.TaskStatus) bool { return r.Name == t.Name }) {
+				s.Tasks = append(s.Tasks, t)
+			}
 		}
 	}
 	return s

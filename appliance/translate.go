@@ -78,7 +78,7 @@ func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
 		}
 		env, command, w := svc.TaskSpecOf(t.SpecVersion)
 		spec := orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: env, Command: command, IP: t.IP,
-			SpecVersion: t.SpecVersion, Mounts: w.Mounts}
+			SpecVersion: t.SpecVersion, Revision: t.Revision, Mounts: w.Mounts}
 		if w.Restart != nil {
 			spec.Restart = *w.Restart
 		}

@@ -39,6 +39,13 @@ import (
 //	POST   /v1/policies                     api.PolicyApply (create or replace)
 //	GET    /v1/policies/{name}              inspect
 //	DELETE /v1/policies/{name}              remove
+//	GET    /v1/secrets | /v1/configs        list (metadata only)
+//	POST   /v1/secrets | /v1/configs        create (api.ObjectSpec)
+//	GET    /v1/secrets/{name}               inspect (never the value); configs: ?pretty=1 adds it
+//	POST   /v1/secrets/{name}/update        new value and version (api.ObjectSpec)
+//	DELETE /v1/secrets/{name}               remove, refused while a service uses it
+//	POST   /v1/services/{name}/refs         api.ServiceRefsUpdate (--secret-add/-rm, --config-add/-rm)
+//	GET    /v1/backup/data-key              the data key a backup's secrets need
 //
 // Reads are answered from this manager's copy of the state (on a follower
 // it lags the leader by the replication delay, normally milliseconds);
@@ -269,6 +276,7 @@ func (m *Manager) adminMux() http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	m.objectRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "no admin API call %s %s (is the CLI newer than the daemon?)", r.Method, r.URL.Path))
 	})

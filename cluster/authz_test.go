@@ -174,6 +174,21 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 		return out
 	}
+	// worker-1 runs a task of a service with a secret; manager-2 none.
+	if _, err := m.CreateObject(api.KindSecret, api.ObjectSpec{Name: "dbpass", Data: []byte("pw")}); err != nil {
+		t.Fatal(err)
+	}
+	dbSpec := api.ServiceSpec{Name: "db", Image: "img", Replicas: intp(1), Constraints: []string{"node.name==worker-1"}, Secrets: []string{"dbpass"}}
+	if _, err := m.CreateService(dbSpec); err != nil {
+		t.Fatal(err)
+	}
+	values := func(id authzIdentity) any {
+		return api.ValuesRequest{Refs: []api.ValueRef{{Kind: api.KindSecret, Name: "dbpass"}}}
+	}
+	valuesWant := std(200)
+	valuesWant["manager"] = 403 // a manager's certificate reads only the values of its own tasks too
+	dataKeyWant := all(403)
+	dataKeyWant["manager"] = 200
 	routes := []route{
 		{"POST", api.PathJoin, badJoin, all(401)}, // join looks at the token only
 		{"GET", api.PathJoin, nil, all(405)},
@@ -181,6 +196,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", api.PathRenew, renew, renewWant},
 		{"GET", api.PathWatch, nil, std(200)},
 		{"POST", api.PathStatus, status, std(204)},
+		{"POST", api.PathValues, values, valuesWant},
+		{"GET", api.PathValues, nil, all(405)},
+		// The data key goes to managers only, as the Raft log does.
+		{"GET", pathInternalDataKey, nil, dataKeyWant},
 		{"GET", "/v1/nodes", nil, all(404)}, // the admin API is not on this port
 	}
 	for _, r := range routes {

@@ -17,9 +17,11 @@ import (
 const (
 	maxServiceLabels = 64   // labels of one service (its tasks carry them)
 	maxTunnelEntries = 1024 // health entries per report (one per peer)
+	maxCandidates    = 16   // path candidates per node (tunnel/paths.MaxCandidates)
 	maxReportedTasks = 4096
 	maxTaskName      = 128
 	maxImageRef      = 1024
+	maxRevision      = 64 // a hex digest (objects.go: serviceRevision)
 	// maxErrorText is the longest task error kept; longer ones are cut.
 	maxErrorText = 512
 	// A node's reports that change something (a write, maybe a new map)
@@ -44,6 +46,17 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 		if k, err := base64.StdEncoding.DecodeString(h.PublicKey); err != nil || len(k) != 32 {
 			return s, errorf(http.StatusBadRequest, "report: tunnel entry key %.60q is not a WireGuard public key", h.PublicKey)
 		}
+		if h.Path != "" && h.Path != "direct" && h.Path != "relay" {
+			return s, errorf(http.StatusBadRequest, "report: tunnel entry path %.20q: want direct, relay or empty", h.Path)
+		}
+	}
+	if len(s.Candidates) > maxCandidates {
+		return s, errorf(http.StatusBadRequest, "report has %d path candidates: at most %d", len(s.Candidates), maxCandidates)
+	}
+	for _, c := range s.Candidates {
+		if !c.IsValid() || c.Port() == 0 || c.Addr().IsUnspecified() || c.Addr().IsMulticast() {
+			return s, errorf(http.StatusBadRequest, "report: path candidate %s is not an address:port a peer can send to", c)
+		}
 	}
 	if c := s.Capacity; c != nil && (c.MemoryBytes < 0 || c.NanoCPUs < 0) {
 		return s, errorf(http.StatusBadRequest, "report: capacity must not be negative")
@@ -62,6 +75,9 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 			}
 			if len(t.Image) > maxImageRef {
 				return s, errorf(http.StatusBadRequest, "report: task %s image reference is %d bytes: at most %d", t.Name, len(t.Image), maxImageRef)
+			}
+			if len(t.Revision) > maxRevision {
+				return s, errorf(http.StatusBadRequest, "report: task %s revision is %d bytes: at most %d", t.Name, len(t.Revision), maxRevision)
 			}
 			t.Error = cutText(t.Error, maxErrorText)
 			// Comparable to what is stored (no monotonic reading, UTC), so

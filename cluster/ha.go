@@ -36,8 +36,9 @@ const (
 	pathInternalNode    = "/v1/internal/node"
 	pathInternalJoin    = "/v1/internal/raft/join"
 	pathInternalPromote = "/v1/internal/raft/promote"
-	headerNodeCert      = "X-Warren-Node-Cert" // base64 DER
-	headerIndex         = "X-Warren-Index"     // the leader's store index after a forwarded call
+	pathInternalDataKey = "/v1/internal/data-key" // GET api.DataKey
+	headerNodeCert      = "X-Warren-Node-Cert"    // base64 DER
+	headerIndex         = "X-Warren-Index"        // the leader's store index after a forwarded call
 	pathInternalStatus  = "/v1/internal/manager/status"
 	headerLeader        = "X-Warren-Leader"
 )
@@ -191,7 +192,7 @@ func (m *Manager) becomeLeader() {
 		if !ok {
 			return nil
 		}
-		self.Endpoint, self.PublicKey, self.Labels = m.cfg.Node.Endpoint, m.cfg.Node.PublicKey, m.cfg.Node.Labels
+		self.Endpoint, self.PublicKey, self.Labels, self.Relay = m.cfg.Node.Endpoint, m.cfg.Node.PublicKey, m.cfg.Node.Labels, m.cfg.Node.Relay
 		self.API, self.Status = m.cfg.Advertise, clustermap.NodeReady
 		s.nodes[self.ID] = self
 		return nil
@@ -482,6 +483,14 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
+	mux.HandleFunc("GET "+pathInternalDataKey, m.requireManager(func(w http.ResponseWriter, r *http.Request) {
+		k := m.DataKey()
+		if k == nil {
+			writeError(w, errorf(http.StatusNotFound, "this manager has no data key"))
+			return
+		}
+		writeJSON(w, http.StatusOK, api.DataKey{Key: k})
+	}))
 	mux.HandleFunc("POST "+pathInternalJoin, m.requireManager(m.handleRaftJoin))
 	mux.HandleFunc("POST "+pathInternalPromote, m.requireManager(m.handleRaftPromote))
 }
@@ -494,6 +503,10 @@ type raftJoin struct {
 
 type raftJoined struct {
 	Index uint64 `json:"index"` // catch up to here before asking to vote
+	// DataKey is the cluster's data key (secrets and configs), which is
+	// never replicated through Raft: a joining manager gets it here, over
+	// manager mTLS, and keeps it in its state dir (0600).
+	DataKey []byte `json:"data_key,omitempty"`
 }
 
 func peerID(r *http.Request) string {
@@ -543,7 +556,7 @@ func (m *Manager) handleRaftJoin(w http.ResponseWriter, r *http.Request) {
 		}
 		m.log.Info("manager added to Raft as non-voter", "id", req.ID, "addr", req.Addr)
 	}
-	writeJSON(w, http.StatusOK, raftJoined{Index: m.replica.Raft.LastIndex()})
+	writeJSON(w, http.StatusOK, raftJoined{Index: m.replica.Raft.LastIndex(), DataKey: m.DataKey()})
 }
 
 // handleRaftPromote makes a caught-up non-voter a voter.
@@ -661,6 +674,9 @@ func (m *Manager) joinRaft(ctx context.Context) {
 				return // a restart: already a voter
 			}
 			if err = call(pathInternalJoin, &joined); err == nil {
+				if err = m.takeDataKey(joined.DataKey); err != nil {
+					m.log.Error("cannot keep the cluster's data key; secrets and configs will not work on this manager", "err", err)
+				}
 				step = "catch up"
 				m.log.Info("added to Raft as non-voter, catching up", "leader_index", joined.Index)
 				continue

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -160,6 +161,10 @@ func TestSilentNodeIsMarkedDownAndItsTasksMove(t *testing.T) {
 func TestAgentRetriesWhileManagerUnreachable(t *testing.T) {
 	tm := startManager(t)
 	cfg := agentConfig(t, tm, "worker-1")
+	// The agent's log says when it retries: the manager comes back only
+	// after the second failed attempt was seen, not after a guessed delay.
+	retries := make(chan slog.Record, 16)
+	cfg.Logger = slog.New(recordTap{Handler: cfg.Logger.Handler(), msg: "cannot reach the manager to join, retrying", to: retries})
 	tm.stop()
 	done := make(chan error, 1)
 	go func() {
@@ -168,11 +173,55 @@ func TestAgentRetriesWhileManagerUnreachable(t *testing.T) {
 		_, err := agent.Join(ctx, cfg)
 		done <- err
 	}()
-	time.Sleep(700 * time.Millisecond) // let it fail a few times
+	for want := 1; want <= 2; want++ {
+		select {
+		case r := <-retries:
+			attempt := 0
+			r.Attrs(func(a slog.Attr) bool {
+				if a.Key == "attempt" {
+					attempt = int(a.Value.Int64())
+				}
+				return true
+			})
+			if attempt != want {
+				t.Fatalf("retry log says attempt %d, want %d", attempt, want)
+			}
+		case err := <-done:
+			t.Fatalf("join ended without the manager: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no retry %d logged within 30 s", want)
+		}
+	}
 	tm.start()
 	if err := <-done; err != nil {
 		t.Fatalf("join after the manager came up: %v", err)
 	}
+}
+
+// recordTap passes every record to Handler and sends those with message
+// msg to the channel, so a test can observe what the code logs it does.
+type recordTap struct {
+	slog.Handler
+	msg string
+	to  chan<- slog.Record
+}
+
+func (h recordTap) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		select {
+		case h.to <- r.Clone():
+		default:
+		}
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h recordTap) WithAttrs(as []slog.Attr) slog.Handler {
+	return recordTap{Handler: h.Handler.WithAttrs(as), msg: h.msg, to: h.to}
+}
+
+func (h recordTap) WithGroup(name string) slog.Handler {
+	return recordTap{Handler: h.Handler.WithGroup(name), msg: h.msg, to: h.to}
 }
 
 // freezableProxy forwards TCP to target; freeze stalls every connection

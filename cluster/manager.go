@@ -32,6 +32,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/ipam"
 	"github.com/warren-appliance/warren/cluster/pki"
 	"github.com/warren-appliance/warren/cluster/replicate"
+	"github.com/warren-appliance/warren/cluster/secretbox"
 	"github.com/warren-appliance/warren/cluster/store"
 	"github.com/warren-appliance/warren/configs"
 	"golang.org/x/time/rate"
@@ -113,7 +114,8 @@ type Manager struct {
 	fwd       apicall.Caller // to the other managers (forwarded calls, Raft join)
 	pool      atomic.Pointer[x509.CertPool]
 	mcert     atomic.Pointer[tls.Certificate]
-	notify    chan struct{} // an entry was applied or a snapshot restored
+	relay     atomic.Pointer[RelayHandler] // relay connections on the API port
+	notify    chan struct{}                // an entry was applied or a snapshot restored
 	stop      chan struct{}
 	loops     sync.WaitGroup
 	ready     chan struct{} // closed once this manager holds the state
@@ -141,6 +143,9 @@ type Manager struct {
 	views        map[string][]byte
 	viewsVersion uint64
 	servingAddr  string // the node API's listener, once serving
+	// dataKey seals secrets' and configs' values (objects.go); nil until
+	// this manager has one.
+	dataKey secretbox.Key
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -214,6 +219,9 @@ func (m *Manager) open() error {
 	if err != nil {
 		return err
 	}
+	if err := m.loadDataKey(); err != nil {
+		return err
+	}
 	bootstrap := false
 	switch {
 	case m.cfg.Join != nil:
@@ -237,6 +245,14 @@ func (m *Manager) open() error {
 		}
 		if s, err = m.createCluster(); err != nil {
 			return err
+		}
+		if m.dataKey == nil {
+			if m.dataKey, err = secretbox.NewKey(); err != nil {
+				return err
+			}
+			if err := secretbox.Save(m.cfg.StateDir, m.dataKey); err != nil {
+				return err
+			}
 		}
 		if m.pending, err = s.snapshot(); err != nil {
 			return err
@@ -294,9 +310,10 @@ func (m *Manager) open() error {
 	} else {
 		close(m.initial)
 	}
-	m.loops.Add(2)
+	m.loops.Add(3)
 	go m.leadershipLoop()
 	go m.followLoop()
+	go m.dataKeyLoop()
 	if !bootstrap && m.soleVoter() {
 		// A restarted one-manager cluster: writes work once OpenManager
 		// returns, as before Raft.
@@ -449,6 +466,7 @@ func (m *Manager) createCluster() (*state, error) {
 			Version: 1,
 		},
 		nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
+		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{},
 	}
 	self, err := s.admit(c.Node, randomID(), now)
 	if err != nil {
@@ -491,7 +509,7 @@ func (s *state) admit(info NodeInfo, id string, now time.Time) (nodeRecord, erro
 	n := nodeRecord{
 		Node: clustermap.Node{
 			ID: id, Name: info.Name, Role: info.Role, PublicKey: info.PublicKey, Endpoint: info.Endpoint,
-			OverlayIP: ip, ContainerBlock: block, Labels: info.Labels, Status: clustermap.NodeReady,
+			OverlayIP: ip, ContainerBlock: block, Labels: info.Labels, Status: clustermap.NodeReady, Relay: info.Relay,
 		},
 		JoinedAt: now.UTC(),
 	}
@@ -684,7 +702,8 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 	}
 	known := s.Tasks != nil // nil: the node has not looked at its tasks yet
 	capChanged := s.Capacity != nil && *s.Capacity != m.st.nodes[nodeID].Capacity
-	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !capChanged && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
+	moved := s.Candidates != nil && !slices.Equal(s.Candidates, m.st.nodes[nodeID].Candidates)
+	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !capChanged && !moved && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
 	if err := m.allowReportWriteLocked(nodeID, now); err != nil {
@@ -698,7 +717,15 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 			st.nodes[nodeID] = n
 		}
 		if capChanged {
+			n := st.nodes[nodeID]
 			n.Capacity = *s.Capacity
+			st.nodes[nodeID] = n
+		}
+		if moved {
+			// New candidates make a new map: every peer probes the node's
+			// new addresses at once, while the node probes theirs.
+			n := st.nodes[nodeID]
+			n.Candidates = slices.Clone(s.Candidates)
 			st.nodes[nodeID] = n
 		}
 		if known {

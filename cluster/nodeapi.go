@@ -92,6 +92,7 @@ func (m *Manager) nodeHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathRenew, m.handleRenew)
 	mux.HandleFunc("GET "+api.PathWatch, m.authed(m.handleWatch))
 	mux.HandleFunc("POST "+api.PathStatus, m.authed(m.handleStatus))
+	mux.HandleFunc("POST "+api.PathValues, m.authed(m.handleValues))
 	outer := http.NewServeMux()
 	m.internalHandlers(outer, mux)
 	outer.Handle("/", mux)
@@ -126,7 +127,11 @@ type caller struct {
 // its NotAfter (renewal only): the TLS handshake proved the caller holds
 // its key, and its serial is still the node's.
 func (m *Manager) authenticate(r *http.Request, allowExpired bool) (caller, error) {
-	peer := peerCertificates(r)
+	return m.authenticateCerts(peerCertificates(r), allowExpired)
+}
+
+// authenticateCerts is authenticate on the certificates a client presented.
+func (m *Manager) authenticateCerts(peer []*x509.Certificate, allowExpired bool) (caller, error) {
 	if len(peer) == 0 {
 		return caller{}, errorf(http.StatusUnauthorized, "this call needs the node's client certificate: join the cluster with a token first")
 	}
@@ -206,7 +211,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 	if req.Role != role {
 		return api.JoinResponse{}, errorf(http.StatusForbidden, "this is a %s join token but the node asked to join as %s: use `warren cluster join-token %s`", role, req.Role, req.Role)
 	}
-	info := NodeInfo{Name: req.Name, Role: role, Labels: req.Labels, Endpoint: req.Endpoint, PublicKey: req.PublicKey}
+	info := NodeInfo{Name: req.Name, Role: role, Labels: req.Labels, Endpoint: req.Endpoint, PublicKey: req.PublicKey, Relay: req.Relay}
 	if err := info.Validate(); err != nil {
 		return api.JoinResponse{}, errorf(http.StatusBadRequest, "%v", err)
 	}
@@ -234,6 +239,7 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 		}
 		if exists {
 			rec.Endpoint, rec.Labels, rec.PublicKey, rec.Status = req.Endpoint, req.Labels, req.PublicKey, clustermap.NodeReady
+			rec.Relay = req.Relay
 		} else {
 			var err error
 			if rec, err = s.admit(info, randomID(), now); err != nil {
@@ -277,7 +283,7 @@ func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) 
 		if !ok {
 			return errNodeRemoved(id)
 		}
-		info := NodeInfo{Name: rec.Name, Role: rec.Role, Labels: req.Labels, Endpoint: req.Endpoint, PublicKey: req.PublicKey}
+		info := NodeInfo{Name: rec.Name, Role: rec.Role, Labels: req.Labels, Endpoint: req.Endpoint, PublicKey: req.PublicKey, Relay: req.Relay}
 		if err := info.Validate(); err != nil {
 			return errorf(http.StatusBadRequest, "%v", err)
 		}
@@ -286,7 +292,7 @@ func (m *Manager) handleSelf(w http.ResponseWriter, r *http.Request, id string) 
 				return errorf(http.StatusConflict, "WireGuard key already belongs to node %q: every node needs its own key", n.Name)
 			}
 		}
-		rec.Endpoint, rec.Labels, rec.PublicKey = req.Endpoint, req.Labels, req.PublicKey
+		rec.Endpoint, rec.Labels, rec.PublicKey, rec.Relay = req.Endpoint, req.Labels, req.PublicKey, req.Relay
 		s.nodes[id] = rec
 		out = rec.Node
 		return nil

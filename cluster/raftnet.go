@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/apicall"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/pki"
@@ -24,6 +25,53 @@ import (
 // handshake a connection that negotiated it goes to Raft, every other one
 // to the HTTP server. Both ends must present a manager certificate.
 const alpnRaft = "warren-raft/1"
+
+// alpnRelay is the relay's TLS leg (package relay): members only; the
+// connection goes to the handler SetRelayHandler set.
+const alpnRelay = api.ALPNRelay
+
+// RelayHandler serves one member's relay connection after the API port
+// verified its certificate; nodeID is the member's (from the certificate).
+type RelayHandler func(ctx context.Context, c net.Conn, nodeID string)
+
+// SetRelayHandler makes this manager accept relay connections on its API
+// port (ALPN warren-relay/1) and hand them to h; nil refuses them.
+func (m *Manager) SetRelayHandler(h RelayHandler) {
+	if h == nil {
+		m.relay.Store(nil)
+		return
+	}
+	m.relay.Store(&h)
+}
+
+// NodeCertificate is this manager's own certificate (the one it speaks
+// Raft with): a client certificate of the cluster's CA for other mTLS legs
+// such as the relay's.
+func (m *Manager) NodeCertificate() *tls.Certificate { return m.managerCert() }
+
+// CAPool returns a pool holding the cluster's CA.
+func (m *Manager) CAPool() *x509.CertPool { return m.caPool() }
+
+// verifyRelayPeer admits a member to the relay: a manager's certificate
+// (managers hold no other) or a node certificate that the node API
+// accepts; the node must be a member either way. It returns the node ID.
+func (m *Manager) verifyRelayPeer(certs []*x509.Certificate) (string, error) {
+	raw := make([][]byte, len(certs))
+	for i, c := range certs {
+		raw[i] = c.Raw
+	}
+	if id, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageClientAuth); err == nil {
+		if _, err := m.member(id); err != nil {
+			return "", err
+		}
+		return id, nil
+	}
+	c, err := m.authenticateCerts(certs, false)
+	if err != nil {
+		return "", err
+	}
+	return c.id, nil
+}
 
 // raftStream is Raft's StreamLayer on the API port: Accept returns the
 // connections the API listener handed over, Dial opens mTLS with this
@@ -127,11 +175,13 @@ func (m *Manager) verifyManagerPeer(raw [][]byte, usage x509.ExtKeyUsage) (strin
 // serverTLS is the API port's TLS: the cluster's serving certificate for
 // the node API, this manager's own certificate for Raft.
 func (m *Manager) serverTLS() *tls.Config {
-	return &tls.Config{
+	conf := &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{alpnRaft, "http/1.1"},
+		NextProtos: []string{alpnRaft, alpnRelay, "http/1.1"},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			if slices.Contains(hello.SupportedProtos, alpnRaft) {
+			// Raft and relay clients check that they reach this manager
+			// (its node ID), which only its own certificate says.
+			if slices.Contains(hello.SupportedProtos, alpnRaft) || slices.Contains(hello.SupportedProtos, alpnRelay) {
 				return m.managerCert(), nil
 			}
 			m.mu.Lock()
@@ -148,6 +198,10 @@ func (m *Manager) serverTLS() *tls.Config {
 		ClientAuth: tls.RequestClientCert,
 		// Raft is for managers only: anything else fails the handshake.
 		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.NegotiatedProtocol == alpnRelay {
+				_, err := m.verifyRelayPeer(cs.PeerCertificates)
+				return err
+			}
 			if cs.NegotiatedProtocol != alpnRaft {
 				return nil
 			}
@@ -159,6 +213,17 @@ func (m *Manager) serverTLS() *tls.Config {
 			return err
 		},
 	}
+	// A manager that does not relay ([relay] enable = false) does not
+	// offer the relay's protocol: a relay client's handshake fails at once.
+	noRelay := conf.Clone()
+	noRelay.NextProtos = slices.DeleteFunc(slices.Clone(conf.NextProtos), func(p string) bool { return p == alpnRelay })
+	conf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if m.relay.Load() == nil && slices.Contains(hello.SupportedProtos, alpnRelay) {
+			return noRelay, nil
+		}
+		return nil, nil
+	}
+	return conf
 }
 
 // muxListener splits the API port: TLS handshakes happen here, Raft
@@ -207,6 +272,23 @@ func (l *muxListener) handshake(ctx context.Context, c net.Conn) {
 		return
 	}
 	st := tc.ConnectionState()
+	if st.NegotiatedProtocol == alpnRelay {
+		id, err := l.m.verifyRelayPeer(st.PeerCertificates)
+		h := l.m.relay.Load()
+		if err != nil || h == nil {
+			if err == nil {
+				err = errors.New("this manager does not relay ([relay] enable = false)")
+			}
+			l.m.log.Warn("refused a relay connection", "remote", c.RemoteAddr().String(), "err", err)
+			tc.Close()
+			return
+		}
+		if lc, ok := c.(*limitedConn); ok {
+			lc.free() // a member: not an unauthenticated connection
+		}
+		(*h)(ctx, tc, id)
+		return
+	}
 	if st.NegotiatedProtocol == alpnRaft {
 		raw := make([][]byte, len(st.PeerCertificates))
 		for i, pc := range st.PeerCertificates {

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/replicate"
+	"github.com/warren-appliance/warren/cluster/secretbox"
 	"github.com/warren-appliance/warren/cluster/store"
 )
 
@@ -46,6 +48,9 @@ func ForceNewCluster(stateDir, advertise, restore, joinedID string, log *slog.Lo
 			return err
 		}
 		err = replicate.LoadBackup(f, st)
+		if err == nil {
+			err = restoreDataKey(stateDir, restore, st)
+		}
 		st.Close()
 		if err != nil {
 			os.Remove(dbPath)
@@ -82,4 +87,38 @@ func ForceNewCluster(stateDir, advertise, restore, joinedID string, log *slog.Lo
 	}
 	log.Warn("forcing a new cluster: this manager becomes the only one, keeping its state", "id", id, "address", advertise)
 	return replicate.Recover(replicate.Config{Dir: raftDir, ID: id, Addr: advertise, Store: st, Logger: log})
+}
+
+// BackupKeySuffix names the data key file `warren cluster backup FILE`
+// writes beside FILE: FILE.key.
+const BackupKeySuffix = ".key"
+
+// restoreDataKey installs the data key kept beside a backup (FILE.key).
+// It is required when the backup holds secrets or configs (without it
+// their values cannot be opened) and must open them.
+func restoreDataKey(stateDir, backup string, st *store.Store) error {
+	s, err := loadState(st)
+	if err != nil || s == nil {
+		return err
+	}
+	keyPath := backup + BackupKeySuffix
+	k, err := secretbox.LoadFile(keyPath)
+	if len(s.secrets) == 0 && len(s.configs) == 0 {
+		if err != nil {
+			return nil // nothing sealed: a new key is made with the first secret
+		}
+		return secretbox.Save(stateDir, k) // the same key as before
+	}
+	if err != nil {
+		return fmt.Errorf("the backup holds %d secret(s) and %d config(s), sealed with the cluster's data key, and their key is needed: put the key file written with the backup at %s (%w)",
+			len(s.secrets), len(s.configs), keyPath, err)
+	}
+	for kind, objs := range map[string]map[string]objectRecord{api.KindSecret: s.secrets, api.KindConfig: s.configs} {
+		for name, r := range objs {
+			if _, err := k.Open(kind, name, r.Version, r.Sealed); err != nil {
+				return fmt.Errorf("%s does not open %s %q of the backup: it is another cluster's key", keyPath, kind, name)
+			}
+		}
+	}
+	return secretbox.Save(stateDir, k)
 }

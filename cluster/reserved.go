@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -18,7 +19,8 @@ type ReservedPort struct {
 }
 
 // reservedPortsLocked lists the ports --publish must not take: DNS, the
-// node API, every member's WireGuard port, and what the integrator adds
+// node API, every member's WireGuard port, every relay's port (TCP and
+// UDP: published ports are DNATed on every node), and what the integrator adds
 // (ManagerConfig.ReservedPorts: metrics, Raft, ...). m.mu is held.
 func (m *Manager) reservedPortsLocked(s *state) []ReservedPort {
 	out := []ReservedPort{
@@ -35,6 +37,10 @@ func (m *Manager) reservedPortsLocked(s *state) []ReservedPort {
 	for _, n := range s.sortedNodes() {
 		if p := n.Endpoint.Port(); p != 0 {
 			out = append(out, ReservedPort{p, "udp", fmt.Sprintf("the WireGuard port of node %s (wireguard.listen_port)", n.Name)})
+		}
+		if ap, err := netip.ParseAddrPort(n.Relay); err == nil && ap.Port() != 0 {
+			what := fmt.Sprintf("the relay of node %s ([relay])", n.Name)
+			out = append(out, ReservedPort{ap.Port(), "udp", what}, ReservedPort{ap.Port(), "tcp", what})
 		}
 	}
 	return append(out, m.cfg.ReservedPorts...)

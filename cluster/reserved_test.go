@@ -16,7 +16,9 @@ func TestPublishRefusesTheAppliancesOwnPorts(t *testing.T) {
 	tm := startManager(t)
 	tm.cfg.ReservedPorts = []ReservedPort{{Port: 9586, Protocol: "tcp", What: "the metrics listener"}}
 	tm.restart()
-	join(t, agentConfig(t, tm, "worker-1")) // WireGuard on 51820 too
+	wc := agentConfig(t, tm, "worker-1") // WireGuard on 51820 too
+	wc.Node.Relay = "192.0.2.10:7947"    // and a relay on 7947
+	join(t, wc)
 	apiPort := tm.addr[strings.LastIndex(tm.addr, ":")+1:]
 	for _, c := range []struct{ publish, want string }{
 		{"51820:80/udp", "51820/udp"},
@@ -25,6 +27,8 @@ func TestPublishRefusesTheAppliancesOwnPorts(t *testing.T) {
 		{"53:53", "53/tcp"},
 		{"7946:80", "7946/tcp"}, // the configured api_listen port
 		{"9586:80", "9586/tcp"}, // added by the integrator
+		{"7947:80/udp", "7947/udp"},
+		{"7947:80", "7947/tcp"},
 	} {
 		spec := api.ServiceSpec{Name: "web", Image: "img", Ports: []string{c.publish}}
 		_, err := adminClient(t, tm.m).CreateService(context.Background(), spec)

@@ -18,6 +18,7 @@ func schedule(s *state) (unplaced map[string]string) {
 	carryOver(tasks, current, s.services)
 	tasks = dropFinished(tasks, s.nodes)
 	rollOut(tasks, s.services)
+	rollRevisions(tasks, s)
 	s.tasks = tasks
 	return unplaced
 }
@@ -34,7 +35,7 @@ func carryOver(tasks, current []clustermap.Task, services map[string]serviceReco
 	for i := range tasks {
 		t := &tasks[i]
 		if p, ok := prev[taskKey{t.Name, t.NodeID}]; ok && p.Image != "" {
-			t.Image, t.SpecVersion = p.Image, p.SpecVersion
+			t.Image, t.SpecVersion, t.Revision = p.Image, p.SpecVersion, p.Revision
 			continue
 		}
 		if svc, ok := services[t.Service]; ok && t.Image == "" {
@@ -111,12 +112,12 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 		}
 		r, ok := byName[t.Name]
 		switch {
-		case ok && (r.Image == "" || (r.Image == t.Image && r.SpecVersion == t.SpecVersion)):
+		case ok && (r.Image == "" || (r.Image == t.Image && r.SpecVersion == t.SpecVersion && (t.Revision == "" || r.Revision == t.Revision))):
 			// A report without image (a task removed on the node) is about
 			// whatever spec the task had.
 			t.State, t.Error, t.Run = r.State, r.Error, r.Run
 		case ok:
-			// The node has not picked up the new image or spec yet.
+			// The node has not picked up the new image, spec or revision yet.
 			t.State, t.Error, t.Run = clustermap.TaskPending, "", clustermap.TaskRun{}
 		case t.DesiredState == clustermap.TaskShutdown:
 			t.State, t.Error, t.Run = clustermap.TaskShutdown, "", clustermap.TaskRun{} // gone from the node

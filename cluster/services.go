@@ -42,6 +42,10 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 		}
 		svc.Labels = maps.Clone(spec.Labels)
 	}
+	if err := checkRotation(spec.SecretRotation); err != nil {
+		return svc, err
+	}
+	svc.SecretRotation = spec.SecretRotation
 	if !serviceNameRE.MatchString(spec.Name) {
 		return svc, errorf(http.StatusBadRequest, "service name %q is not valid: use 1-50 lowercase letters, digits and '-', starting and ending with a letter or digit (it becomes a DNS name)", spec.Name)
 	}
@@ -85,6 +89,29 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 		svc.Ports = append(svc.Ports, port)
 	}
 	return svc, nil
+}
+
+// checkNodeIDs refuses a node.id constraint naming an ID no node has (it
+// could never match: IDs are random hex), suggesting node.name when a node
+// has that name, as the seed's `node.id==worker-1` means.
+func checkNodeIDs(s *state, exprs []string) error {
+	for _, e := range exprs {
+		c, err := scheduler.ParseConstraint(e)
+		if err != nil || c.Field != "node.id" {
+			continue
+		}
+		if _, ok := s.nodes[c.Value]; ok {
+			continue
+		}
+		for _, n := range s.nodes {
+			if n.Name == c.Value {
+				op := strings.TrimPrefix(c.String(), "node.id")
+				return errorf(http.StatusBadRequest, "constraint %s: no node has the ID %q, but node %s is named so (ID %s): did you mean node.name%s?", e, c.Value, n.Name, n.ID, op)
+			}
+		}
+		return errorf(http.StatusBadRequest, "constraint %s: no node has the ID %q (`warren node ls` lists IDs and names; node.name== matches a name)", e, c.Value)
+	}
+	return nil
 }
 
 // ParsePort parses "HOST:CONTAINER[/tcp|/udp]".
@@ -137,6 +164,16 @@ func (m *Manager) CreateService(spec api.ServiceSpec) (api.ServiceView, error) {
 			return errorf(http.StatusConflict, "service %q already exists (VIP %s, image %s): pick another name, or `warren service rm %s` first", svc.Name, old.VIP, old.Image, svc.Name)
 		}
 		if err := m.checkReservedPortsLocked(s, svc.Ports); err != nil {
+			return err
+		}
+		if err := checkNodeIDs(s, svc.Constraints); err != nil {
+			return err
+		}
+		var err error
+		if svc.Secrets, err = parseFileRefs(s, api.KindSecret, spec.Secrets); err != nil {
+			return err
+		}
+		if svc.Configs, err = parseFileRefs(s, api.KindConfig, spec.Configs); err != nil {
 			return err
 		}
 		for _, other := range s.services {
@@ -309,6 +346,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
 	}
+	v.Secrets, v.Configs, v.SecretRotation = r.Secrets, r.Configs, r.SecretRotation
 	if v.Ports == nil {
 		v.Ports = []clustermap.Port{}
 	}
@@ -395,6 +433,8 @@ func (m *Manager) UpdateService(name string, spec api.ServiceSpec) (api.ServiceV
 			next.Replicas = r.Replicas
 		}
 		next.VIP = r.VIP
+		// Secrets and configs change through their own update (refs).
+		next.Secrets, next.Configs, next.SecretRotation = r.Secrets, r.Configs, r.SecretRotation
 		next.SpecVersion, next.Previous = r.SpecVersion, r.Previous
 		if !slices.Equal(r.Env, next.Env) || !slices.Equal(r.Command, next.Command) || !reflect.DeepEqual(r.Workload, next.Workload) {
 			next.SpecVersion++

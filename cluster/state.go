@@ -21,6 +21,8 @@ const (
 	bucketServices = "services"
 	bucketTasks    = "tasks"
 	bucketPolicies = "policies"
+	bucketSecrets  = "secrets"
+	bucketConfigs  = "configs"
 	keyCluster     = "cluster"
 	keyTasks       = "all"
 )
@@ -101,6 +103,9 @@ type state struct {
 	services map[string]serviceRecord // by name
 	tasks    []clustermap.Task
 	policies map[string]policyRecord // by name
+	// Secrets and configs by name; their values sealed (objects.go).
+	secrets map[string]objectRecord
+	configs map[string]objectRecord
 }
 
 func (s *state) clone() *state {
@@ -111,6 +116,8 @@ func (s *state) clone() *state {
 		services: maps.Clone(s.services),
 		tasks:    slices.Clone(s.tasks),
 		policies: maps.Clone(s.policies),
+		secrets:  maps.Clone(s.secrets),
+		configs:  maps.Clone(s.configs),
 	}
 }
 
@@ -120,7 +127,8 @@ type records interface {
 }
 
 func loadState(st records) (*state, error) {
-	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{}}
+	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
+		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}}
 	raw, ok := st.Load(bucketMeta)[keyCluster]
 	if !ok {
 		return nil, nil // no cluster yet
@@ -156,6 +164,15 @@ func loadState(st records) (*state, error) {
 		}
 		s.policies[k] = r
 	}
+	for bucket, into := range map[string]map[string]objectRecord{bucketSecrets: s.secrets, bucketConfigs: s.configs} {
+		for k, v := range st.Load(bucket) {
+			var r objectRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return nil, fmt.Errorf("decode %s %s: %w", bucket, k, err)
+			}
+			into[k] = r
+		}
+	}
 	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
 		if err := json.Unmarshal(v, &s.tasks); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
@@ -166,7 +183,8 @@ func loadState(st records) (*state, error) {
 
 // snapshot renders the state as store records.
 func (s *state) snapshot() (store.Snapshot, error) {
-	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}, bucketPolicies: {}}
+	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}, bucketPolicies: {},
+		bucketSecrets: {}, bucketConfigs: {}}
 	put := func(bucket, key string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -198,6 +216,16 @@ func (s *state) snapshot() (store.Snapshot, error) {
 			return nil, err
 		}
 	}
+	for k, v := range s.secrets {
+		if err := put(bucketSecrets, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.configs {
+		if err := put(bucketConfigs, k, v); err != nil {
+			return nil, err
+		}
+	}
 	tasks := s.tasks
 	if tasks == nil {
 		tasks = []clustermap.Task{}
@@ -208,7 +236,8 @@ func (s *state) snapshot() (store.Snapshot, error) {
 	return snap, nil
 }
 
-// sortedNodes returns the members ordered by overlay IP (managers first).
+// sortedNodes returns the members ordered by overlay IP (join order, the
+// lowest free address each: the node that created the cluster first).
 func (s *state) sortedNodes() []clustermap.Node {
 	out := make([]clustermap.Node, 0, len(s.nodes))
 	for _, n := range s.nodes {
@@ -221,7 +250,7 @@ func (s *state) sortedNodes() []clustermap.Node {
 func (s *state) sortedServices() []clustermap.Service {
 	out := make([]clustermap.Service, 0, len(s.services))
 	for _, r := range s.services {
-		out = append(out, r.Service)
+		out = append(out, s.withVersions(r.Service))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"net/http"
 	"testing"
 
 	"github.com/warren-appliance/warren/cluster/api"
@@ -40,5 +41,22 @@ func TestTasksOfRemovedServiceUntilStopped(t *testing.T) {
 	}
 	if tasks, err := c.Tasks(ctx, "web"); err != nil || len(tasks) != 0 {
 		t.Fatalf("after the node reported web-1 stopped: %+v, %v; want none", tasks, err)
+	}
+}
+
+// The seed's `--constraint "node.id==worker-1"` could never match (IDs are
+// random hex): an ID no node has is refused, suggesting node.name when a
+// node has that name; a real ID is accepted.
+func TestNodeIDConstraintNamesAnExistingNode(t *testing.T) {
+	tm := startManager(t)
+	a := join(t, agentConfig(t, tm, "worker-1"))
+	c := adminClient(t, tm.m)
+	ctx := context.Background()
+	_, err := c.CreateService(ctx, api.ServiceSpec{Name: "web", Image: "x", Constraints: []string{"node.id==worker-1"}})
+	wantAPIError(t, err, http.StatusBadRequest, `constraint node.id==worker-1: no node has the ID "worker-1", but node worker-1 is named so (ID `+a.Self().ID+`): did you mean node.name==worker-1?`)
+	_, err = c.CreateService(ctx, api.ServiceSpec{Name: "web", Image: "x", Constraints: []string{"node.id!=nobody"}})
+	wantAPIError(t, err, http.StatusBadRequest, `constraint node.id!=nobody: no node has the ID "nobody"`)
+	if _, err := c.CreateService(ctx, api.ServiceSpec{Name: "web", Image: "x", Constraints: []string{"node.id==" + a.Self().ID}}); err != nil {
+		t.Fatalf("node.id== a real ID: %v", err)
 	}
 }

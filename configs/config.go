@@ -40,6 +40,7 @@ type Config struct {
 	Log           Log           `toml:"log"`
 	Metrics       Metrics       `toml:"metrics"`
 	Logs          Logs          `toml:"logs"`
+	Relay         Relay         `toml:"relay"`
 	// Forward entries let a netstack node (no TUN) reach mesh services
 	// through local listeners.
 	Forward []Forward `toml:"forward"`
@@ -82,7 +83,11 @@ type WireGuard struct {
 	Subnet         Subnet           `toml:"subnet"`
 	Address        InterfaceAddress `toml:"address"`
 	PrivateKeyFile string           `toml:"private_key_file"`
-	Peers          []Peer           `toml:"peer"`
+	// PublicEndpoint is "host:port" where this node's WireGuard port is
+	// reachable from other sites (a port forward on the site's router); it
+	// becomes a path candidate beside the discovered ones. Empty: discover.
+	PublicEndpoint string `toml:"public_endpoint"`
+	Peers          []Peer `toml:"peer"`
 }
 
 // Peer is one [[wireguard.peer]]: a static peer such as an operator laptop.
@@ -149,6 +154,37 @@ type Metrics struct {
 // WireGuard exporter's port (9586), whose metric names the peers use.
 const DefaultMetricsListen = "127.0.0.1:9586"
 
+// Relay is [relay]: whether this node relays WireGuard packets for members
+// that cannot reach each other directly (see RelayEnabled), and its bounds.
+type Relay struct {
+	// Enable: unset, managers relay and other nodes do not.
+	Enable bool `toml:"enable"`
+	// Port is where a relay that is not a manager serves, TLS over TCP and
+	// UDP on the same number; a manager relays on its API port
+	// (cluster.api_listen), TCP and UDP.
+	Port int `toml:"port"`
+	// MaxSessions bounds the members connected at once.
+	MaxSessions int `toml:"max_sessions"`
+	// PeerRateMbps bounds what one member may send through the relay.
+	PeerRateMbps int `toml:"peer_rate_mbps"`
+}
+
+// Relay defaults.
+const (
+	DefaultRelayPort         = 7946
+	DefaultRelayMaxSessions  = 256
+	DefaultRelayPeerRateMbps = 100
+)
+
+// RelayEnabled reports whether this node relays: relay.enable when it is
+// written, else whether the node is a manager.
+func (l *Loaded) RelayEnabled() bool {
+	if l.set("relay.enable") {
+		return l.Relay.Enable
+	}
+	return l.Node.Role == RoleManager
+}
+
 // Forward is one [[forward]]: listen locally, dial Target through the mesh.
 type Forward struct {
 	Proto  string `toml:"proto"`
@@ -198,6 +234,7 @@ func Default() Config {
 		Log:     Log{Level: "info"},
 		Logs:    Logs{MaxSize: Size{Bytes: DefaultLogMaxSize}, MaxFiles: DefaultLogMaxFiles},
 		Metrics: Metrics{Listen: DefaultMetricsListen},
+		Relay:   Relay{Port: DefaultRelayPort, MaxSessions: DefaultRelayMaxSessions, PeerRateMbps: DefaultRelayPeerRateMbps},
 	}
 }
 
@@ -247,8 +284,11 @@ type Loaded struct {
 	// Set by Finish from the state dir: what `cluster init`, `worker start`
 	// or `manager join` remembered (nil if nothing), and whether this node
 	// already joined (or created) a cluster, so it needs no token.
-	Setup        *Setup
-	Joined       bool
+	Setup  *Setup
+	Joined bool
+	// JoinVerb is set by a command that only joins (`warren manager
+	// join`): the config must then name a manager to join, never create.
+	JoinVerb     string
 	remembered   []string
 	nameFromHost bool
 	// parseErrs are the wrong types and unknown keys Parse found; Finish

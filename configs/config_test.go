@@ -54,6 +54,7 @@ func TestDefaultValues(t *testing.T) {
 		"containerd namespace": d.Runtime.Namespace == "warren",
 		"api listen":           d.Cluster.APIListen == ":7946",
 		"metrics loopback":     d.Metrics.Listen == "127.0.0.1:9586",
+		"relay port":           d.Relay.Port == 7946 && !d.Relay.Enable,
 		"cert lifetime":        d.Cluster.CertLifetime.Duration == 90*24*time.Hour,
 	}
 	for name, ok := range checks {
@@ -171,6 +172,8 @@ func TestBadConfigs(t *testing.T) {
 		{"wg partially overlaps containers", validWorker + "[wireguard]\nsubnet = \"10.0.0.0/8\"\n", "wireguard.subnet", 7, "overlaps network.container_subnet"},
 		{"port too big", validWorker + "[wireguard]\nlisten_port = 70000\n", "wireguard.listen_port", 7, "not a UDP port"},
 		{"port zero", validWorker + "[wireguard]\nlisten_port = 0\n", "wireguard.listen_port", 7, "not a UDP port"},
+		{"public endpoint without port", validWorker + "[wireguard]\npublic_endpoint = \"203.0.113.7\"\n", "wireguard.public_endpoint", 7, "must be IP:port or host:port"},
+		{"public endpoint bad port", validWorker + "[wireguard]\npublic_endpoint = \"shop.example.org:0\"\n", "wireguard.public_endpoint", 7, "port forward"},
 		{"bad api port", validWorker + "api_listen = \":99999\"\n", "cluster.api_listen", 6, "not a TCP port"},
 		{"bad role", "[node]\nname='n'\nrole = \"boss\"\n", "node.role", 3, "not a role"},
 		{"worker without manager", "[node]\nname='w'\nrole='worker'\n[cluster]\ntoken='" + testToken + "'\n", "cluster.manager", 0, "needs the manager"},
@@ -178,6 +181,11 @@ func TestBadConfigs(t *testing.T) {
 		{"standalone without address", "[node]\nname='g'\nrole='standalone'\n", "wireguard.address", 0, "needs its overlay address"},
 		{"bad mode", validWorker + "[wireguard]\nmode = \"kernel\"\n", "wireguard.mode", 7, "not a mode"},
 		{"bad level", validWorker + "[log]\nlevel = \"loud\"\n", "log.level", 7, "not a level"},
+		{"relay port zero", validWorker + "[relay]\nport = 0\n", "relay.port", 7, "not a port"},
+		{"relay on the wireguard port", validWorker + "[relay]\nenable = true\nport = 51820\n", "relay.port", 8, "is wireguard.listen_port"},
+		{"relay sessions", validWorker + "[relay]\nmax_sessions = 0\n", "relay.max_sessions", 7, "want 1-65535"},
+		{"relay rate", validWorker + "[relay]\npeer_rate_mbps = -1\n", "relay.peer_rate_mbps", 7, "Mbit/s per member"},
+		{"standalone relay", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[relay]\nenable = true\n", "relay.enable", 7, "no cluster to relay for"},
 		{"metrics listen without IP", validWorker + "[metrics]\nlisten = \":9586\"\n", "metrics.listen", 7, "must be an IP:port"},
 		{"bad peer key", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='nope'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 7, "not a WireGuard public key"},
 		{"peer hostname endpoint", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nendpoint='peer.example'\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].endpoint", 8, "must be IP:port or host:port"},
@@ -197,6 +205,14 @@ func TestBadConfigs(t *testing.T) {
 		{"tiny tasks memory", validWorker + "[runtime]\ntasks_memory_max = \"1M\"\n", "runtime.tasks_memory_max", 0, "at least 64M"},
 		{"no log files", validWorker + "[logs]\nmax_files = 0\n", "logs.max_files", 0, "want 1 to 20"},
 		{"restart backoff too short", validWorker + "[runtime]\nrestart_backoff_max = \"10ms\"\n", "runtime.restart_backoff_max", 0, "want 1s to 24h"},
+		// What start skipped with a log line (issue 25): refused by --check, naming key, index and line.
+		{"duplicate peer key", standalone + peerA + "[[wireguard.peer]]\npublic_key='" + keyA + "'\nallowed_ips=['10.0.0.3/32']\n", "wireguard.peer[1].public_key", 10, "also the key of wireguard.peer[0] (line 7)"},
+		{"same allowed_ips in two peers", standalone + peerA + "[[wireguard.peer]]\npublic_key='" + keyB + "'\nallowed_ips=['10.0.0.9/32', '10.0.0.2/32']\n", "wireguard.peer[1].allowed_ips", 11, "10.0.0.2/32 is also claimed by wireguard.peer[0] (line 8)"},
+		{"all-zero peer key", standalone + "[[wireguard.peer]]\npublic_key='" + strings.Repeat("A", 43) + "='\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 7, "all-zero key"},
+		{"low-order peer key", standalone + "[[wireguard.peer]]\npublic_key='4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA='\nallowed_ips=['10.0.0.2/32']\n", "wireguard.peer[0].public_key", 7, "low-order"},
+		{"wg subnet equals containers", validWorker + "[wireguard]\nsubnet = \"10.0.0.0/16\"\n", "wireguard.subnet", 7, "leaves no /24 block of network.container_subnet 10.0.0.0/16"},
+		{"wg subnet covers the only block", validWorker + "[wireguard]\nsubnet = \"10.0.0.0/24\"\n[network]\ncontainer_subnet = \"10.0.0.0/24\"\n", "wireguard.subnet", 7, "leaves no /24 block"},
+		{"manager address not host:port", "[node]\nname='w'\n[cluster]\nmanager='192.0.2.1:x'\ntoken='" + testToken + "'\n", "cluster.manager", 4, "not a TCP port"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -235,6 +251,43 @@ func TestLogsAndRestartKeys(t *testing.T) {
 	}
 	if d.Logs.MaxSize.Bytes != 1<<20 || d.Logs.MaxFiles != 3 || d.Runtime.RestartBackoffMax.Duration != 5*time.Minute {
 		t.Fatalf("defaults: logs = %+v, restart_backoff_max = %v", d.Logs, d.Runtime.RestartBackoffMax)
+	}
+}
+
+// Static peers for the cases above: a standalone node, peer[0] at lines 6-8.
+const (
+	keyA       = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+	keyB       = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="
+	standalone = "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n"
+	peerA      = "[[wireguard.peer]]\npublic_key='" + keyA + "'\nallowed_ips=['10.0.0.2/32']\n"
+)
+
+// Distinct peers with distinct ranges pass; a peer without keepalive shows
+// the interval the daemon uses (wireguard.keepalive), not "0s".
+func TestStaticPeersValid(t *testing.T) {
+	l, err := load(t, standalone+peerA+"[[wireguard.peer]]\npublic_key='"+keyB+"'\nallowed_ips=['10.0.0.3/32']\nkeepalive='10s'\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := l.WireGuard.Peers[0].Keepalive.Duration; k != 25*time.Second {
+		t.Errorf("peer[0] keepalive = %v, want the global 25s", k)
+	}
+	if k := l.WireGuard.Peers[1].Keepalive.Duration; k != 10*time.Second {
+		t.Errorf("peer[1] keepalive = %v, want its own 10s", k)
+	}
+	out, err := l.Encode()
+	if err != nil || strings.Contains(string(out), `keepalive = "0s"`) {
+		t.Errorf("--check output shows a keepalive of 0s: %v\n%s", err, out)
+	}
+}
+
+// The seed's `--manager <ip>` (no port) joins the API port, 7946.
+func TestManagerWithoutPort(t *testing.T) {
+	for in, want := range map[string]string{"192.0.2.1": "192.0.2.1:7946", "mgr.example": "mgr.example:7946", "192.0.2.1:8000": "192.0.2.1:8000"} {
+		l, err := load(t, "[node]\nname='w'\n[cluster]\nmanager='"+in+"'\ntoken='"+testToken+"'\n")
+		if err != nil || l.Cluster.Manager != want {
+			t.Errorf("manager %q: %v, got %q want %q", in, err, l.Cluster.Manager, want)
+		}
 	}
 }
 
@@ -387,5 +440,30 @@ func TestJoinedNodeNeedsNoToken(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "node.json"), []byte("{}"), 0o600)
 	if _, err := load(t, text); err != nil {
 		t.Fatalf("a joined node must start without a token: %v", err)
+	}
+}
+
+// TestRelayEnabledByRole: managers relay unless relay.enable = false;
+// workers only with relay.enable = true.
+func TestRelayEnabledByRole(t *testing.T) {
+	manager := "[node]\nname='m1'\nrole='manager'\n"
+	for _, tc := range []struct {
+		name, text string
+		want       bool
+	}{
+		{"manager by default", manager, true},
+		{"manager turned off", manager + "[relay]\nenable = false\n", false},
+		{"worker by default", validWorker, false},
+		{"worker turned on", validWorker + "[relay]\nenable = true\nport = 7947\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := load(t, tc.text)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := l.RelayEnabled(); got != tc.want {
+				t.Fatalf("RelayEnabled() = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/internal/wgkey"
 )
 
 var (
@@ -143,6 +144,10 @@ func (l *Loaded) Finish() error {
 			}
 		}
 	case RoleManager:
+		if l.JoinVerb != "" && c.Cluster.Manager == "" {
+			add("cluster.manager", "`%s` joins an existing cluster and needs a manager's address: give --manager HOST (port 7946 unless said) with --token, "+
+				"or set cluster.manager; only `warren cluster init` creates a new cluster", l.JoinVerb)
+		}
 		if c.Cluster.Manager != "" && !l.Joined {
 			needToken = true
 			if c.Cluster.Token == "" {
@@ -160,6 +165,7 @@ func (l *Loaded) Finish() error {
 		}
 	}
 	if c.Cluster.Manager != "" {
+		c.Cluster.Manager = withDefaultPort(c.Cluster.Manager)
 		if err := checkHostPort(c.Cluster.Manager, false); err != nil {
 			add("cluster.manager", "%v", err)
 		}
@@ -186,6 +192,13 @@ func (l *Loaded) Finish() error {
 	if p := c.WireGuard.ListenPort; p < 1 || p > 65535 {
 		add("wireguard.listen_port", "%d is not a UDP port (1-65535)", p)
 	}
+	if e := c.WireGuard.PublicEndpoint; e != "" {
+		if c.Node.Role == RoleStandalone {
+			add("wireguard.public_endpoint", "only cluster nodes use it (peers of a standalone node take its endpoint from their own config)")
+		} else if err := checkEndpoint(e); err != nil {
+			add("wireguard.public_endpoint", "%v: the address and port other sites reach this node's WireGuard port on (a port forward)", err)
+		}
+	}
 	if m := c.WireGuard.MTU; m < 576 || m > 9000 {
 		add("wireguard.mtu", "%d is out of range (576-9000; 1420 fits a 1500-byte underlay)", m)
 	}
@@ -201,11 +214,36 @@ func (l *Loaded) Finish() error {
 	if c.Node.Role != RoleStandalone && c.WireGuard.Address.IsValid() {
 		add("wireguard.address", "only standalone nodes set their address; in a cluster the manager assigns it")
 	}
+	// What the tunnel would skip (tunnel.usablePeers) is refused here, so
+	// --check and start agree and no peer goes silently missing.
+	keyAt := map[string]int{}
+	prefixAt := map[netip.Prefix]int{}
 	for i, p := range c.WireGuard.Peers {
 		key := fmt.Sprintf("wireguard.peer[%d]", i)
 		line := l.peerLine(key + ".public_key")
 		if b, err := base64.StdEncoding.DecodeString(p.PublicKey); err != nil || len(b) != 32 {
 			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is not a WireGuard public key (44 base64 characters, as `wg pubkey` prints)", p.PublicKey)})
+		} else if err := wgkey.Check(b); err != nil {
+			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q cannot be a peer's key: %v; WireGuard refuses such a peer (paste the peer's `wg pubkey` output)", p.PublicKey, err)})
+		} else if j, dup := keyAt[p.PublicKey]; dup {
+			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is also the key of wireguard.peer[%d] (line %d): one [[wireguard.peer]] per key", p.PublicKey, j, l.peerLine(fmt.Sprintf("wireguard.peer[%d].public_key", j)))})
+		} else {
+			keyAt[p.PublicKey] = i
+		}
+		for _, a := range p.AllowedIPs {
+			if !a.IsValid() {
+				continue
+			}
+			if j, dup := prefixAt[a.Prefix]; dup && j != i {
+				errs = append(errs, &Error{File: l.File, Line: l.peerLine(key + ".allowed_ips"), Key: key + ".allowed_ips",
+					Msg: fmt.Sprintf("%s is also claimed by wireguard.peer[%d] (line %d): WireGuard routes a range to one peer only", a.Prefix, j, l.peerLine(fmt.Sprintf("wireguard.peer[%d].allowed_ips", j)))})
+				continue
+			}
+			prefixAt[a.Prefix] = i
+		}
+		// The daemon's value for a peer that sets none (--check prints it).
+		if p.Keepalive.Duration == 0 && p.Keepalive.bad == nil {
+			c.WireGuard.Peers[i].Keepalive.Duration = c.WireGuard.Keepalive.Duration
 		}
 		if p.Endpoint != "" {
 			if err := checkEndpoint(p.Endpoint); err != nil {
@@ -236,8 +274,13 @@ func (l *Loaded) Finish() error {
 		add("network.dns_domain", "%q is not a DNS domain such as \"warren.local\"", n.DNSDomain)
 	}
 	wg, ct, vip := c.WireGuard.Subnet.Prefix, n.ContainerSubnet.Prefix, n.VIPSubnet.Prefix
-	if wg.IsValid() && ct.IsValid() && wg.Overlaps(ct) && !(ct.Bits() <= wg.Bits() && ct.Contains(wg.Addr())) {
-		add("wireguard.subnet", "%s overlaps network.container_subnet %s (allowed only fully inside it, whose blocks are then skipped)", wg, ct)
+	if wg.IsValid() && ct.IsValid() && wg.Overlaps(ct) {
+		switch {
+		case !(ct.Bits() <= wg.Bits() && ct.Contains(wg.Addr())):
+			add("wireguard.subnet", "%s overlaps network.container_subnet %s (allowed only fully inside it, whose blocks are then skipped)", wg, ct)
+		case n.ContainerBlock >= ct.Bits() && n.ContainerBlock <= 30 && !freeBlock(ct, wg, n.ContainerBlock):
+			add("wireguard.subnet", "%s leaves no /%d block of network.container_subnet %s for containers (blocks that overlap the WireGuard subnet are skipped): make wireguard.subnet smaller (such as the default 10.0.0.0/24 in 10.0.0.0/16) or network.container_subnet larger", wg, n.ContainerBlock, ct)
+		}
 	}
 	if vip.IsValid() && ct.IsValid() && vip.Overlaps(ct) {
 		add("network.vip_subnet", "%s overlaps network.container_subnet %s", vip, ct)
@@ -292,6 +335,22 @@ func (l *Loaded) Finish() error {
 		if ap, err := netip.ParseAddrPort(a); err != nil || ap.Port() == 0 {
 			add("metrics.listen", "%q must be an IP:port such as \"127.0.0.1:9586\" (or \"\" to turn /metrics off)", a)
 		}
+	}
+
+	// [relay]
+	if p := c.Relay.Port; p < 1 || p > 65535 {
+		add("relay.port", "%d is not a port (1-65535)", p)
+	} else if l.RelayEnabled() && c.Node.Role != RoleManager && p == c.WireGuard.ListenPort {
+		add("relay.port", "%d is wireguard.listen_port: the relay's UDP needs a port of its own", p)
+	}
+	if n := c.Relay.MaxSessions; n < 1 || n > 65535 {
+		add("relay.max_sessions", "%d: want 1-65535 members at once", n)
+	}
+	if r := c.Relay.PeerRateMbps; r < 1 || r > 100000 {
+		add("relay.peer_rate_mbps", "%d: want 1-100000 Mbit/s per member", r)
+	}
+	if c.Relay.Enable && c.Node.Role == RoleStandalone {
+		add("relay.enable", "a standalone node has no cluster to relay for (role = \"manager\" or \"worker\")")
 	}
 
 	// [[forward]]
@@ -439,6 +498,36 @@ func checkEndpoint(s string) error {
 		return bad
 	}
 	return nil
+}
+
+// freeBlock reports whether ct (holding wg) has a /block that does not
+// overlap wg: the IPAM skips the ones that do.
+func freeBlock(ct, wg netip.Prefix, block int) bool {
+	total := uint64(1) << (block - ct.Bits())
+	taken := uint64(1)
+	if wg.Bits() < block {
+		taken = uint64(1) << (block - wg.Bits())
+	}
+	return total > taken
+}
+
+// DefaultAPIPort is the cluster API's port when an address names none.
+const DefaultAPIPort = "7946"
+
+// withDefaultPort adds the API port to a manager address given without
+// one (`--manager 192.0.2.10`, as the seed writes it).
+func withDefaultPort(s string) string {
+	if _, _, err := net.SplitHostPort(s); err == nil {
+		return s
+	}
+	host := strings.TrimSuffix(s, ".")
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
+		return net.JoinHostPort(s, DefaultAPIPort)
+	}
+	if domainRE.MatchString(strings.ToLower(host)) {
+		return net.JoinHostPort(s, DefaultAPIPort)
+	}
+	return s
 }
 
 func checkHostPort(s string, listen bool) error {

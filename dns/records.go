@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -10,7 +11,8 @@ import (
 // answers:
 //   - every service with a VIP: <service> -> VIP;
 //   - every task meant to run that has an address: <task> -> task IP, while
-//     it starts too, so a name looked up during a restart finds it;
+//     it starts too, so a name looked up during a restart finds it; and
+//     <service>-task-<slot> as an alias of <task> (the seed's form);
 //   - tasks.<service> -> the IPs of the service's running tasks only (the
 //     map's endpoints), present and empty for a service without one, so
 //     it answers NODATA rather than NXDOMAIN;
@@ -21,6 +23,7 @@ func RecordsFromMap(m *clustermap.Map) Records {
 		Services:     make(map[string]netip.Addr, len(m.Services)),
 		Tasks:        make(map[string]netip.Addr, len(m.Tasks)),
 		ServiceTasks: make(map[string][]netip.Addr, len(m.Services)),
+		TaskAliases:  make(map[string]netip.Addr, len(m.Tasks)),
 	}
 	for _, p := range []netip.Prefix{m.WireGuardSubnet, m.ContainerSubnet} {
 		if p.IsValid() {
@@ -40,6 +43,9 @@ func RecordsFromMap(m *clustermap.Map) Records {
 	for _, t := range m.Tasks {
 		if t.DesiredState == clustermap.TaskRunning && t.IP.IsValid() {
 			r.Tasks[t.Name] = t.IP
+			if t.Service != "" && t.Slot > 0 {
+				r.TaskAliases[fmt.Sprintf("%s-task-%d", t.Service, t.Slot)] = t.IP
+			}
 		}
 	}
 	return r

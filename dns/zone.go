@@ -36,6 +36,10 @@ type Records struct {
 	Services     map[string]netip.Addr   // service name -> VIP
 	Tasks        map[string]netip.Addr   // task name (<service>-<slot>) -> task IP
 	ServiceTasks map[string][]netip.Addr // service -> running task IPs (tasks.<service>.<domain>)
+	// TaskAliases are other names of tasks: <service>-task-<slot>, the
+	// seed document's form, for the task <service>-<slot>. A real service
+	// or task name wins over an alias; aliases get no PTR.
+	TaskAliases map[string]netip.Addr
 	// Clients are source ranges answered besides Config.Allow: the
 	// cluster's WireGuard and container subnets (RecordsFromMap).
 	Clients []netip.Prefix
@@ -136,6 +140,10 @@ func compileZone(domain string, r Records, serial uint32) (*zone, []error) {
 		if err := z.add(name, tasksLabel+".", r.ServiceTasks[name], TaskTTL, false); err != nil {
 			problems = append(problems, fmt.Errorf("tasks of service %q: %w", name, err))
 		}
+	}
+	for _, name := range sortedKeys(r.TaskAliases) {
+		// A clash leaves the alias out quietly: the name is someone's own.
+		_ = z.add(name, "", []netip.Addr{r.TaskAliases[name]}, TaskTTL, false)
 	}
 	return z, problems
 }

@@ -37,7 +37,7 @@ func TestCLIInitJoinCustomSubnetsAndConstraints(t *testing.T) {
 	}
 	m := nodes[0]
 	if err := m.StartAppliance("warren", "cluster", "init", "--name", "manager-1", "--advertise-address", m.LANIP.String(),
-		"--wireguard-subnet", "172.16.0.0/24", "--container-subnet", "172.17.0.0/16", "--vip-subnet", "172.18.0.0/16"); err != nil {
+		"--wireguard-subnet", "172.16.0.0/16", "--container-subnet", "172.17.0.0/16", "--vip-subnet", "172.18.0.0/16"); err != nil {
 		t.Fatal(err)
 	}
 	var token string

@@ -23,9 +23,17 @@ func spread(ctx context.Context, n int, fetch func() (string, error)) (map[strin
 	return counts, nil
 }
 
-// checkSpread wants every task between 20% and 47% of n requests.
+// checkSpread wants every one of n requests answered by a task (no FAIL,
+// no other output) and every task between 20% and 47% of them.
 func checkSpread(t *testing.T, from string, counts map[string]int, tasks []string, n int) {
 	t.Helper()
+	answered := 0
+	for _, task := range tasks {
+		answered += counts[task]
+	}
+	if answered != n {
+		t.Errorf("from %s: %d of %d VIP requests failed or got no task's page: %v", from, n-answered, n, counts)
+	}
 	for _, task := range tasks {
 		share := float64(counts[task]) / float64(n)
 		if share < 0.20 || share > 0.47 {

@@ -29,7 +29,12 @@ type Peer struct {
 	SentBytes       int64
 	ReceivedBytes   int64
 	LatestHandshake time.Time // zero: never
+	// Path is "direct", "relay" or "" (no endpoint yet).
+	Path string
 }
+
+// Paths are the values of warren_peer_path's path label.
+var Paths = []string{"direct", "relay"}
 
 // Sources are read at every scrape; a nil func exports nothing for it.
 type Sources struct {
@@ -43,6 +48,17 @@ type Sources struct {
 	// Raft gives this manager's Raft role and what it knows of the leader;
 	// managers only.
 	Raft func() Raft
+	// Relay gives the relay's counters; relays only.
+	Relay func() Relay
+}
+
+// Relay is a relay's sessions and what it relayed and dropped since it
+// started: bytes and packets by transport ("udp", "tls"), drops by reason.
+type Relay struct {
+	Sessions int
+	Bytes    map[string]uint64
+	Packets  map[string]uint64
+	Dropped  map[string]uint64
 }
 
 // Raft is a manager's view of the Raft cluster.
@@ -74,7 +90,10 @@ var (
 	// "ignored" for queries from outside the allowed ranges (no answer);
 	// anything else counts as "other".
 	DNSResults  = []string{"noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "badvers", "ignored", "other"}
-	Reconcilers = []string{"tunnel", "nat"}
+	Reconcilers = []string{"tunnel", "nat", "policy"}
+	// RelayTransports and RelayDrops are the relay's label values.
+	RelayTransports = []string{"udp", "tls"}
+	RelayDrops      = []string{"no_session", "not_member", "rate", "queue", "auth", "handshakes"}
 )
 
 // Metrics holds the registry and the event counters.
@@ -188,6 +207,9 @@ var (
 		"Bytes received from the peer.", peerLabels, nil)
 	descHandshake = prometheus.NewDesc("wireguard_latest_handshake_seconds",
 		"UNIX time of the latest handshake with the peer (0: never).", peerLabels, nil)
+	descPeerPath = prometheus.NewDesc("warren_peer_path",
+		"1 for the path this node's traffic to the peer takes now (direct, or through a relay), 0 for the other; both 0 while the peer has no endpoint.",
+		[]string{"interface", "public_key", "friendly_name", "path"}, nil)
 	descTasks = prometheus.NewDesc("warren_tasks",
 		"Tasks this node runs, by state.", []string{"state"}, nil)
 	descNodes = prometheus.NewDesc("warren_nodes",
@@ -204,6 +226,14 @@ var (
 		"1 when this manager knows a Raft leader (the managers have quorum), else 0.", nil, nil)
 	descRaftVoters = prometheus.NewDesc("warren_raft_voters",
 		"Voting managers in the Raft configuration, as this manager knows it.", nil, nil)
+	descRelaySessions = prometheus.NewDesc("warren_relay_sessions",
+		"Members connected to this relay now.", nil, nil)
+	descRelayBytes = prometheus.NewDesc("warren_relay_bytes_total",
+		"WireGuard bytes this relay delivered, by the transport they left on (udp, tls).", []string{"transport"}, nil)
+	descRelayPackets = prometheus.NewDesc("warren_relay_packets_total",
+		"WireGuard packets this relay delivered, by the transport they left on (udp, tls).", []string{"transport"}, nil)
+	descRelayDropped = prometheus.NewDesc("warren_relay_dropped_total",
+		"Packets this relay did not deliver, by reason: no_session (destination not connected), not_member, rate (sender over relay.peer_rate_mbps), queue (destination's queue full), auth (a datagram failed authentication or was a replay), handshakes (a TLS connection closed beyond the concurrent handshakes).", []string{"reason"}, nil)
 )
 
 // peerLabels are the WireGuard exporter's (friendly_name is the peer's
@@ -214,7 +244,8 @@ var peerLabels = []string{"interface", "public_key", "allowed_ips", "friendly_na
 type sourceCollector struct{ src Sources }
 
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSent, descReceived, descHandshake, descTasks, descNodes, descDesired, descRunning, descUpdating, descRaftState, descRaftLeader, descRaftVoters} {
+	for _, d := range []*prometheus.Desc{descSent, descReceived, descHandshake, descPeerPath, descTasks, descNodes, descDesired, descRunning, descUpdating, descRaftState, descRaftLeader, descRaftVoters,
+		descRelaySessions, descRelayBytes, descRelayPackets, descRelayDropped} {
 		ch <- d
 	}
 }
@@ -230,6 +261,9 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 				hs = float64(p.LatestHandshake.Unix())
 			}
 			ch <- prometheus.MustNewConstMetric(descHandshake, prometheus.GaugeValue, hs, l...)
+			for _, path := range Paths {
+				ch <- prometheus.MustNewConstMetric(descPeerPath, prometheus.GaugeValue, boolValue(p.Path == path), p.Interface, p.PublicKey, p.Name, path)
+			}
 		}
 	}
 	if c.src.Tasks != nil {
@@ -258,6 +292,13 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descRaftLeader, prometheus.GaugeValue, boolValue(r.HasLeader))
 		ch <- prometheus.MustNewConstMetric(descRaftVoters, prometheus.GaugeValue, float64(r.Voters))
+	}
+	if c.src.Relay != nil {
+		r := c.src.Relay()
+		ch <- prometheus.MustNewConstMetric(descRelaySessions, prometheus.GaugeValue, float64(r.Sessions))
+		countersByLabel(ch, descRelayBytes, RelayTransports, r.Bytes)
+		countersByLabel(ch, descRelayPackets, RelayTransports, r.Packets)
+		countersByLabel(ch, descRelayDropped, RelayDrops, r.Dropped)
 	}
 	if c.src.Services != nil {
 		for _, s := range c.src.Services() {
@@ -290,6 +331,20 @@ func gaugesByLabel(ch chan<- prometheus.Metric, d *prometheus.Desc, known []stri
 	for k, v := range counts {
 		if !seen[k] {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), k)
+		}
+	}
+}
+
+// countersByLabel is gaugesByLabel for counters.
+func countersByLabel(ch chan<- prometheus.Metric, d *prometheus.Desc, known []string, counts map[string]uint64) {
+	seen := map[string]bool{}
+	for _, k := range known {
+		seen[k] = true
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(counts[k]), k)
+	}
+	for k, v := range counts {
+		if !seen[k] {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), k)
 		}
 	}
 }

@@ -49,7 +49,7 @@ func TestExposition(t *testing.T) {
 	m := New(Sources{
 		Peers: func() []Peer {
 			return []Peer{
-				{Interface: "warren0", PublicKey: "k1=", AllowedIPs: "10.0.0.2/32,10.0.2.0/24", Name: "worker-1", SentBytes: 10, ReceivedBytes: 20, LatestHandshake: hs},
+				{Interface: "warren0", PublicKey: "k1=", AllowedIPs: "10.0.0.2/32,10.0.2.0/24", Name: "worker-1", SentBytes: 10, ReceivedBytes: 20, LatestHandshake: hs, Path: "relay"},
 				{Interface: "warren0", PublicKey: "k2=", AllowedIPs: "10.0.0.3/32", Name: "worker-2"},
 			}
 		},
@@ -59,6 +59,9 @@ func TestExposition(t *testing.T) {
 		},
 		Services: func() []Service { return []Service{{Name: "web", Desired: 3, Running: 2}} },
 		Raft:     func() Raft { return Raft{State: "follower", HasLeader: true, Voters: 3} },
+		Relay: func() Relay {
+			return Relay{Sessions: 2, Bytes: map[string]uint64{"udp": 1500}, Packets: map[string]uint64{"udp": 1}, Dropped: map[string]uint64{"rate": 4}}
+		},
 	})
 	m.SetMapVersion(42)
 	m.ObserveNATSync(3*time.Millisecond, nil)
@@ -73,6 +76,9 @@ func TestExposition(t *testing.T) {
 		`wireguard_received_bytes_total{allowed_ips="10.0.0.2/32,10.0.2.0/24",friendly_name="worker-1",interface="warren0",public_key="k1="} 20`,
 		`wireguard_latest_handshake_seconds{allowed_ips="10.0.0.2/32,10.0.2.0/24",friendly_name="worker-1",interface="warren0",public_key="k1="} 1.7e+09`,
 		`wireguard_latest_handshake_seconds{allowed_ips="10.0.0.3/32",friendly_name="worker-2",interface="warren0",public_key="k2="} 0`,
+		`warren_peer_path{friendly_name="worker-1",interface="warren0",path="relay",public_key="k1="} 1`,
+		`warren_peer_path{friendly_name="worker-1",interface="warren0",path="direct",public_key="k1="} 0`,
+		`warren_peer_path{friendly_name="worker-2",interface="warren0",path="direct",public_key="k2="} 0`,
 		`warren_map_version 42`,
 		`warren_tasks{state="running"} 3`,
 		`warren_tasks{state="failed"} 1`,
@@ -89,10 +95,17 @@ func TestExposition(t *testing.T) {
 		`warren_dns_queries_total{result="servfail"} 0`,
 		`warren_reconcile_errors_total{reconciler="tunnel"} 1`,
 		`warren_reconcile_errors_total{reconciler="nat"} 0`,
+		`warren_reconcile_errors_total{reconciler="policy"} 0`,
 		`warren_raft_state{state="follower"} 1`,
 		`warren_raft_state{state="leader"} 0`,
 		`warren_raft_has_leader 1`,
 		`warren_raft_voters 3`,
+		`warren_relay_sessions 2`,
+		`warren_relay_bytes_total{transport="udp"} 1500`,
+		`warren_relay_bytes_total{transport="tls"} 0`,
+		`warren_relay_packets_total{transport="udp"} 1`,
+		`warren_relay_dropped_total{reason="rate"} 4`,
+		`warren_relay_dropped_total{reason="auth"} 0`,
 	} {
 		if !strings.Contains(text, want+"\n") {
 			t.Errorf("missing %s", want)
@@ -107,7 +120,7 @@ func TestExposition(t *testing.T) {
 func TestWorkerHasNoManagerMetrics(t *testing.T) {
 	m := New(Sources{Tasks: func() map[string]int { return nil }})
 	text := scrape(t, m)
-	for _, absent := range []string{"warren_nodes", "warren_service_replicas_desired", "wireguard_sent_bytes_total{", "warren_raft_"} {
+	for _, absent := range []string{"warren_nodes", "warren_service_replicas_desired", "wireguard_sent_bytes_total{", "warren_raft_", "warren_relay_"} {
 		if strings.Contains(text, absent) {
 			t.Errorf("a worker without peers exports %s", absent)
 		}

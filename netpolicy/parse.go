@@ -14,17 +14,24 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 )
 
-// APIVersion and Kind are what a policy document must declare.
+// APIVersion and Kind are what a policy document must declare. Kubernetes'
+// own apiVersion is accepted as well, so NetworkPolicies written for
+// Kubernetes (the community recipes, existing manifests) paste unchanged.
 const (
-	APIVersion = "warren.io/v1"
-	Kind       = "NetworkPolicy"
+	APIVersion    = "warren.io/v1"
+	APIVersionK8s = "networking.k8s.io/v1"
+	Kind          = "NetworkPolicy"
+	// Namespace is the one namespace a document may name: Warren has
+	// none, so every task is where Kubernetes' default namespace would be.
+	Namespace = "default"
 )
 
 // Parse reads every NetworkPolicy document of a YAML file (documents are
 // separated by ---; empty ones are skipped). Unknown fields and bad
 // values are errors that name the file and line; a name given twice is an
 // error too. Policies are returned in file order, validated, with their
-// policyTypes filled in.
+// policyTypes filled in; one bad document fails the whole file, so a file
+// is applied all or none.
 func Parse(file string, data []byte) ([]clustermap.Policy, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var out []clustermap.Policy
@@ -88,6 +95,7 @@ type yDoc struct {
 	Kind       lv[string] `yaml:"kind"`
 	Metadata   struct {
 		Name        lv[string]            `yaml:"name"`
+		Namespace   lv[string]            `yaml:"namespace"`
 		Labels      lv[map[string]string] `yaml:"labels"`
 		Annotations lv[map[string]string] `yaml:"annotations"`
 	} `yaml:"metadata"`
@@ -208,11 +216,10 @@ func strict(n *yaml.Node, t reflect.Type, path string) error {
 				if where == "" {
 					where = "the document"
 				}
-				hint := ""
 				if k.Value == "namespaceSelector" {
-					hint = " (warren has no namespaces: select tasks with podSelector)"
+					return fmt.Errorf("line %d: %s.namespaceSelector cannot be honoured: Warren has no namespaces, so there are none to select; select tasks by their labels with podSelector (podSelector: {} is every task)", k.Line, where)
 				}
-				return fmt.Errorf("line %d: unknown field %q in %s%s; known fields: %s", k.Line, k.Value, where, hint, strings.Join(known, ", "))
+				return fmt.Errorf("line %d: unknown field %q in %s; known fields: %s", k.Line, k.Value, where, strings.Join(known, ", "))
 			}
 			if err := strict(v, ft, path+"."+k.Value); err != nil {
 				return err
@@ -255,8 +262,8 @@ func cleanYAMLError(err error) error {
 
 func (d yDoc) policy() (clustermap.Policy, error) {
 	var p clustermap.Policy
-	if d.APIVersion.V != APIVersion {
-		return p, fmt.Errorf("line %d: apiVersion %q: want %s", lineOr(d.APIVersion.Line, 1), d.APIVersion.V, APIVersion)
+	if d.APIVersion.V != APIVersion && d.APIVersion.V != APIVersionK8s {
+		return p, fmt.Errorf("line %d: apiVersion %q: want %s (or Kubernetes' %s)", lineOr(d.APIVersion.Line, 1), d.APIVersion.V, APIVersion, APIVersionK8s)
 	}
 	if d.Kind.V != Kind {
 		return p, fmt.Errorf("line %d: kind %q: want %s", lineOr(d.Kind.Line, 1), d.Kind.V, Kind)
@@ -264,6 +271,9 @@ func (d yDoc) policy() (clustermap.Policy, error) {
 	p.Name = d.Metadata.Name.V
 	if err := CheckName(p.Name); err != nil {
 		return p, fmt.Errorf("line %d: metadata.name: %w", lineOr(d.Metadata.Name.Line, d.Kind.Line), err)
+	}
+	if ns := d.Metadata.Namespace; ns.V != "" && ns.V != Namespace {
+		return p, fmt.Errorf("line %d: metadata.namespace %q cannot be honoured: Warren has no namespaces, every task is in one (Kubernetes' %q); remove the field or write %q", ns.Line, ns.V, Namespace, Namespace)
 	}
 	if d.Spec == nil {
 		return p, fmt.Errorf("line %d: policy %s has no spec", d.Metadata.Name.Line, p.Name)

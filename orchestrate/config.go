@@ -40,6 +40,20 @@ type TaskSpec struct {
 	Limits  clustermap.ResourceAmounts
 	Mounts  []clustermap.Mount
 	Process clustermap.Process
+
+	// SecretMounts are the task's secrets directory and config files,
+	// kept on a tmpfs outside the state dir (package secretfs) and
+	// bind-mounted read-only; their content changes in place.
+	SecretMounts []FileMount
+	// Revision, when set, is part of the spec: a new one recreates the
+	// container (a service with --secret-rotation restart).
+	Revision string
+}
+
+// FileMount is a host file or directory bind-mounted read-only at Target.
+type FileMount struct {
+	Source string
+	Target string
 }
 
 // TaskStatus is what the node reports about one task.
@@ -58,6 +72,7 @@ type TaskStatus struct {
 	ExitCode    int
 	OOMKilled   bool
 	NextRestart time.Time // zero: no restart planned
+	Revision    string    // revision of that spec, as given in TaskSpec
 }
 
 // Config is what the reconciler needs to know about this node.
@@ -162,4 +177,6 @@ func (c *Config) validate() error {
 }
 
 // about makes st name the spec s it is about.
-func (st *TaskStatus) about(s TaskSpec) { st.Image, st.SpecVersion = s.Image, s.SpecVersion }
+func (st *TaskStatus) about(s TaskSpec) {
+	st.Image, st.SpecVersion, st.Revision = s.Image, s.SpecVersion, s.Revision
+}

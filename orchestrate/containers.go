@@ -101,6 +101,14 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 		}),
 		oci.WithCgroup(path.Join(r.cfg.CgroupParent, s.Name)),
 	}
+	if len(s.SecretMounts) > 0 {
+		var mounts []specs.Mount
+		for _, fm := range s.SecretMounts {
+			mounts = append(mounts, specs.Mount{Destination: fm.Target, Type: "bind", Source: fm.Source,
+				Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+		}
+		specOpts = append(specOpts, oci.WithMounts(mounts))
+	}
 	if len(s.Env) > 0 {
 		specOpts = append(specOpts, oci.WithEnv(s.Env))
 	}

@@ -83,12 +83,25 @@ func specHash(s TaskSpec, imageRef string) string {
 	if w.Limits != nil || w.Mounts != nil || w.Process != nil {
 		wp = &w
 	}
-	b, _ := json.Marshal(struct {
+	v := any(struct {
 		Service, Image string
 		Env, Command   []string
 		IP             netip.Addr
 		Workload       *container `json:",omitempty"`
 	}{s.Service, imageRef, s.Env, s.Command, s.IP, wp})
+	if len(s.SecretMounts) > 0 || s.Revision != "" {
+		// Only specs with secrets or configs hash these, so containers
+		// made before they existed keep their hash.
+		v = struct {
+			Service, Image string
+			Env, Command   []string
+			IP             netip.Addr
+			SecretMounts   []FileMount
+			Revision       string
+			Workload       *container `json:",omitempty"`
+		}{s.Service, imageRef, s.Env, s.Command, s.IP, s.SecretMounts, s.Revision, wp}
+	}
+	b, _ := json.Marshal(v)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }

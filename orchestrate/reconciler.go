@@ -128,7 +128,7 @@ func (r *Reconciler) Apply(desired []TaskSpec) {
 		// A new or changed spec starts over: pending, no backoff, and the
 		// status names the new image until a pass reports on it.
 		if rec == nil || !rec.removedAt.IsZero() || !had || !reflect.DeepEqual(prev, s) {
-			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, SpecVersion: s.SpecVersion}}
+			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, SpecVersion: s.SpecVersion, Revision: s.Revision}}
 		}
 	}
 	r.mu.Unlock()
@@ -684,7 +684,7 @@ func (r *Reconciler) noteRunning(a action, task client.Task) {
 	defer r.mu.Unlock()
 	rec := r.recordLocked(a.task)
 	rec.startedAt, rec.failures, rec.retryAt = a.startedAt, a.failures, time.Time{}
-	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.SpecVersion != a.spec.SpecVersion || rec.status.Error != "" {
+	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.SpecVersion != a.spec.SpecVersion || rec.status.Revision != a.spec.Revision || rec.status.Error != "" {
 		r.notify()
 	}
 	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""

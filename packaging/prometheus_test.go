@@ -9,7 +9,7 @@ import (
 
 // The shipped alert rules load in Prometheus and fire in promtool's rule
 // unit tests (prometheus/alerts_test.yml): a stale handshake, a node down,
-// tasks not as desired, NAT sync failing, managers without quorum.
+// tasks not as desired, NAT or policy sync failing, managers without quorum.
 func TestAlertRules(t *testing.T) {
 	requireTool(t, "promtool", "prometheus")
 	dir := filepath.Join(repoRoot, "packaging", "prometheus")
@@ -25,7 +25,7 @@ func TestAlertRules(t *testing.T) {
 		}
 	}
 	tests := readRepoFile(t, "packaging/prometheus/alerts_test.yml")
-	for _, alert := range []string{"WireGuardHandshakeStale", "WarrenNodeDown", "WarrenTasksNotAsDesired", "WarrenNATSyncFailing", "WarrenManagerQuorumLost"} {
+	for _, alert := range []string{"WireGuardHandshakeStale", "WarrenNodeDown", "WarrenTasksNotAsDesired", "WarrenNATSyncFailing", "WarrenPolicySyncFailing", "WarrenManagerQuorumLost"} {
 		if !strings.Contains(tests, "alertname: "+alert+"\n        exp_alerts:\n          - exp_labels:") {
 			t.Errorf("alerts_test.yml has no case where %s fires", alert)
 		}

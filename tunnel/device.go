@@ -81,11 +81,13 @@ type Device struct {
 	link  *kernelLink   // tun mode only
 	uapi  net.Listener
 	relay *relays
+	mux   *muxBind // the bind: shares the WireGuard socket with path probes
 
 	mu      sync.Mutex     // serialises peer and route changes
 	desired []Peer         // last set given to SetPeers; nil before the first call
 	routes  []netip.Prefix // last set given to SetRoutes
 	applied bool
+	chosen  map[Key]netip.AddrPort // endpoints the path machine chose (SetEndpoint)
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -138,7 +140,8 @@ func (c *Config) applyDefaults() error {
 }
 
 // Open creates the interface (or netstack), starts wireguard-go on it with
-// the standard UDP bind, sets the key and port, brings it up with address
+// the standard UDP bind (wrapped: datagrams that are not WireGuard go to the
+// packet handler, see SetPacketHandler), sets the key and port, brings it up with address
 // and MTU, and serves the UAPI socket /var/run/wireguard/<iface>.sock.
 // It starts with no peers: call SetPeers.
 func Open(cfg Config) (*Device, error) {
@@ -169,7 +172,8 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	var bind conn.Bind = conn.NewDefaultBind()
+	d.mux = newMuxBind(conn.NewDefaultBind())
+	var bind conn.Bind = d.mux
 	if cfg.QueuedPackets > 0 {
 		bind, tunDev = budgetedBindAndTUN(bind, tunDev, cfg.QueuedPackets)
 	}
@@ -406,7 +410,7 @@ func (d *Device) applyLocked(peers []Peer) error {
 	if err != nil {
 		return err
 	}
-	if plan := planPeers(current, peers, time.Now()); plan != "" {
+	if plan := planPeers(current, withChosen(peers, d.chosen), time.Now()); plan != "" {
 		d.log.Debug("applying peer diff", "uapi", plan)
 		if err := d.wg.IpcSet(plan); err != nil {
 			return fmt.Errorf("apply peers to %s: %w", d.cfg.Interface, err)

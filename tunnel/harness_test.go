@@ -172,9 +172,11 @@ type helperConfig struct {
 }
 
 type helperRequest struct {
-	Op     string
-	Peers  []Peer
-	Routes []netip.Prefix
+	Op       string
+	Peers    []Peer
+	Routes   []netip.Prefix
+	Peer     Key
+	Endpoint netip.AddrPort
 }
 
 type helperReply struct {
@@ -250,6 +252,10 @@ func helperMain(raw string) int {
 			}
 		case "setroutes":
 			if err := dev.SetRoutes(req.Routes); err != nil {
+				r.Err = err.Error()
+			}
+		case "setendpoint":
+			if err := dev.SetEndpoint(req.Peer, req.Endpoint); err != nil {
 				r.Err = err.Error()
 			}
 		case "health":
@@ -401,6 +407,9 @@ func (n *node) call(req helperRequest) helperReply {
 
 func (n *node) setPeers(peers ...Peer) { n.call(helperRequest{Op: "setpeers", Peers: peers}) }
 func (n *node) health() []PeerHealth   { return n.call(helperRequest{Op: "health"}).Health }
+func (n *node) setEndpoint(peer Key, ep netip.AddrPort) {
+	n.call(helperRequest{Op: "setendpoint", Peer: peer, Endpoint: ep})
+}
 func (n *node) setRoutes(routes ...netip.Prefix) {
 	n.call(helperRequest{Op: "setroutes", Routes: routes})
 }

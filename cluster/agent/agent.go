@@ -212,7 +212,7 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 	}
 	req := api.JoinRequest{
 		Secret: tok.Secret, Name: a.cfg.Node.Name, Role: a.cfg.Node.Role, Labels: a.cfg.Node.Labels,
-		Endpoint: a.cfg.Node.Endpoint, PublicKey: a.cfg.Node.PublicKey, CSR: csr,
+		Endpoint: a.cfg.Node.Endpoint, PublicKey: a.cfg.Node.PublicKey, CSR: csr, Relay: a.cfg.Node.Relay,
 	}
 	pin := apicall.Pin{CAHash: tok.CAHash, By: "the token", Advice: "the token is for another cluster, or this is not the manager you meant"}
 	call := a.peerFor(pin)
@@ -585,7 +585,7 @@ func (a *Agent) syncSelf(ctx context.Context) error {
 	}
 	n := a.cfg.Node
 	var out clustermap.Node
-	if err := a.call(ctx, http.MethodPut, api.PathSelf, api.SelfUpdate{Labels: n.Labels, Endpoint: n.Endpoint, PublicKey: n.PublicKey}, &out); err != nil {
+	if err := a.call(ctx, http.MethodPut, api.PathSelf, api.SelfUpdate{Labels: n.Labels, Endpoint: n.Endpoint, PublicKey: n.PublicKey, Relay: n.Relay}, &out); err != nil {
 		return fmt.Errorf("update own record: %w", err)
 	}
 	a.mu.Lock()
@@ -727,6 +727,22 @@ func decode(call apicall.Caller, resp *http.Response, out any) error {
 	return err
 }
 
+// Certificate returns this node's current client certificate (renewals
+// replace it), for other mTLS legs such as the relay's.
+func (a *Agent) Certificate() *tls.Certificate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cert
+	return &c
+}
+
+// CAPool returns a pool holding the cluster's CA.
+func (a *Agent) CAPool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(a.ca)
+	return p
+}
+
 // peerFor talks to managers whose certificate chains to the CA pinned by
 // pin, presenting this node's certificate.
 func (a *Agent) peerFor(pin apicall.Pin) apicall.Caller {
@@ -781,4 +797,17 @@ func (a *Agent) TLSIdentity() (*tls.Certificate, *x509.CertPool) {
 		pool.AddCert(a.ca)
 	}
 	return &c, pool
+}
+
+// FetchValues asks the manager for the current values of this node's
+// tasks' secrets and configs (mTLS; only those of tasks assigned to this
+// node are given). They are never written to the state dir.
+func (a *Agent) FetchValues(ctx context.Context, refs []api.ValueRef) ([]api.Value, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var out api.ValuesResponse
+	if err := a.call(ctx, http.MethodPost, api.PathValues, api.ValuesRequest{Refs: refs}, &out); err != nil {
+		return nil, fmt.Errorf("fetch secret and config values from %s: %w", a.managerAddr(), err)
+	}
+	return out.Values, nil
 }

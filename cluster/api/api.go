@@ -40,6 +40,10 @@ const (
 	ActionActivate = "/activate"
 )
 
+// ALPNRelay is the TLS application protocol of the relay's TLS leg (package
+// relay): on a manager it shares the API port with the node API and Raft.
+const ALPNRelay = "warren-relay/1"
+
 // Node API paths (mTLS, on the manager's api_listen).
 const (
 	PathJoin   = "/v1/join"   // POST JoinRequest -> JoinResponse; needs the token, no client cert
@@ -66,6 +70,7 @@ type JoinRequest struct {
 	Endpoint  netip.AddrPort    `json:"endpoint"`
 	PublicKey string            `json:"public_key"` // WireGuard, base64
 	CSR       []byte            `json:"csr"`        // DER; the node's TLS key stays on the node
+	Relay     string            `json:"relay,omitempty"`
 }
 
 // JoinResponse carries the node's record, its signed certificate and the
@@ -82,6 +87,9 @@ type SelfUpdate struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Endpoint  netip.AddrPort    `json:"endpoint"`
 	PublicKey string            `json:"public_key"`
+	// Relay is where the node relays ("" if it does not): it may change
+	// with its config.
+	Relay string `json:"relay,omitempty"`
 }
 
 // RenewRequest asks for a fresh certificate for the caller's key.
@@ -105,6 +113,9 @@ type NodeStatus struct {
 	// Capacity is the memory and CPU the node offers tasks (the
 	// scheduler fits reservations into it); nil: not said.
 	Capacity *clustermap.ResourceAmounts `json:"capacity,omitempty"`
+	// Candidates are the node's path candidates (see clustermap.Node); nil
+	// means not known yet and keeps what the manager has.
+	Candidates []netip.AddrPort `json:"candidates,omitempty"`
 }
 
 // PeerHealth is one WireGuard peer as this node sees it.
@@ -113,6 +124,9 @@ type PeerHealth struct {
 	LastHandshake time.Time `json:"last_handshake"`
 	RxBytes       uint64    `json:"rx_bytes"`
 	TxBytes       uint64    `json:"tx_bytes"`
+	// Path is "direct", "relay" (the endpoint is a relay's local proxy) or
+	// "" (no endpoint).
+	Path string `json:"path,omitempty"`
 }
 
 // TaskStatus is one task's state as its node reports it.
@@ -127,6 +141,9 @@ type TaskStatus struct {
 	SpecVersion uint64 `json:"spec_version,omitempty"`
 	// Run: exit code, restarts, next restart, OOM.
 	Run clustermap.TaskRun `json:"run,omitzero"`
+	// Revision of the task's secrets and configs the container runs with
+	// (--secret-rotation restart), as the map gave it.
+	Revision string `json:"revision,omitempty"`
 }
 
 // Error is the body of every non-2xx answer: what went wrong and what to do.
@@ -213,6 +230,11 @@ type ServiceSpec struct {
 	// Workload: --mode, --restart-*, --limit-*/--reserve-*, --mount and
 	// the process settings (clustermap.Workload).
 	clustermap.Workload
+	// Secrets and configs, in Docker's --secret / --config syntax
+	// (NAME or source=NAME,target=...,uid=,gid=,mode=0400).
+	Secrets        []string `json:"secrets,omitempty"`
+	Configs        []string `json:"configs,omitempty"`
+	SecretRotation string   `json:"secret_rotation,omitempty"` // "" or "restart"
 }
 
 // LabelUpdate adds (or overwrites) and removes labels of a service.
@@ -252,6 +274,10 @@ type ServiceView struct {
 
 	// Workload: mode, restart policy, resources, mounts, process settings.
 	clustermap.Workload
+	// Secrets and configs the tasks see (references, never values).
+	Secrets        []clustermap.FileRef `json:"secrets,omitempty"`
+	Configs        []clustermap.FileRef `json:"configs,omitempty"`
+	SecretRotation string               `json:"secret_rotation,omitempty"`
 }
 
 // TaskView is one task of a service.

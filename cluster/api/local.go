@@ -21,6 +21,13 @@ type LocalPeer struct {
 	RxBytes         int64     `json:"rx_bytes"`
 	TxBytes         int64     `json:"tx_bytes"`
 	Healthy         bool      `json:"healthy"`
+	// Path is "direct" or "relay" ("" while the peer has no endpoint);
+	// Relay names the relay node of a relayed peer.
+	Path  string `json:"path"`
+	Relay string `json:"relay,omitempty"`
+	// RelayTransport is how a relayed peer's packets reach the relay now:
+	// "udp", or "tls" (TCP) when UDP to the relay gets no answer.
+	RelayTransport string `json:"relay_transport,omitempty"`
 }
 
 // LocalTunnel answers `warren network status`.

@@ -38,6 +38,7 @@ type NodeInfo struct {
 	Labels    map[string]string
 	Endpoint  netip.AddrPort // advertise address : WireGuard port
 	PublicKey string         // WireGuard, base64
+	Relay     string         // IP:port where this node relays, "" if it does not
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -64,6 +65,11 @@ func (n NodeInfo) Validate() error {
 	}
 	if err := validateLabels(n.Labels); err != nil {
 		return fmt.Errorf("node labels: %w", err)
+	}
+	if n.Relay != "" {
+		if ap, err := netip.ParseAddrPort(n.Relay); err != nil || ap.Port() == 0 {
+			return fmt.Errorf("relay address %q is not valid: want IP:PORT", n.Relay)
+		}
 	}
 	return nil
 }

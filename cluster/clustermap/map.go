@@ -73,11 +73,16 @@ const (
 
 // Node is one member of the mesh.
 type Node struct {
-	ID             string            `json:"id"`
-	Name           string            `json:"name"`
-	Role           string            `json:"role"`
-	PublicKey      string            `json:"public_key"` // WireGuard, base64
-	Endpoint       netip.AddrPort    `json:"endpoint"`   // underlay advertise address:listen port
+	ID        string         `json:"id"`
+	Name      string         `json:"name"`
+	Role      string         `json:"role"`
+	PublicKey string         `json:"public_key"` // WireGuard, base64
+	Endpoint  netip.AddrPort `json:"endpoint"`   // underlay advertise address:listen port
+	// Candidates are the underlay addresses the node's WireGuard socket may
+	// be reached on, most preferred first (its LAN addresses, a configured
+	// public endpoint, what STUN saw through its NAT): peers probe them to
+	// find a direct path (tunnel/paths).
+	Candidates     []netip.AddrPort  `json:"candidates,omitempty"`
 	OverlayIP      netip.Addr        `json:"overlay_ip"`
 	ContainerBlock netip.Prefix      `json:"container_block"`
 	Labels         map[string]string `json:"labels,omitempty"`
@@ -91,6 +96,10 @@ type Node struct {
 	// Capacity is the memory and CPU the node offers tasks, as it last
 	// reported them (zero: not reported; no reservation check).
 	Capacity ResourceAmounts `json:"capacity,omitzero"`
+	// Relay is set on nodes that relay WireGuard packets for members that
+	// cannot reach each other directly (package relay): IP:port of its TLS
+	// leg (TCP) and its UDP leg, one port number for both.
+	Relay string `json:"relay,omitempty"`
 }
 
 // Port is one service port; Published is the host port of the routing
@@ -123,7 +132,35 @@ type Service struct {
 	// yet moved run Previous.
 	SpecVersion uint64        `json:"spec_version,omitempty"`
 	Previous    *PreviousSpec `json:"previous,omitempty"`
+	// Secrets and configs the service's tasks get as files: references
+	// with the version each task must see, never a value (nodes fetch
+	// values from a manager while they run a task that uses them).
+	Secrets []FileRef `json:"secrets,omitempty"`
+	Configs []FileRef `json:"configs,omitempty"`
+	// SecretRotation is "" (a new version replaces the files in place) or
+	// "restart" (tasks are restarted one at a time instead).
+	SecretRotation string `json:"secret_rotation,omitempty"`
 }
+
+// FileRef is one secret or config a service's tasks see as a file:
+// Docker's --secret / --config fields. Target is a file name under
+// /run/secrets for a secret, an absolute path for a config.
+type FileRef struct {
+	Source string `json:"source"`
+	Target string `json:"target"`
+	UID    string `json:"uid,omitempty"`
+	GID    string `json:"gid,omitempty"`
+	Mode   uint32 `json:"mode"`
+	// Version is the object's current version, filled in by the manager
+	// in the published map (0 in the service's stored spec).
+	Version uint64 `json:"version,omitempty"`
+}
+
+// Secret rotation modes.
+const (
+	RotationInPlace = ""
+	RotationRestart = "restart"
+)
 
 // Task states.
 const (
@@ -152,6 +189,11 @@ type Task struct {
 	SpecVersion  uint64 `json:"spec_version,omitempty"`
 	DesiredState string `json:"desired_state"` // running | shutdown
 	State        string `json:"state"`         // as last reported by the node
+	// Revision is set for a service with --secret-rotation restart: a digest
+	// of the versions of its secrets and configs the task runs with. A new
+	// one recreates the task; the manager moves tasks to a new revision one
+	// at a time.
+	Revision string `json:"revision,omitempty"`
 	// Error is the node's last error text for the task, on the manager
 	// only (the admin API shows it); always empty in published maps.
 	Error string `json:"error,omitempty"`

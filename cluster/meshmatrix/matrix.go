@@ -29,6 +29,8 @@ type Link struct {
 	TxBytes             uint64   `json:"tx_bytes"`
 	// Problem says why an unhealthy link is so.
 	Problem string `json:"problem,omitempty"`
+	// Path is "direct" or "relay" as From reported it ("" unknown).
+	Path string `json:"path,omitempty"`
 }
 
 // Matrix is every ordered pair of distinct nodes, sorted by From then To.
@@ -70,7 +72,7 @@ func Build(nodes []api.NodeView, now time.Time) Matrix {
 				l.Problem = fmt.Sprintf("%s has no peer with %s's key", from.Name, to.Name)
 			}
 			if ok {
-				l.RxBytes, l.TxBytes = p.RxBytes, p.TxBytes
+				l.RxBytes, l.TxBytes, l.Path = p.RxBytes, p.TxBytes, p.Path
 				if !p.LastHandshake.IsZero() {
 					age := max(now.Add(offset).Sub(p.LastHandshake), 0).Round(time.Second).Seconds()
 					l.HandshakeAgeSeconds = &age
@@ -92,12 +94,16 @@ func Build(nodes []api.NodeView, now time.Time) Matrix {
 	return m
 }
 
-// Cell is the matrix text for one link: the handshake age, "never", and a
-// trailing "!" when the link is unhealthy.
+// Cell is the matrix text for one link: the handshake age, "never", a
+// trailing "(relay)" when From reaches To through a relay, and a trailing
+// "!" when the link is unhealthy.
 func Cell(l Link) string {
 	s := "never"
 	if l.HandshakeAgeSeconds != nil {
 		s = (time.Duration(*l.HandshakeAgeSeconds) * time.Second).String()
+	}
+	if l.Path == "relay" {
+		s += " (relay)"
 	}
 	if !l.Healthy {
 		s += "!"

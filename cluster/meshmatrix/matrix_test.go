@@ -92,3 +92,20 @@ func TestUnreportedNode(t *testing.T) {
 		t.Fatalf("%+v", m.Links)
 	}
 }
+
+// A link its From node reports relayed is marked in the matrix cell.
+func TestRelayedLinkIsMarked(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	nodes := []api.NodeView{
+		{Name: "a", Status: "ready", PublicKey: "ka", LastSeen: now, Tunnel: []api.PeerHealth{{PublicKey: "kb", LastHandshake: now.Add(-5 * time.Second), Path: "relay"}}},
+		{Name: "b", Status: "ready", PublicKey: "kb", LastSeen: now, Tunnel: []api.PeerHealth{{PublicKey: "ka", LastHandshake: now.Add(-5 * time.Second), Path: "direct"}}},
+	}
+	m := Build(nodes, now)
+	cells := map[string]string{}
+	for _, l := range m.Links {
+		cells[l.From+">"+l.To] = Cell(l)
+	}
+	if cells["a>b"] != "5s (relay)" || cells["b>a"] != "5s" {
+		t.Fatalf("cells %v: want a>b \"5s (relay)\" and b>a \"5s\"", cells)
+	}
+}

@@ -46,6 +46,11 @@ func applianceMain(args []string) int {
 		}
 		return exitBadConfig
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "warren-appliance takes no arguments, got %q (did you mean --%s?)\n", fs.Args(), strings.TrimLeft(fs.Arg(0), "-"))
+		fs.Usage()
+		return exitBadConfig
+	}
 	if *version {
 		fmt.Print(buildinfo.String("warren-appliance"))
 		return 0

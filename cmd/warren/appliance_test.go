@@ -29,6 +29,10 @@ func TestApplianceCheckExitCodes(t *testing.T) {
 		{[]string{"--check", "--config", filepath.Join(t.TempDir(), "missing.toml")}, exitBadConfig},
 		{[]string{"--no-such-flag"}, exitBadConfig},
 		{[]string{"--version"}, 0},
+		// Stray arguments are refused, not ignored (before, `warren-appliance
+		// check` started the daemon).
+		{[]string{"--version", "check"}, exitBadConfig},
+		{[]string{"--check", "--config", "../../configs/examples/manager.toml", "extra"}, exitBadConfig},
 	}
 	for _, tc := range cases {
 		if got := applianceMain(tc.args); got != tc.want {

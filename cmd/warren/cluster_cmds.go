@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/warren-appliance/warren/cluster"
 	"github.com/warren-appliance/warren/cluster/client"
 	"github.com/warren-appliance/warren/internal/atomicfile"
 )
@@ -112,7 +113,8 @@ func addClusterCommands(root *cobra.Command) {
 		Short: "Write a consistent copy of the cluster state to FILE (0600; it holds the CA key)",
 		Long: "Write the cluster state (nodes, addresses, services, VIPs, the CA and its key, join secrets) as this\n" +
 			"manager holds it, while it runs. Keep FILE as secret as the state dir. Restore it on a fresh board with\n" +
-			"`warren cluster init --force-new-cluster --restore FILE`.",
+			"`warren cluster init --force-new-cluster --restore FILE`. Secrets and configs in FILE are sealed with the\n" +
+			"cluster's data key, written to FILE.key: a restore needs FILE.key beside FILE.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var buf bytes.Buffer
@@ -123,6 +125,19 @@ func addClusterCommands(root *cobra.Command) {
 				return fmt.Errorf("write backup: %w", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Backup written to %s (%d bytes, mode 0600).\n", args[0], buf.Len())
+			key, err := apiClient(cmd).DataKey(cmdContext(cmd))
+			switch {
+			case client.IsNotFound(err):
+				// No secret or config was ever created: no key to keep.
+			case err != nil:
+				return fmt.Errorf("read the data key of secrets and configs: %w", err)
+			default:
+				keyFile := args[0] + cluster.BackupKeySuffix
+				if err := atomicfile.Write(keyFile, key, 0o600); err != nil {
+					return fmt.Errorf("write the data key: %w", err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Data key of secrets and configs written to %s (mode 0600): FILE's secrets need it to be restored; keep it apart from FILE.\n", keyFile)
+			}
 			return nil
 		},
 	}

@@ -27,14 +27,15 @@ func addDaemonCommands(root *cobra.Command) {
 	initCmd.Flags().String("vip-subnet", "", "service VIP range (network.vip_subnet)")
 	initCmd.Flags().String("api-listen", "", "where the cluster API listens (cluster.api_listen)")
 	initCmd.Flags().Bool("force-new-cluster", false, "restart this manager's state as a one-manager cluster (after the managers lost their quorum)")
+	initCmd.Flags().Bool("enable-mtls", false, "accepted for the seed's command line: mTLS between nodes is always on (every API call after join; Raft between managers)")
 	initCmd.Flags().String("restore", "", "with --force-new-cluster: start from a FILE written by warren cluster backup (on a fresh state dir)")
 	findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"}).AddCommand(initCmd)
 
-	joinCmd := daemonVerb("join --manager HOST:PORT --token TOKEN", "Join an existing cluster with a manager token, and run it", configs.RoleManager)
+	joinCmd := daemonVerb("join --manager HOST[:PORT] --token TOKEN", "Join an existing cluster with a manager token, and run it", configs.RoleManager)
 	joinFlags(joinCmd)
 	findOrAdd(root, &cobra.Command{Use: "manager", Short: "Run this node as a manager"}).AddCommand(joinCmd)
 
-	startCmd := daemonVerb("start --manager HOST:PORT --token TOKEN", "Join a cluster as a worker (or rejoin with the stored identity), and run it", configs.RoleWorker)
+	startCmd := daemonVerb("start --manager HOST[:PORT] --token TOKEN", "Join a cluster as a worker (or rejoin with the stored identity), and run it", configs.RoleWorker)
 	joinFlags(startCmd)
 	findOrAdd(root, &cobra.Command{Use: "worker", Short: "Run this node as a worker"}).AddCommand(startCmd)
 }
@@ -75,9 +76,9 @@ func daemonFlags(c *cobra.Command) {
 }
 
 func joinFlags(c *cobra.Command) {
-	c.Flags().String("manager", "", "a manager's API address, host:port (cluster.manager; remembered)")
-	c.Flags().String("token", "", "join token printed by `warren cluster join-token` (cluster.token; needed only for the first start; moved from the command line to $"+tokenEnv+" at once, or use --token-file)")
-	c.Flags().String("token-file", "", "file holding the join token (cluster.token_file; needed only for the first start)")
+	c.Flags().String("manager", "", "a manager's API address `HOST[:PORT]`, port 7946 if not given (cluster.manager; remembered)")
+	c.Flags().String("token", "", "join `TOKEN` printed by warren cluster join-token (cluster.token; needed only for the first start; moved from the command line to $"+tokenEnv+" at once, or use --token-file)")
+	c.Flags().String("token-file", "", "`FILE` holding the join token (cluster.token_file; needed only for the first start)")
 }
 
 // runDaemon builds the config from the file (if any) and the flags, and
@@ -112,6 +113,9 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 		return nil, err
 	}
 	verb := cmd.CommandPath()
+	if on, _ := cmd.Flags().GetBool("enable-mtls"); on {
+		fmt.Fprintln(cmd.ErrOrStderr(), "warren: --enable-mtls: mTLS is always on in Warren (every API call after join, and Raft between managers); the flag changes nothing")
+	}
 	// --force-new-cluster restarts an existing manager (one that joined
 	// keeps its cluster.manager and identity): it creates nothing.
 	force, _ := cmd.Flags().GetBool("force-new-cluster")
@@ -124,6 +128,9 @@ func daemonConfig(cmd *cobra.Command, role string) (*configs.Loaded, error) {
 	cfg.SetByFlag("node.role")
 	if creating {
 		cfg.SetByFlag("cluster.manager") // none: what a joined node remembered must not apply
+	}
+	if role == configs.RoleManager && cmd.Name() == "join" {
+		cfg.JoinVerb = verb // never the creator of a new cluster
 	}
 	var errs configs.Errors
 	set := func(flag, key string, apply func(string) error) {

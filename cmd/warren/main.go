@@ -62,7 +62,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetVersionTemplate(buildinfo.String("warren"))
-	root.PersistentFlags().String("socket", "", "path of the local daemon's socket (default "+defaultSocket+", or $WARREN_SOCKET)")
+	root.PersistentFlags().String("socket", "", "where this CLI connects to the daemon (default $WARREN_SOCKET, else "+defaultSocket+", where the daemon always listens)")
 	addDaemonCommands(root)
 	addClusterCommands(root)
 	addNodeCommands(root)
@@ -70,18 +70,20 @@ func newRoot() *cobra.Command {
 	addVolumeCommands(root)
 	addNetworkCommands(root)
 	addPolicyCommands(root)
+	addObjectCommands(root)
 	strictGroups(root)
 	return root
 }
 
-// strictGroups makes every verb group (warren cluster, warren service, ...)
-// refuse an unknown verb with exit 2, as the top level does, instead of
-// printing its help and exiting 0: a script's typo must not pass silently.
+// strictGroups makes the top level and every verb group (warren cluster,
+// warren service, ...) refuse an unknown verb with exit 2 (bad input),
+// instead of printing its help and exiting 0 or cobra's error with exit 1:
+// a script's typo must not pass silently.
 func strictGroups(c *cobra.Command) {
 	for _, sub := range c.Commands() {
 		strictGroups(sub)
 	}
-	if !c.HasParent() || !c.HasSubCommands() || c.Runnable() {
+	if !c.HasSubCommands() || c.Runnable() {
 		return
 	}
 	if c.SuggestionsMinimumDistance <= 0 {

@@ -98,6 +98,7 @@ func TestPolicyApplyAndLabelsRejectBadInputWithExit2(t *testing.T) {
 	}{
 		{[]string{"policy", "apply", "-f", file}, file + `: line 7: unknown field "ingres" in spec`},
 		{[]string{"policy", "apply", "-f", filepath.Join(dir, "missing.yaml")}, "no such file"},
+		{[]string{"policy", "apply", "-f", "../../netpolicy/testdata/recipes/05-allow-traffic-from-all-namespaces.yaml"}, "line 13: spec.ingress[0].from[0].namespaceSelector cannot be honoured: Warren has no namespaces"},
 		{[]string{"service", "create", "web", "--image", "x", "--label", "app"}, `label "app": want KEY=VALUE`},
 		{[]string{"service", "update", "web", "--label-rm", "bad key"}, `label key "bad key"`},
 		{[]string{"service", "update", "web"}, "nothing to update"},
@@ -138,7 +139,16 @@ func TestUnknownVerbInEveryGroupExits2(t *testing.T) {
 	if groups < 5 {
 		t.Fatalf("only %d groups found (cluster, manager, worker, node, service, network)", groups)
 	}
-	_, err := execute("service", "lss")
+	// A typo at the top level exits 2 as well (before: 1), with cobra's suggestion.
+	_, err := execute("sevrice")
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), `unknown command "sevrice" for "warren"`) || !strings.Contains(err.Error(), "\tservice") {
+		t.Errorf("warren sevrice: want exit 2 with a suggestion, got %v", err)
+	}
+	if out, err := execute(); err != nil || !strings.Contains(out, "Available Commands:") {
+		t.Errorf("warren alone: want its help, got %v\n%s", err, out)
+	}
+	_, err = execute("service", "lss")
 	if err == nil || !strings.Contains(err.Error(), `unknown command "lss" for "warren service"`) || !strings.Contains(err.Error(), "\tls") {
 		t.Errorf("warren service lss: %v", err)
 	}
@@ -217,5 +227,90 @@ func TestSetupVerbsWithShippedConfig(t *testing.T) {
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "joining.toml:2: cluster.manager") {
 		t.Fatalf("cluster init with cluster.manager set: %v", err)
+	}
+}
+
+// `manager join` and `worker start` only join: without a manager address
+// they refuse naming --manager (exit 2) instead of creating a new cluster
+// (issue 25); only `cluster init` creates one.
+func TestJoinVerbsWithoutManagerRefuse(t *testing.T) {
+	dir := t.TempDir()
+	token := "WRN-1-" + strings.Repeat("0f", 32) + "-abcdefghijklmnopqrstuvwxyz"
+	if err := os.WriteFile(filepath.Join(dir, "none.toml"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		role string
+		args []string
+	}{
+		{configs.RoleManager, []string{"manager", "join", "--name", "m2", "--token", token}},
+		{configs.RoleManager, []string{"manager", "join", "--name", "m2"}},
+		{configs.RoleWorker, []string{"worker", "start", "--name", "w1", "--token", token}},
+	} {
+		// daemonConfig, not execute: before the fix this ran a new cluster.
+		args := append(c.args, "--config", filepath.Join(dir, "none.toml"), "--state-dir", filepath.Join(dir, c.args[0]))
+		_, err := daemonConfigFor(t, c.role, args...)
+		if err == nil || !strings.Contains(err.Error(), "cluster.manager") || !strings.Contains(err.Error(), "--manager") {
+			t.Errorf("warren %v: want an error naming cluster.manager and --manager, got %v", args, err)
+		}
+	}
+	// The same with the shipped config file (no cluster.manager in it).
+	cfg, err := daemonConfigFor(t, configs.RoleManager, "manager", "join", "--config", "../../packaging/config/warren.toml", "--state-dir", filepath.Join(dir, "m3"), "--token", token)
+	if err == nil || !strings.Contains(err.Error(), "only `warren cluster init` creates") {
+		t.Fatalf("manager join without --manager and the shipped config: %v (%v)", err, cfg != nil)
+	}
+	// With --manager it joins; a manager address without a port gets 7946.
+	cfg, err = daemonConfigFor(t, configs.RoleManager, "manager", "join", "--config", filepath.Join(dir, "none.toml"), "--state-dir", filepath.Join(dir, "m4"), "--token", token, "--manager", "192.0.2.10")
+	if err != nil || cfg.Cluster.Manager != "192.0.2.10:7946" {
+		t.Fatalf("manager join --manager 192.0.2.10: %v (%v)", err, cfg != nil)
+	}
+	cfg, err = daemonConfigFor(t, configs.RoleWorker, "worker", "start", "--config", filepath.Join(dir, "none.toml"), "--state-dir", filepath.Join(dir, "w4"), "--token", token, "--manager", "mgr.example:8000")
+	if err != nil || cfg.Cluster.Manager != "mgr.example:8000" {
+		t.Fatalf("worker start --manager mgr.example:8000: %v (%v)", err, cfg != nil)
+	}
+}
+
+// --token's help names its value TOKEN, not the command that prints it.
+func TestJoinFlagsValueNames(t *testing.T) {
+	out, err := execute("worker", "start", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--token TOKEN ", "--manager HOST[:PORT] ", "--token-file FILE ", "where the daemon always listens"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("help lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// A Kubernetes NetworkPolicy (apiVersion networking.k8s.io/v1, namespace
+// default) passes the CLI's checks unchanged and goes to the daemon.
+func TestPolicyApplyTakesKubernetesYAML(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	_, err := execute("policy", "apply", "-f", "../../netpolicy/testdata/recipes/02a-allow-all-traffic-to-an-application.yaml", "--socket", sock)
+	if err == nil || !strings.Contains(err.Error(), "cannot reach the warren daemon at "+sock) {
+		t.Fatalf("policy apply of a Kubernetes recipe: %v, want it sent to the daemon", err)
+	}
+}
+
+// The seed's `warren cluster init --enable-mtls` is accepted and says that
+// mTLS is always on.
+func TestClusterInitEnableMTLS(t *testing.T) {
+	root := newRoot()
+	cmd, _, err := root.Find([]string{"cluster", "init"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.SetErr(&stderr)
+	if err := cmd.ParseFlags([]string{"--enable-mtls", "--name", "m1", "--state-dir", t.TempDir(), "--config", filepath.Join(t.TempDir(), "none.toml")}); err != nil {
+		t.Fatalf("--enable-mtls: %v", err)
+	}
+	cmd.Flags().Lookup("config").Changed = false // a missing default config is fine
+	if _, err := daemonConfig(cmd, configs.RoleManager); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr.String(), "mTLS is always on") {
+		t.Fatalf("no note that mTLS is always on: %q", stderr.String())
 	}
 }

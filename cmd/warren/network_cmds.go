@@ -32,13 +32,13 @@ func addNetworkCommands(root *cobra.Command) {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "interface: %s (%s)\npublic key: %s\n\n", st.Interface, st.Mode, st.PublicKey)
 			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "PEER\tNODE\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tHEALTHY")
+			fmt.Fprintln(tw, "PEER\tNODE\tPATH\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tRX\tTX\tHEALTHY")
 			for _, p := range st.Peers {
 				age := "never"
 				if p.HandshakeAge != "" {
 					age = p.HandshakeAge + " ago"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\n", p.PublicKey, orDash(p.Node), pathText(p.Path, p.Relay, p.RelayTransport), orDash(p.Endpoint), strings.Join(p.AllowedIPs, ","), age, p.RxBytes, p.TxBytes, p.Healthy)
 			}
 			return tw.Flush()
 		},
@@ -130,7 +130,7 @@ func clusterMeshStatus(cmd *cobra.Command) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\ncells: time since FROM's last handshake with TO; \"!\": unhealthy (no handshake within %s, either node down, or no report)\n", meshmatrix.HealthyWithin)
+	fmt.Fprintf(out, "\ncells: time since FROM's last handshake with TO; \"(relay)\": FROM reaches TO through a relay; \"!\": unhealthy (no handshake within %s, either node down, or no report)\n", meshmatrix.HealthyWithin)
 	if len(bad) == 0 {
 		fmt.Fprintf(out, "all %d links healthy\n", len(m.Links))
 		return nil
@@ -147,4 +147,19 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// pathText is a peer's PATH column: "direct", "relay via NODE (udp|tls)", "relay"
+// when the relay node is not known, "-" without an endpoint.
+func pathText(path, relay, transport string) string {
+	if transport != "" {
+		transport = " (" + transport + ")"
+	}
+	switch {
+	case path == "relay" && relay != "":
+		return "relay via " + relay + transport
+	case path == "":
+		return "-"
+	}
+	return path
 }

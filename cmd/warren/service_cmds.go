@@ -64,6 +64,9 @@ func addServiceCommands(root *cobra.Command) {
 			if workload.IsGlobal() && !f.Changed("replicas") {
 				spec.Replicas = nil
 			}
+			if err := secretFlags(cmd, &spec); err != nil {
+				return err
+			}
 			c := apiClient(cmd)
 			v, err := c.CreateService(cmdContext(cmd), spec)
 			if err != nil {
@@ -98,6 +101,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
 	addWorkloadFlags(cf)
+	addSecretFlags(createCmd)
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
 	addWaitFlags(createCmd)
@@ -184,6 +188,11 @@ func addServiceCommands(root *cobra.Command) {
 				}
 			}
 			row("Labels", formatLabels(s.Labels))
+			if len(s.Secrets) > 0 || len(s.Configs) > 0 {
+				row("Secrets", formatRefs(s.Secrets))
+				row("Configs", formatRefs(s.Configs))
+				row("Secret rotation", map[bool]string{true: "restart (one task at a time)", false: "in place"}[s.SecretRotation == "restart"])
+			}
 			row("Created", s.CreatedAt.Format(time.RFC3339))
 			row("Updated", s.UpdatedAt.Format(time.RFC3339))
 			if s.Updating {
@@ -283,8 +292,9 @@ func addServiceCommands(root *cobra.Command) {
 			addArgs, _ := f.GetStringArray("label-add")
 			rm, _ := f.GetStringArray("label-rm")
 			specChange := specFlagsChanged(f) || command != nil
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !specChange {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, a spec flag (see --help), --label-add or --label-rm")}
+			refs, hasRefs := refsUpdate(cmd)
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !specChange && !hasRefs {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, a spec flag (see --help), --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm or --secret-rotation")}
 			}
 			add, err := parseLabels(addArgs)
 			if err != nil {
@@ -302,6 +312,13 @@ func addServiceCommands(root *cobra.Command) {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: labels %s\n", v.Name, formatLabels(v.Labels))
+			}
+			if hasRefs {
+				v, err := c.UpdateServiceRefs(cmdContext(cmd), args[0], refs)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: secrets %s, configs %s\n", v.Name, formatRefs(v.Secrets), formatRefs(v.Configs))
 			}
 			if specChange {
 				cur, err := c.Service(cmdContext(cmd), args[0])
@@ -348,6 +365,7 @@ func addServiceCommands(root *cobra.Command) {
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
 	addUpdateFlags(updateCmd.Flags())
+	addSecretUpdateFlags(updateCmd)
 	addWaitFlags(updateCmd)
 	addWaitFlags(scaleCmd)
 

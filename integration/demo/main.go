@@ -40,6 +40,11 @@ func run(dir, binDir string, workers int) error {
 	if _, err := os.Stat(filepath.Join(binDir, "warren-appliance")); err != nil {
 		return fmt.Errorf("no binaries in %s: run `make build` first (make demo does)", binDir)
 	}
+	// Ctrl-C (SIGINT) or SIGTERM at any moment, even while the cluster
+	// starts, tears the demo down and exits 0: stopping it is not a
+	// failure. Signals stay caught until the teardown is over.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
 	os.RemoveAll(dir) // a previous demo's state; its namespaces are swept by lab.New
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	l, err := lab.New(lab.Options{Dir: dir, BinDir: binDir, Logger: log})
@@ -52,8 +57,16 @@ func run(dir, binDir string, workers int) error {
 			fmt.Fprintln(os.Stderr, "demo teardown:", err)
 		}
 	}()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	err = start(ctx, dir, l, workers)
+	if ctx.Err() != nil {
+		fmt.Println("\nstopped.")
+		return nil
+	}
+	return err
+}
+
+// start brings the cluster and the service up and waits for the signal.
+func start(ctx context.Context, dir string, l *lab.Lab, workers int) error {
 
 	if err := os.MkdirAll(filepath.Join(dir, "images"), 0o755); err != nil {
 		return err

@@ -26,6 +26,10 @@ type ClusterOptions struct {
 	// ManagerWireGuardExtra is appended inside the manager's [wireguard]
 	// table (e.g. "subnet = \"172.16.0.0/24\"\n").
 	ManagerWireGuardExtra string
+	// WorkersBehindNAT puts each worker alone behind its own NAT router
+	// (router-N for worker-N, see Router), with no advertise_address: the
+	// default config of a board at another site.
+	WorkersBehindNAT bool
 }
 
 // Cluster is a running lab cluster.
@@ -33,6 +37,8 @@ type Cluster struct {
 	Manager  *Node   // manager-1, which created the cluster
 	Managers []*Node // the managers that joined it
 	Workers  []*Node
+	// Routers are the workers' NAT routers (WorkersBehindNAT), in order.
+	Routers []*Router
 }
 
 // Nodes returns the managers then the workers.
@@ -105,12 +111,23 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 	}
 	for i := 1; i <= opts.Workers; i++ {
 		name := fmt.Sprintf("worker-%d", i)
-		w, err := l.addClusterNode(ctx, name, opts.Images)
+		var r *Router
+		if opts.WorkersBehindNAT {
+			if r, err = l.AddRouter(fmt.Sprintf("router-%d", i)); err != nil {
+				return nil, err
+			}
+			c.Routers = append(c.Routers, r)
+		}
+		w, err := l.addClusterNodeBehind(ctx, name, r, opts.Images)
 		if err != nil {
 			return nil, err
 		}
-		cfg := fmt.Sprintf("[node]\nname = %q\nrole = \"worker\"\nadvertise_address = %q\n\n[cluster]\nmanager = \"%s:7946\"\ntoken = %q\n%s\n[wireguard]\nmode = \"tun\"\n\n[runtime]\ncgroup_parent = %q\n\n%s",
-			name, w.LANIP, m.LANIP, token, opts.ClusterExtra, w.CgroupParent(), opts.WorkerExtra)
+		advertise := fmt.Sprintf("advertise_address = %q\n", w.LANIP)
+		if r != nil {
+			advertise = "" // the default: the source address of its default route
+		}
+		cfg := fmt.Sprintf("[node]\nname = %q\nrole = \"worker\"\n%s\n[cluster]\nmanager = \"%s:7946\"\ntoken = %q\n%s\n[wireguard]\nmode = \"tun\"\n\n[runtime]\ncgroup_parent = %q\n\n%s",
+			name, advertise, m.LANIP, token, opts.ClusterExtra, w.CgroupParent(), opts.WorkerExtra)
 		if err := w.WriteConfig(cfg); err != nil {
 			return nil, err
 		}
@@ -159,7 +176,18 @@ func (c *Cluster) NodeListOn(ctx context.Context, n *Node) ([]NodeView, error) {
 }
 
 func (l *Lab) addClusterNode(ctx context.Context, name string, images []string) (*Node, error) {
-	n, err := l.AddNode(name)
+	return l.addClusterNodeBehind(ctx, name, nil, images)
+}
+
+// addClusterNodeBehind is addClusterNode behind router r (nil: on the LAN).
+func (l *Lab) addClusterNodeBehind(ctx context.Context, name string, r *Router, images []string) (*Node, error) {
+	var n *Node
+	var err error
+	if r != nil {
+		n, err = l.AddNodeBehind(name, r)
+	} else {
+		n, err = l.AddNode(name)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -59,9 +59,10 @@ type Lab struct {
 	lanNS   string
 	Outside *Host
 
-	mu    sync.Mutex
-	nodes []*Node
-	next  int
+	mu      sync.Mutex
+	nodes   []*Node
+	routers []*Router
+	next    int
 }
 
 // RouterIP is the outside host's LAN address: the nodes' default gateway
@@ -82,6 +83,9 @@ type Host struct {
 // Node is a simulated warren node: a Host with a private mount namespace.
 type Node struct {
 	Host
+	// Router is the NAT router the node sits behind (nil: on the LAN);
+	// then LANIP is the node's address on the router's site network.
+	Router        *Router
 	Root          string // host directory holding the node's /var/lib/warren, /etc/warren, ...
 	containerd    *exec.Cmd
 	appliance     *exec.Cmd
@@ -194,7 +198,22 @@ func (l *Lab) AddBoard(name, hostname string) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{Host: *h, Root: filepath.Join(h.dir, "root")}
+	return l.startNode(h, name, hostname, nil)
+}
+
+// AddNodeBehind creates a node alone on the site network of router r: its
+// traffic to the LAN leaves through r's NAT.
+func (l *Lab) AddNodeBehind(name string, r *Router) (*Node, error) {
+	h, err := l.addSiteHost(name, r)
+	if err != nil {
+		return nil, err
+	}
+	return l.startNode(h, name, name, r)
+}
+
+// startNode gives host h its private mounts and holder process.
+func (l *Lab) startNode(h *Host, name, hostname string, r *Router) (*Node, error) {
+	n := &Node{Host: *h, Root: filepath.Join(h.dir, "root"), Router: r}
 	for _, d := range []string{"lib", "etc", "containerd", "lib/images"} {
 		if err := os.MkdirAll(filepath.Join(n.Root, d), 0o700); err != nil {
 			return nil, err
@@ -228,6 +247,10 @@ exec sleep infinity`, n.Root, binMount)
 	// Its own UTS namespace too: a node's host name is its name, as on a
 	// board (the default node name comes from it).
 	cmd := exec.Command("unshare", "-m", "-u", "--propagation", "private", "nsenter", "--net=/run/netns/"+n.NetNS, "sh", "-c", "hostname "+hostname+"\n"+script)
+	// A process group of its own: Ctrl-C in the terminal (make demo) goes
+	// to the program that owns the lab, whose Close stops the nodes in
+	// order, not to every node process at once.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -297,6 +320,7 @@ func (h *Host) Background(logName string, name string, args ...string) (*exec.Cm
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // as the node's holder
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: start %s: %w", h.Name, name, err)
@@ -397,6 +421,7 @@ func (n *Node) StartAppliance(binary string, args ...string) error {
 	}
 	cmd := n.Command(context.Background(), binary, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // as the node's holder
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return fmt.Errorf("%s: start appliance: %w", n.Name, err)
@@ -464,6 +489,11 @@ func (l *Lab) Close() error {
 	for _, n := range nodes {
 		names = append(names, n.NetNS)
 	}
+	l.mu.Lock()
+	for _, r := range l.routers {
+		names = append(names, r.NetNS)
+	}
+	l.mu.Unlock()
 	if l.Outside != nil {
 		names = append(names, l.Outside.NetNS)
 	}
