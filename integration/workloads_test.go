@@ -356,4 +356,28 @@ func TestWorkloadsRestartLimitsMountsGlobal(t *testing.T) {
 	if len(nodes) != 4 {
 		t.Errorf("agent tasks on %d nodes, want one on each of 4: %+v", len(nodes), v.Tasks)
 	}
+
+	// Max attempts count the restarts made before a daemon restart (they
+	// are recorded on the container).
+	createService(t, c, "flaky2", "--restart-max-attempts", "2", "--restart-delay", "2s", "--constraint", "node.name==worker-1", "--", "sh", "-c", "echo run; sleep 2; exit 1")
+	oneTask(t, c, "flaky2", 2*time.Minute, "restarted once", func(task psTask) error {
+		if task.Restarts != 1 {
+			return fmt.Errorf("%+v", task)
+		}
+		return nil
+	})
+	if err := w1.RestartAppliance(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	oneTask(t, c, "flaky2", 2*time.Minute, "gives up after two restarts across a daemon restart", func(task psTask) error {
+		if !strings.Contains(task.Error, "gave up after 2 restarts") || task.Restarts != 2 {
+			return fmt.Errorf("%+v", task)
+		}
+		return nil
+	})
+	// Three runs in all (the first and two restarts), as its log shows.
+	time.Sleep(5 * time.Second)
+	if out, err := c.Manager.Exec(ctx, "warren", "service", "logs", "flaky2"); err != nil || strings.Count(out, "| run") != 3 {
+		t.Errorf("flaky2 ran %d times, want 3: %v\n%s", strings.Count(out, "| run"), err, out)
+	}
 }

@@ -29,6 +29,9 @@ type observed struct {
 	proc       procState
 	exitStatus uint32 // procStopped only
 	oomKilled  bool   // procStopped only: the task's cgroup counted an OOM kill
+	// restarts are the restart times recorded on the container (they
+	// outlive a daemon restart; the loop's record has them otherwise).
+	restarts []time.Time
 }
 
 // planInput is everything a pass decides on. Maps are the planner's own
@@ -106,13 +109,14 @@ type action struct {
 	startedAt    time.Time // keep: when the run began (now for an adopted one)
 	err          string    // fail, note-exit: the status error
 	imageFailure bool
-	removeFirst  bool       // fail: the container goes first
-	exitStatus   uint32     // note-exit
-	oomKilled    bool       // note-exit
-	noRestart    bool       // note-exit: the restart policy leaves it stopped
-	state        string     // note-exit: the reported state (failed, complete)
-	holder       string     // wait-ip: the task being removed that holds the IP
-	ip           netip.Addr // remove: the IP the container held
+	removeFirst  bool        // fail: the container goes first
+	exitStatus   uint32      // note-exit
+	oomKilled    bool        // note-exit
+	noRestart    bool        // note-exit: the restart policy leaves it stopped
+	state        string      // note-exit: the reported state (failed, complete)
+	restarts     []time.Time // note-exit: the restart history the decision counted
+	holder       string      // wait-ip: the task being removed that holds the IP
+	ip           netip.Addr  // remove: the IP the container held
 }
 
 // plan is a pass's actions, in task-name order, and the veths to keep.
@@ -226,8 +230,12 @@ func (in planInput) planTask(s TaskSpec) action {
 			a.kind = actNoteExit
 			a.failures = rec.failures + 1
 			a.exitStatus, a.oomKilled = c.exitStatus, c.oomKilled
+			a.restarts = rec.restarts
+			if len(a.restarts) == 0 {
+				a.restarts = c.restarts // a restarted daemon: the container's label
+			}
 			d := decideRestart(s.Restart, exitInfo{status: c.exitStatus, oomKilled: c.oomKilled, memoryLimit: s.Limits.MemoryBytes},
-				a.failures, rec.restarts, in.now, in.backoffCap)
+				a.failures, a.restarts, in.now, in.backoffCap)
 			a.retryAt, a.noRestart, a.state, a.err = d.at, !d.restart, d.state, d.err
 		case rec.noRestart:
 			a.kind = actWait // its restart policy leaves it stopped

@@ -434,7 +434,7 @@ func observeContainer(ctx context.Context, c client.Container) (observed, handle
 	if err != nil {
 		return observed{}, h, fmt.Errorf("labels of %s: %w", c.ID(), err)
 	}
-	o := observed{specHash: labels[labelSpec]}
+	o := observed{specHash: labels[labelSpec], restarts: parseRestarts(labels[labelRestarts])}
 	o.ip, _ = netip.ParseAddr(labels[labelIP])
 	task, err := c.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
@@ -664,6 +664,7 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 		}
 		rec.exitNoted, rec.noRestart = false, false
 	}
+	restarts := slices.Clone(rec.restarts)
 	rec.status.ExitCode, rec.status.Exited, rec.status.OOMKilled, rec.status.NextRestart = 0, false, false, time.Time{}
 	rec.startedAt = time.Now()
 	rec.retryAt = time.Time{}
@@ -672,6 +673,12 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 	gen := r.newWatch(rec)
 	r.mu.Unlock()
 	r.notify()
+	if len(restarts) > 0 {
+		// On the container too, so a restarted daemon still counts them.
+		if err := setRestartsLabel(ctx, c, restarts); err != nil {
+			r.log.Warn("record restarts on the container", "task", name, "err", err)
+		}
+	}
 	go r.watch(name, gen, exitCh)
 	r.log.Info("started task", "task", name, "pid", task.Pid())
 	return nil
@@ -705,6 +712,10 @@ func (r *Reconciler) recordExit(a action) {
 	r.mu.Lock()
 	rec := r.recordLocked(a.task)
 	rec.exitNoted, rec.noRestart = true, a.noRestart
+	if len(rec.restarts) == 0 && len(a.restarts) > 0 {
+		rec.restarts = a.restarts // counted before a daemon restart (container label)
+		rec.status.Restarts = max(rec.status.Restarts, len(a.restarts))
+	}
 	rec.failures, rec.retryAt = a.failures, a.retryAt
 	rec.status.State, rec.status.Error = a.state, a.err
 	rec.status.about(a.spec)

@@ -1,6 +1,7 @@
 package orchestrate
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path"
@@ -8,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/containerd/containerd/v2/client"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/internal/dockerflags"
@@ -128,4 +131,32 @@ func readCounter(file, key string) (int64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// labelRestarts records a task's recent restart times on its container
+// (Unix seconds, comma-separated), for the restart policy's max attempts.
+const labelRestarts = "warren.restarts"
+
+func formatRestarts(ts []time.Time) string {
+	parts := make([]string, len(ts))
+	for i, t := range ts {
+		parts[i] = strconv.FormatInt(t.Unix(), 10)
+	}
+	return strings.Join(parts, ",")
+}
+
+// parseRestarts reads labelRestarts; bad entries are skipped.
+func parseRestarts(v string) []time.Time {
+	var out []time.Time
+	for _, p := range strings.Split(v, ",") {
+		if n, err := strconv.ParseInt(p, 10, 64); err == nil && n > 0 {
+			out = append(out, time.Unix(n, 0))
+		}
+	}
+	return out
+}
+
+func setRestartsLabel(ctx context.Context, c client.Container, ts []time.Time) error {
+	_, err := c.SetLabels(ctx, map[string]string{labelRestarts: formatRestarts(ts)})
+	return err
 }

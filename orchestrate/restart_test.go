@@ -150,3 +150,23 @@ func TestReadCounter(t *testing.T) {
 		t.Errorf("Capacity() = %+v, %v", c, err)
 	}
 }
+
+// After a daemon restart the loop's records are empty: the restart times
+// recorded on the container still count toward max attempts.
+func TestPlanCountsRestartsRecordedOnTheContainer(t *testing.T) {
+	s := spec("web-1", "busybox", "10.0.1.3")
+	s.Restart = clustermap.RestartPolicy{MaxAttempts: 2}
+	o := container(s, procStopped)
+	o.exitStatus = 1
+	o.restarts = parseRestarts(formatRestarts([]time.Time{planNow.Add(-2 * time.Minute), planNow.Add(-time.Minute)}))
+	if len(o.restarts) != 2 || !o.restarts[1].Equal(planNow.Add(-time.Minute)) {
+		t.Fatalf("label round trip: %v", o.restarts)
+	}
+	p := planPass(planInput{block: planBlock, now: planNow, desired: desiredOf(s), observed: map[string]observed{"web-1": o}, backoffCap: time.Minute})
+	if a := find(t, p, "web-1"); a.kind != actNoteExit || !a.noRestart || !strings.Contains(a.err, "gave up after 2 restarts") || len(a.restarts) != 2 {
+		t.Errorf("after a daemon restart: %v noRestart %v err %q restarts %v", a.kind, a.noRestart, a.err, a.restarts)
+	}
+	if got := parseRestarts("12,bad,,34"); len(got) != 2 || got[0].Unix() != 12 || got[1].Unix() != 34 {
+		t.Errorf("parseRestarts skips bad entries: %v", got)
+	}
+}
