@@ -50,7 +50,7 @@ func (s *sim) newTask(slot int, image string, healthy bool) clustermap.Task {
 func (s *sim) update(image string) {
 	prev := s.svc.Image
 	s.svc.Image = image
-	s.st = Begin(s.svc, prev, s.svc.HealthCheck, s.now)
+	s.st = Begin(s.svc, prev, s.svc.HealthCheck, s.svc.SpecVersion, s.now)
 }
 
 // step advances one second: nodes act, then the manager plans.
@@ -94,7 +94,7 @@ func (s *sim) step() {
 	if out == RollBack {
 		s.outcomes = append(s.outcomes, st.Message)
 		s.svc.Image, s.svc.HealthCheck = st.Previous, st.PreviousHealth
-		st = StartRollback(st, s.svc.HealthCheck, st.Message, s.now)
+		st = StartRollback(st, s.svc.HealthCheck, s.svc.SpecVersion, st.Message, s.now)
 		tasks, st, _ = Plan(s.svc, st, s.tasks, s.now)
 	}
 	s.tasks, s.st = tasks, st
