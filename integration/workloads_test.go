@@ -258,8 +258,20 @@ func TestWorkloadsRestartLimitsMountsGlobal(t *testing.T) {
 	if err := w2.AddImage(tar2); err != nil {
 		t.Fatal(err)
 	}
+	// The update is health-gated: a new task that fails (its image not
+	// imported yet) would roll it back, so the image is there first.
+	eventually(t, time.Minute, "v2 imported on worker-2", func() error {
+		out, err := w2.Exec(ctx, "ctr", "-n", "warren", "images", "ls", "-q")
+		if err != nil || !strings.Contains(out, v2) {
+			return fmt.Errorf("images: %q, %v", out, err)
+		}
+		return nil
+	})
 	// Every spec flag of create goes through update: image, env, limits.
-	if out, err := c.Manager.Exec(ctx, "warren", "service", "update", "db", "--image", v2, "--env-add", "MODE=2", "--limit-memory", "48M", "--detach"); err != nil {
+	// stop-first: the volume has one writer (start-first would run an
+	// extra task on the new spec beside db-1, on the same volume).
+	if out, err := c.Manager.Exec(ctx, "warren", "service", "update", "db", "--image", v2, "--env-add", "MODE=2", "--limit-memory", "48M",
+		"--update-order", "stop-first", "--detach"); err != nil {
 		t.Fatalf("service update: %v\n%s", err, out)
 	}
 	eventually(t, 2*time.Minute, "db updated to v2 with its new env and limit", func() error {
