@@ -73,7 +73,7 @@ func serviceCounts(m *clustermap.Map) []metrics.Service {
 			continue
 		}
 		svc := m.Services[i]
-		if t.Image != "" && t.Image != svc.Image {
+		if t.Image != "" && (t.Image != svc.Image || t.SpecVersion != svc.SpecVersion) {
 			out[i].Updating = true
 		}
 		if t.State == clustermap.TaskRunning {

@@ -48,6 +48,9 @@ type member interface {
 	Network() clustermap.Network
 	Watch(ctx context.Context, apply func(*clustermap.Map)) error
 	Report(ctx context.Context, s cluster.NodeStatus) error
+	// TLSIdentity: the certificate this node's log server shows, and the
+	// CA its callers' (managers') certificates must chain to.
+	TLSIdentity() (*tls.Certificate, *x509.CertPool)
 	valueSource
 }
 
@@ -305,6 +308,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	go n.reportLoop(ctx, mem)
 	go n.canaryLoop(ctx)
+	go func() {
+		if err := serveTaskLogs(ctx, self.OverlayIP, mem.TLSIdentity, n.orch, log); err != nil {
+			log.Warn("task logs cannot be read from managers", "err", err)
+		}
+	}()
 	notifyReady(log)
 	err = mem.Watch(ctx, n.apply)
 	if ctx.Err() != nil {
@@ -406,6 +414,13 @@ func (n *node) startReconcilers(ctx context.Context) error {
 		ContainerSubnet:   n.net.ContainerSubnet,
 		NodeSubnet:        n.net.WireGuardSubnet,
 		CgroupParent:      cfg.Runtime.CgroupParent,
+		RestartBackoffMax: cfg.Runtime.RestartBackoffMax.Duration,
+		LoggerBinary:      taskLogger(filepath.Join(cfg.Node.StateDir, "tasks"), n.log),
+		LogMaxSize:        cfg.Logs.MaxSize.Bytes,
+		LogMaxFiles:       cfg.Logs.MaxFiles,
+		TasksMemoryMax:    cfg.Runtime.TasksMemoryMax.Bytes,
+		VolumesDir:        filepath.Join(cfg.Node.StateDir, "volumes"),
+		NodeName:          n.self.Name,
 		Logger:            n.log,
 	})
 	if err != nil {
@@ -646,6 +661,11 @@ func (n *node) reportLoop(ctx context.Context, mem member) {
 
 func (n *node) status() cluster.NodeStatus {
 	s := cluster.NodeStatus{Time: time.Now()}
+	if c, err := orchestrate.Capacity(); err == nil {
+		s.Capacity = &c
+	} else {
+		n.log.Debug("node capacity", "err", err)
+	}
 	if c := n.paths.Candidates(); len(c) > 0 {
 		s.Candidates = c
 	}
@@ -660,7 +680,9 @@ func (n *node) status() cluster.NodeStatus {
 	if n.orch.Synced() {
 		s.Tasks = []api.TaskStatus{}
 		for _, t := range n.orch.Status() {
-			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, Revision: t.Revision, Health: reportHealth(t.Health)})
+			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, SpecVersion: t.SpecVersion,
+				Revision: t.Revision, Health: reportHealth(t.Health),
+				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled}})
 		}
 		// Tasks waiting for their secrets' values are not in the
 		// reconciler's hands yet: say why they wait.

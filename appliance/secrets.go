@@ -137,7 +137,7 @@ func (ts *taskSecrets) prepare(ctx context.Context, m *clustermap.Map, specs []o
 	svcs := servicesByName(m)
 	ts.waiting = map[string]api.TaskStatus{}
 	wait := func(s orchestrate.TaskSpec, why string) {
-		ts.waiting[s.Name] = api.TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, Revision: s.Revision,
+		ts.waiting[s.Name] = api.TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, SpecVersion: s.SpecVersion, Revision: s.Revision,
 			Error: "waiting for its secrets and configs: " + why}
 	}
 	want := map[string]secretfs.Task{}

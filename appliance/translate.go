@@ -76,8 +76,20 @@ func taskSpecs(m *clustermap.Map, selfID string) []orchestrate.TaskSpec {
 		if image == "" {
 			image = svc.Image
 		}
-		out = append(out, orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: svc.Env, Command: svc.Command, IP: t.IP, Revision: t.Revision,
-			CapAdd: svc.CapAdd, CapDrop: svc.CapDrop, Health: svc.HealthCheck})
+		env, command, w := svc.TaskSpecOf(t.SpecVersion)
+		spec := orchestrate.TaskSpec{Name: t.Name, Service: t.Service, Image: image, Env: env, Command: command, IP: t.IP,
+			SpecVersion: t.SpecVersion, Revision: t.Revision, Mounts: w.Mounts,
+			CapAdd: svc.CapAdd, CapDrop: svc.CapDrop, Health: svc.HealthCheck}
+		if w.Restart != nil {
+			spec.Restart = *w.Restart
+		}
+		if w.Resources != nil {
+			spec.Limits = w.Resources.Limits
+		}
+		if w.Process != nil {
+			spec.Process = *w.Process
+		}
+		out = append(out, spec)
 	}
 	return out
 }

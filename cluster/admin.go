@@ -65,6 +65,22 @@ func (m *Manager) AdminHandler() http.Handler {
 
 func (m *Manager) adminMux() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathLogs, m.handleLogs)
+	mux.HandleFunc("GET "+api.PathVolumes, func(w http.ResponseWriter, r *http.Request) {
+		vols, errs := m.Volumes(r.Context())
+		if len(errs) > 0 {
+			w.Header().Set("X-Warren-Unreachable", strings.Join(errs, "; "))
+		}
+		writeJSON(w, http.StatusOK, vols)
+	})
+	mux.HandleFunc("DELETE "+api.PathVolumes+"/{name}", func(w http.ResponseWriter, r *http.Request) {
+		res, err := m.RemoveVolume(r.Context(), r.PathValue("name"), r.URL.Query().Get("node"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
 	mux.HandleFunc("GET "+api.PathCluster, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Info())
 	})
@@ -190,7 +206,7 @@ func (m *Manager) adminMux() http.Handler {
 			writeError(w, err)
 			return
 		}
-		v, err := m.UpdateService(r.PathValue("name"), req)
+		v, err := m.UpdateServiceSettings(r.PathValue("name"), req)
 		if err != nil {
 			writeError(w, err)
 			return
@@ -199,6 +215,19 @@ func (m *Manager) adminMux() http.Handler {
 	})
 	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionRollback, func(w http.ResponseWriter, r *http.Request) {
 		v, err := m.RollbackService(r.PathValue("name"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("PUT "+api.PathServices+"/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ServiceSpec
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		v, err := m.UpdateService(r.PathValue("name"), req)
 		if err != nil {
 			writeError(w, err)
 			return

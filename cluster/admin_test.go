@@ -112,6 +112,24 @@ func TestServicesCreateScaleRemoveWithVIPs(t *testing.T) {
 	_, err = c.ScaleService(ctx, "nope", 1)
 	wantAPIError(t, err, http.StatusNotFound, `no service named "nope"`)
 
+	// A global service runs one task per eligible node and is not scaled;
+	// its workload settings come back in the view.
+	agent, err := c.CreateService(ctx, api.ServiceSpec{Name: "agent", Image: "x", Workload: clustermap.Workload{Mode: clustermap.ModeGlobal,
+		Restart: &clustermap.RestartPolicy{Condition: clustermap.RestartOnFailure, MaxAttempts: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if agent.Mode != clustermap.ModeGlobal || agent.Restart == nil || agent.Restart.MaxAttempts != 2 {
+		t.Fatalf("agent view lost its workload: %+v", agent.Workload)
+	}
+	_, err = c.ScaleService(ctx, "agent", 3)
+	wantAPIError(t, err, http.StatusBadRequest, "service agent is global")
+	_, err = c.CreateService(ctx, api.ServiceSpec{Name: "g2", Image: "x", Replicas: intp(2), Workload: clustermap.Workload{Mode: clustermap.ModeGlobal}})
+	wantAPIError(t, err, http.StatusBadRequest, "--replicas does not apply to --mode global")
+	if err := c.RemoveService(ctx, "agent"); err != nil {
+		t.Fatal(err)
+	}
+
 	if err := c.RemoveService(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ const (
 
 var reportedStates = map[string]bool{
 	clustermap.TaskPending: true, clustermap.TaskStarting: true, clustermap.TaskRunning: true,
-	clustermap.TaskFailed: true, clustermap.TaskShutdown: true,
+	clustermap.TaskFailed: true, clustermap.TaskShutdown: true, clustermap.TaskComplete: true,
 }
 
 // checkReport refuses a report outside the bounds (400) and cuts error
@@ -58,6 +58,9 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 			return s, errorf(http.StatusBadRequest, "report: path candidate %s is not an address:port a peer can send to", c)
 		}
 	}
+	if c := s.Capacity; c != nil && (c.MemoryBytes < 0 || c.NanoCPUs < 0) {
+		return s, errorf(http.StatusBadRequest, "report: capacity must not be negative")
+	}
 	if len(s.Tasks) > maxReportedTasks {
 		return s, errorf(http.StatusBadRequest, "report has %d tasks: at most %d", len(s.Tasks), maxReportedTasks)
 	}
@@ -68,7 +71,7 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 				return s, errorf(http.StatusBadRequest, "report: task name %.70q: want 1-%d characters", t.Name, maxTaskName)
 			}
 			if !reportedStates[t.State] {
-				return s, errorf(http.StatusBadRequest, "report: task %s state %.40q: want pending, starting, running, failed or shutdown", t.Name, t.State)
+				return s, errorf(http.StatusBadRequest, "report: task %s state %.40q: want pending, starting, running, failed, complete or shutdown", t.Name, t.State)
 			}
 			if len(t.Image) > maxImageRef {
 				return s, errorf(http.StatusBadRequest, "report: task %s image reference is %d bytes: at most %d", t.Name, len(t.Image), maxImageRef)
@@ -84,6 +87,9 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 				}
 				t.Health = &h
 			}
+			// Comparable to what is stored (no monotonic reading, UTC), so
+			// an unchanged report is seen as such.
+			t.Run.NextRestart = t.Run.NextRestart.UTC().Round(0)
 			tasks[i] = t
 		}
 		s.Tasks = tasks

@@ -880,3 +880,9 @@ func (m *Manager) checkDiskSpace() error {
 	}
 	return nil
 }
+
+// TLSIdentity is this manager's certificate and the cluster CA: its log
+// server shows the one and checks managers against the other.
+func (m *Manager) TLSIdentity() (*tls.Certificate, *x509.CertPool) {
+	return m.managerCert(), m.caPool()
+}

@@ -24,7 +24,7 @@ func reportAll(t *testing.T, m *Manager, nodeID string) {
 	t.Helper()
 	var st []api.TaskStatus
 	for _, task := range m.Map().TasksOn(nodeID) {
-		st = append(st, api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image})
+		st = append(st, api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image, SpecVersion: task.SpecVersion})
 	}
 	if err := m.Report(context.Background(), NodeStatus{Tasks: st}); err != nil {
 		t.Fatal(err)
@@ -68,7 +68,7 @@ func reportWith(t *testing.T, m *Manager, nodeID, bad string) {
 		if task.DesiredState != clustermap.TaskRunning {
 			continue
 		}
-		s := api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image}
+		s := api.TaskStatus{Name: task.Name, State: clustermap.TaskRunning, Image: task.Image, SpecVersion: task.SpecVersion}
 		if task.Image == bad {
 			s.State, s.Error = clustermap.TaskFailed, "exited with status 1"
 		}
@@ -186,7 +186,7 @@ func TestUpdateServiceRefusesBadSettings(t *testing.T) {
 	if _, err := m.CreateService(api.ServiceSpec{Name: "web", Image: "web:v1"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := m.UpdateService("web", api.ImageUpdate{Image: "web:v2", HealthSpec: api.HealthSpec{UpdateConfig: &clustermap.UpdateConfig{Order: "sideways"}}})
+	_, err := m.UpdateServiceSettings("web", api.ImageUpdate{Image: "web:v2", HealthSpec: api.HealthSpec{UpdateConfig: &clustermap.UpdateConfig{Order: "sideways"}}})
 	if err == nil || !strings.Contains(err.Error(), "--update-order") {
 		t.Fatalf("bad order: %v", err)
 	}

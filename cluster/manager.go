@@ -726,8 +726,9 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		m.noteClockSkewLocked(nodeID, s.Time.Sub(now))
 	}
 	known := s.Tasks != nil // nil: the node has not looked at its tasks yet
+	capChanged := s.Capacity != nil && *s.Capacity != m.st.nodes[nodeID].Capacity
 	moved := s.Candidates != nil && !slices.Equal(s.Candidates, m.st.nodes[nodeID].Candidates)
-	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !moved && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
+	if m.st.nodes[nodeID].Status == clustermap.NodeReady && !capChanged && !moved && (!known || !taskStatusChanges(m.st.tasks, nodeID, s.Tasks)) {
 		return nil // a plain heartbeat: nothing to reschedule, publish or write
 	}
 	if err := m.allowReportWriteLocked(nodeID, now); err != nil {
@@ -738,6 +739,11 @@ func (m *Manager) foldStatus(nodeID string, s NodeStatus) error {
 		if n.Status != clustermap.NodeReady {
 			m.log.Info("node is back", "node", n.Name)
 			n.Status = clustermap.NodeReady
+			st.nodes[nodeID] = n
+		}
+		if capChanged {
+			n := st.nodes[nodeID]
+			n.Capacity = *s.Capacity
 			st.nodes[nodeID] = n
 		}
 		if moved {

@@ -721,7 +721,9 @@ func rollRevisions(tasks []clustermap.Task, s *state) {
 			t.Revision = rev // in place, or a new task: no restart to stagger
 			continue
 		case t.Revision == rev:
-			if !t.Serves() { // running and healthy (issue 26)
+			// Running and healthy (issue 26), or completed (exit 0, not
+			// restarted): settled.
+			if !t.Serves() && t.State != clustermap.TaskComplete {
 				inFlight[t.Service] = true
 			}
 			continue
@@ -738,5 +740,6 @@ func rollRevisions(tasks []clustermap.Task, s *state) {
 		t.Revision = want[name]
 		t.State = clustermap.TaskPending
 		t.Error = ""
+		t.Run = clustermap.TaskRun{}
 	}
 }

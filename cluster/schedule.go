@@ -58,11 +58,11 @@ func carryOver(tasks, current []clustermap.Task, services map[string]serviceReco
 	for i := range tasks {
 		t := &tasks[i]
 		if p, ok := prev[taskKey{t.Name, t.NodeID}]; ok && p.Image != "" {
-			t.Image, t.Revision = p.Image, p.Revision
+			t.Image, t.SpecVersion, t.Revision = p.Image, p.SpecVersion, p.Revision
 			continue
 		}
 		if svc, ok := services[t.Service]; ok && t.Image == "" {
-			t.Image = svc.Image
+			t.Image, t.SpecVersion = svc.Image, svc.SpecVersion
 		}
 		if t.State == "" {
 			t.State = clustermap.TaskPending
@@ -106,9 +106,7 @@ func rollOut(s *state, tasks []clustermap.Task, now time.Time) []clustermap.Task
 		}
 		out, st, outcome := rollout.Plan(r.Service, r.Update, mine, now)
 		if outcome == rollout.RollBack {
-			cur := r.HealthCheck
-			r.Image, r.HealthCheck = st.Previous, st.PreviousHealth
-			st = rollout.StartRollback(st, cur, st.Message, now)
+			st = rollBack(&r, st, st.Message, now)
 			out, st, _ = rollout.Plan(r.Service, st, mine, now)
 		}
 		r.Update = st
@@ -118,6 +116,22 @@ func rollOut(s *state, tasks []clustermap.Task, now time.Time) []clustermap.Task
 		}
 	}
 	return tasks
+}
+
+// rollBack restores in r what the update st changed (image, health check
+// and, when the update changed them, env, command and workload with their
+// spec version, from r.Previous, which keeps the failed spec in turn) and
+// returns the rollback's status.
+func rollBack(r *serviceRecord, st *rollout.Status, reason string, now time.Time) *rollout.Status {
+	curHealth, curVersion := r.HealthCheck, r.SpecVersion
+	r.Image, r.HealthCheck = st.Previous, st.PreviousHealth
+	if st.PreviousSpecVersion != r.SpecVersion && r.Previous != nil {
+		failed := clustermap.PreviousSpec{Env: r.Env, Command: r.Command, Workload: r.Workload}
+		r.Env, r.Command, r.Workload = r.Previous.Env, r.Previous.Command, r.Previous.Workload
+		r.Previous = &failed
+		r.SpecVersion = st.PreviousSpecVersion
+	}
+	return rollout.StartRollback(st, curHealth, curVersion, reason, now)
 }
 
 // applyTaskStatus folds a node's report into its tasks. A report of a task
@@ -134,16 +148,18 @@ func applyTaskStatus(tasks []clustermap.Task, nodeID string, reports []api.TaskS
 		}
 		r, ok := byName[t.Name]
 		switch {
-		case ok && (r.Image == "" || r.Image == t.Image) && (t.Revision == "" || r.Revision == t.Revision):
-			t.State, t.Error, t.Health = r.State, r.Error, ""
+		case ok && (r.Image == "" || (r.Image == t.Image && r.SpecVersion == t.SpecVersion && (t.Revision == "" || r.Revision == t.Revision))):
+			// A report without image (a task removed on the node) is about
+			// whatever spec the task had.
+			t.State, t.Error, t.Run, t.Health = r.State, r.Error, r.Run, ""
 			if r.Health != nil {
 				t.Health = r.Health.Status
 			}
 		case ok:
-			// The node has not picked up the new image (or revision) yet.
-			t.State, t.Error, t.Health = clustermap.TaskPending, "", ""
+			// The node has not picked up the new image, spec or revision yet.
+			t.State, t.Error, t.Run, t.Health = clustermap.TaskPending, "", clustermap.TaskRun{}, ""
 		case t.DesiredState == clustermap.TaskShutdown:
-			t.State, t.Error = clustermap.TaskShutdown, "" // gone from the node
+			t.State, t.Error, t.Run = clustermap.TaskShutdown, "", clustermap.TaskRun{} // gone from the node
 		case t.State == clustermap.TaskRunning || t.State == clustermap.TaskStarting:
 			t.State = clustermap.TaskPending // the node no longer has it
 		}

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -33,7 +34,7 @@ var (
 // parseServiceSpec validates a create request into a service (without VIP).
 func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 	svc := clustermap.Service{Name: spec.Name, Image: spec.Image, Replicas: 1, Env: spec.Env,
-		Command: spec.Command, Constraints: spec.Constraints, Affinity: spec.Affinity}
+		Command: spec.Command, Constraints: spec.Constraints, Affinity: spec.Affinity, Workload: spec.Workload}
 	if len(spec.Labels) > 0 {
 		if err := netpolicy.CheckLabels(spec.Labels); err != nil {
 			return svc, errorf(http.StatusBadRequest, "%v", err)
@@ -62,6 +63,12 @@ func parseServiceSpec(spec api.ServiceSpec) (clustermap.Service, error) {
 	}
 	if err := validateImage(spec.Image); err != nil {
 		return svc, err
+	}
+	if err := checkWorkload(spec.Workload, spec.Replicas != nil); err != nil {
+		return svc, err
+	}
+	if spec.Workload.IsGlobal() {
+		svc.Replicas = 0 // the scheduler runs one task per eligible node
 	}
 	if spec.Replicas != nil {
 		if err := validateReplicas(*spec.Replicas); err != nil {
@@ -222,7 +229,13 @@ func (m *Manager) ScaleService(name string, replicas int) (api.ServiceView, erro
 	if err := validateReplicas(replicas); err != nil {
 		return api.ServiceView{}, err
 	}
-	err := m.changeService(name, func(r *serviceRecord) error { r.Replicas = replicas; return nil })
+	err := m.changeService(name, func(r *serviceRecord) error {
+		if r.IsGlobal() {
+			return errorf(http.StatusBadRequest, "service %s is global (one task on every eligible node): it cannot be scaled; choose its nodes with constraints, or recreate it with --mode replicated", name)
+		}
+		r.Replicas = replicas
+		return nil
+	})
 	if err != nil {
 		return api.ServiceView{}, err
 	}
@@ -230,15 +243,16 @@ func (m *Manager) ScaleService(name string, replicas int) (api.ServiceView, erro
 	return m.Service(name)
 }
 
-// UpdateServiceImage starts a rolling update to image (UpdateService).
+// UpdateServiceImage starts a rolling update to image
+// (UpdateServiceSettings).
 func (m *Manager) UpdateServiceImage(name, image string) (api.ServiceView, error) {
-	return m.UpdateService(name, api.ImageUpdate{Image: image})
+	return m.UpdateServiceSettings(name, api.ImageUpdate{Image: image})
 }
 
-// UpdateService sets the health check and update settings given in req
-// and, when req names another image, starts a rolling update to it
+// UpdateServiceSettings sets the health check and update settings given
+// in req and, when req names another image, starts a rolling update to it
 // (rollout.Plan moves the slots). On any error nothing changes.
-func (m *Manager) UpdateService(name string, req api.ImageUpdate) (api.ServiceView, error) {
+func (m *Manager) UpdateServiceSettings(name string, req api.ImageUpdate) (api.ServiceView, error) {
 	if req.Image != "" {
 		if err := validateImage(req.Image); err != nil {
 			return api.ServiceView{}, err
@@ -261,7 +275,7 @@ func (m *Manager) UpdateService(name string, req api.ImageUpdate) (api.ServiceVi
 		}
 		if req.Image != "" && req.Image != prevImage {
 			r.Image = req.Image
-			r.Update = rollout.Begin(r.Service, prevImage, prevHealth, m.now().UTC())
+			r.Update = rollout.Begin(r.Service, prevImage, prevHealth, r.SpecVersion, m.now().UTC())
 			started = true
 		}
 		return nil
@@ -283,10 +297,7 @@ func (m *Manager) RollbackService(name string) (api.ServiceView, error) {
 		if r.Update == nil || r.Update.Previous == "" {
 			return errorf(http.StatusConflict, "service %s has no previous image to roll back to (it was never updated)", name)
 		}
-		cur := r.HealthCheck
-		st := r.Update
-		r.Image, r.HealthCheck = st.Previous, st.PreviousHealth
-		r.Update = rollout.StartRollback(st, cur, "manual rollback", m.now().UTC())
+		r.Update = rollBack(r, r.Update, "manual rollback", m.now().UTC())
 		return nil
 	})
 	if err != nil {
@@ -470,6 +481,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CapAdd: r.CapAdd, CapDrop: r.CapDrop, CreatedAt: r.CreatedAt,
 		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{}, Labels: maps.Clone(r.Labels),
 		HealthSpec: api.HealthSpec{HealthCheck: r.HealthCheck, UpdateConfig: r.UpdateConfig, RollbackConfig: r.RollbackConfig},
+		Workload:   r.Workload,
 	}
 	if r.Update != nil {
 		us := r.Update.UpdateStatus
@@ -483,11 +495,12 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 	if v.Ports == nil {
 		v.Ports = []clustermap.Port{}
 	}
-	// Error texts are not in the published map: take them from the state.
-	errs := map[[2]string]string{}
+	// Error texts and process facts are not in the published map: take
+	// them from the state.
+	errs := map[[2]string]clustermap.Task{}
 	for _, t := range m.st.tasks {
-		if t.Service == name && t.Error != "" {
-			errs[[2]string{t.Name, t.NodeID}] = t.Error
+		if t.Service == name {
+			errs[[2]string{t.Name, t.NodeID}] = t
 		}
 	}
 	for _, t := range m.current.Tasks {
@@ -495,19 +508,22 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 			continue
 		}
 		node := m.st.nodes[t.NodeID].Name
-		tv := api.TaskView{Name: t.Name, Node: node, NodeID: t.NodeID, IP: t.IP, Image: t.Image,
-			DesiredState: t.DesiredState, State: t.State, Error: errs[[2]string{t.Name, t.NodeID}], Labels: r.Labels}
+		st := errs[[2]string{t.Name, t.NodeID}]
+		tv := taskView(t, st, node, r.Labels)
 		if t.Health != "" {
 			h := m.taskHealth[taskKey{t.Name, t.NodeID}]
 			h.Status = t.Health // the map's is the one endpoints follow
 			tv.Health = &h
 		}
 		v.Tasks = append(v.Tasks, tv)
-		if t.DesiredState == clustermap.TaskRunning && t.Slot <= r.Replicas {
+		if t.DesiredState == clustermap.TaskRunning && (r.IsGlobal() || t.Slot <= r.Replicas) {
+			if r.IsGlobal() {
+				v.Replicas++ // one per eligible node
+			}
 			if t.Serves() {
 				v.Running++
 			}
-			if t.Image != r.Image {
+			if t.Image != r.Image || t.SpecVersion != r.SpecVersion {
 				v.Updating = true
 			}
 		}
@@ -523,4 +539,91 @@ func checkServiceLabelCount(service string, n int) error {
 		return errorf(http.StatusBadRequest, "service %s would have %d labels: at most %d labels per service", service, n, maxServiceLabels)
 	}
 	return nil
+}
+
+// UpdateService replaces what service name runs with spec (every field of
+// a create but the name and mode, secrets and configs). Image, env,
+// command and workload changes start a rolling update (rollout.Plan:
+// health-gated, with the service's update order, monitor window and
+// failure action; a new spec version for env, command and workload);
+// constraints, ports, labels, capabilities, health and update settings
+// and replicas apply at once. On any error nothing changes.
+func (m *Manager) UpdateService(name string, spec api.ServiceSpec) (api.ServiceView, error) {
+	if spec.Name == "" {
+		spec.Name = name
+	}
+	if spec.Name != name {
+		return api.ServiceView{}, errorf(http.StatusBadRequest, "a service cannot be renamed (%s to %s): create the new one and remove the old", name, spec.Name)
+	}
+	next, err := parseServiceSpec(spec)
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	err = m.update(func(s *state) error {
+		r, ok := s.services[name]
+		if !ok {
+			return errNoService(name)
+		}
+		if r.IsGlobal() != next.IsGlobal() {
+			return errorf(http.StatusBadRequest, "the mode of service %s cannot change (%s): create a new service", name, modeName(r.Workload))
+		}
+		if err := m.checkReservedPortsLocked(s, next.Ports); err != nil {
+			return err
+		}
+		for _, other := range s.services {
+			if other.Name == name {
+				continue
+			}
+			for _, op := range other.Ports {
+				for _, p := range next.Ports {
+					if op.Published == p.Published && op.Protocol == p.Protocol {
+						return errorf(http.StatusConflict, "host port %d/%s is already published by service %q", p.Published, p.Protocol, other.Name)
+					}
+				}
+			}
+		}
+		if spec.Replicas == nil {
+			next.Replicas = r.Replicas
+		}
+		next.VIP = r.VIP
+		// Secrets and configs change through their own update (refs).
+		next.Secrets, next.Configs, next.SecretRotation = r.Secrets, r.Configs, r.SecretRotation
+		next.SpecVersion, next.Previous = r.SpecVersion, r.Previous
+		if !slices.Equal(r.Env, next.Env) || !slices.Equal(r.Command, next.Command) || !reflect.DeepEqual(r.Workload, next.Workload) {
+			// Past every version a task still has and the one a
+			// rollback left (it goes back to an older one), so no task
+			// or report names a stale spec by number.
+			v := r.SpecVersion
+			if r.Update != nil {
+				v = max(v, r.Update.PreviousSpecVersion)
+			}
+			for _, t := range s.tasks {
+				if t.Service == name {
+					v = max(v, t.SpecVersion)
+				}
+			}
+			next.SpecVersion = v + 1
+			next.Previous = &clustermap.PreviousSpec{Env: r.Env, Command: r.Command, Workload: r.Workload}
+		}
+		now := m.now().UTC()
+		if next.Image != r.Image || next.SpecVersion != r.SpecVersion {
+			r.Update = rollout.Begin(next, r.Image, r.HealthCheck, r.SpecVersion, now)
+		}
+		r.Service = next
+		r.UpdatedAt = now
+		s.services[name] = r
+		return nil
+	})
+	if err != nil {
+		return api.ServiceView{}, err
+	}
+	m.log.Info("service updated", "service", name, "image", next.Image, "spec_version", next.SpecVersion)
+	return m.Service(name)
+}
+
+func modeName(w clustermap.Workload) string {
+	if w.IsGlobal() {
+		return clustermap.ModeGlobal
+	}
+	return clustermap.ModeReplicated
 }

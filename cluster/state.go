@@ -270,7 +270,7 @@ func (s *state) sortedServices() []clustermap.Service {
 func (s *state) buildMap(v uint64) *clustermap.Map {
 	tasks := slices.Clone(s.tasks)
 	for i := range tasks {
-		tasks[i].Error = ""
+		tasks[i].Error, tasks[i].Run = "", clustermap.TaskRun{}
 	}
 	sort.Slice(tasks, func(i, j int) bool {
 		if tasks[i].Name != tasks[j].Name {

@@ -39,6 +39,7 @@ type Config struct {
 	Runtime       Runtime       `toml:"runtime"`
 	Log           Log           `toml:"log"`
 	Metrics       Metrics       `toml:"metrics"`
+	Logs          Logs          `toml:"logs"`
 	Relay         Relay         `toml:"relay"`
 	// Forward entries let a netstack node (no TUN) reach mesh services
 	// through local listeners.
@@ -121,6 +122,19 @@ type Runtime struct {
 	// CgroupParent holds the tasks' cgroups; empty means
 	// "/<namespace>/<node's block>", e.g. /warren/10.0.1.0_24.
 	CgroupParent string `toml:"cgroup_parent"`
+	// RestartBackoffMax caps the back-off between a failing task's
+	// restarts (0.5 s doubling up to it).
+	RestartBackoffMax Duration `toml:"restart_backoff_max"`
+	// TasksMemoryMax is the memory ceiling of the tasks' parent cgroup
+	// (unset: the node's memory less 256 MiB, at least half of it).
+	TasksMemoryMax Size `toml:"tasks_memory_max"`
+}
+
+// Logs is [logs]: how much of each task's output the node keeps (files
+// rotated at MaxSize, MaxFiles of them, written without fsync).
+type Logs struct {
+	MaxSize  Size `toml:"max_size"`
+	MaxFiles int  `toml:"max_files"`
 }
 
 // Log is [log].
@@ -215,8 +229,10 @@ func Default() Config {
 			ContainerdAddress: DefaultContainerdAddress,
 			Namespace:         DefaultNamespace,
 			ImagesDir:         DefaultStateDir + "/images",
+			RestartBackoffMax: Duration{Duration: DefaultRestartBackoffMax},
 		},
 		Log:     Log{Level: "info"},
+		Logs:    Logs{MaxSize: Size{Bytes: DefaultLogMaxSize}, MaxFiles: DefaultLogMaxFiles},
 		Metrics: Metrics{Listen: DefaultMetricsListen},
 		Relay:   Relay{Port: DefaultRelayPort, MaxSessions: DefaultRelayMaxSessions, PeerRateMbps: DefaultRelayPeerRateMbps},
 	}
@@ -353,7 +369,7 @@ func (d *decoder) fields(tbl map[string]toml.Primitive, dst reflect.Value, key, 
 			continue
 		}
 		switch {
-		case f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(Duration{}) && f.Type() != reflect.TypeOf(Subnet{}) && f.Type() != reflect.TypeOf(InterfaceAddress{}):
+		case f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(Duration{}) && f.Type() != reflect.TypeOf(Size{}) && f.Type() != reflect.TypeOf(Subnet{}) && f.Type() != reflect.TypeOf(InterfaceAddress{}):
 			var sub map[string]toml.Primitive
 			if err := d.md.PrimitiveDecode(prim, &sub); err != nil {
 				d.bad(k, p, "want a table, e.g. ["+k+"]")

@@ -200,6 +200,11 @@ func TestBadConfigs(t *testing.T) {
 		{"not set up", "[node]\nname='w'\n", "node.role", 0, "run `warren cluster init`"},
 		{"peer allowed_ips not a list", "[node]\nname='g'\nrole='standalone'\n[wireguard]\naddress='10.0.0.1/24'\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nallowed_ips=['10.0.0.2/32']\n[[wireguard.peer]]\npublic_key='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='\nallowed_ips='10.0.0.3/32'\n", "wireguard.peer[1].allowed_ips", 11, "want a list of CIDRs"},
 		{"wrong type", validWorker + "[wireguard]\nlisten_port = '51820'\n", "wireguard.listen_port", 7, "want a whole number"},
+		{"bad log size", validWorker + "[logs]\nmax_size = \"lots\"\n", "logs.max_size", 7, "not a size"},
+		{"tiny log size", validWorker + "[logs]\nmax_size = \"1k\"\n", "logs.max_size", 0, "want 4k to 1G"},
+		{"tiny tasks memory", validWorker + "[runtime]\ntasks_memory_max = \"1M\"\n", "runtime.tasks_memory_max", 0, "at least 64M"},
+		{"no log files", validWorker + "[logs]\nmax_files = 0\n", "logs.max_files", 0, "want 1 to 20"},
+		{"restart backoff too short", validWorker + "[runtime]\nrestart_backoff_max = \"10ms\"\n", "runtime.restart_backoff_max", 0, "want 1s to 24h"},
 		// What start skipped with a log line (issue 25): refused by --check, naming key, index and line.
 		{"duplicate peer key", standalone + peerA + "[[wireguard.peer]]\npublic_key='" + keyA + "'\nallowed_ips=['10.0.0.3/32']\n", "wireguard.peer[1].public_key", 10, "also the key of wireguard.peer[0] (line 7)"},
 		{"same allowed_ips in two peers", standalone + peerA + "[[wireguard.peer]]\npublic_key='" + keyB + "'\nallowed_ips=['10.0.0.9/32', '10.0.0.2/32']\n", "wireguard.peer[1].allowed_ips", 11, "10.0.0.2/32 is also claimed by wireguard.peer[0] (line 8)"},
@@ -229,6 +234,23 @@ func TestBadConfigs(t *testing.T) {
 				t.Fatalf("want an error naming key %q (line %d) containing %q; got:\n%v", tc.key, tc.line, tc.contains, err)
 			}
 		})
+	}
+}
+
+func TestLogsAndRestartKeys(t *testing.T) {
+	l, err := load(t, validWorker+"[logs]\nmax_size = \"4k\"\nmax_files = 2\n[runtime]\nrestart_backoff_max = \"1m\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Logs.MaxSize.Bytes != 4096 || l.Logs.MaxFiles != 2 || l.Runtime.RestartBackoffMax.Duration != time.Minute {
+		t.Fatalf("logs = %+v, restart_backoff_max = %v", l.Logs, l.Runtime.RestartBackoffMax)
+	}
+	d, err := load(t, validWorker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Logs.MaxSize.Bytes != 1<<20 || d.Logs.MaxFiles != 3 || d.Runtime.RestartBackoffMax.Duration != 5*time.Minute {
+		t.Fatalf("defaults: logs = %+v, restart_backoff_max = %v", d.Logs, d.Runtime.RestartBackoffMax)
 	}
 }
 

@@ -1,6 +1,9 @@
 package configs
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // The reference defaults, each written once. Default() builds the config
 // from them, and every package with a default of its own (tunnel,
@@ -16,6 +19,13 @@ const (
 	DefaultStateDir          = "/var/lib/warren"
 	DefaultContainerdAddress = "/run/containerd/containerd.sock"
 	DefaultNamespace         = "warren"
+	// DefaultRestartBackoffMax caps a failing task's restart back-off: a
+	// task failing for good restarts about 300 times a day rather than
+	// 2,880 at a 30 s cap (each start writes to the board's SD card).
+	DefaultRestartBackoffMax = 5 * time.Minute
+	// A task's output is kept in at most 3 files of 1 MiB (SD cards).
+	DefaultLogMaxSize  = 1 << 20
+	DefaultLogMaxFiles = 3
 )
 
 // Default ranges: they do not overlap (the seed's literal ones do).

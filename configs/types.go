@@ -3,8 +3,11 @@ package configs
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
+
+	units "github.com/docker/go-units"
 )
 
 // Duration is a TOML duration written only as a string such as "25s": a bare
@@ -120,3 +123,28 @@ func (a InterfaceAddress) MarshalText() ([]byte, error) {
 	}
 	return []byte(a.String()), nil
 }
+
+// Size is a byte count written as Docker writes sizes ("1M", "512k",
+// "1.5G": binary units). Like Duration, a bad value is kept for Finish to
+// report with its line.
+type Size struct {
+	Bytes int64
+	bad   error
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Size) UnmarshalText(b []byte) error {
+	n, err := units.RAMInBytes(string(b))
+	switch {
+	case err != nil:
+		s.bad = fmt.Errorf("%q is not a size (write it like \"1M\", \"512k\" or \"2G\")", b)
+	case n <= 0:
+		s.bad = fmt.Errorf("%q: a size must be more than 0", b)
+	default:
+		*s = Size{Bytes: n}
+	}
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (s Size) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(s.Bytes, 10)), nil }

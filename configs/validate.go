@@ -75,6 +75,9 @@ func (l *Loaded) Finish() error {
 	for key, bad := range map[string]error{
 		"cluster.node_down_after":           c.Cluster.NodeDownAfter.bad,
 		"cluster.cert_lifetime":             c.Cluster.CertLifetime.bad,
+		"runtime.restart_backoff_max":       c.Runtime.RestartBackoffMax.bad,
+		"logs.max_size":                     c.Logs.MaxSize.bad,
+		"runtime.tasks_memory_max":          c.Runtime.TasksMemoryMax.bad,
 		"wireguard.keepalive":               c.WireGuard.Keepalive.bad,
 		"wireguard.subnet":                  c.WireGuard.Subnet.bad,
 		"wireguard.address":                 c.WireGuard.Address.bad,
@@ -303,6 +306,18 @@ func (l *Loaded) Finish() error {
 	}
 	if p := c.Runtime.CgroupParent; p != "" && !strings.HasPrefix(p, "/") {
 		add("runtime.cgroup_parent", "%q must start with '/' (a cgroup path such as \"/warren\")", p)
+	}
+	if d := c.Runtime.RestartBackoffMax; d.bad == nil && (d.Duration < time.Second || d.Duration > 24*time.Hour) {
+		add("runtime.restart_backoff_max", "%s: want 1s to 24h, e.g. \"5m\"", d.Duration)
+	}
+	if m := c.Runtime.TasksMemoryMax; m.bad == nil && m.Bytes != 0 && m.Bytes < 64<<20 {
+		add("runtime.tasks_memory_max", "%d bytes: want at least 64M", m.Bytes)
+	}
+	if c.Logs.MaxFiles < 1 || c.Logs.MaxFiles > 20 {
+		add("logs.max_files", "%d: want 1 to 20 files per task", c.Logs.MaxFiles)
+	}
+	if c.Logs.MaxSize.bad == nil && (c.Logs.MaxSize.Bytes < 4096 || c.Logs.MaxSize.Bytes > 1<<30) {
+		add("logs.max_size", "%d bytes: want 4k to 1G", c.Logs.MaxSize.Bytes)
 	}
 	if !filepath.IsAbs(c.Runtime.ImagesDir) {
 		add("runtime.images_dir", "%q must be an absolute path", c.Runtime.ImagesDir)

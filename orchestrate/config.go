@@ -38,6 +38,15 @@ type TaskSpec struct {
 	// Health is the service's health check (nil: the image's HEALTHCHECK,
 	// if any). A change does not recreate the container.
 	Health *clustermap.HealthCheck
+	// SpecVersion is the service spec's version this task runs (reported
+	// back, so the manager knows when an update reached it).
+	SpecVersion uint64
+
+	// Workload settings of the service (clustermap.Workload).
+	Restart clustermap.RestartPolicy // restart policy; not part of the container
+	Limits  clustermap.ResourceAmounts
+	Mounts  []clustermap.Mount
+	Process clustermap.Process
 
 	// SecretMounts are the task's secrets directory and config files,
 	// kept on a tmpfs outside the state dir (package secretfs) and
@@ -63,6 +72,15 @@ type TaskStatus struct {
 	Image    string        // image of the spec this status is about, as given in TaskSpec
 	Revision string        // revision of that spec, as given in TaskSpec
 	Health   *health.State // nil when the task has no health check
+	// SpecVersion of the spec this status is about (service updates roll
+	// out one task at a time by it).
+	SpecVersion uint64
+
+	// The last exit of the task's process, while it is not running again.
+	Exited      bool
+	ExitCode    int
+	OOMKilled   bool
+	NextRestart time.Time // zero: no restart planned
 }
 
 // Config is what the reconciler needs to know about this node.
@@ -93,6 +111,23 @@ type Config struct {
 	// a cluster, so simulated nodes sharing one kernel never share a
 	// task's cgroup when a task moves between them.
 	CgroupParent string
+	// VolumesDir holds the named volumes, one directory each
+	// (<state_dir>/volumes); NodeName names this node in errors.
+	VolumesDir string
+	NodeName   string
+	// LoggerBinary is the warren binary under tasklog.LoggerName, run by
+	// containerd's shim as each task's logger (rotated files of at most
+	// LogMaxSize bytes, LogMaxFiles of them). Empty: one plain file per
+	// task, truncated at each start.
+	LoggerBinary string
+	LogMaxSize   int64
+	LogMaxFiles  int
+	// TasksMemoryMax is the memory ceiling of the tasks' parent cgroup
+	// (0: the node's memory less DefaultSystemReserve, at least half).
+	TasksMemoryMax int64
+	// RestartBackoffMax caps the back-off between consecutive failed
+	// attempts at a task (DefaultRestartBackoffMax when 0).
+	RestartBackoffMax time.Duration
 }
 
 // Defaults filled in by New.
@@ -102,6 +137,7 @@ const (
 	DefaultBridge            = configs.DefaultBridge
 	DefaultOverlayInterface  = configs.DefaultInterface
 	DefaultStopGrace         = 10 * time.Second
+	DefaultRestartBackoffMax = configs.DefaultRestartBackoffMax
 )
 
 func (c *Config) setDefaults() {
@@ -122,6 +158,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.CgroupParent == "" {
 		c.CgroupParent = "/" + c.Namespace + "/" + strings.ReplaceAll(c.Block.String(), "/", "_")
+	}
+	if c.VolumesDir == "" {
+		c.VolumesDir = filepath.Join(filepath.Dir(c.StateDir), "volumes")
+	}
+	if c.RestartBackoffMax <= 0 {
+		c.RestartBackoffMax = DefaultRestartBackoffMax
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -148,4 +190,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("orchestrate: bridge name %q longer than 15 bytes", c.Bridge)
 	}
 	return nil
+}
+
+// about makes st name the spec s it is about.
+func (st *TaskStatus) about(s TaskSpec) {
+	st.Image, st.SpecVersion, st.Revision = s.Image, s.SpecVersion, s.Revision
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/warren-appliance/warren/orchestrate/tasklog"
 )
 
 // Thin wrappers over containerd: create a task's container, start its
@@ -32,6 +35,9 @@ type taskFiles struct {
 func (f taskFiles) hosts() string      { return filepath.Join(f.dir, "hosts") }
 func (f taskFiles) resolvConf() string { return filepath.Join(f.dir, "resolv.conf") }
 func (f taskFiles) log() string        { return filepath.Join(f.dir, "log") }
+
+// LogDir is where a task's rotated log files are (removed with the task).
+func (f taskFiles) logDir() string { return filepath.Join(f.dir, "logs") }
 
 // maxLogSize bounds a task's log file on the node's (SD card) disk.
 const maxLogSize = 4 << 20
@@ -83,9 +89,13 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 			}
 		}
 	}
+	workload, err := workloadSpecOpts(s, r.cfg.VolumesDir, r.cfg.NodeName)
+	if err != nil {
+		return nil, err
+	}
 	specOpts := []oci.SpecOpts{
 		oci.WithImageConfig(img),
-		oci.WithHostname(s.Name),
+		oci.WithHostname(hostname(s)),
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}),
 		oci.WithMounts([]specs.Mount{
 			{Destination: "/etc/hosts", Type: "bind", Source: files.hosts(), Options: []string{"rbind", "ro"}},
@@ -106,19 +116,22 @@ func (r *Reconciler) createContainer(ctx context.Context, s TaskSpec, img client
 	if len(s.Env) > 0 {
 		specOpts = append(specOpts, oci.WithEnv(s.Env))
 	}
-	if len(s.Command) > 0 {
-		specOpts = append(specOpts, oci.WithProcessArgs(s.Command...))
+	if args := processArgs(s); len(args) > 0 {
+		specOpts = append(specOpts, oci.WithProcessArgs(args...))
 	}
+	specOpts = append(specOpts, workload...)
+	labels := map[string]string{
+		labelTask:    s.Name,
+		labelService: s.Service,
+		labelSpec:    hash,
+		labelIP:      s.IP.String(),
+	}
+	maps.Copy(labels, stopLabels(s))
 	c, err := r.client.NewContainer(ctx, s.Name,
 		client.WithImage(img),
 		client.WithNewSnapshot(s.Name, img),
 		client.WithNewSpec(specOpts...),
-		client.WithContainerLabels(map[string]string{
-			labelTask:    s.Name,
-			labelService: s.Service,
-			labelSpec:    hash,
-			labelIP:      s.IP.String(),
-		}),
+		client.WithContainerLabels(labels),
 	)
 	if errdefs.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("create container %s: a container of that name exists and is not managed by warren: %w", s.Name, err)
@@ -160,13 +173,27 @@ func withSysctl(key, value string) oci.SpecOpts {
 	}
 }
 
-// startTask starts the container's process; its output goes to the task's
-// log file, truncated at each start so it holds the current run only.
-func (r *Reconciler) startTask(ctx context.Context, c client.Container, files taskFiles) (client.Task, <-chan client.ExitStatus, error) {
-	if err := os.WriteFile(files.log(), nil, 0o640); err != nil {
-		return nil, nil, fmt.Errorf("truncate task log: %w", err)
+// taskIO is where a task's output goes: with a logger binary, to its
+// rotated log files (kept across restarts of the task and of the daemon);
+// without, to one file truncated at each start.
+func (r *Reconciler) taskIO(files taskFiles) (cio.Creator, error) {
+	if r.cfg.LoggerBinary != "" {
+		return cio.BinaryIO(r.cfg.LoggerBinary, tasklog.LoggerArgs(files.logDir(), r.cfg.LogMaxSize, r.cfg.LogMaxFiles)), nil
 	}
-	task, err := c.NewTask(ctx, cio.LogFile(files.log()))
+	if err := os.WriteFile(files.log(), nil, 0o640); err != nil {
+		return nil, fmt.Errorf("truncate task log: %w", err)
+	}
+	return cio.LogFile(files.log()), nil
+}
+
+// startTask starts the container's process with its output going where
+// taskIO says.
+func (r *Reconciler) startTask(ctx context.Context, c client.Container, files taskFiles) (client.Task, <-chan client.ExitStatus, error) {
+	ioc, err := r.taskIO(files)
+	if err != nil {
+		return nil, nil, err
+	}
+	task, err := c.NewTask(ctx, ioc)
 	if errdefs.IsAlreadyExists(err) {
 		// A runtime task outlived its container (a crash while the task
 		// was being recreated): its shim is alive but runc has nothing, so
@@ -178,7 +205,7 @@ func (r *Reconciler) startTask(ctx context.Context, c client.Container, files ta
 			return nil, nil, fmt.Errorf("remove stale task %s: %w", c.ID(), derr)
 		}
 		r.log.Warn("removed a stale runtime task left by a crash", "task", c.ID())
-		task, err = c.NewTask(ctx, cio.LogFile(files.log()))
+		task, err = c.NewTask(ctx, ioc)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("create task %s: %w", c.ID(), err)
@@ -211,16 +238,18 @@ func (r *Reconciler) stopTask(ctx context.Context, c client.Container) error {
 		return fmt.Errorf("task %s status: %w", c.ID(), err)
 	}
 	if st.Status == client.Running || st.Status == client.Paused {
+		labels, _ := c.Labels(ctx) // without them: SIGTERM and the node's grace
+		sig, grace := stopSettings(labels, r.cfg.StopGrace)
 		exitCh, err := task.Wait(ctx)
 		if err != nil {
 			return fmt.Errorf("wait on task %s: %w", c.ID(), err)
 		}
-		if err := task.Kill(ctx, syscall.SIGTERM); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("SIGTERM task %s: %w", c.ID(), err)
+		if err := task.Kill(ctx, sig); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("signal %s to task %s: %w", sig, c.ID(), err)
 		}
 		select {
 		case <-exitCh:
-		case <-time.After(r.cfg.StopGrace):
+		case <-time.After(grace):
 			if err := task.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 				return fmt.Errorf("SIGKILL task %s: %w", c.ID(), err)
 			}

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/internal/netaddr"
 )
 
@@ -75,12 +77,32 @@ func checkSpec(s TaskSpec, block netip.Prefix) error {
 func specHash(s TaskSpec, imageRef string) string {
 	add, drop := capabilities(s)
 	caps := [2][]string{add, drop}
+	// The workload's container settings join the hash only when set, so
+	// the containers of services without them keep their hash.
+	type container struct {
+		Limits  *clustermap.ResourceAmounts `json:",omitempty"`
+		Mounts  []clustermap.Mount          `json:",omitempty"`
+		Process *clustermap.Process         `json:",omitempty"`
+	}
+	var w container
+	if s.Limits != (clustermap.ResourceAmounts{}) {
+		w.Limits = &s.Limits
+	}
+	w.Mounts = s.Mounts
+	if !reflect.DeepEqual(s.Process, clustermap.Process{}) {
+		w.Process = &s.Process
+	}
+	var wp *container
+	if w.Limits != nil || w.Mounts != nil || w.Process != nil {
+		wp = &w
+	}
 	v := any(struct {
 		Service, Image string
 		Env, Command   []string
 		IP             netip.Addr
 		Caps           [2][]string
-	}{s.Service, imageRef, s.Env, s.Command, s.IP, caps})
+		Workload       *container `json:",omitempty"`
+	}{s.Service, imageRef, s.Env, s.Command, s.IP, caps, wp})
 	if len(s.SecretMounts) > 0 || s.Revision != "" {
 		// Only specs with secrets or configs hash these, so containers
 		// made before they existed keep their hash.
@@ -91,7 +113,8 @@ func specHash(s TaskSpec, imageRef string) string {
 			Caps           [2][]string
 			SecretMounts   []FileMount
 			Revision       string
-		}{s.Service, imageRef, s.Env, s.Command, s.IP, caps, s.SecretMounts, s.Revision}
+			Workload       *container `json:",omitempty"`
+		}{s.Service, imageRef, s.Env, s.Command, s.IP, caps, s.SecretMounts, s.Revision, wp}
 	}
 	b, _ := json.Marshal(v)
 	sum := sha256.Sum256(b)

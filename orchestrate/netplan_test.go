@@ -2,6 +2,7 @@ package orchestrate
 
 import (
 	"context"
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"net"
 	"net/netip"
 	"os"
@@ -54,10 +55,24 @@ func TestSpecHash(t *testing.T) {
 	if specHash(s, "docker.io/library/busybox:latest") != h {
 		t.Fatal("hash not stable")
 	}
-	changed := []TaskSpec{s, s, s}
+	changed := []TaskSpec{s, s, s, s, s, s}
 	changed[0].IP = netip.MustParseAddr("10.0.1.3")
 	changed[1].Env = []string{"A=2"}
 	changed[2].Command = []string{"sleep", "1"}
+	changed[3].Limits.MemoryBytes = 32 << 20
+	changed[4].Mounts = []clustermap.Mount{{Type: "volume", Source: "data", Target: "/data"}}
+	changed[5].Process.ReadOnly = true
+	// The restart policy is not part of the container: no recreate.
+	policy := s
+	policy.Restart.Condition = clustermap.RestartNone
+	if specHash(policy, "docker.io/library/busybox:latest") != h {
+		t.Error("a restart policy change changes the container hash")
+	}
+	// A spec without workload settings keeps the hash it had before they
+	// existed (no recreate of every task on upgrade).
+	if h != "a08531c35b0c665674771cdc430664cc" { // specHash before workloads (with capabilities)
+		t.Errorf("hash of a spec without workload settings changed: %s", h)
+	}
 	for i, c := range changed {
 		if specHash(c, "docker.io/library/busybox:latest") == h {
 			t.Errorf("change %d does not change the hash", i)
@@ -184,12 +199,15 @@ func TestHostsFile(t *testing.T) {
 func TestBackoff(t *testing.T) {
 	want := []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
 	for i, w := range want {
-		if got := backoff(i + 1); got != w {
+		if got := backoff(i+1, time.Minute); got != w {
 			t.Errorf("backoff(%d) = %s, want %s", i+1, got, w)
 		}
 	}
-	if backoff(100) != maxBackoff {
-		t.Errorf("backoff not capped: %s", backoff(100))
+	if backoff(100, time.Minute) != time.Minute {
+		t.Errorf("backoff not capped: %s", backoff(100, time.Minute))
+	}
+	if backoff(100, 0) != DefaultRestartBackoffMax {
+		t.Errorf("backoff without a cap: %s, want the default %s", backoff(100, 0), DefaultRestartBackoffMax)
 	}
 }
 

@@ -28,6 +28,10 @@ type observed struct {
 	ip         netip.Addr // labelIP
 	proc       procState
 	exitStatus uint32 // procStopped only
+	oomKilled  bool   // procStopped only: the task's cgroup counted an OOM kill
+	// restarts are the restart times recorded on the container (they
+	// outlive a daemon restart; the loop's record has them otherwise).
+	restarts []time.Time
 }
 
 // planInput is everything a pass decides on. Maps are the planner's own
@@ -40,6 +44,8 @@ type planInput struct {
 	records  map[string]taskRecord // the loop's memory, by task name
 	removing map[string]netip.Addr // removals under way, with the IP each holds
 	now      time.Time
+	// backoffCap bounds the wait between consecutive failed attempts.
+	backoffCap time.Duration
 }
 
 type actionKind int
@@ -65,7 +71,8 @@ const (
 	// actKeep: running as wanted (adopted after an appliance restart, or
 	// ours); make sure an exit watcher is on it.
 	actKeep
-	// actNoteExit records a process exit and schedules its restart.
+	// actNoteExit records a process exit and, as the restart policy says,
+	// schedules its restart or leaves it stopped.
 	actNoteExit
 	// actRestart replaces an exited (or never started) process.
 	actRestart
@@ -102,10 +109,14 @@ type action struct {
 	startedAt    time.Time // keep: when the run began (now for an adopted one)
 	err          string    // fail, note-exit: the status error
 	imageFailure bool
-	removeFirst  bool       // fail: the container goes first
-	exitStatus   uint32     // note-exit
-	holder       string     // wait-ip: the task being removed that holds the IP
-	ip           netip.Addr // remove: the IP the container held
+	removeFirst  bool        // fail: the container goes first
+	exitStatus   uint32      // note-exit
+	oomKilled    bool        // note-exit
+	noRestart    bool        // note-exit: the restart policy leaves it stopped
+	state        string      // note-exit: the reported state (failed, complete)
+	restarts     []time.Time // note-exit: the restart history the decision counted
+	holder       string      // wait-ip: the task being removed that holds the IP
+	ip           netip.Addr  // remove: the IP the container held
 }
 
 // plan is a pass's actions, in task-name order, and the veths to keep.
@@ -218,12 +229,16 @@ func (in planInput) planTask(s TaskSpec) action {
 		case !rec.exitNoted:
 			a.kind = actNoteExit
 			a.failures = rec.failures + 1
-			a.retryAt = in.now.Add(backoff(a.failures))
-			a.exitStatus = c.exitStatus
-			a.err = fmt.Sprintf("exited with status %d; restarting in %s", c.exitStatus, backoff(a.failures))
-			if rec.unhealthy != "" {
-				a.err = fmt.Sprintf("stopped as unhealthy (last check: %q); restarting in %s", rec.unhealthy, backoff(a.failures))
+			a.exitStatus, a.oomKilled = c.exitStatus, c.oomKilled
+			a.restarts = rec.restarts
+			if len(a.restarts) == 0 {
+				a.restarts = c.restarts // a restarted daemon: the container's label
 			}
+			d := decideRestart(s.Restart, exitInfo{status: c.exitStatus, oomKilled: c.oomKilled, memoryLimit: s.Limits.MemoryBytes, unhealthy: rec.unhealthy},
+				a.failures, a.restarts, in.now, in.backoffCap)
+			a.retryAt, a.noRestart, a.state, a.err = d.at, !d.restart, d.state, d.err
+		case rec.noRestart:
+			a.kind = actWait // its restart policy leaves it stopped
 		case backingOff:
 			a.kind = actWait
 		default:
@@ -245,7 +260,7 @@ func (in planInput) planTask(s TaskSpec) action {
 func (in planInput) fail(s TaskSpec, msg string, imageFailure bool) action {
 	failures := in.records[s.Name].failures + 1
 	return action{kind: actFail, task: s.Name, spec: s, err: msg, imageFailure: imageFailure,
-		failures: failures, retryAt: in.now.Add(backoff(failures))}
+		failures: failures, retryAt: in.now.Add(backoff(failures, in.backoffCap))}
 }
 
 // ipHeldBy reports which task being removed still holds ip.
@@ -266,12 +281,4 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func backoff(failures int) time.Duration {
-	d := firstBackoff
-	for i := 1; i < failures && d < maxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, maxBackoff)
 }

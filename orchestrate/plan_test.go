@@ -299,8 +299,9 @@ func TestPlanDoesNotChangeItsInput(t *testing.T) {
 }
 
 func TestBackoffDoublesToItsCap(t *testing.T) {
+	const maxBackoff = 30 * time.Second
 	for failures, want := range map[int]time.Duration{1: firstBackoff, 2: time.Second, 3: 2 * time.Second, 7: maxBackoff, 8: maxBackoff, 50: maxBackoff} {
-		if got := backoff(failures); got != min(want, maxBackoff) {
+		if got := backoff(failures, maxBackoff); got != min(want, maxBackoff) {
 			t.Errorf("backoff(%d) = %s, want %s", failures, got, min(want, maxBackoff))
 		}
 	}

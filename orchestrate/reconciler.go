@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -29,7 +30,6 @@ const (
 	resyncInterval    = 10 * time.Second // full pass even without events
 	failedPassRetry   = time.Second      // a failed pass (containerd down) is retried after this
 	firstBackoff      = 500 * time.Millisecond
-	maxBackoff        = 30 * time.Second
 	healthyAfter      = 30 * time.Second // a run this long resets the backoff
 	shutdownKept      = 5 * time.Minute  // how long removed tasks stay in Status
 	parallelism       = 4                // tasks converged at once
@@ -65,8 +65,10 @@ type taskRecord struct {
 	failures    int       // consecutive failures, for the backoff
 	retryAt     time.Time // no new attempt before this
 	startedAt   time.Time
-	exitNoted   bool // the process exited; restart once retryAt passes
-	watchGen    int  // generation of the current exit watcher, 0 when none
+	exitNoted   bool        // the process exited; restart once retryAt passes
+	noRestart   bool        // exitNoted, and the restart policy leaves it stopped
+	restarts    []time.Time // when the task was restarted after exits (restart policy)
+	watchGen    int         // generation of the current exit watcher, 0 when none
 	nextGen     int
 	removedAt   time.Time
 	imageFailed bool
@@ -132,7 +134,7 @@ func (r *Reconciler) Apply(desired []TaskSpec) {
 		// A new or changed spec starts over: pending, no backoff, and the
 		// status names the new image until a pass reports on it.
 		if rec == nil || !rec.removedAt.IsZero() || !had || !reflect.DeepEqual(prev, s) {
-			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, Revision: s.Revision}}
+			r.records[s.Name] = &taskRecord{status: TaskStatus{Name: s.Name, State: clustermap.TaskPending, Image: s.Image, SpecVersion: s.SpecVersion, Revision: s.Revision}}
 		}
 	}
 	r.mu.Unlock()
@@ -194,6 +196,16 @@ func (r *Reconciler) Status() []TaskStatus {
 func (r *Reconciler) Run(ctx context.Context) error {
 	ctx = namespaces.WithNamespace(ctx, r.cfg.Namespace)
 	r.runCtx = ctx
+	if c, err := Capacity(); err != nil {
+		r.log.Warn("tasks' memory ceiling not set", "err", err)
+	} else {
+		limit := tasksMemoryMax(r.cfg.TasksMemoryMax, c.MemoryBytes)
+		if err := applyParentMemoryMax(cgroupRoot, r.cfg.CgroupParent, limit); err != nil {
+			r.log.Warn("tasks' memory ceiling not set", "cgroup", r.cfg.CgroupParent, "err", err)
+		} else {
+			r.log.Info("tasks' memory ceiling", "cgroup", r.cfg.CgroupParent, "bytes", limit)
+		}
+	}
 	if _, err := r.images.importNew(ctx); err != nil {
 		r.log.Warn("image import", "err", err)
 	}
@@ -412,6 +424,13 @@ func (r *Reconciler) observe(ctx context.Context) (planInput, map[string]handle,
 	}
 	r.mu.Unlock()
 	in.now = time.Now()
+	in.backoffCap = r.cfg.RestartBackoffMax
+	for name, o := range in.observed {
+		if o.proc == procStopped {
+			o.oomKilled = r.oomKilled(name)
+			in.observed[name] = o
+		}
+	}
 	return in, handles, nil
 }
 
@@ -421,7 +440,7 @@ func observeContainer(ctx context.Context, c client.Container) (observed, handle
 	if err != nil {
 		return observed{}, h, fmt.Errorf("labels of %s: %w", c.ID(), err)
 	}
-	o := observed{specHash: labels[labelSpec]}
+	o := observed{specHash: labels[labelSpec], restarts: parseRestarts(labels[labelRestarts])}
 	o.ip, _ = netip.ParseAddr(labels[labelIP])
 	task, err := c.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
@@ -482,8 +501,10 @@ func (r *Reconciler) execute(ctx context.Context, a action, h handle) error {
 		}
 	case actKeep:
 		r.noteRunning(ctx, a, h)
-		if err := files.trimLog(); err != nil {
-			r.log.Warn("trim task log", "task", s.Name, "err", err)
+		if r.cfg.LoggerBinary == "" { // the logger bounds its own files
+			if err := files.trimLog(); err != nil {
+				r.log.Warn("trim task log", "task", s.Name, "err", err)
+			}
 		}
 	case actNoteExit:
 		r.recordExit(a)
@@ -592,8 +613,8 @@ func (r *Reconciler) setState(s TaskSpec, state, errText string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if rec := r.records[s.Name]; rec != nil {
-		rec.status.State, rec.status.Error, rec.status.Image = state, errText, s.Image
-		rec.status.Revision = s.Revision
+		rec.status.State, rec.status.Error = state, errText
+		rec.status.about(s)
 		// Not a change anyone acts on (only "starting" comes here): it
 		// waits for the next report, so a burst of starts sends fewer.
 	}
@@ -605,10 +626,10 @@ func (r *Reconciler) fail(s TaskSpec, err error, imageFailure bool) {
 	r.mu.Lock()
 	rec := r.recordLocked(name)
 	rec.failures++
-	rec.retryAt = time.Now().Add(backoff(rec.failures))
+	rec.retryAt = time.Now().Add(backoff(rec.failures, r.cfg.RestartBackoffMax))
 	rec.imageFailed = imageFailure
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, err.Error(), s.Image
-	rec.status.Revision = s.Revision
+	rec.status.State, rec.status.Error = clustermap.TaskFailed, err.Error()
+	rec.status.about(s)
 	r.mu.Unlock()
 	r.notify()
 	r.log.Warn("task failed", "task", name, "err", err)
@@ -640,8 +661,16 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 	rec := r.recordLocked(name)
 	if rec.exitNoted {
 		rec.status.Restarts++
-		rec.exitNoted = false
+		// Only the last MaxAttempts restarts can matter to the policy.
+		if keep := s.Restart.MaxAttempts; keep > 0 {
+			rec.restarts = append(rec.restarts, time.Now())
+			if len(rec.restarts) > keep {
+				rec.restarts = slices.Clone(rec.restarts[len(rec.restarts)-keep:])
+			}
+		}
+		rec.exitNoted, rec.noRestart = false, false
 	}
+	restarts := slices.Clone(rec.restarts)
 	r.mu.Unlock()
 	startedAt := time.Now()
 	// The health goes with the running state in one report: a task with a
@@ -649,15 +678,22 @@ func (r *Reconciler) start(ctx context.Context, s TaskSpec, c client.Container, 
 	hs, probe := r.startHealth(ctx, s, c, task, startedAt, false)
 	r.mu.Lock()
 	rec = r.recordLocked(name)
+	rec.status.ExitCode, rec.status.Exited, rec.status.OOMKilled, rec.status.NextRestart = 0, false, false, time.Time{}
 	rec.startedAt = startedAt
 	rec.retryAt = time.Time{}
 	rec.unhealthy = ""
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", s.Image
+	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""
 	rec.status.Health = hs
-	rec.status.Revision = s.Revision
+	rec.status.about(s)
 	gen := r.newWatch(rec)
 	r.mu.Unlock()
 	r.notify()
+	if len(restarts) > 0 {
+		// On the container too, so a restarted daemon still counts them.
+		if err := setRestartsLabel(ctx, c, restarts); err != nil {
+			r.log.Warn("record restarts on the container", "task", name, "err", err)
+		}
+	}
 	go r.watch(name, gen, exitCh)
 	probe(gen)
 	r.log.Info("started task", "task", name, "pid", task.Pid())
@@ -682,11 +718,11 @@ func (r *Reconciler) noteRunning(ctx context.Context, a action, h handle) {
 	defer r.mu.Unlock()
 	rec := r.recordLocked(a.task)
 	rec.startedAt, rec.failures, rec.retryAt = a.startedAt, a.failures, time.Time{}
-	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.Revision != a.spec.Revision || rec.status.Error != "" || needWatch {
+	if rec.status.State != clustermap.TaskRunning || rec.status.Image != a.spec.Image || rec.status.SpecVersion != a.spec.SpecVersion || rec.status.Revision != a.spec.Revision || rec.status.Error != "" || needWatch {
 		r.notify()
 	}
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskRunning, "", a.spec.Image
-	rec.status.Revision = a.spec.Revision
+	rec.status.State, rec.status.Error = clustermap.TaskRunning, ""
+	rec.status.about(a.spec)
 	if rec.watchGen != 0 {
 		return
 	}
@@ -705,14 +741,20 @@ func (r *Reconciler) noteRunning(ctx context.Context, a action, h handle) {
 func (r *Reconciler) recordExit(a action) {
 	r.mu.Lock()
 	rec := r.recordLocked(a.task)
-	rec.exitNoted = true
+	rec.exitNoted, rec.noRestart = true, a.noRestart
 	rec.unhealthy = ""
+	if len(rec.restarts) == 0 && len(a.restarts) > 0 {
+		rec.restarts = a.restarts // counted before a daemon restart (container label)
+		rec.status.Restarts = max(rec.status.Restarts, len(a.restarts))
+	}
 	rec.failures, rec.retryAt = a.failures, a.retryAt
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
-	rec.status.Revision = a.spec.Revision
+	rec.status.State, rec.status.Error = a.state, a.err
+	rec.status.about(a.spec)
+	rec.status.Exited, rec.status.ExitCode, rec.status.OOMKilled = true, int(a.exitStatus), a.oomKilled
+	rec.status.NextRestart = a.retryAt
 	r.mu.Unlock()
 	r.notify()
-	r.log.Warn("task exited", "task", a.task, "status", a.exitStatus)
+	r.log.Warn("task exited", "task", a.task, "status", a.exitStatus, "oom_killed", a.oomKilled, "restart", !a.noRestart)
 }
 
 // recordFailure records a failure the planner found, with its backoff.
@@ -720,8 +762,8 @@ func (r *Reconciler) recordFailure(a action) {
 	r.mu.Lock()
 	rec := r.recordLocked(a.task)
 	rec.failures, rec.retryAt, rec.imageFailed = a.failures, a.retryAt, a.imageFailure
-	rec.status.State, rec.status.Error, rec.status.Image = clustermap.TaskFailed, a.err, a.spec.Image
-	rec.status.Revision = a.spec.Revision
+	rec.status.State, rec.status.Error = clustermap.TaskFailed, a.err
+	rec.status.about(a.spec)
 	r.mu.Unlock()
 	r.notify()
 	r.log.Warn("task failed", "task", a.task, "err", a.err)

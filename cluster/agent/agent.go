@@ -799,6 +799,19 @@ func JoinedNodeID(stateDir string) string {
 	return id.Node.ID
 }
 
+// TLSIdentity is this node's certificate and the cluster CA: the node's
+// log server shows the one and checks managers against the other.
+func (a *Agent) TLSIdentity() (*tls.Certificate, *x509.CertPool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cert
+	pool := x509.NewCertPool()
+	if a.ca != nil {
+		pool.AddCert(a.ca)
+	}
+	return &c, pool
+}
+
 // FetchValues asks the manager for the current values of this node's
 // tasks' secrets and configs (mTLS; only those of tasks assigned to this
 // node are given). They are never written to the state dir.

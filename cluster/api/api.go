@@ -23,7 +23,7 @@ const (
 	PathJoinTokens = "/v1/join-tokens" // /{role}: GET JoinToken; /{role}/rotate: POST
 	PathNodes      = "/v1/nodes"       // GET []NodeView; /{node}: GET NodeView, DELETE (?force=1); /{node}/promote|demote|drain|activate: POST
 	PathTasks      = "/v1/tasks"       // GET ?service=NAME
-	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, DELETE; /{name}/scale|update|labels|capabilities|rollback: POST
+	PathServices   = "/v1/services"    // GET, POST ServiceSpec; /{name}: GET, PUT ServiceSpec (update), DELETE; /{name}/scale|update|labels|capabilities|rollback: POST
 	PathPolicies   = "/v1/policies"    // GET, POST PolicyApply; /{name}: GET, DELETE
 	PathBackup     = "/v1/backup"      // GET: the state at one applied index (JSON; holds the CA key)
 
@@ -115,6 +115,9 @@ type NodeStatus struct {
 	// the manager then keeps the states it has.
 	Tasks []TaskStatus `json:"tasks"`
 	Time  time.Time    `json:"time"` // the node's clock, to spot boards without RTC
+	// Capacity is the memory and CPU the node offers tasks (the
+	// scheduler fits reservations into it); nil: not said.
+	Capacity *clustermap.ResourceAmounts `json:"capacity,omitempty"`
 	// Candidates are the node's path candidates (see clustermap.Node); nil
 	// means not known yet and keeps what the manager has.
 	Candidates []netip.AddrPort `json:"candidates,omitempty"`
@@ -139,6 +142,10 @@ type TaskStatus struct {
 	// Image the task's container runs. During a rolling update the manager
 	// counts a slot as updated only once it reports running the new image.
 	Image string `json:"image,omitempty"`
+	// SpecVersion of the service spec the status is about (as Image).
+	SpecVersion uint64 `json:"spec_version,omitempty"`
+	// Run: exit code, restarts, next restart, OOM.
+	Run clustermap.TaskRun `json:"run,omitzero"`
 	// Revision of the task's secrets and configs the container runs with
 	// (--secret-rotation restart), as the map gave it.
 	Revision string `json:"revision,omitempty"`
@@ -250,6 +257,9 @@ type ServiceSpec struct {
 	// Labels are carried by the service's tasks (policies select by them).
 	Labels map[string]string `json:"labels,omitempty"`
 
+	// Workload: --mode, --restart-*, --limit-*/--reserve-*, --mount and
+	// the process settings (clustermap.Workload).
+	clustermap.Workload
 	// Secrets and configs, in Docker's --secret / --config syntax
 	// (NAME or source=NAME,target=...,uid=,gid=,mode=0400).
 	Secrets        []string `json:"secrets,omitempty"`
@@ -322,6 +332,9 @@ type ServiceView struct {
 	Unplaced     string            `json:"unplaced,omitempty"` // why some replicas have no node
 	Labels       map[string]string `json:"labels"`
 	Tasks        []TaskView        `json:"tasks"`
+
+	// Workload: mode, restart policy, resources, mounts, process settings.
+	clustermap.Workload
 	// Secrets and configs the tasks see (references, never values).
 	Secrets        []clustermap.FileRef `json:"secrets,omitempty"`
 	Configs        []clustermap.FileRef `json:"configs,omitempty"`
@@ -341,6 +354,12 @@ type TaskView struct {
 	Error        string     `json:"error,omitempty"`
 	// Health is the task's health check state, nil without a check.
 	Health *TaskHealth `json:"health,omitempty"`
+	// ExitCode of the task's last process exit; absent while it has not
+	// exited.
+	ExitCode    *int      `json:"exit_code,omitempty"`
+	Restarts    int       `json:"restarts"`
+	NextRestart time.Time `json:"next_restart,omitzero"`
+	OOMKilled   bool      `json:"oom_killed"`
 	// Labels are the service's labels, which the task carries.
 	Labels map[string]string `json:"labels,omitempty"`
 }

@@ -154,17 +154,26 @@ func (c *Client) UpdateServiceImage(ctx context.Context, name, image string) (ap
 	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionUpdate, nil, api.ImageUpdate{Image: image}, &out)
 }
 
-// UpdateService sets a service's health check and update settings and,
-// when req.Image is set, starts a rolling update to it.
-func (c *Client) UpdateService(ctx context.Context, name string, req api.ImageUpdate) (api.ServiceView, error) {
+// UpdateServiceSettings sets a service's health check and update
+// settings and, when req.Image is set, starts a rolling update to it.
+func (c *Client) UpdateServiceSettings(ctx context.Context, name string, req api.ImageUpdate) (api.ServiceView, error) {
 	var out api.ServiceView
 	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionUpdate, nil, req, &out)
 }
 
-// RollbackService rolls a service back to its image before the last update.
+// RollbackService rolls a service back to its image and spec before the
+// last update.
 func (c *Client) RollbackService(ctx context.Context, name string) (api.ServiceView, error) {
 	var out api.ServiceView
 	return out, c.do(ctx, http.MethodPost, api.PathServices+"/"+url.PathEscape(name)+api.ActionRollback, nil, nil, &out)
+}
+
+// UpdateService replaces what a service runs with spec (image, env,
+// command and workload changes roll out as a health-gated rolling
+// update).
+func (c *Client) UpdateService(ctx context.Context, name string, spec api.ServiceSpec) (api.ServiceView, error) {
+	var out api.ServiceView
+	return out, c.do(ctx, http.MethodPut, api.PathServices+"/"+url.PathEscape(name), nil, spec, &out)
 }
 
 // Tasks lists the tasks of service, including those of a removed service

@@ -102,6 +102,9 @@ type Node struct {
 	// API is a manager's API address (host:port): agents watch and report
 	// to any manager listed here. Empty for workers.
 	API string `json:"api,omitempty"`
+	// Capacity is the memory and CPU the node offers tasks, as it last
+	// reported them (zero: not reported; no reservation check).
+	Capacity ResourceAmounts `json:"capacity,omitzero"`
 	// Relay is set on nodes that relay WireGuard packets for members that
 	// cannot reach each other directly (package relay): IP:port of its TLS
 	// leg (TCP) and its UDP leg, one port number for both.
@@ -141,6 +144,13 @@ type Service struct {
 	UpdateConfig   *UpdateConfig `json:"update_config,omitempty"`
 	RollbackConfig *UpdateConfig `json:"rollback_config,omitempty"`
 
+	// Workload: restart policy, resources, mounts, mode, process settings.
+	Workload
+	// SpecVersion counts updates of what runs in a task (env, command,
+	// workload); tasks move to a new version one at a time, and those not
+	// yet moved run Previous.
+	SpecVersion uint64        `json:"spec_version,omitempty"`
+	Previous    *PreviousSpec `json:"previous,omitempty"`
 	// Secrets and configs the service's tasks get as files: references
 	// with the version each task must see, never a value (nodes fetch
 	// values from a manager while they run a task that uses them).
@@ -177,6 +187,9 @@ const (
 	TaskStarting = "starting"
 	TaskRunning  = "running"
 	TaskFailed   = "failed"
+	// TaskComplete: the process exited with status 0 and its restart
+	// policy does not start it again.
+	TaskComplete = "complete"
 	TaskShutdown = "shutdown"
 )
 
@@ -189,7 +202,10 @@ type Task struct {
 	IP      netip.Addr `json:"ip"`
 	// Image is what this task runs. It equals the service's image except
 	// during a rolling update, when slots move to the new image one by one.
-	Image        string `json:"image,omitempty"`
+	Image string `json:"image,omitempty"`
+	// SpecVersion is the service spec version the task runs (see
+	// Service.SpecVersion).
+	SpecVersion  uint64 `json:"spec_version,omitempty"`
 	DesiredState string `json:"desired_state"` // running | shutdown
 	State        string `json:"state"`         // as last reported by the node
 	// Revision is set for a service with --secret-rotation restart: a digest
@@ -206,6 +222,9 @@ type Task struct {
 	// Draining: the task is taken out of its service's endpoints before
 	// it stops (a rolling update replaces it next).
 	Draining bool `json:"draining,omitempty"`
+	// Run is what the node reports of the task's process (exit code,
+	// restarts, next restart, OOM); on the manager only, like Error.
+	Run TaskRun `json:"run,omitzero"`
 }
 
 // Node returns the node with the given ID.

@@ -4,16 +4,21 @@
 // cluster. The manager calls Plan on every reschedule and on a tick while
 // an update runs, and publishes the tasks it returns.
 //
-// A task's version is its image. A slot is updated by taking its old task
+// A task's version is its image and its spec version (env, command and
+// workload, clustermap.Service.SpecVersion): a task is on the target only
+// when both match the service's. A slot is updated by taking its old task
 // out of the endpoints (Draining) for DrainTime, so every node's VIP and
-// DNS drop it before it stops, then giving it the target image (its node
-// recreates the container). A slot counts as updated once its new task
+// DNS drop it before it stops, then giving it the target image and spec version (its
+// node recreates the container). A slot counts as updated once its new task
 // serves (running and healthy, clustermap.Task.Serves); a new task that
 // fails, turns unhealthy, or stops serving within the monitor window
 // counts as a failure. With order start-first the service runs
 // Parallelism extra "surge" tasks (slots after the last one) on the
 // target image for the length of the update, and a serving old task is
 // only taken out while the serving tasks stay at least the replica count.
+// A task that completed (its restart condition let it stop after exit 0)
+// counts as settled. A global service runs one task per node, so it has
+// no surge slots: its updates go stop-first.
 package rollout
 
 import (
@@ -96,6 +101,10 @@ type Status struct {
 	// PreviousHealth is the health check before the update (rollback
 	// restores it with the previous image).
 	PreviousHealth *clustermap.HealthCheck `json:"previous_health,omitempty"`
+	// PreviousSpecVersion is the service's spec version before the update;
+	// when it differs from the service's, rollback restores it with the
+	// spec kept in the service's Previous (env, command, workload).
+	PreviousSpecVersion uint64 `json:"previous_spec_version,omitempty"`
 	// ServingSince: when each task (by name) on the target image was
 	// first seen serving; the monitor window starts there.
 	ServingSince map[string]time.Time `json:"serving_since,omitempty"`
@@ -115,11 +124,11 @@ func (s *Status) RollingBack() bool {
 	return s != nil && (s.State == api.UpdateRollbackStarted || s.State == api.UpdateRollbackPaused || s.State == api.UpdateRollbackCompleted)
 }
 
-// Begin starts an update of svc (already carrying the new image and
-// check) from the previous image and check.
-func Begin(svc clustermap.Service, prevImage string, prevHealth *clustermap.HealthCheck, now time.Time) *Status {
+// Begin starts an update of svc (already carrying the new image, check
+// and spec version) from the previous image, check and spec version.
+func Begin(svc clustermap.Service, prevImage string, prevHealth *clustermap.HealthCheck, prevSpecVersion uint64, now time.Time) *Status {
 	return &Status{UpdateStatus: api.UpdateStatus{State: api.UpdateUpdating, StartedAt: now, Target: svc.Image, Previous: prevImage,
-		Message: "update in progress"}, PreviousHealth: prevHealth}
+		Message: "update in progress"}, PreviousHealth: prevHealth, PreviousSpecVersion: prevSpecVersion}
 }
 
 // Config is the update config in force for s.
@@ -133,7 +142,7 @@ func Config(svc clustermap.Service, s *Status) clustermap.UpdateConfig {
 // Surge is how many extra tasks svc runs now: Parallelism while a
 // start-first update is active, else none.
 func Surge(svc clustermap.Service, s *Status) int {
-	if !s.Active() {
+	if !s.Active() || svc.IsGlobal() {
 		return 0
 	}
 	c := Config(svc, s)
@@ -154,11 +163,18 @@ const (
 	RollBack
 )
 
-// StartRollback turns s into a rollback of svc (whose image and check the
-// caller restores from s.Previous and s.PreviousHealth), with the reason.
-func StartRollback(s *Status, currentHealth *clustermap.HealthCheck, reason string, now time.Time) *Status {
+// StartRollback turns s into a rollback of svc (whose image, check and
+// spec the caller restores from s.Previous, s.PreviousHealth and
+// s.PreviousSpecVersion), with the reason. currentHealth and
+// currentSpecVersion are the service's before the caller restored them.
+func StartRollback(s *Status, currentHealth *clustermap.HealthCheck, currentSpecVersion uint64, reason string, now time.Time) *Status {
 	return &Status{UpdateStatus: api.UpdateStatus{State: api.UpdateRollbackStarted, StartedAt: now, Target: s.Previous, Previous: s.Target,
-		Message: reason}, PreviousHealth: currentHealth}
+		Message: reason}, PreviousHealth: currentHealth, PreviousSpecVersion: currentSpecVersion}
+}
+
+// OnTarget reports whether t runs svc's current image and spec version.
+func OnTarget(svc clustermap.Service, t clustermap.Task) bool {
+	return t.Image == svc.Image && t.SpecVersion == svc.SpecVersion
 }
 
 // Plan advances svc's update one step at time now. tasks are the
@@ -175,7 +191,17 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 	next.ServingSince = cloneTimes(st.ServingSince)
 	next.DrainSince = cloneTimes(st.DrainSince)
 	cfg := Config(svc, st)
-	target := svc.Image
+	replicas := svc.Replicas
+	if svc.IsGlobal() {
+		// One task per eligible node, no surge: every task is a slot.
+		cfg.Order = clustermap.OrderStopFirst
+		replicas = 0
+		for _, t := range out {
+			if t.DesiredState == clustermap.TaskRunning {
+				replicas++
+			}
+		}
+	}
 
 	var (
 		inFlight, servingLive int
@@ -189,7 +215,7 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 		if t.DesiredState != clustermap.TaskRunning {
 			continue
 		}
-		isSurge := t.Slot > svc.Replicas
+		isSurge := !svc.IsGlobal() && t.Slot > replicas
 		if isSurge {
 			surge = append(surge, i)
 		} else {
@@ -198,13 +224,13 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 		if t.Serves() {
 			servingLive++
 		}
-		if t.Image != target {
+		if !OnTarget(svc, *t) {
 			allDone = false
 			switch {
 			case t.Draining:
 				inFlight++
 				if now.Sub(next.DrainSince[t.Name]) >= DrainTime {
-					retarget(t, target)
+					retarget(t, svc)
 					delete(next.DrainSince, t.Name)
 				}
 			case t.Serves():
@@ -214,7 +240,7 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 			}
 			continue
 		}
-		// On the target image.
+		// On the target image and spec.
 		if t.Draining {
 			if isSurge {
 				continue // retiring at the end of the update
@@ -240,6 +266,10 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 			if !isSurge && now.Sub(since) < cfg.Monitor {
 				allDone = false
 			}
+		case t.State == clustermap.TaskComplete:
+			// Exited 0 and its restart condition let it stay stopped:
+			// settled, as a serving task past its monitor window.
+			delete(next.ServingSince, t.Name)
 		case failedTask(*t) || (seen && now.Sub(since) < cfg.Monitor):
 			if cfg.FailureAction != clustermap.ActionContinue {
 				allDone = false // with continue, a failed slot counts as updated
@@ -265,14 +295,14 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 			}
 		}
 	}
-	for slot := 1; slot <= svc.Replicas; slot++ {
+	for slot := 1; !svc.IsGlobal() && slot <= replicas; slot++ {
 		if !regular[slot] {
 			allDone = false // not placed yet
 		}
 	}
 
 	// Too many failures: act.
-	if len(next.Failures) > 0 && svc.Replicas > 0 && float64(len(next.Failures))/float64(svc.Replicas) > cfg.MaxFailureRatio &&
+	if len(next.Failures) > 0 && replicas > 0 && float64(len(next.Failures))/float64(replicas) > cfg.MaxFailureRatio &&
 		cfg.FailureAction != clustermap.ActionContinue {
 		reason := next.Message
 		if cfg.FailureAction == clustermap.ActionRollback && !st.RollingBack() {
@@ -331,13 +361,13 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 		if free == 0 {
 			break
 		}
-		retarget(&out[i], target)
+		retarget(&out[i], svc)
 		free--
 	}
 	// Serving old tasks drain first. start-first keeps the serving tasks
 	// at the replica count or more; stop-first takes them as they come.
 	slices.SortFunc(oldServing, func(a, b int) int { return out[a].Slot - out[b].Slot })
-	spare := servingLive - svc.Replicas
+	spare := servingLive - replicas
 	// A failure that the update carries on past (continue, or under the
 	// ratio) may be a surge task that never serves: then start-first
 	// would wait forever for spare capacity, so it goes on stop-first.
@@ -360,9 +390,12 @@ func failedTask(t clustermap.Task) bool {
 	return t.State == clustermap.TaskFailed || t.Health == clustermap.HealthUnhealthy
 }
 
-// retarget gives t the target image: its node recreates the container.
-func retarget(t *clustermap.Task, image string) {
-	t.Image, t.State, t.Error, t.Health, t.Draining = image, clustermap.TaskPending, "", "", false
+// retarget gives t the target image and spec version: its node
+// recreates the container.
+func retarget(t *clustermap.Task, svc clustermap.Service) {
+	t.Image, t.SpecVersion = svc.Image, svc.SpecVersion
+	t.State, t.Error, t.Health, t.Draining = clustermap.TaskPending, "", "", false
+	t.Run = clustermap.TaskRun{}
 }
 
 func cloneTimes(m map[string]time.Time) map[string]time.Time {

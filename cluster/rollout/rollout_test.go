@@ -50,7 +50,7 @@ func (s *sim) newTask(slot int, image string, healthy bool) clustermap.Task {
 func (s *sim) update(image string) {
 	prev := s.svc.Image
 	s.svc.Image = image
-	s.st = Begin(s.svc, prev, s.svc.HealthCheck, s.now)
+	s.st = Begin(s.svc, prev, s.svc.HealthCheck, s.svc.SpecVersion, s.now)
 }
 
 // step advances one second: nodes act, then the manager plans.
@@ -85,7 +85,9 @@ func (s *sim) step() {
 	}
 	for slot := 1; slot <= s.svc.Replicas+surge; slot++ {
 		if !have[slot] {
-			kept = append(kept, s.newTask(slot, s.svc.Image, false))
+			nt := s.newTask(slot, s.svc.Image, false)
+			nt.SpecVersion = s.svc.SpecVersion
+			kept = append(kept, nt)
 		}
 	}
 	s.tasks = kept
@@ -94,7 +96,7 @@ func (s *sim) step() {
 	if out == RollBack {
 		s.outcomes = append(s.outcomes, st.Message)
 		s.svc.Image, s.svc.HealthCheck = st.Previous, st.PreviousHealth
-		st = StartRollback(st, s.svc.HealthCheck, st.Message, s.now)
+		st = StartRollback(st, s.svc.HealthCheck, s.svc.SpecVersion, st.Message, s.now)
 		tasks, st, _ = Plan(s.svc, st, s.tasks, s.now)
 	}
 	s.tasks, s.st = tasks, st
@@ -301,6 +303,82 @@ func TestValidate(t *testing.T) {
 	for _, b := range bad {
 		if err := Validate(&b.c, b.which); err == nil {
 			t.Errorf("Validate(%+v, %s) accepted", b.c, b.which)
+		}
+	}
+}
+
+// An env/command/workload change (a new spec version, same image) rolls
+// as an image update does: a task is on the target only with both, and a
+// moved slot gets both.
+func TestSpecVersionUpdateRollsEveryTask(t *testing.T) {
+	s := newSim(t, 3, &clustermap.UpdateConfig{Order: clustermap.OrderStopFirst}, "web:v1")
+	prev := s.svc.SpecVersion
+	s.svc.SpecVersion = 1
+	s.st = Begin(s.svc, s.svc.Image, s.svc.HealthCheck, prev, s.now)
+	if s.st.PreviousSpecVersion != 0 {
+		t.Fatalf("status = %+v", s.st)
+	}
+	s.run(100)
+	if s.st.State != api.UpdateCompleted {
+		t.Fatalf("update ended %s: %s", s.st.State, s.st.Message)
+	}
+	for _, task := range s.tasks {
+		if task.SpecVersion != 1 || task.Image != "web:v1" || !task.Serves() {
+			t.Errorf("task %s: %+v", task.Name, task)
+		}
+	}
+	if s.minServe < 2 {
+		t.Errorf("stop-first one at a time fell to %d serving", s.minServe)
+	}
+}
+
+// A task on the new spec that completed (exit 0, restart condition none)
+// is settled: the update completes.
+func TestCompletedTaskCountsAsUpdated(t *testing.T) {
+	svc := clustermap.Service{Name: "job", Image: "job:v2", Replicas: 2, SpecVersion: 3,
+		UpdateConfig: &clustermap.UpdateConfig{Order: clustermap.OrderStopFirst, Monitor: time.Second}}
+	st := Begin(svc, "job:v1", nil, 2, t0)
+	tasks := []clustermap.Task{
+		{Name: "job-1", Service: "job", Slot: 1, Image: "job:v2", SpecVersion: 3, DesiredState: clustermap.TaskRunning, State: clustermap.TaskComplete},
+		{Name: "job-2", Service: "job", Slot: 2, Image: "job:v2", SpecVersion: 2, DesiredState: clustermap.TaskRunning, State: clustermap.TaskComplete},
+	}
+	out, next, _ := Plan(svc, st, tasks, t0)
+	if next.State != api.UpdateUpdating || out[1].SpecVersion != 3 || out[1].State != clustermap.TaskPending {
+		t.Fatalf("a completed task on the old spec is moved first: %+v, %+v", next, out[1])
+	}
+	out[1].State = clustermap.TaskComplete
+	out, next, _ = Plan(svc, next, out, t0.Add(time.Second))
+	if next.State != api.UpdateCompleted {
+		t.Fatalf("update with every task complete on the new spec: %s (%s), tasks %+v", next.State, next.Message, out)
+	}
+}
+
+// A global service (one task per node, no surge slots) rolls stop-first
+// whatever its order, every task counting as a slot.
+func TestGlobalServiceRollsWithoutSurge(t *testing.T) {
+	s := newSim(t, 3, nil, "agent:v1") // start-first by default
+	s.svc.Workload.Mode = clustermap.ModeGlobal
+	s.svc.Replicas = 0
+	s.update("agent:v2")
+	if Surge(s.svc, s.st) != 0 {
+		t.Fatal("a global service got surge slots")
+	}
+	for i := 0; i < 100 && s.st.Active(); i++ {
+		tasks, st, _ := Plan(s.svc, s.st, s.tasks, s.now)
+		s.tasks, s.st = tasks, st
+		s.now = s.now.Add(time.Second)
+		for i := range s.tasks {
+			if tk := &s.tasks[i]; tk.State == clustermap.TaskPending {
+				tk.State, tk.Health = clustermap.TaskRunning, clustermap.HealthHealthy
+			}
+		}
+	}
+	if s.st.State != api.UpdateCompleted || len(s.tasks) != 3 {
+		t.Fatalf("global update ended %s: %s (%d tasks)", s.st.State, s.st.Message, len(s.tasks))
+	}
+	for _, task := range s.tasks {
+		if task.Image != "agent:v2" {
+			t.Errorf("task %s still on %s", task.Name, task.Image)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/internal/dockerflags"
 	"github.com/warren-appliance/warren/internal/netaddr"
 )
 
@@ -64,6 +65,7 @@ type planner struct {
 	total    map[string]int                // node ID -> running tasks
 	cons     map[string]constraintsOrError // by service
 	unplaced map[string]string
+	reserved map[string]clustermap.ResourceAmounts // node ID -> reservations of its tasks
 }
 
 type constraintsOrError struct {
@@ -85,6 +87,7 @@ func newPlanner(nodes []clustermap.Node, services []clustermap.Service) *planner
 		total:    map[string]int{},
 		cons:     map[string]constraintsOrError{},
 		unplaced: map[string]string{},
+		reserved: map[string]clustermap.ResourceAmounts{},
 	}
 	slices.SortFunc(p.nodes, func(a, b clustermap.Node) int {
 		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
@@ -146,10 +149,13 @@ func (p *planner) keepValid() {
 		replicas := max(s.Replicas, 0)
 		cons := p.cons[s.Name]
 		taken := map[int]bool{}
+		onNode := map[string]bool{}
 		for _, t := range p.running[s.Name] {
 			node, _ := p.nodeLive(t.NodeID)
 			switch {
-			case t.Slot < 1 || t.Slot > replicas || taken[t.Slot]:
+			case s.IsGlobal() && (t.Slot < 1 || taken[t.Slot] || onNode[t.NodeID]):
+				p.retire(t) // a second task of a global service on a node
+			case !s.IsGlobal() && (t.Slot < 1 || t.Slot > replicas || taken[t.Slot]):
 				p.retire(t) // scaled down, or a duplicate of its slot
 			case cons.err == nil && !matchesAll(cons.list, node):
 				p.retire(t) // constraints changed: move it
@@ -157,8 +163,12 @@ func (p *planner) keepValid() {
 				p.retire(t) // the node is being drained: move it
 			default:
 				taken[t.Slot] = true
+				onNode[t.NodeID] = true
 				keep = append(keep, t)
 			}
+		}
+		if s.IsGlobal() {
+			continue // placeGlobal finds the nodes without a task
 		}
 		for slot := 1; slot <= replicas; slot++ {
 			if !taken[slot] {
@@ -171,6 +181,7 @@ func (p *planner) keepValid() {
 			if p.usableIP(t.NodeID, t.IP) {
 				p.held[t.IP] = true
 			}
+			p.reserveN(t.NodeID, t.Service, 1) // still running until it stops
 		}
 	}
 	var badIP []clustermap.Task
@@ -198,6 +209,7 @@ func (p *planner) keepValid() {
 
 func (p *planner) accept(t clustermap.Task) {
 	p.out = append(p.out, t)
+	p.reserveN(t.NodeID, t.Service, 1)
 	if p.perSvc[t.NodeID] == nil {
 		p.perSvc[t.NodeID] = map[string]int{}
 	}
@@ -208,6 +220,10 @@ func (p *planner) accept(t clustermap.Task) {
 // placeMissing places every missing slot, service by service in name order.
 func (p *planner) placeMissing() {
 	for _, s := range p.services {
+		if s.IsGlobal() {
+			p.placeGlobal(s)
+			continue
+		}
 		slots := p.missing[s.Name]
 		slices.Sort(slots)
 		cons := p.cons[s.Name]
@@ -240,11 +256,67 @@ func (p *planner) placeMissing() {
 			})
 		}
 		if failed > 0 {
-			p.unplaced[s.Name] = fmt.Sprintf("%d of %d replicas unplaced: %s", failed, s.Replicas, p.whyNoNode(cons.list))
+			p.unplaced[s.Name] = fmt.Sprintf("%d of %d replicas unplaced: %s", failed, s.Replicas, p.whyNoNode(s.Name, cons.list))
 		}
 	}
 	for _, ts := range p.retiring {
 		p.out = append(p.out, ts...)
+	}
+}
+
+// placeGlobal gives every eligible node without a task of global service
+// s one, on the lowest slot no task of s holds (kept or retiring).
+func (p *planner) placeGlobal(s clustermap.Service) {
+	cons := p.cons[s.Name]
+	if cons.err != nil {
+		p.unplaced[s.Name] = fmt.Sprintf("global service not placed: bad constraint: %v", cons.err)
+		return
+	}
+	has := map[string]bool{}
+	taken := map[int]bool{}
+	for _, t := range p.out {
+		if t.Service == s.Name {
+			has[t.NodeID] = true
+			taken[t.Slot] = true
+		}
+	}
+	for k := range p.retiring {
+		if k.service == s.Name {
+			taken[k.slot] = true
+		}
+	}
+	slot := 1
+	var noRoom, full int
+	for _, n := range p.nodes {
+		if has[n.ID] || !placeable(n) || !matchesAll(cons.list, n) {
+			continue
+		}
+		if !p.fits(n, s.Name) {
+			noRoom++
+			continue
+		}
+		ip, ok := p.freeIP(n)
+		if !ok {
+			full++
+			continue
+		}
+		for taken[slot] {
+			slot++
+		}
+		taken[slot] = true
+		p.held[ip] = true
+		p.accept(clustermap.Task{Name: TaskName(s.Name, slot), Service: s.Name, Slot: slot, NodeID: n.ID, IP: ip,
+			DesiredState: clustermap.TaskRunning, State: clustermap.TaskPending})
+	}
+	var parts []string
+	if noRoom > 0 {
+		parts = append(parts, fmt.Sprintf("%d eligible nodes without room for the reservation (%s)", noRoom, formatAmounts(p.reservation(s.Name))))
+	}
+	if full > 0 {
+		parts = append(parts, fmt.Sprintf("%d eligible nodes without a free IP in their container block", full))
+	}
+	if len(parts) > 0 {
+		p.unplaced[s.Name] = "global service not on every eligible node: " + strings.Join(parts, ", ")
 	}
 }
 
@@ -257,12 +329,46 @@ func (p *planner) revive(service string, slot int, cons []Constraint) bool {
 		if !live || !placeable(node) || !matchesAll(cons, node) || !p.usableIP(t.NodeID, t.IP) {
 			continue
 		}
+		p.reserveN(t.NodeID, service, -1) // counted while retiring; accept counts it again
 		p.retiring[k] = slices.Delete(p.retiring[k], i, i+1)
 		t.DesiredState = clustermap.TaskRunning
 		p.accept(t)
 		return true
 	}
 	return false
+}
+
+// reservation is what one task of service sets aside on its node.
+func (p *planner) reservation(service string) clustermap.ResourceAmounts {
+	if r := p.svcByNm[service].Resources; r != nil {
+		return r.Reservations
+	}
+	return clustermap.ResourceAmounts{}
+}
+
+// reserve counts n tasks of service against a node's capacity (n < 0:
+// takes them back).
+func (p *planner) reserveN(nodeID, service string, n int64) {
+	r := p.reservation(service)
+	u := p.reserved[nodeID]
+	u.MemoryBytes += n * r.MemoryBytes
+	u.NanoCPUs += n * r.NanoCPUs
+	p.reserved[nodeID] = u
+}
+
+// fits reports whether one more task of service fits n's capacity next to
+// the reservations already there. A node that has not reported a capacity
+// takes only tasks without reservations of that kind.
+func (p *planner) fits(n clustermap.Node, service string) bool {
+	r := p.reservation(service)
+	u := p.reserved[n.ID]
+	if r.MemoryBytes > 0 && u.MemoryBytes+r.MemoryBytes > n.Capacity.MemoryBytes {
+		return false
+	}
+	if r.NanoCPUs > 0 && u.NanoCPUs+r.NanoCPUs > n.Capacity.NanoCPUs {
+		return false
+	}
+	return true
 }
 
 // placeable reports whether new tasks may go to n: ready and not drained.
@@ -276,7 +382,7 @@ func (p *planner) pickNode(service string, cons []Constraint) (clustermap.Node, 
 	var best clustermap.Node
 	found := false
 	for _, n := range p.nodes {
-		if !placeable(n) || !matchesAll(cons, n) {
+		if !placeable(n) || !matchesAll(cons, n) || !p.fits(n, service) {
 			continue
 		}
 		if _, ok := p.freeIP(n); !ok {
@@ -291,11 +397,11 @@ func (p *planner) pickNode(service string, cons []Constraint) (clustermap.Node, 
 }
 
 // whyNoNode explains, node by node category, why no node took a replica.
-func (p *planner) whyNoNode(cons []Constraint) string {
+func (p *planner) whyNoNode(service string, cons []Constraint) string {
 	if len(p.nodes) == 0 {
 		return "no nodes in the cluster"
 	}
-	var notReady, drained, mismatch, full int
+	var notReady, drained, mismatch, full, noRoom int
 	for _, n := range p.nodes {
 		switch {
 		case n.Status != clustermap.NodeReady:
@@ -304,6 +410,8 @@ func (p *planner) whyNoNode(cons []Constraint) string {
 			drained++
 		case !matchesAll(cons, n):
 			mismatch++
+		case !p.fits(n, service):
+			noRoom++
 		default:
 			if _, ok := p.freeIP(n); !ok {
 				full++
@@ -323,6 +431,9 @@ func (p *planner) whyNoNode(cons []Constraint) string {
 			exprs[i] = c.String()
 		}
 		parts = append(parts, fmt.Sprintf("%d not matching %s", mismatch, strings.Join(exprs, " && ")))
+	}
+	if noRoom > 0 {
+		parts = append(parts, fmt.Sprintf("%d without room for the reservation (%s)", noRoom, formatAmounts(p.reservation(service))))
 	}
 	if full > 0 {
 		parts = append(parts, fmt.Sprintf("%d without a free IP in their container block", full))
@@ -389,4 +500,16 @@ func desiredRank(t clustermap.Task) int {
 		return 1
 	}
 	return 0
+}
+
+// formatAmounts writes a reservation as the flags that set it read.
+func formatAmounts(a clustermap.ResourceAmounts) string {
+	var parts []string
+	if a.MemoryBytes > 0 {
+		parts = append(parts, "memory "+dockerflags.FormatBytes(a.MemoryBytes))
+	}
+	if a.NanoCPUs > 0 {
+		parts = append(parts, "cpu "+dockerflags.FormatCPUs(a.NanoCPUs))
+	}
+	return strings.Join(parts, ", ")
 }

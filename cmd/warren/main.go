@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/warren-appliance/warren/internal/buildinfo"
+	"github.com/warren-appliance/warren/orchestrate/tasklog"
 
 	"github.com/warren-appliance/warren/cluster/api"
 )
@@ -34,8 +35,11 @@ func (e *exitError) Unwrap() error { return e.err }
 const applianceName = "warren-appliance"
 
 func main() {
-	if filepath.Base(os.Args[0]) == applianceName {
+	switch filepath.Base(os.Args[0]) {
+	case applianceName:
 		os.Exit(applianceMain(os.Args[1:]))
+	case tasklog.LoggerName: // containerd's shim runs it beside a task
+		tasklog.Main(os.Args[1:])
 	}
 	hideTokenFromCmdline()
 	root := newRoot()
@@ -63,6 +67,7 @@ func newRoot() *cobra.Command {
 	addClusterCommands(root)
 	addNodeCommands(root)
 	addServiceCommands(root)
+	addVolumeCommands(root)
 	addNetworkCommands(root)
 	addPolicyCommands(root)
 	addObjectCommands(root)

@@ -314,3 +314,24 @@ func TestClusterInitEnableMTLS(t *testing.T) {
 		t.Fatalf("no note that mTLS is always on: %q", stderr.String())
 	}
 }
+
+// Every update flag of either feature (spec flags, capabilities, health
+// and rollout settings, labels, secrets) counts as something to update:
+// the command goes on to the daemon instead of refusing.
+func TestServiceUpdateKnowsEveryFlag(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	for _, flags := range [][]string{
+		{"--image", "x:2"}, {"--env-add", "A=1"}, {"--env-rm", "A"}, {"--limit-memory", "10M"}, {"--reserve-cpu", "0.5"},
+		{"--mount-add", "type=tmpfs,target=/t"}, {"--mount-rm", "/t"}, {"--restart-condition", "none"}, {"--user", "1000"},
+		{"--replicas", "2"}, {"--publish-add", "8080:80"}, {"--constraint-add", "node.name==a"},
+		{"--cap-add", "NET_RAW"}, {"--cap-drop", "CHOWN"}, {"--health-cmd", "true"}, {"--no-healthcheck"},
+		{"--update-order", "stop-first"}, {"--rollback-monitor", "1s"}, {"--label-add", "a=b"}, {"--secret-rotation", "restart"},
+		{"--", "sleep", "1"},
+	} {
+		args := append([]string{"service", "update", "web", "--socket", sock}, flags...)
+		_, err := execute(args...)
+		if err == nil || !strings.Contains(err.Error(), "cannot reach the warren daemon") {
+			t.Errorf("warren %v: %v", flags, err)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/internal/dockerflags"
 	"github.com/warren-appliance/warren/netpolicy"
 )
 
@@ -52,9 +53,22 @@ func addServiceCommands(root *cobra.Command) {
 			if err != nil {
 				return err
 			}
+			envFiles, _ := f.GetStringArray("env-file")
+			fileEnv, err := readEnvFiles(envFiles)
+			if err != nil {
+				return err
+			}
+			env = append(fileEnv, env...) // as Docker: --env wins over --env-file
+			workload, err := workloadFromFlags(f)
+			if err != nil {
+				return err
+			}
 			spec := api.ServiceSpec{Name: args[0], Image: image, Replicas: &replicas, Env: env,
 				Constraints: constraints, Ports: ports, Command: command, Affinity: affinity, Labels: labels,
-				CapAdd: capAdd, CapDrop: capDrop}
+				CapAdd: capAdd, CapDrop: capDrop, Workload: workload}
+			if workload.IsGlobal() && !f.Changed("replicas") {
+				spec.Replicas = nil
+			}
 			if err := secretFlags(cmd, &spec); err != nil {
 				return err
 			}
@@ -95,6 +109,7 @@ func addServiceCommands(root *cobra.Command) {
 	cf.Bool("affinity", false, "send a client's connections to the same task (session affinity)")
 	cf.StringArrayP("label", "l", nil, "label KEY=VALUE carried by every task; network policies select by labels (repeatable)")
 	addCapabilityFlags(createCmd)
+	addWorkloadFlags(cf)
 	addSecretFlags(createCmd)
 	addHealthFlags(createCmd)
 	_ = createCmd.MarkFlagRequired("image")
@@ -162,6 +177,30 @@ func addServiceCommands(root *cobra.Command) {
 				row("Capabilities", fmt.Sprintf("added %s, dropped %s", formatCaps(s.CapAdd), formatCaps(s.CapDrop)))
 			}
 			printHealthSettings(row, s)
+			if s.IsGlobal() {
+				row("Mode", "global (one task on every eligible node)")
+			}
+			row("Restart policy", formatRestart(s.Restart))
+			limits, reservations := formatResources(s.Resources)
+			row("Limits", limits)
+			row("Reservations", reservations)
+			for _, m := range s.Mounts {
+				row("Mount", dockerflags.FormatMount(m))
+			}
+			if p := s.Process; p != nil {
+				for _, kv := range [][2]string{{"User", p.User}, {"Workdir", p.Workdir}, {"Entrypoint", strings.Join(p.Entrypoint, " ")},
+					{"Hostname", p.Hostname}, {"Stop signal", p.StopSignal}} {
+					if kv[1] != "" {
+						row(kv[0], kv[1])
+					}
+				}
+				if p.StopGracePeriod > 0 {
+					row("Stop grace period", p.StopGracePeriod.D())
+				}
+				if p.ReadOnly {
+					row("Read-only root", true)
+				}
+			}
 			row("Labels", formatLabels(s.Labels))
 			if len(s.Secrets) > 0 || len(s.Configs) > 0 {
 				row("Secrets", formatRefs(s.Secrets))
@@ -243,13 +282,26 @@ func addServiceCommands(root *cobra.Command) {
 	}
 
 	updateCmd := &cobra.Command{
-		Use:   "update NAME [--image IMAGE] [--label-add KEY=VALUE]... [--label-rm KEY]... [--cap-add CAP]... [--cap-drop CAP]...",
-		Short: "Roll a service to a new image (one task at a time), or change its labels or capabilities",
+		Use:   "update NAME [--image IMAGE] [SPEC FLAGS] [--label-add KEY=VALUE]... [--label-rm KEY]... [--cap-add CAP]... [--cap-drop CAP]... [-- COMMAND ARGS...]",
+		Short: "Change a service: image, env, mounts, limits, restart policy, ports, command... rolled out by health-gated rolling update; labels, capabilities",
 		Example: "  warren service update web --image nginx:1.27\n" +
+			"  warren service update db --env-add LOG_LEVEL=debug --limit-memory 256M --mount-add type=volume,source=db2,target=/backup\n" +
 			"  warren service update api --label-add tier=backend --label-rm debug\n" +
 			"  warren service update probe --cap-add NET_RAW",
-		Args: cobra.ExactArgs(1),
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var command []string
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				if dash != 1 {
+					return &exitError{code: 2, err: fmt.Errorf("want exactly one service name before --, got %q", args[:dash])}
+				}
+				command = args[1:]
+				if len(command) == 0 {
+					return &exitError{code: 2, err: fmt.Errorf("no command after --")}
+				}
+			} else if len(args) > 1 {
+				return &exitError{code: 2, err: fmt.Errorf("unexpected arguments %q: put a new command after --", args[1:])}
+			}
 			f := cmd.Flags()
 			image, _ := f.GetString("image")
 			addArgs, _ := f.GetStringArray("label-add")
@@ -258,9 +310,11 @@ func addServiceCommands(root *cobra.Command) {
 			if err != nil {
 				return err
 			}
+			specChange := specFlagsChanged(f) || command != nil
+			healthChange := healthFlagsChanged(cmd)
 			refs, hasRefs := refsUpdate(cmd)
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !hasRefs && len(capAdd) == 0 && len(capDrop) == 0 && !healthFlagsChanged(cmd) {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --cap-add, --cap-drop, --health-*, --update-* or --rollback-*")}
+			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !specChange && !healthChange && !hasRefs && len(capAdd) == 0 && len(capDrop) == 0 {
+				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, a spec flag (see --help), --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --cap-add, --cap-drop, --health-*, --update-* or --rollback-*")}
 			}
 			add, err := parseLabels(addArgs)
 			if err != nil {
@@ -295,26 +349,36 @@ func addServiceCommands(root *cobra.Command) {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: secrets %s, configs %s\n", v.Name, formatRefs(v.Secrets), formatRefs(v.Configs))
 			}
 			var started time.Time // the rolling update this command started
-			if image != "" || healthFlagsChanged(cmd) {
-				req := api.ImageUpdate{Image: image}
-				if healthFlagsChanged(cmd) {
-					cur, err := c.Service(cmdContext(cmd), args[0])
-					if err != nil {
-						return err
-					}
-					if req.HealthSpec, err = healthSpecFromFlags(cmd, cur.HealthSpec); err != nil {
-						return err
-					}
-					if image == cur.Image {
-						req.Image = "" // nothing to roll
-					}
-				}
-				v, err := c.UpdateService(cmdContext(cmd), args[0], req)
+			if image != "" || specChange || healthChange {
+				cur, err := c.Service(cmdContext(cmd), args[0])
 				if err != nil {
 					return err
 				}
-				if req.Image != "" && v.UpdateStatus != nil {
-					started = v.UpdateStatus.StartedAt
+				spec, err := updatedSpec(f, cur, command)
+				if err != nil {
+					return err
+				}
+				spec.CapAdd, spec.CapDrop = cur.CapAdd, cur.CapDrop
+				change, err := healthSpecFromFlags(cmd, cur.HealthSpec)
+				if err != nil {
+					return err
+				}
+				spec.HealthSpec = cur.HealthSpec
+				if change.HealthCheck != nil {
+					spec.HealthCheck = change.HealthCheck
+				}
+				if change.UpdateConfig != nil {
+					spec.UpdateConfig = change.UpdateConfig
+				}
+				if change.RollbackConfig != nil {
+					spec.RollbackConfig = change.RollbackConfig
+				}
+				v, err := c.UpdateService(cmdContext(cmd), args[0], spec)
+				if err != nil {
+					return err
+				}
+				if us := v.UpdateStatus; us != nil && us.State == api.UpdateUpdating && (cur.UpdateStatus == nil || !us.StartedAt.Equal(cur.UpdateStatus.StartedAt)) {
+					started = us.StartedAt
 					how := "one task at a time, each next one once the previous serves (running and healthy)"
 					if detached(cmd) {
 						how += "; follow with `warren service inspect " + v.Name + "`"
@@ -342,6 +406,7 @@ func addServiceCommands(root *cobra.Command) {
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
 	updateCmd.Flags().StringArray("label-rm", nil, "remove the label KEY (repeatable)")
 	addCapabilityFlags(updateCmd)
+	addUpdateFlags(updateCmd.Flags())
 	addSecretUpdateFlags(updateCmd)
 	addHealthFlags(updateCmd)
 	addWaitFlags(updateCmd)
@@ -377,7 +442,7 @@ func addServiceCommands(root *cobra.Command) {
 	}
 	addWaitFlags(rmCmd)
 
-	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd)
+	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd, newServiceLogsCmd())
 	addRollbackCommand(svcCmd)
 }
 
@@ -398,13 +463,23 @@ func waitService(cmd *cobra.Command, name string) (api.ServiceView, error) {
 
 func printTasks(w io.Writer, s api.ServiceView) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "TASK\tNODE\tIP\tIMAGE\tDESIRED\tSTATE\tERROR")
+	fmt.Fprintln(tw, "TASK\tNODE\tIP\tIMAGE\tDESIRED\tSTATE\tEXIT\tRESTARTS\tNEXT RESTART\tERROR")
+	now := time.Now()
 	for _, t := range s.Tasks {
 		node := t.Node
 		if node == "" {
 			node = t.NodeID + " (removed)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, taskStateText(t), taskErrorText(t))
+		exit := "-"
+		if t.ExitCode != nil {
+			exit = strconv.Itoa(*t.ExitCode)
+		}
+		next := untilText(t.NextRestart, now)
+		if next == "" {
+			next = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", t.Name, node, t.IP, t.Image, t.DesiredState, taskStateText(t),
+			exit, t.Restarts, next, taskErrorText(t))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

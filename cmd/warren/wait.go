@@ -79,7 +79,10 @@ func serviceProgress(v api.ServiceView) progress {
 		switch {
 		case t.DesiredState == clustermap.TaskRunning:
 			active++
-			if t.State == clustermap.TaskRunning && t.Image == v.Image && (t.Health == nil || t.Health.Status == clustermap.HealthHealthy) {
+			// A task that completed (exit 0, its restart policy done) has
+			// converged as much as a running one.
+			if (t.State == clustermap.TaskRunning || t.State == clustermap.TaskComplete) && t.Image == v.Image &&
+				(t.Health == nil || t.Health.Status == clustermap.HealthHealthy) {
 				p.running++
 				continue
 			}

@@ -201,3 +201,39 @@ func (l *Lab) addClusterNodeBehind(ctx context.Context, name string, r *Router, 
 	}
 	return n, nil
 }
+
+// AddWorker joins one more worker, name, to a running cluster (a board
+// that joins later) and waits until the manager lists it as ready.
+func (l *Lab) AddWorker(ctx context.Context, c *Cluster, name string, images []string) (*Node, error) {
+	out, err := c.Manager.Exec(ctx, "warren", "cluster", "join-token", "worker", "-q")
+	if err != nil {
+		return nil, fmt.Errorf("join-token: %w", err)
+	}
+	token := strings.TrimSpace(out)
+	w, err := l.addClusterNode(ctx, name, images)
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf("[node]\nname = %q\nrole = \"worker\"\nadvertise_address = %q\n\n[cluster]\nmanager = \"%s:7946\"\ntoken = %q\n\n[wireguard]\nmode = \"tun\"\n\n[runtime]\ncgroup_parent = %q\n",
+		name, w.LANIP, c.Manager.LANIP, token, w.CgroupParent())
+	if err := w.WriteConfig(cfg); err != nil {
+		return nil, err
+	}
+	if err := w.StartAppliance("warren-appliance"); err != nil {
+		return nil, err
+	}
+	c.Workers = append(c.Workers, w)
+	err = Poll(ctx, 250*time.Millisecond, func() error {
+		nodes, err := c.NodeList(ctx)
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if n.Name == name && n.Status == "ready" {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s not ready: %+v", name, nodes)
+	})
+	return w, err
+}
