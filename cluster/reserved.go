@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"github.com/warren-appliance/warren/cluster/api"
 	"net"
 	"net/http"
 	"net/netip"
@@ -26,6 +27,7 @@ func (m *Manager) reservedPortsLocked(s *state) []ReservedPort {
 	out := []ReservedPort{
 		{53, "udp", "the DNS server on every node"},
 		{53, "tcp", "the DNS server on every node"},
+		{api.NodeLogsPort, "tcp", "the task log server on every node (service logs, volumes)"},
 	}
 	for _, addr := range []string{m.cfg.APIListen, m.servingAddr} {
 		if _, p, err := net.SplitHostPort(addr); err == nil {

@@ -42,3 +42,12 @@ func TestPublishRefusesTheAppliancesOwnPorts(t *testing.T) {
 		t.Fatal("a refused service was created")
 	}
 }
+
+// Managers reach every node's task log server (service logs, volumes) on
+// its overlay address: publishing that port would DNAT them to a task.
+func TestPublishRefusesTheTaskLogPort(t *testing.T) {
+	tm := startManager(t)
+	_, err := adminClient(t, tm.m).CreateService(context.Background(), api.ServiceSpec{Name: "web", Image: "img", Ports: []string{"7947:80"}})
+	wantAPIError(t, err, http.StatusConflict, "host port 7947/tcp is reserved")
+	wantAPIError(t, err, http.StatusConflict, "task log server")
+}
