@@ -49,7 +49,7 @@ lint:
 # The whole suite, as root: unit tests, kernel tests in network namespaces,
 # real containerd, the multi-node integration suite.
 test: deps lint build
-	go test -count=1 -p 2 -timeout 25m ./...
+	go test -count=1 -p 2 -timeout 50m ./...
 	$(MAKE) test-arm
 
 # The config and tunnel tests as 32-bit ARM (GOARM=6, a Pi Zero) under

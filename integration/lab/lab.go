@@ -535,9 +535,15 @@ func SweepStale(log *slog.Logger) {
 			run("ip", "netns", "delete", e.Name())
 		}
 	}
+	// Once per dead lab, not once per cgroup directory: each call may wait
+	// up to its deadline, and a lab leaves a directory per node under
+	// every controller.
 	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/" + namePrefix + "*")
+	swept := map[string]bool{}
 	for _, dir := range cgroups {
-		if id, dead := deadLab(filepath.Base(dir)); dead {
+		if id, dead := deadLab(filepath.Base(dir)); dead && !swept[id] {
+			swept[id] = true
+			log.Info("removing the cgroups of a dead lab", "lab", id)
 			removeCgroups(id)
 		}
 	}
@@ -721,6 +727,9 @@ func removeCgroups(labID string) {
 				return nil
 			})
 			for i := len(dirs) - 1; i >= 0; i-- { // children first
+				// Processes still in a dead lab's cgroup (task processes
+				// whose shim was killed with the lab) keep it busy for good.
+				killCgroupProcs(dirs[i])
 				os.Remove(dirs[i])
 			}
 		}
@@ -770,4 +779,18 @@ func Leftovers() []string {
 		out = append(out, "cgroup "+c)
 	}
 	return out
+}
+
+// killCgroupProcs kills the processes left in a cgroup directory of a
+// dead lab.
+func killCgroupProcs(dir string) {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
