@@ -21,6 +21,12 @@ import (
 func addServiceCommands(root *cobra.Command) {
 	svcCmd := findOrAdd(root, &cobra.Command{Use: "service", Short: "Create, scale, update and remove services"})
 
+	svcCmd.AddCommand(newServiceCreateCmd(), newServiceLsCmd(), newServiceInspectCmd(), newServicePsCmd(), newServiceScaleCmd(), newServiceUpdateCmd(), newServiceRmCmd(), newServiceLogsCmd())
+	addRollbackCommand(svcCmd)
+}
+
+// newServiceCreateCmd is `warren service create`.
+func newServiceCreateCmd() *cobra.Command {
 	createCmd := &cobra.Command{
 		Use:   "create NAME --image IMAGE [flags] [-- COMMAND ARGS...]",
 		Short: "Create a replicated service with a stable VIP",
@@ -115,7 +121,11 @@ func addServiceCommands(root *cobra.Command) {
 	_ = createCmd.MarkFlagRequired("image")
 	addJSONFlag(createCmd)
 	addWaitFlags(createCmd)
+	return createCmd
+}
 
+// newServiceLsCmd is `warren service ls`.
+func newServiceLsCmd() *cobra.Command {
 	lsCmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
@@ -142,7 +152,11 @@ func addServiceCommands(root *cobra.Command) {
 		},
 	}
 	addJSONFlag(lsCmd)
+	return lsCmd
+}
 
+// newServiceInspectCmd is `warren service inspect`.
+func newServiceInspectCmd() *cobra.Command {
 	inspectCmd := &cobra.Command{
 		Use:   "inspect NAME",
 		Short: "Show a service and its tasks",
@@ -220,7 +234,11 @@ func addServiceCommands(root *cobra.Command) {
 		},
 	}
 	addJSONFlag(inspectCmd)
+	return inspectCmd
+}
 
+// newServicePsCmd is `warren service ps`.
+func newServicePsCmd() *cobra.Command {
 	psCmd := &cobra.Command{
 		Use:   "ps NAME",
 		Short: "List a service's tasks, with errors and why replicas are unplaced",
@@ -237,7 +255,11 @@ func addServiceCommands(root *cobra.Command) {
 		},
 	}
 	addJSONFlag(psCmd)
+	return psCmd
+}
 
+// newServiceScaleCmd is `warren service scale`.
+func newServiceScaleCmd() *cobra.Command {
 	scaleCmd := &cobra.Command{
 		Use:   "scale NAME=REPLICAS...",
 		Short: "Set the number of tasks of services",
@@ -280,7 +302,12 @@ func addServiceCommands(root *cobra.Command) {
 			return nil
 		},
 	}
+	addWaitFlags(scaleCmd)
+	return scaleCmd
+}
 
+// newServiceUpdateCmd is `warren service update`.
+func newServiceUpdateCmd() *cobra.Command {
 	updateCmd := &cobra.Command{
 		Use:   "update NAME [--image IMAGE] [SPEC FLAGS] [--label-add KEY=VALUE]... [--label-rm KEY]... [--cap-add CAP]... [--cap-drop CAP]... [-- COMMAND ARGS...]",
 		Short: "Change a service: image, env, mounts, limits, restart policy, ports, command... rolled out by health-gated rolling update; labels, capabilities",
@@ -410,8 +437,11 @@ func addServiceCommands(root *cobra.Command) {
 	addSecretUpdateFlags(updateCmd)
 	addHealthFlags(updateCmd)
 	addWaitFlags(updateCmd)
-	addWaitFlags(scaleCmd)
+	return updateCmd
+}
 
+// newServiceRmCmd is `warren service rm`.
+func newServiceRmCmd() *cobra.Command {
 	rmCmd := &cobra.Command{
 		Use:     "rm NAME...",
 		Aliases: []string{"remove"},
@@ -441,9 +471,7 @@ func addServiceCommands(root *cobra.Command) {
 		},
 	}
 	addWaitFlags(rmCmd)
-
-	svcCmd.AddCommand(createCmd, lsCmd, inspectCmd, psCmd, scaleCmd, updateCmd, rmCmd, newServiceLogsCmd())
-	addRollbackCommand(svcCmd)
+	return rmCmd
 }
 
 // waitService waits until service name has converged and returns its
