@@ -356,12 +356,14 @@ func (m *Manager) loadTrustLocked(s *state) error {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	srvCert, srvKey, srvCA := s.meta.ServerCert, s.meta.ServerKey, s.meta.CACert
+	var prevCA *pki.CA
 	if r := s.meta.CARotation; r != nil {
-		prev, err := pki.ParseCertPEM(r.PrevCACert)
+		prev, err := pki.LoadCA(r.PrevCACert, r.PrevCAKey)
 		if err != nil {
 			return fmt.Errorf("stored previous CA: %w", err)
 		}
-		pool.AddCert(prev)
+		prevCA = prev
+		pool.AddCert(prev.Cert)
 		// Nodes that have not taken the new bundle yet must still reach
 		// this manager: it serves the old certificate until the end.
 		srvCert, srvKey, srvCA = r.PrevServerCert, r.PrevServerKey, r.PrevCACert
@@ -371,7 +373,7 @@ func (m *Manager) loadTrustLocked(s *state) error {
 		return fmt.Errorf("stored server certificate: %w", err)
 	}
 	changed := m.ca != nil
-	m.ca, m.server, m.trustKey = ca, server, trustKey(s.meta)
+	m.ca, m.prevCA, m.server, m.trustKey = ca, prevCA, server, trustKey(s.meta)
 	m.pool.Store(pool)
 	if err := m.issueManagerCert(); err != nil {
 		return err

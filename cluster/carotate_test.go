@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"os"
@@ -254,4 +256,49 @@ func TestCARotationRenewsAndRetires(t *testing.T) {
 	}
 	c3 := agentConfig(t, tm, "worker-3")
 	join(t, c3)
+}
+
+// During a rotation a manager holds session certificates of both CAs and,
+// as a client, presents the one the other manager accepts: a manager that
+// has not applied the rotation yet (its certificate request names the old
+// CA only) still takes the leader's connections.
+func TestManagerSessionCertFollowsPeersAcceptableCAs(t *testing.T) {
+	tm := startManager(t)
+	old := tm.m.managerCert().Leaf
+	if _, err := tm.m.RotateCA(api.CARotateRequest{Grace: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	tm.m.mu.Lock()
+	newCA, prevCA := tm.m.ca.Cert, tm.m.prevCA.Cert
+	tm.m.mu.Unlock()
+	cur := tm.m.managerCert()
+	if cur.Leaf.CheckSignatureFrom(newCA) != nil || old.CheckSignatureFrom(prevCA) != nil {
+		t.Fatal("session certificate not re-issued from the new CA")
+	}
+	for name, c := range map[string]struct {
+		cas  [][]byte
+		want *x509.Certificate
+	}{
+		"no hint":     {nil, newCA},
+		"both":        {[][]byte{newCA.RawSubject, prevCA.RawSubject}, newCA},
+		"old CA only": {[][]byte{prevCA.RawSubject}, prevCA},
+		"new CA only": {[][]byte{newCA.RawSubject}, newCA},
+		"another CA":  {[][]byte{[]byte("nobody")}, newCA},
+	} {
+		got := tm.m.managerClientCert(&tls.CertificateRequestInfo{AcceptableCAs: c.cas, Version: tls.VersionTLS13,
+			SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256}})
+		if got.Leaf.CheckSignatureFrom(c.want) != nil {
+			t.Errorf("%s: presented a certificate of %q, want %q", name, got.Leaf.Issuer.CommonName, c.want.Subject.CommonName)
+		}
+	}
+	if _, err := tm.m.RotateCA(api.CARotateRequest{Finish: true}); err != nil {
+		t.Fatal(err)
+	}
+	if tm.m.mcertPrev.Load() != nil {
+		t.Fatal("a session certificate of the retired CA is still held")
+	}
+	got := tm.m.managerClientCert(&tls.CertificateRequestInfo{AcceptableCAs: [][]byte{prevCA.RawSubject}, Version: tls.VersionTLS13})
+	if got.Leaf.CheckSignatureFrom(newCA) != nil {
+		t.Fatal("after the finish a manager still presents the old CA's session certificate")
+	}
 }

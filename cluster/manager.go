@@ -120,6 +120,10 @@ type Manager struct {
 	known     atomic.Pointer[map[netip.Addr]bool]    // members' addresses (connlimit's kept slots)
 	slots     nodeSlots                              // per-node caps (nodecaps.go)
 	mcert     atomic.Pointer[tls.Certificate]
+	// mcertPrev is the session certificate of the previous CA during a CA
+	// rotation (nil otherwise); prevCA that CA, with its key.
+	mcertPrev atomic.Pointer[tls.Certificate]
+	prevCA    *pki.CA
 	relay     atomic.Pointer[RelayHandler] // relay connections on the API port
 	notify    chan struct{}                // an entry was applied or a snapshot restored
 	stop      chan struct{}

@@ -77,7 +77,7 @@ func TestCARotationCutsOffRemovedManagerCopy(t *testing.T) {
 	}
 	url := "http://" + v.VIP + "/"
 	eventually(t, time.Minute, fromTask+" reaches the VIP", func() error {
-		_, err := taskExec(ctx, from, fromTask, "wget", "-qO-", "-T", "3", url)
+		_, err := taskExec(ctx, from, fromTask, "sh", "-c", "wget -qO- "+url)
 		return err
 	})
 	before := caStatusOn(t, leader)
@@ -88,7 +88,7 @@ func TestCARotationCutsOffRemovedManagerCopy(t *testing.T) {
 	traffic := make(chan string, 1)
 	go func() {
 		out, err := taskExec(ctx, from, fromTask, "sh", "-c", fmt.Sprintf(
-			`end=$(( $(date +%%s) + %d )); while [ $(date +%%s) -lt $end ]; do wget -qO- -T 3 %s >/dev/null && echo OK || echo FAIL; sleep 0.2; done`, window, url))
+			`end=$(( $(date +%%s) + %d )); while [ $(date +%%s) -lt $end ]; do wget -qO- %s >/dev/null && echo OK || echo FAIL; sleep 0.2; done`, window, url))
 		if err != nil {
 			out += "\nexec error: " + err.Error()
 		}

@@ -19,16 +19,20 @@ import (
 // certificates cannot know every address), and cert presented when the
 // server asks for one (cert may return an empty certificate: a node before
 // its first join presents none).
-func MTLS(verify func(raw [][]byte) error, cert func() *tls.Certificate) *tls.Config {
+func MTLS(verify func(raw [][]byte) error, cert func() *tls.Certificate, choose ...func(*tls.CertificateRequestInfo) *tls.Certificate) *tls.Config {
+	get := func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert(), nil }
+	if len(choose) > 0 {
+		// choose picks among several certificates by the CAs the server
+		// says it accepts.
+		get = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) { return choose[0](cri), nil }
+	}
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // replaced by VerifyPeerCertificate: verify
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			return verify(raw)
 		},
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return cert(), nil
-		},
+		GetClientCertificate: get,
 	}
 }
 
