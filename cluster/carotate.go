@@ -379,6 +379,9 @@ func (m *Manager) loadTrustLocked(s *state) error {
 		return err
 	}
 	if changed {
+		// Pooled connections to other managers carry the session
+		// certificate of before: the next ones present the new one.
+		m.fwd.HTTP.CloseIdleConnections()
 		m.log.Info("cluster CA changed", "ca", ca.Hash(), "rotating", s.meta.CARotation != nil)
 	}
 	return nil

@@ -510,10 +510,19 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	opened := a.leaf()
 	resp, err := a.openWatch(ctx, *have)
 	if err != nil {
 		return false, err
 	}
+	defer func() {
+		// Runs after the body is closed: a stream opened with a
+		// certificate since renewed (a CA rotation) must not leave its
+		// connection to be reused with the old one.
+		if a.leaf() != opened {
+			a.peer.HTTP.CloseIdleConnections()
+		}
+	}()
 	defer resp.Body.Close()
 	connected = true
 	// The manager writes a keepalive line every keepalive period (it says
