@@ -302,3 +302,59 @@ func TestManagerSessionCertFollowsPeersAcceptableCAs(t *testing.T) {
 		t.Fatal("after the finish a manager still presents the old CA's session certificate")
 	}
 }
+
+// A rotation lives in the replicated state: a manager restarted in the
+// middle takes it up (both CAs trusted, the old one served and pinned by
+// tokens), and a node restarted in the middle keeps its two-CA bundle.
+func TestCARotationSurvivesRestarts(t *testing.T) {
+	tm := startManager(t)
+	cfg := agentConfig(t, tm, "worker-1")
+	join(t, cfg)
+	// worker-2 never renews: the rotation cannot finish by itself here.
+	join(t, agentConfig(t, tm, "worker-2"))
+	before, err := tm.m.RotateCA(api.CARotateRequest{Grace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm.restart()
+	after := tm.m.CAStatus()
+	if !after.Rotating || after.Fingerprint != before.Fingerprint || after.Previous != before.Previous || !after.GraceUntil.Equal(before.GraceUntil) {
+		t.Fatalf("after restart: %+v, want the rotation of %+v", after, before)
+	}
+	if tok := tm.workerToken(); !strings.Contains(tok, before.Previous) {
+		t.Fatalf("token %s does not pin the CA managers serve during the rotation (%s)", tok, before.Previous)
+	}
+	// The node, restarted before it could renew, still reaches the
+	// manager (which serves the old CA's certificate) and takes the map's
+	// bundle.
+	a := join(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Watch(ctx, func(*clustermap.Map) {}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := os.ReadFile(filepath.Join(cfg.StateDir, agent.FileCA))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cas, _ := pki.ParseCertsPEM(b)
+		if len(cas) == 2 && pki.CertHash(cas[0].Raw) == before.Fingerprint && pki.CertHash(cas[1].Raw) == before.Previous {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node's bundle: %d CA(s), want new then old", len(cas))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := tm.m.RotateCA(api.CARotateRequest{Finish: true}); err != nil {
+		t.Fatal(err)
+	}
+	tm.restart()
+	if st := tm.m.CAStatus(); st.Rotating || st.Fingerprint != before.Fingerprint {
+		t.Fatalf("after finish and restart: %+v", st)
+	}
+	if tok := tm.workerToken(); !strings.Contains(tok, before.Fingerprint) {
+		t.Fatalf("token %s does not pin the new CA after the finish", tok)
+	}
+}
