@@ -147,9 +147,9 @@ func (m *Manager) issueManagerCert() error {
 
 // managerClientCert is the session certificate this manager presents as a
 // client to another manager: the current CA's, unless that manager's
-// certificate request names only the previous CA (it has not applied a
-// CA rotation yet: without this it would refuse the entries that bring
-// it the rotation). As a server a manager presents the current CA's: a
+// certificate request names only the previous CA (on Raft connections: it
+// has not applied a CA rotation yet, and without this it would refuse the
+// entries that bring it the rotation). As a server a manager presents the current CA's: a
 // manager that has applied the rotation trusts both, one that has not
 // only dials out to vote or forward.
 func (m *Manager) managerClientCert(cri *tls.CertificateRequestInfo) *tls.Certificate {

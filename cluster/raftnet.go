@@ -226,10 +226,19 @@ func (m *Manager) serverTLS() *tls.Config {
 		if m.relay.Load() == nil && slices.Contains(hello.SupportedProtos, alpnRelay) {
 			base = noRelay
 		}
-		// The CAs this manager accepts go in the certificate request, so
-		// a manager holding session certificates of two CAs (during a CA
-		// rotation) presents one this manager already trusts
-		// (managerClientCert). Verification stays in the handlers.
+		if !slices.Contains(hello.SupportedProtos, alpnRaft) {
+			if base == conf {
+				return nil, nil
+			}
+			return base, nil
+		}
+		// On Raft connections the CAs this manager accepts go in the
+		// certificate request, so a manager holding session certificates
+		// of two CAs (during a CA rotation) presents one this manager
+		// already trusts (managerClientCert). Verification stays in
+		// VerifyConnection. (Not on the node API: Go clients with a fixed
+		// certificate would then send none to a manager of another CA,
+		// and be told to join instead of that their CA is foreign.)
 		c := base.Clone()
 		c.GetConfigForClient = nil
 		c.ClientCAs = m.caPool()
