@@ -250,6 +250,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log),
 		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
 	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
+	n.regCreds = newRegistryCreds(mem, log.With("component", "registries"))
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -352,7 +353,8 @@ type node struct {
 	relayCli *relay.Client
 
 	// secrets gives tasks their secrets and configs (secrets.go).
-	secrets *taskSecrets
+	secrets  *taskSecrets
+	regCreds *registryCreds
 	// applyMu serialises apply: the map watch and the retry of values
 	// that could not be fetched both call it.
 	applyMu    sync.Mutex
@@ -498,8 +500,10 @@ func (n *node) apply(m *clustermap.Map) {
 	n.syncPolicies(m)
 	ctx, cancel := context.WithTimeout(context.Background(), valuesTimeout)
 	specs, retry := n.secrets.prepare(ctx, m, taskSpecs(m, n.self.ID))
+	regs, credsOK := n.regCreds.configs(ctx, m, specs)
 	cancel()
-	if retry {
+	n.orch.SetRegistries(regs)
+	if retry || !credsOK {
 		n.retryApplyLocked()
 	}
 	n.orch.Apply(specs)

@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+
+	"github.com/warren-appliance/warren/orchestrate/registry"
 )
 
 // pullTimeout bounds one registry pull so a dead registry cannot wedge a
@@ -46,6 +48,26 @@ type imageStore struct {
 	pulls   map[string]*pull       // background pulls, by ref
 
 	onPulled func() // called when a background pull ends
+
+	regs []registry.Config // added registries, with credentials (memory only)
+}
+
+// setRegistries replaces the registries pulls use.
+func (s *imageStore) setRegistries(regs []registry.Config) {
+	s.mu.Lock()
+	s.regs = regs
+	s.mu.Unlock()
+}
+
+// resolver is containerd's registry resolver for the added registries:
+// each with its CA or plain HTTP and its credentials, mirrors first. A
+// registry nobody added is spoken to as Docker does: HTTPS with the
+// system's CAs (plain HTTP on localhost), anonymous token auth.
+func (s *imageStore) resolver() remotes.Resolver {
+	s.mu.Lock()
+	regs := s.regs
+	s.mu.Unlock()
+	return docker.NewResolver(docker.ResolverOptions{Hosts: registry.Hosts(regs)})
 }
 
 type fileStamp struct {
@@ -147,18 +169,6 @@ func translateImportedName(name string) string {
 	return name
 }
 
-// newResolver is containerd's default registry resolver (HTTPS, anonymous
-// token auth as Docker Hub wants) except that, as Docker does, a registry
-// on localhost is spoken to in plain HTTP: a board's local mirror.
-func newResolver() remotes.Resolver {
-	return docker.NewResolver(docker.ResolverOptions{
-		Hosts: docker.ConfigureDefaultRegistries(
-			docker.WithAuthorizer(docker.NewDockerAuthorizer()),
-			docker.WithPlainHTTP(docker.MatchLocalhost),
-		),
-	})
-}
-
 // errPulling says a pull of the image is under way: the task waits for it
 // without holding up the rest of the pass.
 var errPulling = errors.New("pulling image")
@@ -223,10 +233,10 @@ func (s *imageStore) pullInBackground(ctx context.Context, ref string) error {
 	s.log.Info("pulling image", "image", ref)
 	go func() {
 		pullCtx, cancel := context.WithTimeout(ctx, pullTimeout)
-		_, err := s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(newResolver()))
+		_, err := s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(s.resolver()))
 		cancel()
 		if err != nil {
-			err = fmt.Errorf("image %s is not present and pulling it failed: %w", ref, err)
+			err = fmt.Errorf("image %s is not present and pulling it failed: %w", ref, registry.Wrap(err, refDomain(ref)))
 		} else {
 			s.log.Info("pulled image", "image", ref)
 		}
@@ -238,4 +248,13 @@ func (s *imageStore) pullInBackground(ctx context.Context, ref string) error {
 		}
 	}()
 	return errPulling
+}
+
+// refDomain is the registry of a normalised image reference.
+func refDomain(ref string) string {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return ref
+	}
+	return reference.Domain(named)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/warren-appliance/warren/orchestrate/registry"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -879,3 +880,7 @@ func (r *Reconciler) cleanup(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// SetRegistries gives pulls the cluster's registries: TLS, credentials
+// (kept in memory only) and mirrors.
+func (r *Reconciler) SetRegistries(regs []registry.Config) { r.images.setRegistries(regs) }

@@ -109,3 +109,14 @@ func certProblem(err error, host string) string {
 }
 
 func platformName() string { return platforms.DefaultString() }
+
+// Wrap is Explain as an error that still unwraps to err.
+func Wrap(err error, host string) error { return &explained{msg: Explain(err, host), err: err} }
+
+type explained struct {
+	msg string
+	err error
+}
+
+func (e *explained) Error() string { return e.msg }
+func (e *explained) Unwrap() error { return e.err }
