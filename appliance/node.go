@@ -251,6 +251,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
 	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
 	n.regCreds = newRegistryCreds(mem, log.With("component", "registries"))
+	n.blobPeers = &blobPeers{ident: mem.TLSIdentity}
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -314,6 +315,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			log.Warn("task logs cannot be read from managers", "err", err)
 		}
 	}()
+	go func() {
+		if err := serveBlobs(ctx, self.OverlayIP, mem.TLSIdentity, n.orch.BlobHandler(), log); err != nil {
+			log.Warn("image blobs cannot be shared with other nodes", "err", err)
+		}
+	}()
 	notifyReady(log)
 	err = mem.Watch(ctx, n.apply)
 	if ctx.Err() != nil {
@@ -353,8 +359,9 @@ type node struct {
 	relayCli *relay.Client
 
 	// secrets gives tasks their secrets and configs (secrets.go).
-	secrets  *taskSecrets
-	regCreds *registryCreds
+	secrets   *taskSecrets
+	regCreds  *registryCreds
+	blobPeers *blobPeers
 	// applyMu serialises apply: the map watch and the retry of values
 	// that could not be fetched both call it.
 	applyMu    sync.Mutex
@@ -503,6 +510,7 @@ func (n *node) apply(m *clustermap.Map) {
 	regs, credsOK := n.regCreds.configs(ctx, m, specs)
 	cancel()
 	n.orch.SetRegistries(regs)
+	n.orch.SetSharing(sharingFor(m, n.self.ID, n.blobPeers.client))
 	if retry || !credsOK {
 		n.retryApplyLocked()
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/warren-appliance/warren/orchestrate/registry"
 )
@@ -50,6 +51,11 @@ type imageStore struct {
 	onPulled func() // called when a background pull ends
 
 	regs []registry.Config // added registries, with credentials (memory only)
+
+	namespace   string // containerd namespace of calls from the blob server
+	sharing     Sharing
+	flights     singleflight.Group // one fetch per blob on this node
+	fetchedFrom map[string]int     // blobs fetched, by source
 }
 
 // setRegistries replaces the registries pulls use.
@@ -76,7 +82,8 @@ type fileStamp struct {
 }
 
 func newImageStore(c *client.Client, dir string, log *slog.Logger) *imageStore {
-	return &imageStore{client: c, dir: dir, log: log, seen: map[string]fileStamp{}, refLock: map[string]*sync.Mutex{}, pulls: map[string]*pull{}}
+	return &imageStore{client: c, dir: dir, log: log, seen: map[string]fileStamp{}, refLock: map[string]*sync.Mutex{}, pulls: map[string]*pull{},
+		fetchedFrom: map[string]int{}}
 }
 
 func isImageTarball(name string) bool {
@@ -233,7 +240,7 @@ func (s *imageStore) pullInBackground(ctx context.Context, ref string) error {
 	s.log.Info("pulling image", "image", ref)
 	go func() {
 		pullCtx, cancel := context.WithTimeout(ctx, pullTimeout)
-		_, err := s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(s.resolver()))
+		_, err := s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(s.pullResolver()))
 		cancel()
 		if err != nil {
 			err = fmt.Errorf("image %s is not present and pulling it failed: %w", ref, registry.Wrap(err, refDomain(ref)))

@@ -115,6 +115,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		probeSem:  make(chan struct{}, healthConcurrency),
 	}
 	r.images.onPulled = r.poke
+	r.images.namespace = cfg.Namespace
 	return r, nil
 }
 
