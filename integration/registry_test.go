@@ -153,22 +153,28 @@ auth:
 		t.Fatalf("wrong password: %v\n%s", err, out)
 	}
 
-	// Before login: a pull says it is unauthorized and what to run.
-	createServiceImage(t, c, "early", image, "--constraint", "node.name==manager-1", "--", "sleep", "100000")
-	eventually(t, 2*time.Minute, "the pull without login reported as unauthorized", func() error {
-		v, err := inspect(ctx, m, "early")
-		if err != nil {
-			return err
-		}
-		for _, task := range v.Tasks {
-			if strings.Contains(task.Error, "unauthorized") && strings.Contains(task.Error, "warren registry login "+host) {
-				return nil
+	// Before login: a pull says it is unauthorized and what to run, on the
+	// manager and on a worker (which learns it from the manager, as it
+	// cannot reach the registry itself).
+	for _, on := range []string{"manager-1", "worker-1"} {
+		name := "early-" + on
+		createServiceImage(t, c, name, image, "--constraint", "node.name=="+on, "--", "sleep", "100000")
+		eventually(t, 2*time.Minute, name+": the pull without login reported as unauthorized", func() error {
+			v, err := inspect(ctx, m, name)
+			if err != nil {
+				return err
 			}
+			for _, task := range v.Tasks {
+				if strings.Contains(task.Error, "unauthorized") && strings.Contains(task.Error, "warren registry login "+host) {
+					t.Logf("%s: %s", name, task.Error)
+					return nil
+				}
+			}
+			return fmt.Errorf("tasks: %+v", v.Tasks)
+		})
+		if out, err := m.Exec(ctx, "warren", "service", "rm", name); err != nil {
+			t.Fatalf("service rm: %v\n%s", err, out)
 		}
-		return fmt.Errorf("tasks: %+v", v.Tasks)
-	})
-	if out, err := m.Exec(ctx, "warren", "service", "rm", "early"); err != nil {
-		t.Fatalf("service rm: %v\n%s", err, out)
 	}
 
 	if out, err := m.Sh(ctx, fmt.Sprintf("printf %%s '%s' | warren registry login %s --username %s --password-stdin", pass, host, user)); err != nil {

@@ -78,7 +78,9 @@ func (r *sharedResolver) Resolve(ctx context.Context, ref string) (string, ocisp
 	p := blobshare.Peer{Name: co.Name, Base: co.Base, Client: co.Client}
 	name, desc, cerr := p.Resolve(ctx, ref)
 	if cerr != nil {
-		return "", ocispec.Descriptor{}, fmt.Errorf("%w; through node %s: %v", err, co.Name, cerr)
+		// The coordinator's answer says what to fix (this node's own
+		// error only that it cannot reach the registry).
+		return "", ocispec.Descriptor{}, errors.Join(cerr, err)
 	}
 	r.s.log.Info("resolved through the coordinator: this node cannot reach the registry", "image", ref, "node", co.Name)
 	return name, desc, nil
@@ -162,7 +164,11 @@ func (s *imageStore) Resolve(ctx context.Context, ref string) (string, ocispec.D
 	if err != nil {
 		return "", ocispec.Descriptor{}, err
 	}
-	return s.resolver().Resolve(ctx, full)
+	name, desc, err := s.resolver().Resolve(ctx, full)
+	if err != nil {
+		return "", ocispec.Descriptor{}, registry.Wrap(err, refDomain(full))
+	}
+	return name, desc, nil
 }
 
 // Obtain implements blobshare.Store: it gets desc into the content store,

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -97,9 +98,31 @@ func (p Peer) Open(ctx context.Context, desc ocispec.Descriptor, offset int64) (
 		resp.Body.Close()
 		return nil, ErrNotFound
 	}
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-	resp.Body.Close()
-	return nil, fmt.Errorf("%s: %s", resp.Status, msg)
+	defer resp.Body.Close()
+	return nil, remoteError(p.Name, resp)
+}
+
+// RemoteError is another node's answer when it could not give a blob or
+// resolve a reference (for the coordinator: the registry's problem as it
+// saw it, which is what the operator must fix).
+type RemoteError struct {
+	Node   string
+	Status string
+	Msg    string
+}
+
+func (e *RemoteError) Error() string {
+	return fmt.Sprintf("node %s answered %s: %s", e.Node, e.Status, e.Msg)
+}
+
+// Advice is what to fix, as the node that reaches the registry saw it.
+func (e *RemoteError) Advice() string {
+	return fmt.Sprintf("node %s, which reaches the registry for this node, could not: %s", e.Node, e.Msg)
+}
+
+func remoteError(name string, resp *http.Response) error {
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return &RemoteError{Node: name, Status: resp.Status, Msg: strings.TrimSpace(string(msg))}
 }
 
 // Resolved is PathResolve's answer.
@@ -120,8 +143,7 @@ func (p Peer) Resolve(ctx context.Context, ref string) (string, ocispec.Descript
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return "", ocispec.Descriptor{}, fmt.Errorf("node %s: %s: %s", p.Name, resp.Status, msg)
+		return "", ocispec.Descriptor{}, remoteError(p.Name, resp)
 	}
 	var out Resolved
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&out); err != nil {

@@ -65,7 +65,14 @@ func Classify(err error) string {
 	return Other
 }
 
+// adviser is an error that knows what to fix (another node's answer).
+type adviser interface{ Advice() string }
+
 func advice(err error, host string) string {
+	var a adviser
+	if errors.As(err, &a) {
+		return a.Advice()
+	}
 	switch Classify(err) {
 	case UnknownHost:
 		var dns *net.DNSError

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -219,5 +221,19 @@ func TestCheckHost(t *testing.T) {
 		if err := CheckHost(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+type remoteAdvice struct{}
+
+func (remoteAdvice) Error() string  { return "node manager-1 answered 502" }
+func (remoteAdvice) Advice() string { return "node manager-1 could not: unauthorized" }
+
+// Another node's answer (the coordinator's view of the registry) wins
+// over this node's own "cannot reach it".
+func TestExplainPrefersRemoteAdvice(t *testing.T) {
+	err := errors.Join(remoteAdvice{}, fmt.Errorf("dial: %w", syscall.ECONNREFUSED))
+	if msg := Explain(err, "reg"); !strings.HasPrefix(msg, "node manager-1 could not: unauthorized") {
+		t.Fatalf("got %s", msg)
 	}
 }
