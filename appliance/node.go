@@ -694,7 +694,8 @@ func (n *node) status() cluster.NodeStatus {
 		for _, t := range n.orch.Status() {
 			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, SpecVersion: t.SpecVersion,
 				Revision: t.Revision, Health: reportHealth(t.Health),
-				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled}})
+				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled,
+					PullDone: t.PullDone, PullTotal: t.PullTotal}})
 		}
 		// Tasks waiting for their secrets' values are not in the
 		// reconciler's hands yet: say why they wait.

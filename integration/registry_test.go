@@ -186,7 +186,13 @@ auth:
 
 	logFile := filepath.Join(reg.Dir(), "registry.log")
 	before, _ := os.ReadFile(logFile)
-	createServiceImage(t, c, "app", image, "--replicas", "3", "--", "sleep", "100000")
+	// Waiting (no --detach): the CLI prints the tasks' states, with the
+	// bytes pulled while a node pulls.
+	out, err = m.Exec(ctx, "warren", "service", "create", "app", "--image", image, "--replicas", "3", "--", "sleep", "100000")
+	if err != nil {
+		t.Fatalf("service create: %v\n%s", err, out)
+	}
+	t.Logf("service create printed:\n%s", out)
 	v := waitRunning(t, c, "app", 3)
 	nodes := map[string]bool{}
 	for _, task := range v.Tasks {

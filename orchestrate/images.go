@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/warren-appliance/warren/orchestrate/registry"
@@ -56,6 +57,8 @@ type imageStore struct {
 	sharing     Sharing
 	flights     singleflight.Group // one fetch per blob on this node
 	fetchedFrom map[string]int     // blobs fetched, by source
+	progress    map[string]*pullProgress
+	inflight    map[digest.Digest]int64 // bytes written of blobs being fetched
 }
 
 // setRegistries replaces the registries pulls use.
@@ -83,7 +86,7 @@ type fileStamp struct {
 
 func newImageStore(c *client.Client, dir string, log *slog.Logger) *imageStore {
 	return &imageStore{client: c, dir: dir, log: log, seen: map[string]fileStamp{}, refLock: map[string]*sync.Mutex{}, pulls: map[string]*pull{},
-		fetchedFrom: map[string]int{}}
+		fetchedFrom: map[string]int{}, progress: map[string]*pullProgress{}, inflight: map[digest.Digest]int64{}}
 }
 
 func isImageTarball(name string) bool {
@@ -249,6 +252,7 @@ func (s *imageStore) pullInBackground(ctx context.Context, ref string) error {
 		}
 		s.mu.Lock()
 		p.done, p.err = true, err
+		s.progressForget(ref)
 		s.mu.Unlock()
 		if s.onPulled != nil {
 			s.onPulled()

@@ -184,7 +184,13 @@ func (r *Reconciler) Status() []TaskStatus {
 			delete(r.records, name)
 			continue
 		}
-		out = append(out, rec.status)
+		st := rec.status
+		if st.State == clustermap.TaskStarting || st.State == clustermap.TaskPending {
+			if ref, err := normalizeRef(st.Image); err == nil {
+				st.PullDone, st.PullTotal = r.images.pullProgress(ref)
+			}
+		}
+		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

@@ -98,7 +98,10 @@ func reachProblem(err error) bool {
 
 func (r *sharedResolver) Fetcher(_ context.Context, ref string) (remotes.Fetcher, error) {
 	return remotes.FetcherFunc(func(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
-		if err := r.s.Obtain(ctx, ref, desc); err != nil {
+		r.s.progressAdd(ref, desc)
+		err := r.s.Obtain(ctx, ref, desc)
+		r.s.progressDone(ref, desc, err == nil)
+		if err != nil {
 			return nil, err
 		}
 		rc, err := r.s.Open(ctx, desc.Digest)
@@ -209,7 +212,7 @@ func (s *imageStore) fetchBlob(ctx context.Context, ref string, desc ocispec.Des
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
-	sink := &writerSink{w: w, open: open}
+	sink := &writerSink{w: w, open: open, wrote: func(n int) { s.progressBytes(desc.Digest, n) }}
 	defer sink.close()
 	sources := s.sources(ctx, ref, desc)
 	used, err := blobshare.Copy(ctx, sink, desc, sources)
@@ -294,8 +297,9 @@ func (u *upstream) Open(ctx context.Context, desc ocispec.Descriptor, offset int
 // writerSink is a containerd content writer as a blobshare.Sink. A
 // failed commit closes the writer: the next use opens the ingest again.
 type writerSink struct {
-	w    content.Writer
-	open func() (content.Writer, error)
+	w     content.Writer
+	open  func() (content.Writer, error)
+	wrote func(n int) // progress
 }
 
 func (ws *writerSink) writer() (content.Writer, error) {
@@ -314,7 +318,11 @@ func (ws *writerSink) Write(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return w.Write(p)
+	n, err := w.Write(p)
+	if ws.wrote != nil {
+		ws.wrote(n)
+	}
+	return n, err
 }
 
 func (ws *writerSink) Offset() (int64, error) {
@@ -330,6 +338,11 @@ func (ws *writerSink) Reset() error {
 	w, err := ws.writer()
 	if err != nil {
 		return err
+	}
+	if ws.wrote != nil {
+		if st, err := w.Status(); err == nil {
+			ws.wrote(-int(st.Offset))
+		}
 	}
 	return w.Truncate(0)
 }
@@ -360,4 +373,75 @@ func (s *imageStore) countFetched(used []string) {
 	for _, u := range used {
 		s.fetchedFrom[u]++
 	}
+}
+
+// pullProgress is a pull's bytes so far: per image, the blobs asked for
+// (their sizes add up to the total) and how much of each is in.
+type pullProgress struct {
+	blobs map[digest.Digest]int64 // size
+	done  map[digest.Digest]bool
+}
+
+func (s *imageStore) progressAdd(ref string, desc ocispec.Descriptor) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.progress[ref]
+	if p == nil {
+		p = &pullProgress{blobs: map[digest.Digest]int64{}, done: map[digest.Digest]bool{}}
+		s.progress[ref] = p
+	}
+	p.blobs[desc.Digest] = desc.Size
+}
+
+func (s *imageStore) progressDone(ref string, desc ocispec.Descriptor, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.progress[ref]; p != nil && ok {
+		p.done[desc.Digest] = true
+	}
+}
+
+func (s *imageStore) progressBytes(d digest.Digest, n int) {
+	s.mu.Lock()
+	s.inflight[d] += int64(n)
+	s.mu.Unlock()
+}
+
+// pullProgress returns the bytes of ref's image pulled so far and the
+// total of the blobs known so far (0, 0 when no pull of it runs).
+func (s *imageStore) pullProgress(ref string) (done, total int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if pl := s.pulls[ref]; pl == nil || pl.done {
+		return 0, 0
+	}
+	p := s.progress[ref]
+	if p == nil {
+		return 0, 0
+	}
+	for d, size := range p.blobs {
+		total += size
+		switch {
+		case p.done[d]:
+			done += size
+		default:
+			done += min(max(s.inflight[d], 0), size)
+		}
+	}
+	return done, total
+}
+
+// progressForget drops a finished pull's progress.
+func (s *imageStore) progressForget(ref string) {
+	for d := range s.progress[ref].blobsOrNil() {
+		delete(s.inflight, d)
+	}
+	delete(s.progress, ref)
+}
+
+func (p *pullProgress) blobsOrNil() map[digest.Digest]int64 {
+	if p == nil {
+		return nil
+	}
+	return p.blobs
 }
