@@ -510,7 +510,9 @@ func (n *node) apply(m *clustermap.Map) {
 	regs, credsOK := n.regCreds.configs(ctx, m, specs)
 	cancel()
 	n.orch.SetRegistries(regs)
-	n.orch.SetSharing(sharingFor(m, n.self.ID, n.blobPeers.client))
+	if n.cfg.Cluster.ShareImages {
+		n.orch.SetSharing(sharingFor(m, n.self.ID, n.blobPeers.client))
+	}
 	if retry || !credsOK {
 		n.retryApplyLocked()
 	}
