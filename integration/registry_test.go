@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -24,7 +25,7 @@ import (
 
 // privateCA makes a CA and a server certificate for ip, as a company's
 // own PKI would; it returns the CA's PEM and the server's cert and key files.
-func privateCA(t *testing.T, dir string, ip net.IP) (caPEM []byte, certFile, keyFile string) {
+func privateCA(t testing.TB, dir string, ip net.IP) (caPEM []byte, certFile, keyFile string) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Lab Corp Root CA"},
@@ -61,6 +62,69 @@ func privateCA(t *testing.T, dir string, ip net.IP) (caPEM []byte, certFile, key
 	return caPEM, certFile, keyFile
 }
 
+// labRegistry is Debian's docker-registry on a LAN host of the lab: its
+// own instance with its own config (never the host's service), TLS from a
+// private CA, htpasswd (bcrypt) auth when user is set.
+type labRegistry struct {
+	host    *lab.Host
+	addr    string // IP:5000
+	dir     string // certs/ca.crt for skopeo, ca.pem for warren
+	logFile string
+}
+
+func startLabRegistry(t testing.TB, ctx context.Context, l *lab.Lab, user, pass string) labRegistry {
+	t.Helper()
+	reg, err := l.AddLANHost("registry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(reg.Dir(), "srv")
+	_, certFile, keyFile := privateCA(t, dir, reg.LANIP.AsSlice())
+	auth := ""
+	if user != "" {
+		out, err := exec.Command("htpasswd", "-Bbn", user, pass).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "htpasswd"), out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: lab-registry\n    path: %s\n", filepath.Join(dir, "htpasswd"))
+	}
+	config := fmt.Sprintf(`version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: %s
+http:
+  addr: 0.0.0.0:5000
+  tls:
+    certificate: %s
+    key: %s
+%s`, filepath.Join(dir, "data"), certFile, keyFile, auth)
+	cfgFile := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Background("registry.log", "docker-registry", "serve", cfgFile); err != nil {
+		t.Fatal(err)
+	}
+	r := labRegistry{host: reg, addr: net.JoinHostPort(reg.LANIP.String(), "5000"), dir: dir, logFile: filepath.Join(reg.Dir(), "registry.log")}
+	if err := lab.Poll(ctx, 200*time.Millisecond, func() error {
+		b, _ := os.ReadFile(r.logFile)
+		if !bytes.Contains(b, []byte("listening on")) {
+			return fmt.Errorf("registry not listening yet: %s", b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // Issue 28's lab: Debian's docker-registry (the CNCF distribution server)
 // on a LAN host, TLS from a private CA, htpasswd (bcrypt) auth, reachable
 // only from the manager. After `registry add --ca-file` and `registry
@@ -79,58 +143,15 @@ func TestPrivateRegistryOnePullPerCluster(t *testing.T) {
 	c := startCluster(t, l, lab.ClusterOptions{Workers: 2}) // no image tarballs: nodes must pull
 	ctx := ctxFor(t, 10*time.Minute)
 	m := c.Manager
-
-	reg, err := l.AddLANHost("registry")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := net.JoinHostPort(reg.LANIP.String(), "5000")
-	dir := filepath.Join(reg.Dir(), "srv")
-	_, certFile, keyFile := privateCA(t, dir, reg.LANIP.AsSlice())
 	stamp := time.Now().UnixNano()
 	user, pass := "ci", fmt.Sprintf("pw-%x-regmarker", stamp)
-	if out, err := exec.Command("htpasswd", "-Bbn", user, pass).Output(); err != nil {
-		t.Fatal(err)
-	} else if err := os.WriteFile(filepath.Join(dir, "htpasswd"), out, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	config := fmt.Sprintf(`version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: %s
-http:
-  addr: 0.0.0.0:5000
-  tls:
-    certificate: %s
-    key: %s
-auth:
-  htpasswd:
-    realm: lab-registry
-    path: %s
-`, filepath.Join(dir, "data"), certFile, keyFile, filepath.Join(dir, "htpasswd"))
-	cfgFile := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// Its own instance in its own namespace (never the host's service).
-	if _, err := reg.Background("registry.log", "docker-registry", "serve", cfgFile); err != nil {
-		t.Fatal(err)
-	}
+
+	r := startLabRegistry(t, ctx, l, user, pass)
+	reg, host, dir := r.host, r.addr, r.dir
 	// Only the manager reaches it; anyone else is refused at once.
 	if out, err := reg.Sh(ctx, fmt.Sprintf("iptables -w -A INPUT -p tcp --dport 5000 -s %s -j ACCEPT && iptables -w -A INPUT -p tcp --dport 5000 -j REJECT --reject-with tcp-reset", m.LANIP)); err != nil {
 		t.Fatalf("registry firewall: %v\n%s", err, out)
 	}
-	eventually(t, time.Minute, "the registry listening", func() error {
-		b, _ := os.ReadFile(filepath.Join(reg.Dir(), "registry.log"))
-		if !bytes.Contains(b, []byte("listening on")) {
-			return fmt.Errorf("not yet: %s", b)
-		}
-		return nil
-	})
 	if out, err := c.Workers[0].Exec(ctx, "sh", "-c", fmt.Sprintf("skopeo inspect --insecure-policy --tls-verify=false docker://%s/x:1 2>&1; true", host)); !strings.Contains(out, "connection refused") {
 		t.Fatalf("a worker reaches the registry (the test wants only the manager to): %v %s", err, out)
 	}
@@ -184,7 +205,7 @@ auth:
 		t.Fatalf("registry ls: %v\n%s", err, out)
 	}
 
-	logFile := filepath.Join(reg.Dir(), "registry.log")
+	logFile := r.logFile
 	before, _ := os.ReadFile(logFile)
 	// Waiting (no --detach): the CLI prints the tasks' states, with the
 	// bytes pulled while a node pulls.
