@@ -11,8 +11,11 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/distribution/reference"
 
 	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/apicall"
@@ -145,4 +148,55 @@ func sharingFor(m *clustermap.Map, selfID string, client func(nodeID string) *ht
 		out.Coordinator = &p
 	}
 	return out
+}
+
+// guardBlobFetches lets a node make this one fetch from a registry for
+// it (?fetch=1, or resolve) only for an image the map has it run: a node
+// gets no private image through another node's credentials that it would
+// not pull itself. Blobs this node has are served to any node that names
+// their digest.
+func guardBlobFetches(h http.Handler, lastMap func() *clustermap.Map) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if q.Get("fetch") != "1" && !strings.HasSuffix(r.URL.Path, "/resolve") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			http.Error(w, "no client certificate", http.StatusForbidden)
+			return
+		}
+		nodeID := r.TLS.PeerCertificates[0].Subject.CommonName
+		if !runsImage(lastMap(), nodeID, q.Get("ref")) {
+			http.Error(w, fmt.Sprintf("node %s runs no task of image %q", nodeID, q.Get("ref")), http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// runsImage reports whether the map assigns node a running task of image
+// ref (both normalised: "nginx" is docker.io/library/nginx:latest).
+func runsImage(m *clustermap.Map, nodeID, ref string) bool {
+	want, err := reference.ParseDockerRef(ref)
+	if m == nil || err != nil {
+		return false
+	}
+	images := map[string]string{}
+	for _, s := range m.Services {
+		images[s.Name] = s.Image
+	}
+	for _, t := range m.Tasks {
+		if t.NodeID != nodeID || t.DesiredState != clustermap.TaskRunning {
+			continue
+		}
+		img := t.Image
+		if img == "" {
+			img = images[t.Service]
+		}
+		if got, err := reference.ParseDockerRef(img); err == nil && got.String() == want.String() {
+			return true
+		}
+	}
+	return false
 }

@@ -27,3 +27,28 @@ func TestSharingForPicksPeersAndCoordinator(t *testing.T) {
 		t.Fatalf("the coordinator itself got coordinator %+v", sh.Coordinator)
 	}
 }
+
+func TestRunsImageOnlyForTasksOfTheNode(t *testing.T) {
+	m := &clustermap.Map{
+		Services: []clustermap.Service{{Name: "app", Image: "reg.local:5000/team/app:1"}, {Name: "web", Image: "nginx"}},
+		Tasks: []clustermap.Task{
+			{Name: "app-1", Service: "app", NodeID: "w1", DesiredState: clustermap.TaskRunning},
+			{Name: "web-1", Service: "web", NodeID: "w2", DesiredState: clustermap.TaskRunning, Image: "nginx"},
+			{Name: "app-2", Service: "app", NodeID: "w3", DesiredState: clustermap.TaskShutdown},
+		},
+	}
+	for _, c := range []struct {
+		node, ref string
+		want      bool
+	}{
+		{"w1", "reg.local:5000/team/app:1", true},
+		{"w2", "docker.io/library/nginx:latest", true},
+		{"w2", "reg.local:5000/team/app:1", false},
+		{"w3", "reg.local:5000/team/app:1", false},
+		{"w1", "", false},
+	} {
+		if got := runsImage(m, c.node, c.ref); got != c.want {
+			t.Errorf("runsImage(%s, %q) = %v, want %v", c.node, c.ref, got, c.want)
+		}
+	}
+}

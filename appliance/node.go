@@ -316,7 +316,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		}
 	}()
 	go func() {
-		if err := serveBlobs(ctx, self.OverlayIP, mem.TLSIdentity, n.orch.BlobHandler(), log); err != nil {
+		if err := serveBlobs(ctx, self.OverlayIP, mem.TLSIdentity, guardBlobFetches(n.orch.BlobHandler(), n.lastMap), log); err != nil {
 			log.Warn("image blobs cannot be shared with other nodes", "err", err)
 		}
 	}()
