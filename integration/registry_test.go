@@ -258,7 +258,9 @@ func TestPrivateRegistryOnePullPerCluster(t *testing.T) {
 
 	// The password is on no node's disk (state dirs, containerd, logs).
 	for _, n := range c.Nodes() {
-		if files := filesContaining(t, n.Root, []byte(pass)); len(files) > 0 {
+		// The node's directory holds its root (state dir, containerd's
+		// dirs, /etc/warren) and its logs (appliance, containerd).
+		if files := filesContaining(t, n.Dir(), []byte(pass)); len(files) > 0 {
 			t.Errorf("%s holds the registry password in %v", n.Name, files)
 		}
 		if strings.Contains(n.ApplianceLog(), pass) {
