@@ -62,7 +62,7 @@ func registryPullRun(ctx context.Context, b *testing.B, img, clusterExtra string
 		b.Fatal(err)
 	}
 	m := c.Manager
-	r := startLabRegistry(b, ctx, l, "", "")
+	r := startLabRegistry(b, ctx, l, "registry", "", "")
 	image := r.addr + "/bench/big:1"
 	if out, err := m.Exec(ctx, "skopeo", "copy", "--insecure-policy", "--dest-cert-dir", filepath.Join(r.dir, "certs"),
 		"oci-archive:"+img, "docker://"+image); err != nil {

@@ -72,9 +72,9 @@ type labRegistry struct {
 	logFile string
 }
 
-func startLabRegistry(t testing.TB, ctx context.Context, l *lab.Lab, user, pass string) labRegistry {
+func startLabRegistry(t testing.TB, ctx context.Context, l *lab.Lab, name, user, pass string) labRegistry {
 	t.Helper()
-	reg, err := l.AddLANHost("registry")
+	reg, err := l.AddLANHost(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestPrivateRegistryOnePullPerCluster(t *testing.T) {
 	stamp := time.Now().UnixNano()
 	user, pass := "ci", fmt.Sprintf("pw-%x-regmarker", stamp)
 
-	r := startLabRegistry(t, ctx, l, user, pass)
+	r := startLabRegistry(t, ctx, l, "registry", user, pass)
 	reg, host, dir := r.host, r.addr, r.dir
 	// Only the manager reaches it; anyone else is refused at once.
 	if out, err := reg.Sh(ctx, fmt.Sprintf("iptables -w -A INPUT -p tcp --dport 5000 -s %s -j ACCEPT && iptables -w -A INPUT -p tcp --dport 5000 -j REJECT --reject-with tcp-reset", m.LANIP)); err != nil {
@@ -266,6 +266,29 @@ func TestPrivateRegistryOnePullPerCluster(t *testing.T) {
 		if strings.Contains(n.ApplianceLog(), pass) {
 			t.Errorf("%s's log holds the registry password", n.Name)
 		}
+	}
+	// A mirror of the registry (its own CA, no auth, also reachable from
+	// the manager only) holds a tag the registry does not: the nodes pull
+	// it through the mirror, tried before the registry.
+	mir := startLabRegistry(t, ctx, l, "mirror", "", "")
+	if out, err := mir.host.Sh(ctx, fmt.Sprintf("iptables -w -A INPUT -p tcp --dport 5000 -s %s -j ACCEPT && iptables -w -A INPUT -p tcp --dport 5000 -j REJECT --reject-with tcp-reset", m.LANIP)); err != nil {
+		t.Fatalf("mirror firewall: %v\n%s", err, out)
+	}
+	if out, err := m.Exec(ctx, "skopeo", "copy", "--insecure-policy", "--dest-cert-dir", filepath.Join(mir.dir, "certs"),
+		"oci-archive:"+imageTarball(t), "docker://"+mir.addr+"/team/app:mirrored"); err != nil {
+		t.Fatalf("skopeo push to the mirror: %v\n%s", err, out)
+	}
+	if out, err := m.Exec(ctx, "warren", "registry", "add", mir.addr, "--mirror-of", host, "--ca-file", filepath.Join(mir.dir, "ca.pem")); err != nil {
+		t.Fatalf("registry add --mirror-of: %v\n%s", err, out)
+	}
+	createServiceImage(t, c, "mirrored", host+"/team/app:mirrored", "--replicas", "3", "--", "sleep", "100000")
+	waitRunning(t, c, "mirrored", 3)
+	if b, _ := os.ReadFile(mir.logFile); !strings.Contains(string(b), `"HEAD /v2/team/app/manifests/mirrored`) && !strings.Contains(string(b), `"GET /v2/team/app/manifests/mirrored`) {
+		t.Fatalf("the mirror was not asked for the image:\n%s", b)
+	}
+	// Mirrors come first: the registry itself was never asked for it.
+	if b, _ := os.ReadFile(r.logFile); strings.Contains(string(b), "/v2/team/app/manifests/mirrored") {
+		t.Fatalf("the registry was asked for the mirrored tag before (or beside) its mirror")
 	}
 }
 
