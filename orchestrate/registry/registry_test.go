@@ -2,16 +2,24 @@ package registry
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
@@ -235,5 +243,37 @@ func TestExplainPrefersRemoteAdvice(t *testing.T) {
 	err := errors.Join(remoteAdvice{}, fmt.Errorf("dial: %w", syscall.ECONNREFUSED))
 	if msg := Explain(err, "reg"); !strings.HasPrefix(msg, "node manager-1 could not: unauthorized") {
 		t.Fatalf("got %s", msg)
+	}
+}
+
+// TLS failures name the certificate's problem: a name it is not valid
+// for, and a validity that does not cover now (a board's clock).
+func TestExplainCertificateProblems(t *testing.T) {
+	srv, ca := fakeRegistry(t, false)
+	_, port, _ := net.SplitHostPort(hostOf(srv))
+	byName := "localhost:" + port // the test certificate holds 127.0.0.1, not localhost
+	err := resolveErr(t, []Config{{Host: byName, CA: ca}}, byName+"/app:1")
+	if msg := Explain(err, byName); Classify(err) != TLS || !strings.Contains(msg, "not valid for "+byName) {
+		t.Fatalf("wrong name: %s", msg)
+	}
+
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(48 * time.Hour)}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour), // expired yesterday
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	old := httptest.NewUnstartedServer(http.NotFoundHandler())
+	old.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	old.StartTLS()
+	defer old.Close()
+	h := hostOf(old)
+	err = resolveErr(t, []Config{{Host: h, CA: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})}}, h+"/app:1")
+	if msg := Explain(err, h); Classify(err) != TLS || !strings.Contains(msg, "expired or not yet valid") || !strings.Contains(msg, "clock") {
+		t.Fatalf("expired: %s", msg)
 	}
 }
