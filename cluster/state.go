@@ -18,16 +18,17 @@ import (
 
 // Store buckets and keys.
 const (
-	bucketMeta     = "meta"
-	bucketNodes    = "nodes"
-	bucketRemoved  = "removed"
-	bucketServices = "services"
-	bucketTasks    = "tasks"
-	bucketPolicies = "policies"
-	bucketSecrets  = "secrets"
-	bucketConfigs  = "configs"
-	keyCluster     = "cluster"
-	keyTasks       = "all"
+	bucketMeta       = "meta"
+	bucketNodes      = "nodes"
+	bucketRemoved    = "removed"
+	bucketServices   = "services"
+	bucketTasks      = "tasks"
+	bucketPolicies   = "policies"
+	bucketSecrets    = "secrets"
+	bucketConfigs    = "configs"
+	bucketRegistries = "registries"
+	keyCluster       = "cluster"
+	keyTasks         = "all"
 )
 
 // meta is the cluster's identity and secrets, created once by cluster init.
@@ -122,18 +123,21 @@ type state struct {
 	// Secrets and configs by name; their values sealed (objects.go).
 	secrets map[string]objectRecord
 	configs map[string]objectRecord
+	// registries by host; credentials sealed (registries.go).
+	registries map[string]registryRecord
 }
 
 func (s *state) clone() *state {
 	return &state{
-		meta:     s.meta,
-		nodes:    maps.Clone(s.nodes),
-		removed:  maps.Clone(s.removed),
-		services: maps.Clone(s.services),
-		tasks:    slices.Clone(s.tasks),
-		policies: maps.Clone(s.policies),
-		secrets:  maps.Clone(s.secrets),
-		configs:  maps.Clone(s.configs),
+		meta:       s.meta,
+		nodes:      maps.Clone(s.nodes),
+		removed:    maps.Clone(s.removed),
+		services:   maps.Clone(s.services),
+		tasks:      slices.Clone(s.tasks),
+		policies:   maps.Clone(s.policies),
+		secrets:    maps.Clone(s.secrets),
+		configs:    maps.Clone(s.configs),
+		registries: maps.Clone(s.registries),
 	}
 }
 
@@ -144,7 +148,7 @@ type records interface {
 
 func loadState(st records) (*state, error) {
 	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
-		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}}
+		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}, registries: map[string]registryRecord{}}
 	raw, ok := st.Load(bucketMeta)[keyCluster]
 	if !ok {
 		return nil, nil // no cluster yet
@@ -189,6 +193,13 @@ func loadState(st records) (*state, error) {
 			into[k] = r
 		}
 	}
+	for k, v := range st.Load(bucketRegistries) {
+		var r registryRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode registry %s: %w", k, err)
+		}
+		s.registries[k] = r
+	}
 	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
 		if err := json.Unmarshal(v, &s.tasks); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
@@ -200,7 +211,7 @@ func loadState(st records) (*state, error) {
 // snapshot renders the state as store records.
 func (s *state) snapshot() (store.Snapshot, error) {
 	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}, bucketPolicies: {},
-		bucketSecrets: {}, bucketConfigs: {}}
+		bucketSecrets: {}, bucketConfigs: {}, bucketRegistries: {}}
 	put := func(bucket, key string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -239,6 +250,11 @@ func (s *state) snapshot() (store.Snapshot, error) {
 	}
 	for k, v := range s.configs {
 		if err := put(bucketConfigs, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.registries {
+		if err := put(bucketRegistries, k, v); err != nil {
 			return nil, err
 		}
 	}
@@ -294,12 +310,13 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 		policies = append(policies, s.policies[name].Policy)
 	}
 	m := &clustermap.Map{
-		Version:   v,
-		ClusterID: s.meta.ClusterID,
-		Nodes:     s.sortedNodes(),
-		Services:  s.sortedServices(),
-		Tasks:     tasks,
-		Policies:  policies,
+		Version:    v,
+		ClusterID:  s.meta.ClusterID,
+		Nodes:      s.sortedNodes(),
+		Services:   s.sortedServices(),
+		Tasks:      tasks,
+		Policies:   policies,
+		Registries: s.mapRegistries(),
 		// Every node takes the trust bundle from the map (delivered over
 		// the mTLS stream it already trusts): during a CA rotation it
 		// holds the new CA first, then the old one.
@@ -383,6 +400,12 @@ func checkChange(c store.Change) error {
 				err = json.Unmarshal(v, &x)
 			case bucketTasks:
 				var x []clustermap.Task
+				err = json.Unmarshal(v, &x)
+			case bucketSecrets, bucketConfigs:
+				var x objectRecord
+				err = json.Unmarshal(v, &x)
+			case bucketRegistries:
+				var x registryRecord
 				err = json.Unmarshal(v, &x)
 			case replicate.BucketRaft:
 				err = errors.New("the replica's own bucket is not replicated")

@@ -399,6 +399,10 @@ type TaskView struct {
 	Restarts    int       `json:"restarts"`
 	NextRestart time.Time `json:"next_restart,omitzero"`
 	OOMKilled   bool      `json:"oom_killed"`
+	// PullDone of PullTotal bytes of the task's image are pulled, while
+	// its node pulls it (absent otherwise).
+	PullDone  int64 `json:"pull_done,omitempty"`
+	PullTotal int64 `json:"pull_total,omitempty"`
 	// Labels are the service's labels, which the task carries.
 	Labels map[string]string `json:"labels,omitempty"`
 }
