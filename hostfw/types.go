@@ -108,7 +108,7 @@ var tables = []string{"mangle", "nat", "filter"}
 // builtinChains are the built-in chains a full sync and Cleanup search
 // for hooks to our chains.
 var builtinChains = map[string][]string{
-	"mangle": {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
+	"mangle": {"FORWARD"}, // the policies; warren hooks nothing else there
 	"filter": {"INPUT", "FORWARD", "OUTPUT"},
 	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
 }
