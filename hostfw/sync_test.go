@@ -61,7 +61,7 @@ func natPart(services ...string) Part {
 	}
 	nat := Chains{"WARREN-SERVICES": svc, "WARREN-CANARY": nil}
 	for _, s := range services {
-		nat["WARREN-SVC-"+strings.ReplaceAll(s, ".", "")] = []string{"-j DNAT --to-destination 10.0.1.5:80"}
+		nat["WARREN-SVC-"+strings.ReplaceAll(s, ".", "")] = []string{"-p tcp -j DNAT --to-destination 10.0.1.5:80"}
 	}
 	return Part{
 		Tables: map[string]Chains{
