@@ -26,7 +26,8 @@ import (
 // kernels such as this project's test VMs leave out, while the bridge
 // family of nf_tables (CONFIG_NF_TABLES_BRIDGE) is in Debian's kernels.
 // ebtables-nft ships with Debian's iptables package, which the appliance
-// depends on already, and ebtables-restore writes the chain in one
+// depends on already, and ebtables-restore (run by package hostfw, the
+// node's one firewall owner, as one step of its sync) writes the chain in one
 // transaction.
 
 // readPort reads what task's port may send from its namespace (h): the

@@ -23,7 +23,8 @@ import (
 )
 
 // network applies the node's container network to the kernel: the bridge,
-// forwarding, the iptables chains and one namespace + veth per task.
+// forwarding, the task network's firewall rules (through package hostfw)
+// and one namespace + veth per task.
 type network struct {
 	bridge  string
 	overlay string
@@ -53,7 +54,9 @@ type network struct {
 
 const ipForwardSysctl = "/proc/sys/net/ipv4/ip_forward"
 
-// ensureHost converges the bridge, IP forwarding and our iptables chains.
+// ensureHost converges the bridge, IP forwarding and the task network's
+// part of the node's firewall (chains, hooks, the bridge chain; written
+// by package hostfw).
 func (n *network) ensureHost() error {
 	if err := os.MkdirAll(n.nsDir, 0o755); err != nil {
 		return fmt.Errorf("create netns dir: %w", err)
