@@ -120,7 +120,7 @@ func (s *Syncer) Sync(force bool) error {
 	return s.syncLocked()
 }
 
-// Syncs counts the syncs that wrote something (for tests and metrics).
+// Syncs counts the syncs that ran iptables-restore (for tests).
 func (s *Syncer) Syncs() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

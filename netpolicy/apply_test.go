@@ -129,7 +129,7 @@ func TestApplierSetsRulesChurnCleanup(t *testing.T) {
 func TestSync200Policies1000Tasks(t *testing.T) {
 	requireRoot(t)
 	ns := newNetns(t, "big")
-	a, _, command := newApplier(t, ns)
+	a, fw, command := newApplier(t, ns)
 	in := benchInput()
 	r := Render(in)
 	if st := syncIn(t, ns, a, r); !st.RulesWritten || st.SetsCreated != len(r.Sets) {
@@ -148,8 +148,9 @@ func TestSync200Policies1000Tasks(t *testing.T) {
 	moved.Tasks = append([]Task(nil), in.Tasks...)
 	old := moved.Tasks[500].IP
 	moved.Tasks[500].IP = netip.MustParseAddr("10.0.9.9")
-	if st := syncIn(t, ns, a, Render(moved)); st.RulesWritten || st.Added != 1 || st.Removed != 1 {
-		t.Fatalf("one task moved: %+v, want one member in and one out and no rules written", st)
+	restores := fw.Syncs()
+	if st := syncIn(t, ns, a, Render(moved)); st.RulesWritten || st.Added != 1 || st.Removed != 1 || fw.Syncs() != restores {
+		t.Fatalf("one task moved: %+v, %d restores, want one member in and one out and no rules written", st, fw.Syncs()-restores)
 	}
 	m := kernelMembers(t, ns)[SetName("tasks app="+moved.Tasks[500].Labels["app"])]
 	if !m[netip.MustParsePrefix("10.0.9.9/32")] || m[netip.PrefixFrom(old, 32)] {
