@@ -84,6 +84,11 @@ func (s *Syncer) SetPart(owner string, p Part) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if _, had := s.parts[owner]; !had {
+		// An owner's first part: a full sync finds what an earlier run
+		// (or version) left of its chains and hooks, and removes it.
+		s.applied = nil
+	}
 	s.parts[owner] = p
 	return s.syncLocked()
 }

@@ -313,3 +313,44 @@ func TestCleanupAndRemovePart(t *testing.T) {
 		t.Fatalf("after cleanup:\n%s", d)
 	}
 }
+
+// An upgrade from the version with three writers: the policy chains sat
+// in filter, hooked first into filter FORWARD. Until the policy part is
+// set, that hook stays first (nat's and the task network's go after it);
+// the policy part's first sync moves the policies to mangle and removes
+// the old chains and hook in the same transaction as it writes the new.
+func TestUpgradeFromFilterPolicies(t *testing.T) {
+	f := NewFake()
+	old := `-m comment --comment "warren network policies" -j WARREN-POLICY`
+	if err := f.CreateSet(SetPrefix + "API"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Restore([]byte("*filter\n:WARREN-POLICY - [0:0]\n:WARREN-POL-INGRESS - [0:0]\n" +
+		"-A WARREN-POL-INGRESS -m set --match-set " + SetPrefix + "API dst -j DROP\n-A WARREN-POLICY -j WARREN-POL-INGRESS\n" +
+		"-I FORWARD 1 " + old + "\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	s := NewSyncer(f, quiet())
+	for _, c := range []struct {
+		owner string
+		part  Part
+	}{{OwnerTasks, tasksPart("wva")}, {OwnerNAT, natPart("10.1.0.1")}} {
+		if err := s.SetPart(c.owner, c.part); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.Rules("filter", "FORWARD"); len(got) != 4 || got[0] != old {
+		t.Fatalf("before the policy part, filter FORWARD = %q: want the old policy hook first", got)
+	}
+	restores := len(f.Restores)
+	if err := s.SetPart(OwnerPolicy, policyPart("10.0.1.5/32")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.Restores) - restores; n != 1 {
+		t.Fatalf("%d restores, want 1", n)
+	}
+	checkForward(t, f, "after the policy part")
+	if d := f.Dump(); strings.Contains(d, "WARREN-POL-INGRESS") {
+		t.Fatalf("the old policy chains stayed:\n%s", d)
+	}
+}
