@@ -82,6 +82,9 @@ func (s *Syncer) SetPart(owner string, p Part) error {
 	if !slices.Contains(owners, owner) {
 		return fmt.Errorf("hostfw: unknown owner %q", owner)
 	}
+	if err := checkPart(owner, p); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, had := s.parts[owner]; !had {
@@ -91,6 +94,29 @@ func (s *Syncer) SetPart(owner string, p Part) error {
 	}
 	s.parts[owner] = p
 	return s.syncLocked()
+}
+
+// checkPart refuses a part that names chains outside its owner's part of
+// the namespace (see ownerOf) or hooks into chains that are not built-in:
+// two owners must never write the same chain.
+func checkPart(owner string, p Part) error {
+	for t, chains := range p.Tables {
+		if !slices.Contains(tables, t) {
+			return fmt.Errorf("hostfw: %s part: unknown table %q", owner, t)
+		}
+		for c := range chains {
+			if ownerOf(c) != owner {
+				return fmt.Errorf("hostfw: %s part: chain %s/%s is not in its namespace", owner, t, c)
+			}
+		}
+	}
+	for _, h := range p.Hooks {
+		target, comment := hookKey(h.Rule)
+		if !slices.Contains(builtinChains[h.Table], h.Chain) || ownerOf(target) != owner || comment == "" {
+			return fmt.Errorf("hostfw: %s part: hook %s/%s %q must jump from a built-in chain to one of its chains, with a comment", owner, h.Table, h.Chain, h.Rule)
+		}
+	}
+	return nil
 }
 
 // RemovePart takes owner's part out of the kernel: its hooks, chains,
@@ -206,6 +232,11 @@ func (s *Syncer) sync() error {
 		for k, want := range hooks {
 			if k[1] == "FORWARD" || !slices.Equal(want, s.hooked[k]) {
 				keys = append(keys, k)
+			}
+		}
+		for k := range s.hooked {
+			if _, ok := hooks[k]; !ok {
+				keys = append(keys, k) // its hooks are gone: delete them
 			}
 		}
 	}

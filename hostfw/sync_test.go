@@ -354,3 +354,23 @@ func TestUpgradeFromFilterPolicies(t *testing.T) {
 		t.Fatalf("the old policy chains stayed:\n%s", d)
 	}
 }
+
+// Owners write only their own chains and hook only built-in chains.
+func TestPartsStayInTheirNamespace(t *testing.T) {
+	s := NewSyncer(NewFake(), quiet())
+	for name, c := range map[string]struct {
+		owner string
+		part  Part
+	}{
+		"nat writing a task chain": {OwnerNAT, Part{Tables: map[string]Chains{"filter": {"WARREN-TASK-FORWARD": nil}}}},
+		"policy hook into nat's":   {OwnerPolicy, Part{Hooks: []Hook{{"filter", "FORWARD", `-m comment --comment "x" -j WARREN-SERVICES`}}}},
+		"hook without comment":     {OwnerNAT, Part{Hooks: []Hook{{"filter", "FORWARD", `-j WARREN-SERVICES`}}}},
+		"hook from our own chain":  {OwnerNAT, Part{Hooks: []Hook{{"filter", "WARREN-X", `-m comment --comment "x" -j WARREN-SERVICES`}}}},
+		"unknown table":            {OwnerNAT, Part{Tables: map[string]Chains{"raw": {"WARREN-X": nil}}}},
+		"unknown owner":            {"dns", Part{}},
+	} {
+		if err := s.SetPart(c.owner, c.part); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
