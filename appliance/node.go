@@ -26,6 +26,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/hostfw"
 	"github.com/warren-appliance/warren/internal/mdns"
 	"github.com/warren-appliance/warren/internal/netaddr"
 	"github.com/warren-appliance/warren/metrics"
@@ -64,8 +65,13 @@ const (
 	reportMinGap   = 200 * time.Millisecond
 	// reportRetry is how soon a report that was not delivered is sent
 	// again when reports on change are on.
-	reportRetry    = time.Second
-	canaryInterval = 10 * time.Second
+	reportRetry = time.Second
+	// canaryInterval: how often the firewall canary lists the built-in
+	// chains holding warren's hooks (a flush is repaired within it);
+	// every canarySlowEvery-th check also looks at the canary rules in
+	// warren's own chains and the bridge chain, and retries failed syncs.
+	canaryInterval  = time.Second
+	canarySlowEvery = 10
 )
 
 // runClusterNode runs a manager or worker: join (or create) the cluster,
@@ -332,8 +338,21 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 // policySyncer is what a node needs of netpolicy.Applier.
 type policySyncer interface {
 	Sync(netpolicy.Rules) (netpolicy.SyncStats, error)
-	JumpFirst() (bool, error)
-	EnsureJump() error
+}
+
+// natSyncer is what a node needs of nat.Applier.
+type natSyncer interface {
+	Sync([]nat.Service, nat.Options) error
+}
+
+// taskRunner is what the per-map engine needs of the task reconciler.
+type taskRunner interface {
+	Apply([]orchestrate.TaskSpec)
+}
+
+// firewallCanary is the firewall owner's canary (hostfw.Syncer.Check).
+type firewallCanary interface {
+	Check(slow bool) (bool, error)
 }
 
 // node holds the running reconcilers of a cluster node.
@@ -345,10 +364,14 @@ type node struct {
 	dev    *tunnel.Device
 	static []tunnel.Peer
 	orch   *orchestrate.Reconciler
-	nat    *nat.Applier
-	pol    policySyncer
-	dns    *dns.Server
-	met    *metrics.Metrics
+	// fw is the node's one firewall owner; nat and pol hand it their
+	// rules, and so does the task reconciler (tasks).
+	fw    firewallCanary
+	tasks taskRunner // orch; a fake in tests
+	nat   natSyncer
+	pol   policySyncer
+	dns   *dns.Server
+	met   *metrics.Metrics
 	// paths finds each peer's underlay path (direct or relayed);
 	// candidatesChanged is poked when this node's candidates change.
 	paths             *paths.Engine
@@ -411,7 +434,15 @@ func (n *node) bridgeIP() netip.Addr { return netaddr.Bridge(n.self.ContainerBlo
 
 func (n *node) startReconcilers(ctx context.Context) error {
 	cfg := n.cfg
+	// The one owner of the node's firewall, with the one backend
+	// detection: nat, netpolicy and the task network write through it.
+	fw, err := hostfw.New(n.log)
+	if err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
+	n.fw = fw
 	orch, err := orchestrate.New(ctx, orchestrate.Config{
+		Firewall:          fw,
 		ContainerdAddress: cfg.Runtime.ContainerdAddress,
 		Namespace:         cfg.Runtime.Namespace,
 		ImagesDir:         cfg.Runtime.ImagesDir,
@@ -435,19 +466,15 @@ func (n *node) startReconcilers(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("containerd at %s: %w", cfg.Runtime.ContainerdAddress, err)
 	}
-	n.orch = orch
+	n.orch, n.tasks = orch, orch
 	go func() {
 		if err := orch.Run(ctx); err != nil && ctx.Err() == nil {
 			n.log.Error("task reconciler stopped", "err", err)
 		}
 	}()
 
-	if n.nat, err = nat.NewApplier(n.log); err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	if n.pol, err = netpolicy.NewApplier(n.log.With("component", "netpolicy")); err != nil {
-		return fmt.Errorf("network policies: %w", err)
-	}
+	n.nat = nat.NewApplierWith(fw, n.log)
+	n.pol = netpolicy.NewApplier(fw)
 
 	// FreeBind: the bridge address appears with the task reconciler's
 	// first pass; the resolver must not wait for it.
@@ -503,8 +530,6 @@ func (n *node) apply(m *clustermap.Map) {
 	n.relayCli.SetRelays(relaysOf(m))
 	peers := n.syncPeers(m)
 	n.paths.SetPeers(pathPeers(m, n.self.ID))
-	// Policies first: a new task's address is in its sets before it starts.
-	n.syncPolicies(m)
 	ctx, cancel := context.WithTimeout(context.Background(), valuesTimeout)
 	specs, retry := n.secrets.prepare(ctx, m, taskSpecs(m, n.self.ID))
 	regs, credsOK := n.regCreds.configs(ctx, m, specs)
@@ -516,12 +541,21 @@ func (n *node) apply(m *clustermap.Map) {
 	if retry || !credsOK {
 		n.retryApplyLocked()
 	}
-	n.orch.Apply(specs)
-	n.syncNAT(m)
-	n.ensurePolicyJump() // the NAT sync may have inserted its jumps before ours
+	n.applyRules(m, specs)
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.met.SetMapVersion(m.Version)
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+}
+
+// applyRules converges the packet filter and the tasks to m, in the
+// order that never opens a hole: policies first (a new task's address is
+// in its sets before it starts), then the tasks, then the service rules
+// (a new endpoint gets traffic only once its task is set up). Each step
+// is one sync of the firewall owner, which keeps the policy hook first.
+func (n *node) applyRules(m *clustermap.Map, specs []orchestrate.TaskSpec) {
+	n.syncPolicies(m)
+	n.tasks.Apply(specs)
+	n.syncNAT(m)
 }
 
 // valuesTimeout bounds fetching secret and config values in apply; the
@@ -597,16 +631,6 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	n.mu.Lock()
 	n.polFailed = err != nil
 	n.mu.Unlock()
-}
-
-// ensurePolicyJump puts the policy jump back in first place in FORWARD
-// when something (the task or NAT rules, a firewall script) got before it.
-func (n *node) ensurePolicyJump() {
-	if first, err := n.pol.JumpFirst(); err == nil && !first {
-		if err := n.pol.EnsureJump(); err != nil {
-			n.log.Error("moving the network policy jump first in FORWARD", "err", err)
-		}
-	}
 }
 
 func (n *node) natOptions() nat.Options {
@@ -710,38 +734,47 @@ func (n *node) status() cluster.NodeStatus {
 	return s
 }
 
-// canaryLoop re-applies the NAT rules when someone flushed them (a firewall
-// script, `iptables -F`), as kube-proxy's canary chain does, or when the
-// last sync failed.
+// canaryLoop runs the firewall owner's canary every canaryInterval: when
+// someone flushed or reordered warren's rules (a firewall reload,
+// `iptables -F FORWARD`, another container engine), the canary calls the
+// same sync that wrote them, which puts the hooks back in order in one
+// transaction, as kube-proxy's canary does. Every canarySlowEvery-th
+// check also looks inside warren's chains and retries failed syncs (the
+// next map may be long in coming).
 func (n *node) canaryLoop(ctx context.Context) {
 	t := time.NewTicker(canaryInterval)
 	defer t.Stop()
-	for {
+	for tick := 1; ; tick++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		m := n.lastMap()
-		if m == nil {
-			continue
-		}
-		n.mu.Lock()
-		failed, polFailed := n.natFailed, n.polFailed
-		n.mu.Unlock()
-		// The policy jump must stay the first rule of FORWARD (the task
-		// and service rules after it accept).
-		if polFailed {
-			n.syncPolicies(m)
-		} else {
-			n.ensurePolicyJump()
-		}
-		if missing, err := n.nat.CanaryMissing(); err == nil && missing {
-			n.log.Warn("service rules were flushed by someone else; restoring them")
-			n.syncNAT(m)
-		} else if failed {
-			n.syncNAT(m)
-		}
+		n.canaryTick(tick%canarySlowEvery == 0)
+	}
+}
+
+// canaryTick is one check of canaryLoop.
+func (n *node) canaryTick(slow bool) {
+	if n.lastMap() == nil {
+		return
+	}
+	if _, err := n.fw.Check(slow); err != nil {
+		n.log.Error("restoring the firewall rules", "err", err)
+		n.met.ReconcileError("nat")
+	}
+	if !slow {
+		return
+	}
+	m := n.lastMap()
+	n.mu.Lock()
+	natFailed, polFailed := n.natFailed, n.polFailed
+	n.mu.Unlock()
+	if polFailed {
+		n.syncPolicies(m)
+	}
+	if natFailed {
+		n.syncNAT(m)
 	}
 }
 

@@ -11,21 +11,29 @@ import (
 	"strings"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/hostfw"
 )
 
-// Chains this package owns, all in the filter table. WARREN-POLICY is
-// jumped to first in FORWARD: it returns at once for packets of known
+// Chains of the policies, all in the mangle table (see package hostfw:
+// mangle's FORWARD runs before filter's, so no ACCEPT there gets ahead of
+// a policy, and a flush of filter's FORWARD leaves policies in force).
+// WARREN-POLICY is jumped to first in mangle FORWARD: it returns at once for packets of known
 // connections (replies pass), and sends new ones through the ingress and
 // egress chains, which RETURN what some policy allows and DROP the rest
 // for selected tasks. Nothing here ACCEPTs: allowed traffic goes on to the
-// rules behind (the task and service forwarding rules).
+// filter table (the task and service forwarding rules).
 const (
 	ChainPolicy  = "WARREN-POLICY"
 	ChainIngress = "WARREN-POL-INGRESS"
 	ChainEgress  = "WARREN-POL-EGRESS"
 	// SetPrefix starts the name of every ipset this package owns.
-	SetPrefix = "WARREN-PS-"
+	SetPrefix = hostfw.SetPrefix
+	// Table holds the policy chains.
+	Table = "mangle"
 )
+
+// hook enters the policy chains: the first rule of mangle FORWARD.
+var hook = hostfw.Hook{Table: Table, Chain: "FORWARD", Rule: `-m comment --comment "warren network policies" -j ` + ChainPolicy}
 
 // Task is one task as policies see it: an address and its labels.
 type Task struct {
@@ -59,11 +67,23 @@ type Set struct {
 	Members []netip.Prefix
 }
 
-// Rules are the rendered rules: iptables-restore text for the filter
-// table, and the sets they reference.
+// Rules are the rendered rules: the chains of the mangle table (and the
+// same as iptables-restore text, the dry run), and the sets they
+// reference.
 type Rules struct {
+	Chains  hostfw.Chains
 	Restore []byte
 	Sets    []Set // sorted by name
+}
+
+// Part is what package hostfw writes for r: the chains, the hook from
+// mangle FORWARD and the sets.
+func (r Rules) Part() hostfw.Part {
+	p := hostfw.Part{Tables: map[string]hostfw.Chains{Table: r.Chains}, Hooks: []hostfw.Hook{hook}}
+	for _, s := range r.Sets {
+		p.Sets = append(p.Sets, hostfw.Set{Name: s.Name, Comment: s.Comment, Members: s.Members})
+	}
+	return p
 }
 
 // TasksOf returns the tasks of a map as policies see them: tasks meant to
@@ -150,7 +170,7 @@ func (r *renderer) render() Rules {
 	}
 
 	var buf bytes.Buffer
-	buf.WriteString("*filter\n")
+	buf.WriteString("*" + Table + "\n")
 	names := []string{ChainEgress, ChainIngress, ChainPolicy}
 	for _, c := range names {
 		buf.WriteString(":" + c + " - [0:0]\n")
@@ -162,7 +182,7 @@ func (r *renderer) render() Rules {
 	}
 	buf.WriteString("COMMIT\n")
 
-	out := Rules{Restore: buf.Bytes()}
+	out := Rules{Chains: hostfw.Chains(chains), Restore: buf.Bytes()}
 	for _, s := range r.sets {
 		out.Sets = append(out.Sets, *s)
 	}

@@ -12,6 +12,8 @@
 package orchestrate
 
 import (
+	"github.com/warren-appliance/warren/hostfw"
+
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -97,6 +99,10 @@ type Config struct {
 	StopGrace         time.Duration // SIGTERM to SIGKILL
 	StateDir          string        // netns files, per-task files, logs
 	Logger            *slog.Logger
+	// Firewall is the node's one firewall owner, which writes the task
+	// network's chains, hooks and bridge chain with everybody else's
+	// rules; nil: the task network makes a Syncer of its own (tests).
+	Firewall *hostfw.Syncer
 
 	// OverlayInterface is the WireGuard interface ("warren0"): traffic
 	// from tasks to it keeps its source address, other egress is masqueraded.

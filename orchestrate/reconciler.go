@@ -103,6 +103,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 			nodeSubnet:      cfg.NodeSubnet,
 			nsDir:           filepath.Join(cfg.StateDir, "netns"),
 			forwardOrig:     filepath.Join(cfg.StateDir, "ip_forward.orig"),
+			fw:              cfg.Firewall,
 		},
 		images:    newImageStore(c, cfg.ImagesDir, log),
 		runCtx:    namespaces.WithNamespace(ctx, cfg.Namespace),
