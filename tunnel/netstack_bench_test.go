@@ -1,0 +1,110 @@
+package tunnel
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkNetstackForwardVsTUN compares the two modes on the same
+// two-namespace topology, one fresh topology per setup, each device process
+// with the daemon's 64 MiB Go memory limit:
+//
+//	tun               a and b in TUN mode; iperf3 in a to b's overlay address
+//	netstack-forward  a in netstack mode (no kernel interface), b in TUN mode;
+//	                  iperf3 in a to a [[forward]] on a's 127.0.0.1:15201
+//	                  whose target is b's iperf3 server on the overlay
+//
+// Each setup runs iperf3 TCP for 10 s a -> b (upload: the netstack side
+// sends, GSO) and then with -R (download: the netstack side receives, GRO).
+// It prints netstack-forward TCP / TUN TCP for both directions.
+func BenchmarkNetstackForwardVsTUN(b *testing.B) {
+	requireRoot(b)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("iperf3 not installed")
+	}
+	const fwdPort = 15201
+	measure := func(modeA string) (up, down float64) {
+		tp := newTopo(b)
+		ca, cb := tp.pairConfigs(b, modeA, ModeTUN)
+		ca.MemoryLimitMiB, cb.MemoryLimitMiB = 64, 64
+		target := "10.0.0.2"
+		port := 5201
+		if modeA == ModeNetstack {
+			ca.Forwards = []Forward{{Proto: "tcp", Listen: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), fwdPort),
+				Target: netip.MustParseAddrPort("10.0.0.2:5201")}}
+			target, port = "127.0.0.1", fwdPort
+		}
+		na := startNode(b, tp.a, ca)
+		nb := startNode(b, tp.b, cb)
+		defer na.stop()
+		defer nb.stop()
+		up = iperfVia(b, tp, target, port, 10, false)
+		down = iperfVia(b, tp, target, port, 10, true)
+		return up, down
+	}
+	for i := 0; i < b.N; i++ {
+		tunUp, tunDown := measure(ModeTUN)
+		nsUp, nsDown := measure(ModeNetstack)
+		fmt.Printf("\n%-18s %14s %14s\n", "setup", "a->b Mbit/s", "b->a Mbit/s")
+		fmt.Printf("%-18s %14.0f %14.0f\n", "tun", tunUp, tunDown)
+		fmt.Printf("%-18s %14.0f %14.0f\n", "netstack-forward", nsUp, nsDown)
+		fmt.Printf("netstack-forward TCP / TUN TCP: %.2f a->b (netstack sends), %.2f b->a (netstack receives)\n\n",
+			nsUp/tunUp, nsDown/tunDown)
+		b.ReportMetric(nsUp/tunUp, "netstack/tun-ratio")
+		b.ReportMetric(nsDown/tunDown, "netstack/tun-ratio-reverse")
+		b.ReportMetric(nsUp, "netstack-Mbit/s")
+		b.ReportMetric(tunUp, "tun-Mbit/s")
+	}
+}
+
+// iperfVia runs iperf3 TCP for the given seconds from namespace a to
+// target:port (b's server on 10.0.0.2:5201 is reached directly or through a
+// forward), in reverse (b sends) when reverse is set, and returns Mbit/s.
+func iperfVia(b testing.TB, tp *topo, target string, port, seconds int, reverse bool) float64 {
+	b.Helper()
+	server := inNSCmd(tp.b, "iperf3", "-s", "-B", "10.0.0.2")
+	if err := server.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { server.Process.Kill(); server.Wait() }()
+	waitFor(b, "iperf3 server listening", 30*time.Second, func() error {
+		out, err := inNSCmd(tp.b, "ss", "-Htln", "src", "10.0.0.2:5201").Output()
+		if err != nil || !strings.Contains(string(out), "5201") {
+			return fmt.Errorf("not listening yet (%v)", err)
+		}
+		return nil
+	})
+	args := []string{"iperf3", "-c", target, "-p", strconv.Itoa(port), "-t", strconv.Itoa(seconds), "-J"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	var res struct {
+		Error string `json:"error"`
+		End   struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	waitFor(b, "iperf3 run", 30*time.Second, func() error {
+		out, err := inNSCmd(tp.a, args...).Output()
+		if jerr := json.Unmarshal(out, &res); jerr != nil {
+			return fmt.Errorf("iperf3: %v, json: %v", err, jerr)
+		}
+		if res.Error != "" {
+			return errors.New(res.Error)
+		}
+		if res.End.SumReceived.BitsPerSecond == 0 {
+			return errors.New("iperf3 measured nothing")
+		}
+		return err
+	})
+	return res.End.SumReceived.BitsPerSecond / 1e6
+}
