@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 )
 
 // dialFunc opens a connection to an address inside the mesh.
@@ -27,9 +29,9 @@ func (d *Device) dialer() dialFunc {
 		tnet := d.tnet
 		return func(ctx context.Context, proto string, target netip.AddrPort) (net.Conn, error) {
 			if proto == "udp" {
-				return tnet.DialUDPAddrPort(netip.AddrPort{}, target)
+				return tnet.DialUDP(target)
 			}
-			return tnet.DialContextTCPAddrPort(ctx, target)
+			return tnet.DialTCP(ctx, target)
 		}
 	}
 	var nd net.Dialer
@@ -120,7 +122,7 @@ func (r *relays) relayTCP(client *net.TCPConn, target netip.AddrPort, dial dialF
 
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn) {
-		io.Copy(dst, src)
+		relayCopy(dst, src)
 		// Pass the half-close on, so request/response protocols finish.
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
@@ -133,6 +135,31 @@ func (r *relays) relayTCP(client *net.TCPConn, target netip.AddrPort, dial dialF
 	go pipe(client, upstream)
 	<-done
 	<-done
+}
+
+// relayBufferSize is the copy buffer of a TCP relay with a netstack end.
+// gonet conns have neither ReadFrom nor WriteTo, so io.Copy would move
+// 32 KiB per call (net.TCPConn's generic fallback): every call is a trip
+// through gVisor's endpoint locks and wake-ups and a host syscall. 256 KiB
+// lets one gonet read take what the stack holds and one write hand gVisor
+// a window's worth, which its GSO then sends as 64 KiB segments.
+const relayBufferSize = 256 << 10
+
+var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
+
+// relayCopy copies src to dst until EOF or an error. Between two kernel
+// sockets (tun mode) io.Copy lets the kernel splice; with a netstack conn
+// on either side it copies through a large pooled buffer.
+func relayCopy(dst, src net.Conn) (int64, error) {
+	_, gdst := dst.(*gonet.TCPConn)
+	_, gsrc := src.(*gonet.TCPConn)
+	if !gdst && !gsrc || !netstackOpts.largeRelayBuffer {
+		return io.Copy(dst, src)
+	}
+	bp := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(bp)
+	// The wrappers hide ReadFrom/WriteTo, which would bypass the buffer.
+	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 }
 
 // udpSession is one client's flow through a UDP forward.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -24,13 +25,18 @@ import (
 // Each setup runs iperf3 TCP for 10 s a -> b (upload: the netstack side
 // sends, GSO) and then with -R (download: the netstack side receives, GRO).
 // It prints netstack-forward TCP / TUN TCP for both directions.
+//
+// With TUNNEL_BENCH_NETSTACK_ABLATION=1 it also measures the netstack setup
+// with each part of its data path turned off in turn (see netstackOptions),
+// which is how tunnel/BENCHMARKS.md attributes the gain.
 func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 	requireRoot(b)
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("iperf3 not installed")
 	}
 	const fwdPort = 15201
-	measure := func(modeA string) (up, down float64) {
+	measure := func(modeA, off string) (up, down float64) {
+		b.Setenv(netstackOffEnv, off)
 		tp := newTopo(b)
 		ca, cb := tp.pairConfigs(b, modeA, ModeTUN)
 		ca.MemoryLimitMiB, cb.MemoryLimitMiB = 64, 64
@@ -50,17 +56,53 @@ func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 		return up, down
 	}
 	for i := 0; i < b.N; i++ {
-		tunUp, tunDown := measure(ModeTUN)
-		nsUp, nsDown := measure(ModeNetstack)
-		fmt.Printf("\n%-18s %14s %14s\n", "setup", "a->b Mbit/s", "b->a Mbit/s")
-		fmt.Printf("%-18s %14.0f %14.0f\n", "tun", tunUp, tunDown)
-		fmt.Printf("%-18s %14.0f %14.0f\n", "netstack-forward", nsUp, nsDown)
+		tunUp, tunDown := measure(ModeTUN, "")
+		nsUp, nsDown := measure(ModeNetstack, "")
+		type row struct {
+			name     string
+			up, down float64
+		}
+		var ablation []row
+		if os.Getenv("TUNNEL_BENCH_NETSTACK_ABLATION") == "1" {
+			for _, off := range []string{"gso", "gro", "batch", "tcp", "relay", "gso,gro,batch,tcp,relay"} {
+				up, down := measure(ModeNetstack, off)
+				ablation = append(ablation, row{"  without " + off, up, down})
+			}
+		}
+		fmt.Printf("\n%-34s %14s %14s\n", "setup", "a->b Mbit/s", "b->a Mbit/s")
+		fmt.Printf("%-34s %14.0f %14.0f\n", "tun", tunUp, tunDown)
+		fmt.Printf("%-34s %14.0f %14.0f\n", "netstack-forward", nsUp, nsDown)
+		for _, r := range ablation {
+			fmt.Printf("%-34s %14.0f %14.0f\n", r.name, r.up, r.down)
+		}
 		fmt.Printf("netstack-forward TCP / TUN TCP: %.2f a->b (netstack sends), %.2f b->a (netstack receives)\n\n",
 			nsUp/tunUp, nsDown/tunDown)
 		b.ReportMetric(nsUp/tunUp, "netstack/tun-ratio")
 		b.ReportMetric(nsDown/tunDown, "netstack/tun-ratio-reverse")
 		b.ReportMetric(nsUp, "netstack-Mbit/s")
 		b.ReportMetric(tunUp, "tun-Mbit/s")
+	}
+}
+
+// netstackOffEnv names the parts of the netstack data path a device
+// process turns off: a comma-separated subset of gso, gro, batch, tcp, relay.
+const netstackOffEnv = "TUNNEL_TEST_NETSTACK_OFF"
+
+// In a re-executed device process, apply netstackOffEnv.
+func init() {
+	for _, part := range strings.Split(os.Getenv(netstackOffEnv), ",") {
+		switch part {
+		case "gso":
+			netstackOpts.gso = false
+		case "gro":
+			netstackOpts.gro = false
+		case "batch":
+			netstackOpts.batch = false
+		case "tcp":
+			netstackOpts.tcpTuning = false
+		case "relay":
+			netstackOpts.largeRelayBuffer = false
+		}
 	}
 }
 
