@@ -50,9 +50,10 @@ const (
 	netstackBatch = 128
 
 	// netstackQueue bounds the GSO segments gVisor may queue towards
-	// wireguard-go (each up to 64 KiB: 4 MiB at most). A full queue blocks
-	// gVisor's sender, which is TCP's backpressure.
-	netstackQueue = 64
+	// wireguard-go (each up to 64 KiB: 1 MiB at most). A full queue blocks
+	// gVisor's sender, which is TCP's backpressure. 64 measured no faster
+	// (within the shared machine's noise) and holds 4 MiB.
+	netstackQueue = 16
 
 	// netstackGSOMax is the largest segment gVisor may hand the endpoint:
 	// the IPv4 total length field's limit.
@@ -60,9 +61,14 @@ const (
 
 	// TCP buffer ranges (gVisor's tcp_rmem/tcp_wmem): gVisor grows a
 	// connection's buffers from the default up to the max as the flow
-	// needs (receive buffer moderation). 4 MiB holds a window of 1 Gbit/s
-	// at 32 ms RTT or 100 Mbit/s at 320 ms; gVisor's own maxima (1 MiB
-	// receive) cap a flow at ~80 Mbit/s over 100 ms.
+	// needs (receive buffer moderation, send buffer from the congestion
+	// window). 4 MiB holds a window of 1 Gbit/s at 32 ms RTT or 100 Mbit/s
+	// at 320 ms; gVisor's own receive maximum (1 MiB) caps a flow at
+	// ~80 Mbit/s over 100 ms. Not more: the backpressure above means
+	// gVisor's TCP sees no loss on a local bottleneck, so a bulk sender's
+	// buffer does reach the max, and it is heap. Measured with the daemon's
+	// 64 MiB Go memory limit: 4 MiB left the device at ~55 MiB of heap;
+	// 16 MiB drove it to the limit and the GC cut throughput to ~50 Mbit/s.
 	netstackTCPBufDefault = 1 << 20
 	netstackTCPBufMax     = 4 << 20
 )
@@ -76,9 +82,10 @@ type netstackOptions struct {
 	batch            bool // Read drains up to a batch; off: one packet per Read, as upstream
 	tcpTuning        bool // SACK, no RACK, 4 MiB buffer ranges
 	largeRelayBuffer bool // 256 KiB forward copy buffers
+	tcpBufMax        int  // upper end of the TCP buffer ranges
 }
 
-var netstackOpts = netstackOptions{gso: true, gro: true, batch: true, tcpTuning: true, largeRelayBuffer: true}
+var netstackOpts = netstackOptions{gso: true, gro: true, batch: true, tcpTuning: true, largeRelayBuffer: true, tcpBufMax: netstackTCPBufMax}
 
 // Netstack is the userspace stack of a netstack-mode device: it dials and
 // listens inside the mesh on the device's overlay address.
@@ -176,8 +183,8 @@ func tuneTCP(s *stack.Stack, all bool) error {
 	}
 	recovery := tcpip.TCPRecovery(0)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: netstackTCPBufDefault, Max: netstackTCPBufMax}
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: netstackTCPBufDefault, Max: netstackTCPBufMax}
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: netstackTCPBufDefault, Max: netstackOpts.tcpBufMax}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: netstackTCPBufDefault, Max: netstackOpts.tcpBufMax}
 	for _, o := range []struct {
 		name string
 		opt  tcpip.SettableTransportProtocolOption
@@ -317,7 +324,6 @@ type netstackTUN struct {
 
 	// Read-side state: wireguard-go calls Read from one goroutine.
 	pending *stack.PacketBuffer // did not fit the last batch
-	flat    []byte              // one outbound packet, headers and payload
 
 	gros sync.Pool // *gro.GRO; Write is called by one goroutine per peer
 
@@ -390,18 +396,11 @@ func (t *netstackTUN) unpack(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int
 		sizes[0] = size
 		return 1, nil
 	}
-	if cap(t.flat) < pkt.Size() {
-		t.flat = make([]byte, 0, max(pkt.Size(), netstackGSOMax))
-	}
-	flat := t.flat[:0]
-	for _, s := range pkt.AsSlices() {
-		flat = append(flat, s...)
-	}
 	mss := int(gso.MSS)
 	if gso.Type == stack.GSONone || mss == 0 {
-		mss = len(flat) // one packet; only its checksum is missing
+		mss = pkt.Size() // one packet; only its checksum is missing
 	}
-	n, err := segmentTCP(flat, mss, bufs, sizes, offset)
+	n, err := segmentTCP(pkt.AsSlices(), mss, bufs, sizes, offset)
 	if n > 1 {
 		t.segmented.Add(1)
 	}

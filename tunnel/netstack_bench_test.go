@@ -35,11 +35,13 @@ func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 		b.Skip("iperf3 not installed")
 	}
 	const fwdPort = 15201
-	measure := func(modeA, off string) (up, down float64) {
+	measure := func(modeA, off string) (up, down, cpuUp float64) {
 		b.Setenv(netstackOffEnv, off)
 		tp := newTopo(b)
 		ca, cb := tp.pairConfigs(b, modeA, ModeTUN)
-		ca.MemoryLimitMiB, cb.MemoryLimitMiB = 64, 64
+		if !strings.Contains(off, "memlimit") {
+			ca.MemoryLimitMiB, cb.MemoryLimitMiB = 64, 64
+		}
 		target := "10.0.0.2"
 		port := 5201
 		if modeA == ModeNetstack {
@@ -51,29 +53,32 @@ func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 		nb := startNode(b, tp.b, cb)
 		defer na.stop()
 		defer nb.stop()
+		before := cpuSeconds(b, na.pid())
 		up = iperfVia(b, tp, target, port, 10, false)
+		cpuUp = cpuSeconds(b, na.pid()) - before
 		down = iperfVia(b, tp, target, port, 10, true)
-		return up, down
+		return up, down, cpuUp
 	}
 	for i := 0; i < b.N; i++ {
-		tunUp, tunDown := measure(ModeTUN, "")
-		nsUp, nsDown := measure(ModeNetstack, "")
+		tunUp, tunDown, tunCPU := measure(ModeTUN, "")
+		nsUp, nsDown, nsCPU := measure(ModeNetstack, "")
 		type row struct {
-			name     string
-			up, down float64
+			name          string
+			up, down, cpu float64
 		}
 		var ablation []row
 		if os.Getenv("TUNNEL_BENCH_NETSTACK_ABLATION") == "1" {
-			for _, off := range []string{"gso", "gro", "batch", "tcp", "relay", "gso,gro,batch,tcp,relay"} {
-				up, down := measure(ModeNetstack, off)
-				ablation = append(ablation, row{"  without " + off, up, down})
+			for _, off := range ablationParts() {
+				up, down, cpu := measure(ModeNetstack, off)
+				ablation = append(ablation, row{"  without " + off, up, down, cpu})
 			}
 		}
-		fmt.Printf("\n%-34s %14s %14s\n", "setup", "a->b Mbit/s", "b->a Mbit/s")
-		fmt.Printf("%-34s %14.0f %14.0f\n", "tun", tunUp, tunDown)
-		fmt.Printf("%-34s %14.0f %14.0f\n", "netstack-forward", nsUp, nsDown)
+		fmt.Printf("\nCPU: seconds used by device process a during the 10 s a->b run.\n")
+		fmt.Printf("%-34s %14s %14s %8s\n", "setup", "a->b Mbit/s", "b->a Mbit/s", "CPU s")
+		fmt.Printf("%-34s %14.0f %14.0f %8.2f\n", "tun", tunUp, tunDown, tunCPU)
+		fmt.Printf("%-34s %14.0f %14.0f %8.2f\n", "netstack-forward", nsUp, nsDown, nsCPU)
 		for _, r := range ablation {
-			fmt.Printf("%-34s %14.0f %14.0f\n", r.name, r.up, r.down)
+			fmt.Printf("%-34s %14.0f %14.0f %8.2f\n", r.name, r.up, r.down, r.cpu)
 		}
 		fmt.Printf("netstack-forward TCP / TUN TCP: %.2f a->b (netstack sends), %.2f b->a (netstack receives)\n\n",
 			nsUp/tunUp, nsDown/tunDown)
@@ -82,6 +87,27 @@ func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 		b.ReportMetric(nsUp, "netstack-Mbit/s")
 		b.ReportMetric(tunUp, "tun-Mbit/s")
 	}
+}
+
+func ablationParts() []string {
+	if p := os.Getenv("TUNNEL_BENCH_NETSTACK_PARTS"); p != "" {
+		return strings.Split(p, " ")
+	}
+	return []string{"gso", "gro", "batch", "tcp", "relay", "gso,gro,batch,tcp,relay"}
+}
+
+// cpuSeconds returns the user+system CPU time process pid has used.
+func cpuSeconds(b testing.TB, pid int) float64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces) in parentheses.
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100 // USER_HZ
 }
 
 // netstackOffEnv names the parts of the netstack data path a device
@@ -102,6 +128,11 @@ func init() {
 			netstackOpts.tcpTuning = false
 		case "relay":
 			netstackOpts.largeRelayBuffer = false
+		default:
+			// bufN: TCP buffer ranges up to N MiB instead of the default.
+			if mib, err := strconv.Atoi(strings.TrimPrefix(part, "buf")); err == nil && strings.HasPrefix(part, "buf") {
+				netstackOpts.tcpBufMax = mib << 20
+			}
 		}
 	}
 }

@@ -44,6 +44,17 @@ func gsoPacket(t *testing.T, v6 bool, flags header.TCPFlags, seq uint32, payload
 	return pkt
 }
 
+// split cuts pkt into slices of at most n bytes (headers and payload split
+// across slices, as a gVisor packet buffer holds them).
+func split(pkt []byte, n int) [][]byte {
+	var out [][]byte
+	for len(pkt) > n {
+		out = append(out, pkt[:n])
+		pkt = pkt[n:]
+	}
+	return append(out, pkt)
+}
+
 func batchBuffers(n, size int) ([][]byte, []int) {
 	bufs := make([][]byte, n)
 	for i := range bufs {
@@ -113,7 +124,7 @@ func TestSegmentTCPReassemblesWithValidChecksums(t *testing.T) {
 			const seq = 0xffffff00 // wraps around inside the segment
 			pkt := gsoPacket(t, v6, flags, seq, payload)
 			bufs, sizes := batchBuffers(128, 65535)
-			n, err := segmentTCP(pkt, mss, bufs, sizes, offset)
+			n, err := segmentTCP(split(pkt, 3), mss, bufs, sizes, offset)
 			if err != nil {
 				t.Fatalf("v6=%v size %d: %v", v6, size, err)
 			}
@@ -159,18 +170,18 @@ func TestSegmentTCPReassemblesWithValidChecksums(t *testing.T) {
 func TestSegmentTCPBatchFullAndMalformed(t *testing.T) {
 	pkt := gsoPacket(t, false, header.TCPFlagAck, 1, make([]byte, 10*1000))
 	bufs, sizes := batchBuffers(9, 2000)
-	if n, err := segmentTCP(pkt, 1000, bufs, sizes, 0); !errors.Is(err, errBatchFull) || n != 0 {
+	if n, err := segmentTCP([][]byte{pkt}, 1000, bufs, sizes, 0); !errors.Is(err, errBatchFull) || n != 0 {
 		t.Fatalf("10 segments into 9 buffers: n=%d err=%v, want errBatchFull", n, err)
 	}
 	bufs, sizes = batchBuffers(10, 500)
-	if _, err := segmentTCP(pkt, 1000, bufs, sizes, 0); err == nil {
+	if _, err := segmentTCP([][]byte{pkt}, 1000, bufs, sizes, 0); err == nil {
 		t.Fatal("segments larger than the buffers: no error")
 	}
 	udp := gsoPacket(t, false, header.TCPFlagAck, 1, nil)
 	udp[9] = uint8(header.UDPProtocolNumber) // the protocol byte
 	bufs, sizes = batchBuffers(4, 2000)
 	for name, p := range map[string][]byte{"udp": udp, "truncated": pkt[:30], "empty": nil, "version 5": {0x50, 0}} {
-		if _, err := segmentTCP(p, 1000, bufs, sizes, 0); err == nil || errors.Is(err, errBatchFull) {
+		if _, err := segmentTCP([][]byte{p}, 1000, bufs, sizes, 0); err == nil || errors.Is(err, errBatchFull) {
 			t.Fatalf("%s: err %v, want a malformed-packet error", name, err)
 		}
 	}
