@@ -10,8 +10,6 @@ import (
 	"net/netip"
 	"sync"
 	"time"
-
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 )
 
 // dialFunc opens a connection to an address inside the mesh.
@@ -122,7 +120,9 @@ func (r *relays) relayTCP(client *net.TCPConn, target netip.AddrPort, dial dialF
 
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn) {
-		relayCopy(dst, src)
+		// Plain io.Copy, also with a netstack end (32 KiB per call): a
+		// 256 KiB buffer measured at half the throughput (tunnel/BENCHMARKS.md).
+		io.Copy(dst, src)
 		// Pass the half-close on, so request/response protocols finish.
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
@@ -135,31 +135,6 @@ func (r *relays) relayTCP(client *net.TCPConn, target netip.AddrPort, dial dialF
 	go pipe(client, upstream)
 	<-done
 	<-done
-}
-
-// relayBufferSize is the copy buffer of a TCP relay with a netstack end.
-// gonet conns have neither ReadFrom nor WriteTo, so io.Copy would move
-// 32 KiB per call (net.TCPConn's generic fallback): every call is a trip
-// through gVisor's endpoint locks and wake-ups and a host syscall. 256 KiB
-// lets one gonet read take what the stack holds and one write hand gVisor
-// a window's worth, which its GSO then sends as 64 KiB segments.
-const relayBufferSize = 256 << 10
-
-var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
-
-// relayCopy copies src to dst until EOF or an error. Between two kernel
-// sockets (tun mode) io.Copy lets the kernel splice; with a netstack conn
-// on either side it copies through a large pooled buffer.
-func relayCopy(dst, src net.Conn) (int64, error) {
-	_, gdst := dst.(*gonet.TCPConn)
-	_, gsrc := src.(*gonet.TCPConn)
-	if !gdst && !gsrc || !netstackOpts.largeRelayBuffer {
-		return io.Copy(dst, src)
-	}
-	bp := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(bp)
-	// The wrappers hide ReadFrom/WriteTo, which would bypass the buffer.
-	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 }
 
 // udpSession is one client's flow through a UDP forward.

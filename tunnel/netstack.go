@@ -77,15 +77,14 @@ const (
 // All are on in the daemon; BenchmarkNetstackForwardVsTUN turns them off
 // one at a time (TUNNEL_TEST_NETSTACK_OFF) to measure what each buys.
 type netstackOptions struct {
-	gso              bool // announce host GSO, split segments in Read
-	gro              bool // coalesce inbound TCP in Write
-	batch            bool // Read drains up to a batch; off: one packet per Read, as upstream
-	tcpTuning        bool // SACK, no RACK, 4 MiB buffer ranges
-	largeRelayBuffer bool // 256 KiB forward copy buffers
-	tcpBufMax        int  // upper end of the TCP buffer ranges
+	gso       bool // announce host GSO, split segments in Read
+	gro       bool // coalesce inbound TCP in Write
+	batch     bool // Read drains up to a batch; off: one packet per Read, as upstream
+	tcpTuning bool // SACK, no RACK, 4 MiB buffer ranges
+	tcpBufMax int  // upper end of the TCP buffer ranges
 }
 
-var netstackOpts = netstackOptions{gso: true, gro: true, batch: true, tcpTuning: true, largeRelayBuffer: true, tcpBufMax: netstackTCPBufMax}
+var netstackOpts = netstackOptions{gso: true, gro: true, batch: true, tcpTuning: true, tcpBufMax: netstackTCPBufMax}
 
 // Netstack is the userspace stack of a netstack-mode device: it dials and
 // listens inside the mesh on the device's overlay address.

@@ -93,7 +93,7 @@ func ablationParts() []string {
 	if p := os.Getenv("TUNNEL_BENCH_NETSTACK_PARTS"); p != "" {
 		return strings.Split(p, " ")
 	}
-	return []string{"gso", "gro", "batch", "tcp", "relay", "gso,gro,batch,tcp,relay"}
+	return []string{"gso", "gro", "batch", "tcp", "gso,gro,batch,tcp"}
 }
 
 // cpuSeconds returns the user+system CPU time process pid has used.
@@ -111,7 +111,9 @@ func cpuSeconds(b testing.TB, pid int) float64 {
 }
 
 // netstackOffEnv names the parts of the netstack data path a device
-// process turns off: a comma-separated subset of gso, gro, batch, tcp, relay.
+// process turns off: a comma-separated subset of gso, gro, batch, tcp;
+// bufN sets the TCP buffer maximum to N MiB, memlimit drops the 64 MiB Go
+// memory limit (that one is applied by the benchmark).
 const netstackOffEnv = "TUNNEL_TEST_NETSTACK_OFF"
 
 // In a re-executed device process, apply netstackOffEnv.
@@ -126,8 +128,6 @@ func init() {
 			netstackOpts.batch = false
 		case "tcp":
 			netstackOpts.tcpTuning = false
-		case "relay":
-			netstackOpts.largeRelayBuffer = false
 		default:
 			// bufN: TCP buffer ranges up to N MiB instead of the default.
 			if mib, err := strconv.Atoi(strings.TrimPrefix(part, "buf")); err == nil && strings.HasPrefix(part, "buf") {
