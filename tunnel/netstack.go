@@ -21,7 +21,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -51,8 +50,7 @@ const (
 
 	// netstackQueue bounds the GSO segments gVisor may queue towards
 	// wireguard-go (each up to 64 KiB: 1 MiB at most). A full queue blocks
-	// gVisor's sender, which is TCP's backpressure. 64 measured no faster
-	// (within the shared machine's noise) and holds 4 MiB.
+	// gVisor's sender, which is TCP's backpressure.
 	netstackQueue = 16
 
 	// netstackGSOMax is the largest segment gVisor may hand the endpoint:
@@ -454,9 +452,3 @@ func (t *netstackTUN) Close() error {
 	})
 	return nil
 }
-
-// netConn is the relay-facing type of both netstack conns.
-var (
-	_ net.Conn = (*gonet.TCPConn)(nil)
-	_ net.Conn = (*gonet.UDPConn)(nil)
-)
