@@ -17,7 +17,6 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
-	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/warren-appliance/warren/configs"
 )
@@ -77,8 +76,8 @@ type Device struct {
 	pub  Key
 
 	wg    *device.Device
-	tnet  *netstack.Net // netstack mode only
-	link  *kernelLink   // tun mode only
+	tnet  *Netstack   // netstack mode only
+	link  *kernelLink // tun mode only
 	uapi  net.Listener
 	relay *relays
 	mux   *muxBind // the bind: shares the WireGuard socket with path probes
@@ -254,7 +253,7 @@ func (d *Device) createTUN() (tun.Device, error) {
 	}
 	d.mode = mode
 	if mode == ModeNetstack {
-		dev, tnet, err := netstack.CreateNetTUN([]netip.Addr{d.cfg.Address.Addr()}, nil, d.cfg.MTU)
+		dev, tnet, err := newNetstack([]netip.Addr{d.cfg.Address.Addr()}, d.cfg.MTU)
 		if err != nil {
 			return nil, fmt.Errorf("create netstack for %s: %w", d.cfg.Interface, err)
 		}
@@ -348,7 +347,7 @@ func (d *Device) Interface() string { return d.cfg.Interface }
 
 // Netstack returns the userspace network stack in netstack mode (to dial or
 // listen inside the mesh), nil in tun mode.
-func (d *Device) Netstack() *netstack.Net { return d.tnet }
+func (d *Device) Netstack() *Netstack { return d.tnet }
 
 // SetPeers converges the device's peers (and, in tun mode, the routes
 // towards them) to peers, touching only what differs. A peer the device
