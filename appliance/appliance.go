@@ -152,6 +152,7 @@ func openTunnel(cfg *configs.Loaded, addr netip.Prefix, log *slog.Logger) (*tunn
 		Mode:       cfg.WireGuard.Mode,
 		ListenPort: cfg.WireGuard.ListenPort,
 		MTU:        cfg.WireGuard.MTU,
+		UDPGSO:     cfg.WireGuard.UDPGSO,
 		PrivateKey: key,
 		Address:    addr,
 		Forwards:   fwds,

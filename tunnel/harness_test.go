@@ -169,6 +169,8 @@ type helperConfig struct {
 	// process, as GOMEMLIMIT in the daemon's environment would.
 	MemoryLimitMiB int64
 	Debug          bool
+	UDPGSO         string // Config.UDPGSO
+	KernelRelease  string // Config.KernelRelease
 }
 
 type helperRequest struct {
@@ -217,7 +219,7 @@ func helperMain(raw string) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg := Config{Interface: hc.Interface, Mode: hc.Mode, ListenPort: hc.Port, Address: hc.Address,
-		PrivateKey: hc.Private, Forwards: hc.Forwards, Logger: log}
+		PrivateKey: hc.Private, Forwards: hc.Forwards, Logger: log, UDPGSO: hc.UDPGSO, KernelRelease: hc.KernelRelease}
 	if hc.Unbounded {
 		cfg.QueuedPackets = -1
 	}
