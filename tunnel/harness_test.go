@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -171,6 +172,8 @@ type helperConfig struct {
 	Debug          bool
 	UDPGSO         string // Config.UDPGSO
 	KernelRelease  string // Config.KernelRelease
+	QueuedPackets  int    // Config.QueuedPackets (0: its default)
+	CPUProfile     string // write a CPU profile of the process here until it closes
 }
 
 type helperRequest struct {
@@ -226,8 +229,18 @@ func helperMain(raw string) int {
 	if n, err := strconv.Atoi(os.Getenv("TUNNEL_TEST_QUEUED_PACKETS")); err == nil && !hc.Unbounded {
 		cfg.QueuedPackets = n
 	}
+	if hc.QueuedPackets != 0 {
+		cfg.QueuedPackets = hc.QueuedPackets
+	}
 	if hc.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(hc.MemoryLimitMiB << 20)
+	}
+	if hc.CPUProfile != "" {
+		if f, err := os.Create(hc.CPUProfile); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			}
+		}
 	}
 	dev, err := Open(cfg)
 	if err != nil {
