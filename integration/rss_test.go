@@ -101,7 +101,7 @@ func TestDaemonMemoryCeilingUnderLoad(t *testing.T) {
 				t.Errorf("%s: no memory plan for a 512 MiB board in its log", n.Name)
 			}
 		}
-		t.Logf("%s (ceiling %d MiB, iperf3 %.0f Mbit/s): %s", n.Name, ceiling, mbps[n.Name], f)
+		t.Logf("%s (ceiling %d MiB, its iperf3 client %.0f Mbit/s): %s", n.Name, ceiling, mbps[n.Name], f)
 		if f.hwm > ceiling*1024 {
 			t.Errorf("%s: warren-appliance peaked at %.1f MiB, over its %d MiB ceiling", n.Name, float64(f.hwm)/1024, ceiling)
 		}
@@ -186,7 +186,15 @@ func memoryCeilingRun(ctx context.Context, c *lab.Cluster, seconds int) (map[str
 			args = append(args, "-R")
 		}
 		wg.Go(func() {
-			out, err := w.Exec(ctx, "iperf3", args...)
+			var out string
+			var err error
+			// The server may still be closing the readiness run.
+			for try := 0; try < 10; try++ {
+				if out, err = w.Exec(ctx, "iperf3", args...); err == nil || !strings.Contains(out, "server is busy") {
+					break
+				}
+				time.Sleep(time.Second)
+			}
 			if err != nil {
 				errs[i] = fmt.Errorf("%s: iperf3: %w\n%s", w.Name, err, out)
 				return

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync/atomic"
@@ -96,18 +97,25 @@ func (b *muxBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	sp := gsoBufsPool.Get().(*[][]byte)
 	defer gsoBufsPool.Put(sp)
 	small := len(bufs) < gsoMinBatch
+	var gsoOff error
 	for len(bufs) > 0 {
 		// wireguard-go's sender has conn.IdealBatchSize messages per call.
 		out, n := planGSO((*sp)[:0], bufs, p, small, conn.IdealBatchSize)
 		err := b.Bind.Send(out, ep)
 		clear(out)
 		*sp = out[:0]
+		// StdNetBind reports turning GSO off after a send error as an
+		// error even when its retry went out: the rest still has to.
+		var off conn.ErrUDPGSODisabled
+		if errors.As(err, &off) && off.RetryErr == nil {
+			gsoOff, err = err, nil
+		}
 		if err != nil {
 			return err
 		}
 		bufs = bufs[n:]
 	}
-	return nil
+	return gsoOff
 }
 
 func (b *muxBind) deliver(p []byte, ep conn.Endpoint) {
