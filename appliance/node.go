@@ -250,6 +250,8 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log),
 		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
 	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
+	n.regCreds = newRegistryCreds(mem, log.With("component", "registries"))
+	n.blobPeers = &blobPeers{ident: mem.TLSIdentity}
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
@@ -313,6 +315,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			log.Warn("task logs cannot be read from managers", "err", err)
 		}
 	}()
+	go func() {
+		if err := serveBlobs(ctx, self.OverlayIP, mem.TLSIdentity, guardBlobFetches(n.orch.BlobHandler(), n.lastMap), log); err != nil {
+			log.Warn("image blobs cannot be shared with other nodes", "err", err)
+		}
+	}()
 	notifyReady(log)
 	err = mem.Watch(ctx, n.apply)
 	if ctx.Err() != nil {
@@ -352,7 +359,9 @@ type node struct {
 	relayCli *relay.Client
 
 	// secrets gives tasks their secrets and configs (secrets.go).
-	secrets *taskSecrets
+	secrets   *taskSecrets
+	regCreds  *registryCreds
+	blobPeers *blobPeers
 	// applyMu serialises apply: the map watch and the retry of values
 	// that could not be fetched both call it.
 	applyMu    sync.Mutex
@@ -498,8 +507,13 @@ func (n *node) apply(m *clustermap.Map) {
 	n.syncPolicies(m)
 	ctx, cancel := context.WithTimeout(context.Background(), valuesTimeout)
 	specs, retry := n.secrets.prepare(ctx, m, taskSpecs(m, n.self.ID))
+	regs, credsOK := n.regCreds.configs(ctx, m, specs)
 	cancel()
-	if retry {
+	n.orch.SetRegistries(regs)
+	if n.cfg.Cluster.ShareImages {
+		n.orch.SetSharing(sharingFor(m, n.self.ID, n.blobPeers.client))
+	}
+	if retry || !credsOK {
 		n.retryApplyLocked()
 	}
 	n.orch.Apply(specs)
@@ -682,7 +696,8 @@ func (n *node) status() cluster.NodeStatus {
 		for _, t := range n.orch.Status() {
 			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, SpecVersion: t.SpecVersion,
 				Revision: t.Revision, Health: reportHealth(t.Health),
-				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled}})
+				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled,
+					PullDone: t.PullDone, PullTotal: t.PullTotal}})
 		}
 		// Tasks waiting for their secrets' values are not in the
 		// reconciler's hands yet: say why they wait.

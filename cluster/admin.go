@@ -17,6 +17,8 @@ import (
 // on the root-only local unix socket: it has no authentication of its own.
 //
 //	GET    /v1/cluster                      cluster info
+//	GET    /v1/cluster/ca                   api.CAStatus
+//	POST   /v1/cluster/ca/rotate            api.CARotateRequest: start (or --finish) a CA rotation
 //	GET    /v1/join-tokens/{role}           current token (worker|manager)
 //	POST   /v1/join-tokens/{role}/rotate    new secret; the old token stops working
 //	GET    /v1/nodes                        list
@@ -47,6 +49,12 @@ import (
 //	DELETE /v1/secrets/{name}               remove, refused while a service uses it
 //	POST   /v1/services/{name}/refs         api.ServiceRefsUpdate (--secret-add/-rm, --config-add/-rm)
 //	GET    /v1/backup/data-key              the data key a backup's secrets need
+//	GET    /v1/registries                   added registries (never a password)
+//	POST   /v1/registries                   add or change (api.RegistrySpec)
+//	GET    /v1/registries/{host}            inspect
+//	POST   /v1/registries/{host}/login      api.RegistryLogin, checked against the registry
+//	POST   /v1/registries/{host}/logout     forget the credentials
+//	DELETE /v1/registries/{host}            remove
 //
 // Reads are answered from this manager's copy of the state (on a follower
 // it lags the leader by the replication delay, normally milliseconds);
@@ -104,6 +112,22 @@ func (m *Manager) adminMux() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: tok, Manager: m.joinAddress()})
+	})
+	mux.HandleFunc("GET "+api.PathCA, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.CAStatus())
+	})
+	mux.HandleFunc("POST "+api.PathCA+api.ActionRotate, func(w http.ResponseWriter, r *http.Request) {
+		var req api.CARotateRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		st, err := m.RotateCA(req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("GET "+api.PathNodes, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Nodes())
@@ -299,6 +323,7 @@ func (m *Manager) adminMux() http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	m.objectRoutes(mux)
+	m.registryRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "no admin API call %s %s (is the CLI newer than the daemon?)", r.Method, r.URL.Path))
 	})

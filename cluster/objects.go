@@ -85,7 +85,7 @@ func (m *Manager) dataKeyLocked(s *state) (secretbox.Key, error) {
 	if m.dataKey != nil {
 		return m.dataKey, nil
 	}
-	if len(s.secrets) > 0 || len(s.configs) > 0 {
+	if len(s.secrets) > 0 || len(s.configs) > 0 || slices.ContainsFunc(slices.Collect(maps.Values(s.registries)), func(r registryRecord) bool { return r.Sealed != nil }) {
 		return nil, errorf(http.StatusServiceUnavailable, "this manager has no data key (%s) yet: it asks the other managers for it every few seconds, retry; if none has it, restore it from a backup's FILE.key (same path, mode 0600)",
 			m.dataKeyPath())
 	}
@@ -533,7 +533,22 @@ func (m *Manager) Values(nodeID string, refs []api.ValueRef) ([]api.Value, error
 		}
 	}
 	out := []api.Value{}
+	var regs map[string]bool
 	for _, ref := range refs {
+		if ref.Kind == api.KindRegistry {
+			if regs == nil {
+				regs = s.registriesOfNode(nodeID)
+			}
+			if !regs[ref.Name] {
+				return nil, errorf(http.StatusForbidden, "registry %q: no task assigned to this node pulls from it", ref.Name)
+			}
+			v, err := m.registryValueLocked(ref.Name)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+			continue
+		}
 		if err := checkKind(ref.Kind); err != nil {
 			return nil, err
 		}
@@ -648,6 +663,14 @@ func keyOpensState(k secretbox.Key, s *state) bool {
 		for n, r := range objs {
 			if !found || r.Size < rec.Size {
 				kind, name, rec, found = kd, n, r, true
+			}
+		}
+	}
+	if !found {
+		for h, r := range s.registries {
+			if r.Sealed != nil {
+				kind, name, rec, found = api.KindRegistry, h, objectRecord{Version: r.AuthVersion, Sealed: r.Sealed}, true
+				break
 			}
 		}
 	}

@@ -18,16 +18,17 @@ import (
 
 // Store buckets and keys.
 const (
-	bucketMeta     = "meta"
-	bucketNodes    = "nodes"
-	bucketRemoved  = "removed"
-	bucketServices = "services"
-	bucketTasks    = "tasks"
-	bucketPolicies = "policies"
-	bucketSecrets  = "secrets"
-	bucketConfigs  = "configs"
-	keyCluster     = "cluster"
-	keyTasks       = "all"
+	bucketMeta       = "meta"
+	bucketNodes      = "nodes"
+	bucketRemoved    = "removed"
+	bucketServices   = "services"
+	bucketTasks      = "tasks"
+	bucketPolicies   = "policies"
+	bucketSecrets    = "secrets"
+	bucketConfigs    = "configs"
+	bucketRegistries = "registries"
+	keyCluster       = "cluster"
+	keyTasks         = "all"
 )
 
 // meta is the cluster's identity and secrets, created once by cluster init.
@@ -47,6 +48,11 @@ type meta struct {
 	ManagerSecret      string       `json:"manager_secret"`
 	SelfID             string       `json:"self_id"` // the manager that created the cluster
 	Version            uint64       `json:"version"`
+	// CAGeneration counts CA rotations (0: the CA made by cluster init).
+	CAGeneration int `json:"ca_generation,omitempty"`
+	// CARotation is the CA rotation in progress (carotate.go), nil if none:
+	// CACert/CAKey above are then already the new CA.
+	CARotation *caRotation `json:"ca_rotation,omitempty"`
 }
 
 // nodeRecord is a member plus what only the manager needs to know.
@@ -68,6 +74,9 @@ type nodeRecord struct {
 	// Demoted: the operator made this manager a non-voter (`warren node
 	// demote`); it may not promote itself back (only `node promote` does).
 	Demoted bool `json:"demoted,omitempty"`
+	// CAHash is the fingerprint of the CA that signed CertSerial ("" in
+	// records from before CA rotation: the cluster's first CA).
+	CAHash string `json:"ca_hash,omitempty"`
 }
 
 // acceptsSerial reports whether serial is one of the node's live
@@ -114,18 +123,21 @@ type state struct {
 	// Secrets and configs by name; their values sealed (objects.go).
 	secrets map[string]objectRecord
 	configs map[string]objectRecord
+	// registries by host; credentials sealed (registries.go).
+	registries map[string]registryRecord
 }
 
 func (s *state) clone() *state {
 	return &state{
-		meta:     s.meta,
-		nodes:    maps.Clone(s.nodes),
-		removed:  maps.Clone(s.removed),
-		services: maps.Clone(s.services),
-		tasks:    slices.Clone(s.tasks),
-		policies: maps.Clone(s.policies),
-		secrets:  maps.Clone(s.secrets),
-		configs:  maps.Clone(s.configs),
+		meta:       s.meta,
+		nodes:      maps.Clone(s.nodes),
+		removed:    maps.Clone(s.removed),
+		services:   maps.Clone(s.services),
+		tasks:      slices.Clone(s.tasks),
+		policies:   maps.Clone(s.policies),
+		secrets:    maps.Clone(s.secrets),
+		configs:    maps.Clone(s.configs),
+		registries: maps.Clone(s.registries),
 	}
 }
 
@@ -136,7 +148,7 @@ type records interface {
 
 func loadState(st records) (*state, error) {
 	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
-		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}}
+		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}, registries: map[string]registryRecord{}}
 	raw, ok := st.Load(bucketMeta)[keyCluster]
 	if !ok {
 		return nil, nil // no cluster yet
@@ -181,6 +193,13 @@ func loadState(st records) (*state, error) {
 			into[k] = r
 		}
 	}
+	for k, v := range st.Load(bucketRegistries) {
+		var r registryRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode registry %s: %w", k, err)
+		}
+		s.registries[k] = r
+	}
 	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
 		if err := json.Unmarshal(v, &s.tasks); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
@@ -192,7 +211,7 @@ func loadState(st records) (*state, error) {
 // snapshot renders the state as store records.
 func (s *state) snapshot() (store.Snapshot, error) {
 	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}, bucketPolicies: {},
-		bucketSecrets: {}, bucketConfigs: {}}
+		bucketSecrets: {}, bucketConfigs: {}, bucketRegistries: {}}
 	put := func(bucket, key string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -231,6 +250,11 @@ func (s *state) snapshot() (store.Snapshot, error) {
 	}
 	for k, v := range s.configs {
 		if err := put(bucketConfigs, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.registries {
+		if err := put(bucketRegistries, k, v); err != nil {
 			return nil, err
 		}
 	}
@@ -286,12 +310,17 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 		policies = append(policies, s.policies[name].Policy)
 	}
 	m := &clustermap.Map{
-		Version:   v,
-		ClusterID: s.meta.ClusterID,
-		Nodes:     s.sortedNodes(),
-		Services:  s.sortedServices(),
-		Tasks:     tasks,
-		Policies:  policies,
+		Version:    v,
+		ClusterID:  s.meta.ClusterID,
+		Nodes:      s.sortedNodes(),
+		Services:   s.sortedServices(),
+		Tasks:      tasks,
+		Policies:   policies,
+		Registries: s.mapRegistries(),
+		// Every node takes the trust bundle from the map (delivered over
+		// the mTLS stream it already trusts): during a CA rotation it
+		// holds the new CA first, then the old one.
+		TrustBundle: s.meta.trustBundle(),
 	}
 	m.SetNetwork(s.meta.network())
 	return m
@@ -354,7 +383,9 @@ func checkChange(c store.Change) error {
 			switch bucket {
 			case bucketMeta:
 				var x meta
-				err = json.Unmarshal(v, &x)
+				if err = json.Unmarshal(v, &x); err == nil {
+					err = x.validateTrust()
+				}
 			case bucketNodes:
 				var x nodeRecord
 				err = json.Unmarshal(v, &x)
@@ -369,6 +400,12 @@ func checkChange(c store.Change) error {
 				err = json.Unmarshal(v, &x)
 			case bucketTasks:
 				var x []clustermap.Task
+				err = json.Unmarshal(v, &x)
+			case bucketSecrets, bucketConfigs:
+				var x objectRecord
+				err = json.Unmarshal(v, &x)
+			case bucketRegistries:
+				var x registryRecord
 				err = json.Unmarshal(v, &x)
 			case replicate.BucketRaft:
 				err = errors.New("the replica's own bucket is not replicated")

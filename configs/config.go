@@ -68,6 +68,11 @@ type Cluster struct {
 	// changes; false reports only with the heartbeat (every 5 s), as
 	// before, which benchmarks use as their baseline.
 	ReportOnChange bool `toml:"report_on_change"`
+	// ShareImages: this node takes image blobs from the nodes that have
+	// them and from the coordinator (one pull per cluster) before the
+	// registry; false pulls every image from the registry itself (the
+	// benchmark's baseline).
+	ShareImages bool `toml:"share_images"`
 	// CertLifetime is how long the node certificates a manager signs are
 	// valid; agents renew them at about two thirds of it.
 	CertLifetime Duration `toml:"cert_lifetime"`
@@ -208,6 +213,7 @@ func Default() Config {
 			NodeDownAfter:  Duration{Duration: 30 * time.Second},
 			CertLifetime:   Duration{Duration: 90 * 24 * time.Hour},
 			ReportOnChange: true,
+			ShareImages:    true,
 		},
 		WireGuard: WireGuard{
 			Interface:  DefaultInterface,

@@ -72,6 +72,9 @@ type TaskStatus struct {
 	Image    string        // image of the spec this status is about, as given in TaskSpec
 	Revision string        // revision of that spec, as given in TaskSpec
 	Health   *health.State // nil when the task has no health check
+	// PullDone and PullTotal: bytes of the task's image pulled so far, of
+	// the blobs known so far, while its pull runs (0 otherwise).
+	PullDone, PullTotal int64
 	// SpecVersion of the spec this status is about (service updates roll
 	// out one task at a time by it).
 	SpecVersion uint64

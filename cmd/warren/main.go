@@ -71,6 +71,7 @@ func newRoot() *cobra.Command {
 	addNetworkCommands(root)
 	addPolicyCommands(root)
 	addObjectCommands(root)
+	addRegistryCommands(root)
 	strictGroups(root)
 	return root
 }
