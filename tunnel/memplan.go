@@ -37,12 +37,14 @@ const smallBoard = 768 << 20
 // less: unknown, planned as a large board). The figures are measured on
 // the daemons of a lab cluster under iperf3 (tunnel/BENCHMARKS.md, "Memory
 // ceiling"): a 512 MB board gets a 44 MiB limit and 32 packets per
-// direction (peak RSS 42-45 MiB; 46 MiB peaked at 48.1 with three peers
-// loaded), any other board 52 MiB and 128 packets (peak 53-59 MiB). The
-// 64 MiB limit and 256 packets used before peaked at 64 MiB. The cost is
-// throughput: the GC runs more often against a live set near the limit.
+// direction (peak RSS 42-47 MiB; 46 MiB peaked at 48.1 with three peers
+// loaded), any other board 50 MiB and 96 packets (peak 50-51 MiB between two
+// nodes, 57 MiB on a manager with three loaded peers; 52 MiB and 128
+// packets reached 62 MiB there). The 64 MiB limit and 256 packets used
+// before peaked at 64 MiB. The cost is throughput when several peers load
+// a small board: the GC runs more often against a live set near the limit.
 func PlanMemory(board int64) MemoryPlan {
-	p := MemoryPlan{Board: max(board, 0), GoLimit: 52 << 20, QueuedPackets: 128}
+	p := MemoryPlan{Board: max(board, 0), GoLimit: 50 << 20, QueuedPackets: 96}
 	if board > 0 && board <= smallBoard {
 		p.GoLimit, p.QueuedPackets = 44<<20, 32
 	}

@@ -19,10 +19,10 @@ func TestPlanMemory(t *testing.T) {
 		{512 << 20, 44 << 20, 32, "512 MB board"},
 		{(512 - 60) << 20, 44 << 20, 32, "512 MB board as the kernel reports it"},
 		{768 << 20, 44 << 20, 32, "cgroup of 768 MiB"},
-		{1 << 30, 52 << 20, 128, "1 GB board"},
-		{8 << 30, 52 << 20, 128, "8 GB board"},
-		{0, 52 << 20, 128, "unknown"},
-		{-1, 52 << 20, 128, "unknown"},
+		{1 << 30, 50 << 20, 96, "1 GB board"},
+		{8 << 30, 50 << 20, 96, "8 GB board"},
+		{0, 50 << 20, 96, "unknown"},
+		{-1, 50 << 20, 96, "unknown"},
 	} {
 		p := PlanMemory(c.board)
 		if p.GoLimit != c.limit || p.QueuedPackets != c.queued {
