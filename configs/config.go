@@ -92,7 +92,10 @@ type WireGuard struct {
 	// reachable from other sites (a port forward on the site's router); it
 	// becomes a path candidate beside the discovered ones. Empty: discover.
 	PublicEndpoint string `toml:"public_endpoint"`
-	Peers          []Peer `toml:"peer"`
+	// UDPGSO is "auto" (work around the Linux 7.0-7.1.4 UDP GSO bug on
+	// those kernels), "on" (plain UDP GSO) or "off" (none).
+	UDPGSO string `toml:"udp_gso"`
+	Peers  []Peer `toml:"peer"`
 }
 
 // Peer is one [[wireguard.peer]]: a static peer such as an operator laptop.
@@ -215,6 +218,7 @@ func Default() Config {
 		WireGuard: WireGuard{
 			Interface:  DefaultInterface,
 			Mode:       "auto",
+			UDPGSO:     "auto",
 			ListenPort: DefaultListenPort,
 			Keepalive:  Duration{Duration: 25 * time.Second},
 			MTU:        DefaultMTU,

@@ -65,6 +65,12 @@ type Config struct {
 	// direction (each takes a 64 KiB buffer): 0 means DefaultQueuedPackets,
 	// negative means unbounded (wireguard-go's own behaviour). See memory.go.
 	QueuedPackets int
+	// UDPGSO is "auto" (default: work around the kernel UDP GSO bug on
+	// affected kernels), "on" (plain GSO) or "off" (no GSO). See gso.go.
+	UDPGSO string
+	// KernelRelease is the uname release udp_gso "auto" judges; empty:
+	// this kernel's. Tests set it to exercise the workaround.
+	KernelRelease string
 	Logger        *slog.Logger
 }
 
@@ -110,10 +116,15 @@ func (c *Config) applyDefaults() error {
 	if c.QueuedPackets == 0 {
 		c.QueuedPackets = DefaultQueuedPackets
 	}
+	if c.UDPGSO == "" {
+		c.UDPGSO = UDPGSOAuto
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	switch {
+	case c.UDPGSO != UDPGSOAuto && c.UDPGSO != UDPGSOOn && c.UDPGSO != UDPGSOOff:
+		return fmt.Errorf("udp_gso %q: want auto, on or off", c.UDPGSO)
 	case len(c.Interface) > 15 || strings.ContainsAny(c.Interface, "/ \t\n"):
 		return fmt.Errorf("interface name %q: at most 15 characters, no slash or space", c.Interface)
 	case c.Mode != ModeTUN && c.Mode != ModeNetstack && c.Mode != ModeAuto:
@@ -172,6 +183,18 @@ func Open(cfg Config) (*Device, error) {
 		return nil, err
 	}
 	d.mux = newMuxBind(conn.NewDefaultBind())
+	release := cfg.KernelRelease
+	if release == "" {
+		release = kernelRelease()
+	}
+	policy, why, err := chooseGSOPolicy(cfg.UDPGSO, release)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel config: %w", err)
+	}
+	d.mux.gso.Store(int32(policy))
+	if why != "" {
+		d.log.Warn(why, "kernel", release, "udp_gso", cfg.UDPGSO)
+	}
 	var bind conn.Bind = d.mux
 	if cfg.QueuedPackets > 0 {
 		bind, tunDev = budgetedBindAndTUN(bind, tunDev, cfg.QueuedPackets)

@@ -11,6 +11,7 @@
 //
 // wireguard-go's buffers are unbounded on Linux; the device bounds the
 // packets it holds per direction (Config.QueuedPackets). For the RSS figures
-// in BENCHMARKS.md the process also needs a Go memory limit: call
-// SetMemoryLimitUnlessSet(64 << 20) from main or set GOMEMLIMIT.
+// in BENCHMARKS.md the process also needs a Go memory limit: main takes both
+// from PlanMemory(BoardMemory()) and calls SetMemoryLimitUnlessSet (GOMEMLIMIT
+// overrides). The bind works around the Linux 7.0-7.1.4 UDP GSO bug (gso.go).
 package tunnel
