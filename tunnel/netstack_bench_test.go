@@ -96,20 +96,6 @@ func ablationParts() []string {
 	return []string{"gso", "gro", "batch", "tcp", "gso,gro,batch,tcp"}
 }
 
-// cpuSeconds returns the user+system CPU time process pid has used.
-func cpuSeconds(b testing.TB, pid int) float64 {
-	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// Fields after the command name (which may hold spaces) in parentheses.
-	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	utime, _ := strconv.ParseFloat(fields[11], 64)
-	stime, _ := strconv.ParseFloat(fields[12], 64)
-	return (utime + stime) / 100 // USER_HZ
-}
-
 // netstackOffEnv names the parts of the netstack data path a device
 // process turns off: a comma-separated subset of gso, gro, batch, tcp;
 // bufN sets the TCP buffer maximum to N MiB, memlimit drops the 64 MiB Go
