@@ -15,7 +15,8 @@ import (
 
 // BenchmarkNetstackForwardVsTUN compares the two modes on the same
 // two-namespace topology, one fresh topology per setup, each device process
-// with the daemon's 64 MiB Go memory limit:
+// with the memory plan the daemon would choose on this machine (PlanMemory:
+// Go memory limit and packet budget):
 //
 //	tun               a and b in TUN mode; iperf3 in a to b's overlay address
 //	netstack-forward  a in netstack mode (no kernel interface), b in TUN mode;
@@ -40,7 +41,12 @@ func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 		tp := newTopo(b)
 		ca, cb := tp.pairConfigs(b, modeA, ModeTUN)
 		if !strings.Contains(off, "memlimit") {
-			ca.MemoryLimitMiB, cb.MemoryLimitMiB = 64, 64
+			board, _ := BoardMemory()
+			plan := PlanMemory(board)
+			for _, c := range []*helperConfig{&ca, &cb} {
+				c.MemoryLimitMiB = plan.GoLimit >> 20
+				c.QueuedPackets = plan.QueuedPackets
+			}
 		}
 		target := "10.0.0.2"
 		port := 5201
@@ -98,7 +104,7 @@ func ablationParts() []string {
 
 // netstackOffEnv names the parts of the netstack data path a device
 // process turns off: a comma-separated subset of gso, gro, batch, tcp;
-// bufN sets the TCP buffer maximum to N MiB, memlimit drops the 64 MiB Go
+// bufN sets the TCP buffer maximum to N MiB, memlimit drops the planned Go
 // memory limit (that one is applied by the benchmark).
 const netstackOffEnv = "TUNNEL_TEST_NETSTACK_OFF"
 
