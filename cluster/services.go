@@ -207,6 +207,11 @@ func (m *Manager) CreateService(spec api.ServiceSpec) (api.ServiceView, error) {
 					return true
 				}
 			}
+			for _, i := range s.imports {
+				if i.VIP == a {
+					return true // a peer's imported service
+				}
+			}
 			return false
 		})
 		if err != nil {

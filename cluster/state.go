@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/federation"
 	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/rollout"
 	"github.com/warren-appliance/warren/cluster/store"
@@ -26,6 +27,8 @@ const (
 	bucketPolicies = "policies"
 	bucketSecrets  = "secrets"
 	bucketConfigs  = "configs"
+	bucketPeers    = "peers"
+	bucketImports  = "imports"
 	keyCluster     = "cluster"
 	keyTasks       = "all"
 )
@@ -47,6 +50,9 @@ type meta struct {
 	ManagerSecret      string       `json:"manager_secret"`
 	SelfID             string       `json:"self_id"` // the manager that created the cluster
 	Version            uint64       `json:"version"`
+	// PeerSecret is the secret of this cluster's peer token, made by the
+	// first `warren cluster peer token`.
+	PeerSecret string `json:"peer_secret,omitempty"`
 }
 
 // nodeRecord is a member plus what only the manager needs to know.
@@ -93,6 +99,9 @@ type serviceRecord struct {
 	UpdatedAt time.Time `json:"updated_at"`
 	// Update is the last rolling update (nil before the first).
 	Update *rollout.Status `json:"update,omitempty"`
+	// Exported: peered clusters may reach the service (`warren service
+	// export`).
+	Exported bool `json:"exported,omitempty"`
 }
 
 type policyRecord struct {
@@ -114,6 +123,10 @@ type state struct {
 	// Secrets and configs by name; their values sealed (objects.go).
 	secrets map[string]objectRecord
 	configs map[string]objectRecord
+	// peers by name (peers.go); imports are the peers' exported services
+	// with this cluster's VIPs, sorted by peer and service.
+	peers   map[string]peerRecord
+	imports []federation.Import
 }
 
 func (s *state) clone() *state {
@@ -126,6 +139,8 @@ func (s *state) clone() *state {
 		policies: maps.Clone(s.policies),
 		secrets:  maps.Clone(s.secrets),
 		configs:  maps.Clone(s.configs),
+		peers:    maps.Clone(s.peers),
+		imports:  slices.Clone(s.imports),
 	}
 }
 
@@ -136,7 +151,7 @@ type records interface {
 
 func loadState(st records) (*state, error) {
 	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
-		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}}
+		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}, peers: map[string]peerRecord{}}
 	raw, ok := st.Load(bucketMeta)[keyCluster]
 	if !ok {
 		return nil, nil // no cluster yet
@@ -181,6 +196,18 @@ func loadState(st records) (*state, error) {
 			into[k] = r
 		}
 	}
+	for k, v := range st.Load(bucketPeers) {
+		var r peerRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode peer %s: %w", k, err)
+		}
+		s.peers[k] = r
+	}
+	if v, ok := st.Load(bucketImports)[keyTasks]; ok {
+		if err := json.Unmarshal(v, &s.imports); err != nil {
+			return nil, fmt.Errorf("decode imports: %w", err)
+		}
+	}
 	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
 		if err := json.Unmarshal(v, &s.tasks); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
@@ -192,7 +219,7 @@ func loadState(st records) (*state, error) {
 // snapshot renders the state as store records.
 func (s *state) snapshot() (store.Snapshot, error) {
 	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}, bucketPolicies: {},
-		bucketSecrets: {}, bucketConfigs: {}}
+		bucketSecrets: {}, bucketConfigs: {}, bucketPeers: {}, bucketImports: {}}
 	put := func(bucket, key string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -231,6 +258,16 @@ func (s *state) snapshot() (store.Snapshot, error) {
 	}
 	for k, v := range s.configs {
 		if err := put(bucketConfigs, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.peers {
+		if err := put(bucketPeers, k, v); err != nil {
+			return nil, err
+		}
+	}
+	if len(s.imports) > 0 {
+		if err := put(bucketImports, keyTasks, s.imports); err != nil {
 			return nil, err
 		}
 	}
@@ -369,6 +406,11 @@ func checkChange(c store.Change) error {
 				err = json.Unmarshal(v, &x)
 			case bucketTasks:
 				var x []clustermap.Task
+				err = json.Unmarshal(v, &x)
+			case bucketPeers:
+				err = checkPeerRecord(key, v)
+			case bucketImports:
+				var x []federation.Import
 				err = json.Unmarshal(v, &x)
 			case replicate.BucketRaft:
 				err = errors.New("the replica's own bucket is not replicated")
