@@ -3,9 +3,11 @@ package cluster
 import (
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -17,6 +19,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/federation"
 	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/internal/wgkey"
 )
 
 // peerRecord is a peered cluster (federation): how to reach and trust its
@@ -31,6 +34,47 @@ type peerRecord struct {
 	CreatedAt time.Time          `json:"created_at"`
 	// Added: this cluster ran `peer add` (else the peer registered here).
 	Added bool `json:"added,omitempty"`
+	// Gateway is the peer's gateway node as its last sync said.
+	Gateway *api.PeerGateway `json:"gateway,omitempty"`
+}
+
+// federationRecord is this cluster's gateway (bucketImports, keyGateway).
+type federationRecord struct {
+	GatewayID string `json:"gateway_id"`
+}
+
+// gatewayLocked is this cluster's gateway node as peers dial it.
+func (s *state) gateway() *api.PeerGateway {
+	n, ok := s.nodes[s.gatewayID]
+	if !ok || !n.Endpoint.IsValid() || n.PublicKey == "" {
+		return nil
+	}
+	return &api.PeerGateway{PublicKey: n.PublicKey, Endpoint: n.Endpoint, OverlayIP: n.OverlayIP}
+}
+
+// federationMap renders the map's gateway links: one per peer whose
+// gateway is known, with the task IPs of what this cluster exports.
+func (s *state) federationMap() *clustermap.Federation {
+	if len(s.peers) == 0 {
+		return nil
+	}
+	var exposed []netip.Addr
+	for _, t := range s.tasks {
+		if t.Serves() && s.services[t.Service].Exported {
+			exposed = append(exposed, t.IP)
+		}
+	}
+	slices.SortFunc(exposed, netip.Addr.Compare)
+	f := &clustermap.Federation{GatewayID: s.gatewayID}
+	for _, name := range slices.Sorted(maps.Keys(s.peers)) {
+		p := s.peers[name]
+		if p.Gateway == nil {
+			continue
+		}
+		f.Gateways = append(f.Gateways, clustermap.Gateway{Peer: name, PublicKey: p.Gateway.PublicKey, Endpoint: p.Gateway.Endpoint,
+			OverlayIP: p.Gateway.OverlayIP, ContainerSubnet: p.Network.ContainerSubnet, Exposed: exposed})
+	}
+	return f
 }
 
 // checkPeerRecord is the replicas' check of a peer record: it decodes, is
@@ -93,6 +137,12 @@ func (p *peerLinks) set(name string, l peerLink) {
 		p.links = map[string]peerLink{}
 	}
 	p.links[name] = l
+}
+
+func (p *peerLinks) snapshot() map[string]peerLink {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.links)
 }
 
 func (p *peerLinks) drop(keep func(string) bool) {
@@ -485,7 +535,7 @@ func (m *Manager) handlePeerSync(w http.ResponseWriter, r *http.Request) {
 	}
 	markAuthenticated(r.Context())
 	m.mu.Lock()
-	out := api.PeerSync{Managers: m.helloLocked().Managers, Exports: m.exportsLocked()}
+	out := api.PeerSync{Managers: m.helloLocked().Managers, Exports: m.exportsLocked(), Gateway: m.st.gateway()}
 	m.mu.Unlock()
 	writeJSON(w, http.StatusOK, out)
 }
@@ -585,10 +635,19 @@ func (m *Manager) syncPeer(ctx context.Context, p peerRecord) {
 			m.log.Info("peer connected", "peer", p.Name, "manager", addr)
 		}
 		m.links.set(p.Name, peerLink{status: api.PeerConnected, contact: m.now(), exports: ans.Exports})
-		if federation.CheckManagers(ans.Managers) == nil && !slices.Equal(ans.Managers, p.Managers) && m.isLeader() {
+		gw := ans.Gateway
+		if gw != nil && (!gw.Endpoint.IsValid() || !p.Network.WireGuardSubnet.Contains(gw.OverlayIP) || checkWGKey(gw.PublicKey) != nil) {
+			m.log.Warn("peer sent an unusable gateway; ignoring it", "peer", p.Name, "gateway", gw)
+			gw = nil
+		}
+		mgrs := p.Managers
+		if federation.CheckManagers(ans.Managers) == nil {
+			mgrs = ans.Managers
+		}
+		if (!slices.Equal(mgrs, p.Managers) || !sameGateway(gw, p.Gateway)) && m.isLeader() {
 			_ = m.update(func(s *state) error {
 				if r, ok := s.peers[p.Name]; ok && r.CAHash == p.CAHash {
-					r.Managers = ans.Managers
+					r.Managers, r.Gateway = mgrs, gw
 					s.peers[p.Name] = r
 				}
 				return nil
@@ -604,13 +663,20 @@ func (m *Manager) syncPeer(ctx context.Context, p peerRecord) {
 	m.links.set(p.Name, prev)
 }
 
+func sameGateway(a, b *api.PeerGateway) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
 // planImports turns the peers' exports into imports with VIPs of our own
 // range: endpoints of a peer that stopped answering leave at once (its
 // link failed) or after federation.RemoteStaleAfter.
 func (m *Manager) planImports() {
 	now := m.now()
 	m.mu.Lock()
-	if m.st == nil {
+	if m.st == nil || len(m.st.peers) == 0 && len(m.st.imports) == 0 {
 		m.mu.Unlock()
 		return
 	}
@@ -627,9 +693,15 @@ func (m *Manager) planImports() {
 		}
 		exports[name] = ex
 	}
+	if g := globalExports(m.current, exports, m.links.snapshot(), now); len(g) > 0 {
+		exports[clustermap.GlobalPeer] = g
+	}
 	current := m.st.imports
 	m.mu.Unlock()
 	err := m.update(func(s *state) error {
+		if len(s.peers) > 0 {
+			s.gatewayID = m.selfID // the leader holds the gateway links
+		}
 		taken := map[netip.Addr]bool{}
 		for _, svc := range s.services {
 			taken[svc.VIP] = true
@@ -687,4 +759,52 @@ func (m *Manager) peerRoutes(mux *http.ServeMux) {
 			writeJSON(w, http.StatusOK, struct{}{})
 		})
 	}
+}
+
+// globalExports are the endpoints behind SERVICE.global for every service
+// a peer exports: this cluster's serving tasks of SERVICE while there is
+// any (federation.GlobalEndpoints), else the peers' live ones.
+func globalExports(m *clustermap.Map, exports map[string][]federation.Export, links map[string]peerLink, now time.Time) []federation.Export {
+	remotes := map[string][]federation.Remote{}
+	ports := map[string][]clustermap.Port{}
+	for peer, ex := range exports {
+		l := links[peer]
+		for _, e := range ex {
+			remotes[e.Service] = append(remotes[e.Service], federation.Remote{Peer: peer, Endpoints: e.Endpoints, Seen: l.contact, Connected: l.status == api.PeerConnected})
+			if ports[e.Service] == nil {
+				ports[e.Service] = e.Ports
+			}
+		}
+	}
+	var out []federation.Export
+	for _, name := range slices.Sorted(maps.Keys(remotes)) {
+		var local []netip.Addr
+		p := ports[name]
+		if m != nil {
+			for _, t := range m.Endpoints(name) {
+				local = append(local, t.IP)
+			}
+			for _, s := range m.Services {
+				if s.Name == name && len(s.Ports) > 0 {
+					p = s.Ports
+				}
+			}
+		}
+		eps, _ := federation.GlobalEndpoints(local, remotes[name], now)
+		if eps == nil {
+			eps = []netip.Addr{}
+		}
+		out = append(out, federation.Export{Service: name, Ports: p, Endpoints: eps})
+	}
+	return out
+}
+
+// checkWGKey checks a peer gateway's WireGuard public key (base64, not
+// all-zero or low-order).
+func checkWGKey(s string) error {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil || len(b) != 32 {
+		return fmt.Errorf("WireGuard key %q is not 32 bytes of base64", s)
+	}
+	return wgkey.Check(b)
 }

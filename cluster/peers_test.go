@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/federation"
 	"github.com/warren-appliance/warren/cluster/store"
 )
@@ -46,6 +47,29 @@ func waitPeer(t *testing.T, m *Manager, name string, ok func(api.PeerView) bool)
 	}
 	t.Fatalf("peer %s never reached the wanted state; last %+v", name, last)
 	return last
+}
+
+func importOf(m *clustermap.Map, peer, svc string) clustermap.Import {
+	for _, i := range m.Imports {
+		if i.Peer == peer && i.Service == svc {
+			return i
+		}
+	}
+	return clustermap.Import{}
+}
+
+func waitMap(t *testing.T, m *Manager, ok func(*clustermap.Map) bool) *clustermap.Map {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		m.kickPeers()
+		if cur := m.Map(); ok(cur) {
+			return cur
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("the map never reached the wanted state; last imports %+v federation %+v", m.Map().Imports, m.Map().Federation)
+	return nil
 }
 
 func runTasksOnManager(t *testing.T, m *Manager) {
@@ -139,6 +163,47 @@ func TestPeeringBothWaysExportsAndRemove(t *testing.T) {
 	if len(va.Exports) != 1 || va.Exports[0].Service != "web" {
 		t.Errorf("A sees B's exports %+v, want only web", va.Exports)
 	}
+	// The maps: A's nodes get the import and web.global over B's tasks
+	// (A has no web), and the link to B's gateway; B's gateway link to A
+	// exposes only web's tasks.
+	am := waitMap(t, a.m, func(m *clustermap.Map) bool {
+		return len(importOf(m, "global", "web").Endpoints) == 2 && m.Federation != nil && len(m.Federation.Gateways) == 1
+	})
+	if g := importOf(am, "global", "web"); !slices.Equal(g.Endpoints, im.Endpoints) || g.VIP == im.VIP || !a.m.Network().VIPSubnet.Contains(g.VIP) {
+		t.Errorf("web.global %+v: want B's endpoints %v behind its own VIP of A's range", g, im.Endpoints)
+	}
+	gw := am.Federation.Gateways[0]
+	if am.Federation.GatewayID != a.m.selfID || gw.Peer != "b" || gw.PublicKey != b.m.Self().PublicKey || gw.ContainerSubnet != b.m.Network().ContainerSubnet {
+		t.Errorf("A's federation map %+v", am.Federation)
+	}
+	bm := waitMap(t, b.m, func(m *clustermap.Map) bool {
+		return m.Federation != nil && len(m.Federation.Gateways) == 1 && len(m.Federation.Gateways[0].Exposed) == 2
+	})
+	for _, tk := range bm.Tasks {
+		if exposed := slices.Contains(bm.Federation.Gateways[0].Exposed, tk.IP); exposed != (tk.Service == "web") {
+			t.Errorf("task %s of %s: exposed to the peer = %v", tk.Name, tk.Service, exposed)
+		}
+	}
+	// A local web takes web.global over while it serves, and gives it back.
+	replicas := 1
+	if _, err := a.m.CreateService(api.ServiceSpec{Name: "web", Image: "img", Replicas: &replicas}); err != nil {
+		t.Fatal(err)
+	}
+	runTasksOnManager(t, a.m)
+	localWeb := a.m.Map().Endpoints("web")
+	if len(localWeb) != 1 {
+		t.Fatalf("A's web endpoints %+v", localWeb)
+	}
+	waitMap(t, a.m, func(m *clustermap.Map) bool {
+		return slices.Equal(importOf(m, "global", "web").Endpoints, []netip.Addr{localWeb[0].IP})
+	})
+	if _, err := a.m.ScaleService("web", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitMap(t, a.m, func(m *clustermap.Map) bool {
+		return slices.Equal(importOf(m, "global", "web").Endpoints, im.Endpoints)
+	})
+
 	// A service created on A afterwards does not take the import's VIP.
 	sv, err := a.m.CreateService(apiSpec("local", 1))
 	if err != nil {

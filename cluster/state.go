@@ -31,6 +31,7 @@ const (
 	bucketImports  = "imports"
 	keyCluster     = "cluster"
 	keyTasks       = "all"
+	keyGateway     = "gateway"
 )
 
 // meta is the cluster's identity and secrets, created once by cluster init.
@@ -127,20 +128,23 @@ type state struct {
 	// with this cluster's VIPs, sorted by peer and service.
 	peers   map[string]peerRecord
 	imports []federation.Import
+	// gatewayID is the node holding the links to the peers' gateways.
+	gatewayID string
 }
 
 func (s *state) clone() *state {
 	return &state{
-		meta:     s.meta,
-		nodes:    maps.Clone(s.nodes),
-		removed:  maps.Clone(s.removed),
-		services: maps.Clone(s.services),
-		tasks:    slices.Clone(s.tasks),
-		policies: maps.Clone(s.policies),
-		secrets:  maps.Clone(s.secrets),
-		configs:  maps.Clone(s.configs),
-		peers:    maps.Clone(s.peers),
-		imports:  slices.Clone(s.imports),
+		meta:      s.meta,
+		nodes:     maps.Clone(s.nodes),
+		removed:   maps.Clone(s.removed),
+		services:  maps.Clone(s.services),
+		tasks:     slices.Clone(s.tasks),
+		policies:  maps.Clone(s.policies),
+		secrets:   maps.Clone(s.secrets),
+		configs:   maps.Clone(s.configs),
+		peers:     maps.Clone(s.peers),
+		imports:   slices.Clone(s.imports),
+		gatewayID: s.gatewayID,
 	}
 }
 
@@ -208,6 +212,13 @@ func loadState(st records) (*state, error) {
 			return nil, fmt.Errorf("decode imports: %w", err)
 		}
 	}
+	if v, ok := st.Load(bucketImports)[keyGateway]; ok {
+		var f federationRecord
+		if err := json.Unmarshal(v, &f); err != nil {
+			return nil, fmt.Errorf("decode gateway: %w", err)
+		}
+		s.gatewayID = f.GatewayID
+	}
 	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
 		if err := json.Unmarshal(v, &s.tasks); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
@@ -271,6 +282,11 @@ func (s *state) snapshot() (store.Snapshot, error) {
 			return nil, err
 		}
 	}
+	if s.gatewayID != "" {
+		if err := put(bucketImports, keyGateway, federationRecord{GatewayID: s.gatewayID}); err != nil {
+			return nil, err
+		}
+	}
 	tasks := s.tasks
 	if tasks == nil {
 		tasks = []clustermap.Task{}
@@ -329,6 +345,10 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 		Services:  s.sortedServices(),
 		Tasks:     tasks,
 		Policies:  policies,
+		Imports:   slices.Clone(s.imports),
+	}
+	if len(s.peers) > 0 {
+		m.Federation = s.federationMap()
 	}
 	m.SetNetwork(s.meta.network())
 	return m
@@ -410,8 +430,13 @@ func checkChange(c store.Change) error {
 			case bucketPeers:
 				err = checkPeerRecord(key, v)
 			case bucketImports:
-				var x []federation.Import
-				err = json.Unmarshal(v, &x)
+				if key == keyGateway {
+					var x federationRecord
+					err = json.Unmarshal(v, &x)
+				} else {
+					var x []federation.Import
+					err = json.Unmarshal(v, &x)
+				}
 			case replicate.BucketRaft:
 				err = errors.New("the replica's own bucket is not replicated")
 			}

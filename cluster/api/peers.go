@@ -1,6 +1,7 @@
 package api
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
@@ -75,6 +76,16 @@ type PeerRegister struct {
 type PeerSync struct {
 	Managers []string            `json:"managers"`
 	Exports  []federation.Export `json:"exports"`
+	// Gateway is the node that holds the cluster's gateway links (its
+	// leader), nil while it has none.
+	Gateway *PeerGateway `json:"gateway,omitempty"`
+}
+
+// PeerGateway is a cluster's gateway node as its peers dial it.
+type PeerGateway struct {
+	PublicKey string         `json:"public_key"`
+	Endpoint  netip.AddrPort `json:"endpoint"`
+	OverlayIP netip.Addr     `json:"overlay_ip"`
 }
 
 // PeerView is one peer in `warren cluster peer ls --json`.

@@ -34,6 +34,10 @@ type Map struct {
 	Tasks              []Task       `json:"tasks"`
 	// Policies are the network policies every node enforces for its tasks.
 	Policies []Policy `json:"policies,omitempty"`
+	// Imports are peered clusters' services (federation.go); Federation
+	// the gateway links to the peers.
+	Imports    []Import    `json:"imports,omitempty"`
+	Federation *Federation `json:"federation,omitempty"`
 }
 
 // Network returns the map's cluster-wide values.

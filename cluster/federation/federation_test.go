@@ -183,7 +183,7 @@ func TestPlanImports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0].Key() != "b/api" || got[1].Key() != "b/web" {
+	if len(got) != 2 || Key(got[0]) != "b/api" || Key(got[1]) != "b/web" {
 		t.Fatalf("imports %+v", got)
 	}
 	if got[0].VIP != netip.MustParseAddr("10.1.0.2") || got[1].VIP != netip.MustParseAddr("10.1.0.3") {
@@ -201,7 +201,7 @@ func TestPlanImports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got2) != 2 || got2[0].Key() != "b/web" || got2[1].Key() != "c/web" {
+	if len(got2) != 2 || Key(got2[0]) != "b/web" || Key(got2[1]) != "c/web" {
 		t.Fatalf("imports %+v", got2)
 	}
 	if got2[0].VIP != got[1].VIP {

@@ -90,16 +90,10 @@ func CheckExports(ex []Export, peer clustermap.Network) error {
 // Import is a peer's exported service as this cluster serves it: a VIP of
 // this cluster's VIP range, in DNS as SERVICE.PEER.DOMAIN, balancing over
 // the peer's endpoints.
-type Import struct {
-	Peer      string            `json:"peer"`
-	Service   string            `json:"service"`
-	VIP       netip.Addr        `json:"vip"`
-	Ports     []clustermap.Port `json:"ports,omitempty"`
-	Endpoints []netip.Addr      `json:"endpoints"`
-}
+type Import = clustermap.Import
 
 // Key is how an import is known: PEER/SERVICE.
-func (i Import) Key() string { return i.Peer + "/" + i.Service }
+func Key(i Import) string { return i.Peer + "/" + i.Service }
 
 // PlanImports turns the peers' exports into the imports this cluster
 // serves. An import keeps its VIP while its peer exports the service; a
@@ -110,7 +104,7 @@ func (i Import) Key() string { return i.Peer + "/" + i.Service }
 func PlanImports(exports map[string][]Export, current []Import, vipSubnet netip.Prefix, taken func(netip.Addr) bool) ([]Import, error) {
 	old := map[string]Import{}
 	for _, c := range current {
-		old[c.Key()] = c
+		old[Key(c)] = c
 	}
 	var out []Import
 	held := map[netip.Addr]bool{}
@@ -129,7 +123,7 @@ func PlanImports(exports map[string][]Export, current []Import, vipSubnet netip.
 				im.Endpoints = []netip.Addr{}
 			}
 			slices.SortFunc(im.Endpoints, netip.Addr.Compare)
-			if o, ok := old[im.Key()]; ok && vipSubnet.Contains(o.VIP) && !taken(o.VIP) && !held[o.VIP] {
+			if o, ok := old[Key(im)]; ok && vipSubnet.Contains(o.VIP) && !taken(o.VIP) && !held[o.VIP] {
 				im.VIP = o.VIP
 				held[o.VIP] = true
 			} else {
