@@ -551,7 +551,9 @@ func (n *node) syncPeers(m *clustermap.Map) []tunnel.Peer {
 // loop, since the next map may be long in coming.
 func (n *node) syncNAT(m *clustermap.Map) {
 	start := time.Now()
-	err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions())
+	opts := n.natOptions()
+	opts.PeerGateways = natGateways(m, n.self.ID)
+	err := n.nat.Sync(natServices(m, n.self.ID), opts)
 	n.met.ObserveNATSync(time.Since(start), err)
 	if err != nil {
 		n.log.Error("applying service rules", "err", err, "map_version", m.Version)

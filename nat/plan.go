@@ -66,6 +66,9 @@ func assemble(services []Service, ctx planContext, partOf func(Service) ruleset)
 		rs.add(t, chainServices, canary)
 	}
 	rs.add("nat", chainMarkMasq, "-j MARK --or-mark "+masqMark)
+	peerNAT, peerFilter := gatewayRules(ctx.opts)
+	rs.add("nat", chainPostrouting, peerNAT...)
+	rs.add("filter", chainForward, peerFilter...)
 	rs.add("nat", chainPostrouting,
 		fmt.Sprintf("-m mark ! --mark %s/%s -j RETURN", masqMark, masqMark),
 		// Clear the bit so a packet re-entering the stack (e.g. through a
@@ -248,6 +251,34 @@ func forwardRules(opts Options) []string {
 			fmt.Sprintf(`-o %s -m conntrack --ctstate DNAT -m comment --comment %q -j ACCEPT`, i, comment))
 	}
 	return rules
+}
+
+// gatewayRules are the gateway node's rules for peered clusters: traffic
+// from a peer's container subnet is accepted only to the exposed task IPs
+// (or as part of a connection this cluster opened), and is masqueraded
+// into this cluster's container subnet.
+func gatewayRules(opts Options) (natRules, filterRules []string) {
+	peers := slices.Clone(opts.PeerGateways)
+	slices.SortFunc(peers, func(a, b PeerGateway) int { return cmp.Compare(a.Peer, b.Peer) })
+	for _, p := range peers {
+		if !p.Subnet.Addr().Is4() {
+			continue
+		}
+		src := p.Subnet.Masked().String()
+		filterRules = append(filterRules, fmt.Sprintf(`-s %s -m conntrack --ctstate ESTABLISHED,RELATED -m comment --comment %q -j ACCEPT`, src, "peer "+p.Peer+": replies"))
+		exposed := slices.Clone(p.Exposed)
+		slices.SortFunc(exposed, netip.Addr.Compare)
+		for _, ip := range slices.Compact(exposed) {
+			if ip.Is4() {
+				filterRules = append(filterRules, fmt.Sprintf(`-s %s -d %s/32 -m comment --comment %q -j ACCEPT`, src, ip, "peer "+p.Peer+": exported task"))
+			}
+		}
+		filterRules = append(filterRules, fmt.Sprintf(`-s %s -m comment --comment %q -j DROP`, src, "peer "+p.Peer+": only exported services"))
+		if opts.ContainerSubnet.IsValid() && opts.ContainerSubnet.Addr().Is4() {
+			natRules = append(natRules, fmt.Sprintf(`-s %s -d %s -m comment --comment %q -j MASQUERADE`, src, opts.ContainerSubnet.Masked(), "peer "+p.Peer+" into this cluster"))
+		}
+	}
+	return natRules, filterRules
 }
 
 func sortedServices(in []Service) []Service {

@@ -60,8 +60,20 @@ type Service struct {
 	Affinity  bool // stick each client address to one endpoint
 }
 
+// PeerGateway is a peered cluster whose gateway links end on this node
+// (federation): its container subnet may reach only the Exposed task IPs
+// (this cluster's exported services), and its traffic is masqueraded into
+// the cluster (other nodes accept only the mesh's addresses).
+type PeerGateway struct {
+	Peer    string
+	Subnet  netip.Prefix
+	Exposed []netip.Addr
+}
+
 // Options are the node-wide settings of the rules.
 type Options struct {
+	// PeerGateways are set on a cluster's gateway node only.
+	PeerGateways []PeerGateway
 	// Persistence turns on client-address affinity for every service.
 	Persistence bool
 	// PersistenceTimeout is how long an idle client stays stuck to its
