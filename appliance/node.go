@@ -573,7 +573,8 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	if n.cfg != nil {
 		overlay = n.cfg.WireGuard.Interface
 	}
-	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: overlay})
+	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: overlay,
+		Peers: policyPeers(m, n.self.ID)})
 	st, err := n.pol.Sync(rules)
 	if err != nil {
 		n.log.Error("applying network policies", "err", err, "map_version", m.Version)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/netpolicy"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/tunnel"
 )
@@ -74,7 +75,7 @@ func gatewayPeers(m *clustermap.Map, selfID string, keepalive time.Duration) []t
 }
 
 // natGateways are, on the gateway node only, the peers whose traffic it
-// lets in (to the exposed task IPs only) and masquerades into the cluster.
+// masquerades into the cluster.
 func natGateways(m *clustermap.Map, selfID string) []nat.PeerGateway {
 	f := m.Federation
 	if f == nil || f.GatewayID != selfID {
@@ -83,7 +84,7 @@ func natGateways(m *clustermap.Map, selfID string) []nat.PeerGateway {
 	var out []nat.PeerGateway
 	for _, g := range f.Gateways {
 		if g.ContainerSubnet.IsValid() {
-			out = append(out, nat.PeerGateway{Peer: g.Peer, Subnet: g.ContainerSubnet, Exposed: g.Exposed})
+			out = append(out, nat.PeerGateway{Peer: g.Peer, Subnet: g.ContainerSubnet})
 		}
 	}
 	return out
@@ -168,4 +169,21 @@ func importRuleName(im clustermap.Import) string {
 	}
 	sum := sha256.Sum256([]byte(name))
 	return "import." + hex.EncodeToString(sum[:8])
+}
+
+// policyPeers are, on the gateway node only, the peers whose traffic the
+// policy chain (first in FORWARD) lets through to the exposed task IPs
+// only.
+func policyPeers(m *clustermap.Map, selfID string) []netpolicy.Peer {
+	f := m.Federation
+	if f == nil || f.GatewayID != selfID {
+		return nil
+	}
+	var out []netpolicy.Peer
+	for _, g := range f.Gateways {
+		if g.ContainerSubnet.IsValid() {
+			out = append(out, netpolicy.Peer{Name: g.Peer, Subnet: g.ContainerSubnet, Exposed: g.Exposed})
+		}
+	}
+	return out
 }

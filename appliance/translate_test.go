@@ -121,8 +121,14 @@ func TestFederationTranslation(t *testing.T) {
 		!reflect.DeepEqual(last.AllowedIPs, []netip.Prefix{netip.MustParsePrefix("10.20.0.1/32"), bSubnet}) {
 		t.Fatalf("gateway's link to B %+v", last)
 	}
-	if g := natGateways(m, "m"); len(g) != 1 || g[0].Subnet != bSubnet || g[0].Exposed[0] != a("10.0.1.2") {
+	if g := natGateways(m, "m"); len(g) != 1 || g[0].Subnet != bSubnet {
 		t.Errorf("gateway rules %+v", g)
+	}
+	if p := policyPeers(m, "m"); len(p) != 1 || p[0].Subnet != bSubnet || p[0].Exposed[0] != a("10.0.1.2") {
+		t.Errorf("gateway's peer filter %+v", p)
+	}
+	if p := policyPeers(m, "w1"); p != nil {
+		t.Errorf("a worker got a peer filter %+v", p)
 	}
 	// Every node DNATs the import's VIP to B's tasks.
 	var imp *nat.Service

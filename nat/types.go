@@ -61,13 +61,11 @@ type Service struct {
 }
 
 // PeerGateway is a peered cluster whose gateway links end on this node
-// (federation): its container subnet may reach only the Exposed task IPs
-// (this cluster's exported services), and its traffic is masqueraded into
-// the cluster (other nodes accept only the mesh's addresses).
+// (federation): its traffic is masqueraded into the cluster (other nodes
+// accept only the mesh's addresses) and reaches no port of this node.
 type PeerGateway struct {
-	Peer    string
-	Subnet  netip.Prefix
-	Exposed []netip.Addr
+	Peer   string
+	Subnet netip.Prefix
 }
 
 // Options are the node-wide settings of the rules.

@@ -1,0 +1,232 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warren-appliance/warren/integration/lab"
+)
+
+// peerView is the part of `warren cluster peer ls --json` the test reads.
+type peerView struct {
+	Name    string `json:"name"`
+	Status  string `json:"status"`
+	Reason  string `json:"reason"`
+	Imports []struct {
+		Peer      string   `json:"peer"`
+		Service   string   `json:"service"`
+		VIP       string   `json:"vip"`
+		Endpoints []string `json:"endpoints"`
+	} `json:"imports"`
+}
+
+func peers(ctx context.Context, n *lab.Node) ([]peerView, error) {
+	out, err := n.Exec(ctx, "warren", "cluster", "peer", "ls", "--json")
+	if err != nil {
+		return nil, fmt.Errorf("peer ls: %w: %s", err, out)
+	}
+	var v []peerView
+	return v, json.Unmarshal([]byte(out), &v)
+}
+
+func waitPeerConnected(t *testing.T, ctx context.Context, n *lab.Node, name string) peerView {
+	t.Helper()
+	var got peerView
+	eventually(t, 2*time.Minute, n.Name+" sees peer "+name+" connected", func() error {
+		ps, err := peers(ctx, n)
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if p.Name == name && p.Status == "connected" {
+				got = p
+				return nil
+			}
+		}
+		return fmt.Errorf("peers %+v", ps)
+	})
+	return got
+}
+
+// pageCmd serves "<prefix>-<task name>" on port 80.
+func pageCmd(prefix string) []string {
+	return []string{"--", "sh", "-c", "mkdir -p /www && echo " + prefix + "-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"}
+}
+
+// answers fetches url n times from a task and counts the pages.
+func answers(ctx context.Context, n *lab.Node, task, url string, times int) (map[string]int, error) {
+	out, err := taskExec(ctx, n, task, "sh", "-c", fmt.Sprintf("for i in $(seq %d); do httpget %s || echo FAIL; done", times, url))
+	if err != nil {
+		return nil, err
+	}
+	counts := map[string]int{}
+	for _, line := range strings.Split(trim(out), "\n") {
+		counts[trim(line)]++
+	}
+	return counts, nil
+}
+
+// Seed "Multi-Cluster Networking (Future)": clusters A (default ranges)
+// and B (its own) peer with a token and see each other connected; C, with
+// A's ranges, is refused naming them. A task in A reaches B's exported web
+// as web.b.warren.local through a VIP of A's range, answered by both of
+// B's tasks, through the gateways (A's task runs on A's worker, not on
+// the gateway); B's unexported service is not reachable; web.global
+// answers from A's own task while it exists and from B's after A scales
+// to 0; peer rm removes the names.
+func TestFederation(t *testing.T) {
+	l := newLab(t)
+	img := []string{imageTarball(t)}
+	a := startCluster(t, l, lab.ClusterOptions{NamePrefix: "a-", Workers: 1, Images: img})
+	b := startCluster(t, l, lab.ClusterOptions{NamePrefix: "b-", Images: img,
+		ManagerWireGuardExtra: "subnet = \"10.20.0.0/24\"\n",
+		ManagerExtra:          "[network]\ncontainer_subnet = \"10.20.0.0/16\"\nvip_subnet = \"10.21.0.0/16\"\n"})
+	c := startCluster(t, l, lab.ClusterOptions{NamePrefix: "c-"})
+	ctx := ctxFor(t, 15*time.Minute)
+
+	token := func(n *lab.Node) string {
+		out, err := n.Exec(ctx, "warren", "cluster", "peer", "token", "-q")
+		if err != nil {
+			t.Fatalf("peer token on %s: %v: %s", n.Name, err, out)
+		}
+		return trim(out)
+	}
+	// C has A's ranges: refused, naming them; nothing recorded.
+	out, err := a.Manager.Exec(ctx, "warren", "cluster", "peer", "add", "c", "--token", token(c.Manager))
+	if err == nil || !strings.Contains(out, "WireGuard subnet 10.0.0.0/24") || !strings.Contains(out, "VIP subnet 10.1.0.0/16") {
+		t.Fatalf("peering with C (A's ranges): %v\n%s", err, out)
+	}
+	if ps, err := peers(ctx, c.Manager); err != nil || len(ps) != 0 {
+		t.Fatalf("C recorded a refused peering: %+v %v", ps, err)
+	}
+
+	// B's services: web (2 tasks, exported) and hidden (not exported).
+	createService(t, b, "web", append([]string{"--replicas", "2"}, pageCmd("B")...)...)
+	createService(t, b, "hidden", pageCmd("H")...)
+	bweb := waitRunning(t, b, "web", 2)
+	hidden := waitRunning(t, b, "hidden", 1)
+	if out, err := b.Manager.Exec(ctx, "warren", "service", "export", "web"); err != nil {
+		t.Fatalf("service export: %v: %s", err, out)
+	}
+
+	if out, err := a.Manager.Exec(ctx, "warren", "cluster", "peer", "add", "b", "--token", token(b.Manager), "--as", "a"); err != nil {
+		t.Fatalf("peer add b: %v: %s", err, out)
+	}
+	waitPeerConnected(t, ctx, a.Manager, "b")
+	waitPeerConnected(t, ctx, b.Manager, "a")
+
+	// A's client task on A's worker (not the gateway).
+	createService(t, a, "client", append([]string{"--constraint", "node.name==a-worker-1"}, pageCmd("C")...)...)
+	client := waitRunning(t, a, "client", 1).Tasks[0]
+	worker := nodeByName(a, client.Node)
+
+	var vip string
+	eventually(t, time.Minute, "A imports web from B with both endpoints", func() error {
+		ps, err := peers(ctx, a.Manager)
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			for _, im := range p.Imports {
+				if im.Service == "web" && len(im.Endpoints) == 2 {
+					vip = im.VIP
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("peers %+v", ps)
+	})
+	if !netip.MustParsePrefix("10.1.0.0/16").Contains(netip.MustParseAddr(vip)) {
+		t.Errorf("web.b's VIP %s is not in A's VIP range 10.1.0.0/16", vip)
+	}
+	eventually(t, 90*time.Second, "web.b.warren.local resolves to the import's VIP in A's task", func() error {
+		out, err := taskExec(ctx, worker, client.Name, "nslookup", "web.b.warren.local")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, vip) {
+			return fmt.Errorf("nslookup says %q, want %s", out, vip)
+		}
+		return nil
+	})
+	eventually(t, 90*time.Second, "web.b.warren.local answers from A's task", func() error {
+		// httpget: the image's static-glibc wget cannot resolve names.
+		_, err := taskExec(ctx, worker, client.Name, "httpget", "http://web.b.warren.local/")
+		return err
+	})
+	counts, err := answers(ctx, worker, client.Name, "http://web.b.warren.local/", 40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range bweb.Tasks {
+		if counts["B-"+task.Name] == 0 {
+			t.Errorf("B's task %s never answered web.b.warren.local: %v", task.Name, counts)
+		}
+	}
+	if counts["FAIL"] > 0 {
+		t.Errorf("some requests to web.b failed: %v", counts)
+	}
+	t.Logf("web.b.warren.local from %s (A): %v", client.Name, counts)
+	// By task IP: B's exported task answers (the path works without the
+	// VIP), B's unexported one does not (the gateway drops it).
+	if out, err := taskExec(ctx, worker, client.Name, "httpget", "http://"+bweb.Tasks[0].IP+"/"); err != nil || trim(out) != "B-"+bweb.Tasks[0].Name {
+		t.Errorf("A's task fetching B's exported task %s by IP: %q %v", bweb.Tasks[0].IP, out, err)
+	}
+	if out, err := taskExec(ctx, worker, client.Name, "httpget", "http://"+hidden.Tasks[0].IP+"/"); err == nil {
+		t.Errorf("A's task reached B's unexported task %s: %q", hidden.Tasks[0].IP, out)
+	}
+
+	// web.global: A's own web while it serves, B's once A scales to 0.
+	createService(t, a, "web", pageCmd("A")...)
+	waitRunning(t, a, "web", 1)
+	eventually(t, time.Minute, "web.global answers from A's own task", func() error {
+		counts, err := answers(ctx, worker, client.Name, "http://web.global.warren.local/", 10)
+		if err != nil {
+			return err
+		}
+		if counts["A-web-1"] != 10 {
+			return fmt.Errorf("answers %v, want A-web-1 only", counts)
+		}
+		return nil
+	})
+	if out, err := a.Manager.Exec(ctx, "warren", "service", "scale", "web=0", "--detach"); err != nil {
+		t.Fatalf("scale: %v: %s", err, out)
+	}
+	start := time.Now()
+	eventually(t, 2*time.Minute, "web.global fails over to B", func() error {
+		counts, err := answers(ctx, worker, client.Name, "http://web.global.warren.local/", 10)
+		if err != nil {
+			return err
+		}
+		for k := range counts {
+			if !strings.HasPrefix(k, "B-") {
+				return fmt.Errorf("answers %v, want B's tasks only", counts)
+			}
+		}
+		return nil
+	})
+	failover := time.Since(start)
+	// A figure, not an assert (the machine is shared): the leader replans
+	// imports every 5 s.
+	t.Logf("web.global failed over to B in %s", failover.Round(100*time.Millisecond))
+
+	// peer rm on A: both sides forget, the names go.
+	if out, err := a.Manager.Exec(ctx, "warren", "cluster", "peer", "rm", "b"); err != nil {
+		t.Fatalf("peer rm: %v: %s", err, out)
+	}
+	if ps, err := peers(ctx, b.Manager); err != nil || len(ps) != 0 {
+		t.Errorf("B still lists peers after A's rm: %+v %v", ps, err)
+	}
+	eventually(t, time.Minute, "web.b.warren.local is gone", func() error {
+		out, err := taskExec(ctx, worker, client.Name, "nslookup", "web.b.warren.local")
+		if err == nil && strings.Contains(out, vip) {
+			return fmt.Errorf("still resolves: %q", out)
+		}
+		return nil
+	})
+}
