@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -119,8 +120,24 @@ type peerLink struct {
 // peerLinks holds the manager's links; its own lock, never held while
 // calling out or taking m.mu.
 type peerLinks struct {
-	mu    sync.Mutex
-	links map[string]peerLink
+	mu        sync.Mutex
+	links     map[string]peerLink
+	conflicts map[string]string // last conflict logged per peer
+}
+
+// noteConflict reports whether the peer's object name conflicts changed
+// since last logged.
+func (p *peerLinks) noteConflict(peer, what string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conflicts == nil {
+		p.conflicts = map[string]string{}
+	}
+	if p.conflicts[peer] == what {
+		return false
+	}
+	p.conflicts[peer] = what
+	return true
 }
 
 func (p *peerLinks) get(name string) (peerLink, bool) {
@@ -343,6 +360,7 @@ func (m *Manager) RemovePeer(ctx context.Context, name string) error {
 		}
 		rec = r
 		delete(s.peers, name)
+		s.dropPeerObjects(name)
 		s.imports = slices.DeleteFunc(slices.Clone(s.imports), func(i federation.Import) bool { return i.Peer == name })
 		return nil
 	})
@@ -535,7 +553,7 @@ func (m *Manager) handlePeerSync(w http.ResponseWriter, r *http.Request) {
 	}
 	markAuthenticated(r.Context())
 	m.mu.Lock()
-	out := api.PeerSync{Managers: m.helloLocked().Managers, Exports: m.exportsLocked(), Gateway: m.st.gateway()}
+	out := api.PeerSync{Managers: m.helloLocked().Managers, Exports: m.exportsLocked(), Gateway: m.st.gateway(), Objects: m.federatedObjectsLocked()}
 	m.mu.Unlock()
 	writeJSON(w, http.StatusOK, out)
 }
@@ -553,6 +571,7 @@ func (m *Manager) handlePeerUnregister(w http.ResponseWriter, r *http.Request) {
 	}
 	err = m.update(func(s *state) error {
 		delete(s.peers, p.Name)
+		s.dropPeerObjects(p.Name)
 		s.imports = slices.DeleteFunc(slices.Clone(s.imports), func(i federation.Import) bool { return i.Peer == p.Name })
 		return nil
 	})
@@ -635,6 +654,11 @@ func (m *Manager) syncPeer(ctx context.Context, p peerRecord) {
 			m.log.Info("peer connected", "peer", p.Name, "manager", addr)
 		}
 		m.links.set(p.Name, peerLink{status: api.PeerConnected, contact: m.now(), exports: ans.Exports})
+		if m.isLeader() {
+			if err := m.applyPeerObjects(p.Name, ans.Objects); err != nil {
+				m.log.Warn("could not store the peer's federated secrets and configs", "peer", p.Name, "err", err)
+			}
+		}
 		gw := ans.Gateway
 		if gw != nil && (!gw.Endpoint.IsValid() || !p.Network.WireGuardSubnet.Contains(gw.OverlayIP) || checkWGKey(gw.PublicKey) != nil) {
 			m.log.Warn("peer sent an unusable gateway; ignoring it", "peer", p.Name, "gateway", gw)
@@ -807,4 +831,124 @@ func checkWGKey(s string) error {
 		return fmt.Errorf("WireGuard key %q is not 32 bytes of base64", s)
 	}
 	return wgkey.Check(b)
+}
+
+// MaxPeerObjects bounds the federated secrets and configs taken from one
+// peer.
+const MaxPeerObjects = 256
+
+// federatedObjectsLocked are this cluster's federated secrets and configs
+// with their values, for a peer's sync (none while this manager has no
+// data key).
+func (m *Manager) federatedObjectsLocked() []api.PeerObject {
+	if m.dataKey == nil || m.st == nil {
+		return nil
+	}
+	var out []api.PeerObject
+	for _, kind := range []string{api.KindSecret, api.KindConfig} {
+		objs := m.st.objects(kind)
+		for _, name := range slices.Sorted(maps.Keys(objs)) {
+			r := objs[name]
+			if !r.Federated || r.From != "" {
+				continue
+			}
+			data, err := m.dataKey.Open(kind, name, r.Version, r.Sealed)
+			if err != nil {
+				m.log.Warn("a federated value does not open with this manager's data key; not sent to peers", "kind", kind, "name", name)
+				continue
+			}
+			out = append(out, api.PeerObject{Kind: kind, Name: name, Version: r.Version, Data: data})
+		}
+	}
+	return out
+}
+
+// applyPeerObjects makes this cluster's copies of a peer's federated
+// secrets and configs match what it sent: new ones are created (read-only
+// here, From the peer), changed versions resealed with this cluster's key,
+// and those it no longer sends removed unless a service here uses them. A
+// local object of the same name is never replaced.
+func (m *Manager) applyPeerObjects(peer string, in []api.PeerObject) error {
+	if len(in) > MaxPeerObjects {
+		return fmt.Errorf("%d federated objects (at most %d)", len(in), MaxPeerObjects)
+	}
+	remote := map[string]map[string]api.PeerObject{api.KindSecret: {}, api.KindConfig: {}}
+	for _, o := range in {
+		if checkKind(o.Kind) != nil || !objectNameRE.MatchString(o.Name) || o.Version == 0 || checkObjectValue(o.Kind, o.Data) != nil {
+			return fmt.Errorf("federated %s %q is not valid", o.Kind, o.Name)
+		}
+		remote[o.Kind][o.Name] = o
+	}
+	var conflicts []string
+	err := m.update(func(s *state) error {
+		conflicts = conflicts[:0]
+		if _, ok := s.peers[peer]; !ok {
+			return nil // removed while this sync was under way
+		}
+		for _, kind := range []string{api.KindSecret, api.KindConfig} {
+			objs := s.objects(kind)
+			next := cloneObjects(objs)
+			changed := false
+			for _, name := range slices.Sorted(maps.Keys(remote[kind])) {
+				o := remote[kind][name]
+				cur, ok := objs[name]
+				if ok && cur.From != peer {
+					conflicts = append(conflicts, kind+" "+name)
+					continue
+				}
+				if ok && cur.Version == o.Version {
+					continue
+				}
+				key, err := m.dataKeyLocked(s)
+				if err != nil {
+					return err
+				}
+				sealed, err := key.Seal(kind, name, o.Version, o.Data)
+				if err != nil {
+					return err
+				}
+				now := m.now().UTC()
+				if !ok {
+					cur = objectRecord{ID: randomID(), Name: name, CreatedAt: now, From: peer}
+				}
+				cur.Version, cur.Sealed, cur.Size, cur.UpdatedAt = o.Version, sealed, len(o.Data), now
+				next[name] = cur
+				changed = true
+			}
+			for name, cur := range objs {
+				if _, sent := remote[kind][name]; cur.From == peer && !sent && len(s.servicesUsing(kind, name)) == 0 {
+					delete(next, name)
+					changed = true
+				}
+			}
+			if changed {
+				s.setObjects(kind, next)
+			}
+		}
+		return nil
+	})
+	if len(conflicts) > 0 && m.links.noteConflict(peer, strings.Join(conflicts, ", ")) {
+		m.log.Warn("the peer's federated objects have the names of local ones; keeping the local ones", "peer", peer, "objects", strings.Join(conflicts, ", "))
+	}
+	return err
+}
+
+// dropPeerObjects removes the objects a removed peer sent, unless a
+// service here uses them (those stay, as local objects).
+func (s *state) dropPeerObjects(peer string) {
+	for _, kind := range []string{api.KindSecret, api.KindConfig} {
+		next := cloneObjects(s.objects(kind))
+		for name, r := range next {
+			if r.From != peer {
+				continue
+			}
+			if len(s.servicesUsing(kind, name)) == 0 {
+				delete(next, name)
+			} else {
+				r.From = ""
+				next[name] = r
+			}
+		}
+		s.setObjects(kind, next)
+	}
 }

@@ -286,3 +286,90 @@ func TestPeerStopsAnswering(t *testing.T) {
 		t.Error("the import lost its VIP while its peer is away")
 	}
 }
+
+// A federated secret made in B reaches A, sealed with A's key, read-only
+// there; an update and the removal follow; a local object of the same name
+// is never replaced; peer rm takes the copies away.
+func TestFederatedObjects(t *testing.T) {
+	a := startManagerRanges(t, "", "", "")
+	b := startManagerRanges(t, "10.20.0.0/24", "10.20.0.0/16", "10.21.0.0/16")
+	tok, err := b.m.PeerToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.m.AddPeer(context.Background(), api.PeerAdd{Name: "b", Token: tok, As: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.m.CreateObject(api.KindSecret, api.ObjectSpec{Name: "dbpass", Data: []byte("s3cret"), Federated: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.m.CreateObject(api.KindConfig, api.ObjectSpec{Name: "local.conf", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.m.CreateObject(api.KindConfig, api.ObjectSpec{Name: "clash", Data: []byte("from b"), Federated: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.m.CreateObject(api.KindConfig, api.ObjectSpec{Name: "clash", Data: []byte("a's own")}); err != nil {
+		t.Fatal(err)
+	}
+	value := func(kind, name string) (string, objectRecord) {
+		a.m.mu.Lock()
+		defer a.m.mu.Unlock()
+		r, ok := a.m.st.objects(kind)[name]
+		if !ok {
+			return "", r
+		}
+		v, err := a.m.dataKey.Open(kind, name, r.Version, r.Sealed)
+		if err != nil {
+			t.Fatalf("A cannot open its copy of %s: %v", name, err)
+		}
+		return string(v), r
+	}
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("never: %s", what)
+			}
+			a.m.kickPeers()
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	wait("A holds B's federated secret", func() bool { v, _ := value(api.KindSecret, "dbpass"); return v == "s3cret" })
+	_, rec := value(api.KindSecret, "dbpass")
+	if rec.From != "b" || rec.Version != 1 {
+		t.Errorf("A's copy %+v: want From b, version 1", rec)
+	}
+	if v, _ := value(api.KindConfig, "local.conf"); v != "" {
+		t.Error("an object not federated reached the peer")
+	}
+	if v, _ := value(api.KindConfig, "clash"); v != "a's own" {
+		t.Errorf("A's own config was replaced by the peer's: %q", v)
+	}
+	if _, err := a.m.UpdateObject(api.KindSecret, "dbpass", []byte("x")); err == nil || !strings.Contains(err.Error(), "federated from peer b") {
+		t.Errorf("update of a peer's secret on A: %v", err)
+	}
+	if err := a.m.RemoveObject(api.KindSecret, "dbpass"); err == nil || !strings.Contains(err.Error(), "federated from peer b") {
+		t.Errorf("rm of a peer's secret on A: %v", err)
+	}
+	if _, err := b.m.UpdateObject(api.KindSecret, "dbpass", []byte("n3w")); err != nil {
+		t.Fatal(err)
+	}
+	wait("A follows B's update", func() bool { v, r := value(api.KindSecret, "dbpass"); return v == "n3w" && r.Version == 2 })
+	if err := b.m.RemoveObject(api.KindSecret, "dbpass"); err != nil {
+		t.Fatal(err)
+	}
+	wait("A's copy goes with B's removal", func() bool { _, r := value(api.KindSecret, "dbpass"); return r.Name == "" })
+
+	if _, err := b.m.CreateObject(api.KindSecret, api.ObjectSpec{Name: "token", Data: []byte("t"), Federated: true}); err != nil {
+		t.Fatal(err)
+	}
+	wait("A holds token", func() bool { v, _ := value(api.KindSecret, "token"); return v == "t" })
+	if err := a.m.RemovePeer(context.Background(), "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, r := value(api.KindSecret, "token"); r.Name != "" {
+		t.Error("peer rm left the peer's federated secret")
+	}
+}

@@ -79,6 +79,17 @@ type PeerSync struct {
 	// Gateway is the node that holds the cluster's gateway links (its
 	// leader), nil while it has none.
 	Gateway *PeerGateway `json:"gateway,omitempty"`
+	// Objects are the federated secrets and configs with their values
+	// (the peer link is mTLS; the receiver seals them with its own key).
+	Objects []PeerObject `json:"objects,omitempty"`
+}
+
+// PeerObject is a federated secret or config.
+type PeerObject struct {
+	Kind    string `json:"kind"` // secret | config
+	Name    string `json:"name"`
+	Version uint64 `json:"version"`
+	Data    []byte `json:"data"`
 }
 
 // PeerGateway is a cluster's gateway node as its peers dial it.
