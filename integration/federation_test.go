@@ -76,7 +76,8 @@ func answers(ctx context.Context, n *lab.Node, task, url string, times int) (map
 // A's ranges, is refused naming them. A task in A reaches B's exported web
 // as web.b.warren.local through a VIP of A's range, answered by both of
 // B's tasks, through the gateways (A's task runs on A's worker, not on
-// the gateway); B's unexported service is not reachable; web.global
+// the gateway); B's unexported service is not reachable; a federated
+// secret made in B is read by a task in A; web.global
 // answers from A's own task while it exists and from B's after A scales
 // to 0; peer rm removes the names.
 func TestFederation(t *testing.T) {
@@ -119,6 +120,33 @@ func TestFederation(t *testing.T) {
 	}
 	waitPeerConnected(t, ctx, a.Manager, "b")
 	waitPeerConnected(t, ctx, b.Manager, "a")
+
+	// A federated secret made in B is read by a task in A.
+	if out, err := b.Manager.Sh(ctx, "printf %s fed-s3cret | warren secret create fedpass -f - --federated"); err != nil {
+		t.Fatalf("secret create --federated: %v: %s", err, out)
+	}
+	eventually(t, time.Minute, "A holds B's federated secret", func() error {
+		out, err := a.Manager.Exec(ctx, "warren", "secret", "inspect", "fedpass", "--json")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if !strings.Contains(out, `"from": "b"`) {
+			return fmt.Errorf("inspect: %s", out)
+		}
+		return nil
+	})
+	createService(t, a, "reader", append([]string{"--secret", "fedpass", "--constraint", "node.name==a-worker-1"}, pageCmd("R")...)...)
+	reader := waitRunning(t, a, "reader", 1).Tasks[0]
+	eventually(t, 30*time.Second, "A's task reads the federated secret", func() error {
+		out, err := taskExec(ctx, nodeByName(a, reader.Node), reader.Name, "cat", "/run/secrets/fedpass")
+		if err != nil {
+			return err
+		}
+		if out != "fed-s3cret" {
+			return fmt.Errorf("/run/secrets/fedpass holds %q", out)
+		}
+		return nil
+	})
 
 	// A's client task on A's worker (not the gateway).
 	createService(t, a, "client", append([]string{"--constraint", "node.name==a-worker-1"}, pageCmd("C")...)...)
