@@ -99,7 +99,8 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	var mem member
 	var admin http.Handler
-	var raftStatus func() metrics.Raft // managers: for /metrics
+	var raftStatus func() metrics.Raft          // managers: for /metrics
+	var peerStatus func() []metrics.ClusterPeer // managers: peered clusters for /metrics
 	if cfg.Node.Role == configs.RoleManager {
 		_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
 		created := errors.Is(statErr, os.ErrNotExist) && cfg.Cluster.Manager == ""
@@ -185,6 +186,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			i := mgr.Info()
 			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
 		}
+		peerStatus = func() []metrics.ClusterPeer { return clusterPeerMetrics(mgr.Peers()) }
 	} else {
 		acfg := agent.Config{
 			StateDir: cfg.Node.StateDir,
@@ -250,7 +252,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log),
 		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
 	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
-	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
+	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus, peerStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
 	}

@@ -120,6 +120,9 @@ func TestFederation(t *testing.T) {
 	}
 	waitPeerConnected(t, ctx, a.Manager, "b")
 	waitPeerConnected(t, ctx, b.Manager, "a")
+	if out, err := a.Manager.Exec(ctx, "curl", "-sS", "http://127.0.0.1:9586/metrics"); err != nil || !strings.Contains(out, `warren_cluster_peer_connected{peer="b"} 1`) {
+		t.Errorf("A's manager metrics lack warren_cluster_peer_connected{peer=\"b\"} 1: %v", err)
+	}
 
 	// A federated secret made in B is read by a task in A.
 	if out, err := b.Manager.Sh(ctx, "printf %s fed-s3cret | warren secret create fedpass -f - --federated"); err != nil {
