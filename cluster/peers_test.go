@@ -147,6 +147,9 @@ func TestPeeringBothWaysExportsAndRemove(t *testing.T) {
 	if err := b.m.SetExported("web", true); err != nil {
 		t.Fatal(err)
 	}
+	if v, err := b.m.Service("web"); err != nil || !v.Exported {
+		t.Errorf("service inspect after export: exported=%v %v", v.Exported, err)
+	}
 	if err := b.m.SetExported("nope", true); err == nil || !strings.Contains(err.Error(), `no service named "nope"`) {
 		t.Fatalf("export of an unknown service: %v", err)
 	}

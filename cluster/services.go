@@ -486,7 +486,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CapAdd: r.CapAdd, CapDrop: r.CapDrop, CreatedAt: r.CreatedAt,
 		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{}, Labels: maps.Clone(r.Labels),
 		HealthSpec: api.HealthSpec{HealthCheck: r.HealthCheck, UpdateConfig: r.UpdateConfig, RollbackConfig: r.RollbackConfig},
-		Workload:   r.Workload,
+		Workload:   r.Workload, Exported: r.Exported,
 	}
 	if r.Update != nil {
 		us := r.Update.UpdateStatus
