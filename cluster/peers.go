@@ -390,11 +390,12 @@ func (m *Manager) Peers() []api.PeerView {
 	m.mu.Lock()
 	var recs []peerRecord
 	var imports []federation.Import
+	var gatewayNode string
 	if m.st != nil {
 		for _, r := range m.st.peers {
 			recs = append(recs, r)
 		}
-		imports = m.st.imports
+		imports, gatewayNode = m.st.imports, m.st.gatewayID
 	}
 	m.mu.Unlock()
 	slices.SortFunc(recs, func(a, b peerRecord) int {
@@ -405,7 +406,9 @@ func (m *Manager) Peers() []api.PeerView {
 	})
 	out := []api.PeerView{}
 	for _, r := range recs {
-		out = append(out, m.peerView(r, imports))
+		v := m.peerView(r, imports)
+		v.Gateway, v.GatewayNode = r.Gateway, gatewayNode
+		out = append(out, v)
 	}
 	return out
 }

@@ -203,6 +203,28 @@ func TestFederation(t *testing.T) {
 		t.Errorf("some requests to web.b failed: %v", counts)
 	}
 	t.Logf("web.b.warren.local from %s (A): %v", client.Name, counts)
+	// The gateways' WireGuard link shows in network status --cluster.
+	eventually(t, time.Minute, "network status --cluster shows a healthy gateway link to b", func() error {
+		out, err := a.Manager.Exec(ctx, "warren", "network", "status", "--cluster", "--json")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		var st struct {
+			Gateways []struct {
+				Peer    string `json:"peer"`
+				From    string `json:"from"`
+				Healthy bool   `json:"healthy"`
+				Problem string `json:"problem"`
+			} `json:"gateways"`
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return err
+		}
+		if len(st.Gateways) != 1 || st.Gateways[0].Peer != "b" || st.Gateways[0].From != "a-manager-1" || !st.Gateways[0].Healthy {
+			return fmt.Errorf("gateways %+v", st.Gateways)
+		}
+		return nil
+	})
 	// By task IP: B's exported task answers (the path works without the
 	// VIP), B's unexported one does not (the gateway drops it).
 	if out, err := taskExec(ctx, worker, client.Name, "httpget", "http://"+bweb.Tasks[0].IP+"/"); err != nil || trim(out) != "B-"+bweb.Tasks[0].Name {

@@ -114,4 +114,8 @@ type PeerView struct {
 	Imports     []federation.Import `json:"imports"`
 	LastContact *time.Time          `json:"last_contact,omitempty"`
 	CreatedAt   time.Time           `json:"created_at"`
+	// Gateway is the peer's gateway node as it last said; GatewayNode the
+	// ID of this cluster's gateway node, which holds the link to it.
+	Gateway     *PeerGateway `json:"gateway,omitempty"`
+	GatewayNode string       `json:"gateway_node,omitempty"`
 }
