@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -279,6 +280,76 @@ func TestFederation(t *testing.T) {
 		out, err := taskExec(ctx, worker, client.Name, "nslookup", "web.b.warren.local")
 		if err == nil && strings.Contains(out, vip) {
 			return fmt.Errorf("still resolves: %q", out)
+		}
+		return nil
+	})
+}
+
+// Seed "Multi-Cluster Networking": the gateway moves with the leader. A
+// has three managers; B's web is reached from a task on a manager of A
+// that is not the leader; A's leader (the gateway) is killed; after the
+// new leader takes the gateway over and B learns of it, web.b answers
+// again from the same task.
+func TestFederationGatewayFailover(t *testing.T) {
+	l := newLab(t)
+	img := []string{imageTarball(t)}
+	a := startCluster(t, l, lab.ClusterOptions{NamePrefix: "a-", Managers: 2, Images: img})
+	b := startCluster(t, l, lab.ClusterOptions{NamePrefix: "b-", Images: img,
+		ManagerWireGuardExtra: "subnet = \"10.20.0.0/24\"\n",
+		ManagerExtra:          "[network]\ncontainer_subnet = \"10.20.0.0/16\"\nvip_subnet = \"10.21.0.0/16\"\n"})
+	ctx := ctxFor(t, 10*time.Minute)
+	createService(t, b, "web", append([]string{"--replicas", "2"}, pageCmd("B")...)...)
+	waitRunning(t, b, "web", 2)
+	if out, err := b.Manager.Exec(ctx, "warren", "service", "export", "web"); err != nil {
+		t.Fatalf("service export: %v: %s", err, out)
+	}
+	tok, err := b.Manager.Exec(ctx, "warren", "cluster", "peer", "token", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := a.Manager.Exec(ctx, "warren", "cluster", "peer", "add", "b", "--token", trim(tok), "--as", "a"); err != nil {
+		t.Fatalf("peer add b: %v: %s", err, out)
+	}
+	waitPeerConnected(t, ctx, a.Manager, "b")
+	leader, err := leaderIn(ctx, a, a.Manager)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var other *lab.Node
+	for _, n := range a.Nodes() {
+		if n != leader {
+			other = n
+			break
+		}
+	}
+	createService(t, a, "client", append([]string{"--constraint", "node.name==" + other.Name}, pageCmd("C")...)...)
+	client := waitRunning(t, a, "client", 1).Tasks[0]
+	fetch := func() error {
+		out, err := taskExec(ctx, other, client.Name, "httpget", "http://web.b.warren.local/")
+		if err == nil && !strings.HasPrefix(trim(out), "B-web-") {
+			err = fmt.Errorf("page %q", out)
+		}
+		return err
+	}
+	eventually(t, 90*time.Second, "web.b answers through the first gateway", fetch)
+
+	if err := leader.StopAppliance(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	eventually(t, 3*time.Minute, "web.b answers through the new gateway", fetch)
+	t.Logf("web.b answered again %s after the gateway (A's leader %s) was killed", time.Since(start).Round(100*time.Millisecond), leader.Name)
+	newLeader, err := leaderIn(ctx, a, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "B's gateway link names A's new gateway", func() error {
+		out, err := b.Manager.Exec(ctx, "warren", "network", "status", "--cluster", "--json")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if !strings.Contains(out, newLeader.LANIP.String()+":") {
+			return fmt.Errorf("B's gateway links do not name %s (%s): %s", newLeader.Name, newLeader.LANIP, out)
 		}
 		return nil
 	})
