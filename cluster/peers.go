@@ -44,7 +44,7 @@ type federationRecord struct {
 	GatewayID string `json:"gateway_id"`
 }
 
-// gatewayLocked is this cluster's gateway node as peers dial it.
+// gateway is this cluster's gateway node as peers dial it.
 func (s *state) gateway() *api.PeerGateway {
 	n, ok := s.nodes[s.gatewayID]
 	if !ok || !n.Endpoint.IsValid() || n.PublicKey == "" {
