@@ -17,6 +17,8 @@ import (
 // on the root-only local unix socket: it has no authentication of its own.
 //
 //	GET    /v1/cluster                      cluster info
+//	GET    /v1/cluster/ca                   api.CAStatus
+//	POST   /v1/cluster/ca/rotate            api.CARotateRequest: start (or --finish) a CA rotation
 //	GET    /v1/join-tokens/{role}           current token (worker|manager)
 //	POST   /v1/join-tokens/{role}/rotate    new secret; the old token stops working
 //	GET    /v1/nodes                        list
@@ -110,6 +112,22 @@ func (m *Manager) adminMux() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: tok, Manager: m.joinAddress()})
+	})
+	mux.HandleFunc("GET "+api.PathCA, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.CAStatus())
+	})
+	mux.HandleFunc("POST "+api.PathCA+api.ActionRotate, func(w http.ResponseWriter, r *http.Request) {
+		var req api.CARotateRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		st, err := m.RotateCA(req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("GET "+api.PathNodes, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Nodes())

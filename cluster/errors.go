@@ -40,6 +40,12 @@ func writeError(w http.ResponseWriter, err error) {
 	if errors.As(err, &ae) {
 		status = ae.status
 	}
+	if status == http.StatusUnauthorized || status == http.StatusForbidden {
+		// The connection's client certificate may be what is refused (a
+		// retired CA's, a superseded one): the client must not reuse the
+		// connection, its next one presents its current certificate.
+		w.Header().Set("Connection", "close")
+	}
 	writeJSON(w, status, api.Error{Error: err.Error()})
 }
 

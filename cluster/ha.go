@@ -131,7 +131,34 @@ func (m *Manager) issueManagerCert() error {
 		return err
 	}
 	m.mcert.Store(&tls.Certificate{Certificate: [][]byte{cert.Raw, m.ca.Cert.Raw}, PrivateKey: key, Leaf: cert})
+	// During a CA rotation also one of the previous CA, for managers that
+	// have not applied the rotation yet (managerClientCert).
+	if m.prevCA == nil {
+		m.mcertPrev.Store(nil)
+		return nil
+	}
+	prev, err := m.prevCA.SignManagerSession(csr, m.selfID, m.now())
+	if err != nil {
+		return err
+	}
+	m.mcertPrev.Store(&tls.Certificate{Certificate: [][]byte{prev.Raw, m.prevCA.Cert.Raw}, PrivateKey: key, Leaf: prev})
 	return nil
+}
+
+// managerClientCert is the session certificate this manager presents as a
+// client to another manager: the current CA's, unless that manager's
+// certificate request names only the previous CA (on Raft connections: it
+// has not applied a CA rotation yet, and without this it would refuse the
+// entries that bring it the rotation). As a server a manager presents the current CA's: a
+// manager that has applied the rotation trusts both, one that has not
+// only dials out to vote or forward.
+func (m *Manager) managerClientCert(cri *tls.CertificateRequestInfo) *tls.Certificate {
+	cur := m.managerCert()
+	prev := m.mcertPrev.Load()
+	if prev == nil || cri == nil || cri.SupportsCertificate(cur) == nil || cri.SupportsCertificate(prev) != nil {
+		return cur
+	}
+	return prev
 }
 
 // leadershipLoop follows Raft leadership: a new leader first applies

@@ -89,6 +89,9 @@ type ManagerConfig struct {
 	ForceNewCluster bool
 
 	keepalive time.Duration // watch stream keepalive; tests shorten it
+	// caRotationCheck is how often the leader checks whether a CA
+	// rotation can finish (0: 5s); tests shorten it.
+	caRotationCheck time.Duration
 	// requestTimeout bounds reading a request (headers and body) and, with
 	// half again, writing the answer; default 20 s, tests shorten it.
 	requestTimeout time.Duration
@@ -117,6 +120,10 @@ type Manager struct {
 	known     atomic.Pointer[map[netip.Addr]bool]    // members' addresses (connlimit's kept slots)
 	slots     nodeSlots                              // per-node caps (nodecaps.go)
 	mcert     atomic.Pointer[tls.Certificate]
+	// mcertPrev is the session certificate of the previous CA during a CA
+	// rotation (nil otherwise); prevCA that CA, with its key.
+	mcertPrev atomic.Pointer[tls.Certificate]
+	prevCA    *pki.CA
 	relay     atomic.Pointer[RelayHandler] // relay connections on the API port
 	notify    chan struct{}                // an entry was applied or a snapshot restored
 	stop      chan struct{}
@@ -132,8 +139,9 @@ type Manager struct {
 	applied  uint64         // the raft index st reflects
 	leader   bool           // this manager leads and st is current
 	pending  store.Snapshot // full state to propose once leader (bootstrap)
-	ca       *pki.CA
+	ca       *pki.CA        // signs joins and renewals (the new CA during a rotation)
 	server   tls.Certificate
+	trustKey string // the CA material ca, server and pool reflect (carotate.go)
 	current  *clustermap.Map
 	mapJSON  []byte
 	changed  chan struct{} // closed and replaced on every new map version
@@ -188,6 +196,9 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.keepalive == 0 {
 		cfg.keepalive = api.WatchKeepalive
 	}
+	if cfg.caRotationCheck == 0 {
+		cfg.caRotationCheck = 5 * time.Second
+	}
 	if cfg.requestTimeout == 0 {
 		cfg.requestTimeout = 20 * time.Second
 	}
@@ -239,12 +250,14 @@ func (m *Manager) open() error {
 	switch {
 	case m.cfg.Join != nil:
 		m.selfID = m.cfg.Join.ID
-		ca, err := pki.ParseCertPEM(m.cfg.Join.CACert)
+		cas, err := pki.ParseCertsPEM(m.cfg.Join.CACert)
 		if err != nil {
 			return fmt.Errorf("cluster CA: %w", err)
 		}
 		pool := x509.NewCertPool()
-		pool.AddCert(ca)
+		for _, ca := range cas {
+			pool.AddCert(ca)
+		}
 		m.pool.Store(pool)
 		cert := m.cfg.Join.Cert
 		m.mcert.Store(&cert)
@@ -323,10 +336,11 @@ func (m *Manager) open() error {
 	} else {
 		close(m.initial)
 	}
-	m.loops.Add(3)
+	m.loops.Add(4)
 	go m.leadershipLoop()
 	go m.followLoop()
 	go m.dataKeyLoop()
+	go m.caRotationLoop(m.cfg.caRotationCheck)
 	if !bootstrap && m.soleVoter() {
 		// A restarted one-manager cluster: writes work once OpenManager
 		// returns, as before Raft.
@@ -379,18 +393,8 @@ func (m *Manager) soleVoter() bool {
 // setStateLocked makes s the state this manager serves: CA, serving
 // certificate and map follow it.
 func (m *Manager) setStateLocked(s *state) error {
-	if m.ca == nil {
-		ca, err := pki.LoadCA(s.meta.CACert, s.meta.CAKey)
-		if err != nil {
-			return fmt.Errorf("stored cluster CA: %w", err)
-		}
-		server, err := tls.X509KeyPair(slices.Concat(s.meta.ServerCert, s.meta.CACert), s.meta.ServerKey)
-		if err != nil {
-			return fmt.Errorf("stored server certificate: %w", err)
-		}
-		m.ca, m.server = ca, server
-		m.pool.Store(ca.Pool())
-		if err := m.issueManagerCert(); err != nil {
+	if m.ca == nil || m.trustKey != trustKey(s.meta) {
+		if err := m.loadTrustLocked(s); err != nil {
 			return err
 		}
 	}
@@ -597,6 +601,13 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 		m.applied = idx
 	}
 	m.st, m.snap, m.unplaced = next, snap, unplaced
+	if m.trustKey != trustKey(next.meta) {
+		// A CA rotation started or finished (carotate.go). The entry
+		// passed validateTrust, so loading it cannot fail short of a bug.
+		if err := m.loadTrustLocked(next); err != nil {
+			m.log.Error("cannot load the cluster CA just committed", "err", err)
+		}
+	}
 	m.publishCredsLocked()
 	if mapChanged {
 		m.current, m.mapJSON = candidate, body
@@ -654,7 +665,7 @@ func (m *Manager) Map() *clustermap.Map {
 func (m *Manager) JoinTokens() (worker, manager string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	h := m.ca.Hash()
+	h := m.st.meta.servingCAHash()
 	return pki.Token{CAHash: h, Secret: m.st.meta.WorkerSecret}.String(),
 		pki.Token{CAHash: h, Secret: m.st.meta.ManagerSecret}.String()
 }

@@ -276,10 +276,10 @@ func (m *Manager) join(req api.JoinRequest) (api.JoinResponse, error) {
 		if err != nil {
 			return errorf(http.StatusBadRequest, "certificate request refused: %v", err)
 		}
-		rec.CertNotAfter, rec.CertSerial, rec.PrevSerial, rec.TLSKey = cert.NotAfter, pki.Serial(cert), "", keyHash
+		rec.CertNotAfter, rec.CertSerial, rec.PrevSerial, rec.TLSKey, rec.CAHash = cert.NotAfter, pki.Serial(cert), "", keyHash, m.ca.Hash()
 		s.nodes[rec.ID] = rec
 		m.lastSeen[rec.ID] = now
-		resp = api.JoinResponse{ClusterID: s.meta.ClusterID, Node: rec.Node, Certificate: cert.Raw, Network: s.meta.network()}
+		resp = api.JoinResponse{ClusterID: s.meta.ClusterID, Node: rec.Node, Certificate: cert.Raw, Network: s.meta.network(), TrustBundle: s.meta.trustBundle()}
 		return nil
 	})
 	return resp, err
@@ -374,7 +374,7 @@ func (m *Manager) handleRenew(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return errorf(http.StatusBadRequest, "certificate request refused: %v", err)
 		}
-		rec.CertNotAfter, rec.CertSerial, rec.PrevSerial, rec.TLSKey = cert.NotAfter, pki.Serial(cert), presented, pki.KeyHash(cert.PublicKey)
+		rec.CertNotAfter, rec.CertSerial, rec.PrevSerial, rec.TLSKey, rec.CAHash = cert.NotAfter, pki.Serial(cert), presented, pki.KeyHash(cert.PublicKey), m.ca.Hash()
 		s.nodes[c.id] = rec
 		der, name, notAfter = cert.Raw, rec.Name, cert.NotAfter
 		return nil

@@ -148,7 +148,7 @@ func (m *Manager) managerClientTLS(raft bool) *tls.Config {
 		}
 		_, err := m.verifyManagerPeer(raw, x509.ExtKeyUsageServerAuth)
 		return err
-	}, m.managerCert)
+	}, nil, m.managerClientCert)
 }
 
 func (m *Manager) verifyServerPeer(raw [][]byte) error {
@@ -222,10 +222,27 @@ func (m *Manager) serverTLS() *tls.Config {
 	noRelay := conf.Clone()
 	noRelay.NextProtos = slices.DeleteFunc(slices.Clone(conf.NextProtos), func(p string) bool { return p == alpnRelay })
 	conf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		base := conf
 		if m.relay.Load() == nil && slices.Contains(hello.SupportedProtos, alpnRelay) {
-			return noRelay, nil
+			base = noRelay
 		}
-		return nil, nil
+		if !slices.Contains(hello.SupportedProtos, alpnRaft) {
+			if base == conf {
+				return nil, nil
+			}
+			return base, nil
+		}
+		// On Raft connections the CAs this manager accepts go in the
+		// certificate request, so a manager holding session certificates
+		// of two CAs (during a CA rotation) presents one this manager
+		// already trusts (managerClientCert). Verification stays in
+		// VerifyConnection. (Not on the node API: Go clients with a fixed
+		// certificate would then send none to a manager of another CA,
+		// and be told to join instead of that their CA is foreign.)
+		c := base.Clone()
+		c.GetConfigForClient = nil
+		c.ClientCAs = m.caPool()
+		return c, nil
 	}
 	return conf
 }

@@ -51,6 +51,11 @@ type meta struct {
 	ManagerSecret      string       `json:"manager_secret"`
 	SelfID             string       `json:"self_id"` // the manager that created the cluster
 	Version            uint64       `json:"version"`
+	// CAGeneration counts CA rotations (0: the CA made by cluster init).
+	CAGeneration int `json:"ca_generation,omitempty"`
+	// CARotation is the CA rotation in progress (carotate.go), nil if none:
+	// CACert/CAKey above are then already the new CA.
+	CARotation *caRotation `json:"ca_rotation,omitempty"`
 	// PeerSecret is the secret of this cluster's peer token, made by the
 	// first `warren cluster peer token`.
 	PeerSecret string `json:"peer_secret,omitempty"`
@@ -75,6 +80,9 @@ type nodeRecord struct {
 	// Demoted: the operator made this manager a non-voter (`warren node
 	// demote`); it may not promote itself back (only `node promote` does).
 	Demoted bool `json:"demoted,omitempty"`
+	// CAHash is the fingerprint of the CA that signed CertSerial ("" in
+	// records from before CA rotation: the cluster's first CA).
+	CAHash string `json:"ca_hash,omitempty"`
 }
 
 // acceptsSerial reports whether serial is one of the node's live
@@ -345,7 +353,11 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 		Services:  s.sortedServices(),
 		Tasks:     tasks,
 		Policies:  policies,
-		Imports:   slices.Clone(s.imports),
+		// Every node takes the trust bundle from the map (delivered over
+		// the mTLS stream it already trusts): during a CA rotation it
+		// holds the new CA first, then the old one.
+		TrustBundle: s.meta.trustBundle(),
+		Imports:     slices.Clone(s.imports),
 	}
 	if len(s.peers) > 0 {
 		m.Federation = s.federationMap()
@@ -411,7 +423,9 @@ func checkChange(c store.Change) error {
 			switch bucket {
 			case bucketMeta:
 				var x meta
-				err = json.Unmarshal(v, &x)
+				if err = json.Unmarshal(v, &x); err == nil {
+					err = x.validateTrust()
+				}
 			case bucketNodes:
 				var x nodeRecord
 				err = json.Unmarshal(v, &x)

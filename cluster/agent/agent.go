@@ -62,20 +62,21 @@ type Agent struct {
 	cfg  Config
 	log  *slog.Logger
 	now  func() time.Time
-	ca   *x509.Certificate
 	key  *ecdsa.PrivateKey
 	peer apicall.Caller // to the managers, once the CA is pinned
 
 	mu         sync.Mutex
+	trust      []*x509.Certificate // FileCA: the CAs managers may present, current first (trust.go)
 	cert       tls.Certificate
 	id         identity
 	selfSynced bool
 	managers   []string // API addresses of every manager, from the last map
 	home       string   // the configured (or stored) manager address
 
-	renewMu   sync.Mutex // one renewal at a time (timer and stream start)
-	renewFrac float64    // renew at this fraction of the lifetime: 0.6..0.7, per agent
-	lastRenew time.Time  // monotonic: when the last renewal succeeded
+	renewMu   sync.Mutex    // one renewal at a time (timer and stream start)
+	renewFrac float64       // renew at this fraction of the lifetime: 0.6..0.7, per agent
+	lastRenew time.Time     // monotonic: when the last renewal succeeded
+	renewKick chan struct{} // a CA rotation asks for a renewal now
 }
 
 type identity struct {
@@ -119,7 +120,8 @@ func Join(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("join: %w", err)
 	}
 	// Nodes joined the same day must not all renew at the same moment.
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent"), now: cfg.now, renewFrac: 0.6 + 0.1*rand.Float64()}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent"), now: cfg.now, renewFrac: 0.6 + 0.1*rand.Float64(),
+		renewKick: make(chan struct{}, 1)}
 	found, err := a.loadIdentity()
 	if err != nil {
 		return nil, err
@@ -133,7 +135,7 @@ func Join(ctx context.Context, cfg Config) (*Agent, error) {
 			a.log.Warn("configured name or role differs from this node's cluster record; keeping the record (to change them, `warren node rm` the node, clear the state dir and join again)",
 				"configured_name", cfg.Node.Name, "name", n.Name, "configured_role", cfg.Node.Role, "role", n.Role)
 		}
-		a.peer = a.peerFor(identityPin(pki.CertHash(a.ca.Raw)))
+		a.peer = a.identityPeer()
 		a.log.Info("reusing stored identity", "node", a.id.Node.Name, "id", a.id.Node.ID, "overlay_ip", a.id.Node.OverlayIP, "manager", a.id.Manager)
 		if !a.id.Network.Complete() {
 			if err := a.recoverNetwork(ctx); err != nil {
@@ -180,7 +182,7 @@ func (a *Agent) loadIdentity() (bool, error) {
 		return false, fmt.Errorf("decode %s: %w", a.path(FileIdentity), err)
 	}
 	var err error
-	if a.ca, err = pki.ParseCertPEM(caPEM); err != nil {
+	if a.trust, err = pki.ParseCertsPEM(caPEM); err != nil {
 		return false, fmt.Errorf("parse %s: %w", a.path(FileCA), err)
 	}
 	if a.key, err = pki.ParseKeyPEM(keyPEM); err != nil {
@@ -240,22 +242,28 @@ func (a *Agent) firstJoin(ctx context.Context) error {
 	if cert.Subject.CommonName != resp.Node.ID {
 		return fmt.Errorf("join: certificate is for %q but the node record is %q", cert.Subject.CommonName, resp.Node.ID)
 	}
-	a.ca = pinned
+	trust, err := bundleWith(pinned, resp.TrustBundle)
+	if err != nil {
+		return err
+	}
 	if !resp.Network.Complete() {
 		return fmt.Errorf("join: the manager sent no cluster network settings (%+v): is it older than this node?", resp.Network)
 	}
 	a.id = identity{ClusterID: resp.ClusterID, Manager: a.cfg.Manager, Node: resp.Node, Network: resp.Network}
 	// The certificate goes last: its file is what marks the join complete.
-	if err := atomicfile.Write(a.path(FileCA), pki.EncodeCertPEM(pinned.Raw), 0o644); err != nil {
+	if err := atomicfile.Write(a.path(FileCA), encodeBundle(trust), 0o644); err != nil {
 		return fmt.Errorf("save cluster CA: %w", err)
 	}
+	a.mu.Lock()
+	a.trust = trust
+	a.mu.Unlock()
 	if err := a.saveIdentity(); err != nil {
 		return err
 	}
 	if err := a.saveCert(resp.Certificate); err != nil {
 		return err
 	}
-	a.peer = a.peerFor(identityPin(pki.CertHash(pinned.Raw)))
+	a.peer = a.identityPeer()
 	a.selfSynced = true
 	a.log.Info("joined cluster", "cluster", resp.ClusterID, "node", resp.Node.Name, "id", resp.Node.ID,
 		"overlay_ip", resp.Node.OverlayIP, "block", resp.Node.ContainerBlock)
@@ -502,10 +510,19 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	opened := a.leaf()
 	resp, err := a.openWatch(ctx, *have)
 	if err != nil {
 		return false, err
 	}
+	defer func() {
+		// Runs after the body is closed: a stream opened with a
+		// certificate since renewed (a CA rotation) must not leave its
+		// connection to be reused with the old one.
+		if a.leaf() != opened {
+			a.peer.HTTP.CloseIdleConnections()
+		}
+	}()
 	defer resp.Body.Close()
 	connected = true
 	// The manager writes a keepalive line every keepalive period (it says
@@ -555,6 +572,7 @@ func (a *Agent) watchOnce(ctx context.Context, have *uint64, apply func(*cluster
 			*have = m.Version
 			a.noteSelf(&m)
 			a.noteManagers(&m)
+			a.noteTrust(&m)
 			// A slow apply is not a silent manager.
 			idle.Stop()
 			apply(&m)
@@ -631,8 +649,14 @@ func (a *Agent) renewLoop(ctx context.Context) {
 				wait = d
 			}
 		}
-		if err := backoff.Sleep(ctx, wait); err != nil {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-a.renewKick:
+			t.Stop()
+		case <-t.C:
 		}
 	}
 }
@@ -656,10 +680,17 @@ func (a *Agent) maybeRenew(ctx context.Context) error {
 	a.renewMu.Lock()
 	defer a.renewMu.Unlock()
 	leaf := a.leaf()
-	if leaf == nil || a.now().Before(pki.RenewAt(leaf, a.renewFrac)) {
+	if leaf == nil {
 		return nil
 	}
-	if !a.lastRenew.IsZero() && time.Since(a.lastRenew) < leaf.NotAfter.Sub(pki.IssuedAt(leaf))/10 {
+	// A CA rotation: the current CA did not sign this certificate, so it
+	// is renewed now whatever its age (it stops working when the old CA
+	// is retired).
+	rotated := a.needsNewCA()
+	if !rotated && a.now().Before(pki.RenewAt(leaf, a.renewFrac)) {
+		return nil
+	}
+	if !rotated && !a.lastRenew.IsZero() && time.Since(a.lastRenew) < leaf.NotAfter.Sub(pki.IssuedAt(leaf))/10 {
 		return nil
 	}
 	csr, err := pki.NewCSR(a.key, a.cfg.Node.Name)
@@ -679,7 +710,11 @@ func (a *Agent) maybeRenew(ctx context.Context) error {
 	// Pooled connections authenticated with the old certificate; the next
 	// calls present the new one.
 	a.peer.HTTP.CloseIdleConnections()
-	a.log.Info("node certificate renewed", "expires", a.leaf().NotAfter.UTC().Format(time.RFC3339))
+	if rotated {
+		a.log.Info("node certificate renewed with the cluster's new CA (CA rotation)", "expires", a.leaf().NotAfter.UTC().Format(time.RFC3339))
+	} else {
+		a.log.Info("node certificate renewed", "expires", a.leaf().NotAfter.UTC().Format(time.RFC3339))
+	}
 	return nil
 }
 
@@ -749,17 +784,20 @@ func (a *Agent) Certificate() *tls.Certificate {
 	return &c
 }
 
-// CAPool returns a pool holding the cluster's CA.
-func (a *Agent) CAPool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(a.ca)
-	return p
-}
+// CAPool returns a pool holding the CAs this node trusts (two during a CA
+// rotation).
+func (a *Agent) CAPool() *x509.CertPool { return a.trustPool() }
 
 // peerFor talks to managers whose certificate chains to the CA pinned by
 // pin, presenting this node's certificate.
 func (a *Agent) peerFor(pin apicall.Pin) apicall.Caller {
-	conf := apicall.MTLS(pin.Verify(a.now), func() *tls.Certificate {
+	return a.peerVerify(pin.Verify(a.now))
+}
+
+// peerVerify talks to managers that verify checks, presenting this node's
+// certificate.
+func (a *Agent) peerVerify(verify func(raw [][]byte) error) apicall.Caller {
+	conf := apicall.MTLS(verify, func() *tls.Certificate {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		c := a.cert // empty before the first join: the handshake sends no certificate
@@ -768,12 +806,6 @@ func (a *Agent) peerFor(pin apicall.Pin) apicall.Caller {
 	return apicall.Caller{Scheme: "https", Peer: "manager", HTTP: apicall.HTTPS(conf, apicall.Deadlines{
 		Dial: 10 * time.Second, KeepAlive: 15 * time.Second, Handshake: 10 * time.Second, ResponseHeader: 30 * time.Second,
 	})}
-}
-
-// identityPin pins the CA stored at the first join.
-func identityPin(caHash string) apicall.Pin {
-	return apicall.Pin{CAHash: caHash, By: "this node's cluster CA (" + FileCA + ")",
-		Advice: "this address now serves another cluster (was the manager re-created?); to join that cluster, clear the state dir and join with its token"}
 }
 
 // IsNameTaken reports whether a join failed because another node (with
@@ -806,8 +838,8 @@ func (a *Agent) TLSIdentity() (*tls.Certificate, *x509.CertPool) {
 	defer a.mu.Unlock()
 	c := a.cert
 	pool := x509.NewCertPool()
-	if a.ca != nil {
-		pool.AddCert(a.ca)
+	for _, ca := range a.trust {
+		pool.AddCert(ca)
 	}
 	return &c, pool
 }

@@ -39,8 +39,10 @@ func (a *Agent) ManagerJoin(ctx context.Context) (*api.ManagerJoin, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	cert := a.cert
-	cert.Certificate = append(slices.Clone(cert.Certificate[:1]), a.ca.Raw)
-	return &api.ManagerJoin{ID: a.id.Node.ID, Cert: cert, CACert: pki.EncodeCertPEM(a.ca.Raw), Leader: a.id.Manager}, nil
+	cert.Certificate = append(slices.Clone(cert.Certificate[:1]), a.trust[0].Raw)
+	// CACert is the whole bundle: during a CA rotation the managers'
+	// certificates may be of either CA.
+	return &api.ManagerJoin{ID: a.id.Node.ID, Cert: cert, CACert: encodeBundle(a.trust), Leader: a.id.Manager}, nil
 }
 
 // noteManagers remembers the managers' API addresses from a map: when the

@@ -28,6 +28,8 @@ const (
 	PathBackup     = "/v1/backup"      // GET: the state at one applied index (JSON; holds the CA key)
 
 	ActionRotate = "/rotate"
+	// PathCA: GET CAStatus; PathCA+ActionRotate: POST CARotateRequest.
+	PathCA       = "/v1/cluster/ca"
 	ActionScale  = "/scale"
 	ActionUpdate = "/update"
 	ActionLabels = "/labels"
@@ -85,6 +87,9 @@ type JoinResponse struct {
 	Node        clustermap.Node    `json:"node"`
 	Certificate []byte             `json:"certificate"` // DER
 	Network     clustermap.Network `json:"network"`
+	// TrustBundle is the PEM of the CAs the node trusts from now on (the
+	// cluster CA, then during a CA rotation the previous one).
+	TrustBundle []byte `json:"trust_bundle,omitempty"`
 }
 
 // SelfUpdate refreshes what a node may change about itself on restart.
@@ -209,6 +214,40 @@ type ClusterInfo struct {
 	RaftState     string   `json:"raft_state"` // leader | follower | candidate
 	Voters        []string `json:"voters"`
 	NonVoters     []string `json:"non_voters"`
+}
+
+// CARotateRequest starts (or with Finish ends) a CA rotation.
+type CARotateRequest struct {
+	Force  bool          `json:"force,omitempty"`  // start another while one is in progress
+	Finish bool          `json:"finish,omitempty"` // retire the previous CA now
+	Grace  time.Duration `json:"grace,omitempty"`  // 0: 24h
+}
+
+// CAStatus is `warren cluster ca status`.
+type CAStatus struct {
+	Fingerprint string    `json:"fingerprint"` // sha256 of the current CA's DER
+	Subject     string    `json:"subject"`
+	Expires     time.Time `json:"expires"`
+	Generation  int       `json:"generation"` // rotations so far
+	Rotating    bool      `json:"rotating"`
+	// Previous is the CA being retired (during a rotation only).
+	Previous   string         `json:"previous,omitempty"`
+	Started    time.Time      `json:"started,omitzero"`
+	GraceUntil time.Time      `json:"grace_until,omitzero"`
+	Action     string         `json:"action"` // none, wait, finish, expired
+	Nodes      []CANodeStatus `json:"nodes"`
+}
+
+// CANodeStatus says which CA signed a node's current certificate.
+type CANodeStatus struct {
+	Name   string `json:"name"`
+	ID     string `json:"id"`
+	Role   string `json:"role"`
+	Issuer string `json:"issuer,omitempty"` // CA fingerprint ("": the cluster's first CA, recorded before rotation)
+	// NewCA: the node's certificate is the current CA's (a worker's
+	// recorded one; a manager's session certificate, re-issued from the
+	// current CA as the manager applies the rotation).
+	NewCA bool `json:"new_ca"`
 }
 
 // JoinToken answers join-token show/rotate.

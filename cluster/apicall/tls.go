@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/pki"
@@ -18,16 +19,20 @@ import (
 // certificates cannot know every address), and cert presented when the
 // server asks for one (cert may return an empty certificate: a node before
 // its first join presents none).
-func MTLS(verify func(raw [][]byte) error, cert func() *tls.Certificate) *tls.Config {
+func MTLS(verify func(raw [][]byte) error, cert func() *tls.Certificate, choose ...func(*tls.CertificateRequestInfo) *tls.Certificate) *tls.Config {
+	get := func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert(), nil }
+	if len(choose) > 0 {
+		// choose picks among several certificates by the CAs the server
+		// says it accepts.
+		get = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) { return choose[0](cri), nil }
+	}
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // replaced by VerifyPeerCertificate: verify
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			return verify(raw)
 		},
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return cert(), nil
-		},
+		GetClientCertificate: get,
 	}
 }
 
@@ -68,6 +73,9 @@ func Unix(socket string, d Deadlines) *http.Client {
 // for the error when a peer presents another CA.
 type Pin struct {
 	CAHash string
+	// Also are more pinned CA hashes: during a CA rotation a node trusts
+	// the old and the new CA (its trust bundle).
+	Also   []string
 	By     string // "the token", "this node's cluster CA (cluster-ca.crt)"
 	Advice string // what to do about a mismatch
 }
@@ -88,32 +96,47 @@ func (p Pin) Verify(now func() time.Time) func(raw [][]byte) error {
 		if len(certs) == 0 {
 			return errors.New("manager sent no certificate")
 		}
-		ca := p.Find(certs)
-		if ca == nil {
+		cas := p.findAll(certs)
+		if len(cas) == 0 {
 			got := ""
 			if len(certs) > 1 {
 				got = pki.CertHash(certs[len(certs)-1].Raw)
 			}
 			return &CAMismatchError{Pin: p, Got: got}
 		}
-		pool := x509.NewCertPool()
-		pool.AddCert(ca)
-		if err := pki.VerifyChain(ca, pool, x509.ExtKeyUsageAny, now()); err != nil {
-			return err
+		var err error
+		for _, ca := range cas {
+			pool := x509.NewCertPool()
+			pool.AddCert(ca)
+			if err = pki.VerifyChain(ca, pool, x509.ExtKeyUsageAny, now()); err != nil {
+				continue
+			}
+			if err = pki.VerifyChain(certs[0], pool, x509.ExtKeyUsageServerAuth, now()); err == nil {
+				return nil
+			}
 		}
-		return pki.VerifyChain(certs[0], pool, x509.ExtKeyUsageServerAuth, now())
+		return err
 	}
 }
 
 // Find returns the pinned CA among certs, nil if it is not there.
 func (p Pin) Find(certs []*x509.Certificate) *x509.Certificate {
-	var ca *x509.Certificate
+	cas := p.findAll(certs)
+	if len(cas) == 0 {
+		return nil
+	}
+	return cas[len(cas)-1]
+}
+
+// findAll returns the presented certificates whose hash is pinned.
+func (p Pin) findAll(certs []*x509.Certificate) []*x509.Certificate {
+	var out []*x509.Certificate
 	for _, c := range certs {
-		if pki.CertHash(c.Raw) == p.CAHash {
-			ca = c
+		if h := pki.CertHash(c.Raw); h == p.CAHash || slices.Contains(p.Also, h) {
+			out = append(out, c)
 		}
 	}
-	return ca
+	return out
 }
 
 // CAMismatchError: the manager's CA is not the pinned one. Retrying cannot

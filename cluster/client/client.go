@@ -74,6 +74,18 @@ func (c *Client) JoinToken(ctx context.Context, role string, rotate bool) (api.J
 	return out, c.do(ctx, http.MethodGet, path, nil, nil, &out)
 }
 
+// CAStatus reports the cluster CA and any rotation in progress.
+func (c *Client) CAStatus(ctx context.Context) (api.CAStatus, error) {
+	var out api.CAStatus
+	return out, c.do(ctx, http.MethodGet, api.PathCA, nil, nil, &out)
+}
+
+// RotateCA starts a CA rotation, or with req.Finish retires the previous CA.
+func (c *Client) RotateCA(ctx context.Context, req api.CARotateRequest) (api.CAStatus, error) {
+	var out api.CAStatus
+	return out, c.do(ctx, http.MethodPost, api.PathCA+api.ActionRotate, nil, req, &out)
+}
+
 // Nodes lists the cluster's nodes.
 func (c *Client) Nodes(ctx context.Context) ([]api.NodeView, error) {
 	var out []api.NodeView

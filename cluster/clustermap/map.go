@@ -34,6 +34,10 @@ type Map struct {
 	Tasks              []Task       `json:"tasks"`
 	// Policies are the network policies every node enforces for its tasks.
 	Policies []Policy `json:"policies,omitempty"`
+	// TrustBundle is the PEM of the CAs nodes trust: the cluster CA, and
+	// during a CA rotation the previous one after it. A node whose
+	// certificate is not signed by the first renews it at once.
+	TrustBundle []byte `json:"trust_bundle,omitempty"`
 	// Imports are peered clusters' services (federation.go); Federation
 	// the gateway links to the peers.
 	Imports    []Import    `json:"imports,omitempty"`

@@ -279,3 +279,55 @@ func randomSerial() *big.Int {
 	}
 	return n.Add(n, big.NewInt(1))
 }
+
+// NewRotatedCA creates the CA that replaces a cluster's current one in
+// `warren cluster ca rotate`: the same key type (ECDSA P-256) and
+// organization as NewCA, and a subject naming its generation, so two CAs
+// of one cluster never share a subject (chain building tells them apart).
+func NewRotatedCA(clusterID string, generation int, now time.Time) (*CA, error) {
+	ca, err := NewCA(clusterID, now)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := *ca.Cert
+	tmpl.Raw, tmpl.RawSubject, tmpl.RawIssuer, tmpl.RawTBSCertificate, tmpl.RawSubjectPublicKeyInfo = nil, nil, nil, nil, nil
+	tmpl.Subject = pkix.Name{CommonName: fmt.Sprintf("warren cluster CA %s gen %d", clusterID, generation), Organization: []string{"warren:" + clusterID}}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &ca.Key.PublicKey, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("self-sign CA: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse new CA: %w", err)
+	}
+	return &CA{Cert: cert, Key: ca.Key}, nil
+}
+
+// KeyMatches reports whether the CA's key is the one its certificate names.
+func (ca *CA) KeyMatches() bool {
+	return KeyHash(ca.Cert.PublicKey) != "" && KeyHash(ca.Cert.PublicKey) == KeyHash(&ca.Key.PublicKey)
+}
+
+// ParseCertsPEM parses every CERTIFICATE block of data (a trust bundle).
+func ParseCertsPEM(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("unexpected PEM block %q in a certificate bundle", block.Type)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM CERTIFICATE block")
+	}
+	return out, nil
+}

@@ -107,6 +107,7 @@ func addClusterCommands(root *cobra.Command) {
 	}
 	addJSONFlag(infoCmd)
 	clusterCmd.AddCommand(infoCmd)
+	addCACommands(clusterCmd)
 
 	backupCmd := &cobra.Command{
 		Use:   "backup FILE",
