@@ -105,7 +105,8 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	var mem member
 	var admin http.Handler
-	var raftStatus func() metrics.Raft // managers: for /metrics
+	var raftStatus func() metrics.Raft          // managers: for /metrics
+	var peerStatus func() []metrics.ClusterPeer // managers: peered clusters for /metrics
 	if cfg.Node.Role == configs.RoleManager {
 		_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
 		created := errors.Is(statErr, os.ErrNotExist) && cfg.Cluster.Manager == ""
@@ -191,6 +192,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			i := mgr.Info()
 			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
 		}
+		peerStatus = func() []metrics.ClusterPeer { return clusterPeerMetrics(mgr.Peers()) }
 	} else {
 		acfg := agent.Config{
 			StateDir: cfg.Node.StateDir,
@@ -258,7 +260,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
 	n.regCreds = newRegistryCreds(mem, log.With("component", "registries"))
 	n.blobPeers = &blobPeers{ident: mem.TLSIdentity}
-	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
+	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus, peerStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
 	}
@@ -599,7 +601,9 @@ func (n *node) syncPeers(m *clustermap.Map) []tunnel.Peer {
 // loop, since the next map may be long in coming.
 func (n *node) syncNAT(m *clustermap.Map) {
 	start := time.Now()
-	err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions())
+	opts := n.natOptions()
+	opts.PeerGateways = natGateways(m, n.self.ID)
+	err := n.nat.Sync(natServices(m, n.self.ID), opts)
 	n.met.ObserveNATSync(time.Since(start), err)
 	if err != nil {
 		n.log.Error("applying service rules", "err", err, "map_version", m.Version)
@@ -619,7 +623,8 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	if n.cfg != nil {
 		overlay = n.cfg.WireGuard.Interface
 	}
-	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: overlay})
+	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: overlay,
+		Peers: policyPeers(m, n.self.ID)})
 	st, err := n.pol.Sync(rules)
 	if err != nil {
 		n.log.Error("applying network policies", "err", err, "map_version", m.Version)

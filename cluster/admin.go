@@ -55,6 +55,11 @@ import (
 //	POST   /v1/registries/{host}/login      api.RegistryLogin, checked against the registry
 //	POST   /v1/registries/{host}/logout     forget the credentials
 //	DELETE /v1/registries/{host}            remove
+//	POST   /v1/peer-token                   api.PeerToken (this cluster's peer token)
+//	GET    /v1/peers                        peers with link state
+//	POST   /v1/peers                        api.PeerAdd (peer with another cluster)
+//	DELETE /v1/peers/{name}                 unpeer (both sides)
+//	POST   /v1/services/{name}/export       peers may reach the service; /unexport: not
 //
 // Reads are answered from this manager's copy of the state (on a follower
 // it lags the leader by the replication delay, normally milliseconds);
@@ -89,6 +94,7 @@ func (m *Manager) adminMux() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
+	m.peerRoutes(mux)
 	mux.HandleFunc("GET "+api.PathCluster, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Info())
 	})

@@ -162,6 +162,10 @@ type Manager struct {
 	// dataKey seals secrets' and configs' values (objects.go); nil until
 	// this manager has one.
 	dataKey secretbox.Key
+	// links is the state of the peer links (peers.go); peerKick asks the
+	// peer loop to sync now.
+	links    peerLinks
+	peerKick chan struct{}
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -218,6 +222,7 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 		changed: make(chan struct{}), lastSeen: map[string]time.Time{}, health: map[string][]api.PeerHealth{},
 		skew: map[string]time.Duration{}, notify: make(chan struct{}, 1), stop: make(chan struct{}),
 		ready: make(chan struct{}), initial: make(chan error, 1), joinDone: make(chan struct{}),
+		peerKick: make(chan struct{}, 1),
 	}
 	m.fwd = apicall.Caller{Scheme: "https", Peer: "manager", HTTP: apicall.HTTPS(m.managerClientTLS(false),
 		apicall.Deadlines{Dial: 5 * time.Second, Handshake: 5 * time.Second, Total: 15 * time.Second})}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/federation"
 	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/rollout"
 	"github.com/warren-appliance/warren/cluster/store"
@@ -27,8 +28,11 @@ const (
 	bucketSecrets    = "secrets"
 	bucketConfigs    = "configs"
 	bucketRegistries = "registries"
+	bucketPeers      = "peers"
+	bucketImports    = "imports"
 	keyCluster       = "cluster"
 	keyTasks         = "all"
+	keyGateway       = "gateway"
 )
 
 // meta is the cluster's identity and secrets, created once by cluster init.
@@ -53,6 +57,9 @@ type meta struct {
 	// CARotation is the CA rotation in progress (carotate.go), nil if none:
 	// CACert/CAKey above are then already the new CA.
 	CARotation *caRotation `json:"ca_rotation,omitempty"`
+	// PeerSecret is the secret of this cluster's peer token, made by the
+	// first `warren cluster peer token`.
+	PeerSecret string `json:"peer_secret,omitempty"`
 }
 
 // nodeRecord is a member plus what only the manager needs to know.
@@ -102,6 +109,9 @@ type serviceRecord struct {
 	UpdatedAt time.Time `json:"updated_at"`
 	// Update is the last rolling update (nil before the first).
 	Update *rollout.Status `json:"update,omitempty"`
+	// Exported: peered clusters may reach the service (`warren service
+	// export`).
+	Exported bool `json:"exported,omitempty"`
 }
 
 type policyRecord struct {
@@ -125,6 +135,12 @@ type state struct {
 	configs map[string]objectRecord
 	// registries by host; credentials sealed (registries.go).
 	registries map[string]registryRecord
+	// peers by name (peers.go); imports are the peers' exported services
+	// with this cluster's VIPs, sorted by peer and service.
+	peers   map[string]peerRecord
+	imports []federation.Import
+	// gatewayID is the node holding the links to the peers' gateways.
+	gatewayID string
 }
 
 func (s *state) clone() *state {
@@ -138,6 +154,9 @@ func (s *state) clone() *state {
 		secrets:    maps.Clone(s.secrets),
 		configs:    maps.Clone(s.configs),
 		registries: maps.Clone(s.registries),
+		peers:      maps.Clone(s.peers),
+		imports:    slices.Clone(s.imports),
+		gatewayID:  s.gatewayID,
 	}
 }
 
@@ -148,7 +167,8 @@ type records interface {
 
 func loadState(st records) (*state, error) {
 	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
-		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}, registries: map[string]registryRecord{}}
+		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}, registries: map[string]registryRecord{},
+		peers: map[string]peerRecord{}}
 	raw, ok := st.Load(bucketMeta)[keyCluster]
 	if !ok {
 		return nil, nil // no cluster yet
@@ -200,6 +220,25 @@ func loadState(st records) (*state, error) {
 		}
 		s.registries[k] = r
 	}
+	for k, v := range st.Load(bucketPeers) {
+		var r peerRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode peer %s: %w", k, err)
+		}
+		s.peers[k] = r
+	}
+	if v, ok := st.Load(bucketImports)[keyTasks]; ok {
+		if err := json.Unmarshal(v, &s.imports); err != nil {
+			return nil, fmt.Errorf("decode imports: %w", err)
+		}
+	}
+	if v, ok := st.Load(bucketImports)[keyGateway]; ok {
+		var f federationRecord
+		if err := json.Unmarshal(v, &f); err != nil {
+			return nil, fmt.Errorf("decode gateway: %w", err)
+		}
+		s.gatewayID = f.GatewayID
+	}
 	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
 		if err := json.Unmarshal(v, &s.tasks); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
@@ -211,7 +250,7 @@ func loadState(st records) (*state, error) {
 // snapshot renders the state as store records.
 func (s *state) snapshot() (store.Snapshot, error) {
 	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}, bucketPolicies: {},
-		bucketSecrets: {}, bucketConfigs: {}, bucketRegistries: {}}
+		bucketSecrets: {}, bucketConfigs: {}, bucketRegistries: {}, bucketPeers: {}, bucketImports: {}}
 	put := func(bucket, key string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -255,6 +294,21 @@ func (s *state) snapshot() (store.Snapshot, error) {
 	}
 	for k, v := range s.registries {
 		if err := put(bucketRegistries, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.peers {
+		if err := put(bucketPeers, k, v); err != nil {
+			return nil, err
+		}
+	}
+	if len(s.imports) > 0 {
+		if err := put(bucketImports, keyTasks, s.imports); err != nil {
+			return nil, err
+		}
+	}
+	if s.gatewayID != "" {
+		if err := put(bucketImports, keyGateway, federationRecord{GatewayID: s.gatewayID}); err != nil {
 			return nil, err
 		}
 	}
@@ -321,6 +375,10 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 		// the mTLS stream it already trusts): during a CA rotation it
 		// holds the new CA first, then the old one.
 		TrustBundle: s.meta.trustBundle(),
+		Imports:     slices.Clone(s.imports),
+	}
+	if len(s.peers) > 0 {
+		m.Federation = s.federationMap()
 	}
 	m.SetNetwork(s.meta.network())
 	return m
@@ -407,6 +465,16 @@ func checkChange(c store.Change) error {
 			case bucketRegistries:
 				var x registryRecord
 				err = json.Unmarshal(v, &x)
+			case bucketPeers:
+				err = checkPeerRecord(key, v)
+			case bucketImports:
+				if key == keyGateway {
+					var x federationRecord
+					err = json.Unmarshal(v, &x)
+				} else {
+					var x []federation.Import
+					err = json.Unmarshal(v, &x)
+				}
 			case replicate.BucketRaft:
 				err = errors.New("the replica's own bucket is not replicated")
 			}

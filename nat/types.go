@@ -62,8 +62,18 @@ type Service struct {
 	Affinity  bool // stick each client address to one endpoint
 }
 
+// PeerGateway is a peered cluster whose gateway links end on this node
+// (federation): its traffic is masqueraded into the cluster (other nodes
+// accept only the mesh's addresses) and reaches no port of this node.
+type PeerGateway struct {
+	Peer   string
+	Subnet netip.Prefix
+}
+
 // Options are the node-wide settings of the rules.
 type Options struct {
+	// PeerGateways are set on a cluster's gateway node only.
+	PeerGateways []PeerGateway
 	// Persistence turns on client-address affinity for every service.
 	Persistence bool
 	// PersistenceTimeout is how long an idle client stays stuck to its

@@ -58,6 +58,18 @@ type Input struct {
 	// with a node's address arriving from the bridge (a task forging its
 	// source) gets no exemption. Empty: no exemption at all.
 	Overlay string
+	// Peers are peered clusters whose gateway link ends on this node
+	// (federation): new connections from a peer's container subnet may
+	// reach only its Exposed task IPs (this cluster's exported services),
+	// and are then subject to the ingress policies like any other.
+	Peers []Peer
+}
+
+// Peer is a peered cluster as the policy chain filters it.
+type Peer struct {
+	Name    string
+	Subnet  netip.Prefix
+	Exposed []netip.Addr
 }
 
 // Set is one ipset: its members are task addresses (/32) or blocks.
@@ -123,6 +135,24 @@ func (r *renderer) render() Rules {
 	add := func(chain, rule string) { chains[chain] = append(chains[chain], rule) }
 
 	add(ChainPolicy, `-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "replies and known connections" -j RETURN`)
+	peers := slices.Clone(r.in.Peers)
+	slices.SortFunc(peers, func(a, b Peer) int { return cmp.Compare(a.Name, b.Name) })
+	for _, p := range peers {
+		if !p.Subnet.Addr().Is4() {
+			continue
+		}
+		set := r.set("peer "+p.Name+" may reach", func() []netip.Prefix {
+			var out []netip.Prefix
+			for _, ip := range p.Exposed {
+				if ip.Is4() {
+					out = append(out, netip.PrefixFrom(ip, 32))
+				}
+			}
+			return out
+		})
+		add(ChainPolicy, fmt.Sprintf(`-s %s -m set ! --match-set %s dst -m comment --comment %q -j DROP`,
+			p.Subnet.Masked(), set, "peer "+p.Name+": only exported services"))
+	}
 	add(ChainPolicy, "-j "+ChainIngress)
 	add(ChainPolicy, "-j "+ChainEgress)
 	if r.in.NodeSubnet.IsValid() && r.in.NodeSubnet.Addr().Is4() && r.in.Overlay != "" {

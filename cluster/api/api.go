@@ -362,6 +362,8 @@ type ServiceView struct {
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	Updating    bool              `json:"updating,omitempty"` // a rolling image update is in progress
+	// Exported: peered clusters reach it (`warren service export`).
+	Exported bool `json:"exported,omitempty"`
 	// HealthCheck, UpdateConfig and RollbackConfig as set on the service
 	// (nil: the image's check; the defaults).
 	HealthSpec

@@ -42,6 +42,10 @@ type Map struct {
 	// (mirrors of one registry are tried in this order). Credentials are
 	// not in the map: a node asks for them (values of kind registry).
 	Registries []Registry `json:"registries,omitempty"`
+	// Imports are peered clusters' services (federation.go); Federation
+	// the gateway links to the peers.
+	Imports    []Import    `json:"imports,omitempty"`
+	Federation *Federation `json:"federation,omitempty"`
 }
 
 // Registry is an added image registry as nodes pull from it.

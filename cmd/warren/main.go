@@ -67,6 +67,7 @@ func newRoot() *cobra.Command {
 	addClusterCommands(root)
 	addNodeCommands(root)
 	addServiceCommands(root)
+	addPeerCommands(root)
 	addVolumeCommands(root)
 	addNetworkCommands(root)
 	addPolicyCommands(root)
