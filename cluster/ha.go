@@ -276,6 +276,15 @@ func (m *Manager) syncLocked() {
 	if s == nil {
 		return // nothing replicated yet (a joining manager)
 	}
+	if err := openMeta(s, m.dataKey); err != nil {
+		// The leader sealed with a key this manager does not hold yet
+		// (an upgraded cluster whose leader made the key): dataKeyLoop
+		// asks for it and syncs again.
+		m.needKey = true
+		m.log.Warn("cannot open the replicated state yet; asking the other managers for the data key", "err", err)
+		return
+	}
+	m.needKey = false
 	if err := m.setStateLocked(s); err != nil {
 		m.log.Error("use replicated state", "err", err)
 		return

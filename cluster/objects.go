@@ -582,6 +582,7 @@ func (m *Manager) takeDataKey(k secretbox.Key) error {
 		return err
 	}
 	m.dataKey = slices.Clone(k)
+	m.poke()
 	return nil
 }
 
@@ -608,7 +609,7 @@ func (m *Manager) dataKeyLoop() {
 		case <-t.C:
 		}
 		m.mu.Lock()
-		need := m.st != nil && !keyOpensState(m.dataKey, m.st)
+		need := m.st != nil && (m.needKey || !keyOpensState(m.dataKey, m.st))
 		m.mu.Unlock()
 		if !need {
 			continue
@@ -651,6 +652,14 @@ func keyOpensState(k secretbox.Key, s *state) bool {
 			}
 		}
 	}
+	if sm := s.meta.Sealed; sm != nil {
+		if k == nil {
+			return false
+		}
+		if _, err := k.Open(stateSealKind, "ca_key@"+s.meta.ClusterID, sm.KeyGen, sm.CAKey); err != nil {
+			return false
+		}
+	}
 	if !found {
 		return true
 	}
@@ -675,7 +684,17 @@ func (m *Manager) replaceDataKey(k secretbox.Key) error {
 		return err
 	}
 	m.dataKey = slices.Clone(k)
+	m.poke()
 	return nil
+}
+
+// poke makes the follow loop read the replicated state again (one that
+// did not open before the data key came).
+func (m *Manager) poke() {
+	select {
+	case m.notify <- struct{}{}:
+	default:
+	}
 }
 
 // serviceRevision is the revision a --secret-rotation restart service's
