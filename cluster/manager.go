@@ -162,8 +162,15 @@ type Manager struct {
 	// dataKey seals secrets' and configs' values (objects.go); nil until
 	// this manager has one.
 	dataKey secretbox.Key
-	// needKey: the replicated state did not open with dataKey (syncLocked).
-	needKey bool
+	// needKey: the replicated state did not open with dataKey (syncLocked);
+	// unopened is that state (a key from another manager must open it).
+	needKey  bool
+	unopened *state
+	// nextKey is a data key received for a re-key, until the entry that
+	// seals with it applies (rekey.go); sealWith the key the leader's
+	// next commit seals with during a re-key.
+	nextKey  secretbox.Key
+	sealWith *sealTarget
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -243,8 +250,11 @@ func (m *Manager) open() error {
 	if err := m.loadDataKey(); err != nil {
 		return err
 	}
+	if err := m.loadNextKey(); err != nil {
+		return err
+	}
 	if s != nil && (m.cfg.Join == nil || hasRaft) {
-		if err := openMeta(s, m.dataKey); err != nil {
+		if err := m.openStateLocked(s); err != nil {
 			return fmt.Errorf("%s: %w (%s): copy secrets.key from another manager's state dir, or the key file written with a backup (FILE.key), to that path with mode 0600",
 				filepath.Join(m.cfg.StateDir, "manager.db"), err, m.dataKeyPath())
 		}
@@ -558,7 +568,7 @@ func (m *Manager) update(fn func(s *state) error) error {
 }
 
 func (m *Manager) updateLocked(fn func(s *state) error) error {
-	if !m.leader || m.st == nil {
+	if !m.leader || m.st == nil || m.needKey {
 		return m.noLeaderError(nil)
 	}
 	next := m.st.clone()
@@ -570,8 +580,12 @@ func (m *Manager) updateLocked(fn func(s *state) error) error {
 	// data key (becomeLeader writes at once): that is the upgrade entry. A
 	// leader without a key makes one while no secret or config is sealed;
 	// otherwise the state stays as it is until it gets one.
-	if k, err := m.dataKeyLocked(next); err == nil {
-		if err := sealMeta(next, m.st, k, 0); err != nil {
+	if t := m.sealWith; t != nil {
+		if err := sealMeta(next, m.st, t.key, t.gen); err != nil {
+			return err
+		}
+	} else if k, err := m.dataKeyLocked(next); err == nil {
+		if err := sealMeta(next, m.st, k, stateKeyGen(m.st)); err != nil {
 			return err
 		}
 	} else if next.meta.Sealed == nil {

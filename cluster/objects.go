@@ -611,6 +611,7 @@ func (m *Manager) dataKeyLoop() {
 		m.mu.Lock()
 		need := m.st != nil && (m.needKey || !keyOpensState(m.dataKey, m.st))
 		m.mu.Unlock()
+		m.rekeyIfNeeded()
 		if !need {
 			continue
 		}
@@ -677,7 +678,11 @@ func (m *Manager) replaceDataKey(k secretbox.Key) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.st != nil && !keyOpensState(k, m.st) {
+	target := m.st
+	if m.needKey && m.unopened != nil {
+		target = m.unopened // the newest state, which the current key does not open
+	}
+	if target != nil && !keyOpensState(k, target) {
 		return errors.New("its data key does not open this cluster's secrets and configs either")
 	}
 	if err := secretbox.Save(m.cfg.StateDir, k); err != nil {

@@ -291,3 +291,110 @@ func TestSealedMetaBinding(t *testing.T) {
 		t.Error("a record without its sealed CA key was accepted")
 	}
 }
+
+// storedState is a manager's replicated state as stored (sealed).
+func storedState(t *testing.T, m *Manager) *state {
+	t.Helper()
+	var s *state
+	var err error
+	m.replica.Read(func(st *store.Store, _ uint64) { s, err = loadState(st.All()) })
+	if err != nil || s == nil {
+		t.Fatalf("stored state: %v", err)
+	}
+	return s
+}
+
+// `node rm` of a manager replaces the data key: the remaining managers get
+// the new key over manager mTLS and the state (CA keys, join secrets,
+// secrets' values) is sealed again with it, so the removed manager's copy
+// of secrets.key opens none of it. A manager that was down during the
+// re-key asks for the key when it comes back and opens the state.
+func TestManagerRemovalReplacesTheDataKey(t *testing.T) {
+	hs := startHA(t, 5) // the removal and the re-key keep a quorum with two down
+	leader := leaderOf(hs)
+	if _, err := leader.m.CreateObject(api.KindSecret, api.ObjectSpec{Name: "dbpass", Data: []byte("pw-1")}); err != nil {
+		t.Fatal(err)
+	}
+	var removed, down *haManager
+	for _, h := range followersOf(hs) {
+		switch {
+		case removed == nil:
+			removed = h
+		case down == nil:
+			down = h
+		}
+	}
+	oldKey := leader.m.DataKey()
+	removedID := removed.m.Self().ID
+	w, mg := leader.m.JoinTokens()
+	for _, h := range hs {
+		if !bytes.Equal(h.m.DataKey(), oldKey) {
+			t.Fatalf("%s does not hold the cluster's data key", h.name)
+		}
+	}
+	removedKey, err := secretbox.Load(removed.cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	down.kill()
+	removed.kill()
+	if err := leader.m.RemoveNode(removedID, true); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the state sealed with a new key", func() bool {
+		s := storedState(t, leader.m)
+		return !s.meta.RekeyNeeded && stateKeyGen(s) == 1
+	})
+	newKey := leader.m.DataKey()
+	if bytes.Equal(newKey, oldKey) {
+		t.Fatal("the leader kept the old key")
+	}
+	stored := storedState(t, leader.m)
+	if keyOpensState(removedKey, stored) {
+		t.Fatal("the removed manager's key opens the state after the re-key")
+	}
+	if err := openMeta(storedState(t, leader.m), removedKey); err == nil {
+		t.Fatal("the removed manager's key opens the CA key and join secrets")
+	}
+	if _, err := removedKey.Open(api.KindSecret, "dbpass", stored.secrets["dbpass"].Version, stored.secrets["dbpass"].Sealed); err == nil {
+		t.Fatal("the removed manager's key opens a secret")
+	}
+	if err := openMeta(storedState(t, leader.m), newKey); err != nil {
+		t.Fatalf("the new key does not open the state: %v", err)
+	}
+	if w2, mg2 := leader.m.JoinTokens(); w2 != w || mg2 != mg {
+		t.Fatal("the re-key changed the join tokens")
+	}
+	// The manager that was up got the key from the leader and took it
+	// when the entry applied.
+	for _, h := range hs {
+		if h == leader || h == removed || h == down {
+			continue
+		}
+		waitUntil(t, h.name+" takes the new key", func() bool { return bytes.Equal(h.m.DataKey(), newKey) })
+		if k, err := secretbox.Load(h.cfg.StateDir); err != nil || !bytes.Equal(k, newKey) {
+			t.Fatalf("%s's key file: %v", h.name, err)
+		}
+		if _, err := secretbox.LoadNext(h.cfg.StateDir); !os.IsNotExist(err) {
+			t.Fatalf("%s kept the next key file: %v", h.name, err)
+		}
+	}
+	// The manager that was down asks for the key when it comes back.
+	down.agent = nil // it rejoins as itself, with its state
+	down.start()
+	waitUntil(t, down.name+" gets the new key", func() bool { return bytes.Equal(down.m.DataKey(), newKey) })
+	waitUntil(t, down.name+" opens the re-keyed state", func() bool {
+		down.m.mu.Lock()
+		defer down.m.mu.Unlock()
+		return down.m.st != nil && stateKeyGen(down.m.st) == 1 && down.m.st.meta.WorkerSecret != ""
+	})
+	if w2, _ := down.m.JoinTokens(); w2 != w {
+		t.Fatal("the manager that was down serves other tokens")
+	}
+	// And it keeps working across a restart with the new key only.
+	down.kill()
+	down.start()
+	if w2, _ := down.m.JoinTokens(); w2 != w {
+		t.Fatal("after a restart the manager that was down serves other tokens")
+	}
+}

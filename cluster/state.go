@@ -58,6 +58,9 @@ type meta struct {
 	// Sealed holds the secrets above sealed with the data key (nil in
 	// records written before sealing).
 	Sealed *sealedMeta `json:"sealed,omitempty"`
+	// RekeyNeeded: a manager was removed and the leader has yet to replace
+	// the data key (rekey.go).
+	RekeyNeeded bool `json:"rekey_needed,omitempty"`
 }
 
 // nodeRecord is a member plus what only the manager needs to know.
