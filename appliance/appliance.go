@@ -29,8 +29,9 @@ import (
 // SocketPath is where the CLI finds the daemon.
 const SocketPath = api.SocketPath
 
-// memoryLimit is the daemon's default soft Go memory limit.
-const memoryLimit = 64 << 20
+// memoryPlan is the daemon's memory bound, chosen from the board's memory
+// at start (tunnel.PlanMemory).
+var memoryPlan = tunnel.PlanMemory(0)
 
 // NewLogger returns the daemon's logger at the configured level.
 func NewLogger(level string) *slog.Logger {
@@ -45,11 +46,18 @@ func NewLogger(level string) *slog.Logger {
 func Run(ctx context.Context, cfg *configs.Loaded) error {
 	log := NewLogger(cfg.Log.Level)
 	slog.SetDefault(log)
-	// A soft heap limit keeps a busy tunnel within a 512 MB board's means
-	// (tunnel/BENCHMARKS.md); GOMEMLIMIT in the environment overrides it.
-	if tunnel.SetMemoryLimitUnlessSet(memoryLimit) {
-		log.Debug("go memory limit set", "bytes", memoryLimit)
+	// A soft heap limit and a packet budget sized to the board keep a busy
+	// tunnel within its means (tunnel/BENCHMARKS.md); GOMEMLIMIT in the
+	// environment overrides the limit.
+	board, err := tunnel.BoardMemory()
+	if err != nil {
+		log.Warn("cannot tell the board's memory: bounding the daemon as on a large board", "error", err)
 	}
+	memoryPlan = tunnel.PlanMemory(board)
+	limitSet := tunnel.SetMemoryLimitUnlessSet(memoryPlan.GoLimit)
+	log.Info("memory bound", "board_mib", memoryPlan.Board>>20, "go_limit_mib", memoryPlan.GoLimit>>20,
+		"go_limit_from", map[bool]string{true: "board", false: "GOMEMLIMIT"}[limitSet], "tunnel_queued_packets", memoryPlan.QueuedPackets)
+	servePprof(log)
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
@@ -148,14 +156,16 @@ func openTunnel(cfg *configs.Loaded, addr netip.Prefix, log *slog.Logger) (*tunn
 		fwds = append(fwds, tunnel.Forward{Proto: f.Proto, Listen: netip.MustParseAddrPort(f.Listen), Target: netip.MustParseAddrPort(f.Target)})
 	}
 	dev, err := tunnel.Open(tunnel.Config{
-		Interface:  cfg.WireGuard.Interface,
-		Mode:       cfg.WireGuard.Mode,
-		ListenPort: cfg.WireGuard.ListenPort,
-		MTU:        cfg.WireGuard.MTU,
-		PrivateKey: key,
-		Address:    addr,
-		Forwards:   fwds,
-		Logger:     log,
+		Interface:     cfg.WireGuard.Interface,
+		Mode:          cfg.WireGuard.Mode,
+		ListenPort:    cfg.WireGuard.ListenPort,
+		MTU:           cfg.WireGuard.MTU,
+		UDPGSO:        cfg.WireGuard.UDPGSO,
+		QueuedPackets: memoryPlan.QueuedPackets,
+		PrivateKey:    key,
+		Address:       addr,
+		Forwards:      fwds,
+		Logger:        log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)

@@ -8,15 +8,14 @@ import (
 	"path/filepath"
 
 	"github.com/warren-appliance/warren/configs"
-	"github.com/warren-appliance/warren/nat"
-	"github.com/warren-appliance/warren/netpolicy"
+	"github.com/warren-appliance/warren/hostfw"
 	"github.com/warren-appliance/warren/orchestrate"
 	"github.com/warren-appliance/warren/orchestrate/secretfs"
 	"github.com/warren-appliance/warren/tunnel"
 )
 
 // Cleanup removes what the appliance created on this host: its tasks and
-// their networks, its iptables rules, the WireGuard interface and sockets.
+// their networks, its firewall rules and sets, the WireGuard interface and sockets.
 // State (keys, store, cached map) stays: purging the package removes that.
 // Each part is attempted even if another fails.
 func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
@@ -45,15 +44,11 @@ func Cleanup(ctx context.Context, cfg *configs.Loaded) error {
 	if err := secretfs.New(secretfs.DefaultRoot).Sync(nil, nil); err != nil {
 		errs = append(errs, fmt.Errorf("task secrets: %w", err))
 	}
-	if a, err := netpolicy.NewApplier(log); err != nil {
-		errs = append(errs, fmt.Errorf("network policies: %w", err))
-	} else if err := a.Cleanup(); err != nil {
-		errs = append(errs, fmt.Errorf("network policies: %w", err))
-	}
-	if a, err := nat.NewApplier(log); err != nil {
-		errs = append(errs, fmt.Errorf("iptables: %w", err))
-	} else if err := a.Cleanup(); err != nil {
-		errs = append(errs, fmt.Errorf("iptables: %w", err))
+	// The one firewall cleanup: every hook, chain and set of nat,
+	// netpolicy and the task network, and the bridge chain, in both
+	// iptables variants.
+	if err := hostfw.Cleanup(log); err != nil {
+		errs = append(errs, fmt.Errorf("firewall: %w", err))
 	}
 	if err := tunnel.Remove(cfg.WireGuard.Interface, log); err != nil {
 		errs = append(errs, err)

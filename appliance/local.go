@@ -171,7 +171,9 @@ func (n *node) localHandlers() map[string]http.HandlerFunc {
 			svcs := natServices(m, n.self.ID)
 			v := api.LocalVIPs{MapVersion: m.Version, Summary: nat.Summary(svcs)}
 			if r.URL.Query().Get("render") != "" {
-				v.Rules = string(nat.Render(svcs, n.natOptions()))
+				opts := n.natOptions()
+				opts.PeerGateways = natGateways(m, n.self.ID)
+				v.Rules = string(nat.Render(svcs, opts))
 			}
 			writeJSON(w, http.StatusOK, v)
 		},

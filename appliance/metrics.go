@@ -3,6 +3,7 @@ package appliance
 import (
 	"strings"
 
+	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/metrics"
 	"github.com/warren-appliance/warren/tunnel"
@@ -96,9 +97,10 @@ func (n *node) taskCounts() map[string]int {
 }
 
 // newNodeMetrics builds the metrics of a cluster node; managers also
-// export the cluster's node and service counts from their map, and their
-// Raft state (raft, nil on workers).
-func (n *node) newNodeMetrics(manager bool, raft func() metrics.Raft) *metrics.Metrics {
+// export the cluster's node and service counts from their map, their
+// Raft state (raft, nil on workers) and their links to peered clusters
+// (peers).
+func (n *node) newNodeMetrics(manager bool, raft func() metrics.Raft, peers func() []metrics.ClusterPeer) *metrics.Metrics {
 	src := metrics.Sources{
 		Peers: func() []metrics.Peer { return peerMetrics(n.dev, n.lastMap, n.paths) },
 		Tasks: n.taskCounts,
@@ -107,9 +109,19 @@ func (n *node) newNodeMetrics(manager bool, raft func() metrics.Raft) *metrics.M
 		src.Nodes = func() map[metrics.NodeKey]int { return nodeCounts(n.lastMap()) }
 		src.Services = func() []metrics.Service { return serviceCounts(n.lastMap()) }
 		src.Raft = raft
+		src.ClusterPeers = peers
 	}
 	if n.relaySrv != nil {
 		src.Relay = relayMetrics(n.relaySrv)
 	}
 	return metrics.New(src)
+}
+
+// clusterPeerMetrics reads a manager's peer views for a scrape.
+func clusterPeerMetrics(views []api.PeerView) []metrics.ClusterPeer {
+	out := make([]metrics.ClusterPeer, 0, len(views))
+	for _, v := range views {
+		out = append(out, metrics.ClusterPeer{Name: v.Name, Connected: v.Status == api.PeerConnected, Imports: len(v.Imports)})
+	}
+	return out
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/configs"
 	"github.com/warren-appliance/warren/dns"
+	"github.com/warren-appliance/warren/hostfw"
 	"github.com/warren-appliance/warren/internal/mdns"
 	"github.com/warren-appliance/warren/internal/netaddr"
 	"github.com/warren-appliance/warren/metrics"
@@ -64,8 +65,13 @@ const (
 	reportMinGap   = 200 * time.Millisecond
 	// reportRetry is how soon a report that was not delivered is sent
 	// again when reports on change are on.
-	reportRetry    = time.Second
-	canaryInterval = 10 * time.Second
+	reportRetry = time.Second
+	// canaryInterval: how often the firewall canary lists the built-in
+	// chains holding warren's hooks (a flush is repaired within it);
+	// every canarySlowEvery-th check also looks at the canary rules in
+	// warren's own chains and the bridge chain, and retries failed syncs.
+	canaryInterval  = time.Second
+	canarySlowEvery = 10
 )
 
 // runClusterNode runs a manager or worker: join (or create) the cluster,
@@ -99,7 +105,8 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 
 	var mem member
 	var admin http.Handler
-	var raftStatus func() metrics.Raft // managers: for /metrics
+	var raftStatus func() metrics.Raft          // managers: for /metrics
+	var peerStatus func() []metrics.ClusterPeer // managers: peered clusters for /metrics
 	if cfg.Node.Role == configs.RoleManager {
 		_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
 		created := errors.Is(statErr, os.ErrNotExist) && cfg.Cluster.Manager == ""
@@ -185,6 +192,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			i := mgr.Info()
 			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
 		}
+		peerStatus = func() []metrics.ClusterPeer { return clusterPeerMetrics(mgr.Peers()) }
 	} else {
 		acfg := agent.Config{
 			StateDir: cfg.Node.StateDir,
@@ -250,7 +258,9 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	n := &node{cfg: cfg, log: log, self: self, net: clusterNet, static: staticPeers(ctx, cfg, lookupHost, log),
 		candidatesChanged: make(chan struct{}, 1), relaySrv: relaySrv}
 	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
-	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus)
+	n.regCreds = newRegistryCreds(mem, log.With("component", "registries"))
+	n.blobPeers = &blobPeers{ident: mem.TLSIdentity}
+	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus, peerStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
 	}
@@ -313,6 +323,11 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 			log.Warn("task logs cannot be read from managers", "err", err)
 		}
 	}()
+	go func() {
+		if err := serveBlobs(ctx, self.OverlayIP, mem.TLSIdentity, guardBlobFetches(n.orch.BlobHandler(), n.lastMap), log); err != nil {
+			log.Warn("image blobs cannot be shared with other nodes", "err", err)
+		}
+	}()
 	notifyReady(log)
 	err = mem.Watch(ctx, n.apply)
 	if ctx.Err() != nil {
@@ -325,8 +340,21 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 // policySyncer is what a node needs of netpolicy.Applier.
 type policySyncer interface {
 	Sync(netpolicy.Rules) (netpolicy.SyncStats, error)
-	JumpFirst() (bool, error)
-	EnsureJump() error
+}
+
+// natSyncer is what a node needs of nat.Applier.
+type natSyncer interface {
+	Sync([]nat.Service, nat.Options) error
+}
+
+// taskRunner is what the per-map engine needs of the task reconciler.
+type taskRunner interface {
+	Apply([]orchestrate.TaskSpec)
+}
+
+// firewallCanary is the firewall owner's canary (hostfw.Syncer.Check).
+type firewallCanary interface {
+	Check(slow bool) (bool, error)
 }
 
 // node holds the running reconcilers of a cluster node.
@@ -338,10 +366,14 @@ type node struct {
 	dev    *tunnel.Device
 	static []tunnel.Peer
 	orch   *orchestrate.Reconciler
-	nat    *nat.Applier
-	pol    policySyncer
-	dns    *dns.Server
-	met    *metrics.Metrics
+	// fw is the node's one firewall owner; nat and pol hand it their
+	// rules, and so does the task reconciler (tasks).
+	fw    firewallCanary
+	tasks taskRunner // orch; a fake in tests
+	nat   natSyncer
+	pol   policySyncer
+	dns   *dns.Server
+	met   *metrics.Metrics
 	// paths finds each peer's underlay path (direct or relayed);
 	// candidatesChanged is poked when this node's candidates change.
 	paths             *paths.Engine
@@ -352,7 +384,9 @@ type node struct {
 	relayCli *relay.Client
 
 	// secrets gives tasks their secrets and configs (secrets.go).
-	secrets *taskSecrets
+	secrets   *taskSecrets
+	regCreds  *registryCreds
+	blobPeers *blobPeers
 	// applyMu serialises apply: the map watch and the retry of values
 	// that could not be fetched both call it.
 	applyMu    sync.Mutex
@@ -402,7 +436,15 @@ func (n *node) bridgeIP() netip.Addr { return netaddr.Bridge(n.self.ContainerBlo
 
 func (n *node) startReconcilers(ctx context.Context) error {
 	cfg := n.cfg
+	// The one owner of the node's firewall, with the one backend
+	// detection: nat, netpolicy and the task network write through it.
+	fw, err := hostfw.New(n.log)
+	if err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
+	n.fw = fw
 	orch, err := orchestrate.New(ctx, orchestrate.Config{
+		Firewall:          fw,
 		ContainerdAddress: cfg.Runtime.ContainerdAddress,
 		Namespace:         cfg.Runtime.Namespace,
 		ImagesDir:         cfg.Runtime.ImagesDir,
@@ -426,19 +468,15 @@ func (n *node) startReconcilers(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("containerd at %s: %w", cfg.Runtime.ContainerdAddress, err)
 	}
-	n.orch = orch
+	n.orch, n.tasks = orch, orch
 	go func() {
 		if err := orch.Run(ctx); err != nil && ctx.Err() == nil {
 			n.log.Error("task reconciler stopped", "err", err)
 		}
 	}()
 
-	if n.nat, err = nat.NewApplier(n.log); err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	if n.pol, err = netpolicy.NewApplier(n.log.With("component", "netpolicy")); err != nil {
-		return fmt.Errorf("network policies: %w", err)
-	}
+	n.nat = nat.NewApplierWith(fw, n.log)
+	n.pol = netpolicy.NewApplier(fw)
 
 	// FreeBind: the bridge address appears with the task reconciler's
 	// first pass; the resolver must not wait for it.
@@ -494,20 +532,32 @@ func (n *node) apply(m *clustermap.Map) {
 	n.relayCli.SetRelays(relaysOf(m))
 	peers := n.syncPeers(m)
 	n.paths.SetPeers(pathPeers(m, n.self.ID))
-	// Policies first: a new task's address is in its sets before it starts.
-	n.syncPolicies(m)
 	ctx, cancel := context.WithTimeout(context.Background(), valuesTimeout)
 	specs, retry := n.secrets.prepare(ctx, m, taskSpecs(m, n.self.ID))
+	regs, credsOK := n.regCreds.configs(ctx, m, specs)
 	cancel()
-	if retry {
+	n.orch.SetRegistries(regs)
+	if n.cfg.Cluster.ShareImages {
+		n.orch.SetSharing(sharingFor(m, n.self.ID, n.blobPeers.client))
+	}
+	if retry || !credsOK {
 		n.retryApplyLocked()
 	}
-	n.orch.Apply(specs)
-	n.syncNAT(m)
-	n.ensurePolicyJump() // the NAT sync may have inserted its jumps before ours
+	n.applyRules(m, specs)
 	n.dns.Update(dns.RecordsFromMap(m))
 	n.met.SetMapVersion(m.Version)
 	n.log.Debug("applied map", "version", m.Version, "peers", len(peers))
+}
+
+// applyRules converges the packet filter and the tasks to m, in the
+// order that never opens a hole: policies first (a new task's address is
+// in its sets before it starts), then the tasks, then the service rules
+// (a new endpoint gets traffic only once its task is set up). Each step
+// is one sync of the firewall owner, which keeps the policy hook first.
+func (n *node) applyRules(m *clustermap.Map, specs []orchestrate.TaskSpec) {
+	n.syncPolicies(m)
+	n.tasks.Apply(specs)
+	n.syncNAT(m)
 }
 
 // valuesTimeout bounds fetching secret and config values in apply; the
@@ -551,7 +601,9 @@ func (n *node) syncPeers(m *clustermap.Map) []tunnel.Peer {
 // loop, since the next map may be long in coming.
 func (n *node) syncNAT(m *clustermap.Map) {
 	start := time.Now()
-	err := n.nat.Sync(natServices(m, n.self.ID), n.natOptions())
+	opts := n.natOptions()
+	opts.PeerGateways = natGateways(m, n.self.ID)
+	err := n.nat.Sync(natServices(m, n.self.ID), opts)
 	n.met.ObserveNATSync(time.Since(start), err)
 	if err != nil {
 		n.log.Error("applying service rules", "err", err, "map_version", m.Version)
@@ -571,7 +623,8 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	if n.cfg != nil {
 		overlay = n.cfg.WireGuard.Interface
 	}
-	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: overlay})
+	rules := netpolicy.Render(netpolicy.Input{Policies: m.Policies, Tasks: netpolicy.TasksOf(m), NodeSubnet: m.WireGuardSubnet, Overlay: overlay,
+		Peers: policyPeers(m, n.self.ID)})
 	st, err := n.pol.Sync(rules)
 	if err != nil {
 		n.log.Error("applying network policies", "err", err, "map_version", m.Version)
@@ -583,16 +636,6 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	n.mu.Lock()
 	n.polFailed = err != nil
 	n.mu.Unlock()
-}
-
-// ensurePolicyJump puts the policy jump back in first place in FORWARD
-// when something (the task or NAT rules, a firewall script) got before it.
-func (n *node) ensurePolicyJump() {
-	if first, err := n.pol.JumpFirst(); err == nil && !first {
-		if err := n.pol.EnsureJump(); err != nil {
-			n.log.Error("moving the network policy jump first in FORWARD", "err", err)
-		}
-	}
 }
 
 func (n *node) natOptions() nat.Options {
@@ -682,7 +725,8 @@ func (n *node) status() cluster.NodeStatus {
 		for _, t := range n.orch.Status() {
 			s.Tasks = append(s.Tasks, api.TaskStatus{Name: t.Name, State: t.State, Error: t.Error, Image: t.Image, SpecVersion: t.SpecVersion,
 				Revision: t.Revision, Health: reportHealth(t.Health),
-				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled}})
+				Run: clustermap.TaskRun{Exited: t.Exited, ExitCode: t.ExitCode, Restarts: t.Restarts, NextRestart: t.NextRestart, OOMKilled: t.OOMKilled,
+					PullDone: t.PullDone, PullTotal: t.PullTotal}})
 		}
 		// Tasks waiting for their secrets' values are not in the
 		// reconciler's hands yet: say why they wait.
@@ -695,38 +739,47 @@ func (n *node) status() cluster.NodeStatus {
 	return s
 }
 
-// canaryLoop re-applies the NAT rules when someone flushed them (a firewall
-// script, `iptables -F`), as kube-proxy's canary chain does, or when the
-// last sync failed.
+// canaryLoop runs the firewall owner's canary every canaryInterval: when
+// someone flushed or reordered warren's rules (a firewall reload,
+// `iptables -F FORWARD`, another container engine), the canary calls the
+// same sync that wrote them, which puts the hooks back in order in one
+// transaction, as kube-proxy's canary does. Every canarySlowEvery-th
+// check also looks inside warren's chains and retries failed syncs (the
+// next map may be long in coming).
 func (n *node) canaryLoop(ctx context.Context) {
 	t := time.NewTicker(canaryInterval)
 	defer t.Stop()
-	for {
+	for tick := 1; ; tick++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		m := n.lastMap()
-		if m == nil {
-			continue
-		}
-		n.mu.Lock()
-		failed, polFailed := n.natFailed, n.polFailed
-		n.mu.Unlock()
-		// The policy jump must stay the first rule of FORWARD (the task
-		// and service rules after it accept).
-		if polFailed {
-			n.syncPolicies(m)
-		} else {
-			n.ensurePolicyJump()
-		}
-		if missing, err := n.nat.CanaryMissing(); err == nil && missing {
-			n.log.Warn("service rules were flushed by someone else; restoring them")
-			n.syncNAT(m)
-		} else if failed {
-			n.syncNAT(m)
-		}
+		n.canaryTick(tick%canarySlowEvery == 0)
+	}
+}
+
+// canaryTick is one check of canaryLoop.
+func (n *node) canaryTick(slow bool) {
+	if n.lastMap() == nil {
+		return
+	}
+	if _, err := n.fw.Check(slow); err != nil {
+		n.log.Error("restoring the firewall rules", "err", err)
+		n.met.ReconcileError("nat")
+	}
+	if !slow {
+		return
+	}
+	m := n.lastMap()
+	n.mu.Lock()
+	natFailed, polFailed := n.natFailed, n.polFailed
+	n.mu.Unlock()
+	if polFailed {
+		n.syncPolicies(m)
+	}
+	if natFailed {
+		n.syncNAT(m)
 	}
 }
 

@@ -21,8 +21,6 @@ func (f *failingPolicies) Sync(netpolicy.Rules) (netpolicy.SyncStats, error) {
 	f.calls++
 	return netpolicy.SyncStats{}, errors.New("ipset: kernel module missing")
 }
-func (f *failingPolicies) JumpFirst() (bool, error) { return true, nil }
-func (f *failingPolicies) EnsureJump() error        { return nil }
 
 // A failed policy sync is counted in
 // warren_reconcile_errors_total{reconciler="policy"} (the alert

@@ -90,3 +90,61 @@ func TestNatServicesOnlyHealthyEndpoints(t *testing.T) {
 		t.Fatalf("task specs on m = %+v", specs)
 	}
 }
+
+func TestFederationTranslation(t *testing.T) {
+	m, keys := testMap(t)
+	bk, err := tunnel.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr
+	bSubnet := netip.MustParsePrefix("10.20.0.0/16")
+	m.ContainerSubnet = netip.MustParsePrefix("10.0.0.0/16")
+	m.Federation = &clustermap.Federation{GatewayID: "m", Gateways: []clustermap.Gateway{{Peer: "b", PublicKey: bk.PublicKey().String(),
+		Endpoint: netip.MustParseAddrPort("192.168.100.20:51820"), OverlayIP: a("10.20.0.1"), ContainerSubnet: bSubnet, Exposed: []netip.Addr{a("10.0.1.2")}}}}
+	m.Imports = []clustermap.Import{{Peer: "b", Service: "web", VIP: a("10.1.0.7"), Ports: []clustermap.Port{{Protocol: "tcp", Target: 80}},
+		Endpoints: []netip.Addr{a("10.20.1.2"), a("10.20.2.2")}}}
+
+	// A worker routes B's container subnet to the gateway (manager-1).
+	peers := meshPeers(m, "w1", 0)
+	if len(peers) != 1 || peers[0].PublicKey != keys[0] || !reflect.DeepEqual(peers[0].AllowedIPs,
+		[]netip.Prefix{netip.MustParsePrefix("10.0.0.1/32"), netip.MustParsePrefix("10.0.1.0/24"), bSubnet}) {
+		t.Fatalf("worker's peers %+v", peers)
+	}
+	if g := natGateways(m, "w1"); g != nil {
+		t.Errorf("a worker got gateway rules %+v", g)
+	}
+	// The gateway holds the link to B's gateway.
+	peers = meshPeers(m, "m", 0)
+	last := peers[len(peers)-1]
+	if last.PublicKey != bk.PublicKey() || last.Endpoint != netip.MustParseAddrPort("192.168.100.20:51820") ||
+		!reflect.DeepEqual(last.AllowedIPs, []netip.Prefix{netip.MustParsePrefix("10.20.0.1/32"), bSubnet}) {
+		t.Fatalf("gateway's link to B %+v", last)
+	}
+	if g := natGateways(m, "m"); len(g) != 1 || g[0].Subnet != bSubnet {
+		t.Errorf("gateway rules %+v", g)
+	}
+	if p := policyPeers(m, "m"); len(p) != 1 || p[0].Subnet != bSubnet || p[0].Exposed[0] != a("10.0.1.2") {
+		t.Errorf("gateway's peer filter %+v", p)
+	}
+	if p := policyPeers(m, "w1"); p != nil {
+		t.Errorf("a worker got a peer filter %+v", p)
+	}
+	// Every node DNATs the import's VIP to B's tasks.
+	var imp *nat.Service
+	svcs := natServices(m, "w1")
+	for i := range svcs {
+		if svcs[i].VIP == a("10.1.0.7") {
+			imp = &svcs[i]
+		}
+	}
+	if imp == nil || imp.Name != "web.b" || len(imp.Endpoints) != 2 || imp.Endpoints[0].IP != a("10.20.1.2") || imp.Ports[0].Port != 80 {
+		t.Fatalf("import's NAT service %+v", imp)
+	}
+	if err := nat.Validate(svcs, nat.Options{}); err != nil {
+		t.Fatalf("NAT refuses the import: %v", err)
+	}
+	if n := importRuleName(clustermap.Import{Peer: "p2345678901234567890123456789012", Service: "s234567890123456789012345678901234567890123456789"}); len(n) > 63 {
+		t.Errorf("rule name %q too long", n)
+	}
+}

@@ -49,6 +49,17 @@ import (
 //	DELETE /v1/secrets/{name}               remove, refused while a service uses it
 //	POST   /v1/services/{name}/refs         api.ServiceRefsUpdate (--secret-add/-rm, --config-add/-rm)
 //	GET    /v1/backup/data-key              the data key a backup's secrets need
+//	GET    /v1/registries                   added registries (never a password)
+//	POST   /v1/registries                   add or change (api.RegistrySpec)
+//	GET    /v1/registries/{host}            inspect
+//	POST   /v1/registries/{host}/login      api.RegistryLogin, checked against the registry
+//	POST   /v1/registries/{host}/logout     forget the credentials
+//	DELETE /v1/registries/{host}            remove
+//	POST   /v1/peer-token                   api.PeerToken (this cluster's peer token)
+//	GET    /v1/peers                        peers with link state
+//	POST   /v1/peers                        api.PeerAdd (peer with another cluster)
+//	DELETE /v1/peers/{name}                 unpeer (both sides)
+//	POST   /v1/services/{name}/export       peers may reach the service; /unexport: not
 //
 // Reads are answered from this manager's copy of the state (on a follower
 // it lags the leader by the replication delay, normally milliseconds);
@@ -83,6 +94,7 @@ func (m *Manager) adminMux() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
+	m.peerRoutes(mux)
 	mux.HandleFunc("GET "+api.PathCluster, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Info())
 	})
@@ -317,6 +329,7 @@ func (m *Manager) adminMux() http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	m.objectRoutes(mux)
+	m.registryRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "no admin API call %s %s (is the CLI newer than the daemon?)", r.Method, r.URL.Path))
 	})

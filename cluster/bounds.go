@@ -90,6 +90,9 @@ func checkReport(s api.NodeStatus) (api.NodeStatus, error) {
 			// Comparable to what is stored (no monotonic reading, UTC), so
 			// an unchanged report is seen as such.
 			t.Run.NextRestart = t.Run.NextRestart.UTC().Round(0)
+			if t.Run.PullDone < 0 || t.Run.PullTotal < 0 || t.Run.PullDone > t.Run.PullTotal {
+				t.Run.PullDone, t.Run.PullTotal = 0, 0 // nonsense: no progress shown
+			}
 			tasks[i] = t
 		}
 		s.Tasks = tasks

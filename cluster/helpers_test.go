@@ -36,17 +36,22 @@ type testManager struct {
 func startManager(t testing.TB) *testManager {
 	t.Helper()
 	tm := &testManager{t: t, dir: t.TempDir(), addr: "127.0.0.1:0"}
-	tm.cfg = ManagerConfig{
-		StateDir: tm.dir,
+	tm.cfg = startManagerConfig(t, tm.dir)
+	tm.start()
+	t.Cleanup(tm.stop)
+	return tm
+}
+
+// startManagerConfig is startManager's configuration.
+func startManagerConfig(t testing.TB, dir string) ManagerConfig {
+	return ManagerConfig{
+		StateDir: dir,
 		Node: NodeInfo{Name: "manager-1", Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"),
 			PublicKey: clustertest.WGKey(t), Labels: map[string]string{"zone": "a"}},
 		DownAfter: time.Hour,
 		Logger:    clustertest.Logger(t),
 		raftTune:  fastRaft,
 	}
-	tm.start()
-	t.Cleanup(tm.stop)
-	return tm
 }
 
 func (tm *testManager) start() {

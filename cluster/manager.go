@@ -171,6 +171,10 @@ type Manager struct {
 	// next commit seals with during a re-key.
 	nextKey  secretbox.Key
 	sealWith *sealTarget
+	// links is the state of the peer links (peers.go); peerKick asks the
+	// peer loop to sync now.
+	links    peerLinks
+	peerKick chan struct{}
 }
 
 // OpenManager opens the store under cfg.StateDir, creating the cluster on
@@ -227,6 +231,7 @@ func OpenManager(cfg ManagerConfig) (*Manager, error) {
 		changed: make(chan struct{}), lastSeen: map[string]time.Time{}, health: map[string][]api.PeerHealth{},
 		skew: map[string]time.Duration{}, notify: make(chan struct{}, 1), stop: make(chan struct{}),
 		ready: make(chan struct{}), initial: make(chan error, 1), joinDone: make(chan struct{}),
+		peerKick: make(chan struct{}, 1),
 	}
 	m.fwd = apicall.Caller{Scheme: "https", Peer: "manager", HTTP: apicall.HTTPS(m.managerClientTLS(false),
 		apicall.Deadlines{Dial: 5 * time.Second, Handshake: 5 * time.Second, Total: 15 * time.Second})}

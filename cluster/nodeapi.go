@@ -57,6 +57,7 @@ func (m *Manager) ServeListener(ctx context.Context, ln net.Listener) error {
 	}
 	go m.livenessLoop(ctx)
 	go m.updateLoop(ctx)
+	go m.peerLoop(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(newMuxListener(ctx, limited, tlsConf, m)) }()
 	m.log.Info("cluster API listening", "addr", ln.Addr().String())
@@ -110,6 +111,9 @@ func (m *Manager) nodeHandler() http.Handler {
 	mux.HandleFunc("GET "+api.PathWatch, m.authed(m.handleWatch))
 	mux.HandleFunc("POST "+api.PathStatus, m.authed(m.handleStatus))
 	mux.HandleFunc("POST "+api.PathValues, m.authed(m.handleValues))
+	mux.HandleFunc("POST "+api.PathPeerRegister, m.handlePeerRegister)
+	mux.HandleFunc("POST "+api.PathPeerSync, m.handlePeerSync)
+	mux.HandleFunc("POST "+api.PathPeerUnregister, m.handlePeerUnregister)
 	outer := http.NewServeMux()
 	m.internalHandlers(outer, mux)
 	outer.Handle("/", mux)

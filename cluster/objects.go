@@ -40,6 +40,10 @@ type objectRecord struct {
 	CreatedAt time.Time         `json:"created_at"`
 	UpdatedAt time.Time         `json:"updated_at"`
 	Sealed    []byte            `json:"sealed"` // secretbox: nonce || ciphertext
+	// Federated: peers get it (`--federated`); From: the peer it came
+	// from (updated and removed by that peer only).
+	Federated bool   `json:"federated,omitempty"`
+	From      string `json:"from,omitempty"`
 }
 
 // Object names as Docker's: a letter or digit, then letters, digits, '_',
@@ -85,7 +89,7 @@ func (m *Manager) dataKeyLocked(s *state) (secretbox.Key, error) {
 	if m.dataKey != nil {
 		return m.dataKey, nil
 	}
-	if len(s.secrets) > 0 || len(s.configs) > 0 {
+	if len(s.secrets) > 0 || len(s.configs) > 0 || slices.ContainsFunc(slices.Collect(maps.Values(s.registries)), func(r registryRecord) bool { return r.Sealed != nil }) {
 		return nil, errorf(http.StatusServiceUnavailable, "this manager has no data key (%s) yet: it asks the other managers for it every few seconds, retry; if none has it, restore it from a backup's FILE.key (same path, mode 0600)",
 			m.dataKeyPath())
 	}
@@ -159,7 +163,7 @@ func (m *Manager) CreateObject(kind string, spec api.ObjectSpec) (api.ObjectView
 		now := m.now().UTC()
 		objs = cloneObjects(objs)
 		objs[spec.Name] = objectRecord{ID: randomID(), Name: spec.Name, Labels: maps.Clone(spec.Labels), Version: 1,
-			Size: len(spec.Data), CreatedAt: now, UpdatedAt: now, Sealed: sealed}
+			Size: len(spec.Data), CreatedAt: now, UpdatedAt: now, Sealed: sealed, Federated: spec.Federated}
 		s.setObjects(kind, objs)
 		return nil
 	})
@@ -192,6 +196,9 @@ func (m *Manager) UpdateObject(kind, name string, data []byte) (api.ObjectView, 
 		if !ok {
 			return errNoObject(kind, name)
 		}
+		if rec.From != "" {
+			return errFromPeer(kind, name, rec.From)
+		}
 		key, err := m.dataKeyLocked(s)
 		if err != nil {
 			return err
@@ -222,8 +229,12 @@ func (m *Manager) RemoveObject(kind, name string) error {
 		return err
 	}
 	err := m.update(func(s *state) error {
-		if _, ok := s.objects(kind)[name]; !ok {
+		rec, ok := s.objects(kind)[name]
+		if !ok {
 			return errNoObject(kind, name)
+		}
+		if rec.From != "" {
+			return errFromPeer(kind, name, rec.From)
 		}
 		if users := s.servicesUsing(kind, name); len(users) > 0 {
 			return errorf(http.StatusConflict, "%s %q is in use by service(s) %s: remove it from them first (`warren service update SERVICE --%s-rm %s`) or remove the services",
@@ -238,6 +249,10 @@ func (m *Manager) RemoveObject(kind, name string) error {
 		m.log.Info(kind+" removed", "name", name)
 	}
 	return err
+}
+
+func errFromPeer(kind, name, peer string) error {
+	return errorf(http.StatusConflict, "%s %q is federated from peer %s: update or remove it there", kind, name, peer)
 }
 
 // servicesUsing names the services that reference kind/name, sorted.
@@ -300,7 +315,7 @@ func (m *Manager) Object(kind, name string, pretty bool) (api.ObjectView, error)
 
 func objectView(s *state, kind string, r objectRecord) api.ObjectView {
 	v := api.ObjectView{ID: r.ID, Name: r.Name, Version: r.Version, Size: r.Size, Labels: maps.Clone(r.Labels),
-		CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Services: s.servicesUsing(kind, r.Name)}
+		CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Services: s.servicesUsing(kind, r.Name), Federated: r.Federated, From: r.From}
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
 	}
@@ -533,7 +548,22 @@ func (m *Manager) Values(nodeID string, refs []api.ValueRef) ([]api.Value, error
 		}
 	}
 	out := []api.Value{}
+	var regs map[string]bool
 	for _, ref := range refs {
+		if ref.Kind == api.KindRegistry {
+			if regs == nil {
+				regs = s.registriesOfNode(nodeID)
+			}
+			if !regs[ref.Name] {
+				return nil, errorf(http.StatusForbidden, "registry %q: no task assigned to this node pulls from it", ref.Name)
+			}
+			v, err := m.registryValueLocked(ref.Name)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+			continue
+		}
 		if err := checkKind(ref.Kind); err != nil {
 			return nil, err
 		}
@@ -659,6 +689,14 @@ func keyOpensState(k secretbox.Key, s *state) bool {
 		}
 		if _, err := k.Open(stateSealKind, "ca_key@"+s.meta.ClusterID, sm.KeyGen, sm.CAKey); err != nil {
 			return false
+		}
+	}
+	if !found {
+		for h, r := range s.registries {
+			if r.Sealed != nil {
+				kind, name, rec, found = api.KindRegistry, h, objectRecord{Version: r.AuthVersion, Sealed: r.Sealed}, true
+				break
+			}
 		}
 	}
 	if !found {

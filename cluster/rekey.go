@@ -28,7 +28,8 @@ import (
 //     certificate is refused there, and it is no longer asked); each keeps
 //     it as its next key beside the current one;
 //  3. commits one entry re-sealing the CA keys, join secrets and every
-//     secret's and config's value with it, meta.Sealed.KeyGen + 1, and
+//     secret's, config's and registry login's value with it,
+//     meta.Sealed.KeyGen + 1, and
 //     RekeyNeeded cleared;
 //  4. each manager, on applying that entry, finds its current key no
 //     longer opens the state, opens it with its next key and makes that
@@ -180,6 +181,19 @@ func (m *Manager) rekey(peers map[string]string, gen uint64) error {
 				}
 				objs[name] = r
 			}
+		}
+		for host, r := range s.registries {
+			if r.Sealed == nil {
+				continue
+			}
+			v, err := old.Open(api.KindRegistry, host, r.AuthVersion, r.Sealed)
+			if err != nil {
+				return fmt.Errorf("registry %q: %w", host, err)
+			}
+			if r.Sealed, err = k.Seal(api.KindRegistry, host, r.AuthVersion, v); err != nil {
+				return err
+			}
+			s.registries[host] = r
 		}
 		s.meta.RekeyNeeded = false
 		return nil

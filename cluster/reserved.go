@@ -28,6 +28,7 @@ func (m *Manager) reservedPortsLocked(s *state) []ReservedPort {
 		{53, "udp", "the DNS server on every node"},
 		{53, "tcp", "the DNS server on every node"},
 		{api.NodeLogsPort, "tcp", "the task log server on every node (service logs, volumes)"},
+		{api.NodeBlobsPort, "tcp", "the image blob server on every node (one pull per cluster)"},
 	}
 	for _, addr := range []string{m.cfg.APIListen, m.servingAddr} {
 		if _, p, err := net.SplitHostPort(addr); err == nil {

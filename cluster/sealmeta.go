@@ -11,7 +11,8 @@ import (
 
 // Sealing the cluster's own secrets (issue 33, item 3).
 //
-// The CA private key, the serving certificate's key, both join secrets and,
+// The CA private key, the serving certificate's key, both join secrets, the
+// peer token's secret (federation) and,
 // during a CA rotation, the retiring CA's and serving keys are kept in the
 // replicated state (Raft entries, snapshots, manager.db, backups) only
 // sealed with the cluster's data key (secretbox, the same key and AEAD that
@@ -46,6 +47,7 @@ type sealedMeta struct {
 	ServerKey     []byte `json:"server_key,omitempty"`
 	WorkerSecret  []byte `json:"worker_secret,omitempty"`
 	ManagerSecret []byte `json:"manager_secret,omitempty"`
+	PeerSecret    []byte `json:"peer_secret,omitempty"` // federation's peer token
 	// The CA rotation's retiring CA key and serving key (nil if none).
 	PrevCAKey     []byte `json:"prev_ca_key,omitempty"`
 	PrevServerKey []byte `json:"prev_server_key,omitempty"`
@@ -67,6 +69,7 @@ func (mt *meta) secretFields(sm *sealedMeta, b *secretStrings) []secretField {
 		{"server_key", &mt.ServerKey, &sm.ServerKey},
 		{"worker_secret", &b.worker, &sm.WorkerSecret},
 		{"manager_secret", &b.manager, &sm.ManagerSecret},
+		{"peer_secret", &b.peer, &sm.PeerSecret},
 	}
 	if r := mt.CARotation; r != nil {
 		f = append(f, secretField{"prev_ca_key", &r.PrevCAKey, &sm.PrevCAKey}, secretField{"prev_server_key", &r.PrevServerKey, &sm.PrevServerKey})
@@ -74,7 +77,7 @@ func (mt *meta) secretFields(sm *sealedMeta, b *secretStrings) []secretField {
 	return f
 }
 
-type secretStrings struct{ worker, manager []byte }
+type secretStrings struct{ worker, manager, peer []byte }
 
 // plainSecrets reports whether mt holds opened values (cluster created, or
 // a state opened with the data key, or one written before sealing).
@@ -85,7 +88,7 @@ func (mt meta) plainSecrets() bool {
 // sameSecrets reports whether a and b hold the same opened values.
 func sameSecrets(a, b meta) bool {
 	if !bytes.Equal(a.CAKey, b.CAKey) || !bytes.Equal(a.ServerKey, b.ServerKey) ||
-		a.WorkerSecret != b.WorkerSecret || a.ManagerSecret != b.ManagerSecret {
+		a.WorkerSecret != b.WorkerSecret || a.ManagerSecret != b.ManagerSecret || a.PeerSecret != b.PeerSecret {
 		return false
 	}
 	ra, rb := a.CARotation, b.CARotation
@@ -114,7 +117,7 @@ func sealMeta(s, prev *state, k secretbox.Key, gen uint64) error {
 		return err
 	}
 	sm := &sealedMeta{KeyGen: gen}
-	b := secretStrings{[]byte(s.meta.WorkerSecret), []byte(s.meta.ManagerSecret)}
+	b := secretStrings{[]byte(s.meta.WorkerSecret), []byte(s.meta.ManagerSecret), []byte(s.meta.PeerSecret)}
 	for _, f := range s.meta.secretFields(sm, &b) {
 		if len(*f.plain) == 0 {
 			continue
@@ -158,7 +161,7 @@ func openMeta(s *state, k secretbox.Key) error {
 		}
 		*f.plain = v
 	}
-	s.meta.WorkerSecret, s.meta.ManagerSecret = string(b.worker), string(b.manager)
+	s.meta.WorkerSecret, s.meta.ManagerSecret, s.meta.PeerSecret = string(b.worker), string(b.manager), string(b.peer)
 	return nil
 }
 
@@ -168,7 +171,7 @@ func storedMeta(mt meta) meta {
 	if mt.Sealed == nil {
 		return mt // written before sealing, or by a manager without a data key
 	}
-	mt.CAKey, mt.ServerKey, mt.WorkerSecret, mt.ManagerSecret = nil, nil, "", ""
+	mt.CAKey, mt.ServerKey, mt.WorkerSecret, mt.ManagerSecret, mt.PeerSecret = nil, nil, "", "", ""
 	if mt.CARotation != nil {
 		r := *mt.CARotation
 		r.PrevCAKey, r.PrevServerKey = nil, nil

@@ -88,6 +88,9 @@ func openedSecrets(m *Manager) map[string][]byte {
 	mt := m.st.meta
 	out := map[string][]byte{"ca key": mt.CAKey, "server key": mt.ServerKey,
 		"worker secret": []byte(mt.WorkerSecret), "manager secret": []byte(mt.ManagerSecret)}
+	if mt.PeerSecret != "" {
+		out["peer secret"] = []byte(mt.PeerSecret)
+	}
 	if r := mt.CARotation; r != nil {
 		out["rotation's previous CA key"], out["rotation's previous server key"] = r.PrevCAKey, r.PrevServerKey
 	}
@@ -107,9 +110,12 @@ func TestStateHoldsCAKeyAndJoinSecretsSealedOnly(t *testing.T) {
 	if _, err := tm.m.RotateJoinToken("worker"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := tm.m.PeerToken(); err != nil { // federation's peer secret
+		t.Fatal(err)
+	}
 	secrets := openedSecrets(tm.m)
-	if len(secrets) != 6 {
-		t.Fatalf("want a rotation in progress (6 secrets), have %d", len(secrets))
+	if len(secrets) != 7 {
+		t.Fatalf("want a rotation in progress and a peer secret (7 secrets), have %d", len(secrets))
 	}
 	for name, s := range secrets {
 		if len(s) == 0 {
@@ -315,6 +321,20 @@ func TestManagerRemovalReplacesTheDataKey(t *testing.T) {
 	if _, err := leader.m.CreateObject(api.KindSecret, api.ObjectSpec{Name: "dbpass", Data: []byte("pw-1")}); err != nil {
 		t.Fatal(err)
 	}
+	// A registry login, sealed like the secrets (registries.go).
+	const reg = "registry.example:5000"
+	err := leader.m.update(func(s *state) error {
+		k, err := leader.m.dataKeyLocked(s)
+		if err != nil {
+			return err
+		}
+		sealed, err := k.Seal(api.KindRegistry, reg, 1, []byte(`{"username":"u","password":"p"}`))
+		s.registries[reg] = registryRecord{Host: reg, Username: "u", Sealed: sealed, AuthVersion: 1}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var removed, down *haManager
 	for _, h := range followersOf(hs) {
 		switch {
@@ -345,7 +365,7 @@ func TestManagerRemovalReplacesTheDataKey(t *testing.T) {
 		s := storedState(t, leader.m)
 		return !s.meta.RekeyNeeded && stateKeyGen(s) == 1
 	})
-	newKey := leader.m.DataKey()
+	newKey := secretbox.Key(leader.m.DataKey())
 	if bytes.Equal(newKey, oldKey) {
 		t.Fatal("the leader kept the old key")
 	}
@@ -358,6 +378,16 @@ func TestManagerRemovalReplacesTheDataKey(t *testing.T) {
 	}
 	if _, err := removedKey.Open(api.KindSecret, "dbpass", stored.secrets["dbpass"].Version, stored.secrets["dbpass"].Sealed); err == nil {
 		t.Fatal("the removed manager's key opens a secret")
+	}
+	if v, err := newKey.Open(api.KindSecret, "dbpass", stored.secrets["dbpass"].Version, stored.secrets["dbpass"].Sealed); err != nil || string(v) != "pw-1" {
+		t.Fatalf("the secret after the re-key: %q %v", v, err)
+	}
+	r := stored.registries[reg]
+	if _, err := removedKey.Open(api.KindRegistry, reg, r.AuthVersion, r.Sealed); err == nil {
+		t.Fatal("the removed manager's key opens the registry login")
+	}
+	if _, err := newKey.Open(api.KindRegistry, reg, r.AuthVersion, r.Sealed); err != nil {
+		t.Fatalf("the registry login after the re-key: %v", err)
 	}
 	if err := openMeta(storedState(t, leader.m), newKey); err != nil {
 		t.Fatalf("the new key does not open the state: %v", err)

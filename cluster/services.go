@@ -207,6 +207,11 @@ func (m *Manager) CreateService(spec api.ServiceSpec) (api.ServiceView, error) {
 					return true
 				}
 			}
+			for _, i := range s.imports {
+				if i.VIP == a {
+					return true // a peer's imported service
+				}
+			}
 			return false
 		})
 		if err != nil {
@@ -481,7 +486,7 @@ func (m *Manager) serviceViewLocked(name string) api.ServiceView {
 		Command: r.Command, Constraints: r.Constraints, Affinity: r.Affinity, CapAdd: r.CapAdd, CapDrop: r.CapDrop, CreatedAt: r.CreatedAt,
 		UpdatedAt: r.UpdatedAt, Unplaced: m.unplaced[name], Tasks: []api.TaskView{}, Labels: maps.Clone(r.Labels),
 		HealthSpec: api.HealthSpec{HealthCheck: r.HealthCheck, UpdateConfig: r.UpdateConfig, RollbackConfig: r.RollbackConfig},
-		Workload:   r.Workload,
+		Workload:   r.Workload, Exported: r.Exported,
 	}
 	if r.Update != nil {
 		us := r.Update.UpdateStatus

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/cluster/federation"
 	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/rollout"
 	"github.com/warren-appliance/warren/cluster/store"
@@ -18,16 +19,20 @@ import (
 
 // Store buckets and keys.
 const (
-	bucketMeta     = "meta"
-	bucketNodes    = "nodes"
-	bucketRemoved  = "removed"
-	bucketServices = "services"
-	bucketTasks    = "tasks"
-	bucketPolicies = "policies"
-	bucketSecrets  = "secrets"
-	bucketConfigs  = "configs"
-	keyCluster     = "cluster"
-	keyTasks       = "all"
+	bucketMeta       = "meta"
+	bucketNodes      = "nodes"
+	bucketRemoved    = "removed"
+	bucketServices   = "services"
+	bucketTasks      = "tasks"
+	bucketPolicies   = "policies"
+	bucketSecrets    = "secrets"
+	bucketConfigs    = "configs"
+	bucketRegistries = "registries"
+	bucketPeers      = "peers"
+	bucketImports    = "imports"
+	keyCluster       = "cluster"
+	keyTasks         = "all"
+	keyGateway       = "gateway"
 )
 
 // meta is the cluster's identity and secrets, created once by cluster init.
@@ -61,6 +66,10 @@ type meta struct {
 	// RekeyNeeded: a manager was removed and the leader has yet to replace
 	// the data key (rekey.go).
 	RekeyNeeded bool `json:"rekey_needed,omitempty"`
+	// PeerSecret is the secret of this cluster's peer token, made by the
+	// first `warren cluster peer token`.
+	// Sealed in Sealed like the join secrets (sealmeta.go).
+	PeerSecret string `json:"peer_secret,omitempty"`
 }
 
 // nodeRecord is a member plus what only the manager needs to know.
@@ -110,6 +119,9 @@ type serviceRecord struct {
 	UpdatedAt time.Time `json:"updated_at"`
 	// Update is the last rolling update (nil before the first).
 	Update *rollout.Status `json:"update,omitempty"`
+	// Exported: peered clusters may reach the service (`warren service
+	// export`).
+	Exported bool `json:"exported,omitempty"`
 }
 
 type policyRecord struct {
@@ -131,18 +143,30 @@ type state struct {
 	// Secrets and configs by name; their values sealed (objects.go).
 	secrets map[string]objectRecord
 	configs map[string]objectRecord
+	// registries by host; credentials sealed (registries.go).
+	registries map[string]registryRecord
+	// peers by name (peers.go); imports are the peers' exported services
+	// with this cluster's VIPs, sorted by peer and service.
+	peers   map[string]peerRecord
+	imports []federation.Import
+	// gatewayID is the node holding the links to the peers' gateways.
+	gatewayID string
 }
 
 func (s *state) clone() *state {
 	return &state{
-		meta:     s.meta,
-		nodes:    maps.Clone(s.nodes),
-		removed:  maps.Clone(s.removed),
-		services: maps.Clone(s.services),
-		tasks:    slices.Clone(s.tasks),
-		policies: maps.Clone(s.policies),
-		secrets:  maps.Clone(s.secrets),
-		configs:  maps.Clone(s.configs),
+		meta:       s.meta,
+		nodes:      maps.Clone(s.nodes),
+		removed:    maps.Clone(s.removed),
+		services:   maps.Clone(s.services),
+		tasks:      slices.Clone(s.tasks),
+		policies:   maps.Clone(s.policies),
+		secrets:    maps.Clone(s.secrets),
+		configs:    maps.Clone(s.configs),
+		registries: maps.Clone(s.registries),
+		peers:      maps.Clone(s.peers),
+		imports:    slices.Clone(s.imports),
+		gatewayID:  s.gatewayID,
 	}
 }
 
@@ -153,7 +177,8 @@ type records interface {
 
 func loadState(st records) (*state, error) {
 	s := &state{nodes: map[string]nodeRecord{}, removed: map[string]tombstone{}, services: map[string]serviceRecord{}, policies: map[string]policyRecord{},
-		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}}
+		secrets: map[string]objectRecord{}, configs: map[string]objectRecord{}, registries: map[string]registryRecord{},
+		peers: map[string]peerRecord{}}
 	raw, ok := st.Load(bucketMeta)[keyCluster]
 	if !ok {
 		return nil, nil // no cluster yet
@@ -198,6 +223,32 @@ func loadState(st records) (*state, error) {
 			into[k] = r
 		}
 	}
+	for k, v := range st.Load(bucketRegistries) {
+		var r registryRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode registry %s: %w", k, err)
+		}
+		s.registries[k] = r
+	}
+	for k, v := range st.Load(bucketPeers) {
+		var r peerRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode peer %s: %w", k, err)
+		}
+		s.peers[k] = r
+	}
+	if v, ok := st.Load(bucketImports)[keyTasks]; ok {
+		if err := json.Unmarshal(v, &s.imports); err != nil {
+			return nil, fmt.Errorf("decode imports: %w", err)
+		}
+	}
+	if v, ok := st.Load(bucketImports)[keyGateway]; ok {
+		var f federationRecord
+		if err := json.Unmarshal(v, &f); err != nil {
+			return nil, fmt.Errorf("decode gateway: %w", err)
+		}
+		s.gatewayID = f.GatewayID
+	}
 	if v, ok := st.Load(bucketTasks)[keyTasks]; ok {
 		if err := json.Unmarshal(v, &s.tasks); err != nil {
 			return nil, fmt.Errorf("decode tasks: %w", err)
@@ -209,7 +260,7 @@ func loadState(st records) (*state, error) {
 // snapshot renders the state as store records.
 func (s *state) snapshot() (store.Snapshot, error) {
 	snap := store.Snapshot{bucketMeta: {}, bucketNodes: {}, bucketRemoved: {}, bucketServices: {}, bucketTasks: {}, bucketPolicies: {},
-		bucketSecrets: {}, bucketConfigs: {}}
+		bucketSecrets: {}, bucketConfigs: {}, bucketRegistries: {}, bucketPeers: {}, bucketImports: {}}
 	put := func(bucket, key string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -248,6 +299,26 @@ func (s *state) snapshot() (store.Snapshot, error) {
 	}
 	for k, v := range s.configs {
 		if err := put(bucketConfigs, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.registries {
+		if err := put(bucketRegistries, k, v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range s.peers {
+		if err := put(bucketPeers, k, v); err != nil {
+			return nil, err
+		}
+	}
+	if len(s.imports) > 0 {
+		if err := put(bucketImports, keyTasks, s.imports); err != nil {
+			return nil, err
+		}
+	}
+	if s.gatewayID != "" {
+		if err := put(bucketImports, keyGateway, federationRecord{GatewayID: s.gatewayID}); err != nil {
 			return nil, err
 		}
 	}
@@ -303,16 +374,21 @@ func (s *state) buildMap(v uint64) *clustermap.Map {
 		policies = append(policies, s.policies[name].Policy)
 	}
 	m := &clustermap.Map{
-		Version:   v,
-		ClusterID: s.meta.ClusterID,
-		Nodes:     s.sortedNodes(),
-		Services:  s.sortedServices(),
-		Tasks:     tasks,
-		Policies:  policies,
+		Version:    v,
+		ClusterID:  s.meta.ClusterID,
+		Nodes:      s.sortedNodes(),
+		Services:   s.sortedServices(),
+		Tasks:      tasks,
+		Policies:   policies,
+		Registries: s.mapRegistries(),
 		// Every node takes the trust bundle from the map (delivered over
 		// the mTLS stream it already trusts): during a CA rotation it
 		// holds the new CA first, then the old one.
 		TrustBundle: s.meta.trustBundle(),
+		Imports:     slices.Clone(s.imports),
+	}
+	if len(s.peers) > 0 {
+		m.Federation = s.federationMap()
 	}
 	m.SetNetwork(s.meta.network())
 	return m
@@ -393,6 +469,22 @@ func checkChange(c store.Change) error {
 			case bucketTasks:
 				var x []clustermap.Task
 				err = json.Unmarshal(v, &x)
+			case bucketSecrets, bucketConfigs:
+				var x objectRecord
+				err = json.Unmarshal(v, &x)
+			case bucketRegistries:
+				var x registryRecord
+				err = json.Unmarshal(v, &x)
+			case bucketPeers:
+				err = checkPeerRecord(key, v)
+			case bucketImports:
+				if key == keyGateway {
+					var x federationRecord
+					err = json.Unmarshal(v, &x)
+				} else {
+					var x []federation.Import
+					err = json.Unmarshal(v, &x)
+				}
 			case replicate.BucketRaft:
 				err = errors.New("the replica's own bucket is not replicated")
 			}

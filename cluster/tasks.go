@@ -32,7 +32,8 @@ func (m *Manager) Tasks(service string) []api.TaskView {
 func taskView(t, st clustermap.Task, node string, labels map[string]string) api.TaskView {
 	v := api.TaskView{Name: t.Name, Node: node, NodeID: t.NodeID, IP: t.IP, Image: t.Image,
 		DesiredState: t.DesiredState, State: t.State, Error: st.Error, Labels: labels,
-		Restarts: st.Run.Restarts, NextRestart: st.Run.NextRestart, OOMKilled: st.Run.OOMKilled}
+		Restarts: st.Run.Restarts, NextRestart: st.Run.NextRestart, OOMKilled: st.Run.OOMKilled,
+		PullDone: st.Run.PullDone, PullTotal: st.Run.PullTotal}
 	if st.Run.Exited {
 		code := st.Run.ExitCode
 		v.ExitCode = &code

@@ -68,6 +68,11 @@ type Cluster struct {
 	// changes; false reports only with the heartbeat (every 5 s), as
 	// before, which benchmarks use as their baseline.
 	ReportOnChange bool `toml:"report_on_change"`
+	// ShareImages: this node takes image blobs from the nodes that have
+	// them and from the coordinator (one pull per cluster) before the
+	// registry; false pulls every image from the registry itself (the
+	// benchmark's baseline).
+	ShareImages bool `toml:"share_images"`
 	// CertLifetime is how long the node certificates a manager signs are
 	// valid; agents renew them at about two thirds of it.
 	CertLifetime Duration `toml:"cert_lifetime"`
@@ -87,7 +92,10 @@ type WireGuard struct {
 	// reachable from other sites (a port forward on the site's router); it
 	// becomes a path candidate beside the discovered ones. Empty: discover.
 	PublicEndpoint string `toml:"public_endpoint"`
-	Peers          []Peer `toml:"peer"`
+	// UDPGSO is "auto" (work around the Linux 7.0-7.1.4 UDP GSO bug on
+	// those kernels), "on" (plain UDP GSO) or "off" (none).
+	UDPGSO string `toml:"udp_gso"`
+	Peers  []Peer `toml:"peer"`
 }
 
 // Peer is one [[wireguard.peer]]: a static peer such as an operator laptop.
@@ -205,10 +213,12 @@ func Default() Config {
 			NodeDownAfter:  Duration{Duration: 30 * time.Second},
 			CertLifetime:   Duration{Duration: 90 * 24 * time.Hour},
 			ReportOnChange: true,
+			ShareImages:    true,
 		},
 		WireGuard: WireGuard{
 			Interface:  DefaultInterface,
 			Mode:       "auto",
+			UDPGSO:     "auto",
 			ListenPort: DefaultListenPort,
 			Keepalive:  Duration{Duration: 25 * time.Second},
 			MTU:        DefaultMTU,

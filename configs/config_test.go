@@ -180,6 +180,8 @@ func TestBadConfigs(t *testing.T) {
 		{"worker without token", "[node]\nname='w'\n[cluster]\nmanager='192.0.2.1:7946'\n", "cluster.token", 0, "needs a join token"},
 		{"standalone without address", "[node]\nname='g'\nrole='standalone'\n", "wireguard.address", 0, "needs its overlay address"},
 		{"bad mode", validWorker + "[wireguard]\nmode = \"kernel\"\n", "wireguard.mode", 7, "not a mode"},
+		{"bad udp_gso", validWorker + "[wireguard]\nmtu = 1420\nudp_gso = \"yes\"\n", "wireguard.udp_gso", 8, "want \"auto\""},
+		{"udp_gso not a string", validWorker + "[wireguard]\nudp_gso = false\n", "wireguard.udp_gso", 7, ""},
 		{"bad level", validWorker + "[log]\nlevel = \"loud\"\n", "log.level", 7, "not a level"},
 		{"relay port zero", validWorker + "[relay]\nport = 0\n", "relay.port", 7, "not a port"},
 		{"relay on the wireguard port", validWorker + "[relay]\nenable = true\nport = 51820\n", "relay.port", 8, "is wireguard.listen_port"},

@@ -189,6 +189,11 @@ func (l *Loaded) Finish() error {
 	default:
 		add("wireguard.mode", "%q is not a mode (want \"tun\", \"netstack\" or \"auto\")", c.WireGuard.Mode)
 	}
+	switch c.WireGuard.UDPGSO {
+	case "auto", "on", "off":
+	default:
+		add("wireguard.udp_gso", "%q is not a setting (want \"auto\": work around the Linux 7.0-7.1.4 UDP GSO bug where the kernel has it, \"on\" or \"off\")", c.WireGuard.UDPGSO)
+	}
 	if p := c.WireGuard.ListenPort; p < 1 || p > 65535 {
 		add("wireguard.listen_port", "%d is not a UDP port (1-65535)", p)
 	}

@@ -16,6 +16,8 @@ import (
 //   - tasks.<service> -> the IPs of the service's running tasks only (the
 //     map's endpoints), present and empty for a service without one, so
 //     it answers NODATA rather than NXDOMAIN;
+//   - every import of a peered cluster: <service>.<peer> (and
+//     <service>.global) -> its VIP;
 //   - the WireGuard and container subnets as the client ranges answered.
 func RecordsFromMap(m *clustermap.Map) Records {
 	r := Records{
@@ -24,6 +26,14 @@ func RecordsFromMap(m *clustermap.Map) Records {
 		Tasks:        make(map[string]netip.Addr, len(m.Tasks)),
 		ServiceTasks: make(map[string][]netip.Addr, len(m.Services)),
 		TaskAliases:  make(map[string]netip.Addr, len(m.Tasks)),
+	}
+	for _, im := range m.Imports {
+		if im.VIP.IsValid() {
+			if r.Imports == nil {
+				r.Imports = map[string]netip.Addr{}
+			}
+			r.Imports[im.Service+"."+im.Peer] = im.VIP
+		}
 	}
 	for _, p := range []netip.Prefix{m.WireGuardSubnet, m.ContainerSubnet} {
 		if p.IsValid() {

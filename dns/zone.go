@@ -40,6 +40,9 @@ type Records struct {
 	// seed document's form, for the task <service>-<slot>. A real service
 	// or task name wins over an alias; aliases get no PTR.
 	TaskAliases map[string]netip.Addr
+	// Imports are peered clusters' services (federation): "SERVICE.PEER"
+	// (PEER "global" for SERVICE.global) -> a VIP of this cluster.
+	Imports map[string]netip.Addr
 	// Clients are source ranges answered besides Config.Allow: the
 	// cluster's WireGuard and container subnets (RecordsFromMap).
 	Clients []netip.Prefix
@@ -139,6 +142,16 @@ func compileZone(domain string, r Records, serial uint32) (*zone, []error) {
 		// Reverse records point at the task names, not at tasks.<service>.
 		if err := z.add(name, tasksLabel+".", r.ServiceTasks[name], TaskTTL, false); err != nil {
 			problems = append(problems, fmt.Errorf("tasks of service %q: %w", name, err))
+		}
+	}
+	for _, name := range sortedKeys(r.Imports) {
+		svc, peer, ok := strings.Cut(name, ".")
+		if !ok || !validLabel(svc) || !validLabel(peer) {
+			problems = append(problems, fmt.Errorf("imported service %q: not SERVICE.PEER", name))
+			continue
+		}
+		if err := z.add(peer, strings.ToLower(svc)+".", []netip.Addr{r.Imports[name]}, ServiceTTL, true); err != nil {
+			problems = append(problems, fmt.Errorf("imported service %q: %w", name, err))
 		}
 	}
 	for _, name := range sortedKeys(r.TaskAliases) {

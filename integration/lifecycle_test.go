@@ -46,11 +46,12 @@ func ctrNames(ctx context.Context, n *lab.Node, args ...string) ([]string, error
 
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
-// warrenRules is what iptables-save prints about warren in the nat and
-// filter tables, counters stripped, so two runs compare line for line.
+// warrenRules is what iptables-save prints about warren in the nat,
+// filter and mangle (policies) tables, counters stripped, so two runs
+// compare line for line.
 func warrenRules(ctx context.Context, n *lab.Node) (string, error) {
 	var sb strings.Builder
-	for _, table := range []string{"nat", "filter"} {
+	for _, table := range []string{"nat", "filter", "mangle"} {
 		out, err := n.Exec(ctx, "iptables-save", "-t", table)
 		if err != nil {
 			return "", err
@@ -476,7 +477,7 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 		// Without containerd the task network (its chains and bridge) must
 		// still go.
 		var left []string
-		for _, table := range []string{"nat", "filter"} {
+		for _, table := range []string{"nat", "filter", "mangle"} {
 			rules, err := w1.Exec(ctx, "iptables-save", "-t", table)
 			if err != nil {
 				t.Fatal(err)

@@ -497,7 +497,7 @@ spec:
 		}
 	}
 	for _, n := range p.c.Nodes() {
-		if out, _ := n.Exec(p.ctx, "iptables-save", "-t", "filter"); strings.Contains(out, "api-policy") {
+		if out, _ := n.Exec(p.ctx, "iptables-save"); strings.Contains(out, "api-policy") {
 			t.Errorf("%s still has api-policy rules:\n%s", n.Name, out)
 		}
 	}
@@ -520,7 +520,7 @@ spec:
 	if out, err := p.w.Exec(p.ctx, "warren-appliance", "--config", "/etc/warren/warren.toml", "--cleanup"); err != nil {
 		t.Fatalf("--cleanup: %v\n%s", err, out)
 	}
-	if out, err := p.w.Exec(p.ctx, "iptables-save", "-t", "filter"); err != nil || strings.Contains(out, "WARREN-POL") {
+	if out, err := p.w.Exec(p.ctx, "iptables-save"); err != nil || strings.Contains(out, "WARREN-POL") {
 		t.Errorf("after --cleanup: %v\n%s", err, out)
 	}
 	if err := p.w.Do(func() error {

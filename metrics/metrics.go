@@ -50,6 +50,16 @@ type Sources struct {
 	Raft func() Raft
 	// Relay gives the relay's counters; relays only.
 	Relay func() Relay
+	// ClusterPeers gives the peered clusters' link states (federation);
+	// managers only.
+	ClusterPeers func() []ClusterPeer
+}
+
+// ClusterPeer is a peered cluster as this manager's link sees it.
+type ClusterPeer struct {
+	Name      string
+	Connected bool
+	Imports   int // services imported from it
 }
 
 // Relay is a relay's sessions and what it relayed and dropped since it
@@ -226,6 +236,10 @@ var (
 		"1 when this manager knows a Raft leader (the managers have quorum), else 0.", nil, nil)
 	descRaftVoters = prometheus.NewDesc("warren_raft_voters",
 		"Voting managers in the Raft configuration, as this manager knows it.", nil, nil)
+	descClusterPeer = prometheus.NewDesc("warren_cluster_peer_connected",
+		"1 while this manager's link to the peered cluster works (its last sync answered), else 0.", []string{"peer"}, nil)
+	descClusterPeerImports = prometheus.NewDesc("warren_cluster_peer_imports",
+		"Services imported from the peered cluster (it exports them).", []string{"peer"}, nil)
 	descRelaySessions = prometheus.NewDesc("warren_relay_sessions",
 		"Members connected to this relay now.", nil, nil)
 	descRelayBytes = prometheus.NewDesc("warren_relay_bytes_total",
@@ -245,7 +259,7 @@ type sourceCollector struct{ src Sources }
 
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSent, descReceived, descHandshake, descPeerPath, descTasks, descNodes, descDesired, descRunning, descUpdating, descRaftState, descRaftLeader, descRaftVoters,
-		descRelaySessions, descRelayBytes, descRelayPackets, descRelayDropped} {
+		descRelaySessions, descRelayBytes, descRelayPackets, descRelayDropped, descClusterPeer, descClusterPeerImports} {
 		ch <- d
 	}
 }
@@ -299,6 +313,12 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 		countersByLabel(ch, descRelayBytes, RelayTransports, r.Bytes)
 		countersByLabel(ch, descRelayPackets, RelayTransports, r.Packets)
 		countersByLabel(ch, descRelayDropped, RelayDrops, r.Dropped)
+	}
+	if c.src.ClusterPeers != nil {
+		for _, p := range c.src.ClusterPeers() {
+			ch <- prometheus.MustNewConstMetric(descClusterPeer, prometheus.GaugeValue, boolValue(p.Connected), p.Name)
+			ch <- prometheus.MustNewConstMetric(descClusterPeerImports, prometheus.GaugeValue, float64(p.Imports), p.Name)
+		}
 	}
 	if c.src.Services != nil {
 		for _, s := range c.src.Services() {

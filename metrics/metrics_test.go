@@ -62,6 +62,9 @@ func TestExposition(t *testing.T) {
 		Relay: func() Relay {
 			return Relay{Sessions: 2, Bytes: map[string]uint64{"udp": 1500}, Packets: map[string]uint64{"udp": 1}, Dropped: map[string]uint64{"rate": 4}}
 		},
+		ClusterPeers: func() []ClusterPeer {
+			return []ClusterPeer{{Name: "b", Connected: true, Imports: 2}, {Name: "c"}}
+		},
 	})
 	m.SetMapVersion(42)
 	m.ObserveNATSync(3*time.Millisecond, nil)
@@ -106,6 +109,9 @@ func TestExposition(t *testing.T) {
 		`warren_relay_packets_total{transport="udp"} 1`,
 		`warren_relay_dropped_total{reason="rate"} 4`,
 		`warren_relay_dropped_total{reason="auth"} 0`,
+		`warren_cluster_peer_connected{peer="b"} 1`,
+		`warren_cluster_peer_connected{peer="c"} 0`,
+		`warren_cluster_peer_imports{peer="b"} 2`,
 	} {
 		if !strings.Contains(text, want+"\n") {
 			t.Errorf("missing %s", want)
@@ -120,7 +126,7 @@ func TestExposition(t *testing.T) {
 func TestWorkerHasNoManagerMetrics(t *testing.T) {
 	m := New(Sources{Tasks: func() map[string]int { return nil }})
 	text := scrape(t, m)
-	for _, absent := range []string{"warren_nodes", "warren_service_replicas_desired", "wireguard_sent_bytes_total{", "warren_raft_", "warren_relay_"} {
+	for _, absent := range []string{"warren_nodes", "warren_service_replicas_desired", "wireguard_sent_bytes_total{", "warren_raft_", "warren_relay_", "warren_cluster_peer"} {
 		if strings.Contains(text, absent) {
 			t.Errorf("a worker without peers exports %s", absent)
 		}

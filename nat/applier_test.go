@@ -1,6 +1,8 @@
 package nat
 
 import (
+	"github.com/warren-appliance/warren/hostfw"
+
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -453,10 +455,11 @@ func TestApplierLegacyBackend(t *testing.T) {
 	if got := saved(t, ns, b); got != first {
 		t.Errorf("restart on legacy changed the rules:\n%s", diffLines(first, got))
 	}
-	// Leftovers from a time this host ran on nft are cleaned up as well.
+	// Leftovers from a time this host ran on nft are cleaned up as well
+	// by the node's one cleanup (--cleanup, package purge).
 	nsRun(t, ns, "iptables-nft", "-t", "nat", "-N", "WARREN-LEFTOVER")
 	nsRun(t, ns, "iptables-nft", "-t", "nat", "-A", "PREROUTING", "-j", "WARREN-LEFTOVER")
-	mustInNetns(t, ns, b.Cleanup)
+	mustInNetns(t, ns, func() error { return hostfw.Cleanup(nil) })
 	if got := saved(t, ns, b); strings.Contains(got, "WARREN") {
 		t.Errorf("Cleanup left WARREN rules in legacy:\n%s", got)
 	}

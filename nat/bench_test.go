@@ -1,6 +1,8 @@
 package nat
 
 import (
+	"github.com/coreos/go-iptables/iptables"
+
 	"fmt"
 	"maps"
 	"net/netip"
@@ -159,10 +161,14 @@ func BenchmarkSync(b *testing.B) {
 // made with one go-iptables call per chain or rule (create new chains,
 // flush and refill changed chains, then flush and delete removed ones).
 func perRuleApply(a *Applier, from, to ruleset) error {
+	ipt, err := iptables.New(iptables.Path(a.command))
+	if err != nil {
+		return err
+	}
 	for _, table := range tables {
 		for _, chain := range slices.Sorted(maps.Keys(to[table])) {
 			if _, ok := from[table][chain]; !ok {
-				if err := a.ipt.NewChain(table, chain); err != nil {
+				if err := ipt.NewChain(table, chain); err != nil {
 					return err
 				}
 			}
@@ -173,30 +179,30 @@ func perRuleApply(a *Applier, from, to ruleset) error {
 				continue
 			}
 			if existed {
-				if err := a.ipt.ClearChain(table, chain); err != nil {
+				if err := ipt.ClearChain(table, chain); err != nil {
 					return err
 				}
 			}
 			for _, rule := range to[table][chain] {
-				if err := a.ipt.Append(table, chain, splitRule(rule)...); err != nil {
+				if err := ipt.Append(table, chain, splitRule(rule)...); err != nil {
 					return fmt.Errorf("append %s: %w", rule, err)
 				}
 			}
 		}
 		for chain := range from[table] {
 			if _, ok := to[table][chain]; !ok {
-				if err := a.ipt.ClearAndDeleteChain(table, chain); err != nil {
+				if err := ipt.ClearAndDeleteChain(table, chain); err != nil {
 					return err
 				}
 			}
 		}
 	}
 	if from == nil {
-		listed, err := a.listChains(jumpChainKeys())
-		if err != nil {
-			return err
+		for i := len(jumps) - 1; i >= 0; i-- {
+			if err := ipt.Insert(jumps[i].table, jumps[i].chain, 1, jumps[i].spec...); err != nil {
+				return err
+			}
 		}
-		return a.ensureJumps(listed)
 	}
 	return nil
 }

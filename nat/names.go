@@ -10,16 +10,13 @@ import (
 // Chain names. iptables limits a chain name to 28 characters, so chains
 // that carry service or endpoint identity use a hash, as kube-proxy does.
 const (
-	chainPrefix       = "WARREN-"
-	taskChainPrefix   = "WARREN-TASK-"             // not ours: package orchestrate's task forwarding and egress
-	policyChainPrefix = "WARREN-POL"               // not ours: package netpolicy's WARREN-POLICY and WARREN-POL-*
-	chainServices     = "WARREN-SERVICES"          // nat and filter: VIP dispatch
-	chainNodePorts    = "WARREN-NODEPORTS"         // nat: published ports
-	chainPostrouting  = "WARREN-POSTROUTING"       // nat: masquerade marked traffic
-	chainMarkMasq     = "WARREN-MARK-MASQ"         // nat: mark for masquerade
-	chainCanary       = "WARREN-CANARY"            // nat and filter: empty, jumped from WARREN-SERVICES
-	chainExternal     = "WARREN-EXTERNAL-SERVICES" // filter: published ports without endpoints
-	chainForward      = "WARREN-FORWARD"           // filter: accept DNATed traffic
+	chainServices    = "WARREN-SERVICES"          // nat and filter: VIP dispatch
+	chainNodePorts   = "WARREN-NODEPORTS"         // nat: published ports
+	chainPostrouting = "WARREN-POSTROUTING"       // nat: masquerade marked traffic
+	chainMarkMasq    = "WARREN-MARK-MASQ"         // nat: mark for masquerade
+	chainCanary      = "WARREN-CANARY"            // nat and filter: empty, jumped from WARREN-SERVICES
+	chainExternal    = "WARREN-EXTERNAL-SERVICES" // filter: published ports without endpoints
+	chainForward     = "WARREN-FORWARD"           // filter: accept DNATed traffic
 
 	// maxChainName is iptables' limit (XT_EXTENSION_MAXNAMELEN - 1).
 	maxChainName = 28

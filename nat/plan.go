@@ -66,6 +66,10 @@ func assemble(services []Service, ctx planContext, partOf func(Service) ruleset)
 		rs.add(t, chainServices, canary)
 	}
 	rs.add("nat", chainMarkMasq, "-j MARK --or-mark "+masqMark)
+	peerNAT, peerFilter := gatewayRules(ctx.opts)
+	rs.add("nat", chainPostrouting, peerNAT...)
+	rs.add("filter", chainExternal, peerFilter...)
+	rs.declare("filter", chainExternal)
 	rs.add("nat", chainPostrouting,
 		fmt.Sprintf("-m mark ! --mark %s/%s -j RETURN", masqMark, masqMark),
 		// Clear the bit so a packet re-entering the stack (e.g. through a
@@ -73,7 +77,6 @@ func assemble(services []Service, ctx planContext, partOf func(Service) ruleset)
 		"-j MARK --xor-mark "+masqMark,
 		fmt.Sprintf(`-m comment --comment %q -j MASQUERADE --random-fully`, "warren service traffic requiring SNAT"))
 	rs.declare("nat", chainNodePorts)
-	rs.declare("filter", chainExternal)
 	for _, rule := range forwardRules(ctx.opts) {
 		rs.add("filter", chainForward, rule)
 	}
@@ -248,6 +251,28 @@ func forwardRules(opts Options) []string {
 			fmt.Sprintf(`-o %s -m conntrack --ctstate DNAT -m comment --comment %q -j ACCEPT`, i, comment))
 	}
 	return rules
+}
+
+// gatewayRules are the gateway node's rules for peered clusters: the
+// peer's traffic is masqueraded into this cluster's container subnet
+// (other nodes accept only the mesh's addresses), and new connections from
+// the peer's container subnet to this node itself are dropped (the peer
+// reaches exported tasks only; which tasks is the policy chain's job:
+// package netpolicy, Input.Peers, first in FORWARD).
+func gatewayRules(opts Options) (natRules, filterRules []string) {
+	peers := slices.Clone(opts.PeerGateways)
+	slices.SortFunc(peers, func(a, b PeerGateway) int { return cmp.Compare(a.Peer, b.Peer) })
+	for _, p := range peers {
+		if !p.Subnet.Addr().Is4() {
+			continue
+		}
+		src := p.Subnet.Masked().String()
+		filterRules = append(filterRules, fmt.Sprintf(`-s %s -m addrtype --dst-type LOCAL -m comment --comment %q -j DROP`, src, "peer "+p.Peer+": no port of this node"))
+		if opts.ContainerSubnet.IsValid() && opts.ContainerSubnet.Addr().Is4() {
+			natRules = append(natRules, fmt.Sprintf(`-s %s -d %s -m comment --comment %q -j MASQUERADE`, src, opts.ContainerSubnet.Masked(), "peer "+p.Peer+" into this cluster"))
+		}
+	}
+	return natRules, filterRules
 }
 
 func sortedServices(in []Service) []Service {

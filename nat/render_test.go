@@ -1,6 +1,8 @@
 package nat
 
 import (
+	"github.com/warren-appliance/warren/hostfw"
+
 	"bytes"
 	"flag"
 	"net/netip"
@@ -207,8 +209,8 @@ func TestChainNames(t *testing.T) {
 		if len(n) > maxChainName {
 			t.Errorf("chain %q is %d characters, over the %d limit", n, len(n), maxChainName)
 		}
-		if !strings.HasPrefix(n, chainPrefix) {
-			t.Errorf("chain %q lacks the %s prefix Cleanup relies on", n, chainPrefix)
+		if !strings.HasPrefix(n, hostfw.ChainPrefix) {
+			t.Errorf("chain %q lacks the %s prefix Cleanup relies on", n, hostfw.ChainPrefix)
 		}
 	}
 	if serviceChain("web", p) != serviceChain("web", Port{Protocol: "UDP", Port: 65535}) {

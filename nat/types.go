@@ -1,7 +1,9 @@
 // Package nat turns services (a VIP, ports, endpoints) into iptables rules:
-// a pure renderer that produces iptables-restore text, and an Applier that
-// loads it into the host's iptables in one transaction per sync, in the
-// style of kube-proxy's iptables mode.
+// a pure renderer that produces the chains as plain data (and as
+// iptables-restore text, the dry run), and an Applier that hands them to
+// the node's one firewall owner (package hostfw), which writes them with
+// the policy and task rules in one transaction per sync, in the style of
+// kube-proxy's iptables mode.
 //
 // Traffic flow (nat table): PREROUTING and OUTPUT jump to WARREN-SERVICES,
 // which matches VIP:port and jumps to a per-service-port WARREN-SVC-* chain;
@@ -60,8 +62,18 @@ type Service struct {
 	Affinity  bool // stick each client address to one endpoint
 }
 
+// PeerGateway is a peered cluster whose gateway links end on this node
+// (federation): its traffic is masqueraded into the cluster (other nodes
+// accept only the mesh's addresses) and reaches no port of this node.
+type PeerGateway struct {
+	Peer   string
+	Subnet netip.Prefix
+}
+
 // Options are the node-wide settings of the rules.
 type Options struct {
+	// PeerGateways are set on a cluster's gateway node only.
+	PeerGateways []PeerGateway
 	// Persistence turns on client-address affinity for every service.
 	Persistence bool
 	// PersistenceTimeout is how long an idle client stays stuck to its

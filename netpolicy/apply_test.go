@@ -6,13 +6,24 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/warren-appliance/warren/hostfw"
 )
 
 func kernelMembers(t *testing.T, ns string) map[string]map[netip.Prefix]bool {
 	t.Helper()
 	var out map[string]map[netip.Prefix]bool
-	mustInNetns(t, ns, func() (err error) { out, err = kernelSets(); return err })
+	mustInNetns(t, ns, func() (err error) { out, err = (&hostfw.Iptables{}).Sets(); return err })
 	return out
+}
+
+// newApplier is an Applier writing through a hostfw syncer of ns, and the
+// iptables command that syncer uses.
+func newApplier(t *testing.T, ns string) (*Applier, *hostfw.Syncer, string) {
+	t.Helper()
+	var fw *hostfw.Syncer
+	mustInNetns(t, ns, func() (err error) { fw, err = hostfw.New(nil); return err })
+	return NewApplier(fw), fw, fw.Runner().(*hostfw.Iptables).Command()
 }
 
 func syncIn(t *testing.T, ns string, a *Applier, r Rules) SyncStats {
@@ -25,10 +36,9 @@ func syncIn(t *testing.T, ns string, a *Applier, r Rules) SyncStats {
 func TestApplierSetsRulesChurnCleanup(t *testing.T) {
 	requireRoot(t)
 	ns := newNetns(t, "apply")
-	var a *Applier
-	mustInNetns(t, ns, func() (err error) { a, err = NewApplier(nil); return err })
+	a, _, command := newApplier(t, ns)
 	// Something else's rule already first in FORWARD: ours goes before it.
-	nsRun(t, ns, a.command, "-A", "FORWARD", "-i", "x0", "-j", "ACCEPT")
+	nsRun(t, ns, command, "-t", "mangle", "-A", "FORWARD", "-i", "x0", "-j", "ACCEPT")
 
 	pols := append(mustParse(t, egressYAML), seedPolicy(t))
 	in := Input{Policies: pols, Tasks: labTasks, NodeSubnet: netip.MustParsePrefix("10.0.0.0/24"), Overlay: "warren0"}
@@ -37,7 +47,7 @@ func TestApplierSetsRulesChurnCleanup(t *testing.T) {
 	if !st.Full || !st.RulesWritten || st.SetsCreated != len(r.Sets) {
 		t.Fatalf("first sync: %+v", st)
 	}
-	saved := nsRun(t, ns, a.command+"-save", "-t", "filter")
+	saved := nsRun(t, ns, command+"-save", "-t", "mangle")
 	for _, want := range []string{
 		"-A FORWARD -m comment --comment \"warren network policies\" -j WARREN-POLICY\n-A FORWARD -i x0 -j ACCEPT",
 		`api-policy ingress[0]" -j RETURN`,
@@ -65,23 +75,28 @@ func TestApplierSetsRulesChurnCleanup(t *testing.T) {
 		t.Fatalf("app=api set = %v", m)
 	}
 
-	// A restarted applier reads the kernel and changes nothing.
-	var fresh *Applier
-	mustInNetns(t, ns, func() (err error) { fresh, err = NewApplier(nil); return err })
-	st = syncIn(t, ns, fresh, Render(in))
-	if !st.Full || st.Added != 0 || st.Removed != 0 || st.SetsCreated != 0 || st.SetsDestroyed != 0 {
-		t.Fatalf("restart sync: %+v", st)
+	// A restarted applier (a new syncer) reads the kernel and changes
+	// nothing.
+	before := nsRun(t, ns, command+"-save", "-t", "mangle")
+	fresh, fw, _ := newApplier(t, ns)
+	syncIn(t, ns, fresh, Render(in))
+	if after := nsRun(t, ns, command+"-save", "-t", "mangle"); stripCounters(after) != stripCounters(before) {
+		t.Fatalf("restart sync changed the rules:\n%s\n---\n%s", before, after)
+	}
+	if !equalMembers(kernelMembers(t, ns), Render(in).Sets) {
+		t.Fatalf("restart sync changed the sets")
 	}
 
-	// The jump is moved back to first place when something got before it.
-	nsRun(t, ns, a.command, "-I", "FORWARD", "-i", "y0", "-j", "ACCEPT")
+	// The hook is moved back to first place when something got before it:
+	// the canary notices and runs the sync, which repairs it.
+	nsRun(t, ns, command, "-t", "mangle", "-I", "FORWARD", "-i", "y0", "-j", "ACCEPT")
 	mustInNetns(t, ns, func() error {
-		if first, err := fresh.JumpFirst(); err != nil || first {
-			t.Errorf("JumpFirst = %v, %v after a rule was inserted before it", first, err)
+		if repaired, err := fw.Check(false); err != nil || !repaired {
+			t.Errorf("Check = %v, %v after a rule was inserted before the hook", repaired, err)
 		}
-		return fresh.EnsureJump()
+		return nil
 	})
-	if out := nsRun(t, ns, a.command, "-S", "FORWARD", "1"); !strings.Contains(out, "WARREN-POLICY") {
+	if out := nsRun(t, ns, command, "-t", "mangle", "-S", "FORWARD", "1"); !strings.Contains(out, "WARREN-POLICY") {
 		t.Fatalf("first FORWARD rule = %s", out)
 	}
 
@@ -93,9 +108,9 @@ func TestApplierSetsRulesChurnCleanup(t *testing.T) {
 
 	syncIn(t, ns, fresh, r)
 	for range 2 { // a second cleanup finds nothing to do
-		mustInNetns(t, ns, fresh.Cleanup)
+		mustInNetns(t, ns, func() error { return hostfw.Cleanup(nil) })
 	}
-	saved = nsRun(t, ns, a.command+"-save", "-t", "filter")
+	saved = nsRun(t, ns, command+"-save")
 	if strings.Contains(saved, "WARREN-POL") {
 		t.Fatalf("cleanup left rules:\n%s", saved)
 	}
@@ -114,14 +129,13 @@ func TestApplierSetsRulesChurnCleanup(t *testing.T) {
 func TestSync200Policies1000Tasks(t *testing.T) {
 	requireRoot(t)
 	ns := newNetns(t, "big")
-	var a *Applier
-	mustInNetns(t, ns, func() (err error) { a, err = NewApplier(nil); return err })
+	a, fw, command := newApplier(t, ns)
 	in := benchInput()
 	r := Render(in)
 	if st := syncIn(t, ns, a, r); !st.RulesWritten || st.SetsCreated != len(r.Sets) {
 		t.Fatalf("full sync: %+v", st)
 	}
-	if got := strings.Count(nsRun(t, ns, a.command+"-save", "-t", "filter"), "\n-A WARREN-POL"); got != strings.Count(string(r.Restore), "\n-A WARREN-POL") {
+	if got := strings.Count(nsRun(t, ns, command+"-save", "-t", "mangle"), "\n-A WARREN-POL"); got != strings.Count(string(r.Restore), "\n-A WARREN-POL") {
 		t.Fatalf("%d policy rules in the kernel, %d rendered", got, strings.Count(string(r.Restore), "\n-A WARREN-POL"))
 	}
 	have := kernelMembers(t, ns)
@@ -134,11 +148,41 @@ func TestSync200Policies1000Tasks(t *testing.T) {
 	moved.Tasks = append([]Task(nil), in.Tasks...)
 	old := moved.Tasks[500].IP
 	moved.Tasks[500].IP = netip.MustParseAddr("10.0.9.9")
-	if st := syncIn(t, ns, a, Render(moved)); st.RulesWritten || st.Added != 1 || st.Removed != 1 {
-		t.Fatalf("one task moved: %+v, want one member in and one out and no rules written", st)
+	restores := fw.Syncs()
+	if st := syncIn(t, ns, a, Render(moved)); st.RulesWritten || st.Added != 1 || st.Removed != 1 || fw.Syncs() != restores {
+		t.Fatalf("one task moved: %+v, %d restores, want one member in and one out and no rules written", st, fw.Syncs()-restores)
 	}
 	m := kernelMembers(t, ns)[SetName("tasks app="+moved.Tasks[500].Labels["app"])]
 	if !m[netip.MustParsePrefix("10.0.9.9/32")] || m[netip.PrefixFrom(old, 32)] {
 		t.Fatalf("set of the moved task: %v", m)
 	}
+}
+
+// stripCounters drops iptables-save's comment and counter lines, which
+// change between two saves.
+func stripCounters(saved string) string {
+	var out []string
+	for _, l := range strings.Split(saved, "\n") {
+		if !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func equalMembers(have map[string]map[netip.Prefix]bool, sets []Set) bool {
+	if len(have) != len(sets) {
+		return false
+	}
+	for _, s := range sets {
+		if len(have[s.Name]) != len(s.Members) {
+			return false
+		}
+		for _, m := range s.Members {
+			if !have[s.Name][m] {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -1,6 +1,10 @@
 package netpolicy
 
 import (
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/warren-appliance/warren/hostfw"
+	"net"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -83,10 +87,11 @@ func BenchmarkSync200Policies1000Tasks(b *testing.B) {
 	for range b.N {
 		ns := newNetns(b, "bench")
 		mustInNetns(b, ns, func() error {
-			a, err := NewApplier(nil)
+			fw, err := hostfw.New(nil)
 			if err != nil {
 				return err
 			}
+			a := NewApplier(fw)
 			var r Rules
 			if err := timed(&full, func() error {
 				r = Render(in)
@@ -110,10 +115,10 @@ func BenchmarkSync200Policies1000Tasks(b *testing.B) {
 			if st.RulesWritten || st.Added == 0 || st.Removed == 0 {
 				return fmt.Errorf("one task change: %+v", st)
 			}
-			if err := a.Cleanup(); err != nil {
+			if err := hostfw.Cleanup(nil); err != nil {
 				return err
 			}
-			return timed(&perRule, func() error { return perRuleApply(a, Render(in)) })
+			return timed(&perRule, func() error { return perRuleApply(Render(in)) })
 		})
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(b.N) / float64(time.Millisecond) }
@@ -129,13 +134,17 @@ func BenchmarkSync200Policies1000Tasks(b *testing.B) {
 
 // perRuleApply is the baseline: the sets as Sync makes them, then the
 // chains and each rule with one iptables call, then the jump.
-func perRuleApply(a *Applier, r Rules) error {
+func perRuleApply(r Rules) error {
+	ipt, err := iptables.New()
+	if err != nil {
+		return err
+	}
 	for _, s := range r.Sets {
 		if err := netlink.IpsetCreate(s.Name, "hash:net", netlink.IpsetCreateOptions{Replace: true}); err != nil {
 			return err
 		}
 		for _, m := range s.Members {
-			if err := netlink.IpsetAdd(s.Name, entry(m)); err != nil {
+			if err := netlink.IpsetAdd(s.Name, &netlink.IPSetEntry{IP: net.IP(m.Addr().AsSlice()), CIDR: uint8(m.Bits())}); err != nil {
 				return err
 			}
 		}
@@ -144,17 +153,17 @@ func perRuleApply(a *Applier, r Rules) error {
 		switch {
 		case strings.HasPrefix(line, ":"):
 			chain, _, _ := strings.Cut(line[1:], " ")
-			if err := a.ipt.NewChain("filter", chain); err != nil {
+			if err := ipt.NewChain(Table, chain); err != nil {
 				return err
 			}
 		case strings.HasPrefix(line, "-A "):
 			args := splitRule(line[len("-A "):])
-			if err := a.ipt.Append("filter", args[0], args[1:]...); err != nil {
+			if err := ipt.Append(Table, args[0], args[1:]...); err != nil {
 				return fmt.Errorf("append %s: %w", line, err)
 			}
 		}
 	}
-	return a.ensureJump()
+	return ipt.Insert(Table, "FORWARD", 1, splitRule(hook.Rule)...)
 }
 
 // BenchmarkTCPThroughputWithPolicy runs iperf3 between two tasks on one
@@ -203,7 +212,11 @@ func BenchmarkTCPThroughputWithPolicy(b *testing.B) {
 	withPolicy, without := Render(in), Render(Input{Tasks: in.Tasks})
 
 	var a *Applier
-	mustInNetns(b, host, func() (err error) { a, err = NewApplier(nil); return err })
+	mustInNetns(b, host, func() error {
+		fw, err := hostfw.New(nil)
+		a = NewApplier(fw)
+		return err
+	})
 	iperf := func() (float64, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -1,6 +1,8 @@
 package netpolicy
 
 import (
+	"github.com/warren-appliance/warren/hostfw"
+
 	"errors"
 	"fmt"
 	"net"
@@ -188,8 +190,7 @@ func TestCommunityRecipesEnforced(t *testing.T) {
 		}
 		return p[0]
 	}
-	var a *Applier
-	mustInNetns(t, host, func() (err error) { a, err = NewApplier(nil); return err })
+	a, _, _ := newApplier(t, host)
 	sync := func(pols ...clustermap.Policy) {
 		mustInNetns(t, host, func() error { _, err := a.Sync(Render(Input{Policies: pols, Tasks: tasks})); return err })
 	}
@@ -219,5 +220,5 @@ func TestCommunityRecipesEnforced(t *testing.T) {
 		{"foo", "monitor", 53, true},
 		{"foo", "monitor", 80, false},
 	})
-	mustInNetns(t, host, a.Cleanup)
+	mustInNetns(t, host, func() error { return hostfw.Cleanup(nil) })
 }

@@ -11,21 +11,29 @@ import (
 	"strings"
 
 	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/hostfw"
 )
 
-// Chains this package owns, all in the filter table. WARREN-POLICY is
-// jumped to first in FORWARD: it returns at once for packets of known
+// Chains of the policies, all in the mangle table (see package hostfw:
+// mangle's FORWARD runs before filter's, so no ACCEPT there gets ahead of
+// a policy, and a flush of filter's FORWARD leaves policies in force).
+// WARREN-POLICY is jumped to first in mangle FORWARD: it returns at once for packets of known
 // connections (replies pass), and sends new ones through the ingress and
 // egress chains, which RETURN what some policy allows and DROP the rest
 // for selected tasks. Nothing here ACCEPTs: allowed traffic goes on to the
-// rules behind (the task and service forwarding rules).
+// filter table (the task and service forwarding rules).
 const (
 	ChainPolicy  = "WARREN-POLICY"
 	ChainIngress = "WARREN-POL-INGRESS"
 	ChainEgress  = "WARREN-POL-EGRESS"
 	// SetPrefix starts the name of every ipset this package owns.
-	SetPrefix = "WARREN-PS-"
+	SetPrefix = hostfw.SetPrefix
+	// Table holds the policy chains.
+	Table = "mangle"
 )
+
+// hook enters the policy chains: the first rule of mangle FORWARD.
+var hook = hostfw.Hook{Table: Table, Chain: "FORWARD", Rule: `-m comment --comment "warren network policies" -j ` + ChainPolicy}
 
 // Task is one task as policies see it: an address and its labels.
 type Task struct {
@@ -50,6 +58,18 @@ type Input struct {
 	// with a node's address arriving from the bridge (a task forging its
 	// source) gets no exemption. Empty: no exemption at all.
 	Overlay string
+	// Peers are peered clusters whose gateway link ends on this node
+	// (federation): new connections from a peer's container subnet may
+	// reach only its Exposed task IPs (this cluster's exported services),
+	// and are then subject to the ingress policies like any other.
+	Peers []Peer
+}
+
+// Peer is a peered cluster as the policy chain filters it.
+type Peer struct {
+	Name    string
+	Subnet  netip.Prefix
+	Exposed []netip.Addr
 }
 
 // Set is one ipset: its members are task addresses (/32) or blocks.
@@ -59,11 +79,23 @@ type Set struct {
 	Members []netip.Prefix
 }
 
-// Rules are the rendered rules: iptables-restore text for the filter
-// table, and the sets they reference.
+// Rules are the rendered rules: the chains of the mangle table (and the
+// same as iptables-restore text, the dry run), and the sets they
+// reference.
 type Rules struct {
+	Chains  hostfw.Chains
 	Restore []byte
 	Sets    []Set // sorted by name
+}
+
+// Part is what package hostfw writes for r: the chains, the hook from
+// mangle FORWARD and the sets.
+func (r Rules) Part() hostfw.Part {
+	p := hostfw.Part{Tables: map[string]hostfw.Chains{Table: r.Chains}, Hooks: []hostfw.Hook{hook}}
+	for _, s := range r.Sets {
+		p.Sets = append(p.Sets, hostfw.Set{Name: s.Name, Comment: s.Comment, Members: s.Members})
+	}
+	return p
 }
 
 // TasksOf returns the tasks of a map as policies see them: tasks meant to
@@ -103,6 +135,24 @@ func (r *renderer) render() Rules {
 	add := func(chain, rule string) { chains[chain] = append(chains[chain], rule) }
 
 	add(ChainPolicy, `-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "replies and known connections" -j RETURN`)
+	peers := slices.Clone(r.in.Peers)
+	slices.SortFunc(peers, func(a, b Peer) int { return cmp.Compare(a.Name, b.Name) })
+	for _, p := range peers {
+		if !p.Subnet.Addr().Is4() {
+			continue
+		}
+		set := r.set("peer "+p.Name+" may reach", func() []netip.Prefix {
+			var out []netip.Prefix
+			for _, ip := range p.Exposed {
+				if ip.Is4() {
+					out = append(out, netip.PrefixFrom(ip, 32))
+				}
+			}
+			return out
+		})
+		add(ChainPolicy, fmt.Sprintf(`-s %s -m set ! --match-set %s dst -m comment --comment %q -j DROP`,
+			p.Subnet.Masked(), set, "peer "+p.Name+": only exported services"))
+	}
 	add(ChainPolicy, "-j "+ChainIngress)
 	add(ChainPolicy, "-j "+ChainEgress)
 	if r.in.NodeSubnet.IsValid() && r.in.NodeSubnet.Addr().Is4() && r.in.Overlay != "" {
@@ -150,7 +200,7 @@ func (r *renderer) render() Rules {
 	}
 
 	var buf bytes.Buffer
-	buf.WriteString("*filter\n")
+	buf.WriteString("*" + Table + "\n")
 	names := []string{ChainEgress, ChainIngress, ChainPolicy}
 	for _, c := range names {
 		buf.WriteString(":" + c + " - [0:0]\n")
@@ -162,7 +212,7 @@ func (r *renderer) render() Rules {
 	}
 	buf.WriteString("COMMIT\n")
 
-	out := Rules{Restore: buf.Bytes()}
+	out := Rules{Chains: hostfw.Chains(chains), Restore: buf.Bytes()}
 	for _, s := range r.sets {
 		out.Sets = append(out.Sets, *s)
 	}

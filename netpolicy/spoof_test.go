@@ -50,8 +50,7 @@ spec:
   podSelector: {matchLabels: {app: victim}}
   policyTypes: [Ingress]
 `)
-	var a *Applier
-	mustInNetns(t, node, func() (err error) { a, err = NewApplier(nil); return err })
+	a, _, _ := newApplier(t, node)
 	in := Input{Policies: pols, Tasks: []Task{task("victim-1", "10.0.2.2", "app", "victim")},
 		NodeSubnet: netip.MustParsePrefix("10.0.0.0/24"), Overlay: "ov0"}
 	syncIn(t, node, a, Render(in))

@@ -1,12 +1,10 @@
 package orchestrate
 
 import (
-	"bytes"
-	"errors"
+	"github.com/warren-appliance/warren/hostfw"
+
 	"fmt"
 	"net/netip"
-	"os/exec"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -28,25 +26,9 @@ import (
 // kernels such as this project's test VMs leave out, while the bridge
 // family of nf_tables (CONFIG_NF_TABLES_BRIDGE) is in Debian's kernels.
 // ebtables-nft ships with Debian's iptables package, which the appliance
-// depends on already, and ebtables-restore writes the chain in one
+// depends on already, and ebtables-restore (run by package hostfw, the
+// node's one firewall owner, as one step of its sync) writes the chain in one
 // transaction.
-
-// ebtables finds the ebtables variant to use: the nf_tables one first
-// (iptables' package ships it), then whatever `ebtables` is.
-func ebtables() (cmd, restore string, err error) {
-	for _, c := range []string{"ebtables-nft", "ebtables"} {
-		cmdPath, err := exec.LookPath(c)
-		if err != nil {
-			continue
-		}
-		restorePath, err := exec.LookPath(c + "-restore")
-		if err != nil {
-			continue
-		}
-		return cmdPath, restorePath, nil
-	}
-	return "", "", errors.New("ebtables-nft (Debian's iptables package) or ebtables with ebtables-restore is needed to check task source addresses: install iptables >= 1.8")
-}
 
 // readPort reads what task's port may send from its namespace (h): the
 // address ip and eth0's MAC.
@@ -71,7 +53,7 @@ func (n *network) setPort(task string, h *netlink.Handle, ip netip.Addr) error {
 		return err
 	}
 	n.ports[task] = p
-	return n.syncPortSourcesLocked(false)
+	return n.syncFirewallLocked()
 }
 
 // dropPort forgets task's port and writes the source checks without it.
@@ -87,41 +69,19 @@ func (n *network) dropPort(task string) error {
 		return nil
 	}
 	delete(n.ports, task)
-	return n.syncPortSourcesLocked(false)
+	return n.syncFirewallLocked()
 }
 
-// syncPortSources writes the source checks of every known port; force
-// writes them even when they are what was last written.
-func (n *network) syncPortSources(force bool) error {
+// syncPortSources writes the task network's rules with the source
+// checks of every known port (what changed; the firewall owner's canary
+// restores what someone else flushed).
+func (n *network) syncPortSources() error {
 	n.portsMu.Lock()
 	defer n.portsMu.Unlock()
 	if err := n.loadPortsLocked(); err != nil {
 		return err
 	}
-	return n.syncPortSourcesLocked(force)
-}
-
-func (n *network) syncPortSourcesLocked(force bool) error {
-	ports := make([]taskPort, 0, len(n.ports))
-	for _, p := range n.ports {
-		ports = append(ports, p)
-	}
-	text := portSourceRestore(portSourceRules(ports))
-	if !force && bytes.Equal(text, n.appliedPorts) {
-		return nil
-	}
-	_, restore, err := ebtables()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(restore, "--noflush")
-	cmd.Stdin = bytes.NewReader(text)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		n.appliedPorts = nil
-		return fmt.Errorf("write task source checks (%s): %w: %s", restore, err, strings.TrimSpace(string(out)))
-	}
-	n.appliedPorts = text
-	return nil
+	return n.syncFirewallLocked()
 }
 
 // loadPortsLocked fills n.ports from the task namespaces on first use
@@ -177,52 +137,19 @@ func (n *network) observePort(task string) (taskPort, bool) {
 	return taskPort{Veth: hostVethName(task), IP: ip.Unmap(), MAC: eth0.Attrs().HardwareAddr}, true
 }
 
-// ensurePortSourceJumps makes the bridge's INPUT and FORWARD chains jump
-// to the source checks first.
-func (n *network) ensurePortSourceJumps() error {
-	cmd, _, err := ebtables()
+// removePortSources takes the task network's rules out of the kernel:
+// its chains, hooks and the bridge chain (for --cleanup); a second run
+// finds nothing to do.
+func (n *network) removePortSources() error {
+	n.portsMu.Lock()
+	n.ports = nil
+	n.portsMu.Unlock()
+	fw, err := n.firewall()
 	if err != nil {
 		return err
 	}
-	for _, j := range portSourceJumps() {
-		check := append([]string{"-t", "filter", "--check", j.Chain}, j.Spec...)
-		if exec.Command(cmd, check...).Run() == nil {
-			continue
-		}
-		insert := append([]string{"-t", "filter", "-I", j.Chain, "1"}, j.Spec...)
-		if out, err := exec.Command(cmd, insert...).CombinedOutput(); err != nil {
-			return fmt.Errorf("hook %s into bridge %s: %w: %s", chainTaskSource, j.Chain, err, strings.TrimSpace(string(out)))
-		}
+	if err := fw.RemovePart(hostfw.OwnerTasks); err != nil {
+		return fmt.Errorf("remove task network rules: %w", err)
 	}
 	return nil
-}
-
-// removePortSources deletes the jumps and the chain (for --cleanup); a
-// second run finds nothing to do.
-func (n *network) removePortSources() error {
-	n.portsMu.Lock()
-	n.ports, n.appliedPorts = nil, nil
-	n.portsMu.Unlock()
-	cmd, _, err := ebtables()
-	if err != nil {
-		return nil // no ebtables, no rules of ours
-	}
-	var errs []error
-	for _, j := range portSourceJumps() {
-		for exec.Command(cmd, append([]string{"-t", "filter", "--check", j.Chain}, j.Spec...)...).Run() == nil {
-			if out, err := exec.Command(cmd, append([]string{"-t", "filter", "-D", j.Chain}, j.Spec...)...).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("unhook %s from bridge %s: %w: %s", chainTaskSource, j.Chain, err, strings.TrimSpace(string(out))))
-				break
-			}
-		}
-	}
-	if exec.Command(cmd, "-t", "filter", "-L", chainTaskSource).Run() == nil {
-		// nf_tables deletes only empty chains.
-		for _, args := range [][]string{{"-F", chainTaskSource}, {"-X", chainTaskSource}} {
-			if out, err := exec.Command(cmd, append([]string{"-t", "filter"}, args...)...).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("remove bridge chain %s: %w: %s", chainTaskSource, err, strings.TrimSpace(string(out))))
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

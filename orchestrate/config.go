@@ -12,6 +12,8 @@
 package orchestrate
 
 import (
+	"github.com/warren-appliance/warren/hostfw"
+
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -72,6 +74,9 @@ type TaskStatus struct {
 	Image    string        // image of the spec this status is about, as given in TaskSpec
 	Revision string        // revision of that spec, as given in TaskSpec
 	Health   *health.State // nil when the task has no health check
+	// PullDone and PullTotal: bytes of the task's image pulled so far, of
+	// the blobs known so far, while its pull runs (0 otherwise).
+	PullDone, PullTotal int64
 	// SpecVersion of the spec this status is about (service updates roll
 	// out one task at a time by it).
 	SpecVersion uint64
@@ -94,6 +99,10 @@ type Config struct {
 	StopGrace         time.Duration // SIGTERM to SIGKILL
 	StateDir          string        // netns files, per-task files, logs
 	Logger            *slog.Logger
+	// Firewall is the node's one firewall owner, which writes the task
+	// network's chains, hooks and bridge chain with everybody else's
+	// rules; nil: the task network makes a Syncer of its own (tests).
+	Firewall *hostfw.Syncer
 
 	// OverlayInterface is the WireGuard interface ("warren0"): traffic
 	// from tasks to it keeps its source address, other egress is masqueraded.

@@ -18,6 +18,10 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/warren-appliance/warren/orchestrate/registry"
 )
 
 // pullTimeout bounds one registry pull so a dead registry cannot wedge a
@@ -46,6 +50,33 @@ type imageStore struct {
 	pulls   map[string]*pull       // background pulls, by ref
 
 	onPulled func() // called when a background pull ends
+
+	regs []registry.Config // added registries, with credentials (memory only)
+
+	namespace   string // containerd namespace of calls from the blob server
+	sharing     Sharing
+	flights     singleflight.Group // one fetch per blob on this node
+	fetchedFrom map[string]int     // blobs fetched, by source
+	progress    map[string]*pullProgress
+	inflight    map[digest.Digest]int64 // bytes written of blobs being fetched
+}
+
+// setRegistries replaces the registries pulls use.
+func (s *imageStore) setRegistries(regs []registry.Config) {
+	s.mu.Lock()
+	s.regs = regs
+	s.mu.Unlock()
+}
+
+// resolver is containerd's registry resolver for the added registries:
+// each with its CA or plain HTTP and its credentials, mirrors first. A
+// registry nobody added is spoken to as Docker does: HTTPS with the
+// system's CAs (plain HTTP on localhost), anonymous token auth.
+func (s *imageStore) resolver() remotes.Resolver {
+	s.mu.Lock()
+	regs := s.regs
+	s.mu.Unlock()
+	return docker.NewResolver(docker.ResolverOptions{Hosts: registry.Hosts(regs)})
 }
 
 type fileStamp struct {
@@ -54,7 +85,8 @@ type fileStamp struct {
 }
 
 func newImageStore(c *client.Client, dir string, log *slog.Logger) *imageStore {
-	return &imageStore{client: c, dir: dir, log: log, seen: map[string]fileStamp{}, refLock: map[string]*sync.Mutex{}, pulls: map[string]*pull{}}
+	return &imageStore{client: c, dir: dir, log: log, seen: map[string]fileStamp{}, refLock: map[string]*sync.Mutex{}, pulls: map[string]*pull{},
+		fetchedFrom: map[string]int{}, progress: map[string]*pullProgress{}, inflight: map[digest.Digest]int64{}}
 }
 
 func isImageTarball(name string) bool {
@@ -147,18 +179,6 @@ func translateImportedName(name string) string {
 	return name
 }
 
-// newResolver is containerd's default registry resolver (HTTPS, anonymous
-// token auth as Docker Hub wants) except that, as Docker does, a registry
-// on localhost is spoken to in plain HTTP: a board's local mirror.
-func newResolver() remotes.Resolver {
-	return docker.NewResolver(docker.ResolverOptions{
-		Hosts: docker.ConfigureDefaultRegistries(
-			docker.WithAuthorizer(docker.NewDockerAuthorizer()),
-			docker.WithPlainHTTP(docker.MatchLocalhost),
-		),
-	})
-}
-
 // errPulling says a pull of the image is under way: the task waits for it
 // without holding up the rest of the pass.
 var errPulling = errors.New("pulling image")
@@ -223,19 +243,29 @@ func (s *imageStore) pullInBackground(ctx context.Context, ref string) error {
 	s.log.Info("pulling image", "image", ref)
 	go func() {
 		pullCtx, cancel := context.WithTimeout(ctx, pullTimeout)
-		_, err := s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(newResolver()))
+		_, err := s.client.Pull(pullCtx, ref, client.WithPullUnpack, client.WithResolver(s.pullResolver()))
 		cancel()
 		if err != nil {
-			err = fmt.Errorf("image %s is not present and pulling it failed: %w", ref, err)
+			err = fmt.Errorf("image %s is not present and pulling it failed: %w", ref, registry.Wrap(err, refDomain(ref)))
 		} else {
 			s.log.Info("pulled image", "image", ref)
 		}
 		s.mu.Lock()
 		p.done, p.err = true, err
+		s.progressForget(ref)
 		s.mu.Unlock()
 		if s.onPulled != nil {
 			s.onPulled()
 		}
 	}()
 	return errPulling
+}
+
+// refDomain is the registry of a normalised image reference.
+func refDomain(ref string) string {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return ref
+	}
+	return reference.Domain(named)
 }

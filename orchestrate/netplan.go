@@ -1,6 +1,8 @@
 package orchestrate
 
 import (
+	"github.com/warren-appliance/warren/hostfw"
+
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -262,15 +264,55 @@ func portSourceRules(ports []taskPort) []ebRule {
 
 // portSourceRestore is the ebtables-restore --noflush input that makes
 // chainTaskSource hold exactly rules in one transaction (declaring the
-// chain creates or flushes it).
+// chain creates or flushes it): what package hostfw writes.
 func portSourceRestore(rules []ebRule) []byte {
-	var b strings.Builder
-	b.WriteString("*filter\n:" + chainTaskSource + " RETURN\n")
+	return hostfw.BridgeText(ebTexts(rules))
+}
+
+func ebTexts(rules []ebRule) []string {
+	out := make([]string, 0, len(rules))
 	for _, r := range rules {
-		b.WriteString("-A " + r.Chain + " " + strings.Join(r.Spec, " ") + "\n")
+		out = append(out, strings.Join(r.Spec, " "))
 	}
-	b.WriteString("COMMIT\n")
-	return []byte(b.String())
+	return out
+}
+
+// specText is spec as one rule of iptables text, the comment quoted.
+func specText(spec []string) string {
+	out := make([]string, len(spec))
+	for i, a := range spec {
+		out[i] = a
+		if i > 0 && spec[i-1] == "--comment" {
+			out[i] = fmt.Sprintf("%q", a)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// taskPart is the task network's part of the node's firewall (package
+// hostfw): its chains, the hooks into them, and the bridge chain that
+// checks each task port's source addresses.
+func taskPart(bridge, overlay string, block, containerSubnet, nodeSubnet netip.Prefix, ports []taskPort) hostfw.Part {
+	p := hostfw.Part{Tables: map[string]hostfw.Chains{}}
+	for key, rules := range chainRules(bridge, overlay, block, containerSubnet, nodeSubnet) {
+		table, chain, _ := strings.Cut(key, "/")
+		if p.Tables[table] == nil {
+			p.Tables[table] = hostfw.Chains{}
+		}
+		texts := []string{}
+		for _, r := range rules {
+			texts = append(texts, specText(r.Spec))
+		}
+		p.Tables[table][chain] = texts
+	}
+	for _, j := range jumpRules() {
+		p.Hooks = append(p.Hooks, hostfw.Hook{Table: j.Table, Chain: j.Chain, Rule: specText(j.Spec)})
+	}
+	p.Bridge = ebTexts(portSourceRules(ports))
+	for _, j := range portSourceJumps() {
+		p.BridgeHooks = append(p.BridgeHooks, j.Chain)
+	}
+	return p
 }
 
 // portSourceJumps hook chainTaskSource into the bridge's filter chains.

@@ -13,19 +13,18 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/coreos/go-iptables/iptables"
-
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/warren-appliance/warren/hostfw"
 	"github.com/warren-appliance/warren/internal/atomicfile"
-	"github.com/warren-appliance/warren/internal/iptbackend"
 
 	"github.com/warren-appliance/warren/internal/netaddr"
 )
 
 // network applies the node's container network to the kernel: the bridge,
-// forwarding, the iptables chains and one namespace + veth per task.
+// forwarding, the task network's firewall rules (through package hostfw)
+// and one namespace + veth per task.
 type network struct {
 	bridge  string
 	overlay string
@@ -41,19 +40,23 @@ type network struct {
 	// that --cleanup (and so a package purge) puts it back.
 	forwardOrig string
 
-	detectOnce sync.Once
-	iptCommand string // iptables variant in use, detected on first use
+	// fw writes the task network's rules (with everybody else's); made on
+	// first use when nil.
+	fwOnce sync.Once
+	fw     *hostfw.Syncer
+	fwErr  error
 
 	isolationMu sync.Mutex // syncIsolation: tasks are set up in parallel
 
-	portsMu      sync.Mutex          // tasks are set up in parallel
-	ports        map[string]taskPort // task -> its port; nil: not read from the namespaces yet
-	appliedPorts []byte              // ebtables text last written; nil: write at the next sync
+	portsMu sync.Mutex          // tasks are set up in parallel
+	ports   map[string]taskPort // task -> its port; nil: not read from the namespaces yet
 }
 
 const ipForwardSysctl = "/proc/sys/net/ipv4/ip_forward"
 
-// ensureHost converges the bridge, IP forwarding and our iptables chains.
+// ensureHost converges the bridge, IP forwarding and the task network's
+// part of the node's firewall (chains, hooks, the bridge chain; written
+// by package hostfw).
 func (n *network) ensureHost() error {
 	if err := os.MkdirAll(n.nsDir, 0o755); err != nil {
 		return fmt.Errorf("create netns dir: %w", err)
@@ -64,15 +67,7 @@ func (n *network) ensureHost() error {
 	if err := enableForwarding(ipForwardSysctl, n.forwardOrig); err != nil {
 		return err
 	}
-	if err := n.ensureRules(); err != nil {
-		return err
-	}
-	// Written again at each host check: a flush by someone else is undone
-	// within one resync interval.
-	if err := n.syncPortSources(true); err != nil {
-		return err
-	}
-	return n.ensurePortSourceJumps()
+	return n.syncPortSources()
 }
 
 // enableForwarding turns the sysctl at path on; the first time it changes
@@ -258,79 +253,30 @@ func setSysctl(path, value string) error {
 	return nil
 }
 
-func (n *network) iptables() (*iptables.IPTables, error) {
-	n.detectOnce.Do(func() { n.iptCommand = iptbackend.Detect("filter", chainForward) })
-	ipt, err := iptables.New(iptables.Path(n.iptCommand), iptables.Timeout(5))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", n.iptCommand, err)
-	}
-	return ipt, nil
+// firewall is the Syncer the task network writes through.
+func (n *network) firewall() (*hostfw.Syncer, error) {
+	n.fwOnce.Do(func() {
+		if n.fw == nil {
+			n.fw, n.fwErr = hostfw.New(nil)
+		}
+	})
+	return n.fw, n.fwErr
 }
 
-// ensureRules makes our chains hold exactly chainRules and hooks them in.
-// Chains already right are left alone, so re-running changes nothing.
-func (n *network) ensureRules() error {
-	ipt, err := n.iptables()
+// syncFirewallLocked hands the task network's part (chains, hooks, the
+// bridge chain with every known port) to the firewall owner, which writes
+// what changed. portsMu is held and ports loaded.
+func (n *network) syncFirewallLocked() error {
+	fw, err := n.firewall()
 	if err != nil {
 		return err
 	}
-	for key, rules := range chainRules(n.bridge, n.overlay, n.block, n.containerSubnet, n.nodeSubnet) {
-		table, chain, _ := strings.Cut(key, "/")
-		if err := syncChain(ipt, table, chain, rules); err != nil {
-			return err
-		}
+	ports := make([]taskPort, 0, len(n.ports))
+	for _, p := range n.ports {
+		ports = append(ports, p)
 	}
-	for _, j := range jumpRules() {
-		ok, err := ipt.Exists(j.Table, j.Chain, j.Spec...)
-		if err != nil {
-			return fmt.Errorf("check %s %s jump: %w", j.Table, j.Chain, err)
-		}
-		if !ok {
-			if err := ipt.Insert(j.Table, j.Chain, 1, j.Spec...); err != nil {
-				return fmt.Errorf("hook %s into %s %s: %w", chainOf(j), j.Table, j.Chain, err)
-			}
-		}
-	}
-	return nil
-}
-
-func chainOf(j ipRule) string { return j.Spec[len(j.Spec)-1] }
-
-func syncChain(ipt *iptables.IPTables, table, chain string, rules []ipRule) error {
-	exists, err := ipt.ChainExists(table, chain)
-	if err != nil {
-		return fmt.Errorf("check chain %s/%s: %w", table, chain, err)
-	}
-	if !exists {
-		if err := ipt.NewChain(table, chain); err != nil {
-			return fmt.Errorf("create chain %s/%s: %w", table, chain, err)
-		}
-	}
-	current, err := ipt.List(table, chain)
-	if err != nil {
-		return fmt.Errorf("list chain %s/%s: %w", table, chain, err)
-	}
-	upToDate := len(current)-1 == len(rules) // List's first line is "-N chain"
-	for _, r := range rules {
-		if !upToDate {
-			break
-		}
-		ok, err := ipt.Exists(table, chain, r.Spec...)
-		if err != nil {
-			return fmt.Errorf("check rule in %s/%s: %w", table, chain, err)
-		}
-		upToDate = ok
-	}
-	if upToDate {
-		return nil
-	}
-	if err := ipt.ClearChain(table, chain); err != nil {
-		return fmt.Errorf("flush chain %s/%s: %w", table, chain, err)
-	}
-	for _, r := range rules {
-		if err := ipt.Append(table, chain, r.Spec...); err != nil {
-			return fmt.Errorf("append to %s/%s %v: %w", table, chain, r.Spec, err)
-		}
+	if err := fw.SetPart(hostfw.OwnerTasks, taskPart(n.bridge, n.overlay, n.block, n.containerSubnet, n.nodeSubnet, ports)); err != nil {
+		return fmt.Errorf("task network rules: %w", err)
 	}
 	return nil
 }
@@ -338,29 +284,6 @@ func syncChain(ipt *iptables.IPTables, table, chain string, rules []ipRule) erro
 // removeHost deletes the bridge and our chains (for --cleanup).
 func (n *network) removeHost() error {
 	var errs []error
-	if ipt, err := n.iptables(); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, j := range jumpRules() {
-			// No chain, no jump to it (iptables refuses those), and checking
-			// for a jump to a missing chain is an error: a second cleanup
-			// must find nothing to do.
-			if ok, err := ipt.ChainExists(j.Table, chainOf(j)); err != nil || !ok {
-				continue
-			}
-			if err := ipt.DeleteIfExists(j.Table, j.Chain, j.Spec...); err != nil {
-				errs = append(errs, fmt.Errorf("unhook %s: %w", chainOf(j), err))
-			}
-		}
-		for key := range chainRules(n.bridge, n.overlay, n.block, n.containerSubnet, n.nodeSubnet) {
-			table, chain, _ := strings.Cut(key, "/")
-			if ok, _ := ipt.ChainExists(table, chain); ok {
-				if err := ipt.ClearAndDeleteChain(table, chain); err != nil {
-					errs = append(errs, fmt.Errorf("delete chain %s/%s: %w", table, chain, err))
-				}
-			}
-		}
-	}
 	if err := n.removePortSources(); err != nil {
 		errs = append(errs, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/warren-appliance/warren/orchestrate/registry"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -102,6 +103,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 			nodeSubnet:      cfg.NodeSubnet,
 			nsDir:           filepath.Join(cfg.StateDir, "netns"),
 			forwardOrig:     filepath.Join(cfg.StateDir, "ip_forward.orig"),
+			fw:              cfg.Firewall,
 		},
 		images:    newImageStore(c, cfg.ImagesDir, log),
 		runCtx:    namespaces.WithNamespace(ctx, cfg.Namespace),
@@ -114,6 +116,7 @@ func New(ctx context.Context, cfg Config) (*Reconciler, error) {
 		probeSem:  make(chan struct{}, healthConcurrency),
 	}
 	r.images.onPulled = r.poke
+	r.images.namespace = cfg.Namespace
 	return r, nil
 }
 
@@ -182,7 +185,13 @@ func (r *Reconciler) Status() []TaskStatus {
 			delete(r.records, name)
 			continue
 		}
-		out = append(out, rec.status)
+		st := rec.status
+		if st.State == clustermap.TaskStarting || st.State == clustermap.TaskPending {
+			if ref, err := normalizeRef(st.Image); err == nil {
+				st.PullDone, st.PullTotal = r.images.pullProgress(ref)
+			}
+		}
+		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -879,3 +888,7 @@ func (r *Reconciler) cleanup(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// SetRegistries gives pulls the cluster's registries: TLS, credentials
+// (kept in memory only) and mirrors.
+func (r *Reconciler) SetRegistries(regs []registry.Config) { r.images.setRegistries(regs) }

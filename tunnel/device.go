@@ -17,7 +17,6 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
-	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/warren-appliance/warren/configs"
 )
@@ -66,6 +65,12 @@ type Config struct {
 	// direction (each takes a 64 KiB buffer): 0 means DefaultQueuedPackets,
 	// negative means unbounded (wireguard-go's own behaviour). See memory.go.
 	QueuedPackets int
+	// UDPGSO is "auto" (default: work around the kernel UDP GSO bug on
+	// affected kernels), "on" (plain GSO) or "off" (no GSO). See gso.go.
+	UDPGSO string
+	// KernelRelease is the uname release udp_gso "auto" judges; empty:
+	// this kernel's. Tests set it to exercise the workaround.
+	KernelRelease string
 	Logger        *slog.Logger
 }
 
@@ -77,8 +82,8 @@ type Device struct {
 	pub  Key
 
 	wg    *device.Device
-	tnet  *netstack.Net // netstack mode only
-	link  *kernelLink   // tun mode only
+	tnet  *Netstack   // netstack mode only
+	link  *kernelLink // tun mode only
 	uapi  net.Listener
 	relay *relays
 	mux   *muxBind // the bind: shares the WireGuard socket with path probes
@@ -111,10 +116,15 @@ func (c *Config) applyDefaults() error {
 	if c.QueuedPackets == 0 {
 		c.QueuedPackets = DefaultQueuedPackets
 	}
+	if c.UDPGSO == "" {
+		c.UDPGSO = UDPGSOAuto
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	switch {
+	case c.UDPGSO != UDPGSOAuto && c.UDPGSO != UDPGSOOn && c.UDPGSO != UDPGSOOff:
+		return fmt.Errorf("udp_gso %q: want auto, on or off", c.UDPGSO)
 	case len(c.Interface) > 15 || strings.ContainsAny(c.Interface, "/ \t\n"):
 		return fmt.Errorf("interface name %q: at most 15 characters, no slash or space", c.Interface)
 	case c.Mode != ModeTUN && c.Mode != ModeNetstack && c.Mode != ModeAuto:
@@ -173,6 +183,18 @@ func Open(cfg Config) (*Device, error) {
 		return nil, err
 	}
 	d.mux = newMuxBind(conn.NewDefaultBind())
+	release := cfg.KernelRelease
+	if release == "" {
+		release = kernelRelease()
+	}
+	policy, why, err := chooseGSOPolicy(cfg.UDPGSO, release)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel config: %w", err)
+	}
+	d.mux.gso.Store(int32(policy))
+	if why != "" {
+		d.log.Warn(why, "kernel", release, "udp_gso", cfg.UDPGSO)
+	}
 	var bind conn.Bind = d.mux
 	if cfg.QueuedPackets > 0 {
 		bind, tunDev = budgetedBindAndTUN(bind, tunDev, cfg.QueuedPackets)
@@ -254,7 +276,7 @@ func (d *Device) createTUN() (tun.Device, error) {
 	}
 	d.mode = mode
 	if mode == ModeNetstack {
-		dev, tnet, err := netstack.CreateNetTUN([]netip.Addr{d.cfg.Address.Addr()}, nil, d.cfg.MTU)
+		dev, tnet, err := newNetstack([]netip.Addr{d.cfg.Address.Addr()}, d.cfg.MTU)
 		if err != nil {
 			return nil, fmt.Errorf("create netstack for %s: %w", d.cfg.Interface, err)
 		}
@@ -348,7 +370,7 @@ func (d *Device) Interface() string { return d.cfg.Interface }
 
 // Netstack returns the userspace network stack in netstack mode (to dial or
 // listen inside the mesh), nil in tun mode.
-func (d *Device) Netstack() *netstack.Net { return d.tnet }
+func (d *Device) Netstack() *Netstack { return d.tnet }
 
 // SetPeers converges the device's peers (and, in tun mode, the routes
 // towards them) to peers, touching only what differs. A peer the device

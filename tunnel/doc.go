@@ -1,6 +1,7 @@
 // Package tunnel runs this node's end of the WireGuard mesh inside the
 // process: wireguard-go on a kernel TUN interface, or on a gVisor netstack
-// when /dev/net/tun is unavailable. It owns the node key, the UAPI socket that
+// when /dev/net/tun is unavailable (our own link endpoint with TCP GSO and
+// GRO and batched reads, see netstack.go; not wireguard-go's tun/netstack). It owns the node key, the UAPI socket that
 // `wg` and wgctrl talk to, the peer set (applied as a diff so live sessions
 // are never disturbed), the interface's routes (the peers' allowed ranges and
 // the extra ones handed to SetRoutes, such as the cluster's VIP range), and
@@ -10,6 +11,7 @@
 //
 // wireguard-go's buffers are unbounded on Linux; the device bounds the
 // packets it holds per direction (Config.QueuedPackets). For the RSS figures
-// in BENCHMARKS.md the process also needs a Go memory limit: call
-// SetMemoryLimitUnlessSet(64 << 20) from main or set GOMEMLIMIT.
+// in BENCHMARKS.md the process also needs a Go memory limit: main takes both
+// from PlanMemory(BoardMemory()) and calls SetMemoryLimitUnlessSet (GOMEMLIMIT
+// overrides). The bind works around the Linux 7.0-7.1.4 UDP GSO bug (gso.go).
 package tunnel

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,6 +170,10 @@ type helperConfig struct {
 	// process, as GOMEMLIMIT in the daemon's environment would.
 	MemoryLimitMiB int64
 	Debug          bool
+	UDPGSO         string // Config.UDPGSO
+	KernelRelease  string // Config.KernelRelease
+	QueuedPackets  int    // Config.QueuedPackets (0: its default)
+	CPUProfile     string // write a CPU profile of the process here until it closes
 }
 
 type helperRequest struct {
@@ -217,15 +222,25 @@ func helperMain(raw string) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg := Config{Interface: hc.Interface, Mode: hc.Mode, ListenPort: hc.Port, Address: hc.Address,
-		PrivateKey: hc.Private, Forwards: hc.Forwards, Logger: log}
+		PrivateKey: hc.Private, Forwards: hc.Forwards, Logger: log, UDPGSO: hc.UDPGSO, KernelRelease: hc.KernelRelease}
 	if hc.Unbounded {
 		cfg.QueuedPackets = -1
 	}
 	if n, err := strconv.Atoi(os.Getenv("TUNNEL_TEST_QUEUED_PACKETS")); err == nil && !hc.Unbounded {
 		cfg.QueuedPackets = n
 	}
+	if hc.QueuedPackets != 0 {
+		cfg.QueuedPackets = hc.QueuedPackets
+	}
 	if hc.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(hc.MemoryLimitMiB << 20)
+	}
+	if hc.CPUProfile != "" {
+		if f, err := os.Create(hc.CPUProfile); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			}
+		}
 	}
 	dev, err := Open(cfg)
 	if err != nil {

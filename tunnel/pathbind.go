@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync/atomic"
@@ -22,9 +23,12 @@ type PacketHandler func(b []byte, from netip.AddrPort)
 // WireGuard uses. Like the packet budget's wrapper (memory.go), it makes
 // wireguard-go skip its sticky-socket route listener, which it runs only
 // for a bare *conn.StdNetBind.
+//
+// It also applies the UDP GSO policy (gso.go) to what it sends.
 type muxBind struct {
 	conn.Bind
 	handler atomic.Pointer[PacketHandler]
+	gso     atomic.Int32 // a gsoPolicy
 }
 
 func newMuxBind(b conn.Bind) *muxBind { return &muxBind{Bind: b} }
@@ -61,6 +65,9 @@ func (b *muxBind) receive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			kept := 0
 			for i := 0; i < n; i++ {
 				p := packets[i][:sizes[i]]
+				if isGSOSentinel(p) {
+					continue // a peer's padding for the kernel UDP GSO bug (gso.go)
+				}
 				if !isWireGuard(p) {
 					b.deliver(p, eps[i])
 					continue
@@ -78,6 +85,37 @@ func (b *muxBind) receive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			}
 		}
 	}
+}
+
+// Send hands the batch to wireguard-go's sender, rewritten by the GSO
+// policy unless that is plain GSO.
+func (b *muxBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	p := gsoPolicy(b.gso.Load())
+	if p == gsoPlain {
+		return b.Bind.Send(bufs, ep)
+	}
+	sp := gsoBufsPool.Get().(*[][]byte)
+	defer gsoBufsPool.Put(sp)
+	small := len(bufs) < gsoMinBatch
+	var gsoOff error
+	for len(bufs) > 0 {
+		// wireguard-go's sender has conn.IdealBatchSize messages per call.
+		out, n := planGSO((*sp)[:0], bufs, p, small, conn.IdealBatchSize)
+		err := b.Bind.Send(out, ep)
+		clear(out)
+		*sp = out[:0]
+		// StdNetBind reports turning GSO off after a send error as an
+		// error even when its retry went out: the rest still has to.
+		var off conn.ErrUDPGSODisabled
+		if errors.As(err, &off) && off.RetryErr == nil {
+			gsoOff, err = err, nil
+		}
+		if err != nil {
+			return err
+		}
+		bufs = bufs[n:]
+	}
+	return gsoOff
 }
 
 func (b *muxBind) deliver(p []byte, ep conn.Endpoint) {

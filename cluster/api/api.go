@@ -362,6 +362,8 @@ type ServiceView struct {
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	Updating    bool              `json:"updating,omitempty"` // a rolling image update is in progress
+	// Exported: peered clusters reach it (`warren service export`).
+	Exported bool `json:"exported,omitempty"`
 	// HealthCheck, UpdateConfig and RollbackConfig as set on the service
 	// (nil: the image's check; the defaults).
 	HealthSpec
@@ -399,6 +401,10 @@ type TaskView struct {
 	Restarts    int       `json:"restarts"`
 	NextRestart time.Time `json:"next_restart,omitzero"`
 	OOMKilled   bool      `json:"oom_killed"`
+	// PullDone of PullTotal bytes of the task's image are pulled, while
+	// its node pulls it (absent otherwise).
+	PullDone  int64 `json:"pull_done,omitempty"`
+	PullTotal int64 `json:"pull_total,omitempty"`
 	// Labels are the service's labels, which the task carries.
 	Labels map[string]string `json:"labels,omitempty"`
 }

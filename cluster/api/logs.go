@@ -18,6 +18,10 @@ const (
 	// NodeLogsPort is the TCP port of every node's log server, on its
 	// overlay address only.
 	NodeLogsPort = 7947
+	// NodeBlobsPort is the TCP port of every node's blob server, on its
+	// overlay address only (mTLS, the cluster's nodes): image blobs by
+	// digest for the other nodes (one pull per cluster).
+	NodeBlobsPort = 7948
 )
 
 // LogEntry is one line of a task's output.

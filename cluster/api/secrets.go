@@ -35,6 +35,8 @@ type ObjectSpec struct {
 	Name   string            `json:"name"`
 	Labels map[string]string `json:"labels,omitempty"`
 	Data   []byte            `json:"data"`
+	// Federated: replicated to every peered cluster (`--federated`).
+	Federated bool `json:"federated,omitempty"`
 }
 
 // ObjectView is a secret's or config's metadata. Data is set only for a
@@ -49,6 +51,10 @@ type ObjectView struct {
 	UpdatedAt time.Time         `json:"updated_at"`
 	Services  []string          `json:"services"`
 	Data      *string           `json:"data,omitempty"`
+	// Federated: made here with --federated (peers get it); From: the
+	// peer it was replicated from (read-only here).
+	Federated bool   `json:"federated,omitempty"`
+	From      string `json:"from,omitempty"`
 }
 
 // ServiceRefsUpdate adds and removes a service's secrets and configs

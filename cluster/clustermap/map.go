@@ -38,6 +38,26 @@ type Map struct {
 	// during a CA rotation the previous one after it. A node whose
 	// certificate is not signed by the first renews it at once.
 	TrustBundle []byte `json:"trust_bundle,omitempty"`
+	// Registries are the added registries, in the order they were added
+	// (mirrors of one registry are tried in this order). Credentials are
+	// not in the map: a node asks for them (values of kind registry).
+	Registries []Registry `json:"registries,omitempty"`
+	// Imports are peered clusters' services (federation.go); Federation
+	// the gateway links to the peers.
+	Imports    []Import    `json:"imports,omitempty"`
+	Federation *Federation `json:"federation,omitempty"`
+}
+
+// Registry is an added image registry as nodes pull from it.
+type Registry struct {
+	Host     string `json:"host"`
+	CA       string `json:"ca,omitempty"` // PEM
+	Insecure bool   `json:"insecure,omitempty"`
+	MirrorOf string `json:"mirror_of,omitempty"`
+	// AuthVersion counts logins and logouts (0: never logged in); Auth
+	// says whether it has credentials now.
+	Auth        bool   `json:"auth,omitempty"`
+	AuthVersion uint64 `json:"auth_version,omitempty"`
 }
 
 // Network returns the map's cluster-wide values.

@@ -151,4 +151,8 @@ type TaskRun struct {
 	Restarts    int       `json:"restarts,omitempty"`
 	NextRestart time.Time `json:"next_restart,omitzero"`
 	OOMKilled   bool      `json:"oom_killed,omitempty"`
+	// PullDone of PullTotal bytes of the task's image are pulled, while
+	// its node pulls it (both 0 otherwise).
+	PullDone  int64 `json:"pull_done,omitempty"`
+	PullTotal int64 `json:"pull_total,omitempty"`
 }

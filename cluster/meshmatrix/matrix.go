@@ -110,3 +110,82 @@ func Cell(l Link) string {
 	}
 	return s
 }
+
+// GatewayLink is the WireGuard link of this cluster's gateway node to a
+// peered cluster's gateway (federation), as the gateway node reported it.
+type GatewayLink struct {
+	Peer     string `json:"peer"`
+	From     string `json:"from"` // this cluster's gateway node ("" unknown)
+	Endpoint string `json:"endpoint,omitempty"`
+	// Status is the manager's link to the peer (connected, connecting,
+	// failed); the rest is the WireGuard link between the gateways.
+	Status              string   `json:"status"`
+	HandshakeAgeSeconds *float64 `json:"handshake_age_seconds"`
+	Healthy             bool     `json:"healthy"`
+	RxBytes             uint64   `json:"rx_bytes"`
+	TxBytes             uint64   `json:"tx_bytes"`
+	Problem             string   `json:"problem,omitempty"`
+}
+
+// Gateways computes the gateway links at time now from the nodes' reports
+// and the peers: healthy when the peer link is connected and the gateway
+// node handshook with the peer's gateway within HealthyWithin.
+func Gateways(nodes []api.NodeView, peers []api.PeerView, now time.Time) []GatewayLink {
+	out := []GatewayLink{}
+	for _, p := range peers {
+		g := GatewayLink{Peer: p.Name, Status: p.Status}
+		var gw *api.NodeView
+		for i := range nodes {
+			if nodes[i].ID == p.GatewayNode {
+				gw = &nodes[i]
+			}
+		}
+		if gw != nil {
+			g.From = gw.Name
+		}
+		if p.Gateway != nil {
+			g.Endpoint = p.Gateway.Endpoint.String()
+		}
+		switch {
+		case p.Status != api.PeerConnected:
+			g.Problem = "peer link " + p.Status
+			if p.Reason != "" {
+				g.Problem += ": " + p.Reason
+			}
+		case p.Gateway == nil:
+			g.Problem = "the peer has not named its gateway yet"
+		case gw == nil:
+			g.Problem = "this cluster has no gateway node yet"
+		}
+		if gw != nil && p.Gateway != nil {
+			var h *api.PeerHealth
+			for i := range gw.Tunnel {
+				if gw.Tunnel[i].PublicKey == p.Gateway.PublicKey {
+					h = &gw.Tunnel[i]
+				}
+			}
+			offset := time.Duration(gw.ClockOffsetSeconds * float64(time.Second))
+			if h != nil {
+				g.RxBytes, g.TxBytes = h.RxBytes, h.TxBytes
+				if !h.LastHandshake.IsZero() {
+					age := max(now.Add(offset).Sub(h.LastHandshake), 0).Round(time.Second).Seconds()
+					g.HandshakeAgeSeconds = &age
+				}
+			}
+			if g.Problem == "" {
+				switch {
+				case h == nil:
+					g.Problem = fmt.Sprintf("%s has no WireGuard peer for the peer's gateway", gw.Name)
+				case g.HandshakeAgeSeconds == nil:
+					g.Problem = "no handshake yet"
+				case *g.HandshakeAgeSeconds > HealthyWithin.Seconds():
+					g.Problem = fmt.Sprintf("last handshake %s ago", time.Duration(*g.HandshakeAgeSeconds)*time.Second)
+				}
+			}
+		}
+		g.Healthy = g.Problem == ""
+		out = append(out, g)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
+	return out
+}

@@ -67,10 +67,12 @@ func newRoot() *cobra.Command {
 	addClusterCommands(root)
 	addNodeCommands(root)
 	addServiceCommands(root)
+	addPeerCommands(root)
 	addVolumeCommands(root)
 	addNetworkCommands(root)
 	addPolicyCommands(root)
 	addObjectCommands(root)
+	addRegistryCommands(root)
 	strictGroups(root)
 	return root
 }

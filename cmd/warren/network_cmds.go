@@ -43,7 +43,7 @@ func addNetworkCommands(root *cobra.Command) {
 			return tw.Flush()
 		},
 	}
-	status.Flags().Bool("cluster", false, "the N×N matrix of every node's handshake age with every other, from the nodes' reports (on a manager)")
+	status.Flags().Bool("cluster", false, "the N×N matrix of every node's handshake age with every other, from the nodes' reports, and the gateway links to peered clusters (on a manager)")
 	addJSONFlag(status)
 
 	vips := &cobra.Command{
@@ -101,10 +101,20 @@ func clusterMeshStatus(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	m := meshmatrix.Build(nodes, time.Now())
-	if asJSON(cmd) {
-		return printJSON(cmd.OutOrStdout(), m)
+	peers, err := apiClient(cmd).Peers(cmdContext(cmd))
+	if err != nil {
+		return err
 	}
+	now := time.Now()
+	m := meshmatrix.Build(nodes, now)
+	gws := meshmatrix.Gateways(nodes, peers, now)
+	if asJSON(cmd) {
+		return printJSON(cmd.OutOrStdout(), struct {
+			meshmatrix.Matrix
+			Gateways []meshmatrix.GatewayLink `json:"gateways"`
+		}{m, gws})
+	}
+	defer printGateways(cmd, gws)
 	cells := map[[2]string]string{}
 	var bad []meshmatrix.Link
 	for _, l := range m.Links {
@@ -162,4 +172,23 @@ func pathText(path, relay, transport string) string {
 		return "-"
 	}
 	return path
+}
+
+// printGateways lists the gateway links to peered clusters (federation).
+func printGateways(cmd *cobra.Command, gws []meshmatrix.GatewayLink) {
+	if len(gws) == 0 {
+		return
+	}
+	out := cmd.OutOrStdout()
+	fmt.Fprintln(out, "\ngateway links to peered clusters:")
+	tw := newTable(out)
+	fmt.Fprintln(tw, "PEER\tGATEWAY\tPEER GATEWAY\tPEER LINK\tHANDSHAKE\tRX\tTX\tPROBLEM")
+	for _, g := range gws {
+		hs := "never"
+		if g.HandshakeAgeSeconds != nil {
+			hs = (time.Duration(*g.HandshakeAgeSeconds) * time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", g.Peer, orDash(g.From), orDash(g.Endpoint), g.Status, hs, g.RxBytes, g.TxBytes, orDash(g.Problem))
+	}
+	_ = tw.Flush()
 }

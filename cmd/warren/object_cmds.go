@@ -81,7 +81,8 @@ func addObjectKind(root *cobra.Command, kind string) {
 			if err != nil {
 				return err
 			}
-			v, err := apiClient(cmd).CreateObject(cmdContext(cmd), kind, api.ObjectSpec{Name: args[0], Labels: labels, Data: data})
+			federated, _ := cmd.Flags().GetBool("federated")
+			v, err := apiClient(cmd).CreateObject(cmdContext(cmd), kind, api.ObjectSpec{Name: args[0], Labels: labels, Data: data, Federated: federated})
 			if err != nil {
 				return err
 			}
@@ -93,6 +94,7 @@ func addObjectKind(root *cobra.Command, kind string) {
 		},
 	}
 	createCmd.Flags().StringP("file", "f", "", "read the value from FILE (- for stdin)")
+	createCmd.Flags().Bool("federated", false, "replicate it to every peered cluster (`warren cluster peer`), where services read it by the same name")
 	createCmd.Flags().StringArrayP("label", "l", nil, "label KEY=VALUE (repeatable)")
 	addJSONFlag(createCmd)
 

@@ -59,6 +59,9 @@ func taskLine(t api.TaskView, image string) string {
 		state = "stopping (" + t.State + ")"
 	}
 	s := fmt.Sprintf("%s on %s: %s", t.Name, node, state)
+	if t.PullTotal > 0 && t.DesiredState == clustermap.TaskRunning {
+		s += fmt.Sprintf(": pulling image: %s of %s", mib(t.PullDone), mib(t.PullTotal))
+	}
 	if t.Error != "" {
 		s += ": " + t.Error
 	}
@@ -211,4 +214,15 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// mib renders a byte count for pull progress.
+func mib(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
 )
 
 func task(name, node, image, desired, state, errText string) api.TaskView {
@@ -122,5 +123,14 @@ func TestWaitTimeoutNamesWhatIsStuck(t *testing.T) {
 func TestProgressBar(t *testing.T) {
 	if got := progressBar("web", progress{running: 1, want: 2}); got != "web [==========          ] 1/2" {
 		t.Fatalf("%q", got)
+	}
+}
+
+// While a node pulls the image, the task's line shows its bytes so far.
+func TestTaskLineShowsPullProgress(t *testing.T) {
+	tv := api.TaskView{Name: "app-2", Node: "worker-1", DesiredState: clustermap.TaskRunning, State: clustermap.TaskStarting,
+		Image: "reg/app:1", PullDone: 12 << 20, PullTotal: 50 << 20}
+	if got, want := taskLine(tv, "reg/app:1"), "app-2 on worker-1: starting: pulling image: 12.0 MiB of 50.0 MiB"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
 	}
 }

@@ -30,6 +30,9 @@ type ClusterOptions struct {
 	// (router-N for worker-N, see Router), with no advertise_address: the
 	// default config of a board at another site.
 	WorkersBehindNAT bool
+	// NamePrefix starts every node's name ("b-" makes b-manager-1,
+	// b-worker-1), so several clusters share one lab and its LAN.
+	NamePrefix string
 }
 
 // Cluster is a running lab cluster.
@@ -62,12 +65,12 @@ type NodeView struct {
 // manager lists every node as ready.
 func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	c := &Cluster{}
-	m, err := l.addClusterNode(ctx, "manager-1", opts.Images)
+	m, err := l.addClusterNode(ctx, opts.NamePrefix+"manager-1", opts.Images)
 	if err != nil {
 		return nil, err
 	}
 	c.Manager = m
-	cfg := fmt.Sprintf("[node]\nname = \"manager-1\"\nrole = \"manager\"\nadvertise_address = %q\n\n[cluster]\n%s\n[wireguard]\nmode = \"tun\"\n%s\n[runtime]\ncgroup_parent = %q\n\n%s",
+	cfg := fmt.Sprintf("[node]\nname = \""+opts.NamePrefix+"manager-1\"\nrole = \"manager\"\nadvertise_address = %q\n\n[cluster]\n%s\n[wireguard]\nmode = \"tun\"\n%s\n[runtime]\ncgroup_parent = %q\n\n%s",
 		m.LANIP, opts.ClusterExtra, opts.ManagerWireGuardExtra, m.CgroupParent(), opts.ManagerExtra)
 	if err := m.WriteConfig(cfg); err != nil {
 		return nil, err
@@ -93,7 +96,7 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 			return nil, fmt.Errorf("manager never answered join-token manager: %w", err)
 		}
 		for i := 2; i <= opts.Managers+1; i++ {
-			name := fmt.Sprintf("manager-%d", i)
+			name := fmt.Sprintf("%smanager-%d", opts.NamePrefix, i)
 			n, err := l.addClusterNode(ctx, name, opts.Images)
 			if err != nil {
 				return nil, err
@@ -110,7 +113,7 @@ func (l *Lab) StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, 
 		}
 	}
 	for i := 1; i <= opts.Workers; i++ {
-		name := fmt.Sprintf("worker-%d", i)
+		name := fmt.Sprintf("%sworker-%d", opts.NamePrefix, i)
 		var r *Router
 		if opts.WorkersBehindNAT {
 			if r, err = l.AddRouter(fmt.Sprintf("router-%d", i)); err != nil {

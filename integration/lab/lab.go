@@ -62,6 +62,7 @@ type Lab struct {
 	mu      sync.Mutex
 	nodes   []*Node
 	routers []*Router
+	hosts   []*Host // plain LAN hosts (AddLANHost)
 	next    int
 }
 
@@ -492,6 +493,9 @@ func (l *Lab) Close() error {
 	l.mu.Lock()
 	for _, r := range l.routers {
 		names = append(names, r.NetNS)
+	}
+	for _, h := range l.hosts {
+		names = append(names, h.NetNS)
 	}
 	l.mu.Unlock()
 	if l.Outside != nil {

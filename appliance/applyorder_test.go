@@ -1,0 +1,148 @@
+package appliance
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/warren-appliance/warren/cluster/clustermap"
+	"github.com/warren-appliance/warren/configs"
+	"github.com/warren-appliance/warren/hostfw"
+	"github.com/warren-appliance/warren/metrics"
+	"github.com/warren-appliance/warren/nat"
+	"github.com/warren-appliance/warren/netpolicy"
+	"github.com/warren-appliance/warren/orchestrate"
+)
+
+// recordingPolicies is the real netpolicy applier over a fake firewall,
+// noting when it ran.
+type recordingPolicies struct {
+	*netpolicy.Applier
+	log *[]string
+}
+
+func (p recordingPolicies) Sync(r netpolicy.Rules) (netpolicy.SyncStats, error) {
+	*p.log = append(*p.log, "policies")
+	return p.Applier.Sync(r)
+}
+
+// fakeTasks checks, when it is asked to start tasks, that each one's
+// address is already in the policy set that selects it.
+type fakeTasks struct {
+	t   *testing.T
+	fw  *hostfw.Fake
+	log *[]string
+}
+
+func (f fakeTasks) Apply(specs []orchestrate.TaskSpec) {
+	*f.log = append(*f.log, "tasks")
+	set := f.fw.SetMembers(netpolicy.SetName("tasks app=api"))
+	for _, s := range specs {
+		if !set[netip.PrefixFrom(s.IP, 32)] {
+			f.t.Errorf("task %s starts before its address is in its policy set (%v)", s.Name, set)
+		}
+	}
+}
+
+type fakeNAT struct {
+	log      *[]string
+	services []nat.Service
+	err      error
+}
+
+func (f *fakeNAT) Sync(s []nat.Service, _ nat.Options) error {
+	*f.log = append(*f.log, "nat")
+	f.services = s
+	return f.err
+}
+
+func quietNode() *node {
+	return &node{log: slog.New(slog.NewTextHandler(io.Discard, nil)), met: metrics.New(metrics.Sources{}), cfg: &configs.Loaded{}}
+}
+
+func policyMap() *clustermap.Map {
+	return &clustermap.Map{
+		Version:  7,
+		Services: []clustermap.Service{{Name: "api", VIP: netip.MustParseAddr("10.1.0.1"), Labels: map[string]string{"app": "api"}}},
+		Tasks: []clustermap.Task{{Name: "api-1", Service: "api", NodeID: "n1", IP: netip.MustParseAddr("10.0.1.2"),
+			DesiredState: clustermap.TaskRunning}},
+		Policies: []clustermap.Policy{{Name: "api-policy", PodSelector: clustermap.LabelSelector{MatchLabels: map[string]string{"app": "api"}},
+			PolicyTypes: []string{clustermap.PolicyIngress}}},
+	}
+}
+
+// The per-map engine applies policies, then tasks, then the service
+// rules: a task starts with its address in its policy sets, and its
+// endpoint gets VIP traffic only once it is set up.
+func TestApplyOrderPoliciesTasksNAT(t *testing.T) {
+	f := hostfw.NewFake()
+	fw := hostfw.NewSyncer(f, nil)
+	var log []string
+	n := quietNode()
+	n.fw = fw
+	n.pol = recordingPolicies{netpolicy.NewApplier(fw), &log}
+	n.tasks = fakeTasks{t, f, &log}
+	natFake := &fakeNAT{log: &log}
+	n.nat = natFake
+
+	m := policyMap()
+	n.applyRules(m, []orchestrate.TaskSpec{{Name: "api-1", Service: "api", IP: netip.MustParseAddr("10.0.1.2")}})
+	if want := []string{"policies", "tasks", "nat"}; !slices.Equal(log, want) {
+		t.Fatalf("apply order %v, want %v", log, want)
+	}
+	if len(natFake.services) != 1 || natFake.services[0].Name != "api" {
+		t.Fatalf("nat got %+v", natFake.services)
+	}
+	if got := f.Rules("mangle", "FORWARD"); len(got) != 1 {
+		t.Fatalf("mangle FORWARD = %q, want the policy hook", got)
+	}
+}
+
+// A failed NAT sync is retried by the canary's slow tick, not the quick
+// one; the quick one runs the firewall canary only.
+type countingCanary struct{ quick, slow int }
+
+func (c *countingCanary) Check(slow bool) (bool, error) {
+	if slow {
+		c.slow++
+	} else {
+		c.quick++
+	}
+	return false, nil
+}
+
+func TestCanaryTickRetriesFailedSyncs(t *testing.T) {
+	var log []string
+	n := quietNode()
+	canary := &countingCanary{}
+	n.fw = canary
+	natFake := &fakeNAT{log: &log, err: errors.New("xtables lock")}
+	n.nat = natFake
+	f := hostfw.NewFake()
+	n.pol = recordingPolicies{netpolicy.NewApplier(hostfw.NewSyncer(f, nil)), &log}
+	n.canaryTick(false) // no map yet: nothing
+	if canary.quick+canary.slow != 0 {
+		t.Fatal("canary ran before the first map")
+	}
+	n.last = policyMap()
+	n.syncNAT(n.last)
+	log = nil
+	for i := 1; i <= canarySlowEvery; i++ {
+		n.canaryTick(i%canarySlowEvery == 0)
+	}
+	if canary.quick != canarySlowEvery-1 || canary.slow != 1 {
+		t.Fatalf("quick %d, slow %d checks", canary.quick, canary.slow)
+	}
+	if !slices.Equal(log, []string{"nat"}) {
+		t.Fatalf("retries %v, want the failed nat sync once", log)
+	}
+	natFake.err = nil
+	n.canaryTick(true)
+	n.canaryTick(true)
+	if !slices.Equal(log, []string{"nat", "nat"}) || n.natFailed {
+		t.Fatalf("retries %v (failed %v), want one more and then none", log, n.natFailed)
+	}
+}

@@ -1,0 +1,165 @@
+package tunnel
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// cpuRate is the fixed iperf3 rate at which CPU per bit is compared: below
+// what either pair carries on this machine, so both move the same bits.
+const cpuRate = "800M"
+
+// cpuFigures are one pair's CPU at the fixed rate.
+type cpuFigures struct {
+	mbps        float64
+	cpuSeconds  float64 // both device processes, user + system
+	seconds     float64
+	perGbitPerE float64 // share of a core per Gbit/s per end
+	maxMbps     float64 // a following unlimited 10 s run
+}
+
+// BenchmarkTunnelCPUPerBit (issue tunnel-efficiency) runs three paired
+// rounds (wireguard-go pair, appliance pair, in alternating order) of iperf3
+// TCP at a fixed 800 Mbit/s for 10 s and compares the CPU time (user +
+// system, /proc/PID/stat) the two device processes spend per Gbit/s per
+// end, then runs iperf3 unlimited for 10 s on the same pair. The appliance
+// runs as the daemon plans it for this machine (PlanMemory(BoardMemory())).
+// It reports the median ratios (CPU per bit, throughput), and writes the
+// appliance's CPU profile of the last round to $TUNNEL_CPU_PROFILE_DIR if
+// set.
+func BenchmarkTunnelCPUPerBit(b *testing.B) {
+	requireRoot(b)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("iperf3 not installed")
+	}
+	wgGo := buildWireGuardGo(b)
+	board, _ := BoardMemory()
+	plan := PlanMemory(board)
+	profDir := os.Getenv("TUNNEL_CPU_PROFILE_DIR")
+	for i := 0; i < b.N; i++ {
+		var ratios, ours, theirs, throughput []float64
+		for round := 0; round < 3; round++ {
+			measureOurs := func() cpuFigures {
+				return measureCPU(b, func(tp *topo, ca, cb helperConfig) (int, int) {
+					for _, hc := range []*helperConfig{&ca, &cb} {
+						hc.MemoryLimitMiB, hc.QueuedPackets = plan.GoLimit>>20, plan.QueuedPackets
+					}
+					if profDir != "" && round == 2 {
+						ca.CPUProfile = filepath.Join(profDir, "appliance-a.pprof")
+						cb.CPUProfile = filepath.Join(profDir, "appliance-b.pprof")
+					}
+					return startNode(b, tp.a, ca).pid(), startNode(b, tp.b, cb).pid()
+				})
+			}
+			measureUpstream := func() cpuFigures {
+				return measureCPU(b, func(tp *topo, ca, cb helperConfig) (int, int) {
+					return startWireGuardGo(b, wgGo, tp.a, tp.ifA, ca).Pid, startWireGuardGo(b, wgGo, tp.b, tp.ifB, cb).Pid
+				})
+			}
+			var o, u cpuFigures
+			if round%2 == 0 {
+				u, o = measureUpstream(), measureOurs()
+			} else {
+				o, u = measureOurs(), measureUpstream()
+			}
+			fmt.Printf("cpu round %d: appliance %.0f Mbit/s, %.2f cores/Gbit/s/end; wireguard-go %.0f Mbit/s, %.2f; ratio %.2f; unlimited: appliance %.0f, wireguard-go %.0f Mbit/s\n",
+				round+1, o.mbps, o.perGbitPerE, u.mbps, u.perGbitPerE, o.perGbitPerE/u.perGbitPerE, o.maxMbps, u.maxMbps)
+			throughput = append(throughput, o.maxMbps/u.maxMbps)
+			ratios = append(ratios, o.perGbitPerE/u.perGbitPerE)
+			ours = append(ours, o.perGbitPerE)
+			theirs = append(theirs, u.perGbitPerE)
+		}
+		b.ReportMetric(median(ratios), "cpu-per-bit-ratio")
+		b.ReportMetric(median(throughput), "throughput-ratio")
+		b.ReportMetric(median(ours), "appliance-cores-per-Gbit/s-per-end")
+		b.ReportMetric(median(theirs), "wireguard-go-cores-per-Gbit/s-per-end")
+	}
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// measureCPU brings up a pair, pushes iperf3 at cpuRate for 10 s and
+// reads the two processes' CPU time around the run.
+func measureCPU(b *testing.B, start func(tp *topo, ca, cb helperConfig) (int, int)) cpuFigures {
+	b.Helper()
+	tp := newTopo(b)
+	ca, cb := tp.pairConfigs(b, ModeTUN, ModeTUN)
+	pidA, pidB := start(tp, ca, cb)
+	waitFor(b, "tunnel up", 30*time.Second, func() error {
+		return inNSCmd(tp.a, "busybox", "ping", "-c", "1", "-W", "1", "10.0.0.2").Run()
+	})
+	server := inNSCmd(tp.b, "iperf3", "-s", "-B", "10.0.0.2")
+	if err := server.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { server.Process.Kill(); server.Wait() }()
+	waitFor(b, "iperf3 server", 30*time.Second, func() error {
+		out, err := inNSCmd(tp.b, "ss", "-Htln", "src", "10.0.0.2:5201").Output()
+		if err != nil || !strings.Contains(string(out), "5201") {
+			return fmt.Errorf("not listening yet (%v)", err)
+		}
+		return nil
+	})
+	before := cpuSeconds(b, pidA) + cpuSeconds(b, pidB)
+	t0 := time.Now()
+	out, err := inNSCmd(tp.a, "iperf3", "-c", "10.0.0.2", "-t", "10", "-b", cpuRate, "-f", "m").CombinedOutput()
+	elapsed := time.Since(t0).Seconds()
+	if err != nil {
+		b.Fatalf("iperf3: %v\n%s", err, out)
+	}
+	used := cpuSeconds(b, pidA) + cpuSeconds(b, pidB) - before
+	f := cpuFigures{mbps: receiverMbit(string(out)), cpuSeconds: used, seconds: elapsed}
+	if f.mbps == 0 {
+		b.Fatalf("no receiver rate in iperf3's output:\n%s", out)
+	}
+	// Cores busy per end, per Gbit/s carried.
+	f.perGbitPerE = used / elapsed / 2 / (f.mbps / 1000)
+	out, err = inNSCmd(tp.a, "iperf3", "-c", "10.0.0.2", "-t", "10", "-f", "m").CombinedOutput()
+	if err != nil {
+		b.Fatalf("iperf3: %v\n%s", err, out)
+	}
+	f.maxMbps = receiverMbit(string(out))
+	return f
+}
+
+// cpuSeconds is a process's user + system CPU time (/proc/PID/stat).
+func cpuSeconds(b testing.TB, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the parenthesised command name; utime, stime are 14, 15.
+	s := string(data)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(fields[11], 64)
+	st, _ := strconv.ParseFloat(fields[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+// receiverMbit picks the receiver's Mbit/s from iperf3's -f m summary.
+func receiverMbit(out string) float64 {
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, "receiver") {
+			continue
+		}
+		f := strings.Fields(line)
+		for i := 1; i < len(f); i++ {
+			if f[i] == "Mbits/sec" {
+				v, _ := strconv.ParseFloat(f[i-1], 64)
+				return v
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,175 @@
+package tunnel
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkNetstackForwardVsTUN compares the two modes on the same
+// two-namespace topology, one fresh topology per setup, each device process
+// with the memory plan the daemon would choose on this machine (PlanMemory:
+// Go memory limit and packet budget):
+//
+//	tun               a and b in TUN mode; iperf3 in a to b's overlay address
+//	netstack-forward  a in netstack mode (no kernel interface), b in TUN mode;
+//	                  iperf3 in a to a [[forward]] on a's 127.0.0.1:15201
+//	                  whose target is b's iperf3 server on the overlay
+//
+// Each setup runs iperf3 TCP for 10 s a -> b (upload: the netstack side
+// sends, GSO) and then with -R (download: the netstack side receives, GRO).
+// It prints netstack-forward TCP / TUN TCP for both directions.
+//
+// With TUNNEL_BENCH_NETSTACK_ABLATION=1 it also measures the netstack setup
+// with each part of its data path turned off in turn (see netstackOptions),
+// which is how tunnel/BENCHMARKS.md attributes the gain.
+func BenchmarkNetstackForwardVsTUN(b *testing.B) {
+	requireRoot(b)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("iperf3 not installed")
+	}
+	const fwdPort = 15201
+	measure := func(modeA, off string) (up, down, cpuUp float64) {
+		b.Setenv(netstackOffEnv, off)
+		tp := newTopo(b)
+		ca, cb := tp.pairConfigs(b, modeA, ModeTUN)
+		if !strings.Contains(off, "memlimit") {
+			board, _ := BoardMemory()
+			plan := PlanMemory(board)
+			for _, c := range []*helperConfig{&ca, &cb} {
+				c.MemoryLimitMiB = plan.GoLimit >> 20
+				c.QueuedPackets = plan.QueuedPackets
+			}
+		}
+		target := "10.0.0.2"
+		port := 5201
+		if modeA == ModeNetstack {
+			ca.Forwards = []Forward{{Proto: "tcp", Listen: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), fwdPort),
+				Target: netip.MustParseAddrPort("10.0.0.2:5201")}}
+			target, port = "127.0.0.1", fwdPort
+		}
+		na := startNode(b, tp.a, ca)
+		nb := startNode(b, tp.b, cb)
+		defer na.stop()
+		defer nb.stop()
+		before := cpuSeconds(b, na.pid())
+		up = iperfVia(b, tp, target, port, 10, false)
+		cpuUp = cpuSeconds(b, na.pid()) - before
+		down = iperfVia(b, tp, target, port, 10, true)
+		return up, down, cpuUp
+	}
+	for i := 0; i < b.N; i++ {
+		tunUp, tunDown, tunCPU := measure(ModeTUN, "")
+		nsUp, nsDown, nsCPU := measure(ModeNetstack, "")
+		type row struct {
+			name          string
+			up, down, cpu float64
+		}
+		var ablation []row
+		if os.Getenv("TUNNEL_BENCH_NETSTACK_ABLATION") == "1" {
+			for _, off := range ablationParts() {
+				up, down, cpu := measure(ModeNetstack, off)
+				ablation = append(ablation, row{"  without " + off, up, down, cpu})
+			}
+		}
+		fmt.Printf("\nCPU: seconds used by device process a during the 10 s a->b run.\n")
+		fmt.Printf("%-34s %14s %14s %8s\n", "setup", "a->b Mbit/s", "b->a Mbit/s", "CPU s")
+		fmt.Printf("%-34s %14.0f %14.0f %8.2f\n", "tun", tunUp, tunDown, tunCPU)
+		fmt.Printf("%-34s %14.0f %14.0f %8.2f\n", "netstack-forward", nsUp, nsDown, nsCPU)
+		for _, r := range ablation {
+			fmt.Printf("%-34s %14.0f %14.0f %8.2f\n", r.name, r.up, r.down, r.cpu)
+		}
+		fmt.Printf("netstack-forward TCP / TUN TCP: %.2f a->b (netstack sends), %.2f b->a (netstack receives)\n\n",
+			nsUp/tunUp, nsDown/tunDown)
+		b.ReportMetric(nsUp/tunUp, "netstack/tun-ratio")
+		b.ReportMetric(nsDown/tunDown, "netstack/tun-ratio-reverse")
+		b.ReportMetric(nsUp, "netstack-Mbit/s")
+		b.ReportMetric(tunUp, "tun-Mbit/s")
+	}
+}
+
+func ablationParts() []string {
+	if p := os.Getenv("TUNNEL_BENCH_NETSTACK_PARTS"); p != "" {
+		return strings.Split(p, " ")
+	}
+	return []string{"gso", "gro", "batch", "tcp", "gso,gro,batch,tcp"}
+}
+
+// netstackOffEnv names the parts of the netstack data path a device
+// process turns off: a comma-separated subset of gso, gro, batch, tcp;
+// bufN sets the TCP buffer maximum to N MiB, memlimit drops the planned Go
+// memory limit (that one is applied by the benchmark).
+const netstackOffEnv = "TUNNEL_TEST_NETSTACK_OFF"
+
+// In a re-executed device process, apply netstackOffEnv.
+func init() {
+	for _, part := range strings.Split(os.Getenv(netstackOffEnv), ",") {
+		switch part {
+		case "gso":
+			netstackOpts.gso = false
+		case "gro":
+			netstackOpts.gro = false
+		case "batch":
+			netstackOpts.batch = false
+		case "tcp":
+			netstackOpts.tcpTuning = false
+		default:
+			// bufN: TCP buffer ranges up to N MiB instead of the default.
+			if mib, err := strconv.Atoi(strings.TrimPrefix(part, "buf")); err == nil && strings.HasPrefix(part, "buf") {
+				netstackOpts.tcpBufMax = mib << 20
+			}
+		}
+	}
+}
+
+// iperfVia runs iperf3 TCP for the given seconds from namespace a to
+// target:port (b's server on 10.0.0.2:5201 is reached directly or through a
+// forward), in reverse (b sends) when reverse is set, and returns Mbit/s.
+func iperfVia(b testing.TB, tp *topo, target string, port, seconds int, reverse bool) float64 {
+	b.Helper()
+	server := inNSCmd(tp.b, "iperf3", "-s", "-B", "10.0.0.2")
+	if err := server.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { server.Process.Kill(); server.Wait() }()
+	waitFor(b, "iperf3 server listening", 30*time.Second, func() error {
+		out, err := inNSCmd(tp.b, "ss", "-Htln", "src", "10.0.0.2:5201").Output()
+		if err != nil || !strings.Contains(string(out), "5201") {
+			return fmt.Errorf("not listening yet (%v)", err)
+		}
+		return nil
+	})
+	args := []string{"iperf3", "-c", target, "-p", strconv.Itoa(port), "-t", strconv.Itoa(seconds), "-J"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	var res struct {
+		Error string `json:"error"`
+		End   struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	waitFor(b, "iperf3 run", 30*time.Second, func() error {
+		out, err := inNSCmd(tp.a, args...).Output()
+		if jerr := json.Unmarshal(out, &res); jerr != nil {
+			return fmt.Errorf("iperf3: %v, json: %v", err, jerr)
+		}
+		if res.Error != "" {
+			return errors.New(res.Error)
+		}
+		if res.End.SumReceived.BitsPerSecond == 0 {
+			return errors.New("iperf3 measured nothing")
+		}
+		return err
+	})
+	return res.End.SumReceived.BitsPerSecond / 1e6
+}
