@@ -506,6 +506,11 @@ func (m *Manager) RemoveNode(ref string, force bool) error {
 		s.removed[n.ID] = tombstone{Name: n.Name, OverlayIP: n.OverlayIP, Block: n.ContainerBlock, Until: until, Serials: serials}
 		delete(s.nodes, n.ID)
 		name, id, manager = n.Name, n.ID, n.Role == clustermap.RoleManager
+		if manager {
+			// Its copy of the data key must stop opening the state: the
+			// leader replaces the key (rekey.go).
+			s.meta.RekeyNeeded = true
+		}
 		return nil
 	})
 	if err != nil {

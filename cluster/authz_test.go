@@ -27,6 +27,7 @@ import (
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/cluster/secretbox"
 )
 
 // identity is one kind of caller of the node API.
@@ -210,6 +211,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 	valuesWant["manager"] = 403 // a manager's certificate reads only the values of its own tasks too
 	dataKeyWant := all(403)
 	dataKeyWant["manager"] = 200
+	nextKey := func(id authzIdentity) any { k, _ := secretbox.NewKey(); return nextKeyRequest{KeyGen: 0, Key: k} }
+	nextKeyWant := all(403)
+	nextKeyWant["manager"] = 409
 	routes := []route{
 		{"POST", api.PathJoin, badJoin, all(401)}, // join looks at the token only
 		{"GET", api.PathJoin, nil, all(405)},
@@ -217,6 +221,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 		// renew: a renewal supersedes the manager's certificate, and manager
 		// routes take only a member's newest one.
 		{"GET", pathInternalDataKey, nil, dataKeyWant},
+		// A re-key's new data key is taken from managers only; a
+		// manager's stale generation (0 is the current one, not the next)
+		// is refused after authorization, so nothing is kept.
+		{"POST", pathInternalNextKey, nextKey, nextKeyWant},
 		{"PUT", api.PathSelf, self, std(200)},
 		{"POST", api.PathRenew, renew, renewWant},
 		{"GET", api.PathWatch, nil, std(200)},

@@ -32,9 +32,14 @@ func TestEncryptedBackupRestoresAndRefusesChanges(t *testing.T) {
 		t.Fatal("the encrypted backup shows its content")
 	}
 	dir := t.TempDir()
+	key := tm.m.DataKey()
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// The data key beside it, as `warren cluster backup` writes it.
+		if err := os.WriteFile(p+BackupKeySuffix, key, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return p

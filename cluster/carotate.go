@@ -50,10 +50,10 @@ const DefaultCAGrace = 24 * time.Hour
 
 // caRotation is the rotation in progress: the CA being retired.
 type caRotation struct {
-	PrevCACert     []byte    `json:"prev_ca_cert"` // PEM
-	PrevCAKey      []byte    `json:"prev_ca_key"`  // PEM
+	PrevCACert     []byte    `json:"prev_ca_cert"`          // PEM
+	PrevCAKey      []byte    `json:"prev_ca_key,omitempty"` // PEM; sealed in meta.Sealed
 	PrevServerCert []byte    `json:"prev_server_cert"`
-	PrevServerKey  []byte    `json:"prev_server_key"`
+	PrevServerKey  []byte    `json:"prev_server_key,omitempty"` // sealed in meta.Sealed
 	Started        time.Time `json:"started"`
 	GraceUntil     time.Time `json:"grace_until"`
 }
@@ -74,6 +74,12 @@ func (mt meta) trustBundle() []byte {
 func (mt meta) validateTrust() error {
 	if len(mt.CACert) == 0 && len(mt.CAKey) == 0 && mt.CARotation == nil {
 		return nil // no CA yet (records written before the first)
+	}
+	if !mt.plainSecrets() && mt.Sealed != nil {
+		// A stored record: its keys are sealed (sealmeta.go) and were
+		// checked by the leader before sealing; here what replicas can
+		// check without the data key.
+		return mt.validateSealed()
 	}
 	ca, err := loadCA(mt.CACert, mt.CAKey)
 	if err != nil {

@@ -210,6 +210,14 @@ func (m *Manager) becomeLeader() {
 		m.log.Error("leader without state: this manager's store is empty")
 		return
 	}
+	if m.needKey {
+		// Its state is older than the log (sealed with a data key it does
+		// not hold yet): writing from it would undo entries. Another
+		// manager leads while this one gets the key.
+		m.log.Warn("elected without the data key of the newest state: handing leadership over")
+		go m.replica.Raft.LeadershipTransfer()
+		return
+	}
 	m.leader = true
 	now := m.now()
 	for id := range m.st.nodes {
@@ -276,6 +284,15 @@ func (m *Manager) syncLocked() {
 	if s == nil {
 		return // nothing replicated yet (a joining manager)
 	}
+	if err := m.openStateLocked(s); err != nil {
+		// The leader sealed with a key this manager does not hold yet
+		// (an upgraded cluster whose leader made the key): dataKeyLoop
+		// asks for it and syncs again.
+		m.needKey, m.unopened = true, s
+		m.log.Warn("cannot open the replicated state yet; asking the other managers for the data key", "err", err)
+		return
+	}
+	m.needKey, m.unopened = false, nil
 	if err := m.setStateLocked(s); err != nil {
 		m.log.Error("use replicated state", "err", err)
 		return
@@ -519,6 +536,18 @@ func (m *Manager) internalHandlers(mux *http.ServeMux, node http.Handler) {
 			return
 		}
 		if err := m.foldStatus(id, st); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	mux.HandleFunc("POST "+pathInternalNextKey, m.requireManager(func(w http.ResponseWriter, r *http.Request) {
+		var req nextKeyRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		if err := m.takeNextKey(req); err != nil {
 			writeError(w, err)
 			return
 		}

@@ -482,6 +482,11 @@ func TestBackupWipeRestoreBringsBackServicesAndWorkers(t *testing.T) {
 	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The data key beside it, as `warren cluster backup` writes it: the
+	// CA key and join secrets in the backup are sealed with it.
+	if err := os.WriteFile(file+BackupKeySuffix, tm.m.DataKey(), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// A change after the backup: the restored cluster will not have it,
 	// yet the worker, which saw it, must take the restored map.
 	if _, err := tm.m.CreateService(apiSpec("late", 0)); err != nil {

@@ -162,6 +162,15 @@ type Manager struct {
 	// dataKey seals secrets' and configs' values (objects.go); nil until
 	// this manager has one.
 	dataKey secretbox.Key
+	// needKey: the replicated state did not open with dataKey (syncLocked);
+	// unopened is that state (a key from another manager must open it).
+	needKey  bool
+	unopened *state
+	// nextKey is a data key received for a re-key, until the entry that
+	// seals with it applies (rekey.go); sealWith the key the leader's
+	// next commit seals with during a re-key.
+	nextKey  secretbox.Key
+	sealWith *sealTarget
 	// links is the state of the peer links (peers.go); peerKick asks the
 	// peer loop to sync now.
 	links    peerLinks
@@ -246,6 +255,15 @@ func (m *Manager) open() error {
 	if err := m.loadDataKey(); err != nil {
 		return err
 	}
+	if err := m.loadNextKey(); err != nil {
+		return err
+	}
+	if s != nil && (m.cfg.Join == nil || hasRaft) {
+		if err := m.openStateLocked(s); err != nil {
+			return fmt.Errorf("%s: %w (%s): copy secrets.key from another manager's state dir, or the key file written with a backup (FILE.key), to that path with mode 0600",
+				filepath.Join(m.cfg.StateDir, "manager.db"), err, m.dataKeyPath())
+		}
+	}
 	bootstrap := false
 	switch {
 	case m.cfg.Join != nil:
@@ -279,6 +297,10 @@ func (m *Manager) open() error {
 			if err := secretbox.Save(m.cfg.StateDir, m.dataKey); err != nil {
 				return err
 			}
+		}
+		// The CA key and join secrets are sealed from the first entry on.
+		if err := sealMeta(s, nil, m.dataKey, 0); err != nil {
+			return err
 		}
 		if m.pending, err = s.snapshot(); err != nil {
 			return err
@@ -551,12 +573,28 @@ func (m *Manager) update(fn func(s *state) error) error {
 }
 
 func (m *Manager) updateLocked(fn func(s *state) error) error {
-	if !m.leader || m.st == nil {
+	if !m.leader || m.st == nil || m.needKey {
 		return m.noLeaderError(nil)
 	}
 	next := m.st.clone()
 	if err := fn(next); err != nil {
 		return err
+	}
+	// Seal the CA key and join secrets (sealmeta.go). A state written
+	// before sealing is sealed by the first write of a leader that has the
+	// data key (becomeLeader writes at once): that is the upgrade entry. A
+	// leader without a key makes one while no secret or config is sealed;
+	// otherwise the state stays as it is until it gets one.
+	if t := m.sealWith; t != nil {
+		if err := sealMeta(next, m.st, t.key, t.gen); err != nil {
+			return err
+		}
+	} else if k, err := m.dataKeyLocked(next); err == nil {
+		if err := sealMeta(next, m.st, k, stateKeyGen(m.st)); err != nil {
+			return err
+		}
+	} else if next.meta.Sealed == nil {
+		m.log.Warn("cannot seal the CA key and join secrets yet", "err", err)
 	}
 	unplaced := schedule(next, m.now())
 	// Encode the candidate at the current version: equal bytes mean the

@@ -612,6 +612,7 @@ func (m *Manager) takeDataKey(k secretbox.Key) error {
 		return err
 	}
 	m.dataKey = slices.Clone(k)
+	m.poke()
 	return nil
 }
 
@@ -638,8 +639,9 @@ func (m *Manager) dataKeyLoop() {
 		case <-t.C:
 		}
 		m.mu.Lock()
-		need := m.st != nil && !keyOpensState(m.dataKey, m.st)
+		need := m.st != nil && (m.needKey || !keyOpensState(m.dataKey, m.st))
 		m.mu.Unlock()
+		m.rekeyIfNeeded()
 		if !need {
 			continue
 		}
@@ -681,6 +683,14 @@ func keyOpensState(k secretbox.Key, s *state) bool {
 			}
 		}
 	}
+	if sm := s.meta.Sealed; sm != nil {
+		if k == nil {
+			return false
+		}
+		if _, err := k.Open(stateSealKind, "ca_key@"+s.meta.ClusterID, sm.KeyGen, sm.CAKey); err != nil {
+			return false
+		}
+	}
 	if !found {
 		for h, r := range s.registries {
 			if r.Sealed != nil {
@@ -706,14 +716,28 @@ func (m *Manager) replaceDataKey(k secretbox.Key) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.st != nil && !keyOpensState(k, m.st) {
+	target := m.st
+	if m.needKey && m.unopened != nil {
+		target = m.unopened // the newest state, which the current key does not open
+	}
+	if target != nil && !keyOpensState(k, target) {
 		return errors.New("its data key does not open this cluster's secrets and configs either")
 	}
 	if err := secretbox.Save(m.cfg.StateDir, k); err != nil {
 		return err
 	}
 	m.dataKey = slices.Clone(k)
+	m.poke()
 	return nil
+}
+
+// poke makes the follow loop read the replicated state again (one that
+// did not open before the data key came).
+func (m *Manager) poke() {
+	select {
+	case m.notify <- struct{}{}:
+	default:
+	}
 }
 
 // serviceRevision is the revision a --secret-rotation restart service's

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/warren-appliance/warren/cluster/api"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/replicate"
 	"github.com/warren-appliance/warren/cluster/secretbox"
@@ -127,8 +126,9 @@ func ForceNewCluster(stateDir, advertise, joinedID string, restore Restore, log 
 const BackupKeySuffix = ".key"
 
 // restoreDataKey installs the data key kept beside a backup (FILE.key).
-// It is required when the backup holds secrets or configs (without it
-// their values cannot be opened) and must open them.
+// It is required when the backup holds sealed values (the CA key and join
+// secrets of any backup made since they are sealed, secrets and configs):
+// without it they cannot be opened. It must open them.
 func restoreDataKey(stateDir, backup string, st *store.Store) error {
 	s, err := loadState(st)
 	if err != nil || s == nil {
@@ -136,22 +136,19 @@ func restoreDataKey(stateDir, backup string, st *store.Store) error {
 	}
 	keyPath := backup + BackupKeySuffix
 	k, err := secretbox.LoadFile(keyPath)
-	if len(s.secrets) == 0 && len(s.configs) == 0 {
+	sealed := s.meta.Sealed != nil && !s.meta.plainSecrets()
+	if !sealed && len(s.secrets) == 0 && len(s.configs) == 0 {
 		if err != nil {
-			return nil // nothing sealed: a new key is made with the first secret
+			return nil // nothing sealed (a backup from before sealing): the leader makes a key and seals
 		}
 		return secretbox.Save(stateDir, k) // the same key as before
 	}
 	if err != nil {
-		return fmt.Errorf("the backup holds %d secret(s) and %d config(s), sealed with the cluster's data key, and their key is needed: put the key file written with the backup at %s (%w)",
+		return fmt.Errorf("the backup's CA key and join secrets (and its %d secret(s) and %d config(s)) are sealed with the cluster's data key, which is needed: put the key file written with the backup at %s (%w)",
 			len(s.secrets), len(s.configs), keyPath, err)
 	}
-	for kind, objs := range map[string]map[string]objectRecord{api.KindSecret: s.secrets, api.KindConfig: s.configs} {
-		for name, r := range objs {
-			if _, err := k.Open(kind, name, r.Version, r.Sealed); err != nil {
-				return fmt.Errorf("%s does not open %s %q of the backup: it is another cluster's key", keyPath, kind, name)
-			}
-		}
+	if !keyOpensState(k, s) {
+		return fmt.Errorf("%s does not open the backup's sealed values: it is another cluster's key, or one replaced since (the key is replaced when a manager is removed: use the key file written with this backup)", keyPath)
 	}
 	return secretbox.Save(stateDir, k)
 }

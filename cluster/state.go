@@ -45,20 +45,30 @@ type meta struct {
 	ContainerBlockBits int          `json:"container_block_bits"`
 	VIPSubnet          netip.Prefix `json:"vip_subnet"`
 	CACert             []byte       `json:"ca_cert"` // PEM
-	CAKey              []byte       `json:"ca_key"`  // PEM
-	ServerCert         []byte       `json:"server_cert"`
-	ServerKey          []byte       `json:"server_key"`
-	WorkerSecret       string       `json:"worker_secret"`
-	ManagerSecret      string       `json:"manager_secret"`
-	SelfID             string       `json:"self_id"` // the manager that created the cluster
-	Version            uint64       `json:"version"`
+	// CAKey, ServerKey and the join secrets are opened values in memory;
+	// in the store they are in Sealed (sealmeta.go), except in records
+	// written before sealing, which hold them here.
+	CAKey         []byte `json:"ca_key,omitempty"` // PEM
+	ServerCert    []byte `json:"server_cert"`
+	ServerKey     []byte `json:"server_key,omitempty"`
+	WorkerSecret  string `json:"worker_secret,omitempty"`
+	ManagerSecret string `json:"manager_secret,omitempty"`
+	SelfID        string `json:"self_id"` // the manager that created the cluster
+	Version       uint64 `json:"version"`
 	// CAGeneration counts CA rotations (0: the CA made by cluster init).
 	CAGeneration int `json:"ca_generation,omitempty"`
 	// CARotation is the CA rotation in progress (carotate.go), nil if none:
 	// CACert/CAKey above are then already the new CA.
 	CARotation *caRotation `json:"ca_rotation,omitempty"`
+	// Sealed holds the secrets above sealed with the data key (nil in
+	// records written before sealing).
+	Sealed *sealedMeta `json:"sealed,omitempty"`
+	// RekeyNeeded: a manager was removed and the leader has yet to replace
+	// the data key (rekey.go).
+	RekeyNeeded bool `json:"rekey_needed,omitempty"`
 	// PeerSecret is the secret of this cluster's peer token, made by the
 	// first `warren cluster peer token`.
+	// Sealed in Sealed like the join secrets (sealmeta.go).
 	PeerSecret string `json:"peer_secret,omitempty"`
 }
 
@@ -259,7 +269,7 @@ func (s *state) snapshot() (store.Snapshot, error) {
 		snap[bucket][key] = b
 		return nil
 	}
-	if err := put(bucketMeta, keyCluster, s.meta); err != nil {
+	if err := put(bucketMeta, keyCluster, storedMeta(s.meta)); err != nil {
 		return nil, err
 	}
 	for k, v := range s.nodes {

@@ -70,6 +70,34 @@ func TestRemovedManagerBoardCopyIsCutOff(t *testing.T) {
 	if out, err := leader.Exec(ctx, "warren", "node", "rm", victim.Name, "--force"); err != nil {
 		t.Fatalf("node rm: %v\n%s", err, out)
 	}
+	// The leader replaces the data key: the remaining managers hold the
+	// new one, and the copy's secrets.key opens nothing written from now on
+	// (README: Re-key on manager removal).
+	keySum := func(n *lab.Node, dir string) string {
+		out, err := n.Sh(ctx, "sha256sum "+dir+"/secrets.key | cut -d' ' -f1")
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", n.Name, err, out)
+		}
+		return trim(out)
+	}
+	stolenKey := keySum(victim, stolen)
+	eventually(t, time.Minute, "the remaining managers hold a new data key", func() error {
+		sums := map[string]bool{}
+		for _, n := range append([]*lab.Node{c.Manager}, c.Managers...) {
+			if n == victim {
+				continue
+			}
+			sum := keySum(n, "/var/lib/warren")
+			if sum == stolenKey {
+				return fmt.Errorf("%s still holds the removed manager's data key", n.Name)
+			}
+			sums[sum] = true
+		}
+		if len(sums) != 1 {
+			return fmt.Errorf("the remaining managers hold %d different keys", len(sums))
+		}
+		return nil
+	})
 	for _, role := range []string{"worker", "manager"} {
 		if out, err := leader.Exec(ctx, "warren", "cluster", "join-token", role, "--rotate", "-q"); err != nil {
 			t.Fatalf("rotate the %s token: %v\n%s", role, err, out)

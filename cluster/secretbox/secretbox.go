@@ -138,3 +138,31 @@ func (k Key) Open(kind, name string, version uint64, sealed []byte) ([]byte, err
 	}
 	return out, nil
 }
+
+// NextKeyFile holds a data key a manager received during a re-key (the
+// leader replaces the key when a manager is removed) until the entry
+// sealing the state with it applies: it then becomes KeyFile.
+const NextKeyFile = "secrets.next.key"
+
+// SaveNext writes k as stateDir's next data key (0600, atomically).
+func SaveNext(stateDir string, k Key) error {
+	if err := k.Check(); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(stateDir, NextKeyFile), k, 0o600); err != nil {
+		return fmt.Errorf("save next data key: %w", err)
+	}
+	return nil
+}
+
+// LoadNext reads stateDir's next data key; os.ErrNotExist if there is none.
+func LoadNext(stateDir string) (Key, error) { return LoadFile(filepath.Join(stateDir, NextKeyFile)) }
+
+// RemoveNext deletes stateDir's next data key, if any.
+func RemoveNext(stateDir string) error {
+	err := os.Remove(filepath.Join(stateDir, NextKeyFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}

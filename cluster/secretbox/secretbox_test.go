@@ -75,3 +75,34 @@ func TestKeyFileIsPrivateAndRoundTrips(t *testing.T) {
 		t.Fatal("a 5-byte key loaded")
 	}
 }
+
+func TestNextKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := LoadNext(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("no next key: %v", err)
+	}
+	k, _ := NewKey()
+	if err := SaveNext(dir, k[:5]); err == nil {
+		t.Fatal("a short key was saved")
+	}
+	if err := SaveNext(dir, k); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, NextKeyFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("next key file: %v %v", err, fi)
+	}
+	got, err := LoadNext(dir)
+	if err != nil || !bytes.Equal(got, k) {
+		t.Fatalf("load next: %v", err)
+	}
+	if err := RemoveNext(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveNext(dir); err != nil {
+		t.Fatalf("removing an absent next key: %v", err)
+	}
+	if _, err := LoadNext(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after remove: %v", err)
+	}
+}

@@ -145,7 +145,8 @@ func addClusterCommands(root *cobra.Command) {
 			key, err := apiClient(cmd).DataKey(cmdContext(cmd))
 			switch {
 			case client.IsNotFound(err):
-				// No secret or config was ever created: no key to keep.
+				// A cluster from before sealing whose leader has no key
+				// yet: nothing in the backup is sealed.
 			case err != nil:
 				return fmt.Errorf("read the data key of secrets and configs: %w", err)
 			default:
@@ -153,7 +154,7 @@ func addClusterCommands(root *cobra.Command) {
 				if err := atomicfile.Write(keyFile, key, 0o600); err != nil {
 					return fmt.Errorf("write the data key: %w", err)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Data key of secrets and configs written to %s (mode 0600): FILE's secrets need it to be restored; keep it apart from FILE.\n", keyFile)
+				fmt.Fprintf(cmd.OutOrStdout(), "Data key written to %s (mode 0600): FILE's CA key, join secrets, secrets and configs are sealed with it and a restore needs it; keep it apart from FILE.\n", keyFile)
 			}
 			return nil
 		},
