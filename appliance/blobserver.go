@@ -28,52 +28,10 @@ import (
 // cluster's nodes (a node certificate chained to the cluster CA) get image
 // blobs by digest from it, verified on their side. It is not on the LAN.
 func serveBlobs(ctx context.Context, overlay netip.Addr, ident func() (*tls.Certificate, *x509.CertPool), h http.Handler, log *slog.Logger) error {
-	addr := net.JoinHostPort(overlay.String(), strconv.Itoa(api.NodeBlobsPort))
-	var ln net.Listener
-	var err error
-	for i := 0; i < 20; i++ { // the overlay address comes up with the tunnel
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("blob server on %s: %w", addr, err)
-	}
-	conf := &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			c, _ := ident()
-			return c, nil
-		},
-		ClientAuth: tls.RequireAnyClientCert,
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return errors.New("no client certificate")
-			}
-			leaf, err := x509.ParseCertificate(raw[0])
-			if err != nil {
-				return err
-			}
-			_, pool := ident()
+	return overlayServer{name: "blob server", overlay: overlay, port: api.NodeBlobsPort, ident: ident, handler: h,
+		verify: func(leaf *x509.Certificate, pool *x509.CertPool) error {
 			return pki.VerifyChain(leaf, pool, x509.ExtKeyUsageClientAuth, time.Now())
-		},
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
-		BaseContext: func(net.Listener) context.Context { return ctx }}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	log.Info("blob server up", "listen", addr)
-	if err := srv.Serve(tls.NewListener(ln, conf)); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+		}}.serve(ctx, log)
 }
 
 // blobPeers keeps one mTLS client per other node, each checking that the

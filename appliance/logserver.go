@@ -5,14 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/api"
@@ -26,43 +23,6 @@ import (
 // follow the tasks' log files for `warren service logs`, and list and
 // remove the node's volumes. It is not on the LAN.
 func serveTaskLogs(ctx context.Context, overlay netip.Addr, ident func() (*tls.Certificate, *x509.CertPool), orch *orchestrate.Reconciler, log *slog.Logger) error {
-	addr := net.JoinHostPort(overlay.String(), strconv.Itoa(api.NodeLogsPort))
-	var ln net.Listener
-	var err error
-	// The overlay address comes up with the tunnel: a few tries.
-	for i := 0; i < 20; i++ {
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("task log server on %s: %w", addr, err)
-	}
-	conf := &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			c, _ := ident()
-			return c, nil
-		},
-		ClientAuth: tls.RequireAnyClientCert,
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return errors.New("no client certificate")
-			}
-			leaf, err := x509.ParseCertificate(raw[0])
-			if err != nil {
-				return err
-			}
-			_, pool := ident()
-			_, err = pki.VerifyManager(leaf, pool, x509.ExtKeyUsageClientAuth, time.Now())
-			return err
-		},
-	}
 	mux := http.NewServeMux()
 	mux.Handle("GET "+api.PathNodeLogs, tasklog.Handler(orch.TaskLogDir))
 	mux.HandleFunc("GET "+api.PathNodeVolumes, func(w http.ResponseWriter, r *http.Request) {
@@ -88,17 +48,11 @@ func serveTaskLogs(ctx context.Context, overlay netip.Addr, ident func() (*tls.C
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
-		BaseContext: func(net.Listener) context.Context { return ctx }}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	log.Info("task log server up", "listen", addr)
-	if err := srv.Serve(tls.NewListener(ln, conf)); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return overlayServer{name: "task log server", overlay: overlay, port: api.NodeLogsPort, ident: ident, handler: mux,
+		verify: func(leaf *x509.Certificate, pool *x509.CertPool) error {
+			_, err := pki.VerifyManager(leaf, pool, x509.ExtKeyUsageClientAuth, time.Now())
+			return err
+		}}.serve(ctx, log)
 }
 
 // taskLogger links this binary as tasklog.LoggerName in dir, for
