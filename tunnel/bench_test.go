@@ -149,6 +149,15 @@ func measurePath(b *testing.B, name string, start func(tp *topo, ca, cb helperCo
 // b's overlay address and returns Mbit/s received and retransmits.
 func iperfRun(b testing.TB, tp *topo, seconds int) (mbps float64, retransmits int64) {
 	b.Helper()
+	return iperfVia(b, tp, "10.0.0.2", 5201, seconds, false)
+}
+
+// iperfVia runs iperf3 TCP for the given seconds from namespace a to
+// target:port (b's server on 10.0.0.2:5201 is reached directly or through a
+// forward), in reverse (b sends) when reverse is set, and returns Mbit/s
+// received and the sender's retransmits.
+func iperfVia(b testing.TB, tp *topo, target string, port, seconds int, reverse bool) (mbps float64, retransmits int64) {
+	b.Helper()
 	server := inNSCmd(tp.b, "iperf3", "-s", "-B", "10.0.0.2")
 	if err := server.Start(); err != nil {
 		b.Fatal(err)
@@ -161,6 +170,10 @@ func iperfRun(b testing.TB, tp *topo, seconds int) (mbps float64, retransmits in
 		}
 		return nil
 	})
+	args := []string{"iperf3", "-c", target, "-p", strconv.Itoa(port), "-t", strconv.Itoa(seconds), "-J"}
+	if reverse {
+		args = append(args, "-R")
+	}
 	var res struct {
 		Error string `json:"error"`
 		End   struct {
@@ -175,7 +188,7 @@ func iperfRun(b testing.TB, tp *topo, seconds int) (mbps float64, retransmits in
 	// iperf3 -J exits 0 even when it could not connect (the server may not
 	// listen yet): the JSON's error field tells.
 	waitFor(b, "iperf3 run", 30*time.Second, func() error {
-		out, err := inNSCmd(tp.a, "iperf3", "-c", "10.0.0.2", "-t", strconv.Itoa(seconds), "-J").Output()
+		out, err := inNSCmd(tp.a, args...).Output()
 		if jerr := json.Unmarshal(out, &res); jerr != nil {
 			return fmt.Errorf("iperf3: %v, json: %v", err, jerr)
 		}

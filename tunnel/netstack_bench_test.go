@@ -1,8 +1,6 @@
 package tunnel
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // BenchmarkNetstackForwardVsTUN compares the two modes on the same
@@ -60,9 +57,9 @@ func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 		defer na.stop()
 		defer nb.stop()
 		before := cpuSeconds(b, na.pid())
-		up = iperfVia(b, tp, target, port, 10, false)
+		up, _ = iperfVia(b, tp, target, port, 10, false)
 		cpuUp = cpuSeconds(b, na.pid()) - before
-		down = iperfVia(b, tp, target, port, 10, true)
+		down, _ = iperfVia(b, tp, target, port, 10, true)
 		return up, down, cpuUp
 	}
 	for i := 0; i < b.N; i++ {
@@ -127,49 +124,4 @@ func init() {
 			}
 		}
 	}
-}
-
-// iperfVia runs iperf3 TCP for the given seconds from namespace a to
-// target:port (b's server on 10.0.0.2:5201 is reached directly or through a
-// forward), in reverse (b sends) when reverse is set, and returns Mbit/s.
-func iperfVia(b testing.TB, tp *topo, target string, port, seconds int, reverse bool) float64 {
-	b.Helper()
-	server := inNSCmd(tp.b, "iperf3", "-s", "-B", "10.0.0.2")
-	if err := server.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { server.Process.Kill(); server.Wait() }()
-	waitFor(b, "iperf3 server listening", 30*time.Second, func() error {
-		out, err := inNSCmd(tp.b, "ss", "-Htln", "src", "10.0.0.2:5201").Output()
-		if err != nil || !strings.Contains(string(out), "5201") {
-			return fmt.Errorf("not listening yet (%v)", err)
-		}
-		return nil
-	})
-	args := []string{"iperf3", "-c", target, "-p", strconv.Itoa(port), "-t", strconv.Itoa(seconds), "-J"}
-	if reverse {
-		args = append(args, "-R")
-	}
-	var res struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	waitFor(b, "iperf3 run", 30*time.Second, func() error {
-		out, err := inNSCmd(tp.a, args...).Output()
-		if jerr := json.Unmarshal(out, &res); jerr != nil {
-			return fmt.Errorf("iperf3: %v, json: %v", err, jerr)
-		}
-		if res.Error != "" {
-			return errors.New(res.Error)
-		}
-		if res.End.SumReceived.BitsPerSecond == 0 {
-			return errors.New("iperf3 measured nothing")
-		}
-		return err
-	})
-	return res.End.SumReceived.BitsPerSecond / 1e6
 }
