@@ -190,53 +190,93 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 	next.Failures = slices.Clone(st.Failures)
 	next.ServingSince = cloneTimes(st.ServingSince)
 	next.DrainSince = cloneTimes(st.DrainSince)
-	cfg := Config(svc, st)
-	replicas := svc.Replicas
+	p := planner{svc: svc, cfg: Config(svc, st), replicas: svc.Replicas, out: out, next: &next, now: now}
 	if svc.IsGlobal() {
 		// One task per eligible node, no surge: every task is a slot.
-		cfg.Order = clustermap.OrderStopFirst
-		replicas = 0
+		p.cfg.Order = clustermap.OrderStopFirst
+		p.replicas = 0
 		for _, t := range out {
 			if t.DesiredState == clustermap.TaskRunning {
-				replicas++
+				p.replicas++
 			}
 		}
 	}
+	p.survey()
+	if p.tooManyFailures() {
+		reason := next.Message
+		if p.cfg.FailureAction == clustermap.ActionRollback && !st.RollingBack() {
+			next.Message = "update rolled back: " + reason
+			return tasks, &next, RollBack
+		}
+		if st.RollingBack() {
+			next.State = api.UpdateRollbackPaused
+			next.Message = "rollback paused: " + reason
+		} else {
+			next.State = api.UpdatePaused
+			next.Message = "update paused: " + reason
+		}
+		return out, &next, Continue
+	}
+	if p.allDone {
+		if p.surgeDrained() {
+			p.complete(st)
+		}
+		return out, &next, Continue
+	}
+	p.startNext()
+	return out, &next, Continue
+}
 
-	var (
-		inFlight, servingLive int
-		oldServing, oldIdle   []int // indexes of old-image tasks
-		surge                 []int
-		allDone               = true
-	)
+// planner is one step of Plan: the service, its update settings and the
+// tasks (out, changed in place) with what survey found in them.
+type planner struct {
+	svc      clustermap.Service
+	cfg      clustermap.UpdateConfig
+	replicas int
+	out      []clustermap.Task
+	next     *Status
+	now      time.Time
+
+	inFlight, servingLive int
+	oldServing, oldIdle   []int // indexes of tasks not on the target yet
+	surge                 []int
+	allDone               bool
+}
+
+// survey walks the running tasks: counts those in flight and serving,
+// sorts out the ones still to update, records serving times and failures,
+// and moves on drained old tasks and tasks a rollback brought back.
+func (p *planner) survey() {
+	next, cfg, now := p.next, p.cfg, p.now
+	p.allDone = true
 	regular := map[int]bool{}
-	for i := range out {
-		t := &out[i]
+	for i := range p.out {
+		t := &p.out[i]
 		if t.DesiredState != clustermap.TaskRunning {
 			continue
 		}
-		isSurge := !svc.IsGlobal() && t.Slot > replicas
+		isSurge := !p.svc.IsGlobal() && t.Slot > p.replicas
 		if isSurge {
-			surge = append(surge, i)
+			p.surge = append(p.surge, i)
 		} else {
 			regular[t.Slot] = true
 		}
 		if t.Serves() {
-			servingLive++
+			p.servingLive++
 		}
-		if !OnTarget(svc, *t) {
-			allDone = false
+		if !OnTarget(p.svc, *t) {
+			p.allDone = false
 			switch {
 			case t.Draining:
-				inFlight++
+				p.inFlight++
 				if now.Sub(next.DrainSince[t.Name]) >= DrainTime {
-					retarget(t, svc)
+					retarget(t, p.svc)
 					delete(next.DrainSince, t.Name)
 				}
 			case t.Serves():
-				oldServing = append(oldServing, i)
+				p.oldServing = append(p.oldServing, i)
 			default:
-				oldIdle = append(oldIdle, i)
+				p.oldIdle = append(p.oldIdle, i)
 			}
 			continue
 		}
@@ -250,7 +290,7 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 			t.Draining = false
 			delete(next.DrainSince, t.Name)
 			if t.Serves() {
-				servingLive++
+				p.servingLive++
 			}
 		}
 		since, seen := next.ServingSince[t.Name]
@@ -264,7 +304,7 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 				}
 			}
 			if !isSurge && now.Sub(since) < cfg.Monitor {
-				allDone = false
+				p.allDone = false
 			}
 		case t.State == clustermap.TaskComplete:
 			// Exited 0 and its restart condition let it stay stopped:
@@ -272,117 +312,120 @@ func Plan(svc clustermap.Service, st *Status, tasks []clustermap.Task, now time.
 			delete(next.ServingSince, t.Name)
 		case failedTask(*t) || (seen && now.Sub(since) < cfg.Monitor):
 			if cfg.FailureAction != clustermap.ActionContinue {
-				allDone = false // with continue, a failed slot counts as updated
+				p.allDone = false // with continue, a failed slot counts as updated
 			}
-			if !slices.Contains(next.Failures, t.Name) {
-				next.Failures = append(next.Failures, t.Name)
-				reason := t.Error
-				if reason == "" && t.Health == clustermap.HealthUnhealthy {
-					reason = "unhealthy"
-				}
-				if reason == "" {
-					reason = "stopped serving within the monitor window (" + t.State + ")"
-				}
-				next.Message = fmt.Sprintf("task %s failed: %s", t.Name, reason)
-			}
+			p.recordFailure(t)
 			// A failed slot no longer holds up the next ones (its node
 			// restarts it); the failure ratio decides what happens.
 			delete(next.ServingSince, t.Name)
 		default:
-			allDone = false
+			p.allDone = false
 			if !isSurge {
-				inFlight++
+				p.inFlight++
 			}
 		}
 	}
-	for slot := 1; !svc.IsGlobal() && slot <= replicas; slot++ {
+	for slot := 1; !p.svc.IsGlobal() && slot <= p.replicas; slot++ {
 		if !regular[slot] {
-			allDone = false // not placed yet
+			p.allDone = false // not placed yet
 		}
 	}
+}
 
-	// Too many failures: act.
-	if len(next.Failures) > 0 && replicas > 0 && float64(len(next.Failures))/float64(replicas) > cfg.MaxFailureRatio &&
-		cfg.FailureAction != clustermap.ActionContinue {
-		reason := next.Message
-		if cfg.FailureAction == clustermap.ActionRollback && !st.RollingBack() {
-			next.Message = "update rolled back: " + reason
-			return tasks, &next, RollBack
-		}
-		if st.RollingBack() {
-			next.State = api.UpdateRollbackPaused
-			next.Message = "rollback paused: " + reason
-		} else {
-			next.State = api.UpdatePaused
-			next.Message = "update paused: " + reason
-		}
-		return out, &next, Continue
+// recordFailure notes t as failed once, with the reason in the message.
+func (p *planner) recordFailure(t *clustermap.Task) {
+	if slices.Contains(p.next.Failures, t.Name) {
+		return
 	}
+	p.next.Failures = append(p.next.Failures, t.Name)
+	reason := t.Error
+	if reason == "" && t.Health == clustermap.HealthUnhealthy {
+		reason = "unhealthy"
+	}
+	if reason == "" {
+		reason = "stopped serving within the monitor window (" + t.State + ")"
+	}
+	p.next.Message = fmt.Sprintf("task %s failed: %s", t.Name, reason)
+}
 
-	if allDone {
-		// Surge tasks leave the endpoints before they are retired.
-		drained := true
-		for _, i := range surge {
-			t := &out[i]
-			if !t.Draining {
-				t.Draining = true
-				next.DrainSince[t.Name] = now
-			}
-			if now.Sub(next.DrainSince[t.Name]) < DrainTime {
-				drained = false
-			}
-		}
-		if !drained {
-			return out, &next, Continue
-		}
-		for _, i := range surge {
-			delete(next.DrainSince, out[i].Name)
-		}
-		next.State, next.Message = api.UpdateCompleted, "update completed"
-		if st.RollingBack() {
-			next.State, next.Message = api.UpdateRollbackCompleted, "rollback completed"
-			if st.Message != "" && st.Message != "rollback completed" {
-				next.Message = "rollback completed (" + st.Message + ")"
-			}
-		}
-		next.CompletedAt = now
-		next.ServingSince, next.DrainSince = nil, nil
-		return out, &next, Continue
-	}
+// tooManyFailures: the failure ratio is past the limit and the failure
+// action is not continue.
+func (p *planner) tooManyFailures() bool {
+	n := len(p.next.Failures)
+	return n > 0 && p.replicas > 0 && float64(n)/float64(p.replicas) > p.cfg.MaxFailureRatio &&
+		p.cfg.FailureAction != clustermap.ActionContinue
+}
 
-	// Start the next slots. Old tasks that do not serve go first, at
-	// once: replacing them loses nothing.
-	free := cfg.Parallelism - inFlight
-	if free <= 0 || now.Before(next.NextAt) {
-		return out, &next, Continue
+// surgeDrained takes the surge tasks out of the endpoints and says whether
+// they have all been out for DrainTime (then they are forgotten).
+func (p *planner) surgeDrained() bool {
+	drained := true
+	for _, i := range p.surge {
+		t := &p.out[i]
+		if !t.Draining {
+			t.Draining = true
+			p.next.DrainSince[t.Name] = p.now
+		}
+		if p.now.Sub(p.next.DrainSince[t.Name]) < DrainTime {
+			drained = false
+		}
 	}
-	slices.SortFunc(oldIdle, func(a, b int) int { return out[a].Slot - out[b].Slot })
-	for _, i := range oldIdle {
+	if drained {
+		for _, i := range p.surge {
+			delete(p.next.DrainSince, p.out[i].Name)
+		}
+	}
+	return drained
+}
+
+// complete ends the update (or the rollback st was).
+func (p *planner) complete(st *Status) {
+	next := p.next
+	next.State, next.Message = api.UpdateCompleted, "update completed"
+	if st.RollingBack() {
+		next.State, next.Message = api.UpdateRollbackCompleted, "rollback completed"
+		if st.Message != "" && st.Message != "rollback completed" {
+			next.Message = "rollback completed (" + st.Message + ")"
+		}
+	}
+	next.CompletedAt = p.now
+	next.ServingSince, next.DrainSince = nil, nil
+}
+
+// startNext starts the next slots. Old tasks that do not serve go first,
+// at once: replacing them loses nothing. Serving old tasks drain first.
+func (p *planner) startNext() {
+	free := p.cfg.Parallelism - p.inFlight
+	if free <= 0 || p.now.Before(p.next.NextAt) {
+		return
+	}
+	bySlot := func(a, b int) int { return p.out[a].Slot - p.out[b].Slot }
+	slices.SortFunc(p.oldIdle, bySlot)
+	for _, i := range p.oldIdle {
 		if free == 0 {
 			break
 		}
-		retarget(&out[i], svc)
+		retarget(&p.out[i], p.svc)
 		free--
 	}
-	// Serving old tasks drain first. start-first keeps the serving tasks
-	// at the replica count or more; stop-first takes them as they come.
-	slices.SortFunc(oldServing, func(a, b int) int { return out[a].Slot - out[b].Slot })
-	spare := servingLive - replicas
+	// start-first keeps the serving tasks at the replica count or more;
+	// stop-first takes them as they come.
+	slices.SortFunc(p.oldServing, bySlot)
+	spare := p.servingLive - p.replicas
 	// A failure that the update carries on past (continue, or under the
 	// ratio) may be a surge task that never serves: then start-first
 	// would wait forever for spare capacity, so it goes on stop-first.
-	keepCapacity := cfg.Order == clustermap.OrderStartFirst && len(next.Failures) == 0
-	for _, i := range oldServing {
+	keepCapacity := p.cfg.Order == clustermap.OrderStartFirst && len(p.next.Failures) == 0
+	for _, i := range p.oldServing {
 		if free == 0 || (keepCapacity && spare <= 0) {
 			break
 		}
-		t := &out[i]
+		t := &p.out[i]
 		t.Draining = true
-		next.DrainSince[t.Name] = now
+		p.next.DrainSince[t.Name] = p.now
 		free--
 		spare--
 	}
-	return out, &next, Continue
 }
 
 // failedTask reports whether t failed: its node says failed or unhealthy.
