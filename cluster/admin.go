@@ -78,6 +78,53 @@ func (m *Manager) AdminHandler() http.Handler {
 
 func (m *Manager) adminMux() http.Handler {
 	mux := http.NewServeMux()
+	m.clusterRoutes(mux)
+	m.nodeRoutes(mux)
+	m.serviceRoutes(mux)
+	m.policyRoutes(mux)
+	m.peerRoutes(mux)
+	m.objectRoutes(mux)
+	m.registryRoutes(mux)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errorf(http.StatusNotFound, "no admin API call %s %s (is the CLI newer than the daemon?)", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// clusterRoutes: the cluster's identity, join tokens, CA, backup, and the
+// logs and volumes gathered from the nodes.
+func (m *Manager) clusterRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+api.PathCluster, answer(http.StatusOK, func(*http.Request) (api.ClusterInfo, error) {
+		return m.Info(), nil
+	}))
+	mux.HandleFunc("GET "+api.PathJoinTokens+"/{role}", answer(http.StatusOK, func(r *http.Request) (api.JoinToken, error) {
+		role := r.PathValue("role")
+		worker, manager := m.JoinTokens()
+		switch role {
+		case clustermap.RoleWorker:
+			return api.JoinToken{Role: role, Token: worker, Manager: m.joinAddress()}, nil
+		case clustermap.RoleManager:
+			return api.JoinToken{Role: role, Token: manager, Manager: m.joinAddress()}, nil
+		}
+		return api.JoinToken{}, errorf(http.StatusBadRequest, "unknown role %q: want worker or manager", role)
+	}))
+	mux.HandleFunc("POST "+api.PathJoinTokens+"/{role}"+api.ActionRotate, answer(http.StatusOK, func(r *http.Request) (api.JoinToken, error) {
+		role := r.PathValue("role")
+		tok, err := m.RotateJoinToken(role)
+		return api.JoinToken{Role: role, Token: tok, Manager: m.joinAddress()}, err
+	}))
+	mux.HandleFunc("GET "+api.PathCA, answer(http.StatusOK, func(*http.Request) (api.CAStatus, error) {
+		return m.CAStatus(), nil
+	}))
+	mux.HandleFunc("POST "+api.PathCA+api.ActionRotate, answerBody(http.StatusOK, func(_ *http.Request, req api.CARotateRequest) (api.CAStatus, error) {
+		return m.RotateCA(req)
+	}))
+	mux.HandleFunc("GET "+api.PathBackup, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if err := m.Backup(w); err != nil {
+			m.log.Error("backup", "err", err)
+		}
+	})
 	mux.HandleFunc("GET "+api.PathLogs, m.handleLogs)
 	mux.HandleFunc("GET "+api.PathVolumes, func(w http.ResponseWriter, r *http.Request) {
 		vols, errs := m.Volumes(r.Context())
@@ -86,254 +133,127 @@ func (m *Manager) adminMux() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, vols)
 	})
-	mux.HandleFunc("DELETE "+api.PathVolumes+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-		res, err := m.RemoveVolume(r.Context(), r.PathValue("name"), r.URL.Query().Get("node"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, res)
-	})
-	m.peerRoutes(mux)
-	mux.HandleFunc("GET "+api.PathCluster, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.Info())
-	})
-	mux.HandleFunc("GET "+api.PathJoinTokens+"/{role}", func(w http.ResponseWriter, r *http.Request) {
-		role := r.PathValue("role")
-		worker, manager := m.JoinTokens()
-		switch role {
-		case clustermap.RoleWorker:
-			writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: worker, Manager: m.joinAddress()})
-		case clustermap.RoleManager:
-			writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: manager, Manager: m.joinAddress()})
-		default:
-			writeError(w, errorf(http.StatusBadRequest, "unknown role %q: want worker or manager", role))
-		}
-	})
-	mux.HandleFunc("POST "+api.PathJoinTokens+"/{role}"+api.ActionRotate, func(w http.ResponseWriter, r *http.Request) {
-		role := r.PathValue("role")
-		tok, err := m.RotateJoinToken(role)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, api.JoinToken{Role: role, Token: tok, Manager: m.joinAddress()})
-	})
-	mux.HandleFunc("GET "+api.PathCA, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.CAStatus())
-	})
-	mux.HandleFunc("POST "+api.PathCA+api.ActionRotate, func(w http.ResponseWriter, r *http.Request) {
-		var req api.CARotateRequest
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		st, err := m.RotateCA(req)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, st)
-	})
-	mux.HandleFunc("GET "+api.PathNodes, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.Nodes())
-	})
-	mux.HandleFunc("GET "+api.PathNodes+"/{node}", func(w http.ResponseWriter, r *http.Request) {
-		v, err := m.Node(r.PathValue("node"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("DELETE "+api.PathNodes+"/{node}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE "+api.PathVolumes+"/{name}", answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.RemoveVolume(r.Context(), r.PathValue("name"), r.URL.Query().Get("node"))
+	}))
+}
+
+// nodeRoutes: list, inspect, remove, promote/demote, drain/activate.
+func (m *Manager) nodeRoutes(mux *http.ServeMux) {
+	node := func(r *http.Request) string { return r.PathValue("node") }
+	mux.HandleFunc("GET "+api.PathNodes, answer(http.StatusOK, func(*http.Request) (any, error) {
+		return m.Nodes(), nil
+	}))
+	mux.HandleFunc("GET "+api.PathNodes+"/{node}", answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.Node(node(r))
+	}))
+	mux.HandleFunc("DELETE "+api.PathNodes+"/{node}", noContent(func(r *http.Request) error {
 		force := r.URL.Query().Get("force") == "1" || r.URL.Query().Get("force") == "true"
-		if err := m.RemoveNode(r.PathValue("node"), force); err != nil {
+		return m.RemoveNode(node(r), force)
+	}))
+	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionPromote, noContent(func(r *http.Request) error {
+		return m.SetManagerVoter(node(r), true)
+	}))
+	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionDemote, noContent(func(r *http.Request) error {
+		return m.SetManagerVoter(node(r), false)
+	}))
+	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionDrain, answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.SetNodeAvailability(node(r), clustermap.NodeDrain)
+	}))
+	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionActivate, answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.SetNodeAvailability(node(r), "")
+	}))
+}
+
+// serviceRoutes: services and their tasks.
+func (m *Manager) serviceRoutes(mux *http.ServeMux) {
+	name := func(r *http.Request) string { return r.PathValue("name") }
+	mux.HandleFunc("GET "+api.PathTasks, answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.Tasks(r.URL.Query().Get("service")), nil
+	}))
+	mux.HandleFunc("GET "+api.PathServices, answer(http.StatusOK, func(*http.Request) (any, error) {
+		return m.Services(), nil
+	}))
+	mux.HandleFunc("POST "+api.PathServices, answerBody(http.StatusCreated, func(_ *http.Request, spec api.ServiceSpec) (any, error) {
+		return m.CreateService(spec)
+	}))
+	mux.HandleFunc("GET "+api.PathServices+"/{name}", answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.Service(name(r))
+	}))
+	mux.HandleFunc("PUT "+api.PathServices+"/{name}", answerBody(http.StatusOK, func(r *http.Request, spec api.ServiceSpec) (any, error) {
+		return m.UpdateService(name(r), spec)
+	}))
+	mux.HandleFunc("DELETE "+api.PathServices+"/{name}", noContent(func(r *http.Request) error {
+		return m.RemoveService(name(r))
+	}))
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionScale, answerBody(http.StatusOK, func(r *http.Request, req api.Scale) (any, error) {
+		return m.ScaleService(name(r), req.Replicas)
+	}))
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionUpdate, answerBody(http.StatusOK, func(r *http.Request, req api.ImageUpdate) (any, error) {
+		return m.UpdateServiceSettings(name(r), req)
+	}))
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionRollback, answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.RollbackService(name(r))
+	}))
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionLabels, answerBody(http.StatusOK, func(r *http.Request, req api.LabelUpdate) (any, error) {
+		return m.UpdateServiceLabels(name(r), req.Add, req.Remove)
+	}))
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionCapabilities, answerBody(http.StatusOK, func(r *http.Request, req api.CapabilityUpdate) (any, error) {
+		return m.UpdateServiceCapabilities(name(r), req.Add, req.Drop)
+	}))
+}
+
+// policyRoutes: network policies.
+func (m *Manager) policyRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+api.PathPolicies, answer(http.StatusOK, func(*http.Request) (any, error) {
+		return m.Policies(), nil
+	}))
+	mux.HandleFunc("POST "+api.PathPolicies, answerBody(http.StatusOK, func(_ *http.Request, req api.PolicyApply) (any, error) {
+		return m.ApplyPolicies(req.Policies)
+	}))
+	mux.HandleFunc("GET "+api.PathPolicies+"/{name}", answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.Policy(r.PathValue("name"))
+	}))
+	mux.HandleFunc("DELETE "+api.PathPolicies+"/{name}", noContent(func(r *http.Request) error {
+		return m.RemovePolicy(r.PathValue("name"))
+	}))
+}
+
+// answer calls f and writes its value as JSON with status, or its error
+// through writeError (the error's status and message).
+func answer[T any](status int, f func(r *http.Request) (T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := f(r)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, status, v)
+	}
+}
+
+// answerBody decodes the request's JSON body into a Req (a 400 naming the
+// problem when it does not fit) and answers as answer does.
+func answerBody[Req, T any](status int, f func(r *http.Request, req Req) (T, error)) http.HandlerFunc {
+	return answer(status, func(r *http.Request) (T, error) {
+		var req Req
+		if err := readJSON(r, &req); err != nil {
+			var zero T
+			return zero, err
+		}
+		return f(r, req)
+	})
+}
+
+// noContent calls f and answers 204, or its error through writeError.
+func noContent(f func(r *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := f(r); err != nil {
 			writeError(w, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionPromote, func(w http.ResponseWriter, r *http.Request) {
-		if err := m.SetManagerVoter(r.PathValue("node"), true); err != nil {
-			writeError(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionDemote, func(w http.ResponseWriter, r *http.Request) {
-		if err := m.SetManagerVoter(r.PathValue("node"), false); err != nil {
-			writeError(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("GET "+api.PathBackup, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		if err := m.Backup(w); err != nil {
-			m.log.Error("backup", "err", err)
-		}
-	})
-	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionDrain, func(w http.ResponseWriter, r *http.Request) {
-		v, err := m.SetNodeAvailability(r.PathValue("node"), clustermap.NodeDrain)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("POST "+api.PathNodes+"/{node}"+api.ActionActivate, func(w http.ResponseWriter, r *http.Request) {
-		v, err := m.SetNodeAvailability(r.PathValue("node"), "")
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("GET "+api.PathTasks, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.Tasks(r.URL.Query().Get("service")))
-	})
-	mux.HandleFunc("GET "+api.PathServices, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.Services())
-	})
-	mux.HandleFunc("POST "+api.PathServices, func(w http.ResponseWriter, r *http.Request) {
-		var spec api.ServiceSpec
-		if err := readJSON(r, &spec); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.CreateService(spec)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusCreated, v)
-	})
-	mux.HandleFunc("GET "+api.PathServices+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-		v, err := m.Service(r.PathValue("name"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionScale, func(w http.ResponseWriter, r *http.Request) {
-		var req api.Scale
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.ScaleService(r.PathValue("name"), req.Replicas)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionUpdate, func(w http.ResponseWriter, r *http.Request) {
-		var req api.ImageUpdate
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.UpdateServiceSettings(r.PathValue("name"), req)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionRollback, func(w http.ResponseWriter, r *http.Request) {
-		v, err := m.RollbackService(r.PathValue("name"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("PUT "+api.PathServices+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-		var req api.ServiceSpec
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.UpdateService(r.PathValue("name"), req)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionLabels, func(w http.ResponseWriter, r *http.Request) {
-		var req api.LabelUpdate
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.UpdateServiceLabels(r.PathValue("name"), req.Add, req.Remove)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionCapabilities, func(w http.ResponseWriter, r *http.Request) {
-		var req api.CapabilityUpdate
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.UpdateServiceCapabilities(r.PathValue("name"), req.Add, req.Drop)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("GET "+api.PathPolicies, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.Policies())
-	})
-	mux.HandleFunc("POST "+api.PathPolicies, func(w http.ResponseWriter, r *http.Request) {
-		var req api.PolicyApply
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		out, err := m.ApplyPolicies(req.Policies)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, out)
-	})
-	mux.HandleFunc("GET "+api.PathPolicies+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-		v, err := m.Policy(r.PathValue("name"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("DELETE "+api.PathPolicies+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-		if err := m.RemovePolicy(r.PathValue("name")); err != nil {
-			writeError(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("DELETE "+api.PathServices+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-		if err := m.RemoveService(r.PathValue("name")); err != nil {
-			writeError(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	m.objectRoutes(mux)
-	m.registryRoutes(mux)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errorf(http.StatusNotFound, "no admin API call %s %s (is the CLI newer than the daemon?)", r.Method, r.URL.Path))
-	})
-	return mux
+	}
 }
 
 // joinAddress is where other nodes reach this manager's API: its advertise

@@ -9,69 +9,26 @@ import (
 // objectRoutes mounts the admin API of secrets and configs.
 func (m *Manager) objectRoutes(mux *http.ServeMux) {
 	for kind, base := range map[string]string{api.KindSecret: api.PathSecrets, api.KindConfig: api.PathConfigs} {
-		mux.HandleFunc("GET "+base, func(w http.ResponseWriter, r *http.Request) {
-			list, err := m.Objects(kind)
-			if err != nil {
-				writeError(w, err)
-				return
-			}
-			writeJSON(w, http.StatusOK, list)
-		})
-		mux.HandleFunc("POST "+base, func(w http.ResponseWriter, r *http.Request) {
-			var spec api.ObjectSpec
-			if err := readJSON(r, &spec); err != nil {
-				writeError(w, err)
-				return
-			}
-			v, err := m.CreateObject(kind, spec)
-			if err != nil {
-				writeError(w, err)
-				return
-			}
-			writeJSON(w, http.StatusCreated, v)
-		})
-		mux.HandleFunc("GET "+base+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-			v, err := m.Object(kind, r.PathValue("name"), r.URL.Query().Get("pretty") == "1")
-			if err != nil {
-				writeError(w, err)
-				return
-			}
-			writeJSON(w, http.StatusOK, v)
-		})
-		mux.HandleFunc("POST "+base+"/{name}"+api.ActionUpdate, func(w http.ResponseWriter, r *http.Request) {
-			var spec api.ObjectSpec
-			if err := readJSON(r, &spec); err != nil {
-				writeError(w, err)
-				return
-			}
-			v, err := m.UpdateObject(kind, r.PathValue("name"), spec.Data)
-			if err != nil {
-				writeError(w, err)
-				return
-			}
-			writeJSON(w, http.StatusOK, v)
-		})
-		mux.HandleFunc("DELETE "+base+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-			if err := m.RemoveObject(kind, r.PathValue("name")); err != nil {
-				writeError(w, err)
-				return
-			}
-			w.WriteHeader(http.StatusNoContent)
-		})
+		name := func(r *http.Request) string { return r.PathValue("name") }
+		mux.HandleFunc("GET "+base, answer(http.StatusOK, func(*http.Request) (any, error) {
+			return m.Objects(kind)
+		}))
+		mux.HandleFunc("POST "+base, answerBody(http.StatusCreated, func(_ *http.Request, spec api.ObjectSpec) (any, error) {
+			return m.CreateObject(kind, spec)
+		}))
+		mux.HandleFunc("GET "+base+"/{name}", answer(http.StatusOK, func(r *http.Request) (any, error) {
+			return m.Object(kind, name(r), r.URL.Query().Get("pretty") == "1")
+		}))
+		mux.HandleFunc("POST "+base+"/{name}"+api.ActionUpdate, answerBody(http.StatusOK, func(r *http.Request, spec api.ObjectSpec) (any, error) {
+			return m.UpdateObject(kind, name(r), spec.Data)
+		}))
+		mux.HandleFunc("DELETE "+base+"/{name}", noContent(func(r *http.Request) error {
+			return m.RemoveObject(kind, name(r))
+		}))
 	}
-	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionRefs, func(w http.ResponseWriter, r *http.Request) {
-		var req api.ServiceRefsUpdate
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.UpdateServiceRefs(r.PathValue("name"), req)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
+	mux.HandleFunc("POST "+api.PathServices+"/{name}"+api.ActionRefs, answerBody(http.StatusOK, func(r *http.Request, req api.ServiceRefsUpdate) (any, error) {
+		return m.UpdateServiceRefs(r.PathValue("name"), req)
+	}))
 	mux.HandleFunc("GET "+api.PathBackupDataKey, func(w http.ResponseWriter, r *http.Request) {
 		k := m.DataKey()
 		if k == nil {

@@ -746,45 +746,23 @@ func (m *Manager) planImports() {
 }
 
 func (m *Manager) peerRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+api.PathPeerToken, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathPeerToken, answer(http.StatusOK, func(*http.Request) (api.PeerToken, error) {
 		tok, err := m.PeerToken()
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, api.PeerToken{Token: tok})
-	})
-	mux.HandleFunc("GET "+api.PathPeers, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.Peers())
-	})
-	mux.HandleFunc("POST "+api.PathPeers, func(w http.ResponseWriter, r *http.Request) {
-		var req api.PeerAdd
-		if err := readJSON(r, &req); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.AddPeer(r.Context(), req)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusCreated, v)
-	})
-	mux.HandleFunc("DELETE "+api.PathPeers+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-		if err := m.RemovePeer(r.Context(), r.PathValue("name")); err != nil {
-			writeError(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
+		return api.PeerToken{Token: tok}, err
+	}))
+	mux.HandleFunc("GET "+api.PathPeers, answer(http.StatusOK, func(*http.Request) (any, error) {
+		return m.Peers(), nil
+	}))
+	mux.HandleFunc("POST "+api.PathPeers, answerBody(http.StatusCreated, func(r *http.Request, req api.PeerAdd) (any, error) {
+		return m.AddPeer(r.Context(), req)
+	}))
+	mux.HandleFunc("DELETE "+api.PathPeers+"/{name}", noContent(func(r *http.Request) error {
+		return m.RemovePeer(r.Context(), r.PathValue("name"))
+	}))
 	for action, exported := range map[string]bool{api.ActionExport: true, api.ActionUnexport: false} {
-		mux.HandleFunc("POST "+api.PathServices+"/{name}"+action, func(w http.ResponseWriter, r *http.Request) {
-			if err := m.SetExported(r.PathValue("name"), exported); err != nil {
-				writeError(w, err)
-				return
-			}
-			writeJSON(w, http.StatusOK, struct{}{})
-		})
+		mux.HandleFunc("POST "+api.PathServices+"/{name}"+action, answer(http.StatusOK, func(r *http.Request) (struct{}, error) {
+			return struct{}{}, m.SetExported(r.PathValue("name"), exported)
+		}))
 	}
 }
 

@@ -8,56 +8,23 @@ import (
 
 // registryRoutes mounts the admin API of registries.
 func (m *Manager) registryRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+api.PathRegistries, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.Registries())
-	})
-	mux.HandleFunc("POST "+api.PathRegistries, func(w http.ResponseWriter, r *http.Request) {
-		var spec api.RegistrySpec
-		if err := readJSON(r, &spec); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.AddRegistry(spec)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("GET "+api.PathRegistries+"/{host}", func(w http.ResponseWriter, r *http.Request) {
-		v, err := m.Registry(r.PathValue("host"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("POST "+api.PathRegistries+"/{host}"+api.ActionLogin, func(w http.ResponseWriter, r *http.Request) {
-		var login api.RegistryLogin
-		if err := readJSON(r, &login); err != nil {
-			writeError(w, err)
-			return
-		}
-		v, err := m.LoginRegistry(r.Context(), r.PathValue("host"), login)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("POST "+api.PathRegistries+"/{host}"+api.ActionLogout, func(w http.ResponseWriter, r *http.Request) {
-		v, err := m.LogoutRegistry(r.PathValue("host"))
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	})
-	mux.HandleFunc("DELETE "+api.PathRegistries+"/{host}", func(w http.ResponseWriter, r *http.Request) {
-		if err := m.RemoveRegistry(r.PathValue("host")); err != nil {
-			writeError(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
+	host := func(r *http.Request) string { return r.PathValue("host") }
+	mux.HandleFunc("GET "+api.PathRegistries, answer(http.StatusOK, func(*http.Request) (any, error) {
+		return m.Registries(), nil
+	}))
+	mux.HandleFunc("POST "+api.PathRegistries, answerBody(http.StatusOK, func(_ *http.Request, spec api.RegistrySpec) (any, error) {
+		return m.AddRegistry(spec)
+	}))
+	mux.HandleFunc("GET "+api.PathRegistries+"/{host}", answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.Registry(host(r))
+	}))
+	mux.HandleFunc("POST "+api.PathRegistries+"/{host}"+api.ActionLogin, answerBody(http.StatusOK, func(r *http.Request, login api.RegistryLogin) (any, error) {
+		return m.LoginRegistry(r.Context(), host(r), login)
+	}))
+	mux.HandleFunc("POST "+api.PathRegistries+"/{host}"+api.ActionLogout, answer(http.StatusOK, func(r *http.Request) (any, error) {
+		return m.LogoutRegistry(host(r))
+	}))
+	mux.HandleFunc("DELETE "+api.PathRegistries+"/{host}", noContent(func(r *http.Request) error {
+		return m.RemoveRegistry(host(r))
+	}))
 }
