@@ -23,6 +23,11 @@ import (
 func addClusterCommands(root *cobra.Command) {
 	clusterCmd := findOrAdd(root, &cobra.Command{Use: "cluster", Short: "Create a cluster and manage its join tokens"})
 
+	clusterCmd.AddCommand(newClusterTokenCmd(), newClusterInfoCmd(), newClusterBackupCmd())
+	addCACommands(clusterCmd)
+}
+
+func newClusterTokenCmd() *cobra.Command {
 	tokenCmd := &cobra.Command{
 		Use:   "join-token worker|manager",
 		Short: "Print (or rotate) the token another node joins with",
@@ -61,8 +66,10 @@ func addClusterCommands(root *cobra.Command) {
 	}
 	tokenCmd.Flags().Bool("rotate", false, "replace the secret; the old token stops working")
 	tokenCmd.Flags().BoolP("quiet", "q", false, "print the token alone on one line")
-	clusterCmd.AddCommand(tokenCmd)
+	return tokenCmd
+}
 
+func newClusterInfoCmd() *cobra.Command {
 	infoCmd := &cobra.Command{
 		Use:   "info",
 		Short: "Show the cluster's identity, address ranges and size",
@@ -106,9 +113,10 @@ func addClusterCommands(root *cobra.Command) {
 		},
 	}
 	addJSONFlag(infoCmd)
-	clusterCmd.AddCommand(infoCmd)
-	addCACommands(clusterCmd)
+	return infoCmd
+}
 
+func newClusterBackupCmd() *cobra.Command {
 	backupCmd := &cobra.Command{
 		Use:   "backup FILE",
 		Short: "Write a consistent copy of the cluster state to FILE (0600; it holds the CA key)",
@@ -160,7 +168,7 @@ func addClusterCommands(root *cobra.Command) {
 		},
 	}
 	backupCmd.Flags().String("passphrase-file", "", "encrypt the backup with the passphrase on the first line of this file (age, scrypt); restore with --passphrase-file too")
-	clusterCmd.AddCommand(backupCmd)
+	return backupCmd
 }
 
 // Helpers shared by the operator verbs in this file, node_cmds.go and

@@ -13,6 +13,30 @@ import (
 func addNodeCommands(root *cobra.Command) {
 	nodeCmd := findOrAdd(root, &cobra.Command{Use: "node", Short: "List, inspect and remove cluster nodes"})
 
+	voterCmd := func(use, short string, voter bool) *cobra.Command {
+		return &cobra.Command{
+			Use:   use + " NODE...",
+			Short: short,
+			Args:  cobra.MinimumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c := apiClient(cmd)
+				for _, ref := range args {
+					if err := c.SetManagerVoter(cmdContext(cmd), ref, voter); err != nil {
+						return err
+					}
+					fmt.Fprintln(cmd.OutOrStdout(), ref)
+				}
+				return nil
+			},
+		}
+	}
+	promoteCmd := voterCmd("promote", "Make managers vote in Raft (managers that joined vote once caught up)", true)
+	demoteCmd := voterCmd("demote", "Make managers stop voting in Raft (they keep a copy of the state and can be promoted again)", false)
+
+	nodeCmd.AddCommand(newNodeLsCmd(), newNodeInspectCmd(), newNodeRmCmd(), newNodeDrainCmd(), newNodeActivateCmd(), promoteCmd, demoteCmd)
+}
+
+func newNodeLsCmd() *cobra.Command {
 	lsCmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
@@ -52,7 +76,10 @@ func addNodeCommands(root *cobra.Command) {
 		},
 	}
 	addJSONFlag(lsCmd)
+	return lsCmd
+}
 
+func newNodeInspectCmd() *cobra.Command {
 	inspectCmd := &cobra.Command{
 		Use:   "inspect NODE",
 		Short: "Show one node (by name or ID)",
@@ -100,7 +127,10 @@ func addNodeCommands(root *cobra.Command) {
 		},
 	}
 	addJSONFlag(inspectCmd)
+	return inspectCmd
+}
 
+func newNodeRmCmd() *cobra.Command {
 	rmCmd := &cobra.Command{
 		Use:     "rm NODE...",
 		Aliases: []string{"remove"},
@@ -119,7 +149,10 @@ func addNodeCommands(root *cobra.Command) {
 		},
 	}
 	rmCmd.Flags().BoolP("force", "f", false, "remove the node even if it is still reporting (ready); a dead manager also leaves the Raft configuration")
+	return rmCmd
+}
 
+func newNodeDrainCmd() *cobra.Command {
 	drainCmd := &cobra.Command{
 		Use:   "drain NODE...",
 		Short: "Move a node's tasks to other nodes and place nothing new there (before retiring it)",
@@ -129,34 +162,17 @@ func addNodeCommands(root *cobra.Command) {
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return setAvailability(cmd, args, true) },
 	}
+	return drainCmd
+}
+
+func newNodeActivateCmd() *cobra.Command {
 	activateCmd := &cobra.Command{
 		Use:   "activate NODE...",
 		Short: "Let the scheduler place tasks on a drained node again",
 		Args:  cobra.MinimumNArgs(1),
 		RunE:  func(cmd *cobra.Command, args []string) error { return setAvailability(cmd, args, false) },
 	}
-
-	voterCmd := func(use, short string, voter bool) *cobra.Command {
-		return &cobra.Command{
-			Use:   use + " NODE...",
-			Short: short,
-			Args:  cobra.MinimumNArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				c := apiClient(cmd)
-				for _, ref := range args {
-					if err := c.SetManagerVoter(cmdContext(cmd), ref, voter); err != nil {
-						return err
-					}
-					fmt.Fprintln(cmd.OutOrStdout(), ref)
-				}
-				return nil
-			},
-		}
-	}
-	promoteCmd := voterCmd("promote", "Make managers vote in Raft (managers that joined vote once caught up)", true)
-	demoteCmd := voterCmd("demote", "Make managers stop voting in Raft (they keep a copy of the state and can be promoted again)", false)
-
-	nodeCmd.AddCommand(lsCmd, inspectCmd, rmCmd, drainCmd, activateCmd, promoteCmd, demoteCmd)
+	return activateCmd
 }
 
 func setAvailability(cmd *cobra.Command, refs []string, drain bool) error {

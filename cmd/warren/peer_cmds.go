@@ -16,6 +16,30 @@ func addPeerCommands(root *cobra.Command) {
 	peerCmd := &cobra.Command{Use: "peer", Short: "Peer this cluster with other clusters (federation)"}
 	clusterCmd.AddCommand(peerCmd)
 
+	peerCmd.AddCommand(newPeerTokenCmd(), newPeerAddCmd(), newPeerLsCmd(), newPeerRmCmd())
+
+	svcCmd := findOrAdd(root, &cobra.Command{Use: "service", Short: "Create, scale, update and remove services"})
+	for _, exported := range []bool{true, false} {
+		verb, short := "export", "Let peered clusters reach the service (they resolve NAME.<this cluster's name there>)"
+		if !exported {
+			verb, short = "unexport", "Stop exporting the service to peered clusters"
+		}
+		svcCmd.AddCommand(&cobra.Command{
+			Use:   verb + " NAME",
+			Short: short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if err := apiClient(cmd).SetExported(cmdContext(cmd), args[0], exported); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), args[0])
+				return nil
+			},
+		})
+	}
+}
+
+func newPeerTokenCmd() *cobra.Command {
 	tokenCmd := &cobra.Command{
 		Use:   "token",
 		Short: "Print this cluster's peer token (run on the cluster another one peers with)",
@@ -38,7 +62,10 @@ func addPeerCommands(root *cobra.Command) {
 		},
 	}
 	tokenCmd.Flags().BoolP("quiet", "q", false, "print the token alone on one line")
+	return tokenCmd
+}
 
+func newPeerAddCmd() *cobra.Command {
 	addCmd := &cobra.Command{
 		Use:   "add NAME --token TOKEN",
 		Short: "Peer with the cluster whose peer token is given; NAME is how this cluster names it in DNS",
@@ -61,7 +88,10 @@ func addPeerCommands(root *cobra.Command) {
 	}
 	addCmd.Flags().String("token", "", "the other cluster's peer token (`warren cluster peer token` there)")
 	addCmd.Flags().String("as", "", "how the peer names this cluster (default cluster-<8 hex of this cluster's ID>)")
+	return addCmd
+}
 
+func newPeerLsCmd() *cobra.Command {
 	lsCmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
@@ -97,7 +127,10 @@ func addPeerCommands(root *cobra.Command) {
 		},
 	}
 	addJSONFlag(lsCmd)
+	return lsCmd
+}
 
+func newPeerRmCmd() *cobra.Command {
 	rmCmd := &cobra.Command{
 		Use:     "rm NAME",
 		Aliases: []string{"remove"},
@@ -111,25 +144,5 @@ func addPeerCommands(root *cobra.Command) {
 			return nil
 		},
 	}
-	peerCmd.AddCommand(tokenCmd, addCmd, lsCmd, rmCmd)
-
-	svcCmd := findOrAdd(root, &cobra.Command{Use: "service", Short: "Create, scale, update and remove services"})
-	for _, exported := range []bool{true, false} {
-		verb, short := "export", "Let peered clusters reach the service (they resolve NAME.<this cluster's name there>)"
-		if !exported {
-			verb, short = "unexport", "Stop exporting the service to peered clusters"
-		}
-		svcCmd.AddCommand(&cobra.Command{
-			Use:   verb + " NAME",
-			Short: short,
-			Args:  cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				if err := apiClient(cmd).SetExported(cmdContext(cmd), args[0], exported); err != nil {
-					return err
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), args[0])
-				return nil
-			},
-		})
-	}
+	return rmCmd
 }

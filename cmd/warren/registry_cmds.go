@@ -15,6 +15,11 @@ import (
 func addRegistryCommands(root *cobra.Command) {
 	parent := &cobra.Command{Use: "registry", Short: "Private image registries: TLS, credentials and mirrors, cluster-wide"}
 
+	parent.AddCommand(newRegistryAddCmd(), newRegistryLoginCmd(), newRegistryLogoutCmd(), newRegistryLsCmd(), newRegistryRmCmd())
+	root.AddCommand(parent)
+}
+
+func newRegistryAddCmd() *cobra.Command {
 	addCmd := &cobra.Command{
 		Use:   "add HOST[:PORT]",
 		Short: "Add a registry (or change an added one's settings): its CA, plain HTTP, or the registry it mirrors",
@@ -47,7 +52,10 @@ func addRegistryCommands(root *cobra.Command) {
 	addCmd.Flags().Bool("insecure", false, "speak plain HTTP to the registry")
 	addCmd.Flags().String("mirror-of", "", "this registry mirrors REGISTRY (e.g. docker.io): nodes try it first")
 	addJSONFlag(addCmd)
+	return addCmd
+}
 
+func newRegistryLoginCmd() *cobra.Command {
 	loginCmd := &cobra.Command{
 		Use:     "login HOST[:PORT] --username USER --password-stdin",
 		Short:   "Log the cluster in to a registry: the credentials are checked against it, then kept encrypted",
@@ -83,7 +91,10 @@ func addRegistryCommands(root *cobra.Command) {
 	loginCmd.Flags().StringP("username", "u", "", "user name")
 	loginCmd.Flags().Bool("password-stdin", false, "read the password from stdin")
 	addJSONFlag(loginCmd)
+	return loginCmd
+}
 
+func newRegistryLogoutCmd() *cobra.Command {
 	logoutCmd := &cobra.Command{
 		Use:   "logout HOST[:PORT]",
 		Short: "Forget a registry's credentials",
@@ -97,7 +108,10 @@ func addRegistryCommands(root *cobra.Command) {
 			return nil
 		},
 	}
+	return logoutCmd
+}
 
+func newRegistryLsCmd() *cobra.Command {
 	lsCmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
@@ -127,7 +141,10 @@ func addRegistryCommands(root *cobra.Command) {
 		},
 	}
 	addJSONFlag(lsCmd)
+	return lsCmd
+}
 
+func newRegistryRmCmd() *cobra.Command {
 	rmCmd := &cobra.Command{
 		Use:     "rm HOST[:PORT]...",
 		Aliases: []string{"remove"},
@@ -144,6 +161,5 @@ func addRegistryCommands(root *cobra.Command) {
 			return nil
 		},
 	}
-	parent.AddCommand(addCmd, loginCmd, logoutCmd, lsCmd, rmCmd)
-	root.AddCommand(parent)
+	return rmCmd
 }
