@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,27 +43,8 @@ func TestCARotationCutsOffRemovedManagerCopy(t *testing.T) {
 		leader, err = leaderIn(ctx, c, c.Manager)
 		return err
 	})
-	victim := c.Managers[1]
-	if victim == leader {
-		victim = c.Managers[0]
-	}
-	tokens := map[string]string{}
-	for _, role := range []string{"worker", "manager"} {
-		out, err := leader.Exec(ctx, "warren", "cluster", "join-token", role, "-q")
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[role] = trim(out)
-	}
-	// The copy leaves out tasks/ (a task's network namespace mount
-	// cannot be read as a file).
-	const stolen = "/etc/warren/stolen"
-	if err := victim.StopAppliance(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := victim.Sh(ctx, "mkdir -p "+stolen+" && tar -C /var/lib/warren --exclude=./tasks -cf - . | tar -C "+stolen+" -xf - && ls "+stolen); err != nil || !strings.Contains(out, "node-tls.key") {
-		t.Fatalf("copy the state dir: %v\n%s", err, out)
-	}
+	victim, tokens := stealManagerCopy(ctx, t, c, leader)
+	const stolen = stolenDir
 	if out, err := leader.Exec(ctx, "warren", "node", "rm", victim.Name, "--force"); err != nil {
 		t.Fatalf("node rm: %v\n%s", err, out)
 	}

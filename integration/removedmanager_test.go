@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"syscall"
@@ -37,25 +38,8 @@ func TestRemovedManagerBoardCopyIsCutOff(t *testing.T) {
 		leader, err = leaderIn(ctx, c, c.Manager)
 		return err
 	})
-	victim := c.Managers[1]
-	if victim == leader {
-		victim = c.Managers[0]
-	}
-	tokens := map[string]string{}
-	for _, role := range []string{"worker", "manager"} {
-		out, err := leader.Exec(ctx, "warren", "cluster", "join-token", role, "-q")
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[role] = trim(out)
-	}
-	const stolen = "/etc/warren/stolen"
-	if err := victim.StopAppliance(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := victim.Sh(ctx, "cp -a /var/lib/warren "+stolen+" && ls "+stolen); err != nil || !strings.Contains(out, "node-tls.key") {
-		t.Fatalf("copy the state dir: %v\n%s", err, out)
-	}
+	victim, tokens := stealManagerCopy(ctx, t, c, leader)
+	const stolen = stolenDir
 	api := leader.LANIP.String() + ":7946"
 	// What the copy can do before the operator acts: proves each probe
 	// below reaches the door it tests.
@@ -145,4 +129,36 @@ func TestRemovedManagerBoardCopyIsCutOff(t *testing.T) {
 	if out, err := leader.Exec(ctx, "warren", "service", "ls"); err != nil || strings.Contains(out, "evil") {
 		t.Errorf("services: %v\n%s", err, out)
 	}
+}
+
+// stolenDir is where a test keeps a copy of a manager's state dir, as a
+// thief who took the board would.
+const stolenDir = "/etc/warren/stolen"
+
+// stealManagerCopy picks a manager other than leader, records both join
+// tokens as they are now, kills the manager and copies its state dir to
+// stolenDir on its board (without tasks/: a task's network namespace mount
+// cannot be read as a file).
+func stealManagerCopy(ctx context.Context, t *testing.T, c *lab.Cluster, leader *lab.Node) (victim *lab.Node, tokens map[string]string) {
+	t.Helper()
+	victim = c.Managers[1]
+	if victim == leader {
+		victim = c.Managers[0]
+	}
+	tokens = map[string]string{}
+	for _, role := range []string{"worker", "manager"} {
+		out, err := leader.Exec(ctx, "warren", "cluster", "join-token", role, "-q")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[role] = trim(out)
+	}
+	if err := victim.StopAppliance(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	copyCmd := "mkdir -p " + stolenDir + " && tar -C /var/lib/warren --exclude=./tasks -cf - . | tar -C " + stolenDir + " -xf - && ls " + stolenDir
+	if out, err := victim.Sh(ctx, copyCmd); err != nil || !strings.Contains(out, "node-tls.key") {
+		t.Fatalf("copy the state dir: %v\n%s", err, out)
+	}
+	return victim, tokens
 }
