@@ -10,8 +10,10 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -64,15 +66,125 @@ func Detect() (*Iptables, error) {
 	return NewIptables(iptbackend.Detect(detectTable, detectChain))
 }
 
-// New detects the backend and returns a Syncer writing through it.
+// Backends of the [firewall] backend key.
+const (
+	BackendIptables = "iptables"
+	BackendNftables = "nftables"
+	BackendAuto     = "auto"
+)
+
+// Backends are the two backends New can write through, for tests that
+// run against each.
+var Backends = []string{BackendIptables, BackendNftables}
+
+var (
+	backendMu sync.Mutex
+	backend   = BackendIptables
+)
+
+// SetBackend chooses the backend New uses for the rest of the process
+// ([firewall] backend; the daemon sets it once at start, tests per test).
+func SetBackend(name string) error {
+	switch name {
+	case BackendIptables, BackendNftables, BackendAuto:
+	default:
+		return fmt.Errorf("firewall backend %q: want iptables, nftables or auto", name)
+	}
+	backendMu.Lock()
+	defer backendMu.Unlock()
+	backend = name
+	return nil
+}
+
+// UseBackend sets the backend for one test and restores the previous one
+// when it ends.
+func UseBackend(t interface{ Cleanup(func()) }, name string) error {
+	prev := CurrentBackend()
+	if err := SetBackend(name); err != nil {
+		return err
+	}
+	t.Cleanup(func() { _ = SetBackend(prev) })
+	return nil
+}
+
+// CurrentBackend is the backend New uses.
+func CurrentBackend() string {
+	backendMu.Lock()
+	defer backendMu.Unlock()
+	return backend
+}
+
+// chooseAuto is "auto": nftables when the kernel answers nf_tables
+// requests and the host's iptables is iptables-nft with no rules in
+// legacy iptables (so nothing of the host's sits in x_tables, where our
+// nft table would not see it); iptables otherwise.
+func chooseAuto() (string, string) {
+	r, err := Detect()
+	if err != nil {
+		return BackendIptables, "no iptables: " + err.Error()
+	}
+	if r.backend != "nf_tables" {
+		return BackendIptables, "the host uses legacy iptables"
+	}
+	if n := iptbackend.CountRules("iptables-legacy-save"); n > 0 {
+		return BackendIptables, "legacy iptables holds rules"
+	}
+	if _, err := NewNftables(); err != nil {
+		return BackendIptables, err.Error()
+	}
+	return BackendNftables, "kernel nf_tables and iptables-nft, no legacy rules"
+}
+
+// New makes the node's Syncer with the backend SetBackend chose (default
+// iptables). Whatever the other backend left (a node that switched) is
+// removed first.
 func New(log *slog.Logger) (*Syncer, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	name, why := CurrentBackend(), "configured"
+	if name == BackendAuto {
+		name, why = chooseAuto()
+	}
+	if name == BackendNftables {
+		n, err := NewNftables()
+		if err != nil {
+			return nil, err
+		}
+		if r, err := Detect(); err == nil {
+			if err := cleanupTables(r, presentTables(r)); err != nil {
+				return nil, fmt.Errorf("remove warren's iptables rules before using nftables: %w", err)
+			}
+			sets, _ := r.Sets()
+			for set := range sets {
+				if err := r.DestroySet(set); err != nil {
+					log.Warn("could not destroy an ipset of the iptables backend", "set", set, "err", err)
+				}
+			}
+		}
+		s := NewSyncer(n, log)
+		s.log.Info("firewall backend", "backend", "nftables", "table", "inet "+NftTable, "why", why)
+		return s, nil
+	}
 	r, err := Detect()
 	if err != nil {
 		return nil, err
 	}
+	if err := DeleteNftTable(); err != nil {
+		log.Debug("no nftables table to remove", "err", err)
+	}
 	s := NewSyncer(r, log)
-	s.log.Info("firewall backend", "command", r.command, "backend", r.backend)
+	s.log.Info("firewall backend", "command", r.command, "backend", r.backend, "why", why)
 	return s, nil
+}
+
+// presentTables are the tables of r that exist (legacy tables not loaded
+// are not listed: listing would create them).
+func presentTables(r *Iptables) []string {
+	if r.backend != "legacy" {
+		return tables
+	}
+	return slices.DeleteFunc(slices.Clone(tables), func(t string) bool { return !slices.Contains(iptbackend.LegacyTables(), t) })
 }
 
 // Name is the command and its backend, e.g. "iptables-nft (nf_tables)".

@@ -1,0 +1,348 @@
+package hostfw
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"reflect"
+	"slices"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// NftTable is the one nftables table warren writes with the nftables
+// backend: family inet, so one table serves the filter, nat and mangle
+// hooks (inet nat needs Linux >= 5.2). Our base chains only jump to our
+// chains for IPv4 packets, as iptables (IPv4 only) did.
+const NftTable = "warren"
+
+// nftBase is where an iptables built-in chain sits in table inet warren:
+// its chain type, hook and priority (the priorities of iptables' own
+// tables: mangle -150, dstnat -100, filter 0, srcnat 100).
+type nftBase struct {
+	typ  nftables.ChainType
+	hook *nftables.ChainHook
+	prio int32
+}
+
+var nftBases = map[[2]string]nftBase{
+	{"mangle", "FORWARD"}:  {nftables.ChainTypeFilter, nftables.ChainHookForward, -150},
+	{"filter", "INPUT"}:    {nftables.ChainTypeFilter, nftables.ChainHookInput, 0},
+	{"filter", "FORWARD"}:  {nftables.ChainTypeFilter, nftables.ChainHookForward, 0},
+	{"filter", "OUTPUT"}:   {nftables.ChainTypeFilter, nftables.ChainHookOutput, 0},
+	{"nat", "PREROUTING"}:  {nftables.ChainTypeNAT, nftables.ChainHookPrerouting, -100},
+	{"nat", "INPUT"}:       {nftables.ChainTypeNAT, nftables.ChainHookInput, 100},
+	{"nat", "OUTPUT"}:      {nftables.ChainTypeNAT, nftables.ChainHookOutput, -100},
+	{"nat", "POSTROUTING"}: {nftables.ChainTypeNAT, nftables.ChainHookPostrouting, 100},
+}
+
+// nftPlan is the whole table, built (and every rule translated) before
+// anything is written: a rule the translator cannot express fails the
+// sync with nothing applied.
+type nftPlan struct {
+	table  *nftables.Table
+	sets   []*nftables.Set
+	elems  map[string][]nftables.SetElement
+	chains []*nftables.Chain
+	rules  []*nftables.Rule
+	// count is the number of rules per chain, for the canary.
+	count map[string]int
+}
+
+// setElements turns prefixes into the elements of an interval set:
+// overlapping and adjacent prefixes are merged (the kernel refuses
+// overlapping intervals), each range is a start and an end (exclusive)
+// element; a range up to 255.255.255.255 has no end.
+func setElements(members []netip.Prefix) []nftables.SetElement {
+	type rng struct{ lo, hi uint64 } // hi exclusive
+	var rs []rng
+	for _, p := range members {
+		if !p.Addr().Is4() {
+			continue
+		}
+		p = p.Masked()
+		b := p.Addr().As4()
+		lo := uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])
+		rs = append(rs, rng{lo, lo + 1<<(32-p.Bits())})
+	}
+	slices.SortFunc(rs, func(a, b rng) int { return cmp.Compare(a.lo, b.lo) })
+	var merged []rng
+	for _, r := range rs {
+		if n := len(merged); n > 0 && r.lo <= merged[n-1].hi {
+			merged[n-1].hi = max(merged[n-1].hi, r.hi)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	key := func(v uint64) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
+	var out []nftables.SetElement
+	for _, r := range merged {
+		out = append(out, nftables.SetElement{Key: key(r.lo)})
+		if r.hi < 1<<32 {
+			out = append(out, nftables.SetElement{Key: key(r.hi), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// buildNft translates the merged parts into table inet warren.
+func buildNft(chains map[string]Chains, hooks map[[2]string][]string, sets []Set) (*nftPlan, error) {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	p := &nftPlan{table: t, elems: map[string][]nftables.SetElement{}, count: map[string]int{}}
+	byName := map[string]*nftables.Set{}
+	id := uint32(0)
+	for _, st := range sets {
+		if byName[st.Name] != nil {
+			continue
+		}
+		id++
+		s := &nftables.Set{Table: t, Name: st.Name, ID: id, KeyType: nftables.TypeIPAddr, Interval: true}
+		byName[st.Name] = s
+		p.sets = append(p.sets, s)
+		p.elems[st.Name] = setElements(st.Members)
+	}
+	var all []string
+	for _, tbl := range tables {
+		for _, c := range slices.Sorted(maps.Keys(chains[tbl])) {
+			all = append(all, chains[tbl][c]...)
+		}
+	}
+	recent, err := recentTimeouts(all)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(recent)) {
+		id++
+		s := &nftables.Set{Table: t, Name: recentSetName(name), ID: id, KeyType: nftables.TypeIPAddr,
+			Dynamic: true, HasTimeout: true, Timeout: recent[name]}
+		byName[s.Name] = s
+		p.sets = append(p.sets, s)
+	}
+	add := func(ctx *nftCtx, ch *nftables.Chain, rule string, ipv4Only bool) error {
+		ex, ud, err := ctx.translate(rule)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ch.Name, err)
+		}
+		if ipv4Only {
+			ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
+		}
+		p.rules = append(p.rules, &nftables.Rule{Table: t, Chain: ch, Exprs: ex, UserData: ud})
+		p.count[ch.Name]++
+		return nil
+	}
+	// Regular chains first (a jump needs its target), then the base chains.
+	for _, tbl := range tables {
+		ctx := &nftCtx{table: t, sets: byName, family: tbl}
+		names := slices.Sorted(maps.Keys(chains[tbl]))
+		byChain := map[string]*nftables.Chain{}
+		for _, c := range names {
+			ch := &nftables.Chain{Table: t, Name: nftChainName(tbl, c)}
+			byChain[c] = ch
+			p.chains = append(p.chains, ch)
+			p.count[ch.Name] += 0
+		}
+		for _, c := range names {
+			for _, r := range chains[tbl][c] {
+				if err := add(ctx, byChain[c], r, false); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(hooks), func(a, b [2]string) int { return cmp.Compare(a[0]+" "+a[1], b[0]+" "+b[1]) })
+	for _, k := range keys {
+		b, ok := nftBases[k]
+		if !ok {
+			return nil, fmt.Errorf("nftables: no base chain for %s %s", k[0], k[1])
+		}
+		prio := nftables.ChainPriority(b.prio)
+		accept := nftables.ChainPolicyAccept
+		ch := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1]), Type: b.typ, Hooknum: b.hook, Priority: &prio, Policy: &accept}
+		p.chains = append(p.chains, ch)
+		ctx := &nftCtx{table: t, sets: byName, family: k[0]}
+		for _, r := range hooks[k] { // in hook order: the policy's first
+			if err := add(ctx, ch, r, true); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return p, nil
+}
+
+// Nftables is the Runner of the nftables backend: one table of our own,
+// table inet warren, replaced in one netlink batch per sync, with the
+// bridge chain through ebtables (as with iptables: Debian's ebtables is
+// ebtables-nft, itself nf_tables).
+type Nftables struct {
+	bridge Iptables // only its ebtables methods
+	count  map[string]int
+}
+
+// NewNftables checks that the kernel answers nf_tables requests.
+func NewNftables() (*Nftables, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	if _, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
+		return nil, fmt.Errorf("nftables: list tables: %w", err)
+	}
+	return &Nftables{}, nil
+}
+
+func (n *Nftables) Name() string { return "nftables (table inet " + NftTable + ")" }
+
+// Replace makes table inet warren hold exactly the plan, in one netlink
+// batch (one nf_tables transaction): create the table if missing, delete
+// it with everything in it, create it again and fill it. Packets see the
+// old table or the new one, never a mix or none.
+func (n *Nftables) Replace(chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error {
+	p, err := buildNft(chains, hooks, sets)
+	if err != nil {
+		return err
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	c.AddTable(p.table)
+	c.DelTable(p.table)
+	c.AddTable(p.table)
+	for _, s := range p.sets {
+		if err := c.AddSet(s, p.elems[s.Name]); err != nil {
+			return fmt.Errorf("nftables: set %s: %w", s.Name, err)
+		}
+	}
+	for _, ch := range p.chains {
+		c.AddChain(ch)
+	}
+	for _, r := range p.rules {
+		c.AddRule(r)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: replace table inet %s (%d chains, %d rules, %d sets): %w", NftTable, len(p.chains), len(p.rules), len(p.sets), err)
+	}
+	n.count = p.count
+	return nil
+}
+
+// Intact reports whether table inet warren still has the chains the last
+// Replace wrote, each with as many rules (slow: every chain's rules are
+// counted; quick: the base chains' only).
+func (n *Nftables) Intact(slow bool) (bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("nftables: list chains: %w", err)
+	}
+	seen := 0
+	for _, ch := range chains {
+		if ch.Table.Name != NftTable {
+			continue
+		}
+		want, ok := n.count[ch.Name]
+		if !ok {
+			return false, nil
+		}
+		seen++
+		if !slow && ch.Hooknum == nil {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+		}
+		if len(rules) != want {
+			return false, nil
+		}
+	}
+	return seen == len(n.count), nil
+}
+
+// DeleteTable removes table inet warren; nothing when it is not there.
+func DeleteNftTable() error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("nftables: look for table inet %s: %w", NftTable, err)
+	}
+	c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: delete table inet %s: %w", NftTable, err)
+	}
+	return nil
+}
+
+var errNotIptables = errors.New("the nftables backend writes no iptables chains or ipsets")
+
+// The iptables side of Runner: the Syncer never calls it with this
+// runner (it calls Replace and Intact).
+func (n *Nftables) List(table, chain string) ([]string, error)     { return nil, errNotIptables }
+func (n *Nftables) ListChains(table string) ([]string, error)      { return nil, errNotIptables }
+func (n *Nftables) Exists(table, chain, rule string) (bool, error) { return false, errNotIptables }
+func (n *Nftables) Restore([]byte) error                           { return errNotIptables }
+func (n *Nftables) Sets() (map[string]map[netip.Prefix]bool, error) {
+	return nil, errNotIptables
+}
+func (n *Nftables) CreateSet(string) error                    { return errNotIptables }
+func (n *Nftables) AddToSet(string, netip.Prefix) error       { return errNotIptables }
+func (n *Nftables) DelFromSet(string, netip.Prefix) error     { return errNotIptables }
+func (n *Nftables) DestroySet(string) error                   { return errNotIptables }
+func (n *Nftables) BridgeRestore(text []byte) error           { return n.bridge.BridgeRestore(text) }
+func (n *Nftables) BridgeList(chain string) ([]string, error) { return n.bridge.BridgeList(chain) }
+func (n *Nftables) BridgeExec(args ...string) error           { return n.bridge.BridgeExec(args...) }
+
+// tableWriter is a Runner that replaces a table of its own per sync.
+type tableWriter interface {
+	Replace(chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error
+	Intact(slow bool) (bool, error)
+}
+
+// syncNft is sync for a tableWriter: the whole table in one batch, then
+// the bridge chain.
+func (s *Syncer) syncNft(w tableWriter) error {
+	start := time.Now()
+	chains, hooks, sets := s.desired()
+	full := s.applied == nil
+	if !full && reflect.DeepEqual(chains, s.applied) && reflect.DeepEqual(hooks, s.hooked) && reflect.DeepEqual(sets, s.nftSets) {
+		return s.syncBridge(false) // nothing changed in the table
+	}
+	if err := w.Replace(chains, hooks, sets); err != nil {
+		return err
+	}
+	s.applied, s.hooked, s.nftSets = chains, hooks, sets
+	s.syncs++
+	if err := s.syncBridge(full); err != nil {
+		return err
+	}
+	s.log.Debug("synced", "backend", "nftables", "took", time.Since(start))
+	return nil
+}
+
+// NftCheck translates the parts as the nftables backend would, touching
+// nothing: for the rule builders' tests (every rule they emit must have
+// an nftables form).
+func NftCheck(parts ...Part) error {
+	s := &Syncer{parts: map[string]Part{}}
+	for i, p := range parts {
+		s.parts[owners[i%len(owners)]] = p
+	}
+	chains, hooks, sets := s.desired()
+	_, err := buildNft(chains, hooks, sets)
+	return err
+}
