@@ -115,9 +115,9 @@ func CurrentBackend() string {
 }
 
 // chooseAuto is "auto": nftables when the kernel answers nf_tables
-// requests and the host's iptables is iptables-nft with no rules in
-// legacy iptables (so nothing of the host's sits in x_tables, where our
-// nft table would not see it); iptables otherwise.
+// requests, the host's iptables is iptables-nft, legacy iptables holds no
+// rules, and the host's filter FORWARD chain accepts by policy and holds
+// no rules of its own; iptables otherwise. It says why.
 func chooseAuto() (string, string) {
 	r, err := Detect()
 	if err != nil {
@@ -129,20 +129,53 @@ func chooseAuto() (string, string) {
 	if n := iptbackend.CountRules("iptables-legacy-save"); n > 0 {
 		return BackendIptables, "legacy iptables holds rules"
 	}
+	// An accept in table inet warren ends only that table's base chain:
+	// the host's own filter FORWARD (a DROP policy, Docker's chains) would
+	// still judge forwarded task and service traffic. iptables keeps ours
+	// in the same chain as the host's, ahead of them.
+	if rules, err := r.List("filter", "FORWARD"); err != nil {
+		return BackendIptables, "cannot list the host's FORWARD chain: " + err.Error()
+	} else if !forwardOpen(rules) {
+		return BackendIptables, "the host's iptables FORWARD chain drops or holds rules of its own"
+	}
 	if _, err := NewNftables(); err != nil {
 		return BackendIptables, err.Error()
 	}
 	return BackendNftables, "kernel nf_tables and iptables-nft, no legacy rules"
 }
 
-// New makes the node's Syncer with the backend SetBackend chose (default
-// iptables). Whatever the other backend left (a node that switched) is
-// removed first.
-func New(log *slog.Logger) (*Syncer, error) {
+// forwardOpen reports whether an iptables FORWARD listing has policy
+// ACCEPT and no rules but warren's hooks.
+func forwardOpen(rules []string) bool {
+	if len(rules) == 0 || rules[0] != "-P FORWARD ACCEPT" {
+		return false
+	}
+	for _, r := range rules[1:] {
+		if !targetsOurs(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// New makes a Syncer with the backend SetBackend chose (default
+// iptables): for tests and tools.
+func New(log *slog.Logger) (*Syncer, error) { return NewBackend(CurrentBackend(), log) }
+
+// NewBackend makes the node's Syncer with the named backend ([firewall]
+// backend: iptables, nftables or auto; "" is iptables). Whatever the
+// other backend left (a node that switched) is removed first.
+func NewBackend(name string, log *slog.Logger) (*Syncer, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	name, why := CurrentBackend(), "configured"
+	if name == "" {
+		name = BackendIptables
+	}
+	if !slices.Contains([]string{BackendIptables, BackendNftables, BackendAuto}, name) {
+		return nil, fmt.Errorf("firewall backend %q: want iptables, nftables or auto", name)
+	}
+	why := "configured"
 	if name == BackendAuto {
 		name, why = chooseAuto()
 	}

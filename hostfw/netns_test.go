@@ -114,3 +114,84 @@ func TestKernelHookOrderFlushRestartCleanup(t *testing.T) {
 		t.Fatalf("Cleanup left:\n%s", got)
 	}
 }
+
+// The nftables backend against the kernel: everything in table inet
+// warren and nothing in iptables; "auto" picks it on a namespace whose
+// iptables is empty; the canary repairs `nft flush table` and a deleted
+// chain in one sync; a restarted Syncer writes the same table; Cleanup
+// removes it.
+func TestKernelNftables(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "whfw", "nft")
+	parts := []struct {
+		owner string
+		part  Part
+	}{{OwnerNAT, natPart("10.1.0.1")}, {OwnerTasks, tasksPart("wva")}, {OwnerPolicy, policyPart("10.0.1.5/32")}}
+	start := func() *Syncer {
+		var s *Syncer
+		netnstest.MustIn(t, ns, func() error {
+			var err error
+			if s, err = NewBackend(BackendAuto, quiet()); err != nil {
+				return err
+			}
+			if _, ok := s.Runner().(*Nftables); !ok {
+				return fmt.Errorf("auto chose %s on an empty namespace", s.Runner().Name())
+			}
+			for _, c := range parts {
+				if err := s.SetPart(c.owner, c.part); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		return s
+	}
+	s := start()
+	listTable := func() string { return netnstest.Run(t, ns, "nft", "list", "table", "inet", NftTable) }
+	want := listTable()
+	for _, c := range []string{"mangle-FORWARD", "filter-FORWARD", "nat-PREROUTING", "nat-WARREN-SERVICES", "mangle-WARREN-POLICY", "set WARREN-PS-"} {
+		if !strings.Contains(want, c) {
+			t.Fatalf("table inet warren lacks %q:\n%s", c, want)
+		}
+	}
+	// The policy hook runs first: mangle priority -150 in the forward hook.
+	if !regexp.MustCompile(`chain mangle-FORWARD \{\s+type filter hook forward priority mangle;`).MatchString(want) {
+		t.Fatalf("mangle-FORWARD is not at the mangle priority:\n%s", want)
+	}
+	if save := netnstest.Run(t, ns, "iptables-save"); strings.Contains(save, "WARREN") {
+		t.Fatalf("iptables-save shows warren's chains:\n%s", save)
+	}
+	for _, sabotage := range [][]string{
+		{"nft", "flush", "table", "inet", NftTable},
+		{"nft", "flush", "chain", "inet", NftTable, "filter-WARREN-FORWARD"},
+		{"nft", "delete", "chain", "inet", NftTable, "mangle-FORWARD"},
+	} {
+		netnstest.Run(t, ns, sabotage[0], sabotage[1:]...)
+		netnstest.MustIn(t, ns, func() error {
+			repaired, err := s.Check(true)
+			if err == nil && !repaired {
+				t.Errorf("the canary did not notice %v", sabotage)
+			}
+			return err
+		})
+		if got := listTable(); got != want {
+			t.Fatalf("after %v and the canary:\n%s\nwant\n%s", sabotage, got, want)
+		}
+	}
+	netnstest.MustIn(t, ns, func() error {
+		if repaired, err := s.Check(true); err != nil || repaired {
+			return fmt.Errorf("canary on an intact table: %v %v", repaired, err)
+		}
+		return nil
+	})
+	start()
+	if got := listTable(); got != want {
+		t.Fatalf("a restart changed the table:\n%s\nwant\n%s", got, want)
+	}
+	for range 2 {
+		netnstest.MustIn(t, ns, func() error { return Cleanup(quiet()) })
+	}
+	if out := netnstest.Run(t, ns, "nft", "list", "tables"); strings.Contains(out, NftTable) {
+		t.Fatalf("Cleanup left: %s", out)
+	}
+}

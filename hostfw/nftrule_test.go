@@ -212,3 +212,21 @@ func TestSetElementsMergeAndEnds(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 }
+
+func TestForwardOpen(t *testing.T) {
+	for rules, want := range map[string]bool{
+		"-P FORWARD ACCEPT": true,
+		"-P FORWARD ACCEPT\n-A FORWARD -m comment --comment \"warren task forwarding\" -j WARREN-TASK-FORWARD": true,
+		"-P FORWARD DROP": false,
+		"-P FORWARD ACCEPT\n-A FORWARD -j DOCKER-USER": false,
+		"": false,
+	} {
+		var l []string
+		if rules != "" {
+			l = strings.Split(rules, "\n")
+		}
+		if got := forwardOpen(l); got != want {
+			t.Errorf("%q: %v", rules, got)
+		}
+	}
+}
