@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -207,7 +208,14 @@ func (n *Nftables) Replace(chains map[string]Chains, hooks map[[2]string][]strin
 	if err != nil {
 		return err
 	}
-	c, err := nftables.New()
+	// The batch is one netlink message sequence in one sendmsg: the
+	// socket buffers must hold it (and the kernel's acknowledgements),
+	// well beyond the default wmem_max for thousands of rules.
+	buf := 4<<20 + 1024*(len(p.rules)+len(p.chains))
+	for _, e := range p.elems {
+		buf += 64 * len(e)
+	}
+	c, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, buf) }))
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -229,6 +237,27 @@ func (n *Nftables) Replace(chains map[string]Chains, hooks map[[2]string][]strin
 		return fmt.Errorf("nftables: replace table inet %s (%d chains, %d rules, %d sets): %w", NftTable, len(p.chains), len(p.rules), len(p.sets), err)
 	}
 	n.count = p.count
+	return nil
+}
+
+// forceBuffers sets the netlink socket's send and receive buffers to
+// bytes, past the sysctl caps (SO_*BUFFORCE: root, as writing rules is).
+func forceBuffers(nc *netlink.Conn, bytes int) error {
+	rc, err := nc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, bytes); serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bytes)
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("netlink socket buffers of %d bytes: %w", bytes, serr)
+	}
 	return nil
 }
 
