@@ -183,6 +183,18 @@ func buildNft(chains map[string]Chains, hooks map[[2]string][]string, sets []Set
 type Nftables struct {
 	bridge Iptables // only its ebtables methods
 	count  map[string]int
+	// What the last write left in the table (nil: write it all next).
+	prev *nftState
+	// setIDs numbers the sets added in a batch.
+	setIDs uint32
+}
+
+// nftState is what a Replace wrote, as the Syncer's plain data.
+type nftState struct {
+	chains map[string]Chains
+	hooks  map[[2]string][]string
+	sets   map[string][]netip.Prefix
+	recent map[string]time.Duration
 }
 
 // NewNftables checks that the kernel answers nf_tables requests.
@@ -203,11 +215,12 @@ func (n *Nftables) Name() string { return "nftables (table inet " + NftTable + "
 // batch (one nf_tables transaction): create the table if missing, delete
 // it with everything in it, create it again and fill it. Packets see the
 // old table or the new one, never a mix or none.
-func (n *Nftables) Replace(chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error {
+func (n *Nftables) replaceAll(chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error {
 	p, err := buildNft(chains, hooks, sets)
 	if err != nil {
 		return err
 	}
+
 	// The batch is one netlink message sequence in one sendmsg: the
 	// socket buffers must hold it (and the kernel's acknowledgements),
 	// well beyond the default wmem_max for thousands of rules.
@@ -237,6 +250,7 @@ func (n *Nftables) Replace(chains map[string]Chains, hooks map[[2]string][]strin
 		return fmt.Errorf("nftables: replace table inet %s (%d chains, %d rules, %d sets): %w", NftTable, len(p.chains), len(p.rules), len(p.sets), err)
 	}
 	n.count = p.count
+	n.setIDs = uint32(len(p.sets))
 	return nil
 }
 
@@ -258,6 +272,172 @@ func forceBuffers(nc *netlink.Conn, bytes int) error {
 	if serr != nil {
 		return fmt.Errorf("netlink socket buffers of %d bytes: %w", bytes, serr)
 	}
+	return nil
+}
+
+// Replace makes table inet warren hold the parts. With full, or when the
+// last write is unknown, the whole table is replaced (replaceAll);
+// otherwise one batch changes only what differs from the last write:
+// new chains and sets are added, changed chains are flushed and
+// refilled, changed sets get their elements replaced, and chains and
+// sets no longer wanted are deleted. Either way one netlink batch, one
+// nf_tables transaction: packets never see half of it.
+func (n *Nftables) Replace(full bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error {
+	next := &nftState{chains: chains, hooks: hooks, sets: map[string][]netip.Prefix{}}
+	for _, st := range sets {
+		if _, dup := next.sets[st.Name]; !dup {
+			next.sets[st.Name] = st.Members
+		}
+	}
+	var all []string
+	for _, tbl := range tables {
+		for _, rules := range chains[tbl] {
+			all = append(all, rules...)
+		}
+	}
+	recent, err := recentTimeouts(all)
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	next.recent = recent
+	if full || n.prev == nil || !maps.Equal(n.prev.recent, recent) {
+		n.prev = nil
+		if err := n.replaceAll(chains, hooks, sets); err != nil {
+			return err
+		}
+		n.prev = next
+		return nil
+	}
+	if err := n.update(n.prev, next); err != nil {
+		n.prev = nil // the next sync writes it all
+		return err
+	}
+	n.prev = next
+	return nil
+}
+
+// update writes the difference between prev and next in one batch.
+func (n *Nftables) update(prev, next *nftState) error {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	size := 1 << 20
+	c, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, size) }))
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	count := maps.Clone(n.count)
+	sets := map[string]*nftables.Set{}
+	for name := range next.recent {
+		sets[recentSetName(name)] = &nftables.Set{Table: t, Name: recentSetName(name), Timeout: next.recent[name]}
+	}
+	// Sets: new ones added, changed ones refilled.
+	for _, name := range slices.Sorted(maps.Keys(next.sets)) {
+		members := next.sets[name]
+		old, had := prev.sets[name]
+		set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, Interval: true}
+		sets[name] = set
+		switch {
+		case !had:
+			n.setIDs++
+			set.ID = n.setIDs
+			if err := c.AddSet(set, setElements(members)); err != nil {
+				return fmt.Errorf("nftables: set %s: %w", name, err)
+			}
+		case !slices.Equal(old, members):
+			c.FlushSet(set)
+			if elems := setElements(members); len(elems) > 0 {
+				if err := c.SetAddElements(set, elems); err != nil {
+					return fmt.Errorf("nftables: set %s: %w", name, err)
+				}
+			}
+		}
+	}
+	var gone []*nftables.Chain
+	// Regular chains: declare the new ones first (a jump needs its target).
+	for _, tbl := range tables {
+		for _, ch := range slices.Sorted(maps.Keys(next.chains[tbl])) {
+			if _, had := prev.chains[tbl][ch]; !had {
+				c.AddChain(&nftables.Chain{Table: t, Name: nftChainName(tbl, ch)})
+			}
+		}
+	}
+	refill := func(ctx *nftCtx, ch *nftables.Chain, rules []string, flush, base bool) error {
+		if flush {
+			c.FlushChain(ch)
+		}
+		for _, r := range rules {
+			ex, ud, err := ctx.translate(r)
+			if err != nil {
+				return fmt.Errorf("%s: %w", ch.Name, err)
+			}
+			if base {
+				ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
+			}
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ex, UserData: ud})
+		}
+		count[ch.Name] = len(rules)
+		size += 1024 * len(rules)
+		return nil
+	}
+	for _, tbl := range tables {
+		ctx := &nftCtx{table: t, sets: sets, family: tbl}
+		for _, ch := range slices.Sorted(maps.Keys(next.chains[tbl])) {
+			old, had := prev.chains[tbl][ch]
+			if had && slices.Equal(old, next.chains[tbl][ch]) {
+				continue
+			}
+			if err := refill(ctx, &nftables.Chain{Table: t, Name: nftChainName(tbl, ch)}, next.chains[tbl][ch], had, false); err != nil {
+				return err
+			}
+		}
+		for ch := range prev.chains[tbl] {
+			if _, keep := next.chains[tbl][ch]; !keep {
+				nc := &nftables.Chain{Table: t, Name: nftChainName(tbl, ch)}
+				c.FlushChain(nc)
+				gone = append(gone, nc)
+			}
+		}
+	}
+	// Base chains: the hooks.
+	for k, rules := range next.hooks {
+		old, had := prev.hooks[k]
+		if had && slices.Equal(old, rules) {
+			continue
+		}
+		b, ok := nftBases[k]
+		if !ok {
+			return fmt.Errorf("nftables: no base chain for %s %s", k[0], k[1])
+		}
+		prio := nftables.ChainPriority(b.prio)
+		accept := nftables.ChainPolicyAccept
+		ch := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1]), Type: b.typ, Hooknum: b.hook, Priority: &prio, Policy: &accept}
+		if !had {
+			c.AddChain(ch)
+		}
+		if err := refill(&nftCtx{table: t, sets: sets, family: k[0]}, ch, rules, had, true); err != nil {
+			return err
+		}
+	}
+	for k := range prev.hooks {
+		if _, keep := next.hooks[k]; !keep {
+			nc := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1])}
+			c.FlushChain(nc)
+			gone = append(gone, nc)
+		}
+	}
+	for _, ch := range gone {
+		c.DelChain(ch)
+		delete(count, ch.Name)
+	}
+	for name := range prev.sets {
+		if _, keep := next.sets[name]; !keep {
+			c.DelSet(&nftables.Set{Table: t, Name: name})
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: update table inet %s: %w", NftTable, err)
+	}
+	n.count = count
 	return nil
 }
 
@@ -338,7 +518,7 @@ func (n *Nftables) BridgeExec(args ...string) error           { return n.bridge.
 
 // tableWriter is a Runner that replaces a table of its own per sync.
 type tableWriter interface {
-	Replace(chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error
+	Replace(full bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error
 	Intact(slow bool) (bool, error)
 }
 
@@ -351,7 +531,7 @@ func (s *Syncer) syncNft(w tableWriter) error {
 	if !full && reflect.DeepEqual(chains, s.applied) && reflect.DeepEqual(hooks, s.hooked) && reflect.DeepEqual(sets, s.nftSets) {
 		return s.syncBridge(false) // nothing changed in the table
 	}
-	if err := w.Replace(chains, hooks, sets); err != nil {
+	if err := w.Replace(full, chains, hooks, sets); err != nil {
 		return err
 	}
 	s.applied, s.hooked, s.nftSets = chains, hooks, sets

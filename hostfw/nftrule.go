@@ -370,6 +370,15 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 	if !verdictDone {
 		ex = append(ex, &expr.Counter{})
 	}
+	for _, e := range ex {
+		if pl, ok := e.(*expr.Payload); ok && pl.Base == expr.PayloadBaseNetworkHeader {
+			// The IPv4 header, in an inet table: say so first, as nft does
+			// (and `nft list` then prints "ip saddr", not "@nh,96,32").
+			ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
+			break
+		}
+	}
 	var ud []byte
 	if comment != "" {
 		ud = userdata.AppendString(nil, userdata.TypeComment, comment)

@@ -28,6 +28,7 @@ func testCtx(family string) *nftCtx {
 func TestTranslateConstructs(t *testing.T) {
 	be16 := func(v uint16) []byte { return []byte{byte(v >> 8), byte(v)} }
 	cnt := &expr.Counter{}
+	v4 := []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, &expr.Cmp{Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}
 	acc := &expr.Verdict{Kind: expr.VerdictAccept}
 	cases := []struct {
 		family, rule string
@@ -106,6 +107,12 @@ func TestTranslateConstructs(t *testing.T) {
 			&expr.Cmp{Register: 1, Data: []byte{10, 0, 1, 0}}, cnt, &expr.Masq{}}},
 	}
 	for _, c := range cases {
+		for _, e := range c.want {
+			if pl, ok := e.(*expr.Payload); ok && pl.Base == expr.PayloadBaseNetworkHeader {
+				c.want = append(append([]expr.Any{}, v4...), c.want...)
+				break
+			}
+		}
 		got, _, err := testCtx(c.family).translate(c.rule)
 		if err != nil {
 			t.Errorf("%s: %v", c.rule, err)
