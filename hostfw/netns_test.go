@@ -185,8 +185,35 @@ func TestKernelNftables(t *testing.T) {
 		}
 		return nil
 	})
+	// A restart: the first part set keeps the others' chains, sets and
+	// hooks (in hook order) until they are set too.
+	netnstest.MustIn(t, ns, func() error {
+		fresh, err := NewBackend(BackendNftables, quiet())
+		if err != nil {
+			return err
+		}
+		if err := fresh.SetPart(OwnerTasks, tasksPart("wva")); err != nil {
+			return err
+		}
+		got := listTable()
+		fwd := regexp.MustCompile(`(?s)chain filter-FORWARD \{.*?\n\t\}`).FindString(got)
+		order := regexp.MustCompile(`jump (\S+)`).FindAllStringSubmatch(fwd, -1)
+		var jumps []string
+		for _, m := range order {
+			jumps = append(jumps, m[1])
+		}
+		if !slices.Equal(jumps, []string{"filter-WARREN-POL-CHECK", "filter-WARREN-TASK-FORWARD", "filter-WARREN-SERVICES", "filter-WARREN-FORWARD"}) {
+			return fmt.Errorf("after a restart and the tasks' part, filter-FORWARD jumps to %v:\n%s", jumps, got)
+		}
+		for _, c := range []string{"jump mangle-WARREN-POLICY", "jump nat-WARREN-SERVICES", "set WARREN-PS-API", "chain nat-WARREN-SVC-10101"} {
+			if !strings.Contains(got, c) {
+				return fmt.Errorf("after a restart and the tasks' part, %q is gone:\n%s", c, got)
+			}
+		}
+		return nil
+	})
 	start()
-	if got := listTable(); got != want {
+	if got := listTable(); normalNft(got) != normalNft(want) {
 		t.Fatalf("a restart changed the table:\n%s\nwant\n%s", got, want)
 	}
 	for range 2 {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -282,7 +283,7 @@ func forceBuffers(nc *netlink.Conn, bytes int) error {
 // refilled, changed sets get their elements replaced, and chains and
 // sets no longer wanted are deleted. Either way one netlink batch, one
 // nf_tables transaction: packets never see half of it.
-func (n *Nftables) Replace(full bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error {
+func (n *Nftables) Replace(full bool, keep func(owner string) bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error {
 	next := &nftState{chains: chains, hooks: hooks, sets: map[string][]netip.Prefix{}}
 	for _, st := range sets {
 		if _, dup := next.sets[st.Name]; !dup {
@@ -302,6 +303,20 @@ func (n *Nftables) Replace(full bool, chains map[string]Chains, hooks map[[2]str
 	next.recent = recent
 	if full || n.prev == nil || !maps.Equal(n.prev.recent, recent) {
 		n.prev = nil
+		adopt := false
+		if keep != nil {
+			for _, o := range owners {
+				adopt = adopt || keep(o)
+			}
+		}
+		if adopt {
+			// Some owner has no part yet (a daemon start): what the last
+			// run wrote for it stays (as with iptables), so no table delete.
+			done, err := n.adopt(keep, chains, hooks, sets)
+			if err != nil || done {
+				return err // n.prev stays nil: the next sync is full again
+			}
+		}
 		if err := n.replaceAll(chains, hooks, sets); err != nil {
 			return err
 		}
@@ -314,6 +329,192 @@ func (n *Nftables) Replace(full bool, chains map[string]Chains, hooks map[[2]str
 	}
 	n.prev = next
 	return nil
+}
+
+// ownerOfNft is the owner of a chain of table inet warren (TABLE-CHAIN)
+// or of a set ("" for neither).
+func ownerOfNft(name string) string {
+	if strings.HasPrefix(name, SetPrefix) {
+		return OwnerPolicy
+	}
+	if strings.HasPrefix(name, "recent-"+ChainPrefix) {
+		return OwnerNAT
+	}
+	if _, chain, ok := strings.Cut(name, "-"); ok {
+		return ownerOf(chain)
+	}
+	return ""
+}
+
+// jumpOwner is the owner of the chain a rule jumps to ("" for none).
+func jumpOwner(r *nftables.Rule) string {
+	for _, e := range r.Exprs {
+		if v, ok := e.(*expr.Verdict); ok && (v.Kind == expr.VerdictJump || v.Kind == expr.VerdictGoto) {
+			return ownerOfNft(v.Chain)
+		}
+	}
+	return ""
+}
+
+// adopt is the full sync of a start, when some owners have no part yet
+// and table inet warren exists: in one batch, every wanted chain and set
+// is created or flushed and refilled, chains and sets of owners with a
+// part that are no longer wanted are deleted, and each base chain gets,
+// in owner order, the hooks of owners with a part and the rules the
+// kernel holds for owners without one. Chains and sets of owners without
+// a part are not touched. It reports false (nothing done) when the table
+// does not exist.
+func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) (bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err != nil {
+		return false, nil
+	}
+	p, err := buildNft(chains, hooks, sets)
+	if err != nil {
+		return false, err
+	}
+	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("nftables: list chains: %w", err)
+	}
+	have, err := c.GetSets(t)
+	if err != nil {
+		return false, fmt.Errorf("nftables: list sets: %w", err)
+	}
+	wantChain := map[string]bool{}
+	for _, ch := range p.chains {
+		wantChain[ch.Name] = true
+	}
+	wantSet := map[string]bool{}
+	for _, st := range p.sets {
+		wantSet[st.Name] = true
+	}
+	count := maps.Clone(p.count)
+	// Base chains: the kernel's rules of owners without a part, in order.
+	kept := map[string][]*nftables.Rule{}
+	var gone []*nftables.Chain
+	for _, ch := range all {
+		if ch.Table.Name != NftTable {
+			continue
+		}
+		o := ownerOfNft(ch.Name)
+		switch {
+		case ch.Hooknum != nil:
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+			}
+			kept[ch.Name] = rules
+		case wantChain[ch.Name]:
+		case o != "" && keep(o):
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+			}
+			count[ch.Name] = len(rules)
+		default:
+			gone = append(gone, ch)
+		}
+	}
+	size := 4<<20 + 1024*(len(p.rules)+len(p.chains))
+	w, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, size) }))
+	if err != nil {
+		return false, fmt.Errorf("nftables: %w", err)
+	}
+	w.AddTable(t)
+	for _, st := range p.sets {
+		if err := w.AddSet(st, nil); err != nil {
+			return false, fmt.Errorf("nftables: set %s: %w", st.Name, err)
+		}
+		w.FlushSet(st)
+		if el := p.elems[st.Name]; len(el) > 0 {
+			if err := w.SetAddElements(st, el); err != nil {
+				return false, fmt.Errorf("nftables: set %s: %w", st.Name, err)
+			}
+		}
+	}
+	for _, ch := range p.chains {
+		w.AddChain(ch)
+		w.FlushChain(ch)
+	}
+	baseRules := map[string][]*nftables.Rule{}
+	for _, r := range p.rules {
+		if r.Chain.Hooknum != nil {
+			baseRules[r.Chain.Name] = append(baseRules[r.Chain.Name], r)
+			continue
+		}
+		w.AddRule(r)
+	}
+	bases := map[string]*nftables.Chain{}
+	for _, ch := range p.chains {
+		if ch.Hooknum != nil {
+			bases[ch.Name] = ch
+		}
+	}
+	for name, rules := range kept {
+		if bases[name] == nil {
+			for _, r := range rules {
+				if o := jumpOwner(r); o != "" && keep(o) {
+					ch := *r.Chain
+					ch.Table = t
+					bases[name] = &ch
+					w.FlushChain(&ch)
+					break
+				}
+			}
+		}
+	}
+	for name, ch := range bases {
+		n := 0
+		for _, o := range owners {
+			if keep(o) {
+				for _, r := range kept[name] {
+					if jumpOwner(r) == o {
+						w.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.Exprs, UserData: r.UserData})
+						n++
+					}
+				}
+				continue
+			}
+			for _, r := range baseRules[name] {
+				if jumpOwner(r) == o {
+					w.AddRule(r)
+					n++
+				}
+			}
+		}
+		count[name] = n
+	}
+	for name, rules := range kept {
+		if bases[name] == nil && len(rules) > 0 {
+			w.FlushChain(&nftables.Chain{Table: t, Name: name})
+		}
+	}
+	for _, ch := range gone {
+		w.FlushChain(ch)
+	}
+	for name := range kept {
+		if bases[name] == nil {
+			w.DelChain(&nftables.Chain{Table: t, Name: name})
+		}
+	}
+	for _, ch := range gone {
+		w.DelChain(ch)
+	}
+	for _, st := range have {
+		if o := ownerOfNft(st.Name); !wantSet[st.Name] && o != "" && !keep(o) {
+			w.DelSet(st)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return false, fmt.Errorf("nftables: take over table inet %s: %w", NftTable, err)
+	}
+	n.count = count
+	return true, nil
 }
 
 // update writes the difference between prev and next in one batch.
@@ -531,7 +732,9 @@ func (n *Nftables) BridgeExec(args ...string) error           { return n.bridge.
 
 // tableWriter is a Runner that replaces a table of its own per sync.
 type tableWriter interface {
-	Replace(full bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error
+	// keep reports whether an owner has no part yet: what a previous run
+	// wrote for it stays until it has.
+	Replace(full bool, keep func(owner string) bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error
 	Intact(slow bool) (bool, error)
 }
 
@@ -544,7 +747,8 @@ func (s *Syncer) syncNft(w tableWriter) error {
 	if !full && reflect.DeepEqual(chains, s.applied) && reflect.DeepEqual(hooks, s.hooked) && reflect.DeepEqual(sets, s.nftSets) {
 		return s.syncBridge(false) // nothing changed in the table
 	}
-	if err := w.Replace(full, chains, hooks, sets); err != nil {
+	keep := func(owner string) bool { _, ok := s.parts[owner]; return !ok }
+	if err := w.Replace(full, keep, chains, hooks, sets); err != nil {
 		return err
 	}
 	s.applied, s.hooked, s.nftSets = chains, hooks, sets
