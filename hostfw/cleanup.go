@@ -32,7 +32,7 @@ func Cleanup(log *slog.Logger) error {
 	}
 	var errs []error
 	if err := DeleteNftTable(); err != nil {
-		log.Debug("no nftables table to remove", "err", err)
+		errs = append(errs, err)
 	}
 	if err := CleanupRunner(r, tables); err != nil {
 		errs = append(errs, err)

@@ -692,15 +692,16 @@ func (n *Nftables) Intact(slow bool) (bool, error) {
 	return seen == len(n.count), nil
 }
 
-// DeleteTable removes table inet warren; nothing when it is not there.
+// DeleteNftTable removes table inet warren; nothing when it is not there
+// or the kernel has no nf_tables.
 func DeleteNftTable() error {
 	c, err := nftables.New()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return nil // no netfilter netlink: nothing of ours can be there
 	}
 	if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) {
+			return nil // no table, or no nf_tables in this kernel
 		}
 		return fmt.Errorf("nftables: look for table inet %s: %w", NftTable, err)
 	}
