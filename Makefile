@@ -66,7 +66,7 @@ bench: deps build
 # services x 3 endpoints plus 200 policies over 1000 tasks, full sync and one
 # change, iptables and nftables, in one run.
 bench-firewall: deps
-	@go test -count=1 -p 1 -run '^$$' -bench '^BenchmarkFirewall$$' -benchtime 1x -timeout 10m ./hostfw/ | grep -E '^(full sync|FAIL|---)'
+	@go test -count=1 -p 1 -run '^$$' -bench '^BenchmarkFirewall$$' -benchtime 1x -timeout 10m ./hostfw/ | grep -E '^(full sync|slow canary|FAIL|---)'
 
 # The fuzzers: the config loader (60 s), the node API's request decoders
 # (join, report, self, secret values), the --secret/--config parser, the

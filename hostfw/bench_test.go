@@ -87,7 +87,7 @@ func BenchmarkFirewall(b *testing.B) {
 	services, moved := benchServices(1000, 3, false), benchServices(1000, 3, true)
 	policies := netpolicy.Render(benchPolicies(b))
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	full, change := map[string]time.Duration{}, map[string]time.Duration{}
+	full, change, canary := map[string]time.Duration{}, map[string]time.Duration{}, map[string]time.Duration{}
 	for range b.N {
 		for _, backend := range hostfw.Backends {
 			ns := netnstest.New(b, "wbfw", backend[:3])
@@ -121,6 +121,11 @@ func BenchmarkFirewall(b *testing.B) {
 					changes = append(changes, time.Since(start))
 				}
 				full[backend], change[backend] = slices.Min(fulls), slices.Min(changes)
+				start := time.Now()
+				if repaired, err := fw.Check(true); err != nil || repaired {
+					return fmt.Errorf("slow canary check on intact rules: %v %v", repaired, err)
+				}
+				canary[backend] = time.Since(start)
 				return hostfw.Cleanup(log)
 			})
 		}
@@ -128,6 +133,7 @@ func BenchmarkFirewall(b *testing.B) {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
 	fmt.Printf("full sync 1000x3: iptables %s, nftables %s; one change: iptables %s, nftables %s\n",
 		ms(full["iptables"]), ms(full["nftables"]), ms(change["iptables"]), ms(change["nftables"]))
+	fmt.Printf("slow canary check: iptables %s, nftables %s\n", ms(canary["iptables"]), ms(canary["nftables"]))
 	b.ReportMetric(float64(full["nftables"])/float64(full["iptables"]), "nft/ipt-full")
 	b.ReportMetric(float64(change["nftables"])/float64(change["iptables"]), "nft/ipt-change")
 }

@@ -2,6 +2,7 @@ package hostfw
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -188,6 +189,51 @@ type Nftables struct {
 	prev *nftState
 	// setIDs numbers the sets added in a batch.
 	setIDs uint32
+	// gen is the nf_tables ruleset generation after our last write or
+	// last check that found the table intact (0: unknown): any commit by
+	// anyone changes it, so an unchanged one means an unchanged table.
+	gen uint32
+}
+
+// nftGen is the ruleset generation (NFT_MSG_GETGEN).
+func nftGen() (uint32, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, errors.New("no generation id in the reply")
+}
+
+// noteGen remembers the generation after a write (0 when unknown).
+func (n *Nftables) noteGen() {
+	g, err := nftGen()
+	if err != nil {
+		g = 0
+	}
+	n.gen = g
 }
 
 // nftState is what a Replace wrote, as the Syncer's plain data.
@@ -252,6 +298,7 @@ func (n *Nftables) replaceAll(chains map[string]Chains, hooks map[[2]string][]st
 	}
 	n.count = p.count
 	n.setIDs = uint32(len(p.sets))
+	n.noteGen()
 	return nil
 }
 
@@ -363,7 +410,7 @@ func jumpOwner(r *nftables.Rule) string {
 // in owner order, the hooks of owners with a part and the rules the
 // kernel holds for owners without one. Chains and sets of owners without
 // a part are not touched. It reports false (nothing done) when the table
-// does not exist.
+// does not exist or holds nothing of owners without a part.
 func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) (bool, error) {
 	c, err := nftables.New()
 	if err != nil {
@@ -419,6 +466,29 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 		default:
 			gone = append(gone, ch)
 		}
+	}
+	keeping := false
+	for _, ch := range all {
+		if ch.Table.Name == NftTable && ch.Hooknum == nil && !wantChain[ch.Name] {
+			if o := ownerOfNft(ch.Name); o != "" && keep(o) {
+				keeping = true
+			}
+		}
+	}
+	for _, rules := range kept {
+		for _, r := range rules {
+			if o := jumpOwner(r); o != "" && keep(o) {
+				keeping = true
+			}
+		}
+	}
+	for _, st := range have {
+		if o := ownerOfNft(st.Name); o != "" && keep(o) && !wantSet[st.Name] {
+			keeping = true
+		}
+	}
+	if !keeping {
+		return false, nil // nothing of owners without a part: a plain full write
 	}
 	size := 4<<20 + 1024*(len(p.rules)+len(p.chains))
 	w, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, size) }))
@@ -514,6 +584,7 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 		return false, fmt.Errorf("nftables: take over table inet %s: %w", NftTable, err)
 	}
 	n.count = count
+	n.noteGen()
 	return true, nil
 }
 
@@ -639,13 +710,28 @@ func (n *Nftables) update(prev, next *nftState) error {
 		return fmt.Errorf("nftables: update table inet %s: %w", NftTable, err)
 	}
 	n.count = count
+	n.noteGen()
 	return nil
 }
 
 // Intact reports whether table inet warren still has the chains the last
 // Replace wrote, each with as many rules (slow: every chain's rules are
-// counted; quick: the base chains' only).
+// counted; quick: the base chains' only). When the nf_tables generation
+// has not moved since our last write or full check, nothing changed and
+// nothing is listed.
 func (n *Nftables) Intact(slow bool) (bool, error) {
+	g, gerr := nftGen()
+	if gerr == nil && g != 0 && g == n.gen {
+		return true, nil // nobody committed anything since
+	}
+	intact, err := n.intact(slow)
+	if err == nil && intact && gerr == nil && slow {
+		n.gen = g // every chain counted at generation g (or later: checked again next time)
+	}
+	return intact, err
+}
+
+func (n *Nftables) intact(slow bool) (bool, error) {
 	c, err := nftables.New()
 	if err != nil {
 		return false, fmt.Errorf("nftables: %w", err)
