@@ -438,7 +438,7 @@ func (n *node) startReconcilers(ctx context.Context) error {
 	cfg := n.cfg
 	// The one owner of the node's firewall, with the one backend
 	// detection: nat, netpolicy and the task network write through it.
-	fw, err := hostfw.New(n.log)
+	fw, err := hostfw.NewBackend(cfg.Firewall.Backend, n.log)
 	if err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}

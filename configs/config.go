@@ -41,6 +41,7 @@ type Config struct {
 	Metrics       Metrics       `toml:"metrics"`
 	Logs          Logs          `toml:"logs"`
 	Relay         Relay         `toml:"relay"`
+	Firewall      Firewall      `toml:"firewall"`
 	// Forward entries let a netstack node (no TUN) reach mesh services
 	// through local listeners.
 	Forward []Forward `toml:"forward"`
@@ -162,6 +163,18 @@ type Metrics struct {
 // WireGuard exporter's port (9586), whose metric names the peers use.
 const DefaultMetricsListen = "127.0.0.1:9586"
 
+// Firewall is [firewall]: which packet filter the node's rules (VIPs,
+// published ports, network policies, task forwarding) are written to.
+type Firewall struct {
+	// Backend is "iptables" (the default: the iptables variant the host
+	// uses, iptables-nft or iptables-legacy), "nftables" (one table of
+	// warren's own, table inet warren, through netlink) or "auto"
+	// (nftables where the kernel answers nf_tables, the host's iptables
+	// is iptables-nft and legacy iptables holds no rules; iptables
+	// otherwise).
+	Backend string `toml:"backend"`
+}
+
 // Relay is [relay]: whether this node relays WireGuard packets for members
 // that cannot reach each other directly (see RelayEnabled), and its bounds.
 type Relay struct {
@@ -235,6 +248,7 @@ func Default() Config {
 			Algorithm:          "random",
 			PersistenceTimeout: Duration{Duration: 3 * time.Hour},
 		},
+		Firewall: Firewall{Backend: "iptables"},
 		Runtime: Runtime{
 			ContainerdAddress: DefaultContainerdAddress,
 			Namespace:         DefaultNamespace,

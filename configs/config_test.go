@@ -56,6 +56,7 @@ func TestDefaultValues(t *testing.T) {
 		"metrics loopback":     d.Metrics.Listen == "127.0.0.1:9586",
 		"relay port":           d.Relay.Port == 7946 && !d.Relay.Enable,
 		"cert lifetime":        d.Cluster.CertLifetime.Duration == 90*24*time.Hour,
+		"firewall iptables":    d.Firewall.Backend == "iptables",
 	}
 	for name, ok := range checks {
 		if !ok {
@@ -180,6 +181,8 @@ func TestBadConfigs(t *testing.T) {
 		{"worker without token", "[node]\nname='w'\n[cluster]\nmanager='192.0.2.1:7946'\n", "cluster.token", 0, "needs a join token"},
 		{"standalone without address", "[node]\nname='g'\nrole='standalone'\n", "wireguard.address", 0, "needs its overlay address"},
 		{"bad mode", validWorker + "[wireguard]\nmode = \"kernel\"\n", "wireguard.mode", 7, "not a mode"},
+		{"bad firewall backend", validWorker + "[firewall]\nbackend = \"pf\"\n", "firewall.backend", 7, "want \"iptables\""},
+		{"firewall backend not a string", validWorker + "[firewall]\nbackend = 1\n", "firewall.backend", 7, ""},
 		{"bad udp_gso", validWorker + "[wireguard]\nmtu = 1420\nudp_gso = \"yes\"\n", "wireguard.udp_gso", 8, "want \"auto\""},
 		{"udp_gso not a string", validWorker + "[wireguard]\nudp_gso = false\n", "wireguard.udp_gso", 7, ""},
 		{"bad level", validWorker + "[log]\nlevel = \"loud\"\n", "log.level", 7, "not a level"},

@@ -189,6 +189,12 @@ func (l *Loaded) Finish() error {
 	default:
 		add("wireguard.mode", "%q is not a mode (want \"tun\", \"netstack\" or \"auto\")", c.WireGuard.Mode)
 	}
+	// [firewall]
+	switch c.Firewall.Backend {
+	case "iptables", "nftables", "auto":
+	default:
+		add("firewall.backend", "%q is not a backend (want \"iptables\", \"nftables\" or \"auto\")", c.Firewall.Backend)
+	}
 	switch c.WireGuard.UDPGSO {
 	case "auto", "on", "off":
 	default:

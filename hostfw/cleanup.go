@@ -31,6 +31,9 @@ func Cleanup(log *slog.Logger) error {
 		return err
 	}
 	var errs []error
+	if err := DeleteNftTable(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := CleanupRunner(r, tables); err != nil {
 		errs = append(errs, err)
 	}

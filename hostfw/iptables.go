@@ -10,8 +10,10 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -64,15 +66,158 @@ func Detect() (*Iptables, error) {
 	return NewIptables(iptbackend.Detect(detectTable, detectChain))
 }
 
-// New detects the backend and returns a Syncer writing through it.
-func New(log *slog.Logger) (*Syncer, error) {
+// Backends of the [firewall] backend key.
+const (
+	BackendIptables = "iptables"
+	BackendNftables = "nftables"
+	BackendAuto     = "auto"
+)
+
+// Backends are the two backends New can write through, for tests that
+// run against each.
+var Backends = []string{BackendIptables, BackendNftables}
+
+var (
+	backendMu sync.Mutex
+	backend   = BackendIptables
+)
+
+// SetBackend chooses the backend New uses for the rest of the process
+// ([firewall] backend; the daemon sets it once at start, tests per test).
+func SetBackend(name string) error {
+	switch name {
+	case BackendIptables, BackendNftables, BackendAuto:
+	default:
+		return fmt.Errorf("firewall backend %q: want iptables, nftables or auto", name)
+	}
+	backendMu.Lock()
+	defer backendMu.Unlock()
+	backend = name
+	return nil
+}
+
+// UseBackend sets the backend for one test and restores the previous one
+// when it ends.
+func UseBackend(t interface{ Cleanup(func()) }, name string) error {
+	prev := CurrentBackend()
+	if err := SetBackend(name); err != nil {
+		return err
+	}
+	t.Cleanup(func() { _ = SetBackend(prev) })
+	return nil
+}
+
+// CurrentBackend is the backend New uses.
+func CurrentBackend() string {
+	backendMu.Lock()
+	defer backendMu.Unlock()
+	return backend
+}
+
+// chooseAuto is "auto": nftables when the kernel answers nf_tables
+// requests, the host's iptables is iptables-nft, legacy iptables holds no
+// rules, and the host's filter FORWARD chain accepts by policy and holds
+// no rules of its own; iptables otherwise. It says why.
+func chooseAuto() (string, string) {
+	r, err := Detect()
+	if err != nil {
+		return BackendIptables, "no iptables: " + err.Error()
+	}
+	if r.backend != "nf_tables" {
+		return BackendIptables, "the host uses legacy iptables"
+	}
+	if n := iptbackend.CountRules("iptables-legacy-save"); n > 0 {
+		return BackendIptables, "legacy iptables holds rules"
+	}
+	// An accept in table inet warren ends only that table's base chain:
+	// the host's own filter FORWARD (a DROP policy, Docker's chains) would
+	// still judge forwarded task and service traffic. iptables keeps ours
+	// in the same chain as the host's, ahead of them.
+	if rules, err := r.List("filter", "FORWARD"); err != nil {
+		return BackendIptables, "cannot list the host's FORWARD chain: " + err.Error()
+	} else if !forwardOpen(rules) {
+		return BackendIptables, "the host's iptables FORWARD chain drops or holds rules of its own"
+	}
+	if _, err := NewNftables(); err != nil {
+		return BackendIptables, err.Error()
+	}
+	return BackendNftables, "kernel nf_tables and iptables-nft, no legacy rules"
+}
+
+// forwardOpen reports whether an iptables FORWARD listing has policy
+// ACCEPT and no rules but warren's hooks.
+func forwardOpen(rules []string) bool {
+	if len(rules) == 0 || rules[0] != "-P FORWARD ACCEPT" {
+		return false
+	}
+	for _, r := range rules[1:] {
+		if !targetsOurs(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// New makes a Syncer with the backend SetBackend chose (default
+// iptables): for tests and tools.
+func New(log *slog.Logger) (*Syncer, error) { return NewBackend(CurrentBackend(), log) }
+
+// NewBackend makes the node's Syncer with the named backend ([firewall]
+// backend: iptables, nftables or auto; "" is iptables). Whatever the
+// other backend left (a node that switched) is removed first.
+func NewBackend(name string, log *slog.Logger) (*Syncer, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if name == "" {
+		name = BackendIptables
+	}
+	if !slices.Contains([]string{BackendIptables, BackendNftables, BackendAuto}, name) {
+		return nil, fmt.Errorf("firewall backend %q: want iptables, nftables or auto", name)
+	}
+	why := "configured"
+	if name == BackendAuto {
+		name, why = chooseAuto()
+	}
+	if name == BackendNftables {
+		n, err := NewNftables()
+		if err != nil {
+			return nil, err
+		}
+		if r, err := Detect(); err == nil {
+			if err := cleanupTables(r, presentTables(r)); err != nil {
+				return nil, fmt.Errorf("remove warren's iptables rules before using nftables: %w", err)
+			}
+			sets, _ := r.Sets()
+			for set := range sets {
+				if err := r.DestroySet(set); err != nil {
+					log.Warn("could not destroy an ipset of the iptables backend", "set", set, "err", err)
+				}
+			}
+		}
+		s := NewSyncer(n, log)
+		s.log.Info("firewall backend", "backend", "nftables", "table", "inet "+NftTable, "why", why)
+		return s, nil
+	}
 	r, err := Detect()
 	if err != nil {
 		return nil, err
 	}
+	if err := DeleteNftTable(); err != nil {
+		log.Debug("no nftables table to remove", "err", err)
+	}
 	s := NewSyncer(r, log)
-	s.log.Info("firewall backend", "command", r.command, "backend", r.backend)
+	s.log.Info("firewall backend", "command", r.command, "backend", r.backend, "why", why)
 	return s, nil
+}
+
+// presentTables are the tables of r that exist (legacy tables not loaded
+// are not listed: listing would create them).
+func presentTables(r *Iptables) []string {
+	if r.backend != "legacy" {
+		return tables
+	}
+	return slices.DeleteFunc(slices.Clone(tables), func(t string) bool { return !slices.Contains(iptbackend.LegacyTables(), t) })
 }
 
 // Name is the command and its backend, e.g. "iptables-nft (nf_tables)".

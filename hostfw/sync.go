@@ -61,6 +61,7 @@ type Syncer struct {
 	applied  map[string]Chains      // table -> chains as the kernel holds them; nil: full sync next
 	hooked   map[[2]string][]string // the hooks the last sync wrote
 	members  map[string]map[netip.Prefix]bool
+	nftSets  []Set  // the sets the last nftables sync wrote
 	bridge   []byte // bridge text last written; nil: write at the next sync
 	lastFull time.Time
 	syncs    int
@@ -206,6 +207,9 @@ func (s *Syncer) syncLocked() error {
 }
 
 func (s *Syncer) sync() error {
+	if w, ok := s.r.(tableWriter); ok {
+		return s.syncNft(w)
+	}
 	start := time.Now()
 	chains, hooks, sets := s.desired()
 	full := s.applied == nil || time.Since(s.lastFull) > fullSyncInterval
@@ -463,6 +467,16 @@ func (s *Syncer) Check(slow bool) (bool, error) {
 	}
 	_, hooks, _ := s.desired()
 	broken := ""
+	if w, ok := s.r.(tableWriter); ok {
+		intact, err := w.Intact(slow)
+		if err != nil {
+			return false, err
+		}
+		if !intact {
+			broken = "table inet " + NftTable
+		}
+		hooks = nil
+	}
 	for _, k := range slices.SortedFunc(maps.Keys(hooks), func(a, b [2]string) int { return strings.Compare(a[0]+a[1], b[0]+b[1]) }) {
 		want := hooks[k]
 		if !slow && k[1] != "FORWARD" {
@@ -477,7 +491,7 @@ func (s *Syncer) Check(slow bool) (bool, error) {
 			break
 		}
 	}
-	if broken == "" && slow {
+	if _, nft := s.r.(tableWriter); broken == "" && slow && !nft { // nftables: Intact counted every chain's rules
 		for _, o := range owners {
 			for _, c := range s.parts[o].Canaries {
 				ok, err := s.r.Exists(c.Table, c.Chain, c.Rule)

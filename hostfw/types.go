@@ -24,6 +24,12 @@
 // sync when something is off. Cleanup removes everything, in both
 // iptables variants. Runner is the kernel side; NewFake is an in-memory
 // one for unit tests.
+//
+// The nftables backend (Nftables, chosen by [firewall] backend) writes the
+// same parts as one table of its own, table inet warren, in one netlink
+// batch per sync; the rules' iptables text is translated to nft
+// expressions (nftrule.go), and anything outside the translated subset is
+// an error, never dropped.
 package hostfw
 
 import (

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/warren-appliance/warren/hostfw"
 	"github.com/warren-appliance/warren/integration/lab"
 	"github.com/warren-appliance/warren/netpolicy"
 )
@@ -190,12 +192,56 @@ func (p *policyLab) outsideGet(n *lab.Node, timeout int) (string, error) {
 
 // inSet reports whether ip is in the set of tasks sel on node n.
 func inSet(n *lab.Node, sel, ip string) (bool, error) {
+	if nftablesLab() {
+		out, err := n.Exec(context.Background(), "nft", "list", "set", "inet", hostfw.NftTable, netpolicy.SetName("tasks "+sel))
+		if err != nil {
+			return false, err
+		}
+		return setListHas(out, ip), nil
+	}
 	var ok bool
 	err := n.Do(func() (err error) {
 		ok, err = netlink.IpsetTest(netpolicy.SetName("tasks "+sel), &netlink.IPSetEntry{IP: net.ParseIP(ip)})
 		return err
 	})
 	return ok, err
+}
+
+// nftablesLab reports whether the lab's nodes run the nftables backend
+// (WARREN_LAB_FIREWALL_BACKEND=nftables).
+func nftablesLab() bool { return os.Getenv(lab.FirewallBackendEnv) == hostfw.BackendNftables }
+
+// setListHas reports whether `nft list set` output holds ip as an element
+// (an address, or inside a listed prefix or range).
+func setListHas(out, ip string) bool {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	i := strings.Index(out, "elements = {")
+	if i < 0 {
+		return false
+	}
+	body := out[i+len("elements = {"):]
+	body, _, _ = strings.Cut(body, "}")
+	for _, e := range strings.Split(body, ",") {
+		e = strings.TrimSpace(e)
+		if lo, hi, ok := strings.Cut(e, "-"); ok {
+			a, err1 := netip.ParseAddr(strings.TrimSpace(lo))
+			b, err2 := netip.ParseAddr(strings.TrimSpace(hi))
+			if err1 == nil && err2 == nil && a.Compare(addr) <= 0 && addr.Compare(b) <= 0 {
+				return true
+			}
+			continue
+		}
+		if p, err := netip.ParsePrefix(e); err == nil && p.Contains(addr) {
+			return true
+		}
+		if a, err := netip.ParseAddr(e); err == nil && a == addr {
+			return true
+		}
+	}
+	return false
 }
 
 // Seed "Network Policies": the seed's policy, as written, lets app=frontend
@@ -500,6 +546,9 @@ spec:
 		if out, _ := n.Exec(p.ctx, "iptables-save"); strings.Contains(out, "api-policy") {
 			t.Errorf("%s still has api-policy rules:\n%s", n.Name, out)
 		}
+		if out, _ := n.Exec(p.ctx, "nft", "list", "ruleset"); strings.Contains(out, "api-policy") {
+			t.Errorf("%s still has api-policy rules in nftables:\n%s", n.Name, out)
+		}
 	}
 	if got, err := p.outsideGet(p.m, 5); err != nil || (got != api && got != "api-2") {
 		t.Errorf("outside -> published port after policy rm: %q %v", got, err)
@@ -522,6 +571,9 @@ spec:
 	}
 	if out, err := p.w.Exec(p.ctx, "iptables-save"); err != nil || strings.Contains(out, "WARREN-POL") {
 		t.Errorf("after --cleanup: %v\n%s", err, out)
+	}
+	if out, err := p.w.Exec(p.ctx, "nft", "list", "tables"); err != nil || strings.Contains(out, hostfw.NftTable) {
+		t.Errorf("after --cleanup, nftables: %v\n%s", err, out)
 	}
 	if err := p.w.Do(func() error {
 		sets, err := netlink.IpsetListAll()

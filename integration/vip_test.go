@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/hostfw"
 	"github.com/warren-appliance/warren/integration/lab"
 )
 
@@ -76,6 +77,19 @@ func TestVIPLoadBalancesFromNodesAndTasks(t *testing.T) {
 		}
 		checkSpread(t, node.Name, counts, tasks, n)
 
+		if nftablesLab() {
+			rules, err := node.Exec(ctx, "nft", "list", "table", "inet", hostfw.NftTable)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(rules, v.VIP) || strings.Count(rules, "dnat ip to") < 3 {
+				t.Errorf("%s: table inet warren lacks the VIP's DNAT rules:\n%s", node.Name, rules)
+			}
+			if save, _ := node.Exec(ctx, "iptables-save"); strings.Contains(save, "WARREN") {
+				t.Errorf("%s: nftables backend, yet iptables-save shows warren's chains:\n%s", node.Name, save)
+			}
+			continue
+		}
 		rules, err := node.Exec(ctx, "iptables", "-t", "nat", "-L", "-n")
 		if err != nil {
 			t.Fatal(err)

@@ -23,7 +23,11 @@ func newApplier(t *testing.T, ns string) (*Applier, *hostfw.Syncer, string) {
 	t.Helper()
 	var fw *hostfw.Syncer
 	mustInNetns(t, ns, func() (err error) { fw, err = hostfw.New(nil); return err })
-	return NewApplier(fw), fw, fw.Runner().(*hostfw.Iptables).Command()
+	command := "" // the nftables backend runs no iptables command
+	if x, ok := fw.Runner().(*hostfw.Iptables); ok {
+		command = x.Command()
+	}
+	return NewApplier(fw), fw, command
 }
 
 func syncIn(t *testing.T, ns string, a *Applier, r Rules) SyncStats {

@@ -101,6 +101,17 @@ func TestCommunityRecipes(t *testing.T) {
 // timed-out connection from a task shown to reach another address.
 func TestCommunityRecipesEnforced(t *testing.T) {
 	requireRoot(t)
+	for _, b := range hostfw.Backends {
+		t.Run(b, func(t *testing.T) {
+			if err := hostfw.UseBackend(t, b); err != nil {
+				t.Fatal(err)
+			}
+			testCommunityRecipesEnforced(t, b)
+		})
+	}
+}
+
+func testCommunityRecipesEnforced(t *testing.T, backend string) {
 	host := newNetns(t, "rhost")
 	names := []string{"apiserver", "monitor", "foo"}
 	ns := map[string]string{}
@@ -220,5 +231,18 @@ func TestCommunityRecipesEnforced(t *testing.T) {
 		{"foo", "monitor", 53, true},
 		{"foo", "monitor", 80, false},
 	})
+	if backend == hostfw.BackendNftables {
+		if save := nsRun(t, host, "iptables-save"); strings.Contains(save, "WARREN") {
+			t.Errorf("nftables backend, yet iptables-save shows warren's chains:\n%s", save)
+		}
+		if out := nsRun(t, host, "nft", "list", "table", "inet", "warren"); !strings.Contains(out, "set WARREN-PS-") {
+			t.Errorf("table inet warren holds no policy set:\n%s", out)
+		}
+	}
 	mustInNetns(t, host, func() error { return hostfw.Cleanup(nil) })
+	if backend == hostfw.BackendNftables {
+		if out := nsRun(t, host, "nft", "list", "tables"); strings.Contains(out, "warren") {
+			t.Errorf("Cleanup left table inet warren: %s", out)
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/warren-appliance/warren/hostfw"
 	"github.com/warren-appliance/warren/internal/testimage/testnode"
 )
 
@@ -53,6 +54,17 @@ func inNetnsPath(path string, fn func() error) error {
 // br_netfilter; its real address passes. And a task reaches only DNS (and
 // ping) on its node, not the node's other ports (API, Raft, sshd).
 func TestTaskCannotForgeItsSource(t *testing.T) {
+	for _, b := range hostfw.Backends {
+		t.Run(b, func(t *testing.T) {
+			if err := hostfw.UseBackend(t, b); err != nil {
+				t.Fatal(err)
+			}
+			testTaskCannotForgeItsSource(t, b)
+		})
+	}
+}
+
+func testTaskCannotForgeItsSource(t *testing.T, backend string) {
 	if !testnode.Enter(t, "ospoof") {
 		return
 	}
@@ -83,6 +95,7 @@ func TestTaskCannotForgeItsSource(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			checkNoIptablesChains(t, backend)
 			// b listens; a sends one datagram from each source.
 			var conn net.PacketConn
 			if err := inNetnsPath(n.netnsPath("b"), func() (err error) {
@@ -184,6 +197,17 @@ func TestTaskCannotForgeItsSource(t *testing.T) {
 // addresses from their namespaces first. Cleanup removes the chain and its
 // jumps, and a second cleanup finds nothing to do.
 func TestPortSourcesSurviveRestartAndCleanup(t *testing.T) {
+	for _, b := range hostfw.Backends {
+		t.Run(b, func(t *testing.T) {
+			if err := hostfw.UseBackend(t, b); err != nil {
+				t.Fatal(err)
+			}
+			testPortSourcesSurviveRestartAndCleanup(t, b)
+		})
+	}
+}
+
+func testPortSourcesSurviveRestartAndCleanup(t *testing.T, backend string) {
 	if !testnode.Enter(t, "ospfr") {
 		return
 	}
@@ -201,6 +225,7 @@ func TestPortSourcesSurviveRestartAndCleanup(t *testing.T) {
 	if err := n.ensureHost(); err != nil {
 		t.Fatal(err)
 	}
+	checkNoIptablesChains(t, backend)
 	for task, ip := range map[string]string{"a": "10.0.1.2", "b": "10.0.1.3"} {
 		if _, err := n.ensureTask(task, netip.MustParseAddr(ip)); err != nil {
 			t.Fatal(err)
@@ -226,6 +251,20 @@ func TestPortSourcesSurviveRestartAndCleanup(t *testing.T) {
 	}
 	if out, _ := exec.Command("ebtables-nft", "-t", "filter", "-L").CombinedOutput(); strings.Contains(string(out), chainTaskSource) {
 		t.Fatalf("cleanup left the bridge chain or its jumps:\n%s", out)
+	}
+}
+
+// checkNoIptablesChains fails t when the nftables backend left a warren
+// chain in iptables.
+func checkNoIptablesChains(t *testing.T, backend string) {
+	if backend != hostfw.BackendNftables {
+		return
+	}
+	if out, _ := exec.Command("iptables-save").CombinedOutput(); strings.Contains(string(out), "WARREN") {
+		t.Errorf("nftables backend, yet iptables-save shows warren's chains:\n%s", out)
+	}
+	if out, err := exec.Command("nft", "list", "table", "inet", "warren").CombinedOutput(); err != nil || !strings.Contains(string(out), "filter-WARREN-TASK-") {
+		t.Errorf("nftables backend, yet table inet warren holds no task chain: %v\n%s", err, out)
 	}
 }
 

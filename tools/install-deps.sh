@@ -25,7 +25,7 @@
 set -eu
 
 DEMO="containerd runc iptables iproute2 wireguard-tools conntrack kmod procps util-linux busybox-static curl"
-TEST="$DEMO iputils-ping iperf3 rpm dpkg-dev qemu-user-static systemd debootstrap cloud-init python3-yaml prometheus docker-registry skopeo apache2-utils"
+TEST="$DEMO iputils-ping iperf3 rpm dpkg-dev qemu-user-static systemd debootstrap cloud-init python3-yaml prometheus docker-registry skopeo apache2-utils nftables"
 
 what=test
 list=false

@@ -332,9 +332,19 @@ func (h *Host) Background(logName string, name string, args ...string) (*exec.Cm
 }
 
 // WriteConfig writes the node's /etc/warren/warren.toml.
+//
+// With WARREN_LAB_FIREWALL_BACKEND set (iptables, nftables or auto), a
+// config without a [firewall] section gets one with that backend: the
+// lab suite runs against either firewall backend.
 func (n *Node) WriteConfig(toml string) error {
+	if b := os.Getenv(FirewallBackendEnv); b != "" && !strings.Contains(toml, "[firewall]") {
+		toml += fmt.Sprintf("\n[firewall]\nbackend = %q\n", b)
+	}
 	return os.WriteFile(filepath.Join(n.Root, "etc", "warren.toml"), []byte(toml), 0o600)
 }
+
+// FirewallBackendEnv names the variable WriteConfig reads.
+const FirewallBackendEnv = "WARREN_LAB_FIREWALL_BACKEND"
 
 // InstallPackage puts the files of an extracted package (`dpkg-deb -x`)
 // where the package puts them, as far as a simulated node has its own

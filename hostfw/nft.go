@@ -1,0 +1,861 @@
+package hostfw
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// NftTable is the one nftables table warren writes with the nftables
+// backend: family inet, so one table serves the filter, nat and mangle
+// hooks (inet nat needs Linux >= 5.2). Our base chains only jump to our
+// chains for IPv4 packets, as iptables (IPv4 only) did.
+const NftTable = "warren"
+
+// nftBase is where an iptables built-in chain sits in table inet warren:
+// its chain type, hook and priority (the priorities of iptables' own
+// tables: mangle -150, dstnat -100, filter 0, srcnat 100).
+type nftBase struct {
+	typ  nftables.ChainType
+	hook *nftables.ChainHook
+	prio int32
+}
+
+var nftBases = map[[2]string]nftBase{
+	{"mangle", "FORWARD"}:  {nftables.ChainTypeFilter, nftables.ChainHookForward, -150},
+	{"filter", "INPUT"}:    {nftables.ChainTypeFilter, nftables.ChainHookInput, 0},
+	{"filter", "FORWARD"}:  {nftables.ChainTypeFilter, nftables.ChainHookForward, 0},
+	{"filter", "OUTPUT"}:   {nftables.ChainTypeFilter, nftables.ChainHookOutput, 0},
+	{"nat", "PREROUTING"}:  {nftables.ChainTypeNAT, nftables.ChainHookPrerouting, -100},
+	{"nat", "INPUT"}:       {nftables.ChainTypeNAT, nftables.ChainHookInput, 100},
+	{"nat", "OUTPUT"}:      {nftables.ChainTypeNAT, nftables.ChainHookOutput, -100},
+	{"nat", "POSTROUTING"}: {nftables.ChainTypeNAT, nftables.ChainHookPostrouting, 100},
+}
+
+// nftPlan is the whole table, built (and every rule translated) before
+// anything is written: a rule the translator cannot express fails the
+// sync with nothing applied.
+type nftPlan struct {
+	table  *nftables.Table
+	sets   []*nftables.Set
+	elems  map[string][]nftables.SetElement
+	chains []*nftables.Chain
+	rules  []*nftables.Rule
+	// count is the number of rules per chain, for the canary.
+	count map[string]int
+}
+
+// setElements turns prefixes into the elements of an interval set:
+// overlapping and adjacent prefixes are merged (the kernel refuses
+// overlapping intervals), each range is a start and an end (exclusive)
+// element; a range up to 255.255.255.255 has no end.
+func setElements(members []netip.Prefix) []nftables.SetElement {
+	type rng struct{ lo, hi uint64 } // hi exclusive
+	var rs []rng
+	for _, p := range members {
+		if !p.Addr().Is4() {
+			continue
+		}
+		p = p.Masked()
+		b := p.Addr().As4()
+		lo := uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])
+		rs = append(rs, rng{lo, lo + 1<<(32-p.Bits())})
+	}
+	slices.SortFunc(rs, func(a, b rng) int { return cmp.Compare(a.lo, b.lo) })
+	var merged []rng
+	for _, r := range rs {
+		if n := len(merged); n > 0 && r.lo <= merged[n-1].hi {
+			merged[n-1].hi = max(merged[n-1].hi, r.hi)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	key := func(v uint64) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
+	var out []nftables.SetElement
+	for _, r := range merged {
+		out = append(out, nftables.SetElement{Key: key(r.lo)})
+		if r.hi < 1<<32 {
+			out = append(out, nftables.SetElement{Key: key(r.hi), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// buildNft translates the merged parts into table inet warren.
+func buildNft(chains map[string]Chains, hooks map[[2]string][]string, sets []Set) (*nftPlan, error) {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	p := &nftPlan{table: t, elems: map[string][]nftables.SetElement{}, count: map[string]int{}}
+	byName := map[string]*nftables.Set{}
+	id := uint32(0)
+	for _, st := range sets {
+		if byName[st.Name] != nil {
+			continue
+		}
+		id++
+		s := &nftables.Set{Table: t, Name: st.Name, ID: id, KeyType: nftables.TypeIPAddr, Interval: true}
+		byName[st.Name] = s
+		p.sets = append(p.sets, s)
+		p.elems[st.Name] = setElements(st.Members)
+	}
+	var all []string
+	for _, tbl := range tables {
+		for _, c := range slices.Sorted(maps.Keys(chains[tbl])) {
+			all = append(all, chains[tbl][c]...)
+		}
+	}
+	recent, err := recentTimeouts(all)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(recent)) {
+		id++
+		s := &nftables.Set{Table: t, Name: recentSetName(name), ID: id, KeyType: nftables.TypeIPAddr,
+			Dynamic: true, HasTimeout: true, Timeout: recent[name]}
+		byName[s.Name] = s
+		p.sets = append(p.sets, s)
+	}
+	add := func(ctx *nftCtx, ch *nftables.Chain, rule string, ipv4Only bool) error {
+		ex, ud, err := ctx.translate(rule)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ch.Name, err)
+		}
+		if ipv4Only {
+			ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
+		}
+		p.rules = append(p.rules, &nftables.Rule{Table: t, Chain: ch, Exprs: ex, UserData: ud})
+		p.count[ch.Name]++
+		return nil
+	}
+	// Regular chains first (a jump needs its target), then the base chains.
+	for _, tbl := range tables {
+		ctx := &nftCtx{table: t, sets: byName, family: tbl}
+		names := slices.Sorted(maps.Keys(chains[tbl]))
+		byChain := map[string]*nftables.Chain{}
+		for _, c := range names {
+			ch := &nftables.Chain{Table: t, Name: nftChainName(tbl, c)}
+			byChain[c] = ch
+			p.chains = append(p.chains, ch)
+			p.count[ch.Name] += 0
+		}
+		for _, c := range names {
+			for _, r := range chains[tbl][c] {
+				if err := add(ctx, byChain[c], r, false); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(hooks), func(a, b [2]string) int { return cmp.Compare(a[0]+" "+a[1], b[0]+" "+b[1]) })
+	for _, k := range keys {
+		b, ok := nftBases[k]
+		if !ok {
+			return nil, fmt.Errorf("nftables: no base chain for %s %s", k[0], k[1])
+		}
+		prio := nftables.ChainPriority(b.prio)
+		accept := nftables.ChainPolicyAccept
+		ch := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1]), Type: b.typ, Hooknum: b.hook, Priority: &prio, Policy: &accept}
+		p.chains = append(p.chains, ch)
+		ctx := &nftCtx{table: t, sets: byName, family: k[0]}
+		for _, r := range hooks[k] { // in hook order: the policy's first
+			if err := add(ctx, ch, r, true); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return p, nil
+}
+
+// Nftables is the Runner of the nftables backend: one table of our own,
+// table inet warren, replaced in one netlink batch per sync, with the
+// bridge chain through ebtables (as with iptables: Debian's ebtables is
+// ebtables-nft, itself nf_tables).
+type Nftables struct {
+	bridge Iptables // only its ebtables methods
+	count  map[string]int
+	// What the last write left in the table (nil: write it all next).
+	prev *nftState
+	// setIDs numbers the sets added in a batch.
+	setIDs uint32
+	// gen is the nf_tables ruleset generation after our last write or
+	// last check that found the table intact (0: unknown): any commit by
+	// anyone changes it, so an unchanged one means an unchanged table.
+	gen uint32
+}
+
+// nftGen is the ruleset generation (NFT_MSG_GETGEN).
+func nftGen() (uint32, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, errors.New("no generation id in the reply")
+}
+
+// noteGen remembers the generation after a write (0 when unknown).
+func (n *Nftables) noteGen() {
+	g, err := nftGen()
+	if err != nil {
+		g = 0
+	}
+	n.gen = g
+}
+
+// nftState is what a Replace wrote, as the Syncer's plain data.
+type nftState struct {
+	chains map[string]Chains
+	hooks  map[[2]string][]string
+	sets   map[string][]netip.Prefix
+	recent map[string]time.Duration
+}
+
+// NewNftables checks that the kernel answers nf_tables requests.
+func NewNftables() (*Nftables, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	if _, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
+		return nil, fmt.Errorf("nftables: list tables: %w", err)
+	}
+	return &Nftables{}, nil
+}
+
+func (n *Nftables) Name() string { return "nftables (table inet " + NftTable + ")" }
+
+// Replace makes table inet warren hold exactly the plan, in one netlink
+// batch (one nf_tables transaction): create the table if missing, delete
+// it with everything in it, create it again and fill it. Packets see the
+// old table or the new one, never a mix or none.
+func (n *Nftables) replaceAll(chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error {
+	p, err := buildNft(chains, hooks, sets)
+	if err != nil {
+		return err
+	}
+
+	// The batch is one netlink message sequence in one sendmsg: the
+	// socket buffers must hold it (and the kernel's acknowledgements),
+	// well beyond the default wmem_max for thousands of rules.
+	buf := 4<<20 + 1024*(len(p.rules)+len(p.chains))
+	for _, e := range p.elems {
+		buf += 64 * len(e)
+	}
+	c, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, buf) }))
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	c.AddTable(p.table)
+	c.DelTable(p.table)
+	c.AddTable(p.table)
+	for _, s := range p.sets {
+		if err := c.AddSet(s, p.elems[s.Name]); err != nil {
+			return fmt.Errorf("nftables: set %s: %w", s.Name, err)
+		}
+	}
+	for _, ch := range p.chains {
+		c.AddChain(ch)
+	}
+	for _, r := range p.rules {
+		c.AddRule(r)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: replace table inet %s (%d chains, %d rules, %d sets): %w", NftTable, len(p.chains), len(p.rules), len(p.sets), err)
+	}
+	n.count = p.count
+	n.setIDs = uint32(len(p.sets))
+	n.noteGen()
+	return nil
+}
+
+// forceBuffers sets the netlink socket's send and receive buffers to
+// bytes, past the sysctl caps (SO_*BUFFORCE: root, as writing rules is).
+func forceBuffers(nc *netlink.Conn, bytes int) error {
+	rc, err := nc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, bytes); serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bytes)
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("netlink socket buffers of %d bytes: %w", bytes, serr)
+	}
+	return nil
+}
+
+// Replace makes table inet warren hold the parts. With full, or when the
+// last write is unknown, the whole table is replaced (replaceAll);
+// otherwise one batch changes only what differs from the last write:
+// new chains and sets are added, changed chains are flushed and
+// refilled, changed sets get their elements replaced, and chains and
+// sets no longer wanted are deleted. Either way one netlink batch, one
+// nf_tables transaction: packets never see half of it.
+func (n *Nftables) Replace(full bool, keep func(owner string) bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error {
+	next := &nftState{chains: chains, hooks: hooks, sets: map[string][]netip.Prefix{}}
+	for _, st := range sets {
+		if _, dup := next.sets[st.Name]; !dup {
+			next.sets[st.Name] = st.Members
+		}
+	}
+	var all []string
+	for _, tbl := range tables {
+		for _, rules := range chains[tbl] {
+			all = append(all, rules...)
+		}
+	}
+	recent, err := recentTimeouts(all)
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	next.recent = recent
+	if full || n.prev == nil || !maps.Equal(n.prev.recent, recent) {
+		n.prev = nil
+		adopt := false
+		if keep != nil {
+			for _, o := range owners {
+				adopt = adopt || keep(o)
+			}
+		}
+		if adopt {
+			// Some owner has no part yet (a daemon start): what the last
+			// run wrote for it stays (as with iptables), so no table delete.
+			done, err := n.adopt(keep, chains, hooks, sets)
+			if err != nil || done {
+				return err // n.prev stays nil: the next sync is full again
+			}
+		}
+		if err := n.replaceAll(chains, hooks, sets); err != nil {
+			return err
+		}
+		n.prev = next
+		return nil
+	}
+	if err := n.update(n.prev, next); err != nil {
+		n.prev = nil // the next sync writes it all
+		return err
+	}
+	n.prev = next
+	return nil
+}
+
+// ownerOfNft is the owner of a chain of table inet warren (TABLE-CHAIN)
+// or of a set ("" for neither).
+func ownerOfNft(name string) string {
+	if strings.HasPrefix(name, SetPrefix) {
+		return OwnerPolicy
+	}
+	if strings.HasPrefix(name, "recent-"+ChainPrefix) {
+		return OwnerNAT
+	}
+	if _, chain, ok := strings.Cut(name, "-"); ok {
+		return ownerOf(chain)
+	}
+	return ""
+}
+
+// jumpOwner is the owner of the chain a rule jumps to ("" for none).
+func jumpOwner(r *nftables.Rule) string {
+	for _, e := range r.Exprs {
+		if v, ok := e.(*expr.Verdict); ok && (v.Kind == expr.VerdictJump || v.Kind == expr.VerdictGoto) {
+			return ownerOfNft(v.Chain)
+		}
+	}
+	return ""
+}
+
+// adopt is the full sync of a start, when some owners have no part yet
+// and table inet warren exists: in one batch, every wanted chain and set
+// is created or flushed and refilled, chains and sets of owners with a
+// part that are no longer wanted are deleted, and each base chain gets,
+// in owner order, the hooks of owners with a part and the rules the
+// kernel holds for owners without one. Chains and sets of owners without
+// a part are not touched. It reports false (nothing done) when the table
+// does not exist or holds nothing of owners without a part.
+func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) (bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err != nil {
+		return false, nil
+	}
+	p, err := buildNft(chains, hooks, sets)
+	if err != nil {
+		return false, err
+	}
+	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("nftables: list chains: %w", err)
+	}
+	have, err := c.GetSets(t)
+	if err != nil {
+		return false, fmt.Errorf("nftables: list sets: %w", err)
+	}
+	wantChain := map[string]bool{}
+	for _, ch := range p.chains {
+		wantChain[ch.Name] = true
+	}
+	wantSet := map[string]bool{}
+	for _, st := range p.sets {
+		wantSet[st.Name] = true
+	}
+	count := maps.Clone(p.count)
+	// Base chains: the kernel's rules of owners without a part, in order.
+	kept := map[string][]*nftables.Rule{}
+	var gone []*nftables.Chain
+	for _, ch := range all {
+		if ch.Table.Name != NftTable {
+			continue
+		}
+		o := ownerOfNft(ch.Name)
+		switch {
+		case ch.Hooknum != nil:
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+			}
+			kept[ch.Name] = rules
+		case wantChain[ch.Name]:
+		case o != "" && keep(o):
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+			}
+			count[ch.Name] = len(rules)
+		default:
+			gone = append(gone, ch)
+		}
+	}
+	keeping := false
+	for _, ch := range all {
+		if ch.Table.Name == NftTable && ch.Hooknum == nil && !wantChain[ch.Name] {
+			if o := ownerOfNft(ch.Name); o != "" && keep(o) {
+				keeping = true
+			}
+		}
+	}
+	for _, rules := range kept {
+		for _, r := range rules {
+			if o := jumpOwner(r); o != "" && keep(o) {
+				keeping = true
+			}
+		}
+	}
+	for _, st := range have {
+		if o := ownerOfNft(st.Name); o != "" && keep(o) && !wantSet[st.Name] {
+			keeping = true
+		}
+	}
+	if !keeping {
+		return false, nil // nothing of owners without a part: a plain full write
+	}
+	size := 4<<20 + 1024*(len(p.rules)+len(p.chains))
+	w, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, size) }))
+	if err != nil {
+		return false, fmt.Errorf("nftables: %w", err)
+	}
+	w.AddTable(t)
+	for _, st := range p.sets {
+		if err := w.AddSet(st, nil); err != nil {
+			return false, fmt.Errorf("nftables: set %s: %w", st.Name, err)
+		}
+		w.FlushSet(st)
+		if el := p.elems[st.Name]; len(el) > 0 {
+			if err := w.SetAddElements(st, el); err != nil {
+				return false, fmt.Errorf("nftables: set %s: %w", st.Name, err)
+			}
+		}
+	}
+	for _, ch := range p.chains {
+		w.AddChain(ch)
+		w.FlushChain(ch)
+	}
+	baseRules := map[string][]*nftables.Rule{}
+	for _, r := range p.rules {
+		if r.Chain.Hooknum != nil {
+			baseRules[r.Chain.Name] = append(baseRules[r.Chain.Name], r)
+			continue
+		}
+		w.AddRule(r)
+	}
+	bases := map[string]*nftables.Chain{}
+	for _, ch := range p.chains {
+		if ch.Hooknum != nil {
+			bases[ch.Name] = ch
+		}
+	}
+	for name, rules := range kept {
+		if bases[name] == nil {
+			for _, r := range rules {
+				if o := jumpOwner(r); o != "" && keep(o) {
+					ch := *r.Chain
+					ch.Table = t
+					bases[name] = &ch
+					w.FlushChain(&ch)
+					break
+				}
+			}
+		}
+	}
+	for name, ch := range bases {
+		n := 0
+		for _, o := range owners {
+			if keep(o) {
+				for _, r := range kept[name] {
+					if jumpOwner(r) == o {
+						w.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.Exprs, UserData: r.UserData})
+						n++
+					}
+				}
+				continue
+			}
+			for _, r := range baseRules[name] {
+				if jumpOwner(r) == o {
+					w.AddRule(r)
+					n++
+				}
+			}
+		}
+		count[name] = n
+	}
+	for name, rules := range kept {
+		if bases[name] == nil && len(rules) > 0 {
+			w.FlushChain(&nftables.Chain{Table: t, Name: name})
+		}
+	}
+	for _, ch := range gone {
+		w.FlushChain(ch)
+	}
+	for name := range kept {
+		if bases[name] == nil {
+			w.DelChain(&nftables.Chain{Table: t, Name: name})
+		}
+	}
+	for _, ch := range gone {
+		w.DelChain(ch)
+	}
+	for _, st := range have {
+		if o := ownerOfNft(st.Name); !wantSet[st.Name] && o != "" && !keep(o) {
+			w.DelSet(st)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return false, fmt.Errorf("nftables: take over table inet %s: %w", NftTable, err)
+	}
+	n.count = count
+	n.noteGen()
+	return true, nil
+}
+
+// update writes the difference between prev and next in one batch.
+func (n *Nftables) update(prev, next *nftState) error {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	size := 1 << 20
+	c, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, size) }))
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	count := maps.Clone(n.count)
+	sets := map[string]*nftables.Set{}
+	for name := range next.recent {
+		sets[recentSetName(name)] = &nftables.Set{Table: t, Name: recentSetName(name), Timeout: next.recent[name]}
+	}
+	// Sets: new ones added, changed ones refilled.
+	for _, name := range slices.Sorted(maps.Keys(next.sets)) {
+		members := next.sets[name]
+		old, had := prev.sets[name]
+		set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, Interval: true}
+		sets[name] = set
+		switch {
+		case !had:
+			n.setIDs++
+			set.ID = n.setIDs
+			if err := c.AddSet(set, setElements(members)); err != nil {
+				return fmt.Errorf("nftables: set %s: %w", name, err)
+			}
+		case !slices.Equal(old, members):
+			c.FlushSet(set)
+			if elems := setElements(members); len(elems) > 0 {
+				if err := c.SetAddElements(set, elems); err != nil {
+					return fmt.Errorf("nftables: set %s: %w", name, err)
+				}
+			}
+		}
+	}
+	var gone []*nftables.Chain
+	// Regular chains: declare the new ones first (a jump needs its target).
+	for _, tbl := range tables {
+		for _, ch := range slices.Sorted(maps.Keys(next.chains[tbl])) {
+			if _, had := prev.chains[tbl][ch]; !had {
+				c.AddChain(&nftables.Chain{Table: t, Name: nftChainName(tbl, ch)})
+			}
+		}
+	}
+	refill := func(ctx *nftCtx, ch *nftables.Chain, rules []string, flush, base bool) error {
+		if flush {
+			c.FlushChain(ch)
+		}
+		for _, r := range rules {
+			ex, ud, err := ctx.translate(r)
+			if err != nil {
+				return fmt.Errorf("%s: %w", ch.Name, err)
+			}
+			if base {
+				ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
+			}
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ex, UserData: ud})
+		}
+		count[ch.Name] = len(rules)
+		size += 1024 * len(rules)
+		return nil
+	}
+	for _, tbl := range tables {
+		ctx := &nftCtx{table: t, sets: sets, family: tbl}
+		for _, ch := range slices.Sorted(maps.Keys(next.chains[tbl])) {
+			old, had := prev.chains[tbl][ch]
+			if had && slices.Equal(old, next.chains[tbl][ch]) {
+				continue
+			}
+			if err := refill(ctx, &nftables.Chain{Table: t, Name: nftChainName(tbl, ch)}, next.chains[tbl][ch], had, false); err != nil {
+				return err
+			}
+		}
+		for ch := range prev.chains[tbl] {
+			if _, keep := next.chains[tbl][ch]; !keep {
+				nc := &nftables.Chain{Table: t, Name: nftChainName(tbl, ch)}
+				c.FlushChain(nc)
+				gone = append(gone, nc)
+			}
+		}
+	}
+	// Base chains: the hooks.
+	for k, rules := range next.hooks {
+		old, had := prev.hooks[k]
+		if had && slices.Equal(old, rules) {
+			continue
+		}
+		b, ok := nftBases[k]
+		if !ok {
+			return fmt.Errorf("nftables: no base chain for %s %s", k[0], k[1])
+		}
+		prio := nftables.ChainPriority(b.prio)
+		accept := nftables.ChainPolicyAccept
+		ch := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1]), Type: b.typ, Hooknum: b.hook, Priority: &prio, Policy: &accept}
+		if !had {
+			c.AddChain(ch)
+		}
+		if err := refill(&nftCtx{table: t, sets: sets, family: k[0]}, ch, rules, had, true); err != nil {
+			return err
+		}
+	}
+	for k := range prev.hooks {
+		if _, keep := next.hooks[k]; !keep {
+			nc := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1])}
+			c.FlushChain(nc)
+			gone = append(gone, nc)
+		}
+	}
+	for _, ch := range gone {
+		c.DelChain(ch)
+		delete(count, ch.Name)
+	}
+	for name := range prev.sets {
+		if _, keep := next.sets[name]; !keep {
+			c.DelSet(&nftables.Set{Table: t, Name: name})
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: update table inet %s: %w", NftTable, err)
+	}
+	n.count = count
+	n.noteGen()
+	return nil
+}
+
+// Intact reports whether table inet warren still has the chains the last
+// Replace wrote, each with as many rules (slow: every chain's rules are
+// counted; quick: the base chains' only). When the nf_tables generation
+// has not moved since our last write or full check, nothing changed and
+// nothing is listed.
+func (n *Nftables) Intact(slow bool) (bool, error) {
+	g, gerr := nftGen()
+	if gerr == nil && g != 0 && g == n.gen {
+		return true, nil // nobody committed anything since
+	}
+	intact, err := n.intact(slow)
+	if err == nil && intact && gerr == nil && slow {
+		n.gen = g // every chain counted at generation g (or later: checked again next time)
+	}
+	return intact, err
+}
+
+func (n *Nftables) intact(slow bool) (bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	if !slow {
+		// The quick check (every second): the base chains' rules only, a
+		// few small listings; a missing chain or table is "not intact".
+		for k := range nftBases {
+			name := nftChainName(k[0], k[1])
+			want, ok := n.count[name]
+			if !ok {
+				continue
+			}
+			rules, err := c.GetRules(t, &nftables.Chain{Table: t, Name: name})
+			if err != nil || len(rules) != want {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("nftables: list chains: %w", err)
+	}
+	seen := 0
+	for _, ch := range chains {
+		if ch.Table.Name != NftTable {
+			continue
+		}
+		want, ok := n.count[ch.Name]
+		if !ok {
+			return false, nil
+		}
+		seen++
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+		}
+		if len(rules) != want {
+			return false, nil
+		}
+	}
+	return seen == len(n.count), nil
+}
+
+// DeleteNftTable removes table inet warren; nothing when it is not there
+// or the kernel has no nf_tables.
+func DeleteNftTable() error {
+	c, err := nftables.New()
+	if err != nil {
+		return nil // no netfilter netlink: nothing of ours can be there
+	}
+	if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) {
+			return nil // no table, or no nf_tables in this kernel
+		}
+		return fmt.Errorf("nftables: look for table inet %s: %w", NftTable, err)
+	}
+	c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: delete table inet %s: %w", NftTable, err)
+	}
+	return nil
+}
+
+var errNotIptables = errors.New("the nftables backend writes no iptables chains or ipsets")
+
+// The iptables side of Runner: the Syncer never calls it with this
+// runner (it calls Replace and Intact).
+func (n *Nftables) List(table, chain string) ([]string, error)     { return nil, errNotIptables }
+func (n *Nftables) ListChains(table string) ([]string, error)      { return nil, errNotIptables }
+func (n *Nftables) Exists(table, chain, rule string) (bool, error) { return false, errNotIptables }
+func (n *Nftables) Restore([]byte) error                           { return errNotIptables }
+func (n *Nftables) Sets() (map[string]map[netip.Prefix]bool, error) {
+	return nil, errNotIptables
+}
+func (n *Nftables) CreateSet(string) error                    { return errNotIptables }
+func (n *Nftables) AddToSet(string, netip.Prefix) error       { return errNotIptables }
+func (n *Nftables) DelFromSet(string, netip.Prefix) error     { return errNotIptables }
+func (n *Nftables) DestroySet(string) error                   { return errNotIptables }
+func (n *Nftables) BridgeRestore(text []byte) error           { return n.bridge.BridgeRestore(text) }
+func (n *Nftables) BridgeList(chain string) ([]string, error) { return n.bridge.BridgeList(chain) }
+func (n *Nftables) BridgeExec(args ...string) error           { return n.bridge.BridgeExec(args...) }
+
+// tableWriter is a Runner that replaces a table of its own per sync.
+type tableWriter interface {
+	// keep reports whether an owner has no part yet: what a previous run
+	// wrote for it stays until it has.
+	Replace(full bool, keep func(owner string) bool, chains map[string]Chains, hooks map[[2]string][]string, sets []Set) error
+	Intact(slow bool) (bool, error)
+}
+
+// syncNft is sync for a tableWriter: the whole table in one batch, then
+// the bridge chain.
+func (s *Syncer) syncNft(w tableWriter) error {
+	start := time.Now()
+	chains, hooks, sets := s.desired()
+	full := s.applied == nil
+	if !full && reflect.DeepEqual(chains, s.applied) && reflect.DeepEqual(hooks, s.hooked) && reflect.DeepEqual(sets, s.nftSets) {
+		return s.syncBridge(false) // nothing changed in the table
+	}
+	keep := func(owner string) bool { _, ok := s.parts[owner]; return !ok }
+	if err := w.Replace(full, keep, chains, hooks, sets); err != nil {
+		return err
+	}
+	s.applied, s.hooked, s.nftSets = chains, hooks, sets
+	s.syncs++
+	if err := s.syncBridge(full); err != nil {
+		return err
+	}
+	s.log.Debug("synced", "backend", "nftables", "took", time.Since(start))
+	return nil
+}
+
+// NftCheck translates the parts as the nftables backend would, touching
+// nothing: for the rule builders' tests (every rule they emit must have
+// an nftables form).
+func NftCheck(parts ...Part) error {
+	s := &Syncer{parts: map[string]Part{}}
+	for i, p := range parts {
+		s.parts[owners[i%len(owners)]] = p
+	}
+	chains, hooks, sets := s.desired()
+	_, err := buildNft(chains, hooks, sets)
+	return err
+}

@@ -1,0 +1,489 @@
+package hostfw
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// The translator from iptables rule text to nftables expressions covers
+// exactly the subset the rule builders of nat, netpolicy and orchestrate
+// emit (see nftrule_test.go, which runs it over their golden files):
+//
+//	-p tcp|udp|icmp, -m tcp|udp|icmp|comment|conntrack|set|recent|statistic|mark|addrtype,
+//	[!] -s/-d CIDR, -i/-o IFACE[+], --dport N[:M], --icmp-type echo-request,
+//	--comment TEXT, --ctstate STATE[,STATE] (NEW, ESTABLISHED, RELATED, INVALID, or DNAT/SNAT alone),
+//	[!] --match-set NAME src|dst, --mark V[/M], [!] --dst-type LOCAL,
+//	--mode random --probability 1/n, --name N --set | --rcheck --seconds S [--reap],
+//	-j ACCEPT|DROP|RETURN|REJECT|WARREN-*, -j DNAT --to-destination IP[:PORT],
+//	-j MASQUERADE [--random-fully], -j MARK --or-mark|--xor-mark|--set-mark V.
+//
+// Anything else is an error naming the argument: nothing is dropped.
+
+// nftCtx is what translating a rule needs: the table, the sets by name
+// (policy sets and the "recent" sets of session affinity) and how chain
+// names map into the one table.
+type nftCtx struct {
+	table  *nftables.Table
+	sets   map[string]*nftables.Set
+	family string // the iptables table the rule is in: filter, nat, mangle
+}
+
+// nftChainName is an iptables chain of table as a chain of table inet
+// warren: chains of different iptables tables share the nft table, and
+// the same name can live in two of them (WARREN-SERVICES in nat and
+// filter).
+func nftChainName(table, chain string) string { return table + "-" + chain }
+
+// recentSetName is the nft set holding the sources an "-m recent --name"
+// list would hold.
+func recentSetName(name string) string { return "recent-" + name }
+
+func ifname(name string) []byte {
+	if strings.HasSuffix(name, "+") {
+		return []byte(strings.TrimSuffix(name, "+")) // a prefix: compare only its bytes
+	}
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// recentTimeouts collects, from every rule of every chain, how long each
+// "-m recent" list remembers a source (the --seconds of its --rcheck).
+func recentTimeouts(rules []string) (map[string]time.Duration, error) {
+	out := map[string]time.Duration{}
+	for _, r := range rules {
+		a := splitArgs(r)
+		name, secs := "", 0
+		for i := 0; i+1 < len(a); i++ {
+			switch a[i] {
+			case "--name":
+				name = a[i+1]
+			case "--seconds":
+				n, err := strconv.Atoi(a[i+1])
+				if err != nil || n <= 0 {
+					return nil, fmt.Errorf("rule %q: --seconds %q is not a positive number", r, a[i+1])
+				}
+				secs = n
+			}
+		}
+		if name == "" {
+			continue
+		}
+		if _, ok := out[name]; !ok {
+			out[name] = 0
+		}
+		if secs > 0 {
+			out[name] = time.Duration(secs) * time.Second
+		}
+	}
+	for name, d := range out {
+		if d == 0 {
+			return nil, fmt.Errorf("recent list %s is set but never checked with --rcheck --seconds: no timeout to give its nft set", name)
+		}
+	}
+	return out, nil
+}
+
+func ip4(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		s += "/32"
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 address or prefix", s)
+	}
+	return p.Masked(), nil
+}
+
+func u32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+
+func parseMark(s string) (uint32, error) {
+	v, err := strconv.ParseUint(s, 0, 32)
+	if err != nil {
+		return 0, fmt.Errorf("mark %q: %w", s, err)
+	}
+	return uint32(v), nil
+}
+
+// translate turns one rule (the arguments after "-A CHAIN") into nft
+// expressions. The rule is IPv4: the base chains of table inet warren
+// only jump to our chains for IPv4 packets.
+func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
+	a := splitArgs(rule)
+	var ex []expr.Any
+	var comment string
+	proto := ""
+	neg := false
+	bad := func(format string, v ...any) ([]expr.Any, []byte, error) {
+		return nil, nil, fmt.Errorf("nftables: rule %q: %s", rule, fmt.Sprintf(format, v...))
+	}
+	cmpOp := func() expr.CmpOp {
+		if neg {
+			return expr.CmpOpNeq
+		}
+		return expr.CmpOpEq
+	}
+	recentName := ""
+	i := 0
+	arg := func() (string, bool) {
+		if i+1 >= len(a) {
+			return "", false
+		}
+		i++
+		return a[i], true
+	}
+	verdictDone := false
+	for ; i < len(a); i++ {
+		opt := a[i]
+		if verdictDone {
+			return bad("unexpected %q after the target", opt)
+		}
+		if opt == "!" {
+			neg = true
+			continue
+		}
+		negHere := neg
+		switch opt {
+		case "-p":
+			v, ok := arg()
+			var n byte
+			switch v {
+			case "tcp":
+				n = unix.IPPROTO_TCP
+			case "udp":
+				n = unix.IPPROTO_UDP
+			case "icmp":
+				n = unix.IPPROTO_ICMP
+			default:
+				_ = ok
+				return bad("unsupported protocol %q", v)
+			}
+			proto = v
+			ex = append(ex, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: cmpOp(), Register: 1, Data: []byte{n}})
+		case "-m":
+			v, _ := arg()
+			switch v {
+			case "tcp", "udp", "icmp":
+				if v != proto {
+					return bad("-m %s without -p %s", v, v)
+				}
+			case "comment", "conntrack", "set", "recent", "statistic", "mark", "addrtype":
+			default:
+				return bad("unsupported match module %q", v)
+			}
+		case "-s", "-d":
+			v, _ := arg()
+			p, err := ip4(v)
+			if err != nil {
+				return bad("%s: %v", opt, err)
+			}
+			off := uint32(12)
+			if opt == "-d" {
+				off = 16
+			}
+			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4})
+			if p.Bits() < 32 {
+				m := binary.BigEndian.AppendUint32(nil, math.MaxUint32<<(32-p.Bits()))
+				ex = append(ex, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: []byte{0, 0, 0, 0}})
+			}
+			ex = append(ex, &expr.Cmp{Op: cmpOp(), Register: 1, Data: p.Addr().AsSlice()})
+		case "-i", "-o":
+			v, _ := arg()
+			key := expr.MetaKeyIIFNAME
+			if opt == "-o" {
+				key = expr.MetaKeyOIFNAME
+			}
+			ex = append(ex, &expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: cmpOp(), Register: 1, Data: ifname(v)})
+		case "--dport":
+			v, _ := arg()
+			lo, hi, isRange := strings.Cut(v, ":")
+			if !isRange {
+				hi = lo
+			}
+			n, err1 := strconv.ParseUint(lo, 10, 16)
+			m, err2 := strconv.ParseUint(hi, 10, 16)
+			if err1 != nil || err2 != nil || m < n || (proto != "tcp" && proto != "udp") || negHere {
+				return bad("--dport %q needs -p tcp|udp and a port or a range LOW:HIGH", v)
+			}
+			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+			if isRange {
+				ex = append(ex, &expr.Range{Op: expr.CmpOpEq, Register: 1,
+					FromData: binaryutil.BigEndian.PutUint16(uint16(n)), ToData: binaryutil.BigEndian.PutUint16(uint16(m))})
+			} else {
+				ex = append(ex, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(n))})
+			}
+		case "--icmp-type":
+			v, _ := arg()
+			if v != "echo-request" || proto != "icmp" || negHere {
+				return bad("--icmp-type %q: only echo-request with -p icmp", v)
+			}
+			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}})
+		case "--comment":
+			v, _ := arg()
+			comment = v
+		case "--ctstate":
+			v, _ := arg()
+			var state, status uint32
+			for _, s := range strings.Split(v, ",") {
+				switch s {
+				case "NEW":
+					state |= expr.CtStateBitNEW
+				case "ESTABLISHED":
+					state |= expr.CtStateBitESTABLISHED
+				case "RELATED":
+					state |= expr.CtStateBitRELATED
+				case "INVALID":
+					state |= expr.CtStateBitINVALID
+				case "DNAT":
+					status |= ipsDstNAT
+				case "SNAT":
+					status |= ipsSrcNAT
+				default:
+					return bad("unsupported --ctstate %q", s)
+				}
+			}
+			key, mask := expr.CtKeySTATE, state
+			if status != 0 {
+				if state != 0 {
+					return bad("--ctstate mixing DNAT/SNAT with connection states")
+				}
+				key, mask = expr.CtKeySTATUS, status
+			}
+			op := expr.CmpOpNeq // (ct & mask) != 0: one of the states
+			if negHere {
+				op = expr.CmpOpEq
+			}
+			ex = append(ex, &expr.Ct{Key: key, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mask), Xor: u32(0)},
+				&expr.Cmp{Op: op, Register: 1, Data: u32(0)})
+		case "--match-set":
+			name, _ := arg()
+			dir, _ := arg()
+			set := c.sets[name]
+			if set == nil {
+				return bad("set %q is not declared", name)
+			}
+			off := uint32(12)
+			switch dir {
+			case "src":
+			case "dst":
+				off = 16
+			default:
+				return bad("--match-set %s %q: only src or dst", name, dir)
+			}
+			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+				&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: negHere})
+		case "--mark":
+			v, _ := arg()
+			val, mask := v, "0xffffffff"
+			if x, y, ok := strings.Cut(v, "/"); ok {
+				val, mask = x, y
+			}
+			vv, err1 := parseMark(val)
+			mm, err2 := parseMark(mask)
+			if err1 != nil || err2 != nil {
+				return bad("--mark %q", v)
+			}
+			ex = append(ex, &expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mm), Xor: u32(0)},
+				&expr.Cmp{Op: cmpOp(), Register: 1, Data: u32(vv & mm)})
+		case "--dst-type":
+			v, _ := arg()
+			if v != "LOCAL" {
+				return bad("--dst-type %q: only LOCAL", v)
+			}
+			ex = append(ex, &expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+				&expr.Cmp{Op: cmpOp(), Register: 1, Data: u32(unix.RTN_LOCAL)})
+		case "--mode":
+			v, _ := arg()
+			if v != "random" {
+				return bad("statistic --mode %q: only random", v)
+			}
+		case "--probability":
+			v, _ := arg()
+			p, err := strconv.ParseFloat(v, 64)
+			if err != nil || p <= 0 || p > 1 {
+				return bad("--probability %q", v)
+			}
+			n := math.Round(1 / p)
+			if math.Abs(1/n-p) > 1e-6 {
+				return bad("--probability %s is not 1/n", v)
+			}
+			// One in n: a random number mod n is 0 (zero is the same in any byte order).
+			ex = append(ex, &expr.Numgen{Register: 1, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: u32(0)})
+		case "--name":
+			recentName, _ = arg()
+		case "--set", "--rcheck":
+			set := c.sets[recentSetName(recentName)]
+			if recentName == "" || set == nil {
+				return bad("%s without a known --name", opt)
+			}
+			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4})
+			if opt == "--set" {
+				ex = append(ex, &expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: set.Timeout})
+			} else {
+				ex = append(ex, &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID})
+			}
+		case "--seconds":
+			arg() // the set's timeout (recentTimeouts)
+		case "--reap":
+			// nft set elements expire by themselves
+		case "-j":
+			v, ok := arg()
+			if negHere {
+				return bad("! before -j")
+			}
+			if !ok {
+				return bad("-j without a target")
+			}
+			tail, err := c.target(v, a[i+1:])
+			if err != nil {
+				return bad("%v", err)
+			}
+			ex = append(ex, &expr.Counter{})
+			ex = append(ex, tail...)
+			verdictDone = true
+			i = len(a)
+		default:
+			return bad("unsupported argument %q", opt)
+		}
+		if neg && opt != "!" && negHere {
+			neg = false
+		}
+	}
+	if neg {
+		return bad("a dangling !")
+	}
+	if !verdictDone {
+		ex = append(ex, &expr.Counter{})
+	}
+	for _, e := range ex {
+		if pl, ok := e.(*expr.Payload); ok && pl.Base == expr.PayloadBaseNetworkHeader {
+			// The IPv4 header, in an inet table: say so first, as nft does
+			// (and `nft list` then prints "ip saddr", not "@nh,96,32").
+			ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
+			break
+		}
+	}
+	var ud []byte
+	if comment != "" {
+		ud = userdata.AppendString(nil, userdata.TypeComment, comment)
+	}
+	return ex, ud, nil
+}
+
+// target translates "-j TARGET [options]".
+func (c *nftCtx) target(t string, opts []string) ([]expr.Any, error) {
+	only := func(allowed ...string) error {
+		for j := 0; j < len(opts); j++ {
+			ok := false
+			for _, al := range allowed {
+				if opts[j] == al {
+					ok = true
+				}
+			}
+			if !ok {
+				return fmt.Errorf("-j %s: unsupported option %q", t, opts[j])
+			}
+			if opts[j] != "--random-fully" {
+				j++ // its value
+			}
+		}
+		return nil
+	}
+	switch t {
+	case "ACCEPT", "DROP", "RETURN":
+		if err := only(); err != nil {
+			return nil, err
+		}
+		k := map[string]expr.VerdictKind{"ACCEPT": expr.VerdictAccept, "DROP": expr.VerdictDrop, "RETURN": expr.VerdictReturn}[t]
+		return []expr.Any{&expr.Verdict{Kind: k}}, nil
+	case "REJECT":
+		if err := only(); err != nil {
+			return nil, err
+		}
+		if c.family == "nat" {
+			return nil, fmt.Errorf("-j REJECT in the nat table")
+		}
+		// iptables' default: ICMP port unreachable.
+		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3}}, nil
+	case "MASQUERADE":
+		if err := only("--random-fully"); err != nil {
+			return nil, err
+		}
+		return []expr.Any{&expr.Masq{FullyRandom: len(opts) == 1}}, nil
+	case "DNAT":
+		if len(opts) != 2 || opts[0] != "--to-destination" {
+			return nil, fmt.Errorf("-j DNAT needs exactly --to-destination IP[:PORT]")
+		}
+		dst := opts[1]
+		var addr netip.Addr
+		port := uint64(0)
+		if ap, err := netip.ParseAddrPort(dst); err == nil {
+			addr, port = ap.Addr(), uint64(ap.Port())
+		} else if ad, err := netip.ParseAddr(dst); err == nil {
+			addr = ad
+		} else {
+			return nil, fmt.Errorf("--to-destination %q", dst)
+		}
+		if !addr.Is4() {
+			return nil, fmt.Errorf("--to-destination %q is not IPv4", dst)
+		}
+		ex := []expr.Any{&expr.Immediate{Register: 1, Data: addr.AsSlice()}}
+		n := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1}
+		if port != 0 {
+			ex = append(ex, &expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(uint16(port))})
+			n.RegProtoMin, n.Specified = 2, true
+		}
+		return append(ex, n), nil
+	case "MARK":
+		if len(opts) != 2 {
+			return nil, fmt.Errorf("-j MARK needs one of --or-mark, --xor-mark, --set-mark")
+		}
+		v, err := parseMark(opts[1])
+		if err != nil {
+			return nil, err
+		}
+		var mask, xor uint32
+		switch opts[0] {
+		case "--or-mark":
+			mask, xor = ^v, v
+		case "--xor-mark":
+			mask, xor = math.MaxUint32, v
+		case "--set-mark":
+			mask, xor = 0, v
+		default:
+			return nil, fmt.Errorf("-j MARK: unsupported option %q", opts[0])
+		}
+		return []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mask), Xor: u32(xor)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1}}, nil
+	}
+	if strings.HasPrefix(t, ChainPrefix) {
+		if err := only(); err != nil {
+			return nil, err
+		}
+		return []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: nftChainName(c.family, t)}}, nil
+	}
+	return nil, fmt.Errorf("unsupported target %q", t)
+}
+
+// Conntrack status bits (linux/netfilter/nf_conntrack_common.h).
+const (
+	ipsSrcNAT = 1 << 4
+	ipsDstNAT = 1 << 5
+)
