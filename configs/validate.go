@@ -29,14 +29,45 @@ var (
 // the host name, the key path from the state dir, the token from its file)
 // and returns every validation error at once.
 func (l *Loaded) Finish() error {
-	c := &l.Config
-	var errs Errors
-	add := func(key, format string, args ...any) {
-		errs = append(errs, &Error{File: l.File, Line: l.lines[key], Key: key, Msg: fmt.Sprintf(format, args...)})
+	e := &errSink{l: l}
+	e.errs = append(e.errs, l.parseErrs...)
+	roleUnknown := l.fillFromSetup(e)
+	l.checkBadValues(e)
+	l.checkNode(e)
+	l.checkCluster(e, roleUnknown)
+	l.checkWireGuard(e)
+	l.checkFirewall(e)
+	l.checkPeers(e)
+	l.checkNetwork(e)
+	l.checkLoadBalancing(e)
+	l.checkRuntime(e)
+	l.checkLogAndMetrics(e)
+	l.checkRelay(e)
+	l.checkForwards(e)
+	if len(e.errs) > 0 {
+		sort.SliceStable(e.errs, func(i, j int) bool { return e.errs[i].Line < e.errs[j].Line })
+		return e.errs
 	}
+	return nil
+}
 
-	errs = append(errs, l.parseErrs...)
+// errSink collects Finish's errors, each named with its key and line.
+type errSink struct {
+	l    *Loaded
+	errs Errors
+}
 
+// add reports key's value (at the key's line in the file) as wrong.
+func (e *errSink) add(key, format string, args ...any) {
+	e.errs = append(e.errs, &Error{File: e.l.File, Line: e.l.lines[key], Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// fillFromSetup fills what the state dir remembers, the node name from the
+// host name, the key file and the token from token_file; it says whether the
+// role is still unknown (no setup command ran).
+func (l *Loaded) fillFromSetup(e *errSink) (roleUnknown bool) {
+	c := &l.Config
+	add := e.add
 	// What the state dir remembers fills the keys neither the TOML nor a
 	// flag set; then the name falls back to the host name.
 	if filepath.IsAbs(c.Node.StateDir) {
@@ -50,7 +81,7 @@ func (l *Loaded) Finish() error {
 			l.nameFromHost = true
 		}
 	}
-	roleUnknown := !l.set("node.role") && !slices.Contains(l.remembered, "node.role") && c.Cluster.Manager == ""
+	roleUnknown = !l.set("node.role") && !slices.Contains(l.remembered, "node.role") && c.Cluster.Manager == ""
 	if roleUnknown {
 		add("node.role", notSetUp+" and the config sets no role: on the first board run `warren cluster init`, "+
 			"on every other board the command `warren cluster join-token worker` prints on a manager "+
@@ -70,7 +101,14 @@ func (l *Loaded) Finish() error {
 			c.Cluster.Token = strings.TrimSpace(string(b))
 		}
 	}
+	return roleUnknown
+}
 
+// checkBadValues reports the values the decoder kept as bad (see Duration,
+// Subnet).
+func (l *Loaded) checkBadValues(e *errSink) {
+	c := &l.Config
+	add := e.add
 	// Values the decoder kept as bad (see Duration, Subnet).
 	for key, bad := range map[string]error{
 		"cluster.node_down_after":           c.Cluster.NodeDownAfter.bad,
@@ -93,16 +131,20 @@ func (l *Loaded) Finish() error {
 		for _, a := range p.AllowedIPs {
 			if a.bad != nil {
 				key := fmt.Sprintf("wireguard.peer[%d].allowed_ips", i)
-				errs = append(errs, &Error{File: l.File, Line: l.peerLine(key), Key: key, Msg: a.bad.Error()})
+				e.errs = append(e.errs, &Error{File: l.File, Line: l.peerLine(key), Key: key, Msg: a.bad.Error()})
 			}
 		}
 		if p.Keepalive.bad != nil {
 			key := fmt.Sprintf("wireguard.peer[%d].keepalive", i)
-			errs = append(errs, &Error{File: l.File, Line: l.peerLine(key), Key: key, Msg: p.Keepalive.bad.Error()})
+			e.errs = append(e.errs, &Error{File: l.File, Line: l.peerLine(key), Key: key, Msg: p.Keepalive.bad.Error()})
 		}
 	}
+}
 
-	// [node]
+// checkNode checks [node].
+func (l *Loaded) checkNode(e *errSink) {
+	c := &l.Config
+	add := e.add
 	switch c.Node.Role {
 	case RoleManager, RoleWorker, RoleStandalone:
 	default:
@@ -124,7 +166,13 @@ func (l *Loaded) Finish() error {
 			add("node.labels", "label key %q may not be empty or contain spaces, '=' or '!'", k)
 		}
 	}
+}
 
+// checkCluster checks [cluster]: a node that has not joined yet needs a
+// manager and a token of the right shape; a joined node needs neither.
+func (l *Loaded) checkCluster(e *errSink, roleUnknown bool) {
+	c := &l.Config
+	add := e.add
 	// [cluster]: a node that has not joined yet needs a manager and a
 	// token of the right shape; a joined node needs neither.
 	needToken := false
@@ -179,8 +227,12 @@ func (l *Loaded) Finish() error {
 	if c.Cluster.CertLifetime.Duration < time.Minute && c.Cluster.CertLifetime.bad == nil {
 		add("cluster.cert_lifetime", "must be at least \"1m\" (default \"2160h\", 90 days)")
 	}
+}
 
-	// [wireguard]
+// checkWireGuard checks [wireguard] (the peers: checkPeers).
+func (l *Loaded) checkWireGuard(e *errSink) {
+	c := &l.Config
+	add := e.add
 	if err := checkIfName(c.WireGuard.Interface); err != nil {
 		add("wireguard.interface", "%v", err)
 	}
@@ -188,12 +240,6 @@ func (l *Loaded) Finish() error {
 	case "tun", "netstack", "auto":
 	default:
 		add("wireguard.mode", "%q is not a mode (want \"tun\", \"netstack\" or \"auto\")", c.WireGuard.Mode)
-	}
-	// [firewall]
-	switch c.Firewall.Backend {
-	case "iptables", "nftables", "auto":
-	default:
-		add("firewall.backend", "%q is not a backend (want \"iptables\", \"nftables\" or \"auto\")", c.Firewall.Backend)
 	}
 	switch c.WireGuard.UDPGSO {
 	case "auto", "on", "off":
@@ -225,6 +271,23 @@ func (l *Loaded) Finish() error {
 	if c.Node.Role != RoleStandalone && c.WireGuard.Address.IsValid() {
 		add("wireguard.address", "only standalone nodes set their address; in a cluster the manager assigns it")
 	}
+}
+
+// checkFirewall checks [firewall].
+func (l *Loaded) checkFirewall(e *errSink) {
+	c := &l.Config
+	add := e.add
+	switch c.Firewall.Backend {
+	case "iptables", "nftables", "auto":
+	default:
+		add("firewall.backend", "%q is not a backend (want \"iptables\", \"nftables\" or \"auto\")", c.Firewall.Backend)
+	}
+}
+
+// checkPeers refuses what the tunnel would skip (tunnel.usablePeers), so
+// --check and start agree and no peer goes silently missing.
+func (l *Loaded) checkPeers(e *errSink) {
+	c := &l.Config
 	// What the tunnel would skip (tunnel.usablePeers) is refused here, so
 	// --check and start agree and no peer goes silently missing.
 	keyAt := map[string]int{}
@@ -233,11 +296,11 @@ func (l *Loaded) Finish() error {
 		key := fmt.Sprintf("wireguard.peer[%d]", i)
 		line := l.peerLine(key + ".public_key")
 		if b, err := base64.StdEncoding.DecodeString(p.PublicKey); err != nil || len(b) != 32 {
-			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is not a WireGuard public key (44 base64 characters, as `wg pubkey` prints)", p.PublicKey)})
+			e.errs = append(e.errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is not a WireGuard public key (44 base64 characters, as `wg pubkey` prints)", p.PublicKey)})
 		} else if err := wgkey.Check(b); err != nil {
-			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q cannot be a peer's key: %v; WireGuard refuses such a peer (paste the peer's `wg pubkey` output)", p.PublicKey, err)})
+			e.errs = append(e.errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q cannot be a peer's key: %v; WireGuard refuses such a peer (paste the peer's `wg pubkey` output)", p.PublicKey, err)})
 		} else if j, dup := keyAt[p.PublicKey]; dup {
-			errs = append(errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is also the key of wireguard.peer[%d] (line %d): one [[wireguard.peer]] per key", p.PublicKey, j, l.peerLine(fmt.Sprintf("wireguard.peer[%d].public_key", j)))})
+			e.errs = append(e.errs, &Error{File: l.File, Line: line, Key: key + ".public_key", Msg: fmt.Sprintf("%q is also the key of wireguard.peer[%d] (line %d): one [[wireguard.peer]] per key", p.PublicKey, j, l.peerLine(fmt.Sprintf("wireguard.peer[%d].public_key", j)))})
 		} else {
 			keyAt[p.PublicKey] = i
 		}
@@ -246,7 +309,7 @@ func (l *Loaded) Finish() error {
 				continue
 			}
 			if j, dup := prefixAt[a.Prefix]; dup && j != i {
-				errs = append(errs, &Error{File: l.File, Line: l.peerLine(key + ".allowed_ips"), Key: key + ".allowed_ips",
+				e.errs = append(e.errs, &Error{File: l.File, Line: l.peerLine(key + ".allowed_ips"), Key: key + ".allowed_ips",
 					Msg: fmt.Sprintf("%s is also claimed by wireguard.peer[%d] (line %d): WireGuard routes a range to one peer only", a.Prefix, j, l.peerLine(fmt.Sprintf("wireguard.peer[%d].allowed_ips", j)))})
 				continue
 			}
@@ -258,15 +321,20 @@ func (l *Loaded) Finish() error {
 		}
 		if p.Endpoint != "" {
 			if err := checkEndpoint(p.Endpoint); err != nil {
-				errs = append(errs, &Error{File: l.File, Line: l.peerLine(key + ".endpoint"), Key: key + ".endpoint", Msg: err.Error()})
+				e.errs = append(e.errs, &Error{File: l.File, Line: l.peerLine(key + ".endpoint"), Key: key + ".endpoint", Msg: err.Error()})
 			}
 		}
 		if len(p.AllowedIPs) == 0 && !l.failed[key+".allowed_ips"] {
-			errs = append(errs, &Error{File: l.File, Line: l.peerLine(key), Key: key + ".allowed_ips", Msg: "a peer needs at least one allowed IP range, e.g. [\"10.0.0.200/32\"]"})
+			e.errs = append(e.errs, &Error{File: l.File, Line: l.peerLine(key), Key: key + ".allowed_ips", Msg: "a peer needs at least one allowed IP range, e.g. [\"10.0.0.200/32\"]"})
 		}
 	}
+}
 
-	// [network]
+// checkNetwork checks [network] and how its ranges sit against
+// wireguard.subnet.
+func (l *Loaded) checkNetwork(e *errSink) {
+	c := &l.Config
+	add := e.add
 	n := c.Network
 	if n.ContainerSubnet.IsValid() {
 		if b := n.ContainerBlock; b < n.ContainerSubnet.Bits() || b > 30 {
@@ -299,16 +367,24 @@ func (l *Loaded) Finish() error {
 	if vip.IsValid() && wg.IsValid() && vip.Overlaps(wg) {
 		add("network.vip_subnet", "%s overlaps wireguard.subnet %s", vip, wg)
 	}
+}
 
-	// [loadbalancing]
+// checkLoadBalancing checks [loadbalancing].
+func (l *Loaded) checkLoadBalancing(e *errSink) {
+	c := &l.Config
+	add := e.add
 	if c.LoadBalancing.Algorithm != "random" {
 		add("loadbalancing.algorithm", "%q is not supported (want \"random\")", c.LoadBalancing.Algorithm)
 	}
 	if c.LoadBalancing.PersistenceTimeout.Duration <= 0 && c.LoadBalancing.PersistenceTimeout.bad == nil {
 		add("loadbalancing.persistence_timeout", "must be a positive duration such as \"3h\"")
 	}
+}
 
-	// [runtime]
+// checkRuntime checks [runtime] and [logs].
+func (l *Loaded) checkRuntime(e *errSink) {
+	c := &l.Config
+	add := e.add
 	if c.Runtime.ContainerdAddress == "" {
 		add("runtime.containerd_address", "must be set (containerd's socket path)")
 	}
@@ -333,8 +409,12 @@ func (l *Loaded) Finish() error {
 	if !filepath.IsAbs(c.Runtime.ImagesDir) {
 		add("runtime.images_dir", "%q must be an absolute path", c.Runtime.ImagesDir)
 	}
+}
 
-	// [log]
+// checkLogAndMetrics checks [log] and [metrics].
+func (l *Loaded) checkLogAndMetrics(e *errSink) {
+	c := &l.Config
+	add := e.add
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -347,8 +427,12 @@ func (l *Loaded) Finish() error {
 			add("metrics.listen", "%q must be an IP:port such as \"127.0.0.1:9586\" (or \"\" to turn /metrics off)", a)
 		}
 	}
+}
 
-	// [relay]
+// checkRelay checks [relay].
+func (l *Loaded) checkRelay(e *errSink) {
+	c := &l.Config
+	add := e.add
 	if p := c.Relay.Port; p < 1 || p > 65535 {
 		add("relay.port", "%d is not a port (1-65535)", p)
 	} else if l.RelayEnabled() && c.Node.Role != RoleManager && p == c.WireGuard.ListenPort {
@@ -363,12 +447,15 @@ func (l *Loaded) Finish() error {
 	if c.Relay.Enable && c.Node.Role == RoleStandalone {
 		add("relay.enable", "a standalone node has no cluster to relay for (role = \"manager\" or \"worker\")")
 	}
+}
 
-	// [[forward]]
+// checkForwards checks [[forward]].
+func (l *Loaded) checkForwards(e *errSink) {
+	c := &l.Config
 	for i, f := range c.Forward {
 		key := fmt.Sprintf("forward[%d]", i)
 		bad := func(field, msg string) {
-			errs = append(errs, &Error{File: l.File, Line: l.peerLine(key + "." + field), Key: key + "." + field, Msg: msg})
+			e.errs = append(e.errs, &Error{File: l.File, Line: l.peerLine(key + "." + field), Key: key + "." + field, Msg: msg})
 		}
 		if f.Proto != "tcp" && f.Proto != "udp" {
 			bad("proto", fmt.Sprintf("%q is not \"tcp\" or \"udp\"", f.Proto))
@@ -380,12 +467,6 @@ func (l *Loaded) Finish() error {
 			bad("target", fmt.Sprintf("%q must be a mesh IP:port such as \"10.1.0.1:80\"", f.Target))
 		}
 	}
-
-	if len(errs) > 0 {
-		sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
-		return errs
-	}
-	return nil
 }
 
 // notSetUp starts the error of a node nothing set up (IsNotSetUp).
