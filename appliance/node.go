@@ -99,144 +99,17 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	if cfg.RelayEnabled() {
 		relaySrv = newRelayServer(cfg, log)
 	}
-	// This node's certificate and the cluster's CA, for the relay's mTLS.
-	var nodeCert func() *tls.Certificate
-	var caPool func() *x509.CertPool
-
-	var mem member
-	var admin http.Handler
-	var raftStatus func() metrics.Raft          // managers: for /metrics
-	var peerStatus func() []metrics.ClusterPeer // managers: peered clusters for /metrics
+	var j *joined
 	if cfg.Node.Role == configs.RoleManager {
-		_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
-		created := errors.Is(statErr, os.ErrNotExist) && cfg.Cluster.Manager == ""
-		var join *cluster.ManagerJoin
-		if cfg.Cluster.Manager != "" {
-			// `warren manager join`: join like any node (manager token,
-			// manager certificate), then run a manager that Raft fills.
-			a, err := agent.Join(ctx, agent.Config{
-				StateDir: cfg.Node.StateDir,
-				Manager:  cfg.Cluster.Manager,
-				Token:    cfg.Cluster.Token,
-				Node:     info,
-				Logger:   log,
-			})
-			if err != nil {
-				return err
-			}
-			if join, err = a.ManagerJoin(ctx); err != nil {
-				return err
-			}
-		}
-		if created {
-			// This config shapes the new cluster: its ranges must not shadow
-			// a network this host is on (checked before anything is stored).
-			hostNets, err := configs.HostNetworks(cfg.Config)
-			if err != nil {
-				return err
-			}
-			if err := cfg.CheckHostOverlap(hostNets); err != nil {
-				return err
-			}
-		}
-		mgr, err := cluster.OpenManager(cluster.ManagerConfig{
-			StateDir:           cfg.Node.StateDir,
-			APIListen:          cfg.Cluster.APIListen,
-			Node:               info,
-			WireGuardSubnet:    cfg.WireGuard.Subnet.Prefix,
-			ContainerSubnet:    cfg.Network.ContainerSubnet.Prefix,
-			ContainerBlockBits: cfg.Network.ContainerBlock,
-			VIPSubnet:          cfg.Network.VIPSubnet.Prefix,
-			Domain:             cfg.Network.DNSDomain,
-			DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
-			CertLifetime:       cfg.Cluster.CertLifetime.Duration,
-			ReservedPorts:      reservedPorts(&cfg.Config),
-			Logger:             log,
-			Join:               join,
-			JoinedID:           agent.JoinedNodeID(cfg.Node.StateDir),
-		})
-		if err != nil {
-			return err
-		}
-		defer mgr.Close()
-		// Listen here, so a taken port is an error now, not in a goroutine.
-		ln, err := net.Listen("tcp", cfg.Cluster.APIListen)
-		if err != nil {
-			return fmt.Errorf("cluster API (cluster.api_listen): %w", err)
-		}
-		go func() {
-			if err := mgr.ServeListener(ctx, ln); err != nil && ctx.Err() == nil {
-				log.Error("cluster API stopped", "err", err)
-			}
-		}()
-		select {
-		case <-mgr.Ready():
-		case <-ctx.Done():
-			return nil
-		}
-		if created {
-			// The tokens stay out of stdout and the logs (the journal is
-			// readable by the adm group): say where to read them.
-			fmt.Printf("Cluster created. To add a node, run on this one:\n\n    warren cluster join-token worker     (or: manager)\n\n"+
-				"and run the command it prints on the new node. Join address: %s:%s\n\n", advertise, apiPort(cfg.Cluster.APIListen))
-		}
-		log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
-		mem, admin = mgr, mgr.AdminHandler()
-		nodeCert, caPool = mgr.NodeCertificate, mgr.CAPool
-		if relaySrv != nil {
-			if err := serveManagerRelay(ctx, relaySrv, mgr, cfg.Cluster.APIListen, log); err != nil {
-				return err
-			}
-		}
-		raftStatus = func() metrics.Raft {
-			i := mgr.Info()
-			return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
-		}
-		peerStatus = func() []metrics.ClusterPeer { return clusterPeerMetrics(mgr.Peers()) }
+		j, err = startManager(ctx, cfg, info, advertise, relaySrv, log)
 	} else {
-		acfg := agent.Config{
-			StateDir: cfg.Node.StateDir,
-			Manager:  cfg.Cluster.Manager,
-			Token:    cfg.Cluster.Token,
-			Node:     info,
-			Logger:   log,
-		}
-		// The static binary's resolver does not speak mDNS: a manager given
-		// as pi-1.local is looked up here, at every start (the setup
-		// remembers the name, not the address DHCP gave it).
-		if acfg.Manager, err = (mdns.Resolver{}).ResolveHostPort(ctx, cfg.Cluster.Manager); err != nil {
-			if !cfg.Joined {
-				return fmt.Errorf("cluster.manager: %w", err)
-			}
-			// A joined node keeps serving with the manager down: it uses
-			// the address it last reached the manager on.
-			log.Warn("cannot resolve the manager's .local name; using the address stored at join", "err", err)
-			acfg.Manager = ""
-		}
-		if acfg.Manager != cfg.Cluster.Manager {
-			log.Info("resolved the manager's .local name over mDNS", "manager", cfg.Cluster.Manager, "address", acfg.Manager)
-		}
-		a, err := agent.Join(ctx, acfg)
-		if err != nil && agent.IsNameTaken(err) && cfg.NameFromHostname() {
-			// Boards often keep the OS's default host name (raspberrypi):
-			// a name nobody chose is made unique with a suffix from this
-			// node's key, the same on every retry, and remembered.
-			acfg.Node.Name = UniqueName(info.Name, info.PublicKey)
-			log.Warn("another node has this host name; joining under a unique name (set node.name or --name to choose one)",
-				"hostname", info.Name, "name", acfg.Node.Name)
-			a, err = agent.Join(ctx, acfg)
-		}
-		if err != nil {
-			return err
-		}
-		mem = a
-		nodeCert, caPool = a.Certificate, a.CAPool
-		if relaySrv != nil {
-			if err := serveRelay(ctx, relaySrv, cfg.Relay.Port, a.Certificate, a.CAPool, log); err != nil {
-				return err
-			}
-		}
+		j, err = startWorker(ctx, cfg, info, relaySrv, log)
 	}
+	if err != nil || j == nil {
+		return err // nil: ctx ended before the manager was ready
+	}
+	defer j.close()
+	mem, admin, nodeCert, caPool := j.mem, j.admin, j.nodeCert, j.caPool
 	self := mem.Self()
 	// Remember the setup, so the unit's `warren-appliance --config` resumes
 	// this node as what `cluster init` / `worker start` made it.
@@ -260,7 +133,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	n.secrets = newTaskSecrets(mem, secretfs.DefaultRoot, log.With("component", "secrets"))
 	n.regCreds = newRegistryCreds(mem, log.With("component", "registries"))
 	n.blobPeers = &blobPeers{ident: mem.TLSIdentity}
-	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, raftStatus, peerStatus)
+	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, j.raftStatus, j.peerStatus)
 	if err := n.checkHostOverlap(); err != nil {
 		return err
 	}
@@ -335,6 +208,165 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		return nil
 	}
 	return fmt.Errorf("watching the cluster map: %w", err)
+}
+
+// joined is what a node's role brought up: the cluster member (the
+// manager, or the agent of a worker) and what the rest of the node needs
+// of it.
+type joined struct {
+	mem      member
+	admin    http.Handler // managers: the admin API, also on the local socket
+	nodeCert func() *tls.Certificate
+	caPool   func() *x509.CertPool
+	// Managers: for /metrics.
+	raftStatus func() metrics.Raft
+	peerStatus func() []metrics.ClusterPeer
+	close      func()
+}
+
+// startManager opens (creates, or joins with cluster.manager) this node's
+// manager, serves the cluster API and, when it relays, the relay; it
+// returns once the manager is ready (nil, nil when ctx ends first).
+func startManager(ctx context.Context, cfg *configs.Loaded, info cluster.NodeInfo, advertise netip.Addr, relaySrv *relay.Server, log *slog.Logger) (*joined, error) {
+	_, statErr := os.Stat(filepath.Join(cfg.Node.StateDir, "manager.db"))
+	created := errors.Is(statErr, os.ErrNotExist) && cfg.Cluster.Manager == ""
+	var join *cluster.ManagerJoin
+	if cfg.Cluster.Manager != "" {
+		// `warren manager join`: join like any node (manager token,
+		// manager certificate), then run a manager that Raft fills.
+		a, err := agent.Join(ctx, agent.Config{
+			StateDir: cfg.Node.StateDir,
+			Manager:  cfg.Cluster.Manager,
+			Token:    cfg.Cluster.Token,
+			Node:     info,
+			Logger:   log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if join, err = a.ManagerJoin(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if created {
+		// This config shapes the new cluster: its ranges must not shadow
+		// a network this host is on (checked before anything is stored).
+		hostNets, err := configs.HostNetworks(cfg.Config)
+		if err != nil {
+			return nil, err
+		}
+		if err := cfg.CheckHostOverlap(hostNets); err != nil {
+			return nil, err
+		}
+	}
+	mgr, err := cluster.OpenManager(cluster.ManagerConfig{
+		StateDir:           cfg.Node.StateDir,
+		APIListen:          cfg.Cluster.APIListen,
+		Node:               info,
+		WireGuardSubnet:    cfg.WireGuard.Subnet.Prefix,
+		ContainerSubnet:    cfg.Network.ContainerSubnet.Prefix,
+		ContainerBlockBits: cfg.Network.ContainerBlock,
+		VIPSubnet:          cfg.Network.VIPSubnet.Prefix,
+		Domain:             cfg.Network.DNSDomain,
+		DownAfter:          cfg.Cluster.NodeDownAfter.Duration,
+		CertLifetime:       cfg.Cluster.CertLifetime.Duration,
+		ReservedPorts:      reservedPorts(&cfg.Config),
+		Logger:             log,
+		Join:               join,
+		JoinedID:           agent.JoinedNodeID(cfg.Node.StateDir),
+	})
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			mgr.Close()
+		}
+	}()
+	// Listen here, so a taken port is an error now, not in a goroutine.
+	ln, err := net.Listen("tcp", cfg.Cluster.APIListen)
+	if err != nil {
+		return nil, fmt.Errorf("cluster API (cluster.api_listen): %w", err)
+	}
+	go func() {
+		if err := mgr.ServeListener(ctx, ln); err != nil && ctx.Err() == nil {
+			log.Error("cluster API stopped", "err", err)
+		}
+	}()
+	select {
+	case <-mgr.Ready():
+	case <-ctx.Done():
+		return nil, nil // shutting down
+	}
+	if created {
+		// The tokens stay out of stdout and the logs (the journal is
+		// readable by the adm group): say where to read them.
+		fmt.Printf("Cluster created. To add a node, run on this one:\n\n    warren cluster join-token worker     (or: manager)\n\n"+
+			"and run the command it prints on the new node. Join address: %s:%s\n\n", advertise, apiPort(cfg.Cluster.APIListen))
+	}
+	log.Info("manager up", "api", cfg.Cluster.APIListen, "join_tokens", "warren cluster join-token worker|manager")
+	j := &joined{mem: mgr, admin: mgr.AdminHandler(), nodeCert: mgr.NodeCertificate, caPool: mgr.CAPool, close: func() { mgr.Close() }}
+	if relaySrv != nil {
+		if err := serveManagerRelay(ctx, relaySrv, mgr, cfg.Cluster.APIListen, log); err != nil {
+			return nil, err
+		}
+	}
+	j.raftStatus = func() metrics.Raft {
+		i := mgr.Info()
+		return metrics.Raft{State: i.RaftState, HasLeader: i.Leader != "", Voters: len(i.Voters)}
+	}
+	j.peerStatus = func() []metrics.ClusterPeer { return clusterPeerMetrics(mgr.Peers()) }
+	ok = true
+	return j, nil
+}
+
+// startWorker joins (or resumes) this node as a worker through its agent
+// and serves the relay when [relay] enable is set.
+func startWorker(ctx context.Context, cfg *configs.Loaded, info cluster.NodeInfo, relaySrv *relay.Server, log *slog.Logger) (*joined, error) {
+	var err error
+	acfg := agent.Config{
+		StateDir: cfg.Node.StateDir,
+		Manager:  cfg.Cluster.Manager,
+		Token:    cfg.Cluster.Token,
+		Node:     info,
+		Logger:   log,
+	}
+	// The static binary's resolver does not speak mDNS: a manager given
+	// as pi-1.local is looked up here, at every start (the setup
+	// remembers the name, not the address DHCP gave it).
+	if acfg.Manager, err = (mdns.Resolver{}).ResolveHostPort(ctx, cfg.Cluster.Manager); err != nil {
+		if !cfg.Joined {
+			return nil, fmt.Errorf("cluster.manager: %w", err)
+		}
+		// A joined node keeps serving with the manager down: it uses
+		// the address it last reached the manager on.
+		log.Warn("cannot resolve the manager's .local name; using the address stored at join", "err", err)
+		acfg.Manager = ""
+	}
+	if acfg.Manager != cfg.Cluster.Manager {
+		log.Info("resolved the manager's .local name over mDNS", "manager", cfg.Cluster.Manager, "address", acfg.Manager)
+	}
+	a, err := agent.Join(ctx, acfg)
+	if err != nil && agent.IsNameTaken(err) && cfg.NameFromHostname() {
+		// Boards often keep the OS's default host name (raspberrypi):
+		// a name nobody chose is made unique with a suffix from this
+		// node's key, the same on every retry, and remembered.
+		acfg.Node.Name = UniqueName(info.Name, info.PublicKey)
+		log.Warn("another node has this host name; joining under a unique name (set node.name or --name to choose one)",
+			"hostname", info.Name, "name", acfg.Node.Name)
+		a, err = agent.Join(ctx, acfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	j := &joined{mem: a, nodeCert: a.Certificate, caPool: a.CAPool, close: func() {}}
+	if relaySrv != nil {
+		if err := serveRelay(ctx, relaySrv, cfg.Relay.Port, a.Certificate, a.CAPool, log); err != nil {
+			return nil, err
+		}
+	}
+	return j, nil
 }
 
 // policySyncer is what a node needs of netpolicy.Applier.
