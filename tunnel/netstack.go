@@ -67,6 +67,8 @@ const (
 	// buffer does reach the max, and it is heap. Measured with the daemon's
 	// 64 MiB Go memory limit: 4 MiB left the device at ~55 MiB of heap;
 	// 16 MiB drove it to the limit and the GC cut throughput to ~50 Mbit/s.
+	// The daemon's memory plan lowers the max to 1 MiB
+	// (Config.NetstackTCPBuffer, PlanMemory).
 	netstackTCPBufDefault = 1 << 20
 	netstackTCPBufMax     = 4 << 20
 )
@@ -78,7 +80,7 @@ type netstackOptions struct {
 	gso       bool // announce host GSO, split segments in Read
 	gro       bool // coalesce inbound TCP in Write
 	batch     bool // Read drains up to a batch; off: one packet per Read, as upstream
-	tcpTuning bool // SACK, no RACK, 4 MiB buffer ranges
+	tcpTuning bool // SACK, no RACK, buffer ranges up to Config.NetstackTCPBuffer
 	tcpBufMax int  // upper end of the TCP buffer ranges, overriding Config's (0: Config's)
 }
 
