@@ -156,16 +156,18 @@ func openTunnel(cfg *configs.Loaded, addr netip.Prefix, log *slog.Logger) (*tunn
 		fwds = append(fwds, tunnel.Forward{Proto: f.Proto, Listen: netip.MustParseAddrPort(f.Listen), Target: netip.MustParseAddrPort(f.Target)})
 	}
 	dev, err := tunnel.Open(tunnel.Config{
-		Interface:     cfg.WireGuard.Interface,
-		Mode:          cfg.WireGuard.Mode,
-		ListenPort:    cfg.WireGuard.ListenPort,
-		MTU:           cfg.WireGuard.MTU,
-		UDPGSO:        cfg.WireGuard.UDPGSO,
-		QueuedPackets: memoryPlan.QueuedPackets,
-		PrivateKey:    key,
-		Address:       addr,
-		Forwards:      fwds,
-		Logger:        log,
+		Interface:             cfg.WireGuard.Interface,
+		Mode:                  cfg.WireGuard.Mode,
+		ListenPort:            cfg.WireGuard.ListenPort,
+		MTU:                   cfg.WireGuard.MTU,
+		UDPGSO:                cfg.WireGuard.UDPGSO,
+		QueuedPackets:         memoryPlan.QueuedPackets,
+		NetstackQueuedPackets: memoryPlan.NetstackQueuedPackets,
+		NetstackTCPBuffer:     memoryPlan.NetstackTCPBuffer,
+		PrivateKey:            key,
+		Address:               addr,
+		Forwards:              fwds,
+		Logger:                log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)

@@ -31,7 +31,8 @@ type cpuFigures struct {
 // system, /proc/PID/stat) the two device processes spend per Gbit/s per
 // end, then runs iperf3 unlimited for 10 s on the same pair. The appliance
 // runs as the daemon plans it for this machine (PlanMemory(BoardMemory())).
-// It reports the median ratios (CPU per bit, throughput), and writes the
+// TUNNEL_CPU_APPLIANCE_LIMIT_MIB replaces the plan's Go memory limit (0:
+// none). It reports the median ratios (CPU per bit, throughput), and writes the
 // appliance's CPU profile of the last round to $TUNNEL_CPU_PROFILE_DIR if
 // set.
 func BenchmarkTunnelCPUPerBit(b *testing.B) {
@@ -42,6 +43,15 @@ func BenchmarkTunnelCPUPerBit(b *testing.B) {
 	wgGo := buildWireGuardGo(b)
 	board, _ := BoardMemory()
 	plan := PlanMemory(board)
+	// TUNNEL_CPU_APPLIANCE_LIMIT_MIB replaces the plan's Go memory limit
+	// (0: none, as wireguard-go runs), to measure what the limit costs.
+	if v, ok := os.LookupEnv("TUNNEL_CPU_APPLIANCE_LIMIT_MIB"); ok {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatalf("TUNNEL_CPU_APPLIANCE_LIMIT_MIB=%q: want MiB", v)
+		}
+		plan.GoLimit = n << 20
+	}
 	profDir := os.Getenv("TUNNEL_CPU_PROFILE_DIR")
 	for i := 0; i < b.N; i++ {
 		var ratios, ours, theirs, throughput []float64

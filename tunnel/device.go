@@ -65,6 +65,15 @@ type Config struct {
 	// direction (each takes a 64 KiB buffer): 0 means DefaultQueuedPackets,
 	// negative means unbounded (wireguard-go's own behaviour). See memory.go.
 	QueuedPackets int
+	// NetstackQueuedPackets replaces QueuedPackets when the device runs in
+	// netstack mode (0: QueuedPackets; ignored when QueuedPackets is
+	// negative). NetstackTCPBuffer is the largest send or receive buffer
+	// gVisor's TCP may grow a connection to in netstack mode (0: 4 MiB).
+	// PlanMemory chooses both: in netstack mode the heap also holds
+	// gVisor's TCP buffers, and its garbage makes the GC run often enough
+	// under the memory limit to empty wireguard-go's buffer pools.
+	NetstackQueuedPackets int
+	NetstackTCPBuffer     int
 	// UDPGSO is "auto" (default: work around the kernel UDP GSO bug on
 	// affected kernels), "on" (plain GSO) or "off" (no GSO). See gso.go.
 	UDPGSO string
@@ -196,8 +205,8 @@ func Open(cfg Config) (*Device, error) {
 		d.log.Warn(why, "kernel", release, "udp_gso", cfg.UDPGSO)
 	}
 	var bind conn.Bind = d.mux
-	if cfg.QueuedPackets > 0 {
-		bind, tunDev = budgetedBindAndTUN(bind, tunDev, cfg.QueuedPackets)
+	if queued := queuedPackets(cfg, d.mode); queued > 0 {
+		bind, tunDev = budgetedBindAndTUN(bind, tunDev, queued)
 	}
 	d.wg = device.NewDevice(tunDev, bind, wgLogger(d.log))
 
@@ -262,6 +271,16 @@ func (d *Device) checkListenPort() error {
 	return nil
 }
 
+// queuedPackets is the packet budget of a device in mode (after Config's
+// defaults): NetstackQueuedPackets in netstack mode if set, else
+// QueuedPackets; 0 or less means unbounded.
+func queuedPackets(cfg Config, mode string) int {
+	if mode == ModeNetstack && cfg.NetstackQueuedPackets > 0 && cfg.QueuedPackets > 0 {
+		return cfg.NetstackQueuedPackets
+	}
+	return cfg.QueuedPackets
+}
+
 // createTUN picks the mode and creates its tun.Device.
 func (d *Device) createTUN() (tun.Device, error) {
 	mode := d.cfg.Mode
@@ -276,7 +295,7 @@ func (d *Device) createTUN() (tun.Device, error) {
 	}
 	d.mode = mode
 	if mode == ModeNetstack {
-		dev, tnet, err := newNetstack([]netip.Addr{d.cfg.Address.Addr()}, d.cfg.MTU)
+		dev, tnet, err := newNetstack([]netip.Addr{d.cfg.Address.Addr()}, d.cfg.MTU, d.cfg.NetstackTCPBuffer)
 		if err != nil {
 			return nil, fmt.Errorf("create netstack for %s: %w", d.cfg.Interface, err)
 		}

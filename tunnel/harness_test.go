@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -174,6 +175,8 @@ type helperConfig struct {
 	KernelRelease  string // Config.KernelRelease
 	QueuedPackets  int    // Config.QueuedPackets (0: its default)
 	CPUProfile     string // write a CPU profile of the process here until it closes
+	// Config.NetstackQueuedPackets, Config.NetstackTCPBuffer
+	NetstackQueuedPackets, NetstackTCPBuffer int
 }
 
 type helperRequest struct {
@@ -232,6 +235,7 @@ func helperMain(raw string) int {
 	if hc.QueuedPackets != 0 {
 		cfg.QueuedPackets = hc.QueuedPackets
 	}
+	cfg.NetstackQueuedPackets, cfg.NetstackTCPBuffer = hc.NetstackQueuedPackets, hc.NetstackTCPBuffer
 	if hc.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(hc.MemoryLimitMiB << 20)
 	}
@@ -241,6 +245,16 @@ func helperMain(raw string) int {
 				defer func() { pprof.StopCPUProfile(); f.Close() }()
 			}
 		}
+	}
+	if dir := os.Getenv("TUNNEL_TEST_HEAP_PROFILE_DIR"); dir != "" {
+		// a heap profile 8 s after start (inside the first iperf3 run)
+		go func() {
+			time.Sleep(8 * time.Second)
+			if f, err := os.Create(filepath.Join(dir, hc.Interface+".heap")); err == nil {
+				pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		}()
 	}
 	dev, err := Open(cfg)
 	if err != nil {

@@ -33,6 +33,11 @@ func TestPlanMemory(t *testing.T) {
 		if int64(p.QueuedPackets)*2*65536 > p.GoLimit/2 {
 			t.Errorf("%s: %d packets per direction take more than half of the %d MiB limit", c.description, p.QueuedPackets, p.GoLimit>>20)
 		}
+		// Netstack mode: a smaller (or equal) budget and TCP buffers
+		// of at most 1 MiB (tunnel/BENCHMARKS.md, Netstack mode).
+		if p.NetstackQueuedPackets <= 0 || p.NetstackQueuedPackets > p.QueuedPackets || p.NetstackTCPBuffer <= 0 || p.NetstackTCPBuffer > 1<<20 {
+			t.Errorf("%s: netstack budget %d, TCP buffer %d: want 1..%d packets and at most 1 MiB", c.description, p.NetstackQueuedPackets, p.NetstackTCPBuffer, p.QueuedPackets)
+		}
 		if p.GoLimit > 64<<20 {
 			t.Errorf("%s: limit %d MiB above the 64 MiB ceiling", c.description, p.GoLimit>>20)
 		}
@@ -98,4 +103,23 @@ func TestBoardMemory(t *testing.T) {
 		t.Errorf("BoardMemory() = %d, MemTotal %d", n, total)
 	}
 	t.Logf("board memory %d MiB, plan %+v", n>>20, PlanMemory(n))
+}
+
+// The device applies the plan's netstack budget in netstack mode only,
+// and never bounds a device configured unbounded.
+func TestQueuedPacketsByMode(t *testing.T) {
+	p := PlanMemory(8 << 30)
+	cfg := Config{QueuedPackets: p.QueuedPackets, NetstackQueuedPackets: p.NetstackQueuedPackets}
+	if got := queuedPackets(cfg, ModeTUN); got != p.QueuedPackets {
+		t.Errorf("tun mode: %d packets, want %d", got, p.QueuedPackets)
+	}
+	if got := queuedPackets(cfg, ModeNetstack); got != p.NetstackQueuedPackets {
+		t.Errorf("netstack mode: %d packets, want %d", got, p.NetstackQueuedPackets)
+	}
+	if got := queuedPackets(Config{QueuedPackets: 96}, ModeNetstack); got != 96 {
+		t.Errorf("netstack mode without a netstack budget: %d packets, want 96", got)
+	}
+	if got := queuedPackets(Config{QueuedPackets: -1, NetstackQueuedPackets: 32}, ModeNetstack); got != -1 {
+		t.Errorf("unbounded netstack device: %d, want -1 (unbounded)", got)
+	}
 }

@@ -67,6 +67,8 @@ const (
 	// buffer does reach the max, and it is heap. Measured with the daemon's
 	// 64 MiB Go memory limit: 4 MiB left the device at ~55 MiB of heap;
 	// 16 MiB drove it to the limit and the GC cut throughput to ~50 Mbit/s.
+	// The daemon's memory plan lowers the max to 1 MiB
+	// (Config.NetstackTCPBuffer, PlanMemory).
 	netstackTCPBufDefault = 1 << 20
 	netstackTCPBufMax     = 4 << 20
 )
@@ -78,11 +80,11 @@ type netstackOptions struct {
 	gso       bool // announce host GSO, split segments in Read
 	gro       bool // coalesce inbound TCP in Write
 	batch     bool // Read drains up to a batch; off: one packet per Read, as upstream
-	tcpTuning bool // SACK, no RACK, 4 MiB buffer ranges
-	tcpBufMax int  // upper end of the TCP buffer ranges
+	tcpTuning bool // SACK, no RACK, buffer ranges up to Config.NetstackTCPBuffer
+	tcpBufMax int  // upper end of the TCP buffer ranges, overriding Config's (0: Config's)
 }
 
-var netstackOpts = netstackOptions{gso: true, gro: true, batch: true, tcpTuning: true, tcpBufMax: netstackTCPBufMax}
+var netstackOpts = netstackOptions{gso: true, gro: true, batch: true, tcpTuning: true}
 
 // Netstack is the userspace stack of a netstack-mode device: it dials and
 // listens inside the mesh on the device's overlay address.
@@ -121,8 +123,9 @@ func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber
 }
 
 // newNetstack builds the gVisor stack with our link endpoint and returns
-// the tun.Device wireguard-go runs on.
-func newNetstack(addrs []netip.Addr, mtu int) (*netstackTUN, *Netstack, error) {
+// the tun.Device wireguard-go runs on. tcpBufMax is the upper end of
+// gVisor's TCP buffer ranges (0: netstackTCPBufMax).
+func newNetstack(addrs []netip.Addr, mtu, tcpBufMax int) (*netstackTUN, *Netstack, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
@@ -134,7 +137,13 @@ func newNetstack(addrs []netip.Addr, mtu int) (*netstackTUN, *Netstack, error) {
 			s.Close()
 		}
 	}()
-	if err := tuneTCP(s, netstackOpts.tcpTuning); err != nil {
+	if tcpBufMax <= 0 {
+		tcpBufMax = netstackTCPBufMax
+	}
+	if netstackOpts.tcpBufMax > 0 {
+		tcpBufMax = netstackOpts.tcpBufMax
+	}
+	if err := tuneTCP(s, netstackOpts.tcpTuning, tcpBufMax); err != nil {
 		return nil, nil, err
 	}
 	ep := newLinkEndpoint(uint32(mtu))
@@ -170,7 +179,7 @@ func newNetstack(addrs []netip.Addr, mtu int) (*netstackTUN, *Netstack, error) {
 // default is off), larger buffer ranges with receive buffer moderation,
 // and RACK loss detection off: with it gVisor's sender reacts late to ACKs
 // and retransmits spuriously (Tailscale measured the same, their #9707).
-func tuneTCP(s *stack.Stack, all bool) error {
+func tuneTCP(s *stack.Stack, all bool, bufMax int) error {
 	sack := tcpip.TCPSACKEnabled(true)
 	if !all { // upstream wireguard-go's netstack sets SACK only
 		if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); terr != nil {
@@ -180,8 +189,10 @@ func tuneTCP(s *stack.Stack, all bool) error {
 	}
 	recovery := tcpip.TCPRecovery(0)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: netstackTCPBufDefault, Max: netstackOpts.tcpBufMax}
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: netstackTCPBufDefault, Max: netstackOpts.tcpBufMax}
+	bufMax = max(bufMax, tcp.MinBufferSize)
+	dflt := min(netstackTCPBufDefault, bufMax)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: dflt, Max: bufMax}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: dflt, Max: bufMax}
 	for _, o := range []struct {
 		name string
 		opt  tcpip.SettableTransportProtocolOption

@@ -43,6 +43,19 @@ func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 			for _, c := range []*helperConfig{&ca, &cb} {
 				c.MemoryLimitMiB = plan.GoLimit >> 20
 				c.QueuedPackets = plan.QueuedPackets
+				if !strings.Contains(off, "nsplan") {
+					c.NetstackQueuedPackets, c.NetstackTCPBuffer = plan.NetstackQueuedPackets, plan.NetstackTCPBuffer
+				}
+			}
+		}
+		// limitN / qN: Go memory limit N MiB / packet budget N on the
+		// netstack side (a) instead of the plan's.
+		for _, part := range strings.Split(off, ",") {
+			if n, err := strconv.Atoi(strings.TrimPrefix(part, "limit")); err == nil && strings.HasPrefix(part, "limit") {
+				ca.MemoryLimitMiB = int64(n)
+			}
+			if n, err := strconv.Atoi(strings.TrimPrefix(part, "q")); err == nil && strings.HasPrefix(part, "q") {
+				ca.QueuedPackets, ca.NetstackQueuedPackets = n, 0
 			}
 		}
 		target := "10.0.0.2"
@@ -101,8 +114,11 @@ func ablationParts() []string {
 
 // netstackOffEnv names the parts of the netstack data path a device
 // process turns off: a comma-separated subset of gso, gro, batch, tcp;
-// bufN sets the TCP buffer maximum to N MiB, memlimit drops the planned Go
-// memory limit (that one is applied by the benchmark).
+// bufN sets the TCP buffer maximum to N MiB. Applied by the benchmark:
+// memlimit drops the planned Go memory limit, nsplan the plan's netstack
+// budget and TCP buffer (netstack then runs with the TUN-mode budget and
+// 4 MiB buffers), limitN and qN set the netstack side's Go limit (MiB)
+// and packet budget.
 const netstackOffEnv = "TUNNEL_TEST_NETSTACK_OFF"
 
 // In a re-executed device process, apply netstackOffEnv.

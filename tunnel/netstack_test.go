@@ -13,8 +13,34 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
+
+// newNetstack sets gVisor's TCP buffer ranges from its argument (the memory
+// plan's NetstackTCPBuffer), 4 MiB when it is 0, the default never above
+// the max.
+func TestNetstackTCPBufferFromPlan(t *testing.T) {
+	for _, c := range []struct{ in, max, dflt int }{{0, 4 << 20, 1 << 20}, {1 << 20, 1 << 20, 1 << 20}, {512 << 10, 512 << 10, 512 << 10}} {
+		dev, _, err := newNetstack([]netip.Addr{netip.MustParseAddr("10.0.0.1")}, 1420, c.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rcv tcpip.TCPReceiveBufferSizeRangeOption
+		var snd tcpip.TCPSendBufferSizeRangeOption
+		if terr := dev.stack.TransportProtocolOption(tcp.ProtocolNumber, &rcv); terr != nil {
+			t.Fatal(terr)
+		}
+		if terr := dev.stack.TransportProtocolOption(tcp.ProtocolNumber, &snd); terr != nil {
+			t.Fatal(terr)
+		}
+		dev.Close()
+		if rcv.Max != c.max || snd.Max != c.max || rcv.Default != c.dflt || snd.Default != c.dflt {
+			t.Errorf("buffer %d: receive %+v, send %+v; want max %d, default %d", c.in, rcv, snd, c.max, c.dflt)
+		}
+	}
+}
 
 // wire joins two netstack devices as wireguard-go would between two peers
 // (Read a batch from one, Write it to the other), checking every packet on
@@ -84,12 +110,12 @@ func (w *wire) pump(from, to *netstackTUN) {
 // segments to gVisor's TCP than packets arrived.
 func TestNetstackEndpointsCarryTCPInBatches(t *testing.T) {
 	const mtu = 1420
-	a, na, err := newNetstack([]netip.Addr{netip.MustParseAddr("10.0.0.1")}, mtu)
+	a, na, err := newNetstack([]netip.Addr{netip.MustParseAddr("10.0.0.1")}, mtu, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, nb, err := newNetstack([]netip.Addr{netip.MustParseAddr("10.0.0.2")}, mtu)
+	b, nb, err := newNetstack([]netip.Addr{netip.MustParseAddr("10.0.0.2")}, mtu, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
