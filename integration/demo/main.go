@@ -6,10 +6,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -58,11 +60,24 @@ func run(dir, binDir string, workers int) error {
 		}
 	}()
 	err = start(ctx, dir, l, workers)
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || killedBySignal(err) {
 		fmt.Println("\nstopped.")
 		return nil
 	}
 	return err
+}
+
+// killedBySignal says whether err comes from a command that the same
+// Ctrl-C (or SIGTERM) killed: the terminal sends SIGINT to the whole
+// process group, and a child (`ip netns add` while the cluster starts)
+// can die of it and fail start before the signal has cancelled ctx.
+func killedBySignal(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && (ws.Signal() == syscall.SIGINT || ws.Signal() == syscall.SIGTERM)
 }
 
 // start brings the cluster and the service up and waits for the signal.

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,5 +89,22 @@ func TestCtrlCExitsZero(t *testing.T) {
 				t.Fatalf("teardown failed:\n%s", stderr.String())
 			}
 		})
+	}
+}
+
+// A child the Ctrl-C killed counts as stopping, wrapped or not (the race
+// TestCtrlCExitsZero/while_starting lost once: `ip netns add` died of the
+// SIGINT before the signal cancelled the demo's context); a child that
+// failed on its own does not.
+func TestKilledBySignal(t *testing.T) {
+	interrupted := exec.Command("sh", "-c", "kill -INT $$").Run()
+	if !killedBySignal(interrupted) || !killedBySignal(fmt.Errorf("ip netns add x: %w", interrupted)) {
+		t.Errorf("a child killed by SIGINT (%v) is not seen as interrupted", interrupted)
+	}
+	if failed := exec.Command("false").Run(); killedBySignal(failed) {
+		t.Errorf("a child that exited 1 (%v) is seen as interrupted", failed)
+	}
+	if killedBySignal(nil) || killedBySignal(errors.New("other")) {
+		t.Error("a non-exit error is seen as interrupted")
 	}
 }
