@@ -95,40 +95,8 @@ func TestRemovedManagerBoardCopyIsCutOff(t *testing.T) {
 	if got := curl("POST", "/v1/internal/admin/v1/services", `{"name":"evil","image":"x"}`); got != "403" {
 		t.Errorf("service create through the internal admin API: %s, want 403", got)
 	}
-	// Raft: the handshake is refused.
-	out, _ := victim.Sh(ctx, fmt.Sprintf("(sleep 2; echo) | openssl s_client -connect %s -alpn warren-raft/1 -cert %s/node-tls.crt -key %s/node-tls.key 2>&1; echo", api, stolen, stolen))
-	if !strings.Contains(out, "alert") {
-		t.Errorf("raft handshake with the removed manager's certificate was not refused:\n%s", out)
-	}
-	// Join with the tokens the copy holds (their secrets are in its state).
-	for role, tok := range tokens {
-		secret := tok[strings.LastIndex(tok, "-")+1:]
-		got, _ := victim.Sh(ctx, fmt.Sprintf(`curl -sk -m 5 -o /dev/null -w '%%{http_code}' -X POST -H 'Content-Type: application/json' --data '{"secret":"%s","name":"thief","role":"%s"}' https://%s/v1/join`, secret, role, api))
-		if trim(got) != "401" {
-			t.Errorf("join with the old %s token: %s, want 401", role, trim(got))
-		}
-	}
-	// The board comes back as it was: it stays out.
-	if err := victim.StartAppliance("warren-appliance"); err != nil {
-		t.Fatal(err)
-	}
-	// It keeps retrying (an edge node never gives up), and gets nowhere.
-	time.Sleep(20 * time.Second)
-	if victim.AppliancePID() == 0 {
-		t.Fatal("the copy's appliance did not start")
-	}
-	nodes, err := c.NodeListOn(ctx, leader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range nodes {
-		if n.Name == victim.Name || n.Name == "thief" || n.Name == "evil" {
-			t.Errorf("node list after the removal: %+v", nodes)
-		}
-	}
-	if out, err := leader.Exec(ctx, "warren", "service", "ls"); err != nil || strings.Contains(out, "evil") {
-		t.Errorf("services: %v\n%s", err, out)
-	}
+	checkCopyRefused(ctx, t, victim, api, tokens)
+	checkCopyStaysOut(ctx, t, c, leader, victim)
 }
 
 // stolenDir is where a test keeps a copy of a manager's state dir, as a
@@ -161,4 +129,50 @@ func stealManagerCopy(ctx context.Context, t *testing.T, c *lab.Cluster, leader 
 		t.Fatalf("copy the state dir: %v\n%s", err, out)
 	}
 	return victim, tokens
+}
+
+// checkCopyRefused checks, from the victim's board, that the copy's
+// certificate in stolenDir fails the Raft handshake on api and that the
+// join tokens it holds (their secrets are in its state) get 401.
+func checkCopyRefused(ctx context.Context, t *testing.T, victim *lab.Node, api string, tokens map[string]string) {
+	t.Helper()
+	out, _ := victim.Sh(ctx, fmt.Sprintf("(sleep 2; echo) | openssl s_client -connect %s -alpn warren-raft/1 -cert %s/node-tls.crt -key %s/node-tls.key 2>&1; echo", api, stolenDir, stolenDir))
+	if !strings.Contains(out, "alert") {
+		t.Errorf("raft handshake with the removed manager's certificate was not refused:\n%s", out)
+	}
+	for role, tok := range tokens {
+		secret := tok[strings.LastIndex(tok, "-")+1:]
+		got, _ := victim.Sh(ctx, fmt.Sprintf(`curl -sk -m 5 -o /dev/null -w '%%{http_code}' -X POST -H 'Content-Type: application/json' --data '{"secret":"%s","name":"thief","role":"%s"}' https://%s/v1/join`, secret, role, api))
+		if trim(got) != "401" {
+			t.Errorf("join with the copy's %s token: %s, want 401", role, trim(got))
+		}
+	}
+}
+
+// checkCopyStaysOut starts the victim's board again as it was (it keeps
+// retrying, as an edge node never gives up) and checks after 20 s that
+// neither it nor what the probes tried to add is in the cluster; it
+// returns the node list it read.
+func checkCopyStaysOut(ctx context.Context, t *testing.T, c *lab.Cluster, leader, victim *lab.Node) []lab.NodeView {
+	t.Helper()
+	if err := victim.StartAppliance("warren-appliance"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Second)
+	if victim.AppliancePID() == 0 {
+		t.Fatal("the copy's appliance did not start")
+	}
+	nodes, err := c.NodeListOn(ctx, leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.Name == victim.Name || n.Name == "thief" || n.Name == "evil" {
+			t.Errorf("node list with the copy running: %+v", nodes)
+		}
+	}
+	if out, err := leader.Exec(ctx, "warren", "service", "ls"); err != nil || strings.Contains(out, "evil") {
+		t.Errorf("services: %v\n%s", err, out)
+	}
+	return nodes
 }
