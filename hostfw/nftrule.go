@@ -2,6 +2,7 @@ package hostfw
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -156,21 +157,13 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 		negHere := neg
 		switch opt {
 		case "-p":
-			v, ok := arg()
-			var n byte
-			switch v {
-			case "tcp":
-				n = unix.IPPROTO_TCP
-			case "udp":
-				n = unix.IPPROTO_UDP
-			case "icmp":
-				n = unix.IPPROTO_ICMP
-			default:
-				_ = ok
-				return bad("unsupported protocol %q", v)
+			v, _ := arg()
+			e, err := protoExprs(v, cmpOp())
+			if err != nil {
+				return bad("%v", err)
 			}
 			proto = v
-			ex = append(ex, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: cmpOp(), Register: 1, Data: []byte{n}})
+			ex = append(ex, e...)
 		case "-m":
 			v, _ := arg()
 			switch v {
@@ -184,20 +177,11 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 			}
 		case "-s", "-d":
 			v, _ := arg()
-			p, err := ip4(v)
+			e, err := addrExprs(opt == "-d", v, cmpOp())
 			if err != nil {
 				return bad("%s: %v", opt, err)
 			}
-			off := uint32(12)
-			if opt == "-d" {
-				off = 16
-			}
-			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4})
-			if p.Bits() < 32 {
-				m := binary.BigEndian.AppendUint32(nil, math.MaxUint32<<(32-p.Bits()))
-				ex = append(ex, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: []byte{0, 0, 0, 0}})
-			}
-			ex = append(ex, &expr.Cmp{Op: cmpOp(), Register: 1, Data: p.Addr().AsSlice()})
+			ex = append(ex, e...)
 		case "-i", "-o":
 			v, _ := arg()
 			key := expr.MetaKeyIIFNAME
@@ -207,22 +191,11 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 			ex = append(ex, &expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: cmpOp(), Register: 1, Data: ifname(v)})
 		case "--dport":
 			v, _ := arg()
-			lo, hi, isRange := strings.Cut(v, ":")
-			if !isRange {
-				hi = lo
-			}
-			n, err1 := strconv.ParseUint(lo, 10, 16)
-			m, err2 := strconv.ParseUint(hi, 10, 16)
-			if err1 != nil || err2 != nil || m < n || (proto != "tcp" && proto != "udp") || negHere {
+			e, ok := dportExprs(v)
+			if !ok || (proto != "tcp" && proto != "udp") || negHere {
 				return bad("--dport %q needs -p tcp|udp and a port or a range LOW:HIGH", v)
 			}
-			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
-			if isRange {
-				ex = append(ex, &expr.Range{Op: expr.CmpOpEq, Register: 1,
-					FromData: binaryutil.BigEndian.PutUint16(uint16(n)), ToData: binaryutil.BigEndian.PutUint16(uint16(m))})
-			} else {
-				ex = append(ex, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(n))})
-			}
+			ex = append(ex, e...)
 		case "--icmp-type":
 			v, _ := arg()
 			if v != "echo-request" || proto != "icmp" || negHere {
@@ -235,39 +208,11 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 			comment = v
 		case "--ctstate":
 			v, _ := arg()
-			var state, status uint32
-			for _, s := range strings.Split(v, ",") {
-				switch s {
-				case "NEW":
-					state |= expr.CtStateBitNEW
-				case "ESTABLISHED":
-					state |= expr.CtStateBitESTABLISHED
-				case "RELATED":
-					state |= expr.CtStateBitRELATED
-				case "INVALID":
-					state |= expr.CtStateBitINVALID
-				case "DNAT":
-					status |= ipsDstNAT
-				case "SNAT":
-					status |= ipsSrcNAT
-				default:
-					return bad("unsupported --ctstate %q", s)
-				}
+			e, err := ctstateExprs(v, negHere)
+			if err != nil {
+				return bad("%v", err)
 			}
-			key, mask := expr.CtKeySTATE, state
-			if status != 0 {
-				if state != 0 {
-					return bad("--ctstate mixing DNAT/SNAT with connection states")
-				}
-				key, mask = expr.CtKeySTATUS, status
-			}
-			op := expr.CmpOpNeq // (ct & mask) != 0: one of the states
-			if negHere {
-				op = expr.CmpOpEq
-			}
-			ex = append(ex, &expr.Ct{Key: key, Register: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mask), Xor: u32(0)},
-				&expr.Cmp{Op: op, Register: 1, Data: u32(0)})
+			ex = append(ex, e...)
 		case "--match-set":
 			name, _ := arg()
 			dir, _ := arg()
@@ -287,18 +232,11 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 				&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: negHere})
 		case "--mark":
 			v, _ := arg()
-			val, mask := v, "0xffffffff"
-			if x, y, ok := strings.Cut(v, "/"); ok {
-				val, mask = x, y
-			}
-			vv, err1 := parseMark(val)
-			mm, err2 := parseMark(mask)
-			if err1 != nil || err2 != nil {
+			e, err := markExprs(v, cmpOp())
+			if err != nil {
 				return bad("--mark %q", v)
 			}
-			ex = append(ex, &expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mm), Xor: u32(0)},
-				&expr.Cmp{Op: cmpOp(), Register: 1, Data: u32(vv & mm)})
+			ex = append(ex, e...)
 		case "--dst-type":
 			v, _ := arg()
 			if v != "LOCAL" {
@@ -313,17 +251,11 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 			}
 		case "--probability":
 			v, _ := arg()
-			p, err := strconv.ParseFloat(v, 64)
-			if err != nil || p <= 0 || p > 1 {
-				return bad("--probability %q", v)
+			e, err := probabilityExprs(v)
+			if err != nil {
+				return bad("%v", err)
 			}
-			n := math.Round(1 / p)
-			if math.Abs(1/n-p) > 1e-6 {
-				return bad("--probability %s is not 1/n", v)
-			}
-			// One in n: a random number mod n is 0 (zero is the same in any byte order).
-			ex = append(ex, &expr.Numgen{Register: 1, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: u32(0)})
+			ex = append(ex, e...)
 		case "--name":
 			recentName, _ = arg()
 		case "--set", "--rcheck":
@@ -384,6 +316,133 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 		ud = userdata.AppendString(nil, userdata.TypeComment, comment)
 	}
 	return ex, ud, nil
+}
+
+// protoExprs matches the layer 4 protocol (-p tcp|udp|icmp).
+func protoExprs(v string, op expr.CmpOp) ([]expr.Any, error) {
+	var n byte
+	switch v {
+	case "tcp":
+		n = unix.IPPROTO_TCP
+	case "udp":
+		n = unix.IPPROTO_UDP
+	case "icmp":
+		n = unix.IPPROTO_ICMP
+	default:
+		return nil, fmt.Errorf("unsupported protocol %q", v)
+	}
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: op, Register: 1, Data: []byte{n}}}, nil
+}
+
+// addrExprs matches the IPv4 source (or destination, dst) against an
+// address or prefix (-s, -d).
+func addrExprs(dst bool, v string, op expr.CmpOp) ([]expr.Any, error) {
+	p, err := ip4(v)
+	if err != nil {
+		return nil, err
+	}
+	off := uint32(12)
+	if dst {
+		off = 16
+	}
+	ex := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4}}
+	if p.Bits() < 32 {
+		m := binary.BigEndian.AppendUint32(nil, math.MaxUint32<<(32-p.Bits()))
+		ex = append(ex, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: []byte{0, 0, 0, 0}})
+	}
+	return append(ex, &expr.Cmp{Op: op, Register: 1, Data: p.Addr().AsSlice()}), nil
+}
+
+// dportExprs matches the TCP/UDP destination port: PORT or LOW:HIGH.
+func dportExprs(v string) ([]expr.Any, bool) {
+	lo, hi, isRange := strings.Cut(v, ":")
+	if !isRange {
+		hi = lo
+	}
+	n, err1 := strconv.ParseUint(lo, 10, 16)
+	m, err2 := strconv.ParseUint(hi, 10, 16)
+	if err1 != nil || err2 != nil || m < n {
+		return nil, false
+	}
+	ex := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}}
+	if isRange {
+		return append(ex, &expr.Range{Op: expr.CmpOpEq, Register: 1,
+			FromData: binaryutil.BigEndian.PutUint16(uint16(n)), ToData: binaryutil.BigEndian.PutUint16(uint16(m))}), true
+	}
+	return append(ex, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(n))}), true
+}
+
+// ctstateExprs matches conntrack states (NEW, ESTABLISHED, RELATED,
+// INVALID) or NAT statuses (DNAT, SNAT), not both: (ct & mask) != 0, or
+// == 0 when negated.
+func ctstateExprs(v string, neg bool) ([]expr.Any, error) {
+	var state, status uint32
+	for _, s := range strings.Split(v, ",") {
+		switch s {
+		case "NEW":
+			state |= expr.CtStateBitNEW
+		case "ESTABLISHED":
+			state |= expr.CtStateBitESTABLISHED
+		case "RELATED":
+			state |= expr.CtStateBitRELATED
+		case "INVALID":
+			state |= expr.CtStateBitINVALID
+		case "DNAT":
+			status |= ipsDstNAT
+		case "SNAT":
+			status |= ipsSrcNAT
+		default:
+			return nil, fmt.Errorf("unsupported --ctstate %q", s)
+		}
+	}
+	key, mask := expr.CtKeySTATE, state
+	if status != 0 {
+		if state != 0 {
+			return nil, errors.New("--ctstate mixing DNAT/SNAT with connection states")
+		}
+		key, mask = expr.CtKeySTATUS, status
+	}
+	op := expr.CmpOpNeq // (ct & mask) != 0: one of the states
+	if neg {
+		op = expr.CmpOpEq
+	}
+	return []expr.Any{&expr.Ct{Key: key, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mask), Xor: u32(0)},
+		&expr.Cmp{Op: op, Register: 1, Data: u32(0)}}, nil
+}
+
+// markExprs matches the packet mark: VALUE or VALUE/MASK.
+func markExprs(v string, op expr.CmpOp) ([]expr.Any, error) {
+	val, mask := v, "0xffffffff"
+	if x, y, ok := strings.Cut(v, "/"); ok {
+		val, mask = x, y
+	}
+	vv, err := parseMark(val)
+	if err != nil {
+		return nil, err
+	}
+	mm, err := parseMark(mask)
+	if err != nil {
+		return nil, err
+	}
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mm), Xor: u32(0)},
+		&expr.Cmp{Op: op, Register: 1, Data: u32(vv & mm)}}, nil
+}
+
+// probabilityExprs is statistic --mode random --probability 1/n: a random
+// number mod n is 0 (zero is the same in any byte order).
+func probabilityExprs(v string) ([]expr.Any, error) {
+	p, err := strconv.ParseFloat(v, 64)
+	if err != nil || p <= 0 || p > 1 {
+		return nil, fmt.Errorf("--probability %q", v)
+	}
+	n := math.Round(1 / p)
+	if math.Abs(1/n-p) > 1e-6 {
+		return nil, fmt.Errorf("--probability %s is not 1/n", v)
+	}
+	return []expr.Any{&expr.Numgen{Register: 1, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: u32(0)}}, nil
 }
 
 // target translates "-j TARGET [options]".
