@@ -61,6 +61,10 @@ func valueFile(cmd *cobra.Command, args []string) (string, error) {
 func addObjectKind(root *cobra.Command, kind string) {
 	parent := findOrAdd(root, &cobra.Command{Use: kind, Short: "Create, list, inspect, update and remove " + kind + "s"})
 
+	parent.AddCommand(newObjectCreateCmd(kind), newObjectLsCmd(kind), newObjectInspectCmd(kind), newObjectUpdateCmd(kind), newObjectRmCmd(kind))
+}
+
+func newObjectCreateCmd(kind string) *cobra.Command {
 	createCmd := &cobra.Command{
 		Use:   "create NAME -f FILE|- (or: create NAME FILE|-)",
 		Short: "Create a " + kind + " from a file or stdin (at most 500 KiB)",
@@ -97,7 +101,10 @@ func addObjectKind(root *cobra.Command, kind string) {
 	createCmd.Flags().Bool("federated", false, "replicate it to every peered cluster (`warren cluster peer`), where services read it by the same name")
 	createCmd.Flags().StringArrayP("label", "l", nil, "label KEY=VALUE (repeatable)")
 	addJSONFlag(createCmd)
+	return createCmd
+}
 
+func newObjectUpdateCmd(kind string) *cobra.Command {
 	updateCmd := &cobra.Command{
 		Use:   "update NAME -f FILE|- (or: update NAME FILE|-)",
 		Short: "Give a " + kind + " a new value: running tasks see it in place within seconds",
@@ -124,7 +131,10 @@ func addObjectKind(root *cobra.Command, kind string) {
 	}
 	updateCmd.Flags().StringP("file", "f", "", "read the new value from FILE (- for stdin)")
 	addJSONFlag(updateCmd)
+	return updateCmd
+}
 
+func newObjectLsCmd(kind string) *cobra.Command {
 	lsCmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
@@ -148,7 +158,10 @@ func addObjectKind(root *cobra.Command, kind string) {
 		},
 	}
 	addJSONFlag(lsCmd)
+	return lsCmd
+}
 
+func newObjectInspectCmd(kind string) *cobra.Command {
 	inspectCmd := &cobra.Command{
 		Use:   "inspect NAME",
 		Short: "Show a " + kind + "'s metadata: ID, version, dates, labels, the services using it",
@@ -195,7 +208,10 @@ func addObjectKind(root *cobra.Command, kind string) {
 		inspectCmd.Flags().Bool("pretty", false, "human-readable (the default; a secret's value is never shown)")
 	}
 	addJSONFlag(inspectCmd)
+	return inspectCmd
+}
 
+func newObjectRmCmd(kind string) *cobra.Command {
 	rmCmd := &cobra.Command{
 		Use:     "rm NAME...",
 		Aliases: []string{"remove"},
@@ -212,5 +228,5 @@ func addObjectKind(root *cobra.Command, kind string) {
 			return nil
 		},
 	}
-	parent.AddCommand(createCmd, lsCmd, inspectCmd, updateCmd, rmCmd)
+	return rmCmd
 }
