@@ -12,15 +12,19 @@
 #         demo's packages and the test tools: iputils-ping, iperf3, rpm and
 #         dpkg-dev (package checks), qemu-user-static (`make test-arm`),
 #         systemd (systemd-analyze), debootstrap (the install test),
-#         cloud-init and python3-yaml (user-data checks) and prometheus (its
-#         promtool checks the metrics and alert rules); and it loads the
+#         cloud-init and python3-yaml (user-data checks), prometheus (its
+#         promtool checks the metrics and alert rules), docker-registry,
+#         skopeo and apache2-utils (the private registry lab: the registry
+#         server, pushing to it, htpasswd) and nftables (the nft command the
+#         nftables backend's tests read the kernel's table with); and it loads the
 #         br_netfilter module the task network tests switch on and off.
 # `make image` and `make test-boot` use tools/install-image-deps.sh.
 # --list prints the packages and installs nothing.
 #
 # Nothing installed here starts or is enabled on this host: apt-missing.sh
 # installs with service starts denied and disables the units of what it
-# installed (Debian's prometheus and containerd packages ship services).
+# installed (Debian's prometheus, containerd and docker-registry packages
+# ship services).
 # The Go toolchain is expected at /usr/local/go or on PATH.
 set -eu
 
