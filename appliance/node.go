@@ -111,15 +111,7 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	defer j.close()
 	mem, admin, nodeCert, caPool := j.mem, j.admin, j.nodeCert, j.caPool
 	self := mem.Self()
-	// Remember the setup, so the unit's `warren-appliance --config` resumes
-	// this node as what `cluster init` / `worker start` made it.
-	var managers []string
-	if cfg.Cluster.Manager != "" {
-		managers = []string{cfg.Cluster.Manager}
-	} else if cfg.Setup != nil {
-		managers = cfg.Setup.Managers
-	}
-	if err := configs.SaveSetup(cfg.Node.StateDir, cfg.RememberedSetup(self.Name, managers)); err != nil {
+	if err := rememberSetup(cfg, self.Name); err != nil {
 		return err
 	}
 	clusterNet := mem.Network()
@@ -878,4 +870,17 @@ func reportHealth(h *health.State) *api.TaskHealth {
 		out.Log = append(out.Log, api.HealthResult{Start: r.Start, End: r.End, ExitCode: r.ExitCode, Output: o})
 	}
 	return out
+}
+
+// rememberSetup saves what `cluster init` / `worker start` made this node
+// (under the name it joined with), so the unit's `warren-appliance
+// --config` resumes it as that.
+func rememberSetup(cfg *configs.Loaded, name string) error {
+	var managers []string
+	if cfg.Cluster.Manager != "" {
+		managers = []string{cfg.Cluster.Manager}
+	} else if cfg.Setup != nil {
+		managers = cfg.Setup.Managers
+	}
+	return configs.SaveSetup(cfg.Node.StateDir, cfg.RememberedSetup(name, managers))
 }
