@@ -154,6 +154,10 @@ func TestKernelNftables(t *testing.T) {
 			t.Fatalf("table inet warren lacks %q:\n%s", c, want)
 		}
 	}
+	// VIP dispatch is one verdict-map lookup.
+	if !regexp.MustCompile(`ip daddr \. meta l4proto \. th dport vmap \{[^}]*10\.1\.0\.1 \. tcp \. \d+ : jump nat-WARREN-SVC-`).MatchString(want) {
+		t.Fatalf("nat-WARREN-SERVICES has no verdict map for 10.1.0.1:\n%s", want)
+	}
 	// The policy hook runs first: mangle priority -150 in the forward hook.
 	if !regexp.MustCompile(`chain mangle-FORWARD \{\s+type filter hook forward priority mangle;`).MatchString(want) {
 		t.Fatalf("mangle-FORWARD is not at the mangle priority:\n%s", want)

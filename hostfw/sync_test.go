@@ -57,7 +57,7 @@ func tasksPart(ports ...string) Part {
 func natPart(services ...string) Part {
 	svc := []string{`-m comment --comment "canary" -j WARREN-CANARY`}
 	for _, s := range services {
-		svc = append(svc, "-d "+s+"/32 -j WARREN-SVC-"+strings.ReplaceAll(s, ".", ""))
+		svc = append(svc, "-d "+s+"/32 -p tcp -m tcp --dport 80 -j WARREN-SVC-"+strings.ReplaceAll(s, ".", ""))
 	}
 	nat := Chains{"WARREN-SERVICES": svc, "WARREN-CANARY": nil}
 	for _, s := range services {
