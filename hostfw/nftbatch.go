@@ -61,8 +61,8 @@ func (b *nftBatch) commit() error {
 }
 
 // sendBatch sends msgs (BATCH_BEGIN ... BATCH_END) on a netfilter socket
-// of its own and waits for an answer to every message that asks one: a
-// success, or the first error (the kernel then aborts the transaction).
+// of its own and waits for the last message's acknowledgement or the
+// first error (the kernel then aborts the whole transaction).
 func sendBatch(msgs []netlink.Message) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
@@ -72,14 +72,27 @@ func sendBatch(msgs []netlink.Message) error {
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("bind netfilter socket: %w", err)
 	}
+	// Only the last message that asks for an answer keeps asking: the
+	// kernel answers errors whatever the flags, in the order it met them,
+	// and the last acknowledgement comes after all of them. One answer
+	// instead of ~16,000 for a full table (each an skb for the kernel to
+	// build and for us to read).
+	last := -1
+	for i, m := range msgs {
+		if m.Header.Flags&netlink.Acknowledge != 0 {
+			last = i
+		}
+	}
 	var buf []byte
 	acks := map[uint32]int{} // sequence number -> index of the message
 	seq := uint32(time.Now().UnixNano())
 	for i := range msgs {
 		m := msgs[i]
 		m.Header.Sequence, m.Header.PID = seq+uint32(i), 0
-		if m.Header.Flags&netlink.Acknowledge != 0 {
+		if i == last {
 			acks[m.Header.Sequence] = i
+		} else {
+			m.Header.Flags &^= netlink.Acknowledge
 		}
 		raw, err := m.MarshalBinary()
 		if err != nil {
@@ -87,12 +100,11 @@ func sendBatch(msgs []netlink.Message) error {
 		}
 		buf = append(buf, raw...)
 	}
-	// The kernel queues every answer while it runs the batch, inside
-	// sendmsg: the receive buffer must hold them all (an answer takes
-	// ~1 KiB of buffer), the send buffer the whole batch. SO_*BUFFORCE
-	// passes the sysctl caps (root, as writing rules is). NETLINK_CAP_ACK:
-	// an error answer does not echo the failed message back.
-	size := len(buf) + 1024*len(acks) + 1<<20
+	// The send buffer must hold the whole batch, the receive buffer the
+	// answers the kernel queues while it runs the batch inside sendmsg.
+	// SO_*BUFFORCE passes the sysctl caps (root, as writing rules is).
+	// NETLINK_CAP_ACK: an error answer does not echo the failed message.
+	size := len(buf) + 1<<20
 	for _, o := range [][2]int{{unix.SOL_SOCKET, unix.SO_SNDBUFFORCE}, {unix.SOL_SOCKET, unix.SO_RCVBUFFORCE}} {
 		if err := unix.SetsockoptInt(fd, o[0], o[1], size); err != nil {
 			return fmt.Errorf("netfilter socket buffers of %d bytes: %w", size, err)
@@ -107,12 +119,13 @@ func sendBatch(msgs []netlink.Message) error {
 	if err := unix.Sendto(fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send batch of %d messages: %w", len(msgs), err)
 	}
-	return readAnswers(fd, acks, msgs)
+	return readAnswers(fd, acks, msgs, seq)
 }
 
 // readAnswers reads until every message in acks is answered; the first
-// error answer is returned, naming the message it is about.
-func readAnswers(fd int, acks map[uint32]int, msgs []netlink.Message) error {
+// error answer is returned, naming the message it is about (any message:
+// errors come whether asked for or not).
+func readAnswers(fd int, acks map[uint32]int, msgs []netlink.Message, seq0 uint32) error {
 	rbuf := make([]byte, 64<<10)
 	for len(acks) > 0 {
 		n, _, err := unix.Recvfrom(fd, rbuf, 0)
@@ -135,10 +148,10 @@ func readAnswers(fd int, acks map[uint32]int, msgs []netlink.Message) error {
 			if m.Header.Type != netlink.Error || len(m.Data) < 4 {
 				continue
 			}
-			i, ok := acks[m.Header.Sequence]
+			i := int(m.Header.Sequence - seq0)
 			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
 				what := "the batch"
-				if ok {
+				if i >= 0 && i < len(msgs) {
 					what = fmt.Sprintf("message %d of %d (%s)", i, len(msgs), nftMsgName(msgs[i]))
 				}
 				return fmt.Errorf("%s: %w", what, unix.Errno(-code))

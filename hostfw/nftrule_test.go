@@ -197,7 +197,7 @@ func TestTranslateGoldenFiles(t *testing.T) {
 		}
 		got := 0 // a verdict map stands for one rule per element
 		for _, r := range p.rules {
-			if r.vmap != nil {
+			if r.set != nil {
 				got += len(r.elems)
 			} else {
 				got++
@@ -261,7 +261,7 @@ func TestVIPJumpsBecomeOneVerdictMap(t *testing.T) {
 	}
 	var shape []int // -1: a plain rule; n: a verdict map of n elements
 	for _, o := range outs {
-		if o.vmap == nil {
+		if o.set == nil {
 			shape = append(shape, -1)
 			continue
 		}
@@ -271,8 +271,8 @@ func TestVIPJumpsBecomeOneVerdictMap(t *testing.T) {
 		t.Fatalf("rules became %v, want [plain, map of 2, plain, map of 1]", shape)
 	}
 	m := outs[1]
-	if m.vmap.ID != 1 || !m.vmap.Anonymous || !m.vmap.IsMap || m.vmap.DataType != nftables.TypeVerdict {
-		t.Errorf("map %+v", m.vmap)
+	if m.set.ID != 1 || !m.set.Anonymous || !m.set.IsMap || m.set.DataType != nftables.TypeVerdict {
+		t.Errorf("map %+v", m.set)
 	}
 	want := []nftables.SetElement{
 		{Key: []byte{10, 1, 0, 5, unix.IPPROTO_TCP, 0, 0, 0, 0, 80, 0, 0}, Comment: "web:tcp/80 virtual IP",
@@ -295,6 +295,40 @@ func TestVIPJumpsBecomeOneVerdictMap(t *testing.T) {
 	} {
 		if _, ok := parseVIPJump(r); ok {
 			t.Errorf("%s: taken for a VIP jump", r)
+		}
+	}
+}
+
+func TestDestinationRunBecomesOneSetRule(t *testing.T) {
+	rules := []string{
+		`-d 10.1.0.5/32 -m comment --comment "web has no other ports" -j REJECT`,
+		`-d 10.1.0.6/32 -m comment --comment "db has no other ports" -j REJECT`,
+		`-d 10.1.0.5/32 -j REJECT`,
+		`-d 10.1.0.7/32 -p tcp -j REJECT`, // another rest: a run of its own (one rule: plain)
+		`-d 10.1.0.8/32 -j ACCEPT`,
+	}
+	id := uint32(0)
+	outs, err := testCtx("filter").chainRules(rules, func() uint32 { id++; return id })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(outs) != 3 || outs[0].set == nil || outs[1].set != nil || outs[2].set != nil {
+		t.Fatalf("rules became %+v, want [set rule, plain, plain]", outs)
+	}
+	want := []nftables.SetElement{{Key: []byte{10, 1, 0, 5}, Comment: "web has no other ports"}, {Key: []byte{10, 1, 0, 6}, Comment: "db has no other ports"}}
+	if !reflect.DeepEqual(outs[0].elems, want) || outs[0].set.IsMap || !outs[0].set.Anonymous {
+		t.Errorf("set %+v elements %+v, want %+v", outs[0].set, outs[0].elems, want)
+	}
+	plain, _, err := testCtx("filter").translate("-j REJECT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := outs[0].exprs[len(outs[0].exprs)-len(plain):]; !reflect.DeepEqual(got, plain) {
+		t.Errorf("the set rule ends in %#v, want the shared rest %#v", got, plain)
+	}
+	for _, r := range []string{`! -d 10.1.0.5/32 -j REJECT`, `-d 10.1.0.0/24 -j REJECT`, `-d 10.1.0.5/32 -d 10.1.0.6/32 -j REJECT`} {
+		if _, _, _, ok := destAddr(r); ok {
+			t.Errorf("%s: taken for an exact destination", r)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package hostfw
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -67,25 +68,36 @@ func parseVIPJump(rule string) (vipJump, bool) {
 	return j, true
 }
 
-// nftOut is one nft rule of a chain, with the anonymous verdict map it
-// looks up (nil for a plain rule).
+// nftOut is one nft rule of a chain, with the anonymous set or verdict
+// map it looks up (nil for a plain rule).
 type nftOut struct {
 	exprs    []expr.Any
 	userData []byte
-	vmap     *nftables.Set
+	set      *nftables.Set
 	elems    []nftables.SetElement
 }
 
-// chainRules translates a chain's rules: each run of VIP jumps
-// become one verdict-map rule, every other rule is translated as it is.
-// newID numbers the anonymous maps within the batch.
+// chainRules translates a chain's rules: each run of VIP jumps becomes
+// one verdict-map rule, each run of two or more rules that differ only in
+// their exact destination (`-d A/32`) and comment becomes one rule
+// matching a set of those addresses (nat's "has no other ports" REJECTs),
+// every other rule is translated as it is. newID numbers the anonymous
+// sets and maps within the batch.
 func (c *nftCtx) chainRules(rules []string, newID func() uint32) ([]nftOut, error) {
 	var out []nftOut
 	for i := 0; i < len(rules); {
-		run := vipRun(rules[i:])
-		if len(run) > 0 {
+		if run := vipRun(rules[i:]); len(run) > 0 {
 			out = append(out, c.vipMap(run, newID()))
 			i += len(run)
+			continue
+		}
+		if rest, addrs, n := addrRun(rules[i:]); n >= 2 {
+			o, err := c.addrSetRule(rest, addrs, newID())
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, o)
+			i += n
 			continue
 		}
 		ex, ud, err := c.translate(rules[i])
@@ -139,14 +151,77 @@ func (c *nftCtx) vipMap(run []vipJump, id uint32) nftOut {
 		&expr.Payload{DestRegister: unix.NFT_REG32_02, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: id, IsDestRegSet: true, DestRegister: unix.NFT_REG_VERDICT},
 	}
-	return nftOut{exprs: ex, vmap: set, elems: elems}
+	return nftOut{exprs: ex, set: set, elems: elems}
+}
+
+// destAddr is a rule's exact destination and the rule without it and
+// without its comment (ok false: not of that form, or not safely
+// re-joinable as text).
+func destAddr(rule string) (rest string, addr [4]byte, comment string, ok bool) {
+	a := splitArgs(rule)
+	var keep []string
+	found := false
+	for i := 0; i < len(a); i++ {
+		switch {
+		case a[i] == "-d" && i+1 < len(a) && !found && (i == 0 || a[i-1] != "!"):
+			p, err := ip4(a[i+1])
+			if err != nil || p.Bits() != 32 {
+				return "", addr, "", false
+			}
+			addr, found = p.Addr().As4(), true
+			i++
+		case a[i] == "-m" && i+3 < len(a) && a[i+1] == "comment" && a[i+2] == "--comment":
+			comment = a[i+3]
+			i += 3
+		case a[i] == "-d" || a[i] == "" || strings.ContainsAny(a[i], " \"\\"):
+			return "", addr, "", false
+		default:
+			keep = append(keep, a[i])
+		}
+	}
+	return strings.Join(keep, " "), addr, comment, found
+}
+
+// addrRun is the longest run at the start of rules that differ only in
+// their exact destination and comment: the shared rest, each destination
+// with its comment, and the run's length.
+func addrRun(rules []string) (rest string, elems []nftables.SetElement, n int) {
+	seen := map[[4]byte]bool{}
+	for i, r := range rules {
+		rr, addr, comment, ok := destAddr(r)
+		if !ok || (i > 0 && rr != rest) {
+			break
+		}
+		rest, n = rr, i+1
+		if !seen[addr] { // a repeated address adds nothing
+			seen[addr] = true
+			elems = append(elems, nftables.SetElement{Key: addr[:], Comment: comment})
+		}
+	}
+	return rest, elems, n
+}
+
+// addrSetRule is rest matched for destinations in an anonymous set.
+func (c *nftCtx) addrSetRule(rest string, addrs []nftables.SetElement, id uint32) (nftOut, error) {
+	ex, ud, err := c.translate(rest)
+	if err != nil {
+		return nftOut{}, err
+	}
+	set := &nftables.Set{Table: c.table, Name: "__set%d", ID: id, Anonymous: true, Constant: true, KeyType: nftables.TypeIPAddr}
+	match := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: id},
+	}
+	return nftOut{exprs: append(match, ex...), userData: ud, set: set, elems: addrs}, nil
 }
 
 // addOut queues a translated rule of chain ch: its verdict map first (the
 // rule refers to it; the map's jumps need their chains already queued).
 func addOut(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, o nftOut) error {
-	if o.vmap != nil {
-		if err := c.AddSet(o.vmap, o.elems); err != nil {
+	if o.set != nil {
+		if err := c.AddSet(o.set, o.elems); err != nil {
 			return fmt.Errorf("%s: verdict map: %w", ch.Name, err)
 		}
 	}

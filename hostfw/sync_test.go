@@ -66,7 +66,7 @@ func natPart(services ...string) Part {
 	return Part{
 		Tables: map[string]Chains{
 			"nat":    nat,
-			"filter": {"WARREN-FORWARD": {"-m conntrack --ctstate DNAT -j ACCEPT"}, "WARREN-SERVICES": {"-d 10.1.0.9/32 -j REJECT"}},
+			"filter": {"WARREN-FORWARD": {"-m conntrack --ctstate DNAT -j ACCEPT"}, "WARREN-SERVICES": {"-d 10.1.0.9/32 -j REJECT", "-d 10.1.0.10/32 -j REJECT"}},
 		},
 		Hooks: []Hook{
 			{"nat", "PREROUTING", `-m comment --comment "warren service portals" -j WARREN-SERVICES`},
