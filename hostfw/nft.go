@@ -407,13 +407,40 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 	if err != nil {
 		return false, err
 	}
+	obs, err := observeNft(c, t, p, keep)
+	if err != nil || !obs.keeping {
+		return false, err // nothing of owners without a part: a plain full write
+	}
+	if err := writeAdoption(t, p, obs, keep); err != nil {
+		return false, err
+	}
+	n.count = obs.count
+	n.noteGen()
+	return true, nil
+}
+
+// nftObserved is table inet warren as a start finds it, sorted against
+// the plan: the base chains' rules (kept), the chains no owner wants
+// (gone), the rule counts the canary will expect, and whether anything
+// belongs to an owner without a part yet (keeping).
+type nftObserved struct {
+	have      []*nftables.Set
+	wantChain map[string]bool
+	wantSet   map[string]bool
+	kept      map[string][]*nftables.Rule
+	gone      []*nftables.Chain
+	count     map[string]int
+	keeping   bool
+}
+
+func observeNft(c *nftables.Conn, t *nftables.Table, p *nftPlan, keep func(string) bool) (*nftObserved, error) {
 	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return false, fmt.Errorf("nftables: list chains: %w", err)
+		return nil, fmt.Errorf("nftables: list chains: %w", err)
 	}
 	have, err := c.GetSets(t)
 	if err != nil {
-		return false, fmt.Errorf("nftables: list sets: %w", err)
+		return nil, fmt.Errorf("nftables: list sets: %w", err)
 	}
 	wantChain := map[string]bool{}
 	for _, ch := range p.chains {
@@ -436,14 +463,14 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 		case ch.Hooknum != nil:
 			rules, err := c.GetRules(t, ch)
 			if err != nil {
-				return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+				return nil, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
 			}
 			kept[ch.Name] = rules
 		case wantChain[ch.Name]:
 		case o != "" && keep(o):
 			rules, err := c.GetRules(t, ch)
 			if err != nil {
-				return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+				return nil, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
 			}
 			count[ch.Name] = len(rules)
 		default:
@@ -470,23 +497,29 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 			keeping = true
 		}
 	}
-	if !keeping {
-		return false, nil // nothing of owners without a part: a plain full write
-	}
+	return &nftObserved{have: have, wantChain: wantChain, wantSet: wantSet, kept: kept, gone: gone, count: count, keeping: keeping}, nil
+}
+
+// writeAdoption is adopt's one batch: every wanted chain and set created
+// or flushed and refilled, each base chain refilled in owner order with
+// the planned hooks and the kernel's rules of owners without a part, and
+// what no owner wants deleted.
+func writeAdoption(t *nftables.Table, p *nftPlan, obs *nftObserved, keep func(string) bool) error {
+	kept, gone, have, wantSet, count := obs.kept, obs.gone, obs.have, obs.wantSet, obs.count
 	b, err := newNftBatch()
 	if err != nil {
-		return false, err
+		return err
 	}
 	w := b.conn
 	w.AddTable(t)
 	for _, st := range p.sets {
 		if err := w.AddSet(st, nil); err != nil {
-			return false, fmt.Errorf("nftables: set %s: %w", st.Name, err)
+			return fmt.Errorf("nftables: set %s: %w", st.Name, err)
 		}
 		w.FlushSet(st)
 		if el := p.elems[st.Name]; len(el) > 0 {
 			if err := w.SetAddElements(st, el); err != nil {
-				return false, fmt.Errorf("nftables: set %s: %w", st.Name, err)
+				return fmt.Errorf("nftables: set %s: %w", st.Name, err)
 			}
 		}
 	}
@@ -501,7 +534,7 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 			continue
 		}
 		if err := addOut(w, t, r.chain, r.nftOut); err != nil {
-			return false, fmt.Errorf("nftables: %w", err)
+			return fmt.Errorf("nftables: %w", err)
 		}
 	}
 	bases := map[string]*nftables.Chain{}
@@ -566,11 +599,40 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 		}
 	}
 	if err := b.commit(); err != nil {
-		return false, fmt.Errorf("nftables: take over table inet %s: %w", NftTable, err)
+		return fmt.Errorf("nftables: take over table inet %s: %w", NftTable, err)
 	}
-	n.count = count
-	n.noteGen()
-	return true, nil
+	return nil
+}
+
+// queueSetChanges queues the policy sets that are new (added) or changed
+// (flushed and refilled), and returns every set a rule may name by name.
+func (n *Nftables) queueSetChanges(c *nftables.Conn, t *nftables.Table, prev, next *nftState) (map[string]*nftables.Set, error) {
+	sets := map[string]*nftables.Set{}
+	for name := range next.recent {
+		sets[recentSetName(name)] = &nftables.Set{Table: t, Name: recentSetName(name), Timeout: next.recent[name]}
+	}
+	for _, name := range slices.Sorted(maps.Keys(next.sets)) {
+		members := next.sets[name]
+		old, had := prev.sets[name]
+		set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, Interval: true}
+		sets[name] = set
+		switch {
+		case !had:
+			n.setIDs++
+			set.ID = n.setIDs
+			if err := c.AddSet(set, setElements(members)); err != nil {
+				return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+			}
+		case !slices.Equal(old, members):
+			c.FlushSet(set)
+			if elems := setElements(members); len(elems) > 0 {
+				if err := c.SetAddElements(set, elems); err != nil {
+					return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+				}
+			}
+		}
+	}
+	return sets, nil
 }
 
 // update writes the difference between prev and next in one batch.
@@ -582,31 +644,9 @@ func (n *Nftables) update(prev, next *nftState) error {
 	}
 	c := b.conn
 	count := maps.Clone(n.count)
-	sets := map[string]*nftables.Set{}
-	for name := range next.recent {
-		sets[recentSetName(name)] = &nftables.Set{Table: t, Name: recentSetName(name), Timeout: next.recent[name]}
-	}
-	// Sets: new ones added, changed ones refilled.
-	for _, name := range slices.Sorted(maps.Keys(next.sets)) {
-		members := next.sets[name]
-		old, had := prev.sets[name]
-		set := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, Interval: true}
-		sets[name] = set
-		switch {
-		case !had:
-			n.setIDs++
-			set.ID = n.setIDs
-			if err := c.AddSet(set, setElements(members)); err != nil {
-				return fmt.Errorf("nftables: set %s: %w", name, err)
-			}
-		case !slices.Equal(old, members):
-			c.FlushSet(set)
-			if elems := setElements(members); len(elems) > 0 {
-				if err := c.SetAddElements(set, elems); err != nil {
-					return fmt.Errorf("nftables: set %s: %w", name, err)
-				}
-			}
-		}
+	sets, err := n.queueSetChanges(c, t, prev, next)
+	if err != nil {
+		return err
 	}
 	var gone []*nftables.Chain
 	// Regular chains: declare the new ones first (a jump needs its target).
