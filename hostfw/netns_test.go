@@ -1,6 +1,7 @@
 package hostfw
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -8,7 +9,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/warren-appliance/warren/internal/netnstest"
+	"golang.org/x/sys/unix"
 )
 
 // targets are the jump targets of `iptables -S chain`, in order.
@@ -154,6 +158,14 @@ func TestKernelNftables(t *testing.T) {
 			t.Fatalf("table inet warren lacks %q:\n%s", c, want)
 		}
 	}
+	// VIP dispatch is one verdict-map lookup.
+	if !regexp.MustCompile(`ip daddr \. meta l4proto \. th dport vmap \{[^}]*10\.1\.0\.1 \. tcp \. \d+ : jump nat-WARREN-SVC-`).MatchString(want) {
+		t.Fatalf("nat-WARREN-SERVICES has no verdict map for 10.1.0.1:\n%s", want)
+	}
+	// Rules differing only in their exact destination: one set lookup.
+	if !regexp.MustCompile(`ip daddr \{ 10\.1\.0\.9, 10\.1\.0\.10 \} reject`).MatchString(want) {
+		t.Fatalf("filter-WARREN-SERVICES has no set rule for 10.1.0.9 and 10.1.0.10:\n%s", want)
+	}
 	// The policy hook runs first: mangle priority -150 in the forward hook.
 	if !regexp.MustCompile(`chain mangle-FORWARD \{\s+type filter hook forward priority mangle;`).MatchString(want) {
 		t.Fatalf("mangle-FORWARD is not at the mangle priority:\n%s", want)
@@ -278,5 +290,53 @@ func TestKernelNftablesIncremental(t *testing.T) {
 			return fmt.Errorf("the policy part's set or chains stayed:\n%s", got)
 		}
 		return Cleanup(quiet())
+	})
+}
+
+// TestBatchErrorAbortsEverything: the batch writer asks only the last
+// message for an acknowledgement; an error earlier in the batch still
+// comes back, names the message, and nothing of the batch is applied.
+func TestBatchErrorAbortsEverything(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "whfw", "bat")
+	netnstest.MustIn(t, ns, func() error {
+		b, err := newNftBatch()
+		if err != nil {
+			return err
+		}
+		tb := &nftables.Table{Family: nftables.TableFamilyINet, Name: "warren-batch-test"}
+		ch := &nftables.Chain{Table: tb, Name: "a"}
+		b.conn.AddTable(tb)
+		b.conn.AddChain(ch)
+		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
+		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "missing"}}})
+		b.conn.AddChain(&nftables.Chain{Table: tb, Name: "b"})
+		err = b.commit()
+		if err == nil || !strings.Contains(err.Error(), "message 4 of 7 (add rule)") || !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("commit: %v, want ENOENT naming message 4 of 7 (add rule)", err)
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+		if err != nil {
+			return err
+		}
+		if len(tables) != 0 {
+			return fmt.Errorf("a failed batch left %d tables", len(tables))
+		}
+		// The same batch without the bad rule applies whole.
+		b.conn.AddTable(tb)
+		b.conn.AddChain(ch)
+		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
+		if err := b.commit(); err != nil {
+			return err
+		}
+		rules, err := c.GetRules(tb, ch)
+		if err != nil || len(rules) != 1 {
+			return fmt.Errorf("after a good batch: %d rules, %v", len(rules), err)
+		}
+		return nil
 	})
 }
