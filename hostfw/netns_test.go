@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -339,4 +340,56 @@ func TestBatchErrorAbortsEverything(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestKernelNftablesAffinitySurvivesFullWriteAndRestart: what session
+// affinity learned (a client's address in a recent set, with the time it
+// has left) is still there after a full rewrite of the table and after a
+// restart, as xt_recent's lists outlive iptables rule rewrites.
+func TestKernelNftablesAffinitySurvivesFullWriteAndRestart(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "whfw", "aff")
+	part := Part{
+		Tables: map[string]Chains{"nat": {
+			"WARREN-SERVICES": {"-d 10.1.0.5/32 -p tcp -m tcp --dport 80 -j WARREN-SVC-A"},
+			"WARREN-SVC-A":    {"-m recent --name WARREN-SEP-A --rcheck --seconds 10800 --reap -j WARREN-SEP-A", "-j WARREN-SEP-A"},
+			"WARREN-SEP-A":    {"-p tcp -m recent --name WARREN-SEP-A --set -m tcp -j DNAT --to-destination 10.0.1.6:8080"},
+		}},
+		Hooks: []Hook{{"nat", "PREROUTING", `-m comment --comment "warren service portals" -j WARREN-SERVICES`}},
+	}
+	set := "recent-WARREN-SEP-A"
+	var s *Syncer
+	netnstest.MustIn(t, ns, func() error {
+		var err error
+		if s, err = NewBackend(BackendNftables, quiet()); err != nil {
+			return err
+		}
+		return s.SetPart(OwnerNAT, part)
+	})
+	netnstest.Run(t, ns, "nft", "add", "element", "inet", NftTable, set, "{ 10.0.0.9 timeout 1h }")
+	timeoutRE := regexp.MustCompile(`10\.0\.0\.9 timeout (\S+) expires`)
+	for _, step := range []struct {
+		name string
+		do   func() error
+	}{
+		{"a full write", func() error { return s.Sync(true) }},
+		{"a restart", func() error {
+			s2, err := NewBackend(BackendNftables, quiet())
+			if err != nil {
+				return err
+			}
+			return s2.SetPart(OwnerNAT, part)
+		}},
+	} {
+		netnstest.MustIn(t, ns, step.do)
+		listed := netnstest.Run(t, ns, "nft", "list", "set", "inet", NftTable, set)
+		m := timeoutRE.FindStringSubmatch(listed)
+		if m == nil {
+			t.Fatalf("after %s the affinity set forgot 10.0.0.9:\n%s", step.name, listed)
+		}
+		// Carried with the time it had left, not given the set's 3 h anew.
+		if d, err := time.ParseDuration(m[1]); err != nil || d > time.Hour {
+			t.Fatalf("after %s 10.0.0.9 has timeout %s, want at most the 1h it was given:\n%s", step.name, m[1], listed)
+		}
+	}
 }

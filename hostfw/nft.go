@@ -186,6 +186,41 @@ func buildNft(chains map[string]Chains, hooks map[[2]string][]string, sets []Set
 	return p, nil
 }
 
+// carryRecent puts into the plan what session affinity has learned: the
+// elements the plan's recent sets hold in the kernel now, each with the
+// time it has left (at most the set's timeout). A full write recreates
+// those sets; written back, clients stay on their endpoints, as
+// xt_recent's lists outlive iptables rule rewrites. A set that cannot be
+// read (no table yet, a new set) starts empty.
+func (p *nftPlan) carryRecent() {
+	var c *nftables.Conn
+	for _, s := range p.sets {
+		if !s.Dynamic {
+			continue
+		}
+		if c == nil {
+			var err error
+			if c, err = nftables.New(); err != nil {
+				return
+			}
+			if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err != nil {
+				return
+			}
+		}
+		live, err := c.GetSetElements(&nftables.Set{Table: p.table, Name: s.Name})
+		if err != nil {
+			continue
+		}
+		for _, e := range live {
+			left := e.Expires
+			if left <= 0 || left > s.Timeout {
+				left = s.Timeout
+			}
+			p.elems[s.Name] = append(p.elems[s.Name], nftables.SetElement{Key: e.Key, Timeout: left})
+		}
+	}
+}
+
 // Nftables is the Runner of the nftables backend: one table of our own,
 // table inet warren, replaced in one netlink batch per sync, with the
 // bridge chain through ebtables (as with iptables: Debian's ebtables is
@@ -275,6 +310,7 @@ func (n *Nftables) replaceAll(chains map[string]Chains, hooks map[[2]string][]st
 	if err != nil {
 		return err
 	}
+	p.carryRecent()
 
 	b, err := newNftBatch()
 	if err != nil {
@@ -407,6 +443,7 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 	if err != nil {
 		return false, err
 	}
+	p.carryRecent()
 	obs, err := observeNft(c, t, p, keep)
 	if err != nil || !obs.keeping {
 		return false, err // nothing of owners without a part: a plain full write
