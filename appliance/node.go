@@ -418,6 +418,7 @@ type natSyncer interface {
 // taskRunner is what the per-map engine needs of the task reconciler.
 type taskRunner interface {
 	Apply([]orchestrate.TaskSpec)
+	Status() []orchestrate.TaskStatus
 }
 
 // firewallCanary is the firewall owner's canary (hostfw.Syncer.Check).
@@ -622,10 +623,41 @@ func (n *node) apply(m *clustermap.Map) {
 // in its sets before it starts), then the tasks, then the service rules
 // (a new endpoint gets traffic only once its task is set up). Each step
 // is one sync of the firewall owner, which keeps the policy hook first.
+//
+// When the policies cannot be written, tasks the node does not run yet
+// wait (gateNewTasks): started, one would sit outside its policy sets,
+// open to what its policies forbid, and be reported running, so put
+// behind its VIP. The map is applied again shortly (and the canary's slow
+// check retries the policies); the tasks start once the policies are in.
 func (n *node) applyRules(m *clustermap.Map, specs []orchestrate.TaskSpec) {
-	n.syncPolicies(m)
+	if err := n.syncPolicies(m); err != nil {
+		var held []string
+		if specs, held = gateNewTasks(specs, n.tasks.Status()); len(held) > 0 {
+			n.log.Warn("tasks wait until the network policies are written", "tasks", held, "err", err, "map_version", m.Version)
+			n.retryApplyLocked()
+		}
+	}
 	n.tasks.Apply(specs)
 	n.syncNAT(m)
+}
+
+// gateNewTasks splits specs into the tasks the reconciler already has
+// (they keep running) and the names of the others (held back).
+func gateNewTasks(specs []orchestrate.TaskSpec, known []orchestrate.TaskStatus) ([]orchestrate.TaskSpec, []string) {
+	have := map[string]bool{}
+	for _, t := range known {
+		have[t.Name] = true
+	}
+	var keep []orchestrate.TaskSpec
+	var held []string
+	for _, s := range specs {
+		if have[s.Name] {
+			keep = append(keep, s)
+		} else {
+			held = append(held, s.Name)
+		}
+	}
+	return keep, held
 }
 
 // valuesTimeout bounds fetching secret and config values in apply; the
@@ -684,7 +716,7 @@ func (n *node) syncNAT(m *clustermap.Map) {
 
 // syncPolicies enforces m's network policies for the tasks forwarded
 // through this node; a failure is retried by the canary loop.
-func (n *node) syncPolicies(m *clustermap.Map) {
+func (n *node) syncPolicies(m *clustermap.Map) error {
 	// Other nodes' traffic is exempt from ingress policies only on the
 	// overlay interface; without a config there is none, and no exemption.
 	var overlay string
@@ -704,6 +736,7 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	n.mu.Lock()
 	n.polFailed = err != nil
 	n.mu.Unlock()
+	return err
 }
 
 func (n *node) natOptions() nat.Options {
