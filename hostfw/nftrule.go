@@ -124,183 +124,11 @@ func parseMark(s string) (uint32, error) {
 // expressions. The rule is IPv4: the base chains of table inet warren
 // only jump to our chains for IPv4 packets.
 func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
-	a := splitArgs(rule)
-	var ex []expr.Any
-	var comment string
-	proto := ""
-	neg := false
-	bad := func(format string, v ...any) ([]expr.Any, []byte, error) {
-		return nil, nil, fmt.Errorf("nftables: rule %q: %s", rule, fmt.Sprintf(format, v...))
+	t := &ruleTranslation{c: c, a: splitArgs(rule)}
+	if err := t.run(); err != nil {
+		return nil, nil, fmt.Errorf("nftables: rule %q: %w", rule, err)
 	}
-	cmpOp := func() expr.CmpOp {
-		if neg {
-			return expr.CmpOpNeq
-		}
-		return expr.CmpOpEq
-	}
-	recentName := ""
-	i := 0
-	arg := func() (string, bool) {
-		if i+1 >= len(a) {
-			return "", false
-		}
-		i++
-		return a[i], true
-	}
-	verdictDone := false
-	for ; i < len(a); i++ {
-		opt := a[i]
-		if verdictDone {
-			return bad("unexpected %q after the target", opt)
-		}
-		if opt == "!" {
-			neg = true
-			continue
-		}
-		negHere := neg
-		switch opt {
-		case "-p":
-			v, _ := arg()
-			e, err := protoExprs(v, cmpOp())
-			if err != nil {
-				return bad("%v", err)
-			}
-			proto = v
-			ex = append(ex, e...)
-		case "-m":
-			v, _ := arg()
-			switch v {
-			case "tcp", "udp", "icmp":
-				if v != proto {
-					return bad("-m %s without -p %s", v, v)
-				}
-			case "comment", "conntrack", "set", "recent", "statistic", "mark", "addrtype":
-			default:
-				return bad("unsupported match module %q", v)
-			}
-		case "-s", "-d":
-			v, _ := arg()
-			e, err := addrExprs(opt == "-d", v, cmpOp())
-			if err != nil {
-				return bad("%s: %v", opt, err)
-			}
-			ex = append(ex, e...)
-		case "-i", "-o":
-			v, _ := arg()
-			key := expr.MetaKeyIIFNAME
-			if opt == "-o" {
-				key = expr.MetaKeyOIFNAME
-			}
-			ex = append(ex, &expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: cmpOp(), Register: 1, Data: ifname(v)})
-		case "--dport":
-			v, _ := arg()
-			e, ok := dportExprs(v)
-			if !ok || (proto != "tcp" && proto != "udp") || negHere {
-				return bad("--dport %q needs -p tcp|udp and a port or a range LOW:HIGH", v)
-			}
-			ex = append(ex, e...)
-		case "--icmp-type":
-			v, _ := arg()
-			if v != "echo-request" || proto != "icmp" || negHere {
-				return bad("--icmp-type %q: only echo-request with -p icmp", v)
-			}
-			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}})
-		case "--comment":
-			v, _ := arg()
-			comment = v
-		case "--ctstate":
-			v, _ := arg()
-			e, err := ctstateExprs(v, negHere)
-			if err != nil {
-				return bad("%v", err)
-			}
-			ex = append(ex, e...)
-		case "--match-set":
-			name, _ := arg()
-			dir, _ := arg()
-			set := c.sets[name]
-			if set == nil {
-				return bad("set %q is not declared", name)
-			}
-			off := uint32(12)
-			switch dir {
-			case "src":
-			case "dst":
-				off = 16
-			default:
-				return bad("--match-set %s %q: only src or dst", name, dir)
-			}
-			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
-				&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: negHere})
-		case "--mark":
-			v, _ := arg()
-			e, err := markExprs(v, cmpOp())
-			if err != nil {
-				return bad("--mark %q", v)
-			}
-			ex = append(ex, e...)
-		case "--dst-type":
-			v, _ := arg()
-			if v != "LOCAL" {
-				return bad("--dst-type %q: only LOCAL", v)
-			}
-			ex = append(ex, &expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-				&expr.Cmp{Op: cmpOp(), Register: 1, Data: u32(unix.RTN_LOCAL)})
-		case "--mode":
-			v, _ := arg()
-			if v != "random" {
-				return bad("statistic --mode %q: only random", v)
-			}
-		case "--probability":
-			v, _ := arg()
-			e, err := probabilityExprs(v)
-			if err != nil {
-				return bad("%v", err)
-			}
-			ex = append(ex, e...)
-		case "--name":
-			recentName, _ = arg()
-		case "--set", "--rcheck":
-			set := c.sets[recentSetName(recentName)]
-			if recentName == "" || set == nil {
-				return bad("%s without a known --name", opt)
-			}
-			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4})
-			if opt == "--set" {
-				ex = append(ex, &expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: set.Timeout})
-			} else {
-				ex = append(ex, &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID})
-			}
-		case "--seconds":
-			arg() // the set's timeout (recentTimeouts)
-		case "--reap":
-			// nft set elements expire by themselves
-		case "-j":
-			v, ok := arg()
-			if negHere {
-				return bad("! before -j")
-			}
-			if !ok {
-				return bad("-j without a target")
-			}
-			tail, err := c.target(v, a[i+1:])
-			if err != nil {
-				return bad("%v", err)
-			}
-			ex = append(ex, tail...)
-			verdictDone = true
-			i = len(a)
-		default:
-			return bad("unsupported argument %q", opt)
-		}
-		if neg && opt != "!" && negHere {
-			neg = false
-		}
-	}
-	if neg {
-		return bad("a dangling !")
-	}
+	ex := t.ex
 	for _, e := range ex {
 		if pl, ok := e.(*expr.Payload); ok && pl.Base == expr.PayloadBaseNetworkHeader {
 			// The IPv4 header, in an inet table: say so first, as nft does
@@ -311,10 +139,225 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 		}
 	}
 	var ud []byte
-	if comment != "" {
-		ud = userdata.AppendString(nil, userdata.TypeComment, comment)
+	if t.comment != "" {
+		ud = userdata.AppendString(nil, userdata.TypeComment, t.comment)
 	}
 	return ex, ud, nil
+}
+
+// ruleTranslation is one rule's translation under way: its arguments,
+// where it is in them, and what the options so far said.
+type ruleTranslation struct {
+	c          *nftCtx
+	a          []string
+	i          int
+	ex         []expr.Any
+	comment    string
+	proto      string // -p's value
+	recentName string // -m recent's --name
+	neg        bool   // the option at hand is negated
+}
+
+// arg is the option's value (false: none left).
+func (t *ruleTranslation) arg() (string, bool) {
+	if t.i+1 >= len(t.a) {
+		return "", false
+	}
+	t.i++
+	return t.a[t.i], true
+}
+
+func (t *ruleTranslation) cmpOp() expr.CmpOp {
+	if t.neg {
+		return expr.CmpOpNeq
+	}
+	return expr.CmpOpEq
+}
+
+// run reads every option in turn; the target ends the rule.
+func (t *ruleTranslation) run() error {
+	pendingNeg := false
+	for ; t.i < len(t.a); t.i++ {
+		opt := t.a[t.i]
+		if opt == "!" {
+			pendingNeg = true
+			continue
+		}
+		t.neg, pendingNeg = pendingNeg, false
+		if opt == "-j" {
+			return t.jump()
+		}
+		handled, err := t.match(opt)
+		if !handled && err == nil {
+			handled, err = t.module(opt)
+		}
+		if err != nil {
+			return err
+		}
+		if !handled {
+			return fmt.Errorf("unsupported argument %q", opt)
+		}
+	}
+	if pendingNeg {
+		return errors.New("a dangling !")
+	}
+	return nil
+}
+
+// jump is -j TARGET [its options]: the last thing in a rule.
+func (t *ruleTranslation) jump() error {
+	v, ok := t.arg()
+	if t.neg {
+		return errors.New("! before -j")
+	}
+	if !ok {
+		return errors.New("-j without a target")
+	}
+	tail, err := t.c.target(v, t.a[t.i+1:])
+	if err != nil {
+		return err
+	}
+	t.ex = append(t.ex, tail...)
+	t.i = len(t.a)
+	return nil
+}
+
+// match is the packet matches: protocol, addresses, interfaces, ports,
+// ICMP type, comment, conntrack state, sets, mark, address type.
+func (t *ruleTranslation) match(opt string) (bool, error) {
+	add := func(e []expr.Any, err error) (bool, error) {
+		t.ex = append(t.ex, e...)
+		return true, err
+	}
+	switch opt {
+	case "-p":
+		v, _ := t.arg()
+		e, err := protoExprs(v, t.cmpOp())
+		t.proto = v
+		return add(e, err)
+	case "-m":
+		v, _ := t.arg()
+		switch v {
+		case "tcp", "udp", "icmp":
+			if v != t.proto {
+				return true, fmt.Errorf("-m %s without -p %s", v, v)
+			}
+		case "comment", "conntrack", "set", "recent", "statistic", "mark", "addrtype":
+		default:
+			return true, fmt.Errorf("unsupported match module %q", v)
+		}
+		return true, nil
+	case "-s", "-d":
+		v, _ := t.arg()
+		e, err := addrExprs(opt == "-d", v, t.cmpOp())
+		if err != nil {
+			return true, fmt.Errorf("%s: %w", opt, err)
+		}
+		return add(e, nil)
+	case "-i", "-o":
+		v, _ := t.arg()
+		key := expr.MetaKeyIIFNAME
+		if opt == "-o" {
+			key = expr.MetaKeyOIFNAME
+		}
+		return add([]expr.Any{&expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: t.cmpOp(), Register: 1, Data: ifname(v)}}, nil)
+	case "--dport":
+		v, _ := t.arg()
+		e, ok := dportExprs(v)
+		if !ok || (t.proto != "tcp" && t.proto != "udp") || t.neg {
+			return true, fmt.Errorf("--dport %q needs -p tcp|udp and a port or a range LOW:HIGH", v)
+		}
+		return add(e, nil)
+	case "--icmp-type":
+		v, _ := t.arg()
+		if v != "echo-request" || t.proto != "icmp" || t.neg {
+			return true, fmt.Errorf("--icmp-type %q: only echo-request with -p icmp", v)
+		}
+		return add([]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}}}, nil)
+	case "--comment":
+		t.comment, _ = t.arg()
+		return true, nil
+	case "--ctstate":
+		v, _ := t.arg()
+		return add(ctstateExprs(v, t.neg))
+	case "--match-set":
+		return t.matchSet()
+	case "--mark":
+		v, _ := t.arg()
+		e, err := markExprs(v, t.cmpOp())
+		if err != nil {
+			return true, fmt.Errorf("--mark %q", v)
+		}
+		return add(e, nil)
+	case "--dst-type":
+		v, _ := t.arg()
+		if v != "LOCAL" {
+			return true, fmt.Errorf("--dst-type %q: only LOCAL", v)
+		}
+		return add([]expr.Any{&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: t.cmpOp(), Register: 1, Data: u32(unix.RTN_LOCAL)}}, nil)
+	}
+	return false, nil
+}
+
+// matchSet is --match-set NAME src|dst: a lookup in the nft set.
+func (t *ruleTranslation) matchSet() (bool, error) {
+	name, _ := t.arg()
+	dir, _ := t.arg()
+	set := t.c.sets[name]
+	if set == nil {
+		return true, fmt.Errorf("set %q is not declared", name)
+	}
+	off := uint32(12)
+	switch dir {
+	case "src":
+	case "dst":
+		off = 16
+	default:
+		return true, fmt.Errorf("--match-set %s %q: only src or dst", name, dir)
+	}
+	t.ex = append(t.ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: t.neg})
+	return true, nil
+}
+
+// module is the options of -m statistic (a random draw) and -m recent
+// (session affinity's source lists, as dynamic nft sets).
+func (t *ruleTranslation) module(opt string) (bool, error) {
+	switch opt {
+	case "--mode":
+		if v, _ := t.arg(); v != "random" {
+			return true, fmt.Errorf("statistic --mode %q: only random", v)
+		}
+	case "--probability":
+		v, _ := t.arg()
+		e, err := probabilityExprs(v)
+		if err != nil {
+			return true, err
+		}
+		t.ex = append(t.ex, e...)
+	case "--name":
+		t.recentName, _ = t.arg()
+	case "--set", "--rcheck":
+		set := t.c.sets[recentSetName(t.recentName)]
+		if t.recentName == "" || set == nil {
+			return true, fmt.Errorf("%s without a known --name", opt)
+		}
+		t.ex = append(t.ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4})
+		if opt == "--set" {
+			t.ex = append(t.ex, &expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: set.Timeout})
+		} else {
+			t.ex = append(t.ex, &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID})
+		}
+	case "--seconds":
+		t.arg() // the set's timeout (recentTimeouts)
+	case "--reap":
+		// nft set elements expire by themselves
+	default:
+		return false, nil
+	}
+	return true, nil
 }
 
 // protoExprs matches the layer 4 protocol (-p tcp|udp|icmp).
