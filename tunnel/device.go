@@ -191,7 +191,6 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.mux = newMuxBind(conn.NewDefaultBind())
 	release := cfg.KernelRelease
 	if release == "" {
 		release = kernelRelease()
@@ -200,7 +199,7 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel config: %w", err)
 	}
-	d.mux.gso.Store(int32(policy))
+	d.mux = newMuxBind(newUDPBind(policy))
 	if why != "" {
 		d.log.Warn(why, "kernel", release, "udp_gso", cfg.UDPGSO)
 	}
