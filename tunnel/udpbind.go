@@ -448,13 +448,13 @@ func putSegment(b []byte, seg int) int {
 // learned: the segment size its iovecs are laid out for, the last
 // endpoint.
 type recvState struct {
-	msgs    []unix.Mmsghdr
-	iovs    []unix.Iovec
-	names   []unix.RawSockaddrInet6
-	ctrl    []byte
-	buf     []byte // gather space
-	seg     int
-	last    *bindEndpoint
+	msgs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6
+	ctrl  []byte
+	buf   []byte // gather space
+	seg   int
+	last  *bindEndpoint
 	// Messages that landed one datagram per buffer, and that were split
 	// by copying (for tests and BENCHMARKS.md).
 	landed, split int
