@@ -22,12 +22,16 @@ type PacketHandler func(b []byte, from netip.AddrPort)
 // the NAT mapping, that WireGuard uses. Not being a *conn.StdNetBind, it
 // makes wireguard-go skip its sticky-socket route listener, as the packet
 // budget's wrapper (memory.go) does.
+//
+// It wraps a conn.Bind rather than our bind alone so that the CPU
+// benchmark can measure wireguard-go's StdNetBind in the same place
+// (Config.stdBind, tests only).
 type muxBind struct {
-	*udpBind
+	conn.Bind
 	handler atomic.Pointer[PacketHandler]
 }
 
-func newMuxBind(b *udpBind) *muxBind { return &muxBind{udpBind: b} }
+func newMuxBind(b conn.Bind) *muxBind { return &muxBind{Bind: b} }
 
 // isWireGuard reports whether a datagram looks like a WireGuard message:
 // type 1-4 in the first byte, then three zero bytes.
@@ -40,7 +44,7 @@ func isWireGuard(b []byte) bool {
 }
 
 func (b *muxBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
-	fns, actual, err := b.udpBind.Open(port)
+	fns, actual, err := b.Bind.Open(port)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -90,9 +94,10 @@ func (b *muxBind) deliver(p []byte, ep conn.Endpoint) {
 		return
 	}
 	var from netip.AddrPort
-	if e, ok := ep.(*bindEndpoint); ok {
+	switch e := ep.(type) {
+	case *bindEndpoint:
 		from = e.dst
-	} else {
+	default:
 		var err error
 		if from, err = netip.ParseAddrPort(ep.DstToString()); err != nil {
 			return

@@ -283,6 +283,7 @@ type sendState struct {
 	iovs   []unix.Iovec
 	ctrl   []byte // sendCtrlSpace per message
 	name   unix.RawSockaddrInet6
+	call   *mmsgCall
 }
 
 // sendCtrlSpace holds an IPv6 packet info and a UDP_SEGMENT message.
@@ -293,6 +294,7 @@ func newSendState(n int) *sendState {
 		msgs: make([]unix.Mmsghdr, n),
 		iovs: make([]unix.Iovec, 2*n),
 		ctrl: make([]byte, n*sendCtrlSpace),
+		call: newMmsgCall(unix.SYS_SENDMMSG),
 	}
 }
 
@@ -362,7 +364,7 @@ func (s *udpSocket) sendBatch(st *sendState, bufs [][]byte, e *bindEndpoint, p g
 	}
 	msgs := st.msgs[:len(st.groups)]
 	for len(msgs) > 0 {
-		n, err := s.sendmmsg(msgs)
+		n, err := st.call.do(msgs, s.rc.Write, "sendmmsg")
 		if err != nil {
 			return err
 		}
@@ -371,24 +373,42 @@ func (s *udpSocket) sendBatch(st *sendState, bufs [][]byte, e *bindEndpoint, p g
 	return nil
 }
 
-func (s *udpSocket) sendmmsg(msgs []unix.Mmsghdr) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := s.rc.Write(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
+// mmsgCall is one sendmmsg or recvmmsg call through the runtime's poller
+// (which waits for the socket when the call says EAGAIN), built once per
+// state so that a call allocates nothing.
+type mmsgCall struct {
+	trap  uintptr
+	msgs  []unix.Mmsghdr
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
+}
+
+func newMmsgCall(trap uintptr) *mmsgCall {
+	c := &mmsgCall{trap: trap}
+	c.fn = func(fd uintptr) bool {
+		r, _, e := unix.Syscall6(c.trap, fd, uintptr(unsafe.Pointer(&c.msgs[0])), uintptr(len(c.msgs)), 0, 0, 0)
 		if e == unix.EAGAIN || e == unix.EINTR {
 			return false
 		}
-		n, errno = int(r), e
+		c.n, c.errno = int(r), e
 		return true
-	})
+	}
+	return c
+}
+
+// do runs the call on msgs through rc and returns how many messages went.
+func (c *mmsgCall) do(msgs []unix.Mmsghdr, poll func(func(uintptr) bool) error, name string) (int, error) {
+	c.msgs, c.n, c.errno = msgs, 0, 0
+	err := poll(c.fn)
+	c.msgs = nil
 	if err != nil {
 		return 0, err
 	}
-	if errno != 0 {
-		return 0, os.NewSyscallError("sendmmsg", errno)
+	if c.errno != 0 {
+		return 0, os.NewSyscallError(name, c.errno)
 	}
-	return n, nil
+	return c.n, nil
 }
 
 // fillName writes dst as a socket address of the socket's family.
@@ -453,6 +473,7 @@ type recvState struct {
 	names []unix.RawSockaddrInet6
 	ctrl  []byte
 	buf   []byte // gather space
+	call  *mmsgCall
 	seg   int
 	last  *bindEndpoint
 	// Messages that landed one datagram per buffer, and that were split
@@ -514,7 +535,10 @@ func (s *udpSocket) receive(st *recvState, bufs [][]byte, sizes []int, eps []con
 		m.Hdr.Iov = &st.iovs[base]
 		m.Hdr.SetIovlen(niov)
 	}
-	got, err := s.recvmmsg(st.msgs[:nmsgs])
+	if st.call == nil {
+		st.call = newMmsgCall(unix.SYS_RECVMMSG)
+	}
+	got, err := st.call.do(st.msgs[:nmsgs], s.rc.Read, "recvmmsg")
 	if err != nil {
 		return 0, err
 	}
@@ -586,26 +610,6 @@ func (st *recvState) endpoint(name *unix.RawSockaddrInet6, src netip.Addr, ifind
 	}
 	st.last = &bindEndpoint{dst: dst, src: src, ifindex: ifindex}
 	return st.last
-}
-
-func (s *udpSocket) recvmmsg(msgs []unix.Mmsghdr) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := s.rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			return false
-		}
-		n, errno = int(r), e
-		return true
-	})
-	if err != nil {
-		return 0, err
-	}
-	if errno != 0 {
-		return 0, os.NewSyscallError("recvmmsg", errno)
-	}
-	return n, nil
 }
 
 // parseRecvControl reads a received datagram's packet info (the local
