@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 )
 
@@ -109,7 +110,19 @@ func TestGatherAndSplit(t *testing.T) {
 // and single datagrams, every datagram intact and in order; the receiver
 // lays its iovecs out for the segment size it saw, so that later
 // messages land without a copy, and copies when the size changes.
+// Replies through the endpoint a datagram arrived from (with its sticky
+// source) reach the sender, over IPv4 and IPv6.
 func TestUDPBindGSOAndGROOnLoopback(t *testing.T) {
+	for _, fam := range []struct {
+		name string
+		is6  bool
+		addr string
+	}{{"ipv4", false, "127.0.0.1"}, {"ipv6", true, "::1"}} {
+		t.Run(fam.name, func(t *testing.T) { testUDPBindLoopback(t, fam.is6, fam.addr) })
+	}
+}
+
+func testUDPBindLoopback(t *testing.T, is6 bool, addr string) {
 	tx, rx := newUDPBind(gsoPlain), newUDPBind(gsoPlain)
 	if _, _, err := tx.Open(0); err != nil {
 		t.Fatal(err)
@@ -119,11 +132,14 @@ func TestUDPBindGSOAndGROOnLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rx.Close()
-	sock := rx.socket(false)
-	if !sock.rxGRO || !tx.socket(false).txGSO.Load() {
+	sock, txSock := rx.socket(is6), tx.socket(is6)
+	if sock == nil || txSock == nil {
+		t.Skip("no socket of this family")
+	}
+	if !sock.rxGRO || !txSock.txGSO.Load() {
 		t.Skip("no UDP GSO/GRO on this kernel")
 	}
-	ep, err := tx.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sock.port())).String())
+	ep, err := tx.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr(addr), uint16(sock.port())).String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,8 +185,8 @@ func TestUDPBindGSOAndGROOnLoopback(t *testing.T) {
 					continue
 				}
 				got = append(got, append([]byte(nil), bufs[i][:sizes[i]]...))
-				if e := eps[i].(*bindEndpoint); e.dst.Port() != uint16(tx.socket(false).port()) || !e.SrcIP().IsValid() {
-					t.Fatalf("endpoint %v (source %v), want the sender's port %d and our address", e.dst, e.SrcIP(), tx.socket(false).port())
+				if e := eps[i].(*bindEndpoint); e.dst.Port() != uint16(txSock.port()) || e.SrcIP() != netip.MustParseAddr(addr) {
+					t.Fatalf("endpoint %v (source %v), want the sender's port %d and %s", e.dst, e.SrcIP(), txSock.port(), addr)
 				}
 			}
 		}
@@ -183,8 +199,58 @@ func TestUDPBindGSOAndGROOnLoopback(t *testing.T) {
 			}
 		}
 	}
+	// A reply through the received endpoint (packet info set) arrives.
+	reply := [][]byte{[]byte("reply")}
+	if err := rx.Send(reply, eps[0]); err != nil {
+		t.Fatal(err)
+	}
+	back := &recvState{}
+	for {
+		n, err := txSock.receive(back, bufs, sizes, eps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 && sizes[0] > 0 {
+			if string(bufs[0][:sizes[0]]) != "reply" {
+				t.Fatalf("reply %q", bufs[0][:sizes[0]])
+			}
+			break
+		}
+	}
 	if st.landed == 0 || st.split == 0 {
 		t.Errorf("%d messages landed in place, %d split by copying: want both", st.landed, st.split)
 	}
 	t.Logf("%d messages landed in place, %d split by copying", st.landed, st.split)
+}
+
+// SetMark marks both sockets, and the sockets of a later Open.
+func TestUDPBindSetMark(t *testing.T) {
+	requireRoot(t) // SO_MARK needs CAP_NET_ADMIN
+	b := newUDPBind(gsoPlain)
+	if err := b.SetMark(51820); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Open(0); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	check := func(want int) {
+		t.Helper()
+		for _, s := range []*udpSocket{b.socket(false), b.socket(true)} {
+			if s == nil {
+				continue
+			}
+			var mark int
+			var err error
+			s.rc.Control(func(fd uintptr) { mark, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+			if err != nil || mark != want {
+				t.Errorf("socket (v6 %v) mark %d (%v), want %d", s.is6, mark, err, want)
+			}
+		}
+	}
+	check(51820)
+	if err := b.SetMark(7); err != nil {
+		t.Fatal(err)
+	}
+	check(7)
 }
