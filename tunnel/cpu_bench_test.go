@@ -34,7 +34,8 @@ type cpuFigures struct {
 // TUNNEL_CPU_APPLIANCE_LIMIT_MIB replaces the plan's Go memory limit (0:
 // none). It reports the median ratios (CPU per bit, throughput), and writes the
 // appliance's CPU profile of the last round to $TUNNEL_CPU_PROFILE_DIR if
-// set. TUNNEL_CPU_STD_BIND=1 adds a third pair to every round, the
+// set (appliance-stdbind-*.pprof for the StdNetBind pair below).
+// TUNNEL_CPU_STD_BIND=1 adds a third pair to every round, the
 // appliance on wireguard-go's StdNetBind instead of our bind (udpbind.go),
 // and reports our bind's CPU per bit against it (bind-cpu-ratio); the
 // appliance pair then runs between the other two, whose order alternates.
@@ -66,9 +67,13 @@ func BenchmarkTunnelCPUPerBit(b *testing.B) {
 						hc.MemoryLimitMiB, hc.QueuedPackets = plan.GoLimit>>20, plan.QueuedPackets
 						hc.StdBind = std
 					}
-					if profDir != "" && round == 2 && !std {
-						ca.CPUProfile = filepath.Join(profDir, "appliance-a.pprof")
-						cb.CPUProfile = filepath.Join(profDir, "appliance-b.pprof")
+					if profDir != "" && round == 2 {
+						name := "appliance"
+						if std {
+							name = "appliance-stdbind"
+						}
+						ca.CPUProfile = filepath.Join(profDir, name+"-a.pprof")
+						cb.CPUProfile = filepath.Join(profDir, name+"-b.pprof")
 					}
 					return startNode(b, tp.a, ca).pid(), startNode(b, tp.b, cb).pid()
 				})
