@@ -118,9 +118,9 @@ func KernelHasUDPGSOBug(release string) (bool, error) {
 type gsoPolicy int
 
 const (
-	gsoPlain      gsoPolicy = iota // as wireguard-go does: coalesce what it can
+	gsoPlain      gsoPolicy = iota // every run of equal-length datagrams in one GSO message
 	gsoWorkaround                  // small batches unsegmented, equal-length GSO messages padded
-	gsoNone                        // never coalesce
+	gsoNone                        // one datagram per message
 )
 
 // chooseGSOPolicy maps the udp_gso setting and the kernel release to a
