@@ -254,3 +254,48 @@ func TestUDPBindSetMark(t *testing.T) {
 	}
 	check(7)
 }
+
+// A batch smaller than a receive message's span still gets a coalesced
+// datagram split into its datagrams, as many as the batch holds.
+func TestUDPBindSmallBatchSplitsGRO(t *testing.T) {
+	tx, rx := newUDPBind(gsoPlain), newUDPBind(gsoPlain)
+	for _, b := range []*udpBind{tx, rx} {
+		if _, _, err := b.Open(0); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+	}
+	sock := rx.socket(false)
+	if !sock.rxGRO || !tx.socket(false).txGSO.Load() {
+		t.Skip("no UDP GSO/GRO on this kernel")
+	}
+	ep, err := tx.ParseEndpoint(fmt.Sprintf("127.0.0.1:%d", sock.port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent [][]byte
+	for i := 0; i < 5; i++ {
+		sent = append(sent, bytes.Repeat([]byte{byte(i + 1)}, 1452))
+	}
+	if err := tx.Send(sent, ep); err != nil {
+		t.Fatal(err)
+	}
+	bufs := make([][]byte, 8)
+	for i := range bufs {
+		bufs[i] = make([]byte, 65535)
+	}
+	sizes := make([]int, len(bufs))
+	eps := make([]conn.Endpoint, len(bufs))
+	n, err := sock.receive(&recvState{}, bufs, sizes, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(sent) {
+		t.Fatalf("%d datagrams (sizes %v), want %d", n, sizes[:n], len(sent))
+	}
+	for i := range sent {
+		if !bytes.Equal(bufs[i][:sizes[i]], sent[i]) {
+			t.Fatalf("datagram %d: %d bytes, not as sent", i, sizes[i])
+		}
+	}
+}

@@ -494,12 +494,12 @@ func (s *udpSocket) receiveFunc() conn.ReceiveFunc {
 }
 
 // receive reads one batch. With UDP GRO it reads len(bufs)/recvSpan
-// messages, each laid over recvSpan buffers; without, one datagram per
-// buffer.
+// messages, each laid over recvSpan buffers (one over all of them in a
+// smaller batch, split by copying); without, one datagram per buffer.
 func (s *udpSocket) receive(st *recvState, bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	span := 1
-	if s.rxGRO && len(bufs) >= recvSpan {
-		span = recvSpan
+	if s.rxGRO {
+		span = min(recvSpan, len(bufs))
 	}
 	nmsgs := len(bufs) / span
 	if len(st.msgs) < nmsgs {
@@ -514,7 +514,7 @@ func (s *udpSocket) receive(st *recvState, bufs [][]byte, sizes []int, eps []con
 	// the last one the rest of its buffer; without a segment size yet,
 	// one iovec of the whole first buffer.
 	seg := st.seg
-	scatter := span > 1 && seg >= minScatterSegment
+	scatter := span == recvSpan && seg >= minScatterSegment
 	for i := 0; i < nmsgs; i++ {
 		m := &st.msgs[i]
 		*m = unix.Mmsghdr{}
@@ -552,7 +552,7 @@ func (s *udpSocket) receive(st *recvState, bufs [][]byte, sizes []int, eps []con
 		k := 0
 		switch {
 		case m.Hdr.Flags&unix.MSG_TRUNC != 0 || n == 0:
-		case span == 1:
+		case !s.rxGRO:
 			sizes[base], k = n, 1
 		case scatter && landed(n, gro, seg, len(bufs[base])):
 			k = scatterSizes(sizes[base:base+span], n, seg)
