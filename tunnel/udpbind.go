@@ -191,6 +191,15 @@ func (b *udpBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		}
 		break
 	}
+	fail := func(err error) ([]conn.ReceiveFunc, uint16, error) {
+		for _, c := range []*net.UDPConn{v4, v6} {
+			if c != nil {
+				c.Close()
+			}
+		}
+		b.v4, b.v6 = nil, nil
+		return nil, 0, err
+	}
 	var fns []conn.ReceiveFunc
 	actual := 0
 	for _, c := range []struct {
@@ -203,14 +212,12 @@ func (b *udpBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		}
 		s, err := newUDPSocket(c.c, c.is6)
 		if err != nil {
-			b.closeLocked()
-			if v6 != nil && b.v6 == nil {
-				v6.Close()
-			}
-			return nil, 0, err
+			return fail(err)
 		}
 		if b.mark != 0 {
-			s.setMark(b.mark)
+			if err := s.setMark(b.mark); err != nil {
+				return fail(err)
+			}
 		}
 		*c.dst = s
 		actual = s.port()
