@@ -34,7 +34,11 @@ type cpuFigures struct {
 // TUNNEL_CPU_APPLIANCE_LIMIT_MIB replaces the plan's Go memory limit (0:
 // none). It reports the median ratios (CPU per bit, throughput), and writes the
 // appliance's CPU profile of the last round to $TUNNEL_CPU_PROFILE_DIR if
-// set.
+// set (appliance-stdbind-*.pprof for the StdNetBind pair below).
+// TUNNEL_CPU_STD_BIND=1 adds a third pair to every round, the
+// appliance on wireguard-go's StdNetBind instead of our bind (udpbind.go),
+// and reports our bind's CPU per bit against it (bind-cpu-ratio); the
+// appliance pair then runs between the other two, whose order alternates.
 func BenchmarkTunnelCPUPerBit(b *testing.B) {
 	requireRoot(b)
 	if _, err := exec.LookPath("iperf3"); err != nil {
@@ -53,17 +57,23 @@ func BenchmarkTunnelCPUPerBit(b *testing.B) {
 		plan.GoLimit = n << 20
 	}
 	profDir := os.Getenv("TUNNEL_CPU_PROFILE_DIR")
+	withStd := os.Getenv("TUNNEL_CPU_STD_BIND") == "1"
 	for i := 0; i < b.N; i++ {
-		var ratios, ours, theirs, throughput []float64
+		var ratios, ours, theirs, throughput, bindRatios []float64
 		for round := 0; round < 3; round++ {
-			measureOurs := func() cpuFigures {
+			measureAppliance := func(std bool) cpuFigures {
 				return measureCPU(b, func(tp *topo, ca, cb helperConfig) (int, int) {
 					for _, hc := range []*helperConfig{&ca, &cb} {
 						hc.MemoryLimitMiB, hc.QueuedPackets = plan.GoLimit>>20, plan.QueuedPackets
+						hc.StdBind = std
 					}
 					if profDir != "" && round == 2 {
-						ca.CPUProfile = filepath.Join(profDir, "appliance-a.pprof")
-						cb.CPUProfile = filepath.Join(profDir, "appliance-b.pprof")
+						name := "appliance"
+						if std {
+							name = "appliance-stdbind"
+						}
+						ca.CPUProfile = filepath.Join(profDir, name+"-a.pprof")
+						cb.CPUProfile = filepath.Join(profDir, name+"-b.pprof")
 					}
 					return startNode(b, tp.a, ca).pid(), startNode(b, tp.b, cb).pid()
 				})
@@ -73,14 +83,25 @@ func BenchmarkTunnelCPUPerBit(b *testing.B) {
 					return startWireGuardGo(b, wgGo, tp.a, tp.ifA, ca).Pid, startWireGuardGo(b, wgGo, tp.b, tp.ifB, cb).Pid
 				})
 			}
-			var o, u cpuFigures
-			if round%2 == 0 {
+			measureOurs := func() cpuFigures { return measureAppliance(false) }
+			var o, u, sb cpuFigures
+			switch {
+			case withStd && round%2 == 0:
+				u, o, sb = measureUpstream(), measureOurs(), measureAppliance(true)
+			case withStd:
+				sb, o, u = measureAppliance(true), measureOurs(), measureUpstream()
+			case round%2 == 0:
 				u, o = measureUpstream(), measureOurs()
-			} else {
+			default:
 				o, u = measureOurs(), measureUpstream()
 			}
 			fmt.Printf("cpu round %d: appliance %.0f Mbit/s, %.2f cores/Gbit/s/end; wireguard-go %.0f Mbit/s, %.2f; ratio %.2f; unlimited: appliance %.0f, wireguard-go %.0f Mbit/s\n",
 				round+1, o.mbps, o.perGbitPerE, u.mbps, u.perGbitPerE, o.perGbitPerE/u.perGbitPerE, o.maxMbps, u.maxMbps)
+			if withStd {
+				fmt.Printf("cpu round %d: appliance on StdNetBind %.0f Mbit/s, %.2f cores/Gbit/s/end; our bind / StdNetBind %.2f; unlimited %.0f Mbit/s\n",
+					round+1, sb.mbps, sb.perGbitPerE, o.perGbitPerE/sb.perGbitPerE, sb.maxMbps)
+				bindRatios = append(bindRatios, o.perGbitPerE/sb.perGbitPerE)
+			}
 			throughput = append(throughput, o.maxMbps/u.maxMbps)
 			ratios = append(ratios, o.perGbitPerE/u.perGbitPerE)
 			ours = append(ours, o.perGbitPerE)
@@ -90,6 +111,9 @@ func BenchmarkTunnelCPUPerBit(b *testing.B) {
 		b.ReportMetric(median(throughput), "throughput-ratio")
 		b.ReportMetric(median(ours), "appliance-cores-per-Gbit/s-per-end")
 		b.ReportMetric(median(theirs), "wireguard-go-cores-per-Gbit/s-per-end")
+		if withStd {
+			b.ReportMetric(median(bindRatios), "bind-cpu-ratio")
+		}
 	}
 }
 

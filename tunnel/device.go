@@ -80,7 +80,11 @@ type Config struct {
 	// KernelRelease is the uname release udp_gso "auto" judges; empty:
 	// this kernel's. Tests set it to exercise the workaround.
 	KernelRelease string
-	Logger        *slog.Logger
+	// stdBind (tests only) runs wireguard-go's StdNetBind in place of
+	// ours (udpbind.go), with plain UDP GSO whatever UDPGSO says: the CPU
+	// benchmark's comparison of the two.
+	stdBind bool
+	Logger  *slog.Logger
 }
 
 // Device is a running WireGuard interface with its UAPI socket.
@@ -191,7 +195,6 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.mux = newMuxBind(conn.NewDefaultBind())
 	release := cfg.KernelRelease
 	if release == "" {
 		release = kernelRelease()
@@ -200,7 +203,11 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel config: %w", err)
 	}
-	d.mux.gso.Store(int32(policy))
+	var udp conn.Bind = newUDPBind(policy)
+	if cfg.stdBind {
+		udp = conn.NewStdNetBind()
+	}
+	d.mux = newMuxBind(udp)
 	if why != "" {
 		d.log.Warn(why, "kernel", release, "udp_gso", cfg.UDPGSO)
 	}

@@ -5,7 +5,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,10 +41,8 @@ var gsoSentinel = []byte{0x07}
 // isGSOSentinel reports whether a received datagram is a peer's sentinel.
 func isGSOSentinel(b []byte) bool { return len(b) == 1 && b[0] == gsoSentinel[0] }
 
-// Limits of wireguard-go's coalescer (conn/bind_std.go coalesceMessages),
-// which the plan must stay within so that the coalescer ends every GSO
-// message where the plan does. The IPv4 payload limit is the smaller one
-// and is used for both families.
+// Limits of one UDP GSO message (the kernel's UDP_MAX_SEGMENTS and the
+// largest IPv4 UDP payload, the smaller one, used for both families).
 const (
 	gsoMaxPayload  = 1<<16 - 1 - 20 - 8
 	gsoMaxSegments = 64
@@ -117,13 +114,13 @@ func KernelHasUDPGSOBug(release string) (bool, error) {
 	return false, nil
 }
 
-// gsoPolicy is how the bind hands batches to wireguard-go's UDP sender.
+// gsoPolicy is how the bind (udpbind.go, planSend) segments what it sends.
 type gsoPolicy int
 
 const (
-	gsoPlain      gsoPolicy = iota // as wireguard-go does: coalesce what it can
+	gsoPlain      gsoPolicy = iota // every run of equal-length datagrams in one GSO message
 	gsoWorkaround                  // small batches unsegmented, equal-length GSO messages padded
-	gsoNone                        // never coalesce
+	gsoNone                        // one datagram per message
 )
 
 // chooseGSOPolicy maps the udp_gso setting and the kernel release to a
@@ -156,73 +153,3 @@ func kernelRelease() string {
 	}
 	return unix.ByteSliceToString(u.Release[:])
 }
-
-// noCoalesce returns b with its capacity cut to its length: wireguard-go's
-// coalescer appends the following datagrams into a message's spare
-// capacity, so a buffer without any is sent as a datagram of its own.
-func noCoalesce(b []byte) []byte { return b[:len(b):len(b)] }
-
-// planGSO rewrites the start of a batch for wireguard-go's UDP sender under
-// policy p (not gsoPlain), appending at most maxOut datagrams to dst (which
-// must not share memory with bufs); it returns dst and how many of bufs it
-// took. The packets themselves are not copied. small says the whole batch
-// is below gsoMinBatch.
-//
-// gsoWorkaround splits the batch into groups that wireguard-go's coalescer
-// will send as one GSO message each (equal-length datagrams, at most
-// gsoMaxSegments-1 of them and gsoMaxPayload-1 bytes, within the first
-// one's buffer capacity, optionally ending in one shorter datagram). A
-// group of equal-length datagrams gets the sentinel as its tail: shorter
-// than the rest, it both avoids the bug and ends the coalescer's message
-// there. A group of one is cut to its length so nothing coalesces into it.
-func planGSO(dst, bufs [][]byte, p gsoPolicy, small bool, maxOut int) ([][]byte, int) {
-	if p == gsoNone || small {
-		n := min(len(bufs), maxOut)
-		for _, b := range bufs[:n] {
-			dst = append(dst, noCoalesce(b))
-		}
-		return dst, n
-	}
-	out, i := 0, 0
-	for i < len(bufs) {
-		first := bufs[i]
-		size := len(first)
-		room := min(gsoMaxPayload, cap(first)) - len(gsoSentinel)
-		total, n, shortTail := size, 1, false
-		if size > len(gsoSentinel) {
-			for j := i + 1; j < len(bufs) && n+1 < gsoMaxSegments && out+n+2 <= maxOut; j++ {
-				l := len(bufs[j])
-				if l > size || total+l > room {
-					break
-				}
-				total += l
-				n++
-				if l < size {
-					shortTail = true
-					break
-				}
-			}
-		}
-		switch {
-		case out+1 > maxOut:
-			return dst, i
-		case n == 1:
-			dst = append(dst, noCoalesce(first))
-		case shortTail: // the coalescer ends the message after it by itself
-			dst = append(dst, bufs[i:i+n]...)
-		default:
-			dst = append(dst, bufs[i:i+n]...)
-			dst = append(dst, gsoSentinel)
-			out++
-		}
-		out += n
-		i += n
-	}
-	return dst, i
-}
-
-// gsoBufsPool recycles the rewritten batches' slices.
-var gsoBufsPool = sync.Pool{New: func() any {
-	s := make([][]byte, 0, 256)
-	return &s
-}}

@@ -171,6 +171,7 @@ type helperConfig struct {
 	KernelRelease  string // Config.KernelRelease
 	QueuedPackets  int    // Config.QueuedPackets (0: its default)
 	CPUProfile     string // write a CPU profile of the process here until it closes
+	StdBind        bool   // Config.stdBind: wireguard-go's StdNetBind instead of ours
 	// Config.NetstackQueuedPackets, Config.NetstackTCPBuffer
 	NetstackQueuedPackets, NetstackTCPBuffer int
 }
@@ -216,7 +217,8 @@ func helperMain(raw string) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg := Config{Interface: hc.Interface, Mode: hc.Mode, ListenPort: hc.Port, Address: hc.Address,
-		PrivateKey: hc.Private, Forwards: hc.Forwards, Logger: log, UDPGSO: hc.UDPGSO, KernelRelease: hc.KernelRelease}
+		PrivateKey: hc.Private, Forwards: hc.Forwards, Logger: log, UDPGSO: hc.UDPGSO, KernelRelease: hc.KernelRelease,
+		stdBind: hc.StdBind}
 	if hc.Unbounded {
 		cfg.QueuedPackets = -1
 	}

@@ -21,9 +21,9 @@ import (
 // are inside the pipeline. Waiting at the TUN pushes back on the host's TCP
 // through the interface queue; waiting at the UDP socket lets the kernel
 // socket buffer absorb bursts and drop the excess like any congested link.
-// Cost: the wrapped bind is not a *conn.StdNetBind, so wireguard-go skips its
+// (The bind is not a *conn.StdNetBind, so wireguard-go skips its
 // sticky-socket route listener; a stale source address after a host address
-// change is then cleared only by the next handshake timeout.
+// change is then cleared only by the next handshake timeout. See muxBind.)
 
 // DefaultQueuedPackets is the per-direction packet budget when
 // Config.QueuedPackets is 0: 256 packets, 16 MiB of wireguard-go buffers.

@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sync/atomic"
@@ -16,19 +15,20 @@ import (
 // the handler must not block: it runs on the socket's receive path.
 type PacketHandler func(b []byte, from netip.AddrPort)
 
-// muxBind is the device's conn.Bind: wireguard-go's default bind (batched
-// receives and sends kept) with the datagrams that are not WireGuard taken
-// out of each received batch and handed to the packet handler, so path
-// probes and STUN share the socket, and with it the NAT mapping, that
-// WireGuard uses. Like the packet budget's wrapper (memory.go), it makes
-// wireguard-go skip its sticky-socket route listener, which it runs only
-// for a bare *conn.StdNetBind.
+// muxBind is the device's conn.Bind: our UDP bind (udpbind.go: batched
+// receives and sends, the UDP GSO policy of gso.go) with the datagrams that
+// are not WireGuard taken out of each received batch and handed to the
+// packet handler, so path probes and STUN share the socket, and with it
+// the NAT mapping, that WireGuard uses. Not being a *conn.StdNetBind, it
+// makes wireguard-go skip its sticky-socket route listener, as the packet
+// budget's wrapper (memory.go) does.
 //
-// It also applies the UDP GSO policy (gso.go) to what it sends.
+// It wraps a conn.Bind rather than our bind alone so that the CPU
+// benchmark can measure wireguard-go's StdNetBind in the same place
+// (Config.stdBind, tests only).
 type muxBind struct {
 	conn.Bind
 	handler atomic.Pointer[PacketHandler]
-	gso     atomic.Int32 // a gsoPolicy
 }
 
 func newMuxBind(b conn.Bind) *muxBind { return &muxBind{Bind: b} }
@@ -55,67 +55,37 @@ func (b *muxBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	return wrapped, actual, nil
 }
 
-// receive filters a receive function: wireguard-go reads packet i from its
-// own i-th buffer (not from the slice it passed), so WireGuard datagrams
-// after a filtered one are copied down rather than swapped.
+// receive filters a receive function: a datagram taken out is left in the
+// batch with size 0, which wireguard-go skips (the bind leaves such holes
+// itself, see udpBind).
 func (b *muxBind) receive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		for {
 			n, err := fn(packets, sizes, eps)
 			kept := 0
 			for i := 0; i < n; i++ {
+				if sizes[i] == 0 {
+					continue
+				}
 				p := packets[i][:sizes[i]]
 				if isGSOSentinel(p) {
-					continue // a peer's padding for the kernel UDP GSO bug (gso.go)
+					sizes[i] = 0 // a peer's padding for the kernel UDP GSO bug (gso.go)
+					continue
 				}
 				if !isWireGuard(p) {
 					b.deliver(p, eps[i])
+					sizes[i] = 0
 					continue
-				}
-				if kept != i {
-					sizes[kept] = copy(packets[kept], p)
-					eps[kept] = eps[i]
 				}
 				kept++
 			}
 			// A batch of nothing but probes is not handed up as an empty
 			// read: wireguard-go would spin on it.
 			if kept > 0 || n == 0 || err != nil {
-				return kept, err
+				return n, err
 			}
 		}
 	}
-}
-
-// Send hands the batch to wireguard-go's sender, rewritten by the GSO
-// policy unless that is plain GSO.
-func (b *muxBind) Send(bufs [][]byte, ep conn.Endpoint) error {
-	p := gsoPolicy(b.gso.Load())
-	if p == gsoPlain {
-		return b.Bind.Send(bufs, ep)
-	}
-	sp := gsoBufsPool.Get().(*[][]byte)
-	defer gsoBufsPool.Put(sp)
-	small := len(bufs) < gsoMinBatch
-	var gsoOff error
-	for len(bufs) > 0 {
-		// wireguard-go's sender has conn.IdealBatchSize messages per call.
-		out, n := planGSO((*sp)[:0], bufs, p, small, conn.IdealBatchSize)
-		err := b.Bind.Send(out, ep)
-		clear(out)
-		*sp = out[:0]
-		// StdNetBind reports turning GSO off after a send error as an
-		// error even when its retry went out: the rest still has to.
-		var off conn.ErrUDPGSODisabled
-		if errors.As(err, &off) && off.RetryErr == nil {
-			gsoOff, err = err, nil
-		}
-		if err != nil {
-			return err
-		}
-		bufs = bufs[n:]
-	}
-	return gsoOff
 }
 
 func (b *muxBind) deliver(p []byte, ep conn.Endpoint) {
@@ -124,9 +94,10 @@ func (b *muxBind) deliver(p []byte, ep conn.Endpoint) {
 		return
 	}
 	var from netip.AddrPort
-	if std, ok := ep.(*conn.StdNetEndpoint); ok {
-		from = std.AddrPort
-	} else {
+	switch e := ep.(type) {
+	case *bindEndpoint:
+		from = e.dst
+	default:
 		var err error
 		if from, err = netip.ParseAddrPort(ep.DstToString()); err != nil {
 			return
@@ -137,11 +108,11 @@ func (b *muxBind) deliver(p []byte, ep conn.Endpoint) {
 
 // sendTo sends one datagram from the WireGuard socket.
 func (b *muxBind) sendTo(p []byte, to netip.AddrPort) error {
-	ep, err := b.Bind.ParseEndpoint(to.String())
+	ep, err := b.ParseEndpoint(to.String())
 	if err != nil {
 		return fmt.Errorf("endpoint %s: %w", to, err)
 	}
-	return b.Bind.Send([][]byte{p}, ep)
+	return b.Send([][]byte{p}, ep)
 }
 
 // SetPacketHandler sets who gets the datagrams on the WireGuard socket that
