@@ -124,7 +124,12 @@ func parseMark(s string) (uint32, error) {
 // expressions. The rule is IPv4: the base chains of table inet warren
 // only jump to our chains for IPv4 packets.
 func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
-	t := &ruleTranslation{c: c, a: splitArgs(rule)}
+	return c.translateArgs(rule, splitArgs(rule))
+}
+
+// translateArgs is translate of a rule already split into its arguments.
+func (c *nftCtx) translateArgs(rule string, args []string) ([]expr.Any, []byte, error) {
+	t := &ruleTranslation{c: c, a: args}
 	if err := t.run(); err != nil {
 		return nil, nil, fmt.Errorf("nftables: rule %q: %w", rule, err)
 	}

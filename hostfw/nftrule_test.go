@@ -293,7 +293,7 @@ func TestVIPJumpsBecomeOneVerdictMap(t *testing.T) {
 		`-d 10.1.0.5/32 -m comment --comment "web has no other ports" -j REJECT`,
 		`-s 10.1.0.5/32 -p tcp -m tcp --dport 80 -j WARREN-SVC-A`,
 	} {
-		if _, ok := parseVIPJump(r); ok {
+		if _, ok := parseVIPJump(splitArgs(r)); ok {
 			t.Errorf("%s: taken for a VIP jump", r)
 		}
 	}
@@ -327,7 +327,7 @@ func TestDestinationRunBecomesOneSetRule(t *testing.T) {
 		t.Errorf("the set rule ends in %#v, want the shared rest %#v", got, plain)
 	}
 	for _, r := range []string{`! -d 10.1.0.5/32 -j REJECT`, `-d 10.1.0.0/24 -j REJECT`, `-d 10.1.0.5/32 -d 10.1.0.6/32 -j REJECT`} {
-		if _, _, _, ok := destAddr(r); ok {
+		if _, _, _, ok := destAddr(splitArgs(r)); ok {
 			t.Errorf("%s: taken for an exact destination", r)
 		}
 	}

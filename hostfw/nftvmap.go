@@ -2,6 +2,7 @@ package hostfw
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -32,8 +33,7 @@ type vipJump struct {
 
 // parseVIPJump recognises exactly `-d A[/32] -p tcp|udp -m tcp|udp
 // --dport N [-m comment --comment C] -j WARREN-...`, in that order.
-func parseVIPJump(rule string) (vipJump, bool) {
-	a := splitArgs(rule)
+func parseVIPJump(a []string) (vipJump, bool) {
 	var j vipJump
 	if len(a) != 10 && len(a) != 14 {
 		return j, false
@@ -84,14 +84,18 @@ type nftOut struct {
 // every other rule is translated as it is. newID numbers the anonymous
 // sets and maps within the batch.
 func (c *nftCtx) chainRules(rules []string, newID func() uint32) ([]nftOut, error) {
+	args := make([][]string, len(rules)) // each rule split once
+	for i, r := range rules {
+		args[i] = splitArgs(r)
+	}
 	var out []nftOut
 	for i := 0; i < len(rules); {
-		if run := vipRun(rules[i:]); len(run) > 0 {
+		if run := vipRun(args[i:]); len(run) > 0 {
 			out = append(out, c.vipMap(run, newID()))
 			i += len(run)
 			continue
 		}
-		if rest, addrs, n := addrRun(rules[i:]); n >= 2 {
+		if rest, addrs, n := addrRun(args[i:]); n >= 2 {
 			o, err := c.addrSetRule(rest, addrs, newID())
 			if err != nil {
 				return nil, err
@@ -100,7 +104,7 @@ func (c *nftCtx) chainRules(rules []string, newID func() uint32) ([]nftOut, erro
 			i += n
 			continue
 		}
-		ex, ud, err := c.translate(rules[i])
+		ex, ud, err := c.translateArgs(rules[i], args[i])
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +115,7 @@ func (c *nftCtx) chainRules(rules []string, newID func() uint32) ([]nftOut, erro
 }
 
 // vipRun is the longest run of VIP jumps at the start of rules.
-func vipRun(rules []string) []vipJump {
+func vipRun(rules [][]string) []vipJump {
 	var run []vipJump
 	for _, r := range rules {
 		j, ok := parseVIPJump(r)
@@ -154,11 +158,9 @@ func (c *nftCtx) vipMap(run []vipJump, id uint32) nftOut {
 	return nftOut{exprs: ex, set: set, elems: elems}
 }
 
-// destAddr is a rule's exact destination and the rule without it and
-// without its comment (ok false: not of that form, or not safely
-// re-joinable as text).
-func destAddr(rule string) (rest string, addr [4]byte, comment string, ok bool) {
-	a := splitArgs(rule)
+// destAddr is a rule's exact destination and the rule's other arguments
+// but its comment (ok false: no single exact destination).
+func destAddr(a []string) (rest []string, addr [4]byte, comment string, ok bool) {
 	var keep []string
 	found := false
 	for i := 0; i < len(a); i++ {
@@ -166,30 +168,30 @@ func destAddr(rule string) (rest string, addr [4]byte, comment string, ok bool) 
 		case a[i] == "-d" && i+1 < len(a) && !found && (i == 0 || a[i-1] != "!"):
 			p, err := ip4(a[i+1])
 			if err != nil || p.Bits() != 32 {
-				return "", addr, "", false
+				return nil, addr, "", false
 			}
 			addr, found = p.Addr().As4(), true
 			i++
 		case a[i] == "-m" && i+3 < len(a) && a[i+1] == "comment" && a[i+2] == "--comment":
 			comment = a[i+3]
 			i += 3
-		case a[i] == "-d" || a[i] == "" || strings.ContainsAny(a[i], " \"\\"):
-			return "", addr, "", false
+		case a[i] == "-d":
+			return nil, addr, "", false
 		default:
 			keep = append(keep, a[i])
 		}
 	}
-	return strings.Join(keep, " "), addr, comment, found
+	return keep, addr, comment, found
 }
 
 // addrRun is the longest run at the start of rules that differ only in
 // their exact destination and comment: the shared rest, each destination
 // with its comment, and the run's length.
-func addrRun(rules []string) (rest string, elems []nftables.SetElement, n int) {
+func addrRun(rules [][]string) (rest []string, elems []nftables.SetElement, n int) {
 	seen := map[[4]byte]bool{}
 	for i, r := range rules {
 		rr, addr, comment, ok := destAddr(r)
-		if !ok || (i > 0 && rr != rest) {
+		if !ok || (i > 0 && !slices.Equal(rr, rest)) {
 			break
 		}
 		rest, n = rr, i+1
@@ -202,8 +204,8 @@ func addrRun(rules []string) (rest string, elems []nftables.SetElement, n int) {
 }
 
 // addrSetRule is rest matched for destinations in an anonymous set.
-func (c *nftCtx) addrSetRule(rest string, addrs []nftables.SetElement, id uint32) (nftOut, error) {
-	ex, ud, err := c.translate(rest)
+func (c *nftCtx) addrSetRule(rest []string, addrs []nftables.SetElement, id uint32) (nftOut, error) {
+	ex, ud, err := c.translateArgs(strings.Join(rest, " "), rest)
 	if err != nil {
 		return nftOut{}, err
 	}
