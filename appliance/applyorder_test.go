@@ -35,10 +35,20 @@ type fakeTasks struct {
 	t   *testing.T
 	fw  *hostfw.Fake
 	log *[]string
+	// known is what the reconciler says it runs; applied, the names of
+	// the last Apply.
+	known   []orchestrate.TaskStatus
+	applied []string
 }
 
-func (f fakeTasks) Apply(specs []orchestrate.TaskSpec) {
+func (f *fakeTasks) Status() []orchestrate.TaskStatus { return f.known }
+
+func (f *fakeTasks) Apply(specs []orchestrate.TaskSpec) {
 	*f.log = append(*f.log, "tasks")
+	f.applied = nil
+	for _, s := range specs {
+		f.applied = append(f.applied, s.Name)
+	}
 	set := f.fw.SetMembers(netpolicy.SetName("tasks app=api"))
 	for _, s := range specs {
 		if !set[netip.PrefixFrom(s.IP, 32)] {
@@ -84,7 +94,7 @@ func TestApplyOrderPoliciesTasksNAT(t *testing.T) {
 	n := quietNode()
 	n.fw = fw
 	n.pol = recordingPolicies{netpolicy.NewApplier(fw), &log}
-	n.tasks = fakeTasks{t, f, &log}
+	n.tasks = &fakeTasks{t: t, fw: f, log: &log}
 	natFake := &fakeNAT{log: &log}
 	n.nat = natFake
 
@@ -98,6 +108,42 @@ func TestApplyOrderPoliciesTasksNAT(t *testing.T) {
 	}
 	if got := f.Rules("mangle", "FORWARD"); len(got) != 1 {
 		t.Fatalf("mangle FORWARD = %q, want the policy hook", got)
+	}
+}
+
+// When the policies cannot be written, a task the node does not run yet
+// is held back (never started, so never reported running nor put behind
+// its VIP) while the tasks it runs keep going; the map is applied again
+// shortly, and once the policies are in, the held task starts.
+func TestPolicyFailureHoldsNewTasks(t *testing.T) {
+	f := hostfw.NewFake()
+	fw := hostfw.NewSyncer(f, nil)
+	var log []string
+	n := quietNode()
+	n.fw = fw
+	n.pol = recordingPolicies{netpolicy.NewApplier(fw), &log}
+	tasks := &fakeTasks{t: t, fw: f, log: &log, known: []orchestrate.TaskStatus{{Name: "api-1"}}}
+	n.tasks = tasks
+	n.nat = &fakeNAT{log: &log}
+	m := policyMap()
+	m.Tasks = append(m.Tasks, clustermap.Task{Name: "api-2", Service: "api", NodeID: "n1", IP: netip.MustParseAddr("10.0.1.3"),
+		DesiredState: clustermap.TaskRunning})
+	specs := []orchestrate.TaskSpec{{Name: "api-1", Service: "api", IP: netip.MustParseAddr("10.0.1.2")},
+		{Name: "api-2", Service: "api", IP: netip.MustParseAddr("10.0.1.3")}}
+
+	f.FailRestore = errors.New("iptables-restore: line 3 failed")
+	n.applyRules(m, specs)
+	if n.retryTimer == nil {
+		t.Fatal("held tasks but no retry of the map scheduled")
+	}
+	n.retryTimer.Stop()
+	n.retryTimer = nil
+	if !slices.Equal(tasks.applied, []string{"api-1"}) {
+		t.Fatalf("with the policies unwritten the reconciler got %v, want only the running api-1", tasks.applied)
+	}
+	n.applyRules(m, specs)
+	if !slices.Equal(tasks.applied, []string{"api-1", "api-2"}) || n.retryTimer != nil {
+		t.Fatalf("with the policies written the reconciler got %v (retry %v), want api-1 and api-2", tasks.applied, n.retryTimer != nil)
 	}
 }
 

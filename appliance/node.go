@@ -78,21 +78,9 @@ const (
 // bring up the tunnel with the assigned address, then converge every
 // reconciler to each new map until ctx ends.
 func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) error {
-	key, err := tunnel.LoadOrCreateKey(cfg.WireGuard.PrivateKeyFile)
+	info, advertise, err := describeNode(cfg)
 	if err != nil {
 		return err
-	}
-	advertise, err := advertiseAddress(cfg)
-	if err != nil {
-		return err
-	}
-	info := cluster.NodeInfo{
-		Name:      cfg.Node.Name,
-		Role:      cfg.Node.Role,
-		Labels:    cfg.Node.Labels,
-		Endpoint:  netip.AddrPortFrom(advertise, uint16(cfg.WireGuard.ListenPort)),
-		PublicKey: key.PublicKey().String(),
-		Relay:     relayAddress(cfg, advertise),
 	}
 	// Every manager relays by default, other nodes with [relay] enable.
 	var relaySrv *relay.Server
@@ -109,10 +97,78 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 		return err // nil: ctx ended before the manager was ready
 	}
 	defer j.close()
-	mem, admin, nodeCert, caPool := j.mem, j.admin, j.nodeCert, j.caPool
+	n, err := newClusterNode(ctx, cfg, j, relaySrv, log)
+	if err != nil {
+		return err
+	}
+
+	dev, err := openTunnel(cfg, netip.PrefixFrom(n.self.OverlayIP, n.net.WireGuardSubnet.Bits()), log)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	n.dev = dev
+	if err := n.startOverlay(ctx, j); err != nil {
+		return err
+	}
+	if err := n.startReconcilers(ctx); err != nil {
+		n.stopReconcilers()
+		return err
+	}
+	defer n.stopReconcilers()
+	if cfg.Metrics.Listen != "" {
+		if err := n.met.Serve(ctx, cfg.Metrics.Listen, log); err != nil {
+			return err
+		}
+	}
+	local, err := n.serveLocalSocket(j.admin)
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+
+	n.startServing(ctx, j.mem)
+	notifyReady(log)
+	err = j.mem.Watch(ctx, n.apply)
+	if ctx.Err() != nil {
+		log.Info("shutting down")
+		return nil
+	}
+	return fmt.Errorf("watching the cluster map: %w", err)
+}
+
+// describeNode is what this node tells the cluster about itself (name,
+// role, labels, WireGuard endpoint and key, relay address), and the address
+// it advertises.
+func describeNode(cfg *configs.Loaded) (cluster.NodeInfo, netip.Addr, error) {
+	key, err := tunnel.LoadOrCreateKey(cfg.WireGuard.PrivateKeyFile)
+	if err != nil {
+		return cluster.NodeInfo{}, netip.Addr{}, err
+	}
+	advertise, err := advertiseAddress(cfg)
+	if err != nil {
+		return cluster.NodeInfo{}, netip.Addr{}, err
+	}
+	info := cluster.NodeInfo{
+		Name:      cfg.Node.Name,
+		Role:      cfg.Node.Role,
+		Labels:    cfg.Node.Labels,
+		Endpoint:  netip.AddrPortFrom(advertise, uint16(cfg.WireGuard.ListenPort)),
+		PublicKey: key.PublicKey().String(),
+		Relay:     relayAddress(cfg, advertise),
+	}
+	return info, advertise, nil
+}
+
+// newClusterNode is the node the cluster member j admitted: it remembers
+// the setup, logs the node's identity in the cluster (and the config keys
+// the cluster's values override), and checks the cluster's ranges against
+// the host's networks.
+func newClusterNode(ctx context.Context, cfg *configs.Loaded, j *joined, relaySrv *relay.Server, log *slog.Logger) (*node, error) {
+	mem := j.mem
 	self := mem.Self()
 	if err := rememberSetup(cfg, self.Name); err != nil {
-		return err
+		return nil, err
 	}
 	clusterNet := mem.Network()
 	log.Info("cluster identity", "node", self.Name, "id", self.ID, "overlay_ip", self.OverlayIP, "container_block", self.ContainerBlock,
@@ -127,25 +183,24 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	n.blobPeers = &blobPeers{ident: mem.TLSIdentity}
 	n.met = n.newNodeMetrics(cfg.Node.Role == configs.RoleManager, j.raftStatus, j.peerStatus)
 	if err := n.checkHostOverlap(); err != nil {
-		return err
+		return nil, err
 	}
+	return n, nil
+}
 
-	dev, err := openTunnel(cfg, netip.PrefixFrom(self.OverlayIP, clusterNet.WireGuardSubnet.Bits()), log)
-	if err != nil {
-		return err
-	}
-	defer dev.Close()
-	n.dev = dev
+// startOverlay makes the open tunnel (n.dev) carry the overlay: the relay
+// client, the route of the VIP range, path discovery and the static peers.
+func (n *node) startOverlay(ctx context.Context, j *joined) error {
 	// The relay client: every cluster node keeps a session with one relay,
 	// for the peers it cannot reach directly.
-	n.relayCli = relay.NewClient(relay.ClientConfig{Cert: nodeCert, CAPool: caPool, WireGuardPort: cfg.WireGuard.ListenPort, Logger: log})
+	n.relayCli = relay.NewClient(relay.ClientConfig{Cert: j.nodeCert, CAPool: j.caPool, WireGuardPort: n.cfg.WireGuard.ListenPort, Logger: n.log})
 	go n.relayCli.Run(ctx)
 
 	// The VIP range is routed into the overlay with the overlay source
 	// address: connect() to a VIP needs a route before the nat table can
 	// DNAT it (a board may have no default route), and the overlay source
 	// is one every peer's AllowedIPs accepts. The tunnel owns the route.
-	if err := dev.SetRoutes([]netip.Prefix{clusterNet.VIPSubnet}); err != nil {
+	if err := n.dev.SetRoutes([]netip.Prefix{n.net.VIPSubnet}); err != nil {
 		return fmt.Errorf("route the VIP range: %w", err)
 	}
 
@@ -156,50 +211,39 @@ func runClusterNode(ctx context.Context, cfg *configs.Loaded, log *slog.Logger) 
 	}
 
 	// Static peers (an operator laptop) are up before the first map.
-	if err := dev.SetPeers(n.static); err != nil {
+	if err := n.dev.SetPeers(n.static); err != nil {
 		return fmt.Errorf("tunnel peers: %w", err)
 	}
-	if err := n.startReconcilers(ctx); err != nil {
-		n.stopReconcilers()
-		return err
-	}
-	defer n.stopReconcilers()
-	if cfg.Metrics.Listen != "" {
-		if err := n.met.Serve(ctx, cfg.Metrics.Listen, log); err != nil {
-			return err
-		}
-	}
+	return nil
+}
 
-	st := &localState{dev: dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths,
+// serveLocalSocket serves the local socket: this node's state, and on
+// managers the admin API.
+func (n *node) serveLocalSocket(admin http.Handler) (*localAPI, error) {
+	st := &localState{dev: n.dev, extra: n.localHandlers(), peerNames: n.peerNames, paths: n.paths.Paths,
 		relayVia: func(ep netip.AddrPort) (string, string, bool) {
 			r, transport, ok := n.relayCli.Via(ep)
 			return r.Name, transport, ok
 		}}
-	local, err := startLocalAPI(SocketPath, st, admin, log)
-	if err != nil {
-		return err
-	}
-	defer local.Close()
+	return startLocalAPI(SocketPath, st, admin, n.log)
+}
 
+// startServing starts what runs beside the map watch until ctx ends: status
+// reports to the cluster, the firewall canary, and the task log and image
+// blob servers on the overlay address.
+func (n *node) startServing(ctx context.Context, mem member) {
 	go n.reportLoop(ctx, mem)
 	go n.canaryLoop(ctx)
 	go func() {
-		if err := serveTaskLogs(ctx, self.OverlayIP, mem.TLSIdentity, n.orch, log); err != nil {
-			log.Warn("task logs cannot be read from managers", "err", err)
+		if err := serveTaskLogs(ctx, n.self.OverlayIP, mem.TLSIdentity, n.orch, n.log); err != nil {
+			n.log.Warn("task logs cannot be read from managers", "err", err)
 		}
 	}()
 	go func() {
-		if err := serveBlobs(ctx, self.OverlayIP, mem.TLSIdentity, guardBlobFetches(n.orch.BlobHandler(), n.lastMap), log); err != nil {
-			log.Warn("image blobs cannot be shared with other nodes", "err", err)
+		if err := serveBlobs(ctx, n.self.OverlayIP, mem.TLSIdentity, guardBlobFetches(n.orch.BlobHandler(), n.lastMap), n.log); err != nil {
+			n.log.Warn("image blobs cannot be shared with other nodes", "err", err)
 		}
 	}()
-	notifyReady(log)
-	err = mem.Watch(ctx, n.apply)
-	if ctx.Err() != nil {
-		log.Info("shutting down")
-		return nil
-	}
-	return fmt.Errorf("watching the cluster map: %w", err)
 }
 
 // joined is what a node's role brought up: the cluster member (the
@@ -374,6 +418,7 @@ type natSyncer interface {
 // taskRunner is what the per-map engine needs of the task reconciler.
 type taskRunner interface {
 	Apply([]orchestrate.TaskSpec)
+	Status() []orchestrate.TaskStatus
 }
 
 // firewallCanary is the firewall owner's canary (hostfw.Syncer.Check).
@@ -578,10 +623,41 @@ func (n *node) apply(m *clustermap.Map) {
 // in its sets before it starts), then the tasks, then the service rules
 // (a new endpoint gets traffic only once its task is set up). Each step
 // is one sync of the firewall owner, which keeps the policy hook first.
+//
+// When the policies cannot be written, tasks the node does not run yet
+// wait (gateNewTasks): started, one would sit outside its policy sets,
+// open to what its policies forbid, and be reported running, so put
+// behind its VIP. The map is applied again shortly (and the canary's slow
+// check retries the policies); the tasks start once the policies are in.
 func (n *node) applyRules(m *clustermap.Map, specs []orchestrate.TaskSpec) {
-	n.syncPolicies(m)
+	if err := n.syncPolicies(m); err != nil {
+		var held []string
+		if specs, held = gateNewTasks(specs, n.tasks.Status()); len(held) > 0 {
+			n.log.Warn("tasks wait until the network policies are written", "tasks", held, "err", err, "map_version", m.Version)
+			n.retryApplyLocked()
+		}
+	}
 	n.tasks.Apply(specs)
 	n.syncNAT(m)
+}
+
+// gateNewTasks splits specs into the tasks the reconciler already has
+// (they keep running) and the names of the others (held back).
+func gateNewTasks(specs []orchestrate.TaskSpec, known []orchestrate.TaskStatus) ([]orchestrate.TaskSpec, []string) {
+	have := map[string]bool{}
+	for _, t := range known {
+		have[t.Name] = true
+	}
+	var keep []orchestrate.TaskSpec
+	var held []string
+	for _, s := range specs {
+		if have[s.Name] {
+			keep = append(keep, s)
+		} else {
+			held = append(held, s.Name)
+		}
+	}
+	return keep, held
 }
 
 // valuesTimeout bounds fetching secret and config values in apply; the
@@ -640,7 +716,7 @@ func (n *node) syncNAT(m *clustermap.Map) {
 
 // syncPolicies enforces m's network policies for the tasks forwarded
 // through this node; a failure is retried by the canary loop.
-func (n *node) syncPolicies(m *clustermap.Map) {
+func (n *node) syncPolicies(m *clustermap.Map) error {
 	// Other nodes' traffic is exempt from ingress policies only on the
 	// overlay interface; without a config there is none, and no exemption.
 	var overlay string
@@ -660,6 +736,7 @@ func (n *node) syncPolicies(m *clustermap.Map) {
 	n.mu.Lock()
 	n.polFailed = err != nil
 	n.mu.Unlock()
+	return err
 }
 
 func (n *node) natOptions() nat.Options {

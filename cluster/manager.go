@@ -248,90 +248,15 @@ func (m *Manager) open() error {
 	if err != nil {
 		return err
 	}
-	s, err := loadState(m.store.All())
+	s, err := m.loadStored(hasRaft)
 	if err != nil {
 		return err
 	}
-	if err := m.loadDataKey(); err != nil {
+	s, bootstrap, err := m.prepareStart(s, hasRaft, raftDir)
+	if err != nil {
 		return err
 	}
-	if err := m.loadNextKey(); err != nil {
-		return err
-	}
-	if s != nil && (m.cfg.Join == nil || hasRaft) {
-		if err := m.openStateLocked(s); err != nil {
-			return fmt.Errorf("%s: %w (%s): copy secrets.key from another manager's state dir, or the key file written with a backup (FILE.key), to that path with mode 0600",
-				filepath.Join(m.cfg.StateDir, "manager.db"), err, m.dataKeyPath())
-		}
-	}
-	bootstrap := false
-	switch {
-	case m.cfg.Join != nil:
-		m.selfID = m.cfg.Join.ID
-		cas, err := pki.ParseCertsPEM(m.cfg.Join.CACert)
-		if err != nil {
-			return fmt.Errorf("cluster CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		for _, ca := range cas {
-			pool.AddCert(ca)
-		}
-		m.pool.Store(pool)
-		cert := m.cfg.Join.Cert
-		m.mcert.Store(&cert)
-		if !hasRaft {
-			s = nil // whatever is there is replaced by what Raft replicates
-			m.log.Info("joining the managers: waiting to be added to Raft", "via", m.cfg.Join.Leader)
-		}
-	case s == nil:
-		if hasRaft {
-			return fmt.Errorf("%s holds Raft state but %s no cluster: restore a backup with `warren cluster init --force-new-cluster --restore FILE`, or clear the state dir", raftDir, filepath.Join(m.cfg.StateDir, "manager.db"))
-		}
-		if s, err = m.createCluster(); err != nil {
-			return err
-		}
-		if m.dataKey == nil {
-			if m.dataKey, err = secretbox.NewKey(); err != nil {
-				return err
-			}
-			if err := secretbox.Save(m.cfg.StateDir, m.dataKey); err != nil {
-				return err
-			}
-		}
-		// The CA key and join secrets are sealed from the first entry on.
-		if err := sealMeta(s, nil, m.dataKey, 0); err != nil {
-			return err
-		}
-		if m.pending, err = s.snapshot(); err != nil {
-			return err
-		}
-		m.selfID = s.meta.SelfID
-		bootstrap = true
-		m.log.Info("cluster created", "cluster", s.meta.ClusterID)
-	default:
-		m.selfID = s.meta.SelfID
-		if m.cfg.JoinedID != "" {
-			m.selfID = m.cfg.JoinedID // a manager that joined, started without cluster.manager
-		}
-		if !hasRaft {
-			// A store written before Raft (single manager), or a restored
-			// backup: Raft starts from it, and the full state is its first
-			// entry so every manager added later receives it.
-			m.pending = m.store.All()
-			delete(m.pending, replicate.BucketRaft)
-			bootstrap = true
-			m.log.Info("starting Raft from the existing store (upgrade or restore)", "nodes", len(s.nodes), "services", len(s.services))
-		}
-	}
-	rcfg := replicate.Config{
-		Dir: raftDir, ID: m.selfID, Addr: m.cfg.Advertise, Store: m.store, Logger: m.cfg.Logger, Tune: m.cfg.raftTune, Check: checkChange,
-		OnApply: func() {
-			select {
-			case m.notify <- struct{}{}:
-			default:
-			}
-		},
-	}
+	rcfg := m.raftConfig(raftDir)
 	if m.cfg.ForceNewCluster && hasRaft {
 		m.log.Warn("forcing a new cluster: this manager becomes the only one, keeping its state")
 		if err := replicate.Recover(rcfg); err != nil {
@@ -339,11 +264,8 @@ func (m *Manager) open() error {
 		}
 	}
 	if s != nil {
-		if err := m.setStateLocked(s); err != nil {
+		if err := m.serveStartState(s); err != nil {
 			return err
-		}
-		if name := s.nodes[m.selfID].Name; s.nodes[m.selfID].ID != "" && name != m.cfg.Node.Name && m.cfg.Join == nil {
-			m.log.Warn("configured node name differs from this manager's record; keeping the record", "configured", m.cfg.Node.Name, "name", name)
 		}
 	}
 	m.stream = newRaftStream(m, m.cfg.Advertise)
@@ -363,6 +285,156 @@ func (m *Manager) open() error {
 	go m.followLoop()
 	go m.dataKeyLoop()
 	go m.caRotationLoop(m.cfg.caRotationCheck)
+	if err := m.awaitOwnLeadership(bootstrap); err != nil {
+		return err
+	}
+	m.logOpened()
+	return nil
+}
+
+// loadStored reads the state dir: the stored cluster state (nil when there
+// is none), the secrets data key and a rotation's next key. The stored
+// state is opened with those keys unless this manager is joining the
+// managers and has no Raft state yet (Raft then replaces it).
+func (m *Manager) loadStored(hasRaft bool) (*state, error) {
+	s, err := loadState(m.store.All())
+	if err != nil {
+		return nil, err
+	}
+	if err := m.loadDataKey(); err != nil {
+		return nil, err
+	}
+	if err := m.loadNextKey(); err != nil {
+		return nil, err
+	}
+	if s != nil && (m.cfg.Join == nil || hasRaft) {
+		if err := m.openStateLocked(s); err != nil {
+			return nil, fmt.Errorf("%s: %w (%s): copy secrets.key from another manager's state dir, or the key file written with a backup (FILE.key), to that path with mode 0600",
+				filepath.Join(m.cfg.StateDir, "manager.db"), err, m.dataKeyPath())
+		}
+	}
+	return s, nil
+}
+
+// prepareStart decides how this manager starts: joining the managers,
+// creating a new cluster, or reopening the stored one. It returns the state
+// to serve before Raft replicates anything (nil for a manager waiting to be
+// added to Raft) and whether this manager bootstraps Raft.
+func (m *Manager) prepareStart(s *state, hasRaft bool, raftDir string) (*state, bool, error) {
+	switch {
+	case m.cfg.Join != nil:
+		s, err := m.prepareJoin(s, hasRaft)
+		return s, false, err
+	case s == nil:
+		if hasRaft {
+			return nil, false, fmt.Errorf("%s holds Raft state but %s no cluster: restore a backup with `warren cluster init --force-new-cluster --restore FILE`, or clear the state dir", raftDir, filepath.Join(m.cfg.StateDir, "manager.db"))
+		}
+		s, err := m.prepareNewCluster()
+		return s, true, err
+	default:
+		return s, m.prepareReopen(s, hasRaft), nil
+	}
+}
+
+// prepareJoin takes the identity, CA pool and certificate a joining
+// manager was given. Without Raft state the stored state is dropped: what
+// Raft replicates replaces it.
+func (m *Manager) prepareJoin(s *state, hasRaft bool) (*state, error) {
+	m.selfID = m.cfg.Join.ID
+	cas, err := pki.ParseCertsPEM(m.cfg.Join.CACert)
+	if err != nil {
+		return nil, fmt.Errorf("cluster CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	for _, ca := range cas {
+		pool.AddCert(ca)
+	}
+	m.pool.Store(pool)
+	cert := m.cfg.Join.Cert
+	m.mcert.Store(&cert)
+	if !hasRaft {
+		s = nil // whatever is there is replaced by what Raft replicates
+		m.log.Info("joining the managers: waiting to be added to Raft", "via", m.cfg.Join.Leader)
+	}
+	return s, nil
+}
+
+// prepareNewCluster creates the cluster (and the secrets data key when
+// there is none) and queues its sealed state as Raft's first entry.
+func (m *Manager) prepareNewCluster() (*state, error) {
+	s, err := m.createCluster()
+	if err != nil {
+		return nil, err
+	}
+	if m.dataKey == nil {
+		if m.dataKey, err = secretbox.NewKey(); err != nil {
+			return nil, err
+		}
+		if err := secretbox.Save(m.cfg.StateDir, m.dataKey); err != nil {
+			return nil, err
+		}
+	}
+	// The CA key and join secrets are sealed from the first entry on.
+	if err := sealMeta(s, nil, m.dataKey, 0); err != nil {
+		return nil, err
+	}
+	if m.pending, err = s.snapshot(); err != nil {
+		return nil, err
+	}
+	m.selfID = s.meta.SelfID
+	m.log.Info("cluster created", "cluster", s.meta.ClusterID)
+	return s, nil
+}
+
+// prepareReopen reopens the stored cluster and reports whether Raft must be
+// bootstrapped from it (a store without Raft state).
+func (m *Manager) prepareReopen(s *state, hasRaft bool) bool {
+	m.selfID = s.meta.SelfID
+	if m.cfg.JoinedID != "" {
+		m.selfID = m.cfg.JoinedID // a manager that joined, started without cluster.manager
+	}
+	if hasRaft {
+		return false
+	}
+	// A store written before Raft (single manager), or a restored
+	// backup: Raft starts from it, and the full state is its first
+	// entry so every manager added later receives it.
+	m.pending = m.store.All()
+	delete(m.pending, replicate.BucketRaft)
+	m.log.Info("starting Raft from the existing store (upgrade or restore)", "nodes", len(s.nodes), "services", len(s.services))
+	return true
+}
+
+// raftConfig is this manager's Raft replica configuration (without the
+// stream, which needs the replica's state first).
+func (m *Manager) raftConfig(raftDir string) replicate.Config {
+	return replicate.Config{
+		Dir: raftDir, ID: m.selfID, Addr: m.cfg.Advertise, Store: m.store, Logger: m.cfg.Logger, Tune: m.cfg.raftTune, Check: checkChange,
+		OnApply: func() {
+			select {
+			case m.notify <- struct{}{}:
+			default:
+			}
+		},
+	}
+}
+
+// serveStartState serves s until Raft replicates newer state, and warns
+// when the configured node name differs from this manager's record.
+func (m *Manager) serveStartState(s *state) error {
+	if err := m.setStateLocked(s); err != nil {
+		return err
+	}
+	if name := s.nodes[m.selfID].Name; s.nodes[m.selfID].ID != "" && name != m.cfg.Node.Name && m.cfg.Join == nil {
+		m.log.Warn("configured node name differs from this manager's record; keeping the record", "configured", m.cfg.Node.Name, "name", name)
+	}
+	return nil
+}
+
+// awaitOwnLeadership waits, for a one-manager cluster, until this manager
+// leads it, so writes work once OpenManager returns: a bootstrapped cluster
+// reports its first election on m.initial, a restarted one is polled.
+func (m *Manager) awaitOwnLeadership(bootstrap bool) error {
 	if !bootstrap && m.soleVoter() {
 		// A restarted one-manager cluster: writes work once OpenManager
 		// returns, as before Raft.
@@ -385,13 +457,17 @@ func (m *Manager) open() error {
 			return errors.New("raft: this manager did not become leader of its own one-manager cluster within 60s")
 		}
 	}
+	return nil
+}
+
+// logOpened logs the cluster this manager serves.
+func (m *Manager) logOpened() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.st != nil {
 		m.log.Info("cluster open", "cluster", m.st.meta.ClusterID, "version", m.current.Version,
 			"nodes", len(m.st.nodes), "services", len(m.st.services), "raft_index", m.applied)
 	}
-	return nil
 }
 
 // soleVoter reports whether this manager is the only voter in its Raft

@@ -1,14 +1,19 @@
 package hostfw
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/warren-appliance/warren/internal/netnstest"
+	"golang.org/x/sys/unix"
 )
 
 // targets are the jump targets of `iptables -S chain`, in order.
@@ -154,6 +159,14 @@ func TestKernelNftables(t *testing.T) {
 			t.Fatalf("table inet warren lacks %q:\n%s", c, want)
 		}
 	}
+	// VIP dispatch is one verdict-map lookup.
+	if !regexp.MustCompile(`ip daddr \. meta l4proto \. th dport vmap \{[^}]*10\.1\.0\.1 \. tcp \. \d+ : jump nat-WARREN-SVC-`).MatchString(want) {
+		t.Fatalf("nat-WARREN-SERVICES has no verdict map for 10.1.0.1:\n%s", want)
+	}
+	// Rules differing only in their exact destination: one set lookup.
+	if !regexp.MustCompile(`ip daddr \{ 10\.1\.0\.9, 10\.1\.0\.10 \} reject`).MatchString(want) {
+		t.Fatalf("filter-WARREN-SERVICES has no set rule for 10.1.0.9 and 10.1.0.10:\n%s", want)
+	}
 	// The policy hook runs first: mangle priority -150 in the forward hook.
 	if !regexp.MustCompile(`chain mangle-FORWARD \{\s+type filter hook forward priority mangle;`).MatchString(want) {
 		t.Fatalf("mangle-FORWARD is not at the mangle priority:\n%s", want)
@@ -279,4 +292,104 @@ func TestKernelNftablesIncremental(t *testing.T) {
 		}
 		return Cleanup(quiet())
 	})
+}
+
+// TestBatchErrorAbortsEverything: the batch writer asks only the last
+// message for an acknowledgement; an error earlier in the batch still
+// comes back, names the message, and nothing of the batch is applied.
+func TestBatchErrorAbortsEverything(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "whfw", "bat")
+	netnstest.MustIn(t, ns, func() error {
+		b, err := newNftBatch()
+		if err != nil {
+			return err
+		}
+		tb := &nftables.Table{Family: nftables.TableFamilyINet, Name: "warren-batch-test"}
+		ch := &nftables.Chain{Table: tb, Name: "a"}
+		b.conn.AddTable(tb)
+		b.conn.AddChain(ch)
+		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
+		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "missing"}}})
+		b.conn.AddChain(&nftables.Chain{Table: tb, Name: "b"})
+		err = b.commit()
+		if err == nil || !strings.Contains(err.Error(), "message 4 of 7 (add rule)") || !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("commit: %v, want ENOENT naming message 4 of 7 (add rule)", err)
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+		if err != nil {
+			return err
+		}
+		if len(tables) != 0 {
+			return fmt.Errorf("a failed batch left %d tables", len(tables))
+		}
+		// The same batch without the bad rule applies whole.
+		b.conn.AddTable(tb)
+		b.conn.AddChain(ch)
+		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
+		if err := b.commit(); err != nil {
+			return err
+		}
+		rules, err := c.GetRules(tb, ch)
+		if err != nil || len(rules) != 1 {
+			return fmt.Errorf("after a good batch: %d rules, %v", len(rules), err)
+		}
+		return nil
+	})
+}
+
+// TestKernelNftablesAffinitySurvivesFullWriteAndRestart: what session
+// affinity learned (a client's address in a recent set, with the time it
+// has left) is still there after a full rewrite of the table and after a
+// restart, as xt_recent's lists outlive iptables rule rewrites.
+func TestKernelNftablesAffinitySurvivesFullWriteAndRestart(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "whfw", "aff")
+	part := Part{
+		Tables: map[string]Chains{"nat": {
+			"WARREN-SERVICES": {"-d 10.1.0.5/32 -p tcp -m tcp --dport 80 -j WARREN-SVC-A"},
+			"WARREN-SVC-A":    {"-m recent --name WARREN-SEP-A --rcheck --seconds 10800 --reap -j WARREN-SEP-A", "-j WARREN-SEP-A"},
+			"WARREN-SEP-A":    {"-p tcp -m recent --name WARREN-SEP-A --set -m tcp -j DNAT --to-destination 10.0.1.6:8080"},
+		}},
+		Hooks: []Hook{{"nat", "PREROUTING", `-m comment --comment "warren service portals" -j WARREN-SERVICES`}},
+	}
+	set := "recent-WARREN-SEP-A"
+	var s *Syncer
+	netnstest.MustIn(t, ns, func() error {
+		var err error
+		if s, err = NewBackend(BackendNftables, quiet()); err != nil {
+			return err
+		}
+		return s.SetPart(OwnerNAT, part)
+	})
+	netnstest.Run(t, ns, "nft", "add", "element", "inet", NftTable, set, "{ 10.0.0.9 timeout 1h }")
+	timeoutRE := regexp.MustCompile(`10\.0\.0\.9 timeout (\S+) expires`)
+	for _, step := range []struct {
+		name string
+		do   func() error
+	}{
+		{"a full write", func() error { return s.Sync(true) }},
+		{"a restart", func() error {
+			s2, err := NewBackend(BackendNftables, quiet())
+			if err != nil {
+				return err
+			}
+			return s2.SetPart(OwnerNAT, part)
+		}},
+	} {
+		netnstest.MustIn(t, ns, step.do)
+		listed := netnstest.Run(t, ns, "nft", "list", "set", "inet", NftTable, set)
+		m := timeoutRE.FindStringSubmatch(listed)
+		if m == nil {
+			t.Fatalf("after %s the affinity set forgot 10.0.0.9:\n%s", step.name, listed)
+		}
+		// Carried with the time it had left, not given the set's 3 h anew.
+		if d, err := time.ParseDuration(m[1]); err != nil || d > time.Hour {
+			t.Fatalf("after %s 10.0.0.9 has timeout %s, want at most the 1h it was given:\n%s", step.name, m[1], listed)
+		}
+	}
 }

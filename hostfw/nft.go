@@ -52,9 +52,17 @@ type nftPlan struct {
 	sets   []*nftables.Set
 	elems  map[string][]nftables.SetElement
 	chains []*nftables.Chain
-	rules  []*nftables.Rule
+	rules  []nftPlanRule
 	// count is the number of rules per chain, for the canary.
 	count map[string]int
+	// lastID is the highest set ID the plan gave out.
+	lastID uint32
+}
+
+// nftPlanRule is a rule of the plan and the chain it goes in.
+type nftPlanRule struct {
+	chain *nftables.Chain
+	nftOut
 }
 
 // setElements turns prefixes into the elements of an interval set:
@@ -126,17 +134,20 @@ func buildNft(chains map[string]Chains, hooks map[[2]string][]string, sets []Set
 		byName[s.Name] = s
 		p.sets = append(p.sets, s)
 	}
-	add := func(ctx *nftCtx, ch *nftables.Chain, rule string, ipv4Only bool) error {
-		ex, ud, err := ctx.translate(rule)
+	newID := func() uint32 { id++; return id }
+	add := func(ctx *nftCtx, ch *nftables.Chain, rules []string, ipv4Only bool) error {
+		outs, err := ctx.chainRules(rules, newID)
 		if err != nil {
 			return fmt.Errorf("%s: %w", ch.Name, err)
 		}
-		if ipv4Only {
-			ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
+		for _, o := range outs {
+			if ipv4Only {
+				o.exprs = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, o.exprs...)
+			}
+			p.rules = append(p.rules, nftPlanRule{chain: ch, nftOut: o})
 		}
-		p.rules = append(p.rules, &nftables.Rule{Table: t, Chain: ch, Exprs: ex, UserData: ud})
-		p.count[ch.Name]++
+		p.count[ch.Name] += len(outs)
 		return nil
 	}
 	// Regular chains first (a jump needs its target), then the base chains.
@@ -151,10 +162,8 @@ func buildNft(chains map[string]Chains, hooks map[[2]string][]string, sets []Set
 			p.count[ch.Name] += 0
 		}
 		for _, c := range names {
-			for _, r := range chains[tbl][c] {
-				if err := add(ctx, byChain[c], r, false); err != nil {
-					return nil, err
-				}
+			if err := add(ctx, byChain[c], chains[tbl][c], false); err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -169,13 +178,47 @@ func buildNft(chains map[string]Chains, hooks map[[2]string][]string, sets []Set
 		ch := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1]), Type: b.typ, Hooknum: b.hook, Priority: &prio, Policy: &accept}
 		p.chains = append(p.chains, ch)
 		ctx := &nftCtx{table: t, sets: byName, family: k[0]}
-		for _, r := range hooks[k] { // in hook order: the policy's first
-			if err := add(ctx, ch, r, true); err != nil {
-				return nil, err
-			}
+		if err := add(ctx, ch, hooks[k], true); err != nil { // in hook order: the policy's first
+			return nil, err
 		}
 	}
+	p.lastID = id
 	return p, nil
+}
+
+// carryRecent puts into the plan what session affinity has learned: the
+// elements the plan's recent sets hold in the kernel now, each with the
+// time it has left (at most the set's timeout). A full write recreates
+// those sets; written back, clients stay on their endpoints, as
+// xt_recent's lists outlive iptables rule rewrites. A set that cannot be
+// read (no table yet, a new set) starts empty.
+func (p *nftPlan) carryRecent() {
+	var c *nftables.Conn
+	for _, s := range p.sets {
+		if !s.Dynamic {
+			continue
+		}
+		if c == nil {
+			var err error
+			if c, err = nftables.New(); err != nil {
+				return
+			}
+			if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err != nil {
+				return
+			}
+		}
+		live, err := c.GetSetElements(&nftables.Set{Table: p.table, Name: s.Name})
+		if err != nil {
+			continue
+		}
+		for _, e := range live {
+			left := e.Expires
+			if left <= 0 || left > s.Timeout {
+				left = s.Timeout
+			}
+			p.elems[s.Name] = append(p.elems[s.Name], nftables.SetElement{Key: e.Key, Timeout: left})
+		}
+	}
 }
 
 // Nftables is the Runner of the nftables backend: one table of our own,
@@ -267,18 +310,13 @@ func (n *Nftables) replaceAll(chains map[string]Chains, hooks map[[2]string][]st
 	if err != nil {
 		return err
 	}
+	p.carryRecent()
 
-	// The batch is one netlink message sequence in one sendmsg: the
-	// socket buffers must hold it (and the kernel's acknowledgements),
-	// well beyond the default wmem_max for thousands of rules.
-	buf := 4<<20 + 1024*(len(p.rules)+len(p.chains))
-	for _, e := range p.elems {
-		buf += 64 * len(e)
-	}
-	c, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, buf) }))
+	b, err := newNftBatch()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
+	c := b.conn
 	c.AddTable(p.table)
 	c.DelTable(p.table)
 	c.AddTable(p.table)
@@ -291,35 +329,16 @@ func (n *Nftables) replaceAll(chains map[string]Chains, hooks map[[2]string][]st
 		c.AddChain(ch)
 	}
 	for _, r := range p.rules {
-		c.AddRule(r)
+		if err := addOut(c, p.table, r.chain, r.nftOut); err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
 	}
-	if err := c.Flush(); err != nil {
+	if err := b.commit(); err != nil {
 		return fmt.Errorf("nftables: replace table inet %s (%d chains, %d rules, %d sets): %w", NftTable, len(p.chains), len(p.rules), len(p.sets), err)
 	}
 	n.count = p.count
-	n.setIDs = uint32(len(p.sets))
+	n.setIDs = p.lastID
 	n.noteGen()
-	return nil
-}
-
-// forceBuffers sets the netlink socket's send and receive buffers to
-// bytes, past the sysctl caps (SO_*BUFFORCE: root, as writing rules is).
-func forceBuffers(nc *netlink.Conn, bytes int) error {
-	rc, err := nc.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, bytes); serr == nil {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bytes)
-		}
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("netlink socket buffers of %d bytes: %w", bytes, serr)
-	}
 	return nil
 }
 
@@ -424,13 +443,41 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 	if err != nil {
 		return false, err
 	}
+	p.carryRecent()
+	obs, err := observeNft(c, t, p, keep)
+	if err != nil || !obs.keeping {
+		return false, err // nothing of owners without a part: a plain full write
+	}
+	if err := writeAdoption(t, p, obs, keep); err != nil {
+		return false, err
+	}
+	n.count = obs.count
+	n.noteGen()
+	return true, nil
+}
+
+// nftObserved is table inet warren as a start finds it, sorted against
+// the plan: the base chains' rules (kept), the chains no owner wants
+// (gone), the rule counts the canary will expect, and whether anything
+// belongs to an owner without a part yet (keeping).
+type nftObserved struct {
+	have      []*nftables.Set
+	wantChain map[string]bool
+	wantSet   map[string]bool
+	kept      map[string][]*nftables.Rule
+	gone      []*nftables.Chain
+	count     map[string]int
+	keeping   bool
+}
+
+func observeNft(c *nftables.Conn, t *nftables.Table, p *nftPlan, keep func(string) bool) (*nftObserved, error) {
 	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return false, fmt.Errorf("nftables: list chains: %w", err)
+		return nil, fmt.Errorf("nftables: list chains: %w", err)
 	}
 	have, err := c.GetSets(t)
 	if err != nil {
-		return false, fmt.Errorf("nftables: list sets: %w", err)
+		return nil, fmt.Errorf("nftables: list sets: %w", err)
 	}
 	wantChain := map[string]bool{}
 	for _, ch := range p.chains {
@@ -453,14 +500,14 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 		case ch.Hooknum != nil:
 			rules, err := c.GetRules(t, ch)
 			if err != nil {
-				return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+				return nil, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
 			}
 			kept[ch.Name] = rules
 		case wantChain[ch.Name]:
 		case o != "" && keep(o):
 			rules, err := c.GetRules(t, ch)
 			if err != nil {
-				return false, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
+				return nil, fmt.Errorf("nftables: list rules of %s: %w", ch.Name, err)
 			}
 			count[ch.Name] = len(rules)
 		default:
@@ -487,23 +534,29 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 			keeping = true
 		}
 	}
-	if !keeping {
-		return false, nil // nothing of owners without a part: a plain full write
-	}
-	size := 4<<20 + 1024*(len(p.rules)+len(p.chains))
-	w, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, size) }))
+	return &nftObserved{have: have, wantChain: wantChain, wantSet: wantSet, kept: kept, gone: gone, count: count, keeping: keeping}, nil
+}
+
+// writeAdoption is adopt's one batch: every wanted chain and set created
+// or flushed and refilled, each base chain refilled in owner order with
+// the planned hooks and the kernel's rules of owners without a part, and
+// what no owner wants deleted.
+func writeAdoption(t *nftables.Table, p *nftPlan, obs *nftObserved, keep func(string) bool) error {
+	kept, gone, have, wantSet, count := obs.kept, obs.gone, obs.have, obs.wantSet, obs.count
+	b, err := newNftBatch()
 	if err != nil {
-		return false, fmt.Errorf("nftables: %w", err)
+		return err
 	}
+	w := b.conn
 	w.AddTable(t)
 	for _, st := range p.sets {
 		if err := w.AddSet(st, nil); err != nil {
-			return false, fmt.Errorf("nftables: set %s: %w", st.Name, err)
+			return fmt.Errorf("nftables: set %s: %w", st.Name, err)
 		}
 		w.FlushSet(st)
 		if el := p.elems[st.Name]; len(el) > 0 {
 			if err := w.SetAddElements(st, el); err != nil {
-				return false, fmt.Errorf("nftables: set %s: %w", st.Name, err)
+				return fmt.Errorf("nftables: set %s: %w", st.Name, err)
 			}
 		}
 	}
@@ -513,11 +566,13 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 	}
 	baseRules := map[string][]*nftables.Rule{}
 	for _, r := range p.rules {
-		if r.Chain.Hooknum != nil {
-			baseRules[r.Chain.Name] = append(baseRules[r.Chain.Name], r)
+		if r.chain.Hooknum != nil {
+			baseRules[r.chain.Name] = append(baseRules[r.chain.Name], &nftables.Rule{Table: t, Chain: r.chain, Exprs: r.exprs, UserData: r.userData})
 			continue
 		}
-		w.AddRule(r)
+		if err := addOut(w, t, r.chain, r.nftOut); err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
 	}
 	bases := map[string]*nftables.Chain{}
 	for _, ch := range p.chains {
@@ -580,28 +635,19 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 			w.DelSet(st)
 		}
 	}
-	if err := w.Flush(); err != nil {
-		return false, fmt.Errorf("nftables: take over table inet %s: %w", NftTable, err)
+	if err := b.commit(); err != nil {
+		return fmt.Errorf("nftables: take over table inet %s: %w", NftTable, err)
 	}
-	n.count = count
-	n.noteGen()
-	return true, nil
+	return nil
 }
 
-// update writes the difference between prev and next in one batch.
-func (n *Nftables) update(prev, next *nftState) error {
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
-	size := 1 << 20
-	c, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error { return forceBuffers(nc, size) }))
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	count := maps.Clone(n.count)
+// queueSetChanges queues the policy sets that are new (added) or changed
+// (flushed and refilled), and returns every set a rule may name by name.
+func (n *Nftables) queueSetChanges(c *nftables.Conn, t *nftables.Table, prev, next *nftState) (map[string]*nftables.Set, error) {
 	sets := map[string]*nftables.Set{}
 	for name := range next.recent {
 		sets[recentSetName(name)] = &nftables.Set{Table: t, Name: recentSetName(name), Timeout: next.recent[name]}
 	}
-	// Sets: new ones added, changed ones refilled.
 	for _, name := range slices.Sorted(maps.Keys(next.sets)) {
 		members := next.sets[name]
 		old, had := prev.sets[name]
@@ -612,16 +658,32 @@ func (n *Nftables) update(prev, next *nftState) error {
 			n.setIDs++
 			set.ID = n.setIDs
 			if err := c.AddSet(set, setElements(members)); err != nil {
-				return fmt.Errorf("nftables: set %s: %w", name, err)
+				return nil, fmt.Errorf("nftables: set %s: %w", name, err)
 			}
 		case !slices.Equal(old, members):
 			c.FlushSet(set)
 			if elems := setElements(members); len(elems) > 0 {
 				if err := c.SetAddElements(set, elems); err != nil {
-					return fmt.Errorf("nftables: set %s: %w", name, err)
+					return nil, fmt.Errorf("nftables: set %s: %w", name, err)
 				}
 			}
 		}
+	}
+	return sets, nil
+}
+
+// update writes the difference between prev and next in one batch.
+func (n *Nftables) update(prev, next *nftState) error {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+	b, err := newNftBatch()
+	if err != nil {
+		return err
+	}
+	c := b.conn
+	count := maps.Clone(n.count)
+	sets, err := n.queueSetChanges(c, t, prev, next)
+	if err != nil {
+		return err
 	}
 	var gone []*nftables.Chain
 	// Regular chains: declare the new ones first (a jump needs its target).
@@ -632,23 +694,25 @@ func (n *Nftables) update(prev, next *nftState) error {
 			}
 		}
 	}
+	newID := func() uint32 { n.setIDs++; return n.setIDs }
 	refill := func(ctx *nftCtx, ch *nftables.Chain, rules []string, flush, base bool) error {
 		if flush {
 			c.FlushChain(ch)
 		}
-		for _, r := range rules {
-			ex, ud, err := ctx.translate(r)
-			if err != nil {
-				return fmt.Errorf("%s: %w", ch.Name, err)
-			}
-			if base {
-				ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
-			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ex, UserData: ud})
+		outs, err := ctx.chainRules(rules, newID)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ch.Name, err)
 		}
-		count[ch.Name] = len(rules)
-		size += 1024 * len(rules)
+		for _, o := range outs {
+			if base {
+				o.exprs = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, o.exprs...)
+			}
+			if err := addOut(c, t, ch, o); err != nil {
+				return fmt.Errorf("nftables: %w", err)
+			}
+		}
+		count[ch.Name] = len(outs)
 		return nil
 	}
 	for _, tbl := range tables {
@@ -706,7 +770,7 @@ func (n *Nftables) update(prev, next *nftState) error {
 			c.DelSet(&nftables.Set{Table: t, Name: name})
 		}
 	}
-	if err := c.Flush(); err != nil {
+	if err := b.commit(); err != nil {
 		return fmt.Errorf("nftables: update table inet %s: %w", NftTable, err)
 	}
 	n.count = count

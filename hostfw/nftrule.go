@@ -64,6 +64,9 @@ func ifname(name string) []byte {
 func recentTimeouts(rules []string) (map[string]time.Duration, error) {
 	out := map[string]time.Duration{}
 	for _, r := range rules {
+		if !strings.Contains(r, "--name") {
+			continue // no recent list: skip the split (most rules)
+		}
 		a := splitArgs(r)
 		name, secs := "", 0
 		for i := 0; i+1 < len(a); i++ {
@@ -285,7 +288,6 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 			if err != nil {
 				return bad("%v", err)
 			}
-			ex = append(ex, &expr.Counter{})
 			ex = append(ex, tail...)
 			verdictDone = true
 			i = len(a)
@@ -298,9 +300,6 @@ func (c *nftCtx) translate(rule string) ([]expr.Any, []byte, error) {
 	}
 	if neg {
 		return bad("a dangling !")
-	}
-	if !verdictDone {
-		ex = append(ex, &expr.Counter{})
 	}
 	for _, e := range ex {
 		if pl, ok := e.(*expr.Payload); ok && pl.Base == expr.PayloadBaseNetworkHeader {

@@ -57,7 +57,7 @@ func tasksPart(ports ...string) Part {
 func natPart(services ...string) Part {
 	svc := []string{`-m comment --comment "canary" -j WARREN-CANARY`}
 	for _, s := range services {
-		svc = append(svc, "-d "+s+"/32 -j WARREN-SVC-"+strings.ReplaceAll(s, ".", ""))
+		svc = append(svc, "-d "+s+"/32 -p tcp -m tcp --dport 80 -j WARREN-SVC-"+strings.ReplaceAll(s, ".", ""))
 	}
 	nat := Chains{"WARREN-SERVICES": svc, "WARREN-CANARY": nil}
 	for _, s := range services {
@@ -66,7 +66,7 @@ func natPart(services ...string) Part {
 	return Part{
 		Tables: map[string]Chains{
 			"nat":    nat,
-			"filter": {"WARREN-FORWARD": {"-m conntrack --ctstate DNAT -j ACCEPT"}, "WARREN-SERVICES": {"-d 10.1.0.9/32 -j REJECT"}},
+			"filter": {"WARREN-FORWARD": {"-m conntrack --ctstate DNAT -j ACCEPT"}, "WARREN-SERVICES": {"-d 10.1.0.9/32 -j REJECT", "-d 10.1.0.10/32 -j REJECT"}},
 		},
 		Hooks: []Hook{
 			{"nat", "PREROUTING", `-m comment --comment "warren service portals" -j WARREN-SERVICES`},

@@ -331,31 +331,8 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	}
 	hostName := hostVethName(task)
 	if n.taskLinkComplete(h, br, hostName, ip) {
-		// Ports get hairpin mode if made before it was set here, and follow
-		// br_netfilter being switched on or off (see syncIsolation).
-		if host, err := netlink.LinkByName(hostName); err == nil {
-			if pi, err := netlink.LinkGetProtinfo(host); err == nil && !pi.Hairpin {
-				if err := netlink.LinkSetHairpin(host, true); err != nil {
-					return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
-				}
-			}
-			if pi, err := netlink.LinkGetProtinfo(host); err == nil && pi.Isolated != isolate {
-				if err := netlink.LinkSetIsolated(host, isolate); err != nil {
-					return "", fmt.Errorf("isolation of bridge port %s: %w", hostName, err)
-				}
-				// The task's neighbours were resolved the other way (the
-				// other tasks' own MACs, which an isolated port cannot
-				// reach, or the host's): resolve them again now rather
-				// than when the entries time out.
-				if err := flushNeighbours(h); err != nil {
-					return "", fmt.Errorf("task %s: %w", task, err)
-				}
-			} else if stale, err := staleNeighbours(h, br.Attrs().HardwareAddr, netaddr.Bridge(n.block), isolate); err == nil && stale {
-				// The bridge's MAC changed (see ensureBridge): resolve again.
-				if err := flushNeighbours(h); err != nil {
-					return "", fmt.Errorf("task %s: %w", task, err)
-				}
-			}
+		if err := n.refreshTaskPort(task, h, br, hostName, isolate); err != nil {
+			return "", err
 		}
 		if err := n.setPort(task, h, ip); err != nil {
 			return "", err
@@ -364,16 +341,83 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 	}
 
 	// Rebuild from scratch: a half-made pair from a crash, or a new IP.
+	if err := deleteTaskLink(task, h, hostName); err != nil {
+		return "", err
+	}
+	host, err := addTaskVeth(task, nsh, br, hostName, ip, isolate)
+	if err != nil {
+		return "", err
+	}
+	// The port's source check is written before the port comes up; a
+	// port without one is closed by the chain's catch-all rule.
+	if err := n.setPort(task, h, ip); err != nil {
+		return "", err
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return "", fmt.Errorf("bring %s up: %w", hostName, err)
+	}
+	if err := n.configureTaskSide(task, h, ip); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// refreshTaskPort brings a complete task port up to date: ports get
+// hairpin mode if made before it was set here, and follow br_netfilter
+// being switched on or off (see syncIsolation). The task's neighbour
+// entries are flushed when they were resolved the other way or for an
+// older bridge MAC.
+func (n *network) refreshTaskPort(task string, h *netlink.Handle, br netlink.Link, hostName string, isolate bool) error {
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return nil // gone since taskLinkComplete found it: nothing to refresh
+	}
+	if pi, err := netlink.LinkGetProtinfo(host); err == nil && !pi.Hairpin {
+		if err := netlink.LinkSetHairpin(host, true); err != nil {
+			return fmt.Errorf("hairpin on %s: %w", hostName, err)
+		}
+	}
+	if pi, err := netlink.LinkGetProtinfo(host); err == nil && pi.Isolated != isolate {
+		if err := netlink.LinkSetIsolated(host, isolate); err != nil {
+			return fmt.Errorf("isolation of bridge port %s: %w", hostName, err)
+		}
+		// The task's neighbours were resolved the other way (the
+		// other tasks' own MACs, which an isolated port cannot
+		// reach, or the host's): resolve them again now rather
+		// than when the entries time out.
+		if err := flushNeighbours(h); err != nil {
+			return fmt.Errorf("task %s: %w", task, err)
+		}
+	} else if stale, err := staleNeighbours(h, br.Attrs().HardwareAddr, netaddr.Bridge(n.block), isolate); err == nil && stale {
+		// The bridge's MAC changed (see ensureBridge): resolve again.
+		if err := flushNeighbours(h); err != nil {
+			return fmt.Errorf("task %s: %w", task, err)
+		}
+	}
+	return nil
+}
+
+// deleteTaskLink deletes what is left of a task's veth pair: eth0 in its
+// namespace (h) and hostName on the host.
+func deleteTaskLink(task string, h *netlink.Handle, hostName string) error {
 	if l, err := h.LinkByName("eth0"); err == nil {
 		if err := h.LinkDel(l); err != nil {
-			return "", fmt.Errorf("delete old eth0 of %s: %w", task, err)
+			return fmt.Errorf("delete old eth0 of %s: %w", task, err)
 		}
 	}
 	if l, err := netlink.LinkByName(hostName); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
-			return "", fmt.Errorf("delete old veth %s: %w", hostName, err)
+			return fmt.Errorf("delete old veth %s: %w", hostName, err)
 		}
 	}
+	return nil
+}
+
+// addTaskVeth creates the task's veth pair: hostName, a port of the bridge
+// br with hairpin mode (isolated when isolate), and eth0 in the task's
+// namespace (nsh) with the MAC that follows ip. It returns the host end,
+// still down.
+func addTaskVeth(task string, nsh netns.NsHandle, br netlink.Link, hostName string, ip netip.Addr, isolate bool) (netlink.Link, error) {
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index},
 		PeerName:      "eth0",
@@ -385,57 +429,55 @@ func (n *network) ensureTask(task string, ip netip.Addr) (string, error) {
 		PeerHardwareAddr: taskMAC(ip),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
-		return "", fmt.Errorf("create veth %s for %s: %w", hostName, task, err)
+		return nil, fmt.Errorf("create veth %s for %s: %w", hostName, task, err)
 	}
 	host, err := netlink.LinkByName(hostName)
 	if err != nil {
-		return "", fmt.Errorf("find veth %s: %w", hostName, err)
+		return nil, fmt.Errorf("find veth %s: %w", hostName, err)
 	}
 	// Hairpin: with br_netfilter loaded (Docker loads it) a task that
 	// reaches its own VIP and draws itself is DNATed on the bridge path,
 	// and the frame must leave by the port it came in on.
 	if err := netlink.LinkSetHairpin(host, true); err != nil {
-		return "", fmt.Errorf("hairpin on %s: %w", hostName, err)
+		return nil, fmt.Errorf("hairpin on %s: %w", hostName, err)
 	}
 	// Isolated (without br_netfilter, see syncIsolation): frames from
 	// this port reach the host but no other task port, so task-to-task
 	// traffic is routed by the host, through FORWARD and the policies.
 	if isolate {
 		if err := netlink.LinkSetIsolated(host, true); err != nil {
-			return "", fmt.Errorf("isolate bridge port %s: %w", hostName, err)
+			return nil, fmt.Errorf("isolate bridge port %s: %w", hostName, err)
 		}
 	}
-	// The port's source check is written before the port comes up; a
-	// port without one is closed by the chain's catch-all rule.
-	if err := n.setPort(task, h, ip); err != nil {
-		return "", err
-	}
-	if err := netlink.LinkSetUp(host); err != nil {
-		return "", fmt.Errorf("bring %s up: %w", hostName, err)
-	}
+	return host, nil
+}
+
+// configureTaskSide sets up the task's side in its namespace (h): lo up,
+// ip on eth0, eth0 up, and the default route via the bridge.
+func (n *network) configureTaskSide(task string, h *netlink.Handle, ip netip.Addr) error {
 	lo, err := h.LinkByName("lo")
 	if err != nil {
-		return "", fmt.Errorf("find lo of %s: %w", task, err)
+		return fmt.Errorf("find lo of %s: %w", task, err)
 	}
 	if err := h.LinkSetUp(lo); err != nil {
-		return "", fmt.Errorf("bring lo of %s up: %w", task, err)
+		return fmt.Errorf("bring lo of %s up: %w", task, err)
 	}
 	eth0, err := h.LinkByName("eth0")
 	if err != nil {
-		return "", fmt.Errorf("find eth0 of %s: %w", task, err)
+		return fmt.Errorf("find eth0 of %s: %w", task, err)
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(n.block.Bits(), 32)}}
 	if err := h.AddrAdd(eth0, addr); err != nil {
-		return "", fmt.Errorf("add %s to eth0 of %s: %w", addr.IPNet, task, err)
+		return fmt.Errorf("add %s to eth0 of %s: %w", addr.IPNet, task, err)
 	}
 	if err := h.LinkSetUp(eth0); err != nil {
-		return "", fmt.Errorf("bring eth0 of %s up: %w", task, err)
+		return fmt.Errorf("bring eth0 of %s up: %w", task, err)
 	}
 	route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: netaddr.Bridge(n.block).AsSlice()}
 	if err := h.RouteReplace(route); err != nil {
-		return "", fmt.Errorf("default route of %s: %w", task, err)
+		return fmt.Errorf("default route of %s: %w", task, err)
 	}
-	return path, nil
+	return nil
 }
 
 // flushNeighbours deletes the IPv4 neighbour entries of eth0 in a task's

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/cluster/pki"
+	"github.com/warren-appliance/warren/internal/helperproc"
 	"github.com/warren-appliance/warren/internal/netnstest"
 	"github.com/warren-appliance/warren/internal/wgkey"
 	"github.com/warren-appliance/warren/tunnel"
@@ -186,12 +187,7 @@ func TestRelayHelperNode(t *testing.T) {
 }
 
 func kernelHelperMain(raw string) int {
-	out := bufio.NewWriter(os.Stdout)
-	reply := func(r kernelHelperReply) {
-		b, _ := json.Marshal(r)
-		fmt.Fprintf(out, "HELPER %s\n", b)
-		out.Flush()
-	}
+	reply := helperproc.NewReplier(os.Stdout).Reply
 	fail := func(err error) int { reply(kernelHelperReply{Err: err.Error()}); return 1 }
 	var hc kernelHelperConfig
 	if err := json.Unmarshal([]byte(raw), &hc); err != nil {
@@ -251,10 +247,8 @@ func kernelHelperMain(raw string) int {
 
 // kernelHelper is a running device process.
 type kernelHelper struct {
-	t     testing.TB
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string
+	t    testing.TB
+	proc *helperproc.Proc
 }
 
 func startKernelHelper(t testing.TB, ns string, hc kernelHelperConfig) *kernelHelper {
@@ -266,39 +260,7 @@ func startKernelHelper(t testing.TB, ns string, hc kernelHelperConfig) *kernelHe
 	cmd := exec.Command("nsenter", "--net=/run/netns/"+ns, os.Args[0], "-test.run=^TestRelayHelperNode$")
 	cmd.Env = append(os.Environ(), kernelHelperEnv+"="+string(raw))
 	cmd.Stderr = &lineLogger{t: t, prefix: hc.Interface + ": "}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h := &kernelHelper{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
-	exited := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if s, ok := strings.CutPrefix(sc.Text(), "HELPER "); ok {
-				h.lines <- s
-			}
-		}
-		close(h.lines)
-		cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		stdin.Close()
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	h := &kernelHelper{t: t, proc: helperproc.Start(t, cmd)}
 	if r := h.read(); r.Err != "" {
 		t.Fatalf("device process in %s: %s", ns, r.Err)
 	}
@@ -307,25 +269,16 @@ func startKernelHelper(t testing.TB, ns string, hc kernelHelperConfig) *kernelHe
 
 func (h *kernelHelper) read() kernelHelperReply {
 	h.t.Helper()
-	select {
-	case line, ok := <-h.lines:
-		if !ok {
-			h.t.Fatal("device process exited")
-		}
-		var r kernelHelperReply
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			h.t.Fatal(err)
-		}
-		return r
-	case <-time.After(60 * time.Second):
-		h.t.Fatal("device process did not answer within 60s")
+	var r kernelHelperReply
+	if err := h.proc.Read(&r); err != nil {
+		h.t.Fatal(err)
 	}
-	return kernelHelperReply{}
+	return r
 }
 
 func (h *kernelHelper) status() kernelHelperReply {
 	h.t.Helper()
-	io.WriteString(h.stdin, "status\n")
+	io.WriteString(h.proc.Stdin(), "status\n")
 	return h.read()
 }
 
@@ -344,52 +297,6 @@ func (l *lineLogger) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// tcpEchoIn serves a TCP echo on addr inside ns until the test ends.
-func tcpEchoIn(t testing.TB, ns, addr string) {
-	t.Helper()
-	var l net.Listener
-	netnstest.MustIn(t, ns, func() (err error) { l, err = net.Listen("tcp", addr); return err })
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-}
-
-func dialIn(ns, addr string, timeout time.Duration) (net.Conn, error) {
-	var c net.Conn
-	err := netnstest.In(ns, func() (err error) {
-		c, err = net.DialTimeout("tcp", addr, timeout)
-		return err
-	})
-	return c, err
-}
-
-func echoRoundTrip(ns, addr, msg string) error {
-	c, err := dialIn(ns, addr, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		return err
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != msg {
-		return errors.New("echo differs")
-	}
-	return nil
-}
-
 // TestKernelTunnelsThroughRelay: two TUN devices that cannot reach each
 // other handshake and pass TCP through the relay, over UDP, and over TLS
 // when both namespaces drop their outgoing UDP to the relay.
@@ -398,7 +305,7 @@ func TestKernelTunnelsThroughRelay(t *testing.T) {
 		t.Run(transport, func(t *testing.T) {
 			kt := newKernelTopo(t, false, ServerConfig{})
 			// No direct path: a's underlay has no route to b's.
-			if c, err := dialIn(kt.a, netip.AddrPortFrom(kt.underB, 22).String(), time.Second); err == nil {
+			if c, err := netnstest.DialTCP(kt.a, netip.AddrPortFrom(kt.underB, 22).String(), time.Second); err == nil {
 				c.Close()
 				t.Fatal("a reaches b's underlay directly: the test would prove nothing")
 			}
@@ -409,9 +316,9 @@ func TestKernelTunnelsThroughRelay(t *testing.T) {
 			}
 			a := startKernelHelper(t, kt.a, kt.helperConfig(t, "a", false))
 			b := startKernelHelper(t, kt.b, kt.helperConfig(t, "b", false))
-			tcpEchoIn(t, kt.b, "10.0.0.2:7000")
+			netnstest.TCPEcho(t, kt.b, "10.0.0.2:7000")
 			waitFor(t, "TCP through the relay", 60*time.Second, func() error {
-				return echoRoundTrip(kt.a, "10.0.0.2:7000", strings.Repeat("through the relay ", 2000))
+				return netnstest.EchoRoundTrip(kt.a, "10.0.0.2:7000", strings.Repeat("through the relay ", 2000))
 			})
 			for _, h := range []*kernelHelper{a, b} {
 				waitFor(t, "transport "+transport, 20*time.Second, func() error {
@@ -452,7 +359,7 @@ func throughput(t testing.TB, kt *kernelTopo, d time.Duration) float64 {
 		n, _ := io.Copy(io.Discard, c)
 		got <- n
 	}()
-	c, err := dialIn(kt.a, "10.0.0.2:7001", 10*time.Second)
+	c, err := netnstest.DialTCP(kt.a, "10.0.0.2:7001", 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,8 +394,8 @@ func BenchmarkRelayedTCP(b *testing.B) {
 		}
 		ha := startKernelHelper(b, kt.a, kt.helperConfig(b, "a", direct))
 		startKernelHelper(b, kt.b, kt.helperConfig(b, "b", direct))
-		tcpEchoIn(b, kt.b, "10.0.0.2:7000")
-		waitFor(b, "TCP through the tunnel", 60*time.Second, func() error { return echoRoundTrip(kt.a, "10.0.0.2:7000", "warm up") })
+		netnstest.TCPEcho(b, kt.b, "10.0.0.2:7000")
+		waitFor(b, "TCP through the tunnel", 60*time.Second, func() error { return netnstest.EchoRoundTrip(kt.a, "10.0.0.2:7000", "warm up") })
 		if !direct {
 			want := TransportUDP
 			if name == "relay-tls" {

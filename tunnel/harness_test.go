@@ -5,12 +5,8 @@ package tunnel
 // side is a real separate process with its own TUN, UDP socket and UAPI.
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -28,6 +24,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/warren-appliance/warren/internal/helperproc"
+	"github.com/warren-appliance/warren/internal/netnstest"
 )
 
 func requireRoot(t testing.TB) {
@@ -51,13 +50,10 @@ func uniqueTag() string {
 	return fmt.Sprintf("%d%c", os.Getpid(), 'a'+nameSeq.n-1)
 }
 
+// run runs a command and returns its output, failing the test on error.
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return netnstest.MustRun(t, name, args...)
 }
 
 // inNS runs argv inside namespace ns.
@@ -208,12 +204,7 @@ func TestHelperNode(t *testing.T) {
 }
 
 func helperMain(raw string) int {
-	out := bufio.NewWriter(os.Stdout)
-	reply := func(r helperReply) {
-		b, _ := json.Marshal(r)
-		fmt.Fprintf(out, "HELPER %s\n", b)
-		out.Flush()
-	}
+	reply := helperproc.NewReplier(os.Stdout).Reply
 	var hc helperConfig
 	if err := json.Unmarshal([]byte(raw), &hc); err != nil {
 		reply(helperReply{Err: err.Error()})
@@ -309,14 +300,11 @@ func helperMain(raw string) int {
 
 // node is a running device process.
 type node struct {
-	t      testing.TB
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	lines  chan string
-	Pub    Key
-	Mode   string
-	exited chan struct{} // closed once the process is reaped: log is then complete
-	log    *testLogWriter
+	t    testing.TB
+	proc *helperproc.Proc // its Exited is closed once log is complete
+	Pub  Key
+	Mode string
+	log  *testLogWriter
 }
 
 // startNode starts a device process in namespace ns and waits until its
@@ -359,38 +347,9 @@ func startNodeCmd(t testing.TB, cmd *exec.Cmd, name string) *node {
 
 func tryStartNodeCmd(t testing.TB, cmd *exec.Cmd, name string) (*node, error) {
 	t.Helper()
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
 	logw := &testLogWriter{t: t, prefix: name + ": "}
 	cmd.Stderr = logw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	n := &node{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16), exited: make(chan struct{}), log: logw}
-	// One goroutine reads stdout to its end and only then waits for the
-	// process: Wait closes the pipe once the process exits, so waiting
-	// concurrently could drop the last reply (the one to "close") unread.
-	// Wait also returns only after stderr is copied into the log.
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if s, ok := strings.CutPrefix(sc.Text(), "HELPER "); ok {
-				n.lines <- s
-			}
-		}
-		io.Copy(io.Discard, stdout) // an over-long line: keep the pipe drained
-		close(n.lines)
-		cmd.Wait()
-		close(n.exited)
-	}()
-	t.Cleanup(n.stop)
+	n := &node{t: t, proc: helperproc.Start(t, cmd), log: logw}
 	r, err := n.read()
 	if err != nil {
 		return nil, err
@@ -403,25 +362,15 @@ func tryStartNodeCmd(t testing.TB, cmd *exec.Cmd, name string) (*node, error) {
 }
 
 func (n *node) read() (helperReply, error) {
-	select {
-	case line, ok := <-n.lines:
-		if !ok {
-			return helperReply{}, errors.New("device process exited")
-		}
-		var r helperReply
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			return r, err
-		}
-		return r, nil
-	case <-time.After(60 * time.Second):
-		return helperReply{}, errors.New("device process did not answer within 60s")
-	}
+	var r helperReply
+	err := n.proc.Read(&r)
+	return r, err
 }
 
 func (n *node) call(req helperRequest) helperReply {
 	n.t.Helper()
 	b, _ := json.Marshal(req)
-	if _, err := n.stdin.Write(append(b, '\n')); err != nil {
+	if _, err := n.proc.Stdin().Write(append(b, '\n')); err != nil {
 		n.t.Fatalf("send %s: %v", req.Op, err)
 	}
 	r, err := n.read()
@@ -448,23 +397,16 @@ func (n *node) close() {
 	n.t.Helper()
 	n.call(helperRequest{Op: "close"})
 	select {
-	case <-n.exited:
+	case <-n.proc.Exited():
 	case <-time.After(30 * time.Second):
 		n.t.Fatal("device process did not exit after close")
 	}
 }
 
-func (n *node) pid() int { return n.cmd.Process.Pid }
+func (n *node) pid() int { return n.proc.Cmd.Process.Pid }
 
-func (n *node) stop() {
-	n.stdin.Close()
-	select {
-	case <-n.exited:
-	case <-time.After(15 * time.Second):
-		n.cmd.Process.Kill()
-		<-n.exited
-	}
-}
+// stop ends the device process (closing its stdin) and waits for it.
+func (n *node) stop() { n.proc.Stop() }
 
 type testLogWriter struct {
 	t      testing.TB
@@ -475,7 +417,7 @@ type testLogWriter struct {
 }
 
 // String returns everything the process logged so far (all of it once
-// the node's exited channel is closed).
+// the node's proc.Exited() is closed).
 func (w *testLogWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -539,61 +481,18 @@ func (tp *topo) pairConfigs(t testing.TB, modeA, modeB string) (helperConfig, he
 // tcpEcho serves an echo server on addr inside namespace ns until the test ends.
 func tcpEcho(t testing.TB, ns string, addr string) net.Listener {
 	t.Helper()
-	var l net.Listener
-	err := withNetns(t, ns, func() error {
-		var err error
-		l, err = net.Listen("tcp", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, ns, err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	return l
+	return netnstest.TCPEcho(t, ns, addr)
 }
 
 // dialIn dials addr from inside namespace ns.
 func dialIn(t testing.TB, ns, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := withNetns(t, ns, func() error {
-		var err error
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-		return err
-	})
-	return c, err
+	return netnstest.DialTCP(ns, addr, 5*time.Second)
 }
 
 // echoRoundTrip sends msg over a fresh connection to addr from ns and
 // checks it comes back.
 func echoRoundTrip(t testing.TB, ns, addr, msg string) error {
-	c, err := dialIn(t, ns, addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		return err
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != msg {
-		return fmt.Errorf("echo returned %q, want %q", buf, msg)
-	}
-	return nil
+	return netnstest.EchoRoundTrip(ns, addr, msg)
 }
 
 // udpEcho serves a UDP echo server on addr inside namespace ns until the test ends.

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/client"
 	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/internal/dockerflags"
 	"github.com/warren-appliance/warren/netpolicy"
@@ -316,118 +317,7 @@ func newServiceUpdateCmd() *cobra.Command {
 			"  warren service update api --label-add tier=backend --label-rm debug\n" +
 			"  warren service update probe --cap-add NET_RAW",
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var command []string
-			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
-				if dash != 1 {
-					return &exitError{code: 2, err: fmt.Errorf("want exactly one service name before --, got %q", args[:dash])}
-				}
-				command = args[1:]
-				if len(command) == 0 {
-					return &exitError{code: 2, err: fmt.Errorf("no command after --")}
-				}
-			} else if len(args) > 1 {
-				return &exitError{code: 2, err: fmt.Errorf("unexpected arguments %q: put a new command after --", args[1:])}
-			}
-			f := cmd.Flags()
-			image, _ := f.GetString("image")
-			addArgs, _ := f.GetStringArray("label-add")
-			rm, _ := f.GetStringArray("label-rm")
-			capAdd, capDrop, err := capabilityFlags(cmd)
-			if err != nil {
-				return err
-			}
-			specChange := specFlagsChanged(f) || command != nil
-			healthChange := healthFlagsChanged(cmd)
-			refs, hasRefs := refsUpdate(cmd)
-			if image == "" && len(addArgs) == 0 && len(rm) == 0 && !specChange && !healthChange && !hasRefs && len(capAdd) == 0 && len(capDrop) == 0 {
-				return &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, a spec flag (see --help), --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --cap-add, --cap-drop, --health-*, --update-* or --rollback-*")}
-			}
-			add, err := parseLabels(addArgs)
-			if err != nil {
-				return err
-			}
-			for _, k := range rm {
-				if err := netpolicy.CheckLabelKey(k); err != nil {
-					return &exitError{code: 2, err: fmt.Errorf("--label-rm: %w", err)}
-				}
-			}
-			c := apiClient(cmd)
-			if len(add) > 0 || len(rm) > 0 {
-				v, err := c.UpdateServiceLabels(cmdContext(cmd), args[0], add, rm)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: labels %s\n", v.Name, formatLabels(v.Labels))
-			}
-			if len(capAdd) > 0 || len(capDrop) > 0 {
-				v, err := c.UpdateServiceCapabilities(cmdContext(cmd), args[0], capAdd, capDrop)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: capabilities added %s, dropped %s (besides the default drop of NET_RAW); its tasks are recreated\n",
-					v.Name, formatCaps(v.CapAdd), formatCaps(v.CapDrop))
-			}
-			if hasRefs {
-				v, err := c.UpdateServiceRefs(cmdContext(cmd), args[0], refs)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: secrets %s, configs %s\n", v.Name, formatRefs(v.Secrets), formatRefs(v.Configs))
-			}
-			var started time.Time // the rolling update this command started
-			if image != "" || specChange || healthChange {
-				cur, err := c.Service(cmdContext(cmd), args[0])
-				if err != nil {
-					return err
-				}
-				spec, err := updatedSpec(f, cur, command)
-				if err != nil {
-					return err
-				}
-				spec.CapAdd, spec.CapDrop = cur.CapAdd, cur.CapDrop
-				change, err := healthSpecFromFlags(cmd, cur.HealthSpec)
-				if err != nil {
-					return err
-				}
-				spec.HealthSpec = cur.HealthSpec
-				if change.HealthCheck != nil {
-					spec.HealthCheck = change.HealthCheck
-				}
-				if change.UpdateConfig != nil {
-					spec.UpdateConfig = change.UpdateConfig
-				}
-				if change.RollbackConfig != nil {
-					spec.RollbackConfig = change.RollbackConfig
-				}
-				v, err := c.UpdateService(cmdContext(cmd), args[0], spec)
-				if err != nil {
-					return err
-				}
-				if us := v.UpdateStatus; us != nil && us.State == api.UpdateUpdating && (cur.UpdateStatus == nil || !us.StartedAt.Equal(cur.UpdateStatus.StartedAt)) {
-					started = us.StartedAt
-					how := "one task at a time, each next one once the previous serves (running and healthy)"
-					if detached(cmd) {
-						how += "; follow with `warren service inspect " + v.Name + "`"
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, %s\n", v.Name, v.Image, how)
-				}
-			}
-			if detached(cmd) {
-				return nil
-			}
-			var v api.ServiceView
-			if !started.IsZero() {
-				v, err = waitUpdate(cmd, args[0], started, false)
-			} else {
-				v, err = waitService(cmd, args[0])
-			}
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d/%d running %s\n", v.Name, v.Running, v.Replicas, v.Image)
-			return nil
-		},
+		RunE: runServiceUpdate,
 	}
 	updateCmd.Flags().String("image", "", "new container image (rolling update)")
 	updateCmd.Flags().StringArray("label-add", nil, "add or change a label KEY=VALUE (repeatable)")
@@ -438,6 +328,182 @@ func newServiceUpdateCmd() *cobra.Command {
 	addHealthFlags(updateCmd)
 	addWaitFlags(updateCmd)
 	return updateCmd
+}
+
+// serviceUpdate is what one `warren service update` asks to change.
+type serviceUpdate struct {
+	command          []string // the new command after --, nil to keep it
+	image            string
+	labelAdd         map[string]string
+	labelRm          []string
+	capAdd, capDrop  []string
+	refs             api.ServiceRefsUpdate
+	hasRefs          bool
+	specChange       bool // a spec flag or a new command: a rolling update
+	healthChange     bool // --health-*, --update-* or --rollback-*
+	wantsSpecRollout bool // image, spec or health settings change
+}
+
+// runServiceUpdate applies the labels, capabilities and secret/config
+// references first, then the spec change (a rolling update), and waits for
+// the service unless --detach.
+func runServiceUpdate(cmd *cobra.Command, args []string) error {
+	command, err := updateCommandArg(cmd, args)
+	if err != nil {
+		return err
+	}
+	u, err := serviceUpdateFromFlags(cmd, command)
+	if err != nil {
+		return err
+	}
+	name := args[0]
+	c := apiClient(cmd)
+	if err := updateServiceMetadata(cmd, c, name, u); err != nil {
+		return err
+	}
+	var started time.Time // the rolling update this command started
+	if u.wantsSpecRollout {
+		if started, err = updateServiceSpec(cmd, c, name, u.command); err != nil {
+			return err
+		}
+	}
+	if detached(cmd) {
+		return nil
+	}
+	var v api.ServiceView
+	if !started.IsZero() {
+		v, err = waitUpdate(cmd, name, started, false)
+	} else {
+		v, err = waitService(cmd, name)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%s: %d/%d running %s\n", v.Name, v.Running, v.Replicas, v.Image)
+	return nil
+}
+
+// updateCommandArg is the new command given after -- (nil when there is
+// no --); only the service name may stand before it.
+func updateCommandArg(cmd *cobra.Command, args []string) ([]string, error) {
+	dash := cmd.ArgsLenAtDash()
+	if dash < 0 {
+		if len(args) > 1 {
+			return nil, &exitError{code: 2, err: fmt.Errorf("unexpected arguments %q: put a new command after --", args[1:])}
+		}
+		return nil, nil
+	}
+	if dash != 1 {
+		return nil, &exitError{code: 2, err: fmt.Errorf("want exactly one service name before --, got %q", args[:dash])}
+	}
+	command := args[1:]
+	if len(command) == 0 {
+		return nil, &exitError{code: 2, err: fmt.Errorf("no command after --")}
+	}
+	return command, nil
+}
+
+// serviceUpdateFromFlags reads and checks the update's flags; an update
+// that changes nothing is a usage error.
+func serviceUpdateFromFlags(cmd *cobra.Command, command []string) (serviceUpdate, error) {
+	f := cmd.Flags()
+	u := serviceUpdate{command: command}
+	u.image, _ = f.GetString("image")
+	addArgs, _ := f.GetStringArray("label-add")
+	u.labelRm, _ = f.GetStringArray("label-rm")
+	var err error
+	if u.capAdd, u.capDrop, err = capabilityFlags(cmd); err != nil {
+		return u, err
+	}
+	u.specChange = specFlagsChanged(f) || command != nil
+	u.healthChange = healthFlagsChanged(cmd)
+	u.refs, u.hasRefs = refsUpdate(cmd)
+	u.wantsSpecRollout = u.image != "" || u.specChange || u.healthChange
+	if !u.wantsSpecRollout && len(addArgs) == 0 && len(u.labelRm) == 0 && !u.hasRefs && len(u.capAdd) == 0 && len(u.capDrop) == 0 {
+		return u, &exitError{code: 2, err: fmt.Errorf("nothing to update: give --image, a spec flag (see --help), --label-add, --label-rm, --secret-add, --secret-rm, --config-add, --config-rm, --secret-rotation, --cap-add, --cap-drop, --health-*, --update-* or --rollback-*")}
+	}
+	if u.labelAdd, err = parseLabels(addArgs); err != nil {
+		return u, err
+	}
+	for _, k := range u.labelRm {
+		if err := netpolicy.CheckLabelKey(k); err != nil {
+			return u, &exitError{code: 2, err: fmt.Errorf("--label-rm: %w", err)}
+		}
+	}
+	return u, nil
+}
+
+// updateServiceMetadata applies the update's label, capability and
+// secret/config reference changes, each through its own API call.
+func updateServiceMetadata(cmd *cobra.Command, c *client.Client, name string, u serviceUpdate) error {
+	ctx, out := cmdContext(cmd), cmd.OutOrStdout()
+	if len(u.labelAdd) > 0 || len(u.labelRm) > 0 {
+		v, err := c.UpdateServiceLabels(ctx, name, u.labelAdd, u.labelRm)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: labels %s\n", v.Name, formatLabels(v.Labels))
+	}
+	if len(u.capAdd) > 0 || len(u.capDrop) > 0 {
+		v, err := c.UpdateServiceCapabilities(ctx, name, u.capAdd, u.capDrop)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: capabilities added %s, dropped %s (besides the default drop of NET_RAW); its tasks are recreated\n",
+			v.Name, formatCaps(v.CapAdd), formatCaps(v.CapDrop))
+	}
+	if u.hasRefs {
+		v, err := c.UpdateServiceRefs(ctx, name, u.refs)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: secrets %s, configs %s\n", v.Name, formatRefs(v.Secrets), formatRefs(v.Configs))
+	}
+	return nil
+}
+
+// updateServiceSpec sends the service's spec changed by the flags (image,
+// spec flags, command, health, update and rollback settings; capabilities
+// kept as they are). It returns the start of the rolling update this call
+// began, zero when none began.
+func updateServiceSpec(cmd *cobra.Command, c *client.Client, name string, command []string) (time.Time, error) {
+	cur, err := c.Service(cmdContext(cmd), name)
+	if err != nil {
+		return time.Time{}, err
+	}
+	spec, err := updatedSpec(cmd.Flags(), cur, command)
+	if err != nil {
+		return time.Time{}, err
+	}
+	spec.CapAdd, spec.CapDrop = cur.CapAdd, cur.CapDrop
+	change, err := healthSpecFromFlags(cmd, cur.HealthSpec)
+	if err != nil {
+		return time.Time{}, err
+	}
+	spec.HealthSpec = cur.HealthSpec
+	if change.HealthCheck != nil {
+		spec.HealthCheck = change.HealthCheck
+	}
+	if change.UpdateConfig != nil {
+		spec.UpdateConfig = change.UpdateConfig
+	}
+	if change.RollbackConfig != nil {
+		spec.RollbackConfig = change.RollbackConfig
+	}
+	v, err := c.UpdateService(cmdContext(cmd), name, spec)
+	if err != nil {
+		return time.Time{}, err
+	}
+	us := v.UpdateStatus
+	if us == nil || us.State != api.UpdateUpdating || (cur.UpdateStatus != nil && us.StartedAt.Equal(cur.UpdateStatus.StartedAt)) {
+		return time.Time{}, nil
+	}
+	how := "one task at a time, each next one once the previous serves (running and healthy)"
+	if detached(cmd) {
+		how += "; follow with `warren service inspect " + v.Name + "`"
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%s: updating to %s, %s\n", v.Name, v.Image, how)
+	return us.StartedAt, nil
 }
 
 // newServiceRmCmd is `warren service rm`.

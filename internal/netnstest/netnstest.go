@@ -1,7 +1,7 @@
 // Package netnstest holds what kernel tests need to work in network
 // namespaces of their own: create one (deleted when the test ends), run a
-// command or a function inside it, and split rendered iptables rules into
-// arguments. Only tests import it.
+// command or a function inside it, serve and reach a TCP echo in it, and
+// split rendered iptables rules into arguments. Only tests import it.
 package netnstest
 
 import (
