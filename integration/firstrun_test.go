@@ -359,7 +359,7 @@ func TestFirstRunThreeBoardsSurviveReboot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--cleanup: %v\n%s", err, cleanup)
 	}
-	left, err := pi3.Sh(ctx, "ctr namespaces ls -q | grep -x warren; iptables-save | grep -i warren; ip -o link | grep -E 'warren0|warren-br0'; true")
+	left, err := pi3.Sh(ctx, "ctr namespaces ls -q | grep -x warren; iptables-save | grep -i warren; nft list table inet warren 2>/dev/null; ip -o link | grep -E 'warren0|warren-br0'; true")
 	if err != nil || strings.TrimSpace(left) != "" {
 		t.Errorf("after --cleanup pi-3 still has (containerd namespace, rules, links):\n%s %v\n--cleanup said:\n%s", left, err, cleanup)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-appliance/warren/hostfw"
 	"github.com/warren-appliance/warren/integration/lab"
 )
 
@@ -46,10 +47,19 @@ func ctrNames(ctx context.Context, n *lab.Node, args ...string) ([]string, error
 
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
-// warrenRules is what iptables-save prints about warren in the nat,
-// filter and mangle (policies) tables, counters stripped, so two runs
-// compare line for line.
+// warrenRules is what the node's firewall backend holds of warren,
+// normalised so two runs compare line for line: with iptables, what
+// iptables-save prints about warren in the nat, filter and mangle
+// (policies) tables, counters stripped; with nftables, table inet warren
+// (nftRules).
 func warrenRules(ctx context.Context, n *lab.Node) (string, error) {
+	backend, err := n.FirewallBackend()
+	if err != nil {
+		return "", err
+	}
+	if backend == hostfw.BackendNftables {
+		return nftRules(ctx, n)
+	}
 	var sb strings.Builder
 	for _, table := range []string{"nat", "filter", "mangle"} {
 		out, err := n.Exec(ctx, "iptables-save", "-t", table)
@@ -64,6 +74,60 @@ func warrenRules(ctx context.Context, n *lab.Node) (string, error) {
 		}
 	}
 	return sb.String(), nil
+}
+
+// nftVolatile matches what `nft list table` prints that changes with
+// traffic or time rather than with the rules: counters, rule handles, and
+// the time left to dynamic set elements.
+var nftVolatile = regexp.MustCompile(` *(counter packets \d+ bytes \d+|# handle \d+|expires [0-9dhms.]+)`)
+
+// nftRules is `nft list table inet warren` on n, normalised: without
+// nftVolatile, and its sets, maps and chains sorted by name (a sync that
+// adds a chain appends it to the listing, one that rewrites the table
+// lists them in its own order; the order means nothing to the kernel).
+// An error when the table is missing.
+func nftRules(ctx context.Context, n *lab.Node) (string, error) {
+	out, err := n.Exec(ctx, "nft", "list", "table", "inet", hostfw.NftTable)
+	if err != nil {
+		return "", fmt.Errorf("%s: nft list table inet %s: %w: %s", n.Name, hostfw.NftTable, err, trim(out))
+	}
+	var blocks []string
+	var cur strings.Builder
+	for _, line := range strings.Split(nftVolatile.ReplaceAllString(out, ""), "\n") {
+		switch {
+		case strings.TrimSpace(line) == "" || strings.HasPrefix(line, "table ") || line == "}":
+			continue
+		case strings.HasPrefix(line, "\t}"):
+			cur.WriteString(line + "\n")
+			blocks = append(blocks, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteString(line + "\n")
+		}
+	}
+	if cur.Len() > 0 {
+		return "", fmt.Errorf("%s: nft list table inet %s: cannot read its blocks:\n%s", n.Name, hostfw.NftTable, out)
+	}
+	sort.Strings(blocks)
+	return strings.Join(blocks, ""), nil
+}
+
+// hasAddr reports whether rules (warrenRules) name the address ip, alone
+// or as ip/32.
+func hasAddr(rules, ip string) bool {
+	return regexp.MustCompile(`(^|[^0-9.])` + regexp.QuoteMeta(ip) + `(/32)?($|[^0-9./])`).MatchString(rules)
+}
+
+// noNftTable fails t when n still has table inet warren (after --cleanup).
+func noNftTable(t *testing.T, ctx context.Context, n *lab.Node) {
+	t.Helper()
+	out, err := n.Exec(ctx, "nft", "list", "tables")
+	if err != nil {
+		t.Fatalf("%s: nft list tables: %v %s", n.Name, err, out)
+	}
+	if regexp.MustCompile(`(?m)^table inet ` + hostfw.NftTable + `$`).MatchString(out) {
+		t.Errorf("after --cleanup, %s still has table inet %s:\n%s", n.Name, hostfw.NftTable, out)
+	}
 }
 
 // vipPages fetches http://vip/ count times from n and counts the pages
@@ -399,15 +463,15 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 				if got := strings.Fields(nsFiles); fmt.Sprint(got) != fmt.Sprint(want) {
 					return fmt.Errorf("task netns files %v, want api's %v", got, want)
 				}
-				nat, err := n.Exec(ctx, "iptables-save", "-t", "nat")
+				rules, err := warrenRules(ctx, n)
 				if err != nil {
 					return err
 				}
-				if strings.Contains(nat, web.VIP+"/32") {
-					return fmt.Errorf("web's VIP %s still in iptables-save -t nat:\n%s", web.VIP, nat)
+				if hasAddr(rules, web.VIP) {
+					return fmt.Errorf("web's VIP %s still in warren's rules:\n%s", web.VIP, rules)
 				}
-				if !strings.Contains(nat, api.VIP+"/32") {
-					return fmt.Errorf("api's VIP %s gone from iptables-save -t nat:\n%s", api.VIP, nat)
+				if !hasAddr(rules, api.VIP) {
+					return fmt.Errorf("api's VIP %s gone from warren's rules:\n%s", api.VIP, rules)
 				}
 				return nil
 			})
@@ -443,6 +507,7 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 				t.Errorf("after --cleanup, iptables-save -t %s still names WARREN:\n%s", table, out)
 			}
 		}
+		noNftTable(t, ctx, w2)
 		links, err := w2.Exec(ctx, "ip", "-o", "link", "show")
 		if err != nil {
 			t.Fatal(err)
@@ -497,6 +562,7 @@ func TestTaskLifecycleAndNATRestarts(t *testing.T) {
 				left = append(left, "interface "+name)
 			}
 		}
+		noNftTable(t, ctx, w1)
 		if len(left) > 0 {
 			t.Errorf("after --cleanup without containerd, left behind: %s\n(--cleanup said: %s)", strings.Join(left, "; "), trim(out))
 		}

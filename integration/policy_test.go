@@ -209,7 +209,7 @@ func inSet(n *lab.Node, sel, ip string) (bool, error) {
 
 // nftablesLab reports whether the lab's nodes run the nftables backend
 // (WARREN_LAB_FIREWALL_BACKEND=nftables).
-func nftablesLab() bool { return os.Getenv(lab.FirewallBackendEnv) == hostfw.BackendNftables }
+func nftablesLab() bool { return lab.FirewallBackend() == hostfw.BackendNftables }
 
 // setListHas reports whether `nft list set` output holds ip as an element
 // (an address, or inside a listed prefix or range).

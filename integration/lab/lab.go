@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/BurntSushi/toml"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -345,6 +346,31 @@ func (n *Node) WriteConfig(toml string) error {
 
 // FirewallBackendEnv names the variable WriteConfig reads.
 const FirewallBackendEnv = "WARREN_LAB_FIREWALL_BACKEND"
+
+// FirewallBackend is the firewall backend this lab's nodes run unless a
+// test's config names one: WARREN_LAB_FIREWALL_BACKEND, or "iptables"
+// (the daemon's default) when it is unset.
+func FirewallBackend() string {
+	if b := os.Getenv(FirewallBackendEnv); b != "" {
+		return b
+	}
+	return "iptables"
+}
+
+// FirewallBackend is the backend the node's config names (its
+// [firewall] backend, as WriteConfig wrote it), "iptables" when none.
+func (n *Node) FirewallBackend() (string, error) {
+	var cfg struct {
+		Firewall struct{ Backend string }
+	}
+	if _, err := toml.DecodeFile(filepath.Join(n.Root, "etc", "warren.toml"), &cfg); err != nil {
+		return "", fmt.Errorf("%s: read its config: %w", n.Name, err)
+	}
+	if cfg.Firewall.Backend == "" {
+		return "iptables", nil
+	}
+	return cfg.Firewall.Backend, nil
+}
 
 // InstallPackage puts the files of an extracted package (`dpkg-deb -x`)
 // where the package puts them, as far as a simulated node has its own
