@@ -196,7 +196,10 @@ func NewBackend(name string, log *slog.Logger) (*Syncer, error) {
 			}
 		}
 		s := NewSyncer(n, log)
-		s.log.Info("firewall backend", "backend", "nftables", "table", "inet "+NftTable, "why", why)
+		s.log.Info("firewall backend", "backend", "nftables", "table", "inet "+NftTable, "why", why, "owned", n.Owned())
+		if !n.Owned() {
+			s.log.Warn("this kernel cannot keep table inet warren owned and persistent (Linux >= 6.9): `nft flush ruleset` or another process can take the rules away until the canary's next check (1 s)")
+		}
 		return s, nil
 	}
 	r, err := Detect()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -124,9 +125,13 @@ func TestKernelHookOrderFlushRestartCleanup(t *testing.T) {
 // warren and nothing in iptables; "auto" picks it on a namespace whose
 // iptables is empty; the canary repairs `nft flush table` and a deleted
 // chain in one sync; a restarted Syncer writes the same table; Cleanup
-// removes it.
+// removes it. The table is not owned here, as on a kernel without owned
+// persistent tables (before 6.9), so that others can break it;
+// TestKernelNftablesOwnedTable has the owned one.
 func TestKernelNftables(t *testing.T) {
 	netnstest.RequireRoot(t)
+	ownTables = false
+	t.Cleanup(func() { ownTables = true })
 	ns := netnstest.New(t, "whfw", "nft")
 	parts := []struct {
 		owner string
@@ -312,7 +317,7 @@ func TestBatchErrorAbortsEverything(t *testing.T) {
 		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
 		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "missing"}}})
 		b.conn.AddChain(&nftables.Chain{Table: tb, Name: "b"})
-		err = b.commit()
+		err = b.commit(nil)
 		if err == nil || !strings.Contains(err.Error(), "message 4 of 7 (add rule)") || !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("commit: %v, want ENOENT naming message 4 of 7 (add rule)", err)
 		}
@@ -331,7 +336,7 @@ func TestBatchErrorAbortsEverything(t *testing.T) {
 		b.conn.AddTable(tb)
 		b.conn.AddChain(ch)
 		b.conn.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
-		if err := b.commit(); err != nil {
+		if err := b.commit(nil); err != nil {
 			return err
 		}
 		rules, err := c.GetRules(tb, ch)
@@ -366,7 +371,19 @@ func TestKernelNftablesAffinitySurvivesFullWriteAndRestart(t *testing.T) {
 		}
 		return s.SetPart(OwnerNAT, part)
 	})
-	netnstest.Run(t, ns, "nft", "add", "element", "inet", NftTable, set, "{ 10.0.0.9 timeout 1h }")
+	// A client learned (through the owning socket: the table is ours).
+	netnstest.MustIn(t, ns, func() error {
+		b, err := newNftBatch()
+		if err != nil {
+			return err
+		}
+		tb := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
+		if err := b.conn.SetAddElements(&nftables.Set{Table: tb, Name: set, KeyType: nftables.TypeIPAddr, HasTimeout: true},
+			[]nftables.SetElement{{Key: []byte{10, 0, 0, 9}, Timeout: time.Hour}}); err != nil {
+			return err
+		}
+		return b.commit(existingOwner())
+	})
 	timeoutRE := regexp.MustCompile(`10\.0\.0\.9 timeout (\S+) expires`)
 	for _, step := range []struct {
 		name string
@@ -374,6 +391,7 @@ func TestKernelNftablesAffinitySurvivesFullWriteAndRestart(t *testing.T) {
 	}{
 		{"a full write", func() error { return s.Sync(true) }},
 		{"a restart", func() error {
+			releaseOwner() // the daemon's exit
 			s2, err := NewBackend(BackendNftables, quiet())
 			if err != nil {
 				return err
@@ -391,5 +409,82 @@ func TestKernelNftablesAffinitySurvivesFullWriteAndRestart(t *testing.T) {
 		if d, err := time.ParseDuration(m[1]); err != nil || d > time.Hour {
 			t.Fatalf("after %s 10.0.0.9 has timeout %s, want at most the 1h it was given:\n%s", step.name, m[1], listed)
 		}
+	}
+}
+
+// TestKernelNftablesOwnedTable: table inet warren belongs to the daemon.
+// A firewall reload's `nft flush ruleset` passes it by, other processes
+// cannot flush or delete it or its chains; when the daemon exits it stays
+// (persistent, no owner), the next daemon takes it over, even when it
+// keeps rules of owners that have no part yet; Cleanup in the daemon
+// removes it.
+func TestKernelNftablesOwnedTable(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "whfw", "own")
+	listTable := func() string { return netnstest.Run(t, ns, "nft", "list", "table", "inet", NftTable) }
+	var s *Syncer
+	netnstest.MustIn(t, ns, func() error {
+		var err error
+		if s, err = NewBackend(BackendNftables, quiet()); err != nil {
+			return err
+		}
+		if !s.Runner().(*Nftables).Owned() {
+			return errors.New("the table is not owned on a kernel that can (Linux >= 6.9)")
+		}
+		setAll(t, s)
+		return nil
+	})
+	want := listTable()
+	netnstest.Run(t, ns, "nft", "flush", "ruleset")
+	if got := listTable(); got != want {
+		t.Fatalf("nft flush ruleset changed the owned table:\n%s\nwant\n%s", got, want)
+	}
+	for _, other := range [][]string{
+		{"flush", "table", "inet", NftTable},
+		{"delete", "table", "inet", NftTable},
+		{"flush", "chain", "inet", NftTable, "mangle-FORWARD"},
+		{"delete", "rule", "inet", NftTable, "mangle-FORWARD", "handle", "1"},
+	} {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, other...)...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "Operation not permitted") {
+			t.Errorf("nft %v from another process: %v %s, want Operation not permitted", other, err, out)
+		}
+	}
+	if got := listTable(); got != want {
+		t.Fatalf("another process changed the owned table:\n%s\nwant\n%s", got, want)
+	}
+
+	// The daemon exits: the table stays. The next one starts with only
+	// the nat part (the others' rules are kept, the table claimed), then
+	// the rest.
+	if !strings.Contains(want, "\tflags owner") {
+		t.Fatalf("the table is not listed as owned:\n%s", want)
+	}
+	netnstest.MustIn(t, ns, func() error { releaseOwner(); return nil })
+	// The owner shows as the table's flags and a "# progname" comment.
+	tableFlags := regexp.MustCompile(`(?m)^\tflags .*\n| # progname .*$`)
+	if got := listTable(); tableFlags.ReplaceAllString(got, "") != tableFlags.ReplaceAllString(want, "") || strings.Contains(got, "\tflags owner") {
+		t.Fatalf("after the owner's exit (the table stays, owned by nobody):\n%s\nwant\n%s", got, want)
+	}
+	netnstest.MustIn(t, ns, func() error {
+		s2, err := NewBackend(BackendNftables, quiet())
+		if err != nil {
+			return err
+		}
+		if err := s2.SetPart(OwnerNAT, natPart("10.1.0.1", "10.1.0.2")); err != nil {
+			return fmt.Errorf("a new daemon's first sync: %w", err)
+		}
+		setAll(t, s2)
+		return nil
+	})
+	if got := listTable(); tableFlags.ReplaceAllString(got, "") != tableFlags.ReplaceAllString(want, "") || !strings.Contains(got, "\tflags owner") {
+		t.Fatalf("after the next daemon's syncs (the table is theirs):\n%s\nwant\n%s", got, want)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "flush", "table", "inet", NftTable).CombinedOutput(); err == nil {
+		t.Fatalf("the next daemon does not own the table: flush worked: %s", out)
+	}
+	netnstest.MustIn(t, ns, func() error { return Cleanup(quiet()) })
+	if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "table", "inet", NftTable).CombinedOutput(); err == nil {
+		t.Fatalf("Cleanup left the table:\n%s", out)
 	}
 }

@@ -236,7 +236,26 @@ type Nftables struct {
 	// last check that found the table intact (0: unknown): any commit by
 	// anyone changes it, so an unchanged one means an unchanged table.
 	gen uint32
+	// sock owns the table and carries every write; tableFlags make it
+	// owned and persistent (nftowner.go). Both zero where the kernel
+	// cannot: then each batch has a socket of its own.
+	sock       *nfSocket
+	tableFlags uint32
 }
+
+// batch is a new batch for this table.
+func (n *Nftables) batch() (*nftBatch, error) {
+	b, err := newNftBatch()
+	if err != nil {
+		return nil, err
+	}
+	b.tableFlags = n.tableFlags
+	return b, nil
+}
+
+// Owned reports whether the table is owned by this process (so `nft
+// flush ruleset` and other processes leave it alone).
+func (n *Nftables) Owned() bool { return n.sock != nil }
 
 // nftGen is the ruleset generation (NFT_MSG_GETGEN).
 func nftGen() (uint32, error) {
@@ -296,7 +315,15 @@ func NewNftables() (*Nftables, error) {
 	if _, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
 		return nil, fmt.Errorf("nftables: list tables: %w", err)
 	}
-	return &Nftables{}, nil
+	sock, err := ownerSocket()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	n := &Nftables{sock: sock}
+	if sock != nil {
+		n.tableFlags = nftTableOwner | nftTablePersist
+	}
+	return n, nil
 }
 
 func (n *Nftables) Name() string { return "nftables (table inet " + NftTable + ")" }
@@ -312,13 +339,21 @@ func (n *Nftables) replaceAll(chains map[string]Chains, hooks map[[2]string][]st
 	}
 	p.carryRecent()
 
-	b, err := newNftBatch()
+	b, err := n.batch()
 	if err != nil {
 		return err
 	}
 	c := b.conn
-	c.AddTable(p.table)
-	c.DelTable(p.table)
+	// Delete the table (with everything in it) if it is there, and make
+	// it anew: anyone may delete an orphaned or unowned table, and the
+	// new one is ours (owned) where the kernel can.
+	lc, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	if _, err := lc.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err == nil {
+		c.DelTable(p.table)
+	}
 	c.AddTable(p.table)
 	for _, s := range p.sets {
 		if err := c.AddSet(s, p.elems[s.Name]); err != nil {
@@ -333,7 +368,7 @@ func (n *Nftables) replaceAll(chains map[string]Chains, hooks map[[2]string][]st
 			return fmt.Errorf("nftables: %w", err)
 		}
 	}
-	if err := b.commit(); err != nil {
+	if err := b.commit(n.sock); err != nil {
 		return fmt.Errorf("nftables: replace table inet %s (%d chains, %d rules, %d sets): %w", NftTable, len(p.chains), len(p.rules), len(p.sets), err)
 	}
 	n.count = p.count
@@ -436,7 +471,8 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 		return false, fmt.Errorf("nftables: %w", err)
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
-	if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet); err != nil {
+	have, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyINet)
+	if err != nil {
 		return false, nil
 	}
 	p, err := buildNft(chains, hooks, sets)
@@ -448,7 +484,14 @@ func (n *Nftables) adopt(keep func(string) bool, chains map[string]Chains, hooks
 	if err != nil || !obs.keeping {
 		return false, err // nothing of owners without a part: a plain full write
 	}
-	if err := writeAdoption(t, p, obs, keep); err != nil {
+	// The table is claimed when a daemon before us left it orphaned
+	// (persistent, owner gone); one made without flags (an older version)
+	// keeps them until the next full write makes it anew.
+	flags := n.tableFlags
+	if now := tableFlagsOf(have); now != flags && now != nftTablePersist {
+		flags = now
+	}
+	if err := n.writeAdoption(t, p, obs, keep, flags); err != nil {
 		return false, err
 	}
 	n.count = obs.count
@@ -541,13 +584,14 @@ func observeNft(c *nftables.Conn, t *nftables.Table, p *nftPlan, keep func(strin
 // or flushed and refilled, each base chain refilled in owner order with
 // the planned hooks and the kernel's rules of owners without a part, and
 // what no owner wants deleted.
-func writeAdoption(t *nftables.Table, p *nftPlan, obs *nftObserved, keep func(string) bool) error {
+func (n *Nftables) writeAdoption(t *nftables.Table, p *nftPlan, obs *nftObserved, keep func(string) bool, tableFlags uint32) error {
 	kept, gone, have, wantSet, count := obs.kept, obs.gone, obs.have, obs.wantSet, obs.count
-	b, err := newNftBatch()
+	b, err := n.batch()
 	if err != nil {
 		return err
 	}
 	w := b.conn
+	b.tableFlags = tableFlags
 	w.AddTable(t)
 	for _, st := range p.sets {
 		if err := w.AddSet(st, nil); err != nil {
@@ -594,13 +638,13 @@ func writeAdoption(t *nftables.Table, p *nftPlan, obs *nftObserved, keep func(st
 		}
 	}
 	for name, ch := range bases {
-		n := 0
+		added := 0
 		for _, o := range owners {
 			if keep(o) {
 				for _, r := range kept[name] {
 					if jumpOwner(r) == o {
 						w.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.Exprs, UserData: r.UserData})
-						n++
+						added++
 					}
 				}
 				continue
@@ -608,11 +652,11 @@ func writeAdoption(t *nftables.Table, p *nftPlan, obs *nftObserved, keep func(st
 			for _, r := range baseRules[name] {
 				if jumpOwner(r) == o {
 					w.AddRule(r)
-					n++
+					added++
 				}
 			}
 		}
-		count[name] = n
+		count[name] = added
 	}
 	for name, rules := range kept {
 		if bases[name] == nil && len(rules) > 0 {
@@ -635,7 +679,7 @@ func writeAdoption(t *nftables.Table, p *nftPlan, obs *nftObserved, keep func(st
 			w.DelSet(st)
 		}
 	}
-	if err := b.commit(); err != nil {
+	if err := b.commit(n.sock); err != nil {
 		return fmt.Errorf("nftables: take over table inet %s: %w", NftTable, err)
 	}
 	return nil
@@ -675,7 +719,7 @@ func (n *Nftables) queueSetChanges(c *nftables.Conn, t *nftables.Table, prev, ne
 // update writes the difference between prev and next in one batch.
 func (n *Nftables) update(prev, next *nftState) error {
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable}
-	b, err := newNftBatch()
+	b, err := n.batch()
 	if err != nil {
 		return err
 	}
@@ -770,7 +814,7 @@ func (n *Nftables) update(prev, next *nftState) error {
 			c.DelSet(&nftables.Set{Table: t, Name: name})
 		}
 	}
-	if err := b.commit(); err != nil {
+	if err := b.commit(n.sock); err != nil {
 		return fmt.Errorf("nftables: update table inet %s: %w", NftTable, err)
 	}
 	n.count = count
@@ -855,8 +899,16 @@ func DeleteNftTable() error {
 		}
 		return fmt.Errorf("nftables: look for table inet %s: %w", NftTable, err)
 	}
-	c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable})
-	if err := c.Flush(); err != nil {
+	b, err := newNftBatch()
+	if err != nil {
+		return err
+	}
+	b.conn.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: NftTable})
+	// Through this process's owning socket if it has one (its own table).
+	if err := b.commit(existingOwner()); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("nftables: delete table inet %s: it is owned by a running warren-appliance; stop it first: %w", NftTable, err)
+		}
 		return fmt.Errorf("nftables: delete table inet %s: %w", NftTable, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -27,6 +28,8 @@ import (
 type nftBatch struct {
 	conn *nftables.Conn
 	msgs []netlink.Message
+	// tableFlags go into every table the batch adds (nftowner.go).
+	tableFlags uint32
 }
 
 // newNftBatch is a Conn whose Flush only collects the batch.
@@ -47,9 +50,10 @@ func (b *nftBatch) collect(req []netlink.Message) ([]netlink.Message, error) {
 	return []netlink.Message{{Header: netlink.Header{Type: netlink.Error}, Data: make([]byte, 4)}}, nil
 }
 
-// commit encodes the queued operations and runs them as one transaction:
-// all of it applies or (on any error) none of it.
-func (b *nftBatch) commit() error {
+// commit encodes the queued operations and runs them as one transaction
+// on sock (nil: a socket of its own): all of it applies or (on any error)
+// none of it.
+func (b *nftBatch) commit(sock *nfSocket) error {
 	b.msgs = nil
 	if err := b.conn.Flush(); err != nil {
 		return err // an encoding error: nothing was sent
@@ -57,21 +61,59 @@ func (b *nftBatch) commit() error {
 	if len(b.msgs) == 0 {
 		return nil
 	}
-	return sendBatch(b.msgs)
+	if b.tableFlags != 0 {
+		if err := withTableFlags(b.msgs, b.tableFlags); err != nil {
+			return err
+		}
+	}
+	if sock == nil {
+		s, err := openNfSocket()
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		sock = s
+	}
+	return sock.send(b.msgs)
 }
 
-// sendBatch sends msgs (BATCH_BEGIN ... BATCH_END) on a netfilter socket
-// of its own and waits for the last message's acknowledgement or the
-// first error (the kernel then aborts the whole transaction).
-func sendBatch(msgs []netlink.Message) error {
+// nfSocket is a netfilter netlink socket of ours: batches go out on it
+// and their answers come back on it. With table ownership one lives as
+// long as the process (nftowner.go).
+type nfSocket struct {
+	mu  sync.Mutex
+	fd  int
+	seq uint32
+}
+
+func openNfSocket() (*nfSocket, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
-		return fmt.Errorf("netfilter socket: %w", err)
+		return nil, fmt.Errorf("netfilter socket: %w", err)
 	}
-	defer unix.Close(fd)
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("bind netfilter socket: %w", err)
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind netfilter socket: %w", err)
 	}
+	// NETLINK_CAP_ACK: an error answer does not echo the failed message.
+	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
+	// A kernel that never answers must not hang the sync forever.
+	tv := unix.NsecToTimeval(int64(10 * time.Second))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netfilter socket timeout: %w", err)
+	}
+	return &nfSocket{fd: fd, seq: uint32(time.Now().UnixNano())}, nil
+}
+
+func (s *nfSocket) close() { unix.Close(s.fd) }
+
+// send sends msgs (BATCH_BEGIN ... BATCH_END) and waits for the last
+// message's acknowledgement or the first error (the kernel then aborts
+// the whole transaction).
+func (s *nfSocket) send(msgs []netlink.Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	// Only the last message that asks for an answer keeps asking: the
 	// kernel answers errors whatever the flags, in the order it met them,
 	// and the last acknowledgement comes after all of them. One answer
@@ -85,7 +127,8 @@ func sendBatch(msgs []netlink.Message) error {
 	}
 	var buf []byte
 	acks := map[uint32]int{} // sequence number -> index of the message
-	seq := uint32(time.Now().UnixNano())
+	seq := s.seq
+	s.seq += uint32(len(msgs))
 	for i := range msgs {
 		m := msgs[i]
 		m.Header.Sequence, m.Header.PID = seq+uint32(i), 0
@@ -103,23 +146,16 @@ func sendBatch(msgs []netlink.Message) error {
 	// The send buffer must hold the whole batch, the receive buffer the
 	// answers the kernel queues while it runs the batch inside sendmsg.
 	// SO_*BUFFORCE passes the sysctl caps (root, as writing rules is).
-	// NETLINK_CAP_ACK: an error answer does not echo the failed message.
 	size := len(buf) + 1<<20
 	for _, o := range [][2]int{{unix.SOL_SOCKET, unix.SO_SNDBUFFORCE}, {unix.SOL_SOCKET, unix.SO_RCVBUFFORCE}} {
-		if err := unix.SetsockoptInt(fd, o[0], o[1], size); err != nil {
+		if err := unix.SetsockoptInt(s.fd, o[0], o[1], size); err != nil {
 			return fmt.Errorf("netfilter socket buffers of %d bytes: %w", size, err)
 		}
 	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
-	// A kernel that never answers must not hang the sync forever.
-	tv := unix.NsecToTimeval(int64(10 * time.Second))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return fmt.Errorf("netfilter socket timeout: %w", err)
-	}
-	if err := unix.Sendto(fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(s.fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send batch of %d messages: %w", len(msgs), err)
 	}
-	return readAnswers(fd, acks, msgs, seq)
+	return readAnswers(s.fd, acks, msgs, seq)
 }
 
 // readAnswers reads until every message in acks is answered; the first
@@ -149,12 +185,11 @@ func readAnswers(fd int, acks map[uint32]int, msgs []netlink.Message, seq0 uint3
 				continue
 			}
 			i := int(m.Header.Sequence - seq0)
+			if i < 0 || i >= len(msgs) {
+				continue // an answer to an earlier batch that failed early
+			}
 			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-				what := "the batch"
-				if i >= 0 && i < len(msgs) {
-					what = fmt.Sprintf("message %d of %d (%s)", i, len(msgs), nftMsgName(msgs[i]))
-				}
-				return fmt.Errorf("%s: %w", what, unix.Errno(-code))
+				return fmt.Errorf("message %d of %d (%s): %w", i, len(msgs), nftMsgName(msgs[i]), unix.Errno(-code))
 			}
 			delete(acks, m.Header.Sequence)
 		}
