@@ -84,23 +84,32 @@ func policyMap() *clustermap.Map {
 	}
 }
 
+// fakeEngineNode is a node whose per-map engine runs the real policy
+// applier over the firewall fake, with fake tasks and NAT that note when
+// they run (in tasks.log).
+func fakeEngineNode(t *testing.T) (*node, *hostfw.Fake, *fakeTasks, *fakeNAT) {
+	f := hostfw.NewFake()
+	fw := hostfw.NewSyncer(f, nil)
+	log := &[]string{}
+	n := quietNode()
+	n.fw = fw
+	n.pol = recordingPolicies{netpolicy.NewApplier(fw), log}
+	tasks := &fakeTasks{t: t, fw: f, log: log}
+	natFake := &fakeNAT{log: log}
+	n.tasks, n.nat = tasks, natFake
+	return n, f, tasks, natFake
+}
+
 // The per-map engine applies policies, then tasks, then the service
 // rules: a task starts with its address in its policy sets, and its
 // endpoint gets VIP traffic only once it is set up.
 func TestApplyOrderPoliciesTasksNAT(t *testing.T) {
-	f := hostfw.NewFake()
-	fw := hostfw.NewSyncer(f, nil)
-	var log []string
-	n := quietNode()
-	n.fw = fw
-	n.pol = recordingPolicies{netpolicy.NewApplier(fw), &log}
-	n.tasks = &fakeTasks{t: t, fw: f, log: &log}
-	natFake := &fakeNAT{log: &log}
-	n.nat = natFake
+	n, f, tasks, natFake := fakeEngineNode(t)
+	log := tasks.log
 
 	m := policyMap()
 	n.applyRules(m, []orchestrate.TaskSpec{{Name: "api-1", Service: "api", IP: netip.MustParseAddr("10.0.1.2")}})
-	if want := []string{"policies", "tasks", "nat"}; !slices.Equal(log, want) {
+	if want := []string{"policies", "tasks", "nat"}; !slices.Equal(*log, want) {
 		t.Fatalf("apply order %v, want %v", log, want)
 	}
 	if len(natFake.services) != 1 || natFake.services[0].Name != "api" {
@@ -116,15 +125,8 @@ func TestApplyOrderPoliciesTasksNAT(t *testing.T) {
 // its VIP) while the tasks it runs keep going; the map is applied again
 // shortly, and once the policies are in, the held task starts.
 func TestPolicyFailureHoldsNewTasks(t *testing.T) {
-	f := hostfw.NewFake()
-	fw := hostfw.NewSyncer(f, nil)
-	var log []string
-	n := quietNode()
-	n.fw = fw
-	n.pol = recordingPolicies{netpolicy.NewApplier(fw), &log}
-	tasks := &fakeTasks{t: t, fw: f, log: &log, known: []orchestrate.TaskStatus{{Name: "api-1"}}}
-	n.tasks = tasks
-	n.nat = &fakeNAT{log: &log}
+	n, f, tasks, _ := fakeEngineNode(t)
+	tasks.known = []orchestrate.TaskStatus{{Name: "api-1"}}
 	m := policyMap()
 	m.Tasks = append(m.Tasks, clustermap.Task{Name: "api-2", Service: "api", NodeID: "n1", IP: netip.MustParseAddr("10.0.1.3"),
 		DesiredState: clustermap.TaskRunning})
