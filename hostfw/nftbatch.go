@@ -125,7 +125,11 @@ func (s *nfSocket) send(msgs []netlink.Message) error {
 			last = i
 		}
 	}
-	var buf []byte
+	size := 0
+	for _, m := range msgs {
+		size += nlAlign(unix.NLMSG_HDRLEN + len(m.Data))
+	}
+	buf := make([]byte, 0, size)
 	acks := map[uint32]int{} // sequence number -> index of the message
 	seq := s.seq
 	s.seq += uint32(len(msgs))
@@ -146,7 +150,7 @@ func (s *nfSocket) send(msgs []netlink.Message) error {
 	// The send buffer must hold the whole batch, the receive buffer the
 	// answers the kernel queues while it runs the batch inside sendmsg.
 	// SO_*BUFFORCE passes the sysctl caps (root, as writing rules is).
-	size := len(buf) + 1<<20
+	size = len(buf) + 1<<20
 	for _, o := range [][2]int{{unix.SOL_SOCKET, unix.SO_SNDBUFFORCE}, {unix.SOL_SOCKET, unix.SO_RCVBUFFORCE}} {
 		if err := unix.SetsockoptInt(s.fd, o[0], o[1], size); err != nil {
 			return fmt.Errorf("netfilter socket buffers of %d bytes: %w", size, err)

@@ -161,7 +161,7 @@ func (c *nftCtx) vipMap(run []vipJump, id uint32) nftOut {
 // destAddr is a rule's exact destination and the rule's other arguments
 // but its comment (ok false: no single exact destination).
 func destAddr(a []string) (rest []string, addr [4]byte, comment string, ok bool) {
-	var keep []string
+	keep := make([]string, 0, len(a))
 	found := false
 	for i := 0; i < len(a); i++ {
 		switch {

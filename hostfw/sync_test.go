@@ -374,3 +374,18 @@ func TestPartsStayInTheirNamespace(t *testing.T) {
 		}
 	}
 }
+
+func TestSplitArgs(t *testing.T) {
+	for rule, want := range map[string][]string{
+		`-d 10.1.0.5/32 -j REJECT`:                        {"-d", "10.1.0.5/32", "-j", "REJECT"},
+		`  -m comment --comment "web has no ports"  -j X`: {"-m", "comment", "--comment", "web has no ports", "-j", "X"},
+		`--comment "a \"quoted\" \\ word" -j X`:           {"--comment", `a "quoted" \ word`, "-j", "X"},
+		`--comment "" -j X`:                               {"--comment", "", "-j", "X"},
+		`a"b c"d e\f`:                                     {"ab cd", `e\f`},
+		``:                                                {},
+	} {
+		if got := splitArgs(rule); !slices.Equal(got, want) {
+			t.Errorf("splitArgs(%q) = %q, want %q", rule, got, want)
+		}
+	}
+}

@@ -145,30 +145,36 @@ func hookKey(rule string) (target, comment string) {
 
 // splitArgs splits a rule into arguments, honouring double quotes.
 func splitArgs(rule string) []string {
-	var out []string
-	var cur strings.Builder
-	quoted, have := false, false
-	for i := 0; i < len(rule); i++ {
-		c := rule[i]
-		switch {
-		case c == '\\' && quoted && i+1 < len(rule):
+	out := make([]string, 0, 16)
+	for i := 0; i < len(rule); {
+		if rule[i] == ' ' {
 			i++
-			cur.WriteByte(rule[i])
-		case c == '"':
-			quoted = !quoted
-			have = true
-		case c == ' ' && !quoted:
-			if have {
-				out = append(out, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteByte(c)
-			have = true
+			continue
 		}
-	}
-	if have {
+		// A plain argument is a slice of the rule (no copy); one with
+		// quotes or escapes is built.
+		end := i
+		for end < len(rule) && rule[end] != ' ' && rule[end] != '"' {
+			end++
+		}
+		if end == len(rule) || rule[end] == ' ' {
+			out = append(out, rule[i:end])
+			i = end
+			continue
+		}
+		var cur strings.Builder
+		quoted := false
+		for ; i < len(rule) && (quoted || rule[i] != ' '); i++ {
+			switch c := rule[i]; {
+			case c == '\\' && quoted && i+1 < len(rule):
+				i++
+				cur.WriteByte(rule[i])
+			case c == '"':
+				quoted = !quoted
+			default:
+				cur.WriteByte(c)
+			}
+		}
 		out = append(out, cur.String())
 	}
 	return out
