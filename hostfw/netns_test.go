@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -453,6 +454,18 @@ func TestKernelNftablesOwnedTable(t *testing.T) {
 	if got := listTable(); got != want {
 		t.Fatalf("another process changed the owned table:\n%s\nwant\n%s", got, want)
 	}
+	// `warren-appliance --cleanup` while the daemon runs: another
+	// process's DeleteNftTable says what to do.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns, self, "-test.run=^TestDeleteNftTableFromAnotherProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), "WARREN_HOSTFW_DELETE_HELPER=1")
+	out, _ := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "owned by a running warren-appliance; stop it first") {
+		t.Fatalf("DeleteNftTable from another process while the owner runs:\n%s", out)
+	}
 
 	// The daemon exits: the table stays. The next one starts with only
 	// the nat part (the others' rules are kept, the table claimed), then
@@ -487,4 +500,13 @@ func TestKernelNftablesOwnedTable(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "table", "inet", NftTable).CombinedOutput(); err == nil {
 		t.Fatalf("Cleanup left the table:\n%s", out)
 	}
+}
+
+// TestDeleteNftTableFromAnotherProcess is TestKernelNftablesOwnedTable's
+// other process (it does nothing on its own).
+func TestDeleteNftTableFromAnotherProcess(t *testing.T) {
+	if os.Getenv("WARREN_HOSTFW_DELETE_HELPER") == "" {
+		t.Skip("run by TestKernelNftablesOwnedTable")
+	}
+	t.Logf("DeleteNftTable: %v", DeleteNftTable())
 }
