@@ -255,6 +255,19 @@ func normalNft(out string) string {
 	return strings.Join(blocks, "\n--\n")
 }
 
+// dropEmptyChains is a normalNft listing without its empty regular
+// chains.
+func dropEmptyChains(normal string) string {
+	var keep []string
+	for _, b := range strings.Split(normal, "\n--\n") {
+		if lines := strings.Split(b, "\n"); len(lines) == 2 && strings.HasSuffix(lines[0], "{") && strings.TrimSpace(lines[1]) == "}" {
+			continue // "NAME {" and "}": an empty regular chain
+		}
+		keep = append(keep, b)
+	}
+	return strings.Join(keep, "\n--\n")
+}
+
 // Incremental nftables syncs (a chain added, changed, removed; set
 // members changed; a set and its owner removed; a hook removed) leave
 // the table exactly as a full rewrite of the same parts does.
@@ -278,11 +291,23 @@ func TestKernelNftablesIncremental(t *testing.T) {
 			{OwnerPolicy, policyPart("10.0.1.6/32", "10.0.2.0/24")},
 			{OwnerNAT, natPart()},
 		}
+		// A chain an incremental sync no longer wants is emptied at once
+		// and deleted by the canary's next slow check (DeleteStale): after
+		// that check the table is what a full write makes.
+		defer func(age time.Duration) { staleChainAge = age }(staleChainAge)
+		staleChainAge = 0
 		for i, st := range steps {
 			if err := s.SetPart(st.owner, st.part); err != nil {
 				return fmt.Errorf("step %d: %w", i, err)
 			}
+			emptied := list()
+			if repaired, err := s.Check(true); err != nil || repaired {
+				return fmt.Errorf("step %d: the slow check after an incremental sync: %v %v", i, repaired, err)
+			}
 			got := list()
+			if dropEmptyChains(emptied) != dropEmptyChains(got) {
+				return fmt.Errorf("step %d (%s): the slow check changed more than emptied chains:\n%s\nto\n%s", i, st.owner, emptied, got)
+			}
 			if err := s.Sync(true); err != nil {
 				return err
 			}

@@ -474,6 +474,10 @@ func (s *Syncer) Check(slow bool) (bool, error) {
 		}
 		if !intact {
 			broken = "table inet " + NftTable
+		} else if d, ok := w.(interface{ DeleteStale() error }); ok && slow {
+			if err := d.DeleteStale(); err != nil {
+				s.log.Warn("deleting emptied nftables chains", "err", err)
+			}
 		}
 		hooks = nil
 	}

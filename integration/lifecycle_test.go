@@ -84,8 +84,10 @@ var nftVolatile = regexp.MustCompile(` *(counter packets \d+ bytes \d+|# handle 
 // nftRules is `nft list table inet warren` on n, normalised: without
 // nftVolatile, and its sets, maps and chains sorted by name (a sync that
 // adds a chain appends it to the listing, one that rewrites the table
-// lists them in its own order; the order means nothing to the kernel).
-// An error when the table is missing.
+// lists them in its own order; the order means nothing to the kernel),
+// without empty chains (a chain a sync no longer wants is emptied at once
+// and deleted within about 15 s; an empty chain means nothing to a
+// packet). An error when the table is missing.
 func nftRules(ctx context.Context, n *lab.Node) (string, error) {
 	out, err := n.Exec(ctx, "nft", "list", "table", "inet", hostfw.NftTable)
 	if err != nil {
@@ -99,7 +101,9 @@ func nftRules(ctx context.Context, n *lab.Node) (string, error) {
 			continue
 		case strings.HasPrefix(line, "\t}"):
 			cur.WriteString(line + "\n")
-			blocks = append(blocks, cur.String())
+			if b := cur.String(); !strings.HasPrefix(b, "\tchain ") || strings.Count(b, "\n") > 2 {
+				blocks = append(blocks, b)
+			}
 			cur.Reset()
 		default:
 			cur.WriteString(line + "\n")
