@@ -507,7 +507,15 @@ func (s *Syncer) Check(slow bool) (bool, error) {
 		}
 	}
 	if broken == "" && slow {
-		broken = s.bridgeBroken()
+		if b := s.bridgeBroken(); b != "" {
+			// The bridge chain is a table of its own (ebtables): write it
+			// again alone. A full sync would rewrite warren's other
+			// tables too; with nftables that replaces every chain, and
+			// the kernel swaps chains one by one: a packet could pass
+			// between an emptied old chain and a not yet filled new one.
+			s.log.Warn("warren's rules were changed by someone else; restoring them", "chain", b)
+			return true, s.syncBridge(true)
+		}
 	}
 	if broken == "" {
 		return false, nil
