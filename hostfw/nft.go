@@ -133,15 +133,14 @@ func buildNft(chains map[string]Chains, hooks map[[2]string][]string, sets []Set
 		p.sets = append(p.sets, s)
 	}
 	newID := func() uint32 { id++; return id }
-	add := func(ctx *nftCtx, ch *nftables.Chain, rules []string, ipv4Only bool) error {
+	add := func(ctx *nftCtx, ch *nftables.Chain, rules []string, base bool) error {
 		outs, err := ctx.chainRules(rules, newID)
 		if err != nil {
 			return fmt.Errorf("%s: %w", ch.Name, err)
 		}
 		for _, o := range outs {
-			if ipv4Only {
-				o.exprs = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, o.exprs...)
+			if base { // base chains: IPv4 only, as iptables
+				o.exprs = ipv4Only(o.exprs)
 			}
 			p.rules = append(p.rules, nftPlanRule{chain: ch, nftOut: o})
 		}
@@ -782,8 +781,7 @@ func (n *Nftables) update(prev, next *nftState, diff chainDiff) error {
 		}
 		for _, o := range outs {
 			if base {
-				o.exprs = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, o.exprs...)
+				o.exprs = ipv4Only(o.exprs)
 			}
 			if err := addOut(c, t, ch, o); err != nil {
 				return fmt.Errorf("nftables: %w", err)

@@ -138,8 +138,7 @@ func (c *nftCtx) translateArgs(rule string, args []string) ([]expr.Any, []byte, 
 		if pl, ok := e.(*expr.Payload); ok && pl.Base == expr.PayloadBaseNetworkHeader {
 			// The IPv4 header, in an inet table: say so first, as nft does
 			// (and `nft list` then prints "ip saddr", not "@nh,96,32").
-			ex = append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
+			ex = ipv4Only(ex)
 			break
 		}
 	}
@@ -148,6 +147,14 @@ func (c *nftCtx) translateArgs(rule string, args []string) ([]expr.Any, []byte, 
 		ud = userdata.AppendString(nil, userdata.TypeComment, t.comment)
 	}
 	return ex, ud, nil
+}
+
+// ipv4Only is ex behind `meta nfproto ipv4`: in an inet table the
+// IPv4 header's fields mean something only for IPv4 packets (and with it
+// `nft list` prints "ip saddr", not "@nh,96,32").
+func ipv4Only(ex []expr.Any) []expr.Any {
+	return append([]expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}, ex...)
 }
 
 // ruleTranslation is one rule's translation under way: its arguments,

@@ -145,16 +145,14 @@ func (c *nftCtx) vipMap(run []vipJump, id uint32) nftOut {
 		elems = append(elems, nftables.SetElement{Key: j.key[:], Comment: j.comment,
 			VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: nftChainName(c.family, j.target)}})
 	}
-	ex := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	ex := ipv4Only([]expr.Any{
 		// The key fills three 32-bit registers: NFT_REG32_00 (daddr, the
 		// first word of register 1), _01 and _02.
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: unix.NFT_REG32_01},
 		&expr.Payload{DestRegister: unix.NFT_REG32_02, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: id, IsDestRegSet: true, DestRegister: unix.NFT_REG_VERDICT},
-	}
+	})
 	return nftOut{exprs: ex, set: set, elems: elems}
 }
 
@@ -210,12 +208,10 @@ func (c *nftCtx) addrSetRule(rest []string, addrs []nftables.SetElement, id uint
 		return nftOut{}, err
 	}
 	set := &nftables.Set{Table: c.table, Name: "__set%d", ID: id, Anonymous: true, Constant: true, KeyType: nftables.TypeIPAddr}
-	match := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	match := ipv4Only([]expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: id},
-	}
+	})
 	return nftOut{exprs: append(match, ex...), userData: ud, set: set, elems: addrs}, nil
 }
 
