@@ -57,6 +57,11 @@ func Run(ctx context.Context, cfg *configs.Loaded) error {
 	limitSet := tunnel.SetMemoryLimitUnlessSet(memoryPlan.GoLimit)
 	log.Info("memory bound", "board_mib", memoryPlan.Board>>20, "go_limit_mib", memoryPlan.GoLimit>>20,
 		"go_limit_from", map[bool]string{true: "board", false: "GOMEMLIMIT"}[limitSet], "tunnel_queued_packets", memoryPlan.QueuedPackets)
+	// One thread for Go code on a board of two cores or fewer, where
+	// wireguard-go's hand-offs between threads cost more than they give
+	// (tunnel.PlanGoThreads); GOMAXPROCS in the environment overrides.
+	threads, planned := tunnel.SetGoThreadsUnlessSet()
+	log.Info("go threads", "gomaxprocs", threads, "from", map[bool]string{true: "board", false: "GOMAXPROCS"}[planned])
 	servePprof(log)
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)

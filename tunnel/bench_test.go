@@ -41,6 +41,7 @@ type pathFigures struct {
 //	appliance-limit-only budget off, 64 MiB limit: what the budget buys
 //	wireguard-go         two standalone upstream wireguard-go processes
 //
+// Every appliance setup runs with the daemon's thread plan (PlanGoThreads).
 // It reports the appliance's figures as ratios to wireguard-go's, and its
 // throughput as a ratio to the unbounded run (the cost of the bound).
 func BenchmarkTunnelVsWireGuardGo(b *testing.B) {
@@ -53,6 +54,7 @@ func BenchmarkTunnelVsWireGuardGo(b *testing.B) {
 		return func(tp *topo, ca, cb helperConfig) (int, int) {
 			adjust(&ca)
 			adjust(&cb)
+			ca.DaemonThreads, cb.DaemonThreads = true, true
 			return startNode(b, tp.a, ca).pid(), startNode(b, tp.b, cb).pid()
 		}
 	}

@@ -13,5 +13,7 @@
 // packets it holds per direction (Config.QueuedPackets). For the RSS figures
 // in BENCHMARKS.md the process also needs a Go memory limit: main takes both
 // from PlanMemory(BoardMemory()) and calls SetMemoryLimitUnlessSet (GOMEMLIMIT
-// overrides). The bind works around the Linux 7.0-7.1.4 UDP GSO bug (gso.go).
+// overrides). On a board of two cores or fewer main also runs Go on one
+// thread (SetGoThreadsUnlessSet, cpuplan.go; GOMAXPROCS overrides). The bind
+// works around the Linux 7.0-7.1.4 UDP GSO bug (gso.go).
 package tunnel

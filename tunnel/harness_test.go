@@ -172,6 +172,9 @@ type helperConfig struct {
 	QueuedPackets  int    // Config.QueuedPackets (0: its default)
 	CPUProfile     string // write a CPU profile of the process here until it closes
 	StdBind        bool   // Config.stdBind: wireguard-go's StdNetBind instead of ours
+	// DaemonThreads applies the daemon's thread plan (SetGoThreadsUnlessSet)
+	// in the device process.
+	DaemonThreads bool
 	// Config.NetstackQueuedPackets, Config.NetstackTCPBuffer
 	NetstackQueuedPackets, NetstackTCPBuffer int
 }
@@ -231,6 +234,9 @@ func helperMain(raw string) int {
 	cfg.NetstackQueuedPackets, cfg.NetstackTCPBuffer = hc.NetstackQueuedPackets, hc.NetstackTCPBuffer
 	if hc.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(hc.MemoryLimitMiB << 20)
+	}
+	if hc.DaemonThreads {
+		SetGoThreadsUnlessSet()
 	}
 	if hc.CPUProfile != "" {
 		if f, err := os.Create(hc.CPUProfile); err == nil {

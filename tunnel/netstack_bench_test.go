@@ -37,6 +37,7 @@ func BenchmarkNetstackForwardVsTUN(b *testing.B) {
 		b.Setenv(netstackOffEnv, off)
 		tp := newTopo(b)
 		ca, cb := tp.pairConfigs(b, modeA, ModeTUN)
+		ca.DaemonThreads, cb.DaemonThreads = true, true
 		if !strings.Contains(off, "memlimit") {
 			board, _ := BoardMemory()
 			plan := PlanMemory(board)
