@@ -12,6 +12,7 @@ import (
 
 	"github.com/warren-appliance/warren/cluster/agent"
 	"github.com/warren-appliance/warren/cluster/api"
+	"github.com/warren-appliance/warren/cluster/clustermap"
 	"github.com/warren-appliance/warren/cluster/internal/clustertest"
 )
 
@@ -95,5 +96,44 @@ func TestSlowUnauthenticatedConnectionsAreDropped(t *testing.T) {
 	}
 	if got := len(tm.m.Map().Nodes); got != 2 {
 		t.Fatalf("map has %d nodes", got)
+	}
+}
+
+// make bench's 100-node join to one manager gave up: 96 nodes joined and
+// the last 4 were refused for a minute, as were the others' watch
+// connections. Every node joins and then watches the map; more nodes than
+// one source address has slots (32, and 64 more once members have
+// authenticated from it) join one after another from 127.0.0.1.
+func TestManyNodesJoinAndWatchFromOneAddress(t *testing.T) {
+	tm := &testManager{t: t, dir: t.TempDir(), addr: "127.0.0.1:0"}
+	tm.cfg = ManagerConfig{
+		StateDir:  tm.dir,
+		Node:      NodeInfo{Name: "manager-1", Endpoint: mustAddrPort("192.0.2.1:51820"), PublicKey: clustertest.WGKey(t)},
+		DownAfter: time.Hour, Logger: clustertest.Logger(t),
+	}
+	tm.start()
+	t.Cleanup(tm.stop)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	const nodes = maxUnauthConnsPerBucket + keptForKnown + 8
+	for i := range nodes {
+		jctx, jcancel := context.WithTimeout(ctx, 20*time.Second)
+		a, err := agent.Join(jctx, agentConfig(t, tm, fmt.Sprintf("worker-%d", i)))
+		jcancel()
+		if err != nil {
+			t.Fatalf("join %d of %d: %v", i+1, nodes, err)
+		}
+		got := make(chan struct{})
+		var once sync.Once
+		go a.Watch(ctx, func(*clustermap.Map) { once.Do(func() { close(got) }) })
+		select {
+		case <-got:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("node %d of %d got no map from its watch in 20 s", i+1, nodes)
+		}
+	}
+	if got, want := len(tm.m.Map().Nodes), nodes+1; got != want {
+		t.Fatalf("map has %d nodes, want %d", got, want)
 	}
 }

@@ -192,6 +192,12 @@ func (m *Manager) authenticateCerts(peer []*x509.Certificate, allowExpired bool)
 }
 
 func (m *Manager) handleJoin(w http.ResponseWriter, r *http.Request) {
+	// A join never authenticates its connection (the node has no
+	// certificate yet), so kept alive it would hold one of its source's
+	// unauthenticated slots until the idle timeout: after 96 joins from
+	// one address every new connection from there was refused. A node
+	// joins once; close the connection after the answer.
+	w.Header().Set("Connection", "close")
 	if m.followerForwards(w, r) {
 		return
 	}
