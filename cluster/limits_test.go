@@ -105,15 +105,7 @@ func TestSlowUnauthenticatedConnectionsAreDropped(t *testing.T) {
 // one source address has slots (32, and 64 more once members have
 // authenticated from it) join one after another from 127.0.0.1.
 func TestManyNodesJoinAndWatchFromOneAddress(t *testing.T) {
-	tm := &testManager{t: t, dir: t.TempDir(), addr: "127.0.0.1:0"}
-	tm.cfg = ManagerConfig{
-		StateDir:  tm.dir,
-		Node:      NodeInfo{Name: "manager-1", Endpoint: mustAddrPort("192.0.2.1:51820"), PublicKey: clustertest.WGKey(t)},
-		DownAfter: time.Hour, Logger: clustertest.Logger(t),
-	}
-	tm.start()
-	t.Cleanup(tm.stop)
-
+	tm := startManager(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	const nodes = maxUnauthConnsPerBucket + keptForKnown + 8
