@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/warren-appliance/warren/integration/lab"
+	"github.com/warren-appliance/warren/tunnel"
 )
 
 // procStatusKiB reads a field (VmRSS, VmHWM) of /proc/PID/status in KiB.
@@ -68,6 +70,13 @@ func TestDaemonRSSAfterTunnelLoad(t *testing.T) {
 		t.Logf("%s: RSS idle %.1f MiB, %s", n.Name, float64(idle[n.Name])/1024, f)
 		if f.hwm > 64*1024 {
 			t.Errorf("%s: warren-appliance peaked at %.1f MiB, over the 64 MiB ceiling", n.Name, float64(f.hwm)/1024)
+		}
+		// It ran Go on the threads its plan gives this machine's cores.
+		if os.Getenv("GOMAXPROCS") == "" {
+			want := fmt.Sprintf(`msg="go threads" gomaxprocs=%d from=board`, tunnel.PlanGoThreads(runtime.GOMAXPROCS(0)))
+			if !strings.Contains(n.Logs(), want) {
+				t.Errorf("%s: no %q in the daemon's log", n.Name, want)
+			}
 		}
 	}
 }
