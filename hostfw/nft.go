@@ -758,47 +758,84 @@ func (n *Nftables) update(prev, next *nftState, diff chainDiff) error {
 	if err != nil {
 		return err
 	}
-	c := b.conn
-	count := maps.Clone(n.count)
-	sets, err := n.queueSetChanges(c, t, prev, next)
+	sets, err := n.queueSetChanges(b.conn, t, prev, next)
 	if err != nil {
 		return err
 	}
-	var gone []*nftables.Chain
-	var emptied []string
-	// Regular chains: declare the new ones first (a jump needs its target).
-	for _, k := range diff.added {
-		c.AddChain(&nftables.Chain{Table: t, Name: nftChainName(k[0], k[1])})
+	u := &nftUpdate{n: n, c: b.conn, t: t, sets: sets, count: maps.Clone(n.count)}
+	emptied, err := u.queueRegularChains(prev, next, diff)
+	if err != nil {
+		return err
 	}
-	newID := func() uint32 { n.setIDs++; return n.setIDs }
-	refill := func(ctx *nftCtx, ch *nftables.Chain, rules []string, flush, base bool) error {
-		if flush {
-			c.FlushChain(ch)
-		}
-		outs, err := ctx.chainRules(rules, newID)
-		if err != nil {
-			return fmt.Errorf("%s: %w", ch.Name, err)
-		}
-		for _, o := range outs {
-			if base {
-				o.exprs = ipv4Only(o.exprs)
-			}
-			if err := addOut(c, t, ch, o); err != nil {
-				return fmt.Errorf("nftables: %w", err)
-			}
-		}
-		count[ch.Name] = len(outs)
-		return nil
+	if err := u.queueBaseChains(prev, next); err != nil {
+		return err
 	}
-	ctxs := map[string]*nftCtx{}
+	for name := range prev.sets {
+		if _, keep := next.sets[name]; !keep {
+			b.conn.DelSet(&nftables.Set{Table: t, Name: name})
+		}
+	}
+	if err := b.commit(n.sock); err != nil {
+		return fmt.Errorf("nftables: update table inet %s: %w", NftTable, err)
+	}
+	n.count = u.count
+	for _, name := range emptied {
+		n.stale[name] = time.Now()
+	}
 	for _, tbl := range tables {
-		ctxs[tbl] = &nftCtx{table: t, sets: sets, family: tbl}
+		for ch := range next.chains[tbl] {
+			delete(n.stale, nftChainName(tbl, ch)) // in use again
+		}
+	}
+	n.noteGen()
+	return nil
+}
+
+// nftUpdate is one update's batch being queued: the sets rules may name,
+// and the rule count per chain as it will be once the batch commits.
+type nftUpdate struct {
+	n     *Nftables
+	c     *nftables.Conn
+	t     *nftables.Table
+	sets  map[string]*nftables.Set
+	count map[string]int
+}
+
+// refill queues a chain's rules (after flushing it when it had some); base
+// chains' rules see IPv4 only.
+func (u *nftUpdate) refill(family string, ch *nftables.Chain, rules []string, flush, base bool) error {
+	if flush {
+		u.c.FlushChain(ch)
+	}
+	ctx := &nftCtx{table: u.t, sets: u.sets, family: family}
+	outs, err := ctx.chainRules(rules, func() uint32 { u.n.setIDs++; return u.n.setIDs })
+	if err != nil {
+		return fmt.Errorf("%s: %w", ch.Name, err)
+	}
+	for _, o := range outs {
+		if base {
+			o.exprs = ipv4Only(o.exprs)
+		}
+		if err := addOut(u.c, u.t, ch, o); err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+	}
+	u.count[ch.Name] = len(outs)
+	return nil
+}
+
+// queueRegularChains queues the added, changed and removed regular chains
+// and returns the names of those it emptied.
+func (u *nftUpdate) queueRegularChains(prev, next *nftState, diff chainDiff) (emptied []string, err error) {
+	// Declare the new ones first (a jump needs its target).
+	for _, k := range diff.added {
+		u.c.AddChain(&nftables.Chain{Table: u.t, Name: nftChainName(k[0], k[1])})
 	}
 	for _, keys := range [][][2]string{diff.added, diff.changed} {
 		for _, k := range keys {
 			_, had := prev.chains[k[0]][k[1]]
-			if err := refill(ctxs[k[0]], &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1])}, next.chains[k[0]][k[1]], had, false); err != nil {
-				return err
+			if err := u.refill(k[0], &nftables.Chain{Table: u.t, Name: nftChainName(k[0], k[1])}, next.chains[k[0]][k[1]], had, false); err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -808,11 +845,16 @@ func (n *Nftables) update(prev, next *nftState, diff chainDiff) error {
 		// period (8-16 ms here), so a moved endpoint would pay it each
 		// time (kube-proxy's nftables mode defers it too).
 		name := nftChainName(k[0], k[1])
-		c.FlushChain(&nftables.Chain{Table: t, Name: name})
-		count[name] = 0
+		u.c.FlushChain(&nftables.Chain{Table: u.t, Name: name})
+		u.count[name] = 0
 		emptied = append(emptied, name)
 	}
-	// Base chains: the hooks.
+	return emptied, nil
+}
+
+// queueBaseChains queues the hooks' base chains whose rules changed, and
+// deletes those no longer hooked.
+func (u *nftUpdate) queueBaseChains(prev, next *nftState) error {
 	for k, rules := range next.hooks {
 		old, had := prev.hooks[k]
 		if had && slices.Equal(old, rules) {
@@ -824,43 +866,22 @@ func (n *Nftables) update(prev, next *nftState, diff chainDiff) error {
 		}
 		prio := nftables.ChainPriority(b.prio)
 		accept := nftables.ChainPolicyAccept
-		ch := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1]), Type: b.typ, Hooknum: b.hook, Priority: &prio, Policy: &accept}
+		ch := &nftables.Chain{Table: u.t, Name: nftChainName(k[0], k[1]), Type: b.typ, Hooknum: b.hook, Priority: &prio, Policy: &accept}
 		if !had {
-			c.AddChain(ch)
+			u.c.AddChain(ch)
 		}
-		if err := refill(&nftCtx{table: t, sets: sets, family: k[0]}, ch, rules, had, true); err != nil {
+		if err := u.refill(k[0], ch, rules, had, true); err != nil {
 			return err
 		}
 	}
 	for k := range prev.hooks {
 		if _, keep := next.hooks[k]; !keep {
-			nc := &nftables.Chain{Table: t, Name: nftChainName(k[0], k[1])}
-			c.FlushChain(nc)
-			gone = append(gone, nc)
+			ch := &nftables.Chain{Table: u.t, Name: nftChainName(k[0], k[1])}
+			u.c.FlushChain(ch)
+			u.c.DelChain(ch)
+			delete(u.count, ch.Name)
 		}
 	}
-	for _, ch := range gone {
-		c.DelChain(ch)
-		delete(count, ch.Name)
-	}
-	for name := range prev.sets {
-		if _, keep := next.sets[name]; !keep {
-			c.DelSet(&nftables.Set{Table: t, Name: name})
-		}
-	}
-	if err := b.commit(n.sock); err != nil {
-		return fmt.Errorf("nftables: update table inet %s: %w", NftTable, err)
-	}
-	n.count = count
-	for _, name := range emptied {
-		n.stale[name] = time.Now()
-	}
-	for _, tbl := range tables {
-		for ch := range next.chains[tbl] {
-			delete(n.stale, nftChainName(tbl, ch)) // in use again
-		}
-	}
-	n.noteGen()
 	return nil
 }
 
