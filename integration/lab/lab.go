@@ -506,12 +506,38 @@ func (n *Node) Logs() string {
 	files, _ := filepath.Glob(filepath.Join(n.dir, "*.log"))
 	for _, f := range files {
 		b, _ := os.ReadFile(f)
-		if len(b) > 64<<10 {
-			b = b[len(b)-64<<10:]
-		}
-		fmt.Fprintf(&sb, "===== %s %s\n%s\n", n.Name, filepath.Base(f), b)
+		fmt.Fprintf(&sb, "===== %s %s\n%s\n", n.Name, filepath.Base(f), logExcerpt(b))
 	}
 	return sb.String()
+}
+
+// logExcerpt keeps a long log's start (how the process came up), its
+// warnings, errors and panics, and its last 48 KiB: a daemon restarted
+// many times by a test said why one start failed in the part a plain tail
+// cut off.
+func logExcerpt(b []byte) []byte {
+	const head, tail, maxKept = 8 << 10, 48 << 10, 300
+	if len(b) <= head+tail+(8<<10) {
+		return b
+	}
+	h := bytes.LastIndexByte(b[:head], '\n') + 1
+	t := len(b) - tail
+	if i := bytes.IndexByte(b[t:], '\n'); i >= 0 {
+		t += i + 1
+	}
+	var out bytes.Buffer
+	out.Write(b[:h])
+	kept := 0
+	for _, line := range bytes.SplitAfter(b[h:t], []byte("\n")) {
+		if kept < maxKept && (bytes.Contains(line, []byte("level=ERROR")) || bytes.Contains(line, []byte("level=WARN")) ||
+			bytes.Contains(line, []byte("panic")) || bytes.Contains(line, []byte("fatal error"))) {
+			out.Write(line)
+			kept++
+		}
+	}
+	fmt.Fprintf(&out, "... (%d bytes cut: %d warning, error and panic lines of them kept above) ...\n", t-h, kept)
+	out.Write(b[t:])
+	return out.Bytes()
 }
 
 // Close tears everything down: the processes of every namespace (and their
