@@ -458,6 +458,13 @@ func TestKernelNftablesOwnedTable(t *testing.T) {
 			return errors.New("the table is not owned on a kernel that can (Linux >= 6.9)")
 		}
 		setAll(t, s)
+		// The ruleset generation read on the owner's socket is the one a
+		// socket of its own reads (the canary's fast check compares it).
+		mine, err := s.Runner().(*Nftables).sock.generation()
+		theirs, err2 := nftGen()
+		if err != nil || err2 != nil || mine == 0 || mine != theirs {
+			return fmt.Errorf("generation on the owner's socket %d (%v), on another %d (%v)", mine, err, theirs, err2)
+		}
 		return nil
 	})
 	want := listTable()

@@ -170,12 +170,14 @@ func (s *nfSocket) generation() (uint32, error) {
 	defer s.mu.Unlock()
 	seq := s.seq
 	s.seq++
+	data := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0} // nfgenmsg
 	req, err := (&netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request, Sequence: seq},
-		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+		Header: netlink.Header{Length: uint32(unix.NLMSG_HDRLEN + len(data)),
+			Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request, Sequence: seq},
+		Data: data,
 	}).MarshalBinary()
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("encode the generation request: %w", err)
 	}
 	if err := unix.Sendto(s.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return 0, fmt.Errorf("ask the ruleset generation: %w", err)
