@@ -182,66 +182,80 @@ func (s *nfSocket) generation() (uint32, error) {
 	if err := unix.Sendto(s.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return 0, fmt.Errorf("ask the ruleset generation: %w", err)
 	}
-	rbuf := make([]byte, 8<<10)
-	for {
-		n, _, err := unix.Recvfrom(s.fd, rbuf, 0)
+	var gen uint32
+	err = readMessages(s.fd, make([]byte, 8<<10), func(m *netlink.Message) (bool, error) {
+		if m.Header.Sequence != seq {
+			return false, nil // an answer to an earlier batch that failed early
+		}
+		if m.Header.Type == netlink.Error {
+			if len(m.Data) >= 4 {
+				if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
+					return true, fmt.Errorf("ruleset generation: %w", unix.Errno(-code))
+				}
+			}
+			return false, nil
+		}
+		if len(m.Data) < 4 {
+			return false, nil
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return 0, fmt.Errorf("read the ruleset generation: %w", err)
+			return true, err
 		}
-		var m netlink.Message
-		for b := rbuf[:n]; len(b) >= unix.NLMSG_HDRLEN; {
-			l := int(binary.NativeEndian.Uint32(b[:4]))
-			if l < unix.NLMSG_HDRLEN || l > len(b) {
-				return 0, fmt.Errorf("malformed answer of %d bytes", l)
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				gen = ad.Uint32()
+				return true, nil
 			}
-			if err := m.UnmarshalBinary(b[:l]); err != nil {
-				return 0, fmt.Errorf("decode answer: %w", err)
-			}
-			b = b[min(nlAlign(l), len(b)):]
-			if m.Header.Sequence != seq {
-				continue // an answer to an earlier batch that failed early
-			}
-			if m.Header.Type == netlink.Error {
-				if len(m.Data) >= 4 {
-					if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-						return 0, fmt.Errorf("ruleset generation: %w", unix.Errno(-code))
-					}
-				}
-				continue
-			}
-			if len(m.Data) < 4 {
-				continue
-			}
-			ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-			if err != nil {
-				return 0, err
-			}
-			ad.ByteOrder = binary.BigEndian
-			for ad.Next() {
-				if ad.Type() == unix.NFTA_GEN_ID {
-					return ad.Uint32(), nil
-				}
-			}
-			return 0, errors.New("no generation id in the answer")
 		}
+		return true, errors.New("no generation id in the answer")
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read the ruleset generation: %w", err)
 	}
+	return gen, nil
 }
 
 // readAnswers reads until every message in acks is answered; the first
 // error answer is returned, naming the message it is about (any message:
 // errors come whether asked for or not).
 func readAnswers(fd int, acks map[uint32]int, msgs []netlink.Message, seq0 uint32) error {
-	rbuf := make([]byte, 64<<10)
-	for len(acks) > 0 {
+	if len(acks) == 0 {
+		return nil
+	}
+	var refused error // the first message the kernel refused
+	err := readMessages(fd, make([]byte, 64<<10), func(m *netlink.Message) (bool, error) {
+		if m.Header.Type != netlink.Error || len(m.Data) < 4 {
+			return false, nil
+		}
+		i := int(m.Header.Sequence - seq0)
+		if i < 0 || i >= len(msgs) {
+			return false, nil // an answer to an earlier batch that failed early
+		}
+		if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
+			refused = fmt.Errorf("message %d of %d (%s): %w", i, len(msgs), nftMsgName(msgs[i]), unix.Errno(-code))
+			return true, nil
+		}
+		delete(acks, m.Header.Sequence)
+		return len(acks) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("read answers (%d of %d messages not answered): %w", len(acks), len(msgs), err)
+	}
+	return refused
+}
+
+// readMessages reads netlink datagrams from fd into rbuf and hands their
+// messages, one by one, to each until it says done or fails.
+func readMessages(fd int, rbuf []byte, each func(m *netlink.Message) (done bool, err error)) error {
+	for {
 		n, _, err := unix.Recvfrom(fd, rbuf, 0)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
-			return fmt.Errorf("read answers (%d of %d messages not answered): %w", len(acks), len(msgs), err)
+			return err
 		}
 		var m netlink.Message
 		for b := rbuf[:n]; len(b) >= unix.NLMSG_HDRLEN; {
@@ -253,20 +267,11 @@ func readAnswers(fd int, acks map[uint32]int, msgs []netlink.Message, seq0 uint3
 				return fmt.Errorf("decode answer: %w", err)
 			}
 			b = b[min(nlAlign(l), len(b)):]
-			if m.Header.Type != netlink.Error || len(m.Data) < 4 {
-				continue
+			if done, err := each(&m); done || err != nil {
+				return err
 			}
-			i := int(m.Header.Sequence - seq0)
-			if i < 0 || i >= len(msgs) {
-				continue // an answer to an earlier batch that failed early
-			}
-			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-				return fmt.Errorf("message %d of %d (%s): %w", i, len(msgs), nftMsgName(msgs[i]), unix.Errno(-code))
-			}
-			delete(acks, m.Header.Sequence)
 		}
 	}
-	return nil
 }
 
 func nlAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
