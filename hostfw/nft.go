@@ -267,15 +267,18 @@ func nftGen() (uint32, error) {
 	return sock.generation()
 }
 
+// generation is the ruleset generation, asked on the table owner's
+// socket when there is one.
+func (n *Nftables) generation() (uint32, error) {
+	if n.sock != nil {
+		return n.sock.generation()
+	}
+	return nftGen()
+}
+
 // noteGen remembers the generation after a write (0 when unknown).
 func (n *Nftables) noteGen() {
-	var g uint32
-	var err error
-	if n.sock != nil {
-		g, err = n.sock.generation()
-	} else {
-		g, err = nftGen()
-	}
+	g, err := n.generation()
 	if err != nil {
 		g = 0
 	}
@@ -927,7 +930,7 @@ func (n *Nftables) DeleteStale() error {
 // has not moved since our last write or full check, nothing changed and
 // nothing is listed.
 func (n *Nftables) Intact(slow bool) (bool, error) {
-	g, gerr := nftGen()
+	g, gerr := n.generation()
 	if gerr == nil && g != 0 && g == n.gen {
 		return true, nil // nobody committed anything since
 	}
